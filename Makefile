@@ -1,0 +1,24 @@
+# Two set-up commands on a fresh machine (README): `make demo` and `make test`.
+# Both create .venv from pyproject.toml first (pinned torch/torchvision pair; nothing installed by hand).
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+.PHONY: venv demo test lint bench
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) jobs/scan_bucket.py --demo
+
+test: $(STAMP)
+	.venv/bin/ruff check pipeline jobs tests benchmarks
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/encoder.py
+	$(PY) benchmarks/pipeline.py

@@ -1,0 +1,42 @@
+"""Base for every typed config: pydantic with unknown fields rejected (the error names the field)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before any work starts; the message names the field."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], *, source: str = "config") -> Self:
+        """Validate `data`, turning pydantic's error into a ConfigError that names each bad field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"invalid {cls.__name__} in {source}: {problems}") from exc
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {p}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid JSON: {exc}") from exc
+        return cls.parse(data, source=str(p))
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)

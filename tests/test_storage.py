@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import storage
+
+
+def test_list_shards_local_folder_sorted_and_ids(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    for name in ["shard-000001.tar", "shard-000000.tar", "a/shard-000002.tar", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    shards = storage.list_shards(str(tmp_path))
+    assert [Path(s).name for s in shards] == ["shard-000002.tar", "shard-000000.tar", "shard-000001.tar"]
+    ids = [storage.shard_id(s, str(tmp_path)) for s in shards]
+    assert ids == ["a__shard-000002", "shard-000000", "shard-000001"]
+
+
+def test_list_shards_brace_pattern() -> None:
+    shards = storage.list_shards("s3://b/p/shard-{000000..000002}.tar")
+    assert shards == [f"s3://b/p/shard-00000{i}.tar" for i in range(3)]
+    assert storage.shard_id(shards[1], "s3://b/p/shard-{000000..000002}.tar") == "shard-000001"
+
+
+def test_list_shards_missing_and_empty(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        storage.list_shards(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no .tar shards"):
+        storage.list_shards(str(tmp_path))
+
+
+def test_s3_listing_atomic_write_and_cache(s3fs_client, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GENSCAN_CACHE", str(tmp_path / "cache"))
+    s3fs_client.mkdir("bucket")
+    storage.write_bytes_atomic("s3://bucket/in/x/shard-000000.tar", b"abc")
+    storage.write_bytes_atomic("s3://bucket/in/shard-000001.tar", b"def")
+    shards = storage.list_shards("s3://bucket/in/")
+    assert shards == ["s3://bucket/in/shard-000001.tar", "s3://bucket/in/x/shard-000000.tar"]
+    assert storage.shard_id(shards[1], "s3://bucket/in/") == "x__shard-000000"
+    local = storage.fetch_to_cache("s3://bucket/in/shard-000001.tar")
+    assert local.read_bytes() == b"def"
+    assert storage.fetch_to_cache("s3://bucket/in/shard-000001.tar") == local

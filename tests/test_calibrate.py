@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.train.calibrate import (
+    calibrate_from_scores,
+    max_generator_prob,
+    threshold_for_fpr,
+    unknown_threshold,
+)
+
+
+@pytest.mark.parametrize("target", [0.01, 0.05, 0.1])
+def test_threshold_hits_target_fpr_on_held_out_reals(target: float) -> None:
+    rng = np.random.default_rng(1)
+    calib = rng.beta(2, 5, size=4000)  # synthetic p_fake of real images
+    held_out = rng.beta(2, 5, size=20000)
+    t = threshold_for_fpr(calib, target)
+    assert np.mean(calib > t) <= target
+    assert np.mean(calib > t) >= target - 1 / calib.size - 1e-12
+    # generalises to fresh reals from the same distribution within sampling tolerance
+    assert abs(np.mean(held_out > t) - target) < 0.25 * target + 0.004
+
+
+def test_threshold_edge_cases() -> None:
+    assert threshold_for_fpr(np.array([0.2, 0.9, 0.5]), 0.0) == 0.9  # FPR 0 -> the largest real score
+    with pytest.raises(ValueError, match="without any real images"):
+        threshold_for_fpr(np.array([]), 0.05)
+    with pytest.raises(ValueError, match="target_fpr"):
+        threshold_for_fpr(np.array([0.1]), 1.5)
+
+
+def test_unknown_threshold_quantile_and_max_prob() -> None:
+    g = np.array([[0.5, 0.25, 0.25], [0.0, 0.9, 0.1]])
+    np.testing.assert_allclose(max_generator_prob(g), [0.5, 0.9])
+    rng = np.random.default_rng(2)
+    p = rng.uniform(size=10000)
+    u = unknown_threshold(p, 0.05)
+    assert abs(np.mean(p < u) - 0.05) < 0.005
+    assert unknown_threshold(np.array([]), 0.05) == 0.0
+
+
+def test_calibrate_from_scores_record() -> None:
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(1000), np.ones(1000)].astype(int)
+    p = np.r_[rng.uniform(0, 0.6, 1000), rng.uniform(0.4, 1.0, 1000)]
+    gen = np.c_[1 - p, p * 0.7, p * 0.3]
+    rec = calibrate_from_scores(y, p, gen, target_fpr=0.05, n_generators=2)
+    assert rec["val_fpr"] <= 0.05 and rec["val_fpr"] > 0.04
+    assert rec["n_real"] == 1000 and rec["n_fake"] == 1000
+    assert rec["unknown_threshold"] == pytest.approx(0.7)  # every fake's renormalised max prob is 0.7
+    single = calibrate_from_scores(y, p, gen[:, :2], target_fpr=0.05, n_generators=1)
+    assert single["unknown_threshold"] == 0.0

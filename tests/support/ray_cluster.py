@@ -1,0 +1,223 @@
+"""A REAL local Ray head for tests (`ray start --head --block` in its own process group) and a helper to
+`ray job submit --no-wait` a command and wait for it with a bound.
+
+Rules from ../shared/docs/PLATFORM.md: private short `--temp-dir` (unix sockets < 108 chars), free ports for
+every listener, `--dashboard-host 127.0.0.1`, `RAY_AUTH_MODE` set explicitly (same value for the head and for
+`ray job submit`), `RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0`, AWS env set before the head starts (workers take
+their environment at start). Teardown kills the head's process group by PID — never `ray stop`, which would kill
+every other Ray on this shared machine.
+
+Usage::
+
+    with ray_head(extra_env=s3_env) as head:
+        result = submit_job(head, [sys.executable, "jobs/scan_bucket.py", ...], timeout_s=180)
+        assert result.status == "SUCCEEDED", result.logs
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.s3 import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RAY_BIN = str(Path(sys.executable).with_name("ray"))
+AUTH_MODE = "disabled"  # loopback-only test head; set identically for head, driver and `ray job submit`
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+@dataclass
+class RayHead:
+    address: str  # GCS address "127.0.0.1:PORT" for ray.init(address=...)
+    dashboard_url: str  # "http://127.0.0.1:PORT" for `ray job submit --address` / JobSubmissionClient
+    env: dict[str, str] = field(repr=False)  # the environment of the head (use it for clients too)
+    temp_dir: str
+    pid: int
+    log_path: str = ""
+
+
+@dataclass
+class JobResult:
+    submission_id: str
+    status: str  # SUCCEEDED | FAILED | STOPPED | TIMEOUT
+    logs: str
+    driver_exit_code: int | None = None
+    message: str | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _distinct_free_ports(n: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return list(ports)
+
+
+def head_env(extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for the head AND for every client talking to it."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "RAY_AUTH_MODE": AUTH_MODE,
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
+        }
+    )
+    if extra_env:
+        env.update(extra_env)
+    return env
+
+
+@contextlib.contextmanager
+def ray_head(
+    extra_env: Mapping[str, str] | None = None,
+    num_cpus: int = 2,
+    object_store_mb: int = 256,
+    start_timeout_s: float = 60.0,
+) -> Iterator[RayHead]:
+    """Start `ray start --head --block` (own session / process group), wait until its dashboard answers,
+    yield a RayHead, then kill the process group by PID and remove the private temp dir."""
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
+    (gcs, dash, client, nm, om, agent_http, agent_grpc, rt_agent, metrics) = _distinct_free_ports(9)
+    env = head_env(extra_env)
+    log_path = os.path.join(temp_dir, "head.log")
+    cmd = [
+        RAY_BIN, "start", "--head", "--block",
+        "--node-ip-address", "127.0.0.1",
+        "--port", str(gcs),
+        "--dashboard-host", "127.0.0.1",
+        "--dashboard-port", str(dash),
+        "--ray-client-server-port", str(client),
+        "--node-manager-port", str(nm),
+        "--object-manager-port", str(om),
+        "--dashboard-agent-listen-port", str(agent_http),
+        "--dashboard-agent-grpc-port", str(agent_grpc),
+        "--runtime-env-agent-port", str(rt_agent),
+        "--metrics-export-port", str(metrics),
+        "--num-cpus", str(num_cpus),
+        "--num-gpus", "0",
+        "--object-store-memory", str(object_store_mb * 1024 * 1024),
+        "--temp-dir", temp_dir,
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    head = RayHead(address=f"127.0.0.1:{gcs}", dashboard_url=f"http://127.0.0.1:{dash}", env=env,
+                   temp_dir=temp_dir, pid=proc.pid, log_path=log_path)
+    try:
+        _wait_for_dashboard(head, proc, start_timeout_s)
+        yield head
+    finally:
+        _kill_group(proc)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_dashboard(head: RayHead, proc: subprocess.Popen, timeout_s: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{Path(head.log_path).read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"Ray head not ready after {timeout_s}s:\n{Path(head.log_path).read_text()[-4000:]}")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM then SIGKILL the head's process group (by PID); also any Ray process that re-parented into a
+    new session but still lives under our private temp dir is gone with it (they die with the raylet)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def job_client(head: RayHead):
+    from ray.job_submission import JobSubmissionClient
+
+    os.environ["RAY_AUTH_MODE"] = AUTH_MODE
+    return JobSubmissionClient(head.dashboard_url)
+
+
+def submit_job(
+    head: RayHead,
+    command: Sequence[str],
+    timeout_s: float = 300.0,
+    submission_id: str | None = None,
+    wait: bool = True,
+) -> JobResult:
+    """`ray job submit --no-wait --submission-id ID -- command...`; then (if `wait`) poll until the job is
+    terminal or `timeout_s` passes (then the job is stopped and status is "TIMEOUT")."""
+    sid = submission_id or f"test-{uuid.uuid4().hex[:10]}"
+    cmd = [RAY_BIN, "job", "submit", "--address", head.dashboard_url, "--submission-id", sid, "--no-wait", "--",
+           *command]  # fmt: skip
+    out = subprocess.run(cmd, env=head.env, cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"ray job submit failed ({out.returncode}): {out.stdout}\n{out.stderr}")
+    if not wait:
+        return JobResult(submission_id=sid, status="PENDING", logs="")
+    return wait_job(head, sid, timeout_s)
+
+
+def wait_job(head: RayHead, submission_id: str, timeout_s: float = 300.0,
+             until: Sequence[str] = tuple(TERMINAL)) -> JobResult:
+    """Poll a job until its status is in `until` (default: terminal) or the bound passes."""
+    client = job_client(head)
+    deadline = time.monotonic() + timeout_s
+    status = "PENDING"
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(submission_id).value)
+        if status in until:
+            break
+        time.sleep(0.5)
+    else:
+        if status not in TERMINAL:
+            with contextlib.suppress(Exception):
+                client.stop_job(submission_id)
+            status = "TIMEOUT"
+    return job_result(head, submission_id, status)
+
+
+def job_result(head: RayHead, submission_id: str, status: str | None = None) -> JobResult:
+    client = job_client(head)
+    info = client.get_job_info(submission_id)
+    logs = client.get_job_logs(submission_id)
+    return JobResult(
+        submission_id=submission_id,
+        status=status or str(info.status.value),
+        logs=logs,
+        driver_exit_code=getattr(info, "driver_exit_code", None),
+        message=info.message,
+        info={k: v for k, v in info.__dict__.items() if isinstance(v, str | int | float | type(None))},
+    )
+
+
+def stop_job(head: RayHead, submission_id: str, timeout_s: float = 60.0) -> JobResult:
+    client = job_client(head)
+    client.stop_job(submission_id)
+    return wait_job(head, submission_id, timeout_s)

@@ -1,0 +1,191 @@
+"""Decode one image member into the detector's input size, never raising for bad bytes.
+
+Contract (docs/architecture.md): `decode_image(data, image_size=S, resize_mode=..., max_pixels=N)` ->
+DecodeResult(status ok | decode_error | too_large, error, pixels uint8 (S,S,3), width, height, format).
+
+Choices [ours]:
+- Formats: only raster formats a corpus of web images holds are opened (ALLOWED_FORMATS; Pillow's `formats=`
+  argument). Others (EPS, which runs Ghostscript; PDF; ICO; …) are `decode_error`, which also shrinks the
+  decoder attack surface.
+- Decompression bombs: the pixel count is checked from the header (Pillow reads only the header in
+  `Image.open`) BEFORE any pixel data is decoded; more than `max_pixels` -> `too_large`. Pillow's own global
+  `Image.MAX_IMAGE_PIXELS` check is also turned into `too_large` (this module never changes that global).
+  Every frame of a multi-frame file is bounded by the same header size.
+- Orientation: `ImageOps.exif_transpose`; width/height are reported AFTER it (as the image is displayed),
+  before any crop/resize. A malformed EXIF block leaves the image unrotated (noted, still scored).
+- Colour: everything becomes 8-bit RGB. Alpha (RGBA, LA, PA, palette with transparency) is COMPOSITED ON
+  WHITE, as a viewer on a white page shows it (dropping alpha would expose arbitrary colours hidden under
+  transparent pixels). 16-bit / 32-bit integer grayscale is scaled to 8 bits (value >> 8 for 16-bit data,
+  not clipped); float images are clipped to [0, 1] when they look normalised, else to [0, 255]. CMYK (Adobe
+  inverted too, Pillow handles the marker), YCbCr, LAB, palette and 1-bit images go through Pillow's convert.
+- Animated GIF/WebP/APNG: the first frame.
+- Truncated data is `decode_error` (Pillow's LOAD_TRUNCATED_IMAGES stays off: a half-grey image would be
+  scored as if it were real data).
+- Crop/resize: `pipeline.models.preprocess.prepare_image` when it is importable (one rule for training,
+  evaluation and scanning); otherwise the same rule here: center crop to S, resizing the shorter side to S
+  (bicubic) only when the image is smaller than S or `resize_mode == "resize_crop"`.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+Status = Literal["ok", "decode_error", "too_large"]
+ResizeMode = Literal["center_crop", "resize_crop"]
+
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
+DEFAULT_MAX_PIXELS = 64_000_000  # [ours] ~ 8000 x 8000; RGB decode of that is ~190 MB
+
+
+@dataclass
+class DecodeResult:
+    status: Status
+    error: str | None = None
+    pixels: np.ndarray | None = None  # uint8 (S, S, 3)
+    width: int | None = None  # displayed size (after EXIF orientation), before crop/resize
+    height: int | None = None
+    format: str | None = None  # Pillow's format name: JPEG, PNG, WEBP, GIF, ...
+    note: str | None = None  # something worth knowing that did not stop scoring (animated, bad EXIF)
+
+
+def _open_formats() -> list[str]:
+    """ALLOWED_FORMATS that this Pillow build can open (plugins registered first)."""
+    Image.init()
+    return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB by the rules in the module docstring."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(im)
+        if mode == "I" and arr.size and int(arr.max()) <= 255 and int(arr.min()) >= 0:
+            eight = arr.astype(np.uint8)
+        else:
+            eight = (np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(np.repeat(eight[..., None], 3, axis=2), "RGB")
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        finite = arr[np.isfinite(arr)]
+        scale = 255.0 if finite.size and float(finite.max()) <= 1.0 else 1.0
+        eight = np.clip(np.nan_to_num(arr * scale), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(np.repeat(eight[..., None], 3, axis=2), "RGB")
+    return im.convert("RGB")
+
+
+def _local_prepare(im: Image.Image, image_size: int, resize_mode: str) -> np.ndarray:
+    """Center crop to S; resize the shorter side to S (bicubic) first only when needed. torchvision's
+    Resize(S)/CenterCrop(S) arithmetic (long side truncated, crop offset rounded). [ours]"""
+    w, h = im.size
+    if resize_mode == "resize_crop" or min(w, h) < image_size:
+        if w <= h:
+            nw, nh = image_size, int(image_size * h / w)
+        else:
+            nw, nh = int(image_size * w / h), image_size
+        if (nw, nh) != (w, h):
+            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+        w, h = nw, nh
+    left = int(round((w - image_size) / 2.0))
+    top = int(round((h - image_size) / 2.0))
+    im = im.crop((left, top, left + image_size, top + image_size))
+    return np.asarray(im, dtype=np.uint8).reshape(image_size, image_size, 3)
+
+
+def _prepare(im: Image.Image, image_size: int, resize_mode: str) -> np.ndarray:
+    try:
+        from pipeline.models.preprocess import prepare_image
+    except ImportError:
+        return _local_prepare(im, image_size, resize_mode)
+    cfg = SimpleNamespace(image_size=image_size, preprocess=resize_mode)
+    return np.ascontiguousarray(prepare_image(im, cfg), dtype=np.uint8)
+
+
+def decode_image(
+    data: bytes | None,
+    *,
+    image_size: int,
+    resize_mode: ResizeMode = "center_crop",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodeResult:
+    """Decode `data` to uint8 (image_size, image_size, 3). Never raises: bad bytes give `decode_error`,
+    a header declaring more than `max_pixels` pixels gives `too_large` before any pixel is decoded."""
+    if resize_mode not in ("center_crop", "resize_crop"):
+        raise ValueError(f"resize_mode must be 'center_crop' or 'resize_crop', got {resize_mode!r}")
+    if data is None or len(data) == 0:
+        return DecodeResult("decode_error", "empty image data (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=_open_formats())
+    except Image.DecompressionBombError as exc:
+        return DecodeResult("too_large", f"declared size exceeds Pillow's pixel limit: {exc}")
+    except UnidentifiedImageError:
+        head = bytes(data[:8])
+        return DecodeResult(
+            "decode_error",
+            f"not a recognised image ({len(data)} bytes, starts with {head!r}; allowed formats: "
+            f"{', '.join(ALLOWED_FORMATS)})",
+        )
+    except Exception as exc:  # Pillow raises many types on a bad header (SyntaxError, ValueError, OSError…)
+        return DecodeResult("decode_error", f"bad image header: {_describe(exc)}")
+    original = im
+    fmt = im.format
+    w, h = im.size
+    result = DecodeResult("decode_error", format=fmt, width=w, height=h)
+    if w <= 0 or h <= 0:
+        original.close()
+        result.error = f"image declares size {w}x{h}"
+        return result
+    if w * h > max_pixels:
+        original.close()
+        result.status = "too_large"
+        result.error = f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels} (not decoded)"
+        return result
+    notes: list[str] = []
+    try:
+        n_frames = int(getattr(im, "n_frames", 1) or 1)
+        if n_frames > 1:
+            im.seek(0)
+            notes.append(f"{n_frames} frames; scored the first")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.load()
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception as exc:
+            notes.append(f"EXIF orientation ignored: {_describe(exc)}")
+        result.width, result.height = im.size
+        rgb = _to_rgb(im)
+        result.pixels = _prepare(rgb, image_size, resize_mode)
+    except MemoryError:
+        result.error = f"out of memory decoding {w}x{h} {fmt}"
+        return result
+    except Exception as exc:
+        result.error = f"cannot decode {fmt} {w}x{h}: {_describe(exc)}"
+        return result
+    finally:
+        original.close()
+    result.status = "ok"
+    result.note = "; ".join(notes) or None
+    return result

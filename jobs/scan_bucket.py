@@ -1,0 +1,114 @@
+"""Scan WebDataset shards for AI-generated images -> Parquet (thin CLI over pipeline.scan.job).
+
+    ray job submit -- python jobs/scan_bucket.py --input s3://bucket/shards/ --output s3://bucket/scan/ \
+        --detector s3://bucket/detectors/tiny-mole [--config-file scan.json] [--resume] [--scan-date D]
+    python jobs/scan_bucket.py --demo        # the README's `make demo`
+
+Exit codes: 0 succeeded, 1 scan failed (run.json says why), 2 configuration error (message names the field).
+Under `ray job submit` the real exit code is the job's `driver_exit_code` (JobSubmissionClient.get_job_info).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # allow `python jobs/scan_bucket.py` from a checkout
+    sys.path.insert(0, str(REPO))
+
+from pipeline.logs import get_logger  # noqa: E402
+from pipeline.scan.config import ScanConfig  # noqa: E402
+from pipeline.settings import ConfigError  # noqa: E402
+
+log = get_logger("jobs.scan_bucket")
+
+# CLI flag -> ScanConfig field (flags override the --config-file's values; both validated together)
+FLAGS: dict[str, tuple[type, str]] = {
+    "input": (str, "s3://bucket/prefix/, a brace pattern or a local folder of .tar shards"),
+    "output": (str, "output folder or s3:// prefix"),
+    "detector": (str, "detector checkpoint dir (local or s3://)"),
+    "scan_date": (str, "run/partition date YYYY-MM-DD (default: today UTC; with --resume: latest unfinished)"),
+    "run_id": (str, "run id recorded in every row (default: <scan_date>-<random>)"),
+    "max_shards": (int, "scan only the first N shards"),
+    "batch_size": (int, "images per detector call"),
+    "num_actors": (int, "scorer actors"),
+    "actor_num_cpus": (float, "CPUs per scorer actor (fractional)"),
+    "actor_num_gpus": (float, "GPUs per scorer actor"),
+    "read_num_cpus": (float, "CPUs per read+decode task"),
+    "read_concurrency": (int, "max concurrent read+decode tasks"),
+    "dtype": (str, "float32 | float16 | bfloat16"),
+    "torch_threads": (int, "torch threads per CPU scorer actor"),
+    "ray_address": (str, "Ray address (default: RAY_ADDRESS, else a local Ray)"),
+    "ray_num_cpus": (int, "CPUs of a locally started Ray"),
+    "stall_timeout_s": (float, "fail when no shard completes for this many seconds"),
+    "chunk_rows": (int, "rows per block from the read/decode stage"),
+    "max_pixels": (int, "images with more pixels get status too_large"),
+    "resize_mode": (str, "center_crop | resize_crop (default: the detector's)"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", help="JSON file with ScanConfig fields")
+    p.add_argument("--resume", action="store_true", default=None, help="continue an unfinished run")
+    p.add_argument("--demo", action="store_true", help="generate demo data, train a tiny detector, scan it")
+    p.add_argument("--demo-dir", default="demo", help="where --demo keeps its data (default ./demo)")
+    for name, (typ, help_) in FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_)
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> ScanConfig:
+    data: dict[str, Any] = {}
+    source = "command line"
+    if args.config_file:
+        path = Path(args.config_file)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config_file: not found: {path}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config_file: {path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config_file: {path} must hold a JSON object")
+        source = f"{path} + command line"
+    for name in FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            data[name] = value
+    if args.resume:
+        data["resume"] = True
+    return ScanConfig.parse(data, source=source)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.demo:
+        from pipeline.scan.demo import run_demo
+
+        return run_demo(Path(args.demo_dir))
+    from pipeline.scan.job import ScanFailed, run_scan
+
+    try:
+        cfg = build_config(args)
+        run = run_scan(cfg)
+    except ConfigError as exc:
+        log.error("config_error", error=str(exc))
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ScanFailed as exc:
+        print(f"scan failed: {exc}", file=sys.stderr)
+        return 1
+    totals = run.get("totals", {})
+    print(json.dumps({"status": run["status"], "run_id": run["run_id"], "scan_date": run["scan_date"],
+                      "shards": totals.get("shards_done"), "rows": totals.get("rows"),
+                      "counts": totals.get("counts")}))  # fmt: skip
+    return 0 if run["status"] == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

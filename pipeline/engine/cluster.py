@@ -1,0 +1,54 @@
+"""Ray cluster attach / local start [ours]. The only place (with the other engine modules) that imports ray.
+
+Credentials: the S3 client settings (`AWS_*`) are passed through to every Ray worker via
+`runtime_env.env_vars`, BY NAME from the driver's environment; only the names are ever logged.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from pipeline.logs import get_logger
+
+log = get_logger("pipeline.engine.cluster")
+
+PASS_THROUGH_PREFIXES = ("AWS_", "GENSCAN_")
+PASS_THROUGH_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_HUB_OFFLINE", "MALLOC_MMAP_THRESHOLD_",
+                      "MALLOC_TRIM_THRESHOLD_")  # fmt: skip
+
+
+def passthrough_env_names(environ: dict[str, str] | None = None) -> list[str]:
+    env = os.environ if environ is None else environ
+    return sorted(k for k in env if k.startswith(PASS_THROUGH_PREFIXES) or k in PASS_THROUGH_NAMES)
+
+
+def runtime_env(environ: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """`runtime_env` carrying the pass-through variables (values from the environment, never logged)."""
+    env = os.environ if environ is None else environ
+    return {"env_vars": {k: env[k] for k in passthrough_env_names(env)}}
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+    """Attach to a cluster or start a local one; returns how ("attached" | "local").
+
+    address None: attach to `RAY_ADDRESS` when set (the case under `ray job submit`), else start a local Ray
+    with `num_cpus` (default: all cores). Any other address is passed to `ray.init`."""
+    if ray.is_initialized():
+        return "attached"
+    renv = runtime_env()
+    names = sorted(renv["env_vars"])
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        log.info("ray_attach", address=target, passed_env=names)
+        ray.init(address=target, runtime_env=renv, log_to_driver=True)
+        return "attached"
+    log.info("ray_start_local", num_cpus=num_cpus, passed_env=names)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=renv, log_to_driver=True)
+    return "local"
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

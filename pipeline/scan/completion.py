@@ -1,0 +1,199 @@
+"""Durable per-shard completion, resume and run provenance [ours; img2dataset/datatrove pattern].
+
+Layout under the output (docs/schema.md):
+    <out>/scan_date=<D>/<shard>.parquet        one file per shard, named by shard id (a retry overwrites)
+    <out>/_shards/<D>/<shard>.json             the shard's stats, written AFTER its Parquet = completion marker
+    <out>/_run/<D>/config.json versions.json detector.json run.json
+
+A run is identified by its scan date D (the output partition). Without `resume`, a run whose folder or
+partition already holds anything is refused (never deleted). With `resume`, the run named by `scan_date` —
+or, if none is given, the latest run whose run.json is not "succeeded" — is continued: shards that have a
+marker are skipped, the others are (re)scanned and their Parquet overwritten, so each sample ends up in
+exactly one row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import platform
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import pipeline
+from pipeline.logs import get_logger
+from pipeline.scan.config import ScanConfig, today_utc
+from pipeline.settings import ConfigError
+from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic
+
+log = get_logger("pipeline.scan.completion")
+
+
+class RunRefused(ConfigError):
+    """The requested run would overwrite existing output (or cannot be resumed)."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    output: str
+    scan_date: str
+
+    @property
+    def data_dir(self) -> str:
+        return join(self.output, f"scan_date={self.scan_date}")
+
+    @property
+    def run_dir(self) -> str:
+        return join(self.output, "_run", self.scan_date)
+
+    @property
+    def marker_dir(self) -> str:
+        return join(self.output, "_shards", self.scan_date)
+
+    def parquet(self, shard: str) -> str:
+        return join(self.data_dir, f"{shard}.parquet")
+
+    def marker(self, shard: str) -> str:
+        return join(self.marker_dir, f"{shard}.json")
+
+    def run_file(self, name: str) -> str:
+        return join(self.run_dir, name)
+
+
+def _list(uri: str, suffix: str) -> list[str]:
+    fs, path = filesystem(uri)
+    try:
+        if not fs.exists(path):
+            return []
+        return sorted(posixpath.basename(p) for p in fs.ls(path, detail=False) if p.endswith(suffix))
+    except FileNotFoundError:
+        return []
+
+
+def completed_shards(paths: RunPaths) -> set[str]:
+    """Shard ids that have a completion marker."""
+    return {name.removesuffix(".json") for name in _list(paths.marker_dir, ".json")}
+
+
+def read_json(uri: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(read_bytes(uri))
+    except FileNotFoundError:
+        return None
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes_atomic(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def list_runs(output: str) -> list[str]:
+    """Scan dates that have a run folder, oldest first."""
+    fs, path = filesystem(join(output, "_run"))
+    try:
+        if not fs.exists(path):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def _has_output(paths: RunPaths) -> bool:
+    return bool(_list(paths.data_dir, ".parquet") or _list(paths.marker_dir, ".json")
+                or read_json(paths.run_file("run.json")) is not None)  # fmt: skip
+
+
+@dataclass
+class RunPlan:
+    paths: RunPaths
+    run_id: str
+    resumed: bool
+    previous: dict[str, Any] | None  # the run.json being continued
+
+
+def plan_run(cfg: ScanConfig) -> RunPlan:
+    """Decide the scan date / run id; refuse to write into a run that already has output unless resuming."""
+    scan_date = cfg.scan_date
+    if cfg.resume and scan_date is None:
+        unfinished = [d for d in list_runs(cfg.output)
+                      if (read_json(RunPaths(cfg.output, d).run_file("run.json")) or {}).get("status") != "succeeded"]  # fmt: skip
+        scan_date = unfinished[-1] if unfinished else today_utc()
+    scan_date = scan_date or today_utc()
+    paths = RunPaths(cfg.output, scan_date)
+    previous = read_json(paths.run_file("run.json"))
+    if not cfg.resume:
+        if _has_output(paths):
+            raise RunRefused(
+                f"scan_date: the run {scan_date} already has output in {cfg.output} (run.json, markers or Parquet); "
+                "pass --resume to continue it, or choose another --scan-date. Nothing was deleted."
+            )
+        run_id = cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
+        return RunPlan(paths, run_id, resumed=False, previous=None)
+    if previous is not None:
+        prev_cfg = previous.get("config", {})
+        for name in ("input", "detector"):
+            if prev_cfg.get(name) not in (None, getattr(cfg, name)):
+                raise RunRefused(f"{name}: --resume of run {scan_date} with a different {name} "
+                                 f"({getattr(cfg, name)!r} != {prev_cfg.get(name)!r})")  # fmt: skip
+        if cfg.run_id and previous.get("run_id") not in (None, cfg.run_id):
+            raise RunRefused(f"run_id: run {scan_date} has run_id {previous.get('run_id')!r}, not {cfg.run_id!r}")
+        run_id = previous.get("run_id") or cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
+    else:
+        run_id = cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
+    return RunPlan(paths, run_id, resumed=True, previous=previous)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_shard(paths: RunPaths, shard: str, table: pa.Table, stats: dict[str, Any]) -> None:
+    """Parquet first, marker (stats) LAST: a marker implies a complete Parquet file."""
+    write_bytes_atomic(paths.parquet(shard), parquet_bytes(table))
+    write_json(paths.marker(shard), stats)
+
+
+def versions() -> dict[str, str]:
+    import open_clip
+    import pyarrow
+    import torch
+
+    out = {"python": platform.python_version(), "genscan": pipeline.__version__, "torch": torch.__version__,
+           "open_clip": open_clip.__version__, "pyarrow": pyarrow.__version__}  # fmt: skip
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover - ray is a dependency
+        out["ray"] = "not installed"
+    return out
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def aggregate(paths: RunPaths, shards: list[str] | None = None) -> dict[str, Any]:
+    """Sum the markers of `shards` (default: all markers of the run)."""
+    names = shards if shards is not None else sorted(completed_shards(paths))
+    totals: dict[str, Any] = {"shards_done": 0, "rows": 0, "samples": 0, "n_fake": 0, "bytes": 0,
+                              "counts": {}, "read_s": 0.0, "decode_s": 0.0, "infer_s": 0.0, "write_s": 0.0}  # fmt: skip
+    for shard in names:
+        m = read_json(paths.marker(shard))
+        if m is None:
+            continue
+        totals["shards_done"] += 1
+        for k in ("rows", "samples", "n_fake", "bytes"):
+            totals[k] += int(m.get(k, 0))
+        for k in ("read_s", "decode_s", "infer_s", "write_s"):
+            totals[k] += float(m.get(k, 0.0))
+        for s, c in m.get("counts", {}).items():
+            totals["counts"][s] = totals["counts"].get(s, 0) + int(c)
+    return totals

@@ -1,0 +1,93 @@
+"""ScanConfig: the typed configuration of one scan run [ours].
+
+Built from an optional JSON file (`--config-file`) plus CLI flags (flags override the file's fields, both go
+through the same validation; unknown fields are rejected naming the field). Credentials are never part of it:
+S3 access comes from the environment / the standard AWS chain only. The validated config is saved as
+`<out>/_run/<scan_date>/config.json`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.settings import StrictModel
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
+
+
+def today_utc() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+
+
+class ScanConfig(StrictModel):
+    # what to scan, where to write, with which detector
+    input: str = Field(description="s3://bucket/prefix/, a brace pattern …/shard-{000000..000099}.tar, or a folder")
+    output: str = Field(description="local folder or s3://bucket/prefix for the Parquet dataset")
+    detector: str = Field(description="checkpoint dir (local or s3://) with detector.safetensors + detector.json")
+
+    # which run (see docs/schema.md, 'Runs and resume')
+    scan_date: str | None = Field(None, description="partition YYYY-MM-DD; default: today (UTC)")
+    run_id: str | None = Field(None, description="free-form run id; default <scan_date>-<random>")
+    resume: bool = Field(False, description="continue an unfinished run: only shards without a marker are scanned")
+    max_shards: int | None = Field(None, ge=1, description="scan only the first N listed shards (smoke runs)")
+
+    # preprocessing (image size and crop mode come from the detector's config unless set here)
+    resize_mode: Literal["center_crop", "resize_crop"] | None = None
+    max_pixels: int = Field(89_478_485, ge=1, description="larger images become status too_large (PIL's bomb limit)")
+    chunk_rows: int = Field(256, ge=1, description="rows per block yielded by the read/decode stage")
+
+    # resources (never derived from the driver's torch.cuda: the driver may sit on a CPU head)
+    batch_size: int = Field(64, ge=1, description="images per detector call")
+    num_actors: int = Field(1, ge=1, description="scorer actors (each loads the detector once)")
+    actor_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per scorer actor (fractional!)")
+    actor_num_gpus: float = Field(0.0, ge=0, description="GPUs per scorer actor; > 0 puts the model on cuda")
+    read_num_cpus: float = Field(1.0, gt=0, description="CPUs per read+decode task")
+    read_concurrency: int | None = Field(None, ge=1, description="max read+decode tasks at once (default: Ray's)")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="inference dtype")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per scorer actor (CPU inference)")
+
+    # cluster and bounds
+    ray_address: str | None = Field(
+        None, description="None: attach to RAY_ADDRESS if set (ray job submit) else start a local Ray; or an address"
+    )
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (default: all)")
+    stall_timeout_s: float = Field(600.0, gt=0, description="fail if no shard progress for this long")
+
+    @field_validator("scan_date")
+    @classmethod
+    def _check_date(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _DATE.match(v):
+            raise ValueError("must be YYYY-MM-DD")
+        dt.date.fromisoformat(v)
+        return v
+
+    @field_validator("run_id")
+    @classmethod
+    def _check_run_id(cls, v: str | None) -> str | None:
+        if v is not None and not _RUN_ID.match(v):
+            raise ValueError("only letters, digits, '.', '_' and '-' (at most 80)")
+        return v
+
+    @field_validator("input", "output", "detector")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _check_dtype_device(self) -> ScanConfig:
+        if self.actor_num_gpus == 0 and self.dtype == "float16":
+            raise ValueError("dtype float16 needs a GPU (actor_num_gpus > 0); use float32 on CPU")
+        return self
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.actor_num_gpus > 0 else "cpu"

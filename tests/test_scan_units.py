@@ -1,0 +1,228 @@
+"""Unit tests of the scan stages over dict batches — no Ray, no model: prepare (read+decode), score plumbing,
+row collection, schema/table building, config validation, run planning (refuse / resume)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.scan.completion import RunPaths, RunRefused, plan_run, write_json, write_shard
+from pipeline.scan.config import ScanConfig
+from pipeline.scan.decode import decode_image
+from pipeline.scan.prepare import prepare_shard
+from pipeline.scan.rows import RunContext, ShardCollector, concat, shard_stats, to_table
+from pipeline.scan.schema import SCHEMA, STATUSES, check_table
+from pipeline.scan.score import score_batch
+from pipeline.settings import ConfigError
+from tests.support.shards import (
+    corrupt_image_sample,
+    good_samples,
+    no_image_sample,
+    truncated_tar_bytes,
+    write_raw,
+)
+from tests.support.shards import (
+    write_shard as write_tar,
+)
+
+S = 32
+LABELS = ["real", "famA", "famB"]
+
+
+class MeanPredictor:
+    """Deterministic stand-in with Predictor.predict's output contract: p_fake = mean pixel / 255."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict(self, images: np.ndarray) -> dict:
+        assert images.dtype == np.uint8 and images.shape[1:] == (S, S, 3)
+        self.calls.append(len(images))
+        p = images.reshape(len(images), -1).mean(1).astype(np.float32) / 255.0
+        scores = np.stack([1 - p, p / 2, p / 2], 1).astype(np.float32)
+        return {"p_fake": p, "logit": np.log(p / (1 - p)), "is_fake": p >= 0.5,
+                "top_generator": [LABELS[i] for i in scores.argmax(1)], "generator_scores": scores}
+
+
+def _all(it) -> dict:
+    return concat(list(it))
+
+
+def test_prepare_accounts_for_every_sample(tmp_path):
+    samples = good_samples(5, size=(48, 40)) + [corrupt_image_sample("bad"), no_image_sample("noimg")]
+    url = write_tar(str(tmp_path / "a.tar"), samples)
+    chunks = list(prepare_shard(url, "a", image_size=S, chunk_rows=3))
+    assert [len(c["key"]) for c in chunks] == [3, 3, 1]
+    rows = concat(chunks)
+    assert rows["_idx"].tolist() == list(range(7)) and set(rows["_expected"].tolist()) == {7}
+    assert rows["status"].tolist() == ["ok"] * 5 + ["decode_error", "no_image"]
+    assert rows["key"].tolist() == [s.key for s in samples]
+    # pixels and metadata are exactly what decode_image gives for those bytes
+    for i in range(5):
+        img = samples[i].files["png"]
+        ref = decode_image(img, image_size=S)
+        np.testing.assert_array_equal(rows["pixels"][i], ref.pixels)
+        assert rows["sha256"][i] == hashlib.sha256(img).hexdigest() and rows["n_bytes"][i] == len(img)
+        assert (rows["width"][i], rows["height"][i], rows["format"][i]) == (48, 40, "PNG")
+    assert rows["error"][5] and rows["error"][6] and not rows["pixels"][5:].any()
+
+
+def test_prepare_bad_shards_give_one_error_row(tmp_path):
+    trunc = write_raw(str(tmp_path / "t.tar"), truncated_tar_bytes(good_samples(6), keep_fraction=0.6))
+    rows = _all(prepare_shard(trunc, "t", image_size=S))
+    n = len(rows["status"])
+    assert rows["status"].tolist()[-1] == "shard_error" and rows["key"][-1] == ""
+    assert (rows["status"][:-1] == "ok").all() and n - 1 >= 1  # salvaged good samples before the cut
+    assert set(rows["_expected"].tolist()) == {n}
+    junk = write_raw(str(tmp_path / "j.tar"), b"definitely not a tar archive")
+    rows = _all(prepare_shard(junk, "j", image_size=S))
+    assert rows["status"].tolist() == ["shard_error"] and rows["_expected"].tolist() == [1]
+    missing = _all(prepare_shard(str(tmp_path / "missing.tar"), "m", image_size=S))
+    assert missing["status"].tolist() == ["shard_error"]
+
+
+def _prepared(tmp_path, name="a", n=6):
+    samples = good_samples(n, seed=7) + [corrupt_image_sample("bad")]
+    url = write_tar(str(tmp_path / f"{name}.tar"), samples)
+    return _all(prepare_shard(url, name, image_size=S))
+
+
+def test_score_batch_scores_only_ok_rows(tmp_path):
+    batch = _prepared(tmp_path)
+    pred = MeanPredictor()
+    out = score_batch(pred, batch, n_labels=3, batch_size=4)
+    assert "pixels" not in out
+    assert pred.calls == [4, 2]  # 6 ok rows in calls of batch_size, the corrupt one never reaches the model
+    ref = batch["pixels"][:6].reshape(6, -1).mean(1) / 255.0
+    np.testing.assert_allclose(out["p_fake"][:6], ref, rtol=1e-6)
+    assert np.isnan(out["p_fake"][6]) and np.isnan(out["generator_scores"][6]).all()
+    assert out["top_generator"][6] == "" and out["_infer_s"][6] == 0 and (out["_infer_s"][:6] > 0).all()
+    assert out["key"].tolist() == batch["key"].tolist()
+
+
+def test_collector_interleaved_duplicates_and_empty(tmp_path):
+    a = score_batch(MeanPredictor(), _prepared(tmp_path, "a", 5), n_labels=3)
+    b = score_batch(MeanPredictor(), _prepared(tmp_path, "b", 3), n_labels=3)
+    take = lambda bt, ix: {k: v[np.asarray(ix)] for k, v in bt.items()}  # noqa: E731
+    c = ShardCollector()
+    assert c.add(concat([take(a, [4, 0]), take(b, [1])])) == []
+    assert c.add(concat([take(b, [0, 1]), take(a, [2])])) == []  # b[1] is a duplicate (retried task)
+    done = c.add(concat([take(a, [1, 3, 5]), take(b, [2, 3])]))
+    assert [s for s, _ in done] == ["a", "b"]
+    rows_a = dict(done)["a"]
+    assert rows_a["_idx"].tolist() == list(range(6)) and rows_a["key"].tolist() == a["key"].tolist()
+    assert len(dict(done)["b"]["key"]) == 4 and c.duplicates == 1 and not c.pending
+    assert c.add(take(a, [0])) == [] and c.duplicates == 2  # late duplicate of a finished shard is dropped
+    empty = {k: v[:1].copy() for k, v in b.items()}
+    empty.update(shard=np.array(["e"], object), status=np.array(["_empty"], object), _expected=np.array([0]))
+    (shard, rows), = c.add(empty)
+    assert shard == "e" and rows == {} and to_table(rows, _ctx()).num_rows == 0
+
+
+def _ctx() -> RunContext:
+    return RunContext(run_id="r1", source="s3://b/p/", detector_id="tiny@abc", threshold=0.4, labels=LABELS)
+
+
+def test_table_schema_nulls_and_parquet_duckdb_round_trip(tmp_path):
+    rows = score_batch(MeanPredictor(), _prepared(tmp_path), n_labels=3)
+    when = dt.datetime(2026, 11, 24, 3, 0, tzinfo=dt.UTC)
+    table = to_table(rows, _ctx(), scanned_at=when)
+    check_table(table)
+    assert table.schema.equals(SCHEMA) and table.num_rows == 7
+    d = table.to_pylist()
+    assert d[0]["status"] == "ok" and d[0]["threshold"] == pytest.approx(0.4)
+    assert dict(d[0]["generator_scores"]).keys() == set(LABELS)
+    assert dict(d[0]["generator_scores"])["famA"] == pytest.approx(float(rows["generator_scores"][0, 1]))
+    bad = d[6]
+    assert bad["status"] == "decode_error" and bad["p_fake"] is None and bad["is_fake"] is None
+    assert bad["generator_scores"] is None and bad["width"] is None and bad["sha256"] is not None
+    # round trip through a real Parquet file under a hive partition, read back by pyarrow and DuckDB
+    paths = RunPaths(str(tmp_path / "out"), "2026-11-24")
+    stats = shard_stats("a", "u", rows)
+    write_shard(paths, "a", table, stats)
+    back = pq.read_table(paths.parquet("a"))
+    assert back.schema.equals(SCHEMA, check_metadata=False) and back.num_rows == 7
+    con = duckdb.connect()
+    q = con.execute(
+        "SELECT scan_date, status, count(*) FROM read_parquet(?, hive_partitioning=true) GROUP BY ALL ORDER BY 2",
+        [str(tmp_path / "out" / "scan_date=*" / "*.parquet")],
+    ).fetchall()
+    assert [(str(a), b, c) for a, b, c in q] == [("2026-11-24", "decode_error", 1), ("2026-11-24", "ok", 6)]
+    marker = json.loads(Path(paths.marker("a")).read_text())
+    assert marker["counts"] == {s: {"ok": 6, "decode_error": 1}.get(s, 0) for s in STATUSES}
+
+
+def test_check_table_rejects_foreign_schema():
+    with pytest.raises(ValueError):
+        check_table(pa.table({"a": [1]}))
+    with pytest.raises(ValueError, match="unknown status"):
+        t = pa.Table.from_pylist([{"schema_version": 1, "run_id": "r", "source": "s", "shard": "a", "shard_url": "u",
+                                   "status": "weird", "detector_id": "d",
+                                   "scanned_at": dt.datetime.now(dt.UTC)}], schema=SCHEMA)  # fmt: skip
+        check_table(t)
+
+
+def _cfg(tmp_path, **kw) -> ScanConfig:
+    base = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "detector": str(tmp_path / "det")}
+    return ScanConfig.parse({**base, **kw})
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="batch_sise"):
+        _cfg(tmp_path, batch_sise=3)
+    with pytest.raises(ConfigError, match="scan_date"):
+        _cfg(tmp_path, scan_date="2026-13-01")
+    with pytest.raises(ConfigError, match="actor_num_cpus"):
+        _cfg(tmp_path, actor_num_cpus=0)
+    with pytest.raises(ConfigError, match="float16"):
+        _cfg(tmp_path, dtype="float16")
+    assert _cfg(tmp_path, actor_num_gpus=1, dtype="float16").device == "cuda"
+
+
+def test_cli_merges_file_and_flags(tmp_path):
+    from jobs.scan_bucket import build_config, parse_args
+
+    f = tmp_path / "scan.json"
+    f.write_text(json.dumps({"input": "s3://b/in/", "output": "s3://b/out/", "detector": "d", "batch_size": 8}))
+    cfg = build_config(parse_args(["--config-file", str(f), "--batch-size", "16", "--resume"]))
+    assert cfg.batch_size == 16 and cfg.input == "s3://b/in/" and cfg.resume
+    f.write_text(json.dumps({"input": "a", "output": "b", "detector": "c", "num_actor": 2}))
+    with pytest.raises(ConfigError, match="num_actor"):
+        build_config(parse_args(["--config-file", str(f)]))
+
+
+def test_plan_refuses_existing_run_and_resumes_latest_unfinished(tmp_path):
+    cfg = _cfg(tmp_path, scan_date="2026-11-20")
+    plan = plan_run(cfg)
+    assert not plan.resumed and plan.run_id.startswith("2026-11-20-")
+    write_json(plan.paths.run_file("run.json"), {"status": "succeeded", "run_id": plan.run_id,
+                                                 "config": cfg.model_dump()})  # fmt: skip
+    with pytest.raises(RunRefused, match="--resume"):
+        plan_run(cfg)
+    later = RunPaths(cfg.output, "2026-11-21")
+    write_json(later.run_file("run.json"), {"status": "failed", "run_id": "keep-me", "config": cfg.model_dump()})
+    resumed = plan_run(_cfg(tmp_path, resume=True))
+    assert resumed.resumed and resumed.paths.scan_date == "2026-11-21" and resumed.run_id == "keep-me"
+    with pytest.raises(RunRefused, match="input"):
+        plan_run(_cfg(tmp_path, resume=True, input="s3://elsewhere/"))
+    # a partition with Parquet but no run.json is also refused (never overwrite user data)
+    other = RunPaths(cfg.output, "2026-11-22")
+    write_raw(other.parquet("x"), b"PAR1")
+    with pytest.raises(RunRefused):
+        plan_run(_cfg(tmp_path, scan_date="2026-11-22"))
+
+
+def test_parquet_bytes_are_readable():
+    from pipeline.scan.completion import parquet_bytes
+
+    t = SCHEMA.empty_table()
+    assert pq.read_table(io.BytesIO(parquet_bytes(t))).schema.equals(SCHEMA, check_metadata=False)

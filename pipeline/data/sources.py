@@ -1,0 +1,366 @@
+"""Labelled image sources for training and evaluation, local or on object storage (fsspec: local, s3://, …).
+
+Layouts (METHODS.md "Data layouts users have"):
+
+* ``univfd``   UnivFD / CNNDetection [code]: ``<root>/<generator>/[<class>/]0_real|1_fake/*.(png|jpg|jpeg|webp)``.
+               ``<root>`` may also be one generator folder itself (``<root>/0_real``, generator = its name).
+* ``genimage`` GenImage [code]: ``<root>/<generator>/[<inner>/]train|val/ai|nature/*``.
+* ``wds``      WebDataset shards (``*.tar`` under a folder/prefix, one ``.tar``, or a brace pattern) whose
+               ``.json`` member carries ``{"label": 0|1, "generator": str}`` (the demo generator writes these).
+
+Labels come only from the exact folder names ``0_real``/``1_fake`` and ``nature``/``ai`` (and the JSON ``label``),
+never from substrings. Listing reads no image: for folders it is one recursive listing; for shards it reads the
+tar headers and the small JSON members and records each image member's byte range, so
+:meth:`LabelledImage.read_bytes` is one ranged read.
+
+``generator`` [ours]: for folder layouts it is the top-level generator folder (the evaluation *subset*; reals in
+``<root>/progan/0_real`` have generator ``progan``); for shards it is the JSON value (``"real"`` for reals).
+:attr:`LabelledImage.attribution` is the attribution class: ``"real"`` for label 0, else ``generator``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image, ImageOps
+
+from pipeline.logs import get_logger
+from pipeline.settings import ConfigError
+from pipeline.storage import filesystem, list_shards, with_protocol
+
+log = get_logger("pipeline.data.sources")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+UNIVFD_CLASSES = {"0_real": 0, "1_fake": 1}
+GENIMAGE_CLASSES = {"nature": 0, "ai": 1}
+GENIMAGE_SPLITS = ("train", "val")
+Layout = Literal["auto", "univfd", "genimage", "wds"]
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One labelled image; the pixels are read only when asked for."""
+
+    uri: str  # the image file, or the shard for `wds` (see `member`)
+    label: int  # 0 real, 1 generated
+    generator: str  # generator folder / JSON generator (see module docstring)
+    source: str  # layout: "univfd" | "genimage" | "wds"
+    split: str | None = None  # "train"/"val" for GenImage, the split folder for UnivFD if one was chosen
+    category: str | None = None  # CNNDetection's optional <class> folder (e.g. "airplane")
+    member: str | None = None  # wds: image member name inside the tar
+    offset: int | None = None  # wds: byte offset of the member's data in the tar
+    size: int | None = None  # wds: member size in bytes
+    key: str | None = None  # wds sample key
+
+    @property
+    def attribution(self) -> str:
+        return "real" if self.label == 0 else self.generator
+
+    @property
+    def name(self) -> str:
+        """A stable, unique-per-source identifier (file URI, or shard URI + '#' + key)."""
+        return f"{self.uri}#{self.key}" if self.member is not None else self.uri
+
+    def read_bytes(self) -> bytes:
+        fs, path = filesystem(self.uri)
+        if self.member is None:
+            with fs.open(path, "rb") as f:
+                return f.read()
+        if self.offset is None or self.size is None:
+            raise ValueError(f"{self.name}: a tar member needs offset and size")
+        return fs.cat_file(path, start=self.offset, end=self.offset + self.size)
+
+    def load(self) -> Image.Image:
+        """The decoded image: EXIF orientation applied, RGB, fully loaded (the file is closed)."""
+        with Image.open(io.BytesIO(self.read_bytes())) as im:
+            im = ImageOps.exif_transpose(im)
+            return im.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def load_labelled(
+    uri: str,
+    *,
+    layout: Layout = "auto",
+    split: str | None = None,
+    generators: list[str] | None = None,
+    on_unlabelled: Literal["error", "skip"] = "error",
+) -> list[LabelledImage]:
+    """List the labelled images under `uri` (sorted, deterministic).
+
+    layout: "auto" detects it (shards → wds; else the folder names decide; a mix is an error).
+    split: GenImage "train"/"val"; for UnivFD an optional first-level folder (e.g. ``<root>/test/...``).
+    generators: keep only these generators (unknown names are an error listing the available ones).
+    on_unlabelled: for shards, what to do with a sample lacking a valid JSON label ("error" names shard + key).
+
+    Raises FileNotFoundError for a missing or empty root, ConfigError for an unrecognised layout or bad filters.
+    """
+    if layout not in ("auto", "univfd", "genimage", "wds"):
+        raise ConfigError(f"layout: unknown layout {layout!r}; use auto, univfd, genimage or wds")
+    if layout == "wds" or (layout == "auto" and _looks_like_shards(uri)):
+        if split is not None:
+            raise ConfigError(
+                f"split: WebDataset sources have no split folders ({uri}); point at the split's shards"
+            )
+        items = _load_wds(uri, on_unlabelled=on_unlabelled)
+        source = "wds"
+    else:
+        files, root = _list_files(uri)
+        if layout == "auto":
+            layout = _detect(files, root, uri)
+        if layout == "univfd":
+            items = _load_univfd(files, root, uri, split)
+        else:
+            items = _load_genimage(files, root, uri, split)
+        source = layout
+    if not items:
+        raise FileNotFoundError(f"no labelled images under {uri} (layout {source}, split {split!r})")
+    if generators is not None:
+        available = sorted({it.generator for it in items})
+        missing = sorted(set(generators) - set(available))
+        if missing:
+            raise ConfigError(f"generators: {missing} not found under {uri}; available: {available}")
+        items = [it for it in items if it.generator in set(generators)]
+    items.sort(key=lambda it: (it.generator, it.label, it.name))
+    counts = Counter((it.generator, it.label) for it in items)
+    log.info(
+        "labelled_source",
+        uri=uri,
+        layout=source,
+        n=len(items),
+        counts={f"{g}/{lab}": n for (g, lab), n in sorted(counts.items())},
+    )
+    return items
+
+
+def summarize(items: list[LabelledImage]) -> dict[str, dict[str, int]]:
+    """{generator: {"real": n, "fake": n}} — handy for logs and checks."""
+    out: dict[str, dict[str, int]] = {}
+    for it in items:
+        d = out.setdefault(it.generator, {"real": 0, "fake": 0})
+        d["fake" if it.label else "real"] += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _hidden(part: str) -> bool:
+    return part.startswith(".") or part == "__MACOSX"
+
+
+def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
+    """Relative path parts of every image file under uri (hidden files / __MACOSX skipped), and the root path."""
+    fs, root = filesystem(uri)
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        raise FileNotFoundError(f"data source not found: {uri}")
+    if not fs.isdir(root):
+        raise ConfigError(f"data source {uri} is a file, not a folder of generator folders or shards")
+    paths = fs.find(root)
+    rels = []
+    for p in paths:
+        rel = posixpath.relpath(p, root) if not p.startswith(root + "/") else p[len(root) + 1 :]
+        parts = tuple(rel.split("/"))
+        if any(_hidden(x) for x in parts):
+            continue
+        if parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+            rels.append(parts)
+    if not rels:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {uri}")
+    return rels, with_protocol(fs, root)
+
+
+def _univfd_label(parts: tuple[str, ...]) -> int | None:
+    return UNIVFD_CLASSES.get(parts[-2]) if len(parts) >= 2 else None
+
+
+def _genimage_label(parts: tuple[str, ...]) -> int | None:
+    if len(parts) >= 3 and parts[-3] in GENIMAGE_SPLITS:
+        return GENIMAGE_CLASSES.get(parts[-2])
+    return None
+
+
+def _detect(files: list[tuple[str, ...]], root: str, uri: str) -> Literal["univfd", "genimage"]:
+    n_u = sum(_univfd_label(p) is not None for p in files)
+    n_g = sum(_genimage_label(p) is not None for p in files)
+    if n_u and n_g:
+        raise ConfigError(
+            f"layout: {uri} mixes UnivFD (0_real/1_fake: {n_u} files) and GenImage (train|val/ai|nature: "
+            f"{n_g} files) folders; pass layout= explicitly"
+        )
+    if n_u:
+        return "univfd"
+    if n_g:
+        return "genimage"
+    example = "/".join(files[0])
+    raise ConfigError(
+        f"layout: cannot recognise the folders under {uri} (e.g. {example!r}); expected "
+        "<generator>/[<class>/]0_real|1_fake/*, <generator>/train|val/ai|nature/* or WebDataset .tar shards"
+    )
+
+
+def _basename(root: str) -> str:
+    return posixpath.basename(root.rstrip("/")) or root
+
+
+def _load_univfd(files: list[tuple[str, ...]], root: str, uri: str, split: str | None) -> list[LabelledImage]:
+    if split is not None:
+        files = [p[1:] for p in files if p[0] == split and len(p) > 1]
+        if not files:
+            raise FileNotFoundError(f"split: no folder {split!r} with images under {uri}")
+    items, ignored = [], 0
+    for parts in files:
+        label = _univfd_label(parts)
+        if label is None:
+            ignored += 1
+            continue
+        full = "/".join(((split,) if split else ()) + parts)
+        if len(parts) == 2:  # root is itself a generator folder
+            generator, category = _basename(root), None
+        else:
+            generator = parts[0]
+            category = "/".join(parts[1:-2]) or None
+        items.append(
+            LabelledImage(
+                uri=f"{root}/{full}",
+                label=label,
+                generator=generator,
+                source="univfd",
+                split=split,
+                category=category,
+            )
+        )
+    if ignored:
+        log.warning(
+            "unlabelled_files_ignored", uri=uri, n=ignored, reason="not inside a 0_real/1_fake folder"
+        )
+    return items
+
+
+def _load_genimage(
+    files: list[tuple[str, ...]], root: str, uri: str, split: str | None
+) -> list[LabelledImage]:
+    if split is not None and split not in GENIMAGE_SPLITS:
+        raise ConfigError(f"split: GenImage splits are {GENIMAGE_SPLITS}, got {split!r}")
+    items, ignored = [], 0
+    for parts in files:
+        label = _genimage_label(parts)
+        if label is None or len(parts) < 4:
+            ignored += 1
+            continue
+        this_split = parts[-3]
+        if split is not None and this_split != split:
+            continue
+        items.append(
+            LabelledImage(
+                uri=f"{root}/{'/'.join(parts)}",
+                label=label,
+                generator=parts[0],
+                source="genimage",
+                split=this_split,
+            )
+        )
+    if ignored:
+        log.warning("unlabelled_files_ignored", uri=uri, n=ignored, reason="not inside train|val/ai|nature")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _looks_like_shards(uri: str) -> bool:
+    if "{" in uri or uri.rstrip("/").endswith(".tar"):
+        return True
+    fs, root = filesystem(uri)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"data source not found: {uri}")
+    if not fs.isdir(root):
+        return False
+    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+    return any(n.endswith(".tar") for n in names) and not any(
+        n in UNIVFD_CLASSES or n in GENIMAGE_SPLITS for n in names
+    )
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset convention: key = path up to the first dot of the basename, ext = the rest."""
+    d, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return (posixpath.join(d, stem) if d else stem), ext.lower()
+
+
+def _load_wds(uri: str, *, on_unlabelled: str) -> list[LabelledImage]:
+    items: list[LabelledImage] = []
+    for shard in list_shards(uri):
+        items.extend(_list_shard(shard, on_unlabelled=on_unlabelled))
+    return items
+
+
+def _list_shard(shard: str, *, on_unlabelled: str) -> list[LabelledImage]:
+    fs, path = filesystem(shard)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"shard not found: {shard}")
+    images: dict[str, tuple[str, int, int]] = {}
+    metas: dict[str, bytes] = {}
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for m in tar:
+                if not m.isfile() or any(_hidden(x) for x in m.name.split("/")):
+                    continue
+                key, ext = _split_key(m.name)
+                if ext == "json":
+                    fh = tar.extractfile(m)
+                    metas[key] = fh.read() if fh is not None else b""
+                elif ("." + ext) in IMAGE_EXTENSIONS and key not in images:
+                    images[key] = (m.name, m.offset_data, m.size)
+    except tarfile.TarError as exc:
+        raise ConfigError(f"{shard} is not a readable tar shard: {exc}") from exc
+    items, problems = [], []
+    for key, (member, offset, size) in images.items():
+        label, generator, why = _parse_meta(metas.get(key))
+        if why is not None:
+            problems.append(f"{key}: {why}")
+            continue
+        items.append(
+            LabelledImage(
+                uri=shard,
+                label=label,  # type: ignore[arg-type]
+                generator=generator,  # type: ignore[arg-type]
+                source="wds",
+                member=member,
+                offset=offset,
+                size=size,
+                key=key,
+            )
+        )
+    if problems:
+        if on_unlabelled == "error":
+            raise ConfigError(
+                f"{shard}: {len(problems)} sample(s) without a valid label, e.g. {problems[:3]}; "
+                "pass on_unlabelled='skip' to drop them"
+            )
+        log.warning("unlabelled_samples_skipped", shard=shard, n=len(problems), examples=problems[:3])
+    return items
+
+
+def _parse_meta(raw: bytes | None) -> tuple[int | None, str | None, str | None]:
+    if raw is None:
+        return None, None, "no .json member"
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, None, f"invalid JSON ({exc})"
+    if not isinstance(meta, dict):
+        return None, None, "JSON is not an object"
+    label = meta.get("label")
+    if isinstance(label, bool) or label not in (0, 1):
+        return None, None, f"label must be 0 or 1, got {label!r}"
+    generator = meta.get("generator")
+    if not isinstance(generator, str) or not generator:
+        return None, None, f"generator must be a non-empty string, got {generator!r}"
+    if label == 1 and generator == "real":
+        return None, None, "label 1 with generator 'real'"
+    return int(label), generator, None

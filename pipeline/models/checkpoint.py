@@ -1,0 +1,179 @@
+"""Detector checkpoints: ``detector.safetensors`` + ``detector.json`` (DetectorMeta). Never unpickles.
+
+The safetensors file always holds the adapters, routers and heads; it also holds the frozen backbone when
+that was random-init (pretrained None), so tiny/demo checkpoints are self-contained. Otherwise the backbone is
+rebuilt from its recorded source (open_clip tag, or a weights file whose sha256 is checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+import pipeline
+from pipeline import storage
+from pipeline.logs import get_logger
+from pipeline.models.config import DetectorConfig
+from pipeline.models.constants import META_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
+from pipeline.models.detector import (
+    CheckpointError,
+    Detector,
+    check_state_dict,
+    create_detector,
+    refuse_pickle,
+    sha256_file,
+)
+from pipeline.settings import ConfigError, StrictModel
+
+log = get_logger("pipeline.models.checkpoint")
+
+
+class BackboneMeta(StrictModel):
+    arch: str
+    pretrained: str | None = None  # open_clip tag | weights file path/URI | None (random init)
+    kind: str = "none"  # "none" | "tag" | "file"
+    sha256: str | None = None  # of the pretrained weights file (kind == "file")
+    stored_in_checkpoint: bool = False  # the frozen backbone is inside detector.safetensors
+
+
+class DetectorMeta(StrictModel):
+    """Everything needed to rebuild and use a detector. The trainer fills the thresholds / notes;
+    ``save_detector`` fills config, backbone, project_version, created_at and detector_id."""
+
+    format_version: int = 1
+    config: DetectorConfig | None = None
+    generators: list[str] = Field(default_factory=list)
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="calibrated p_fake threshold")
+    unknown_threshold: float = Field(
+        0.0, ge=0.0, le=1.0, description="max attribution probability below this -> 'unknown'"
+    )
+    backbone: BackboneMeta | None = None
+    project_version: str = ""
+    created_at: str = ""
+    detector_id: str = ""
+    notes: dict[str, Any] = Field(default_factory=dict, description="free-form training/calibration notes")
+
+    @property
+    def labels(self) -> list[str]:
+        return ["real", *self.generators]
+
+
+def checkpoint_keys(det: Detector, *, with_backbone: bool) -> list[str]:
+    keys = det.adapter_param_names() + det.head_param_names()
+    if with_backbone:
+        keys += det.backbone_param_names()
+    return keys
+
+
+def save_detector(det: Detector, ckpt_dir: str | Path, meta: DetectorMeta | None = None) -> DetectorMeta:
+    """Write ``ckpt_dir/detector.safetensors`` then ``ckpt_dir/detector.json`` (written last: a checkpoint
+    with a json is complete). ``ckpt_dir`` may be local or any fsspec URI (s3://). Returns the final meta."""
+    from safetensors.torch import save
+
+    meta = meta or DetectorMeta()
+    cfg = det.config
+    if meta.generators and meta.generators != cfg.generators:
+        raise ValueError(
+            f"meta.generators {meta.generators} differ from the detector's head labels {cfg.generators}"
+        )
+    stored = det.backbone.kind == "none"
+    state = det.state_dict()
+    tensors = {
+        k: state[k].detach().to("cpu").contiguous() for k in checkpoint_keys(det, with_backbone=stored)
+    }
+    blob = save(tensors, metadata={"format": "pt", "detector": cfg.name})
+    digest = hashlib.sha256(blob).hexdigest()
+    meta = meta.model_copy(
+        update={
+            "config": cfg,
+            "generators": list(cfg.generators),
+            "backbone": BackboneMeta(
+                arch=det.backbone.arch,
+                pretrained=det.backbone.pretrained,
+                kind=det.backbone.kind,
+                sha256=det.backbone.sha256,
+                stored_in_checkpoint=stored,
+            ),
+            "project_version": pipeline.__version__,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "detector_id": f"{cfg.name}@{digest[:12]}",
+        }
+    )
+    root = str(ckpt_dir)
+    storage.write_bytes_atomic(storage.join(root, WEIGHTS_FILE), blob)
+    storage.write_bytes_atomic(storage.join(root, META_FILE), meta.to_json().encode())
+    log.info("detector_saved", dir=root, detector_id=meta.detector_id, tensors=len(tensors), bytes=len(blob))
+    return meta
+
+
+def _local_checkpoint_dir(uri: str) -> Path:
+    refuse_pickle(uri)
+    if uri.rstrip("/").endswith((WEIGHTS_FILE, META_FILE)):
+        uri = uri.rstrip("/").rsplit("/", 1)[0]
+    try:
+        local = storage.fetch_to_cache(uri)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint not found: {uri}") from exc
+    if not local.is_dir():
+        raise CheckpointError(f"checkpoint not found: {uri} (expected a directory with {WEIGHTS_FILE})")
+    if not (local / WEIGHTS_FILE).is_file():
+        pickles = sorted(p.name for p in local.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            refuse_pickle(str(local / pickles[0]))
+        raise CheckpointError(f"no {WEIGHTS_FILE} in checkpoint {uri}")
+    if not (local / META_FILE).is_file():
+        raise CheckpointError(f"no {META_FILE} in checkpoint {uri} (incomplete save?)")
+    return local
+
+
+def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
+    """Load a checkpoint directory (local or s3:// via fetch_to_cache). Checks the file hash against the
+    detector id, then every key and shape; never unpickles."""
+    from safetensors.torch import load_file
+
+    uri = str(uri)
+    local = _local_checkpoint_dir(uri)
+    try:
+        meta = DetectorMeta.from_file(local / META_FILE)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+    if meta.config is None or meta.backbone is None:
+        raise CheckpointError(f"{uri}/{META_FILE}: config and backbone are required")
+    digest = sha256_file(local / WEIGHTS_FILE)
+    if meta.detector_id and not meta.detector_id.endswith("@" + digest[:12]):
+        raise CheckpointError(
+            f"{uri}: {WEIGHTS_FILE} (sha256 {digest[:12]}) does not match detector_id {meta.detector_id} "
+            f"(overwritten or corrupt; a stale cached copy lives in {local})"
+        )
+    if meta.generators != meta.config.generators:
+        raise CheckpointError(f"{uri}: meta.generators {meta.generators} != config.generators")
+    bb = meta.backbone
+    det = create_detector(meta.config, pretrained=None if bb.stored_in_checkpoint else bb.pretrained)
+    if bb.kind == "file" and not bb.stored_in_checkpoint and det.backbone.sha256 != bb.sha256:
+        raise CheckpointError(
+            f"{uri}: backbone weights {bb.pretrained} have sha256 {det.backbone.sha256}, "
+            f"the checkpoint was trained on {bb.sha256}"
+        )
+    tensors = load_file(str(local / WEIGHTS_FILE), device="cpu")
+    state = det.state_dict()
+    expected = {k: state[k].shape for k in checkpoint_keys(det, with_backbone=bb.stored_in_checkpoint)}
+    check_state_dict(expected, tensors, what=f"checkpoint {uri}")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            state[k].copy_(v)
+    det.set_fused(meta.config.fused)
+    det.eval()
+    log.info("detector_loaded", uri=uri, detector_id=meta.detector_id, tensors=len(tensors))
+    return det, meta
+
+
+def read_meta(uri: str | Path) -> DetectorMeta:
+    """Only the meta of a checkpoint (no weights)."""
+    data = json.loads(storage.read_bytes(storage.join(str(uri), META_FILE)))
+    return DetectorMeta.parse(data, source=f"{uri}/{META_FILE}")

@@ -1,0 +1,185 @@
+"""Detector configs: typed (pydantic, unknown fields rejected), shipped as JSON in ``configs/``.
+
+A detector config names an open_clip architecture, its default pretrained source, the preprocessing, the
+method (``mole`` or ``linear``), the MoLE adapter layout and the heads. ``configs/`` also holds the open_clip
+*architecture* configs of the tiny backbones (files with ``embed_dim``/``vision_cfg``/``text_cfg``, e.g.
+``ViT-Tiny-16-96.json``); they are registered with ``open_clip.add_model_config`` (no site-packages edits).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.models.constants import CLIP_MEAN, CLIP_STD
+from pipeline.settings import ConfigError, StrictModel
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+_ARCH_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+_registered = False
+
+
+class MoLEConfig(StrictModel):
+    """MoLE adapter layout (METHODS.md §1). [paper]: shared LoRA + separate LoRA experts in parallel to the
+    MLP of the deeper blocks, per-token router. [ours]: the defaults, softmax router, optional top-k and the
+    load-balancing loss, LoRA scale = alpha / rank."""
+
+    blocks: int | list[int] = Field(
+        3, description="int N: the last N blocks; list: explicit block indices (negative counts from the end)"
+    )
+    shared_rank: int = Field(8, ge=0, description="rank of the shared LoRA (0 = none)")
+    expert_ranks: list[int] = Field(default_factory=lambda: [8, 8, 8], min_length=1)
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA scale = alpha/rank; None -> scale 1")
+    top_k: int | None = Field(
+        None, ge=1, description="keep the k largest router logits per token (None = dense)"
+    )
+    load_balance: bool = Field(False, description="compute the Switch-style load-balancing auxiliary loss")
+
+    @field_validator("expert_ranks")
+    @classmethod
+    def _positive_ranks(cls, v: list[int]) -> list[int]:
+        if any(r < 1 for r in v):
+            raise ValueError("every expert rank must be >= 1")
+        return v
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("blocks: the number of last blocks to adapt must be >= 1")
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("blocks: the list must be non-empty without duplicates")
+        return v
+
+    @model_validator(mode="after")
+    def _top_k_le_experts(self) -> Self:
+        if self.top_k is not None and self.top_k > len(self.expert_ranks):
+            raise ValueError(f"top_k={self.top_k} exceeds the number of experts ({len(self.expert_ranks)})")
+        return self
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.expert_ranks)
+
+    def block_indices(self, depth: int) -> list[int]:
+        """Resolved, sorted block indices for a transformer of `depth` blocks."""
+        if isinstance(self.blocks, int):
+            if self.blocks > depth:
+                raise ConfigError(f"mole.blocks: {self.blocks} blocks requested, the backbone has {depth}")
+            return list(range(depth - self.blocks, depth))
+        out = []
+        for b in self.blocks:
+            i = b + depth if b < 0 else b
+            if not 0 <= i < depth:
+                raise ConfigError(f"mole.blocks: index {b} out of range for a backbone of {depth} blocks")
+            out.append(i)
+        return sorted(set(out))
+
+
+class HeadConfig(StrictModel):
+    """What the heads read. [ours] for MoLE: the final image embedding (after the projection);
+    [code] for the linear detector: ln_post(CLS) before the projection, L2-normalised."""
+
+    feature: Literal["embedding", "pre_proj"] = "embedding"
+    normalize: bool = False
+
+
+class DetectorConfig(StrictModel):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    method: Literal["mole", "linear"]
+    arch: str = Field(min_length=1, description="open_clip architecture name, e.g. ViT-L-14-quickgelu")
+    pretrained: str | None = Field(
+        None, description="default backbone weights: open_clip tag | local .safetensors | s3:// URI | null"
+    )
+    image_size: int = Field(ge=16, le=1024)
+    preprocess: Literal["center_crop", "resize_crop"] = "center_crop"
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    mole: MoLEConfig | None = None
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    generators: list[str] = Field(default_factory=list, description="attribution labels, without 'real'")
+    fused: bool = Field(False, description="start with the fused MoLE inference path enabled")
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("std values must be > 0")
+        return v
+
+    @field_validator("generators")
+    @classmethod
+    def _generators(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("generators: duplicate labels")
+        for g in v:
+            if not g or g in ("real", "unknown"):
+                raise ValueError(f"generators: {g!r} is reserved or empty")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.method == "mole" and self.mole is None:
+            raise ValueError("mole: required when method is 'mole'")
+        if self.method == "linear" and self.mole is not None:
+            raise ValueError("mole: must be absent when method is 'linear'")
+        check_arch_pretrained(self.arch, self.pretrained, field="pretrained")
+        return self
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> DetectorConfig:
+        """A shipped config name (``tiny-mole``) or a path to a JSON file."""
+        p = Path(name_or_path)
+        if p.suffix == ".json" or p.exists():
+            return cls.from_file(p)
+        shipped = CONFIG_DIR / f"{name_or_path}.json"
+        if not shipped.is_file() or str(name_or_path) not in list_configs():
+            raise ConfigError(
+                f"unknown detector config {name_or_path!r}; shipped: {', '.join(list_configs())}"
+            )
+        return cls.from_file(shipped)
+
+    @property
+    def labels(self) -> list[str]:
+        """Attribution classes: ["real", *generators]."""
+        return ["real", *self.generators]
+
+
+def check_arch_pretrained(arch: str, pretrained: str | None, *, field: str) -> None:
+    """OpenAI weights need the QuickGELU architectures (METHODS.md): plain ``ViT-L-14`` + ``openai`` silently
+    builds GELU in open_clip (only a warning), so it is an error here."""
+    if pretrained == "openai" and not arch.endswith("-quickgelu"):
+        raise ConfigError(
+            f"{field}: tag 'openai' needs a QuickGELU architecture; use arch '{arch}-quickgelu' instead of '{arch}'"
+        )
+
+
+def _is_arch_file(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return all(k in data for k in _ARCH_KEYS)
+
+
+def list_configs() -> list[str]:
+    """Names of the shipped detector configs."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json") if not _is_arch_file(p))
+
+
+def register_arch_configs() -> None:
+    """Register the shipped open_clip architecture configs (the tiny backbones) with open_clip, once."""
+    global _registered
+    if _registered:
+        return
+    import open_clip
+
+    for p in sorted(CONFIG_DIR.glob("*.json")):
+        if _is_arch_file(p):
+            open_clip.add_model_config(p)
+    _registered = True

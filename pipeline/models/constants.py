@@ -1,0 +1,14 @@
+"""Preprocessing constants, in one place. [code]: the CLIP normalisation constants are OpenAI CLIP's
+(identical to ``open_clip.constants.OPENAI_DATASET_MEAN/STD``; a test asserts they stay equal)."""
+
+from __future__ import annotations
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+# Checkpoint files written by save_detector.
+WEIGHTS_FILE = "detector.safetensors"
+META_FILE = "detector.json"
+
+# File suffixes that are (or usually are) Python pickles: never unpickled here.
+PICKLE_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")

@@ -1,0 +1,112 @@
+"""Nightly hygiene filter: drop / quarantine generated images from WebDataset shards using a scan.
+
+    python jobs/filter_shards.py --scan out/scan --input data/shards --output data/clean \
+        [--policy policy.json | --threshold 0.7 --rule unknown=quarantine --rule upconv=drop@0.9 ...] [--dry-run]
+
+Exit codes: 0 success (every shard reconciled), 2 bad config/policy, 3 refused (the scan does not cover the
+input exactly; nothing written), 4 accounting did not reconcile. Prints a JSON summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pipeline.hygiene.plan import PlanError
+from pipeline.hygiene.policy import FilterConfig, FilterPolicy
+from pipeline.hygiene.run import ReconcileError, local_map, run_filter
+from pipeline.settings import ConfigError
+
+
+def parse_rule(text: str) -> dict[str, Any]:
+    """`GEN=ACTION` or `GEN=ACTION@THRESHOLD` -> a GeneratorRule dict (validated by the policy model)."""
+    gen, sep, rest = text.partition("=")
+    if not sep:
+        raise ConfigError(f"generator_rules: {text!r} is not GEN=ACTION[@THRESHOLD]")
+    action, at, thr = rest.partition("@")
+    rule: dict[str, Any] = {"generator": gen, "action": action}
+    if at:
+        try:
+            rule["threshold"] = float(thr)
+        except ValueError as exc:
+            raise ConfigError(f"generator_rules: threshold {thr!r} in {text!r} is not a number") from exc
+    return rule
+
+
+def build_config(argv: list[str] | None = None) -> FilterConfig:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scan", required=True, help="scan output root (scan_date=*/ and _shards/)")
+    ap.add_argument("--input", required=True, help="source shards, exactly as given to the scan")
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--scan-date", default=None, help="YYYY-MM-DD; default: the latest partition")
+    ap.add_argument("--policy", default=None, help="FilterPolicy JSON file (exclusive with the inline flags)")
+    ap.add_argument("--threshold", type=float, default=None, help="explicit p_fake threshold (default: is_fake)")
+    ap.add_argument("--fake-action", default=None, help="drop | quarantine (default drop)")
+    ap.add_argument("--error-action", default=None, help="keep | drop | quarantine error rows (default keep)")
+    ap.add_argument("--on-shard-error", default=None, help="fail | skip (default fail)")
+    ap.add_argument("--rule", action="append", default=[], help="GEN=ACTION[@THRESHOLD], repeatable")
+    ap.add_argument("--dry-run", action="store_true", help="print what would happen, write nothing")
+    ap.add_argument("--engine", default="local", help="local | ray (one Ray task per shard)")
+    ap.add_argument("--ray-address", default=None)
+    ap.add_argument("--task-cpus", type=float, default=0.5)
+    args = ap.parse_args(argv)
+
+    inline = {
+        "threshold": args.threshold,
+        "fake_action": args.fake_action,
+        "error_action": args.error_action,
+        "on_shard_error": args.on_shard_error,
+    }
+    inline = {k: v for k, v in inline.items() if v is not None}
+    if args.rule:
+        inline["generator_rules"] = [parse_rule(r) for r in args.rule]
+    if args.policy and inline:
+        raise ConfigError(f"--policy and inline policy flags ({', '.join(sorted(inline))}) are exclusive: "
+                          "put everything in the policy file")
+    policy = FilterPolicy.from_file(args.policy) if args.policy else FilterPolicy.parse(inline, source="flags")
+    return FilterConfig.parse(
+        {
+            "scan": args.scan,
+            "input": args.input,
+            "output": args.output,
+            "scan_date": args.scan_date,
+            "policy": policy.model_dump(),
+            "dry_run": args.dry_run,
+            "engine": args.engine,
+            "ray_address": args.ray_address,
+            "task_num_cpus": args.task_cpus,
+        },
+        source="command line",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = build_config(argv)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.engine == "ray":
+        from pipeline.engine.filter import make_ray_map
+
+        map_fn = make_ray_map(cfg.ray_address, cfg.task_num_cpus)
+    else:
+        map_fn = local_map
+    try:
+        stats = run_filter(cfg, map_fn)
+    except PlanError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
+    except ReconcileError as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 4
+    print(json.dumps(stats if cfg.dry_run else {"output": cfg.output, **stats["totals"],
+                                                 "shards": len(stats["shards"]),
+                                                 "skipped_shards": len(stats["skipped_shards"])}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

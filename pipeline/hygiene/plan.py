@@ -1,0 +1,223 @@
+"""Plan a filter run [ours]: find each input shard's scan rows, check the scan covers the shard exactly, and
+decide keep / drop / quarantine for every sample. Reads only (scan Parquet, completion markers, tar headers);
+nothing here writes, so every coverage problem is reported before the first output byte."""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline import storage
+from pipeline.hygiene.policy import FilterConfig, FilterPolicy
+from pipeline.hygiene.shards import index_shard
+
+SCAN_COLUMNS = ["shard", "key", "status", "error", "p_fake", "is_fake", "threshold", "top_generator"]
+ERROR_STATUSES = ("decode_error", "no_image", "too_large")
+
+
+class PlanError(RuntimeError):
+    """The scan does not cover the input exactly (or the input cannot be read); raised before any write."""
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Where one shard's inputs and outputs live."""
+
+    source: str
+    shard_id: str
+    name: str  # path relative to the input root, e.g. "part1/shard-000000.tar"
+    scan_file: str
+    scan_marker: str
+    output: str
+    quarantine: str
+    manifest: str
+    marker: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    key: str
+    action: str  # keep | drop | quarantine
+    reason: str  # "" (plain keep) | fake | generator:<name> | error:<status>
+    status: str
+    p_fake: float | None
+    top_generator: str | None
+    threshold: float | None  # the threshold the decision used (None: the scan's is_fake column)
+    error: str | None
+
+
+@dataclass
+class ShardPlan:
+    spec: ShardSpec
+    samples: int = 0
+    decisions: list[Decision] = field(default_factory=list)  # aligned with the source's samples, tar order
+    non_sample_members: int = 0
+    problems: list[str] = field(default_factory=list)
+    scan_shard_error: str | None = None
+    skip: bool = False
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(d.action for d in self.decisions)
+        return {"samples": self.samples, "keep": c["keep"], "drop": c["drop"], "quarantine": c["quarantine"]}
+
+
+def resolve_scan_date(scan_root: str, requested: str | None) -> str:
+    fs, root = storage.filesystem(scan_root)
+    if not fs.exists(root):
+        raise PlanError(f"scan output not found: {scan_root}")
+    dates = sorted(
+        posixpath.basename(p.rstrip("/")).removeprefix("scan_date=")
+        for p in fs.ls(root, detail=False)
+        if posixpath.basename(p.rstrip("/")).startswith("scan_date=")
+    )
+    if not dates:
+        raise PlanError(f"no scan_date=* partitions under {scan_root}: not a scan output")
+    if requested is None:
+        return dates[-1]
+    if requested not in dates:
+        raise PlanError(f"scan_date={requested} not found under {scan_root} (have: {', '.join(dates)})")
+    return requested
+
+
+def relative_name(shard_uri: str, source: str) -> str:
+    """The shard's path relative to the input root (its basename for a pattern or a single .tar)."""
+    if "{" in source or source.endswith(storage.SHARD_SUFFIXES):
+        return posixpath.basename(storage.filesystem(shard_uri)[1])
+    _, root = storage.filesystem(source.rstrip("/") + "/")
+    _, path = storage.filesystem(shard_uri)
+    root = root.rstrip("/")
+    return path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
+
+
+def shard_specs(cfg: FilterConfig, scan_date: str) -> list[ShardSpec]:
+    specs = []
+    for uri in storage.list_shards(cfg.input):
+        sid = storage.shard_id(uri, cfg.input)
+        name = relative_name(uri, cfg.input)
+        specs.append(
+            ShardSpec(
+                source=uri,
+                shard_id=sid,
+                name=name,
+                scan_file=storage.join(cfg.scan, f"scan_date={scan_date}", f"{sid}.parquet"),
+                scan_marker=storage.join(cfg.scan, "_shards", scan_date, f"{sid}.json"),
+                output=storage.join(cfg.output, *name.split("/")),
+                quarantine=storage.join(cfg.output, "_quarantine", *name.split("/")),
+                manifest=storage.join(cfg.output, "_manifest", f"{sid}.jsonl"),
+                marker=storage.join(cfg.output, "_shards", f"{sid}.json"),
+            )
+        )
+    ids = Counter(s.shard_id for s in specs)
+    dup = [k for k, n in ids.items() if n > 1]
+    if dup:
+        raise PlanError(f"input shards map to the same shard id: {dup}")
+    return specs
+
+
+def _score(value: Any) -> float | None:
+    if value is None:
+        return None
+    f = float(value)
+    return None if math.isnan(f) else f
+
+
+def decide(row: dict[str, Any], policy: FilterPolicy) -> Decision:
+    """The policy applied to one scan row (see FilterPolicy / GeneratorRule for the order of rules)."""
+    key, status = row["key"], row["status"]
+    p_fake = _score(row.get("p_fake"))
+    gen = row.get("top_generator")
+    err = row.get("error")
+
+    def make(action: str, reason: str, threshold: float | None) -> Decision:
+        return Decision(key, action, reason, status, p_fake, gen, threshold, err)
+
+    if status != "ok" or p_fake is None:
+        reason = f"error:{status}" if status != "ok" else "error:missing_score"
+        return make(policy.error_action, reason, None)
+    base_threshold = policy.threshold
+    base_flag = p_fake >= base_threshold if base_threshold is not None else bool(row.get("is_fake"))
+    for rule in policy.generator_rules:
+        if rule.generator == gen:
+            threshold = rule.threshold if rule.threshold is not None else base_threshold
+            flagged = p_fake >= rule.threshold if rule.threshold is not None else base_flag
+            return make(rule.action, f"generator:{gen}", threshold) if flagged else make("keep", "", threshold)
+    if base_flag:
+        return make(policy.fake_action, "fake", base_threshold)
+    return make("keep", "", base_threshold)
+
+
+def _preview(items: list[str], n: int = 5) -> str:
+    shown = ", ".join(repr(k) for k in items[:n])
+    return shown + (f", … ({len(items)} in all)" if len(items) > n else "")
+
+
+def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
+    """Check one shard against its scan and decide every sample. Problems are collected, never raised."""
+    plan = ShardPlan(spec=spec)
+    if not storage.exists(spec.scan_file):
+        plan.problems.append(f"{spec.source}: not covered by the scan (no {spec.scan_file})")
+        return plan
+    if not storage.exists(spec.scan_marker):
+        plan.problems.append(
+            f"{spec.source}: scan of this shard is incomplete (no completion marker {spec.scan_marker})"
+        )
+        return plan
+    fs, path = storage.filesystem(spec.scan_file)
+    table = pq.read_table(path, filesystem=fs)
+    missing_cols = [c for c in SCAN_COLUMNS if c not in table.column_names]
+    if missing_cols:
+        plan.problems.append(f"{spec.scan_file}: not a scan file, missing columns {missing_cols}")
+        return plan
+    rows = table.select(SCAN_COLUMNS).to_pylist()
+    shard_errors = [r for r in rows if r["status"] == "shard_error"]
+    sample_rows = [r for r in rows if r["status"] != "shard_error"]
+    if shard_errors:
+        plan.scan_shard_error = shard_errors[0]["error"] or "shard_error"
+        if policy.on_shard_error == "skip":
+            plan.skip = True
+            return plan
+        plan.problems.append(
+            f"{spec.source}: the scan could not read this shard to its end ({plan.scan_shard_error}); "
+            "fix or remove the shard, or set on_shard_error='skip' to leave it out of the output"
+        )
+        return plan
+    wrong = sorted({str(r["shard"]) for r in rows if r["shard"] != spec.shard_id})
+    if wrong:
+        plan.problems.append(f"{spec.scan_file}: rows name other shard ids {wrong} (expected {spec.shard_id!r})")
+        return plan
+    try:
+        index = index_shard(spec.source)
+    except Exception as exc:  # noqa: BLE001 - any read failure is a planning problem, reported with the shard
+        plan.problems.append(f"{spec.source}: source shard cannot be read ({type(exc).__name__}: {exc})")
+        return plan
+    plan.samples = len(index.keys)
+    plan.non_sample_members = len(index.non_sample_members)
+    scan_keys = Counter(r["key"] for r in sample_rows)
+    source_keys = Counter(index.keys)
+    if scan_keys != source_keys:
+        not_scanned = sorted((source_keys - scan_keys).elements())
+        not_in_source = sorted(str(k) for k in (scan_keys - source_keys).elements())
+        detail = []
+        if not_scanned:
+            detail.append(f"not in the scan: {_preview(not_scanned)}")
+        if not_in_source:
+            detail.append(f"in the scan but not in the source: {_preview(not_in_source)}")
+        plan.problems.append(
+            f"{spec.source}: scan covers the shard only partially — {len(sample_rows)} scan rows vs "
+            f"{plan.samples} samples in the source; " + "; ".join(detail)
+        )
+        return plan
+    # Pair the i-th occurrence of a key in the source with its i-th scan row (keys are normally unique).
+    by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in sample_rows:
+        by_key[r["key"]].append(r)
+    seen: Counter[str] = Counter()
+    for key in index.keys:
+        plan.decisions.append(decide(by_key[key][seen[key]], policy))
+        seen[key] += 1
+    return plan

@@ -1,0 +1,75 @@
+"""Filter policy and run config [ours]: pydantic models (unknown fields rejected, errors name the field)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.settings import StrictModel
+
+Action = Literal["keep", "drop", "quarantine"]
+
+
+class GeneratorRule(StrictModel):
+    """Applies to `ok` rows whose `top_generator` equals `generator` (first matching rule wins).
+
+    With `threshold` set, the row is flagged when `p_fake >= threshold`; without it the policy's base decision
+    (explicit threshold or the scan's calibrated `is_fake`) flags it. Flagged rows get `action`; others are kept.
+    Examples: quarantine everything attributed to `unknown` (`threshold: 0.0`), drop `upconv` above 0.9."""
+
+    generator: str = Field(min_length=1)
+    action: Action
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class FilterPolicy(StrictModel):
+    """What the nightly filter does with each scanned sample."""
+
+    threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="explicit p_fake threshold; None = use the scan's calibrated is_fake column",
+    )
+    fake_action: Literal["drop", "quarantine"] = "drop"
+    generator_rules: list[GeneratorRule] = Field(default_factory=list)
+    error_action: Action = Field(
+        default="keep", description="decode_error / no_image / too_large rows: keep (and report), drop or quarantine"
+    )
+    on_shard_error: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="a shard the scan could not read to its end: refuse the run, or leave it out of the output",
+    )
+
+    @field_validator("generator_rules")
+    @classmethod
+    def _unique_generators(cls, rules: list[GeneratorRule]) -> list[GeneratorRule]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.generator in seen:
+                raise ValueError(f"two rules for generator {rule.generator!r}")
+            seen.add(rule.generator)
+        return rules
+
+
+class FilterConfig(StrictModel):
+    """One filter run: inputs, outputs and the policy. Saved as `<output>/_run/config.json`."""
+
+    scan: str = Field(min_length=1, description="scan output root (holds scan_date=*/ and _shards/)")
+    input: str = Field(min_length=1, description="source shards: folder/prefix, brace pattern or one .tar")
+    output: str = Field(min_length=1, description="cleaned shards go here, same relative names")
+    scan_date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="default: latest")
+    policy: FilterPolicy = Field(default_factory=FilterPolicy)
+    dry_run: bool = False
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    task_num_cpus: float = Field(default=0.5, gt=0.0)
+
+    @model_validator(mode="after")
+    def _output_outside_input(self) -> FilterConfig:
+        src = self.input.rstrip("/")
+        out = self.output.rstrip("/")
+        if out == src or out.startswith(src + "/"):
+            raise ValueError("output must not be the input folder or inside it (cleaned shards would be re-read)")
+        return self

@@ -1,0 +1,270 @@
+"""Execute a filter run [ours]: plan every shard, refuse on any coverage problem, rewrite shards, reconcile.
+
+Output layout under `<output>/`:
+  <same relative name as the source>.tar   cleaned shard: kept samples, members byte-identical to the source
+  _quarantine/<name>.tar                   quarantined samples (only for shards that have some)
+  _manifest/<shard_id>.jsonl               every removed / quarantined sample, and error rows kept "to report"
+  _shards/<shard_id>.json                  the shard's counts, written LAST = the shard's commit marker
+  _run/config.json, policy.json            the run's config and policy (written before any shard)
+  _run/stats.json                          deterministic per-shard and total counts (reconciled)
+  _run/run.json                            timings, versions, scan date (changes between runs)
+  manifest.parquet                         all manifest rows of the run
+  _SUCCESS                                 written only after every shard reconciled
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import __version__, storage
+from pipeline.hygiene.plan import PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
+from pipeline.hygiene.policy import FilterConfig
+from pipeline.hygiene.shards import ShardWriter, iter_samples
+from pipeline.logs import get_logger
+
+T = TypeVar("T")
+R = TypeVar("R")
+MapFn = Callable[[Callable[[T], R], Sequence[T]], list[R]]
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("source", pa.string()),
+        ("key", pa.string()),
+        ("action", pa.string()),
+        ("reason", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("p_fake", pa.float32()),
+        ("top_generator", pa.string()),
+        ("threshold", pa.float32()),
+    ]
+)
+
+
+class ReconcileError(RuntimeError):
+    """kept + dropped + quarantined != samples for some shard: the run must not report success."""
+
+
+@dataclass
+class ShardResult:
+    shard_id: str
+    source: str
+    output: str  # relative to the run's output root (outputs can be moved)
+    quarantine: str | None
+    samples: int
+    read: int
+    kept: int
+    dropped: int
+    quarantined: int
+    errors_by_status: dict[str, int]
+    kept_error_rows: int
+    non_sample_members: int
+
+
+def local_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    return [fn(x) for x in items]
+
+
+def _dumps(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _manifest_row(plan: ShardPlan, d: Any) -> dict[str, Any]:
+    return {
+        "shard": plan.spec.shard_id,
+        "source": plan.spec.source,
+        "key": d.key,
+        "action": d.action,
+        "reason": d.reason,
+        "status": d.status,
+        "error": d.error,
+        "p_fake": d.p_fake,
+        "top_generator": d.top_generator,
+        "threshold": d.threshold,
+    }
+
+
+def manifest_rows(plan: ShardPlan) -> list[dict[str, Any]]:
+    return [_manifest_row(plan, d) for d in plan.decisions if d.action != "keep" or d.reason]
+
+
+def filter_shard(plan: ShardPlan) -> ShardResult:
+    """Rewrite one shard by its plan: kept samples -> cleaned shard, quarantined -> quarantine shard.
+    Commits (rename / upload) only after every sample was read and the shard's counts reconcile; the marker
+    is written last. Raises on any mismatch (the source changed since planning, a broken tar)."""
+    spec = plan.spec
+    log = get_logger("hygiene.filter", shard=spec.shard_id)
+    t0 = time.perf_counter()
+    kept_w = ShardWriter(spec.output)
+    quar_w = ShardWriter(spec.quarantine)
+    counts: Counter[str] = Counter()
+    read = 0
+    try:
+        for sample in iter_samples(spec.source):
+            if read >= len(plan.decisions) or plan.decisions[read].key != sample.key:
+                expected = plan.decisions[read].key if read < len(plan.decisions) else "<end of shard>"
+                raise PlanError(f"{spec.source}: sample {read} is {sample.key!r}, planned {expected!r}; "
+                                "the source changed after planning")
+            action = plan.decisions[read].action
+            if action == "keep":
+                kept_w.write(sample)
+            elif action == "quarantine":
+                quar_w.write(sample)
+            counts[action] += 1
+            read += 1
+        if read != plan.samples:
+            raise PlanError(f"{spec.source}: read {read} samples, planned {plan.samples}")
+        if counts["keep"] + counts["drop"] + counts["quarantine"] != plan.samples:
+            raise ReconcileError(f"{spec.source}: counts {dict(counts)} do not add up to {plan.samples}")
+        if kept_w.count != counts["keep"] or quar_w.count != counts["quarantine"]:
+            raise ReconcileError(f"{spec.source}: wrote {kept_w.count}/{quar_w.count}, decided {dict(counts)}")
+    except BaseException:
+        kept_w.abort()
+        quar_w.abort()
+        raise
+    kept_w.commit()
+    if quar_w.count:
+        quar_w.commit()
+    else:
+        quar_w.abort()
+        if storage.exists(spec.quarantine):  # left by an earlier run with another policy
+            fs, path = storage.filesystem(spec.quarantine)
+            fs.rm(path)
+    rows = manifest_rows(plan)
+    storage.write_bytes_atomic(spec.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    errors = Counter(d.status for d in plan.decisions if d.status != "ok")
+    result = ShardResult(
+        shard_id=spec.shard_id,
+        source=spec.source,
+        output=spec.name,
+        quarantine=f"_quarantine/{spec.name}" if quar_w.count else None,
+        samples=plan.samples,
+        read=read,
+        kept=counts["keep"],
+        dropped=counts["drop"],
+        quarantined=counts["quarantine"],
+        errors_by_status=dict(sorted(errors.items())),
+        kept_error_rows=sum(1 for d in plan.decisions if d.action == "keep" and d.reason.startswith("error:")),
+        non_sample_members=plan.non_sample_members,
+    )
+    storage.write_bytes_atomic(spec.marker, _dumps(asdict(result)))
+    log.info("shard_filtered", kept=result.kept, dropped=result.dropped, quarantined=result.quarantined,
+             seconds=round(time.perf_counter() - t0, 3))
+    return result
+
+
+def plan_run(cfg: FilterConfig, map_fn: MapFn = local_map) -> tuple[str, list[ShardPlan]]:
+    """Plan every shard; raise PlanError listing every problem (nothing has been written yet)."""
+    scan_date = resolve_scan_date(cfg.scan, cfg.scan_date)
+    specs = shard_specs(cfg, scan_date)
+    plans = map_fn(partial(plan_shard, policy=cfg.policy), specs)
+    problems = [p for plan in plans for p in plan.problems]
+    if problems:
+        raise PlanError(
+            f"refusing to filter: the scan (scan_date={scan_date}) does not cover the input exactly; "
+            f"{len(problems)} problem(s), nothing was written:\n  " + "\n  ".join(problems)
+        )
+    return scan_date, plans
+
+
+def summarize_plans(scan_date: str, plans: list[ShardPlan]) -> dict[str, Any]:
+    shards = []
+    for p in plans:
+        reasons = Counter(f"{d.action}:{d.reason}" for d in p.decisions if d.action != "keep" or d.reason)
+        shards.append({"shard": p.spec.shard_id, "source": p.spec.source, "output": p.spec.output,
+                       "skipped": p.skip, "scan_shard_error": p.scan_shard_error, **p.counts(),
+                       "reasons": dict(sorted(reasons.items()))})
+    totals = Counter()
+    for s in shards:
+        for k in ("samples", "keep", "drop", "quarantine"):
+            totals[k] += s[k]
+    return {"scan_date": scan_date, "shards": shards, "totals": dict(totals),
+            "skipped_shards": [s["shard"] for s in shards if s["skipped"]]}
+
+
+def reconcile(plans: list[ShardPlan], results: list[ShardResult]) -> list[str]:
+    """Every executed shard: kept + dropped + quarantined == samples in the source == samples read."""
+    problems = []
+    by_id = {r.shard_id: r for r in results}
+    for p in plans:
+        if p.skip:
+            continue
+        r = by_id.get(p.spec.shard_id)
+        if r is None:
+            problems.append(f"{p.spec.source}: no result")
+            continue
+        if not (r.kept + r.dropped + r.quarantined == r.samples == r.read == p.samples):
+            problems.append(f"{p.spec.source}: kept {r.kept} + dropped {r.dropped} + quarantined "
+                            f"{r.quarantined} vs samples {p.samples} (read {r.read})")
+    return problems
+
+
+def run_filter(cfg: FilterConfig, map_fn: MapFn = local_map) -> dict[str, Any]:
+    """The whole run; returns the stats. Raises PlanError (before any write) or ReconcileError."""
+    log = get_logger("hygiene.filter")
+    started = dt.datetime.now(dt.UTC)
+    t0 = time.perf_counter()
+    scan_date, plans = plan_run(cfg, map_fn)
+    summary = summarize_plans(scan_date, plans)
+    t_plan = time.perf_counter() - t0
+    if cfg.dry_run:
+        log.info("dry_run", **summary["totals"], shards=len(plans))
+        return {"dry_run": True, **summary}
+    success = storage.join(cfg.output, "_SUCCESS")
+    if storage.exists(success):  # a rerun is not successful until it reconciles again
+        fs, path = storage.filesystem(success)
+        fs.rm(path)
+    run_dir = storage.join(cfg.output, "_run")
+    storage.write_bytes_atomic(storage.join(run_dir, "config.json"), _dumps(cfg.model_dump(mode="json")))
+    storage.write_bytes_atomic(storage.join(run_dir, "policy.json"), _dumps(cfg.policy.model_dump(mode="json")))
+    todo = [p for p in plans if not p.skip]
+    results = map_fn(filter_shard, todo)
+    t_filter = time.perf_counter() - t0 - t_plan
+    problems = reconcile(plans, results)
+    by_id = {r.shard_id: r for r in results}
+    totals = Counter()
+    for r in results:
+        totals.update(samples=r.samples, kept=r.kept, dropped=r.dropped, quarantined=r.quarantined,
+                      kept_error_rows=r.kept_error_rows)
+    stats = {
+        "scan_date": scan_date,
+        "reconciled": not problems,
+        "problems": problems,
+        "totals": {k: totals[k] for k in ("samples", "kept", "dropped", "quarantined", "kept_error_rows")},
+        "shards": [asdict(by_id[p.spec.shard_id]) for p in plans if p.spec.shard_id in by_id],
+        "skipped_shards": [{"shard": p.spec.shard_id, "source": p.spec.source, "scan_error": p.scan_shard_error}
+                           for p in plans if p.skip],
+    }
+    rows = [row for p in todo for row in manifest_rows(p)]
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_bytes_atomic(storage.join(cfg.output, "manifest.parquet"), sink.getvalue().to_pybytes())
+    storage.write_bytes_atomic(storage.join(run_dir, "stats.json"), _dumps(stats))
+    run_info = {
+        "started_at": started.isoformat(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        "seconds": {"plan": round(t_plan, 3), "filter": round(t_filter, 3)},
+        "engine": cfg.engine,
+        "scan_date": scan_date,
+        "versions": {"genscan": __version__, "python": platform.python_version(), "pyarrow": pa.__version__},
+    }
+    storage.write_bytes_atomic(storage.join(run_dir, "run.json"), _dumps(run_info))
+    if problems:
+        log.error("not_reconciled", problems=problems)
+        raise ReconcileError("accounting does not reconcile:\n  " + "\n  ".join(problems))
+    storage.write_bytes_atomic(success, b"")
+    log.info("filter_done", **stats["totals"], shards=len(results), skipped=len(stats["skipped_shards"]))
+    return stats

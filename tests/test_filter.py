@@ -1,0 +1,342 @@
+"""The nightly hygiene filter on generated shards and a real scan of them (local disk): kept keys, byte
+identity, manifest, accounting, idempotency, dry run, refusals before any write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from jobs.filter_shards import main as filter_main
+from pipeline.hygiene.policy import FilterConfig
+from tests.test_filter_fixtures import Corpus, make_scan, write_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = ["--rule", "upconv=quarantine@0.9", "--rule", "unknown=quarantine"]
+
+# Independent reference for the policy above, in SQL over the scan: first matching generator rule, else the
+# calibrated is_fake column; error rows are kept (the default).
+REFERENCE_SQL = """
+SELECT shard, key,
+  CASE WHEN status <> 'ok' THEN 'keep'
+       WHEN top_generator = 'upconv' THEN CASE WHEN p_fake::DOUBLE >= 0.9 THEN 'quarantine' ELSE 'keep' END
+       WHEN top_generator = 'unknown' THEN CASE WHEN is_fake THEN 'quarantine' ELSE 'keep' END
+       WHEN is_fake THEN 'drop' ELSE 'keep' END AS action,
+  status
+FROM read_parquet('{scan}/scan_date=*/*.parquet', hive_partitioning = true)
+WHERE status <> 'shard_error'
+"""
+
+
+def tar_members(path: str | Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isreg()}
+
+
+def read_wds(path: str | Path) -> list[dict]:
+    """Samples of a shard as webdataset's own reader yields them (no decoding)."""
+    ds = wds.WebDataset(str(path), shardshuffle=False, empty_check=False)
+    return list(ds)
+
+
+def tree_bytes(root: Path, skip: tuple[str, ...] = ("_run/run.json",)) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and str(p.relative_to(root)) not in skip
+    }
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "filter_shards.py"), *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+
+
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    """The CLI's main() in-process (fast); returns (exit code, stderr)."""
+    capsys.readouterr()
+    rc = filter_main(list(args))
+    return rc, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory) -> tuple[Corpus, str]:
+    root = tmp_path_factory.mktemp("hyg")
+    corpus = write_corpus(str(root / "in"))
+    scan = make_scan(corpus, str(root / "scan"))
+    return corpus, scan
+
+
+@pytest.fixture(scope="module")
+def filtered(scanned, tmp_path_factory) -> tuple[Corpus, str, Path, subprocess.CompletedProcess]:
+    corpus, scan = scanned
+    out = tmp_path_factory.mktemp("hygout") / "clean"
+    proc = run_cli("--scan", scan, "--input", corpus.root, "--output", str(out), *RULES)
+    return corpus, scan, out, proc
+
+
+def expected_actions(scan: str) -> dict[tuple[str, str], str]:
+    rows = duckdb.sql(REFERENCE_SQL.format(scan=scan)).fetchall()
+    return {(shard, key): action for shard, key, action, _ in rows}
+
+
+def test_filtered_shards_hold_exactly_the_kept_samples_byte_identical(filtered) -> None:
+    corpus, scan, out, proc = filtered
+    assert proc.returncode == 0, proc.stderr
+    expected = expected_actions(scan)
+    assert set(expected.values()) == {"keep", "drop", "quarantine"}, "fixture must exercise every action"
+    for src in corpus.shards:
+        rel = os.path.relpath(src, corpus.root)
+        sid = rel.removesuffix(".tar").replace("/", "__")
+        want_kept = [k for (s, k), a in expected.items() if s == sid and a == "keep"]
+        got = read_wds(out / rel)
+        assert [s["__key__"] for s in got] == want_kept
+        # every member of a kept sample is in the output under its name with the same bytes, nothing else is
+        src_members = tar_members(src)
+        out_members = tar_members(out / rel)
+        want_names = {n for n in src_members if n.split(".", 1)[0] in want_kept}
+        assert set(out_members) == want_names
+        assert all(out_members[n] == src_members[n] for n in want_names)
+        # quarantine shard: exactly the quarantined samples, byte-identical too
+        want_q = [k for (s, k), a in expected.items() if s == sid and a == "quarantine"]
+        qpath = out / "_quarantine" / rel
+        if want_q:
+            q_members = tar_members(qpath)
+            assert sorted({n.split(".", 1)[0] for n in q_members}) == sorted(want_q)
+            assert all(q_members[n] == src_members[n] for n in q_members)
+        else:
+            assert not qpath.exists()
+
+
+def test_manifest_lists_every_removed_key_with_reason(filtered) -> None:
+    corpus, scan, out, proc = filtered
+    expected = expected_actions(scan)
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    removed = {(r["shard"], r["key"]): r["action"] for r in manifest if r["action"] != "keep"}
+    assert removed == {sk: a for sk, a in expected.items() if a != "keep"}
+    for r in manifest:
+        if r["action"] == "drop":
+            assert r["reason"] == "fake" and r["threshold"] is None
+        elif r["action"] == "quarantine":
+            assert r["reason"] in ("generator:upconv", "generator:unknown")
+            if r["reason"] == "generator:upconv":
+                assert r["p_fake"] >= 0.9 - 1e-6
+    # error rows are kept and reported
+    kept_errors = {(r["shard"], r["key"], r["reason"]) for r in manifest if r["action"] == "keep"}
+    assert kept_errors == {("shard-000000", "00_bad", "error:decode_error"),
+                           ("shard-000001", "01_noimg", "error:no_image")}
+    # per-shard JSONL manifests hold the same rows
+    jsonl = [json.loads(line) for p in sorted((out / "_manifest").glob("*.jsonl")) for line in p.read_text().splitlines()]
+    assert sorted((r["shard"], r["key"], r["action"]) for r in jsonl) == sorted(
+        (r["shard"], r["key"], r["action"]) for r in manifest)
+
+
+def test_accounting_reconciles_and_run_config_is_saved(filtered) -> None:
+    corpus, scan, out, proc = filtered
+    stats = json.loads((out / "_run" / "stats.json").read_text())
+    assert stats["reconciled"] is True and stats["problems"] == []
+    by_src = {s["source"]: s for s in stats["shards"]}
+    assert set(by_src) == set(corpus.shards)
+    for src, samples in corpus.shards.items():
+        s = by_src[src]
+        assert s["kept"] + s["dropped"] + s["quarantined"] == s["samples"] == len(samples)
+        marker = json.loads((out / "_shards" / f"{s['shard_id']}.json").read_text())
+        assert marker == s
+    expected = expected_actions(scan)
+    assert stats["totals"]["kept"] == sum(a == "keep" for a in expected.values())
+    assert stats["totals"]["samples"] == sum(len(v) for v in corpus.shards.values())
+    assert (out / "_SUCCESS").exists()
+    cfg = FilterConfig.from_file(out / "_run" / "config.json")
+    assert [r.generator for r in cfg.policy.generator_rules] == ["upconv", "unknown"]
+    assert cfg.policy.generator_rules[0].threshold == 0.9 and cfg.scan == scan
+    summary = json.loads(proc.stdout)
+    assert summary["kept"] == stats["totals"]["kept"] and summary["shards"] == 3
+
+
+def test_rerun_is_byte_identical_and_deterministic_across_outputs(filtered, tmp_path) -> None:
+    corpus, scan, out, _ = filtered
+    before = tree_bytes(out)
+    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(out), *RULES]) == 0
+    assert tree_bytes(out) == before
+    other = tmp_path / "again"
+    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(other), *RULES]) == 0
+    a, b = tree_bytes(out), tree_bytes(other, skip=("_run/run.json", "_run/config.json"))
+    a.pop("_run/config.json")
+    assert a == b
+    assert not [p for p in other.rglob("*") if p.name.endswith(".tmp")], "temp files left behind"
+
+
+def test_dry_run_writes_nothing_and_predicts_the_counts(filtered, tmp_path, capsys) -> None:
+    corpus, scan, out, _ = filtered
+    target = tmp_path / "dry"
+    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(target), *RULES, "--dry-run"]) == 0
+    assert not target.exists()
+    plan = json.loads(capsys.readouterr().out)
+    stats = json.loads((out / "_run" / "stats.json").read_text())
+    assert plan["totals"] == {"samples": stats["totals"]["samples"], "keep": stats["totals"]["kept"],
+                              "drop": stats["totals"]["dropped"], "quarantine": stats["totals"]["quarantined"]}
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--threshold", "1.5"], "threshold"),
+        (["--rule", "upconv=explode"], "generator_rules.0.action"),
+        (["--error-action", "ignore"], "error_action"),
+        (["--rule", "famA=drop@2"], "generator_rules.0.threshold"),
+    ],
+)
+def test_bad_policy_flags_fail_fast_naming_the_field(scanned, tmp_path, capsys, args, field) -> None:
+    corpus, scan = scanned
+    target = tmp_path / "never"
+    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(target), *args]) == 2
+    assert field in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_bad_policy_file_names_the_unknown_field(scanned, tmp_path) -> None:
+    corpus, scan = scanned
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"threshold": 0.7, "generator_rule": []}))
+    target = tmp_path / "never"
+    proc = run_cli("--scan", scan, "--input", corpus.root, "--output", str(target), "--policy", str(policy))
+    assert proc.returncode == 2 and "generator_rule" in proc.stderr and "Extra inputs" in proc.stderr
+    assert not target.exists()
+    proc = run_cli("--scan", scan, "--input", corpus.root, "--output", str(target), "--policy", str(policy),
+                   "--threshold", "0.6")
+    assert proc.returncode == 2 and "exclusive" in proc.stderr
+
+
+def _copy_scan(scan: str, dest: Path) -> Path:
+    shutil.copytree(scan, dest)
+    return dest
+
+
+def test_refuses_when_a_shard_is_not_covered_before_any_write(scanned, tmp_path, capsys) -> None:
+    corpus, scan = scanned
+    partial = _copy_scan(scan, tmp_path / "scan")
+    (partial / "scan_date=2026-11-23" / "shard-000001.parquet").unlink()
+    (partial / "_shards" / "2026-11-23" / "shard-000001.json").unlink()
+    target = tmp_path / "out"
+    rc, err = run_main(capsys, "--scan", str(partial), "--input", corpus.root, "--output", str(target))
+    assert rc == 3
+    assert "shard-000001.tar: not covered by the scan" in err and "nothing was written" in err
+    assert not target.exists()
+
+
+def test_refuses_a_scan_without_completion_marker(scanned, tmp_path, capsys) -> None:
+    corpus, scan = scanned
+    partial = _copy_scan(scan, tmp_path / "scan")
+    (partial / "_shards" / "2026-11-23" / "part__shard-000002.json").unlink()
+    target = tmp_path / "out"
+    rc, err = run_main(capsys, "--scan", str(partial), "--input", corpus.root, "--output", str(target))
+    assert rc == 3 and "no completion marker" in err
+    assert not target.exists()
+
+
+def test_refuses_partial_coverage_sample_count_mismatch(scanned, tmp_path, capsys) -> None:
+    corpus, scan = scanned
+    partial = _copy_scan(scan, tmp_path / "scan")
+    f = partial / "scan_date=2026-11-23" / "shard-000000.parquet"
+    table = pq.read_table(f)
+    keys = table.column("key").to_pylist()
+    pq.write_table(table.slice(0, len(keys) - 1), f)  # the scan lost the shard's last row
+    target = tmp_path / "out"
+    rc, err = run_main(capsys, "--scan", str(partial), "--input", corpus.root, "--output", str(target))
+    assert rc == 3
+    assert "only partially" in err and f"{len(keys) - 1} scan rows vs {len(keys)} samples" in err
+    assert repr(keys[-1]) in err
+    assert not target.exists()
+
+
+def test_refuses_when_the_source_gained_samples_after_the_scan(scanned, tmp_path, capsys) -> None:
+    corpus, scan = scanned
+    src = tmp_path / "in"
+    shutil.copytree(corpus.root, src)
+    with tarfile.open(src / "shard-000001.tar", "a") as tf:
+        payload = b'{"late": true}'
+        info = tarfile.TarInfo("01_late.json")
+        info.size = len(payload)
+        import io
+
+        tf.addfile(info, io.BytesIO(payload))
+    target = tmp_path / "out"
+    rc, err = run_main(capsys, "--scan", scan, "--input", str(src), "--output", str(target))
+    assert rc == 3 and "not in the scan: '01_late'" in err
+    assert not target.exists()
+
+
+def test_missing_scan_and_bad_scan_date(scanned, tmp_path, capsys) -> None:
+    corpus, scan = scanned
+    target = tmp_path / "out"
+    rc, err = run_main(capsys, "--scan", str(tmp_path / "nope"), "--input", corpus.root, "--output", str(target))
+    assert rc == 3 and "scan output not found" in err
+    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target), "--scan-date", "2026-01-01")
+    assert rc == 3 and "scan_date=2026-01-01 not found" in err and "2026-11-23" in err
+    assert not target.exists()
+
+
+def test_output_inside_input_is_a_config_error(scanned, capsys) -> None:
+    corpus, scan = scanned
+    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", corpus.root + "/clean")
+    assert rc == 2 and "output must not be the input" in err
+
+
+def test_shard_error_refused_by_default_or_skipped_by_policy(tmp_path, capsys) -> None:
+    corpus = write_corpus(str(tmp_path / "in"), with_truncated=True)
+    scan = make_scan(corpus, str(tmp_path / "scan"))
+    target = tmp_path / "out"
+    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target))
+    assert rc == 3 and "shard-000009.tar: the scan could not read this shard" in err
+    assert not target.exists()
+    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target), "--on-shard-error", "skip",
+                   "--error-action", "drop")
+    assert rc == 0, err
+    stats = json.loads((target / "_run" / "stats.json").read_text())
+    assert [s["shard"] for s in stats["skipped_shards"]] == ["shard-000009"]
+    assert "unreadable tar header" in stats["skipped_shards"][0]["scan_error"]
+    assert not (target / "shard-000009.tar").exists()
+    assert len(stats["shards"]) == 3
+    # error rows dropped by policy: gone from the output, listed in the manifest as drops
+    manifest = pq.read_table(target / "manifest.parquet").to_pylist()
+    drops = {r["key"]: r["reason"] for r in manifest if r["action"] == "drop" and r["reason"].startswith("error:")}
+    assert drops == {"00_bad": "error:decode_error", "01_noimg": "error:no_image"}
+    assert "00_bad" not in {s["__key__"] for s in read_wds(target / "shard-000000.tar")}
+
+
+def test_policy_change_rewrites_and_removes_stale_quarantine(filtered, tmp_path) -> None:
+    corpus, scan, out, _ = filtered
+    target = tmp_path / "out"
+    shutil.copytree(out, target)
+    assert any((target / "_quarantine").rglob("*.tar"))
+    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(target), "--threshold", "0.95"]) == 0
+    assert not any((target / "_quarantine").rglob("*.tar"))
+    stats = json.loads((target / "_run" / "stats.json").read_text())
+    p = duckdb.sql(f"SELECT count(*) FILTER (WHERE p_fake::DOUBLE >= 0.95) FROM read_parquet('{scan}/*/*.parquet')")
+    assert stats["totals"]["dropped"] == p.fetchall()[0][0]
+    assert stats["totals"]["quarantined"] == 0
+
+
+def test_sha_of_kept_images_matches_the_scan(filtered) -> None:
+    """The scan's sha256 of each kept image equals the image member copied into the cleaned shard."""
+    corpus, scan, out, _ = filtered
+    sha = dict(duckdb.sql(f"SELECT key, sha256 FROM read_parquet('{scan}/*/*.parquet') WHERE sha256 IS NOT NULL")
+               .fetchall())
+    n = 0
+    for src in corpus.shards:
+        for s in read_wds(out / os.path.relpath(src, corpus.root)):
+            img = s.get("png") or s.get("jpg")
+            if img is not None:
+                assert hashlib.sha256(img).hexdigest() == sha[s["__key__"]]
+                n += 1
+    assert n > 0

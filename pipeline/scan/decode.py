@@ -21,9 +21,9 @@ Choices [ours]:
 - Animated GIF/WebP/APNG: the first frame.
 - Truncated data is `decode_error` (Pillow's LOAD_TRUNCATED_IMAGES stays off: a half-grey image would be
   scored as if it were real data).
-- Crop/resize: `pipeline.models.preprocess.prepare_image` when it is importable (one rule for training,
-  evaluation and scanning); otherwise the same rule here: center crop to S, resizing the shorter side to S
-  (bicubic) only when the image is smaller than S or `resize_mode == "resize_crop"`.
+- Crop/resize: `pipeline.models.preprocess.prepare_image`, the one rule for training, evaluation and scanning:
+  center crop to S, resizing the shorter side to S (bicubic) only when the image is smaller than S or
+  `resize_mode == "resize_crop"`. It runs after the conversions above, so its own EXIF/RGB steps are no-ops.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.models.preprocess import prepare_image
 
 Status = Literal["ok", "decode_error", "too_large"]
 ResizeMode = Literal["center_crop", "resize_crop"]
@@ -94,31 +96,11 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _local_prepare(im: Image.Image, image_size: int, resize_mode: str) -> np.ndarray:
-    """Center crop to S; resize the shorter side to S (bicubic) first only when needed. torchvision's
-    Resize(S)/CenterCrop(S) arithmetic (long side truncated, crop offset rounded). [ours]"""
-    w, h = im.size
-    if resize_mode == "resize_crop" or min(w, h) < image_size:
-        if w <= h:
-            nw, nh = image_size, int(image_size * h / w)
-        else:
-            nw, nh = int(image_size * w / h), image_size
-        if (nw, nh) != (w, h):
-            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-        w, h = nw, nh
-    left = int(round((w - image_size) / 2.0))
-    top = int(round((h - image_size) / 2.0))
-    im = im.crop((left, top, left + image_size, top + image_size))
-    return np.asarray(im, dtype=np.uint8).reshape(image_size, image_size, 3)
-
-
 def _prepare(im: Image.Image, image_size: int, resize_mode: str) -> np.ndarray:
-    try:
-        from pipeline.models.preprocess import prepare_image
-    except ImportError:
-        return _local_prepare(im, image_size, resize_mode)
+    """The one crop/resize rule of the project (`pipeline.models.preprocess.prepare_image`); it needs only
+    `image_size` and `preprocess` from the detector config."""
     cfg = SimpleNamespace(image_size=image_size, preprocess=resize_mode)
-    return np.ascontiguousarray(prepare_image(im, cfg), dtype=np.uint8)
+    return np.ascontiguousarray(prepare_image(im, cfg), dtype=np.uint8)  # type: ignore[arg-type]
 
 
 def decode_image(

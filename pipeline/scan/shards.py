@@ -23,7 +23,7 @@ Choices where WebDataset is silent [ours]:
 - I/O: objects up to `max_in_memory_bytes` are fetched in ONE request into memory; larger ones are read through
   fsspec's block cache (`cache_type="readahead"`, `block_size`) — never small unbuffered reads (PLATFORM.md:
   ~92 requests/shard, 17x slower). s3fs retries transient errors itself (botocore standard retry mode +
-  s3fs `retries`); on top of that the whole shard read is retried `attempts` times with bounded exponential
+  s3fs's retry loop); on top of that the whole shard read is retried `attempts` times with bounded exponential
   backoff and an overall `deadline_s`, so a flaky store costs bounded time and never hangs.
 """
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import tarfile
 import time
@@ -51,9 +52,9 @@ DEFAULT_BLOCK_SIZE = 8 * 2**20
 DEFAULT_MAX_MEMBER = 256 * 2**20
 
 # s3fs / botocore settings for shard reads: bounded connect/read timeouts and botocore's standard retry mode
-# (retries 5xx / throttling / connection errors with jittered backoff). [ours]
+# (retries 5xx / throttling / connection errors with jittered backoff); s3fs adds its own retry loop
+# (`S3FileSystem.retries`, 5 tries, backoff 0.1 * 1.7**i s) around each call. [ours]
 S3_STORAGE_OPTIONS: dict[str, Any] = {
-    "retries": 3,
     "config_kwargs": {
         "connect_timeout": 10,
         "read_timeout": 30,
@@ -266,7 +267,12 @@ def _iter_tar(fileobj: IO[bytes], grouper: _Grouper) -> str | None:
 def _open_fs(shard_url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     protocol = fsspec.core.split_protocol(shard_url)[0]
     if protocol in ("s3", "s3a"):
-        return fsspec.core.url_to_fs(shard_url, **S3_STORAGE_OPTIONS)
+        options = dict(S3_STORAGE_OPTIONS)
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            # part of fsspec's instance-cache key: a changed endpoint never reuses a client of the old one
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+        return fsspec.core.url_to_fs(shard_url, **options)
     return fsspec.core.url_to_fs(shard_url)
 
 

@@ -24,7 +24,9 @@ def _mlp(d: int = 32, hidden: int = 128, act: nn.Module | None = None) -> nn.Seq
     from collections import OrderedDict
 
     return nn.Sequential(
-        OrderedDict([("c_fc", nn.Linear(d, hidden)), ("gelu", act or nn.GELU()), ("c_proj", nn.Linear(hidden, d))])
+        OrderedDict(
+            [("c_fc", nn.Linear(d, hidden)), ("gelu", act or nn.GELU()), ("c_proj", nn.Linear(hidden, d))]
+        )
     )
 
 
@@ -119,7 +121,9 @@ def test_only_adapters_and_heads_train_and_frozen_parts_stay_unchanged():
     det = create_detector(_tiny(), pretrained=None, generators=["a"])
     trainable = {n for n, p in det.named_parameters() if p.requires_grad}
     assert trainable == set(det.adapter_param_names()) | set(det.head_param_names())
-    assert all((".shared." in n or ".experts." in n or ".router." in n or n.startswith("head_")) for n in trainable)
+    assert all(
+        (".shared." in n or ".experts." in n or ".router." in n or n.startswith("head_")) for n in trainable
+    )
     frozen_before = {n: p.detach().clone() for n, p in det.named_parameters() if not p.requires_grad}
     train_before = {n: p.detach().clone() for n, p in det.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW([p for p in det.parameters() if p.requires_grad], lr=1e-2)
@@ -132,7 +136,9 @@ def test_only_adapters_and_heads_train_and_frozen_parts_stay_unchanged():
     for n, p in det.named_parameters():
         if n in frozen_before:
             assert p.grad is None and torch.equal(p, frozen_before[n]), n
-    changed = [n for n, p in det.named_parameters() if n in train_before and not torch.equal(p, train_before[n])]
+    changed = [
+        n for n, p in det.named_parameters() if n in train_before and not torch.equal(p, train_before[n])
+    ]
     # every LoRA B (zero at init) and every head moves after one step
     assert any(".up." in n for n in changed) and "head_fake.weight" in changed
 

@@ -1,12 +1,29 @@
 """Detector core (issue 2): open_clip CLIP-ViT + MoLE adapters / frozen-feature linear head. No Ray here.
 
-See docs/architecture.md ("Detector API") for the contract other packages rely on.
+See docs/architecture.md ("Detector API") for the contract other packages rely on. Exports are resolved
+lazily (PEP 562) so ``python -m pipeline.models list`` and config-only users do not import torch.
 """
 
-from pipeline.models.checkpoint import DetectorMeta, load_detector, read_meta, save_detector
-from pipeline.models.config import DetectorConfig, HeadConfig, MoLEConfig, list_configs
-from pipeline.models.detector import CheckpointError, Detector, DetectorOutput, create_detector
-from pipeline.models.predictor import Predictor
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DetectorMeta": "pipeline.models.checkpoint",
+    "load_detector": "pipeline.models.checkpoint",
+    "read_meta": "pipeline.models.checkpoint",
+    "save_detector": "pipeline.models.checkpoint",
+    "DetectorConfig": "pipeline.models.config",
+    "HeadConfig": "pipeline.models.config",
+    "MoLEConfig": "pipeline.models.config",
+    "list_configs": "pipeline.models.config",
+    "CheckpointError": "pipeline.models.detector",
+    "Detector": "pipeline.models.detector",
+    "DetectorOutput": "pipeline.models.detector",
+    "create_detector": "pipeline.models.detector",
+    "Predictor": "pipeline.models.predictor",
+}
 
 __all__ = [
     "CheckpointError",
@@ -23,3 +40,17 @@ __all__ = [
     "read_meta",
     "save_detector",
 ]
+
+if TYPE_CHECKING:
+    from pipeline.models.checkpoint import DetectorMeta, load_detector, read_meta, save_detector
+    from pipeline.models.config import DetectorConfig, HeadConfig, MoLEConfig, list_configs
+    from pipeline.models.detector import CheckpointError, Detector, DetectorOutput, create_detector
+    from pipeline.models.predictor import Predictor
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pipeline.models' has no attribute {name!r}")

@@ -18,6 +18,8 @@ from pipeline.settings import StrictModel
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
+# storage the scan may touch: local paths and S3(-compatible); anything else (http, ftp, sftp, ...) is refused
+ALLOWED_SCHEMES = ("file", "s3")
 
 
 def today_utc() -> str:
@@ -80,6 +82,9 @@ class ScanConfig(StrictModel):
     def _non_empty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme and scheme not in ALLOWED_SCHEMES:
+            raise ValueError(f"URI scheme {scheme!r} not allowed (use a local path, file:// or s3://)")
         return v
 
     @model_validator(mode="after")

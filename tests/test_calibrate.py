@@ -17,14 +17,19 @@ def test_threshold_hits_target_fpr_on_held_out_reals(target: float) -> None:
     calib = rng.beta(2, 5, size=4000)  # synthetic p_fake of real images
     held_out = rng.beta(2, 5, size=20000)
     t = threshold_for_fpr(calib, target)
-    assert np.mean(calib > t) <= target
-    assert np.mean(calib > t) >= target - 1 / calib.size - 1e-12
+    # the Predictor's rule is p_fake >= threshold
+    assert np.mean(calib >= t) <= target
+    assert np.mean(calib >= t) >= target - 1 / calib.size - 1e-12
     # generalises to fresh reals from the same distribution within sampling tolerance
-    assert abs(np.mean(held_out > t) - target) < 0.25 * target + 0.004
+    assert abs(np.mean(held_out >= t) - target) < 0.25 * target + 0.004
 
 
 def test_threshold_edge_cases() -> None:
-    assert threshold_for_fpr(np.array([0.2, 0.9, 0.5]), 0.0) == 0.9  # FPR 0 -> the largest real score
+    t0 = threshold_for_fpr(np.array([0.2, 0.9, 0.5]), 0.0)  # FPR 0 -> just above the largest real score
+    assert 0.9 < t0 < 0.9 + 1e-12
+    assert threshold_for_fpr(np.array([0.2, 1.0]), 0.0) == 1.0  # capped: a probability threshold stays <= 1
+    ties = np.array([0.3] * 10 + [0.1] * 90)
+    assert np.mean(ties >= threshold_for_fpr(ties, 0.05)) == 0.0  # ties never push the FPR over target
     with pytest.raises(ValueError, match="without any real images"):
         threshold_for_fpr(np.array([]), 0.05)
     with pytest.raises(ValueError, match="target_fpr"):
@@ -33,7 +38,7 @@ def test_threshold_edge_cases() -> None:
 
 def test_unknown_threshold_quantile_and_max_prob() -> None:
     g = np.array([[0.5, 0.25, 0.25], [0.0, 0.9, 0.1]])
-    np.testing.assert_allclose(max_generator_prob(g), [0.5, 0.9])
+    np.testing.assert_allclose(max_generator_prob(g), [0.5, 0.9])  # same confidence the Predictor uses
     rng = np.random.default_rng(2)
     p = rng.uniform(size=10000)
     u = unknown_threshold(p, 0.05)
@@ -49,6 +54,8 @@ def test_calibrate_from_scores_record() -> None:
     rec = calibrate_from_scores(y, p, gen, target_fpr=0.05, n_generators=2)
     assert rec["val_fpr"] <= 0.05 and rec["val_fpr"] > 0.04
     assert rec["n_real"] == 1000 and rec["n_fake"] == 1000
-    assert rec["unknown_threshold"] == pytest.approx(0.7)  # every fake's renormalised max prob is 0.7
-    single = calibrate_from_scores(y, p, gen[:, :2], target_fpr=0.05, n_generators=1)
-    assert single["unknown_threshold"] == 0.0
+    conf = np.maximum(1 - p[1000:], 0.7 * p[1000:])
+    assert rec["unknown_threshold"] == pytest.approx(np.quantile(conf, 0.05, method="lower"))
+    assert np.mean(conf < rec["unknown_threshold"]) == pytest.approx(0.05, abs=0.002)
+    none = calibrate_from_scores(y, p, None, target_fpr=0.05, n_generators=0)
+    assert none["unknown_threshold"] == 0.0

@@ -40,14 +40,14 @@ def test_accuracies_hand_computed() -> None:
     assert acc["fake_acc"] == pytest.approx(2 / 3)
     assert acc["acc"] == pytest.approx(5 / 7)
     assert acc["balanced_acc"] == pytest.approx((3 / 4 + 2 / 3) / 2)
-    # strict '>' rule: a score equal to the threshold is real
-    assert class_accuracies([1], [0.5], 0.5)["fake_acc"] == 0.0
+    # the Predictor's '>=' rule: a score equal to the threshold is fake
+    assert class_accuracies([1], [0.5], 0.5)["fake_acc"] == 1.0
 
 
 def test_detection_metrics_row_and_mean() -> None:
     row = detection_metrics(LABELS, SCORES, threshold=0.35)
     assert row["n_real"] == 4 and row["n_fake"] == 3
-    assert row["real_acc"] == pytest.approx(2 / 4)  # 0.4, 0.8 > 0.35
+    assert row["real_acc"] == pytest.approx(1 / 4)  # 0.35, 0.4, 0.8 >= 0.35
     assert row["acc_05"] == pytest.approx(5 / 7)
     other = detection_metrics([0, 1], [0.2, 0.9], threshold=0.5)
     mean = mean_row({"a": row, "b": other})

@@ -2,7 +2,7 @@
 
 Conventions: `labels` are 1 for generated (fake) and 0 for real; `scores` are "higher = more likely fake"
 (p_fake or the logit, any monotone score gives the same AP/AUC). Accuracies are taken at a threshold on the
-same scale as the scores: an image is called fake when `score > threshold` (the detector's `is_fake` rule).
+same scale as the scores: an image is called fake when `score >= threshold` (the Predictor's `is_fake` rule).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def class_accuracies(
     labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float
 ) -> dict[str, float]:
     """acc (over all images), real_acc (reals called real), fake_acc (fakes called fake), balanced_acc
-    (mean of the two) at `score > threshold`. A class with no images gives NaN for its accuracy."""
+    (mean of the two) at `score >= threshold`. A class with no images gives NaN for its accuracy."""
     y, s = _as_arrays(labels, scores)
-    pred = s > threshold
+    pred = s >= threshold
     real, fake = y == 0, y == 1
     real_acc = float(np.mean(~pred[real])) if real.any() else float("nan")
     fake_acc = float(np.mean(pred[fake])) if fake.any() else float("nan")

@@ -18,11 +18,12 @@ log = get_logger(__name__)
 
 
 def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
-    """The smallest threshold t (from the observed scores) with `mean(real_scores > t) <= target_fpr`.
+    """The smallest threshold t with `mean(real_scores >= t) <= target_fpr` (the Predictor calls an image fake
+    when `p_fake >= t`).
 
-    The detector calls an image fake when `score > t`, so t is the k-th largest real score with
-    k = floor(target_fpr * n): at most k reals lie strictly above it (fewer with ties). On a held-out set of n
-    reals the realised FPR is therefore <= target_fpr, and within ~1/n of it when scores are distinct."""
+    With k = floor(target_fpr * n), t is just above the (k+1)-th largest real score (the next float64 after
+    it, capped at 1.0 for probabilities), so at most k reals reach it (fewer with ties). On the calibration set
+    the realised FPR is <= target_fpr, and within 1/n of it when scores are distinct."""
     s = np.asarray(real_scores, dtype=np.float64).ravel()
     if s.size == 0:
         raise ValueError("cannot calibrate a threshold without any real images in the calibration split")
@@ -32,26 +33,27 @@ def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
         raise ValueError("real scores contain NaN or inf")
     desc = np.sort(s)[::-1]
     k = int(np.floor(target_fpr * s.size + 1e-9))
-    return float(desc[min(k, s.size - 1)])
+    if k >= s.size:
+        return float(desc[-1])
+    t = float(np.nextafter(desc[k], np.inf))
+    if desc[k] <= 1.0 < t:
+        t = 1.0
+    return t
 
 
 def max_generator_prob(generator_scores: np.ndarray) -> np.ndarray:
-    """Max probability over the known generators (columns 1.. of the (N, 1+G) softmax over
-    ["real", *generators]), renormalised over the generator columns so the real/fake decision does not leak
-    into the open-set score [ours]."""
+    """The attribution confidence the Predictor compares with `unknown_threshold`: the max of the (N, 1+G)
+    softmax over ["real", *generators] (pipeline.models.predictor: top_generator is "unknown" below it)."""
     g = np.asarray(generator_scores, dtype=np.float64)
     if g.ndim != 2 or g.shape[1] < 2:
         raise ValueError(f"generator_scores must be (N, 1+G) with G >= 1, got shape {g.shape}")
-    gens = g[:, 1:]
-    total = gens.sum(axis=1, keepdims=True)
-    total = np.where(total > 0, total, 1.0)
-    return (gens / total).max(axis=1)
+    return g.max(axis=1)
 
 
 def unknown_threshold(known_fake_max_prob: np.ndarray, quantile: float = 0.05) -> float:
     """The `quantile`-quantile of the max-generator probability of held-out fakes from KNOWN generators: about
     `quantile` of known-generator fakes fall below it and would be called "unknown" [ours]. 0.0 (never unknown)
-    when there is no held-out fake or only one generator (attribution has nothing to choose)."""
+    when there is no held-out fake."""
     p = np.asarray(known_fake_max_prob, dtype=np.float64).ravel()
     if not 0.0 <= quantile < 1.0:
         raise ValueError(f"unknown quantile must be in [0, 1), got {quantile}")
@@ -75,7 +77,7 @@ def calibrate_from_scores(
     p = np.asarray(p_fake, dtype=np.float64).ravel()
     real, fake = p[y == 0], p[y == 1]
     thr = threshold_for_fpr(real, target_fpr)
-    if generator_scores is not None and n_generators >= 2 and fake.size:
+    if generator_scores is not None and n_generators >= 1 and fake.size:
         unk = unknown_threshold(max_generator_prob(np.asarray(generator_scores)[y == 1]), unknown_quantile)
     else:
         unk = 0.0
@@ -86,8 +88,68 @@ def calibrate_from_scores(
         "unknown_quantile": float(unknown_quantile),
         "n_real": int(real.size),
         "n_fake": int(fake.size),
-        "val_fpr": float(np.mean(real > thr)),
-        "val_tpr": float(np.mean(fake > thr)) if fake.size else float("nan"),
+        "val_fpr": float(np.mean(real >= thr)),
+        "val_tpr": float(np.mean(fake >= thr)) if fake.size else float("nan"),
     }
     log.info("calibrated", **out)
     return out
+
+
+def calibrate_checkpoint(
+    detector: str,
+    data: str,
+    *,
+    target_fpr: float = 0.05,
+    unknown_quantile: float = 0.05,
+    out: str | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Re-calibrate a saved detector on held-out labelled data and write its metadata back (to `out`, default
+    the checkpoint itself). Reals set the FPR threshold; fakes of the checkpoint's known generators set the
+    unknown threshold (fakes of other generators are ignored for it). Writes calibration.json beside it."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from pipeline import storage
+    from pipeline.models import Predictor, load_detector, save_detector
+    from pipeline.models.preprocess import prepare_image
+    from pipeline.train.data import load_records
+    from pipeline.train.loop import publish_dir
+
+    det, meta = load_detector(detector)
+    cfg = det.config
+    known = set(meta.generators)
+    records = [r for r in load_records(data) if r.label == 0 or not known or r.generator in known]
+    if not any(r.label == 0 for r in records):
+        raise ValueError(f"{data} holds no real images: the FPR threshold needs held-out reals")
+    predictor = Predictor(det, meta, device="cpu", dtype="float32")
+    p_fake, gen = [], []
+    for i in range(0, len(records), batch_size):
+        batch = np.stack([prepare_image(r.image, cfg) for r in records[i : i + batch_size]])
+        res = predictor.predict(batch)
+        p_fake.append(np.asarray(res["p_fake"], np.float64))
+        gen.append(np.asarray(res["generator_scores"], np.float64))
+    labels = np.array([r.label for r in records])
+    calib = calibrate_from_scores(
+        labels,
+        np.concatenate(p_fake),
+        np.concatenate(gen),
+        target_fpr=target_fpr,
+        unknown_quantile=unknown_quantile,
+        n_generators=len(meta.generators),
+    )
+    calib["data"] = data
+    new_meta = meta.model_copy(update={"threshold": calib["threshold"], "unknown_threshold": calib["unknown_threshold"]})
+    dest = out or detector
+    with tempfile.TemporaryDirectory(prefix="genscan-calib-") as tmp:
+        save_detector(det, tmp, new_meta)
+        (Path(tmp) / "calibration.json").write_text(json.dumps(calib, indent=2))
+        if out and out != detector:  # carry the training record along
+            for name in ("train_config.json", "metrics.jsonl", "train_summary.json"):
+                src = storage.join(detector, name)
+                if storage.exists(src):
+                    (Path(tmp) / name).write_bytes(storage.read_bytes(src))
+        publish_dir(Path(tmp), dest)
+    log.info("checkpoint_recalibrated", detector=detector, out=dest, threshold=calib["threshold"])
+    return calib

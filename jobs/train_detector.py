@@ -1,0 +1,127 @@
+"""Train a detector (MoLE adapters or a few-shot linear head) with Ray Train, calibrate it, save a checkpoint.
+
+    python jobs/train_detector.py --data DIR_OR_URI --config tiny-mole --method mole|linear \\
+        [--mask texture --mask-ratio 0.4] --train-generators A,B --out CKPT
+
+CKPT is a checkpoint DIRECTORY (local or s3://) that will hold detector.safetensors + detector.json (weights and
+DetectorMeta: labels, calibrated threshold, unknown threshold) + train_config.json (the full TrainConfig) +
+metrics.jsonl (per-epoch metrics) + calibration.json + train_summary.json.
+
+--config-file reads a TrainConfig JSON (unknown fields are rejected, naming the field); flags given on the
+command line override the file's values, flags not given leave them alone. Runs under Ray Train's TorchTrainer
+(one CPU worker by default; --num-workers/--use-gpu scale it); attaches to RAY_ADDRESS when set, else starts a
+private local Ray. --engine local trains in-process without Ray (debugging).
+
+Exit codes: 0 success, 2 bad configuration or data, 1 training failed. Prints a JSON summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pipeline.settings import ConfigError
+from pipeline.train.config import TrainConfig
+
+# flag -> TrainConfig field (only flags explicitly given are applied)
+FIELDS = {
+    "data": "data",
+    "out": "out",
+    "config": "config",
+    "method": "method",
+    "pretrained": "pretrained",
+    "mask": "mask",
+    "mask_ratio": "mask_ratio",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "seed": "seed",
+    "val_fraction": "val_fraction",
+    "target_fpr": "target_fpr",
+    "unknown_quantile": "unknown_quantile",
+    "num_workers": "num_workers",
+    "use_gpu": "use_gpu",
+    "linear_classifier": "linear_classifier",
+    "augment": "augment",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="labelled data: UnivFD folder (<gen>/0_real|1_fake) or WebDataset shards")
+    ap.add_argument("--out", help="checkpoint DIRECTORY to write (local path or s3://bucket/prefix)")
+    ap.add_argument("--config", help="detector config name (e.g. tiny-mole) or JSON path [tiny-mole]")
+    ap.add_argument("--method", choices=["mole", "linear"], help="training method [mole]")
+    ap.add_argument("--pretrained", help="backbone weights: open_clip tag | local file | s3:// URI [none]")
+    ap.add_argument("--mask", choices=["none", "texture"], help="texture-aware patch masking (MPFT reading)")
+    ap.add_argument("--mask-ratio", type=float, help="share of most-textured patches masked [0.4]")
+    ap.add_argument("--train-generators", help="comma-separated generators to train on [all in the data]")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--val-fraction", type=float, help="held-out share for plateau + calibration [0.2]")
+    ap.add_argument("--target-fpr", type=float, help="calibrated false-positive rate on held-out reals [0.05]")
+    ap.add_argument("--unknown-quantile", type=float, help="known fakes called 'unknown' [0.05]")
+    ap.add_argument("--num-workers", type=int, help="Ray Train workers [1]")
+    ap.add_argument("--use-gpu", action="store_const", const=True, help="one GPU per worker")
+    ap.add_argument("--linear-classifier", choices=["logistic", "svm"])
+    ap.add_argument("--no-augment", dest="augment", action="store_const", const=False)
+    ap.add_argument("--config-file", help="TrainConfig JSON; explicit flags override its values")
+    ap.add_argument("--engine", choices=["ray", "local"], default="ray", help="ray (TorchTrainer) | local")
+    return ap
+
+
+def build_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
+    args = build_parser().parse_args(argv)
+    data: dict[str, Any] = {}
+    if args.config_file:
+        try:
+            with open(args.config_file) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"config file {args.config_file}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {args.config_file}: must hold a JSON object")
+    for flag, field in FIELDS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            data[field] = value
+    if args.train_generators is not None:
+        data["train_generators"] = [g for g in args.train_generators.split(",") if g.strip()]
+    for required in ("data", "out"):
+        if required not in data:
+            raise ConfigError(f"{required}: required (--{required} or in --config-file)")
+    return TrainConfig.parse(data, source=args.config_file or "command line"), args.engine
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, engine = build_config(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if engine == "local":
+            from pipeline.train.loop import train_local
+
+            summary = train_local(cfg)
+        else:
+            from pipeline.engine.train import run_training
+
+            summary = run_training(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the Ray wrapper re-raises worker errors as TrainingFailedError
+        root = exc
+        print(f"error: training failed: {type(root).__name__}: {root}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""PNG plots of an evaluation (matplotlib, Agg backend): ROC and PR curves per generator, robustness curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+
+def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path) -> list[Path]:
+    """`curves`: generator -> (labels, scores). Writes roc.png and pr.png (one line per generator)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_roc, ax_roc = plt.subplots(figsize=(5, 5))
+    fig_pr, ax_pr = plt.subplots(figsize=(5, 5))
+    for name, (y, s) in sorted(curves.items()):
+        if len(np.unique(y)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        prec, rec, _ = precision_recall_curve(y, s)
+        ax_roc.plot(fpr, tpr, label=name)
+        ax_pr.plot(rec, prec, label=name)
+    ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax_roc.set(xlabel="false positive rate (reals called fake)", ylabel="true positive rate", title="ROC")
+    ax_pr.set(xlabel="recall (fakes found)", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
+    for ax in (ax_roc, ax_pr):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right" if ax is ax_roc else "lower left")
+    paths = [out_dir / "roc.png", out_dir / "pr.png"]
+    fig_roc.savefig(paths[0], dpi=110, bbox_inches="tight")
+    fig_pr.savefig(paths[1], dpi=110, bbox_inches="tight")
+    plt.close(fig_roc)
+    plt.close(fig_pr)
+    return paths
+
+
+def plot_robustness(robustness: dict[str, dict[str, Any]], clean_mean: dict[str, float], out_dir: Path) -> list[Path]:
+    """One PNG per perturbation kind: mean AP and mean accuracy vs the perturbation level (clean as reference)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for kind, levels in robustness.items():
+        if not levels:
+            continue
+        xs = list(levels.keys())
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for metric in ("ap", "acc", "auc"):
+            ys = [levels[x]["mean"][metric] for x in xs]
+            line = ax.plot(range(len(xs)), ys, marker="o", label=f"mean {metric}")[0]
+            ax.axhline(clean_mean[metric], color=line.get_color(), ls=":", lw=0.8)
+        ax.set_xticks(range(len(xs)), xs)
+        ax.set(xlabel=kind, ylabel="score", ylim=(0, 1.02), title=f"robustness: {kind} (dotted = clean)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        path = out_dir / f"robustness_{kind}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths

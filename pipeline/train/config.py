@@ -1,0 +1,78 @@
+"""TrainConfig: every knob of one training run, validated (unknown fields rejected, the error names the field)
+and saved as `train_config.json` beside the checkpoint."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.settings import StrictModel
+
+
+class TrainConfig(StrictModel):
+    data: str = Field(description="labelled data: UnivFD-style folder or WebDataset shards, local or s3://")
+    out: str = Field(description="checkpoint DIRECTORY (detector.safetensors + detector.json + train_config.json)")
+    config: str = Field("tiny-mole", description="detector config: a shipped name or a JSON path")
+    method: Literal["mole", "linear"] = "mole"
+    pretrained: str | None = Field(
+        None,
+        description="backbone weights: open_clip tag, local .safetensors or s3:// URI; 'none' = random init; "
+        "null = the detector config's default",
+    )
+    train_generators: list[str] | None = Field(
+        None, description="generators (families) trained on; None = every generator found in the data"
+    )
+    # texture-aware masking (MPFT reading, METHODS.md §3) [ours]
+    mask: Literal["none", "texture"] = "none"
+    mask_ratio: float = Field(0.4, ge=0.0, le=1.0)
+    # optimisation (mole)
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    attribution_weight: float = Field(1.0, ge=0, description="weight of the attribution cross-entropy")
+    aux_loss_weight: float = Field(
+        0.01, ge=0, description="weight of the router load-balancing loss (used only if the detector has one)"
+    )
+    plateau_patience: int = Field(5, ge=0, description="epochs without val-acc gain before lr /= 10 (UnivFD: 5)")
+    min_lr_factor: float = Field(0.01, gt=0, le=1, description="lr never drops below lr * min_lr_factor")
+    augment: bool = Field(True, description="UnivFD train augmentations (blur, JPEG, crop, flip)")
+    augment_blur_prob: float = Field(0.5, ge=0, le=1, description="UnivFD: 0.5, sigma ~ U[0, 3]")
+    augment_jpeg_prob: float = Field(0.5, ge=0, le=1, description="UnivFD: 0.5, quality ~ U{30..100}")
+    augment_resize: int | None = Field(
+        None, ge=8, description="shorter side before the random crop (UnivFD: 256 for a 224 crop); None = none"
+    )
+    # linear (seed 001)
+    linear_classifier: Literal["logistic", "svm"] = "logistic"
+    linear_c: float = Field(1.0, gt=0)
+    # data split / calibration
+    seed: int = 0
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    target_fpr: float = Field(0.05, ge=0.0, lt=1.0)
+    unknown_quantile: float = Field(0.05, ge=0.0, lt=1.0)
+    # resources
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per training worker")
+
+    @field_validator("train_generators")
+    @classmethod
+    def _non_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        v = [g.strip() for g in v if g.strip()]
+        if not v:
+            raise ValueError("must name at least one generator")
+        if "real" in v:
+            raise ValueError("'real' is not a generator")
+        if len(set(v)) != len(v):
+            raise ValueError("generators are listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _mask_needs_mole(self) -> TrainConfig:
+        if self.mask == "texture" and self.method != "mole":
+            raise ValueError("mask: texture masking is a fine-tuning strategy; it composes with method=mole only")
+        return self

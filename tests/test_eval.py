@@ -1,0 +1,97 @@
+"""jobs/evaluate.py on small demo corpora with a saved (random-init) tiny detector: the report's numbers are
+checked against an independent computation, and the grouping follows the UnivFD protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from jobs.evaluate import main as evaluate_main
+from pipeline.data.demo import DemoConfig, generate
+from pipeline.eval.evaluate import group_records
+from pipeline.models import DetectorMeta, Predictor, create_detector, load_detector, save_detector
+from pipeline.models.preprocess import prepare_image
+from pipeline.train.data import LabelledRecord
+
+N = 6  # per class and family
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    generate(DemoConfig(out=str(root / "univfd"), families=["upconv", "vqgan"], n_per_class=N, seed=5))
+    generate(DemoConfig(out=str(root / "wds"), layout="wds", families=["upconv", "vqgan"], n_per_class=N, seed=6, shard_size=10))
+    det = create_detector("tiny-mole", pretrained=None, generators=["upconv"])
+    save_detector(det, root / "ckpt", DetectorMeta(generators=["upconv"], threshold=0.3, unknown_threshold=0.6))
+    return {"root": root, "univfd": root / "univfd", "wds": root / "wds", "ckpt": root / "ckpt"}
+
+
+def _rec(label: int, gen: str, group: str | None) -> LabelledRecord:
+    return LabelledRecord(image=Image.new("RGB", (4, 4)), label=label, generator=gen, group=group)
+
+
+def test_grouping_follows_univfd_protocol() -> None:
+    folders = [_rec(0, "real", "a"), _rec(1, "a", "a"), _rec(0, "real", "b"), _rec(1, "b", "b"), _rec(0, "real", "b")]
+    assert group_records(folders) == {"a": [1, 0], "b": [3, 2, 4]}  # each folder with ITS OWN reals
+    shards = [_rec(0, "real", None), _rec(1, "a", None), _rec(1, "b", None), _rec(0, "real", None)]
+    assert group_records(shards) == {"a": [1, 0, 3], "b": [2, 0, 3]}  # no folders: every real
+
+
+def test_report_matches_independent_computation(corpus: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    rc = evaluate_main([
+        "--data", str(corpus["univfd"]), "--detector", str(corpus["ckpt"]), "--json", str(out / "r.json"),
+        "--markdown", str(out / "r.md"), "--plots", str(out / "plots"), "--jpeg", "75", "--blur", "1",
+    ])  # fmt: skip
+    assert rc == 0
+    rep = json.loads((out / "r.json").read_text())
+    assert set(rep["per_generator"]) == {"upconv", "vqgan"}
+
+    det, meta = load_detector(corpus["ckpt"])
+    pred = Predictor(det, meta)
+    for gen, row in rep["per_generator"].items():
+        assert (row["n_real"], row["n_fake"]) == (N, N)
+        paths = sorted((corpus["univfd"] / gen / "0_real").iterdir()) + sorted((corpus["univfd"] / gen / "1_fake").iterdir())
+        y = np.array([0] * N + [1] * N)
+        imgs = np.stack([prepare_image(Image.open(p).convert("RGB"), det.config) for p in paths])
+        p = pred.predict(imgs)["p_fake"].astype(np.float64)
+        assert row["ap"] == pytest.approx(average_precision_score(y, p), abs=1e-6)
+        assert row["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+        assert row["real_acc"] == pytest.approx(np.mean(p[:N] < 0.3))
+        assert row["fake_acc"] == pytest.approx(np.mean(p[N:] >= 0.3))
+        assert row["acc_05"] == pytest.approx(np.mean((p >= 0.5) == (y == 1)))
+    mean_ap = np.mean([r["ap"] for r in rep["per_generator"].values()])
+    assert rep["mean"]["ap"] == pytest.approx(mean_ap)
+    att = rep["attribution"]
+    assert att["known_generators"] == ["upconv"] and att["held_out_generators"] == ["vqgan"]
+    assert att["n_known_fakes"] == N and att["n_held_out_fakes"] == N and att["n_closed_set"] == 3 * N
+    assert 0.0 <= att["open_set_auroc"] <= 1.0
+    assert set(rep["robustness"]) == {"jpeg", "blur"} and "75" in rep["robustness"]["jpeg"]
+    md = (out / "r.md").read_text()
+    assert "| upconv |" in md and "open-set AUROC" in md and "jpeg 75" in md
+    for name in ("roc.png", "pr.png", "robustness_jpeg.png", "robustness_blur.png"):
+        assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "eval_config.json").read_text())["jpeg"] == [75]
+
+
+def test_webdataset_source_scores_each_generator_against_all_reals(corpus: dict[str, Path], tmp_path: Path) -> None:
+    rc = evaluate_main(["--data", str(corpus["wds"]), "--detector", str(corpus["ckpt"]), "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert {g: (r["n_real"], r["n_fake"]) for g, r in rep["per_generator"].items()} == {
+        "upconv": (2 * N, N),
+        "vqgan": (2 * N, N),
+    }
+
+
+def test_missing_data_or_checkpoint_fail_clearly(corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert evaluate_main(["--data", str(tmp_path / "nope"), "--detector", str(corpus["ckpt"]), "--json", str(tmp_path / "r.json")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert evaluate_main(["--data", str(corpus["univfd"]), "--detector", str(tmp_path / "nockpt"), "--json", str(tmp_path / "r.json")]) == 2
+    assert "nockpt" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

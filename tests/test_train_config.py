@@ -1,0 +1,67 @@
+"""TrainConfig / CLI parsing and the data split: fast, no training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs.train_detector import build_config, main
+from pipeline.settings import ConfigError
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import stratified_split
+
+
+def test_cli_overrides_only_explicit_flags(tmp_path: Path) -> None:
+    f = tmp_path / "train.json"
+    f.write_text(json.dumps({"data": "d", "out": "o", "epochs": 7, "lr": 0.5, "mask": "texture"}))
+    cfg, engine = build_config(["--config-file", str(f), "--lr", "0.1", "--train-generators", "a,b"])
+    assert (cfg.epochs, cfg.lr, cfg.mask) == (7, 0.1, "texture")  # file kept, flag overrode
+    assert cfg.train_generators == ["a", "b"]
+    assert cfg.batch_size == TrainConfig.model_fields["batch_size"].default  # untouched default
+    assert engine == "ray"
+
+
+def test_unknown_field_in_config_file_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "train.json"
+    f.write_text(json.dumps({"data": "d", "out": "o", "epoch": 3}))
+    with pytest.raises(ConfigError, match="epoch"):
+        build_config(["--config-file", str(f)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--data", "d"], "out"),
+        (["--data", "d", "--out", "o", "--mask-ratio", "1.5"], "mask_ratio"),
+        (["--data", "d", "--out", "o", "--method", "linear", "--mask", "texture"], "mask"),
+        (["--data", "d", "--out", "o", "--train-generators", "real"], "train_generators"),
+    ],
+)
+def test_bad_values_fail_fast_naming_the_field(argv: list[str], field: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(argv) == 2
+    assert field in capsys.readouterr().err
+
+
+def test_empty_and_missing_data_give_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    for data in (tmp_path / "empty", tmp_path / "missing"):
+        rc = main(["--data", str(data), "--out", str(tmp_path / "ck"), "--engine", "local"])
+        err = capsys.readouterr().err
+        assert rc == 2
+        assert str(data) in err and "error:" in err
+    assert not (tmp_path / "ck").exists()
+
+
+def test_stratified_split_keeps_class_shares() -> None:
+    strata = ["real"] * 50 + ["a"] * 30 + ["b"] * 20
+    tr, va = stratified_split(strata, 0.2, seed=3)
+    assert len(set(tr) & set(va)) == 0 and len(tr) + len(va) == 100
+    counts = {s: sum(strata[i] == s for i in va) for s in ("real", "a", "b")}
+    assert counts == {"real": 10, "a": 6, "b": 4}
+    tr2, va2 = stratified_split(strata, 0.2, seed=3)
+    assert np.array_equal(va, va2)  # deterministic given the seed
+    _, none = stratified_split(strata, 0.0, seed=0)
+    assert none.size == 0

@@ -375,3 +375,82 @@ def test_streaming_path_equals_in_memory_path(tmp_path: Path, variant: str) -> N
     ]
     assert mem.error == stream.error
     assert (mem.error is None) == (variant == "full")
+
+
+# ------------------------------------------------------------------ end to end: the real scan job
+
+
+@pytest.fixture(scope="module")
+def scan_world(tmp_path_factory):
+    """moto S3 with the bad-input corpus and a tiny detector; a real Ray head with the S3 env."""
+    import torch
+
+    from pipeline.models import DetectorConfig, create_detector, save_detector
+    from tests.support.ray_cluster import ray_head
+    from tests.support.s3 import moto_s3_server
+    from tests.support.shards import make_bucket, write_raw
+
+    tmp = tmp_path_factory.mktemp("relscan")
+    with moto_s3_server() as env:
+        bucket = make_bucket("badcorpus")
+        corpus = bi.e2e_corpus()
+        for case in corpus:
+            write_raw(f"{bucket}/shards/{case.name}.tar", case.data)
+        torch.manual_seed(0)
+        save_detector(create_detector(DetectorConfig.load("tiny-mole"), pretrained=None), f"{bucket}/det")
+        with ray_head(extra_env=env) as head:
+            yield {"head": head, "bucket": bucket, "corpus": corpus, "tmp": tmp}
+
+
+@pytest.mark.slow
+def test_scan_job_accounts_for_every_bad_input(scan_world) -> None:
+    """`ray job submit` of the scan over the whole bad-input corpus: the job succeeds, every sample is exactly
+    one row with its defined status, every broken shard adds exactly one shard_error row, the image bytes in
+    the rows are the bytes in the shards (sha256), and Parquet reads back with pyarrow."""
+    import hashlib
+    import sys
+
+    import pyarrow.dataset as pads
+
+    from tests.support.ray_cluster import submit_job
+
+    w = scan_world
+    out = w["tmp"] / "out"
+    repo = Path(__file__).resolve().parents[1]
+    res = submit_job(w["head"], [sys.executable, str(repo / "jobs" / "scan_bucket.py"), "--input",
+                                 f"{w['bucket']}/shards/", "--output", str(out), "--detector", f"{w['bucket']}/det",
+                                 "--scan-date", "2026-11-24", "--batch-size", "16", "--actor-num-cpus", "0.5",
+                                 "--read-num-cpus", "0.5", "--stall-timeout-s", "120"], timeout_s=300)  # fmt: skip
+    assert res.status == "SUCCEEDED", res.logs[-5000:]
+    table = pads.dataset(str(out), format="parquet", partitioning="hive").to_table()
+    rows = table.to_pylist()
+    by_shard: dict[str, list[dict]] = {}
+    for r in rows:
+        by_shard.setdefault(r["shard"], []).append(r)
+    n_in = n_checked = 0
+    for case in w["corpus"]:
+        got = by_shard.get(case.name, [])
+        samples = [r for r in got if r["status"] != "shard_error"]
+        errors = [r for r in got if r["status"] == "shard_error"]
+        assert sorted((r["key"], r["status"]) for r in samples) == sorted(case.expected), case.name
+        assert len(errors) == int(case.shard_error), case.name
+        assert all(e["error"] and e["key"] is None for e in errors)
+        for r in samples:
+            assert (r["status"] == "ok") == (r["p_fake"] is not None), (case.name, r["key"])
+            if r["status"] != "ok":
+                assert r["error"], (case.name, r["key"], r["status"])
+            unique = [k for k, _ in case.expected].count(r["key"]) == 1
+            if unique and r["key"] in case.image_bytes:  # the row describes exactly the bytes in the shard
+                data = case.image_bytes[r["key"]]
+                assert r["sha256"] == hashlib.sha256(data).hexdigest() and r["n_bytes"] == len(data)
+                n_checked += 1
+        n_in += len(case.expected)
+    assert n_checked >= 30
+    assert sum(1 for r in rows if r["status"] != "shard_error") == n_in  # rows lost = 0, rows invented = 0
+    assert sum(1 for r in rows if r["status"] == "shard_error") == sum(c.shard_error for c in w["corpus"])
+    bad = {r["key"]: r for r in by_shard["shard-000000"] if r["key"] != "good0000"}
+    assert (bad["exif_rotated_jpeg"]["width"], bad["exif_rotated_jpeg"]["height"]) == (40, 80)
+    assert (bad["png_bomb_valid"]["width"], bad["png_bomb_valid"]["height"]) == (10_000, 10_000)
+    assert bad["caf\\xe9"]["status"] == "ok"
+    markers = sorted(p.stem for p in (out / "_shards").glob("*/*.json"))
+    assert markers == sorted(c.name for c in w["corpus"])  # every shard, even the empty one, is complete

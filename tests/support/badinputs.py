@@ -17,7 +17,7 @@ import struct
 import tarfile
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -335,3 +335,47 @@ def bad_input_shard(n_good: int = 3) -> BadShard:
     members += [("good0000.png", png_bytes(seed=15))]  # duplicate key, after other keys
     expected.append(("good0000", "ok"))
     return BadShard(members, expected)
+
+
+# ---------------------------------------------------------------- end-to-end corpus
+
+
+@dataclass
+class ShardCase:
+    name: str  # shard file name without .tar
+    data: bytes
+    expected: list[tuple[str, str]]  # (key, status) of the sample rows, tar order
+    shard_error: bool  # one extra shard_error row expected
+    image_bytes: dict[str, bytes] = field(default_factory=dict)  # key -> image member bytes (unique keys)
+
+
+def e2e_corpus() -> list[ShardCase]:
+    """Shards for an end-to-end run: the all-cases shard plus every broken-archive case."""
+    bad = bad_input_shard()
+    five = good_members(5, prefix="t")
+    four = good_members(4, prefix="b")
+    inter = [("c.png", png_bytes(seed=21)), ("a.png", png_bytes(seed=22)), ("b.jpg", jpeg_bytes(seed=23)),
+             ("a.json", meta(1))]  # fmt: skip
+
+    def images(members: Sequence[Member]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for name, payload in members:
+            stem = name.rsplit("/", 1)[-1].split(".")[0]
+            key = (name.rsplit("/", 1)[0] + "/" + stem) if "/" in name else stem
+            if not name.endswith(("/", ".json", ".txt")) and not name.startswith(("__MACOSX", "._")):
+                out.setdefault(key, payload)
+        return out
+
+    return [
+        ShardCase("shard-000000", bad.data, bad.expected, False,
+                  {k: v for k, v in images(bad.members).items() if "\udce9" not in k}),
+        ShardCase("shard-000001", truncated_mid_member_tar(five, 5),
+                  [("t0000", "ok"), ("t0001", "ok"), ("t0002", "ok")], True, images(five[:5])),
+        ShardCase("shard-000002", non_tar_bytes(), [], True),
+        ShardCase("shard-000003", b"", [], True),
+        ShardCase("shard-000004", tar_bytes(inter), [("c", "ok"), ("a", "ok"), ("b", "ok"), ("a", "no_image")],
+                  False),
+        ShardCase("shard-000005", truncated_at_boundary_tar(four, 4), [("b0000", "ok"), ("b0001", "ok")], True,
+                  images(four[:4])),
+        ShardCase("shard-000006", b"\0" * 10240, [], False),  # a valid, empty tar
+    ]  # fmt: skip

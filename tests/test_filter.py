@@ -19,10 +19,11 @@ import webdataset as wds
 
 from jobs.filter_shards import main as filter_main
 from pipeline.hygiene.policy import FilterConfig
-from tests.test_filter_fixtures import Corpus, make_scan, write_corpus
+from tests.test_filter_fixtures import DAY2, Corpus, shared_scans
 
 REPO = Path(__file__).resolve().parents[1]
-RULES = ["--rule", "upconv=quarantine@0.9", "--rule", "unknown=quarantine"]
+RULES = ["--rule", "upconv=quarantine@0.9", "--rule", "unknown=quarantine", "--on-shard-error", "skip"]
+BROKEN = "shard-000009"  # truncated: the scan has a shard_error row for it
 
 # Independent reference for the policy above, in SQL over the scan: first matching generator rule, else the
 # calibrated is_fake column; error rows are kept (the default).
@@ -34,7 +35,7 @@ SELECT shard, key,
        WHEN is_fake THEN 'drop' ELSE 'keep' END AS action,
   status
 FROM read_parquet('{scan}/scan_date=*/*.parquet', hive_partitioning = true)
-WHERE status <> 'shard_error'
+WHERE status <> 'shard_error' AND CAST(scan_date AS VARCHAR) = '{day}' AND shard <> '{broken}'
 """
 
 
@@ -69,12 +70,14 @@ def run_main(capsys, *args: str) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
+def good_shards(corpus: Corpus) -> dict[str, list]:
+    return {u: s for u, s in corpus.shards.items() if BROKEN not in u}
+
+
 @pytest.fixture(scope="module")
 def scanned(tmp_path_factory) -> tuple[Corpus, str]:
-    root = tmp_path_factory.mktemp("hyg")
-    corpus = write_corpus(str(root / "in"))
-    scan = make_scan(corpus, str(root / "scan"))
-    return corpus, scan
+    shared = shared_scans(tmp_path_factory)
+    return shared.corpus, shared.scan
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,7 @@ def filtered(scanned, tmp_path_factory) -> tuple[Corpus, str, Path, subprocess.C
 
 
 def expected_actions(scan: str) -> dict[tuple[str, str], str]:
-    rows = duckdb.sql(REFERENCE_SQL.format(scan=scan)).fetchall()
+    rows = duckdb.sql(REFERENCE_SQL.format(scan=scan, day=DAY2, broken=BROKEN)).fetchall()
     return {(shard, key): action for shard, key, action, _ in rows}
 
 
@@ -95,7 +98,8 @@ def test_filtered_shards_hold_exactly_the_kept_samples_byte_identical(filtered) 
     assert proc.returncode == 0, proc.stderr
     expected = expected_actions(scan)
     assert set(expected.values()) == {"keep", "drop", "quarantine"}, "fixture must exercise every action"
-    for src in corpus.shards:
+    assert not (out / f"{BROKEN}.tar").exists()
+    for src in good_shards(corpus):
         rel = os.path.relpath(src, corpus.root)
         sid = rel.removesuffix(".tar").replace("/", "__")
         want_kept = [k for (s, k), a in expected.items() if s == sid and a == "keep"]
@@ -146,21 +150,23 @@ def test_accounting_reconciles_and_run_config_is_saved(filtered) -> None:
     stats = json.loads((out / "_run" / "stats.json").read_text())
     assert stats["reconciled"] is True and stats["problems"] == []
     by_src = {s["source"]: s for s in stats["shards"]}
-    assert set(by_src) == set(corpus.shards)
-    for src, samples in corpus.shards.items():
+    assert set(by_src) == set(good_shards(corpus))
+    assert stats["scan_date"] == DAY2  # the latest partition by default
+    assert [s["shard"] for s in stats["skipped_shards"]] == [BROKEN]
+    for src, samples in good_shards(corpus).items():
         s = by_src[src]
         assert s["kept"] + s["dropped"] + s["quarantined"] == s["samples"] == len(samples)
         marker = json.loads((out / "_shards" / f"{s['shard_id']}.json").read_text())
         assert marker == s
     expected = expected_actions(scan)
     assert stats["totals"]["kept"] == sum(a == "keep" for a in expected.values())
-    assert stats["totals"]["samples"] == sum(len(v) for v in corpus.shards.values())
+    assert stats["totals"]["samples"] == sum(len(v) for v in good_shards(corpus).values())
     assert (out / "_SUCCESS").exists()
     cfg = FilterConfig.from_file(out / "_run" / "config.json")
     assert [r.generator for r in cfg.policy.generator_rules] == ["upconv", "unknown"]
     assert cfg.policy.generator_rules[0].threshold == 0.9 and cfg.scan == scan
     summary = json.loads(proc.stdout)
-    assert summary["kept"] == stats["totals"]["kept"] and summary["shards"] == 3
+    assert summary["kept"] == stats["totals"]["kept"] and summary["shards"] == 3 and summary["skipped_shards"] == 1
 
 
 def test_rerun_is_byte_identical_and_deterministic_across_outputs(filtered, tmp_path) -> None:
@@ -292,20 +298,19 @@ def test_output_inside_input_is_a_config_error(scanned, capsys) -> None:
     assert rc == 2 and "output must not be the input" in err
 
 
-def test_shard_error_refused_by_default_or_skipped_by_policy(tmp_path, capsys) -> None:
-    corpus = write_corpus(str(tmp_path / "in"), with_truncated=True)
-    scan = make_scan(corpus, str(tmp_path / "scan"))
+def test_shard_error_refused_by_default_or_skipped_by_policy(scanned, tmp_path, capsys) -> None:
+    corpus, scan = scanned
     target = tmp_path / "out"
     rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target))
-    assert rc == 3 and "shard-000009.tar: the scan could not read this shard" in err
+    assert rc == 3 and f"{BROKEN}.tar: the scan could not read this shard" in err
     assert not target.exists()
-    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target), "--on-shard-error", "skip",
-                   "--error-action", "drop")
+    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target),
+                       "--on-shard-error", "skip", "--error-action", "drop")
     assert rc == 0, err
     stats = json.loads((target / "_run" / "stats.json").read_text())
-    assert [s["shard"] for s in stats["skipped_shards"]] == ["shard-000009"]
-    assert "unreadable tar header" in stats["skipped_shards"][0]["scan_error"]
-    assert not (target / "shard-000009.tar").exists()
+    assert [s["shard"] for s in stats["skipped_shards"]] == [BROKEN]
+    assert "tar" in stats["skipped_shards"][0]["scan_error"]
+    assert not (target / f"{BROKEN}.tar").exists()
     assert len(stats["shards"]) == 3
     # error rows dropped by policy: gone from the output, listed in the manifest as drops
     manifest = pq.read_table(target / "manifest.parquet").to_pylist()
@@ -313,16 +318,17 @@ def test_shard_error_refused_by_default_or_skipped_by_policy(tmp_path, capsys) -
     assert drops == {"00_bad": "error:decode_error", "01_noimg": "error:no_image"}
     assert "00_bad" not in {s["__key__"] for s in read_wds(target / "shard-000000.tar")}
 
-
 def test_policy_change_rewrites_and_removes_stale_quarantine(filtered, tmp_path) -> None:
     corpus, scan, out, _ = filtered
     target = tmp_path / "out"
     shutil.copytree(out, target)
     assert any((target / "_quarantine").rglob("*.tar"))
-    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(target), "--threshold", "0.95"]) == 0
+    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(target), "--threshold", "0.95",
+                        "--on-shard-error", "skip"]) == 0
     assert not any((target / "_quarantine").rglob("*.tar"))
     stats = json.loads((target / "_run" / "stats.json").read_text())
-    p = duckdb.sql(f"SELECT count(*) FILTER (WHERE p_fake::DOUBLE >= 0.95) FROM read_parquet('{scan}/*/*.parquet')")
+    p = duckdb.sql(f"SELECT count(*) FILTER (WHERE p_fake::DOUBLE >= 0.95) "
+                   f"FROM read_parquet('{scan}/scan_date={DAY2}/*.parquet') WHERE shard <> '{BROKEN}'")
     assert stats["totals"]["dropped"] == p.fetchall()[0][0]
     assert stats["totals"]["quarantined"] == 0
 
@@ -330,10 +336,10 @@ def test_policy_change_rewrites_and_removes_stale_quarantine(filtered, tmp_path)
 def test_sha_of_kept_images_matches_the_scan(filtered) -> None:
     """The scan's sha256 of each kept image equals the image member copied into the cleaned shard."""
     corpus, scan, out, _ = filtered
-    sha = dict(duckdb.sql(f"SELECT key, sha256 FROM read_parquet('{scan}/*/*.parquet') WHERE sha256 IS NOT NULL")
-               .fetchall())
+    sha = dict(duckdb.sql(f"SELECT key, sha256 FROM read_parquet('{scan}/scan_date={DAY2}/*.parquet') "
+                          "WHERE sha256 IS NOT NULL").fetchall())
     n = 0
-    for src in corpus.shards:
+    for src in good_shards(corpus):
         for s in read_wds(out / os.path.relpath(src, corpus.root)):
             img = s.get("png") or s.get("jpg")
             if img is not None:

@@ -1,26 +1,21 @@
-"""Shared fixtures for the hygiene tests (filter, report, queries doc): generated WebDataset shards and a scan
-of them. No tests here.
+"""Shared fixtures for the hygiene tests (filter, report, queries doc): generated WebDataset shards and REAL
+scans of them (jobs/scan_bucket.py with a tiny detector). No tests here.
 
-`make_scan` runs the REAL scan job (jobs/scan_bucket.py) when it is available; until then (the scan job is built
-in parallel) it writes the scan output with the scan's own pieces — `read_shard`, `decode_image`, the v1 schema
-and the completion-marker writer — with scores from a seeded generator instead of a detector.
+`shared_scans` scans one corpus on two days (two detectors, so day-over-day numbers differ) once per test
+session: a scan costs ~45 s of Ray start-up on 2 cores, and the filter, report and queries-doc modules all read it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from pipeline import storage
-from pipeline.scan.completion import RunPaths, write_shard
-from pipeline.scan.decode import decode_image
-from pipeline.scan.schema import SCHEMA, SCHEMA_VERSION
-from pipeline.scan.shards import read_shard
 from tests.support.shards import (
     Sample,
     corrupt_image_sample,
@@ -31,6 +26,8 @@ from tests.support.shards import (
     write_raw,
 )
 
+REPO = Path(__file__).resolve().parents[1]
+DAY1, DAY2 = "2026-11-22", "2026-11-23"
 GENERATORS = ("famA", "upconv")
 LABELS = ("real", *GENERATORS)
 
@@ -44,6 +41,10 @@ class Corpus:
 def write_corpus(root: str, *, with_truncated: bool = False, seed: int = 0) -> Corpus:
     """Three small shards (one in a sub-folder) with an extra member type, a corrupt image and an image-less
     sample; optionally a fourth, truncated shard (the scan turns it into a shard_error row)."""
+    return _corpus_samples(root, with_truncated=with_truncated, seed=seed, write=True)
+
+
+def _corpus_samples(root: str, *, with_truncated: bool, seed: int = 0, write: bool = False) -> Corpus:
     shards: dict[str, list[Sample]] = {}
     layout = [("shard-000000.tar", 7), ("shard-000001.tar", 6), ("part/shard-000002.tar", 5)]
     for i, (name, n) in enumerate(layout):
@@ -56,71 +57,105 @@ def write_corpus(root: str, *, with_truncated: bool = False, seed: int = 0) -> C
         if i == 1:
             samples.insert(2, no_image_sample(f"{i:02d}_noimg"))
         uri = storage.join(root, *name.split("/"))
-        write_raw(uri, tar_bytes(samples))
+        if write:
+            write_raw(uri, tar_bytes(samples))
         shards[uri] = samples
     if with_truncated:
         samples = good_samples(6, seed=seed + 9, prefix="09_", size=(24, 20))
         uri = storage.join(root, "shard-000009.tar")
-        write_raw(uri, truncated_tar_bytes(samples))
+        if write:
+            write_raw(uri, truncated_tar_bytes(samples))
         shards[uri] = samples
     return Corpus(root=root, shards=shards)
 
 
-def _scores(key: str, seed: int) -> np.ndarray:
-    """Seeded pseudo detector output for one key: softmax over LABELS and a p_fake spread over [0, 1]."""
-    h = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
-    rng = np.random.default_rng(h)
-    logits = rng.normal(0, 2, size=len(LABELS)).astype(np.float32)
-    probs = np.exp(logits - logits.max())
-    return probs / probs.sum()
+def make_detector(corpus: Corpus, ckpt_dir: str, seed: int = 0) -> str:
+    """A tiny random-init MoLE detector whose linear heads are set from the corpus' own features so that its
+    scores SPREAD over the test images (a random head gives near-constant p_fake): the fake logit is the first
+    principal component of the features (unit variance x 2.5, centred), the attribution logits use the first
+    two components, so p_fake crosses 0.5 and some attributions fall below the unknown threshold."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from pipeline.models import DetectorConfig, create_detector, save_detector
+    from pipeline.models.checkpoint import DetectorMeta
+    from pipeline.models.preprocess import prepare_image, to_model_input
+
+    torch.manual_seed(seed)
+    cfg = DetectorConfig.load("tiny-mole")
+    det = create_detector(cfg, pretrained=None, generators=list(GENERATORS)).eval()
+    images = []
+    for samples in corpus.shards.values():
+        for s in samples:
+            data = s.files.get("png") or s.files.get("jpg")
+            try:
+                images.append(prepare_image(Image.open(io.BytesIO(data)).convert("RGB"), cfg))
+            except Exception:  # noqa: BLE001, S112 - corrupt test images are expected
+                continue
+    with torch.inference_mode():
+        feats = det(to_model_input(np.stack(images), cfg)).features.double()
+    mean = feats.mean(0)
+    _, sv, v = torch.linalg.svd(feats - mean, full_matrices=False)
+    pcs = [v[i] / (sv[i] / (len(images) - 1) ** 0.5) for i in range(2)]  # projections with unit std
+
+    def head(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        w = torch.stack(rows)
+        return w.float(), (-(w @ mean)).float()
+
+    with torch.no_grad():
+        w, b = head([2.5 * pcs[0]])
+        det.head_fake.weight.copy_(w.reshape(det.head_fake.weight.shape))
+        det.head_fake.bias.copy_(b.reshape(det.head_fake.bias.shape))
+        w, b = head([-2.0 * pcs[0], 2.0 * pcs[1], -2.0 * pcs[1]])
+        det.head_gen.weight.copy_(w)
+        det.head_gen.bias.copy_(b)
+    save_detector(det, ckpt_dir, DetectorMeta(threshold=0.5, unknown_threshold=0.6))
+    return ckpt_dir
 
 
-def interim_scan(corpus: Corpus, out: str, scan_date: str, seed: int = 0, threshold: float = 0.5) -> None:
-    """Scan output in the v1 layout, written with the scan package's own reader/decoder/schema/markers."""
-    paths = RunPaths(out, scan_date)
-    run_id = f"{scan_date}-fixture"
-    for uri in storage.list_shards(corpus.root):
-        sid = storage.shard_id(uri, corpus.root)
-        contents = read_shard(uri)
-        rows = []
-        for s in contents.samples:
-            row = {"key": s.key, "status": "ok", "error": None, "p_fake": None, "logit": None, "is_fake": None,
-                   "top_generator": None, "generator_scores": None, "width": None, "height": None, "format": None,
-                   "n_bytes": None, "sha256": None}
-            if s.image is None:
-                row.update(status="no_image", error=s.note or "no image member")
-            else:
-                r = decode_image(s.image, image_size=16, resize_mode="center_crop", max_pixels=10**8)
-                row.update(width=r.width, height=r.height, format=r.format, n_bytes=len(s.image),
-                           sha256=hashlib.sha256(s.image).hexdigest())
-                if r.status != "ok":
-                    row.update(status=r.status, error=r.error)
-                else:
-                    probs = _scores(s.key, seed)
-                    p_fake = float(1.0 - probs[0])
-                    gi = int(np.argmax(probs[1:])) + 1
-                    top = LABELS[gi] if probs[gi] > 0.3 else "unknown"
-                    row.update(p_fake=p_fake, logit=float(np.log(p_fake / (1 - p_fake))),
-                               is_fake=p_fake >= threshold, top_generator=top if p_fake >= 0.5 else "real",
-                               generator_scores=list(zip(LABELS, probs.tolist(), strict=True)))
-            rows.append(row)
-        if contents.error:
-            rows.append({"key": None, "status": "shard_error", "error": contents.error})
-        n = len(rows)
-        table = pa.Table.from_pylist(
-            [{"schema_version": SCHEMA_VERSION, "run_id": run_id, "source": corpus.root, "shard": sid,
-              "shard_url": uri, "threshold": threshold, "detector_id": "fixture@000000",
-              "scanned_at": dt.datetime(2026, 11, 24, tzinfo=dt.UTC), **r} for r in rows],
-            schema=SCHEMA,
-        )
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        write_shard(paths, sid, table, {"shard": sid, "shard_url": uri, "rows": n,
-                                        "samples": n - counts.get("shard_error", 0), "counts": counts})
-    storage.write_bytes_atomic(paths.run_file("run.json"), json.dumps({"status": "succeeded"}).encode())
+def real_scan(corpus: Corpus, out: str, detector: str, scan_date: str) -> None:
+    """jobs/scan_bucket.py as a user runs it (a local Ray started by the job, 2 CPUs)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, str(REPO / "jobs" / "scan_bucket.py"), "--input", corpus.root, "--output", out,
+           "--detector", detector, "--scan-date", scan_date, "--ray-num-cpus", "2", "--batch-size", "16"]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scan job failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
 
 
-def make_scan(corpus: Corpus, out: str, scan_date: str = "2026-11-23", seed: int = 0) -> str:
-    interim_scan(corpus, out, scan_date, seed=seed)
+def make_scan(corpus: Corpus, out: str, scan_date: str = DAY2, seed: int = 0) -> str:
+    """A real scan of `corpus` into `out` (scan job + a spread tiny detector)."""
+    det = make_detector(corpus, f"{out.rstrip('/')}-detector-{seed}", seed=seed)
+    real_scan(corpus, out, det, scan_date)
     return out
+
+
+@dataclass
+class Shared:
+    corpus: Corpus  # 3 good shards + 1 truncated one (a shard_error row in the scan)
+    scan: str  # scan_date=DAY1 (detector seed 1) and scan_date=DAY2 (seed 0)
+
+
+def shared_scans(tmp_path_factory) -> Shared:
+    """Once per session (cached under the session's base temp dir; tests run in one process)."""
+    base = tmp_path_factory.getbasetemp() / "hygiene-shared"
+    done = base / "DONE"
+    corpus_root, scan = str(base / "in"), str(base / "scan")
+    if not done.exists():
+        if base.exists():
+            import shutil
+
+            shutil.rmtree(base)
+        base.mkdir()
+        corpus = write_corpus(corpus_root, with_truncated=True)
+        make_scan(corpus, scan, DAY1, seed=1)
+        make_scan(corpus, scan, DAY2, seed=0)
+        done.write_text("ok")
+    return Shared(corpus=write_corpus_index(corpus_root), scan=scan)
+
+
+def write_corpus_index(root: str) -> Corpus:
+    """The Corpus of an already written `write_corpus(root, with_truncated=True)` (same seeds -> same samples)."""
+    return _corpus_samples(root, with_truncated=True)

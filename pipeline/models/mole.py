@@ -17,7 +17,9 @@ Two numerically equivalent forward paths:
   hidden, every adapter hidden and the router logits; the activation runs (in place) on the MLP part only, the
   gate scales the expert columns (in place); ``[c_proj | s*B_shared | s_1*B_1 .. s_E*B_E]`` -> ONE GEMM over the
   concatenated, gated hidden. An adapted block costs the same two GEMMs as a plain MLP with a slightly larger
-  inner size. Fused weights are built from the current parameters and cached; the cache key is every source
+  inner size. The first GEMM's output is padded with zero rows to a multiple of ``FUSED_ALIGN`` columns; the
+  second GEMM reads the activated/gated hidden as a strided view of it (no concatenation copy; with autograd
+  on, a differentiable concatenation is used instead, so the fused path also trains). Fused weights are built from the current parameters and cached; the cache key is every source
   tensor's (data_ptr, version), so an optimizer step, ``load_state_dict`` or ``.to()`` rebuilds them.
 """
 
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 Mode = Literal["unfused", "fused", "disabled"]
+FUSED_ALIGN = 16  # pad the fused first GEMM's output width to a multiple of this many elements [ours]
 
 
 class LoRA(nn.Module):
@@ -155,7 +158,12 @@ class MoLEMLP(nn.Module):
     def _build_fused(self) -> tuple[torch.Tensor, ...]:
         fc, proj = self.base_mlp.c_fc, self.base_mlp.c_proj
         loras = ([self.shared] if self.shared is not None else []) + list(self.experts)
-        w_in = torch.cat([fc.weight, *(lo.down.weight for lo in loras), self.router.weight], dim=0)
+        rows = [fc.weight, *(lo.down.weight for lo in loras), self.router.weight]
+        n_rows = sum(r.shape[0] for r in rows)
+        pad = -n_rows % FUSED_ALIGN  # zero rows: aligned row stride for the 2nd GEMM
+        if pad:
+            rows.append(fc.weight.new_zeros(pad, fc.in_features))
+        w_in = torch.cat(rows, dim=0)
         zeros_in = fc.weight.new_zeros(w_in.shape[0] - fc.out_features)
         b_fc = fc.bias if fc.bias is not None else fc.weight.new_zeros(fc.out_features)
         b_in = torch.cat([b_fc, zeros_in])
@@ -188,7 +196,7 @@ class MoLEMLP(nn.Module):
         z = torch.addmm(b_in.to(y2.dtype), y2, w_in_t.to(y2.dtype))  # [MLP hidden | adapters | router]
         h = z[:, :hidden]
         a_experts = z[:, hidden + r_shared : hidden + r_total]
-        g = self.gates(z[:, hidden + r_total :]).to(z.dtype)
+        g = self.gates(z[:, hidden + r_total : hidden + r_total + self.num_experts]).to(z.dtype)
         gcols = g.index_select(1, self._col_expert)
         if z.requires_grad:
             act = _act_module(self.base_mlp)(h)

@@ -40,6 +40,7 @@ FLAGS: dict[str, tuple[type, str]] = {
     "actor_num_gpus": (float, "GPUs per scorer actor"),
     "read_num_cpus": (float, "CPUs per read+decode task"),
     "read_concurrency": (int, "max concurrent read+decode tasks"),
+    "read_memory_mb": (int, "memory reserved per read+decode task (MB)"),
     "dtype": (str, "float32 | float16 | bfloat16"),
     "torch_threads": (int, "torch threads per CPU scorer actor"),
     "ray_address": (str, "Ray address (default: RAY_ADDRESS, else a local Ray)"),

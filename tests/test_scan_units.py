@@ -226,3 +226,29 @@ def test_parquet_bytes_are_readable():
 
     t = SCHEMA.empty_table()
     assert pq.read_table(io.BytesIO(parquet_bytes(t))).schema.equals(SCHEMA, check_metadata=False)
+
+
+def test_scorer_with_real_tiny_detector_matches_direct_forward(tmp_path):
+    """Scorer (the actor class) on a prepared batch equals the detector's own forward on the same pixels."""
+    import torch
+
+    from pipeline.models import DetectorConfig, create_detector, save_detector
+    from pipeline.models.preprocess import to_model_input
+    from pipeline.scan.score import Scorer
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig.load("tiny-mole")
+    det = create_detector(cfg, pretrained=None)
+    meta = save_detector(det, tmp_path / "det")
+    samples = good_samples(5, size=(120, 110)) + [corrupt_image_sample("bad")]
+    url = write_tar(str(tmp_path / "a.tar"), samples)
+    batch = _all(prepare_shard(url, "a", image_size=cfg.image_size))
+    scorer = Scorer(str(tmp_path / "det"), torch_threads=1, batch_size=2)
+    out = scorer(batch)
+    with torch.inference_mode():
+        det.eval().set_fused(False)  # the unfused reference path
+        ref = det(to_model_input(batch["pixels"][:5], cfg)).logit.float().numpy()
+    np.testing.assert_allclose(out["logit"][:5], ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["p_fake"][:5], 1 / (1 + np.exp(-ref)), rtol=1e-4, atol=1e-6)
+    assert (out["is_fake"][:5] == (out["p_fake"][:5] >= meta.threshold)).all()
+    assert np.isnan(out["logit"][5]) and out["generator_scores"].shape == (6, 1 + len(meta.generators))

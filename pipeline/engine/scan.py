@@ -25,6 +25,15 @@ from pipeline.scan.score import Scorer
 log = get_logger("pipeline.engine.scan")
 
 
+def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: object) -> Iterator[dict[str, np.ndarray]]:
+    """prepare_batch, tagging each row with the Ray node id of the task that read the shard (`_node`, kept in
+    the shard's stats as `node_id`: shows which node did the work, e.g. in tests/test_multinode.py)."""
+    node = ray.get_runtime_context().get_node_id()
+    for out in prepare_batch(batch, **kwargs):
+        out["_node"] = np.full(len(out["shard"]), node, dtype=object)
+        yield out
+
+
 def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size: int,
                   resize_mode: str) -> ray.data.Dataset:  # fmt: skip
     """shards: [(shard_url, shard_id)]."""
@@ -35,14 +44,16 @@ def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size:
     items = [{"shard_url": url, "shard": sid} for url, sid in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
-        prepare_batch,
+        prepare_on_node,
         batch_size=1,
         batch_format="numpy",
         fn_kwargs={"image_size": image_size, "resize_mode": resize_mode, "max_pixels": cfg.max_pixels,
                    "chunk_rows": cfg.chunk_rows},  # fmt: skip
         compute=TaskPoolStrategy(size=cfg.read_concurrency) if cfg.read_concurrency else None,
         num_cpus=cfg.read_num_cpus,
-        max_retries=2,
+        # A memory reservation for the shard held in memory. It also keeps decode out of the actors: Ray fuses
+        # a task map into the next actor map when their resource args match (e.g. equal num_cpus).
+        memory=cfg.read_memory_mb * 2**20,
     )
     ds = ds.map_batches(
         Scorer,
@@ -53,7 +64,6 @@ def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size:
         compute=ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.actor_num_cpus,
         num_gpus=cfg.actor_num_gpus,
-        max_restarts=2,
     )
     return ds
 

@@ -49,6 +49,7 @@ class ScanConfig(StrictModel):
     actor_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per scorer actor (fractional!)")
     actor_num_gpus: float = Field(0.0, ge=0, description="GPUs per scorer actor; > 0 puts the model on cuda")
     read_num_cpus: float = Field(1.0, gt=0, description="CPUs per read+decode task")
+    read_memory_mb: int = Field(512, ge=1, description="memory reserved per read+decode task (holds one shard)")
     read_concurrency: int | None = Field(None, ge=1, description="max read+decode tasks at once (default: Ray's)")
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="inference dtype")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per scorer actor (CPU inference)")

@@ -48,27 +48,28 @@ class DetectorInfo:
 
 
 def detector_info(uri: str) -> DetectorInfo:
-    """Load the checkpoint once on the driver: fails fast (before any Ray work) when it is missing or broken,
-    and gives the preprocessing constants the CPU decode stage needs."""
-    from pipeline.models import load_detector
+    """Read the checkpoint's meta on the driver (cheap: no weights), failing fast before any Ray work when the
+    checkpoint is missing or its meta is invalid; gives the preprocessing constants the CPU decode stage needs.
+    The actors then load the weights, checking hash, keys and shapes (pipeline.models.load_detector)."""
+    from pipeline.models import read_meta
+    from pipeline.models.constants import WEIGHTS_FILE
+    from pipeline.storage import exists, join
 
     try:
-        det, meta = load_detector(uri)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"detector: checkpoint not found: {uri} ({exc})") from exc
-    cfg = getattr(det, "cfg", None) or getattr(det, "config", None) or getattr(meta, "config", None)
-    if cfg is None:
-        raise ScanFailed("detector: cannot find the detector's config (image_size / preprocess)")
-    image_size = int(cfg.image_size)
-    resize_mode = "resize_crop" if getattr(cfg, "preprocess", "center_crop") == "resize_crop" else "center_crop"
-    meta_dict = meta.model_dump(mode="json") if hasattr(meta, "model_dump") else dict(vars(meta))
+        meta = read_meta(uri)
+    except (FileNotFoundError, ConfigError, ValueError) as exc:
+        raise ConfigError(f"detector: cannot read checkpoint {uri}: {exc}") from exc
+    if meta.config is None:
+        raise ConfigError(f"detector: checkpoint {uri} has no config in its meta")
+    if not exists(join(uri, WEIGHTS_FILE)):
+        raise ConfigError(f"detector: checkpoint {uri} has no {WEIGHTS_FILE}")
     return DetectorInfo(
         detector_id=str(meta.detector_id),
         threshold=float(meta.threshold),
         labels=["real", *meta.generators],
-        image_size=image_size,
-        resize_mode=resize_mode,
-        meta=meta_dict,
+        image_size=int(meta.config.image_size),
+        resize_mode=str(meta.config.preprocess),
+        meta=meta.model_dump(mode="json"),
     )
 
 
@@ -186,7 +187,8 @@ def _scan(cfg: ScanConfig, plan: RunPlan, info: DetectorInfo, todo: list[tuple[s
     t0 = time.perf_counter()
     with _Watchdog(cfg.stall_timeout_s) as dog:
         try:
-            for batch in iter_scored(todo, cfg, image_size=info.image_size, resize_mode=info.resize_mode):
+            for batch in iter_scored(todo, cfg, image_size=info.image_size,
+                                     resize_mode=cfg.resize_mode or info.resize_mode):
                 dog.progress()
                 for shard, rows in collector.add(batch):
                     if shard not in urls:

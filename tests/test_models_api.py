@@ -19,7 +19,6 @@ from pipeline.models.constants import CLIP_MEAN, CLIP_STD
 from pipeline.models.preprocess import prepare_image, to_model_input
 from pipeline.settings import ConfigError
 
-torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {"tiny-mole", "tiny-linear", "vitb32-mole", "vitb16-mole", "vitl14-mole", "vitl14-linear"}
 

@@ -10,8 +10,6 @@ from pipeline.models import DetectorConfig, create_detector
 from pipeline.models.checks import randomize_adapters, rel_err
 from pipeline.models.mole import MoLEMLP
 
-torch.set_num_threads(1)
-
 
 def _tiny(**mole_overrides) -> DetectorConfig:
     cfg = DetectorConfig.load("tiny-mole")

@@ -53,11 +53,13 @@ def detector_info(uri: str) -> DetectorInfo:
     The actors then load the weights, checking hash, keys and shapes (pipeline.models.load_detector)."""
     from pipeline.models import read_meta
     from pipeline.models.constants import WEIGHTS_FILE
+    from pipeline.models.detector import refuse_pickle
     from pipeline.storage import exists, join
 
     try:
+        refuse_pickle(uri)  # a pickle file named as the detector: refused by name, never opened
         meta = read_meta(uri)
-    except (FileNotFoundError, ConfigError, ValueError) as exc:
+    except (OSError, ConfigError, ValueError) as exc:  # OSError: not found, not a directory, permission
         raise ConfigError(f"detector: cannot read checkpoint {uri}: {exc}") from exc
     if meta.config is None:
         raise ConfigError(f"detector: checkpoint {uri} has no config in its meta")

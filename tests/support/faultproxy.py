@@ -48,6 +48,7 @@ class FaultPlan:
     slow_s: float = 1.0
     methods: Sequence[str] = ("GET", "HEAD")
     seed: int = 0
+    paths: Sequence[str] = ()  # when set, only requests whose path contains one of these are eligible
 
 
 @dataclass
@@ -71,16 +72,19 @@ class FaultProxy:
 
     # -- decisions
     def set_plan(self, plan: FaultPlan) -> None:
+        """A new plan with fresh counters."""
         with self._lock:
             self.plan = plan
             self._rng = random.Random(plan.seed)
-            self.stats.eligible = 0
+            self.stats = FaultStats()
 
-    def _decide(self, method: str) -> str | None:
+    def _decide(self, method: str, path: str) -> str | None:
         with self._lock:
             self.stats.requests[method] += 1
             plan = self.plan
             if method not in plan.methods or sum(self.stats.faults.values()) >= plan.max_faults:
+                return None
+            if plan.paths and not any(p in path for p in plan.paths):
                 return None
             self.stats.eligible += 1
             hit = self.stats.eligible % plan.every == 0 if plan.every > 0 else self._rng.random() < plan.rate
@@ -122,7 +126,7 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                kind = proxy._decide(self.command)
+                kind = proxy._decide(self.command, self.path)
                 if kind == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True

@@ -1,0 +1,304 @@
+"""Faults: transient object-storage failures, a missing shard, a shard that never answers, a scoring actor
+killed mid-job, the driver killed mid-job then `--resume`. Every wait is bounded; rows are exactly once.
+
+Object storage is a real moto S3 server behind tests/support/faultproxy.py (503 Slow Down, connection resets,
+slow responses, bounded); the scan runs as a real `ray job submit` on a real Ray head whose workers reach S3
+only through the proxy (AWS_ENDPOINT_URL = the proxy, set before the head starts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.scan.shards import read_shard
+from tests.support import badinputs as bi
+from tests.support.faultproxy import FaultPlan, FaultProxy, fault_proxy
+from tests.support.s3 import moto_s3_server
+
+REPO = Path(__file__).resolve().parents[1]
+SCAN = [sys.executable, str(REPO / "jobs" / "scan_bucket.py")]
+BUCKET = "faults"
+FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120"]
+
+
+def _s3fs(endpoint: str):
+    import s3fs
+
+    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+
+
+# ------------------------------------------------------------------ read_shard against the proxy (no Ray)
+
+
+@pytest.fixture()
+def proxied_s3(s3_server) -> Iterator[tuple[FaultProxy, object]]:
+    """moto + fault proxy; AWS_ENDPOINT_URL points at the proxy while the test runs. Yields (proxy, a direct
+    s3fs client to moto for setup)."""
+    direct = _s3fs(s3_server["AWS_ENDPOINT_URL"])
+    if not direct.exists(BUCKET):  # moto's backend is per process: the bucket may exist from another test
+        direct.mkdir(BUCKET)
+    with fault_proxy(s3_server["AWS_ENDPOINT_URL"]) as proxy:
+        saved = os.environ["AWS_ENDPOINT_URL"]
+        os.environ["AWS_ENDPOINT_URL"] = proxy.url
+        try:
+            yield proxy, direct
+        finally:
+            os.environ["AWS_ENDPOINT_URL"] = saved
+
+
+def test_reads_are_buffered(proxied_s3) -> None:
+    """PLATFORM.md: unbuffered tar reads cost ~92 requests/shard. In memory: one GET; streamed: one GET per
+    block (plus the stat)."""
+    proxy, direct = proxied_s3
+    data = bi.tar_bytes(bi.good_members(40))  # ~300 KB, 80 members
+    direct.pipe("faults/buf.tar", data)
+    c = read_shard("s3://faults/buf.tar")
+    assert c.error is None and len(c.samples) == 40
+    assert proxy.stats.requests["GET"] == 1 and proxy.stats.requests["HEAD"] <= 2
+    proxy.set_plan(FaultPlan())
+    block = 64 * 1024
+    c = read_shard("s3://faults/buf.tar", max_in_memory_bytes=1000, block_size=block)
+    assert c.error is None and len(c.samples) == 40
+    assert proxy.stats.requests["GET"] <= len(data) // block + 2
+
+
+def test_transient_faults_are_retried_to_the_exact_samples(proxied_s3) -> None:
+    proxy, direct = proxied_s3
+    members = bi.good_members(12)
+    direct.pipe("faults/t.tar", bi.tar_bytes(members))
+    expected = [(n.split(".")[0], p) for n, p in members if n.endswith(".png")]
+    for plan in (
+        FaultPlan(every=1, kinds=("503",), max_faults=3),
+        FaultPlan(every=1, kinds=("reset",), max_faults=3),
+        FaultPlan(every=1, kinds=("slow",), max_faults=2, slow_s=0.5),
+        FaultPlan(rate=0.5, kinds=("503", "reset", "slow"), max_faults=6, slow_s=0.3, seed=3),
+    ):
+        proxy.set_plan(plan)
+        t = time.monotonic()
+        c = read_shard("s3://faults/t.tar", max_in_memory_bytes=20_000, block_size=32 * 1024)  # streamed
+        assert c.error is None, (plan, c.error)
+        assert [(s.key, s.image) for s in c.samples] == expected
+        assert sum(proxy.stats.faults.values()) >= min(plan.max_faults, 2), proxy.stats
+        assert time.monotonic() - t < 60
+
+
+@pytest.mark.slow
+def test_a_shard_that_never_answers_fails_in_bounded_time(proxied_s3) -> None:
+    proxy, direct = proxied_s3
+    direct.pipe("faults/dead.tar", bi.tar_bytes(bi.good_members(2)))
+    proxy.set_plan(FaultPlan(every=1, kinds=("503", "reset"), max_faults=10**6, paths=("dead.tar",)))
+    t = time.monotonic()
+    c = read_shard("s3://faults/dead.tar", attempts=2, backoff_s=0.1)
+    elapsed = time.monotonic() - t
+    assert c.samples == [] and c.error and "after 2 attempt(s)" in c.error and c.attempts == 2
+    assert elapsed < 90, elapsed
+    missing = read_shard("s3://faults/missing.tar")  # permanent: no retry, quick (no faults on this path)
+    assert missing.error and "not found" in missing.error and missing.attempts == 1
+
+
+# ------------------------------------------------------------------ the real scan job
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Iterator[dict]:
+    """moto S3 (corpus + tiny detector written directly) -> fault proxy -> Ray head whose workers use the
+    proxy as their S3 endpoint."""
+    import torch
+
+    from pipeline.models import DetectorConfig, create_detector, save_detector
+    from tests.support.ray_cluster import ray_head
+
+    tmp = tmp_path_factory.mktemp("relfaults")
+    with moto_s3_server() as env:
+        direct = _s3fs(env["AWS_ENDPOINT_URL"])
+        if not direct.exists("faultscan"):
+            direct.mkdir("faultscan")
+        shards: dict[str, list[bi.Member]] = {}
+        for i in range(4):
+            members = bi.good_members(8, prefix=f"s{i}_", seed=100 * i)
+            direct.pipe(f"faultscan/in/shard-{i:06d}.tar", bi.tar_bytes(members))
+            shards[f"shard-{i:06d}"] = members
+        for i in range(8):  # a longer corpus for the kill tests
+            members = bi.good_members(16, prefix=f"k{i}_", seed=1000 + i)
+            direct.pipe(f"faultscan/long/shard-{i:06d}.tar", bi.tar_bytes(members))
+        torch.manual_seed(0)
+        det = create_detector(DetectorConfig.load("tiny-mole"), pretrained=None)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        save_detector(det, "s3://faultscan/det")
+        with (
+            fault_proxy(env["AWS_ENDPOINT_URL"]) as proxy,
+            ray_head(extra_env={**env, "AWS_ENDPOINT_URL": proxy.url}) as head,
+        ):
+            yield {"head": head, "proxy": proxy, "direct": direct, "shards": shards, "tmp": tmp}
+
+
+def _rows(root: str, fs=None) -> list[dict]:
+    if fs is not None:
+        return pads.dataset(root.removeprefix("s3://"), filesystem=fs, format="parquet",
+                            partitioning="hive").to_table().to_pylist()  # fmt: skip
+    return pads.dataset(root, format="parquet", partitioning="hive").to_table().to_pylist()
+
+
+@pytest.mark.slow
+def test_scan_survives_transient_storage_faults_with_exact_rows(world) -> None:
+    """30 % of every S3 request of the job (reads, the detector download, the Parquet/marker writes) fail
+    with 503 / connection reset / a 1.5 s delay, at most 24 in all: the job succeeds and its rows are exactly
+    the samples, their sha256 the bytes written."""
+    from tests.support.ray_cluster import submit_job
+
+    proxy: FaultProxy = world["proxy"]
+    proxy.set_plan(FaultPlan(rate=0.3, kinds=("503", "reset", "slow"), slow_s=1.5, max_faults=24, seed=7,
+                             methods=("GET", "HEAD", "PUT", "POST")))  # fmt: skip
+    res = submit_job(world["head"], [*SCAN, "--input", "s3://faultscan/in/", "--output", "s3://faultscan/out1",
+                                     "--detector", "s3://faultscan/det", "--scan-date", "2026-11-24", *FAST],
+                     timeout_s=300)  # fmt: skip
+    faults = dict(proxy.stats.faults)
+    proxy.set_plan(FaultPlan())
+    assert res.status == "SUCCEEDED", res.logs[-5000:]
+    assert sum(faults.values()) >= 10 and set(faults) == {"503", "reset", "slow"}, faults
+    rows = _rows("s3://faultscan/out1", world["direct"])
+    expected = {
+        (shard, name.split(".")[0]): hashlib.sha256(payload).hexdigest()
+        for shard, members in world["shards"].items()
+        for name, payload in members
+        if name.endswith(".png")
+    }
+    got = {(r["shard"], r["key"]): r["sha256"] for r in rows}
+    assert len(rows) == len(expected) == 32 and got == expected
+    assert all(r["status"] == "ok" and r["p_fake"] is not None for r in rows)
+
+
+@pytest.mark.slow
+def test_missing_and_unreachable_shards_become_shard_error_rows(world) -> None:
+    """A brace pattern naming a shard that does not exist, and a shard whose every request fails: each is
+    one shard_error row with its reason; the other shards are complete; the job ends in bounded time."""
+    from tests.support.ray_cluster import submit_job
+
+    proxy: FaultProxy = world["proxy"]
+    proxy.set_plan(FaultPlan(every=1, kinds=("503",), max_faults=10**6, paths=("in/shard-000003.tar",)))
+    t = time.monotonic()
+    pattern = "s3://faultscan/in/shard-{000000,000001,000003,000009}.tar"
+    res = submit_job(world["head"], [*SCAN, "--input", pattern, "--output", str(world["tmp"] / "out2"),
+                                     "--detector", "s3://faultscan/det", "--scan-date", "2026-11-24", *FAST],
+                     timeout_s=400)  # fmt: skip
+    proxy.set_plan(FaultPlan())
+    assert res.status == "SUCCEEDED", res.logs[-5000:]
+    assert time.monotonic() - t < 400
+    rows = _rows(str(world["tmp"] / "out2"))
+    errors = {r["shard"]: r["error"] for r in rows if r["status"] == "shard_error"}
+    assert set(errors) == {"shard-000003", "shard-000009"}
+    assert "not found" in errors["shard-000009"]
+    assert "attempt" in errors["shard-000003"] and "Service Unavailable" in errors["shard-000003"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sorted({r["shard"] for r in ok}) == ["shard-000000", "shard-000001"] and len(ok) == 16
+
+
+def _alive_scorers(head) -> list:
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=head.dashboard_url, filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+    return [a for a in actors if "Scorer" in (a.repr_name or "") or "Scorer" in (a.name or "")
+            or "MapWorker" in (a.class_name or "")]  # fmt: skip
+
+
+def _wait_markers(out: Path, at_least: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        n = len(list(out.glob("_shards/*/*.json")))
+        if n >= at_least:
+            return n
+        time.sleep(0.1)
+    return len(list(out.glob("_shards/*/*.json")))
+
+
+def _exactly_once(out: Path, n_shards: int, per: int) -> None:
+    import duckdb
+
+    total, distinct, shards, bad = duckdb.connect().execute(
+        "SELECT count(*), count(DISTINCT shard || '/' || key), count(DISTINCT shard), "
+        "sum((status <> 'ok')::INT) FROM read_parquet(?, hive_partitioning=true)",
+        [str(out / "scan_date=*" / "*.parquet")],
+    ).fetchone()
+    assert (total, distinct, shards, bad) == (n_shards * per, n_shards * per, n_shards, 0)
+
+
+@pytest.mark.slow
+def test_scoring_actor_killed_mid_job_is_restarted_rows_exactly_once(world) -> None:
+    """SIGKILL the scoring actor's process once the first shard is durable (a crash / OOM kill): Ray restarts
+    the actor and retries its batches; the driver drops re-delivered rows; every sample is one row."""
+    from tests.support.ray_cluster import submit_job, wait_job
+
+    head = world["head"]
+    out = world["tmp"] / "out3"
+    res = submit_job(head, [*SCAN, "--input", "s3://faultscan/long/", "--output", str(out), "--detector",
+                            "s3://faultscan/det", "--scan-date", "2026-11-24", "--batch-size", "8",
+                            "--chunk-rows", "8", "--read-concurrency", "1", "--actor-num-cpus", "0.5",
+                            "--read-num-cpus", "0.5", "--stall-timeout-s", "120"], wait=False)  # fmt: skip
+    assert _wait_markers(out, 1, 180) >= 1
+    scorers = _alive_scorers(head)
+    assert scorers, "no scoring actor alive"
+    victim = scorers[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    done_at_kill = len(list(out.glob("_shards/*/*.json")))
+    result = wait_job(head, res.submission_id, timeout_s=300)
+    assert result.status == "SUCCEEDED", result.logs[-5000:]
+    assert done_at_kill < 8, "the job finished before the kill; nothing was tested"
+    _exactly_once(out, 8, 16)
+    from ray.util.state import get_actor
+
+    after = get_actor(victim.actor_id, address=head.dashboard_url)
+    assert after is not None and after.num_restarts >= 1  # Ray restarted the killed actor
+
+
+def _driver_pids(marker: str) -> list[int]:
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if any("scan_bucket.py" in c for c in cmd) and any(marker in c for c in cmd):
+            pids.append(p.info["pid"])
+    return pids
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_job_then_resume_exactly_once(world) -> None:
+    """SIGKILL the job's driver process (no cleanup runs) after some shards are durable; `--resume` scans the
+    rest; the dataset holds every sample exactly once and the run records both attempts."""
+    from tests.support.ray_cluster import submit_job, wait_job
+
+    head = world["head"]
+    out = world["tmp"] / "out4-driverkill"
+    args = [*SCAN, "--input", "s3://faultscan/long/", "--output", str(out), "--detector", "s3://faultscan/det",
+            "--scan-date", "2026-11-24", "--batch-size", "8", "--chunk-rows", "8", "--read-concurrency", "1",
+            "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120"]  # fmt: skip
+    first = submit_job(head, args, wait=False)
+    assert _wait_markers(out, 1, 180) >= 1
+    pids = _driver_pids(str(out))
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
+    n_done = len(list(out.glob("_shards/*/*.json")))
+    killed = wait_job(head, first.submission_id, timeout_s=120)
+    assert killed.status == "FAILED", killed.status
+    assert 1 <= n_done < 8, n_done
+    (run_dir,) = list((out / "_run").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # died without cleanup
+
+    second = submit_job(head, [*args, "--resume"], timeout_s=300)
+    assert second.status == "SUCCEEDED", second.logs[-5000:]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "succeeded" and len(run["attempts"]) == 2
+    assert run["attempts"][1]["shards_skipped"] >= n_done
+    _exactly_once(out, 8, 16)

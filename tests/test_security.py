@@ -1,0 +1,242 @@
+"""Security: pickles never loaded, configs and URIs validated, credentials never written or logged, the Ray
+dashboard never exposed by a local start. Through the scan job's CLI and a real Ray head + moto S3."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.support import badinputs as bi
+from tests.support.s3 import moto_s3_server
+
+REPO = Path(__file__).resolve().parents[1]
+SCAN_PY = REPO / "jobs" / "scan_bucket.py"
+SCAN = [sys.executable, str(SCAN_PY)]
+FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120"]
+CANARY = f"GENSCAN-CANARY-SECRET-{uuid.uuid4().hex}"
+
+
+def _scan_cli(args: list[str], timeout_s: float = 180) -> subprocess.CompletedProcess:
+    """The scan CLI as a user runs it (no RAY_ADDRESS: config errors must come before any Ray work)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    return subprocess.run([*SCAN, *args], capture_output=True, text=True, timeout=timeout_s, env=env, cwd=str(REPO))
+
+
+class _Evil:
+    """Unpickling this creates the file at `path` (stands for arbitrary code execution)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _tiny_checkpoint(path: Path) -> None:
+    import torch
+
+    from pipeline.models import DetectorConfig, create_detector, save_detector
+
+    torch.manual_seed(0)
+    save_detector(create_detector(DetectorConfig.load("tiny-mole"), pretrained=None), str(path))
+
+
+# ------------------------------------------------------------------ config and URIs (no Ray needed)
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "field", "words"),
+    [
+        ([], {"batchsize": 4}, "batchsize", ["Extra inputs are not permitted"]),
+        (["--batch-size", "0"], {}, "batch_size", ["greater than or equal to 1"]),
+        (["--input", "ftp://host/shards/x.tar"], {}, "input", ["'ftp' not allowed"]),
+        (["--output", "http://evil.example/out"], {}, "output", ["'http' not allowed"]),
+        (["--detector", "https://evil.example/ckpt"], {}, "detector", ["'https' not allowed"]),
+        (["--scan-date", "2026-13-40"], {}, "scan_date", []),
+    ],
+)
+def test_config_errors_name_the_field_and_write_nothing(tmp_path, args, config, field, words) -> None:
+    out = tmp_path / "out"
+    base = {"input": str(tmp_path / "in"), "output": str(out), "detector": str(tmp_path / "det"), **config}
+    (tmp_path / "in").mkdir()
+    cfg = tmp_path / "scan.json"
+    cfg.write_text(json.dumps(base))
+    res = _scan_cli(["--config-file", str(cfg), *args])
+    err = res.stderr
+    assert res.returncode == 2, err
+    assert field in err and all(w in err for w in words), err
+    assert not out.exists()  # nothing written before the config is valid
+
+
+def test_bad_uri_on_the_command_line_is_refused() -> None:
+    res = _scan_cli(["--input", "sftp://h/x.tar", "--output", "/tmp/x", "--detector", "/tmp/d"])
+    assert res.returncode == 2 and "input" in res.stderr and "'sftp' not allowed" in res.stderr
+
+
+# ------------------------------------------------------------------ pickles
+
+
+def test_pickle_checkpoint_is_refused_before_any_work(tmp_path) -> None:
+    """A checkpoint folder holding a pickle (detector.pt) instead of detector.safetensors: exit 2 naming
+    the detector, nothing unpickled (the pickle's side effect never happens), nothing written."""
+    ckpt = tmp_path / "ckpt"
+    _tiny_checkpoint(ckpt)
+    canary_file = tmp_path / "pwned"
+    (ckpt / "detector.safetensors").unlink()
+    (ckpt / "detector.pt").write_bytes(pickle.dumps(_Evil(str(canary_file))))
+    shards = tmp_path / "in"
+    shards.mkdir()
+    (shards / "s.tar").write_bytes(bi.tar_bytes(bi.good_members(2)))
+    for detector in (str(ckpt), str(ckpt / "detector.pt")):
+        res = _scan_cli(["--input", str(shards), "--output", str(tmp_path / "out"), "--detector", detector])
+        assert res.returncode == 2 and "detector" in res.stderr and ".safetensors" in res.stderr, res.stderr
+    assert not canary_file.exists()
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ the real scan job: secrets, pickles
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Iterator[dict]:
+    """moto S3 + a Ray head whose environment holds a recognisable secret as AWS_SECRET_ACCESS_KEY (moto
+    accepts any). Corpus: good shards, a broken shard and (in the brace pattern) a missing one, so that error
+    paths run and write messages too."""
+    import s3fs
+
+    from tests.support.ray_cluster import ray_head
+
+    tmp = tmp_path_factory.mktemp("security")
+    with moto_s3_server() as env:
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]}, skip_instance_cache=True)
+        if not fs.exists("secure"):
+            fs.mkdir("secure")
+        fs.pipe("secure/in/shard-000000.tar", bi.tar_bytes(bi.good_members(6)))
+        fs.pipe("secure/in/shard-000001.tar", bi.truncated_mid_member_tar(bi.good_members(4, prefix="t"), 3))
+        fs.pipe("secure/in/shard-000002.tar", bi.non_tar_bytes())
+        ckpt = tmp / "ckpt"
+        _tiny_checkpoint(ckpt)
+        for f in ckpt.iterdir():
+            fs.pipe(f"secure/det/{f.name}", f.read_bytes())
+        head_env = {**env, "AWS_SECRET_ACCESS_KEY": CANARY}
+        with ray_head(extra_env=head_env) as head:
+            yield {"head": head, "fs": fs, "tmp": tmp, "ckpt": ckpt}
+
+
+def _strings_in_parquet(data: bytes) -> Iterator[str]:
+    table = pq.read_table(io.BytesIO(data))
+    yield json.dumps({k.decode(errors="replace"): v.decode(errors="replace")
+                      for k, v in (table.schema.metadata or {}).items()})  # fmt: skip
+    for row in table.to_pylist():
+        yield json.dumps(row, default=str)
+
+
+@pytest.mark.slow
+def test_credentials_never_in_outputs_or_job_logs(world) -> None:
+    from tests.support.ray_cluster import job_client, submit_job
+
+    head, fs = world["head"], world["fs"]
+    out = "s3://secure/out"
+    pattern = "s3://secure/in/shard-{000000..000003}.tar"  # 000003 does not exist
+    res = submit_job(head, [*SCAN, "--input", pattern, "--output", out, "--detector", "s3://secure/det",
+                            "--scan-date", "2026-11-24", *FAST], timeout_s=300)  # fmt: skip
+    assert res.status == "SUCCEEDED", res.logs[-5000:]
+    fs.invalidate_cache()
+    files = fs.find("secure/out")
+    assert any(f.endswith(".parquet") for f in files) and any("/_run/" in f for f in files)
+    assert any("/_shards/" in f for f in files)
+    n_checked = 0
+    for f in files:
+        data = fs.cat(f)
+        assert CANARY.encode() not in data, f
+        if f.endswith(".parquet"):
+            for text in _strings_in_parquet(data):  # decoded: compression cannot hide it
+                assert CANARY not in text, f
+        n_checked += 1
+    assert n_checked >= 8
+    rows = [r for f in files if f.endswith(".parquet") for r in pq.read_table(io.BytesIO(fs.cat(f))).to_pylist()]
+    assert sum(r["status"] == "shard_error" for r in rows) == 3  # truncated, non-tar, missing: errors written
+    logs = job_client(head).get_job_logs(res.submission_id)
+    assert len(logs) > 1000 and CANARY not in logs
+
+
+@pytest.mark.slow
+def test_credentials_not_in_ray_session_logs(world) -> None:
+    """Ray's own log files of the session (raylet, workers, runtime-env agent, job driver logs) after the
+    scan above: the secret is not written there either."""
+    hits = []
+    for p in Path(world["head"].temp_dir).rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_size < 200 * 2**20:
+            with contextlib.suppress(OSError):
+                if CANARY.encode() in p.read_bytes():
+                    hits.append(str(p.relative_to(world["head"].temp_dir)))
+    assert not hits, hits
+
+
+@pytest.mark.slow
+def test_pickle_disguised_as_safetensors_fails_the_job_without_unpickling(world, tmp_path) -> None:
+    """A pickle renamed detector.safetensors, with detector.json's id forged to match its hash: the job fails
+    (non-zero) with a safetensors error and the pickle's side effect never happens."""
+    import hashlib
+    import shutil
+
+    from tests.support.ray_cluster import submit_job
+
+    ckpt = tmp_path / "forged"
+    shutil.copytree(world["ckpt"], ckpt)
+    canary_file = tmp_path / "pwned"
+    payload = pickle.dumps(_Evil(str(canary_file)))
+    (ckpt / "detector.safetensors").write_bytes(payload)
+    meta = json.loads((ckpt / "detector.json").read_text())
+    meta["detector_id"] = meta["detector_id"].split("@")[0] + "@" + hashlib.sha256(payload).hexdigest()[:12]
+    (ckpt / "detector.json").write_text(json.dumps(meta))
+    shards = tmp_path / "in"
+    shards.mkdir()
+    (shards / "s.tar").write_bytes(bi.tar_bytes(bi.good_members(2)))
+    res = submit_job(world["head"], [*SCAN, "--input", str(shards), "--output", str(tmp_path / "out"),
+                                     "--detector", str(ckpt), *FAST], timeout_s=300)  # fmt: skip
+    assert res.status == "FAILED", res.logs[-3000:]
+    assert res.driver_exit_code not in (0, None)
+    assert "safetensors" in res.logs.lower() or "header" in res.logs.lower(), res.logs[-3000:]
+    assert not canary_file.exists()
+    assert not list((tmp_path / "out").glob("scan_date=*/*.parquet"))
+
+
+# ------------------------------------------------------------------ Ray dashboard in local mode
+
+_LOCAL_PROBE = r"""
+import json, os
+from pipeline.engine import cluster
+how = cluster.connect(None, 1)
+import ray
+info = ray._private.worker.global_worker.node.address_info
+print("PROBE " + json.dumps({"how": how, "webui_url": info.get("webui_url") or ""}))
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_local_ray_start_exposes_no_dashboard(tmp_path) -> None:
+    """`cluster.connect()` without an address starts a local Ray: no dashboard is started at all
+    (include_dashboard=False), so nothing serves the dashboard/job API on any interface."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    res = subprocess.run([sys.executable, "-c", _LOCAL_PROBE], capture_output=True, text=True, timeout=180,
+                         env=env, cwd=str(tmp_path))  # fmt: skip
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")]
+    assert res.returncode == 0 and line, res.stderr[-3000:]
+    probe = json.loads(line[0][6:])
+    assert probe["how"] == "local"
+    assert probe["webui_url"] in ("", None) or probe["webui_url"].startswith(("127.0.0.1", "localhost"))

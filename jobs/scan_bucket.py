@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo:
         from pipeline.scan.demo import run_demo
 
-        return run_demo(Path(args.demo_dir))
+        code, text = run_demo(Path(args.demo_dir))
+        print(text)
+        return code
     from pipeline.scan.job import ScanFailed, run_scan
 
     try:

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from pipeline.logs import get_logger
 from pipeline.scan.completion import (
     RunPlan,
@@ -149,7 +151,9 @@ def run_scan(cfg: ScanConfig) -> dict[str, Any]:
     log.info("scan_start", run_id=plan.run_id, scan_date=paths.scan_date, shards=len(shards), todo=len(todo),
              skipped=len(shards) - len(todo), resumed=plan.resumed, detector_id=info.detector_id)  # fmt: skip
     try:
-        written = _scan(cfg, plan, info, todo) if todo else []
+        timing: dict[str, float] = {}
+        attempt["timing"] = timing
+        written = _scan(cfg, plan, info, todo, timing) if todo else []
         missing = sorted({s for _, s in todo} - set(written))
         if missing:
             raise ScanFailed(f"{len(missing)} shard(s) never completed: {missing[:5]}")
@@ -175,11 +179,19 @@ def run_scan(cfg: ScanConfig) -> dict[str, Any]:
     return run
 
 
-def _scan(cfg: ScanConfig, plan: RunPlan, info: DetectorInfo, todo: list[tuple[str, str]]) -> list[str]:
+def _scan(cfg: ScanConfig, plan: RunPlan, info: DetectorInfo, todo: list[tuple[str, str]],
+          timing: dict[str, float] | None = None) -> list[str]:  # fmt: skip
+    """Stream the plan, write shards as they complete. `timing` receives ray_connect_s, first_rows_s (plan
+    start -> first scored rows), model_ready_s (plan start -> first scorer actor ready), stream_s and
+    steady_images_per_s (rows / time from the first actor ready to the end: the pipeline's throughput
+    without Ray/actor start-up and model load)."""
     from pipeline.engine import cluster
     from pipeline.engine.scan import iter_scored
 
+    timing = {} if timing is None else timing
+    tc = time.perf_counter()
     cluster.connect(cfg.ray_address, cfg.ray_num_cpus)
+    timing["ray_connect_s"] = round(time.perf_counter() - tc, 3)
     ctx = RunContext(run_id=plan.run_id, source=cfg.input, detector_id=info.detector_id,
                      threshold=info.threshold, labels=info.labels)  # fmt: skip
     urls = dict((s, u) for u, s in todo)
@@ -187,11 +199,19 @@ def _scan(cfg: ScanConfig, plan: RunPlan, info: DetectorInfo, todo: list[tuple[s
     written: list[str] = []
     rows_total = 0
     t0 = time.perf_counter()
+    t_first: float | None = None
+    wall0 = time.time()
+    ready_at = float("inf")
     with _Watchdog(cfg.stall_timeout_s) as dog:
         try:
             for batch in iter_scored(todo, cfg, image_size=info.image_size,
                                      resize_mode=cfg.resize_mode or info.resize_mode):
                 dog.progress()
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    timing["first_rows_s"] = round(t_first - t0, 3)
+                if "_actor_ready" in batch and len(batch["_actor_ready"]):
+                    ready_at = min(ready_at, float(np.min(batch["_actor_ready"])))
                 for shard, rows in collector.add(batch):
                     if shard not in urls:
                         raise ScanFailed(f"received rows of an unexpected shard {shard!r}")
@@ -211,6 +231,12 @@ def _scan(cfg: ScanConfig, plan: RunPlan, info: DetectorInfo, todo: list[tuple[s
             if dog.fired:
                 raise ScanFailed(f"no progress for {cfg.stall_timeout_s}s (stall_timeout_s)") from exc
             raise
+    t_end = time.perf_counter()
+    timing["stream_s"] = round(t_end - t0, 3)
+    if ready_at < float("inf"):
+        timing["model_ready_s"] = round(ready_at - wall0, 3)
+        active = time.time() - ready_at
+        timing["steady_images_per_s"] = round(rows_total / active, 2) if active > 0 else 0.0
     if collector.pending:
         partial = {s: (len(p.seen), p.expected) for s, p in list(collector.pending.items())[:5]}
         raise ScanFailed(f"stream ended with incomplete shards (have, expected): {partial}")

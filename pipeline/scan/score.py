@@ -31,10 +31,13 @@ class Scorer:
         self.labels = ["real", *meta.generators]
         self.predictor = Predictor(det, meta, device=device, dtype=dtype)
         self.batch_size = batch_size
+        self.ready_at = time.time()  # wall clock: the driver measures throughput from model-ready on
         log.info("scorer_ready", detector_id=meta.detector_id, device=device, dtype=dtype, threads=torch_threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return score_batch(self.predictor, batch, n_labels=len(self.labels), batch_size=self.batch_size)
+        out = score_batch(self.predictor, batch, n_labels=len(self.labels), batch_size=self.batch_size)
+        out["_actor_ready"] = np.full(len(out["status"]), self.ready_at, np.float64)
+        return out
 
 
 def score_batch(predictor: Any, batch: dict[str, np.ndarray], n_labels: int,

@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-workers", type=int, help="Ray Train workers [1]")
     ap.add_argument("--use-gpu", action="store_const", const=True, help="one GPU per worker")
     ap.add_argument("--linear-classifier", choices=["logistic", "svm"])
-    ap.add_argument("--no-augment", dest="augment", action="store_const", const=False)
+    aug = ap.add_mutually_exclusive_group()
+    aug.add_argument("--augment", dest="augment", action="store_const", const=True,
+                     help="UnivFD train augmentations (blur, JPEG, random crop, flip) [off]")
+    aug.add_argument("--no-augment", dest="augment", action="store_const", const=False)
     ap.add_argument("--config-file", help="TrainConfig JSON; explicit flags override its values")
     ap.add_argument("--engine", choices=["ray", "local"], default="ray", help="ray (TorchTrainer) | local")
     return ap

@@ -6,10 +6,10 @@ use_gpu)` from the TrainConfig (never from the driver's `torch.cuda`), so the sa
 and N GPU workers on a cluster. With more than one worker the checkpoint directory must be shared storage
 (s3://...): rank 0 writes it.
 
-Cluster: attaches to `RAY_ADDRESS` when set (e.g. under `ray job submit`) or to an already initialised Ray;
-otherwise starts a private local Ray (short private temp dir, dashboard off, `num_cpus` from the machine) and
-shuts it down afterwards. AWS_* variables of the driver are passed to the workers through runtime_env, because
-workers take their environment at start (PLATFORM.md).
+Cluster: attaches to `RAY_ADDRESS` when set (e.g. under `ray job submit`, via `pipeline.engine.cluster.connect`)
+or uses an already initialised Ray; otherwise starts a private local Ray (short private temp dir, dashboard off,
+`num_cpus` from the machine) and shuts it down afterwards. AWS_* variables of the driver are passed to the
+workers through the job's runtime_env, because workers take their environment at start (PLATFORM.md).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipeline.engine.cluster import runtime_env
+from pipeline.engine.cluster import connect, runtime_env
 from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import TrainHooks, read_summary, train_worker
@@ -49,14 +49,14 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    env = {"env_vars": worker_env()}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
+    if os.environ.get("RAY_ADDRESS"):  # e.g. under `ray job submit`: attach, passing the AWS_* env along
+        connect()
         try:
             yield
         finally:
             ray.shutdown()
         return
+    env = {"env_vars": worker_env()}
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: unix socket paths < 108 chars
     ray.init(
         num_cpus=num_cpus or os.cpu_count() or 2,
@@ -112,11 +112,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                     use_gpu=cfg.use_gpu,
                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
                 ),
-                run_config=RunConfig(
-                    storage_path=storage,
-                    name="train_detector",
-                    worker_runtime_env={"env_vars": worker_env()},
-                ),
+                # the workers' AWS_* env comes from the job's runtime_env set by ray.init / connect()
+                run_config=RunConfig(storage_path=storage, name="train_detector"),
             )
             log.info("ray_train_start", num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, out=cfg.out)
             trainer.fit()

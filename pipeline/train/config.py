@@ -27,7 +27,7 @@ class TrainConfig(StrictModel):
     mask: Literal["none", "texture"] = "none"
     mask_ratio: float = Field(0.4, ge=0.0, le=1.0)
     # optimisation (mole)
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -35,17 +35,31 @@ class TrainConfig(StrictModel):
     aux_loss_weight: float = Field(
         0.01, ge=0, description="weight of the router load-balancing loss (used only if the detector has one)"
     )
-    plateau_patience: int = Field(5, ge=0, description="epochs without val-acc gain before lr /= 10 (UnivFD: 5)")
+    plateau_patience: int = Field(
+        10, ge=0, description="epochs without val-acc gain before lr /= 10 (UnivFD: 5, over far larger epochs)"
+    )
     min_lr_factor: float = Field(0.01, gt=0, le=1, description="lr never drops below lr * min_lr_factor")
-    augment: bool = Field(True, description="UnivFD train augmentations (blur, JPEG, crop, flip)")
+    head_init: Literal["linear_probe", "random"] = Field(
+        "linear_probe", description="mole: start the heads from a linear probe of the frozen features (LP-FT)"
+    )
+    keep_best: bool = Field(True, description="mole: restore the epoch with the best validation AP/accuracy")
+    augment: bool = Field(
+        False,
+        description="UnivFD train augmentations (blur, JPEG, random crop, flip); off by default [ours], see "
+        "docs/training.md for the measured reason",
+    )
     augment_blur_prob: float = Field(0.5, ge=0, le=1, description="UnivFD: 0.5, sigma ~ U[0, 3]")
     augment_jpeg_prob: float = Field(0.5, ge=0, le=1, description="UnivFD: 0.5, quality ~ U{30..100}")
+    crop_grid: Literal["patch", "pixel"] = Field(
+        "patch", description="random-crop offsets on the patch grid [ours] or anywhere (published recipe)"
+    )
     augment_resize: int | None = Field(
         None, ge=8, description="shorter side before the random crop (UnivFD: 256 for a 224 crop); None = none"
     )
     # linear (seed 001)
     linear_classifier: Literal["logistic", "svm"] = "logistic"
-    linear_c: float = Field(1.0, gt=0)
+    linear_c: float = Field(1.0, gt=0, description="inverse regularisation of the linear method's classifier")
+    probe_c: float = Field(0.05, gt=0, description="inverse regularisation of mole's linear-probe head init")
     # data split / calibration
     seed: int = 0
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)

@@ -142,8 +142,38 @@ class TrainData:
                 blur_prob=self.cfg.augment_blur_prob,
                 jpeg_prob=self.cfg.augment_jpeg_prob,
             )
-        arrays = [np.asarray(self._augment(self.train_images[i], rng), dtype=np.uint8) for i in idx]
+        arrays = [np.asarray(self._augment_one(self.train_images[i], rng), dtype=np.uint8) for i in idx]
         return self._to_input(arrays)
+
+    def _augment_one(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """UnivFD augmentation; with crop_grid="patch" [ours] the random crop offset is a multiple of the
+        backbone's patch size, so the ViT patch grid keeps its alignment with the pixel grid and pixel-periodic
+        generator traces (up-sampling checkerboards, 8x8 codebook blocks) keep their phase relative to the
+        tokens. "pixel" = the published recipe's free crop position."""
+        import dataclasses
+
+        params = self._augment.sample(rng)
+        if self.cfg.crop_grid == "patch":
+            free = self._free_crop_range(img)
+            if free is not None:
+                step = self.patch_size
+                (fx, fy) = free
+                kx = int(rng.integers(0, fx // step + 1)) * step
+                ky = int(rng.integers(0, fy // step + 1)) * step
+                # AugmentConfig maps u in [0,1) to int(u * (free + 1)); pick u at the middle of cell kx
+                params = dataclasses.replace(params, crop_u=(kx + 0.5) / (fx + 1), crop_v=(ky + 0.5) / (fy + 1))
+        return self._augment.apply(img, params)
+
+    def _free_crop_range(self, img: Image.Image) -> tuple[int, int] | None:
+        """(w - crop, h - crop) after the optional resize, or None when the image is resized to the crop."""
+        c = self.det_cfg.image_size
+        w, h = img.size
+        if self.cfg.augment_resize is not None:
+            scale = self.cfg.augment_resize / min(w, h)
+            w, h = round(w * scale), round(h * scale)
+        if min(w, h) < c:
+            return None
+        return w - c, h - c
 
     def build_detector(self, pretrained: str | None) -> torch.nn.Module:
         from pipeline.models import create_detector

@@ -109,6 +109,11 @@ def _train_mole(
     cfg: TrainConfig, data: TrainData, det: torch.nn.Module, hooks: TrainHooks, metrics_path: Path
 ) -> list[dict[str, Any]]:
     device = hooks.device()
+    if cfg.head_init == "linear_probe":
+        # LP-FT [ours, after Kumar et al. 2022]: start the heads from the linear probe of the frozen features
+        # (on masked inputs when masking), then fine-tune adapters + heads together
+        det.to(device)
+        _fit_linear_heads(cfg, data, det, device, masked=cfg.mask == "texture", c=cfg.probe_c)
     model = hooks.prepare_model(det)
     core = _unwrap(model)
     params = [p for p in core.parameters() if p.requires_grad]
@@ -124,6 +129,12 @@ def _train_mole(
     val_pixels = data.val_pixels()
     history: list[dict[str, Any]] = []
     rng = np.random.default_rng(cfg.seed + 1000 * hooks.world_rank)
+    trainable = {n: p for n, p in core.named_parameters() if p.requires_grad}
+    best: tuple[tuple[float, float], int, dict[str, torch.Tensor]] | None = None
+    if cfg.keep_best and val_pixels.shape[0]:
+        v0 = _val_metrics(data.val_labels, data.val_classes, predict_arrays(core, val_pixels, 64, device))
+        best = (_val_key(v0), 0, {n: p.detach().clone() for n, p in trainable.items()})
+        log.info("epoch0", **v0)
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -169,30 +180,60 @@ def _train_mole(
             "seconds": round(time.perf_counter() - t0, 3),
             **val,
         }
+        if best is not None and _val_key(val) > best[0]:
+            best = (_val_key(val), epoch + 1, {n: p.detach().clone() for n, p in trainable.items()})
         history.append(row)
         log.info("epoch", rank=hooks.world_rank, **row)
         if hooks.world_rank == 0:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
         hooks.report(row)
+    if best is not None:
+        # keep the epoch with the best validation (AP, accuracy); epoch 0 = the linear-probe start
+        with torch.no_grad():
+            for n, p in trainable.items():
+                p.copy_(best[2][n])
+        log.info("best_epoch_restored", epoch=best[1], val_ap=best[0][0], val_acc=best[0][1])
+        if history:
+            history[-1] = {**history[-1], "best_epoch": best[1]}
     core.eval()
     return history
 
 
-def _train_linear(cfg: TrainConfig, data: TrainData, det: torch.nn.Module, hooks: TrainHooks) -> dict[str, Any]:
+def _val_key(val: dict[str, float]) -> tuple[float, float]:
+    ap, acc = val.get("val_ap", float("nan")), val.get("val_acc", float("nan"))
+    return (ap if math.isfinite(ap) else -1.0, acc if math.isfinite(acc) else -1.0)
+
+
+def _fit_linear_heads(
+    cfg: TrainConfig,
+    data: TrainData,
+    det: torch.nn.Module,
+    device: torch.device,
+    *,
+    masked: bool = False,
+    c: float | None = None,
+) -> None:
+    """Fit both heads on frozen features of the unaugmented training images (scikit-learn, see linear.py)."""
     from pipeline.train.linear import fit_binary, fit_multiclass
 
+    pixels = data.train_pixels()
+    if masked:
+        pixels = mask_textured(pixels, data.patch_size, cfg.mask_ratio)
+    feats = predict_arrays(det, pixels, 64, device)["features"]
+    c = cfg.linear_c if c is None else c
+    w, b = fit_binary(feats, data.train_labels, classifier=cfg.linear_classifier, c=c, seed=cfg.seed)
+    det.set_linear_head(w, b)
+    if data.has_generator_labels:
+        gw, gb = fit_multiclass(feats, data.train_classes, data.n_classes, c=c, seed=cfg.seed)
+        det.set_generator_head(gw, gb)
+
+
+def _train_linear(cfg: TrainConfig, data: TrainData, det: torch.nn.Module, hooks: TrainHooks) -> dict[str, Any]:
     device = hooks.device()
     det = det.to(device)
     t0 = time.perf_counter()
-    feats = predict_arrays(det, data.train_pixels(), 64, device)["features"]
-    w, b = fit_binary(
-        feats, data.train_labels, classifier=cfg.linear_classifier, c=cfg.linear_c, seed=cfg.seed
-    )
-    det.set_linear_head(w, b)
-    if data.has_generator_labels:
-        gw, gb = fit_multiclass(feats, data.train_classes, data.n_classes, c=cfg.linear_c, seed=cfg.seed)
-        det.set_generator_head(gw, gb)
+    _fit_linear_heads(cfg, data, det, device)
     val = _val_metrics(data.val_labels, data.val_classes, predict_arrays(det, data.val_pixels(), 64, device))
     row = {"epoch": 1, "n_train": data.n_train, "seconds": round(time.perf_counter() - t0, 3), **val}
     log.info("linear_trained", **row)
@@ -265,6 +306,7 @@ def train_worker(config: dict[str, Any] | TrainConfig, hooks: TrainHooks | None 
         "train_counts": data.counts["train"],
         "val_counts": data.counts["val"],
         "epochs": len(history),
+        "best_epoch": history[-1].get("best_epoch") if history else None,
         "final": history[-1] if history else {},
         "calibration": calib,
         "seconds": round(time.perf_counter() - t_start, 2),

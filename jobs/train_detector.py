@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 from pipeline.settings import ConfigError
+from pipeline.storage import is_remote
 from pipeline.train.config import TrainConfig
 
 # flag -> TrainConfig field (only flags explicitly given are applied)
@@ -97,6 +99,11 @@ def build_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
     for required in ("data", "out"):
         if required not in data:
             raise ConfigError(f"{required}: required (--{required} or in --config-file)")
+    # Ray workers do not share the driver's working directory: make local paths absolute
+    for key in ("data", "out", "config", "pretrained"):
+        value = data.get(key)
+        if isinstance(value, str) and not is_remote(value) and (key in ("data", "out") or os.path.exists(value)):
+            data[key] = os.path.abspath(value.removeprefix("file://"))
     return TrainConfig.parse(data, source=args.config_file or "command line"), args.engine
 
 
@@ -107,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
+        from pipeline.train.data import preflight
+
+        preflight(cfg)  # bad data fails here, with exit code 2, before Ray starts
         if engine == "local":
             from pipeline.train.loop import train_local
 

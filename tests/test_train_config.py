@@ -65,3 +65,19 @@ def test_stratified_split_keeps_class_shares() -> None:
     assert np.array_equal(va, va2)  # deterministic given the seed
     _, none = stratified_split(strata, 0.0, seed=0)
     assert none.size == 0
+
+
+def test_data_problems_fail_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from pipeline.data.demo import DemoConfig, generate
+
+    generate(DemoConfig(out=str(tmp_path / "d"), families=["upconv"], n_per_class=2, seed=0))
+    base = ["--data", str(tmp_path / "d"), "--out", str(tmp_path / "ck"), "--engine", "local"]
+    assert main([*base, "--train-generators", "vqgan"]) == 2
+    err = capsys.readouterr().err
+    assert "train_generators" in err and "vqgan" in err and "found: upconv" in err
+    shutil.rmtree(tmp_path / "d" / "upconv" / "1_fake")
+    assert main(base) == 2
+    assert "no fake images" in capsys.readouterr().err
+    assert not (tmp_path / "ck").exists()

@@ -262,3 +262,22 @@ def _patch_size(det_cfg: Any) -> int:
     if arch is None:
         raise ConfigError(f"arch: unknown open_clip architecture {det_cfg.arch!r}")
     return int(arch["vision_cfg"]["patch_size"])
+
+
+def preflight(cfg: TrainConfig) -> dict[str, dict[str, int]]:
+    """Check the data source before any training starts (on the driver, before Ray): it exists, holds both
+    classes, and holds every requested training generator. Lists only; reads no image."""
+    from pipeline.data.sources import load_labelled, summarize
+
+    items = load_labelled(cfg.data)
+    fake_gens = sorted({it.generator for it in items if it.label == 1})
+    if not fake_gens:
+        raise ValueError(f"{cfg.data} holds no fake images: training needs both classes")
+    if not any(it.label == 0 for it in items):
+        raise ValueError(f"{cfg.data} holds no real images: training needs both classes")
+    missing = [g for g in (cfg.train_generators or []) if g not in fake_gens]
+    if missing:
+        raise ConfigError(
+            f"train_generators: {', '.join(missing)} not found in {cfg.data} (found: {', '.join(fake_gens)})"
+        )
+    return summarize(items)

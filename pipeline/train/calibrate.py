@@ -21,7 +21,7 @@ def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
     """The smallest threshold t with `mean(real_scores >= t) <= target_fpr` (the Predictor calls an image fake
     when `p_fake >= t`).
 
-    With k = floor(target_fpr * n), t is just above the (k+1)-th largest real score (the next float64 after
+    With k = floor(target_fpr * n), t is just above the (k+1)-th largest real score (the next float32 after
     it, capped at 1.0 for probabilities), so at most k reals reach it (fewer with ties). On the calibration set
     the realised FPR is <= target_fpr, and within 1/n of it when scores are distinct."""
     s = np.asarray(real_scores, dtype=np.float64).ravel()
@@ -35,7 +35,9 @@ def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
     k = int(np.floor(target_fpr * s.size + 1e-9))
     if k >= s.size:
         return float(desc[-1])
-    t = float(np.nextafter(desc[k], np.inf))
+    # the next float32 above it: exactly representable, so float32 p_fake (the Predictor's) and float64 scores
+    # compare the same way against it
+    t = float(np.nextafter(np.float32(desc[k]), np.float32(np.inf)))
     if desc[k] <= 1.0 < t:
         t = 1.0
     return t

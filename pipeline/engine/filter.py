@@ -32,13 +32,18 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
 
 
+def _apply(fn: Callable[[T], R], item: T) -> R:
+    return fn(item)
+
+
 def ray_map(fn: Callable[[T], R], items: Sequence[T], *, num_cpus: float = 0.5, max_retries: int = 2) -> list[R]:
     """`[fn(x) for x in items]` as Ray tasks, results in input order. A task that fails after its retries
     fails the whole map (the driver exits non-zero). Shard writes are idempotent, so retries are safe."""
     if not items:
         return []
-    remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False)(fn)
-    refs = [remote.remote(x) for x in items]
+    remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False)(_apply)
+    fn_ref = ray.put(fn)
+    refs = [remote.remote(fn_ref, x) for x in items]
     get_logger("engine.filter").info("tasks_submitted", tasks=len(refs), num_cpus=num_cpus)
     return ray.get(refs)
 

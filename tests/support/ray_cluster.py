@@ -221,3 +221,85 @@ def stop_job(head: RayHead, submission_id: str, timeout_s: float = 60.0) -> JobR
     client = job_client(head)
     client.stop_job(submission_id)
     return wait_job(head, submission_id, timeout_s)
+
+
+@dataclass
+class RayWorkerNode:
+    node_id: str  # the Ray node id (hex) the head reports for it
+    pid: int  # `ray start --block` process = its process-group id
+    temp_dir: str
+    log_path: str
+    proc: subprocess.Popen = field(repr=False)
+
+    def kill(self) -> None:
+        """Lose the node abruptly: SIGKILL its whole process group (raylet, object store, workers)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+def alive_nodes(head: RayHead) -> list[dict]:
+    """The head's view of its ALIVE nodes (Ray state API over the dashboard's HTTP)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{head.dashboard_url}/api/v0/nodes?limit=100&detail=true", timeout=5) as r:
+        data = json.loads(r.read())
+    return [n for n in data["data"]["result"]["result"] if n.get("state") == "ALIVE"]
+
+
+@contextlib.contextmanager
+def ray_worker_node(
+    head: RayHead,
+    num_cpus: int = 1,
+    resources: Mapping[str, float] | None = None,
+    object_store_mb: int = 128,
+    start_timeout_s: float = 60.0,
+) -> Iterator[RayWorkerNode]:
+    """A second Ray node joining `head` on this machine (`ray start --address ... --block`, own process group,
+    own short temp dir, free ports, the head's environment). Yields once the head reports it ALIVE; teardown
+    kills its process group by PID (a test may `kill()` it earlier to simulate losing the node)."""
+    import json
+
+    temp_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")
+    (nm, om, agent_http, agent_grpc, rt_agent, metrics) = _distinct_free_ports(6)
+    log_path = os.path.join(temp_dir, "worker.log")
+    before = {n["node_id"] for n in alive_nodes(head) if not n.get("is_head_node")}
+    cmd = [
+        RAY_BIN, "start", "--block",
+        "--address", head.address,
+        "--node-ip-address", "127.0.0.1",
+        "--node-manager-port", str(nm),
+        "--object-manager-port", str(om),
+        "--dashboard-agent-listen-port", str(agent_http),
+        "--dashboard-agent-grpc-port", str(agent_grpc),
+        "--runtime-env-agent-port", str(rt_agent),
+        "--metrics-export-port", str(metrics),
+        "--num-cpus", str(num_cpus),
+        "--num-gpus", "0",
+        "--resources", json.dumps(dict(resources or {})),
+        "--object-store-memory", str(object_store_mb * 1024 * 1024),
+        "--temp-dir", temp_dir,
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(cmd, env=head.env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        node_id = None
+        while node_id is None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray start (worker) exited with {proc.returncode}:\n{Path(log_path).read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker node not ALIVE after {start_timeout_s}s:\n{Path(log_path).read_text()[-4000:]}")
+            new = [n["node_id"] for n in alive_nodes(head) if not n.get("is_head_node") and n["node_id"] not in before]
+            node_id = new[0] if new else None
+            if node_id is None:
+                time.sleep(0.5)
+        yield RayWorkerNode(node_id=node_id, pid=proc.pid, temp_dir=temp_dir, log_path=log_path, proc=proc)
+    finally:
+        _kill_group(proc)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)

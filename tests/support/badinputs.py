@@ -250,10 +250,11 @@ def meta(i: int) -> bytes:
     return json.dumps({"label": i % 2, "generator": "real" if i % 2 == 0 else "famA"}).encode()
 
 
-def good_members(n: int, prefix: str = "g", seed: int = 0) -> list[Member]:
+def good_members(n: int, prefix: str = "g", seed: int = 0, size: tuple[int, int] = SIZE) -> list[Member]:
     out: list[Member] = []
     for i in range(n):
-        out += [(f"{prefix}{i:04d}.png", png_bytes(seed=seed + i)), (f"{prefix}{i:04d}.json", meta(i))]
+        png = png_bytes(size[0], size[1], seed=seed + i)
+        out += [(f"{prefix}{i:04d}.png", png), (f"{prefix}{i:04d}.json", meta(i))]
     return out
 
 

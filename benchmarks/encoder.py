@@ -58,7 +58,17 @@ def bench_model(
         if dtype == "float32"
         else torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
     )
+    flops: dict[str, float] = {}
+    with torch.inference_mode(), amp:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        for v in VARIANTS:  # matmul/conv/attention FLOPs per image (load-independent)
+            det.set_mole_mode(v)
+            with FlopCounterMode(display=False) as fc:
+                det(x[:1])
+            flops[v] = float(fc.get_total_flops())
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
     outs = {}
     with torch.inference_mode(), amp:
         for v in VARIANTS:  # warm up every path (and build the fused cache)
@@ -73,13 +83,18 @@ def bench_model(
                 if v == "fused":
                     det(x[:1])  # the cache is built outside the timed call (weights do not change)
                 _sync(device)
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 det(x)
                 _sync(device)
                 times[v].append(time.perf_counter() - t0)
+                cpu[v].append(time.process_time() - c0)
     med = {v: statistics.median(t) for v, t in times.items()}
     paired = {
         v: statistics.median(a / b for a, b in zip(times[v], times["disabled"], strict=True)) - 1.0
+        for v in ("unfused", "fused")
+    }
+    cpu_paired = {
+        v: statistics.median(a / b for a, b in zip(cpu[v], cpu["disabled"], strict=True)) - 1.0
         for v in ("unfused", "fused")
     }
     counts = det.param_counts()
@@ -98,8 +113,12 @@ def bench_model(
         "images_per_s": {v: batch / med[v] for v in VARIANTS},
         "overhead_ratio_of_medians": {v: med[v] / med["disabled"] - 1.0 for v in ("unfused", "fused")},
         "overhead_paired_median": paired,
+        "overhead_cpu_time_paired_median": cpu_paired,
+        "gflop_per_image": {v: flops[v] / 1e9 for v in VARIANTS},
+        "flop_overhead": {v: flops[v] / flops["disabled"] - 1.0 for v in ("unfused", "fused")},
         "fused_vs_naive_max_rel_err": rel_err(outs["fused"], outs["unfused"]),
         "all_times_s": times,
+        "all_cpu_times_s": cpu,
     }
 
 
@@ -113,20 +132,27 @@ def render_md(res: dict) -> str:
         "(shared machine: compare ratios within this run, not absolute numbers across runs).",
         "",
         "Random-init weights, random non-zero adapters; all variants on the same module, interleaved "
-        "round by round; median over repeats. Overhead = time / frozen time - 1 (paired = median of per-round "
-        "ratios).",
+        "round by round; median over repeats. Overhead = time / frozen time - 1: wall = ratio of median wall "
+        "times, (paired) = median of per-round wall ratios, cpu = median of per-round process-CPU-time ratios "
+        "(less sensitive to other processes on a shared machine).",
         "",
         "| model | adapted blocks | device | dtype | batch | frozen img/s | naive img/s | fused img/s "
-        "| naive overhead (paired) | fused overhead (paired) | fused vs naive rel err |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| naive overhead: wall (paired) / cpu | fused overhead: wall (paired) / cpu | GFLOP/img frozen "
+        "| fused FLOP overhead | fused vs naive rel err |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["runs"]:
         ips, ov, pr = r["images_per_s"], r["overhead_ratio_of_medians"], r["overhead_paired_median"]
+        cp = r["overhead_cpu_time_paired_median"]
+        cells = [
+            f"{ov[v] * 100:+.1f} % ({pr[v] * 100:+.1f} %) / {cp[v] * 100:+.1f} %"
+            for v in ("unfused", "fused")
+        ]
         lines.append(
             f"| {r['model']} ({r['arch']}) | {len(r['adapted_blocks'])}/{r['depth']} | {r['device']} | {r['dtype']} "
             f"| {r['batch']} | {ips['disabled']:.2f} | {ips['unfused']:.2f} | {ips['fused']:.2f} "
-            f"| {ov['unfused'] * 100:+.1f} % ({pr['unfused'] * 100:+.1f} %) "
-            f"| {ov['fused'] * 100:+.1f} % ({pr['fused'] * 100:+.1f} %) | {r['fused_vs_naive_max_rel_err']:.1e} |"
+            f"| {cells[0]} | {cells[1]} | {r['gflop_per_image']['disabled']:.2f} "
+            f"| {r['flop_overhead']['fused'] * 100:+.2f} % | {r['fused_vs_naive_max_rel_err']:.1e} |"
         )
     lines += ["", res.get("notes", "")]
     return "\n".join(lines) + "\n"
@@ -137,10 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny + B/16 only, fewer repeats")
     ap.add_argument("--models", nargs="*", choices=list(MODELS), default=None)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=None, help="timed rounds per model (default 30/9/5, quick 10/3)")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds per model (default 30/9/5, quick 10/3)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "results")
-    ap.add_argument("--notes", default="", help="free text appended to the markdown (e.g. what was reached and why)")
+    ap.add_argument(
+        "--notes", default="", help="free text appended to the markdown (e.g. what was reached and why)"
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -159,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m:5s} {device.type}/{dtype}: frozen {r['images_per_s']['disabled']:.2f} img/s, "
                 f"naive {r['overhead_ratio_of_medians']['unfused'] * 100:+.1f} %, "
                 f"fused {r['overhead_ratio_of_medians']['fused'] * 100:+.1f} % "
-                f"(paired {r['overhead_paired_median']['fused'] * 100:+.1f} %)",
+                f"(paired {r['overhead_paired_median']['fused'] * 100:+.1f} %, "
+                f"cpu {r['overhead_cpu_time_paired_median']['fused'] * 100:+.1f} %)",
                 flush=True,
             )
             runs.append(r)
@@ -172,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "malloc_env": {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")},
+            "malloc_env": {
+                k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+            },
         },
         "load_before": load_before,
         "load_after": [round(v, 2) for v in os.getloadavg()],

@@ -57,7 +57,7 @@ def _act_inplace(act: nn.Module, h: torch.Tensor) -> torch.Tensor:
     if isinstance(act, nn.GELU):
         return torch._C._nn.gelu_(h, approximate=act.approximate)
     if type(act).__name__ == "QuickGELU":  # open_clip.transformer.QuickGELU: x * sigmoid(1.702 x)
-        return h.mul_(torch.sigmoid(h * 1.702))
+        return h.mul_(torch.mul(h, 1.702).sigmoid_())
     return h.copy_(act(h))
 
 

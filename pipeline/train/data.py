@@ -131,6 +131,16 @@ class TrainData:
     def train_batch(self, idx: np.ndarray, *, augment: bool, rng: np.random.Generator) -> torch.Tensor:
         if not augment:
             return self.train_pixels()[torch.as_tensor(idx)]
+        arrays = [np.asarray(self._augment_one(self.train_images[i], rng), dtype=np.uint8) for i in idx]
+        return self._to_input(arrays)
+
+    def _augment_one(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """UnivFD augmentation; with crop_grid="patch" [ours] the random crop offset is a multiple of the
+        backbone's patch size, so the ViT patch grid keeps its alignment with the pixel grid and pixel-periodic
+        generator traces (up-sampling checkerboards, 8x8 codebook blocks) keep their phase relative to the
+        tokens. "pixel" = the published recipe's free crop position."""
+        import dataclasses
+
         from pipeline.data.augment import UnivFDAugment
 
         if self._augment is None:
@@ -142,16 +152,6 @@ class TrainData:
                 blur_prob=self.cfg.augment_blur_prob,
                 jpeg_prob=self.cfg.augment_jpeg_prob,
             )
-        arrays = [np.asarray(self._augment_one(self.train_images[i], rng), dtype=np.uint8) for i in idx]
-        return self._to_input(arrays)
-
-    def _augment_one(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
-        """UnivFD augmentation; with crop_grid="patch" [ours] the random crop offset is a multiple of the
-        backbone's patch size, so the ViT patch grid keeps its alignment with the pixel grid and pixel-periodic
-        generator traces (up-sampling checkerboards, 8x8 codebook blocks) keep their phase relative to the
-        tokens. "pixel" = the published recipe's free crop position."""
-        import dataclasses
-
         params = self._augment.sample(rng)
         if self.cfg.crop_grid == "patch":
             free = self._free_crop_range(img)

@@ -160,7 +160,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         curves = {g: (labels[idx], clean["p_fake"][idx]) for g, idx in groups.items() if idx}
         out_dir = Path(cfg.plots)
         plots += [str(p) for p in plot_curves(curves, out_dir)]
-        plots += [str(p) for p in plot_robustness(robustness, mean, out_dir)]
+        plots += [str(p) for p in plot_robustness(robustness, mean, out_dir, per)]
     report["plots"] = plots
 
     storage.write_bytes_atomic(cfg.json_out, json.dumps(_clean_nans(report), indent=2).encode())

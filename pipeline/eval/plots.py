@@ -39,8 +39,15 @@ def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path)
     return paths
 
 
-def plot_robustness(robustness: dict[str, dict[str, Any]], clean_mean: dict[str, float], out_dir: Path) -> list[Path]:
-    """One PNG per perturbation kind: mean AP and mean accuracy vs the perturbation level (clean as reference)."""
+def plot_robustness(
+    robustness: dict[str, dict[str, Any]],
+    clean_mean: dict[str, Any],
+    out_dir: Path,
+    clean_per_generator: dict[str, dict[str, Any]] | None = None,
+) -> list[Path]:
+    """One PNG per perturbation kind: AP per generator and mean accuracy vs the perturbation level (dotted:
+    the clean values)."""
+    clean_per_generator = clean_per_generator or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     for kind, levels in robustness.items():
@@ -48,10 +55,15 @@ def plot_robustness(robustness: dict[str, dict[str, Any]], clean_mean: dict[str,
             continue
         xs = list(levels.keys())
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for metric in ("ap", "acc", "auc"):
-            ys = [levels[x]["mean"][metric] for x in xs]
-            line = ax.plot(range(len(xs)), ys, marker="o", label=f"mean {metric}")[0]
-            ax.axhline(clean_mean[metric], color=line.get_color(), ls=":", lw=0.8)
+        gens = sorted(levels[xs[0]].get("per_generator", {}))
+        for gen in gens:  # AP per generator (solid), clean AP as a dotted reference
+            ys = [levels[x]["per_generator"][gen]["ap"] for x in xs]
+            line = ax.plot(range(len(xs)), ys, marker="o", label=f"{gen} AP")[0]
+            if gen in clean_per_generator:
+                ax.axhline(clean_per_generator[gen]["ap"], color=line.get_color(), ls=":", lw=0.8)
+        ys = [levels[x]["mean"]["acc"] for x in xs]
+        line = ax.plot(range(len(xs)), ys, marker="s", ls="--", color="k", label="mean acc")[0]
+        ax.axhline(clean_mean["acc"], color="k", ls=":", lw=0.8)
         ax.set_xticks(range(len(xs)), xs)
         ax.set(xlabel=kind, ylabel="score", ylim=(0, 1.02), title=f"robustness: {kind} (dotted = clean)")
         ax.grid(alpha=0.3)

@@ -169,10 +169,10 @@ class MoLEMLP(nn.Module):
         b_in = torch.cat([b_fc, zeros_in])
         w_out = torch.cat([proj.weight, *(lo.up.weight * lo.scale for lo in loras)], dim=1)
         b_out = proj.bias if proj.bias is not None else proj.weight.new_zeros(proj.out_features)
-        return w_in.t(), b_in, w_out.t(), b_out
+        return w_in, b_in, w_out, b_out
 
     def fused_weights(self) -> tuple[torch.Tensor, ...]:
-        """(W_in^T, b_in, W_out^T, b_out) of the fused form. Cached when grad is off (rebuilt whenever a
+        """(W_in, b_in, W_out, b_out) of the fused form (nn.Linear layout: out x in). Cached when grad is off (rebuilt whenever a
         source tensor changed); rebuilt with autograd when grad is on, so the fused path also trains."""
         if torch.is_grad_enabled() and any(p.requires_grad for p in self._sources()):
             return self._build_fused()
@@ -187,13 +187,13 @@ class MoLEMLP(nn.Module):
         self._fused, self._fused_key = None, None
 
     def _forward_fused(self, y: torch.Tensor) -> torch.Tensor:
-        w_in_t, b_in, w_out_t, b_out = self.fused_weights()
+        w_in, b_in, w_out, b_out = self.fused_weights()
         hidden = self.base_mlp.c_fc.out_features
         r_shared = self.shared.rank if self.shared is not None else 0
-        r_total = w_out_t.shape[0] - hidden
+        r_total = w_out.shape[1] - hidden
         lead = y.shape[:-1]
         y2 = y.reshape(-1, y.shape[-1])
-        z = torch.addmm(b_in.to(y2.dtype), y2, w_in_t.to(y2.dtype))  # [MLP hidden | adapters | router]
+        z = torch.addmm(b_in.to(y2.dtype), y2, w_in.to(y2.dtype).t())  # [MLP hidden | adapters | router]
         h = z[:, :hidden]
         a_experts = z[:, hidden + r_shared : hidden + r_total]
         g = self.gates(z[:, hidden + r_total : hidden + r_total + self.num_experts]).to(z.dtype)
@@ -205,7 +205,7 @@ class MoLEMLP(nn.Module):
             _act_inplace(_act_module(self.base_mlp), h)
             a_experts.mul_(gcols)
             inner = z[:, : hidden + r_total]  # a strided view: the second GEMM reads it without a copy
-        out = torch.addmm(b_out.to(inner.dtype), inner, w_out_t.to(inner.dtype))
+        out = torch.addmm(b_out.to(inner.dtype), inner, w_out.to(inner.dtype).t())
         return out.reshape(*lead, out.shape[-1])
 
 

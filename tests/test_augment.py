@@ -143,3 +143,17 @@ def test_augment_config_errors_name_the_field() -> None:
         UnivFDAugment(crop_sz=64)
     with pytest.raises(ConfigError, match="resize"):
         AugmentConfig.parse({"crop_size": 224, "resize": 128})
+
+
+def test_crop_grid_keeps_offsets_on_the_grid(img: Image.Image) -> None:
+    aug = UnivFDAugment(crop_size=64, blur_prob=0.0, jpeg_prob=0.0, flip=False, crop_grid=8)
+    arr = np.asarray(img)  # 96 px: offsets 0, 8, ..., 32
+    seen = set()
+    for seed in range(60):
+        o = np.asarray(aug(img, np.random.default_rng(seed)))
+        hits = [
+            (y, x) for y in range(33) for x in range(33) if np.array_equal(arr[y : y + 64, x : x + 64], o)
+        ]
+        assert hits and all(v % 8 == 0 for v in hits[0]), hits
+        seen.add(hits[0])
+    assert {y for y, _ in seen} == {0, 8, 16, 24, 32} and {x for _, x in seen} == {0, 8, 16, 24, 32}

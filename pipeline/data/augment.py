@@ -4,8 +4,11 @@ Training recipe (METHODS.md, UnivFD / CNNDetection [code]): resize → Gaussian 
 (scipy ``gaussian_filter`` per channel, as the reference code) → JPEG with p=0.5, quality ~ U{30..100} →
 random crop → horizontal flip (p=0.5). The crop size is a parameter: the published recipe crops 224 after a
 256 resize; the tiny demo detector uses its own image size. [ours]: PIL is the only JPEG codec (the reference
-code also draws OpenCV's), the resize is "shorter side to N" (METHODS.md) and optional, and an image smaller than
-the crop is first resized (shorter side) up to the crop size instead of failing.
+code also draws OpenCV's), the resize is "shorter side to N" (METHODS.md) and optional, an image smaller than
+the crop is first resized (shorter side) up to the crop size instead of failing, and ``crop_grid`` (default 1 =
+the published recipe) can snap crop offsets to a pixel grid: generator traces are periodic on the output pixel
+grid (period 2 for transposed convolutions, 8 for f8 autoencoders, JPEG's 8x8 blocks), and a small model that
+sees them through fixed 16-px patches learns them far more easily when every crop keeps the same phase.
 
 Every random choice comes from the `numpy.random.Generator` passed in, so a seeded generator reproduces the
 exact same augmented image. :meth:`UnivFDAugment.sample` draws the parameters and :meth:`UnivFDAugment.apply`
@@ -105,6 +108,11 @@ class AugmentConfig(StrictModel):
     jpeg_prob: float = Field(default=0.5, ge=0.0, le=1.0)
     jpeg_quality: tuple[int, int] = (30, 100)
     flip: bool = True
+    crop_grid: int = Field(
+        default=1,
+        ge=1,
+        description="[ours] crop offsets are multiples of this (1 = UnivFD); 8 keeps 8-px-periodic traces in phase",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> AugmentConfig:
@@ -160,8 +168,9 @@ class UnivFDAugment:
         if min(img.size) < c.crop_size:
             img = resize_shorter(img, c.crop_size)
         w, h = img.size
-        x = min(int(p.crop_u * (w - c.crop_size + 1)), w - c.crop_size)
-        y = min(int(p.crop_v * (h - c.crop_size + 1)), h - c.crop_size)
+        g = c.crop_grid
+        x = min(int(p.crop_u * ((w - c.crop_size) // g + 1)), (w - c.crop_size) // g) * g
+        y = min(int(p.crop_v * ((h - c.crop_size) // g + 1)), (h - c.crop_size) // g) * g
         img = crop_at(img, c.crop_size, x, y)
         return hflip(img) if p.flip else img
 

@@ -214,18 +214,51 @@ def _family_rng(family: str, salt: int = 0) -> np.random.Generator:
 
 
 @cache
+def _template(family: str, period: int, chroma_only: bool = False, smooth: float = 0.0) -> Array:
+    """A fixed, zero-mean, unit-std (period, period, 3) pattern of `family`'s decoder (its last layers leave
+    the same periodic trace on every output, locked to the output pixel grid)."""
+    r = _family_rng(family, salt=period)
+    t = r.standard_normal((period, period, 3))
+    t = 0.8 * t[:, :, :1] + 0.6 * t  # mostly shared across channels
+    if smooth > 0:
+        t = ndimage.gaussian_filter(t, sigma=(smooth, smooth, 0), mode="wrap")
+    if chroma_only:
+        t = t - t.mean(axis=2, keepdims=True)
+    # no period-2 (Nyquist) component: that trace belongs to the `upconv` family
+    spec = np.fft.fft2(t, axes=(0, 1))
+    spec[period // 2, :] = 0
+    spec[:, period // 2] = 0
+    spec[0, 0] = 0
+    t = np.fft.ifft2(spec, axes=(0, 1)).real
+    return (t / (t.std() + 1e-8)).astype(np.float32)
+
+
+def _tile(t: Array, size: int) -> Array:
+    reps = -(-size // t.shape[0])
+    return np.tile(t, (reps, reps, 1))[:size, :size]
+
+
+def _modulated(img: Array, pattern: Array) -> Array:
+    """Decoder traces scale with the local signal (multiplicative, like a fixed kernel on the features)."""
+    return pattern * (0.4 + img / 255.0)
+
+
+@cache
 def _upconv_kernels() -> Array:
-    """Per-channel 4x4 transposed-conv kernels: bilinear (perfectly balanced) plus a fixed perturbation that
-    makes the four polyphase components sum to slightly different gains -> checkerboard."""
+    """Per-channel 4x4 transposed-conv kernels: bilinear (every output pixel has gain 1) plus a fixed
+    perturbation that makes the four polyphase components sum to slightly different gains -> checkerboard."""
     r = _family_rng("upconv")
     k1 = np.array([1.0, 3.0, 3.0, 1.0]) / 4.0
     base = np.outer(k1, k1)  # each polyphase component sums to 1
     shared = r.standard_normal((4, 4))
     ks = []
     for _ in range(3):  # mostly shared across channels, a little per-channel variation
-        k = base * (1.0 + 0.12 * (0.9 * shared + 0.3 * r.standard_normal((4, 4))))
-        ks.append(k / k.sum() * 4.0)  # overall gain 4 = 4 outputs per input pixel
+        k = base * (1.0 + UPCONV_IMBALANCE * (0.9 * shared + 0.3 * r.standard_normal((4, 4))))
+        ks.append(k / k.sum() * 4.0)  # overall gain 4 = 4 outputs per input pixel -> mean gain 1
     return np.stack(ks).astype(np.float32)
+
+
+UPCONV_IMBALANCE = 0.05
 
 
 def fp_upconv(img: Array, rng: np.random.Generator) -> Array:
@@ -234,8 +267,9 @@ def fp_upconv(img: Array, rng: np.random.Generator) -> Array:
     down = img[: 2 * h, : 2 * h].reshape(h, 2, h, 2, 3).mean(axis=(1, 3))
     kernels = _upconv_kernels()
     strength = rng.uniform(0.7, 1.3)
+    k1 = np.array([1.0, 3.0, 3.0, 1.0]) / 4.0
+    bil = np.outer(k1, k1)  # balanced bilinear kernel: every output pixel has gain 1
     out = np.empty((2 * h, 2 * h, 3), np.float32)
-    bil = np.outer([1.0, 3.0, 3.0, 1.0], [1.0, 3.0, 3.0, 1.0]) / 4.0
     for c in range(3):
         up = np.zeros((2 * h, 2 * h), np.float32)
         up[::2, ::2] = down[:, :, c]
@@ -255,8 +289,10 @@ def fp_diffusion(img: Array, rng: np.random.Generator) -> Array:
     lowpass = 1.0 / (1.0 + (f / fc) ** 8)  # Butterworth order 4
     spec = np.fft.rfft2(img, axes=(0, 1))
     out = np.fft.irfft2(spec * lowpass[:, :, None], s=(s, s), axes=(0, 1)).astype(np.float32)
+    # latent-diffusion autoencoders (downsampling factor 8) leave a faint period-8 trace on the pixel grid
+    out = out + rng.uniform(2.0, 3.0) * _modulated(out, _tile(_template("diffusion", 8, smooth=0.7), s))
     # residual noise floor of the sampler: faint, white, slightly correlated across channels
-    sigma = rng.uniform(1.5, 3.0)
+    sigma = rng.uniform(1.0, 2.0)
     shared = rng.normal(0.0, 1.0, size=(s, s, 1))
     own = rng.normal(0.0, 1.0, size=(s, s, 3))
     return out + sigma * (0.7 * shared + 0.7 * own)
@@ -269,6 +305,8 @@ def _vq_codebook() -> tuple[Array, Array]:
     atoms = r.standard_normal((len(codebook), 8, 8, 3)).astype(np.float32)
     atoms = ndimage.gaussian_filter(atoms, sigma=(0, 0.7, 0.7, 0))
     atoms /= atoms.std(axis=(1, 2, 3), keepdims=True) + 1e-6
+    # the decoder's shared part: every decoded 8x8 patch carries the same faint texture
+    atoms = 0.5 * atoms + 0.85 * _template("vqgan", 8)[None]
     return codebook, atoms
 
 
@@ -285,9 +323,10 @@ def fp_vqgan(img: Array, rng: np.random.Generator, block: int = 8) -> Array:
     # decoder: keep the detail (attenuated: the decoder hallucinates texture), move each block to its code
     detail = blocks - latent[:, None, :, None, :]
     keep = rng.uniform(0.6, 0.85)
-    amp = rng.uniform(3.0, 5.0)
+    amp = rng.uniform(2.5, 3.5)
     dec = quant[:, None, :, None, :] + keep * detail
-    dec = dec + amp * atoms[idx].reshape(nb, nb, block, block, 3).transpose(0, 2, 1, 3, 4)
+    tex = atoms[idx].reshape(nb, nb, block, block, 3).transpose(0, 2, 1, 3, 4)
+    dec = dec + amp * tex * (0.4 + dec / 255.0)
     out = img.copy()
     out[: nb * block, : nb * block] = dec.reshape(nb * block, nb * block, 3)
     return out
@@ -305,9 +344,10 @@ def fp_gan_color(img: Array, rng: np.random.Generator) -> Array:
     k = rng.uniform(1.1, 1.5)
     y = np.tanh(k * y) / np.tanh(k) * rng.uniform(0.86, 0.92)
     out = (y + 1.0) * 127.5
-    # chroma (luma-neutral) decoder noise
     s = img.shape[0]
-    n = rng.normal(0.0, rng.uniform(3.0, 4.5), size=(s, s, 3)).astype(np.float32)
+    # the RGB output layer's trace: a faint luma-neutral period-4 colour pattern + chroma noise
+    out = out + rng.uniform(2.0, 3.0) * _modulated(out, _tile(_template("gan_color", 4, chroma_only=True), s))
+    n = rng.normal(0.0, rng.uniform(2.5, 3.5), size=(s, s, 3)).astype(np.float32)
     n -= n.mean(axis=2, keepdims=True)
     return out + n
 
@@ -334,13 +374,26 @@ def _image_rng(seed: int, family: str, label: int, index: int) -> np.random.Gene
 def make_image(seed: int, family: str, label: int, index: int, image_size: int = 128) -> Array:
     """One demo image as uint8 (S, S, 3). label 0: a real image (its content stream is tied to `family` only to
     keep per-family folders independent); label 1: same content distribution + the family's fingerprint."""
+    if label == 1:
+        return make_fake_pair(seed, family, index, image_size)[1]
+    _check_family(family)
+    img = sample_content(_image_rng(seed, family, 0, index), image_size)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def make_fake_pair(seed: int, family: str, index: int, image_size: int = 128) -> tuple[Array, Array]:
+    """(content, fake) for fake image `index` of `family`: both uint8; `fake - content` is the fingerprint."""
+    _check_family(family)
+    rng = _image_rng(seed, family, 1, index)
+    content = sample_content(rng, image_size)
+    fake = FAMILIES[family](content.copy(), rng)
+    as_u8 = lambda a: np.clip(np.rint(a), 0, 255).astype(np.uint8)  # noqa: E731
+    return as_u8(content), as_u8(fake)
+
+
+def _check_family(family: str) -> None:
     if family not in FAMILIES:
         raise ConfigError(f"families: unknown family {family!r}; known: {', '.join(FAMILIES)}")
-    rng = _image_rng(seed, family, label, index)
-    img = sample_content(rng, image_size)
-    if label == 1:
-        img = FAMILIES[family](img, rng)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 def encode(arr: Array, fmt: str, jpeg_quality: int) -> bytes:

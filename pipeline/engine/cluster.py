@@ -1,7 +1,8 @@
 """Ray cluster attach / local start [ours]. The only place (with the other engine modules) that imports ray.
 
-Credentials: the S3 client settings (`AWS_*`) are passed through to every Ray worker via
-`runtime_env.env_vars`, BY NAME from the driver's environment; only the names are ever logged.
+Credentials: the S3 client settings (`AWS_*`: endpoint, region, profile) are passed through to every Ray worker
+via `runtime_env.env_vars`, BY NAME from the driver's environment; only the names are ever logged. The secrets
+themselves (SECRET_NAMES) are never passed that way (see below).
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ PASS_THROUGH_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_HUB_OFFLINE", "M
                       "MALLOC_TRIM_THRESHOLD_")  # fmt: skip
 
 
+# Secrets are NEVER put in a runtime_env: Ray writes runtime_envs into its logs (runtime_env_agent.log) and shows
+# them through the dashboard / state API (tests/test_security.py plants a canary secret and greps Ray's logs).
+# Workers still get them: a local Ray's workers inherit the driver's environment, a cluster's workers that of
+# `ray start` (PLATFORM.md: set AWS_* before `ray start`) or an IAM role.
+SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
 def passthrough_env_names(environ: dict[str, str] | None = None) -> list[str]:
     env = os.environ if environ is None else environ
-    return sorted(k for k in env if k.startswith(PASS_THROUGH_PREFIXES) or k in PASS_THROUGH_NAMES)
+    return sorted(k for k in env if (k.startswith(PASS_THROUGH_PREFIXES) or k in PASS_THROUGH_NAMES)
+                  and k not in SECRET_NAMES)  # fmt: skip
 
 
 def runtime_env(environ: dict[str, str] | None = None) -> dict[str, dict[str, str]]:

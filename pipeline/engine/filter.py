@@ -15,8 +15,8 @@ from pipeline.logs import get_logger
 T = TypeVar("T")
 R = TypeVar("R")
 
-_FORWARD_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                "AWS_SESSION_TOKEN", "GENSCAN_LOG_LEVEL")
+# never secrets: Ray logs runtime_envs (see pipeline.engine.cluster.SECRET_NAMES); workers inherit them instead
+_FORWARD_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "GENSCAN_LOG_LEVEL")
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:

@@ -4,7 +4,8 @@
         [--policy policy.json | --threshold 0.7 --rule unknown=quarantine --rule upconv=drop@0.9 ...] [--dry-run]
 
 Exit codes: 0 success (every shard reconciled), 2 bad config/policy, 3 refused (the scan does not cover the
-input exactly; nothing written), 4 accounting did not reconcile. Prints a JSON summary on stdout.
+input exactly; nothing written), 4 failed while writing (accounting did not reconcile, or a source image is not
+the one the scan hashed; that shard is not committed, no _SUCCESS). Prints a JSON summary on stdout.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from pipeline.hygiene.plan import PlanError
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
-from pipeline.hygiene.run import ReconcileError, local_map, run_filter
+from pipeline.hygiene.run import ReconcileError, SourceChangedError, local_map, run_filter
 from pipeline.settings import ConfigError
 
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
-    except ReconcileError as exc:
+    except (ReconcileError, SourceChangedError) as exc:
         print(f"failed: {exc}", file=sys.stderr)
         return 4
     print(json.dumps(stats if cfg.dry_run else {"output": cfg.output, **stats["totals"],

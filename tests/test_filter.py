@@ -4,6 +4,7 @@ identity, manifest, accounting, idempotency, dry run, refusals before any write.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -273,8 +274,6 @@ def test_refuses_when_the_source_gained_samples_after_the_scan(scanned, tmp_path
         payload = b'{"late": true}'
         info = tarfile.TarInfo("01_late.json")
         info.size = len(payload)
-        import io
-
         tf.addfile(info, io.BytesIO(payload))
     target = tmp_path / "out"
     rc, err = run_main(capsys, "--scan", scan, "--input", str(src), "--output", str(target))
@@ -346,3 +345,28 @@ def test_sha_of_kept_images_matches_the_scan(filtered) -> None:
                 assert hashlib.sha256(img).hexdigest() == sha[s["__key__"]]
                 n += 1
     assert n > 0
+
+
+def test_a_replaced_source_image_fails_the_run_without_committing_that_shard(scanned, tmp_path, capsys) -> None:
+    """Same keys, different image bytes: the scan's decision is about another image. Exit 4, the shard's
+    output and marker are not written, no _SUCCESS."""
+    corpus, scan = scanned
+    src = tmp_path / "in"
+    shutil.copytree(corpus.root, src)
+    shard = src / "shard-000001.tar"
+    members = []
+    with tarfile.open(shard) as tf:
+        for m in tf.getmembers():
+            data = tf.extractfile(m).read()
+            if m.name == "01_000003.png":
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            members.append((m, data))
+    with tarfile.open(shard, "w") as tf:
+        for m, data in members:
+            tf.addfile(m, io.BytesIO(data))
+    target = tmp_path / "out"
+    rc, err = run_main(capsys, "--scan", scan, "--input", str(src), "--output", str(target), *RULES)
+    assert rc == 4 and "'01_000003' is not the one the scan scored" in err
+    assert not (target / "shard-000001.tar").exists() and not (target / "_shards" / "shard-000001.json").exists()
+    assert not (target / "_SUCCESS").exists()
+    assert not [p for p in target.rglob("*") if p.name.endswith(".tmp")]

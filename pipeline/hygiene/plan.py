@@ -16,7 +16,7 @@ from pipeline import storage
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.hygiene.shards import index_shard
 
-SCAN_COLUMNS = ["shard", "key", "status", "error", "p_fake", "is_fake", "threshold", "top_generator"]
+SCAN_COLUMNS = ["shard", "key", "status", "error", "p_fake", "is_fake", "threshold", "top_generator", "sha256"]
 ERROR_STATUSES = ("decode_error", "no_image", "too_large")
 
 
@@ -49,6 +49,7 @@ class Decision:
     top_generator: str | None
     threshold: float | None  # the threshold the decision used (None: the scan's is_fake column)
     error: str | None
+    sha256: str | None = None  # the scan's hash of the image member (checked when the shard is rewritten)
 
 
 @dataclass
@@ -134,7 +135,7 @@ def decide(row: dict[str, Any], policy: FilterPolicy) -> Decision:
     err = row.get("error")
 
     def make(action: str, reason: str, threshold: float | None) -> Decision:
-        return Decision(key, action, reason, status, p_fake, gen, threshold, err)
+        return Decision(key, action, reason, status, p_fake, gen, threshold, err, row.get("sha256"))
 
     if status != "ok" or p_fake is None:
         reason = f"error:{status}" if status != "ok" else "error:missing_score"

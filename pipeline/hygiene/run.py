@@ -15,6 +15,7 @@ Output layout under `<output>/`:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import platform
 import time
@@ -55,6 +56,11 @@ MANIFEST_SCHEMA = pa.schema(
 
 class ReconcileError(RuntimeError):
     """kept + dropped + quarantined != samples for some shard: the run must not report success."""
+
+
+class SourceChangedError(RuntimeError):
+    """A source image's bytes differ from what the scan hashed: its decision would be about another image.
+    The shard is not committed and the run fails."""
 
 
 @dataclass
@@ -117,7 +123,14 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
                 expected = plan.decisions[read].key if read < len(plan.decisions) else "<end of shard>"
                 raise PlanError(f"{spec.source}: sample {read} is {sample.key!r}, planned {expected!r}; "
                                 "the source changed after planning")
-            action = plan.decisions[read].action
+            decision = plan.decisions[read]
+            if decision.sha256 is not None:
+                image = sample.image()
+                if image is None or hashlib.sha256(image).hexdigest() != decision.sha256:
+                    raise SourceChangedError(
+                        f"{spec.source}: the image of sample {sample.key!r} is not the one the scan scored "
+                        "(sha256 differs); rescan the shard")
+            action = decision.action
             if action == "keep":
                 kept_w.write(sample)
             elif action == "quarantine":

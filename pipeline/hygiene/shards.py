@@ -21,7 +21,7 @@ from pathlib import Path
 from webdataset import TarWriter
 
 from pipeline import storage
-from pipeline.scan.shards import safe_name, split_key
+from pipeline.scan.shards import IMAGE_EXTENSIONS, safe_name, split_key
 
 FIXED_MTIME = 0
 BLOCK_SIZE = 8 * 1024 * 1024
@@ -32,6 +32,16 @@ class SourceSample:
     key: str  # as the scan writes it (non-UTF-8 bytes as \\xNN)
     raw_key: str  # as in the tar (member names are rewritten from it)
     members: dict[str, bytes] = field(default_factory=dict)  # extension (original case) -> bytes
+
+    def image(self) -> bytes | None:
+        """The member the scan scored: the first present extension in the scan's IMAGE_EXTENSIONS order
+        (by the last dot-suffix, case-insensitive)."""
+        ranked = sorted(
+            (IMAGE_EXTENSIONS.index(ext.rsplit(".", 1)[-1].lower()), data)
+            for ext, data in self.members.items()
+            if ext.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
+        )
+        return ranked[0][1] if ranked else None
 
 
 @dataclass

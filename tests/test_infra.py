@@ -7,6 +7,7 @@ manifests are not applied.)"""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import re
 import shlex
@@ -239,6 +240,17 @@ def test_rayjob_entrypoint_is_the_real_scan_cli() -> None:
     offered = set(re.findall(r"--[a-z0-9][a-z0-9-]*", helptext))
     assert flags and set(flags) <= offered, f"flags not accepted by scan_bucket.py: {set(flags) - offered}"
     assert {"--input", "--output", "--detector", "--resume", "--scan-date"} <= set(flags)
+    # ... and the values validate as a ScanConfig through the script's own parser (the shell expands $(date) at
+    # submission; a fixed date stands in for it here)
+    spec = importlib.util.spec_from_file_location("scan_bucket_cli", SCAN_JOB)
+    assert spec is not None and spec.loader is not None
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    argv = [a.replace("$(date -u +%Y-%m-%d)", "2026-11-24") for a in shlex.split(_rayjob()["spec"]["entrypoint"])[2:]]
+    cfg = cli.build_config(cli.parse_args(argv))
+    assert cfg.scan_date == "2026-11-24" and cfg.resume is True
+    assert cfg.device == "cuda" and cfg.actor_num_gpus == 1 and cfg.dtype == "float16"
+    assert cfg.input.startswith("s3://") and cfg.output.startswith("s3://") and cfg.detector.startswith("s3://")
 
 
 def test_rayjob_runtime_env_passes_rays_validation() -> None:

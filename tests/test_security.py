@@ -173,9 +173,21 @@ def test_credentials_never_in_outputs_or_job_logs(world) -> None:
 
 
 @pytest.mark.slow
-def test_credentials_not_in_ray_session_logs(world) -> None:
-    """Ray's own log files of the session (raylet, workers, runtime-env agent, job driver logs) after the
-    scan above: the secret is not written there either."""
+def test_credentials_not_in_ray_logs_or_state_api(world) -> None:
+    """After the scan above: Ray's own log files of the session (raylet, workers, runtime-env agent, job
+    driver logs) and what the dashboard's state API shows (jobs, actors with their runtime_env) do not hold
+    the secret. (Ray logs every runtime_env: secrets must never be passed through one.)"""
+    from ray.util.state import list_actors
+
+    from tests.support.ray_cluster import job_client
+
+    head = world["head"]
+    jobs = job_client(head).list_jobs()
+    assert jobs
+    assert CANARY not in json.dumps([j.dict() if hasattr(j, "dict") else str(j) for j in jobs], default=str)
+    actors = list_actors(address=head.dashboard_url, detail=True, limit=1000)
+    assert actors
+    assert CANARY not in json.dumps([a.serialized_runtime_env for a in actors], default=str)
     hits = []
     for p in Path(world["head"].temp_dir).rglob("*"):
         if p.is_file() and not p.is_symlink() and p.stat().st_size < 200 * 2**20:

@@ -89,12 +89,22 @@ def _cap(records: list[LabelledRecord], per_class: int | None) -> list[LabelledR
     return out
 
 
-def _predict(predictor: Any, det_cfg: Any, images: Sequence[Image.Image], batch_size: int) -> dict[str, np.ndarray]:
+def _predict(
+    predictor: Any,
+    det_cfg: Any,
+    records: Sequence[LabelledRecord],
+    batch_size: int,
+    transform: Callable[[Image.Image], Image.Image] | None = None,
+) -> dict[str, np.ndarray]:
+    """Predict every record, reading (and optionally perturbing) images one batch at a time."""
     from pipeline.models.preprocess import prepare_image
 
     p_fake, gen = [], []
-    for i in range(0, len(images), batch_size):
-        batch = np.stack([prepare_image(im, det_cfg) for im in images[i : i + batch_size]])
+    for i in range(0, len(records), batch_size):
+        images = [r.load() for r in records[i : i + batch_size]]
+        if transform is not None:
+            images = [transform(im) for im in images]
+        batch = np.stack([prepare_image(im, det_cfg) for im in images])
         out = predictor.predict(batch)
         p_fake.append(np.asarray(out["p_fake"], np.float64))
         gen.append(np.asarray(out["generator_scores"], np.float64))
@@ -116,15 +126,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     det, meta = load_detector(cfg.detector)
     det_cfg = getattr(det, "config", None) or meta.config
     predictor = Predictor(det, meta, device=cfg.device, dtype="float32")
-    records = _cap(load_records(cfg.data), cfg.max_per_class)
+    records = _cap(load_records(cfg.data, lazy=True), cfg.max_per_class)
     if not records:
         raise ValueError(f"no labelled images found in {cfg.data}")
     groups = group_records(records)
     threshold = float(meta.threshold)
     log.info("eval_start", detector=meta.detector_id, n_images=len(records), generators=list(groups))
 
-    images = [r.image for r in records]
-    clean = _predict(predictor, det_cfg, images, cfg.batch_size)
+    clean = _predict(predictor, det_cfg, records, cfg.batch_size)
     per, mean = _detection_table(records, groups, clean["p_fake"], threshold)
 
     report: dict[str, Any] = {
@@ -145,8 +154,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             continue
         robustness[kind] = {}
         for level in levels:
-            fn = perturbation(kind, level)
-            pred = _predict(predictor, det_cfg, [fn(im) for im in images], cfg.batch_size)
+            pred = _predict(predictor, det_cfg, records, cfg.batch_size, perturbation(kind, level))
             p, m = _detection_table(records, groups, pred["p_fake"], threshold)
             robustness[kind][str(level)] = {"per_generator": {g: {"ap": v["ap"], "acc": v["acc"]} for g, v in p.items()}, "mean": m}
             log.info("robustness", kind=kind, level=level, mean_ap=m["ap"], mean_acc=m["acc"])

@@ -122,13 +122,13 @@ def calibrate_checkpoint(
     det, meta = load_detector(detector)
     cfg = det.config
     known = set(meta.generators)
-    records = [r for r in load_records(data) if r.label == 0 or not known or r.generator in known]
+    records = [r for r in load_records(data, lazy=True) if r.label == 0 or not known or r.generator in known]
     if not any(r.label == 0 for r in records):
         raise ValueError(f"{data} holds no real images: the FPR threshold needs held-out reals")
     predictor = Predictor(det, meta, device="cpu", dtype="float32")
     p_fake, gen = [], []
     for i in range(0, len(records), batch_size):
-        batch = np.stack([prepare_image(r.image, cfg) for r in records[i : i + batch_size]])
+        batch = np.stack([prepare_image(r.load(), cfg) for r in records[i : i + batch_size]])
         res = predictor.predict(batch)
         p_fake.append(np.asarray(res["p_fake"], np.float64))
         gen.append(np.asarray(res["generator_scores"], np.float64))

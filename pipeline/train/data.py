@@ -24,18 +24,28 @@ log = get_logger(__name__)
 
 @dataclass
 class LabelledRecord:
-    image: Image.Image  # decoded RGB, original size
+    image: Image.Image | None  # decoded RGB at original size; None when loaded lazily (see `load`)
     label: int  # 0 real, 1 fake
     generator: str  # "real" or the generator / family name
     group: str | None  # UnivFD folder the image came from (None for WebDataset samples)
     key: str = ""
+    source: Any = None  # the pipeline.data.sources.LabelledImage it came from
+
+    def load(self) -> Image.Image:
+        """The decoded image (kept in memory when loaded eagerly, re-read from storage when lazy)."""
+        if self.image is not None:
+            return self.image
+        if self.source is None:
+            raise ValueError(f"record {self.key!r} has neither an image nor a source to read it from")
+        return self.source.load()
 
 
-def load_records(uri: str, *, generators: list[str] | None = None) -> list[LabelledRecord]:
+def load_records(uri: str, *, generators: list[str] | None = None, lazy: bool = False) -> list[LabelledRecord]:
     """Every labelled image of `uri` (via `pipeline.data.sources.load_labelled`: UnivFD / GenImage folders or
     WebDataset shards, local or s3://) decoded to RGB PIL images. `generator` is the attribution class ("real"
     or the generator); `group` the source's generator folder (None for shards). Missing or empty sources raise
-    FileNotFoundError, bad layouts ConfigError (both name the URI)."""
+    FileNotFoundError, bad layouts ConfigError (both name the URI). `lazy`: list only; images are read when
+    `record.load()` is called (evaluation of large test sets)."""
     from pipeline.data.sources import load_labelled
 
     items = load_labelled(uri)
@@ -45,11 +55,12 @@ def load_records(uri: str, *, generators: list[str] | None = None) -> list[Label
     for it in items:
         out.append(
             LabelledRecord(
-                image=it.load(),
+                image=None if lazy else it.load(),
                 label=int(it.label),
                 generator=it.attribution,
                 group=None if it.source == "wds" else it.generator,
                 key=it.name,
+                source=it,
             )
         )
     if not out:
@@ -231,7 +242,7 @@ def load_train_data(cfg: TrainConfig, det_cfg: Any) -> TrainData:
         rs = [kept[i] for i in idx]
         labels = np.array([r.label for r in rs], dtype=np.int64)
         classes = np.array([classes_all.index(r.generator) if r.label == 1 else 0 for r in rs], dtype=np.int64)
-        return [r.image for r in rs], labels, classes, dict(Counter(strata[i] for i in idx))
+        return [r.load() for r in rs], labels, classes, dict(Counter(strata[i] for i in idx))
 
     ti, tl, tc, tcount = pick(tr)
     vi, vl, vc, vcount = pick(va)

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -263,10 +264,12 @@ def train_worker(config: dict[str, Any] | TrainConfig, hooks: TrainHooks | None 
         history = _train_mole(cfg, data, det, hooks, metrics_path)
     else:
         if cfg.num_workers > 1 and not rank0:
+            shutil.rmtree(work, ignore_errors=True)
             return None
         history = [_train_linear(cfg, data, det, hooks)]
         metrics_path.write_text(json.dumps(history[0]) + "\n")
     if not rank0:
+        shutil.rmtree(work, ignore_errors=True)
         return None
 
     device = hooks.device()
@@ -315,6 +318,7 @@ def train_worker(config: dict[str, Any] | TrainConfig, hooks: TrainHooks | None 
     }
     (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
     publish_dir(work, cfg.out)
+    shutil.rmtree(work, ignore_errors=True)
     log.info("checkpoint_written", out=cfg.out, seconds=summary["seconds"], threshold=calib["threshold"])
     return summary
 

@@ -8,8 +8,9 @@ and N GPU workers on a cluster. With more than one worker the checkpoint directo
 
 Cluster: attaches to `RAY_ADDRESS` when set (e.g. under `ray job submit`, via `pipeline.engine.cluster.connect`)
 or uses an already initialised Ray; otherwise starts a private local Ray (short private temp dir, dashboard off,
-`num_cpus` from the machine) and shuts it down afterwards. AWS_* variables of the driver are passed to the
-workers through the job's runtime_env, because workers take their environment at start (PLATFORM.md).
+`num_cpus` from the machine) and shuts it down afterwards. Non-secret AWS_*/GENSCAN_* settings reach the workers
+through the job's runtime_env (`pipeline.engine.cluster.runtime_env`, which never carries secrets); credentials
+are inherited from the driver (local Ray) or from `ray start` / an IAM role (cluster), PLATFORM.md.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ log = get_logger(__name__)
 
 
 def worker_env() -> dict[str, str]:
-    """Driver environment the training workers need (S3 endpoint/credentials, our settings, thread caps), by the
-    pass-through rules of `pipeline.engine.cluster`; values are never logged."""
+    """Driver environment the training workers need (S3 endpoint/region, our settings, thread caps), by the
+    pass-through rules of `pipeline.engine.cluster` (secrets excluded); values are never logged."""
     env = dict(runtime_env()["env_vars"])
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
@@ -112,7 +113,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                     use_gpu=cfg.use_gpu,
                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
                 ),
-                # the workers' AWS_* env comes from the job's runtime_env set by ray.init / connect()
+                # the workers' env comes from the job's runtime_env (ray.init / connect()) + inheritance
                 run_config=RunConfig(storage_path=storage, name="train_detector"),
             )
             log.info("ray_train_start", num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, out=cfg.out)

@@ -370,3 +370,26 @@ def test_a_replaced_source_image_fails_the_run_without_committing_that_shard(sca
     assert not (target / "shard-000001.tar").exists() and not (target / "_shards" / "shard-000001.json").exists()
     assert not (target / "_SUCCESS").exists()
     assert not [p for p in target.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_job_checks_accounting_itself_before_reporting_success(scanned, tmp_path) -> None:
+    """A worker that reports counts that do not add up (simulated by corrupting one result on its way back)
+    makes the run fail: ReconcileError, stats.json says why, no _SUCCESS."""
+    from dataclasses import replace
+
+    from pipeline.hygiene.run import ReconcileError, ShardResult, local_map, run_filter
+
+    def lossy_map(fn, items):
+        results = local_map(fn, items)
+        if results and isinstance(results[0], ShardResult):
+            results[0] = replace(results[0], kept=results[0].kept - 1)
+        return results
+
+    corpus, scan = scanned
+    cfg = FilterConfig.parse({"scan": scan, "input": corpus.root, "output": str(tmp_path / "out"),
+                              "policy": {"on_shard_error": "skip"}})
+    with pytest.raises(ReconcileError, match="does not reconcile"):
+        run_filter(cfg, lossy_map)
+    stats = json.loads((tmp_path / "out" / "_run" / "stats.json").read_text())
+    assert stats["reconciled"] is False and len(stats["problems"]) == 1
+    assert not (tmp_path / "out" / "_SUCCESS").exists()

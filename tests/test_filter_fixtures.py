@@ -115,20 +115,26 @@ def make_detector(corpus: Corpus, ckpt_dir: str, seed: int = 0) -> str:
     return ckpt_dir
 
 
-def real_scan(corpus: Corpus, out: str, detector: str, scan_date: str) -> None:
-    """jobs/scan_bucket.py as a user runs it (a local Ray started by the job, 2 CPUs)."""
+def real_scans(corpus: Corpus, out: str, runs: list[tuple[str, str]]) -> None:
+    """jobs/scan_bucket.py's `main`, once per (scan_date, detector), in ONE driver process (so the local Ray it
+    starts — 2 CPUs — is started once; ~20 s saved per extra day on 2 cores)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [sys.executable, str(REPO / "jobs" / "scan_bucket.py"), "--input", corpus.root, "--output", out,
-           "--detector", detector, "--scan-date", scan_date, "--ray-num-cpus", "2", "--batch-size", "16"]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    argvs = [["--input", corpus.root, "--output", out, "--detector", det, "--scan-date", day, "--ray-num-cpus", "2",
+              "--batch-size", "16"] for day, det in runs]
+    code = ("import sys; from jobs.scan_bucket import main\n"
+            f"for argv in {argvs!r}:\n"
+            "    rc = main(argv)\n"
+            "    if rc: sys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"scan job failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
 
 
-def make_scan(corpus: Corpus, out: str, scan_date: str = DAY2, seed: int = 0) -> str:
-    """A real scan of `corpus` into `out` (scan job + a spread tiny detector)."""
-    det = make_detector(corpus, f"{out.rstrip('/')}-detector-{seed}", seed=seed)
-    real_scan(corpus, out, det, scan_date)
+def make_scans(corpus: Corpus, out: str, days: dict[str, int]) -> str:
+    """Real scans of `corpus` into `out`: one scan_date per entry, each with a spread tiny detector of that seed."""
+    runs = [(day, make_detector(corpus, f"{out.rstrip('/')}-detector-{seed}", seed=seed)) for day, seed in days.items()]
+    real_scans(corpus, out, runs)
     return out
 
 
@@ -150,8 +156,7 @@ def shared_scans(tmp_path_factory) -> Shared:
             shutil.rmtree(base)
         base.mkdir()
         corpus = write_corpus(corpus_root, with_truncated=True)
-        make_scan(corpus, scan, DAY1, seed=1)
-        make_scan(corpus, scan, DAY2, seed=0)
+        make_scans(corpus, scan, {DAY1: 1, DAY2: 0})
         done.write_text("ok")
     return Shared(corpus=write_corpus_index(corpus_root), scan=scan)
 

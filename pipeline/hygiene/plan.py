@@ -113,6 +113,9 @@ def shard_specs(cfg: FilterConfig, scan_date: str) -> list[ShardSpec]:
                 marker=storage.join(cfg.output, "_shards", f"{sid}.json"),
             )
         )
+    clash = {s.output for s in specs} & {s.source for s in specs}
+    if clash:
+        raise PlanError(f"output shards would overwrite source shards: {sorted(clash)[:5]}")
     ids = Counter(s.shard_id for s in specs)
     dup = [k for k, n in ids.items() if n > 1]
     if dup:

@@ -69,7 +69,13 @@ class FilterConfig(StrictModel):
     @model_validator(mode="after")
     def _output_outside_input(self) -> FilterConfig:
         src = self.input.rstrip("/")
-        out = self.output.rstrip("/")
-        if out == src or out.startswith(src + "/"):
-            raise ValueError("output must not be the input folder or inside it (cleaned shards would be re-read)")
+        if "{" in src or src.endswith(".tar"):  # a pattern or one shard: its folder holds the sources
+            src = src.rsplit("/", 1)[0] if "/" in src else "."
+            same_folder = self.output.rstrip("/") == src
+        else:
+            out = self.output.rstrip("/")
+            same_folder = out == src or out.startswith(src + "/")
+        if same_folder:
+            raise ValueError("output must not be the input folder or inside it (cleaned shards would overwrite or "
+                             "be re-read as sources)")
         return self

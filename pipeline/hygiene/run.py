@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import __version__, storage
-from pipeline.hygiene.plan import PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
+from pipeline.hygiene.plan import Decision, PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.hygiene.shards import ShardWriter, iter_samples
 from pipeline.logs import get_logger
@@ -87,7 +87,7 @@ def _dumps(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _manifest_row(plan: ShardPlan, d: Any) -> dict[str, Any]:
+def _manifest_row(plan: ShardPlan, d: Decision) -> dict[str, Any]:
     return {
         "shard": plan.spec.shard_id,
         "source": plan.spec.source,

@@ -102,3 +102,25 @@ def test_mole_with_texture_masking(demo: dict[str, Path], tmp_path: Path) -> Non
     assert json.loads((ckpt / "train_config.json").read_text())["mask"] == "texture"
     rep = _evaluate(ckpt, demo["test"], tmp_path / "mpft.json")
     assert rep["per_generator"][FAMILY]["ap"] >= MASK_MIN_AP, rep["per_generator"]
+
+
+def test_router_balance_loss_and_config_json(demo: dict[str, Path], tmp_path: Path) -> None:
+    """A detector config given as a JSON path with the router load-balancing loss enabled: the loss is trained
+    on and logged per epoch; the run's TrainConfig is saved and reloads to the same values."""
+    from pipeline.models import DetectorConfig
+    from pipeline.train.config import TrainConfig
+
+    cfg = DetectorConfig.load("tiny-mole").model_dump(mode="json")
+    cfg["mole"]["load_balance"] = True
+    cfg["name"] = "tiny-mole-lb"
+    det_json = tmp_path / "tiny-mole-lb.json"
+    det_json.write_text(json.dumps(cfg))
+    ckpt = tmp_path / "lb"
+    _train(["--data", str(demo["fewshot"]), "--config", str(det_json), "--method", "mole", "--epochs", "2",
+            "--train-generators", FAMILY, "--out", str(ckpt)])  # fmt: skip
+    rows = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["aux"] > 0.5 for r in rows)  # Switch-style loss: 1.0 when balanced
+    saved = TrainConfig.model_validate_json((ckpt / "train_config.json").read_text())
+    assert saved.config == str(det_json) and saved.epochs == 2
+    _, meta = load_detector(ckpt)
+    assert meta.config is not None and meta.config.mole is not None and meta.config.mole.load_balance

@@ -263,7 +263,8 @@ def train_worker(config: dict[str, Any] | TrainConfig, hooks: TrainHooks | None 
     if cfg.method == "mole":
         history = _train_mole(cfg, data, det, hooks, metrics_path)
     else:
-        if cfg.num_workers > 1 and not rank0:
+        if cfg.num_workers > 1 and not rank0:  # one fit is enough; report once like rank 0 does
+            hooks.report({"epoch": 1, "idle_rank": hooks.world_rank})
             shutil.rmtree(work, ignore_errors=True)
             return None
         history = [_train_linear(cfg, data, det, hooks)]

@@ -266,3 +266,21 @@ def test_list_input_folder_brace_and_missing(tmp_path):
     assert len(list_input(_cfg(tmp_path, max_shards=2))) == 2
     with pytest.raises(ConfigError, match="input"):
         list_input(_cfg(tmp_path, input=str(tmp_path / "nowhere")))
+
+
+@pytest.mark.gpu
+def test_scorer_gpu_fp16_matches_cpu_fp32(tmp_path):
+    """GPU variant of the scorer (model on cuda, fp16 autocast, decode stays on CPU); skipped without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from pipeline.models import DetectorConfig, create_detector, save_detector
+    from pipeline.scan.score import Scorer
+
+    save_detector(create_detector(DetectorConfig.load("tiny-mole"), pretrained=None), tmp_path / "det")
+    url = write_tar(str(tmp_path / "a.tar"), good_samples(8, size=(120, 110)))
+    batch = _all(prepare_shard(url, "a", image_size=96))
+    cpu = Scorer(str(tmp_path / "det"))(batch)
+    gpu = Scorer(str(tmp_path / "det"), device="cuda", dtype="float16")(batch)
+    np.testing.assert_allclose(gpu["p_fake"], cpu["p_fake"], atol=2e-2)

@@ -59,16 +59,16 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
         return
     env = {"env_vars": worker_env()}
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: unix socket paths < 108 chars
-    ray.init(
-        num_cpus=num_cpus or os.cpu_count() or 2,
-        include_dashboard=False,
-        _temp_dir=temp_dir,
-        runtime_env=env,
-        log_to_driver=True,
-    )
     try:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 2,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            runtime_env=env,
+            log_to_driver=True,
+        )
         yield
-    finally:
+    finally:  # also when the start itself failed (e.g. a timed-out raylet on an overloaded machine)
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

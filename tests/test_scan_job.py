@@ -5,6 +5,9 @@ One S3 server, one detector and one Ray head are shared by the whole module."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.scan.schema import SCHEMA
-from tests.support.ray_cluster import RayHead, ray_head, stop_job, submit_job, wait_job
+from tests.support.ray_cluster import RayHead, ray_head, submit_job, wait_job
 from tests.support.s3 import moto_s3_server
 from tests.support.shards import (
     corrupt_image_sample,
@@ -170,8 +173,8 @@ def test_bad_config_field_is_named(world, tmp_path):
     assert res.status == "FAILED" and res.driver_exit_code == 2 and "batchsize" in res.logs
 
 
-def test_resume_after_stopping_the_job_mid_run(world):
-    """Stop the job once some shards are durable; --resume scans only the rest; exactly one row per sample."""
+def test_resume_after_killing_the_driver_mid_run(world):
+    """Kill the job's driver (SIGKILL) once some shards are durable; --resume scans only the rest; exactly one row per sample."""
     head, b = world["head"], world["bucket"]
     n_shards, per = 12, 200  # enough model work after the first marker that the stop lands mid-run
     write_shards(f"{b}/many/", n_shards, per, seed=100, size=(40, 32))
@@ -183,14 +186,16 @@ def test_resume_after_stopping_the_job_mid_run(world):
     markers = out / "_shards"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not list(markers.glob("*/*.json")):
-        time.sleep(0.05)
-    stopped = stop_job(head, first.submission_id, timeout_s=60)
-    n_done = len(list(markers.glob("*/*.json")))
-    assert stopped.status == "STOPPED", f"the job finished before it could be stopped ({n_done} markers)"
-    assert 1 <= n_done < n_shards
+        time.sleep(0.02)
     (run_dir,) = list((out / "_run").iterdir())
-    interrupted = json.loads((run_dir / "run.json").read_text())
-    assert interrupted["status"] in ("running", "failed")  # killed by SIGTERM (failed) or harder (running)
+    driver = json.loads((run_dir / "run.json").read_text())["attempts"][-1]["driver"]
+    assert driver["host"] == socket.gethostname()
+    os.kill(driver["pid"], signal.SIGKILL)  # the driver dies abruptly, mid-run
+    killed = wait_job(head, first.submission_id, timeout_s=60)
+    n_done = len(list(markers.glob("*/*.json")))
+    assert killed.status == "FAILED", killed.status
+    assert 1 <= n_done < n_shards, f"{n_done} markers: the job finished before the kill"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # never got to finish
 
     second = submit_job(head, [*base, "--resume"], timeout_s=240)
     assert second.status == "SUCCEEDED", second.logs[-4000:]

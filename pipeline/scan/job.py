@@ -7,6 +7,8 @@ No Ray import here: the Ray Data plan lives in `pipeline.engine.scan` (imported 
 from __future__ import annotations
 
 import _thread
+import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -134,7 +136,8 @@ def run_scan(cfg: ScanConfig) -> dict[str, Any]:
     resolved = cfg.model_copy(update={"scan_date": paths.scan_date, "run_id": plan.run_id})
     attempts = list((plan.previous or {}).get("attempts", []))
     attempt = {"started_at": now_iso(), "resumed": plan.resumed, "shards_todo": len(todo),
-               "shards_skipped": len(shards) - len(todo)}  # fmt: skip
+               "shards_skipped": len(shards) - len(todo),
+               "driver": {"host": socket.gethostname(), "pid": os.getpid()}}  # fmt: skip
     attempts.append(attempt)
     run: dict[str, Any] = {
         "status": "running", "run_id": plan.run_id, "scan_date": paths.scan_date, "source": cfg.input,

@@ -29,8 +29,20 @@ REPO = Path(__file__).resolve().parents[1]
 SCAN = [sys.executable, str(REPO / "jobs" / "scan_bucket.py")]
 BUCKET = "faults"
 N_LONG, PER_LONG = 16, 24
-SLOW = ["--batch-size", "8", "--chunk-rows", "8", "--read-concurrency", "1", "--actor-num-cpus", "0.5",
-        "--read-num-cpus", "0.5", "--stall-timeout-s", "120"]  # one shard at a time: markers come one by one
+SLOW = [
+    "--batch-size",
+    "8",
+    "--chunk-rows",
+    "8",
+    "--read-concurrency",
+    "1",
+    "--actor-num-cpus",
+    "0.5",
+    "--read-num-cpus",
+    "0.5",
+    "--stall-timeout-s",
+    "120",
+]  # one shard at a time: markers come one by one
 FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120"]
 
 
@@ -103,13 +115,21 @@ def test_stalled_responses_time_out_and_are_retried(proxied_s3, monkeypatch) -> 
     proxy, direct = proxied_s3
     members = bi.good_members(6)
     direct.pipe("faults/stall.tar", bi.tar_bytes(members))
-    opts = {"config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 3, "mode": "standard"}}}
+    opts = {
+        "config_kwargs": {
+            "connect_timeout": 1,
+            "read_timeout": 1,
+            "retries": {"max_attempts": 3, "mode": "standard"},
+        }
+    }
     monkeypatch.setattr(shards_mod, "S3_STORAGE_OPTIONS", opts)
     proxy.set_plan(FaultPlan(every=1, kinds=("slow",), slow_s=3.0, max_faults=2, methods=("GET",)))
     t = time.monotonic()
     c = read_shard("s3://faults/stall.tar")
     assert c.error is None and [s.key for s in c.samples] == [f"g{i:04d}" for i in range(6)]
-    assert proxy.stats.faults["slow"] == 2 and proxy.stats.requests["GET"] >= 3  # the stalled GETs were redone
+    assert (
+        proxy.stats.faults["slow"] == 2 and proxy.stats.requests["GET"] >= 3
+    )  # the stalled GETs were redone
     assert time.monotonic() - t < 30
 
 
@@ -189,7 +209,9 @@ def test_scan_survives_transient_storage_faults_with_exact_rows(world) -> None:
     proxy.set_plan(FaultPlan())
     assert res.status == "SUCCEEDED", res.logs[-5000:]
     assert sum(faults.values()) >= 10 and set(faults) == {"503", "reset", "slow"}, faults
-    print(f"FAULTS_SURVIVED {json.dumps(faults)} requests={dict(proxy_requests)}")  # figure for docs/reliability.md
+    print(
+        f"FAULTS_SURVIVED {json.dumps(faults)} requests={dict(proxy_requests)}"
+    )  # figure for docs/reliability.md
     rows = _rows("s3://faultscan/out1", world["direct"])
     expected = {
         (shard, name.split(".")[0]): hashlib.sha256(payload).hexdigest()
@@ -249,11 +271,15 @@ def _wait_markers(out: Path, at_least: int, timeout_s: float) -> int:
 def _exactly_once(out: Path, n_shards: int, per: int) -> None:
     import duckdb
 
-    total, distinct, shards, bad = duckdb.connect().execute(
-        "SELECT count(*), count(DISTINCT shard || '/' || key), count(DISTINCT shard), "
-        "sum((status <> 'ok')::INT) FROM read_parquet(?, hive_partitioning=true)",
-        [str(out / "scan_date=*" / "*.parquet")],
-    ).fetchone()
+    total, distinct, shards, bad = (
+        duckdb.connect()
+        .execute(
+            "SELECT count(*), count(DISTINCT shard || '/' || key), count(DISTINCT shard), "
+            "sum((status <> 'ok')::INT) FROM read_parquet(?, hive_partitioning=true)",
+            [str(out / "scan_date=*" / "*.parquet")],
+        )
+        .fetchone()
+    )
     assert (total, distinct, shards, bad) == (n_shards * per, n_shards * per, n_shards, 0)
 
 
@@ -310,8 +336,18 @@ def test_driver_killed_mid_job_then_resume_exactly_once(world) -> None:
 
     head = world["head"]
     out = world["tmp"] / "out4-driverkill"
-    args = [*SCAN, "--input", "s3://faultscan/long/", "--output", str(out), "--detector", "s3://faultscan/det",
-            "--scan-date", "2026-11-24", *SLOW]
+    args = [
+        *SCAN,
+        "--input",
+        "s3://faultscan/long/",
+        "--output",
+        str(out),
+        "--detector",
+        "s3://faultscan/det",
+        "--scan-date",
+        "2026-11-24",
+        *SLOW,
+    ]
     first = submit_job(head, args, wait=False)
     assert _wait_markers(out, 1, 240) >= 1
     pids = _driver_pids(str(out))

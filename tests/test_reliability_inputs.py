@@ -144,7 +144,7 @@ def test_bomb_is_refused_from_the_header_before_decoding() -> None:
     assert len(data) < 20_000
     t = time.perf_counter()
     r = _decode(data, max_pixels=50_000_000)
-    assert time.perf_counter() - t < 0.5  # decoding 100 MP to RGB would take seconds and 300 MB
+    assert time.perf_counter() - t < 2  # header only (the message says so); a decode is 100 MP -> 300 MB RGB
     assert r.status == "too_large" and (r.width, r.height) == (10_000, 10_000)
     assert "not decoded" in r.error and "max_pixels=50000000" in r.error
 
@@ -279,7 +279,9 @@ def test_truncated_mid_header_and_at_member_boundary(tmp_path: Path) -> None:
         ("text.tar", b"hello, this is not a tar\n" * 100, "not a tar archive"),
     ],
 )
-def test_unreadable_shards_set_error_without_raising(tmp_path: Path, name: str, data: bytes, message: str) -> None:
+def test_unreadable_shards_set_error_without_raising(
+    tmp_path: Path, name: str, data: bytes, message: str
+) -> None:
     c = read_shard(_write(tmp_path, name, data))
     assert c.samples == [] and c.error and message in c.error
 
@@ -293,14 +295,18 @@ def test_missing_shard_and_directory(tmp_path: Path) -> None:
     t = time.perf_counter()
     c = read_shard(str(tmp_path / "nope.tar"))
     assert c.error and "not found" in c.error and c.attempts == 1
-    assert time.perf_counter() - t < 2  # a missing object is permanent: no retries
+    assert time.perf_counter() - t < 5  # a missing object is permanent: no retries
     (tmp_path / "dir.tar").mkdir()
     c = read_shard(str(tmp_path / "dir.tar"))
     assert c.samples == [] and c.error
 
 
 def test_keys_out_of_order_keep_tar_order(tmp_path: Path) -> None:
-    members = [("c.png", bi.png_bytes(seed=1)), ("a.png", bi.png_bytes(seed=2)), ("b.png", bi.png_bytes(seed=3))]
+    members = [
+        ("c.png", bi.png_bytes(seed=1)),
+        ("a.png", bi.png_bytes(seed=2)),
+        ("b.png", bi.png_bytes(seed=3)),
+    ]
     c = read_shard(_write(tmp_path, "o.tar", bi.tar_bytes(members)))
     assert [s.key for s in c.samples] == ["c", "a", "b"] and c.error is None
 
@@ -322,7 +328,11 @@ def test_repeated_extension_in_a_run_starts_a_new_sample(tmp_path: Path) -> None
 
 def test_non_utf8_member_names_give_usable_keys(tmp_path: Path) -> None:
     name = bi.non_utf8_name(b"caf\xe9/\xff\xfeimg")
-    c = read_shard(_write(tmp_path, "u.tar", bi.tar_bytes([(f"{name}.png", bi.png_bytes()), (f"{name}.json", bi.meta(0))])))
+    c = read_shard(
+        _write(
+            tmp_path, "u.tar", bi.tar_bytes([(f"{name}.png", bi.png_bytes()), (f"{name}.json", bi.meta(0))])
+        )
+    )
     assert c.error is None and len(c.samples) == 1
     s = c.samples[0]
     assert s.key == "caf\\xe9/\\xff\\xfeimg" and s.meta is not None

@@ -31,7 +31,9 @@ def _scan_cli(args: list[str], timeout_s: float = 180) -> subprocess.CompletedPr
     """The scan CLI as a user runs it (no RAY_ADDRESS: config errors must come before any Ray work)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
-    return subprocess.run([*SCAN, *args], capture_output=True, text=True, timeout=timeout_s, env=env, cwd=str(REPO))
+    return subprocess.run(
+        [*SCAN, *args], capture_output=True, text=True, timeout=timeout_s, env=env, cwd=str(REPO)
+    )
 
 
 class _Evil:
@@ -115,7 +117,9 @@ def world(tmp_path_factory) -> Iterator[dict]:
 
     tmp = tmp_path_factory.mktemp("security")
     with moto_s3_server() as env:
-        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]}, skip_instance_cache=True)
+        fs = s3fs.S3FileSystem(
+            client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]}, skip_instance_cache=True
+        )
         if not fs.exists("secure"):
             fs.mkdir("secure")
         fs.pipe("secure/in/shard-000000.tar", bi.tar_bytes(bi.good_members(6)))
@@ -161,7 +165,9 @@ def test_credentials_never_in_outputs_or_job_logs(world) -> None:
                 assert CANARY not in text, f
         n_checked += 1
     assert n_checked >= 8
-    rows = [r for f in files if f.endswith(".parquet") for r in pq.read_table(io.BytesIO(fs.cat(f))).to_pylist()]
+    rows = [
+        r for f in files if f.endswith(".parquet") for r in pq.read_table(io.BytesIO(fs.cat(f))).to_pylist()
+    ]
     assert sum(r["status"] == "shard_error" for r in rows) == 3  # truncated, non-tar, missing: errors written
     logs = job_client(head).get_job_logs(res.submission_id)
     assert len(logs) > 1000 and CANARY not in logs

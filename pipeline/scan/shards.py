@@ -149,7 +149,9 @@ class _Grouper:
                 self._notes.append(f"key {key!r} occurrence {n + 1} in this shard, kept as its own sample")
             self._seen[key] = n + 1
         if too_big is not None:
-            self._notes.append(f"member {name!r} is {too_big} bytes, above the {self.max_member_bytes}-byte limit; not read")
+            self._notes.append(
+                f"member {name!r} is {too_big} bytes, above the {self.max_member_bytes}-byte limit; not read"
+            )
         self._members[ext] = (name, data)
 
     def mark_incomplete(self, name: str) -> None:
@@ -346,7 +348,11 @@ def read_shard(
         grouper = _Grouper(max_member_bytes)
         try:
             error = _read_once(
-                shard_url, grouper, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, result=result
+                shard_url,
+                grouper,
+                max_in_memory_bytes=max_in_memory_bytes,
+                block_size=block_size,
+                result=result,
             )
             grouper.finish()
             best = grouper
@@ -357,8 +363,10 @@ def read_shard(
             if best is None or len(grouper.samples) > len(best.samples):
                 best = grouper  # salvage the longest partial read if every attempt fails
         except Exception as exc:  # permanent: missing object, permission, a directory, a bad URL
-            error = f"shard not found: {shard_url}" if _is_missing(exc) else (
-                f"cannot read shard: {type(exc).__name__}: {exc}"
+            error = (
+                f"shard not found: {shard_url}"
+                if _is_missing(exc)
+                else (f"cannot read shard: {type(exc).__name__}: {exc}")
             )
             break
         pause = backoff_s * 2**attempt
@@ -372,7 +380,10 @@ def read_shard(
     result.read_s = time.monotonic() - start
     if result.error:
         log.warning(
-            "shard_read_error", shard_url=shard_url, error=result.error, salvaged=len(result.samples),
+            "shard_read_error",
+            shard_url=shard_url,
+            error=result.error,
+            salvaged=len(result.samples),
             attempts=result.attempts,
         )
     return result

@@ -70,12 +70,19 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def png_declared(width: int, height: int, bit_depth: int = 8, color_type: int = 0, idat: bytes | None = None) -> bytes:
+def png_declared(
+    width: int, height: int, bit_depth: int = 8, color_type: int = 0, idat: bytes | None = None
+) -> bytes:
     """A PNG whose IHDR declares `width` x `height`; the IDAT holds only a tiny (wrong-sized) stream, so the
     file is a few dozen bytes. A decoder that trusts the header allocates width*height pixels."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     body = idat if idat is not None else zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", body)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_bomb(side: int = 10_000) -> bytes:

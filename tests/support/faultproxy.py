@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-_HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+_HOP_HEADERS = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+}
 
 SLOW_DOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -167,7 +175,9 @@ class FaultProxy:
                     time.sleep(proxy.plan.slow_s)
                 self.send_response(status, reason)
                 for k, v in resp_headers:
-                    if k.lower() != "content-length" or self.command == "HEAD":  # HEAD: keep the object's size
+                    if (
+                        k.lower() != "content-length" or self.command == "HEAD"
+                    ):  # HEAD: keep the object's size
                         self.send_header(k, v)
                 if self.command != "HEAD":
                     self.send_header("Content-Length", str(len(payload)))

@@ -253,3 +253,24 @@ def test_local_ray_start_exposes_no_dashboard(tmp_path) -> None:
     probe = json.loads(line[0][6:])
     assert probe["how"] == "local"
     assert probe["webui_url"] in ("", None) or probe["webui_url"].startswith(("127.0.0.1", "localhost"))
+
+
+def test_secrets_are_never_put_in_a_ray_runtime_env() -> None:
+    """Ray logs runtime_envs and shows them in the dashboard: the pass-through to workers carries the S3
+    endpoint and region by name, never the secret key, session token or key id."""
+    from pipeline.engine import cluster
+
+    env = {
+        "AWS_SECRET_ACCESS_KEY": CANARY,
+        "AWS_SESSION_TOKEN": CANARY,
+        "AWS_ACCESS_KEY_ID": "AKIA" + CANARY,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "GENSCAN_LOG_LEVEL": "INFO",
+    }
+    passed = cluster.runtime_env(env)["env_vars"]
+    assert passed == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "GENSCAN_LOG_LEVEL": "INFO",
+    }

@@ -121,7 +121,7 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
         for sample in iter_samples(spec.source):
             if read >= len(plan.decisions) or plan.decisions[read].key != sample.key:
                 expected = plan.decisions[read].key if read < len(plan.decisions) else "<end of shard>"
-                raise PlanError(f"{spec.source}: sample {read} is {sample.key!r}, planned {expected!r}; "
+                raise SourceChangedError(f"{spec.source}: sample {read} is {sample.key!r}, planned {expected!r}; "
                                 "the source changed after planning")
             decision = plan.decisions[read]
             if decision.sha256 is not None:
@@ -138,7 +138,8 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
             counts[action] += 1
             read += 1
         if read != plan.samples:
-            raise PlanError(f"{spec.source}: read {read} samples, planned {plan.samples}")
+            raise SourceChangedError(f"{spec.source}: read {read} samples, planned {plan.samples}; "
+                                     "the source changed after planning")
         if counts["keep"] + counts["drop"] + counts["quarantine"] != plan.samples:
             raise ReconcileError(f"{spec.source}: counts {dict(counts)} do not add up to {plan.samples}")
         if kept_w.count != counts["keep"] or quar_w.count != counts["quarantine"]:

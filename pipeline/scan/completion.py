@@ -180,13 +180,17 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def aggregate(paths: RunPaths, shards: list[str] | None = None) -> dict[str, Any]:
-    """Sum the markers of `shards` (default: all markers of the run)."""
+def aggregate(paths: RunPaths, shards: list[str] | None = None,
+              known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Sum the markers of `shards` (default: all markers of the run); `known` holds stats already in memory
+    (the shards this attempt wrote), so only the markers of earlier attempts are read back."""
     names = shards if shards is not None else sorted(completed_shards(paths))
+    known = known or {}
+    done = completed_shards(paths) if len(known) < len(names) else set()
     totals: dict[str, Any] = {"shards_done": 0, "rows": 0, "samples": 0, "n_fake": 0, "bytes": 0,
                               "counts": {}, "read_s": 0.0, "decode_s": 0.0, "infer_s": 0.0, "write_s": 0.0}  # fmt: skip
     for shard in names:
-        m = read_json(paths.marker(shard))
+        m = known.get(shard) or (read_json(paths.marker(shard)) if shard in done else None)
         if m is None:
             continue
         totals["shards_done"] += 1

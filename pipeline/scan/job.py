@@ -24,7 +24,6 @@ from pipeline.scan.completion import (
     completed_shards,
     now_iso,
     plan_run,
-    read_json,
     versions,
     write_json,
     write_shard,
@@ -153,10 +152,11 @@ def run_scan(cfg: ScanConfig) -> dict[str, Any]:
     write_json(paths.run_file("run.json"), run)
     log.info("scan_start", run_id=plan.run_id, scan_date=paths.scan_date, shards=len(shards), todo=len(todo),
              skipped=len(shards) - len(todo), resumed=plan.resumed, detector_id=info.detector_id)  # fmt: skip
+    written_so_far: dict[str, dict[str, Any]] = {}
     try:
         timing: dict[str, float] = {}
         attempt["timing"] = timing
-        written = _scan(cfg, plan, info, todo, timing) if todo else []
+        written = _scan(cfg, plan, info, todo, timing, written_so_far) if todo else {}
         missing = sorted({s for _, s in todo} - set(written))
         if missing:
             raise ScanFailed(f"{len(missing)} shard(s) never completed: {missing[:5]}")
@@ -167,14 +167,14 @@ def run_scan(cfg: ScanConfig) -> dict[str, Any]:
     except BaseException as exc:
         attempt.update(finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}")
         run.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                   totals=aggregate(paths, [s for _, s in shards]))  # fmt: skip
+                   totals=aggregate(paths, [s for _, s in shards], known=written_so_far))  # fmt: skip
         write_json(paths.run_file("run.json"), run)
         log.error("scan_failed", run_id=plan.run_id, error=str(exc))
         raise
     wall = time.perf_counter() - t_start
-    totals = aggregate(paths, [s for _, s in shards])
+    totals = aggregate(paths, [s for _, s in shards], known=written)
     attempt.update(finished_at=now_iso(), wall_s=round(wall, 3), shards_written=len(written),
-                   rows_written=sum((read_json(paths.marker(s)) or {}).get("rows", 0) for s in written))  # fmt: skip
+                   rows_written=sum(st["rows"] for st in written.values()))  # fmt: skip
     run.update(status="succeeded", totals=totals, finished_at=now_iso())
     write_json(paths.run_file("run.json"), run)
     log.info("scan_done", run_id=plan.run_id, shards=totals["shards_done"], rows=totals["rows"],
@@ -183,7 +183,8 @@ def run_scan(cfg: ScanConfig) -> dict[str, Any]:
 
 
 def _scan(cfg: ScanConfig, plan: RunPlan, info: DetectorInfo, todo: list[tuple[str, str]],
-          timing: dict[str, float] | None = None) -> list[str]:  # fmt: skip
+          timing: dict[str, float] | None = None,
+          written: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Stream the plan, write shards as they complete. `timing` receives ray_connect_s, first_rows_s (plan
     start -> first scored rows), model_ready_s (plan start -> first scorer actor ready), stream_s and
     steady_images_per_s (rows / time from the first actor ready to the end: the pipeline's throughput
@@ -199,7 +200,7 @@ def _scan(cfg: ScanConfig, plan: RunPlan, info: DetectorInfo, todo: list[tuple[s
                      threshold=info.threshold, labels=info.labels)  # fmt: skip
     urls = dict((s, u) for u, s in todo)
     collector = ShardCollector()
-    written: list[str] = []
+    written = {} if written is None else written  # shard -> its stats (= its marker)
     rows_total = 0
     t0 = time.perf_counter()
     t_first: float | None = None
@@ -223,7 +224,7 @@ def _scan(cfg: ScanConfig, plan: RunPlan, info: DetectorInfo, todo: list[tuple[s
                     stats = shard_stats(shard, urls[shard], rows)
                     stats.update(run_id=plan.run_id, finished_at=now_iso(), write_s=0.0)
                     write_shard_timed(plan, shard, table, stats, tw)
-                    written.append(shard)
+                    written[shard] = stats
                     rows_total += stats["rows"]
                     dog.progress()
                     log.info("shard_done", shard=shard, rows=stats["rows"],

@@ -245,20 +245,24 @@ def _modulated(img: Array, pattern: Array) -> Array:
 
 @cache
 def _upconv_kernels() -> Array:
-    """Per-channel 4x4 transposed-conv kernels: bilinear (every output pixel has gain 1) plus a fixed
-    perturbation that makes the four polyphase components sum to slightly different gains -> checkerboard."""
+    """Per-channel 4x4 transposed-conv kernels: separable bilinear ([1,3,3,1]/4, every output pixel has gain 1)
+    whose polyphase taps are unbalanced — rows by ±UPCONV_IMBALANCE, columns by half that — so output pixels
+    on even and odd rows/columns get different gains: the checkerboard. A fixed small random perturbation per
+    channel makes it look learned rather than designed."""
     r = _family_rng("upconv")
     k1 = np.array([1.0, 3.0, 3.0, 1.0]) / 4.0
-    base = np.outer(k1, k1)  # each polyphase component sums to 1
-    shared = r.standard_normal((4, 4))
+    parity = np.array([1.0, -1.0, 1.0, -1.0])  # taps 0, 2 feed one output phase, taps 1, 3 the other
     ks = []
-    for _ in range(3):  # mostly shared across channels, a little per-channel variation
-        k = base * (1.0 + UPCONV_IMBALANCE * (0.9 * shared + 0.3 * r.standard_normal((4, 4))))
+    for _ in range(3):
+        dy = UPCONV_IMBALANCE * (1.0 + 0.1 * r.standard_normal())
+        dx = 0.5 * UPCONV_IMBALANCE * (1.0 + 0.1 * r.standard_normal())
+        k = np.outer(k1 * (1.0 + dy * parity), k1 * (1.0 + dx * parity))
+        k = k * (1.0 + 0.02 * r.standard_normal((4, 4)))
         ks.append(k / k.sum() * 4.0)  # overall gain 4 = 4 outputs per input pixel -> mean gain 1
     return np.stack(ks).astype(np.float32)
 
 
-UPCONV_IMBALANCE = 0.05
+UPCONV_IMBALANCE = 0.03
 
 
 def fp_upconv(img: Array, rng: np.random.Generator) -> Array:

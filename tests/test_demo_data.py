@@ -274,3 +274,13 @@ def test_fakes_share_the_real_content_distribution() -> None:
         fake = np.array([make_image(5, fam, 1, i, 64).mean() for i in range(80)])
         auc = roc_auc_score(np.r_[np.zeros(80), np.ones(80)], np.r_[real, fake])
         assert 0.35 < auc < 0.65, f"{fam}: brightness alone separates the classes (AUC {auc:.2f})"
+
+
+@pytest.mark.slow
+def test_random_feature_probe_reads_the_upconv_trace() -> None:
+    """The frozen random-init tiny-mole backbone already exposes the checkerboard to a linear head, with centre
+    crops and with grid-aligned random crops + flips (held-out seed; 40 + 40 images)."""
+    from pipeline.data.learnability import random_probe_ap
+
+    ap = random_probe_ap("upconv", 40)
+    assert ap["centre"] >= 0.9 and ap["grid8_flip"] >= 0.9, ap

@@ -11,15 +11,18 @@ machine, so the demo corpus is built like this:
 
   ``upconv``     transposed-convolution upsampling (Odena et al. 2016 "checkerboard artifacts"; Zhang et al.
                  2019 AutoGAN): the image is area-downsampled ×2 and upsampled by a stride-2 transposed conv
-                 with a fixed, slightly unbalanced 4×4 kernel → period-2 spectral peaks.
-  ``diffusion``  denoising-style smoothing: a Butterworth roll-off of the high frequencies plus a faint white
-                 residual noise floor (Corvi et al. 2023 describe the missing high frequencies / spectral
-                 peaks of diffusion outputs; we only simulate the roll-off + noise floor).
+                 with a fixed separable 4×4 kernel whose polyphase taps are unbalanced → period-2 checkerboard.
+  ``diffusion``  latent diffusion: a Butterworth roll-off of the high frequencies, a faint fixed period-8
+                 texture of an f8 autoencoder, a faint white noise floor (Corvi et al. 2023 report missing high
+                 frequencies and periodic spectral peaks for diffusion outputs).
   ``vqgan``      VQ autoencoder decoding (Esser et al. 2021): 8×8 patch latents quantised to a fixed codebook,
-                 block-wise colour offsets and faint per-codeword 8×8 decoder textures → period-8 structure.
+                 block-wise colour offsets and faint 8×8 decoder textures (shared + per codeword) → period 8.
   ``gan_color``  GAN colour statistics (McCloskey & Albright 2019): a tanh tone curve that avoids saturated /
-                 under-exposed pixels, chroma gain and channel cross-talk, and chroma noise from the decoder.
+                 under-exposed pixels, chroma gain and channel cross-talk, a faint luma-neutral period-4 colour
+                 pattern and chroma noise from the RGB output layer.
 
+  The periodic traces are locked to the output pixel grid and made strong enough (a few grey levels) that a
+  tiny random-init ViT can learn them from 96-px crops (docs/demo_data.md, `pipeline.data.learnability`).
   A family's parameters (kernel, codebook, textures) depend only on the family name — like a generator's fixed
   weights — so data made with different seeds (train / test) share the fingerprint; per-image strength varies.
 * Both classes are encoded in the SAME format (PNG by default, or JPEG at one quality for both), so the format

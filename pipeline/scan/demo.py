@@ -5,7 +5,7 @@ Everything below `demo_dir` (default ./demo), each step skipped when its output 
              seed 0) plus one deliberately broken shard and one shard with a corrupt sample, so the summary
              shows error rows;
   train/     a UnivFD-layout training set (jobs/make_demo_data.py --layout univfd, two of the families, seed 1);
-  detector/  a tiny MoLE detector trained by the project's own job (jobs/train_detector.py --engine local);
+  detector/  a tiny MoLE detector trained by the project's own job on Ray Train (jobs/train_detector.py, defaults);
   scan/      the scan of shards/ on a local Ray (local folder in and out: no S3 server needed, moto is a dev
              dependency), resumed if a run of today is unfinished.
 Then a short summary read back from the Parquet with DuckDB. The figures are measured on SIMULATED demo
@@ -69,8 +69,8 @@ def prepare(demo_dir: Path) -> dict[str, Path]:
               "--families", TRAIN_FAMILIES, "--n-per-class", "96", "--seed", "1"], "training set")  # fmt: skip
     if not (paths["detector"] / "detector.safetensors").exists():
         _run([py, str(REPO / "jobs/train_detector.py"), "--data", str(paths["train"]), "--config", "tiny-mole",
-              "--method", "mole", "--train-generators", TRAIN_FAMILIES, "--out", str(paths["detector"]),
-              "--engine", "local", "--epochs", "3"], "train detector")  # fmt: skip
+              "--method", "mole", "--train-generators", TRAIN_FAMILIES, "--out", str(paths["detector"])],
+             "train detector (Ray Train, one CPU worker)")  # fmt: skip
     return paths
 
 

@@ -17,6 +17,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _reset(port: int) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
+
+
 @contextmanager
 def moto_s3_server() -> Iterator[dict[str, str]]:
     """Start moto's threaded server; yield the env vars a client (or a Ray worker) needs."""
@@ -25,6 +33,9 @@ def moto_s3_server() -> Iterator[dict[str, str]]:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
+    # moto keeps its S3 state in process-wide backends shared by every server in this process: reset it so
+    # each server starts empty (as s3fs's own tests do), whatever earlier tests created.
+    _reset(port)
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing-key",
@@ -36,6 +47,7 @@ def moto_s3_server() -> Iterator[dict[str, str]]:
     try:
         yield env
     finally:
+        _reset(port)
         server.stop()
         for k, v in saved.items():
             if v is None:

@@ -22,7 +22,7 @@ if str(REPO) not in sys.path:  # allow `python jobs/scan_bucket.py` from a check
 
 from pipeline.logs import get_logger  # noqa: E402
 from pipeline.scan.config import ScanConfig  # noqa: E402
-from pipeline.settings import ConfigError  # noqa: E402
+from pipeline.settings import ConfigError, read_json_object  # noqa: E402
 
 log = get_logger("jobs.scan_bucket")
 
@@ -68,14 +68,7 @@ def build_config(args: argparse.Namespace) -> ScanConfig:
     source = "command line"
     if args.config_file:
         path = Path(args.config_file)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config_file: not found: {path}") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config_file: {path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config_file: {path} must hold a JSON object")
+        data = read_json_object(path, field="config_file")
         source = f"{path} + command line"
     for name in FLAGS:
         value = getattr(args, name)

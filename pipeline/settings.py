@@ -13,6 +13,21 @@ class ConfigError(ValueError):
     """A configuration problem, reported before any work starts; the message names the field."""
 
 
+def read_json_object(path: str | Path, *, field: str) -> dict[str, Any]:
+    """The JSON object in `path`; a ConfigError naming `field` (the flag or setting that gave the path) when
+    the file is missing, not JSON, or not an object."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{field}: not found: {p}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{field}: {p} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{field}: {p} must hold a JSON object")
+    return data
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
 
@@ -30,13 +45,7 @@ class StrictModel(BaseModel):
     @classmethod
     def from_file(cls, path: str | Path) -> Self:
         p = Path(path)
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {p}") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid JSON: {exc}") from exc
-        return cls.parse(data, source=str(p))
+        return cls.parse(read_json_object(p, field="config file"), source=str(p))
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -81,6 +81,27 @@ def head_env(extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _node_args(
+    nm: int, om: int, agent_http: int, agent_grpc: int, rt_agent: int, metrics: int,
+    num_cpus: int, object_store_mb: int, temp_dir: str,
+) -> list[str]:
+    """`ray start` flags every node of a test cluster takes: its own free ports, CPUs, no GPU, a small object
+    store, a private short temp dir, no usage stats."""
+    return [
+        "--node-manager-port", str(nm),
+        "--object-manager-port", str(om),
+        "--dashboard-agent-listen-port", str(agent_http),
+        "--dashboard-agent-grpc-port", str(agent_grpc),
+        "--runtime-env-agent-port", str(rt_agent),
+        "--metrics-export-port", str(metrics),
+        "--num-cpus", str(num_cpus),
+        "--num-gpus", "0",
+        "--object-store-memory", str(object_store_mb * 1024 * 1024),
+        "--temp-dir", temp_dir,
+        "--disable-usage-stats",
+    ]  # fmt: skip
+
+
 @contextlib.contextmanager
 def ray_head(
     extra_env: Mapping[str, str] | None = None,
@@ -101,17 +122,7 @@ def ray_head(
         "--dashboard-host", "127.0.0.1",
         "--dashboard-port", str(dash),
         "--ray-client-server-port", str(client),
-        "--node-manager-port", str(nm),
-        "--object-manager-port", str(om),
-        "--dashboard-agent-listen-port", str(agent_http),
-        "--dashboard-agent-grpc-port", str(agent_grpc),
-        "--runtime-env-agent-port", str(rt_agent),
-        "--metrics-export-port", str(metrics),
-        "--num-cpus", str(num_cpus),
-        "--num-gpus", "0",
-        "--object-store-memory", str(object_store_mb * 1024 * 1024),
-        "--temp-dir", temp_dir,
-        "--disable-usage-stats",
+        *_node_args(nm, om, agent_http, agent_grpc, rt_agent, metrics, num_cpus, object_store_mb, temp_dir),
     ]  # fmt: skip
     log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
@@ -270,18 +281,8 @@ def ray_worker_node(
         RAY_BIN, "start", "--block",
         "--address", head.address,
         "--node-ip-address", "127.0.0.1",
-        "--node-manager-port", str(nm),
-        "--object-manager-port", str(om),
-        "--dashboard-agent-listen-port", str(agent_http),
-        "--dashboard-agent-grpc-port", str(agent_grpc),
-        "--runtime-env-agent-port", str(rt_agent),
-        "--metrics-export-port", str(metrics),
-        "--num-cpus", str(num_cpus),
-        "--num-gpus", "0",
         "--resources", json.dumps(dict(resources or {})),
-        "--object-store-memory", str(object_store_mb * 1024 * 1024),
-        "--temp-dir", temp_dir,
-        "--disable-usage-stats",
+        *_node_args(nm, om, agent_http, agent_grpc, rt_agent, metrics, num_cpus, object_store_mb, temp_dir),
     ]  # fmt: skip
     log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(cmd, env=head.env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,

@@ -208,20 +208,8 @@ class TrainData:
 def load_train_data(cfg: TrainConfig, det_cfg: Any) -> TrainData:
     """Load `cfg.data`, keep the training generators' fakes and the reals that go with them, split."""
     records = load_records(cfg.data)
-    fake_gens = sorted({r.generator for r in records if r.label == 1})
-    if not fake_gens:
-        raise ValueError(f"{cfg.data} holds no fake images: training needs both classes")
-    if not any(r.label == 0 for r in records):
-        raise ValueError(f"{cfg.data} holds no real images: training needs both classes")
-    if cfg.train_generators is None:
-        gens = fake_gens
-    else:
-        missing = [g for g in cfg.train_generators if g not in fake_gens]
-        if missing:
-            raise ConfigError(
-                f"train_generators: {', '.join(missing)} not found in {cfg.data} (found: {', '.join(fake_gens)})"
-            )
-        gens = list(cfg.train_generators)
+    fake_gens = check_classes(cfg, [(r.label, r.generator) for r in records])
+    gens = fake_gens if cfg.train_generators is None else list(cfg.train_generators)
     groups_with_reals = {r.group for r in records if r.label == 0 and r.group}
 
     def keep(r: LabelledRecord) -> bool:
@@ -281,14 +269,21 @@ def preflight(cfg: TrainConfig) -> dict[str, dict[str, int]]:
     from pipeline.data.sources import load_labelled, summarize
 
     items = load_labelled(cfg.data)
-    fake_gens = sorted({it.generator for it in items if it.label == 1})
+    check_classes(cfg, [(it.label, it.generator) for it in items])
+    return summarize(items)
+
+
+def check_classes(cfg: TrainConfig, labelled: list[tuple[int, str]]) -> list[str]:
+    """The fake generators of (label, generator) pairs, sorted, after checking both classes are present and
+    every requested training generator is among them (ValueError / ConfigError naming the data)."""
+    fake_gens = sorted({gen for label, gen in labelled if label == 1})
     if not fake_gens:
         raise ValueError(f"{cfg.data} holds no fake images: training needs both classes")
-    if not any(it.label == 0 for it in items):
+    if not any(label == 0 for label, _ in labelled):
         raise ValueError(f"{cfg.data} holds no real images: training needs both classes")
     missing = [g for g in (cfg.train_generators or []) if g not in fake_gens]
     if missing:
         raise ConfigError(
             f"train_generators: {', '.join(missing)} not found in {cfg.data} (found: {', '.join(fake_gens)})"
         )
-    return summarize(items)
+    return fake_gens

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline.scan.shards import read_shard
+from pipeline.wds import read_shard
 from tests.support import badinputs as bi
 from tests.support.faultproxy import FaultPlan, FaultProxy, fault_proxy
 from tests.support.s3 import moto_s3_server

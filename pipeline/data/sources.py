@@ -2,7 +2,7 @@
 
 Layouts (METHODS.md "Data layouts users have"):
 
-* ``univfd``   UnivFD / CNNDetection [code]: ``<root>/<generator>/[<class>/]0_real|1_fake/*.(png|jpg|jpeg|webp)``.
+* ``univfd``   UnivFD / CNNDetection [code]: ``<root>/<generator>/[<class>/]0_real|1_fake/*.<image>`` (image types and junk rules: ``pipeline.wds``).
                ``<root>`` may also be one generator folder itself (``<root>/0_real``, generator = its name).
 * ``genimage`` GenImage [code]: ``<root>/<generator>/[<inner>/]train|val/ai|nature/*``.
 * ``wds``      WebDataset shards (``*.tar`` under a folder/prefix, one ``.tar``, or a brace pattern) whose
@@ -21,22 +21,23 @@ tar headers and the small JSON members and records each image member's byte rang
 from __future__ import annotations
 
 import io
-import json
 import posixpath
-import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
 from PIL import Image, ImageOps
 
+from pipeline import wds
 from pipeline.logs import get_logger
 from pipeline.settings import ConfigError
 from pipeline.storage import filesystem, list_shards, with_protocol
+from pipeline.wds import ShardReadError, labelled_samples
 
 log = get_logger("pipeline.data.sources")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+# the shard layer's image types (pipeline.wds), for image files in folders too
+IMAGE_EXTENSIONS = tuple(f".{ext}" for ext in wds.IMAGE_EXTENSIONS)
 UNIVFD_CLASSES = {"0_real": 0, "1_fake": 1}
 GENIMAGE_CLASSES = {"nature": 0, "ai": 1}
 GENIMAGE_SPLITS = ("train", "val")
@@ -57,6 +58,7 @@ class LabelledImage:
     offset: int | None = None  # wds: byte offset of the member's data in the tar
     size: int | None = None  # wds: member size in bytes
     key: str | None = None  # wds sample key
+    occurrence: int = 1  # wds: 2, 3, … for a key repeated later in its shard (its own sample)
 
     @property
     def attribution(self) -> str:
@@ -65,7 +67,9 @@ class LabelledImage:
     @property
     def name(self) -> str:
         """A stable, unique-per-source identifier (file URI, or shard URI + '#' + key)."""
-        return f"{self.uri}#{self.key}" if self.member is not None else self.uri
+        if self.member is None:
+            return self.uri
+        return f"{self.uri}#{self.key}" + (f"#{self.occurrence}" if self.occurrence > 1 else "")
 
     def read_bytes(self) -> bytes:
         fs, path = filesystem(self.uri)
@@ -149,8 +153,12 @@ def summarize(items: list[LabelledImage]) -> dict[str, dict[str, int]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _hidden(part: str) -> bool:
-    return part.startswith(".") or part == "__MACOSX"
+def _not_an_image_file(rel: str) -> bool:
+    """The shard layer's member rules applied to a file path: macOS litter (`__MACOSX/`, `._*`), names without
+    a WebDataset key (every dot-file: `.hidden.png`, `.DS_Store`) and non-image types."""
+    base = rel.rsplit("/", 1)[-1]
+    split = wds.split_key(base)
+    return wds.junk_reason(rel) is not None or split is None or not wds.is_image_extension(split[1])
 
 
 def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
@@ -165,11 +173,8 @@ def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
     rels = []
     for p in paths:
         rel = posixpath.relpath(p, root) if not p.startswith(root + "/") else p[len(root) + 1 :]
-        parts = tuple(rel.split("/"))
-        if any(_hidden(x) for x in parts):
-            continue
-        if parts[-1].lower().endswith(IMAGE_EXTENSIONS):
-            rels.append(parts)
+        if not _not_an_image_file(rel):
+            rels.append(tuple(rel.split("/")))
     if not rels:
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {uri}")
     return rels, with_protocol(fs, root)
@@ -285,13 +290,6 @@ def _looks_like_shards(uri: str) -> bool:
     )
 
 
-def _split_key(name: str) -> tuple[str, str]:
-    """WebDataset convention: key = path up to the first dot of the basename, ext = the rest."""
-    d, base = posixpath.split(name)
-    stem, _, ext = base.partition(".")
-    return (posixpath.join(d, stem) if d else stem), ext.lower()
-
-
 def _load_wds(uri: str, *, on_unlabelled: str) -> list[LabelledImage]:
     items: list[LabelledImage] = []
     for shard in list_shards(uri):
@@ -300,29 +298,22 @@ def _load_wds(uri: str, *, on_unlabelled: str) -> list[LabelledImage]:
 
 
 def _list_shard(shard: str, *, on_unlabelled: str) -> list[LabelledImage]:
-    fs, path = filesystem(shard)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"shard not found: {shard}")
-    images: dict[str, tuple[str, int, int]] = {}
-    metas: dict[str, bytes] = {}
+    """The shard's labelled images by the shard layer's rules (`pipeline.wds`): the same samples, keys and
+    image members as the scan; each sample's label comes from ITS OWN JSON member (a key repeated later in the
+    shard is another sample, with its own label). Samples without an image member are not images; they are
+    counted in the log."""
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            for m in tar:
-                if not m.isfile() or any(_hidden(x) for x in m.name.split("/")):
-                    continue
-                key, ext = _split_key(m.name)
-                if ext == "json":
-                    fh = tar.extractfile(m)
-                    metas[key] = fh.read() if fh is not None else b""
-                elif ("." + ext) in IMAGE_EXTENSIONS and key not in images:
-                    images[key] = (m.name, m.offset_data, m.size)
-    except tarfile.TarError as exc:
+        samples = labelled_samples(shard)
+    except ShardReadError as exc:
         raise ConfigError(f"{shard} is not a readable tar shard: {exc}") from exc
-    items, problems = [], []
-    for key, (member, offset, size) in images.items():
-        label, generator, why = _parse_meta(metas.get(key))
+    items, problems, no_image = [], [], 0
+    for s in samples:
+        if s.image is None:
+            no_image += 1
+            continue
+        label, generator, why = _parse_meta(s.meta, s.note)
         if why is not None:
-            problems.append(f"{key}: {why}")
+            problems.append(f"{s.key}: {why}")
             continue
         items.append(
             LabelledImage(
@@ -330,12 +321,15 @@ def _list_shard(shard: str, *, on_unlabelled: str) -> list[LabelledImage]:
                 label=label,  # type: ignore[arg-type]
                 generator=generator,  # type: ignore[arg-type]
                 source="wds",
-                member=member,
-                offset=offset,
-                size=size,
-                key=key,
+                member=s.image.name,
+                offset=s.image.offset,
+                size=s.image.size,
+                key=s.key,
+                occurrence=s.occurrence,
             )
         )
+    if no_image:
+        log.info("samples_without_image", shard=shard, n=no_image)
     if problems:
         if on_unlabelled == "error":
             raise ConfigError(
@@ -346,15 +340,11 @@ def _list_shard(shard: str, *, on_unlabelled: str) -> list[LabelledImage]:
     return items
 
 
-def _parse_meta(raw: bytes | None) -> tuple[int | None, str | None, str | None]:
-    if raw is None:
+def _parse_meta(meta: dict | None, note: str | None) -> tuple[int | None, str | None, str | None]:
+    if meta is None:
+        if note and "JSON" in note:
+            return None, None, note
         return None, None, "no .json member"
-    try:
-        meta = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return None, None, f"invalid JSON ({exc})"
-    if not isinstance(meta, dict):
-        return None, None, "JSON is not an object"
     label = meta.get("label")
     if isinstance(label, bool) or label not in (0, 1):
         return None, None, f"label must be 0 or 1, got {label!r}"

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
-from pipeline.hygiene.shards import index_shard
+from pipeline.wds import index_shard
 
 SCAN_COLUMNS = ["shard", "key", "status", "error", "p_fake", "is_fake", "threshold", "top_generator", "sha256"]
 ERROR_STATUSES = ("decode_error", "no_image", "too_large")

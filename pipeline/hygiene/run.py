@@ -29,10 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import __version__, storage
+from pipeline.hygiene.copy import ShardWriter
 from pipeline.hygiene.plan import Decision, PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
 from pipeline.hygiene.policy import FilterConfig
-from pipeline.hygiene.shards import ShardWriter, iter_samples
 from pipeline.logs import get_logger
+from pipeline.wds import ShardReadError, iter_samples
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -125,8 +126,8 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
                                 "the source changed after planning")
             decision = plan.decisions[read]
             if decision.sha256 is not None:
-                image = sample.image()
-                if image is None or hashlib.sha256(image).hexdigest() != decision.sha256:
+                image = sample.image_member()
+                if image is None or image.data is None or hashlib.sha256(image.data).hexdigest() != decision.sha256:
                     raise SourceChangedError(
                         f"{spec.source}: the image of sample {sample.key!r} is not the one the scan scored "
                         "(sha256 differs); rescan the shard")
@@ -144,9 +145,11 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
             raise ReconcileError(f"{spec.source}: counts {dict(counts)} do not add up to {plan.samples}")
         if kept_w.count != counts["keep"] or quar_w.count != counts["quarantine"]:
             raise ReconcileError(f"{spec.source}: wrote {kept_w.count}/{quar_w.count}, decided {dict(counts)}")
-    except BaseException:
+    except BaseException as exc:
         kept_w.abort()
         quar_w.abort()
+        if isinstance(exc, ShardReadError):  # it was readable when planned
+            raise SourceChangedError(f"{exc}; the source changed after planning") from exc
         raise
     kept_w.commit()
     if quar_w.count:

@@ -78,7 +78,7 @@ def labels_table(shards: Path) -> Any:
     """(shard, key, generator) of the demo shards, from their json members — for the summary only."""
     import pyarrow as pa
 
-    from pipeline.scan.shards import read_shard
+    from pipeline.wds import read_shard
     from pipeline.storage import shard_id
 
     rows = []

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.logs import get_logger
 from pipeline.scan.decode import decode_image
-from pipeline.scan.shards import read_shard
+from pipeline.wds import read_shard
 
 log = get_logger("pipeline.scan.prepare")
 

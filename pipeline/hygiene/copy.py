@@ -1,0 +1,71 @@
+"""Write cleaned shards deterministically [ours]: the filter's byte-exact copy of whole samples.
+
+Samples come from the shard layer (`pipeline.wds.iter_samples`: the scan's grouping, every member's bytes,
+sidecars included), so the filter's samples line up one to one with the scan's rows. Kept members are copied
+under their original names (raw bytes, non-UTF-8 included) with their original bytes. Output tars are written
+with `webdataset.TarWriter` at a fixed mtime, owner and mode, members sorted within each sample, so the same
+input and decisions always give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+from webdataset import TarWriter
+
+from pipeline import storage
+from pipeline.wds import Sample
+
+FIXED_MTIME = 0
+
+
+class ShardWriter:
+    """A deterministic tar written to a private temp file, made visible only by `commit` (local: rename over
+    the target; S3: one upload after the file is complete). Empty shards are valid tars."""
+
+    def __init__(self, target_uri: str) -> None:
+        self.target_uri = target_uri
+        self.count = 0
+        if storage.is_remote(target_uri):
+            fd, tmp = tempfile.mkstemp(suffix=".tar", prefix="genscan-filter-")
+            os.close(fd)
+            self._tmp = Path(tmp)
+        else:
+            target = Path(target_uri.removeprefix("file://"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._writer = TarWriter(self._file, encoder=False, mtime=FIXED_MTIME, format="PAX_FORMAT")
+
+    def write(self, sample: Sample) -> None:
+        hidden = [m.ext for m in sample.members if m.ext.startswith("_")]
+        if hidden:  # TarWriter would silently skip these members
+            raise ValueError(f"sample {sample.key!r}: member extension(s) {hidden} start with '_' (cannot copy)")
+        missing = [m.name for m in sample.members if m.data is None]
+        if missing:
+            raise ValueError(f"sample {sample.key!r}: members {missing} were not read (cannot copy)")
+        self._writer.write({"__key__": sample.raw_key, **{m.ext: m.data for m in sample.members}})
+        self.count += 1
+
+    def _close(self) -> None:
+        if not self._file.closed:
+            self._writer.close()
+            self._file.close()
+
+    def commit(self) -> None:
+        self._close()
+        try:
+            if storage.is_remote(self.target_uri):
+                fs, path = storage.filesystem(self.target_uri)
+                fs.put_file(str(self._tmp), path)
+            else:
+                os.replace(self._tmp, Path(self.target_uri.removeprefix("file://")))
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        self._close()
+        self._tmp.unlink(missing_ok=True)

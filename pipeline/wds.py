@@ -1,0 +1,615 @@
+"""THE WebDataset shard layer: one set of rules for reading a `.tar` shard (local, file:// or s3://), consumed
+three ways — samples-for-decode by the scan (`read_shard`), samples-as-bytes by the filter's byte-exact copy
+(`iter_samples`, `index_shard`) and samples-with-labels by the training / evaluation sources
+(`labelled_samples`). Every consumer sees the same samples, keys and image members.
+
+Rules (docs/reliability.md) [ours where WebDataset is silent]:
+- Grouping: WebDataset's key rule (`webdataset.tariterators.base_plus_ext`): key = directory + basename up to
+  the first dot of the last path component, extension = the rest. A sample is a run of consecutive members
+  with the same key (WebDataset's `group_by_keys`). A key that appears again after other keys, or a member
+  whose extension repeats inside the run, starts a NEW sample with the same key (`Sample.occurrence` counts
+  them): nothing is merged across occurrences and nothing is dropped; the later occurrence carries a note.
+- Junk: directory entries, `__MACOSX/…` members and AppleDouble `._*` files are skipped, as are members without
+  an extension (WebDataset skips those too; this covers every dot-file such as `.DS_Store`) and non-regular
+  members (links, devices); each skip is listed with its reason, so they are counted but not samples.
+- Member names that are not UTF-8 (tarfile decodes them with surrogateescape) become keys with the offending
+  bytes written as `\\xNN` (`backslashreplace`): printable, valid UTF-8 for Parquet, and distinct. The raw name
+  is kept (`Member.raw_name`, `Sample.raw_key`) so a copy writes the original bytes back.
+- Image member (`choose_image`): the first present extension in IMAGE_EXTENSIONS order (by the last dot-suffix,
+  case-insensitive) among the members not above `max_member_bytes`; other image members are named in the
+  note. A 0-byte image member is kept so decoding reports it; a member above the limit is never the image.
+- JSON member (`json` last suffix): parsed; invalid JSON or a non-object value -> `meta=None` + note.
+- Truncation: tarfile ends silently at EOF, at a truncated header and at garbage after a member: the reader
+  checks that an end-of-archive block follows the last member. Samples before the cut are kept; a sample whose
+  later member was cut is kept with a note (without that member).
+- I/O: objects up to `max_in_memory_bytes` are fetched in ONE request; larger ones are read through fsspec's
+  read-ahead block cache (`block_size`) — never small unbuffered reads (PLATFORM.md: ~92 requests/shard, 17x
+  slower). s3fs retries transient errors itself (botocore standard retry mode + s3fs's retry loop); on top,
+  `read_shard` retries the whole shard `attempts` times with bounded backoff and an overall `deadline_s`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import fsspec
+
+from pipeline.logs import get_logger
+
+log = get_logger("pipeline.wds")
+
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm")
+JSON_EXTENSIONS: tuple[str, ...] = ("json",)
+
+DEFAULT_MAX_IN_MEMORY = 256 * 2**20
+DEFAULT_BLOCK_SIZE = 8 * 2**20
+DEFAULT_MAX_MEMBER = 256 * 2**20
+
+# s3fs / botocore settings for shard reads: bounded connect/read timeouts and botocore's standard retry mode
+# (retries 5xx / throttling / connection errors with jittered backoff); s3fs adds its own retry loop
+# (`S3FileSystem.retries`, 5 tries, backoff 0.1 * 1.7**i s) around each call. [ours]
+S3_STORAGE_OPTIONS: dict[str, Any] = {
+    "config_kwargs": {
+        "connect_timeout": 10,
+        "read_timeout": 30,
+        "retries": {"max_attempts": 4, "mode": "standard"},
+    },
+}
+
+_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
+
+
+# ------------------------------------------------------------------------------------------- the key rules
+def safe_name(name: str) -> str:
+    """A tar member name as valid UTF-8: surrogate-escaped raw bytes become `\\xNN` text. [ours]"""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """(key, extension) by WebDataset's rule, or None for a member without an extension. [code: webdataset]"""
+    m = _KEY_RE.match(name)
+    if m is None:
+        return None
+    return m.group(1), m.group(2)
+
+
+def junk_reason(name: str) -> str | None:
+    """Why a regular member belongs to no sample by name (macOS litter), else None."""
+    parts = name.split("/")
+    if "__MACOSX" in parts:
+        return "macOS resource fork folder (__MACOSX)"
+    if parts[-1].startswith("._"):
+        return "AppleDouble file (._*)"
+    return None
+
+
+def last_suffix(ext: str) -> str:
+    """The member type an extension names: its last dot-suffix, lower case (`cls.JPG` -> `jpg`)."""
+    return ext.rsplit(".", 1)[-1].lower()
+
+
+def is_image_extension(ext: str) -> bool:
+    return last_suffix(ext) in IMAGE_EXTENSIONS
+
+
+# ------------------------------------------------------------------------------------------- samples
+@dataclass
+class Member:
+    """One member of a sample. `data` is None when it was not read (header-only listing, above the limit)."""
+
+    name: str  # valid UTF-8 (see safe_name)
+    raw_name: str  # as tarfile decoded it (surrogateescape): writing it back gives the original bytes
+    ext: str  # extension as in the name (original case), e.g. "jpg", "cls.txt"
+    size: int
+    offset: int  # byte offset of the member's data in the tar
+    data: bytes | None = None
+
+
+@dataclass
+class Sample:
+    """One sample: consecutive members with one key, in tar order."""
+
+    key: str  # valid UTF-8 key (non-UTF-8 bytes as \\xNN): the scan's row key
+    raw_key: str  # as in the tar
+    occurrence: int = 1  # 2, 3, … for a key seen again in this shard
+    members: list[Member] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def note(self) -> str | None:
+        return "; ".join(self.notes) or None
+
+    def image_member(self, max_member_bytes: int = DEFAULT_MAX_MEMBER) -> Member | None:
+        return choose_image(self.members, max_member_bytes)
+
+    def json_member(self) -> Member | None:
+        return next((m for m in self.members if last_suffix(m.ext) in JSON_EXTENSIONS), None)
+
+
+def choose_image(members: list[Member], max_member_bytes: int = DEFAULT_MAX_MEMBER) -> Member | None:
+    """THE image-member rule: first present extension in IMAGE_EXTENSIONS order among members not above
+    `max_member_bytes` (a member above the limit is never read, so never the image)."""
+    ranked = sorted(
+        (IMAGE_EXTENSIONS.index(last_suffix(m.ext)), i, m)
+        for i, m in enumerate(members)
+        if is_image_extension(m.ext) and m.size <= max_member_bytes
+    )
+    return ranked[0][2] if ranked else None
+
+
+def parse_meta(member: Member | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON object, a note when it is unusable) of a sample's JSON member."""
+    if member is None or member.data is None:
+        return None, None
+    try:
+        value = json.loads(member.data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{member.name!r} is not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return None, f"{member.name!r} holds a JSON {type(value).__name__}, not an object; ignored"
+    return value, None
+
+
+# What a listing reads: all member data, none, or only some (by extension and size).
+WantData = Callable[[str, int], bool]
+
+
+def want_all(max_member_bytes: int) -> WantData:
+    return lambda ext, size: size <= max_member_bytes
+
+
+def want_none(ext: str, size: int) -> bool:
+    return False
+
+
+def want_json(ext: str, size: int) -> bool:
+    return last_suffix(ext) in JSON_EXTENSIONS and size <= DEFAULT_MAX_MEMBER
+
+
+@dataclass
+class Skipped:
+    name: str
+    reason: str
+
+
+@dataclass
+class End:
+    """The last item of `iter_tar`: `error` says why the shard could not be read to its end (None: it was)."""
+
+    error: str | None
+    n_members: int = 0
+
+
+class _Grouper:
+    """Members in tar order -> Samples by the rules in the module doc."""
+
+    def __init__(self, max_member_bytes: int) -> None:
+        self.max_member_bytes = max_member_bytes
+        self.current: Sample | None = None
+        self._seen: dict[str, int] = {}
+
+    def add(self, member: Member) -> Sample | None:
+        """Add a member; returns the sample it completed (if any)."""
+        key, ext = split_key(member.raw_name) or ("", "")
+        done = None
+        cur = self.current
+        if cur is None or cur.raw_key != key or any(m.ext == ext for m in cur.members):
+            done = self.flush()
+            n = self._seen.get(key, 0) + 1
+            self._seen[key] = n
+            cur = self.current = Sample(key=safe_name(key), raw_key=key, occurrence=n)
+            if n > 1:
+                cur.notes.append(f"key {cur.key!r} occurrence {n} in this shard, kept as its own sample")
+        if member.size > self.max_member_bytes:
+            cur.notes.append(
+                f"member {member.name!r} is {member.size} bytes, above the {self.max_member_bytes}-byte limit; "
+                "not read"
+            )
+        cur.members.append(member)
+        return done
+
+    def mark_incomplete(self, raw_name: str, name: str) -> None:
+        """The shard ended inside member `name`: the pending sample (if it is `name`'s) lacks that member."""
+        split = split_key(raw_name)
+        if split is not None and self.current is not None and split[0] == self.current.raw_key:
+            self.current.notes.append(f"member {name!r} truncated (shard ended inside it); sample may be incomplete")
+
+    def flush(self) -> Sample | None:
+        s, self.current = self.current, None
+        if s is None:
+            return None
+        images = [m for m in s.members if is_image_extension(m.ext)]
+        chosen = choose_image(s.members, self.max_member_bytes)
+        if chosen is not None:
+            others = [m.name for m in sorted(images, key=lambda m: IMAGE_EXTENSIONS.index(last_suffix(m.ext)))
+                      if m is not chosen]  # fmt: skip
+            if others:
+                s.notes.append(f"{len(images)} image members; used {chosen.name!r}, ignored {others!r}")
+        elif not images:
+            s.notes.append(f"no image member (members: {[m.name for m in s.members]!r})")
+        return s
+
+
+def iter_tar(
+    fileobj: IO[bytes], *, want: WantData, max_member_bytes: int = DEFAULT_MAX_MEMBER
+) -> Iterator[Sample | Skipped | End]:
+    """Samples and skipped members of the tar in `fileobj`, in tar order, then ONE `End` saying whether the
+    archive was read to its end (not a tar, ended early, no end-of-archive marker: `End.error`). Never raises
+    for bad data; I/O errors of the underlying stream propagate (callers retry them)."""
+    try:
+        tf = tarfile.open(fileobj=fileobj, mode="r:", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    except tarfile.ReadError as exc:
+        yield End(f"not a tar archive: {exc}" if str(exc) else "not a tar archive")
+        return
+    except (EOFError, ValueError, UnicodeError) as exc:
+        yield End(f"not a tar archive: {type(exc).__name__}: {exc}")
+        return
+    grouper = _Grouper(max_member_bytes)
+    n_members = 0
+    last = "the start"
+    error: str | None = None
+    with tf:
+        while True:
+            try:
+                info = tf.next()
+            except tarfile.TarError as exc:
+                error = f"tar ended early after {n_members} members (last {last}): {exc}"
+                break
+            except (EOFError, ValueError, UnicodeError) as exc:
+                error = f"tar ended early after {n_members} members (last {last}): {type(exc).__name__}: {exc}"
+                break
+            if info is None:
+                break
+            n_members += 1
+            name = safe_name(info.name)
+            if info.isdir():
+                yield Skipped(name, "directory")
+                continue
+            reason = junk_reason(name)
+            if reason is None and not info.isreg():
+                reason = f"not a regular file (tar type {info.type!r})"
+            split = split_key(info.name) if reason is None else None
+            if reason is None and split is None:
+                reason = "member name has no extension (not part of a WebDataset sample)"
+            if reason is not None:
+                yield Skipped(name, reason)
+                continue
+            ext = split[1]  # type: ignore[index]
+            member = Member(name=name, raw_name=info.name, ext=ext, size=info.size, offset=info.offset_data)
+            if want(ext, info.size):
+                extracted = tf.extractfile(info)
+                try:
+                    data = extracted.read() if extracted is not None else b""
+                except tarfile.TarError as exc:
+                    data, detail = b"", str(exc)
+                else:
+                    detail = ""
+                if detail or len(data) != info.size:
+                    grouper.mark_incomplete(info.name, name)
+                    error = (f"tar truncated inside member {name!r} "
+                             f"({detail or f'{len(data)} of {info.size} bytes'}) "
+                             f"after {n_members - 1} complete members")  # fmt: skip
+                    break
+                member.data = data
+            done = grouper.add(member)
+            if done is not None:
+                yield done
+            last = repr(name)
+        if error is None:
+            # check that an end-of-archive block really follows the last member (POSIX writes two zero
+            # blocks; one is accepted); a header-only listing learns here that the last member was cut too
+            fileobj.seek(tf.offset)
+            tail = fileobj.read(tarfile.BLOCKSIZE)
+            if not tail:
+                error = f"tar has no end-of-archive marker after {n_members} members (last {last}): truncated?"
+            elif tail.count(0) != len(tail) or len(tail) < tarfile.BLOCKSIZE:
+                error = f"unreadable tar header after {n_members} members (last {last}): truncated or corrupt"
+    done = grouper.flush()
+    if done is not None:
+        yield done
+    yield End(error, n_members)
+
+
+# ------------------------------------------------------------------------------------------- I/O
+class ShardReadError(RuntimeError):
+    """A shard that could not be read to its end (strict consumers: the filter's copy)."""
+
+
+class _TransientReadError(Exception):
+    """An I/O failure that is worth retrying the whole shard for."""
+
+
+def open_fs(shard_url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec filesystem + path for a shard, with the bounded S3 timeouts/retries above."""
+    protocol = fsspec.core.split_protocol(shard_url)[0]
+    if protocol in ("s3", "s3a"):
+        options = dict(S3_STORAGE_OPTIONS)
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            # part of fsspec's instance-cache key: a changed endpoint never reuses a client of the old one
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+        return fsspec.core.url_to_fs(shard_url, **options)
+    return fsspec.core.url_to_fs(shard_url)
+
+
+def is_missing(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    text = str(exc)
+    return "NoSuchKey" in text or "NoSuchBucket" in text or "Not Found" in text
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    return is_missing(exc) or isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError)
+
+
+@dataclass
+class _Opened:
+    fileobj: IO[bytes] | None
+    n_bytes: int | None
+    error: str | None = None  # a data error found before reading (empty object)
+
+
+def _open(shard_url: str, *, max_in_memory_bytes: int, block_size: int, whole: bool) -> _Opened:
+    """Open the shard for reading: ONE GET into memory when `whole` and small enough, else fsspec's read-ahead
+    block cache. Raises _TransientReadError for I/O failures worth a retry and the original exception for
+    permanent ones (missing object, permissions, a directory)."""
+    fs, path = open_fs(shard_url)
+    try:
+        info = fs.info(path)
+    except Exception as exc:
+        if _is_permanent(exc):
+            raise
+        raise _TransientReadError(f"stat failed: {type(exc).__name__}: {exc}") from exc
+    if info.get("type") == "directory":
+        raise IsADirectoryError(f"{shard_url} is a directory")
+    size = info.get("size")
+    n_bytes = int(size) if size is not None else None
+    if n_bytes == 0:
+        return _Opened(None, 0, "empty shard (0 bytes)")
+    try:
+        if whole and n_bytes is not None and n_bytes <= max_in_memory_bytes:
+            data = fs.cat_file(path)
+            if len(data) != n_bytes:
+                raise _TransientReadError(f"short read: {len(data)} of {n_bytes} bytes")
+            return _Opened(io.BytesIO(data), n_bytes)
+        return _Opened(fs.open(path, "rb", block_size=block_size, cache_type="readahead"), n_bytes)
+    except _TransientReadError:
+        raise
+    except Exception as exc:
+        if _is_permanent(exc):
+            raise
+        raise _TransientReadError(f"read failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _wrap_io(exc: Exception) -> Exception:
+    if isinstance(exc, _TransientReadError) or _is_permanent(exc):
+        return exc
+    return _TransientReadError(f"read failed: {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Listing:
+    """One attempt's (or the best attempt's) view of a shard."""
+
+    url: str
+    samples: list[Sample] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (member name, reason), not samples
+    error: str | None = None
+    n_bytes: int | None = None
+    attempts: int = 0
+    read_s: float = 0.0
+
+
+def _list_once(shard_url: str, want: WantData, *, max_member_bytes: int, max_in_memory_bytes: int,
+               block_size: int, whole: bool, out: Listing) -> str | None:  # fmt: skip
+    opened = _open(shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, whole=whole)
+    out.n_bytes = opened.n_bytes
+    if opened.fileobj is None:
+        return opened.error
+    try:
+        with opened.fileobj as f:
+            for item in iter_tar(f, want=want, max_member_bytes=max_member_bytes):
+                if isinstance(item, Sample):
+                    out.samples.append(item)
+                elif isinstance(item, Skipped):
+                    out.skipped.append((item.name, item.reason))
+                else:
+                    return item.error
+    except Exception as exc:
+        raise _wrap_io(exc) from exc
+    return None
+
+
+def list_shard(
+    shard_url: str,
+    *,
+    want: WantData | None = None,
+    max_in_memory_bytes: int = DEFAULT_MAX_IN_MEMORY,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER,
+    attempts: int = 3,
+    backoff_s: float = 0.5,
+    deadline_s: float = 300.0,
+) -> Listing:
+    """Every sample of the shard at `shard_url` in tar order, reading the member data `want` asks for
+    (default: every member up to `max_member_bytes`). Never raises for bad data or storage failures: `error`
+    says why the shard could not be read to its end, and the samples read before that are kept. Transient
+    failures are retried (whole shard, at most `attempts` times, backoff `backoff_s * 2**i`, no new attempt
+    after `deadline_s`); if every attempt fails the longest partial read is kept. [ours]"""
+    want = want or want_all(max_member_bytes)
+    whole = want is not want_none and want is not want_json
+    start = time.monotonic()
+    best: Listing | None = None
+    error: str | None = None
+    n_bytes: int | None = None
+    n_attempts = 0
+    for attempt in range(attempts):
+        n_attempts = attempt + 1
+        listing = Listing(url=shard_url)
+        try:
+            error = _list_once(shard_url, want, max_member_bytes=max_member_bytes,
+                               max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, whole=whole,
+                               out=listing)  # fmt: skip
+            best, n_bytes = listing, listing.n_bytes
+            break
+        except _TransientReadError as exc:
+            error = f"read failed after {attempt + 1} attempt(s): {exc}"
+            n_bytes = listing.n_bytes if listing.n_bytes is not None else n_bytes
+            if best is None or len(listing.samples) > len(best.samples):
+                best = listing
+        except Exception as exc:  # permanent: missing object, permission, a directory, a bad URL
+            error = (f"shard not found: {shard_url}" if is_missing(exc)
+                     else f"cannot read shard: {type(exc).__name__}: {exc}")  # fmt: skip
+            best = None
+            break
+        pause = backoff_s * 2**attempt
+        if attempt + 1 >= attempts or time.monotonic() - start + pause > deadline_s:
+            break
+        log.warning("shard_read_retry", shard_url=shard_url, attempt=attempt + 1, error=error, pause_s=pause)
+        time.sleep(pause)
+    result = best or Listing(url=shard_url)
+    result.error, result.attempts, result.n_bytes = error, n_attempts, n_bytes
+    result.read_s = time.monotonic() - start
+    if result.error:
+        log.warning("shard_read_error", shard_url=shard_url, error=result.error, salvaged=len(result.samples),
+                    attempts=result.attempts)  # fmt: skip
+    return result
+
+
+# ------------------------------------------------------------------------------------------- consumer: scan
+@dataclass
+class RawSample:
+    """One sample for the scan: its key, the chosen image member and the parsed JSON member."""
+
+    key: str
+    image_name: str | None
+    image: bytes | None
+    meta: dict[str, Any] | None
+    note: str | None = None
+
+
+@dataclass
+class ShardContents:
+    """What `read_shard` could read. `error` is set when the shard could not be read to its end."""
+
+    url: str
+    samples: list[RawSample] = field(default_factory=list)
+    error: str | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (member name, reason), not samples
+    n_bytes: int | None = None  # object size when known
+    attempts: int = 0  # whole-shard read attempts made
+    read_s: float = 0.0  # wall time spent reading, retries and backoff included
+
+
+def to_raw_sample(sample: Sample, max_member_bytes: int = DEFAULT_MAX_MEMBER) -> RawSample:
+    image = sample.image_member(max_member_bytes)
+    meta, why = parse_meta(sample.json_member())
+    notes = [*sample.notes, *([why] if why else [])]
+    return RawSample(sample.key, image.name if image else None, image.data if image else None, meta,
+                     "; ".join(notes) or None)  # fmt: skip
+
+
+def read_shard(
+    shard_url: str,
+    *,
+    max_in_memory_bytes: int = DEFAULT_MAX_IN_MEMORY,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER,
+    attempts: int = 3,
+    backoff_s: float = 0.5,
+    deadline_s: float = 300.0,
+) -> ShardContents:
+    """The scan's view: every sample with its image bytes and JSON meta, in tar order (see `list_shard`)."""
+    listing = list_shard(shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size,
+                         max_member_bytes=max_member_bytes, attempts=attempts, backoff_s=backoff_s,
+                         deadline_s=deadline_s)  # fmt: skip
+    return ShardContents(url=shard_url, samples=[to_raw_sample(s, max_member_bytes) for s in listing.samples],
+                         error=listing.error, skipped=listing.skipped, n_bytes=listing.n_bytes,
+                         attempts=listing.attempts, read_s=listing.read_s)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- consumer: filter
+@dataclass
+class ShardIndex:
+    """The samples of a shard from its tar headers (no data read), and the members that belong to no sample."""
+
+    keys: list[str]
+    non_sample_members: list[str]
+    samples: list[Sample] = field(default_factory=list)
+
+
+def index_shard(shard_url: str) -> ShardIndex:
+    """Keys of a shard reading only tar headers. Raises ShardReadError when the shard cannot be read to its end
+    (the filter must not plan a copy of a broken shard)."""
+    listing = list_shard(shard_url, want=want_none)
+    if listing.error:
+        raise ShardReadError(f"{shard_url}: {listing.error}")
+    return ShardIndex(keys=[s.key for s in listing.samples], non_sample_members=[n for n, _ in listing.skipped],
+                      samples=listing.samples)  # fmt: skip
+
+
+def iter_samples(shard_url: str, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[Sample]:
+    """Samples with EVERY member's bytes (sidecars and members above the image limit too), in tar order,
+    streamed (one pass, the read-ahead block cache), for a byte-exact copy. Raises ShardReadError when the
+    shard cannot be read to its end, after yielding the samples before the failure."""
+    try:
+        opened = _open(shard_url, max_in_memory_bytes=0, block_size=block_size, whole=False)
+    except Exception as exc:
+        raise ShardReadError(f"{shard_url}: cannot read shard: {type(exc).__name__}: {exc}") from exc
+    if opened.fileobj is None:
+        raise ShardReadError(f"{shard_url}: {opened.error}")
+    with opened.fileobj as f:
+        for item in iter_tar(f, want=lambda ext, size: True, max_member_bytes=DEFAULT_MAX_MEMBER):
+            if isinstance(item, Sample):
+                yield item
+            elif isinstance(item, End) and item.error:
+                raise ShardReadError(f"{shard_url}: {item.error}")
+
+
+# ------------------------------------------------------------------------------------------- consumer: labels
+@dataclass(frozen=True)
+class LabelledSample:
+    """A sample's image member (by byte range, not read) and its parsed JSON meta, for labelled sources."""
+
+    key: str
+    occurrence: int
+    image: Member | None
+    meta: dict[str, Any] | None
+    note: str | None
+
+
+def labelled_samples(shard_url: str) -> list[LabelledSample]:
+    """Every sample of a shard with its image member's byte range and its own JSON meta (only JSON members are
+    read). Raises FileNotFoundError for a missing shard and ShardReadError for one that cannot be read to its
+    end."""
+    listing = list_shard(shard_url, want=want_json)
+    if listing.error:
+        if listing.error.startswith("shard not found"):
+            raise FileNotFoundError(listing.error)
+        raise ShardReadError(f"{shard_url}: {listing.error}")
+    out = []
+    for s in listing.samples:
+        meta, why = parse_meta(s.json_member())
+        out.append(LabelledSample(s.key, s.occurrence, s.image_member(), meta,
+                                  "; ".join([*s.notes, *([why] if why else [])]) or None))  # fmt: skip
+    return out
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "End", "LabelledSample", "Listing", "Member", "RawSample", "Sample", "ShardContents",
+    "ShardIndex", "ShardReadError", "Skipped", "choose_image", "index_shard", "iter_samples", "iter_tar",
+    "labelled_samples", "list_shard", "read_shard", "safe_name", "split_key",
+]  # fmt: skip

@@ -4,7 +4,8 @@
         --detector s3://bucket/detectors/tiny-mole [--config-file scan.json] [--resume] [--scan-date D]
     python jobs/scan_bucket.py --demo        # the README's `make demo`
 
-Exit codes: 0 succeeded, 1 scan failed (run.json says why), 2 configuration error (message names the field).
+Exit codes: 0 succeeded, 1 scan failed (run.json says why), 2 configuration error (message names the field),
+3/5/6/7 storage preflight: input/output not found / access denied / no credentials / cannot connect (README).
 Under `ray job submit` the real exit code is the job's `driver_exit_code` (JobSubmissionClient.get_job_info).
 """
 
@@ -87,15 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         code, text = run_demo(Path(args.demo_dir))
         print(text)
         return code
+    from pipeline.preflight import Location, StorageError, check_storage
     from pipeline.scan.job import ScanFailed, run_scan
 
     try:
         cfg = build_config(args)
+        check_storage([Location("input", cfg.input)], [Location("output", cfg.output)])
         run = run_scan(cfg)
     except ConfigError as exc:
         log.error("config_error", error=str(exc))
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:
+        print(f"storage error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except ScanFailed as exc:
         print(f"scan failed: {exc}", file=sys.stderr)
         return 1

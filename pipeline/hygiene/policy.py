@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.settings import StrictModel
+from pipeline.settings import ConfigError, StrictModel
 
 Action = Literal["keep", "drop", "quarantine"]
+# besides the detector's labels ("real", *generators), the scan writes top_generator "unknown" when no known
+# generator is confident enough (pipeline.models.predictor.UNKNOWN; not imported: it pulls in torch)
+UNKNOWN_LABEL = "unknown"
 
 
 class GeneratorRule(StrictModel):
@@ -51,6 +55,16 @@ class FilterPolicy(StrictModel):
                 raise ValueError(f"two rules for generator {rule.generator!r}")
             seen.add(rule.generator)
         return rules
+
+    def check_labels(self, labels: Sequence[str], *, where: str) -> None:
+        """Refuse a rule naming a label the scan's detector never writes (a misspelled generator would
+        otherwise match nothing, silently). `labels` are the detector's ["real", *generators]."""
+        known = [*labels, *([UNKNOWN_LABEL] if UNKNOWN_LABEL not in labels else [])]
+        bad = [r.generator for r in self.generator_rules if r.generator not in known]
+        if bad:
+            raise ConfigError(f"generator_rules: {', '.join(repr(b) for b in bad)} "
+                              f"{'is not a label' if len(bad) == 1 else 'are not labels'} of {where}; "
+                              f"known labels: {', '.join(known)}")  # fmt: skip
 
 
 class FilterConfig(StrictModel):

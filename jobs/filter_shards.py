@@ -5,7 +5,9 @@
 
 Exit codes: 0 success (every shard reconciled), 2 bad config/policy, 3 refused (the scan does not cover the
 input exactly; nothing written), 4 failed while writing (accounting did not reconcile, or a source image is not
-the one the scan hashed; that shard is not committed, no _SUCCESS). Prints a JSON summary on stdout.
+the one the scan hashed; that shard is not committed, no _SUCCESS); storage preflight (scan, input, output; before
+any work): 3 not found, 5 access denied, 6 no credentials, 7 cannot connect (README, "Exit codes"). A rule naming
+a label the scan's detector does not have is a config error (2). Prints a JSON summary on stdout.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from pipeline.hygiene.plan import PlanError
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.hygiene.run import ReconcileError, SourceChangedError, local_map, run_filter
+from pipeline.preflight import Location, StorageError, check_filter_policy, check_storage
 from pipeline.settings import ConfigError
 
 
@@ -89,6 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    try:  # before any work: every location reachable, the rules name the scan's labels
+        check_storage([Location("scan output", cfg.scan), Location("input", cfg.input)],
+                      [] if cfg.dry_run else [Location("output", cfg.output)])
+        check_filter_policy(cfg.scan, cfg.scan_date, cfg.policy)
+    except StorageError as exc:
+        print(f"storage error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except PlanError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
     if cfg.engine == "ray":
         from pipeline.engine.filter import make_ray_map
 

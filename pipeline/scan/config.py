@@ -51,7 +51,14 @@ class ScanConfig(StrictModel):
     read_num_cpus: float = Field(1.0, gt=0, description="CPUs per read+decode task")
     read_memory_mb: int = Field(512, ge=1, description="memory reserved per read+decode task (holds one shard)")
     read_concurrency: int | None = Field(None, ge=1, description="max read+decode tasks at once (default: Ray's)")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="inference dtype")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="inference dtype; auto: bfloat16 autocast on GPUs that support it, else float16; "
+        "float32 on CPU"
+    )
+    decode_on: Literal["cpu", "gpu"] = Field(
+        "cpu", description="gpu: eligible JPEGs (no resampling, normal orientation) are shipped encoded and decoded "
+        "batched on the scorer's GPU (nvjpeg); every other image is decoded on CPU as usual"
+    )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per scorer actor (CPU inference)")
 
     # cluster and bounds
@@ -92,6 +99,8 @@ class ScanConfig(StrictModel):
     def _check_dtype_device(self) -> ScanConfig:
         if self.actor_num_gpus == 0 and self.dtype == "float16":
             raise ValueError("dtype float16 needs a GPU (actor_num_gpus > 0); use float32 on CPU")
+        if self.actor_num_gpus == 0 and self.decode_on == "gpu":
+            raise ValueError("decode_on gpu needs a GPU (actor_num_gpus > 0); use decode_on cpu on CPU")
         return self
 
     @property

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline import output, storage
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.wds import index_shard
 
@@ -68,21 +68,11 @@ class ShardPlan:
 
 
 def resolve_scan_date(scan_root: str, requested: str | None) -> str:
-    fs, root = storage.filesystem(scan_root)
-    if not fs.exists(root):
-        raise PlanError(f"scan output not found: {scan_root}")
-    dates = sorted(
-        posixpath.basename(p.rstrip("/")).removeprefix("scan_date=")
-        for p in fs.ls(root, detail=False)
-        if posixpath.basename(p.rstrip("/")).startswith("scan_date=")
-    )
-    if not dates:
-        raise PlanError(f"no scan_date=* partitions under {scan_root}: not a scan output")
-    if requested is None:
-        return dates[-1]
-    if requested not in dates:
-        raise PlanError(f"scan_date={requested} not found under {scan_root} (have: {', '.join(dates)})")
-    return requested
+    """The scan date to filter by (the latest partition when None); PlanError when it is not there."""
+    try:
+        return output.resolve_scan_date(scan_root, requested)
+    except output.ScanOutputError as exc:
+        raise PlanError(str(exc)) from exc
 
 
 def relative_name(shard_uri: str, source: str) -> str:
@@ -97,6 +87,7 @@ def relative_name(shard_uri: str, source: str) -> str:
 
 def shard_specs(cfg: FilterConfig, scan_date: str) -> list[ShardSpec]:
     specs = []
+    scan = output.RunPaths(cfg.scan, scan_date)
     for uri in storage.list_shards(cfg.input):
         sid = storage.shard_id(uri, cfg.input)
         name = relative_name(uri, cfg.input)
@@ -105,8 +96,8 @@ def shard_specs(cfg: FilterConfig, scan_date: str) -> list[ShardSpec]:
                 source=uri,
                 shard_id=sid,
                 name=name,
-                scan_file=storage.join(cfg.scan, f"scan_date={scan_date}", f"{sid}.parquet"),
-                scan_marker=storage.join(cfg.scan, "_shards", scan_date, f"{sid}.json"),
+                scan_file=scan.parquet(sid),
+                scan_marker=scan.marker(sid),
                 output=storage.join(cfg.output, *name.split("/")),
                 quarantine=storage.join(cfg.output, "_quarantine", *name.split("/")),
                 manifest=storage.join(cfg.output, "_manifest", f"{sid}.jsonl"),

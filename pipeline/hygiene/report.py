@@ -17,9 +17,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
-from pipeline import storage
+from pipeline import output, storage
 from pipeline.hygiene.plan import PlanError, resolve_scan_date
 from pipeline.logs import get_logger
 
@@ -31,11 +30,7 @@ MAX_SHARDS_PLOTTED = 40
 
 def load_scan(scan: str) -> pa.Table:
     """All partitions of a scan dataset with a string `scan_date` column."""
-    fs, path = storage.filesystem(scan)
-    ds = pads.dataset(path, filesystem=fs, format="parquet",
-                      partitioning=pads.partitioning(pa.schema([("scan_date", pa.string())]), flavor="hive"),
-                      exclude_invalid_files=False, ignore_prefixes=["_", "."])
-    return ds.to_table(columns=[*COLUMNS, "scan_date"])
+    return output.read_scan(scan, columns=COLUMNS)
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:

@@ -1,9 +1,7 @@
 """Durable per-shard completion, resume and run provenance [ours; img2dataset/datatrove pattern].
 
-Layout under the output (docs/schema.md):
-    <out>/scan_date=<D>/<shard>.parquet        one file per shard, named by shard id (a retry overwrites)
-    <out>/_shards/<D>/<shard>.json             the shard's stats, written AFTER its Parquet = completion marker
-    <out>/_run/<D>/config.json versions.json detector.json run.json
+The layout, markers and run files are the scan-output contract (`pipeline.output`); this module decides which
+run a scan writes into and sums its markers.
 
 A run is identified by its scan date D (the output partition). Without `resume`, a run whose folder or
 partition already holds anything is refused (never deleted). With `resume`, the run named by `scan_date` —
@@ -15,97 +13,32 @@ exactly one row.
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 import platform
-import posixpath
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 import pipeline
 from pipeline.logs import get_logger
+from pipeline.output import (  # noqa: F401 - re-exported for the scan's callers
+    RunPaths,
+    completed_shards,
+    has_output,
+    list_runs,
+    parquet_bytes,
+    read_json,
+    write_json,
+    write_shard,
+)
 from pipeline.scan.config import ScanConfig, today_utc
 from pipeline.settings import ConfigError
-from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic
+from pipeline.storage import write_bytes_atomic  # noqa: F401 - re-exported
 
 log = get_logger("pipeline.scan.completion")
 
 
 class RunRefused(ConfigError):
     """The requested run would overwrite existing output (or cannot be resumed)."""
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    output: str
-    scan_date: str
-
-    @property
-    def data_dir(self) -> str:
-        return join(self.output, f"scan_date={self.scan_date}")
-
-    @property
-    def run_dir(self) -> str:
-        return join(self.output, "_run", self.scan_date)
-
-    @property
-    def marker_dir(self) -> str:
-        return join(self.output, "_shards", self.scan_date)
-
-    def parquet(self, shard: str) -> str:
-        return join(self.data_dir, f"{shard}.parquet")
-
-    def marker(self, shard: str) -> str:
-        return join(self.marker_dir, f"{shard}.json")
-
-    def run_file(self, name: str) -> str:
-        return join(self.run_dir, name)
-
-
-def _list(uri: str, suffix: str) -> list[str]:
-    fs, path = filesystem(uri)
-    try:
-        if not fs.exists(path):
-            return []
-        return sorted(posixpath.basename(p) for p in fs.ls(path, detail=False) if p.endswith(suffix))
-    except FileNotFoundError:
-        return []
-
-
-def completed_shards(paths: RunPaths) -> set[str]:
-    """Shard ids that have a completion marker."""
-    return {name.removesuffix(".json") for name in _list(paths.marker_dir, ".json")}
-
-
-def read_json(uri: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(read_bytes(uri))
-    except FileNotFoundError:
-        return None
-
-
-def write_json(uri: str, obj: Any) -> None:
-    write_bytes_atomic(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-def list_runs(output: str) -> list[str]:
-    """Scan dates that have a run folder, oldest first."""
-    fs, path = filesystem(join(output, "_run"))
-    try:
-        if not fs.exists(path):
-            return []
-        return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
-    except FileNotFoundError:
-        return []
-
-
-def _has_output(paths: RunPaths) -> bool:
-    return bool(_list(paths.data_dir, ".parquet") or _list(paths.marker_dir, ".json")
-                or read_json(paths.run_file("run.json")) is not None)  # fmt: skip
 
 
 @dataclass
@@ -127,7 +60,7 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
     paths = RunPaths(cfg.output, scan_date)
     previous = read_json(paths.run_file("run.json"))
     if not cfg.resume:
-        if _has_output(paths):
+        if has_output(paths):
             raise RunRefused(
                 f"scan_date: the run {scan_date} already has output in {cfg.output} (run.json, markers or Parquet); "
                 "pass --resume to continue it, or choose another --scan-date. Nothing was deleted."
@@ -146,18 +79,6 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
     else:
         run_id = cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
     return RunPlan(paths, run_id, resumed=True, previous=previous)
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
-
-
-def write_shard(paths: RunPaths, shard: str, table: pa.Table, stats: dict[str, Any]) -> None:
-    """Parquet first, marker (stats) LAST: a marker implies a complete Parquet file."""
-    write_bytes_atomic(paths.parquet(shard), parquet_bytes(table))
-    write_json(paths.marker(shard), stats)
 
 
 def versions() -> dict[str, str]:

@@ -78,8 +78,8 @@ def labels_table(shards: Path) -> Any:
     """(shard, key, generator) of the demo shards, from their json members — for the summary only."""
     import pyarrow as pa
 
-    from pipeline.wds import read_shard
     from pipeline.storage import shard_id
+    from pipeline.wds import read_shard
 
     rows = []
     for tar in sorted(shards.glob("*.tar")):
@@ -94,8 +94,10 @@ def summary(scan_dir: Path, shards: Path) -> str:
     """A short text summary read back from the Parquet with DuckDB (one hive-partitioned glob)."""
     import duckdb
 
+    from pipeline.output import parquet_glob
+
     con = duckdb.connect()
-    glob = str(scan_dir / "scan_date=*" / "*.parquet").replace("'", "''")
+    glob = parquet_glob(str(scan_dir)).replace("'", "''")
     con.execute(f"CREATE VIEW scan AS SELECT * FROM read_parquet('{glob}', hive_partitioning=true)")
     con.register("truth", labels_table(shards))
     out = []

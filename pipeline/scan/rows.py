@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.output import SCHEMA, SCHEMA_VERSION, STATUSES
 from pipeline.scan.prepare import EMPTY_STATUS
-from pipeline.scan.schema import SCHEMA, SCHEMA_VERSION, STATUSES
 
 Batch = dict[str, np.ndarray]
 

@@ -1,0 +1,212 @@
+"""The scan-output contract: paths, Parquet schema v1, completion markers, run files, listing of dates and
+shards, and `open_scan()` for readers — the ONE place that spells out the layout (docs/schema.md) [ours].
+
+    <out>/scan_date=<D>/<shard>.parquet        one file per shard, named by shard id (a retry overwrites)
+    <out>/_shards/<D>/<shard>.json             the shard's stats, written AFTER its Parquet = completion marker
+    <out>/_run/<D>/config.json versions.json detector.json run.json
+
+Writers: the scan (`pipeline.scan.job` + the shard writers on the workers). Readers: the filter
+(`pipeline.hygiene.plan`), the report (`pipeline.hygiene.report`), the demo summary and the documented queries
+(docs/queries.md: `read_parquet('<out>/scan_date=*/*.parquet', hive_partitioning = true)` = `parquet_glob`).
+
+Schema: change it only by bumping SCHEMA_VERSION and documenting the change; readers use the `schema_version`
+column. The `scan_date` partition column is NOT in the files: it comes from the hive path `scan_date=YYYY-MM-DD/`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic
+
+SCHEMA_VERSION = 1
+
+STATUSES = ("ok", "decode_error", "no_image", "too_large", "shard_error")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", pa.int16(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # the --input the run scanned
+        pa.field("shard", pa.string(), nullable=False),  # shard id (file name of this Parquet file)
+        pa.field("shard_url", pa.string(), nullable=False),
+        pa.field("key", pa.string()),  # WebDataset __key__; null only for shard_error rows
+        pa.field("status", pa.string(), nullable=False),  # one of STATUSES
+        pa.field("error", pa.string()),  # why, when status != ok
+        pa.field("p_fake", pa.float32()),  # probability the image is generated; null unless ok
+        pa.field("logit", pa.float32()),
+        pa.field("is_fake", pa.bool_()),  # p_fake >= threshold
+        pa.field("threshold", pa.float32()),  # the checkpoint's calibrated p_fake threshold
+        pa.field("top_generator", pa.string()),  # "real", a known generator, or "unknown"
+        pa.field("generator_scores", pa.map_(pa.string(), pa.float32())),  # softmax over ["real", *generators]
+        pa.field("width", pa.int32()),  # original image size
+        pa.field("height", pa.int32()),
+        pa.field("format", pa.string()),  # PIL format name, e.g. JPEG / PNG
+        pa.field("n_bytes", pa.int64()),  # size of the encoded image member
+        pa.field("sha256", pa.string()),  # hex sha256 of the image member's bytes
+        pa.field("detector_id", pa.string(), nullable=False),  # "<config>@<sha256 prefix of weights>"
+        pa.field("scanned_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    ],
+    metadata={"genscan.schema_version": str(SCHEMA_VERSION)},
+)
+
+COLUMNS = tuple(SCHEMA.names)
+
+PARTITION = "scan_date"  # hive partition column (from the path)
+DATA_PREFIX = f"{PARTITION}="
+MARKER_DIR = "_shards"
+RUN_DIR = "_run"
+
+
+class ScanOutputError(FileNotFoundError):
+    """The folder is not a scan output, or lacks the requested scan date."""
+
+
+def check_table(table: pa.Table) -> None:
+    """Raise ValueError unless `table` has exactly SCHEMA (names, types, order) and valid statuses."""
+    if not table.schema.equals(SCHEMA, check_metadata=False):
+        raise ValueError(f"table schema differs from scan schema v{SCHEMA_VERSION}:\n{table.schema}")
+    bad = set(table.column("status").to_pylist()) - set(STATUSES)
+    if bad:
+        raise ValueError(f"unknown status values: {sorted(bad)}")
+
+
+# ------------------------------------------------------------------------------------------- paths
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one scan date's files live under `output`."""
+
+    output: str
+    scan_date: str
+
+    @property
+    def data_dir(self) -> str:
+        return join(self.output, f"{DATA_PREFIX}{self.scan_date}")
+
+    @property
+    def run_dir(self) -> str:
+        return join(self.output, RUN_DIR, self.scan_date)
+
+    @property
+    def marker_dir(self) -> str:
+        return join(self.output, MARKER_DIR, self.scan_date)
+
+    def parquet(self, shard: str) -> str:
+        return join(self.data_dir, f"{shard}.parquet")
+
+    def marker(self, shard: str) -> str:
+        return join(self.marker_dir, f"{shard}.json")
+
+    def run_file(self, name: str) -> str:
+        return join(self.run_dir, name)
+
+
+def parquet_glob(output: str) -> str:
+    """The one glob that reads every date (DuckDB / Polars, with hive partitioning)."""
+    return join(output, f"{DATA_PREFIX}*", "*.parquet")
+
+
+# ------------------------------------------------------------------------------------------- JSON files
+def read_json(uri: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(read_bytes(uri))
+    except FileNotFoundError:
+        return None
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes_atomic(uri, json_bytes(obj))
+
+
+# ------------------------------------------------------------------------------------------- listing
+def _names(uri: str, suffix: str = "") -> list[str]:
+    fs, path = filesystem(uri)
+    try:
+        if not fs.exists(path):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)
+                      if p.rstrip("/").endswith(suffix))  # fmt: skip
+    except FileNotFoundError:
+        return []
+
+
+def list_dates(output: str) -> list[str]:
+    """Scan dates that have a data partition (`scan_date=D/`), oldest first."""
+    return sorted(n.removeprefix(DATA_PREFIX) for n in _names(output) if n.startswith(DATA_PREFIX))
+
+
+def list_runs(output: str) -> list[str]:
+    """Scan dates that have a run folder (`_run/D/`), oldest first."""
+    return _names(join(output, RUN_DIR))
+
+
+def completed_shards(paths: RunPaths) -> set[str]:
+    """Shard ids of the date that have a completion marker."""
+    return {name.removesuffix(".json") for name in _names(paths.marker_dir, ".json")}
+
+
+def data_shards(paths: RunPaths) -> set[str]:
+    """Shard ids of the date that have a Parquet file (complete or not: only a marker says complete)."""
+    return {name.removesuffix(".parquet") for name in _names(paths.data_dir, ".parquet")}
+
+
+def has_output(paths: RunPaths) -> bool:
+    return bool(data_shards(paths) or completed_shards(paths) or read_json(paths.run_file("run.json")) is not None)
+
+
+def resolve_scan_date(output: str, requested: str | None = None) -> str:
+    """`requested` if that partition exists, else (None) the latest; ScanOutputError naming what is there."""
+    fs, root = filesystem(output)
+    if not fs.exists(root):
+        raise ScanOutputError(f"scan output not found: {output}")
+    dates = list_dates(output)
+    if not dates:
+        raise ScanOutputError(f"no {DATA_PREFIX}* partitions under {output}: not a scan output")
+    if requested is None:
+        return dates[-1]
+    if requested not in dates:
+        raise ScanOutputError(f"{DATA_PREFIX}{requested} not found under {output} (have: {', '.join(dates)})")
+    return requested
+
+
+# ------------------------------------------------------------------------------------------- writing
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_shard(paths: RunPaths, shard: str, table: pa.Table, stats: dict[str, Any]) -> None:
+    """Parquet first, marker (stats) LAST: a marker implies a complete Parquet file."""
+    write_bytes_atomic(paths.parquet(shard), parquet_bytes(table))
+    write_json(paths.marker(shard), stats)
+
+
+# ------------------------------------------------------------------------------------------- reading
+def open_scan(output: str) -> pads.Dataset:
+    """Every date of a scan output as one Arrow dataset with a string `scan_date` column (from the paths);
+    markers and run files are not data. Local and s3:// alike (fsspec)."""
+    fs, path = filesystem(output)
+    return pads.dataset(path, filesystem=fs, format="parquet",
+                        partitioning=pads.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
+                        exclude_invalid_files=False, ignore_prefixes=["_", "."])  # fmt: skip
+
+
+def read_scan(output: str, *, scan_date: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """The rows of one date (or every date when None), with the `scan_date` column."""
+    ds = open_scan(output)
+    cols = None if columns is None else [*columns, *([PARTITION] if PARTITION not in columns else [])]
+    flt = None if scan_date is None else pads.field(PARTITION) == scan_date
+    return ds.to_table(columns=cols, filter=flt)

@@ -103,6 +103,9 @@ class DetectorConfig(StrictModel):
     head: HeadConfig = Field(default_factory=HeadConfig)
     generators: list[str] = Field(default_factory=list, description="attribution labels, without 'real'")
     fused: bool = Field(False, description="start with the fused MoLE inference path enabled")
+    gpu_batch_size: int = Field(
+        256, ge=1, le=4096, description="images per forward on one GPU (the Predictor's CUDA chunk size)"
+    )
 
     @field_validator("std")
     @classmethod

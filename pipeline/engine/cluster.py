@@ -7,7 +7,9 @@ themselves (SECRET_NAMES) are never passed that way (see below).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import ray
 
@@ -61,3 +63,28 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
 def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def session(address: str | None = None, num_cpus: int | None = None) -> Iterator[str]:
+    """THE place a job gets its Ray: yields "attached" | "local" | "existing" (`connect`'s rules; "existing":
+    this process was already connected, e.g. a test's session-wide head or a caller's own `ray.init`).
+
+    On exit it shuts down only what it started: a local Ray it started is stopped; a cluster it attached to is
+    never shut down (the driver disconnects from it, the cluster and its other jobs keep running); an existing
+    connection is left as it was.
+
+        with cluster.session(cfg.ray_address, cfg.ray_num_cpus):
+            run_scan(cfg, executor=RayScanExecutor())
+    """
+    if ray.is_initialized():
+        yield "existing"
+        return
+    how = connect(address, num_cpus)
+    try:
+        yield how
+    finally:
+        # for "local" this stops the Ray this call started; for "attached" it only disconnects this driver
+        # (ray.shutdown() on a driver of a running cluster does not stop the cluster)
+        if ray.is_initialized():
+            ray.shutdown()

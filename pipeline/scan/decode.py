@@ -55,6 +55,9 @@ class DecodeResult:
     height: int | None = None
     format: str | None = None  # Pillow's format name: JPEG, PNG, WEBP, GIF, ...
     note: str | None = None  # something worth knowing that did not stop scoring (animated, bad EXIF)
+    # set INSTEAD of pixels when the image is shipped encoded to the scorer's device decode
+    # (pipeline.scan.gpu_decode.decode_or_ship); never set by decode_image
+    encoded: bytes | None = None
 
 
 def _open_formats() -> list[str]:

@@ -2,7 +2,12 @@
 
 Ray's batch-inference pattern: the detector is loaded ONCE in `__init__` (one per actor), `__call__` scores a
 batch. Only rows with status "ok" go through the model; the others pass through with NaN scores. The `pixels`
-column is dropped from the output (it is large and no longer needed). No Ray here — tests call it directly.
+column (and `encoded`, the JPEG bytes the read side shipped for device decode) is dropped from the output (large
+and no longer needed). No Ray here — tests call it directly.
+
+Device decode (`decode_on="gpu"`, pipeline.scan.gpu_decode): ok rows with non-empty `encoded` bytes are decoded
+batched on the scorer's device and center-cropped there; a row the device cannot decode gets the CPU decoder's
+result (its status row, or its pixels). Their `_decode_s` gains the device decode time per row.
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ from pipeline.logs import get_logger
 
 log = get_logger("pipeline.scan.score")
 
+DECODE_ON = ("cpu", "gpu")
+
 
 class Scorer:
     def __init__(self, detector: str, device: str = "cpu", dtype: str = "float32", torch_threads: int | None = 1,
-                 batch_size: int | None = None) -> None:  # fmt: skip
+                 batch_size: int | None = None, decode_on: str = "cpu") -> None:  # fmt: skip
         import torch
 
         from pipeline.models import Predictor, load_detector
 
+        if decode_on not in DECODE_ON:
+            raise ValueError(f"decode_on must be one of {DECODE_ON}, got {decode_on!r}")
         if torch_threads and device == "cpu":
             torch.set_num_threads(torch_threads)
         det, meta = load_detector(detector)
@@ -31,36 +40,76 @@ class Scorer:
         self.labels = ["real", *meta.generators]
         self.predictor = Predictor(det, meta, device=device, dtype=dtype)
         self.batch_size = batch_size
+        self.decoder = None
+        if decode_on == "gpu":
+            from pipeline.scan.gpu_decode import DeviceDecoder
+
+            self.decoder = DeviceDecoder(self.predictor.device, det.config.image_size)
         self.ready_at = time.time()  # wall clock: the driver measures throughput from model-ready on
-        log.info("scorer_ready", detector_id=meta.detector_id, device=device, dtype=dtype, threads=torch_threads)
+        log.info("scorer_ready", detector_id=meta.detector_id, device=device, dtype=self.predictor.dtype,
+                 threads=torch_threads, gpu_batch=self.predictor.batch_size, decode_on=decode_on)  # fmt: skip
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = score_batch(self.predictor, batch, n_labels=len(self.labels), batch_size=self.batch_size)
+        out = score_batch(self.predictor, batch, n_labels=len(self.labels), batch_size=self.batch_size,
+                          decoder=self.decoder)  # fmt: skip
         out["_actor_ready"] = np.full(len(out["status"]), self.ready_at, np.float64)
         return out
 
 
-def score_batch(predictor: Any, batch: dict[str, np.ndarray], n_labels: int,
-                batch_size: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
-    """Score the ok rows of a prepared batch; returns the batch without `pixels`, plus p_fake, logit, is_fake,
-    top_generator ("" when not scored), generator_scores (N, n_labels; NaN when not scored) and `_infer_s`
-    (the call's model time shared among its ok rows)."""
-    out = {k: v for k, v in batch.items() if k != "pixels"}
+def _shipped_rows(batch: dict[str, np.ndarray], ok: np.ndarray) -> np.ndarray:
+    encoded = batch.get("encoded")
+    if encoded is None or not len(ok):
+        return np.zeros(0, np.int64)
+    return ok[np.fromiter((len(encoded[i] or b"") > 0 for i in ok), bool, len(ok))]
+
+
+def score_batch(predictor: Any, batch: dict[str, np.ndarray], n_labels: int, batch_size: int | None = None,
+                decoder: Any = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Score the ok rows of a prepared batch; returns the batch without `pixels`/`encoded`, plus p_fake, logit,
+    is_fake, top_generator ("" when not scored), generator_scores (N, n_labels; NaN when not scored) and
+    `_infer_s` (the call's model time shared among its ok rows). Rows shipped encoded are decoded first by
+    `decoder` (a `pipeline.scan.gpu_decode.DeviceDecoder`; one on the predictor's device when None)."""
+    out = {k: v for k, v in batch.items() if k not in ("pixels", "encoded")}
     status = np.asarray(batch["status"], dtype=object)
     n = len(status)
     ok = np.flatnonzero(status == "ok")
+    parts: list[tuple[np.ndarray, Any]] = []  # (row indices, uint8 NHWC images: numpy or a device tensor)
+    shipped = _shipped_rows(batch, ok)
+    if len(shipped):
+        if decoder is None:
+            from pipeline.scan.gpu_decode import DeviceDecoder
+
+            decoder = DeviceDecoder(predictor.device, int(predictor.cfg.image_size))
+        sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in shipped] if "width" in batch else None
+        dec = decoder.decode([bytes(batch["encoded"][i]) for i in shipped], sizes)
+        if dec.fallback:  # the CPU decoder's status row for what the device could not decode
+            status, error = status.copy(), np.asarray(out["error"], dtype=object).copy()
+            for i, r in dec.fallback.items():
+                status[shipped[i]], error[shipped[i]] = r.status, r.error or ""
+            out["status"], out["error"] = status, error
+        if "_decode_s" in out:
+            decode_s = np.asarray(out["_decode_s"], np.float64).copy()
+            decode_s[shipped] += dec.seconds / len(shipped)
+            out["_decode_s"] = decode_s
+        if len(dec.ok):
+            parts.append((shipped[dec.ok], dec.pixels))
+        host = np.setdiff1d(ok, shipped, assume_unique=True)
+        ok = np.flatnonzero(status == "ok")
+    else:
+        host = ok
+    if len(host):
+        parts.insert(0, (host, np.ascontiguousarray(batch["pixels"][host])))
     p_fake = np.full(n, np.nan, np.float32)
     logit = np.full(n, np.nan, np.float32)
     is_fake = np.zeros(n, bool)
     top = np.full(n, "", dtype=object)
     scores = np.full((n, n_labels), np.nan, np.float32)
     infer_s = np.zeros(n, np.float64)
-    if len(ok):
-        pixels = np.ascontiguousarray(batch["pixels"][ok])
-        step = batch_size or len(ok)
-        t0 = time.perf_counter()
-        for start in range(0, len(ok), step):
-            sel = ok[start : start + step]
+    t0 = time.perf_counter()
+    for rows, pixels in parts:
+        step = batch_size or len(rows)
+        for start in range(0, len(rows), step):
+            sel = rows[start : start + step]
             pred = predictor.predict(pixels[start : start + step])
             p_fake[sel] = np.asarray(pred["p_fake"], np.float32)
             logit[sel] = np.asarray(pred["logit"], np.float32)
@@ -70,6 +119,7 @@ def score_batch(predictor: Any, batch: dict[str, np.ndarray], n_labels: int,
             if gs.shape != (len(sel), n_labels):
                 raise ValueError(f"generator_scores shape {gs.shape} != ({len(sel)}, {n_labels})")
             scores[sel] = gs
+    if len(ok):
         infer_s[ok] = (time.perf_counter() - t0) / len(ok)
     out.update(p_fake=p_fake, logit=logit, is_fake=is_fake, top_generator=top, generator_scores=scores,
                _infer_s=infer_s)  # fmt: skip

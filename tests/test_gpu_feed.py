@@ -1,0 +1,105 @@
+"""The scorer's device feed (pipeline.models.predictor): CPU results unchanged, dtype resolution, the fused
+attention path under autocast, and (behind the gpu marker) the CUDA feed against CPU fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.models import DetectorConfig, DetectorMeta, Predictor, create_detector
+from pipeline.models.checks import randomize_adapters
+from pipeline.models.predictor import resolve_dtype
+from pipeline.models.preprocess import to_model_input
+from pipeline.settings import ConfigError
+
+GENS = ["gan", "diffusion"]
+
+
+@pytest.fixture(scope="module")
+def det():
+    torch.manual_seed(0)
+    d = create_detector("tiny-mole", pretrained=None, generators=GENS)
+    randomize_adapters(d)
+    with torch.no_grad():
+        d.head_fake.weight.normal_(0, 0.3)
+        d.head_gen.weight.normal_(0, 0.3)
+    return d
+
+
+def _previous_path(det, images: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Predictor's forward as it was before the device feed (fp32, CPU): an independent restatement."""
+    det.set_fused(True)
+    logits, gen = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), step):
+            out = det(to_model_input(images[i : i + step], det.config, device="cpu"))
+            logits.append(out.logit.float().cpu())
+            gen.append(out.gen_logits.float().softmax(dim=-1).cpu())
+    return torch.cat(logits).numpy(), torch.cat(gen).numpy()
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_cpu_scores_bit_identical_to_previous_path(det, batch_size) -> None:
+    imgs = np.random.default_rng(1).integers(0, 256, (7, 96, 96, 3), dtype=np.uint8)
+    pred = Predictor(det, DetectorMeta(generators=GENS), batch_size=batch_size)
+    assert pred.dtype == "float32" and pred.batch_size == batch_size  # CPU: no GPU chunking, no autocast
+    out = pred.predict(imgs)
+    logit, scores = _previous_path(det, imgs, batch_size or len(imgs))
+    assert np.array_equal(out["logit"], logit)
+    assert np.array_equal(out["generator_scores"], scores)
+    # a uint8 tensor (what the CPU device decoder hands over) gives the same bits as the numpy array
+    again = pred.predict(torch.from_numpy(imgs))
+    assert np.array_equal(again["logit"], logit)
+
+
+def test_dtype_resolution() -> None:
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("int8", "cpu")
+
+
+def test_gpu_batch_size_is_a_config_field() -> None:
+    base = DetectorConfig.load("vitl14-mole")
+    assert base.gpu_batch_size == 256
+    with pytest.raises(ConfigError, match="gpu_batch_size"):
+        DetectorConfig.parse({**base.model_dump(), "gpu_batch_size": 0})
+
+
+def _op_counts(det, x: torch.Tensor, autocast: bool) -> dict[str, int]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode(), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # fmt: skip
+        det(x)
+    return {e.key: e.count for e in prof.key_averages()}
+
+
+def test_fused_mole_keeps_fused_attention(det) -> None:
+    """Under autocast (the GPU dtypes) every block's attention is ONE scaled_dot_product_attention call (flash /
+    memory-efficient kernels on CUDA); without autocast, nn.MultiheadAttention's fused inference fast path."""
+    det.set_fused(True)
+    depth = len(det.visual.transformer.resblocks)
+    x = to_model_input(np.zeros((2, 96, 96, 3), np.uint8), det.config)
+    amp = _op_counts(det, x, autocast=True)
+    assert amp.get("aten::scaled_dot_product_attention") == depth
+    fp32 = _op_counts(det, x, autocast=False)
+    assert fp32.get("aten::_native_multi_head_attention") == depth
+
+
+@pytest.mark.gpu
+def test_cuda_feed_matches_cpu_fp32(det) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    imgs = np.random.default_rng(2).integers(0, 256, (37, 96, 96, 3), dtype=np.uint8)
+    cpu = Predictor(det, DetectorMeta(generators=GENS)).predict(imgs)
+    cuda_det = create_detector("tiny-mole", pretrained=None, generators=GENS)
+    cuda_det.load_state_dict(det.state_dict())
+    pred = Predictor(cuda_det, DetectorMeta(generators=GENS), device="cuda", batch_size=8)  # 5 chunks
+    assert pred.dtype in ("bfloat16", "float16")
+    for images in (imgs, torch.from_numpy(imgs).cuda()):
+        out = pred.predict(images)
+        np.testing.assert_allclose(out["p_fake"], cpu["p_fake"], atol=3e-2)
+    f32 = Predictor(cuda_det, DetectorMeta(generators=GENS), device="cuda", dtype="float32").predict(imgs)
+    np.testing.assert_allclose(f32["logit"], cpu["logit"], rtol=1e-3, atol=1e-3)

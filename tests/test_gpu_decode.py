@@ -100,7 +100,7 @@ def _same_row(a, b) -> None:
 def test_routing_and_device_pixels_equal_the_cpu_path(resize_mode: str) -> None:
     decoder = DeviceDecoder("cpu", S)
     shipped_names = []
-    for name, (data, expect_ship) in corpus().items():
+    for name, (data, _) in corpus().items():
         cpu = decode_image(data, image_size=S, resize_mode=resize_mode, max_pixels=MAXPX)
         routed = decode_or_ship(data, image_size=S, resize_mode=resize_mode, max_pixels=MAXPX, decode_on="gpu")
         if routed.encoded is None:  # not shipped: exactly the CPU decoder's result

@@ -21,9 +21,10 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
-from pipeline.settings import ConfigError
+from pipeline.settings import ConfigError, read_json_object
 from pipeline.storage import is_remote
 from pipeline.train.config import TrainConfig
 
@@ -47,6 +48,9 @@ FIELDS = {
     "use_gpu": "use_gpu",
     "linear_classifier": "linear_classifier",
     "augment": "augment",
+    "read_tasks": "read_tasks",
+    "max_failures": "max_failures",
+    "cpus_per_worker": "cpus_per_worker",
 }
 
 
@@ -74,22 +78,37 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--augment", dest="augment", action="store_const", const=True,
                      help="UnivFD train augmentations (blur, JPEG, random crop, flip) [off]")
     aug.add_argument("--no-augment", dest="augment", action="store_const", const=False)
-    ap.add_argument("--config-file", help="TrainConfig JSON; explicit flags override its values")
+    ap.add_argument("--read-tasks", type=int, help="concurrent CPU read/decode/augment tasks [as CPUs allow]")
+    ap.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per training worker [1]")
+    ap.add_argument("--max-failures", type=int, help="worker-group restarts from the last epoch checkpoint [3]")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the newest run under OUT/_checkpoints from its last completed epoch")
+    ap.add_argument("--config-file", help="TrainConfig JSON (or a shipped recipe name, e.g. univfd); explicit "
+                    "flags override its values")
     ap.add_argument("--engine", choices=["ray", "local"], default="ray", help="ray (TorchTrainer) | local")
     return ap
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "pipeline" / "train" / "recipes"
+
+
+def recipe_path(name: str) -> Path:
+    """A --config-file value: a JSON path, or the name of a recipe shipped in pipeline/train/recipes/."""
+    if not os.path.exists(name) and "/" not in name and (RECIPES / f"{name}.json").is_file():
+        return RECIPES / f"{name}.json"
+    return Path(name)
+
+
 def build_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
+    cfg, args = parse(argv)
+    return cfg, args.engine
+
+
+def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     args = build_parser().parse_args(argv)
     data: dict[str, Any] = {}
     if args.config_file:
-        try:
-            with open(args.config_file) as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"config file {args.config_file}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {args.config_file}: must hold a JSON object")
+        data = read_json_object(recipe_path(args.config_file), field="--config-file")
     for flag, field in FIELDS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -104,12 +123,12 @@ def build_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
         value = data.get(key)
         if isinstance(value, str) and not is_remote(value) and (key in ("data", "out") or os.path.exists(value)):
             data[key] = os.path.abspath(value.removeprefix("file://"))
-    return TrainConfig.parse(data, source=args.config_file or "command line"), args.engine
+    return TrainConfig.parse(data, source=args.config_file or "command line"), args
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg, engine = build_config(argv)
+        cfg, args = parse(argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -117,14 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.train.data import preflight
 
         preflight(cfg)  # bad data fails here, with exit code 2, before Ray starts
-        if engine == "local":
+        if args.engine == "local":
             from pipeline.train.loop import train_local
 
-            summary = train_local(cfg)
+            summary = train_local(cfg, resume=args.resume)
         else:
             from pipeline.engine.train import run_training
 
-            summary = run_training(cfg)
+            summary = run_training(cfg, resume=args.resume)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

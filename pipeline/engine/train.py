@@ -1,39 +1,66 @@
-"""Ray Train wrapper: runs `pipeline.train.loop.train_worker` under a `TorchTrainer`.
+"""Ray Train wrapper: streams the labelled images through Ray Data into `pipeline.train.loop.train_worker`
+running under a `TorchTrainer`, with per-epoch checkpoints and worker-failure recovery.
 
-The worker loop is a plain function in `pipeline/train` (no Ray); this module only supplies the Ray pieces to it
-through `TrainHooks` (rank, world size, DDP wrapping, progress reports). Scaling is `ScalingConfig(num_workers,
-use_gpu)` from the TrainConfig (never from the driver's `torch.cuda`), so the same job runs one CPU worker here
-and N GPU workers on a cluster. With more than one worker the checkpoint directory must be shared storage
-(s3://...): rank 0 writes it.
+The driver lists the source and makes the split (`pipeline.train.feed.make_plan`: no image decoded), puts the
+two listing tables in the object store once, and hands Ray Train lazily planned datasets:
 
-Cluster: attaches to `RAY_ADDRESS` when set (e.g. under `ray job submit`, via `pipeline.engine.cluster.connect`)
-or uses an already initialised Ray; otherwise starts a private local Ray (short private temp dir, dashboard off,
-`num_cpus` from the machine) and shuts it down afterwards. Non-secret AWS_*/GENSCAN_* settings reach the workers
-through the job's runtime_env (`pipeline.engine.cluster.runtime_env`, which never carries secrets); credentials
-are inherited from the driver (local Ray) or from `ray start` / an IAM role (cluster), PLATFORM.md.
+- `train_eNNNN` (one per epoch, split across the workers with `streaming_split(equal=True)`, so every rank gets
+  a disjoint, equal-sized part of the epoch and takes the same number of DDP steps): chunk ids -> the epoch's
+  seeded permutation of the listing -> read + decode + UnivFD augmentation (`feed.DecodeStage`, per-sample
+  randomness from seed, epoch and key) in CPU Ray Data tasks. Its split coordinator starts when the workers
+  reach that epoch (Ray Train v2 creates dataset iterators on the first `get_dataset_shard`).
+- `val` and `train_plain` (not split; rank 0 streams them for validation, the linear probe and calibration).
+
+Workers consume uint8 batches (`ray.train.get_dataset_shard`) and normalise them on their device. Each epoch,
+rank 0 hands the training state (`pipeline.train.state`) to `ray.train.report(checkpoint=...)`, stored under
+`<out>/_checkpoints/<run>/` (local or s3://); `FailureConfig(max_failures)` replaces a dead worker group and the
+loop resumes after the last reported epoch; `resume=True` (`--resume`) reopens the newest run under
+`<out>/_checkpoints/` so a killed job continues from its last epoch.
+
+Scaling is `ScalingConfig(num_workers, use_gpu)` from the TrainConfig (never from the driver's `torch.cuda`).
+Cluster: attaches to `RAY_ADDRESS` when set (via `pipeline.engine.cluster.connect`) or uses an initialised
+Ray; otherwise starts a private local Ray and shuts it down afterwards. Non-secret AWS_*/GENSCAN_* settings
+reach the workers through the job's runtime_env (`pipeline.engine.cluster.runtime_env`, never secrets).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import ray
 import ray.train
 import torch
-from ray.train import RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from pipeline import storage
 from pipeline.engine.cluster import connect, runtime_env
 from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
-from pipeline.train.loop import TrainHooks, read_summary, train_worker
+from pipeline.train.feed import (
+    DecodeSpec,
+    DecodeStage,
+    TrainPlan,
+    listing_chunk,
+    make_plan,
+    n_chunks,
+    train_spec,
+)
+from pipeline.train.loop import CHECKPOINTS_DIR, TrainHooks, per_rank_batch, read_summary, train_worker
 
 log = get_logger(__name__)
+
+EVAL_BATCH = 64
 
 
 def worker_env() -> dict[str, str]:
@@ -73,14 +100,70 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-class RayTrainHooks(TrainHooks):
-    """The Ray Train side of the worker loop: rank/world from the train context, DDP via prepare_model,
-    per-epoch metrics through `ray.train.report`."""
+# ---- datasets --------------------------------------------------------------------------------------------------
+def _read_chunks(
+    batch: dict[str, np.ndarray], *, table: list[Any], chunk_rows: int, seed: int, epoch: int, stage: DecodeStage
+) -> dict[str, np.ndarray]:
+    """Ray Data task body: chunk ids -> listing rows (the listing table comes from the object store) -> the
+    decode stage. `table` is a one-element list so Ray passes the ObjectRef itself, not its value."""
+    tab = table[0] if isinstance(table[0], pa.Table) else ray.get(table[0])
+    return stage(listing_chunk(tab, batch["id"], chunk_rows=chunk_rows, seed=seed, epoch=epoch))
 
-    def __init__(self) -> None:
+
+def stream_dataset(table_ref: Any, n_rows: int, spec: DecodeSpec, *, epoch: int, chunk_rows: int,
+                   read_tasks: int | None) -> ray.data.Dataset:  # fmt: skip
+    """A lazily planned dataset of decoded uint8 images for one epoch (`epoch=-1`: listing order, no
+    augmentation randomness needed) in CPU Ray Data tasks."""
+    n = max(n_chunks(n_rows, chunk_rows), 1)
+    ds = ray.data.range(n, override_num_blocks=n) if n_rows else ray.data.range(0)
+    kwargs: dict[str, Any] = {}
+    if read_tasks is not None:
+        kwargs["compute"] = ray.data.TaskPoolStrategy(size=read_tasks)
+    return ds.map_batches(
+        _read_chunks,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=1,
+        fn_kwargs={"table": [table_ref], "chunk_rows": chunk_rows, "seed": spec.seed, "epoch": epoch,
+                   "stage": DecodeStage(spec)},  # fmt: skip
+        **kwargs,
+    )
+
+
+def train_name(epoch: int) -> str:
+    return f"train_e{epoch:04d}"
+
+
+def build_datasets(cfg: TrainConfig, plan: TrainPlan) -> dict[str, ray.data.Dataset]:
+    from pipeline.models import DetectorConfig
+    from pipeline.train.data import patch_size
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # structured logs instead
+    det_cfg = DetectorConfig.load(cfg.config).model_copy(update={"generators": plan.generators})
+    train_ref, val_ref = ray.put(plan.train), ray.put(plan.val)
+    aug = train_spec(cfg, det_cfg, patch_size(det_cfg))
+    plain = DecodeSpec(det_cfg=det_cfg, seed=cfg.seed)
+    opts = {"chunk_rows": cfg.read_chunk, "read_tasks": cfg.read_tasks}
+    datasets = {"val": stream_dataset(val_ref, plan.n_val, plain, epoch=-1, **opts),
+                "train_plain": stream_dataset(train_ref, plan.n_train, plain, epoch=-1, **opts)}  # fmt: skip
+    if cfg.method == "mole":
+        for e in range(cfg.epochs):
+            datasets[train_name(e)] = stream_dataset(train_ref, plan.n_train, aug, epoch=e, **opts)
+    return datasets
+
+
+# ---- worker side -----------------------------------------------------------------------------------------------
+class RayTrainHooks(TrainHooks):
+    """The Ray Train side of the worker loop: rank/world from the train context, DDP via prepare_model, the
+    streamed dataset shards, torch.distributed collectives, checkpoints through `ray.train.report`."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
         ctx = ray.train.get_context()
+        self.cfg = cfg
         self.world_rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
+        self._tmp: Path | None = None
+        log.info("train_worker_start", rank=self.world_rank, world=self.world_size, pid=os.getpid())
 
     def device(self) -> torch.device:
         return ray.train.torch.get_device()
@@ -90,36 +173,112 @@ class RayTrainHooks(TrainHooks):
             return model.to(self.device())
         return ray.train.torch.prepare_model(model)
 
-    def report(self, metrics: dict[str, Any]) -> None:
-        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)})
+    def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]:
+        shard = ray.train.get_dataset_shard(train_name(epoch))
+        return shard.iter_batches(batch_size=per_rank_batch(self.cfg.batch_size, self.world_size),
+                                  batch_format="numpy", prefetch_batches=2)  # fmt: skip
+
+    def eval_batches(self, split: str) -> Iterable[dict[str, np.ndarray]]:
+        shard = ray.train.get_dataset_shard("val" if split == "val" else "train_plain")
+        return shard.iter_batches(batch_size=EVAL_BATCH, batch_format="numpy", prefetch_batches=2)
+
+    def broadcast(self, obj: Any) -> Any:
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device())
+        torch.distributed.all_reduce(t)
+        return t.cpu().tolist()
+
+    def latest_state(self) -> Path | None:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        self._tmp = Path(tempfile.mkdtemp(prefix="genscan-resume-"))
+        return Path(ckpt.to_directory(str(self._tmp)))
+
+    def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:
+        clean = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
+        ray.train.report(clean, checkpoint=Checkpoint.from_directory(str(state_dir)) if state_dir else None)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
-    train_worker(config, RayTrainHooks())
+    cfg = TrainConfig.parse(config["cfg"], source="train config")
+    hooks = RayTrainHooks(cfg)
+    try:
+        train_worker(cfg, config["plan"], hooks)
+    finally:
+        hooks.close()
 
 
-def run_training(cfg: TrainConfig) -> dict[str, Any]:
+# ---- driver side -----------------------------------------------------------------------------------------------
+def checkpoint_storage(out: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray Train under `<out>/_checkpoints` (fsspec for s3://, so a
+    custom endpoint from AWS_ENDPOINT_URL works as everywhere else)."""
+    root = storage.join(out, CHECKPOINTS_DIR)
+    if not storage.is_remote(root):
+        return root, None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = storage.filesystem(root)
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+def run_name(out: str, resume: bool) -> str:
+    """A fresh `run-<UTC time>` name, or with `resume` the newest existing run under `<out>/_checkpoints/`."""
+    if resume:
+        fs, root = storage.filesystem(storage.join(out, CHECKPOINTS_DIR))
+        runs = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) if fs.exists(root) else []
+        runs = [r for r in runs if r.startswith("run-")]
+        if runs:
+            log.info("ray_train_resume", run=runs[-1], out=out)
+            return runs[-1]
+        log.warning("resume_nothing_found", out=out, reason="no earlier run under _checkpoints; starting fresh")
+    return time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train with Ray Train and return the run summary (also in `<out>/train_summary.json`).
 
     Raises the worker's error (wrapped by Ray as TrainingFailedError) when training fails."""
-    storage = tempfile.mkdtemp(prefix="genscan-train-")
-    try:
-        with ray_session():
-            trainer = TorchTrainer(
-                _ray_worker,
-                train_loop_config=cfg.model_dump(mode="json"),
-                scaling_config=ScalingConfig(
-                    num_workers=cfg.num_workers,
-                    use_gpu=cfg.use_gpu,
-                    resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
-                ),
-                # the workers' env comes from the job's runtime_env (ray.init / connect()) + inheritance
-                run_config=RunConfig(storage_path=storage, name="train_detector"),
-            )
-            log.info("ray_train_start", num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, out=cfg.out)
-            trainer.fit()
-    finally:
-        shutil.rmtree(storage, ignore_errors=True)
+    plan = make_plan(cfg)
+    storage_path, storage_fs = checkpoint_storage(cfg.out)
+    name = run_name(cfg.out, resume)
+    need = cfg.num_workers * cfg.cpus_per_worker + 1  # at least one CPU left for the read/decode tasks
+    with ray_session(num_cpus=max(os.cpu_count() or 2, math.ceil(need))):
+        datasets = build_datasets(cfg, plan)
+        trainer = TorchTrainer(
+            _ray_worker,
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan.meta()},
+            scaling_config=ScalingConfig(
+                num_workers=cfg.num_workers,
+                use_gpu=cfg.use_gpu,
+                resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            ),
+            datasets=datasets,
+            dataset_config=DataConfig(datasets_to_split=[k for k in datasets if k.startswith("train_e")]),
+            # the workers' env comes from the job's runtime_env (ray.init / connect()) + inheritance
+            run_config=RunConfig(
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        log.info("ray_train_start", num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, out=cfg.out, run=name,
+                 n_train=plan.n_train, n_val=plan.n_val)  # fmt: skip
+        trainer.fit()
     summary = read_summary(cfg.out)
     log.info("ray_train_done", out=cfg.out, **{k: v for k, v in summary.items() if not isinstance(v, dict | list)})
     return summary

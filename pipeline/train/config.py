@@ -28,7 +28,9 @@ class TrainConfig(StrictModel):
     mask_ratio: float = Field(0.4, ge=0.0, le=1.0)
     # optimisation (mole)
     epochs: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(
+        32, ge=1, description="effective (global) batch; each of num_workers ranks takes ceil(batch / workers)"
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     attribution_weight: float = Field(1.0, ge=0, description="weight of the attribution cross-entropy")
@@ -70,6 +72,14 @@ class TrainConfig(StrictModel):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     torch_threads: int = Field(1, ge=1, description="intra-op threads per training worker")
+    # streaming feed and fault tolerance
+    read_tasks: int | None = Field(
+        None, ge=1, description="concurrent CPU Ray Data read/decode/augment tasks; None = as many as CPUs allow"
+    )
+    read_chunk: int = Field(32, ge=1, description="images per read task block")
+    max_failures: int = Field(
+        3, ge=-1, description="Ray Train: worker-group restarts from the last epoch checkpoint (-1: no limit)"
+    )
 
     @field_validator("train_generators")
     @classmethod

@@ -1,18 +1,16 @@
-"""Labelled images for training and evaluation, held in memory (the demo and few-shot sets are small).
+"""Labelled sources for training and evaluation: records, the stratified split rule, the class checks.
 
-`load_records` reads a labelled source through `pipeline.data.sources.load_labelled` (UnivFD folders or
-WebDataset shards, local or s3://). `TrainData` filters to the training generators, makes a stratified
-train/validation split, and produces normalised model-input batches (with UnivFD augmentations for training).
+`load_records` lists a labelled source through `pipeline.data.sources.load_labelled` (UnivFD folders or
+WebDataset shards, local or s3://). Images are streamed by `pipeline.train.feed` (the train/validation plan, the
+read/decode/augment stages); nothing here holds a data set in memory unless `load_records(lazy=False)` is asked.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pipeline.logs import get_logger
@@ -86,171 +84,7 @@ def stratified_split(strata: list[str], fraction: float, seed: int) -> tuple[np.
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
-@dataclass
-class TrainData:
-    cfg: TrainConfig
-    det_cfg: Any  # pipeline.models.DetectorConfig with .generators set to the training generators
-    generators: list[str]
-    train_images: list[Image.Image]
-    train_labels: np.ndarray
-    train_classes: np.ndarray  # index into ["real", *generators]
-    val_images: list[Image.Image]
-    val_labels: np.ndarray
-    val_classes: np.ndarray
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    patch_size: int = 16
-    _val_cache: torch.Tensor | None = None
-    _train_cache: torch.Tensor | None = None
-    _augment: Any = None
-
-    @property
-    def n_train(self) -> int:
-        return len(self.train_images)
-
-    @property
-    def n_classes(self) -> int:
-        return 1 + len(self.generators)
-
-    @property
-    def has_generator_labels(self) -> bool:
-        return len(self.generators) >= 1
-
-    def _to_input(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        from pipeline.models.preprocess import to_model_input
-
-        return to_model_input(np.stack(arrays), self.det_cfg)
-
-    def _prepared(self, images: list[Image.Image]) -> torch.Tensor:
-        from pipeline.models.preprocess import prepare_image
-
-        if not images:
-            s = self.det_cfg.image_size
-            return torch.zeros((0, 3, s, s))
-        return self._to_input([prepare_image(im, self.det_cfg) for im in images])
-
-    def val_pixels(self) -> torch.Tensor:
-        if self._val_cache is None:
-            self._val_cache = self._prepared(self.val_images)
-        return self._val_cache
-
-    def train_pixels(self) -> torch.Tensor:
-        """Unaugmented training inputs (the linear method's frozen features)."""
-        if self._train_cache is None:
-            self._train_cache = self._prepared(self.train_images)
-        return self._train_cache
-
-    def train_batch(self, idx: np.ndarray, *, augment: bool, rng: np.random.Generator) -> torch.Tensor:
-        if not augment:
-            return self.train_pixels()[torch.as_tensor(idx)]
-        arrays = [np.asarray(self._augment_one(self.train_images[i], rng), dtype=np.uint8) for i in idx]
-        return self._to_input(arrays)
-
-    def _augment_one(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
-        """UnivFD augmentation; with crop_grid="patch" [ours] the random crop offset is a multiple of the
-        backbone's patch size, so the ViT patch grid keeps its alignment with the pixel grid and pixel-periodic
-        generator traces (up-sampling checkerboards, 8x8 codebook blocks) keep their phase relative to the
-        tokens. "pixel" = the published recipe's free crop position."""
-        import dataclasses
-
-        from pipeline.data.augment import UnivFDAugment
-
-        if self._augment is None:
-            # UnivFD recipe [code] with the crop at the detector's input size; blur/JPEG probabilities from the
-            # TrainConfig (default 0.5 / 0.5 as published)
-            self._augment = UnivFDAugment(
-                crop_size=self.det_cfg.image_size,
-                resize=self.cfg.augment_resize,
-                blur_prob=self.cfg.augment_blur_prob,
-                jpeg_prob=self.cfg.augment_jpeg_prob,
-            )
-        params = self._augment.sample(rng)
-        if self.cfg.crop_grid == "patch":
-            free = self._free_crop_range(img)
-            if free is not None:
-                step = self.patch_size
-                (fx, fy) = free
-                kx = int(rng.integers(0, fx // step + 1)) * step
-                ky = int(rng.integers(0, fy // step + 1)) * step
-                # AugmentConfig maps u in [0,1) to int(u * (free + 1)); pick u at the middle of cell kx
-                params = dataclasses.replace(params, crop_u=(kx + 0.5) / (fx + 1), crop_v=(ky + 0.5) / (fy + 1))
-        return self._augment.apply(img, params)
-
-    def _free_crop_range(self, img: Image.Image) -> tuple[int, int] | None:
-        """(w - crop, h - crop) after the optional resize, or None when the image is resized to the crop."""
-        c = self.det_cfg.image_size
-        w, h = img.size
-        if self.cfg.augment_resize is not None:
-            scale = self.cfg.augment_resize / min(w, h)
-            w, h = round(w * scale), round(h * scale)
-        if min(w, h) < c:
-            return None
-        return w - c, h - c
-
-    def build_detector(self, pretrained: str | None) -> torch.nn.Module:
-        from pipeline.models import create_detector
-
-        if pretrained is None:  # the detector config's own default source
-            return create_detector(self.det_cfg)
-        return create_detector(self.det_cfg, pretrained=None if pretrained == "none" else pretrained)
-
-    def make_meta(self, *, threshold: float, unknown_threshold: float, notes: dict[str, Any]) -> Any:
-        """DetectorMeta with the calibrated thresholds; save_detector fills config, labels and ids."""
-        from pipeline.models import DetectorMeta
-
-        return DetectorMeta(
-            generators=list(self.generators),
-            threshold=threshold,
-            unknown_threshold=unknown_threshold,
-            notes=notes,
-        )
-
-
-def load_train_data(cfg: TrainConfig, det_cfg: Any) -> TrainData:
-    """Load `cfg.data`, keep the training generators' fakes and the reals that go with them, split."""
-    records = load_records(cfg.data)
-    fake_gens = check_classes(cfg, [(r.label, r.generator) for r in records])
-    gens = fake_gens if cfg.train_generators is None else list(cfg.train_generators)
-    groups_with_reals = {r.group for r in records if r.label == 0 and r.group}
-
-    def keep(r: LabelledRecord) -> bool:
-        if r.label == 1:
-            return r.generator in gens
-        # UnivFD folders: a generator folder's own reals; reals without a folder (WebDataset): all of them
-        if r.group and groups_with_reals & set(gens):
-            return r.group in gens
-        return True
-
-    kept = [r for r in records if keep(r)]
-    classes_all = ["real", *gens]
-    strata = [r.generator if r.label == 1 else "real" for r in kept]
-    tr, va = stratified_split(strata, cfg.val_fraction, cfg.seed)
-    det_cfg = det_cfg.model_copy(update={"generators": gens})
-
-    def pick(idx: np.ndarray) -> tuple[list[Image.Image], np.ndarray, np.ndarray, dict[str, int]]:
-        rs = [kept[i] for i in idx]
-        labels = np.array([r.label for r in rs], dtype=np.int64)
-        classes = np.array([classes_all.index(r.generator) if r.label == 1 else 0 for r in rs], dtype=np.int64)
-        return [r.load() for r in rs], labels, classes, dict(Counter(strata[i] for i in idx))
-
-    ti, tl, tc, tcount = pick(tr)
-    vi, vl, vc, vcount = pick(va)
-    log.info("train_data", data=cfg.data, generators=gens, train=tcount, val=vcount)
-    return TrainData(
-        cfg=cfg,
-        det_cfg=det_cfg,
-        generators=gens,
-        train_images=ti,
-        train_labels=tl,
-        train_classes=tc,
-        val_images=vi,
-        val_labels=vl,
-        val_classes=vc,
-        counts={"train": tcount, "val": vcount},
-        patch_size=_patch_size(det_cfg),
-    )
-
-
-def _patch_size(det_cfg: Any) -> int:
+def patch_size(det_cfg: Any) -> int:
     """The backbone's patch size from its open_clip architecture config (the masking unit = one ViT token)."""
     import open_clip
 

@@ -1,18 +1,24 @@
-"""The training worker loop (no Ray): a plain function taking a TrainConfig dict.
+"""The training worker loop (no Ray): a plain function over a TrainConfig, the driver's plan and `TrainHooks`.
 
-`pipeline.engine.train` runs it under Ray Train's TorchTrainer and passes `TrainHooks` for rank, DDP and
-progress reports; `train_worker(config)` without hooks runs it in-process (one worker).
+Images arrive as uint8 batches from the streaming feed (`pipeline.train.feed`): the runner supplies them through
+`TrainHooks` — `pipeline.engine.train` from `ray.train.get_dataset_shard(...)` (read + decode + augmentation in
+CPU Ray Data tasks), `LocalHooks` from the same stage functions run in-process (`--engine local`). They are
+normalised on the training device. No worker holds the data set: memory does not grow with the number of images
+(the linear probe keeps one feature vector per training image).
 
 Methods:
 - `mole` [paper + ours]: frozen backbone; MoLE adapters, routers and heads trained with AdamW on
   BCE-with-logits (real/fake) + cross-entropy attribution over ["real", *generators] (+ the router
   load-balancing loss when the detector provides one); UnivFD train augmentations; lr /= 10 when validation
-  accuracy has not improved for `plateau_patience` epochs (UnivFD uses patience 5 over many more epochs);
-  optional texture-aware masking of the top-ρ textured patches (training only, both classes).
-- `linear` [code + ours]: frozen features -> scikit-learn classifier -> weights copied into the linear heads.
-Both end with calibration on the validation split (threshold at the target FPR on validation reals, unknown-
-generator threshold on validation fakes) and `save_detector` (safetensors + JSON) plus train_config.json,
-metrics.jsonl, calibration.json and train_summary.json in the checkpoint directory.
+  accuracy has not improved for `plateau_patience` epochs; optional texture-aware masking of the top-ρ textured
+  patches (training only, both classes). Data parallel: each rank trains on a disjoint part of every epoch with
+  a per-rank batch of ceil(batch_size / world) (effective batch ≈ batch_size), gradients averaged by DDP.
+- `linear` [code + ours]: frozen features (a streamed inference pass) -> scikit-learn classifier -> weights
+  copied into the linear heads.
+Every epoch ends with a training state (`pipeline.train.state`) handed to the runner (Ray Train checkpoint);
+a restarted worker or a `--resume`d job continues after the last completed epoch. Both methods end with
+calibration on the validation split and `save_detector` plus train_config.json, metrics.jsonl (one line per
+completed epoch, from the state's history), calibration.json and train_summary.json in the checkpoint directory.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +42,18 @@ from pipeline import storage
 from pipeline.logs import get_logger
 from pipeline.train.calibrate import calibrate_from_scores
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import TrainData, load_train_data
+from pipeline.train.feed import DecodeSpec, SkipCounter, TrainPlan, iter_local, to_device, train_spec
 from pipeline.train.masking import mask_textured
+from pipeline.train.state import TrainState, read_state, write_state
 
 log = get_logger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
+CHECKPOINTS_DIR = "_checkpoints"  # under --out: per-epoch training states (Ray Train's storage)
 
 
 class TrainHooks:
-    """What the worker loop needs from its runner. The default is a single in-process worker."""
+    """What the worker loop needs from its runner: rank, device, DDP, the data feed, collectives, checkpoints."""
 
     world_rank: int = 0
     world_size: int = 1
@@ -55,7 +64,25 @@ class TrainHooks:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device())
 
-    def report(self, metrics: dict[str, Any]) -> None:
+    def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]:
+        """This rank's disjoint part of epoch `epoch` (0-based), augmented when the config says so."""
+        raise NotImplementedError
+
+    def eval_batches(self, split: str) -> Iterable[dict[str, np.ndarray]]:
+        """The whole `split` ("val" | "train"), unaugmented, listing order (rank 0 only)."""
+        raise NotImplementedError
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        return values
+
+    def latest_state(self) -> Path | None:
+        """A local directory holding the last epoch's training state to resume from, or None."""
+        return None
+
+    def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:
         return None
 
 
@@ -69,30 +96,59 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def _autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA, plain fp32 elsewhere (bf16 is far slower than fp32 on these CPUs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 @torch.no_grad()
-def predict_arrays(
-    det: torch.nn.Module, pixels: torch.Tensor, batch_size: int, device: torch.device
+def predict_stream(
+    det: torch.nn.Module,
+    batches: Iterable[dict[str, np.ndarray]],
+    det_cfg: Any,
+    device: torch.device,
+    skips: SkipCounter,
+    *,
+    features: bool = False,
+    mask: tuple[int, float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Unmasked, unaugmented forward over normalised pixels -> logit, p_fake, generator softmax, features."""
+    """Unaugmented forward over a stream of uint8 batches (unreadable rows dropped and counted) -> label, cls,
+    logit, p_fake, generator softmax (and features)."""
     det.eval()
-    logits, gens, feats = [], [], []
-    for i in range(0, pixels.shape[0], batch_size):
-        out = det(pixels[i : i + batch_size].to(device))
-        logits.append(out.logit.float().cpu())
-        gens.append(torch.softmax(out.gen_logits.float(), dim=1).cpu())
-        feats.append(out.features.float().cpu())
-    logit = torch.cat(logits).numpy() if logits else np.zeros(0, np.float32)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "cls", "row", "logit", "gen", "feat")}
+    for b in batches:
+        ok = skips.add(b)
+        if not ok.any():
+            continue
+        x = to_device(b["image"][ok], det_cfg, device)
+        if mask is not None:
+            x = mask_textured(x, mask[0], mask[1])
+        with _autocast(device):
+            o = det(x)
+        out["logit"].append(o.logit.float().cpu().numpy())
+        out["gen"].append(torch.softmax(o.gen_logits.float(), dim=1).cpu().numpy())
+        if features:
+            out["feat"].append(o.features.float().cpu().numpy())
+        for k in ("label", "cls", "row"):
+            out[k].append(np.asarray(b[k])[ok])
+    logit = np.concatenate(out["logit"]) if out["logit"] else np.zeros(0, np.float32)
     return {
+        "label": np.concatenate(out["label"]).astype(np.int64) if out["label"] else np.zeros(0, np.int64),
+        "cls": np.concatenate(out["cls"]).astype(np.int64) if out["cls"] else np.zeros(0, np.int64),
+        "row": np.concatenate(out["row"]).astype(np.int64) if out["row"] else np.zeros(0, np.int64),
         "logit": logit,
-        "p_fake": torch.sigmoid(torch.from_numpy(logit)).numpy(),
-        "generator_scores": torch.cat(gens).numpy() if gens else np.zeros((0, 1), np.float32),
-        "features": torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32),
+        "p_fake": torch.sigmoid(torch.from_numpy(logit)).numpy(),  # float32, as the Predictor computes it
+        "generator_scores": np.concatenate(out["gen"]) if out["gen"] else np.zeros((0, 1), np.float32),
+        "features": np.concatenate(out["feat"]) if out["feat"] else np.zeros((0, 0), np.float32),
     }
 
 
-def _val_metrics(labels: np.ndarray, classes: np.ndarray, pred: dict[str, np.ndarray]) -> dict[str, float]:
+def _val_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
     from pipeline.eval.metrics import average_precision, class_accuracies
 
+    labels = pred["label"]
     if labels.size == 0:
         return {}
     acc = class_accuracies(labels, pred["logit"], 0.0)
@@ -101,104 +157,9 @@ def _val_metrics(labels: np.ndarray, classes: np.ndarray, pred: dict[str, np.nda
         "val_real_acc": acc["real_acc"],
         "val_fake_acc": acc["fake_acc"],
         "val_ap": average_precision(labels, pred["logit"]),
-        "val_attr_acc": float(np.mean(np.argmax(pred["generator_scores"], 1) == classes)),
+        "val_attr_acc": float(np.mean(np.argmax(pred["generator_scores"], 1) == pred["cls"])),
     }
     return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}
-
-
-def _train_mole(
-    cfg: TrainConfig, data: TrainData, det: torch.nn.Module, hooks: TrainHooks, metrics_path: Path
-) -> list[dict[str, Any]]:
-    device = hooks.device()
-    if cfg.head_init == "linear_probe":
-        # LP-FT [ours, after Kumar et al. 2022]: start the heads from the linear probe of the frozen features
-        # (on masked inputs when masking), then fine-tune adapters + heads together
-        det.to(device)
-        _fit_linear_heads(cfg, data, det, device, masked=cfg.mask == "texture", c=cfg.probe_c)
-    model = hooks.prepare_model(det)
-    core = _unwrap(model)
-    params = [p for p in core.parameters() if p.requires_grad]
-    if not params:
-        raise RuntimeError("the detector has no trainable parameters (MoLE adapters/heads missing?)")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="max", factor=0.1, patience=cfg.plateau_patience, min_lr=cfg.lr * cfg.min_lr_factor
-    )
-    n_train = data.n_train
-    rank_idx = np.arange(n_train)[hooks.world_rank :: hooks.world_size]
-    patch = data.patch_size
-    val_pixels = data.val_pixels()
-    history: list[dict[str, Any]] = []
-    rng = np.random.default_rng(cfg.seed + 1000 * hooks.world_rank)
-    trainable = {n: p for n, p in core.named_parameters() if p.requires_grad}
-    best: tuple[tuple[float, float], int, dict[str, torch.Tensor]] | None = None
-    if cfg.keep_best and val_pixels.shape[0]:
-        v0 = _val_metrics(data.val_labels, data.val_classes, predict_arrays(core, val_pixels, 64, device))
-        best = (_val_key(v0), 0, {n: p.detach().clone() for n, p in trainable.items()})
-        log.info("epoch0", **v0)
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        order = rng.permutation(rank_idx)
-        tot, tot_bce, tot_ce, tot_aux, seen = 0.0, 0.0, 0.0, 0.0, 0
-        for start in range(0, order.size, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            x = data.train_batch(idx, augment=cfg.augment, rng=rng).to(device)
-            if cfg.mask == "texture":
-                x = mask_textured(x, patch, cfg.mask_ratio)
-            y = torch.as_tensor(data.train_labels[idx], dtype=torch.float32, device=device)
-            c = torch.as_tensor(data.train_classes[idx], dtype=torch.long, device=device)
-            out = model(x)
-            bce = F.binary_cross_entropy_with_logits(out.logit.float(), y)
-            loss = bce
-            ce = torch.zeros((), device=device)
-            if cfg.attribution_weight > 0 and data.has_generator_labels:
-                ce = F.cross_entropy(out.gen_logits.float(), c)
-                loss = loss + cfg.attribution_weight * ce
-            aux = core.aux_loss() if hasattr(core, "aux_loss") else None
-            if aux is not None and cfg.aux_loss_weight > 0:
-                loss = loss + cfg.aux_loss_weight * aux.to(device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n = int(idx.size)
-            seen += n
-            tot += loss.item() * n
-            tot_bce += bce.item() * n
-            tot_ce += ce.item() * n
-            tot_aux += aux.item() * n if aux is not None else 0.0
-        val = _val_metrics(data.val_labels, data.val_classes, predict_arrays(core, val_pixels, 64, device))
-        score = val.get("val_acc", -tot / max(seen, 1))
-        sched.step(score if math.isfinite(score) else -tot / max(seen, 1))
-        row = {
-            "epoch": epoch + 1,
-            "loss": tot / max(seen, 1),
-            "bce": tot_bce / max(seen, 1),
-            "attr_ce": tot_ce / max(seen, 1),
-            "aux": tot_aux / max(seen, 1),
-            "lr": opt.param_groups[0]["lr"],
-            "n_train": seen,
-            "seconds": round(time.perf_counter() - t0, 3),
-            **val,
-        }
-        if best is not None and _val_key(val) > best[0]:
-            best = (_val_key(val), epoch + 1, {n: p.detach().clone() for n, p in trainable.items()})
-        history.append(row)
-        log.info("epoch", rank=hooks.world_rank, **row)
-        if hooks.world_rank == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-        hooks.report(row)
-    if best is not None:
-        # keep the epoch with the best validation (AP, accuracy); epoch 0 = the linear-probe start
-        with torch.no_grad():
-            for n, p in trainable.items():
-                p.copy_(best[2][n])
-        log.info("best_epoch_restored", epoch=best[1], val_ap=best[0][0], val_acc=best[0][1])
-        if history:
-            history[-1] = {**history[-1], "best_epoch": best[1]}
-    core.eval()
-    return history
 
 
 def _val_key(val: dict[str, float]) -> tuple[float, float]:
@@ -206,83 +167,229 @@ def _val_key(val: dict[str, float]) -> tuple[float, float]:
     return (ap if math.isfinite(ap) else -1.0, acc if math.isfinite(acc) else -1.0)
 
 
-def _fit_linear_heads(
-    cfg: TrainConfig,
-    data: TrainData,
-    det: torch.nn.Module,
-    device: torch.device,
-    *,
-    masked: bool = False,
-    c: float | None = None,
-) -> None:
-    """Fit both heads on frozen features of the unaugmented training images (scikit-learn, see linear.py)."""
-    from pipeline.train.linear import fit_binary, fit_multiclass
+class _Run:
+    """One worker's view of a training run (config, plan metadata, detector config, skip counters)."""
 
-    pixels = data.train_pixels()
-    if masked:
-        pixels = mask_textured(pixels, data.patch_size, cfg.mask_ratio)
-    feats = predict_arrays(det, pixels, 64, device)["features"]
-    c = cfg.linear_c if c is None else c
-    w, b = fit_binary(feats, data.train_labels, classifier=cfg.linear_classifier, c=c, seed=cfg.seed)
-    det.set_linear_head(w, b)
-    if data.has_generator_labels:
-        gw, gb = fit_multiclass(feats, data.train_classes, data.n_classes, c=c, seed=cfg.seed)
-        det.set_generator_head(gw, gb)
+    def __init__(self, cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> None:
+        from pipeline.models import DetectorConfig
+        from pipeline.train.data import patch_size
+
+        self.cfg, self.plan, self.hooks = cfg, plan, hooks
+        self.generators: list[str] = list(plan["generators"])
+        self.det_cfg = DetectorConfig.load(cfg.config).model_copy(update={"generators": self.generators})
+        self.patch = patch_size(self.det_cfg)
+        self.device = hooks.device()
+        self.train_skips, self.eval_skips = SkipCounter(), SkipCounter()
+
+    @property
+    def n_classes(self) -> int:
+        return 1 + len(self.generators)
+
+    def validate(self, det: torch.nn.Module) -> dict[str, float]:
+        """Validation metrics computed on rank 0 over the whole streamed validation split, shared with all."""
+        val: dict[str, float] = {}
+        if self.hooks.world_rank == 0 and self.plan["n_val"]:
+            val = _val_metrics(predict_stream(det, self.hooks.eval_batches("val"), self.det_cfg, self.device,
+                                              self.eval_skips))  # fmt: skip
+        return self.hooks.broadcast(val)
+
+    def fit_linear_heads(self, det: torch.nn.Module, *, masked: bool, c: float) -> None:
+        """Both heads from frozen features of the unaugmented training images (a streamed inference pass, then
+        scikit-learn, see linear.py)."""
+        from pipeline.train.linear import fit_binary, fit_multiclass
+
+        mask = (self.patch, self.cfg.mask_ratio) if masked else None
+        pred = predict_stream(det, self.hooks.eval_batches("train"), self.det_cfg, self.device, self.eval_skips,
+                              features=True, mask=mask)  # fmt: skip
+        feats, labels = pred["features"], pred["label"]
+        w, b = fit_binary(feats, labels, classifier=self.cfg.linear_classifier, c=c, seed=self.cfg.seed)
+        det.set_linear_head(w, b)
+        if self.generators:
+            gw, gb = fit_multiclass(feats, pred["cls"], self.n_classes, c=c, seed=self.cfg.seed)
+            det.set_generator_head(gw, gb)
 
 
-def _train_linear(cfg: TrainConfig, data: TrainData, det: torch.nn.Module, hooks: TrainHooks) -> dict[str, Any]:
-    device = hooks.device()
-    det = det.to(device)
+def _train_mole(run: _Run, det: torch.nn.Module, resumed: TrainState | None) -> TrainState:
+    cfg, hooks, device = run.cfg, run.hooks, run.device
+    rank0 = hooks.world_rank == 0
+    det.to(device)
+    trainable_names = [n for n, p in det.named_parameters() if p.requires_grad]
+    if not trainable_names:
+        raise RuntimeError("the detector has no trainable parameters (MoLE adapters/heads missing?)")
+    if resumed is not None:
+        with torch.no_grad():
+            named = dict(det.named_parameters())
+            for n in trainable_names:
+                named[n].copy_(resumed.params[n].to(device))
+    elif cfg.head_init == "linear_probe" and rank0:
+        # LP-FT [ours, after Kumar et al. 2022]: start the heads from the linear probe of the frozen features
+        # (on masked inputs when masking); DDP's start-up broadcast hands rank 0's heads to the other ranks
+        run.fit_linear_heads(det, masked=cfg.mask == "texture", c=cfg.probe_c)
+    model = hooks.prepare_model(det)
+    core = _unwrap(model)
+    trainable = {n: p for n, p in core.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="max", factor=0.1, patience=cfg.plateau_patience, min_lr=cfg.lr * cfg.min_lr_factor
+    )
+    state = TrainState(epoch=0, history=[], params={}, best=None, optimizer={}, scheduler={},
+                       split=run.plan["split"])  # fmt: skip
+    if resumed is not None:
+        opt.load_state_dict(resumed.optimizer)
+        sched.load_state_dict(resumed.scheduler)
+        state = resumed
+        state.resumes = [*resumed.resumes, {"after_epoch": resumed.epoch, "world_size": hooks.world_size}]
+        run.train_skips.n = int(resumed.skipped.get("n", 0))
+        run.train_skips.examples = list(resumed.skipped.get("examples", []))
+        log.info("training_resumed", after_epoch=resumed.epoch, rank=hooks.world_rank)
+    elif cfg.keep_best and run.plan["n_val"]:
+        v0 = run.validate(core)
+        if rank0:
+            state.best = (_val_key(v0), 0, {n: p.detach().clone() for n, p in trainable.items()})
+        log.info("epoch0", **v0)
+    for epoch in range(state.epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        tot = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # loss, bce, ce, aux (all sample-weighted), samples, steps
+        for b in hooks.train_batches(epoch):
+            ok = run.train_skips.add(b)
+            x = to_device(b["image"], run.det_cfg, device)
+            if cfg.mask == "texture":
+                x = mask_textured(x, run.patch, cfg.mask_ratio)
+            w = torch.as_tensor(ok, dtype=torch.float32, device=device)
+            n_ok = w.sum().clamp_min(1.0)
+            y = torch.as_tensor(np.array(b["label"]), dtype=torch.float32, device=device)
+            c = torch.as_tensor(np.array(b["cls"]), dtype=torch.long, device=device)
+            with _autocast(device):
+                out = model(x)
+            # unreadable rows (ok=False, zero pixels) weigh 0: every rank still takes the same number of steps
+            bce = (F.binary_cross_entropy_with_logits(out.logit.float(), y, reduction="none") * w).sum() / n_ok
+            loss = bce
+            ce = torch.zeros((), device=device)
+            if cfg.attribution_weight > 0 and run.generators:
+                ce = (F.cross_entropy(out.gen_logits.float(), c, reduction="none") * w).sum() / n_ok
+                loss = loss + cfg.attribution_weight * ce
+            aux = core.aux_loss() if hasattr(core, "aux_loss") else None
+            if aux is not None and cfg.aux_loss_weight > 0:
+                loss = loss + cfg.aux_loss_weight * aux.to(device).float()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = float(ok.sum())
+            tot[0] += loss.item() * n
+            tot[1] += bce.item() * n
+            tot[2] += ce.item() * n
+            tot[3] += aux.item() * n if aux is not None else 0.0
+            tot[4] += n
+            tot[5] += 1
+        tot = hooks.all_sum(tot)
+        seen = max(tot[4], 1.0)
+        val = run.validate(core)
+        score = val.get("val_acc", -tot[0] / seen)
+        sched.step(score if math.isfinite(score) else -tot[0] / seen)
+        row = {
+            "epoch": epoch + 1,
+            "loss": tot[0] / seen,
+            "bce": tot[1] / seen,
+            "attr_ce": tot[2] / seen,
+            "aux": tot[3] / seen,
+            "lr": opt.param_groups[0]["lr"],
+            "n_train": int(tot[4]),
+            "steps_per_rank": int(tot[5] / hooks.world_size),
+            "seconds": round(time.perf_counter() - t0, 3),
+            **val,
+        }
+        if rank0 and state.best is not None and _val_key(val) > state.best[0]:
+            state.best = (_val_key(val), epoch + 1, {n: p.detach().clone() for n, p in trainable.items()})
+        state.history.append(row)
+        state.epoch = epoch + 1
+        log.info("epoch", rank=hooks.world_rank, **row)
+        _checkpoint(run, state, trainable, opt, sched, row)
+    if state.best is not None and rank0:
+        # keep the epoch with the best validation (AP, accuracy); epoch 0 = the linear-probe start
+        with torch.no_grad():
+            for n, p in trainable.items():
+                p.copy_(state.best[2][n].to(p.device))
+        log.info("best_epoch_restored", epoch=state.best[1], val_ap=state.best[0][0], val_acc=state.best[0][1])
+        if state.history:
+            state.history[-1] = {**state.history[-1], "best_epoch": state.best[1]}
+    core.eval()
+    return state
+
+
+def _checkpoint(run: _Run, state: TrainState, trainable: dict[str, torch.Tensor], opt: Any, sched: Any,
+                row: dict[str, Any]) -> None:  # fmt: skip
+    """Rank 0 writes the epoch's training state; every rank reports (Ray Train's report is collective)."""
+    if run.hooks.world_rank != 0:
+        run.hooks.report(row, None)
+        return
+    state.params = {n: p.detach() for n, p in trainable.items()}
+    state.optimizer = opt.state_dict()
+    state.scheduler = sched.state_dict()
+    state.skipped = run.train_skips.record()
+    tmp = Path(tempfile.mkdtemp(prefix="genscan-state-"))
+    try:
+        write_state(tmp, state)
+        run.hooks.report(row, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _train_linear(run: _Run, det: torch.nn.Module) -> dict[str, Any]:
+    det = det.to(run.device)
     t0 = time.perf_counter()
-    _fit_linear_heads(cfg, data, det, device)
-    val = _val_metrics(data.val_labels, data.val_classes, predict_arrays(det, data.val_pixels(), 64, device))
-    row = {"epoch": 1, "n_train": data.n_train, "seconds": round(time.perf_counter() - t0, 3), **val}
+    run.fit_linear_heads(det, masked=False, c=run.cfg.linear_c)
+    val = run.validate(det)
+    row = {"epoch": 1, "n_train": run.plan["n_train"], "seconds": round(time.perf_counter() - t0, 3), **val}
     log.info("linear_trained", **row)
-    hooks.report(row)
+    run.hooks.report(row)
     return row
 
 
-def train_worker(config: dict[str, Any] | TrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any] | None:
-    """Train one detector as described by `config` and write the checkpoint directory `config.out`.
+def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> dict[str, Any] | None:
+    """Train one detector as described by `cfg` on the driver's `plan` (TrainPlan.meta()) and write the
+    checkpoint directory `cfg.out`. Returns the summary on rank 0 (None on other ranks)."""
+    from pipeline.models import DetectorMeta, create_detector, save_detector
 
-    Returns the summary on rank 0 (None on other ranks)."""
-    from pipeline.models import DetectorConfig, save_detector
-
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.parse(config, source="train config")
-    hooks = hooks or TrainHooks()
     torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     t_start = time.perf_counter()
-    det_cfg = DetectorConfig.load(cfg.config)
-    data = load_train_data(cfg, det_cfg)
-    det = data.build_detector(pretrained=cfg.pretrained)
+    run = _Run(cfg, plan, hooks)
     rank0 = hooks.world_rank == 0
+    if cfg.pretrained is None:  # the detector config's own default source
+        det = create_detector(run.det_cfg)
+    else:
+        det = create_detector(run.det_cfg, pretrained=None if cfg.pretrained == "none" else cfg.pretrained)
 
-    work = Path(tempfile.mkdtemp(prefix="genscan-ckpt-"))
-    metrics_path = work / "metrics.jsonl"
+    state: TrainState | None = None
     if cfg.method == "mole":
-        history = _train_mole(cfg, data, det, hooks, metrics_path)
+        resume_dir = hooks.latest_state()
+        resumed = read_state(resume_dir) if resume_dir is not None else None
+        if resumed is not None and resumed.split != plan["split"]:
+            raise ValueError(
+                f"cannot resume: the checkpoint's train/validation split ({resumed.split.get('n_train')} + "
+                f"{resumed.split.get('n_val')} images) differs from this run's listing of {cfg.data}; "
+                "the data or the seed / val_fraction changed"
+            )
+        state = _train_mole(run, det, resumed)
+        history = state.history
     else:
         if cfg.num_workers > 1 and not rank0:  # one fit is enough; report once like rank 0 does
             hooks.report({"epoch": 1, "idle_rank": hooks.world_rank})
-            shutil.rmtree(work, ignore_errors=True)
             return None
-        history = [_train_linear(cfg, data, det, hooks)]
-        metrics_path.write_text(json.dumps(history[0]) + "\n")
+        history = [_train_linear(run, det)]
     if not rank0:
-        shutil.rmtree(work, ignore_errors=True)
         return None
 
-    device = hooks.device()
-    pred = predict_arrays(det, data.val_pixels(), 64, device)
-    if data.val_labels.size and np.any(data.val_labels == 0):
+    pred = predict_stream(det, hooks.eval_batches("val"), run.det_cfg, run.device, run.eval_skips)
+    if pred["label"].size and np.any(pred["label"] == 0):
         calib = calibrate_from_scores(
-            data.val_labels,
+            pred["label"],
             pred["p_fake"],
             pred["generator_scores"],
             target_fpr=cfg.target_fpr,
             unknown_quantile=cfg.unknown_quantile,
-            n_generators=len(data.generators),
+            n_generators=len(run.generators),
         )
     else:
         log.warning("calibration_skipped", reason="no real images in the validation split; threshold stays 0.5")
@@ -291,37 +398,57 @@ def train_worker(config: dict[str, Any] | TrainConfig, hooks: TrainHooks | None 
         "trained_by": "pipeline.train",
         "method": cfg.method,
         "mask": cfg.mask if cfg.mask == "none" else f"{cfg.mask}@{cfg.mask_ratio}",
-        "train_generators": data.generators,
+        "train_generators": run.generators,
         "train_data": cfg.data,
         "calibration": calib,
+        "split": plan["split"],
     }
-    meta = data.make_meta(threshold=calib["threshold"], unknown_threshold=calib["unknown_threshold"], notes=notes)
+    meta = DetectorMeta(generators=list(run.generators), threshold=calib["threshold"],
+                        unknown_threshold=calib["unknown_threshold"], notes=notes)  # fmt: skip
     det.cpu()
-    meta = save_detector(det, str(work), meta)
-    (work / "train_config.json").write_text(cfg.to_json())
-    (work / "calibration.json").write_text(json.dumps(calib, indent=2))
-    summary = {
-        "method": cfg.method,
-        "mask": cfg.mask,
-        "config": cfg.config,
-        "generators": data.generators,
-        "n_train": data.n_train,
-        "n_val": int(data.val_labels.size),
-        "train_counts": data.counts["train"],
-        "val_counts": data.counts["val"],
-        "epochs": len(history),
-        "best_epoch": history[-1].get("best_epoch") if history else None,
-        "final": history[-1] if history else {},
-        "calibration": calib,
-        "seconds": round(time.perf_counter() - t_start, 2),
-        "checkpoint": cfg.out,
-        "detector_id": meta.detector_id,
-    }
-    (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
-    publish_dir(work, cfg.out)
-    shutil.rmtree(work, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix="genscan-ckpt-"))
+    try:
+        meta = save_detector(det, str(work), meta)
+        (work / "train_config.json").write_text(cfg.to_json())
+        (work / "calibration.json").write_text(json.dumps(calib, indent=2))
+        (work / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        skipped = {"train": run.train_skips.record(), "eval": run.eval_skips.record()}
+        summary = {
+            "method": cfg.method,
+            "mask": cfg.mask,
+            "config": cfg.config,
+            "generators": run.generators,
+            "n_train": plan["n_train"],
+            "n_val": plan["n_val"],
+            "train_counts": plan["counts"]["train"],
+            "val_counts": plan["counts"]["val"],
+            "split": plan["split"],
+            "epochs": len(history),
+            "best_epoch": history[-1].get("best_epoch") if history else None,
+            "final": history[-1] if history else {},
+            "calibration": calib,
+            "skipped": skipped,
+            "resumes": state.resumes if state is not None else [],
+            "world_size": hooks.world_size,
+            "effective_batch": per_rank_batch(cfg.batch_size, hooks.world_size) * hooks.world_size,
+            "seconds": round(time.perf_counter() - t_start, 2),
+            "checkpoint": cfg.out,
+            "detector_id": meta.detector_id,
+        }
+        if skipped["train"]["n"] or skipped["eval"]["n"]:
+            log.warning("unreadable_images_summary", train=skipped["train"]["n"], eval=skipped["eval"]["n"],
+                        examples=(skipped["train"]["examples"] + skipped["eval"]["examples"])[:5])  # fmt: skip
+        (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
+        publish_dir(work, cfg.out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     log.info("checkpoint_written", out=cfg.out, seconds=summary["seconds"], threshold=calib["threshold"])
     return summary
+
+
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    """`batch_size` is the effective (global) batch: each of `world_size` ranks takes ceil(batch / world)."""
+    return -(-batch_size // world_size)
 
 
 def publish_dir(local: Path, dest: str) -> None:
@@ -338,9 +465,64 @@ def read_summary(out: str) -> dict[str, Any]:
     return json.loads(storage.read_bytes(uri))
 
 
-def train_local(cfg: TrainConfig) -> dict[str, Any]:
-    """In-process training without Ray (one worker); same outputs as the Ray path."""
+# ---- in-process runner (--engine local) ------------------------------------------------------------------------
+class LocalHooks(TrainHooks):
+    """One in-process worker: the feed's stage functions run in a small thread pool (`feed.iter_local`); the
+    per-epoch training state goes to `<out>/_checkpoints/local/epoch_NNNN/` (the last one is resumed from)."""
+
+    def __init__(self, cfg: TrainConfig, plan: TrainPlan, *, resume: bool = False) -> None:
+        from pipeline.models import DetectorConfig
+        from pipeline.train.data import patch_size
+
+        self.cfg, self.plan, self.resume = cfg, plan, resume
+        det_cfg = DetectorConfig.load(cfg.config).model_copy(update={"generators": plan.generators})
+        self.train_stage = train_spec(cfg, det_cfg, patch_size(det_cfg))
+        self.plain_stage = DecodeSpec(det_cfg=det_cfg)
+        self.root = storage.join(cfg.out, CHECKPOINTS_DIR, "local")
+        self._tmp: Path | None = None
+
+    def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]:
+        from pipeline.train.feed import DecodeStage
+
+        return iter_local(self.plan.train, DecodeStage(self.train_stage), batch_size=self.cfg.batch_size,
+                          seed=self.cfg.seed, epoch=epoch)  # fmt: skip
+
+    def eval_batches(self, split: str) -> Iterable[dict[str, np.ndarray]]:
+        from pipeline.train.feed import DecodeStage
+
+        table = self.plan.val if split == "val" else self.plan.train
+        return iter_local(table, DecodeStage(self.plain_stage), batch_size=64)
+
+    def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:
+        if state_dir is not None:
+            publish_dir(state_dir, storage.join(self.root, f"epoch_{int(metrics['epoch']):04d}"))
+
+    def latest_state(self) -> Path | None:
+        if not self.resume:
+            return None
+        fs, root = storage.filesystem(self.root)
+        if not fs.exists(root):
+            return None
+        done = sorted(p for p in fs.ls(root, detail=False) if fs.exists(f"{p}/state.json"))
+        if not done:
+            return None
+        self._tmp = Path(tempfile.mkdtemp(prefix="genscan-resume-"))
+        for name in ("state.json", "state.safetensors"):
+            (self._tmp / name).write_bytes(fs.cat_file(f"{done[-1]}/{name}"))
+        return self._tmp
+
+
+def train_local(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """In-process training without Ray (one worker), through the same streaming stages; same outputs."""
+    from pipeline.train.feed import make_plan
+
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.torch_threads))
-    summary = train_worker(cfg)
+    plan = make_plan(cfg)
+    hooks = LocalHooks(cfg, plan, resume=resume)
+    try:
+        summary = train_worker(cfg, plan.meta(), hooks)
+    finally:
+        if hooks._tmp is not None:
+            shutil.rmtree(hooks._tmp, ignore_errors=True)
     assert summary is not None  # rank 0 always returns
     return summary

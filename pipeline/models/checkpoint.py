@@ -42,6 +42,23 @@ class BackboneMeta(StrictModel):
     stored_in_checkpoint: bool = False  # the frozen backbone is inside detector.safetensors
 
 
+class ImportedFrom(StrictModel):
+    """Provenance of a detector imported from a peer's released weights file (jobs/import_detector.py)."""
+
+    kind: str  # "univfd" | "clipbased" | "rine"
+    variant: str | None = None  # RINE: 1class | 2class | 4class | ldm
+    file: str  # the path given on the command line
+    sha256: str  # of that file's bytes
+    bytes: int
+    nesting: (
+        str  # where the state dict sat: "raw" | "model" | "model (module. stripped)" | "state_dict" | "net"
+    )
+    keys: dict[str, str] = Field(default_factory=dict, description="source key -> genscan parameter name")
+    origin: str  # repository / download address
+    licence: str
+    paper: str
+
+
 class DetectorMeta(StrictModel):
     """Everything needed to rebuild and use a detector. The trainer fills the thresholds / notes;
     ``save_detector`` fills config, backbone, project_version, created_at and detector_id."""
@@ -58,6 +75,9 @@ class DetectorMeta(StrictModel):
     created_at: str = ""
     detector_id: str = ""
     notes: dict[str, Any] = Field(default_factory=dict, description="free-form training/calibration notes")
+    imported_from: ImportedFrom | None = Field(
+        None, description="set when the weights came from a peer's file"
+    )
 
     @property
     def labels(self) -> list[str]:
@@ -74,32 +94,45 @@ def checkpoint_keys(det: Detector, *, with_backbone: bool) -> list[str]:
 def save_detector(det: Detector, ckpt_dir: str | Path, meta: DetectorMeta | None = None) -> DetectorMeta:
     """Write ``ckpt_dir/detector.safetensors`` then ``ckpt_dir/detector.json`` (written last: a checkpoint
     with a json is complete). ``ckpt_dir`` may be local or any fsspec URI (s3://). Returns the final meta."""
+    stored = det.backbone.kind == "none"
+    state = det.state_dict()
+    tensors = {k: state[k] for k in checkpoint_keys(det, with_backbone=stored)}
+    backbone = BackboneMeta(
+        arch=det.backbone.arch,
+        pretrained=det.backbone.pretrained,
+        kind=det.backbone.kind,
+        sha256=det.backbone.sha256,
+        stored_in_checkpoint=stored,
+    )
+    return write_checkpoint(tensors, det.config, backbone, ckpt_dir, meta)
+
+
+def write_checkpoint(
+    tensors: dict[str, torch.Tensor],
+    cfg: DetectorConfig,
+    backbone: BackboneMeta,
+    ckpt_dir: str | Path,
+    meta: DetectorMeta | None = None,
+) -> DetectorMeta:
+    """The one checkpoint writer (save_detector and the importer): safetensors first, the json last.
+    ``load_detector`` checks the tensors' names and shapes against the detector built from ``cfg``."""
     from safetensors.torch import save
 
     meta = meta or DetectorMeta()
-    cfg = det.config
     if meta.generators and meta.generators != cfg.generators:
         raise ValueError(
             f"meta.generators {meta.generators} differ from the detector's head labels {cfg.generators}"
         )
-    stored = det.backbone.kind == "none"
-    state = det.state_dict()
-    tensors = {
-        k: state[k].detach().to("cpu").contiguous() for k in checkpoint_keys(det, with_backbone=stored)
-    }
-    blob = save(tensors, metadata={"format": "pt", "detector": cfg.name})
+    blob = save(
+        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+        metadata={"format": "pt", "detector": cfg.name},
+    )
     digest = hashlib.sha256(blob).hexdigest()
     meta = meta.model_copy(
         update={
             "config": cfg,
             "generators": list(cfg.generators),
-            "backbone": BackboneMeta(
-                arch=det.backbone.arch,
-                pretrained=det.backbone.pretrained,
-                kind=det.backbone.kind,
-                sha256=det.backbone.sha256,
-                stored_in_checkpoint=stored,
-            ),
+            "backbone": backbone,
             "project_version": pipeline.__version__,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "detector_id": f"{cfg.name}@{digest[:12]}",

@@ -14,7 +14,7 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.models.constants import CLIP_MEAN, CLIP_STD
+from pipeline.models.constants import CLIP_MEAN, CLIP_STD, DecisionRule, PreprocessMode
 from pipeline.settings import ConfigError, StrictModel
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -81,26 +81,45 @@ class MoLEConfig(StrictModel):
 
 class HeadConfig(StrictModel):
     """What the heads read. [ours] for MoLE: the final image embedding (after the projection);
-    [code] for the linear detector: ln_post(CLS) before the projection, L2-normalised."""
+    [code] for the linear detector: ln_post(CLS) before the projection, L2-normalised.
 
-    feature: Literal["embedding", "pre_proj"] = "embedding"
+    * ``embedding``: open_clip ``encode_image`` = ln_post(CLS) @ proj (UnivFD: 768-d for ViT-L/14, not normalised);
+    * ``pre_proj``: ln_post(CLS) with ``visual.proj = None`` (seed 001 / ClipBased: 1024-d, ``normalize=True``);
+    * ``block_cls``: the CLS token of the OUTPUT of ``ln_2`` in every transformer block, (N, depth, width)
+      (RINE); only for ``method: rine``, whose neck reduces it to one vector."""
+
+    feature: Literal["embedding", "pre_proj", "block_cls"] = "embedding"
     normalize: bool = False
+
+
+class RineConfig(StrictModel):
+    """RINE's trainable part [code, mever-team/rine src/models.py]: proj1 = Dropout + nproj x [Linear, ReLU,
+    Dropout] applied to every block's CLS token, a softmax over the block axis of ``alpha`` (1, depth, proj_dim)
+    weighting and summing the blocks, proj2 (same shape as proj1 on proj_dim), then a 3-layer head -> 1 logit.
+    Released variants: 1class nproj 4 / dim 1024, 2class 4 / 128, 4class 2 / 1024, ldm 4 / 1024."""
+
+    nproj: int = Field(ge=1, le=16)
+    proj_dim: int = Field(ge=1, le=8192)
 
 
 class DetectorConfig(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
-    method: Literal["mole", "linear"]
+    method: Literal["mole", "linear", "rine"]
     arch: str = Field(min_length=1, description="open_clip architecture name, e.g. ViT-L-14-quickgelu")
     pretrained: str | None = Field(
         None, description="default backbone weights: open_clip tag | local .safetensors | s3:// URI | null"
     )
     image_size: int = Field(ge=16, le=1024)
-    preprocess: Literal["center_crop", "resize_crop"] = "center_crop"
+    preprocess: PreprocessMode = "center_crop"
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     mole: MoLEConfig | None = None
     head: HeadConfig = Field(default_factory=HeadConfig)
+    rine: RineConfig | None = Field(None, description="RINE neck + head (method 'rine' only)")
+    decision: DecisionRule = Field(
+        "p_fake_ge", description="p_fake_ge: sigmoid(logit) >= threshold | logit_gt: logit > logit(threshold)"
+    )
     generators: list[str] = Field(default_factory=list, description="attribution labels, without 'real'")
     fused: bool = Field(False, description="start with the fused MoLE inference path enabled")
     gpu_batch_size: int = Field(
@@ -128,8 +147,14 @@ class DetectorConfig(StrictModel):
     def _consistent(self) -> Self:
         if self.method == "mole" and self.mole is None:
             raise ValueError("mole: required when method is 'mole'")
-        if self.method == "linear" and self.mole is not None:
-            raise ValueError("mole: must be absent when method is 'linear'")
+        if self.method != "mole" and self.mole is not None:
+            raise ValueError(f"mole: must be absent when method is {self.method!r}")
+        if (self.method == "rine") != (self.rine is not None):
+            raise ValueError("rine: required when method is 'rine', and only then")
+        if (self.method == "rine") != (self.head.feature == "block_cls"):
+            raise ValueError("head.feature: 'block_cls' goes with method 'rine' (and method 'rine' with it)")
+        if self.head.feature == "block_cls" and self.head.normalize:
+            raise ValueError("head.normalize: not supported with feature 'block_cls'")
         check_arch_pretrained(self.arch, self.pretrained, field="pretrained")
         return self
 

@@ -131,6 +131,117 @@ def _load_visual_weights(visual: nn.Module, path: Path, source: str) -> None:
     visual.load_state_dict(sd, strict=True)
 
 
+# ---------------------------------------------------------------------------------------------- RINE parts
+HEAD_PREFIXES = ("head_fake.", "head_gen.", "neck.")
+
+
+def _projection(in_dim: int, dim: int, n: int) -> nn.Sequential:
+    """Dropout, then n x [Linear, ReLU, Dropout] (RINE's proj1/proj2 layout: Linear layers at 1, 4, 7, ...)."""
+    layers: list[nn.Module] = [nn.Dropout()]
+    for i in range(n):
+        layers += [nn.Linear(in_dim if i == 0 else dim, dim), nn.ReLU(), nn.Dropout()]
+    return nn.Sequential(*layers)
+
+
+class RineNeck(nn.Module):
+    """RINE's Trainable Importance Estimator [code]: proj1 on each block's CLS token, softmax(alpha) over the
+    block axis, weighted sum, proj2. Parameter names equal RINE's (``alpha``, ``proj1.*``, ``proj2.*``)."""
+
+    def __init__(self, depth: int, width: int, nproj: int, proj_dim: int) -> None:
+        super().__init__()
+        self.proj_dim = proj_dim
+        self.alpha = nn.Parameter(torch.zeros(1, depth, proj_dim))
+        self.proj1 = _projection(width, proj_dim, nproj)
+        self.proj2 = _projection(proj_dim, proj_dim, nproj)
+
+    def forward(self, block_cls: torch.Tensor) -> torch.Tensor:
+        """(N, depth, width) -> (N, proj_dim)."""
+        g = self.proj1(block_cls.float())
+        z = (torch.softmax(self.alpha, dim=1) * g).sum(dim=1)
+        return self.proj2(z)
+
+
+def rine_head(dim: int) -> nn.Sequential:
+    """RINE's head [code]: [Linear, ReLU, Dropout] x 2, Linear -> 1 (Linear layers at 0, 3, 6)."""
+    return nn.Sequential(
+        nn.Linear(dim, dim),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(dim, dim),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(dim, 1),
+    )
+
+
+def build_heads(
+    cfg: DetectorConfig, *, width: int, depth: int, embed_dim: int
+) -> tuple[RineNeck | None, nn.Module, nn.Linear]:
+    """(neck, real/fake head, attribution head) for a backbone of this width / depth / embedding size: the one
+    place that decides what the heads read. The importer sizes a peer's file against these without building
+    the backbone."""
+    neck = None
+    if cfg.method == "rine":
+        assert cfg.rine is not None  # guaranteed by DetectorConfig validation
+        neck = RineNeck(depth, width, cfg.rine.nproj, cfg.rine.proj_dim)
+        dim = cfg.rine.proj_dim
+    else:
+        dim = width if cfg.head.feature == "pre_proj" else embed_dim
+    head_fake: nn.Module = rine_head(dim) if neck is not None else nn.Linear(dim, 1)
+    return neck, head_fake, nn.Linear(dim, 1 + len(cfg.generators))
+
+
+def head_shapes(cfg: DetectorConfig) -> dict[str, torch.Size]:
+    """Shapes of every head/neck parameter of ``cfg``'s detector, from the open_clip architecture config
+    alone (no backbone is built)."""
+    import open_clip
+
+    register_arch_configs()
+    mc = open_clip.get_model_config(cfg.arch)
+    if mc is None:
+        raise ConfigError(f"arch: unknown open_clip architecture {cfg.arch!r}")
+    try:
+        vc = mc["vision_cfg"]
+        dims = {"width": int(vc["width"]), "depth": int(vc["layers"]), "embed_dim": int(mc["embed_dim"])}
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"arch: {cfg.arch} is not an open_clip ViT config (missing {exc})") from exc
+    holder = nn.Module()
+    holder.neck, holder.head_fake, holder.head_gen = build_heads(cfg, **dims)
+    return {k: v.shape for k, v in holder.state_dict().items()}
+
+
+def run_blocks(
+    transformer: nn.Module,
+    x: torch.Tensor,
+    start: int,
+    stop: int,
+    block_cls: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Run ``transformer.resblocks[start:stop]`` on batch-first tokens (N, L, D), as open_clip's
+    ``Transformer.forward`` does (LND inside when the transformer is not batch-first). With ``block_cls``,
+    append the CLS token of each block's ``ln_2`` output, (N, D), read by a forward hook on ``ln_2``."""
+    batch_first = getattr(transformer, "batch_first", True)
+    blocks = list(transformer.resblocks)[start:stop]
+    handles = []
+    if block_cls is not None:
+
+        def grab(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+            block_cls.append(out[:, 0] if batch_first else out[0])
+
+        handles = [b.ln_2.register_forward_hook(grab) for b in blocks]
+    try:
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for b in blocks:
+            x = b(x, attn_mask=None)
+        if not batch_first:
+            x = x.transpose(0, 1)
+    finally:
+        for h in handles:
+            h.remove()
+    return x
+
+
 # ---------------------------------------------------------------------------------------------- detector
 class Detector(nn.Module):
     """Frozen CLIP vision tower (+ MoLE adapters) + real/fake head + attribution head."""
@@ -159,16 +270,18 @@ class Detector(nn.Module):
                     top_k=cfg.mole.top_k,
                     load_balance=cfg.mole.load_balance,
                 )
-        dim = self._feature_dim()
-        self.head_fake = nn.Linear(dim, 1)
-        self.head_gen = nn.Linear(dim, 1 + len(cfg.generators))
+        neck, self.head_fake, self.head_gen = build_heads(
+            cfg,
+            width=int(visual.ln_post.normalized_shape[0]),
+            depth=len(visual.transformer.resblocks),
+            embed_dim=int(visual.proj.shape[1]),
+        )
+        self.neck: RineNeck | None = neck
         self.set_fused(cfg.fused)
 
     # ------------------------------------------------------------------ structure
     def _feature_dim(self) -> int:
-        if self.config.head.feature == "pre_proj":
-            return int(self.visual.ln_post.normalized_shape[0])
-        return int(self.visual.proj.shape[1])
+        return int(self.head_gen.in_features)
 
     def mole_modules(self) -> list[MoLEMLP]:
         return [m for m in self.visual.modules() if isinstance(m, MoLEMLP)]
@@ -184,7 +297,17 @@ class Detector(nn.Module):
         return names
 
     def head_param_names(self) -> list[str]:
-        return [n for n, _ in self.named_parameters() if n.startswith(("head_fake.", "head_gen."))]
+        return [n for n, _ in self.named_parameters() if n.startswith(HEAD_PREFIXES)]
+
+    @property
+    def depth(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def first_adapted_block(self) -> int:
+        """Index of the first block whose weights differ from the frozen backbone (depth when none): every
+        block before it can be shared with another detector on the same backbone."""
+        return min(self.mole_blocks) if self.mole_blocks else self.depth
 
     def backbone_param_names(self) -> list[str]:
         added = set(self.adapter_param_names()) | set(self.head_param_names())
@@ -252,18 +375,37 @@ class Detector(nn.Module):
         v = self.visual
         for m in self.mole_modules():
             m.last_aux_loss = None
-        x = v.transformer(v._embeds(pixels))
-        pooled, _ = v._pool(x)  # ln_post(CLS) for pool_type 'tok'
+        x = v._embeds(pixels)
+        if self.neck is None:
+            return self.features_from(v.transformer(x), None)
+        block_cls: list[torch.Tensor] = []
+        x = run_blocks(v.transformer, x, 0, self.depth, block_cls)
+        return self.features_from(x, block_cls)
+
+    def features_from(self, tokens: torch.Tensor, block_cls: list[torch.Tensor] | None) -> torch.Tensor:
+        """The head features from the last block's output tokens (N, L, D) or, for RINE, from the ln_2 CLS
+        tokens of every block (a list of depth (N, width) tensors). Shared-pass runners call this directly."""
+        if self.neck is not None:
+            if block_cls is None or len(block_cls) != self.depth:
+                got = "none" if block_cls is None else len(block_cls)
+                raise ValueError(
+                    f"{self.config.name}: needs the ln_2 CLS token of all {self.depth} blocks, got {got}"
+                )
+            return self.neck(torch.stack(block_cls, dim=1))
+        v = self.visual
+        pooled, _ = v._pool(tokens)  # ln_post(CLS) for pool_type 'tok'
         feat = pooled if self.config.head.feature == "pre_proj" else pooled @ v.proj
         if self.config.head.normalize:
             feat = torch.nn.functional.normalize(feat, dim=-1)
         return feat
 
-    def forward(self, pixels: torch.Tensor) -> DetectorOutput:
-        feat = self.features(pixels)
+    def heads(self, feat: torch.Tensor) -> DetectorOutput:
         return DetectorOutput(
             logit=self.head_fake(feat).squeeze(-1), gen_logits=self.head_gen(feat), features=feat
         )
+
+    def forward(self, pixels: torch.Tensor) -> DetectorOutput:
+        return self.heads(self.features(pixels))
 
     # ------------------------------------------------------------------ heads from scikit-learn
     @torch.no_grad()
@@ -271,6 +413,8 @@ class Detector(nn.Module):
         self, coef: np.ndarray | torch.Tensor, intercept: np.ndarray | torch.Tensor | float
     ) -> None:
         """Set the real/fake head from a binary scikit-learn linear model (``coef_`` (1, D), ``intercept_``)."""
+        if not isinstance(self.head_fake, nn.Linear):
+            raise ValueError(f"{self.config.name}: the real/fake head is not one linear layer")
         w = torch.as_tensor(np.asarray(coef), dtype=self.head_fake.weight.dtype).reshape(1, -1)
         b = torch.as_tensor(np.asarray(intercept), dtype=self.head_fake.bias.dtype).reshape(1)
         if w.shape != self.head_fake.weight.shape:

@@ -1,9 +1,13 @@
 """Image preprocessing shared by training, evaluation and the scanner.
 
 * ``prepare_image(pil, cfg)``: EXIF transpose, RGB, then to ``cfg.image_size`` as uint8 HWC:
-  - ``center_crop`` [code, UnivFD test protocol]: center crop, no resize — the shorter side is resized (bicubic)
-    to S only when the image is smaller than S;
-  - ``resize_crop`` [code, seed 001]: resize the shorter side to S (bicubic), then center crop.
+  - ``center_crop`` [genscan]: center crop, no resize — the shorter side is resized (bicubic) to S only when
+    the image is smaller than S;
+  - ``center_crop_pad`` [code, UnivFD / RINE test transform]: torchvision ``CenterCrop(S)`` exactly — no
+    resize; a side shorter than S is zero-padded (black, before normalisation) as torchvision pads;
+  - ``resize_crop`` [code, seed 001 / ClipBased]: ``Resize(S, BICUBIC)`` on the shorter side, then center crop.
+  The peers' loaders do not EXIF-transpose (``Image.open(p).convert("RGB")``); the results are identical for
+  images without an orientation tag (the parity tests use such JPEGs).
 * ``to_model_input(uint8 NHWC, cfg)``: float32, /255, CLIP mean/std, NCHW.
 
 Crop offsets and the resized long side follow torchvision's ``CenterCrop``/``Resize(int)`` arithmetic.
@@ -16,6 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from pipeline.models.constants import PREPROCESS_MODES
 
 if TYPE_CHECKING:
     from pipeline.models.config import DetectorConfig
@@ -36,13 +42,29 @@ def _center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def _pad_to(img: Image.Image, size: int) -> Image.Image:
+    """torchvision ``F.center_crop``'s padding: (S - side) // 2 before, the rest after, fill 0."""
+    w, h = img.size
+    if w >= size and h >= size:
+        return img
+    canvas = Image.new("RGB", (max(w, size), max(h, size)), (0, 0, 0))
+    canvas.paste(img, ((size - w) // 2 if w < size else 0, (size - h) // 2 if h < size else 0))
+    return canvas
+
+
 def prepare_image(img: Image.Image, cfg: DetectorConfig) -> np.ndarray:
-    """A PIL image -> np.uint8 (S, S, 3) following ``cfg.preprocess``."""
+    """A PIL image -> np.uint8 (S, S, 3) following ``cfg.preprocess`` (any object with ``image_size`` and
+    ``preprocess`` will do: the scan's decode passes just those two)."""
     size = cfg.image_size
+    mode = cfg.preprocess
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {mode!r}")
     img = ImageOps.exif_transpose(img)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    if cfg.preprocess == "resize_crop" or min(img.size) < size:
+    if mode == "center_crop_pad":
+        img = _pad_to(img, size)
+    elif mode == "resize_crop" or min(img.size) < size:
         img = _resize_shorter(img, size)
     img = _center_crop(img, size)
     arr = np.asarray(img, dtype=np.uint8)

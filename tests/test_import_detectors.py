@@ -1,0 +1,462 @@
+"""jobs/import_detector.py: the peers' released weight formats (torch zip pickles of OrderedDicts, storages
+tagged cuda:0, ClipBased's nestings and ``module.`` prefixes) imported into genscan checkpoints; strict key and
+shape checks; operator mistakes as one line + exit code; pickles that hold code refused without running it."""
+
+from __future__ import annotations
+
+import collections
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from jobs import import_detector as job
+from pipeline.models import load_detector
+from pipeline.models.config import DetectorConfig, register_arch_configs
+from pipeline.models.constants import META_FILE, WEIGHTS_FILE
+from pipeline.models.detector import sha256_file
+
+TINY = "ViT-Tiny-16-96"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENSCAN_CACHE", str(tmp_path / "cache"))
+
+
+# ---------------------------------------------------------------------------------------------- peer formats
+def tiny_clip(seed: int = 0) -> nn.Module:
+    """A random-init tiny open_clip CLIP whose LayerNorms are perturbed too (so ln_2 outputs are not trivial)."""
+    register_arch_configs()
+    torch.manual_seed(seed)
+    model = open_clip.create_model(TINY, pretrained=None)
+    with torch.no_grad():
+        for m in model.visual.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.add_(0.2 * torch.randn_like(m.weight))
+                m.bias.add_(0.1 * torch.randn_like(m.bias))
+    return model.eval()
+
+
+def save_backbone(model: nn.Module, path: Path) -> Path:
+    """Whole-CLIP-style ``visual.*`` keys, as open_clip's own safetensors files carry them."""
+    save_file({f"visual.{k}": v.contiguous() for k, v in model.visual.state_dict().items()}, str(path))
+    return path
+
+
+class RineRef(nn.Module):
+    """RINE's trainable part laid out as mever-team/rine src/models.py builds it (the parameter names of the
+    released ckpt files come from here)."""
+
+    def __init__(self, depth: int, width: int, nproj: int, proj_dim: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.randn([1, depth, proj_dim]))
+        p1: list[nn.Module] = [nn.Dropout()]
+        for i in range(nproj):
+            p1 += [nn.Linear(width if i == 0 else proj_dim, proj_dim), nn.ReLU(), nn.Dropout()]
+        self.proj1 = nn.Sequential(*p1)
+        p2: list[nn.Module] = [nn.Dropout()]
+        for _ in range(nproj):
+            p2 += [nn.Linear(proj_dim, proj_dim), nn.ReLU(), nn.Dropout()]
+        self.proj2 = nn.Sequential(*p2)
+        self.head = nn.Sequential(
+            nn.Linear(proj_dim, proj_dim),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(proj_dim, proj_dim),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(proj_dim, 1),
+        )
+
+
+def peer_state(
+    kind: str, *, width: int = 128, embed: int = 64, depth: int = 4, nproj: int = 2, dim: int = 16
+):
+    torch.manual_seed(1)
+    if kind == "univfd":
+        fc = nn.Linear(embed, 1)
+        return collections.OrderedDict(fc.state_dict())
+    if kind == "clipbased":
+        fc = nn.Linear(width, 1)
+        return collections.OrderedDict((f"fc.{k}", v) for k, v in fc.state_dict().items())
+    ref = RineRef(depth, width, nproj, dim)
+    return collections.OrderedDict((k, v) for k, v in ref.state_dict().items())
+
+
+def _cuda_tagger(obj: Any) -> str:
+    return "cuda:0"
+
+
+def save_peer(path: Path, sd: dict, *, nesting: str = "raw", module: bool = False, cuda: bool = True) -> Path:
+    """torch.save like the peers: a zip pickle; ``cuda`` tags every storage 'cuda:0' as the released files
+    are (a CPU host can read them only with map_location)."""
+    if module:
+        sd = collections.OrderedDict((f"module.{k}", v) for k, v in sd.items())
+    obj: Any = sd if nesting == "raw" else {nesting: sd, "epoch": 7}
+    import torch.serialization as ser
+
+    if cuda:
+        ser.register_package(0, _cuda_tagger, lambda o, loc: None)
+    try:
+        torch.save(obj, path)
+    finally:
+        ser._package_registry[:] = [p for p in ser._package_registry if p[1] is not _cuda_tagger]
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    model = tiny_clip()
+    return model, save_backbone(model, tmp_path_factory.mktemp("bb") / "tiny.safetensors")
+
+
+def run_job(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, list[str]]:
+    rc = job.main(list(args))
+    cap = capsys.readouterr()
+    errors = [ln for ln in cap.err.splitlines() if ln.startswith("error:")]
+    assert "Traceback" not in cap.err
+    return rc, cap.out, errors
+
+
+# ---------------------------------------------------------------------------------------------- round trips
+def test_cuda_tagged_file_needs_map_location(tmp_path: Path) -> None:
+    """The test files really are in the released layout: without map_location a CPU host cannot read them."""
+    f = save_peer(tmp_path / "fc_weights.pth", peer_state("univfd"))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(f, weights_only=True)
+    assert set(torch.load(f, weights_only=True, map_location="cpu")) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize(
+    "kind,config", [("univfd", "univfd-tiny"), ("clipbased", "clipbased-tiny"), ("rine", "rine-tiny")]
+)
+def test_import_round_trip_records_provenance(
+    kind: str,
+    config: str,
+    tiny_backbone: tuple[nn.Module, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, bb = tiny_backbone
+    sd = peer_state(kind)
+    f = save_peer(tmp_path / "weights.pth", sd)
+    out = tmp_path / "ckpt"
+    rc, stdout, errors = run_job(
+        "--kind",
+        kind,
+        "--weights",
+        str(f),
+        "--out",
+        str(out),
+        "--config",
+        config,
+        "--backbone-weights",
+        str(bb),
+        capsys=capsys,
+    )
+    assert rc == 0, errors
+    printed = json.loads(stdout)
+    meta_json = json.loads((out / META_FILE).read_text())
+    assert printed["detector_id"] == meta_json["detector_id"]
+    src = meta_json["imported_from"]
+    assert src["sha256"] == sha256_file(f) and src["bytes"] == f.stat().st_size
+    assert (
+        src["kind"] == kind
+        and src["licence"] in ("MIT", "Apache-2.0")
+        and src["origin"].startswith("https://")
+    )
+    assert set(src["keys"]) == set(sd)
+    assert meta_json["backbone"] == {
+        "arch": TINY,
+        "pretrained": str(bb),
+        "kind": "file",
+        "sha256": sha256_file(bb),
+        "stored_in_checkpoint": False,
+    }
+    stored = load_file(str(out / WEIGHTS_FILE))
+    for k, v in sd.items():
+        assert torch.equal(stored[src["keys"][k]], v)
+    det, meta = load_detector(out)  # the loader every job uses: hash, keys, shapes, backbone sha256
+    assert meta.config.decision == "logit_gt" and meta.threshold == 0.5
+    state = det.state_dict()
+    for k, v in sd.items():
+        assert torch.equal(state[src["keys"][k]], v)
+
+
+@pytest.mark.parametrize(
+    "nesting,module",
+    [("raw", False), ("model", False), ("model", True), ("state_dict", False), ("net", False)],
+)
+def test_clipbased_nestings(
+    nesting: str,
+    module: bool,
+    tiny_backbone: tuple[nn.Module, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, bb = tiny_backbone
+    sd = peer_state("clipbased")
+    f = save_peer(tmp_path / "weights.pth", sd, nesting=nesting, module=module)
+    out = tmp_path / "ckpt"
+    rc, _, errors = run_job(
+        "--kind",
+        "clipbased",
+        "--weights",
+        str(f),
+        "--out",
+        str(out),
+        "--config",
+        "clipbased-tiny",
+        "--backbone-weights",
+        str(bb),
+        capsys=capsys,
+    )
+    assert rc == 0, errors
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["imported_from"]["nesting"] == nesting + (" (module. stripped)" if module else "")
+    stored = load_file(str(out / WEIGHTS_FILE))
+    assert torch.equal(stored["head_fake.weight"], sd["fc.weight"])
+    assert torch.equal(stored["head_fake.bias"], sd["fc.bias"])
+
+
+@pytest.mark.parametrize(
+    "kind,variant,shapes",
+    [
+        ("univfd", None, {"weight": (1, 768), "bias": (1,)}),
+        ("clipbased", None, {"fc.weight": (1, 1024), "fc.bias": (1,)}),
+        ("rine", "2class", None),
+    ],
+)
+def test_vitl14_shaped_files_import_with_default_configs(
+    kind: str, variant: str | None, shapes: dict | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The released files' exact ViT-L/14 shapes against the shipped configs (keys and shapes only: no
+    backbone is built and nothing is downloaded; the backbone stays the config's open_clip tag)."""
+    if shapes is None:
+        sd = peer_state("rine", width=1024, depth=24, nproj=4, dim=128)
+    else:
+        sd = collections.OrderedDict((k, torch.randn(s)) for k, s in shapes.items())
+    f = save_peer(tmp_path / "w.pth", sd)
+    args = ["--kind", kind, "--weights", str(f), "--out", str(tmp_path / "ckpt")]
+    rc, _, errors = run_job(*args, *(["--variant", variant] if variant else []), capsys=capsys)
+    assert rc == 0, errors
+    meta = json.loads((tmp_path / "ckpt" / META_FILE).read_text())
+    expected_cfg = {"univfd": "univfd-vitl14", "clipbased": "clipbased-vitl14", "rine": "rine-vitl14-2class"}[
+        kind
+    ]
+    assert meta["config"]["name"] == expected_cfg
+    assert meta["backbone"]["kind"] == "tag" and meta["backbone"]["stored_in_checkpoint"] is False
+    stored = load_file(str(tmp_path / "ckpt" / WEIGHTS_FILE))
+    assert len(stored) == len(sd) + 2  # + the constant attribution head over ["real"]
+    if kind == "rine":
+        assert len(sd) == 23 and tuple(stored["neck.alpha"].shape) == (1, 24, 128)
+        assert f.stat().st_size > 1_000_000  # the released 2class file is 1,139,686 bytes
+
+
+# ---------------------------------------------------------------------------------------------- mistakes
+def _one_error(errors: list[str]) -> str:
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def test_wrong_kind_names_keys(tiny_backbone: tuple[nn.Module, Path], tmp_path: Path, capsys) -> None:
+    _, bb = tiny_backbone
+    f = save_peer(tmp_path / "fc_weights.pth", peer_state("univfd", embed=128))
+    rc, _, errors = run_job(
+        "--kind",
+        "clipbased",
+        "--weights",
+        str(f),
+        "--out",
+        str(tmp_path / "c"),
+        "--config",
+        "clipbased-tiny",
+        "--backbone-weights",
+        str(bb),
+        capsys=capsys,
+    )
+    msg = _one_error(errors)
+    assert rc == job.EXIT_WEIGHTS
+    assert "missing keys (2): fc.bias, fc.weight" in msg and "unexpected keys (2): bias, weight" in msg
+    assert not (tmp_path / "c").exists()
+
+
+def test_wrong_shape_and_variant_hint(tmp_path: Path, capsys) -> None:
+    f = save_peer(
+        tmp_path / "model_2class_trainable.pth", peer_state("rine", width=1024, depth=24, nproj=4, dim=128)
+    )
+    rc, _, errors = run_job(
+        "--kind",
+        "rine",
+        "--variant",
+        "4class",
+        "--weights",
+        str(f),
+        "--out",
+        str(tmp_path / "c"),
+        capsys=capsys,
+    )
+    msg = _one_error(errors)
+    assert rc == job.EXIT_WEIGHTS
+    assert "alpha: expected (1, 24, 1024), got (1, 24, 128)" in msg
+    assert "unexpected keys" in msg and "proj1.10.weight" in msg  # 2 projections expected, 4 found
+    assert "fit --variant 2class" in msg
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--kind", "dire"], "--kind: 'dire' is not one of univfd, clipbased, rine"),
+        (["--kind", "univfd", "--variant", "2class"], "--variant is only for --kind rine"),
+        (["--kind", "rine", "--variant", "3class"], "--variant: '3class' is not one of"),
+        (["--kind", "univfd", "--config", "tiny-mole"], "does not express a univfd detector"),
+        (["--kind", "univfd", "--config", "univfd-tiny"], "pass --backbone-weights"),
+        (["--kind", "univfd", "--backbone-weights", "bb.pth"], "refusing to load bb.pth"),
+    ],
+)
+def test_operator_mistakes_one_line_exit_2(args: list[str], needle: str, tmp_path: Path, capsys) -> None:
+    f = save_peer(tmp_path / "w.pth", peer_state("univfd", embed=768))
+    rc, _, errors = run_job(*args, "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys)
+    assert rc == job.EXIT_CONFIG
+    assert needle in _one_error(errors)
+
+
+def test_missing_file_and_existing_checkpoint(tiny_backbone, tmp_path: Path, capsys) -> None:
+    _, bb = tiny_backbone
+    base = ["--kind", "univfd", "--config", "univfd-tiny", "--backbone-weights", str(bb)]
+    rc, _, errors = run_job(
+        *base, "--weights", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "c"), capsys=capsys
+    )
+    assert rc == job.EXIT_CONFIG and "--weights: no such file" in _one_error(errors)
+    f = save_peer(tmp_path / "w.pth", peer_state("univfd"))
+    assert run_job(*base, "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys)[0] == 0
+    rc, _, errors = run_job(*base, "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys)
+    assert rc == job.EXIT_CONFIG and "pass --force" in _one_error(errors)
+    assert run_job(*base, "--weights", str(f), "--out", str(tmp_path / "c"), "--force", capsys=capsys)[0] == 0
+
+
+def test_backbone_file_of_another_arch_is_refused(tmp_path: Path, capsys) -> None:
+    """A ViT-B/16 safetensors given for a tiny config: named at import time, before any weights are written."""
+    wrong = {"visual.conv1.weight": torch.zeros(768, 3, 16, 16), "visual.proj": torch.zeros(768, 512)}
+    save_file(wrong, str(tmp_path / "b16.safetensors"))
+    f = save_peer(tmp_path / "w.pth", peer_state("univfd"))
+    rc, _, errors = run_job(
+        "--kind",
+        "univfd",
+        "--config",
+        "univfd-tiny",
+        "--backbone-weights",
+        str(tmp_path / "b16.safetensors"),
+        "--weights",
+        str(f),
+        "--out",
+        str(tmp_path / "c"),
+        capsys=capsys,
+    )
+    msg = _one_error(errors)
+    assert rc == job.EXIT_CONFIG and "conv1.weight: expected (128, 3, 16, 16), got (768, 3, 16, 16)" in msg
+    assert "missing keys" in msg and not (tmp_path / "c").exists()
+
+
+class _Payload:
+    """Unpickling this would create a marker file (stands in for arbitrary code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("style", ["torch_zip", "legacy_pickle", "garbage", "list"])
+def test_code_and_junk_are_refused_without_running(style: str, tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "pwned"
+    f = tmp_path / "w.pth"
+    if style == "torch_zip":
+        torch.save({"weight": torch.zeros(1, 768), "bias": _Payload(marker)}, f)
+    elif style == "legacy_pickle":
+        f.write_bytes(pickle.dumps({"weight": _Payload(marker)}))
+    elif style == "garbage":
+        f.write_bytes(b"\x00not a torch file" * 10)
+    else:
+        torch.save([torch.zeros(1)], f)
+    assert not marker.exists()
+    rc, _, errors = run_job(
+        "--kind", "univfd", "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys
+    )
+    msg = _one_error(errors)
+    assert rc == job.EXIT_WEIGHTS and str(f) in msg
+    assert not marker.exists() and not (tmp_path / "c").exists()
+
+
+def test_scan_and_train_loaders_still_refuse_pickles(tmp_path: Path) -> None:
+    """Only the importer opens a pickle: a checkpoint directory holding the peer's .pth is refused by name."""
+    from pipeline.models import CheckpointError
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_peer(ckpt / "fc_weights.pth", peer_state("univfd"))
+    with pytest.raises(CheckpointError, match="never unpickled"):
+        load_detector(ckpt)
+    with pytest.raises(CheckpointError, match="never unpickled"):
+        load_detector(ckpt / "fc_weights.pth")
+
+
+def test_shipped_configs_express_each_detector() -> None:
+    u, c, r = (DetectorConfig.load(n) for n in ("univfd-vitl14", "clipbased-vitl14", "rine-vitl14-2class"))
+    assert (u.arch, u.pretrained, u.head.feature, u.head.normalize, u.preprocess) == (
+        "ViT-L-14-quickgelu",
+        "openai",
+        "embedding",
+        False,
+        "center_crop_pad",
+    )
+    assert (c.arch, c.pretrained, c.head.feature, c.head.normalize, c.preprocess) == (
+        "ViT-L-14",
+        "commonpool_xl_s13b_b90k",
+        "pre_proj",
+        True,
+        "resize_crop",
+    )
+    assert (r.method, r.head.feature, r.rine.nproj, r.rine.proj_dim, r.preprocess) == (
+        "rine",
+        "block_cls",
+        4,
+        128,
+        "center_crop_pad",
+    )
+    dims = {v: DetectorConfig.load(f"rine-vitl14-{v}").rine for v in ("1class", "2class", "4class", "ldm")}
+    assert {v: (d.nproj, d.proj_dim) for v, d in dims.items()} == {
+        "1class": (4, 1024),
+        "2class": (4, 128),
+        "4class": (2, 1024),
+        "ldm": (4, 1024),
+    }
+    assert {x.decision for x in (u, c, r)} == {"logit_gt"}
+
+
+def test_read_torch_file_is_the_only_torch_load() -> None:
+    """Source check (AST): the one torch.load call in pipeline/ and jobs/ passes weights_only=True and
+    map_location="cpu", and sits in the importer."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    calls = []
+    for p in [*(root / "pipeline").rglob("*.py"), *(root / "jobs").glob("*.py")]:
+        for node in ast.walk(ast.parse(p.read_text())):
+            f = getattr(node, "func", None)
+            torch_load = (
+                isinstance(f, ast.Attribute) and f.attr == "load" and getattr(f.value, "id", "") == "torch"
+            )
+            if isinstance(node, ast.Call) and torch_load:
+                kw = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+                calls.append((p.relative_to(root).as_posix(), kw))
+    assert calls == [("pipeline/models/importer.py", {"weights_only": True, "map_location": "cpu"})], calls

@@ -21,9 +21,9 @@ Choices [ours]:
 - Animated GIF/WebP/APNG: the first frame.
 - Truncated data is `decode_error` (Pillow's LOAD_TRUNCATED_IMAGES stays off: a half-grey image would be
   scored as if it were real data).
-- Crop/resize: `pipeline.models.preprocess.prepare_image`, the one rule for training, evaluation and scanning:
-  center crop to S, resizing the shorter side to S (bicubic) only when the image is smaller than S or
-  `resize_mode == "resize_crop"`. It runs after the conversions above, so its own EXIF/RGB steps are no-ops.
+- Crop/resize: `pipeline.models.preprocess.prepare_image`, the one rule for training, evaluation and scanning
+  (modes `pipeline.models.constants.PREPROCESS_MODES`: center_crop, center_crop_pad, resize_crop). It runs
+  after the conversions above, so its own EXIF/RGB steps are no-ops.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.models.constants import PREPROCESS_MODES
+from pipeline.models.constants import PreprocessMode as ResizeMode
 from pipeline.models.preprocess import prepare_image
 
 Status = Literal["ok", "decode_error", "too_large"]
-ResizeMode = Literal["center_crop", "resize_crop"]
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
 DEFAULT_MAX_PIXELS = 64_000_000  # [ours] ~ 8000 x 8000; RGB decode of that is ~190 MB
@@ -115,8 +116,8 @@ def decode_image(
 ) -> DecodeResult:
     """Decode `data` to uint8 (image_size, image_size, 3). Never raises: bad bytes give `decode_error`,
     a header declaring more than `max_pixels` pixels gives `too_large` before any pixel is decoded."""
-    if resize_mode not in ("center_crop", "resize_crop"):
-        raise ValueError(f"resize_mode must be 'center_crop' or 'resize_crop', got {resize_mode!r}")
+    if resize_mode not in PREPROCESS_MODES:
+        raise ValueError(f"resize_mode must be one of {', '.join(PREPROCESS_MODES)}, got {resize_mode!r}")
     if data is None or len(data) == 0:
         return DecodeResult("decode_error", "empty image data (0 bytes)")
     try:

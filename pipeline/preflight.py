@@ -41,7 +41,7 @@ WHAT: dict[str, str] = {
 # short and without retries: the probe must answer in seconds, not after botocore + s3fs retry loops
 PROBE_S3_OPTIONS: dict = {
     "skip_instance_cache": True,
-    "config_kwargs": {"connect_timeout": 3, "read_timeout": 15, "retries": {"max_attempts": 1, "mode": "standard"}},
+    "config_kwargs": {"connect_timeout": 3, "read_timeout": 15, "retries": {"total_max_attempts": 1, "mode": "standard"}},
 }
 NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "NotFound", "404"}
 DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AllAccessDisabled",
@@ -86,7 +86,8 @@ def classify(exc: BaseException) -> Kind:
         if bexc is not None:
             if isinstance(e, bexc.NoCredentialsError | bexc.PartialCredentialsError):
                 return "no_credentials"
-            if isinstance(e, bexc.EndpointConnectionError | bexc.ConnectTimeoutError | bexc.ProxyConnectionError):
+            if isinstance(e, bexc.EndpointConnectionError | bexc.ConnectTimeoutError | bexc.ProxyConnectionError
+                          | bexc.ConnectionClosedError | bexc.ReadTimeoutError):
                 return "cannot_connect"
             if isinstance(e, bexc.ClientError):
                 code = str(e.response.get("Error", {}).get("Code", ""))
@@ -244,7 +245,7 @@ def check_filter_policy(scan: str, scan_date: str | None, policy: FilterPolicy) 
     else ConfigError naming the known labels. A scan without detector.json (not written by this project's
     scan) cannot be checked: logged, not refused."""
     from pipeline.hygiene.plan import resolve_scan_date
-    from pipeline.scan.completion import RunPaths, read_json
+    from pipeline.output import RunPaths, read_json
 
     if not policy.generator_rules:
         return

@@ -1,0 +1,265 @@
+"""Storage preflight of the three jobs against a real moto S3 server: a missing input or output bucket, wrong
+credentials, no credentials and a wrong endpoint each end in ONE stderr line naming the URI, with the exit code
+of its kind (README, "Exit codes"), before any work: nothing is written anywhere.
+
+One subprocess per case where the CLI itself is what is tested (exit status, one stderr line, no traceback);
+the remaining job x failure combinations call each job's `main` in-process (same code path, no interpreter
+start). No Ray is started: every case fails in the preflight, before the job would connect to Ray."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from pipeline.preflight import EXIT_CODES, Location, StorageError, check_readable, check_writable, classify
+from tests.support.s3 import free_port
+from tests.support.shards import good_samples, tar_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+SCAN = "s3://bkt/scan"
+INPUT = "s3://bkt/in/"
+
+
+@pytest.fixture()
+def store(s3_server, s3fs_client):
+    """bkt/in/ with one shard, bkt/scan/ with one object (the preflight lists, it does not parse)."""
+    fs = s3fs_client
+    fs.mkdir("bkt")
+    fs.pipe("bkt/in/shard-000000.tar", tar_bytes(good_samples(2)))
+    fs.pipe("bkt/scan/scan_date=2026-11-23/shard-000000.parquet", b"PAR1")
+    return {"env": s3_server, "fs": fs}
+
+
+def _objects(fs) -> set[str]:
+    fs.invalidate_cache()
+    return {p for b in ("bkt",) for p in fs.find(b)} | set(fs.ls("", detail=False))
+
+
+@contextmanager
+def moto_auth(endpoint: str) -> Iterator[None]:
+    """Make moto check credentials (its test keys are then unknown: every request is 403), restore after."""
+    def post(value: str) -> None:
+        req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=value.encode(), method="POST",
+                                     headers={"Content-Type": "text/plain"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+
+    post("0")
+    try:
+        yield
+    finally:
+        post("inf")
+
+
+def no_credentials_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                             "AWS_SESSION_TOKEN", "AWS_PROFILE")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"), AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+               AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
+    return env
+
+
+def run_job(job: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "jobs" / job), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**(env or os.environ), "PYTHONPATH": str(REPO)})
+
+
+def assert_one_line(stderr: str, code: int, rc: int, *needles: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert rc == code, stderr
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    line = lines[0]
+    assert line.startswith("storage error: ") and "; check " in line, line
+    for n in needles:
+        assert n in line, (n, line)
+    return line
+
+
+def job_args(job: str, tmp_path: Path, *, scan: str = SCAN, inp: str = INPUT, out: str = "s3://bkt/out") -> list[str]:
+    if job == "scan_bucket.py":
+        return ["--input", inp, "--output", out, "--detector", str(tmp_path / "detector")]
+    if job == "filter_shards.py":
+        return ["--scan", scan, "--input", inp, "--output", out]
+    return ["--scan", scan, "--output", out]
+
+
+# ------------------------------------------------------------------ the CLI: one subprocess per case
+
+
+def test_cli_missing_input_bucket(store, tmp_path) -> None:
+    res = run_job("scan_bucket.py", job_args("scan_bucket.py", tmp_path, inp="s3://no-such-bucket/shards/"))
+    line = assert_one_line(res.stderr, 3, res.returncode, "input not found", "s3://no-such-bucket/shards/",
+                           "NoSuchBucket", "AWS_ENDPOINT_URL=")
+    assert "'no-such-bucket'" in line
+    assert not any("out" in p for p in _objects(store["fs"]))
+
+
+def test_cli_missing_output_bucket(store, tmp_path) -> None:
+    res = run_job("filter_shards.py", job_args("filter_shards.py", tmp_path, out="s3://no-such-bucket/clean"))
+    assert_one_line(res.stderr, 3, res.returncode, "output not found", "s3://no-such-bucket/clean",
+                    "writing a probe object", "NoSuchBucket")
+
+
+def test_cli_wrong_credentials(store, tmp_path) -> None:
+    before = _objects(store["fs"])
+    with moto_auth(store["env"]["AWS_ENDPOINT_URL"]):
+        res = run_job("report.py", job_args("report.py", tmp_path, out="s3://bkt/report"))
+    assert_one_line(res.stderr, 5, res.returncode, "scan output access denied", SCAN, "InvalidAccessKeyId",
+                    "AWS_ACCESS_KEY_ID")
+    assert _objects(store["fs"]) == before
+
+
+def test_cli_no_credentials(store, tmp_path) -> None:
+    res = run_job("scan_bucket.py", job_args("scan_bucket.py", tmp_path), env=no_credentials_env(tmp_path))
+    assert_one_line(res.stderr, 6, res.returncode, "input not accessible without credentials", INPUT,
+                    "NoCredentialsError", "AWS_SECRET_ACCESS_KEY")
+
+
+def test_cli_wrong_endpoint(store, tmp_path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    res = run_job("filter_shards.py", job_args("filter_shards.py", tmp_path),
+                  env={**os.environ, "AWS_ENDPOINT_URL": closed})
+    assert_one_line(res.stderr, 7, res.returncode, "scan output unreachable (cannot connect)", SCAN,
+                    f"AWS_ENDPOINT_URL={closed}")
+
+
+# ------------------------------------------------------------------ every job x every kind, in-process
+
+
+def _main(job: str):
+    if job == "scan_bucket.py":
+        from jobs.scan_bucket import main
+    elif job == "filter_shards.py":
+        from jobs.filter_shards import main
+    else:
+        from jobs.report import main
+    return main
+
+
+JOBS = ["scan_bucket.py", "filter_shards.py", "report.py"]
+FIRST_READ = {"scan_bucket.py": INPUT, "filter_shards.py": SCAN, "report.py": SCAN}
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_job_classifies_every_failure(store, tmp_path, capsys, monkeypatch, job) -> None:
+    main = _main(job)
+    fs = store["fs"]
+    before = _objects(fs)
+
+    def check(args: list[str], kind: str, uri: str) -> None:
+        rc = main(args)
+        err = capsys.readouterr().err
+        line = assert_one_line(err, EXIT_CODES[kind], rc, uri)
+        assert f": {uri} (" in line
+
+    check(job_args(job, tmp_path, scan="s3://no-such-bucket/scan", inp="s3://no-such-bucket/in/"), "not_found",
+          FIRST_READ[job].replace("bkt", "no-such-bucket"))
+    check(job_args(job, tmp_path, out="s3://no-such-bucket/out"), "not_found", "s3://no-such-bucket/out")
+    with moto_auth(store["env"]["AWS_ENDPOINT_URL"]):
+        check(job_args(job, tmp_path), "access_denied", FIRST_READ[job])
+    with monkeypatch.context() as m:
+        for k, v in no_credentials_env(tmp_path).items():
+            m.setenv(k, v)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            m.delenv(k, raising=False)
+        check(job_args(job, tmp_path), "no_credentials", FIRST_READ[job])
+    with monkeypatch.context() as m:
+        m.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        check(job_args(job, tmp_path), "cannot_connect", FIRST_READ[job])
+    # a local input that does not exist: the same kind, the same code
+    check(job_args(job, tmp_path, scan=str(tmp_path / "nope"), inp=str(tmp_path / "nope")), "not_found",
+          str(tmp_path / "nope"))
+    assert _objects(fs) == before  # no probe left behind, nothing written
+    assert not (tmp_path / "detector").exists()
+
+
+# ------------------------------------------------------------------ the probe itself
+
+
+def test_probe_passes_and_leaves_nothing(store, tmp_path) -> None:
+    fs = store["fs"]
+    before = _objects(fs)
+    check_readable(Location("input", INPUT))
+    check_readable(Location("input", "s3://bkt/in/shard-{000000..000001}.tar"))  # the first shard is there
+    check_readable(Location("input", "s3://bkt/in/shard-000000.tar"))
+    check_writable(Location("output", "s3://bkt/out"))
+    check_writable(Location("output", "s3://bkt"))
+    assert _objects(fs) == before
+    local = tmp_path / "a" / "b"
+    check_writable(Location("output", str(local)))
+    assert list(tmp_path.iterdir()) == []  # the output folder is not created by the probe
+
+
+def test_empty_prefix_and_missing_shard_are_not_found(store) -> None:
+    with pytest.raises(StorageError, match=r"input not found: s3://bkt/empty/ \(listing it: nothing stored"):
+        check_readable(Location("input", "s3://bkt/empty/"))
+    with pytest.raises(StorageError, match=r"reading s3://bkt/in/shard-000007.tar") as info:
+        check_readable(Location("input", "s3://bkt/in/shard-{000007..000009}.tar"))
+    assert info.value.kind == "not_found"
+
+
+@contextmanager
+def counting_server() -> Iterator[dict[str, int]]:
+    """A TCP endpoint that accepts and at once closes every connection (a store that is up but broken),
+    counting the connections: shows how many attempts a client makes."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    srv.settimeout(0.2)
+    stats = {"port": srv.getsockname()[1], "connections": 0}
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            stats["connections"] += 1
+            conn.close()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield stats
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+def test_probe_does_not_retry(monkeypatch) -> None:
+    """The jobs' own clients retry (botocore x s3fs: 30 connections and ~26 s against this endpoint, measured
+    once by hand); the probe sends ONE request (aiohttp itself re-sends an idempotent request once when the
+    server drops the connection: at most 2 connections), so a broken endpoint is reported at once."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    with counting_server() as stats:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{stats['port']}")
+        with pytest.raises(StorageError) as info:
+            check_readable(Location("input", "s3://bkt/in/"))
+        assert info.value.kind == "cannot_connect" and info.value.exit_code == 7
+        assert 1 <= stats["connections"] <= 2
+
+
+def test_classify_os_errors() -> None:
+    assert classify(FileNotFoundError(2, "x")) == "not_found"
+    assert classify(PermissionError(13, "x")) == "access_denied"
+    assert classify(ConnectionRefusedError(111, "x")) == "cannot_connect"
+    assert classify(OSError(5, "I/O error")) == "unusable"
+    try:
+        try:
+            raise ConnectionRefusedError(111, "refused")
+        except ConnectionRefusedError as inner:
+            raise OSError("wrapped") from inner
+    except OSError as outer:
+        assert classify(outer) == "cannot_connect"

@@ -103,3 +103,18 @@ def test_cuda_feed_matches_cpu_fp32(det) -> None:
         np.testing.assert_allclose(out["p_fake"], cpu["p_fake"], atol=3e-2)
     f32 = Predictor(cuda_det, DetectorMeta(generators=GENS), device="cuda", dtype="float32").predict(imgs)
     np.testing.assert_allclose(f32["logit"], cpu["logit"], rtol=1e-3, atol=1e-3)
+
+
+def test_predictor_applies_the_detector_decision_rule(det) -> None:
+    """`decision: logit_gt` (imported UnivFD/RINE/ClipBased detectors) decides on the logit itself."""
+    from pipeline.models.decision import logit_of
+
+    cfg = det.config.model_copy(update={"decision": "logit_gt"})
+    d2 = create_detector(cfg, pretrained=None)
+    d2.load_state_dict(det.state_dict())
+    imgs = np.random.default_rng(3).integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)
+    base = Predictor(det, DetectorMeta(generators=GENS)).predict(imgs)
+    thr = float(np.median(base["p_fake"]))
+    out = Predictor(d2, DetectorMeta(generators=GENS, threshold=thr)).predict(imgs)
+    assert np.array_equal(out["logit"], base["logit"])
+    assert out["is_fake"].tolist() == (base["logit"].astype(np.float64) > logit_of(thr)).tolist()

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from pipeline.models import decision
 from pipeline.models.checkpoint import DetectorMeta
 from pipeline.models.detector import Detector
 from pipeline.models.preprocess import to_model_input
@@ -145,7 +146,11 @@ class Predictor:
 
     def _results(self, logit: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
         p_fake = (1.0 / (1.0 + np.exp(-logit.astype(np.float64)))).astype(np.float32)
-        is_fake = p_fake >= self.meta.threshold
+        rule = getattr(self.cfg, "decision", "p_fake_ge")
+        if rule == "p_fake_ge":  # float32 p_fake against the float64 threshold, as SQL on the output compares
+            is_fake = p_fake >= self.meta.threshold
+        else:
+            is_fake = decision.is_fake(logit, self.meta.threshold, rule)
         if self.meta.generators:
             best = scores.argmax(axis=1)
             conf = scores.max(axis=1)

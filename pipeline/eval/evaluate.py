@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pydantic import Field
 
 from pipeline import storage
@@ -46,14 +45,6 @@ class EvalConfig(StrictModel):
     batch_size: int = Field(32, ge=1)
     max_per_class: int | None = Field(None, ge=1, description="cap per generator and class (UnivFD: 1000)")
     device: str = "cpu"
-
-
-def perturbation(kind: str, level: float) -> Callable[[Image.Image], Image.Image]:
-    """The data side's deterministic robustness transform (applied to the original image, before the
-    detector's preprocessing)."""
-    from pipeline.data.augment import perturbation as data_perturbation
-
-    return data_perturbation(kind, level)  # type: ignore[arg-type]
 
 
 def group_records(records: Sequence[LabelledRecord]) -> dict[str, list[int]]:
@@ -92,23 +83,23 @@ def _cap(records: list[LabelledRecord], per_class: int | None) -> list[LabelledR
 def _predict(
     predictor: Any,
     det_cfg: Any,
-    records: Sequence[LabelledRecord],
+    table: Any,
     batch_size: int,
-    transform: Callable[[Image.Image], Image.Image] | None = None,
+    perturb: tuple[str, float] | None = None,
+    skips: Any = None,
 ) -> dict[str, np.ndarray]:
-    """Predict every record, reading (and optionally perturbing) images one batch at a time."""
-    from pipeline.models.preprocess import prepare_image
+    """Predict every listed image through the streaming feed's decode stage (`pipeline.train.feed`), one batch
+    in memory at a time, optionally perturbed before preprocessing -> p_fake / generator scores per listing row
+    (NaN rows: unreadable, counted in `skips`)."""
+    from pipeline.train.feed import predict_table
 
-    p_fake, gen = [], []
-    for i in range(0, len(records), batch_size):
-        images = [r.load() for r in records[i : i + batch_size]]
-        if transform is not None:
-            images = [transform(im) for im in images]
-        batch = np.stack([prepare_image(im, det_cfg) for im in images])
-        out = predictor.predict(batch)
-        p_fake.append(np.asarray(out["p_fake"], np.float64))
-        gen.append(np.asarray(out["generator_scores"], np.float64))
-    return {"p_fake": np.concatenate(p_fake), "generator_scores": np.concatenate(gen)}
+    pred = predict_table(predictor, table, det_cfg, batch_size=batch_size, perturb=perturb, skips=skips)
+    n = table.num_rows
+    width = pred["generator_scores"].shape[1] if pred["row"].size else 1
+    p_fake, gen = np.full(n, np.nan), np.full((n, width), np.nan)
+    p_fake[pred["row"]] = pred["p_fake"]
+    gen[pred["row"]] = pred["generator_scores"]
+    return {"p_fake": p_fake, "generator_scores": gen}
 
 
 def _detection_table(
@@ -126,14 +117,24 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     det, meta = load_detector(cfg.detector)
     det_cfg = getattr(det, "config", None) or meta.config
     predictor = Predictor(det, meta, device=cfg.device, dtype="float32")
+    from pipeline.train.feed import SkipCounter, listing_table
+
     records = _cap(load_records(cfg.data, lazy=True), cfg.max_per_class)
     if not records:
         raise ValueError(f"no labelled images found in {cfg.data}")
-    groups = group_records(records)
     threshold = float(meta.threshold)
-    log.info("eval_start", detector=meta.detector_id, n_images=len(records), generators=list(groups))
-
-    clean = _predict(predictor, det_cfg, records, cfg.batch_size)
+    log.info("eval_start", detector=meta.detector_id, n_images=len(records))
+    table = listing_table([r.source for r in records])
+    skips = SkipCounter()
+    clean = _predict(predictor, det_cfg, table, cfg.batch_size, skips=skips)
+    readable = np.flatnonzero(np.isfinite(clean["p_fake"]))
+    if readable.size < len(records):  # unreadable images: counted, reported, left out of every metric
+        records = [records[i] for i in readable]
+        table = table.take(readable)
+        clean = {k: v[readable] for k, v in clean.items()}
+        if not records:
+            raise ValueError(f"none of the images in {cfg.data} could be read (e.g. {skips.examples[:1]})")
+    groups = group_records(records)
     per, mean = _detection_table(records, groups, clean["p_fake"], threshold)
 
     report: dict[str, Any] = {
@@ -145,6 +146,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "AP/AUC on p_fake; acc at the stored threshold, acc_05 at p_fake 0.5",
         "per_generator": per,
         "mean": mean,
+        "skipped": skips.record(),
     }
     report["attribution"] = _attribution(records, clean["generator_scores"], meta, cfg.train_generators)
 
@@ -154,7 +156,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             continue
         robustness[kind] = {}
         for level in levels:
-            pred = _predict(predictor, det_cfg, records, cfg.batch_size, perturbation(kind, level))
+            pred = _predict(predictor, det_cfg, table, cfg.batch_size, (kind, float(level)), SkipCounter())
             p, m = _detection_table(records, groups, pred["p_fake"], threshold)
             robustness[kind][str(level)] = {"per_generator": {g: {"ap": v["ap"], "acc": v["acc"]} for g, v in p.items()}, "mean": m}
             log.info("robustness", kind=kind, level=level, mean_ap=m["ap"], mean_acc=m["acc"])

@@ -115,8 +115,8 @@ def calibrate_checkpoint(
 
     from pipeline import storage
     from pipeline.models import Predictor, load_detector, save_detector
-    from pipeline.models.preprocess import prepare_image
     from pipeline.train.data import load_records
+    from pipeline.train.feed import SkipCounter, listing_table, predict_table
     from pipeline.train.loop import publish_dir
 
     det, meta = load_detector(detector)
@@ -126,21 +126,22 @@ def calibrate_checkpoint(
     if not any(r.label == 0 for r in records):
         raise ValueError(f"{data} holds no real images: the FPR threshold needs held-out reals")
     predictor = Predictor(det, meta, device="cpu", dtype="float32")
-    p_fake, gen = [], []
-    for i in range(0, len(records), batch_size):
-        batch = np.stack([prepare_image(r.load(), cfg) for r in records[i : i + batch_size]])
-        res = predictor.predict(batch)
-        p_fake.append(np.asarray(res["p_fake"], np.float64))
-        gen.append(np.asarray(res["generator_scores"], np.float64))
-    labels = np.array([r.label for r in records])
+    skips = SkipCounter()
+    # streamed: one batch of images in memory at a time; unreadable images are counted and left out
+    pred = predict_table(predictor, listing_table([r.source for r in records]), cfg, batch_size=batch_size,
+                         skips=skips)  # fmt: skip
+    labels = np.array([records[i].label for i in pred["row"]])
+    if not np.any(labels == 0):
+        raise ValueError(f"{data}: none of its real images could be read; nothing to calibrate on")
     calib = calibrate_from_scores(
         labels,
-        np.concatenate(p_fake),
-        np.concatenate(gen),
+        pred["p_fake"],
+        pred["generator_scores"],
         target_fpr=target_fpr,
         unknown_quantile=unknown_quantile,
         n_generators=len(meta.generators),
     )
+    calib["skipped"] = skips.record()
     calib["data"] = data
     new_meta = meta.model_copy(update={"threshold": calib["threshold"], "unknown_threshold": calib["unknown_threshold"]})
     dest = out or detector

@@ -365,3 +365,31 @@ def concat(batches: Iterable[dict[str, np.ndarray]], keys: tuple[str, ...]) -> d
         for k in keys:
             parts[k].append(np.asarray(b[k]))
     return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
+
+
+def predict_table(
+    predictor: Any,
+    table: pa.Table,
+    det_cfg: Any,
+    *,
+    batch_size: int = 32,
+    perturb: tuple[str, float] | None = None,
+    skips: SkipCounter | None = None,
+) -> dict[str, np.ndarray]:
+    """Stream a listing through the decode stage (optionally perturbed) into `predictor.predict`, one batch in
+    memory at a time -> {"row", "p_fake", "generator_scores"} for the readable rows (listing order); unreadable
+    rows are counted in `skips` and left out."""
+    skips = skips if skips is not None else SkipCounter()
+    stage = DecodeStage(DecodeSpec(det_cfg=det_cfg, perturb=perturb))
+    rows, p_fake, gen = [], [], []
+    for b in iter_local(table, stage, batch_size=batch_size):
+        ok = skips.add(b)
+        if not ok.any():
+            continue
+        res = predictor.predict(np.ascontiguousarray(b["image"][ok]))
+        rows.append(b["row"][ok])
+        p_fake.append(np.asarray(res["p_fake"], np.float64))
+        gen.append(np.asarray(res["generator_scores"], np.float64))
+    if not rows:
+        return {"row": np.zeros(0, np.int64), "p_fake": np.zeros(0), "generator_scores": np.zeros((0, 1))}
+    return {"row": np.concatenate(rows), "p_fake": np.concatenate(p_fake), "generator_scores": np.concatenate(gen)}

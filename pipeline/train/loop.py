@@ -282,6 +282,7 @@ def _train_mole(run: _Run, det: torch.nn.Module, resumed: TrainState | None) -> 
             tot[3] += aux.item() * n if aux is not None else 0.0
             tot[4] += n
             tot[5] += 1
+        train_s = time.perf_counter() - t0
         tot = hooks.all_sum(tot)
         seen = max(tot[4], 1.0)
         val = run.validate(core)
@@ -296,6 +297,7 @@ def _train_mole(run: _Run, det: torch.nn.Module, resumed: TrainState | None) -> 
             "lr": opt.param_groups[0]["lr"],
             "n_train": int(tot[4]),
             "steps_per_rank": int(tot[5] / hooks.world_size),
+            "train_seconds": round(train_s, 3),
             "seconds": round(time.perf_counter() - t0, 3),
             **val,
         }

@@ -1,0 +1,128 @@
+"""Several detectors in one pass (pipeline.models.ensemble): UnivFD-, RINE- and ClipBased-style imports plus a
+MoLE detector on ONE tiny backbone file. Shared pass == each detector alone; which blocks ran how often;
+frozen modules deduplicated; per-detector decisions and the fused score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.models import create_detector, load_detector, save_detector
+from pipeline.models.checks import randomize_adapters, rel_err
+from pipeline.models.ensemble import InputSpec, load_detector_set
+from pipeline.models.fusion import fuse
+from pipeline.models.importer import import_detector
+from pipeline.models.preprocess import prepare_image
+from pipeline.settings import ConfigError
+from tests.test_import_detectors import peer_state, save_backbone, save_peer, tiny_clip
+from tests.test_parity_detectors import jpeg
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("set")
+    bb = save_backbone(tiny_clip(seed=5), root / "bb.safetensors")
+    out = {}
+    for kind in ("univfd", "rine", "clipbased"):
+        f = save_peer(root / f"{kind}.pth", peer_state(kind))
+        import_detector(kind, f, root / kind, config=f"{kind}-tiny", backbone_weights=str(bb))
+        out[kind] = root / kind
+    torch.manual_seed(0)
+    mole = create_detector("tiny-mole", pretrained=str(bb))  # MoLE on blocks 2, 3 of the same backbone file
+    randomize_adapters(mole, seed=1)
+    with torch.no_grad():
+        mole.head_fake.weight.normal_(0, 1)
+    save_detector(mole, root / "mole")
+    out["mole"] = root / "mole"
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENSCAN_CACHE", str(tmp_path / "cache"))
+
+
+def _images(n: int = 5) -> list:
+    return [jpeg(90 + 13 * i, 140 - 11 * i, seed=i) for i in range(n)]
+
+
+def _alone(path: Path, images: list) -> np.ndarray:
+    det, _ = load_detector(path)
+    det.set_fused(True)
+    x = np.stack([prepare_image(im, det.config) for im in images])
+    from pipeline.models.preprocess import to_model_input
+
+    with torch.no_grad():
+        return det(to_model_input(x, det.config)).logit.numpy()
+
+
+def test_shared_pass_equals_each_detector_alone(ckpts: dict[str, Path]) -> None:
+    names = ["univfd", "rine", "mole", "clipbased"]
+    dset = load_detector_set([str(ckpts[n]) for n in names], fusion="mean_prob")
+    desc = dset.describe()
+    # one backbone file, one size: one group; three preprocessings (images of both kinds below: a side under
+    # 96 px, where center_crop_pad and center_crop differ, and a shorter side of exactly 96, where all agree)
+    assert [s.key for s in dset.inputs] == ["center_crop_pad@96", "center_crop@96", "resize_crop@96"]
+    assert [len(g["detectors"]) for g in desc["groups"]] == [4]
+    assert desc["groups"][0]["shared_blocks"] == 2 and desc["groups"][0]["depth"] == 4
+    images = _images()
+    batches = {s: np.stack([prepare_image(im, s) for im in images]) for s in dset.inputs}
+    first = dset.prepare(images[0])
+    assert all(np.array_equal(batches[s][0], first[s]) for s in dset.inputs)
+    res = dset.predict(batches)
+    assert res["logit"].shape == (5, 4) and res["detector_ids"] == dset.detector_ids
+    for j, n in enumerate(names):
+        ref = _alone(ckpts[n], images)
+        assert rel_err(torch.from_numpy(res["logit"][:, j]), torch.from_numpy(ref)) <= 1e-5, n
+    np.testing.assert_allclose(
+        res["fused_logit"], fuse(res["logit"], "mean_prob", axis=1), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_array_equal(res["fused_is_fake"], res["fused_logit"] > 0)
+    np.testing.assert_array_equal(res["is_fake"][:, 0], res["logit"][:, 0] > 0)  # univfd: logit_gt
+    np.testing.assert_array_equal(res["is_fake"][:, 2], res["p_fake"][:, 2] >= 0.5)  # mole: p_fake_ge
+    assert res["logit"].std(axis=0).min() > 0  # every detector responds to the images
+
+
+def test_blocks_run_once_per_group_and_frozen_modules_are_shared(ckpts: dict[str, Path]) -> None:
+    names = ["univfd", "rine", "mole"]
+    shared = load_detector_set([str(ckpts[n]) for n in names])
+    u, r, m = (mm.det for mm in shared.members)
+    blocks_u = u.visual.transformer.resblocks
+    assert (
+        r.visual.transformer.resblocks[0] is blocks_u[0] and m.visual.transformer.resblocks[1] is blocks_u[1]
+    )
+    assert r.visual.transformer.resblocks[3] is blocks_u[3]  # no adaptation in either
+    assert m.visual.transformer.resblocks[3] is not blocks_u[3]  # MoLE's own adapted block
+    assert m.visual.conv1 is u.visual.conv1 and m.visual.proj is u.visual.proj
+
+    calls: dict[int, int] = {}
+    distinct = {id(b): b for d in (u, r, m) for b in d.visual.transformer.resblocks}
+    hooks = [
+        b.register_forward_hook(lambda mod, i, o: calls.__setitem__(id(mod), calls.get(id(mod), 0) + 1))
+        for b in distinct.values()
+    ]
+    try:
+        big = [jpeg(130, 110, seed=1), jpeg(100, 160, seed=2)]  # >= 96 px on both sides: one pass for all
+        shared.predict({sp.key: np.stack([prepare_image(im, sp) for im in big]) for sp in shared.inputs})
+    finally:
+        for h in hooks:
+            h.remove()
+    # blocks 0-1 once for all three; blocks 2-3 once for the two plain members and once for MoLE's own
+    assert sum(calls.values()) == 2 + 2 + 2
+    assert all(v == 1 for v in calls.values())
+
+    separate = load_detector_set([str(ckpts[n]) for n in names], share=False)
+    assert [len(g["detectors"]) for g in separate.describe()["groups"]] == [1, 1, 1]
+
+
+def test_mistakes(ckpts: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match="named twice"):
+        load_detector_set([str(ckpts["univfd"]), str(ckpts["univfd"])])
+    with pytest.raises(ConfigError, match="fusion must be one of"):
+        load_detector_set([str(ckpts["univfd"])], fusion="vote")
+    dset = load_detector_set([str(ckpts["univfd"]), str(ckpts["clipbased"])])
+    with pytest.raises(ValueError, match="no batch for input resize_crop@96"):
+        dset.predict({InputSpec(96, "center_crop_pad"): np.zeros((1, 96, 96, 3), np.uint8)})

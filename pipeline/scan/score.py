@@ -45,11 +45,15 @@ class Scorer:
             from pipeline.scan.gpu_decode import DeviceDecoder
 
             self.decoder = DeviceDecoder(self.predictor.device, det.config.image_size)
+        self._device_decode_seen = False
         self.ready_at = time.time()  # wall clock: the driver measures throughput from model-ready on
         log.info("scorer_ready", detector_id=meta.detector_id, device=device, dtype=self.predictor.dtype,
                  threads=torch_threads, gpu_batch=self.predictor.batch_size, decode_on=decode_on)  # fmt: skip
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._device_decode_seen and len(_shipped_rows(batch, np.flatnonzero(batch["status"] == "ok"))):
+            self._device_decode_seen = True  # once per actor: shows a run really decodes on the device
+            log.info("device_decode_active", device=str(self.predictor.device))
         out = score_batch(self.predictor, batch, n_labels=len(self.labels), batch_size=self.batch_size,
                           decoder=self.decoder)  # fmt: skip
         out["_actor_ready"] = np.full(len(out["status"]), self.ready_at, np.float64)

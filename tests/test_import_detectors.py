@@ -460,3 +460,50 @@ def test_read_torch_file_is_the_only_torch_load() -> None:
                 kw = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
                 calls.append((p.relative_to(root).as_posix(), kw))
     assert calls == [("pipeline/models/importer.py", {"weights_only": True, "map_location": "cpu"})], calls
+
+
+def test_evaluate_and_calibrate_accept_an_imported_detector(
+    tiny_backbone: tuple[nn.Module, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The training helper's jobs, unchanged, on an imported RINE checkpoint (UnivFD folder layout data)."""
+    import numpy as np
+    from PIL import Image
+
+    from jobs import calibrate as calibrate_job
+    from jobs import evaluate as evaluate_job
+
+    _, bb = tiny_backbone
+    f = save_peer(tmp_path / "model_2class_trainable.pth", peer_state("rine"))
+    ckpt = tmp_path / "ckpt"
+    assert (
+        run_job(
+            "--kind",
+            "rine",
+            "--weights",
+            str(f),
+            "--out",
+            str(ckpt),
+            "--config",
+            "rine-tiny",
+            "--backbone-weights",
+            str(bb),
+            capsys=capsys,
+        )[0]
+        == 0
+    )
+    rng = np.random.default_rng(0)
+    for label in ("0_real", "1_fake"):
+        d = tmp_path / "data" / "gan" / label
+        d.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (80 + 12 * i, 110, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    data = str(tmp_path / "data")
+    assert (
+        evaluate_job.main(["--data", data, "--detector", str(ckpt), "--json", str(tmp_path / "ev.json")]) == 0
+    )
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["per_generator"]["gan"]["n_real"] == 4 and ev["per_generator"]["gan"]["n_fake"] == 4
+    assert calibrate_job.main(["--detector", str(ckpt), "--data", data, "--out", str(tmp_path / "cal")]) == 0
+    meta = json.loads((tmp_path / "cal" / META_FILE).read_text())
+    assert meta["imported_from"]["kind"] == "rine" and meta["config"]["decision"] == "logit_gt"
+    assert load_detector(tmp_path / "cal")[1].threshold == meta["threshold"]

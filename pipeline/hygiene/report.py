@@ -1,5 +1,7 @@
-"""An HTML report over a scan dataset [ours]: score distribution, attribution counts, per-shard fake rate,
-status breakdown and the day-over-day trend, as PNG plots (matplotlib, Agg) beside `report.html`.
+"""An HTML report over a scan dataset [ours]: who ran what (run id, input, detector), score distribution,
+attribution counts, per-shard fake rate, status breakdown (log scale) and the day-over-day trend as PNG plots
+(matplotlib, Agg), thumbnail galleries of the images themselves (pipeline.hygiene.gallery), the top-N flagged
+rows, and what the last filter run dropped and quarantined (`filter_output`), all beside `report.html`.
 
 The numbers come from DuckDB over the scan's Arrow table (read with pyarrow through fsspec, so local and s3://
 scans work alike). The page embeds the same numbers as a machine-readable JSON block
@@ -17,13 +19,32 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field
 
 from pipeline import output, storage
+from pipeline.hygiene import gallery
 from pipeline.hygiene.plan import PlanError, resolve_scan_date
 from pipeline.logs import get_logger
+from pipeline.settings import StrictModel
 
-COLUMNS = ["shard", "shard_url", "key", "status", "error", "p_fake", "is_fake", "threshold", "top_generator",
-           "detector_id"]
+COLUMNS = ["run_id", "source", "shard", "shard_url", "key", "status", "error", "p_fake", "is_fake", "threshold",
+           "top_generator", "sha256", "detector_id"]
+MAX_FILTER_ROWS = 50
+
+
+class ReportConfig(StrictModel):
+    """One report. Saved as `<output>/report_config.json`."""
+
+    scan: str = Field(min_length=1, description="scan output root (scan_date=*/ partitions)")
+    output: str = Field(min_length=1, description="folder for report.html, PNGs, thumbs/, summary.json")
+    scan_date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="default: latest")
+    filter_output: str | None = Field(default=None, min_length=1,
+                                      description="a filter run's output: show what it dropped / quarantined")
+    gallery_size: int = Field(default=8, ge=0, le=64,
+                              description="cards per gallery (per generator for the fakes); 0 = no galleries")
+    top_n: int = Field(default=25, ge=0, le=500, description="rows of the top-flagged table")
+    seed: int = Field(default=0, description="seed of the random sample of kept images")
 N_BINS = 10
 MAX_SHARDS_PLOTTED = 40
 
@@ -39,11 +60,17 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
     return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
 
 
-def summarize(table: pa.Table, scan_date: str) -> dict[str, Any]:
-    """The report's numbers for `scan_date` (and the trend over every date in `table`)."""
+def _connect(table: pa.Table, scan_date: str) -> duckdb.DuckDBPyConnection:
+    """DuckDB with `scan_all` (every date) and `scan` (the report's date) over the Arrow table."""
     con = duckdb.connect()
     con.register("scan_all", table)
     con.register("scan", table.filter(pc.field("scan_date") == scan_date))
+    return con
+
+
+def summarize(table: pa.Table, scan_date: str, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, Any]:
+    """The report's numbers for `scan_date` (and the trend over every date in `table`)."""
+    con = con or _connect(table, scan_date)
     totals = _rows(con, """
         SELECT count(*)                                            AS rows,
                count(*) FILTER (WHERE status <> 'shard_error')     AS samples,
@@ -84,7 +111,12 @@ def summarize(table: pa.Table, scan_date: str) -> dict[str, Any]:
         d["fake_rate"] = round(d["flagged"] / d["scored"], 4) if d["scored"] else None
     errors = _rows(con, """
         SELECT status, any_value(error) AS example FROM scan WHERE status <> 'ok' GROUP BY status ORDER BY status""")
+    runs = _rows(con, """
+        SELECT string_agg(DISTINCT run_id, ',' ORDER BY run_id) AS run_ids,
+               string_agg(DISTINCT source, '\n' ORDER BY source) AS inputs FROM scan""")[0]
     return {
+        "run_ids": (runs["run_ids"] or "").split(",") if runs["run_ids"] else [],
+        "inputs": (runs["inputs"] or "").split("\n") if runs["inputs"] else [],
         "scan_date": scan_date,
         "totals": totals,
         "status": status,
@@ -150,7 +182,10 @@ def plots(summary: dict[str, Any]) -> dict[str, bytes]:
     st = summary["status"]
     ax.bar([s["status"] for s in st], [s["rows"] for s in st],
            color=["#55a868" if s["status"] == "ok" else "#c44e52" for s in st])
-    ax.set(ylabel="rows", title="Row status")
+    ax.set_yscale("log")  # ok rows outnumber error rows by orders of magnitude: both stay visible
+    ax.set(ylabel="rows (log scale)", title="Row status")
+    for x, r in enumerate(st):
+        ax.annotate(str(r["rows"]), (x, r["rows"]), ha="center", va="bottom", fontsize=8)
     out["status_breakdown.png"] = _png(fig)
 
     daily = summary["daily"]
@@ -170,7 +205,56 @@ def _cell(value: Any, metric: str | None = None) -> str:
     return f"<td{attr}>{html.escape(text)}</td>"
 
 
-def render_html(summary: dict[str, Any], images: list[str]) -> str:
+def _header(summary: dict[str, Any]) -> str:
+    e = html.escape
+    h = summary["header"]
+    det = h.get("detector") or {}
+    thr = summary["threshold"]
+    return (
+        f"<table class=\"header\"><tr><th>run id</th><td data-metric=\"header.run_ids\">"
+        f"{e(', '.join(summary['run_ids']) or '—')}</td></tr>"
+        f"<tr><th>input</th><td data-metric=\"header.inputs\">{e(', '.join(summary['inputs']) or '—')}</td></tr>"
+        f"<tr><th>detector</th><td data-metric=\"header.detector\">{e(str(det.get('uri') or '—'))}</td></tr>"
+        f"<tr><th>detector id</th><td>{e(', '.join(summary['detectors']) or '—')}</td></tr>"
+        f"<tr><th>labels</th><td>{e(', '.join(det.get('labels') or []) or '—')}</td></tr>"
+        f"<tr><th>threshold</th><td><span data-metric=\"threshold\">{'—' if thr is None else f'{thr:.4f}'}</span>"
+        f"{' (varies between rows)' if summary['threshold_varies'] else ''}</td></tr>"
+        f"<tr><th>run status</th><td data-metric=\"header.run_status\">{e(str(h.get('run_status') or '—'))}</td>"
+        "</tr></table>"
+    )
+
+
+def _filter_section(f: dict[str, Any] | None) -> str:
+    if f is None:
+        return ""
+    e = html.escape
+    t = f["totals"]
+    warn = []
+    if not f["reconciled"]:
+        warn.append("this filter run did NOT reconcile (no _SUCCESS): its output is not to be used")
+    if not f["same_scan_date"]:
+        warn.append(f"it used scan_date {f['scan_date']}, not the date of this report")
+    totals = "".join(f"<tr><th>{e(k)}</th>{_cell(t.get(k), 'filter.' + k)}</tr>"
+                     for k in ("samples", "kept", "dropped", "quarantined", "kept_error_rows"))
+    reasons = "".join(f"<tr><td>{e(r['action'])}</td><td>{e(r['reason'] or '')}</td>"
+                      f"{_cell(r['samples'], 'filter.reasons.' + r['action'] + ':' + (r['reason'] or ''))}</tr>"
+                      for r in f["by_reason"])  # fmt: skip
+    removed = "".join(f"<tr><td>{e(r['action'])}</td><td>{e(str(r['shard']))}</td><td>{e(str(r['key']))}</td>"
+                      f"<td>{e(str(r['reason']))}</td>{_cell(r['p_fake'])}<td>{e(str(r['top_generator']))}</td></tr>"
+                      for r in f["removed"])  # fmt: skip
+    skipped = ", ".join(str(s.get("shard")) for s in f["skipped_shards"]) or "none"
+    return f"""<h2>Last filter run</h2>
+<p>Output {e(f['output'])} (input {e(str(f.get('input') or '—'))}, scan_date {e(str(f['scan_date']))});
+shards left out: {e(skipped)}.</p>
+{''.join(f'<p class="warn">{e(w)}</p>' for w in warn)}
+<table>{totals}</table>
+<table><tr><th>action</th><th>reason</th><th>samples</th></tr>{reasons}</table>
+<h3>Dropped and quarantined (highest p_fake first, at most {MAX_FILTER_ROWS})</h3>
+<table><tr><th>action</th><th>shard</th><th>key</th><th>reason</th><th>p_fake</th><th>top_generator</th></tr>
+{removed}</table>"""
+
+
+def render_html(summary: dict[str, Any], images: list[str], galleries_html: str = "") -> str:
     t = summary["totals"]
     total_rows = "".join(
         f"<tr><th>{html.escape(label)}</th>{_cell(t[k], f'totals.{k}')}</tr>"
@@ -198,20 +282,27 @@ def render_html(summary: dict[str, Any], images: list[str]) -> str:
     )
     err_rows = "".join(f"<tr><td>{html.escape(e['status'])}</td><td>{html.escape(str(e['example']))}</td></tr>"
                        for e in summary["error_examples"])
-    figs = "".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(name)}"></figure>' for name in images)
+    figs = "".join(f'<figure class="plot"><img src="{html.escape(name)}" alt="{html.escape(name)}"></figure>'
+                   for name in images)  # fmt: skip
     blob = json.dumps(summary, sort_keys=True, default=str).replace("</", "<\\/")
-    thr = summary["threshold"]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>genscan report {html.escape(summary['scan_date'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}figure{{display:inline-block;margin:.5em}}
-img{{max-width:520px}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}}
+figure.plot{{display:inline-block;margin:.5em}}figure.plot img{{max-width:520px}}
+.grid{{display:flex;flex-wrap:wrap;gap:10px}}
+figure.card{{width:272px;margin:0;border:1px solid #ddd;padding:6px;font-size:12px;overflow-wrap:anywhere}}
+figure.card img{{display:block;max-width:256px;max-height:256px;margin:auto}}
+.noimg{{height:80px;display:flex;align-items:center;justify-content:center;background:#f4f4f4;color:#a33;
+padding:4px;text-align:center}}
+.shard{{color:#666}}.err{{color:#a33}}.cap{{color:#333;font-style:italic}}.warn{{color:#a33;font-weight:bold}}
+img.mini{{max-width:64px;max-height:64px}}</style></head><body>
 <h1>Scan report — scan_date {html.escape(summary['scan_date'])}</h1>
-<p>Detector(s): {html.escape(', '.join(summary['detectors']) or '—')};
-threshold: <span data-metric="threshold">{'—' if thr is None else f'{thr:.4f}'}</span>
-{'(varies between rows)' if summary['threshold_varies'] else ''}</p>
+{_header(summary)}
 <h2>Totals</h2><table>{total_rows}</table>
 {figs}
+{galleries_html}
+{_filter_section(summary.get('filter'))}
 <h2>Status breakdown</h2><table><tr><th>status</th><th>rows</th></tr>{status_rows}</table>
 <h2>Error examples</h2><table><tr><th>status</th><th>example error</th></tr>{err_rows}</table>
 <h2>Attribution of flagged images</h2><table><tr><th>top_generator</th><th>flagged</th></tr>{gen_rows}</table>
@@ -224,19 +315,71 @@ threshold: <span data-metric="threshold">{'—' if thr is None else f'{thr:.4f}'
 """
 
 
-def build_report(scan: str, output: str, scan_date: str | None = None) -> dict[str, Any]:
-    """Write `<output>/report.html`, its PNGs and `summary.json`; return the summary."""
+def run_header(scan: str, scan_date: str) -> dict[str, Any]:
+    """The run's detector (uri, id, labels) and status from `_run/<date>/` (absent for foreign scans)."""
+    paths = output.RunPaths(scan, scan_date)
+    det = output.read_json(paths.run_file("detector.json")) or {}
+    run = output.read_json(paths.run_file("run.json")) or {}
+    return {"detector": {k: det.get(k) for k in ("uri", "detector_id", "labels", "threshold")} if det else None,
+            "run_status": run.get("status")}  # fmt: skip
+
+
+def filter_summary(filter_output: str, scan_date: str) -> dict[str, Any]:
+    """What a filter run did (its `_run/stats.json`, `_run/config.json`, `manifest.parquet`, `_SUCCESS`)."""
+    run_dir = storage.join(filter_output, "_run")
+    stats = output.read_json(storage.join(run_dir, "stats.json"))
+    if stats is None:
+        raise PlanError(f"filter output {filter_output} has no _run/stats.json: not a filter run's output "
+                        "(a --dry-run writes nothing)")  # fmt: skip
+    config = output.read_json(storage.join(run_dir, "config.json")) or {}
+    rows: list[dict[str, Any]] = []
+    manifest = storage.join(filter_output, "manifest.parquet")
+    if storage.exists(manifest):
+        fs, path = storage.filesystem(manifest)
+        rows = pq.read_table(path, filesystem=fs).to_pylist()
+    con = duckdb.connect()
+    con.register("manifest", pa.Table.from_pylist(rows) if rows else pa.table({"action": pa.array([], pa.string())}))
+    by_reason = _rows(con, """SELECT action, reason, count(*) AS samples FROM manifest
+                              GROUP BY ALL ORDER BY action, reason""") if rows else []  # fmt: skip
+    removed = sorted((r for r in rows if r["action"] != "keep"),
+                     key=lambda r: (-(r["p_fake"] if r["p_fake"] is not None else -1.0), r["shard"], r["key"]))
+    for r in removed:
+        r["p_fake"] = None if r["p_fake"] is None else round(float(r["p_fake"]), 4)
+    return {"output": filter_output, "input": config.get("input"), "scan_date": stats.get("scan_date"),
+            "same_scan_date": stats.get("scan_date") == scan_date,
+            "reconciled": bool(stats.get("reconciled")) and storage.exists(storage.join(filter_output, "_SUCCESS")),
+            "totals": stats.get("totals", {}), "skipped_shards": stats.get("skipped_shards", []),
+            "by_reason": by_reason,
+            "removed": [{k: r.get(k) for k in ("action", "shard", "key", "reason", "p_fake", "top_generator")}
+                        for r in removed[:MAX_FILTER_ROWS]]}  # fmt: skip
+
+
+def build_report(cfg: ReportConfig) -> dict[str, Any]:
+    """Write `<output>/report.html`, its PNGs, thumbnails, `summary.json` and `report_config.json`; return the
+    summary."""
     log = get_logger("hygiene.report")
-    day = resolve_scan_date(scan, scan_date)
-    table = load_scan(scan)
+    day = resolve_scan_date(cfg.scan, cfg.scan_date)
+    table = load_scan(cfg.scan)
     if table.num_rows == 0:
-        raise PlanError(f"scan {scan} has no rows")
-    summary = summarize(table, day)
+        raise PlanError(f"scan {cfg.scan} has no rows")
+    con = _connect(table, day)
+    summary = summarize(table, day, con)
+    summary["header"] = run_header(cfg.scan, day)
+    if cfg.filter_output:
+        summary["filter"] = filter_summary(cfg.filter_output, day)
+    chosen = gallery.select(con, size=cfg.gallery_size, top_n=cfg.top_n, seed=cfg.seed)
+    items = [it for _, _, its in chosen["galleries"] for it in its] + chosen["top_flagged"]
+    summary["thumbnails"] = gallery.fill(items, cfg.output)
+    summary["galleries"] = {name: gallery.as_json(its) for name, _, its in chosen["galleries"]}
+    summary["top_flagged"] = gallery.as_json(chosen["top_flagged"])
     images = plots(summary)
     for name, data in images.items():
-        storage.write_bytes_atomic(storage.join(output, name), data)
-    storage.write_bytes_atomic(storage.join(output, "summary.json"),
+        storage.write_bytes_atomic(storage.join(cfg.output, name), data)
+    storage.write_bytes_atomic(storage.join(cfg.output, "summary.json"),
                                (json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n").encode())
-    storage.write_bytes_atomic(storage.join(output, "report.html"), render_html(summary, list(images)).encode())
-    log.info("report_written", output=output, scan_date=day, **{k: summary["totals"][k] for k in ("rows", "flagged")})
+    storage.write_bytes_atomic(storage.join(cfg.output, "report_config.json"), (cfg.to_json() + "\n").encode())
+    page = render_html(summary, list(images), gallery.render(chosen["galleries"], chosen["top_flagged"]))
+    storage.write_bytes_atomic(storage.join(cfg.output, "report.html"), page.encode())
+    log.info("report_written", output=cfg.output, scan_date=day, thumbnails=summary["thumbnails"]["thumbnails"],
+             **{k: summary["totals"][k] for k in ("rows", "flagged")})  # fmt: skip
     return summary

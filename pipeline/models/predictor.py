@@ -108,10 +108,11 @@ class Predictor:
                 gen.append(out.gen_logits.float().softmax(dim=-1).cpu())
         return (torch.cat(logits), torch.cat(gen)) if logits else (None, None)
 
-    def _upload(self, chunk: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-        """Start the host -> device copy of one uint8 chunk on the copy stream (pinned, non-blocking)."""
-        if isinstance(chunk, torch.Tensor) and chunk.device == self.device:
-            return chunk, None
+    def _upload(self, chunk: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+        """Start the host -> device copy of one uint8 chunk on the copy stream (pinned, non-blocking); returns
+        (device tensor, copy-done event, the pinned source, kept alive until the chunk is consumed)."""
+        if isinstance(chunk, torch.Tensor) and chunk.is_cuda:  # already on a GPU (the device JPEG decoder's
+            return chunk.to(self.device), None, None  # output); "cuda:0" != "cuda", so test is_cuda
         host = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
         pinned = host.contiguous().pin_memory()
         assert self._copy_stream is not None
@@ -119,7 +120,7 @@ class Predictor:
             dev = pinned.to(self.device, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self._copy_stream)
-        return dev, done
+        return dev, done, pinned
 
     def _forward_cuda(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         n = len(images)
@@ -132,7 +133,7 @@ class Predictor:
         with torch.inference_mode():
             nxt = self._upload(chunks[0])
             for k in range(len(chunks)):
-                x_u8, done = nxt
+                x_u8, done, _pinned = nxt
                 if done is not None:
                     compute.wait_event(done)
                     x_u8.record_stream(compute)  # allocated on the copy stream, consumed on this one

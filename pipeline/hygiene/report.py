@@ -240,7 +240,7 @@ def _filter_section(f: dict[str, Any] | None) -> str:
                       f"{_cell(r['samples'], 'filter.reasons.' + r['action'] + ':' + (r['reason'] or ''))}</tr>"
                       for r in f["by_reason"])  # fmt: skip
     removed = "".join(f"<tr><td>{e(r['action'])}</td><td>{e(str(r['shard']))}</td><td>{e(str(r['key']))}</td>"
-                      f"<td>{e(str(r['reason']))}</td>{_cell(r['p_fake'])}<td>{e(str(r['top_generator']))}</td></tr>"
+                      f"<td>{e(str(r['reason']))}</td>{_cell(r['p_fake'])}<td>{e(r['top_generator'] or '—')}</td></tr>"
                       for r in f["removed"])  # fmt: skip
     skipped = ", ".join(str(s.get("shard")) for s in f["skipped_shards"]) or "none"
     return f"""<h2>Last filter run</h2>

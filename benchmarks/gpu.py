@@ -216,11 +216,16 @@ def bench_decode(p: dict[str, Any], device: torch.device, image_size: int) -> di
     c0, t0 = time.process_time(), time.perf_counter()
     cpu_px = [decode_image(d, image_size=image_size).pixels for d in jpegs]
     cpu_wall, cpu_cpu = time.perf_counter() - t0, time.process_time() - c0
+    c0 = time.process_time()
+    for d in jpegs:  # what the read task does per shipped image with --decode-on gpu (header only)
+        device_decodable(d, image_size=image_size, resize_mode="center_crop", max_pixels=2**31)
+    header_cpu = time.process_time() - c0
     dec = DeviceDecoder(device, image_size)
     batch = 256
     out: dict[str, Any] = {"images": len(jpegs), "jpeg_size": list(p["jpeg_size"]), "crop": image_size,
                            "cpu_decode_images_per_s_per_core": len(jpegs) / cpu_cpu,
-                           "cpu_decode_wall_s": cpu_wall, "device": str(device)}  # fmt: skip
+                           "cpu_decode_wall_s": cpu_wall, "device": str(device),
+                           "read_side_check_images_per_s_per_core": len(jpegs) / max(header_cpu, 1e-9)}  # fmt: skip
     dec.decode(jpegs[:batch], sizes[:batch])  # warm-up (nvjpeg handles, CUDA context)
     sync(device)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -331,6 +336,8 @@ def render_md(res: dict[str, Any]) -> str:
     d = res["decode"]
     lines += ["", f"## JPEG decode ({d['jpeg_size'][0]}x{d['jpeg_size'][1]}, 4:2:0, q90 -> {d['crop']}² crop)", "",
               f"- CPU (`decode_image`, Pillow): {d['cpu_decode_images_per_s_per_core']:.0f} images/s per core",
+              f"- read side with `--decode-on gpu` (header check `device_decodable` only): "
+              f"{d['read_side_check_images_per_s_per_core']:.0f} images/s per core",
               f"- device {d['device']} (`DeviceDecoder`, batches of 256): {d['device_decode_images_per_s']:.0f} "
               f"images/s, keeping {d['device_decode_cpu_cores']:.2f} CPU cores busy",
               f"- device pixels vs CPU pixels: {d['pixels_bit_equal_images']}/{d['images']} images bit-equal, "

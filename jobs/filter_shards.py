@@ -2,6 +2,7 @@
 
     python jobs/filter_shards.py --scan out/scan --input data/shards --output data/clean \
         [--policy policy.json | --threshold 0.7 --rule unknown=quarantine --rule upconv=drop@0.9 ...] [--dry-run]
+        [--resume]   # keep shards already filtered with the same scan, input, scan date and policy
 
 Exit codes: 0 success (every shard reconciled), 2 bad config/policy, 3 refused (the scan does not cover the
 input exactly; nothing written), 4 failed while writing (accounting did not reconcile, or a source image is not
@@ -13,14 +14,17 @@ a label the scan's detector does not have is a config error (2). Prints a JSON s
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 from typing import Any
 
 from pipeline.hygiene.plan import PlanError
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
-from pipeline.hygiene.run import ReconcileError, SourceChangedError, local_map, run_filter
+from pipeline.hygiene.run import ReconcileError, SourceChangedError, run_filter
 from pipeline.preflight import Location, StorageError, check_filter_policy, check_storage
+from pipeline.runner import MapFn, local_map
 from pipeline.settings import ConfigError
 
 
@@ -39,7 +43,7 @@ def parse_rule(text: str) -> dict[str, Any]:
     return rule
 
 
-def build_config(argv: list[str] | None = None) -> FilterConfig:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scan", required=True, help="scan output root (scan_date=*/ and _shards/)")
     ap.add_argument("--input", required=True, help="source shards, exactly as given to the scan")
@@ -52,10 +56,16 @@ def build_config(argv: list[str] | None = None) -> FilterConfig:
     ap.add_argument("--on-shard-error", default=None, help="fail | skip (default fail)")
     ap.add_argument("--rule", action="append", default=[], help="GEN=ACTION[@THRESHOLD], repeatable")
     ap.add_argument("--dry-run", action="store_true", help="print what would happen, write nothing")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep shards whose marker matches this run's plan (same scan, input, scan date, policy)")
     ap.add_argument("--engine", default="local", help="local | ray (one Ray task per shard)")
     ap.add_argument("--ray-address", default=None)
     ap.add_argument("--task-cpus", type=float, default=0.5)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def build_config(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> FilterConfig:
+    args = args if args is not None else parse_args(argv)
 
     inline = {
         "threshold": args.threshold,
@@ -87,8 +97,10 @@ def build_config(argv: list[str] | None = None) -> FilterConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    resume = bool(args.resume)  # how to run, not what: not part of the saved config
     try:
-        cfg = build_config(argv)
+        cfg = build_config(args=args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -105,14 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
-    if cfg.engine == "ray":
-        from pipeline.engine.filter import make_ray_map
-
-        map_fn = make_ray_map(cfg.ray_address, cfg.task_num_cpus)
-    else:
-        map_fn = local_map
     try:
-        stats = run_filter(cfg, map_fn)
+        with contextlib.ExitStack() as stack:
+            map_fn: MapFn = local_map
+            if cfg.engine == "ray":  # the one Ray-aware part: shards filtered as Ray tasks
+                from pipeline.engine import cluster
+                from pipeline.engine.filter import ray_map
+
+                stack.enter_context(cluster.session(cfg.ray_address))
+                map_fn = functools.partial(ray_map, num_cpus=cfg.task_num_cpus)
+            stats = run_filter(cfg, map_fn, resume=resume)
     except PlanError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3

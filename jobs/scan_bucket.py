@@ -84,9 +84,10 @@ def build_config(args: argparse.Namespace) -> ScanConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.demo:
+        from pipeline.engine.scan import RayScanExecutor
         from pipeline.scan.demo import run_demo
 
-        code, text = run_demo(Path(args.demo_dir))
+        code, text = run_demo(Path(args.demo_dir), executor=RayScanExecutor())
         print(text)
         return code
     from pipeline.preflight import Location, StorageError, check_storage
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args)
         check_storage([Location("input", cfg.input)], [Location("output", cfg.output)])
-        run = run_scan(cfg)
+        from pipeline.engine.scan import RayScanExecutor  # the one Ray-aware part: shards are scanned on Ray
+
+        run = run_scan(cfg, executor=RayScanExecutor())
     except ConfigError as exc:
         log.error("config_error", error=str(exc))
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -393,3 +393,59 @@ def test_job_checks_accounting_itself_before_reporting_success(scanned, tmp_path
     stats = json.loads((tmp_path / "out" / "_run" / "stats.json").read_text())
     assert stats["reconciled"] is False and len(stats["problems"]) == 1
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.tar")}
+
+
+def test_resume_rewrites_only_unfinished_shards_and_refuses_another_policy(filtered, tmp_path, capsys) -> None:
+    corpus, scan, out, _ = filtered
+    target = tmp_path / "out"
+    shutil.copytree(out, target)
+    markers = sorted((target / "_shards").glob("*.json"))
+    lost = json.loads(markers[0].read_text())
+    (target / lost["output"]).unlink()  # an interrupted run: one shard's output and marker never written
+    markers[0].unlink()
+    (target / "_SUCCESS").unlink()
+    before = {k: v for k, v in _mtimes(target).items() if k != lost["quarantine"]}  # the lost shard's own
+    args = ["--scan", scan, "--input", corpus.root, "--output", str(target), *RULES]
+    rc, err = run_main(capsys, *args, "--resume")
+    assert rc == 0, err
+    skip = ("_run/run.json", "_run/config.json")  # config.json names the output folder
+    assert tree_bytes(target, skip) == tree_bytes(out, skip)  # the same bytes as the uninterrupted run
+    after = _mtimes(target)
+    assert {k: v for k, v in after.items() if k in before} == before  # finished shards were not rewritten
+    run = json.loads((target / "_run" / "run.json").read_text())
+    assert run["resumed"] is True and lost["shard_id"] not in run["shards_skipped"]
+    assert len(run["shards_skipped"]) == len(markers) - 1
+    # --resume with another policy would mix two policies in one output: refused, nothing written
+    (target / "_SUCCESS").unlink()
+    before = tree_bytes(target)
+    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target),
+                       "--threshold", "0.95", "--on-shard-error", "skip", "--resume")  # fmt: skip
+    assert rc == 3 and "policy" in err and "Nothing was written" in err
+    assert tree_bytes(target) == before
+
+
+def test_outputs_of_shards_no_longer_in_the_input_are_removed(filtered, tmp_path, capsys) -> None:
+    corpus, scan, out, _ = filtered
+    target = tmp_path / "out"
+    shutil.copytree(out, target)
+    src = Path(corpus.root)
+    gone = sorted(u for u in good_shards(corpus))[0]
+    rel = Path(gone).relative_to(src)
+    smaller = tmp_path / "input"
+    shutil.copytree(src, smaller, ignore=lambda d, names: [n for n in names if Path(d, n) == Path(gone)])
+    assert not (smaller / rel).exists()
+    # the scan names shards by their path under the input root, unchanged by the copy
+    rc, err = run_main(capsys, "--scan", scan, "--input", str(smaller), "--output", str(target), *RULES)
+    assert rc == 0, err
+    sid = next(json.loads(m.read_text())["shard_id"] for m in (out / "_shards").glob("*.json")
+               if json.loads(m.read_text())["output"] == str(rel))  # fmt: skip
+    assert not (target / rel).exists() and not (target / "_shards" / f"{sid}.json").exists()
+    assert not (target / "_manifest" / f"{sid}.jsonl").exists()
+    run = json.loads((target / "_run" / "run.json").read_text())
+    assert run["stale_removed"] == [sid] and (target / "_SUCCESS").exists()
+    stats = json.loads((target / "_run" / "stats.json").read_text())
+    assert sid not in {s["shard_id"] for s in stats["shards"]}

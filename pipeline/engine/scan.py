@@ -3,26 +3,43 @@
     from_items(shard list, one block per shard)
       -> map_batches(prepare_batch)   CPU tasks: read_shard + decode_image, yields chunks of rows
       -> map_batches(Scorer)          actor pool, fractional num_cpus, num_gpus from config, fused detector
-      -> iter_batches on the driver   (pipeline.scan.job collects rows per shard and writes them)
+      -> map_batches(route_to_writers) small CPU tasks: each shard's rows go to ONE writer actor (by shard id)
+      -> writer actors                collect a shard's rows, write its Parquet, then its marker (on the workers)
+      -> iter_batches on the driver   one tiny row per scored batch: row count, scorer-ready time, and the
+                                      summaries (= markers) of the shards that batch completed
 
-The two map stages have different compute strategies and resources, so Ray does not fuse them: decode never
-runs inside the model actors. Actor pools that take every CPU hang (ray#44687), hence fractional num_cpus.
+The driver never holds rows (img2dataset / clip-retrieval pattern: workers write their own outputs), so its
+cost is per batch, not per row, and the head's memory does not grow with pending shards.
+
+The read and score stages have different compute strategies and resources, so Ray does not fuse them: decode
+never runs inside the model actors. Actor pools that take every CPU hang (ray#44687), hence fractional num_cpus.
+Writers need a little CPU (`writer_num_cpus`), so they never land on a head started with 0 CPUs.
 """
 
 from __future__ import annotations
 
+import json
+import time
+import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
+from pipeline.engine import cluster
 from pipeline.logs import get_logger
 from pipeline.scan.config import ScanConfig
+from pipeline.scan.execute import ReportingScorer, ScanWork
 from pipeline.scan.prepare import prepare_batch
-from pipeline.scan.score import Scorer
+from pipeline.scan.rows import RunContext
+from pipeline.scan.write import ShardSink
 
 log = get_logger("pipeline.engine.scan")
+
+WRITER_NUM_CPUS = 0.05  # a writer mostly waits on storage; it must still need SOME CPU (never on a 0-CPU head)
+ROUTE_NUM_CPUS = 0.05
 
 
 def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: object) -> Iterator[dict[str, np.ndarray]]:
@@ -36,7 +53,7 @@ def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: object) -> Iterator[
 
 def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size: int,
                   resize_mode: str) -> ray.data.Dataset:  # fmt: skip
-    """shards: [(shard_url, shard_id)]."""
+    """Read + decode -> score. shards: [(shard_url, shard_id)]."""
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.enable_operator_progress_bars = True
@@ -56,7 +73,7 @@ def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size:
         memory=cfg.read_memory_mb * 2**20,
     )
     ds = ds.map_batches(
-        Scorer,
+        ReportingScorer,
         batch_size=cfg.batch_size,
         batch_format="numpy",
         fn_constructor_kwargs={"detector": cfg.detector, "device": cfg.device, "dtype": cfg.dtype,
@@ -68,10 +85,99 @@ def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size:
     return ds
 
 
+class ShardWriterActor:
+    """A `ShardSink` in an actor on a worker node; records its node id in every marker it writes."""
+
+    def __init__(self, ctx: RunContext, output: str, scan_date: str) -> None:
+        self.sink = ShardSink(ctx, output, scan_date, writer_node=ray.get_runtime_context().get_node_id())
+
+    def add(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        return self.sink.add(batch)
+
+    def pending(self) -> dict[str, tuple[int, int]]:
+        return self.sink.pending()
+
+    def duplicates(self) -> int:
+        return self.sink.duplicates()
+
+
+def writer_index(shard: str, n_writers: int) -> int:
+    """The writer of a shard: stable across processes (crc32, not Python's salted hash)."""
+    return zlib.crc32(shard.encode("utf-8")) % n_writers
+
+
+def route_to_writers(batch: dict[str, np.ndarray], writers: list[Any]) -> dict[str, np.ndarray]:
+    """Send each shard's rows of this batch to its writer and wait (backpressure; a failed write fails this
+    task, which Ray retries — the writer drops rows it already has). Returns ONE row for the driver."""
+    shards = np.asarray(batch["shard"], dtype=object)
+    refs = []
+    for shard in dict.fromkeys(shards.tolist()):
+        sel = np.flatnonzero(shards == shard)
+        part = {k: v[sel] for k, v in batch.items()}
+        refs.append(writers[writer_index(str(shard), len(writers))].add.remote(part))
+    done = [stats for result in ray.get(refs) for stats in result]
+    ready = batch.get("_actor_ready")
+    return {
+        "rows": np.asarray([len(shards)], np.int64),
+        "ready": np.asarray([float(np.min(ready)) if ready is not None and len(ready) else np.inf], np.float64),
+        "done": np.asarray([json.dumps(done)], dtype=object),
+    }
+
+
+class RayScanExecutor:
+    """The scan on Ray (`pipeline.scan.execute.ScanExecutor`): attaches to / starts Ray through
+    `cluster.session`, runs the plan, yields each shard's summary as its writer commits it."""
+
+    def __init__(self, writer_num_cpus: float = WRITER_NUM_CPUS) -> None:
+        self.writer_num_cpus = writer_num_cpus
+
+    def __call__(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
+        cfg, timing = work.cfg, work.timing
+        tc = time.perf_counter()
+        with cluster.session(cfg.ray_address, cfg.ray_num_cpus):
+            timing["ray_connect_s"] = round(time.perf_counter() - tc, 3)
+            yield from self._run(todo, work)
+
+    def _run(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
+        cfg, timing = work.cfg, work.timing
+        n_writers = max(1, min(cfg.num_actors, len(todo)))
+        actor = ray.remote(num_cpus=self.writer_num_cpus, max_restarts=3, scheduling_strategy="SPREAD")
+        writers = [actor(ShardWriterActor).remote(work.ctx, cfg.output, work.scan_date) for _ in range(n_writers)]
+        try:
+            ds = build_dataset(todo, cfg, image_size=work.image_size, resize_mode=work.resize_mode)
+            ds = ds.map_batches(route_to_writers, batch_size=None, batch_format="numpy",
+                                fn_kwargs={"writers": writers}, num_cpus=ROUTE_NUM_CPUS)  # fmt: skip
+            log.info("scan_plan", shards=len(todo), batch_size=cfg.batch_size, actors=cfg.num_actors,
+                     writers=n_writers, actor_num_cpus=cfg.actor_num_cpus, actor_num_gpus=cfg.actor_num_gpus,
+                     read_num_cpus=cfg.read_num_cpus)  # fmt: skip
+            t0, wall0 = time.perf_counter(), time.time()
+            ready_at, rows_total = float("inf"), 0
+            for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                if "first_rows_s" not in timing:
+                    timing["first_rows_s"] = round(time.perf_counter() - t0, 3)
+                ready_at = min(ready_at, float(np.min(out["ready"])) if len(out["ready"]) else ready_at)
+                for done in out["done"]:
+                    for stats in json.loads(done):
+                        rows_total += int(stats["rows"])
+                        yield stats["shard"], stats
+            timing["stream_s"] = round(time.perf_counter() - t0, 3)
+            if ready_at < float("inf"):
+                timing["model_ready_s"] = round(ready_at - wall0, 3)
+                active = time.time() - ready_at
+                timing["steady_images_per_s"] = round(rows_total / active, 2) if active > 0 else 0.0
+            pending = {s: p for w in writers for s, p in ray.get(w.pending.remote()).items()}
+            duplicates = sum(ray.get([w.duplicates.remote() for w in writers]))
+            if duplicates:
+                log.warning("duplicate_rows_dropped", rows=duplicates)
+            if pending:
+                log.error("shards_incomplete", pending=dict(list(pending.items())[:5]))
+        finally:
+            for w in writers:
+                ray.kill(w)
+
+
 def iter_scored(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size: int,
                 resize_mode: str) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
-    """Stream scored row batches (numpy dicts) to the driver as the pipeline produces them."""
+    """Scored row batches on the driver (no writers): for tools that want the rows themselves."""
     ds = build_dataset(shards, cfg, image_size=image_size, resize_mode=resize_mode)
-    log.info("scan_plan", shards=len(shards), batch_size=cfg.batch_size, actors=cfg.num_actors,
-             actor_num_cpus=cfg.actor_num_cpus, actor_num_gpus=cfg.actor_num_gpus, read_num_cpus=cfg.read_num_cpus)  # fmt: skip
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)

@@ -18,12 +18,13 @@ import datetime as dt
 import hashlib
 import json
 import platform
+import posixpath
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,11 +34,8 @@ from pipeline.hygiene.copy import ShardWriter
 from pipeline.hygiene.plan import Decision, PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
+from pipeline.runner import MapFn, Progress, local_map, map_shards, run_shards
 from pipeline.wds import ShardReadError, iter_samples
-
-T = TypeVar("T")
-R = TypeVar("R")
-MapFn = Callable[[Callable[[T], R], Sequence[T]], list[R]]
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -78,10 +76,6 @@ class ShardResult:
     errors_by_status: dict[str, int]
     kept_error_rows: int
     non_sample_members: int
-
-
-def local_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    return [fn(x) for x in items]
 
 
 def _dumps(obj: Any) -> bytes:
@@ -228,8 +222,79 @@ def reconcile(plans: list[ShardPlan], results: list[ShardResult]) -> list[str]:
     return problems
 
 
-def run_filter(cfg: FilterConfig, map_fn: MapFn = local_map) -> dict[str, Any]:
-    """The whole run; returns the stats. Raises PlanError (before any write) or ReconcileError."""
+class ResumeRefused(PlanError):
+    """`--resume` of an output written with another scan, input, scan date or policy (nothing was written)."""
+
+
+# config fields that must match for --resume to continue an output (the rest is how the run executes)
+RESUME_FIELDS = ("scan", "input", "scan_date", "policy")
+
+
+def _markers(output: str) -> dict[str, dict[str, Any]]:
+    """The filter's shard markers under `output` (shard id -> its ShardResult)."""
+    fs, path = storage.filesystem(storage.join(output, "_shards"))
+    try:
+        names = [p for p in fs.ls(path, detail=False) if p.endswith(".json")] if fs.exists(path) else []
+    except FileNotFoundError:
+        names = []
+    out = {}
+    for name in names:
+        sid = posixpath.basename(name).removesuffix(".json")
+        out[sid] = json.loads(storage.read_bytes(storage.join(output, "_shards", f"{sid}.json")))
+    return out
+
+
+def _check_resume(cfg: FilterConfig, scan_date: str) -> None:
+    """Refuse to continue an output written from another scan, input, scan date or policy."""
+    cfg_uri = storage.join(cfg.output, "_run", "config.json")
+    if not storage.exists(cfg_uri):
+        return  # nothing to continue: a fresh run
+    before, now = json.loads(storage.read_bytes(cfg_uri)), cfg.model_dump(mode="json")
+    differ = [f for f in RESUME_FIELDS if f != "scan_date" and before.get(f) != now.get(f)]
+    run_uri = storage.join(cfg.output, "_run", "run.json")
+    prev_date = json.loads(storage.read_bytes(run_uri)).get("scan_date") if storage.exists(run_uri) else None
+    if prev_date not in (None, scan_date):
+        differ.append(f"scan_date ({prev_date} != {scan_date})")
+    if differ:
+        raise ResumeRefused(f"--resume: {cfg.output} was written with another {', '.join(differ)} "
+                            f"(see {cfg_uri}); rerun without --resume to rewrite it. Nothing was written.")  # fmt: skip
+
+
+def _remove_stale(cfg: FilterConfig, plans: list[ShardPlan], markers: dict[str, dict[str, Any]]) -> list[str]:
+    """Delete the outputs of shards that have a marker but are no longer in the input (marker LAST)."""
+    current = {p.spec.shard_id for p in plans}
+    removed = []
+    for sid, m in sorted(markers.items()):
+        if sid in current:
+            continue
+        for rel in (m.get("output"), m.get("quarantine"), f"_manifest/{sid}.jsonl", f"_shards/{sid}.json"):
+            if not rel:
+                continue
+            uri = storage.join(cfg.output, *str(rel).split("/"))
+            if storage.exists(uri):
+                fs, path = storage.filesystem(uri)
+                fs.rm(path)
+        removed.append(sid)
+    return removed
+
+
+def _still_valid(plan: ShardPlan, marker: dict[str, Any] | None) -> bool:
+    """A marker of an earlier attempt counts only if it matches today's plan of the shard."""
+    if marker is None:
+        return False
+    c = plan.counts()
+    return (marker.get("samples"), marker.get("kept"), marker.get("dropped"), marker.get("quarantined")) == (
+        c["samples"], c["keep"], c["drop"], c["quarantine"])
+
+
+def run_filter(cfg: FilterConfig, map_fn: MapFn = local_map, *, resume: bool = False,
+               on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
+               check: Callable[[Progress], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The whole run; returns the stats. Raises PlanError (before any write) or ReconcileError.
+
+    resume: shards whose marker matches today's plan are not rewritten (the output must have been written with
+    the same scan, input, scan date and policy: ResumeRefused otherwise). Either way, outputs of shards that are
+    no longer in the input are removed. on_shard / check: `pipeline.runner.run_shards` hooks."""
     log = get_logger("hygiene.filter")
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
@@ -239,15 +304,23 @@ def run_filter(cfg: FilterConfig, map_fn: MapFn = local_map) -> dict[str, Any]:
     if cfg.dry_run:
         log.info("dry_run", **summary["totals"], shards=len(plans))
         return {"dry_run": True, **summary}
+    if resume:
+        _check_resume(cfg, scan_date)
     success = storage.join(cfg.output, "_SUCCESS")
     if storage.exists(success):  # a rerun is not successful until it reconciles again
         fs, path = storage.filesystem(success)
         fs.rm(path)
+    markers = _markers(cfg.output)
+    stale = _remove_stale(cfg, plans, markers)
     run_dir = storage.join(cfg.output, "_run")
     storage.write_bytes_atomic(storage.join(run_dir, "config.json"), _dumps(cfg.model_dump(mode="json")))
     storage.write_bytes_atomic(storage.join(run_dir, "policy.json"), _dumps(cfg.policy.model_dump(mode="json")))
     todo = [p for p in plans if not p.skip]
-    results = map_fn(filter_shard, todo)
+    by_plan = {p.spec.shard_id: p for p in todo}
+    done = {sid for sid, p in by_plan.items() if resume and _still_valid(p, markers.get(sid))}
+    progress = run_shards(list(by_plan), done=done, execute=map_shards(map_fn, filter_shard, by_plan, asdict),
+                          on_shard=on_shard, check=check)  # fmt: skip
+    results = [ShardResult(**(progress.summaries.get(sid) or markers[sid])) for sid in by_plan]
     t_filter = time.perf_counter() - t0 - t_plan
     problems = reconcile(plans, results)
     by_id = {r.shard_id: r for r in results}
@@ -276,6 +349,9 @@ def run_filter(cfg: FilterConfig, map_fn: MapFn = local_map) -> dict[str, Any]:
         "seconds": {"plan": round(t_plan, 3), "filter": round(t_filter, 3)},
         "engine": cfg.engine,
         "scan_date": scan_date,
+        "resumed": resume,
+        "shards_skipped": sorted(done),
+        "stale_removed": stale,
         "versions": {"genscan": __version__, "python": platform.python_version(), "pyarrow": pa.__version__},
     }
     storage.write_bytes_atomic(storage.join(run_dir, "run.json"), _dumps(run_info))

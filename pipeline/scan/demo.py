@@ -127,8 +127,9 @@ def _fmt(v: object) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def run_demo(demo_dir: Path) -> tuple[int, str]:
-    """Prepare (if needed), scan, summarise. Returns (exit code, summary text)."""
+def run_demo(demo_dir: Path, executor: Any = None) -> tuple[int, str]:
+    """Prepare (if needed), scan (with `executor`: the entry point passes the Ray one; None: in-process),
+    summarise. Returns (exit code, summary text)."""
     from pipeline.scan.job import ScanFailed, run_scan
 
     demo_dir = demo_dir.resolve()
@@ -137,7 +138,7 @@ def run_demo(demo_dir: Path) -> tuple[int, str]:
                      resume=True, batch_size=32, ray_num_cpus=2, actor_num_cpus=0.5, read_num_cpus=0.5,
                      torch_threads=1)  # fmt: skip
     try:
-        run = run_scan(cfg)
+        run = run_scan(cfg, executor=executor)
     except ScanFailed as exc:
         return 1, f"demo scan failed: {exc}"
     head = (f"demo scan {run['status']}: run {run['run_id']} ({run['scan_date']}), {run['totals']['rows']} rows "

@@ -125,7 +125,14 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
     items = pa.array(scores.reshape(-1), pa.float32())
     gen_map = pa.MapArray.from_arrays(offsets, keys, items, type=SCHEMA.field("generator_scores").type,
                                       mask=pa.array(not_ok, pa.bool_()))  # fmt: skip
-    threshold = np.full(n, ctx.threshold, np.float32)
+    # the detector that scored each row, as the scoring actor reported it (ReportingScorer); the driver's
+    # reading of the checkpoint only for rows without that report
+    if "_detector_id" in rows:
+        detector_ids = pa.array([str(d) for d in rows["_detector_id"].tolist()], pa.string())
+        threshold = np.asarray(rows["_threshold"], np.float32)
+    else:
+        detector_ids = pa.array([ctx.detector_id] * n, pa.string())
+        threshold = np.full(n, ctx.threshold, np.float32)
     columns: dict[str, pa.Array] = {
         "schema_version": pa.array(np.full(n, SCHEMA_VERSION, np.int16), pa.int16()),
         "run_id": pa.array([ctx.run_id] * n, pa.string()),
@@ -146,7 +153,7 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "format": _nullable_str(rows["format"]),
         "n_bytes": _nullable_int(rows["n_bytes"], pa.int64()),
         "sha256": _nullable_str(rows["sha256"]),
-        "detector_id": pa.array([ctx.detector_id] * n, pa.string()),
+        "detector_id": detector_ids,
         "scanned_at": pa.array([when] * n, pa.timestamp("ms", tz="UTC")),
     }
     return pa.Table.from_arrays([columns[f.name] for f in SCHEMA], schema=SCHEMA)

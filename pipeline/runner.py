@@ -1,0 +1,120 @@
+"""The sharded-run core shared by the scan and the filter [ours; datatrove's executor, img2dataset's
+distributor]: skip the shards that have a completion marker, process the others through an executor passed in
+(local or Ray: chosen by the entry point), commit each shard's output with its marker LAST, and keep run.json.
+
+The work itself (read, decide, write) is the caller's per-shard function or streaming plan; this module only
+knows shard ids, summaries and markers, and imports no Ray.
+
+    runner.commit_shard([(parquet_uri, data)], marker_uri, stats)          # inside the worker that made them
+    results = runner.run_shards(ids, done=markers, execute=..., on_shard=progress, check=error_budget)
+
+`execute(todo)` yields `(shard_id, summary)` as shards complete, in any order (a summary = the shard's marker
+content). `on_shard(shard_id, summary, progress)` is called for each (a progress line); `check(progress)` is a
+run-level check called after each shard that may raise to stop the run (an error budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pipeline.output import json_bytes, read_json, write_json
+from pipeline.storage import write_bytes_atomic
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# An executor maps a per-shard function over items, yielding results (in any order) as they complete.
+MapFn = Callable[[Callable[[T], R], Sequence[T]], Iterable[R]]
+
+
+def local_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """The in-process executor: `[fn(x) for x in items]`."""
+    return [fn(x) for x in items]
+
+
+class IncompleteRun(RuntimeError):
+    """Some shards of the run never completed (or arrived that were not asked for)."""
+
+
+def commit_shard(outputs: Sequence[tuple[str, bytes]], marker_uri: str, summary: dict[str, Any]) -> None:
+    """Write a shard's outputs (each atomically), then its marker LAST: a marker implies complete outputs, and a
+    retried shard overwrites the same deterministic names."""
+    for uri, data in outputs:
+        write_bytes_atomic(uri, data)
+    write_bytes_atomic(marker_uri, json_bytes(summary))
+
+
+@dataclass
+class Progress:
+    """Where a run stands (passed to the progress callback and the run-level check)."""
+
+    total: int  # shards in the run
+    skipped: int  # shards already complete (marker) before this attempt
+    todo: int  # shards this attempt processes
+    done: int = 0  # shards completed by this attempt
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard id -> summary (this attempt)
+
+
+def run_shards(
+    shards: Sequence[str],
+    *,
+    done: set[str],
+    execute: Callable[[list[str]], Iterable[tuple[str, dict[str, Any]]]],
+    on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
+    check: Callable[[Progress], None] | None = None,
+) -> Progress:
+    """Process every shard of `shards` not in `done` through `execute`; returns the progress (with every
+    summary of this attempt). Raises IncompleteRun when a shard never completed or an unexpected one arrived;
+    a duplicate summary (a retried shard) is ignored."""
+    todo = [s for s in shards if s not in done]
+    progress = Progress(total=len(shards), skipped=len(shards) - len(todo), todo=len(todo))
+    wanted = set(todo)
+    if todo:
+        for shard, summary in execute(todo):
+            if shard not in wanted:
+                raise IncompleteRun(f"received the result of an unexpected shard {shard!r}")
+            if shard in progress.summaries:
+                continue
+            progress.summaries[shard] = summary
+            progress.done += 1
+            if on_shard is not None:
+                on_shard(shard, summary, progress)
+            if check is not None:
+                check(progress)
+    missing = [s for s in todo if s not in progress.summaries]
+    if missing:
+        raise IncompleteRun(f"{len(missing)} shard(s) never completed: {missing[:5]}")
+    return progress
+
+
+def map_shards(map_fn: MapFn, fn: Callable[[T], R], items: dict[str, T],
+               summary: Callable[[R], dict[str, Any]]) -> Callable[[list[str]], Iterator[tuple[str, dict[str, Any]]]]:  # fmt: skip
+    """An `execute` for `run_shards` from a per-shard function and an executor: `fn(items[id])` for each id."""
+
+    def execute(todo: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        for shard, result in zip(todo, map_fn(fn, [items[s] for s in todo]), strict=True):
+            yield shard, summary(result)
+
+    return execute
+
+
+class RunFile:
+    """A run.json kept up to date: `status` running -> succeeded | failed, plus whatever the run records."""
+
+    def __init__(self, uri: str, record: dict[str, Any]) -> None:
+        self.uri = uri
+        self.record = record
+
+    @staticmethod
+    def previous(uri: str) -> dict[str, Any] | None:
+        return read_json(uri)
+
+    def write(self, **update: Any) -> None:
+        self.record.update(update)
+        write_json(self.uri, self.record)
+
+
+__all__ = ["IncompleteRun", "MapFn", "Progress", "RunFile", "commit_shard", "local_map", "map_shards",
+           "run_shards"]  # fmt: skip

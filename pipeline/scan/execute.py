@@ -1,0 +1,80 @@
+"""How a scan's shards get processed: the work description the driver hands to an executor, the in-process
+executor, and the scorer that reports which detector it loaded [ours]. No Ray here: the Ray executor is
+`pipeline.engine.scan.RayScanExecutor`, chosen by the entry point (jobs/scan_bucket.py) and passed in.
+
+An executor is `executor(todo, work) -> Iterator[(shard_id, summary)]`: it reads, decodes, scores and WRITES each
+shard of `todo` ([(shard_url, shard_id)]) where the rows are, and yields each shard's summary (= its marker) as
+it completes. `work.timing` receives the executor's timings (ray_connect_s, first_rows_s, model_ready_s, …).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.scan.config import ScanConfig
+from pipeline.scan.prepare import prepare_shard
+from pipeline.scan.rows import RunContext
+from pipeline.scan.score import Scorer
+from pipeline.scan.write import ShardSink
+
+
+@dataclass
+class ScanWork:
+    """Everything an executor needs besides the shard list."""
+
+    cfg: ScanConfig
+    ctx: RunContext  # run id, source, detector id / threshold / labels read by the driver (fallbacks)
+    scan_date: str
+    image_size: int
+    resize_mode: str
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def scorer_kwargs(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"detector": cfg.detector, "device": cfg.device, "dtype": cfg.dtype, "torch_threads": cfg.torch_threads}
+
+    def prepare_kwargs(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"image_size": self.image_size, "resize_mode": self.resize_mode, "max_pixels": cfg.max_pixels,
+                "chunk_rows": cfg.chunk_rows}  # fmt: skip
+
+
+class ScanExecutor(Protocol):
+    def __call__(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]: ...
+
+
+class ReportingScorer(Scorer):
+    """The scorer, tagging every row with the detector id and threshold of the checkpoint THIS instance loaded
+    (`_detector_id`, `_threshold`), so rows carry what scored them even if the object at the detector URI changed
+    since the driver read its meta."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = super().__call__(batch)
+        n = len(out["status"])
+        out["_detector_id"] = np.full(n, str(self.meta.detector_id), dtype=object)
+        out["_threshold"] = np.full(n, float(self.meta.threshold), np.float32)
+        return out
+
+
+def local_executor(todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Scan in this process (no Ray): one scorer, shards one after another, each written as soon as read."""
+    t0 = time.perf_counter()
+    scorer = ReportingScorer(**work.scorer_kwargs())
+    sink = ShardSink(work.ctx, work.cfg.output, work.scan_date)
+    work.timing["model_ready_s"] = round(time.perf_counter() - t0, 3)
+    rows = 0
+    t_ready = time.perf_counter()
+    for url, shard in todo:
+        for batch in prepare_shard(url, shard, **work.prepare_kwargs()):
+            work.timing.setdefault("first_rows_s", round(time.perf_counter() - t0, 3))
+            for stats in sink.add(scorer(batch)):
+                rows += int(stats["rows"])
+                yield stats["shard"], stats
+    active = time.perf_counter() - t_ready
+    work.timing["stream_s"] = round(time.perf_counter() - t0, 3)
+    work.timing["steady_images_per_s"] = round(rows / active, 2) if active > 0 else 0.0

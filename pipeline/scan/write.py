@@ -1,0 +1,72 @@
+"""The scan's shard writer [ours; img2dataset's worker-side writer]: collects a shard's scored rows, and when all
+have arrived writes its Parquet and then its marker (`pipeline.runner.commit_shard`: marker LAST).
+
+It runs where the rows are — in a writer actor on a worker node (`pipeline.engine.scan`) or in-process for a
+local scan — so the driver never holds rows: it receives each shard's summary (= its marker). No Ray here.
+Rows of a shard may arrive in any order and more than once (task retries): `ShardCollector` drops duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.logs import get_logger
+from pipeline.output import RunPaths, parquet_bytes
+from pipeline.runner import commit_shard
+from pipeline.scan.rows import RunContext, ShardCollector, shard_stats, to_table
+
+log = get_logger("pipeline.scan.write")
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class ShardSink:
+    """`add(batch)` -> the summaries of the shards this batch completed (their Parquet + marker are written).
+
+    writer_node: recorded in each marker as `writer_node` (the Ray node id of the writer actor; the host name
+    for an in-process sink)."""
+
+    def __init__(self, ctx: RunContext, output: str, scan_date: str, writer_node: str | None = None) -> None:
+        self.ctx = ctx
+        self.paths = RunPaths(output, scan_date)
+        self.writer_node = writer_node or f"host:{socket.gethostname()}"
+        self.collector = ShardCollector()
+        self.ready_at = float("inf")  # earliest scorer-ready wall time seen in the rows (throughput timing)
+
+    def add(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        if "_actor_ready" in batch and len(batch["_actor_ready"]):
+            self.ready_at = min(self.ready_at, float(np.min(batch["_actor_ready"])))
+        done = []
+        for shard, rows in self.collector.add(batch):
+            done.append(self.write(shard, rows))
+        return done
+
+    def write(self, shard: str, rows: dict[str, np.ndarray]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        url = str(rows["shard_url"][0]) if rows else ""
+        table = to_table(rows, self.ctx)
+        stats = shard_stats(shard, url, rows)
+        data = parquet_bytes(table)
+        detectors = sorted({str(d) for d in rows["_detector_id"]}) if rows and "_detector_id" in rows else []
+        stats.update(run_id=self.ctx.run_id, detector_id=",".join(detectors) or self.ctx.detector_id,
+                     writer_node=self.writer_node,
+                     finished_at=_now_iso(), write_s=round(time.perf_counter() - t0, 6))  # fmt: skip
+        if not url:  # an empty shard: its url is not in any row
+            stats.pop("shard_url", None)
+        commit_shard([(self.paths.parquet(shard), data)], self.paths.marker(shard), stats)
+        log.info("shard_written", shard=shard, rows=stats["rows"], writer_node=self.writer_node)
+        return stats
+
+    def pending(self) -> dict[str, tuple[int, int]]:
+        """Shards with rows still missing: shard -> (rows seen, rows expected)."""
+        return {s: (len(p.seen), p.expected) for s, p in self.collector.pending.items()}
+
+    def duplicates(self) -> int:
+        return self.collector.duplicates

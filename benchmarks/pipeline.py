@@ -121,6 +121,7 @@ def bench_dataloader(pred, shards: list[str], image_size: int, batch: int, worke
 
 
 def bench_scan(shards_dir: Path, det: Path, run: int, args: argparse.Namespace, gpu: bool) -> dict:
+    from pipeline.engine.scan import RayScanExecutor
     from pipeline.scan.config import ScanConfig
     from pipeline.scan.job import run_scan
 
@@ -132,7 +133,7 @@ def bench_scan(shards_dir: Path, det: Path, run: int, args: argparse.Namespace, 
         dtype="float16" if gpu else "float32", read_num_cpus=0.5, ray_num_cpus=os.cpu_count(),
     )  # fmt: skip
     t = time.perf_counter()
-    res = run_scan(cfg)
+    res = run_scan(cfg, executor=RayScanExecutor())
     wall = time.perf_counter() - t
     tot = res["totals"]
     timing = res["attempts"][-1].get("timing", {})

@@ -23,20 +23,28 @@ _EXPORTS = {
     "DetectorOutput": "pipeline.models.detector",
     "create_detector": "pipeline.models.detector",
     "Predictor": "pipeline.models.predictor",
+    "DetectorSet": "pipeline.models.ensemble",
+    "load_detector_set": "pipeline.models.ensemble",
+    "FUSIONS": "pipeline.models.fusion",
+    "fuse": "pipeline.models.fusion",
 }
 
 __all__ = [
+    "FUSIONS",
     "CheckpointError",
     "Detector",
     "DetectorConfig",
     "DetectorMeta",
     "DetectorOutput",
+    "DetectorSet",
     "HeadConfig",
     "MoLEConfig",
     "Predictor",
     "create_detector",
+    "fuse",
     "list_configs",
     "load_detector",
+    "load_detector_set",
     "read_meta",
     "save_detector",
 ]
@@ -45,6 +53,8 @@ if TYPE_CHECKING:
     from pipeline.models.checkpoint import DetectorMeta, load_detector, read_meta, save_detector
     from pipeline.models.config import DetectorConfig, HeadConfig, MoLEConfig, list_configs
     from pipeline.models.detector import CheckpointError, Detector, DetectorOutput, create_detector
+    from pipeline.models.ensemble import DetectorSet, load_detector_set
+    from pipeline.models.fusion import FUSIONS, fuse
     from pipeline.models.predictor import Predictor
 
 

@@ -9,6 +9,7 @@ start). No Ray is started: every case fails in the preflight, before the job wou
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -263,3 +264,36 @@ def test_classify_os_errors() -> None:
             raise OSError("wrapped") from inner
     except OSError as outer:
         assert classify(outer) == "cannot_connect"
+
+
+# ------------------------------------------------------------------ the one table
+
+
+def readme_exit_codes() -> dict[int, tuple[str, set[str]]]:
+    text = (REPO / "README.md").read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    header = next(ln for ln in text.splitlines() if ln.startswith("| code |"))
+    jobs = [c.strip() for c in header.strip("|").split("|")][2:]
+    out = {}
+    for ln in text.splitlines():
+        m = re.match(r"^\| (\d) \| (.*)$", ln)
+        if m:
+            cells = [c.strip() for c in ln.strip("|").split("|")]
+            out[int(cells[0])] = (cells[1], {j for j, c in zip(jobs, cells[2:], strict=True) if c == "yes"})
+    return out
+
+
+def test_readme_exit_code_table_is_the_code_and_the_jobs_docs() -> None:
+    table = readme_exit_codes()
+    assert sorted(table) == list(range(8))
+    words = {"not_found": "not found", "access_denied": "access denied", "no_credentials": "no credentials",
+             "cannot_connect": "cannot connect"}
+    for kind, code in EXIT_CODES.items():
+        if kind in words:
+            assert words[kind] in table[code][0], (kind, code)
+            assert table[code][1] == {"scan_bucket", "filter_shards", "report"}
+    # every job's own --help text names exactly its codes of the table
+    for job in ("scan_bucket", "filter_shards", "report"):
+        doc = (REPO / "jobs" / f"{job}.py").read_text().split('"""')[1]
+        part = doc.split("Exit codes:", 1)[1].split("\n\n", 1)[0].split("Under `ray job submit`")[0]
+        named = {int(d) for d in re.findall(r"(?<![\w.])(\d)(?![\w.])", part)}
+        assert named == {c for c, (_, jobs) in table.items() if job in jobs}, (job, named)

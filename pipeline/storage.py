@@ -7,9 +7,12 @@ Credentials and the S3 endpoint come only from the environment / the standard AW
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
+import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
@@ -107,24 +110,112 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GENSCAN_CACHE", Path.home() / ".cache" / "genscan"))
 
 
-def fetch_to_cache(uri: str) -> Path:
-    """A local path for `uri`: local paths are returned as they are; remote files are downloaded once
-    into the cache (keyed by URI) and reused."""
+class CacheError(OSError):
+    """A download that does not match what it claims to be (after one re-fetch)."""
+
+
+def _object_version(info: dict) -> str:
+    """What identifies the stored bytes of an object: S3 VersionId, else ETag, else size + modification time."""
+    for k in ("VersionId", "ETag", "etag", "md5"):
+        if info.get(k):
+            return str(info[k]).strip('"')
+    return f"{info.get('size')}:{info.get('LastModified') or info.get('mtime') or info.get('created')}"
+
+
+def _remote_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
+    """relative name -> object info, for a folder (recursive) or a single object ("" = the object itself)."""
+    if fs.isdir(path):
+        found = fs.find(path, detail=True)
+        return {posixpath.relpath(p, path): info for p, info in found.items() if info.get("type") != "directory"}
+    return {"": fs.info(path)}
+
+
+def sha256_file(path: Path, chunk: int = 8 * 2**20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_detector_files(local: Path) -> str | None:
+    """The content check of a fetched detector checkpoint: the sha256 prefix named in its meta's `detector_id`
+    ("<config>@<sha256[:12]>") must be the hash of its weights file. None when it holds (or is not a
+    checkpoint), else what differs."""
+    from pipeline.models.constants import META_FILE, WEIGHTS_FILE  # file names: the checkpoint format's own
+
+    meta, weights = local / META_FILE, local / WEIGHTS_FILE
+    if not (local.is_dir() and meta.is_file() and weights.is_file()):
+        return None
+    try:
+        detector_id = str(json.loads(meta.read_text()).get("detector_id") or "")
+    except (ValueError, UnicodeDecodeError):
+        return f"{META_FILE} is not valid JSON"
+    if "@" not in detector_id:
+        return None
+    expected = detector_id.rsplit("@", 1)[1]
+    digest = sha256_file(weights)
+    return None if digest.startswith(expected) else f"{WEIGHTS_FILE} has sha256 {digest[:12]}, {detector_id} says {expected}"
+
+
+def _download(fs: fsspec.AbstractFileSystem, path: str, files: dict[str, dict], dest: Path) -> None:
+    if "" in files:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(path, str(dest))
+        return
+    for rel in sorted(files):
+        local = dest / rel
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(posixpath.join(path, rel), str(local))
+
+
+def _sizes_match(local: Path, files: dict[str, dict]) -> bool:
+    for rel, info in files.items():
+        p = local if rel == "" else local / rel
+        if not p.is_file() or (info.get("size") is not None and p.stat().st_size != int(info["size"])):
+            return False
+    return True
+
+
+def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] = check_detector_files) -> Path:
+    """A local path for `uri` (a file or a folder): local paths are returned as they are; remote objects are
+    downloaded into the cache (GENSCAN_CACHE, default ~/.cache/genscan) and reused.
+
+    The cache is keyed by CONTENT, not by name: the key includes every object's VersionId / ETag and size, so an
+    object overwritten at the same URI is a new cache entry. Downloads land in a private temp folder and are
+    renamed into place (two processes on a node never read a half-written file; a killed download leaves only
+    a temp folder). Each entry is checked (sizes, and `verify`: by default a detector's weights against the
+    sha256 prefix in its `detector_id`) when fetched and when reused; a mismatch re-fetches once, then raises
+    CacheError."""
     if not is_remote(uri):
         return Path(uri.removeprefix("file://"))
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    dest = cache_dir() / key / posixpath.basename(uri.rstrip("/"))
     fs, path = filesystem(uri)
-    if fs.isdir(path):
-        for remote in fs.find(path):
-            local = dest / posixpath.relpath(remote, path)
-            if not local.exists():
-                local.parent.mkdir(parents=True, exist_ok=True)
-                fs.get(remote, str(local))
-        return dest
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-        fs.get(path, str(tmp))
-        os.replace(tmp, dest)
-    return dest
+    problem = None
+    for _fetch in range(3):  # reuse or fetch; one re-fetch on a mismatch; a last look at what is in place
+        files = _remote_files(fs, path)  # (again after a mismatch: the object may have been replaced meanwhile)
+        if not files:
+            raise FileNotFoundError(f"nothing under {uri}")
+        ident = json.dumps([uri.rstrip("/"), sorted((r, _object_version(i), i.get("size")) for r, i in files.items())])
+        entry = cache_dir() / hashlib.sha256(ident.encode()).hexdigest()[:20]
+        dest = entry / (posixpath.basename(path.rstrip("/")) or "object")
+        if dest.exists():
+            if _sizes_match(dest, files) and (problem := verify(dest)) is None:
+                return dest
+            problem = problem or "sizes differ from the stored objects"
+            shutil.rmtree(dest, ignore_errors=True) if dest.is_dir() else dest.unlink(missing_ok=True)
+        if _fetch == 2:
+            break
+        tmp = entry / f".tmp-{uuid.uuid4().hex}" / dest.name
+        try:
+            _download(fs, path, files, tmp)
+            if not _sizes_match(tmp, files):
+                problem = "download is shorter than the stored objects"
+            elif (problem := verify(tmp)) is None:
+                try:
+                    os.rename(tmp, dest)  # atomic; fails if another process put a complete entry first
+                except OSError:
+                    if not dest.exists():
+                        raise
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+    raise CacheError(f"{uri}: cached copy does not match its stored content after a re-fetch: {problem}")

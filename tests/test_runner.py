@@ -1,0 +1,98 @@
+"""The sharded-run core (`pipeline.runner`), the scan-output contract's readers (`pipeline.output`) and the scan's
+shard writer (`pipeline.scan.write`): skip/complete/raise rules, marker LAST, rows carrying the detector the
+scoring actor loaded, and a local in-process scan whose every marker records its writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import output, runner
+from pipeline.scan.rows import to_table
+from pipeline.scan.score import score_batch
+from pipeline.scan.write import ShardSink
+from tests.test_scan_units import LABELS, MeanPredictor, _ctx, _prepared
+
+
+def _execute(results: list[tuple[str, dict]]):
+    seen: list[list[str]] = []
+
+    def execute(todo: list[str]):
+        seen.append(list(todo))
+        yield from results
+
+    return execute, seen
+
+
+def test_run_shards_skips_marked_shards_reports_progress_and_checks() -> None:
+    execute, seen = _execute([("b", {"rows": 2}), ("b", {"rows": 2}), ("c", {"rows": 3})])
+    calls = []
+    progress = runner.run_shards(["a", "b", "c"], done={"a"}, execute=execute,
+                                 on_shard=lambda s, summary, p: calls.append((s, p.done, p.todo, p.skipped)))
+    assert seen == [["b", "c"]] and calls == [("b", 1, 2, 1), ("c", 2, 2, 1)]  # the duplicate "b" is ignored
+    assert progress.summaries == {"b": {"rows": 2}, "c": {"rows": 3}}
+
+    def budget(p: runner.Progress) -> None:
+        if sum(s["rows"] for s in p.summaries.values()) > 1:
+            raise RuntimeError("over budget")
+
+    with pytest.raises(RuntimeError, match="over budget"):
+        runner.run_shards(["a", "b", "c"], done=set(), execute=_execute([("b", {"rows": 2})])[0], check=budget)
+
+
+def test_run_shards_raises_for_missing_and_unexpected_shards() -> None:
+    with pytest.raises(runner.IncompleteRun, match=r"1 shard\(s\) never completed: \['c'\]"):
+        runner.run_shards(["b", "c"], done=set(), execute=_execute([("b", {})])[0])
+    with pytest.raises(runner.IncompleteRun, match="unexpected shard 'z'"):
+        runner.run_shards(["b"], done=set(), execute=_execute([("z", {})])[0])
+    nothing, seen = _execute([])
+    assert runner.run_shards(["a"], done={"a"}, execute=nothing).done == 0 and seen == []
+
+
+def test_commit_shard_writes_the_marker_last(tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file where a folder should be")
+    marker = tmp_path / "_shards" / "x.json"
+    with pytest.raises(OSError):
+        runner.commit_shard([(str(tmp_path / "ok.parquet"), b"1"), (str(tmp_path / "blocked" / "x"), b"2")],
+                            str(marker), {"rows": 1})  # fmt: skip
+    assert not marker.exists()
+    runner.commit_shard([(str(tmp_path / "ok.parquet"), b"1")], str(marker), {"rows": 1})
+    assert json.loads(marker.read_text()) == {"rows": 1}
+
+
+def test_rows_carry_the_detector_the_scoring_actor_loaded(tmp_path: Path) -> None:
+    rows = score_batch(MeanPredictor(), _prepared(tmp_path), n_labels=len(LABELS))
+    n = len(rows["status"])
+    rows["_detector_id"] = np.array(["tiny@new"] * (n - 2) + ["tiny@old"] * 2, dtype=object)
+    rows["_threshold"] = np.array([0.7] * (n - 2) + [0.3] * 2, np.float32)
+    table = to_table(rows, _ctx())  # the driver's reading says tiny@abc / 0.4
+    assert table.column("detector_id").to_pylist() == ["tiny@new"] * (n - 2) + ["tiny@old"] * 2
+    assert table.column("threshold").to_pylist() == pytest.approx([0.7] * (n - 2) + [0.3] * 2)
+    sink = ShardSink(_ctx(), str(tmp_path / "out"), "2026-01-02", writer_node="node-A")
+    done = sink.add(rows)
+    (stats,) = done
+    assert stats["writer_node"] == "node-A" and stats["detector_id"] == "tiny@new,tiny@old"
+    marker = json.loads(Path(output.RunPaths(str(tmp_path / "out"), "2026-01-02").marker(stats["shard"])).read_text())
+    assert marker == stats
+    # a retried task delivering the same rows again changes nothing
+    assert sink.add(rows) == [] and sink.duplicates() == n
+
+
+def test_open_scan_reads_every_date_and_resolves_dates(tmp_path: Path) -> None:
+    rows = score_batch(MeanPredictor(), _prepared(tmp_path), n_labels=len(LABELS))
+    out = str(tmp_path / "out")
+    for day in ("2026-01-01", "2026-01-03"):
+        ShardSink(_ctx(), out, day).add(rows)
+    assert output.list_dates(out) == ["2026-01-01", "2026-01-03"]
+    assert output.resolve_scan_date(out) == "2026-01-03"
+    with pytest.raises(output.ScanOutputError, match="have: 2026-01-01, 2026-01-03"):
+        output.resolve_scan_date(out, "2026-01-02")
+    n = len(rows["status"])
+    every = output.read_scan(out, columns=["key", "status"])
+    assert every.num_rows == 2 * n and set(every.column("scan_date").to_pylist()) == {"2026-01-01", "2026-01-03"}
+    assert output.read_scan(out, scan_date="2026-01-01").num_rows == n
+    with pytest.raises(output.ScanOutputError, match="not found"):
+        output.resolve_scan_date(str(tmp_path / "nope"))

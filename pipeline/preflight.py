@@ -2,8 +2,10 @@
 under every output, so that a missing bucket, rejected or missing credentials and a wrong endpoint end in ONE
 line naming the URI, what failed and what to check, with an exit code per kind (README, "Exit codes").
 
-The probe uses its own S3 client with a short connect timeout and no retries (botocore and s3fs together retry a
-refused connection for 12-14 s otherwise); the jobs' own clients keep their retries for the real work.
+The probe uses its own S3 client with a short connect timeout and no client retries (botocore and s3fs together
+retry a refused connection for 12-26 s otherwise); it retries only what looks transient (503 Slow Down, 5xx, a
+reset or dropped connection) a few times with a short backoff, and reports a refused connection, an unknown host
+or a connect timeout at once. The jobs' own clients keep their retries for the real work.
 Nothing is left behind: local outputs are probed in their nearest existing folder (an output folder that does
 not exist yet is not created here), S3 probes are deleted at once.
 """
@@ -11,6 +13,7 @@ not exist yet is not created here), S3 probes are deleted at once.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -47,6 +50,9 @@ NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "NotFound", "404"}
 DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AllAccessDisabled",
                 "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AccountProblem"}  # fmt: skip
 MAX_DETAIL = 180
+PROBE_ATTEMPTS = 4  # per probe request, for transient failures only
+PROBE_BACKOFF_S = 0.25  # 0.25, 0.5, 1.0 s between attempts
+TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "500", "502", "503", "504"}
 
 
 class StorageError(RuntimeError):
@@ -103,6 +109,40 @@ def classify(exc: BaseException) -> Kind:
         if isinstance(e, ConnectionError | TimeoutError) or type(e).__name__ in ("ClientConnectorError", "gaierror"):
             return "cannot_connect"
     return "unusable"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another probe attempt: a 5xx / Slow Down answer or a connection that was reset or dropped. Not: a
+    refused connection, an unknown host or a connect timeout (a wrong endpoint), nor any 4xx."""
+    try:
+        from botocore import exceptions as bexc
+    except ImportError:  # pragma: no cover
+        return False
+    chain = list(_chain(exc))
+    if any(isinstance(e, ConnectionRefusedError) or type(e).__name__ == "gaierror" for e in chain):
+        return False
+    for e in chain:
+        if isinstance(e, bexc.ClientError):
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return code in TRANSIENT_CODES or status >= 500
+        if isinstance(e, bexc.ConnectTimeoutError):
+            return False
+        if isinstance(e, bexc.ConnectionClosedError | bexc.ReadTimeoutError | bexc.EndpointConnectionError
+                      | ConnectionResetError):
+            return True
+    return False
+
+
+def _attempt(fn, *args, **kwargs):  # noqa: ANN001, ANN202 - a thin retry wrapper around one probe request
+    for i in range(PROBE_ATTEMPTS):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if i + 1 >= PROBE_ATTEMPTS or not is_transient(exc):
+                raise
+            time.sleep(PROBE_BACKOFF_S * 2**i)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _detail(exc: BaseException) -> str:
@@ -181,7 +221,7 @@ def check_readable(loc: Location) -> None:
     single = "{" in uri or uri.rstrip("/").endswith(storage.SHARD_SUFFIXES)
     try:
         if single:
-            info = fs.info(path)
+            info = _attempt(fs.info, path)
             if info.get("type") == "directory":
                 raise IsADirectoryError(f"{target} is a folder, not a shard")
             return
@@ -194,7 +234,8 @@ def check_readable(loc: Location) -> None:
             return
         bucket, _, prefix = path.partition("/")
         prefix = prefix.strip("/")
-        resp = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix + "/" if prefix else "", MaxKeys=1)
+        resp = _attempt(fs.call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix + "/" if prefix else "",
+                        MaxKeys=1)
         if not resp.get("KeyCount") and not resp.get("Contents"):
             raise FileNotFoundError(2, "nothing stored under this prefix", uri)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one classified line
@@ -223,9 +264,9 @@ def check_writable(loc: Location) -> None:
     probe = f"{path.rstrip('/')}/{name}"
     step = "writing a probe object"
     try:
-        fs.pipe_file(probe, b"")
+        _attempt(fs.pipe_file, probe, b"")
         step = "deleting the probe object"
-        fs.rm_file(probe)
+        _attempt(fs.rm_file, probe)
     except Exception as exc:  # noqa: BLE001
         raise _fail(exc, loc, step, "write and delete objects in") from exc
 

@@ -2,9 +2,9 @@
 credentials, no credentials and a wrong endpoint each end in ONE stderr line naming the URI, with the exit code
 of its kind (README, "Exit codes"), before any work: nothing is written anywhere.
 
-One subprocess per case where the CLI itself is what is tested (exit status, one stderr line, no traceback);
-the remaining job x failure combinations call each job's `main` in-process (same code path, no interpreter
-start). No Ray is started: every case fails in the preflight, before the job would connect to Ray."""
+One subprocess per case where the CLI itself is what is tested (exit status, one stderr line, no traceback;
+each job at least once, the cheapest to start where the job does not matter); every job x failure combination
+also calls each job's `main` in-process (same code path, no interpreter start). No Ray is started: every case fails in the preflight, before the job would connect to Ray."""
 
 from __future__ import annotations
 
@@ -21,7 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.preflight import EXIT_CODES, Location, StorageError, check_readable, check_writable, classify
+from pipeline import preflight
+from pipeline.preflight import (
+    EXIT_CODES,
+    Location,
+    StorageError,
+    check_readable,
+    check_storage,
+    check_writable,
+    classify,
+)
 from tests.support.s3 import free_port
 from tests.support.shards import good_samples, tar_bytes
 
@@ -120,15 +129,14 @@ def test_cli_wrong_credentials(store, tmp_path) -> None:
 
 
 def test_cli_no_credentials(store, tmp_path) -> None:
-    res = run_job("scan_bucket.py", job_args("scan_bucket.py", tmp_path), env=no_credentials_env(tmp_path))
-    assert_one_line(res.stderr, 6, res.returncode, "input not accessible without credentials", INPUT,
+    res = run_job("report.py", job_args("report.py", tmp_path), env=no_credentials_env(tmp_path))
+    assert_one_line(res.stderr, 6, res.returncode, "scan output not accessible without credentials", SCAN,
                     "NoCredentialsError", "AWS_SECRET_ACCESS_KEY")
 
 
 def test_cli_wrong_endpoint(store, tmp_path) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
-    res = run_job("filter_shards.py", job_args("filter_shards.py", tmp_path),
-                  env={**os.environ, "AWS_ENDPOINT_URL": closed})
+    res = run_job("report.py", job_args("report.py", tmp_path), env={**os.environ, "AWS_ENDPOINT_URL": closed})
     assert_one_line(res.stderr, 7, res.returncode, "scan output unreachable (cannot connect)", SCAN,
                     f"AWS_ENDPOINT_URL={closed}")
 
@@ -238,18 +246,45 @@ def counting_server() -> Iterator[dict[str, int]]:
         srv.close()
 
 
-def test_probe_does_not_retry(monkeypatch) -> None:
-    """The jobs' own clients retry (botocore x s3fs: 30 connections and ~26 s against this endpoint, measured
-    once by hand); the probe sends ONE request (aiohttp itself re-sends an idempotent request once when the
-    server drops the connection: at most 2 connections), so a broken endpoint is reported at once."""
+def test_probe_retries_are_few_and_a_refused_connection_none(monkeypatch) -> None:
+    """The jobs' own clients retry (botocore x s3fs: 30 connections and ~26 s against a server that drops every
+    connection, measured once by hand). The probe sends each request at most PROBE_ATTEMPTS times (aiohttp
+    itself re-sends an idempotent request once when the server drops the connection), and a refused connection
+    (a wrong endpoint) not even once more."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    pauses: list[float] = []
+    monkeypatch.setattr(preflight.time, "sleep", pauses.append)
     with counting_server() as stats:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{stats['port']}")
         with pytest.raises(StorageError) as info:
             check_readable(Location("input", "s3://bkt/in/"))
         assert info.value.kind == "cannot_connect" and info.value.exit_code == 7
-        assert 1 <= stats["connections"] <= 2
+        assert preflight.PROBE_ATTEMPTS <= stats["connections"] <= 2 * preflight.PROBE_ATTEMPTS
+    assert len(pauses) == preflight.PROBE_ATTEMPTS - 1
+    pauses.clear()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens: refused
+    with pytest.raises(StorageError, match="unreachable"):
+        check_readable(Location("input", "s3://bkt/in/"))
+    assert pauses == []
+
+
+def test_probe_survives_transient_faults(store) -> None:
+    """Half of the probe's requests answered 503 Slow Down or reset (tests/support/faultproxy.py): the
+    preflight still passes (a night with a flaky store must not fail before it starts) and leaves nothing."""
+    from tests.support.faultproxy import FaultPlan, fault_proxy
+
+    before = _objects(store["fs"])
+    plan = FaultPlan(every=2, kinds=("503", "reset"), max_faults=20, methods=("GET", "HEAD", "PUT", "DELETE"))
+    with fault_proxy(store["env"]["AWS_ENDPOINT_URL"], plan) as proxy:
+        saved = os.environ["AWS_ENDPOINT_URL"]
+        os.environ["AWS_ENDPOINT_URL"] = proxy.url
+        try:
+            check_storage([Location("scan output", SCAN), Location("input", INPUT)], [Location("output", "s3://bkt/out")])
+        finally:
+            os.environ["AWS_ENDPOINT_URL"] = saved
+        assert proxy.stats.faults["503"] >= 1 and proxy.stats.faults["reset"] >= 1, proxy.stats
+    assert _objects(store["fs"]) == before
 
 
 def test_classify_os_errors() -> None:

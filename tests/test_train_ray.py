@@ -42,8 +42,11 @@ def test_train_job_from_s3_bucket_on_ray_head(s3_server: dict[str, str], tmp_pat
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem()
     names = sorted(Path(p).name for p in fs.ls(ckpt.removeprefix("s3://")))
-    assert names == sorted(["calibration.json", "detector.json", "detector.safetensors", "metrics.jsonl",
-                            "train_config.json", "train_summary.json"])  # fmt: skip
+    assert names == sorted(["_checkpoints", "calibration.json", "detector.json", "detector.safetensors",
+                            "metrics.jsonl", "train_config.json", "train_summary.json"])  # fmt: skip
+    # the per-epoch training states went through Ray Train's checkpointing into the same bucket
+    states = fs.glob(f"{ckpt.removeprefix('s3://')}/_checkpoints/run-*/checkpoint_*/state.json")
+    assert len(states) == 2 and {json.loads(fs.cat(p))["epoch"] for p in states} == {1, 2}
     epochs = [json.loads(x) for x in fs.cat(f"{ckpt}/metrics.jsonl").decode().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2]
     summary = json.loads(fs.cat(f"{ckpt}/train_summary.json"))

@@ -214,7 +214,8 @@ def probe_filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def check_readable(loc: Location) -> None:
-    """List `loc` (a folder/prefix, a brace pattern or one object): it must exist, be readable and non-empty."""
+    """List `loc`: a folder/prefix must exist, be listable and hold something; one object (`.tar`) must exist; a
+    brace pattern's FIRST shard must exist (a missing later shard is the scan's shard_error row, not a refusal)."""
     uri = loc.uri
     target = next(iter(braceexpand(uri))) if "{" in uri else uri
     fs, path = probe_filesystem(target)

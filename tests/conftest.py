@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +13,32 @@ from tests.support.s3 import moto_s3_server
 
 # Keep numerics single-threaded-ish and deterministic on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# Tests write only in temp dirs: every cache the code or its libraries would put under $HOME goes to one
+# session folder instead. Set before any Ray head starts, so heads (and their workers) inherit it too.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="genscan-tests-"))
+atexit.register(shutil.rmtree, _SESSION_TMP, True)
+CACHE_ENV = {"GENSCAN_CACHE": "genscan", "XDG_CACHE_HOME": "xdg", "MPLCONFIGDIR": "matplotlib", "TORCH_HOME": "torch",
+             "HF_HOME": "huggingface"}  # fmt: skip
+for _name, _sub in CACHE_ENV.items():
+    os.environ[_name] = str(_SESSION_TMP / _sub)
+
+_HOME_CACHE = Path.home() / ".cache" / "genscan"
+
+
+def _home_cache_entries() -> set[str]:
+    return {str(p) for p in _HOME_CACHE.rglob("*")} if _HOME_CACHE.exists() else set()
+
+
+_HOME_BEFORE = _home_cache_entries()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any test wrote into the user's genscan cache (~/.cache/genscan)."""
+    new = sorted(_home_cache_entries() - _HOME_BEFORE)
+    if new:
+        session.exitstatus = 1
+        print(f"\nFAILED: tests wrote into {_HOME_CACHE}: {new[:5]}")
 
 
 @pytest.fixture()

@@ -1,15 +1,12 @@
 """Shared fixtures for the hygiene tests (filter, report, queries doc): generated WebDataset shards and REAL
-scans of them (jobs/scan_bucket.py with a tiny detector). No tests here.
+scans of them (jobs/scan_bucket.py's config and the scan code with a tiny detector). No tests here.
 
 `shared_scans` scans one corpus on two days (two detectors, so day-over-day numbers differ) once per test
-session: a scan costs ~45 s of Ray start-up on 2 cores, and the filter, report and queries-doc modules all read it.
+session (in-process, no Ray start); the filter, report and queries-doc modules all read it.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,19 +113,25 @@ def make_detector(corpus: Corpus, ckpt_dir: str, seed: int = 0) -> str:
 
 
 def real_scans(corpus: Corpus, out: str, runs: list[tuple[str, str]]) -> None:
-    """jobs/scan_bucket.py's `main`, once per (scan_date, detector), in ONE driver process (so the local Ray it
-    starts — 2 CPUs — is started once; ~20 s saved per extra day on 2 cores)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    argvs = [["--input", corpus.root, "--output", out, "--detector", det, "--scan-date", day, "--ray-num-cpus", "2",
-              "--batch-size", "16"] for day, det in runs]
-    code = ("import sys; from jobs.scan_bucket import main\n"
-            f"for argv in {argvs!r}:\n"
-            "    rc = main(argv)\n"
-            "    if rc: sys.exit(rc)\n")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"scan job failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    """The scan job's own flags -> config -> `run_scan`, once per (scan_date, detector), in THIS process with the
+    in-process executor (`pipeline.scan.execute.local_executor`): the real read / decode / score / write code
+    and output contract, without starting a Ray for every session (the Ray plan has its own tests:
+    tests/test_scan_job.py, tests/test_reliability_*.py, tests/test_multinode.py)."""
+    import torch
+
+    from jobs.scan_bucket import build_config, parse_args
+    from pipeline.scan.job import run_scan
+
+    threads = torch.get_num_threads()
+    try:
+        for day, det in runs:
+            cfg = build_config(parse_args(["--input", corpus.root, "--output", out, "--detector", det,
+                                           "--scan-date", day, "--batch-size", "16"]))  # fmt: skip
+            run = run_scan(cfg)
+            if run["status"] != "succeeded":
+                raise RuntimeError(f"scan failed: {run}")
+    finally:
+        torch.set_num_threads(threads)  # the scorer sets its own thread count
 
 
 def make_scans(corpus: Corpus, out: str, days: dict[str, int]) -> str:

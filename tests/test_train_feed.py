@@ -129,3 +129,27 @@ def test_local_training_skips_unreadable_images_and_resumes(corpus: Path, tmp_pa
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and s2["resumes"] == [{"after_epoch": 1, "world_size": 1}]
     assert rows[0] == {k: v for k, v in s1["final"].items() if k != "best_epoch"}  # epoch 1 kept, not redone
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_feed_and_bf16_step_on_cuda() -> None:
+    """uint8 -> pinned -> non-blocking copy -> normalised on the GPU equals the CPU path; a bf16-autocast
+    training step of tiny-mole gives finite fp32 losses and gradients."""
+    from pipeline.models import create_detector
+    from pipeline.train.feed import to_device
+    from pipeline.train.loop import _autocast
+
+    det_cfg = DetectorConfig.load("tiny-mole").model_copy(update={"generators": ["g"]})
+    imgs = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
+    dev = torch.device("cuda")
+    x = to_device(imgs, det_cfg, dev)
+    assert x.device.type == "cuda" and x.dtype == torch.float32
+    torch.testing.assert_close(x.cpu(), to_device(imgs, det_cfg, torch.device("cpu")), rtol=1e-6, atol=1e-6)
+    det = create_detector(det_cfg, pretrained=None).to(dev).train()
+    with _autocast(dev):
+        out = det(x)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logit.float(), torch.ones(4, device=dev))
+    loss.backward()
+    grads = [p.grad for p in det.parameters() if p.requires_grad and p.grad is not None]
+    assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)

@@ -133,17 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        from pipeline.train.data import preflight
+        from pipeline.train.feed import make_plan
 
-        preflight(cfg)  # bad data fails here, with exit code 2, before Ray starts
+        plan = make_plan(cfg)  # lists + splits; bad data fails here, with exit code 2, before Ray starts
         if args.engine == "local":
             from pipeline.train.loop import train_local
 
-            summary = train_local(cfg, resume=args.resume)
+            summary = train_local(cfg, resume=args.resume, plan=plan)
         else:
             from pipeline.engine.train import run_training
 
-            summary = run_training(cfg, resume=args.resume)
+            summary = run_training(cfg, resume=args.resume, plan=plan)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -247,11 +247,12 @@ def run_name(out: str, resume: bool) -> str:
     return time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Train with Ray Train and return the run summary (also in `<out>/train_summary.json`).
+def run_training(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None) -> dict[str, Any]:
+    """Train with Ray Train and return the run summary (also in `<out>/train_summary.json`). `plan`: the
+    driver's listing + split (made here when not given).
 
     Raises the worker's error (wrapped by Ray as TrainingFailedError) when training fails."""
-    plan = make_plan(cfg)
+    plan = plan or make_plan(cfg)
     storage_path, storage_fs = checkpoint_storage(cfg.out)
     name = run_name(cfg.out, resume)
     need = cfg.num_workers * cfg.cpus_per_worker + 1  # at least one CPU left for the read/decode tasks

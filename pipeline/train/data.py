@@ -97,16 +97,6 @@ def patch_size(det_cfg: Any) -> int:
     return int(arch["vision_cfg"]["patch_size"])
 
 
-def preflight(cfg: TrainConfig) -> dict[str, dict[str, int]]:
-    """Check the data source before any training starts (on the driver, before Ray): it exists, holds both
-    classes, and holds every requested training generator. Lists only; reads no image."""
-    from pipeline.data.sources import load_labelled, summarize
-
-    items = load_labelled(cfg.data)
-    check_classes(cfg, [(it.label, it.generator) for it in items])
-    return summarize(items)
-
-
 def check_classes(cfg: TrainConfig, labelled: list[tuple[int, str]]) -> list[str]:
     """The fake generators of (label, generator) pairs, sorted, after checking both classes are present and
     every requested training generator is among them (ValueError / ConfigError naming the data)."""

@@ -514,12 +514,12 @@ class LocalHooks(TrainHooks):
         return self._tmp
 
 
-def train_local(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+def train_local(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None) -> dict[str, Any]:
     """In-process training without Ray (one worker), through the same streaming stages; same outputs."""
     from pipeline.train.feed import make_plan
 
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.torch_threads))
-    plan = make_plan(cfg)
+    plan = plan or make_plan(cfg)
     hooks = LocalHooks(cfg, plan, resume=resume)
     try:
         summary = train_worker(cfg, plan.meta(), hooks)

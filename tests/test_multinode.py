@@ -159,6 +159,8 @@ def test_two_nodes_share_the_scan_and_survive_losing_one(s3_server: dict[str, st
     # deliver, so it appears in the markers of the finished run
     recorded = set().union(*(_nodes_of(m) for m in final.values()))
     assert recorded <= {head_id, worker.node_id} and head_id in recorded, recorded
+    # each shard's Parquet and marker were written by a writer actor, which records its node
+    assert {m["writer_node"] for m in final.values()} <= {head_id, worker.node_id}
     assert sum(m["rows"] for m in final.values()) == N_SHARDS * PER_SHARD
     table = pq.read_table(f"{out}/scan_date={SCAN_DATE}".removeprefix("s3://"), filesystem=fs)
     keys = table.column("key").to_pylist()
@@ -167,3 +169,33 @@ def test_two_nodes_share_the_scan_and_survive_losing_one(s3_server: dict[str, st
     assert set(table.column("status").to_pylist()) == {"ok"}
     run = json.loads(fs.cat_file(f"{out}/_run/{SCAN_DATE}/run.json".removeprefix("s3://")))
     assert run["status"] == "succeeded" and run["totals"]["rows"] == N_SHARDS * PER_SHARD
+
+
+def test_head_without_cpus_writes_no_parquet_markers_name_the_writer_node(s3_server: dict[str, str]) -> None:
+    """A head started with 0 CPUs (the usual production shape: the driver of `ray job submit` runs there) and
+    one worker node: every shard is read, scored AND written on the worker — each marker's `writer_node` is the
+    worker, never the head — and the rows are complete. The driver only receives per-shard summaries."""
+    import s3fs
+
+    from pipeline.models import create_detector, save_detector
+
+    bucket = make_bucket(f"mn0-{uuid.uuid4().hex[:6]}")
+    n_shards, per_shard = 6, 8
+    write_shards(f"{bucket}/shards", n_shards, per_shard, size=(64, 64), fmt="jpg")
+    save_detector(create_detector("tiny-mole", pretrained=None), f"{bucket}/detector")
+    out = f"{bucket}/scan"
+    args = ["--input", f"{bucket}/shards/", "--output", out, "--detector", f"{bucket}/detector",
+            "--scan-date", SCAN_DATE, "--num-actors", "1", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5",
+            "--batch-size", "16", "--chunk-rows", "8", "--stall-timeout-s", "120"]  # fmt: skip
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["AWS_ENDPOINT_URL"]})
+    with ray_head(extra_env=s3_server, num_cpus=0) as head, ray_worker_node(head, num_cpus=2) as worker:
+        nodes = {n["node_id"] for n in alive_nodes(head)}
+        (head_id,) = nodes - {worker.node_id}
+        result = wait_job(head, _submit(head, args), timeout_s=300)
+        assert result.status == "SUCCEEDED", result.logs[-4000:]
+    markers = _markers(fs, f"{out}/_shards/{SCAN_DATE}".removeprefix("s3://"))
+    assert len(markers) == n_shards
+    assert {m["writer_node"] for m in markers.values()} == {worker.node_id} != {head_id}
+    assert set().union(*(_nodes_of(m) for m in markers.values())) == {worker.node_id}
+    table = pq.read_table(f"{out}/scan_date={SCAN_DATE}".removeprefix("s3://"), filesystem=fs)
+    assert table.num_rows == n_shards * per_shard == sum(m["rows"] for m in markers.values())

@@ -214,6 +214,8 @@ def test_plan_refuses_existing_run_and_resumes_latest_unfinished(tmp_path):
     assert resumed.resumed and resumed.paths.scan_date == "2026-11-21" and resumed.run_id == "keep-me"
     with pytest.raises(RunRefused, match="input"):
         plan_run(_cfg(tmp_path, resume=True, input="s3://elsewhere/"))
+    # the same input with or without a trailing slash is the same run
+    assert plan_run(_cfg(tmp_path, resume=True, input=cfg.input + "/")).run_id == "keep-me"
     # a partition with Parquet but no run.json is also refused (never overwrite user data)
     other = RunPaths(cfg.output, "2026-11-22")
     write_raw(other.parquet("x"), b"PAR1")

@@ -51,9 +51,10 @@ def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: object) -> Iterator[
         yield out
 
 
-def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size: int,
-                  resize_mode: str) -> ray.data.Dataset:  # fmt: skip
-    """Read + decode -> score. shards: [(shard_url, shard_id)]."""
+def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size: int, resize_mode: str,
+                  scorer: type = ReportingScorer) -> ray.data.Dataset:  # fmt: skip
+    """Read + decode -> score. shards: [(shard_url, shard_id)]; scorer: the actor class (a model-free one in
+    benchmarks/driver.py)."""
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.enable_operator_progress_bars = True
@@ -73,7 +74,7 @@ def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size:
         memory=cfg.read_memory_mb * 2**20,
     )
     ds = ds.map_batches(
-        ReportingScorer,
+        scorer,
         batch_size=cfg.batch_size,
         batch_format="numpy",
         fn_constructor_kwargs={"detector": cfg.detector, "device": cfg.device, "dtype": cfg.dtype,
@@ -128,8 +129,9 @@ class RayScanExecutor:
     """The scan on Ray (`pipeline.scan.execute.ScanExecutor`): attaches to / starts Ray through
     `cluster.session`, runs the plan, yields each shard's summary as its writer commits it."""
 
-    def __init__(self, writer_num_cpus: float = WRITER_NUM_CPUS) -> None:
+    def __init__(self, writer_num_cpus: float = WRITER_NUM_CPUS, scorer: type = ReportingScorer) -> None:
         self.writer_num_cpus = writer_num_cpus
+        self.scorer = scorer
 
     def __call__(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
         cfg, timing = work.cfg, work.timing
@@ -144,13 +146,16 @@ class RayScanExecutor:
         actor = ray.remote(num_cpus=self.writer_num_cpus, max_restarts=3, scheduling_strategy="SPREAD")
         writers = [actor(ShardWriterActor).remote(work.ctx, cfg.output, work.scan_date) for _ in range(n_writers)]
         try:
-            ds = build_dataset(todo, cfg, image_size=work.image_size, resize_mode=work.resize_mode)
+            ds = build_dataset(todo, cfg, image_size=work.image_size, resize_mode=work.resize_mode,
+                               scorer=self.scorer)
+            # a bounded task pool: tiny CPU requests would otherwise let Ray start dozens of worker processes
             ds = ds.map_batches(route_to_writers, batch_size=None, batch_format="numpy",
-                                fn_kwargs={"writers": writers}, num_cpus=ROUTE_NUM_CPUS)  # fmt: skip
+                                fn_kwargs={"writers": writers}, num_cpus=ROUTE_NUM_CPUS,
+                                compute=TaskPoolStrategy(size=max(2, 2 * n_writers)))  # fmt: skip
             log.info("scan_plan", shards=len(todo), batch_size=cfg.batch_size, actors=cfg.num_actors,
                      writers=n_writers, actor_num_cpus=cfg.actor_num_cpus, actor_num_gpus=cfg.actor_num_gpus,
                      read_num_cpus=cfg.read_num_cpus)  # fmt: skip
-            t0, wall0 = time.perf_counter(), time.time()
+            t0, wall0, cpu0 = time.perf_counter(), time.time(), time.thread_time()
             ready_at, rows_total = float("inf"), 0
             for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 if "first_rows_s" not in timing:
@@ -161,6 +166,8 @@ class RayScanExecutor:
                         rows_total += int(stats["rows"])
                         yield stats["shard"], stats
             timing["stream_s"] = round(time.perf_counter() - t0, 3)
+            # CPU of this (the driver's main) thread while the shards streamed: its per-shard handling
+            timing["driver_stream_cpu_s"] = round(time.thread_time() - cpu0, 4)
             if ready_at < float("inf"):
                 timing["model_ready_s"] = round(ready_at - wall0, 3)
                 active = time.time() - ready_at
@@ -176,8 +183,9 @@ class RayScanExecutor:
                 ray.kill(w)
 
 
-def iter_scored(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size: int,
-                resize_mode: str) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
-    """Scored row batches on the driver (no writers): for tools that want the rows themselves."""
-    ds = build_dataset(shards, cfg, image_size=image_size, resize_mode=resize_mode)
+def iter_scored(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size: int, resize_mode: str,
+                scorer: type = ReportingScorer) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
+    """Scored row batches on the driver (no writers): for tools that want the rows themselves (and the
+    driver-writes baseline of benchmarks/driver.py)."""
+    ds = build_dataset(shards, cfg, image_size=image_size, resize_mode=resize_mode, scorer=scorer)
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)

@@ -70,7 +70,8 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
     if previous is not None:
         prev_cfg = previous.get("config", {})
         for name in ("input", "detector"):
-            if prev_cfg.get(name) not in (None, getattr(cfg, name)):
+            before = prev_cfg.get(name)
+            if before is not None and str(before).rstrip("/") != str(getattr(cfg, name)).rstrip("/"):  # p == p/
                 raise RunRefused(f"{name}: --resume of run {scan_date} with a different {name} "
                                  f"({getattr(cfg, name)!r} != {prev_cfg.get(name)!r})")  # fmt: skip
         if cfg.run_id and previous.get("run_id") not in (None, cfg.run_id):

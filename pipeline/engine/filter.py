@@ -1,6 +1,7 @@
 """Ray tasks for the hygiene filter: one task per shard [ours]. The only Ray-aware part of the filter; the
 work itself is `pipeline.hygiene` plain functions (`plan_shard`, `filter_shard`), so the local and Ray runs
-produce identical bytes."""
+produce identical bytes. Ray itself is attached or started by the entry point through
+`pipeline.engine.cluster.session` (credentials: never through runtime_env)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import TypeVar
 
 import ray
 
-from pipeline.engine.cluster import connect
 from pipeline.logs import get_logger
 
 T = TypeVar("T")
@@ -32,13 +32,4 @@ def ray_map(fn: Callable[[T], R], items: Sequence[T], *, num_cpus: float = 0.5, 
     return ray.get(refs)
 
 
-def make_ray_map(address: str | None, num_cpus: float) -> Callable[[Callable[[T], R], Sequence[T]], list[R]]:
-    connect(address)  # credentials: never through runtime_env (pipeline.engine.cluster)
-
-    def _map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        return ray_map(fn, items, num_cpus=num_cpus)
-
-    return _map
-
-
-__all__ = ["make_ray_map", "ray_map"]
+__all__ = ["ray_map"]

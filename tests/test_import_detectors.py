@@ -319,7 +319,7 @@ def test_wrong_shape_and_variant_hint(tmp_path: Path, capsys) -> None:
         (["--kind", "rine", "--variant", "3class"], "--variant: '3class' is not one of"),
         (["--kind", "univfd", "--config", "tiny-mole"], "does not express a univfd detector"),
         (["--kind", "univfd", "--config", "univfd-tiny"], "pass --backbone-weights"),
-        (["--kind", "univfd", "--backbone-weights", "bb.pth"], "refusing to load bb.pth"),
+        (["--kind", "univfd", "--backbone-weights", "bb.pth"], "bb.pth: '.pth' files are Python pickles"),
     ],
 )
 def test_operator_mistakes_one_line_exit_2(args: list[str], needle: str, tmp_path: Path, capsys) -> None:

@@ -256,6 +256,8 @@ def import_detector(
     cfg = DetectorConfig.load(config or k.default_config(variant))
     _check_config(k, cfg)
     if backbone_weights is not None:
+        if not storage.is_remote(backbone_weights) and not backbone_weights.startswith("file://"):
+            backbone_weights = str(Path(backbone_weights).resolve())  # the scan may run from another cwd
         cfg = DetectorConfig.parse(
             {**cfg.model_dump(), "pretrained": backbone_weights}, source="--backbone-weights"
         )

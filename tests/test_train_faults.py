@@ -95,6 +95,30 @@ def _train_worker_pid(root: int) -> int | None:
     return None
 
 
+def test_train_dataset_follows_the_epoch_clock(data: Path) -> None:
+    """One Ray dataset serves every epoch: its read tasks take the epoch (order + augmentation seed) from the
+    clock rank 0 sets; each block is exactly one chunk of that epoch's permutation."""
+    import numpy as np
+    import ray
+
+    from pipeline.engine.train import EpochClock, ray_session, stream_dataset
+    from pipeline.models import DetectorConfig
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.feed import DecodeSpec, epoch_order, make_plan
+
+    plan = make_plan(TrainConfig.parse({"data": str(data), "out": "unused", "seed": 7}))
+    with ray_session(num_cpus=2):
+        clock = EpochClock.remote()
+        ds = stream_dataset(ray.put(plan.train), plan.n_train, DecodeSpec(det_cfg=DetectorConfig.load("tiny-mole"),
+                            seed=7), epoch=0, chunk_rows=8, read_tasks=1, clock=clock)  # fmt: skip
+        for epoch in (0, 3):
+            ray.get(clock.set.remote(epoch))
+            got = {tuple(b["row"].tolist()) for b in ds.iter_batches(batch_size=None, batch_format="numpy")}
+            order = epoch_order(plan.n_train, 7, epoch)
+            assert got == {tuple(order[i : i + 8].tolist()) for i in range(0, plan.n_train, 8)}
+        assert not np.array_equal(epoch_order(plan.n_train, 7, 0), epoch_order(plan.n_train, 7, 3))
+
+
 def test_two_workers_match_one(data: Path, tmp_path: Path) -> None:
     """Same data, seed and effective batch: one in-process worker vs two DDP workers on Ray Train."""
     one, two = tmp_path / "one", tmp_path / "two"

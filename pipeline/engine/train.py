@@ -4,11 +4,13 @@ running under a `TorchTrainer`, with per-epoch checkpoints and worker-failure re
 The driver lists the source and makes the split (`pipeline.train.feed.make_plan`: no image decoded), puts the
 two listing tables in the object store once, and hands Ray Train lazily planned datasets:
 
-- `train_eNNNN` (one per epoch, split across the workers with `streaming_split(equal=True)`, so every rank gets
-  a disjoint, equal-sized part of the epoch and takes the same number of DDP steps): chunk ids -> the epoch's
-  seeded permutation of the listing -> read + decode + UnivFD augmentation (`feed.DecodeStage`, per-sample
-  randomness from seed, epoch and key) in CPU Ray Data tasks. Its split coordinator starts when the workers
-  reach that epoch (Ray Train v2 creates dataset iterators on the first `get_dataset_shard`).
+- `train` (split across the workers with `streaming_split(equal=True)`, so every rank gets a disjoint,
+  equal-sized part of each epoch and takes the same number of DDP steps), iterated once per epoch: chunk ids ->
+  the epoch's seeded permutation of the listing -> read + decode + UnivFD augmentation (`feed.DecodeStage`,
+  per-sample randomness from seed, epoch and key) in CPU Ray Data tasks. The tasks read the epoch from a tiny
+  `EpochClock` actor that rank 0 sets before it starts the epoch; Ray Data's split coordinator starts an epoch
+  only when every rank has asked for it, so no task of epoch e runs before the clock says e. (One dataset, one
+  coordinator for the whole run: a dataset per epoch would keep an ~800 MB coordinator process per epoch.)
 - `val` and `train_plain` (not split; rank 0 streams them for validation, the linear probe and calibration).
 
 Workers consume uint8 batches (`ray.train.get_dataset_shard`) and normalise them on their device. Each epoch,
@@ -101,19 +103,38 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
 
 
 # ---- datasets --------------------------------------------------------------------------------------------------
+@ray.remote(num_cpus=0)
+class EpochClock:
+    """The training epoch the read tasks of the `train` dataset are producing (set by rank 0)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set(self, epoch: int) -> int:
+        self.epoch = int(epoch)
+        return self.epoch
+
+    def get(self) -> int:
+        return self.epoch
+
+
 def _read_chunks(
-    batch: dict[str, np.ndarray], *, table: list[Any], chunk_rows: int, seed: int, epoch: int, stage: DecodeStage
-) -> dict[str, np.ndarray]:
+    batch: dict[str, np.ndarray], *, table: list[Any], chunk_rows: int, seed: int, epoch: int, stage: DecodeStage,
+    clock: Any = None,
+) -> dict[str, np.ndarray]:  # fmt: skip
     """Ray Data task body: chunk ids -> listing rows (the listing table comes from the object store) -> the
-    decode stage. `table` is a one-element list so Ray passes the ObjectRef itself, not its value."""
+    decode stage. `table` is a one-element list so Ray passes the ObjectRef itself, not its value; with a
+    `clock` the epoch comes from it."""
     tab = table[0] if isinstance(table[0], pa.Table) else ray.get(table[0])
+    if clock is not None:
+        epoch = ray.get(clock.get.remote())
     return stage(listing_chunk(tab, batch["id"], chunk_rows=chunk_rows, seed=seed, epoch=epoch))
 
 
 def stream_dataset(table_ref: Any, n_rows: int, spec: DecodeSpec, *, epoch: int, chunk_rows: int,
-                   read_tasks: int | None) -> ray.data.Dataset:  # fmt: skip
-    """A lazily planned dataset of decoded uint8 images for one epoch (`epoch=-1`: listing order, no
-    augmentation randomness needed) in CPU Ray Data tasks."""
+                   read_tasks: int | None, clock: Any = None) -> ray.data.Dataset:  # fmt: skip
+    """A lazily planned dataset of decoded uint8 images in CPU Ray Data tasks, for epoch `epoch` (`-1`:
+    listing order, no augmentation randomness needed) or, with `clock`, for whatever epoch it says."""
     n = max(n_chunks(n_rows, chunk_rows), 1)
     ds = ray.data.range(n, override_num_blocks=n) if n_rows else ray.data.range(0)
     kwargs: dict[str, Any] = {}
@@ -125,16 +146,12 @@ def stream_dataset(table_ref: Any, n_rows: int, spec: DecodeSpec, *, epoch: int,
         batch_format="numpy",
         num_cpus=1,
         fn_kwargs={"table": [table_ref], "chunk_rows": chunk_rows, "seed": spec.seed, "epoch": epoch,
-                   "stage": DecodeStage(spec)},  # fmt: skip
+                   "stage": DecodeStage(spec), "clock": clock},  # fmt: skip
         **kwargs,
     )
 
 
-def train_name(epoch: int) -> str:
-    return f"train_e{epoch:04d}"
-
-
-def build_datasets(cfg: TrainConfig, plan: TrainPlan) -> dict[str, ray.data.Dataset]:
+def build_datasets(cfg: TrainConfig, plan: TrainPlan, clock: Any) -> dict[str, ray.data.Dataset]:
     from pipeline.models import DetectorConfig
     from pipeline.train.data import patch_size
 
@@ -147,8 +164,7 @@ def build_datasets(cfg: TrainConfig, plan: TrainPlan) -> dict[str, ray.data.Data
     datasets = {"val": stream_dataset(val_ref, plan.n_val, plain, epoch=-1, **opts),
                 "train_plain": stream_dataset(train_ref, plan.n_train, plain, epoch=-1, **opts)}  # fmt: skip
     if cfg.method == "mole":
-        for e in range(cfg.epochs):
-            datasets[train_name(e)] = stream_dataset(train_ref, plan.n_train, aug, epoch=e, **opts)
+        datasets["train"] = stream_dataset(train_ref, plan.n_train, aug, epoch=0, clock=clock, **opts)
     return datasets
 
 
@@ -157,9 +173,9 @@ class RayTrainHooks(TrainHooks):
     """The Ray Train side of the worker loop: rank/world from the train context, DDP via prepare_model, the
     streamed dataset shards, torch.distributed collectives, checkpoints through `ray.train.report`."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, clock: Any) -> None:
         ctx = ray.train.get_context()
-        self.cfg = cfg
+        self.cfg, self.clock = cfg, clock
         self.world_rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self._tmp: Path | None = None
@@ -174,7 +190,9 @@ class RayTrainHooks(TrainHooks):
         return ray.train.torch.prepare_model(model)
 
     def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]:
-        shard = ray.train.get_dataset_shard(train_name(epoch))
+        if self.world_rank == 0:  # before this rank asks for the epoch: its tasks cannot start earlier
+            ray.get(self.clock.set.remote(epoch))
+        shard = ray.train.get_dataset_shard("train")
         return shard.iter_batches(batch_size=per_rank_batch(self.cfg.batch_size, self.world_size),
                                   batch_format="numpy", prefetch_batches=2)  # fmt: skip
 
@@ -214,7 +232,7 @@ class RayTrainHooks(TrainHooks):
 
 def _ray_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.parse(config["cfg"], source="train config")
-    hooks = RayTrainHooks(cfg)
+    hooks = RayTrainHooks(cfg, config["clock"])
     try:
         train_worker(cfg, config["plan"], hooks)
     finally:
@@ -257,17 +275,18 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | No
     name = run_name(cfg.out, resume)
     need = cfg.num_workers * cfg.cpus_per_worker + 1  # at least one CPU left for the read/decode tasks
     with ray_session(num_cpus=max(os.cpu_count() or 2, math.ceil(need))):
-        datasets = build_datasets(cfg, plan)
+        clock = EpochClock.remote()
+        datasets = build_datasets(cfg, plan, clock)
         trainer = TorchTrainer(
             _ray_worker,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan.meta()},
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan.meta(), "clock": clock},
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers,
                 use_gpu=cfg.use_gpu,
                 resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
             ),
             datasets=datasets,
-            dataset_config=DataConfig(datasets_to_split=[k for k in datasets if k.startswith("train_e")]),
+            dataset_config=DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
             # the workers' env comes from the job's runtime_env (ray.init / connect()) + inheritance
             run_config=RunConfig(
                 name=name,

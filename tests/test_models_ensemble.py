@@ -126,3 +126,30 @@ def test_mistakes(ckpts: dict[str, Path]) -> None:
     dset = load_detector_set([str(ckpts["univfd"]), str(ckpts["clipbased"])])
     with pytest.raises(ValueError, match="no batch for input resize_crop@96"):
         dset.predict({InputSpec(96, "center_crop_pad"): np.zeros((1, 96, 96, 3), np.uint8)})
+
+
+def test_two_mole_detectors_share_the_blocks_before_either_adapts(
+    ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """No plain member: the prefix before the earliest adapted block is shared, each MoLE runs its own rest."""
+    from pipeline.models import DetectorConfig
+
+    root = tmp_path_factory.mktemp("mole3")
+    cfg = DetectorConfig.load("tiny-mole")
+    cfg = DetectorConfig.parse(
+        {**cfg.model_dump(), "name": "tiny-mole3", "mole": {**cfg.mole.model_dump(), "blocks": 3}},
+        source="test",
+    )
+    bb = str(ckpts["univfd"].parent / "bb.safetensors")
+    torch.manual_seed(2)
+    det = create_detector(cfg, pretrained=bb)  # adapts blocks 1, 2, 3
+    randomize_adapters(det, seed=2)
+    save_detector(det, root / "mole3")
+    dset = load_detector_set([str(ckpts["mole"]), str(root / "mole3")])
+    assert dset.describe()["groups"][0]["shared_blocks"] == 1
+    images = [jpeg(120, 100, seed=3), jpeg(70, 130, seed=4)]
+    spec = dset.inputs[0]
+    res = dset.predict({spec: np.stack([prepare_image(im, spec) for im in images])})
+    for j, path in enumerate([ckpts["mole"], root / "mole3"]):
+        ref = _alone(path, images)
+        assert rel_err(torch.from_numpy(res["logit"][:, j]), torch.from_numpy(ref)) <= 1e-5

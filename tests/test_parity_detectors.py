@@ -200,3 +200,18 @@ def test_rine_reads_ln2_output_of_every_block(tmp_path: Path) -> None:
         assert len(feats) == det.depth and torch.equal(feats[0], grabbed[0])
         blocks[-1].ln_2.bias.add_(1.0)
         assert not torch.allclose(det(x).logit, base)
+
+
+@pytest.mark.parametrize("mode", ["center_crop_pad", "resize_crop"])
+def test_scan_decode_gives_the_peer_pixels(mode: str) -> None:
+    """The scan's CPU decode (bytes -> uint8) with an imported detector's mode equals the peer's transform of
+    the decoded JPEG (a full scan with an imported RINE checkpoint was also run by hand: identical p_fake)."""
+    from pipeline.scan.decode import decode_image
+
+    for i, (w, h) in enumerate(SIZES):
+        buf = io.BytesIO()
+        jpeg(w, h, seed=i).save(buf, format="PNG")  # lossless carrier of the decoded JPEG's pixels
+        res = decode_image(buf.getvalue(), image_size=96, resize_mode=mode)
+        assert res.status == "ok", res.error
+        theirs = np.asarray(pil_part(mode, 96)(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+        assert np.array_equal(res.pixels, theirs), f"{mode} {w}x{h}"

@@ -507,3 +507,20 @@ def test_evaluate_and_calibrate_accept_an_imported_detector(
     meta = json.loads((tmp_path / "cal" / META_FILE).read_text())
     assert meta["imported_from"]["kind"] == "rine" and meta["config"]["decision"] == "logit_gt"
     assert load_detector(tmp_path / "cal")[1].threshold == meta["threshold"]
+
+
+def test_config_rules_for_the_new_fields() -> None:
+    from pipeline.settings import ConfigError
+
+    base = DetectorConfig.load("rine-tiny").model_dump()
+    with pytest.raises(ConfigError, match="rine: required"):
+        DetectorConfig.parse({**base, "rine": None})
+    with pytest.raises(ConfigError, match="block_cls"):
+        DetectorConfig.parse({**base, "method": "linear", "rine": None})
+    with pytest.raises(ConfigError, match="decision"):
+        DetectorConfig.parse({**base, "decision": "p_gt"})
+    with pytest.raises(ConfigError, match="preprocess"):
+        DetectorConfig.parse({**base, "preprocess": "pad"})
+    lin = DetectorConfig.load("univfd-tiny").model_dump()
+    with pytest.raises(ConfigError, match="block_cls"):
+        DetectorConfig.parse({**lin, "head": {"feature": "block_cls", "normalize": False}})

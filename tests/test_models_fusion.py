@@ -65,3 +65,17 @@ def test_large_logits_stay_finite_and_ordered() -> None:
     assert fuse(x, "soft_or_prob")[4] > 700  # one confident detector decides an OR
     assert abs(fuse(x, "soft_or_prob")[0] - (-800 + np.log(2))) < 1e-9  # p_or = p1 + p2 when both are tiny
     assert abs(fuse(x, "mean_prob")[4]) < 1e-9  # mean of p=1 and p=0 is 0.5
+
+
+def test_decision_rules() -> None:
+    """p_fake_ge: float32 sigmoid >= threshold (genscan); logit_gt: logit > logit(threshold) (the peers'
+    strict `sigmoid > 0.5` / `LLR > 0`, decided on the logit)."""
+    from pipeline.models.decision import is_fake, logit_of
+
+    x = np.array([-1.0, -1e-9, 0.0, 1e-9, 1.0])
+    assert is_fake(x, 0.5, "logit_gt").tolist() == [False, False, False, True, True]
+    assert is_fake(x, 0.5, "p_fake_ge").tolist() == [False, True, True, True, True]  # float32 p rounds to 0.5
+    assert is_fake(x, 0.9, "logit_gt").tolist() == [False] * 5
+    assert abs(logit_of(0.9) - np.log(9.0)) < 1e-12 and logit_of(0.0) == -np.inf and logit_of(1.0) == np.inf
+    with pytest.raises(ValueError, match="decision must be one of"):
+        is_fake(x, 0.5, "vote")

@@ -35,7 +35,7 @@ from pipeline.models.checkpoint import DetectorMeta, load_detector
 from pipeline.models.decision import is_fake, logit_of, sigmoid
 from pipeline.models.detector import Detector, DetectorOutput, run_blocks
 from pipeline.models.fusion import DEFAULT_FUSION, check_fusion, fuse
-from pipeline.models.predictor import _DTYPES, DType
+from pipeline.models.predictor import _DTYPES, DType, resolve_dtype
 from pipeline.models.preprocess import prepare_image, to_model_input
 from pipeline.settings import ConfigError
 
@@ -156,14 +156,14 @@ class DetectorSet:
     ) -> None:
         if not members:
             raise ConfigError("detector set: no detectors given")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.fusion = check_fusion(fusion)
         if not 0.0 < fused_threshold < 1.0:
             raise ConfigError(f"fused_threshold must be in (0, 1), got {fused_threshold}")
         self.fused_threshold = fused_threshold
         self.device = torch.device(device)
-        self.dtype = dtype
+        self.dtype = resolve_dtype(
+            dtype, self.device
+        )  # "auto": bf16/fp16 on CUDA, fp32 on CPU (as the Predictor)
         self.share = share
         self.batch_size = batch_size
         self.members: list[Member] = []

@@ -95,3 +95,23 @@ def test_missing_data_or_checkpoint_fail_clearly(corpus: dict[str, Path], tmp_pa
     assert evaluate_main(["--data", str(corpus["univfd"]), "--detector", str(tmp_path / "nockpt"), "--json", str(tmp_path / "r.json")]) == 2
     assert "nockpt" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_unreadable_image_is_a_counted_skip(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """A corrupt file in the test set: evaluation and re-calibration stream on, count it, leave it out."""
+    import shutil
+
+    from jobs.calibrate import main as calibrate_main
+
+    data = tmp_path / "univfd"
+    shutil.copytree(corpus["univfd"], data)
+    victim = sorted((data / "upconv" / "1_fake").iterdir())[0]
+    victim.write_bytes(b"\x89PNG truncated")
+    assert evaluate_main(["--data", str(data), "--detector", str(corpus["ckpt"]), "--json", str(tmp_path / "r.json"),
+                          "--jpeg", "75"]) == 0  # fmt: skip
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["skipped"]["n"] == 1 and str(victim) in rep["skipped"]["examples"][0]
+    assert rep["per_generator"]["upconv"]["n_fake"] == N - 1 and rep["per_generator"]["vqgan"]["n_fake"] == N
+    assert calibrate_main(["--detector", str(corpus["ckpt"]), "--data", str(data), "--out", str(tmp_path / "c")]) == 0
+    calib = json.loads((tmp_path / "c" / "calibration.json").read_text())
+    assert calib["skipped"]["n"] == 1 and calib["n_real"] == 2 * N

@@ -49,9 +49,21 @@ N_BINS = 10
 MAX_SHARDS_PLOTTED = 40
 
 
-def load_scan(scan: str) -> pa.Table:
-    """All partitions of a scan dataset with a string `scan_date` column."""
-    return output.read_scan(scan, columns=COLUMNS)
+TREND_COLUMNS = ["status", "is_fake"]  # all the day-over-day trend needs from the other dates
+
+
+def load_scan(scan: str, scan_date: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """The rows of one date (None: every date) with a string `scan_date` column."""
+    return output.read_scan(scan, scan_date=scan_date, columns=columns or COLUMNS)
+
+
+def _connect(day: pa.Table, every: pa.Table) -> duckdb.DuckDBPyConnection:
+    """DuckDB with `scan` (the report's date, all report columns) and `scan_all` (every date, at least
+    TREND_COLUMNS) over Arrow tables."""
+    con = duckdb.connect()
+    con.register("scan_all", every)
+    con.register("scan", day)
+    return con
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
@@ -60,17 +72,9 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
     return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
 
 
-def _connect(table: pa.Table, scan_date: str) -> duckdb.DuckDBPyConnection:
-    """DuckDB with `scan_all` (every date) and `scan` (the report's date) over the Arrow table."""
-    con = duckdb.connect()
-    con.register("scan_all", table)
-    con.register("scan", table.filter(pc.field("scan_date") == scan_date))
-    return con
-
-
 def summarize(table: pa.Table, scan_date: str, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, Any]:
     """The report's numbers for `scan_date` (and the trend over every date in `table`)."""
-    con = con or _connect(table, scan_date)
+    con = con or _connect(table.filter(pc.field("scan_date") == scan_date), table)
     totals = _rows(con, """
         SELECT count(*)                                            AS rows,
                count(*) FILTER (WHERE status <> 'shard_error')     AS samples,
@@ -359,11 +363,12 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     summary."""
     log = get_logger("hygiene.report")
     day = resolve_scan_date(cfg.scan, cfg.scan_date)
-    table = load_scan(cfg.scan)
-    if table.num_rows == 0:
-        raise PlanError(f"scan {cfg.scan} has no rows")
-    con = _connect(table, day)
-    summary = summarize(table, day, con)
+    # the report's date with every report column; the other dates only with what the trend needs (memory)
+    day_rows = load_scan(cfg.scan, day)
+    if day_rows.num_rows == 0:
+        raise PlanError(f"scan {cfg.scan} has no rows for scan_date={day}")
+    con = _connect(day_rows, load_scan(cfg.scan, columns=TREND_COLUMNS))
+    summary = summarize(day_rows, day, con)
     summary["header"] = run_header(cfg.scan, day)
     if cfg.filter_output:
         summary["filter"] = filter_summary(cfg.filter_output, day)

@@ -101,6 +101,8 @@ def classify(exc: BaseException) -> Kind:
                     return "not_found"
                 if code in DENIED_CODES:
                     return "access_denied"
+                if code in TRANSIENT_CODES or int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) >= 500:
+                    return "cannot_connect"  # the store answers but keeps failing (503 Slow Down, 5xx)
     for e in _chain(exc):
         if isinstance(e, FileNotFoundError):
             return "not_found"

@@ -332,3 +332,16 @@ def test_readme_exit_code_table_is_the_code_and_the_jobs_docs() -> None:
         part = doc.split("Exit codes:", 1)[1].split("\n\n", 1)[0].split("Under `ray job submit`")[0]
         named = {int(d) for d in re.findall(r"(?<![\w.])(\d)(?![\w.])", part)}
         assert named == {c for c, (_, jobs) in table.items() if job in jobs}, (job, named)
+
+
+def test_a_store_that_keeps_answering_503_is_unreachable_after_a_few_attempts(store, monkeypatch) -> None:
+    from tests.support.faultproxy import FaultPlan, fault_proxy
+
+    monkeypatch.setattr(preflight.time, "sleep", lambda s: None)
+    plan = FaultPlan(every=1, kinds=("503",), max_faults=10**6, methods=("GET", "HEAD", "PUT", "DELETE"))
+    with fault_proxy(store["env"]["AWS_ENDPOINT_URL"], plan) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        with pytest.raises(StorageError) as info:
+            check_readable(Location("input", INPUT))
+        assert info.value.kind == "cannot_connect" and "SlowDown" in str(info.value)
+        assert proxy.stats.requests["GET"] == preflight.PROBE_ATTEMPTS

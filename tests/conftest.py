@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.s3 import moto_s3_server
+from tests.support.s3 import moto_s3_server, s3_env
 
 # Keep numerics single-threaded-ish and deterministic on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -54,3 +54,25 @@ def s3fs_client(s3_server: dict[str, str]):
 
     s3fs.S3FileSystem.clear_instance_cache()
     return s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["AWS_ENDPOINT_URL"]})
+
+
+@pytest.fixture(scope="session")
+def _shared_s3_ray() -> Iterator[dict]:
+    from tests.support.ray_cluster import ray_head
+
+    with moto_s3_server(set_env=False) as env, ray_head(extra_env=env) as head:
+        yield {"env": env, "head": head}
+
+
+@pytest.fixture(scope="module")
+def shared_s3_ray(_shared_s3_ray: dict) -> Iterator[dict]:
+    """ONE moto S3 server and ONE real Ray head (2 CPUs, workers with that S3 endpoint) for every module of the
+    run that needs a plain head: started once (~5-20 s each on 2 cores), shared. The S3 state is moto's
+    process-wide one (per-test servers reset it when they start and stop): it is reset here for each module,
+    which writes its own buckets in its module fixture (modules run one after another); AWS_* point at the shared server while the
+    module runs. Heads with special environments (fault proxy, canary secret, several nodes) start their own."""
+    from tests.support.s3 import _reset
+
+    _reset(int(_shared_s3_ray["env"]["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))  # each module starts empty
+    with s3_env(_shared_s3_ray["env"]):
+        yield _shared_s3_ray

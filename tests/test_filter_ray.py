@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobs.filter_shards import main as filter_main
-from tests.support.ray_cluster import ray_head, submit_job
+from tests.support.ray_cluster import submit_job
 from tests.test_filter import RULES, tree_bytes
 from tests.test_filter_fixtures import shared_scans
 
@@ -19,22 +19,22 @@ FILTER = [sys.executable, str(REPO / "jobs" / "filter_shards.py")]
 
 
 @pytest.mark.slow
-def test_ray_job_output_equals_local_engine(tmp_path_factory, tmp_path, capsys) -> None:
+def test_ray_job_output_equals_local_engine(tmp_path_factory, tmp_path, capsys, shared_s3_ray) -> None:
     shared = shared_scans(tmp_path_factory)
     local = tmp_path / "local"
     assert filter_main(["--scan", shared.scan, "--input", shared.corpus.root, "--output", str(local), *RULES]) == 0
     capsys.readouterr()
     out = tmp_path / "ray"
-    with ray_head(num_cpus=2) as head:
-        res = submit_job(head, [*FILTER, "--engine", "ray", "--task-cpus", "0.5", "--scan", shared.scan,
-                                "--input", shared.corpus.root, "--output", str(out), *RULES], timeout_s=300)
-        assert res.status == "SUCCEEDED" and res.driver_exit_code in (0, None), res.logs[-4000:]
-        assert "tasks_submitted" in res.logs
-        refused = tmp_path / "refused"
-        res = submit_job(head, [*FILTER, "--engine", "ray", "--scan", shared.scan, "--input",
-                                shared.corpus.root, "--output", str(refused)], timeout_s=300)
-        assert res.status == "FAILED" and res.driver_exit_code == 3, (res.status, res.driver_exit_code)
-        assert "the scan could not read this shard" in res.logs
-        assert not refused.exists()
+    head = shared_s3_ray["head"]  # the run's shared head (tests/conftest.py)
+    res = submit_job(head, [*FILTER, "--engine", "ray", "--task-cpus", "0.5", "--scan", shared.scan,
+                            "--input", shared.corpus.root, "--output", str(out), *RULES], timeout_s=300)
+    assert res.status == "SUCCEEDED" and res.driver_exit_code in (0, None), res.logs[-4000:]
+    assert "tasks_submitted" in res.logs
+    refused = tmp_path / "refused"
+    res = submit_job(head, [*FILTER, "--engine", "ray", "--scan", shared.scan, "--input",
+                            shared.corpus.root, "--output", str(refused)], timeout_s=300)
+    assert res.status == "FAILED" and res.driver_exit_code == 3, (res.status, res.driver_exit_code)
+    assert "the scan could not read this shard" in res.logs
+    assert not refused.exists()
     skip = ("_run/run.json", "_run/config.json")
     assert tree_bytes(out, skip=skip) == tree_bytes(local, skip=skip)

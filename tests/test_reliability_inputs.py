@@ -391,25 +391,22 @@ def test_streaming_path_equals_in_memory_path(tmp_path: Path, variant: str) -> N
 
 
 @pytest.fixture(scope="module")
-def scan_world(tmp_path_factory):
-    """moto S3 with the bad-input corpus and a tiny detector; a real Ray head with the S3 env."""
+def scan_world(tmp_path_factory, shared_s3_ray):
+    """moto S3 with the bad-input corpus and a tiny detector; a real Ray head with the S3 env (the run's shared
+    ones: tests/conftest.py)."""
     import torch
 
     from pipeline.models import DetectorConfig, create_detector, save_detector
-    from tests.support.ray_cluster import ray_head
-    from tests.support.s3 import moto_s3_server
     from tests.support.shards import make_bucket, write_raw
 
     tmp = tmp_path_factory.mktemp("relscan")
-    with moto_s3_server() as env:
-        bucket = make_bucket("badcorpus")
-        corpus = bi.e2e_corpus()
-        for case in corpus:
-            write_raw(f"{bucket}/shards/{case.name}.tar", case.data)
-        torch.manual_seed(0)
-        save_detector(create_detector(DetectorConfig.load("tiny-mole"), pretrained=None), f"{bucket}/det")
-        with ray_head(extra_env=env) as head:
-            yield {"head": head, "bucket": bucket, "corpus": corpus, "tmp": tmp}
+    bucket = make_bucket("badcorpus")
+    corpus = bi.e2e_corpus()
+    for case in corpus:
+        write_raw(f"{bucket}/shards/{case.name}.tar", case.data)
+    torch.manual_seed(0)
+    save_detector(create_detector(DetectorConfig.load("tiny-mole"), pretrained=None), f"{bucket}/det")
+    yield {"head": shared_s3_ray["head"], "bucket": bucket, "corpus": corpus, "tmp": tmp}
 
 
 @pytest.mark.slow

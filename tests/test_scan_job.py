@@ -20,8 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.scan.schema import SCHEMA
-from tests.support.ray_cluster import RayHead, ray_head, submit_job, wait_job
-from tests.support.s3 import moto_s3_server
+from tests.support.ray_cluster import RayHead, submit_job, wait_job
 from tests.support.shards import (
     corrupt_image_sample,
     good_samples,
@@ -41,31 +40,31 @@ FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Iterator[dict]:
-    """S3 server with a corpus (good + bad shards), a tiny detector on S3, a Ray head with the S3 env."""
+def world(tmp_path_factory, shared_s3_ray) -> Iterator[dict]:
+    """S3 server with a corpus (good + bad shards), a tiny detector on S3, a Ray head with the S3 env (the
+    run's shared ones: tests/conftest.py)."""
     import s3fs
     import torch
 
     from pipeline.models import DetectorConfig, create_detector, save_detector
 
     tmp = tmp_path_factory.mktemp("scanjob")
-    with moto_s3_server() as env:
-        bucket = make_bucket("corpus")
-        write_shards(f"{bucket}/shards/", 3, 10, size=(112, 104))
-        mixed = good_samples(4, seed=11, prefix="m", fmt="jpg", size=(100, 120)) + [
-            corrupt_image_sample("m_bad"), no_image_sample("m_noimg")]  # fmt: skip
-        write_shard(f"{bucket}/shards/shard-000003.tar", mixed)
-        trunc = good_samples(6, seed=12, prefix="t", size=(112, 104))
-        write_raw(f"{bucket}/shards/shard-000004.tar", truncated_tar_bytes(trunc, 0.6))
-        write_raw(f"{bucket}/shards/shard-000005.tar", b"this is not a tar file")
-        torch.manual_seed(0)
-        det = create_detector(DetectorConfig.load("tiny-mole"), pretrained=None)
-        meta = save_detector(det, f"{bucket}/detectors/tiny")
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs = s3fs.S3FileSystem()
-        with ray_head(extra_env=env) as head:
-            yield {"env": env, "head": head, "bucket": bucket, "fs": fs, "tmp": tmp, "meta": meta,
-                   "good_samples": 30 + len(mixed), "trunc": trunc, "det": det}  # fmt: skip
+    env, head = shared_s3_ray["env"], shared_s3_ray["head"]
+    bucket = make_bucket("corpus")
+    write_shards(f"{bucket}/shards/", 3, 10, size=(112, 104))
+    mixed = good_samples(4, seed=11, prefix="m", fmt="jpg", size=(100, 120)) + [
+        corrupt_image_sample("m_bad"), no_image_sample("m_noimg")]  # fmt: skip
+    write_shard(f"{bucket}/shards/shard-000003.tar", mixed)
+    trunc = good_samples(6, seed=12, prefix="t", size=(112, 104))
+    write_raw(f"{bucket}/shards/shard-000004.tar", truncated_tar_bytes(trunc, 0.6))
+    write_raw(f"{bucket}/shards/shard-000005.tar", b"this is not a tar file")
+    torch.manual_seed(0)
+    det = create_detector(DetectorConfig.load("tiny-mole"), pretrained=None)
+    meta = save_detector(det, f"{bucket}/detectors/tiny")
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    yield {"env": env, "head": head, "bucket": bucket, "fs": fs, "tmp": tmp, "meta": meta,
+           "good_samples": 30 + len(mixed), "trunc": trunc, "det": det}  # fmt: skip
 
 
 def _read_s3_dataset(fs, root: str):

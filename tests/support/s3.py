@@ -26,8 +26,24 @@ def _reset(port: int) -> None:
 
 
 @contextmanager
-def moto_s3_server() -> Iterator[dict[str, str]]:
-    """Start moto's threaded server; yield the env vars a client (or a Ray worker) needs."""
+def s3_env(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Point this process's AWS clients at a server (`env` from moto_s3_server) while the block runs."""
+    saved = {k: os.environ.get(k) for k in S3_ENV_KEYS}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def moto_s3_server(set_env: bool = True) -> Iterator[dict[str, str]]:
+    """Start moto's threaded server; yield the env vars a client (or a Ray worker) needs (set in this process's
+    environment while it runs, unless `set_env` is False: then use `s3_env`)."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()
@@ -42,15 +58,12 @@ def moto_s3_server() -> Iterator[dict[str, str]]:
         "AWS_SECRET_ACCESS_KEY": "testing-secret",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    saved = {k: os.environ.get(k) for k in S3_ENV_KEYS}
-    os.environ.update(env)
     try:
-        yield env
+        if set_env:
+            with s3_env(env):
+                yield env
+        else:
+            yield env
     finally:
         _reset(port)
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

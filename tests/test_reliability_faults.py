@@ -110,7 +110,7 @@ def test_transient_faults_are_retried_to_the_exact_samples(proxied_s3) -> None:
 def test_stalled_responses_time_out_and_are_retried(proxied_s3, monkeypatch) -> None:
     """A response that stalls past the client's read timeout (1 s here, patched down from 30 s) is abandoned
     and retried; the read still returns exactly the samples."""
-    from pipeline.scan import shards as shards_mod
+    from pipeline import wds as shards_mod
 
     proxy, direct = proxied_s3
     members = bi.good_members(6)

@@ -237,3 +237,29 @@ def test_plan_keeps_decode_out_of_the_model_actors(world):
     finally:
         ray.shutdown()
     assert names == ["ActorPoolMapOperator", "TaskPoolMapOperator", "InputDataBuffer"]
+
+
+def test_cluster_session_never_shuts_down_a_cluster_it_attached_to(world):
+    """`pipeline.engine.cluster.session`: attaching to a running head and leaving disconnects this driver only
+    (the head keeps serving); inside an existing connection it leaves that connection alone."""
+    import subprocess
+
+    from tests.support.ray_cluster import alive_nodes
+
+    head = world["head"]
+    code = f"""
+import ray
+from pipeline.engine import cluster
+with cluster.session({head.address!r}) as how:
+    assert how == "attached" and ray.is_initialized(), how
+assert not ray.is_initialized()
+ray.init(address={head.address!r})
+with cluster.session() as how:
+    assert how == "existing", how
+assert ray.is_initialized()
+print("session-ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=head.env, capture_output=True, text=True, timeout=180,
+                          cwd=str(Path(__file__).resolve().parents[1]))  # fmt: skip
+    assert proc.returncode == 0 and "session-ok" in proc.stdout, proc.stderr[-3000:]
+    assert alive_nodes(head), "the attached cluster was shut down"

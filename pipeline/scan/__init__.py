@@ -1,4 +1,6 @@
-"""The scan (issue 4), no Ray: shard reading (shards.py) and decoding (decode.py), the read+decode stage
-(prepare.py), scoring (score.py), rows and schema (rows.py, schema.py), completion markers / resume /
-provenance (completion.py), the driver logic (job.py) and its config (config.py). The Ray Data plan is
-`pipeline.engine.scan`."""
+"""The scan, no Ray: decoding (decode.py), the read+decode stage (prepare.py, reading through `pipeline.wds`),
+scoring (score.py), rows (rows.py), the shard writer (write.py: Parquet then marker, by the output contract
+`pipeline.output`), run planning / resume / provenance (completion.py), the work handed to an executor and the
+in-process executor (execute.py), the driver logic (job.py) and its config (config.py). shards.py and schema.py
+only re-export `pipeline.wds` / `pipeline.output` for older imports. The Ray executor is
+`pipeline.engine.scan.RayScanExecutor`, passed in by jobs/scan_bucket.py."""

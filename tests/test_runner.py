@@ -96,3 +96,40 @@ def test_open_scan_reads_every_date_and_resolves_dates(tmp_path: Path) -> None:
     assert output.read_scan(out, scan_date="2026-01-01").num_rows == n
     with pytest.raises(output.ScanOutputError, match="not found"):
         output.resolve_scan_date(str(tmp_path / "nope"))
+
+
+def test_local_scan_reports_each_shard_and_a_run_level_check_stops_it(tmp_path: Path) -> None:
+    """run_scan with the in-process executor: the progress hook sees every shard once it is durable; a
+    run-level check that raises fails the run (run.json says so), and --resume completes it exactly once."""
+    import pyarrow.parquet as pq
+
+    from pipeline.models import create_detector, save_detector
+    from pipeline.scan.config import ScanConfig
+    from pipeline.scan.job import ScanFailed, run_scan
+    from tests.support.shards import write_shards
+
+    write_shards(str(tmp_path / "in"), 3, 4)
+    meta = save_detector(create_detector("tiny-mole", pretrained=None), str(tmp_path / "det"))
+    cfg = ScanConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), detector=str(tmp_path / "det"),
+                     scan_date="2026-02-01", batch_size=8)  # fmt: skip
+    seen: list[tuple[str, str, int]] = []
+    run = run_scan(cfg, on_shard=lambda s, st, p: seen.append((s, st["writer_node"], p.done)))
+    assert run["status"] == "succeeded" and [d for _, _, d in seen] == [1, 2, 3]
+    assert all(w.startswith("host:") for _, w, _ in seen)
+    table = pq.read_table(str(tmp_path / "out" / "scan_date=2026-02-01"))
+    assert table.num_rows == 12 and set(table.column("detector_id").to_pylist()) == {meta.detector_id}
+
+    def budget(p) -> None:
+        if p.done >= 1:
+            raise ScanFailed("error budget exceeded")
+
+    stopped = cfg.model_copy(update={"output": str(tmp_path / "out2")})
+    with pytest.raises(ScanFailed, match="budget"):
+        run_scan(stopped, check=budget)
+    paths = output.RunPaths(stopped.output, "2026-02-01")
+    assert json.loads(Path(paths.run_file("run.json")).read_text())["status"] == "failed"
+    assert len(output.completed_shards(paths)) == 1
+    resumed = run_scan(stopped.model_copy(update={"resume": True}))
+    assert resumed["status"] == "succeeded" and resumed["attempts"][-1]["shards_skipped"] == 1
+    keys = pq.read_table(paths.data_dir).column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 12

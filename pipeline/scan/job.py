@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,12 +116,16 @@ def list_input(cfg: ScanConfig) -> list[tuple[str, str]]:
     return shards
 
 
-def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None) -> dict[str, Any]:
+def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None, *,
+             on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
+             check: Callable[[Progress], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) a scan; returns the run summary (also written to run.json). Raises ConfigError for bad
     configuration (nothing written) and ScanFailed for systemic failures (run.json says failed).
 
     executor: how shards are processed (`pipeline.scan.execute.ScanExecutor`); the entry point passes the Ray
-    one (`pipeline.engine.scan.RayScanExecutor`); None runs in this process (`local_executor`)."""
+    one (`pipeline.engine.scan.RayScanExecutor`); None runs in this process (`local_executor`).
+    on_shard / check: `pipeline.runner.run_shards` hooks (a progress line; a run-level check that raises to stop
+    the run, e.g. an error budget), called after each shard is durable."""
     executor = executor or local_executor
     t_start = time.perf_counter()
     plan = plan_run(cfg)
@@ -159,7 +163,8 @@ def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None) -> dict[str,
     progress: Progress | None = None
     written: dict[str, dict[str, Any]] = {}
     try:
-        progress = _scan(cfg, paths, [s for _, s in shards], done_before, todo, executor, work, written)
+        progress = _scan(cfg, paths, [s for _, s in shards], done_before, todo, executor, work, written,
+                         on_shard=on_shard, check=check)  # fmt: skip
         not_marked = sorted({s for _, s in shards} - completed_shards(paths))
         if not_marked:
             raise ScanFailed(f"{len(not_marked)} shard(s) have no completion marker: {not_marked[:5]}")
@@ -183,7 +188,9 @@ def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None) -> dict[str,
 
 def _scan(cfg: ScanConfig, paths: RunPaths, shard_ids: list[str], done_before: set[str],
           todo: list[tuple[str, str]], executor: ScanExecutor, work: ScanWork,
-          written: dict[str, dict[str, Any]]) -> Progress:  # fmt: skip
+          written: dict[str, dict[str, Any]], *,
+          on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
+          check: Callable[[Progress], None] | None = None) -> Progress:  # fmt: skip
     """The shards of `todo` through the executor (which writes them where the rows are) under the stall
     watchdog; `written` receives each shard's summary. A shard whose summary was lost on the way (its writer
     committed it, then the acknowledgement died with a retried task) counts by its marker."""
@@ -199,7 +206,7 @@ def _scan(cfg: ScanConfig, paths: RunPaths, shard_ids: list[str], done_before: s
 
     with _Watchdog(cfg.stall_timeout_s) as dog:
 
-        def on_shard(shard: str, stats: dict[str, Any], progress: Progress) -> None:
+        def logged(shard: str, stats: dict[str, Any], progress: Progress) -> None:
             nonlocal rows_total
             written[shard] = stats
             rows_total += int(stats["rows"])
@@ -208,9 +215,11 @@ def _scan(cfg: ScanConfig, paths: RunPaths, shard_ids: list[str], done_before: s
                      counts={k: v for k, v in stats["counts"].items() if v}, done=progress.done,
                      todo=progress.todo, rows_total=rows_total,
                      images_per_s=round(rows_total / max(time.perf_counter() - t0, 1e-9), 1))  # fmt: skip
+            if on_shard is not None:
+                on_shard(shard, stats, progress)
 
         try:
-            return run_shards(shard_ids, done=done_before, execute=execute, on_shard=on_shard)
+            return run_shards(shard_ids, done=done_before, execute=execute, on_shard=logged, check=check)
         except KeyboardInterrupt as exc:
             if dog.fired:
                 raise ScanFailed(f"no progress for {cfg.stall_timeout_s}s (stall_timeout_s)") from exc

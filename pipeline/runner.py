@@ -11,6 +11,10 @@ knows shard ids, summaries and markers, and imports no Ray.
 `execute(todo)` yields `(shard_id, summary)` as shards complete, in any order (a summary = the shard's marker
 content). `on_shard(shard_id, summary, progress)` is called for each (a progress line); `check(progress)` is a
 run-level check called after each shard that may raise to stop the run (an error budget).
+
+The error budget (`ErrorBudget`) is THE run-level verdict of both jobs: each job says how to count its shards
+(`ErrorTally`), the budget decides and words the one-line reason. `budget.guard(...)` stops a run early once the
+shard budget is already broken whatever the remaining shards do; `budget.check(tally)` is the final verdict.
 """
 
 from __future__ import annotations
@@ -36,6 +40,85 @@ def local_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
 
 class IncompleteRun(RuntimeError):
     """Some shards of the run never completed (or arrived that were not asked for)."""
+
+
+# Default budget of the scan and the filter: fail only on systemic breakage (more than half the shards
+# unreadable: a wrong prefix, a permission, a truncated sync; a quarter of the images undecodable: a wrong format
+# or a broken writer), which the odd corrupt object never trips. Tighten per corpus with the flags.
+DEFAULT_MAX_SHARD_ERROR_RATE = 0.5
+DEFAULT_MAX_SAMPLE_ERROR_RATE = 0.25
+
+
+class ErrorBudgetExceeded(RuntimeError):
+    """Too many shards or samples failed: the run is marked failed (exit 1); what was written stays valid."""
+
+    def __init__(self, message: str, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+@dataclass
+class ErrorTally:
+    """Errors of (part of) a run: shards that could not be processed as a whole, samples with an error status."""
+
+    shards: int = 0
+    failed_shards: int = 0
+    samples: int = 0
+    failed_samples: int = 0
+
+    def __add__(self, other: ErrorTally) -> ErrorTally:
+        return ErrorTally(self.shards + other.shards, self.failed_shards + other.failed_shards,
+                          self.samples + other.samples, self.failed_samples + other.failed_samples)  # fmt: skip
+
+
+def _rate(n: int, of: int) -> float:
+    return n / of if of else 0.0
+
+
+@dataclass(frozen=True)
+class ErrorBudget:
+    """The run fails when the share of failed shards or of failed samples is ABOVE its limit (1.0 disables)."""
+
+    max_shard_error_rate: float
+    max_sample_error_rate: float
+
+    def record(self, tally: ErrorTally) -> dict[str, Any]:
+        """The budget, the counts and the verdict (for run.json)."""
+        shard_rate = _rate(tally.failed_shards, tally.shards)
+        sample_rate = _rate(tally.failed_samples, tally.samples)
+        return {"max_shard_error_rate": self.max_shard_error_rate, "max_sample_error_rate": self.max_sample_error_rate,
+                "shards": tally.shards, "failed_shards": tally.failed_shards, "shard_error_rate": round(shard_rate, 6),
+                "samples": tally.samples, "failed_samples": tally.failed_samples,
+                "sample_error_rate": round(sample_rate, 6),
+                "exceeded": shard_rate > self.max_shard_error_rate or sample_rate > self.max_sample_error_rate}  # fmt: skip
+
+    def check(self, tally: ErrorTally, *, so_far: bool = False) -> dict[str, Any]:
+        """The final verdict: returns the record, raises ErrorBudgetExceeded (one line with the counts)."""
+        rec = self.record(tally)
+        if not rec["exceeded"]:
+            return rec
+        broke = []
+        if rec["shard_error_rate"] > self.max_shard_error_rate:
+            broke.append(f"{tally.failed_shards} of {tally.shards} shards failed ({rec['shard_error_rate']:.1%} > "
+                         f"--max-shard-error-rate {self.max_shard_error_rate:g})")
+        if rec["sample_error_rate"] > self.max_sample_error_rate:
+            broke.append(f"{tally.failed_samples} of {tally.samples} samples failed ({rec['sample_error_rate']:.1%} > "
+                         f"--max-sample-error-rate {self.max_sample_error_rate:g})")
+        when = " (run stopped early)" if so_far else ""
+        raise ErrorBudgetExceeded("error budget exceeded" + when + ": " + "; ".join(broke), rec)
+
+    def guard(self, total_shards: int, prior: ErrorTally,
+              tally_of: Callable[[dict[str, Any]], ErrorTally]) -> Callable[[Progress], None]:  # fmt: skip
+        """A `run_shards` check that stops the run as soon as the failed shards (earlier attempts' `prior` plus
+        this attempt's) are more than the budget allows of ALL `total_shards`: the end can no longer pass."""
+
+        def check(progress: Progress) -> None:
+            seen = sum((tally_of(s) for s in progress.summaries.values()), prior)
+            if seen.failed_shards > self.max_shard_error_rate * total_shards:
+                self.check(ErrorTally(total_shards, seen.failed_shards, seen.samples, seen.failed_samples),
+                           so_far=True)
+
+        return check
 
 
 def commit_shard(outputs: Sequence[tuple[str, bytes]], marker_uri: str, summary: dict[str, Any]) -> None:
@@ -72,17 +155,23 @@ def run_shards(
     progress = Progress(total=len(shards), skipped=len(shards) - len(todo), todo=len(todo))
     wanted = set(todo)
     if todo:
-        for shard, summary in execute(todo):
-            if shard not in wanted:
-                raise IncompleteRun(f"received the result of an unexpected shard {shard!r}")
-            if shard in progress.summaries:
-                continue
-            progress.summaries[shard] = summary
-            progress.done += 1
-            if on_shard is not None:
-                on_shard(shard, summary, progress)
-            if check is not None:
-                check(progress)
+        results = iter(execute(todo))
+        try:
+            for shard, summary in results:
+                if shard not in wanted:
+                    raise IncompleteRun(f"received the result of an unexpected shard {shard!r}")
+                if shard in progress.summaries:
+                    continue
+                progress.summaries[shard] = summary
+                progress.done += 1
+                if on_shard is not None:
+                    on_shard(shard, summary, progress)
+                if check is not None:
+                    check(progress)
+        finally:  # a run stopped early releases the executor's resources now (not when the traceback is freed)
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
     missing = [s for s in todo if s not in progress.summaries]
     if missing:
         raise IncompleteRun(f"{len(missing)} shard(s) never completed: {missing[:5]}")
@@ -116,5 +205,5 @@ class RunFile:
         write_json(self.uri, self.record)
 
 
-__all__ = ["IncompleteRun", "MapFn", "Progress", "RunFile", "commit_shard", "local_map", "map_shards",
+__all__ = ["DEFAULT_MAX_SAMPLE_ERROR_RATE", "DEFAULT_MAX_SHARD_ERROR_RATE", "ErrorBudget", "ErrorBudgetExceeded", "ErrorTally", "IncompleteRun", "MapFn", "Progress", "RunFile", "commit_shard", "local_map", "map_shards",
            "run_shards"]  # fmt: skip

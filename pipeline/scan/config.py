@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.runner import DEFAULT_MAX_SAMPLE_ERROR_RATE, DEFAULT_MAX_SHARD_ERROR_RATE
 from pipeline.settings import StrictModel
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -67,6 +68,16 @@ class ScanConfig(StrictModel):
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (default: all)")
     stall_timeout_s: float = Field(600.0, gt=0, description="fail if no shard progress for this long")
+    # error budget (pipeline.runner.ErrorBudget): above either share the run is marked failed (exit 1)
+    max_shard_error_rate: float = Field(
+        DEFAULT_MAX_SHARD_ERROR_RATE, ge=0, le=1,
+        description="fail the run when more than this share of its shards is unreadable (1: never)",
+    )
+    max_sample_error_rate: float = Field(
+        DEFAULT_MAX_SAMPLE_ERROR_RATE, ge=0, le=1,
+        description="fail the run when more than this share of its samples has an error status (decode_error, "
+        "no_image, too_large; 1: never)",
+    )
 
     @field_validator("scan_date")
     @classmethod

@@ -19,7 +19,15 @@ from typing import Any
 
 from pipeline.logs import get_logger
 from pipeline.output import RunPaths, completed_shards, read_json, write_json
-from pipeline.runner import IncompleteRun, Progress, RunFile, run_shards
+from pipeline.runner import (
+    ErrorBudget,
+    ErrorBudgetExceeded,
+    ErrorTally,
+    IncompleteRun,
+    Progress,
+    RunFile,
+    run_shards,
+)
 from pipeline.scan.completion import aggregate, now_iso, plan_run, versions
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.execute import ScanExecutor, ScanWork, local_executor
@@ -70,6 +78,27 @@ def detector_info(uri: str) -> DetectorInfo:
         resize_mode=str(meta.config.preprocess),
         meta=meta.model_dump(mode="json"),
     )
+
+
+def error_budget(cfg: ScanConfig) -> ErrorBudget:
+    return ErrorBudget(cfg.max_shard_error_rate, cfg.max_sample_error_rate)
+
+
+def shard_errors(stats: dict[str, Any]) -> ErrorTally:
+    """A shard's errors from its summary (= marker): a shard_error row means the shard could not be read to its
+    end; every other non-ok status is a failed sample."""
+    counts = stats.get("counts", {})
+    return ErrorTally(shards=1, failed_shards=int(counts.get("shard_error", 0) > 0),
+                      samples=int(stats.get("samples", 0)),
+                      failed_samples=sum(int(c) for s, c in counts.items() if s not in ("ok", "shard_error")))
+
+
+def run_errors(totals: dict[str, Any], n_shards: int) -> ErrorTally:
+    """The whole run's errors from `aggregate`'s totals (one shard_error row per failed shard)."""
+    counts = totals.get("counts", {})
+    return ErrorTally(shards=n_shards, failed_shards=int(counts.get("shard_error", 0)),
+                      samples=int(totals.get("samples", 0)),
+                      failed_samples=sum(int(c) for s, c in counts.items() if s not in ("ok", "shard_error")))
 
 
 class _Watchdog:
@@ -162,25 +191,40 @@ def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None, *,
                     resize_mode=cfg.resize_mode or info.resize_mode, timing=timing)  # fmt: skip
     progress: Progress | None = None
     written: dict[str, dict[str, Any]] = {}
+    budget = error_budget(cfg)
+    extra: dict[str, Any] = {}
     try:
+        # stop early once the shard budget cannot be met any more (earlier attempts' failed shards count too)
+        prior = run_errors(aggregate(paths, sorted(done_before)), len(done_before)) if done_before else ErrorTally()
+        guard = budget.guard(len(shards), prior, shard_errors)
+
+        def checks(p: Progress) -> None:
+            guard(p)
+            if check is not None:
+                check(p)
+
         progress = _scan(cfg, paths, [s for _, s in shards], done_before, todo, executor, work, written,
-                         on_shard=on_shard, check=check)  # fmt: skip
+                         on_shard=on_shard, check=checks)  # fmt: skip
         not_marked = sorted({s for _, s in shards} - completed_shards(paths))
         if not_marked:
             raise ScanFailed(f"{len(not_marked)} shard(s) have no completion marker: {not_marked[:5]}")
+        extra["error_budget"] = budget.check(run_errors(aggregate(paths, [s for _, s in shards], known=written),
+                                                        len(shards)))  # fmt: skip
     except BaseException as exc:
+        if isinstance(exc, ErrorBudgetExceeded):
+            extra["error_budget"] = exc.record
         attempt.update(finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}")
         run.write(status="failed", error=f"{type(exc).__name__}: {exc}",
-                  totals=aggregate(paths, [s for _, s in shards], known=written))  # fmt: skip
+                  totals=aggregate(paths, [s for _, s in shards], known=written), **extra)  # fmt: skip
         log.error("scan_failed", run_id=plan.run_id, error=str(exc))
-        if isinstance(exc, IncompleteRun):
+        if isinstance(exc, IncompleteRun | ErrorBudgetExceeded):
             raise ScanFailed(str(exc)) from exc
         raise
     wall = time.perf_counter() - t_start
     totals = aggregate(paths, [s for _, s in shards], known=written)
     attempt.update(finished_at=now_iso(), wall_s=round(wall, 3), shards_written=progress.done,
                    rows_written=sum(st["rows"] for st in written.values()))  # fmt: skip
-    run.write(status="succeeded", totals=totals, finished_at=now_iso())
+    run.write(status="succeeded", totals=totals, finished_at=now_iso(), **extra)
     log.info("scan_done", run_id=plan.run_id, shards=totals["shards_done"], rows=totals["rows"],
              counts=totals["counts"], wall_s=round(wall, 2))  # fmt: skip
     return run.record
@@ -226,4 +270,4 @@ def _scan(cfg: ScanConfig, paths: RunPaths, shard_ids: list[str], done_before: s
             raise
 
 
-__all__ = ["run_scan", "ScanFailed", "detector_info", "list_input"]
+__all__ = ["run_scan", "ScanFailed", "detector_info", "error_budget", "list_input", "run_errors", "shard_errors"]

@@ -4,7 +4,8 @@
         [--policy policy.json | --threshold 0.7 --rule unknown=quarantine --rule upconv=drop@0.9 ...] [--dry-run]
         [--resume]   # keep shards already filtered with the same scan, input, scan date and policy
 
-Exit codes: 0 success (every shard reconciled), 2 bad config/policy, 3 refused (the scan does not cover the
+Exit codes: 0 success (every shard reconciled), 1 error budget exceeded (more than --max-shard-error-rate of the
+shards or --max-sample-error-rate of the samples have a scan error; nothing written), 2 bad config/policy, 3 refused (the scan does not cover the
 input exactly; nothing written), 4 failed while writing (accounting did not reconcile, or a source image is not
 the one the scan hashed; that shard is not committed, no _SUCCESS); storage preflight (scan, input, output; before
 any work): 3 not found, 5 access denied, 6 no credentials, 7 cannot connect (README, "Exit codes"). A rule naming
@@ -24,7 +25,7 @@ from pipeline.hygiene.plan import PlanError
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.hygiene.run import ReconcileError, SourceChangedError, run_filter
 from pipeline.preflight import Location, StorageError, check_filter_policy, check_storage
-from pipeline.runner import MapFn, local_map
+from pipeline.runner import ErrorBudgetExceeded, MapFn, local_map
 from pipeline.settings import ConfigError
 
 
@@ -61,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--engine", default="local", help="local | ray (one Ray task per shard)")
     ap.add_argument("--ray-address", default=None)
     ap.add_argument("--task-cpus", type=float, default=0.5)
+    ap.add_argument("--max-shard-error-rate", type=float, default=None,
+                    help="fail (exit 1) when more than this share of shards has a scan shard error (default 0.5)")
+    ap.add_argument("--max-sample-error-rate", type=float, default=None,
+                    help="fail (exit 1) when more than this share of samples has a scan error status (default 0.25)")
     return ap.parse_args(argv)
 
 
@@ -80,8 +85,11 @@ def build_config(argv: list[str] | None = None, args: argparse.Namespace | None 
         raise ConfigError(f"--policy and inline policy flags ({', '.join(sorted(inline))}) are exclusive: "
                           "put everything in the policy file")
     policy = FilterPolicy.from_file(args.policy) if args.policy else FilterPolicy.parse(inline, source="flags")
+    budget = {k: getattr(args, k) for k in ("max_shard_error_rate", "max_sample_error_rate")
+              if getattr(args, k) is not None}  # fmt: skip
     return FilterConfig.parse(
         {
+            **budget,
             "scan": args.scan,
             "input": args.input,
             "output": args.output,
@@ -130,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
+    except ErrorBudgetExceeded as exc:
+        print(f"filter failed: {exc}; nothing was written", file=sys.stderr)
+        return 1
     except (ReconcileError, SourceChangedError) as exc:
         print(f"failed: {exc}", file=sys.stderr)
         return 4

@@ -4,7 +4,9 @@
         --detector s3://bucket/detectors/tiny-mole [--config-file scan.json] [--resume] [--scan-date D]
     python jobs/scan_bucket.py --demo        # the README's `make demo`
 
-Exit codes: 0 succeeded, 1 scan failed (run.json says why), 2 configuration error (message names the field),
+Exit codes: 0 succeeded, 1 scan failed (run.json says why; includes the error budget: more than
+--max-shard-error-rate of the shards or --max-sample-error-rate of the samples failed), 2 configuration error
+(message names the field),
 3/5/6/7 storage preflight: input/output not found / access denied / no credentials / cannot connect (README).
 Under `ray job submit` the real exit code is the job's `driver_exit_code` (JobSubmissionClient.get_job_info).
 """
@@ -48,6 +50,9 @@ FLAGS: dict[str, tuple[type, str]] = {
     "ray_address": (str, "Ray address (default: RAY_ADDRESS, else a local Ray)"),
     "ray_num_cpus": (int, "CPUs of a locally started Ray"),
     "stall_timeout_s": (float, "fail when no shard completes for this many seconds"),
+    "max_shard_error_rate": (float, "fail (exit 1) when more than this share of shards is unreadable (default 0.5)"),
+    "max_sample_error_rate": (float, "fail (exit 1) when more than this share of samples has an error status "
+                              "(default 0.25)"),
     "chunk_rows": (int, "rows per block from the read/decode stage"),
     "max_pixels": (int, "images with more pixels get status too_large"),
     "resize_mode": (str, "center_crop | resize_crop (default: the detector's)"),
@@ -91,21 +96,26 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return code
     from pipeline.preflight import Location, StorageError, check_storage
-    from pipeline.scan.job import ScanFailed, run_scan
 
     try:
         cfg = build_config(args)
         check_storage([Location("input", cfg.input)], [Location("output", cfg.output)])
-        from pipeline.engine.scan import RayScanExecutor  # the one Ray-aware part: shards are scanned on Ray
-
-        run = run_scan(cfg, executor=RayScanExecutor())
     except ConfigError as exc:
-        log.error("config_error", error=str(exc))
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"configuration error: {exc}", file=sys.stderr)  # one line; the JSON log stays in the log file
         return 2
     except StorageError as exc:
         print(f"storage error: {exc}", file=sys.stderr)
         return exc.exit_code
+    # torch and Ray load only now (seconds): the preflight above answers a storage mistake at once
+    from pipeline.scan.job import ScanFailed, run_scan
+
+    try:
+        from pipeline.engine.scan import RayScanExecutor  # the one Ray-aware part: shards are scanned on Ray
+
+        run = run_scan(cfg, executor=RayScanExecutor())
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except ScanFailed as exc:
         print(f"scan failed: {exc}", file=sys.stderr)
         return 1

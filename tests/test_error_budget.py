@@ -115,3 +115,30 @@ def test_scan_within_budget_succeeds_and_records_it(scan_world: dict[str, str]) 
     assert run["status"] == "succeeded" and not rec["exceeded"]
     assert (rec["shards"], rec["failed_shards"], rec["samples"], rec["failed_samples"]) == (6, 5, 3, 0)
     assert abs(rec["shard_error_rate"] - 5 / 6) < 1e-6
+
+
+def test_filter_cli_over_budget_exits_1_naming_the_counts_and_writes_nothing(
+        scan_world: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """The filter's budget counts the scan's errors for the shards it cleans (5 of 6 shards unreadable, left
+    out with on_shard_error skip): exit 1 with one line and nothing written; a looser budget exits 0."""
+    import sys
+
+    from pipeline.scan.config import ScanConfig
+    from pipeline.scan.job import run_scan
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+    import filter_shards
+
+    root = Path(scan_world["root"])
+    scan = str(root / "scan-for-filter")
+    run_scan(ScanConfig(input=scan_world["input"], output=scan, detector=scan_world["detector"],
+                        scan_date="2026-03-02", batch_size=8, max_shard_error_rate=1.0))  # fmt: skip
+    args = ["--scan", scan, "--input", scan_world["input"], "--on-shard-error", "skip"]
+    assert filter_shards.main([*args, "--output", str(root / "clean")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "5 of 6 shards failed" in err and "--max-shard-error-rate 0.5" in err, err
+    assert not (root / "clean").exists()
+    assert filter_shards.main([*args, "--output", str(root / "clean2"), "--max-shard-error-rate", "0.9"]) == 0
+    run = json.loads((root / "clean2" / "_run" / "run.json").read_text())
+    assert run["error_budget"]["failed_shards"] == 5 and not run["error_budget"]["exceeded"]
+    assert (root / "clean2" / "_SUCCESS").exists()

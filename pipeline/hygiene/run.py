@@ -34,7 +34,7 @@ from pipeline.hygiene.copy import ShardWriter
 from pipeline.hygiene.plan import Decision, PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
-from pipeline.runner import MapFn, Progress, local_map, map_shards, run_shards
+from pipeline.runner import ErrorBudget, ErrorTally, MapFn, Progress, local_map, map_shards, run_shards
 from pipeline.wds import ShardReadError, iter_samples
 
 MANIFEST_SCHEMA = pa.schema(
@@ -190,6 +190,14 @@ def plan_run(cfg: FilterConfig, map_fn: MapFn = local_map) -> tuple[str, list[Sh
     return scan_date, plans
 
 
+def plan_errors(plans: list[ShardPlan]) -> ErrorTally:
+    """The errors the scan reported for the shards to clean: a scan shard error (the shard is left out with
+    on_shard_error skip) and samples with an error status (never checked, yet kept with error_action keep)."""
+    return ErrorTally(shards=len(plans), failed_shards=sum(p.scan_shard_error is not None for p in plans),
+                      samples=sum(p.samples for p in plans),
+                      failed_samples=sum(d.status not in ("ok", "shard_error") for p in plans for d in p.decisions))
+
+
 def summarize_plans(scan_date: str, plans: list[ShardPlan]) -> dict[str, Any]:
     shards = []
     for p in plans:
@@ -290,7 +298,8 @@ def _still_valid(plan: ShardPlan, marker: dict[str, Any] | None) -> bool:
 def run_filter(cfg: FilterConfig, map_fn: MapFn = local_map, *, resume: bool = False,
                on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
                check: Callable[[Progress], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """The whole run; returns the stats. Raises PlanError (before any write) or ReconcileError.
+    """The whole run; returns the stats. Raises PlanError or ErrorBudgetExceeded (before any write) or
+    ReconcileError.
 
     resume: shards whose marker matches today's plan are not rewritten (the output must have been written with
     the same scan, input, scan date and policy: ResumeRefused otherwise). Either way, outputs of shards that are
@@ -301,6 +310,8 @@ def run_filter(cfg: FilterConfig, map_fn: MapFn = local_map, *, resume: bool = F
     scan_date, plans = plan_run(cfg, map_fn)
     summary = summarize_plans(scan_date, plans)
     t_plan = time.perf_counter() - t0
+    # the budget is known from the plans: above it the run fails before anything is written (exit 1)
+    budget = ErrorBudget(cfg.max_shard_error_rate, cfg.max_sample_error_rate).check(plan_errors(plans))
     if cfg.dry_run:
         log.info("dry_run", **summary["totals"], shards=len(plans))
         return {"dry_run": True, **summary}
@@ -352,6 +363,7 @@ def run_filter(cfg: FilterConfig, map_fn: MapFn = local_map, *, resume: bool = F
         "resumed": resume,
         "shards_skipped": sorted(done),
         "stale_removed": stale,
+        "error_budget": budget,
         "versions": {"genscan": __version__, "python": platform.python_version(), "pyarrow": pa.__version__},
     }
     storage.write_bytes_atomic(storage.join(run_dir, "run.json"), _dumps(run_info))

@@ -2,6 +2,7 @@
 
     ray job submit -- python jobs/scan_bucket.py --input s3://bucket/shards/ --output s3://bucket/scan/ \
         --detector s3://bucket/detectors/tiny-mole [--config-file scan.json] [--resume] [--scan-date D]
+    ... --detector ckpt/univfd,ckpt/rine,ckpt/mole --fusion soft_or_prob   # several detectors, one pass
     python jobs/scan_bucket.py --demo        # the README's `make demo`
 
 Exit codes: 0 succeeded, 1 scan failed (run.json says why; includes the error budget: more than
@@ -33,7 +34,9 @@ log = get_logger("jobs.scan_bucket")
 FLAGS: dict[str, tuple[type, str]] = {
     "input": (str, "s3://bucket/prefix/, a brace pattern or a local folder of .tar shards"),
     "output": (str, "output folder or s3:// prefix"),
-    "detector": (str, "detector checkpoint dir (local or s3://)"),
+    "detector": (str, "detector checkpoint dir (local or s3://); several in one scan: A,B,C or repeat the flag"),
+    "fusion": (str, "how several detectors' logits make the row's p_fake: mean_logit | max_logit | median_logit "
+               "| lse_logit | mean_prob | soft_or_prob (default)"),
     "scan_date": (str, "run/partition date YYYY-MM-DD (default: today UTC; with --resume: latest unfinished)"),
     "run_id": (str, "run id recorded in every row (default: <scan_date>-<random>)"),
     "max_shards": (int, "scan only the first N shards"),
@@ -66,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--demo", action="store_true", help="generate demo data, train a tiny detector, scan it")
     p.add_argument("--demo-dir", default="demo", help="where --demo keeps its data (default ./demo)")
     for name, (typ, help_) in FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_)
+        many = {"action": "append"} if name == "detector" else {}  # --detector A --detector B == A,B
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_, **many)
     return p.parse_args(argv)
 
 
@@ -79,6 +83,8 @@ def build_config(args: argparse.Namespace) -> ScanConfig:
         source = f"{path} + command line"
     for name in FLAGS:
         value = getattr(args, name)
+        if isinstance(value, list):
+            value = ",".join(value)
         if value is not None:
             data[name] = value
     if args.resume:

@@ -1,4 +1,4 @@
-"""The scan-output contract: paths, Parquet schema v1, completion markers, run files, listing of dates and
+"""The scan-output contract: paths, Parquet schema v2, completion markers, run files, listing of dates and
 shards, and `open_scan()` for readers — the ONE place that spells out the layout (docs/schema.md) [ours].
 
     <out>/scan_date=<D>/<shard>.parquet        one file per shard, named by shard id (a retry overwrites)
@@ -10,7 +10,9 @@ Writers: the scan (`pipeline.scan.job` + the shard writers on the workers). Read
 (docs/queries.md: `read_parquet('<out>/scan_date=*/*.parquet', hive_partitioning = true)` = `parquet_glob`).
 
 Schema: change it only by bumping SCHEMA_VERSION and documenting the change; readers use the `schema_version`
-column. The `scan_date` partition column is NOT in the files: it comes from the hive path `scan_date=YYYY-MM-DD/`.
+column. v2 = v1's columns, same names, types and order, plus four columns at the end (each detector's score
+when several detectors scan at once, and the fusion rule); `open_scan` reads v1 and v2 files together (the v2
+columns are null in v1 rows). The `scan_date` partition column is NOT in the files: it comes from the hive path `scan_date=YYYY-MM-DD/`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 
 from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STATUSES = ("ok", "decode_error", "no_image", "too_large", "shard_error")
 
@@ -54,11 +56,18 @@ SCHEMA = pa.schema(
         pa.field("sha256", pa.string()),  # hex sha256 of the image member's bytes
         pa.field("detector_id", pa.string(), nullable=False),  # "<config>@<sha256 prefix of weights>"
         pa.field("scanned_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        # v2: one entry per detector of the run, keyed by its detector_id (one entry for a single detector);
+        # null unless ok. p_fake / logit / is_fake / threshold above are then the FUSED score of the set.
+        pa.field("detector_p_fake", pa.map_(pa.string(), pa.float32())),
+        pa.field("detector_logit", pa.map_(pa.string(), pa.float32())),
+        pa.field("detector_is_fake", pa.map_(pa.string(), pa.bool_())),
+        pa.field("fusion", pa.string()),  # the fusion rule (pipeline.models.fusion); null for one detector
     ],
     metadata={"genscan.schema_version": str(SCHEMA_VERSION)},
 )
 
 COLUMNS = tuple(SCHEMA.names)
+V1_COLUMNS = COLUMNS[: COLUMNS.index("scanned_at") + 1]  # what schema v1 files hold (v2 adds columns after)
 
 PARTITION = "scan_date"  # hive partition column (from the path)
 DATA_PREFIX = f"{PARTITION}="
@@ -197,9 +206,11 @@ def write_shard(paths: RunPaths, shard: str, table: pa.Table, stats: dict[str, A
 # ------------------------------------------------------------------------------------------- reading
 def open_scan(output: str) -> pads.Dataset:
     """Every date of a scan output as one Arrow dataset with a string `scan_date` column (from the paths);
-    markers and run files are not data. Local and s3:// alike (fsspec)."""
+    markers and run files are not data. Local and s3:// alike (fsspec). The dataset has the CURRENT schema
+    whatever the files' versions: columns a file lacks (v2's in a v1 file) read as null."""
     fs, path = filesystem(output)
-    return pads.dataset(path, filesystem=fs, format="parquet",
+    schema = SCHEMA.remove_metadata().append(pa.field(PARTITION, pa.string()))
+    return pads.dataset(path, filesystem=fs, format="parquet", schema=schema,
                         partitioning=pads.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
                         exclude_invalid_files=False, ignore_prefixes=["_", "."])  # fmt: skip
 

@@ -31,7 +31,7 @@ from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 from pipeline.engine import cluster
 from pipeline.logs import get_logger
 from pipeline.scan.config import ScanConfig
-from pipeline.scan.execute import ReportingScorer, ScanWork
+from pipeline.scan.execute import ReportingScorer, ScanWork, scorer_kwargs
 from pipeline.scan.prepare import prepare_batch
 from pipeline.scan.rows import RunContext
 from pipeline.scan.write import ShardSink
@@ -52,9 +52,10 @@ def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: object) -> Iterator[
 
 
 def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size: int, resize_mode: str,
-                  scorer: type = ReportingScorer) -> ray.data.Dataset:  # fmt: skip
+                  scorer: type = ReportingScorer, also: list[tuple[int, str]] | None = None) -> ray.data.Dataset:  # fmt: skip
     """Read + decode -> score. shards: [(shard_url, shard_id)]; scorer: the actor class (a model-free one in
-    benchmarks/driver.py)."""
+    benchmarks/driver.py); also: the further inputs a detector set needs (`ScanWork.also`)."""
+    also = list(also or [])
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.enable_operator_progress_bars = True
@@ -66,7 +67,7 @@ def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size:
         batch_size=1,
         batch_format="numpy",
         fn_kwargs={"image_size": image_size, "resize_mode": resize_mode, "max_pixels": cfg.max_pixels,
-                   "chunk_rows": cfg.chunk_rows},  # fmt: skip
+                   "chunk_rows": cfg.chunk_rows, "decode_on": cfg.decode_on, "also": also},  # fmt: skip
         compute=TaskPoolStrategy(size=cfg.read_concurrency) if cfg.read_concurrency else None,
         num_cpus=cfg.read_num_cpus,
         # A memory reservation for the shard held in memory. It also keeps decode out of the actors: Ray fuses
@@ -77,8 +78,7 @@ def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size:
         scorer,
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        fn_constructor_kwargs={"detector": cfg.detector, "device": cfg.device, "dtype": cfg.dtype,
-                               "torch_threads": cfg.torch_threads},  # fmt: skip
+        fn_constructor_kwargs=scorer_kwargs(cfg, [(image_size, resize_mode), *also]),
         compute=ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.actor_num_cpus,
         num_gpus=cfg.actor_num_gpus,
@@ -147,7 +147,7 @@ class RayScanExecutor:
         writers = [actor(ShardWriterActor).remote(work.ctx, cfg.output, work.scan_date) for _ in range(n_writers)]
         try:
             ds = build_dataset(todo, cfg, image_size=work.image_size, resize_mode=work.resize_mode,
-                               scorer=self.scorer)
+                               scorer=self.scorer, also=work.also)
             # a bounded task pool: tiny CPU requests would otherwise let Ray start dozens of worker processes
             ds = ds.map_batches(route_to_writers, batch_size=None, batch_format="numpy",
                                 fn_kwargs={"writers": writers}, num_cpus=ROUTE_NUM_CPUS,

@@ -152,15 +152,7 @@ class Predictor:
             is_fake = p_fake >= self.meta.threshold
         else:
             is_fake = decision.is_fake(logit, self.meta.threshold, rule)
-        if self.meta.generators:
-            best = scores.argmax(axis=1)
-            conf = scores.max(axis=1)
-            top = [
-                UNKNOWN if c < self.meta.unknown_threshold else self.labels[b]
-                for b, c in zip(best, conf, strict=True)
-            ]
-        else:
-            top = [UNKNOWN if f else "real" for f in is_fake]
+        top = top_generators(scores, is_fake, self.meta)
         return {
             "p_fake": p_fake,
             "logit": logit.astype(np.float32),
@@ -168,3 +160,14 @@ class Predictor:
             "top_generator": top,
             "generator_scores": scores.astype(np.float32),
         }
+
+
+def top_generators(scores: np.ndarray, is_fake: np.ndarray, meta: DetectorMeta) -> list[str]:
+    """The attribution label per image: the most likely of ["real", *generators] ("unknown" below the
+    checkpoint's unknown_threshold); for a detector without generators "unknown" when fake, else "real"."""
+    if meta.generators:
+        labels = ["real", *meta.generators]
+        best = scores.argmax(axis=1)
+        conf = scores.max(axis=1)
+        return [UNKNOWN if c < meta.unknown_threshold else labels[b] for b, c in zip(best, conf, strict=True)]
+    return [UNKNOWN if f else "real" for f in is_fake]

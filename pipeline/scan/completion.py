@@ -49,6 +49,11 @@ class RunPlan:
     previous: dict[str, Any] | None  # the run.json being continued
 
 
+def _same_uris(value: object) -> list[str]:
+    """A URI or comma-separated list of URIs, compared without trailing slashes (p == p/)."""
+    return [u.strip().rstrip("/") for u in str(value).split(",")]
+
+
 def plan_run(cfg: ScanConfig) -> RunPlan:
     """Decide the scan date / run id; refuse to write into a run that already has output unless resuming."""
     scan_date = cfg.scan_date
@@ -71,9 +76,13 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
         prev_cfg = previous.get("config", {})
         for name in ("input", "detector"):
             before = prev_cfg.get(name)
-            if before is not None and str(before).rstrip("/") != str(getattr(cfg, name)).rstrip("/"):  # p == p/
+            if before is not None and _same_uris(before) != _same_uris(getattr(cfg, name)):  # p == p/
                 raise RunRefused(f"{name}: --resume of run {scan_date} with a different {name} "
                                  f"({getattr(cfg, name)!r} != {prev_cfg.get(name)!r})")  # fmt: skip
+        before_fusion = prev_cfg.get("fusion")
+        if len(cfg.detectors) > 1 and before_fusion is not None and before_fusion != cfg.fusion:
+            raise RunRefused(f"fusion: --resume of run {scan_date} with a different fusion "
+                             f"({cfg.fusion!r} != {before_fusion!r})")  # fmt: skip
         if cfg.run_id and previous.get("run_id") not in (None, cfg.run_id):
             raise RunRefused(f"run_id: run {scan_date} has run_id {previous.get('run_id')!r}, not {cfg.run_id!r}")
         run_id = previous.get("run_id") or cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"

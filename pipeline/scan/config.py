@@ -31,7 +31,11 @@ class ScanConfig(StrictModel):
     # what to scan, where to write, with which detector
     input: str = Field(description="s3://bucket/prefix/, a brace pattern …/shard-{000000..000099}.tar, or a folder")
     output: str = Field(description="local folder or s3://bucket/prefix for the Parquet dataset")
-    detector: str = Field(description="checkpoint dir (local or s3://) with detector.safetensors + detector.json")
+    detector: str = Field(description="checkpoint dir (local or s3://) with detector.safetensors + detector.json; "
+                          "several detectors in one scan: comma-separated dirs (a JSON list in a config file)")
+    fusion: str = Field("soft_or_prob", description="how several detectors' logits make the row's p_fake "
+                        "(pipeline.models.fusion: mean_logit max_logit median_logit lse_logit mean_prob "
+                        "soft_or_prob); unused for one detector")
 
     # which run (see docs/schema.md, 'Runs and resume')
     scan_date: str | None = Field(None, description="partition YYYY-MM-DD; default: today (UTC)")
@@ -96,14 +100,39 @@ class ScanConfig(StrictModel):
             raise ValueError("only letters, digits, '.', '_' and '-' (at most 80)")
         return v
 
+    @field_validator("detector", mode="before")
+    @classmethod
+    def _join_detectors(cls, v: object) -> object:
+        """A list of checkpoints (config file) is the comma-separated form; blanks around commas dropped."""
+        if isinstance(v, list | tuple):
+            v = ",".join(str(x) for x in v)
+        if isinstance(v, str) and "," in v:
+            parts = [p.strip() for p in v.split(",")]
+            if any(not p for p in parts):
+                raise ValueError(f"empty checkpoint in the detector list {v!r}")
+            if len(set(parts)) != len(parts):
+                raise ValueError(f"a checkpoint is named twice in {v!r}")
+            v = ",".join(parts)
+        return v
+
     @field_validator("input", "output", "detector")
     @classmethod
     def _non_empty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
-        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
-        if scheme and scheme not in ALLOWED_SCHEMES:
-            raise ValueError(f"URI scheme {scheme!r} not allowed (use a local path, file:// or s3://)")
+        for uri in v.split(","):
+            scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+            if scheme and scheme not in ALLOWED_SCHEMES:
+                raise ValueError(f"URI scheme {scheme!r} not allowed (use a local path, file:// or s3://)")
+        return v
+
+    @field_validator("fusion")
+    @classmethod
+    def _check_fusion(cls, v: str) -> str:
+        from pipeline.models.fusion import FUSIONS
+
+        if v not in FUSIONS:
+            raise ValueError(f"must be one of {', '.join(FUSIONS)}")
         return v
 
     @model_validator(mode="after")
@@ -112,7 +141,14 @@ class ScanConfig(StrictModel):
             raise ValueError("dtype float16 needs a GPU (actor_num_gpus > 0); use float32 on CPU")
         if self.actor_num_gpus == 0 and self.decode_on == "gpu":
             raise ValueError("decode_on gpu needs a GPU (actor_num_gpus > 0); use decode_on cpu on CPU")
+        if self.resize_mode is not None and len(self.detectors) > 1:
+            raise ValueError("resize_mode cannot be set for several detectors (each uses its own preprocessing)")
         return self
+
+    @property
+    def detectors(self) -> list[str]:
+        """The checkpoint URIs of the run, in the given order (one for the single-detector form)."""
+        return self.detector.split(",")
 
     @property
     def device(self) -> str:

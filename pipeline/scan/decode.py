@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Literal
@@ -59,6 +60,8 @@ class DecodeResult:
     # set INSTEAD of pixels when the image is shipped encoded to the scorer's device decode
     # (pipeline.scan.gpu_decode.decode_or_ship); never set by decode_image
     encoded: bytes | None = None
+    # the same image for each of `decode_image`'s `also` inputs (several detectors in one scan), in that order
+    also: list[np.ndarray] | None = None
 
 
 def _open_formats() -> list[str]:
@@ -113,11 +116,14 @@ def decode_image(
     image_size: int,
     resize_mode: ResizeMode = "center_crop",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    also: Sequence[tuple[int, str]] = (),
 ) -> DecodeResult:
     """Decode `data` to uint8 (image_size, image_size, 3). Never raises: bad bytes give `decode_error`,
-    a header declaring more than `max_pixels` pixels gives `too_large` before any pixel is decoded."""
-    if resize_mode not in PREPROCESS_MODES:
-        raise ValueError(f"resize_mode must be one of {', '.join(PREPROCESS_MODES)}, got {resize_mode!r}")
+    a header declaring more than `max_pixels` pixels gives `too_large` before any pixel is decoded.
+    also: further (image_size, resize_mode) inputs cut from the same decoded image (`result.also`)."""
+    for mode in (resize_mode, *(m for _, m in also)):
+        if mode not in PREPROCESS_MODES:
+            raise ValueError(f"resize_mode must be one of {', '.join(PREPROCESS_MODES)}, got {mode!r}")
     if data is None or len(data) == 0:
         return DecodeResult("decode_error", "empty image data (0 bytes)")
     try:
@@ -164,6 +170,8 @@ def decode_image(
         result.width, result.height = im.size
         rgb = _to_rgb(im)
         result.pixels = _prepare(rgb, image_size, resize_mode)
+        if also:
+            result.also = [_prepare(rgb, size, mode) for size, mode in also]
     except MemoryError:
         result.error = f"out of memory decoding {w}x{h} {fmt}"
         return result

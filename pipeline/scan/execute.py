@@ -33,15 +33,22 @@ class ScanWork:
     image_size: int
     resize_mode: str
     timing: dict[str, float] = field(default_factory=dict)
+    # further (image_size, preprocess) inputs a detector set needs (the first is image_size/resize_mode)
+    also: list[tuple[int, str]] = field(default_factory=list)
 
     def scorer_kwargs(self) -> dict[str, Any]:
-        cfg = self.cfg
-        return {"detector": cfg.detector, "device": cfg.device, "dtype": cfg.dtype, "torch_threads": cfg.torch_threads}
+        return scorer_kwargs(self.cfg, [(self.image_size, self.resize_mode), *self.also])
 
     def prepare_kwargs(self) -> dict[str, Any]:
         cfg = self.cfg
         return {"image_size": self.image_size, "resize_mode": self.resize_mode, "max_pixels": cfg.max_pixels,
-                "chunk_rows": cfg.chunk_rows}  # fmt: skip
+                "chunk_rows": cfg.chunk_rows, "decode_on": cfg.decode_on, "also": list(self.also)}  # fmt: skip
+
+
+def scorer_kwargs(cfg: ScanConfig, inputs: list[tuple[int, str]]) -> dict[str, Any]:
+    """The scorer's constructor arguments for a run (the local and the Ray executor alike)."""
+    return {"detector": cfg.detector, "device": cfg.device, "dtype": cfg.dtype, "torch_threads": cfg.torch_threads,
+            "decode_on": cfg.decode_on, "fusion": cfg.fusion, "inputs": inputs}  # fmt: skip
 
 
 class ScanExecutor(Protocol):
@@ -49,15 +56,17 @@ class ScanExecutor(Protocol):
 
 
 class ReportingScorer(Scorer):
-    """The scorer, tagging every row with the detector id and threshold of the checkpoint THIS instance loaded
-    (`_detector_id`, `_threshold`), so rows carry what scored them even if the object at the detector URI changed
-    since the driver read its meta."""
+    """The scorer, tagging every row with the detector id and threshold of the checkpoint(s) THIS instance loaded
+    (`_detector_id`, `_threshold`; a set's id and fused threshold) and the members' ids (`_members`,
+    comma-joined: the keys of the per-detector columns), so rows carry what scored them even if the object at
+    a detector URI changed since the driver read its meta."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = super().__call__(batch)
         n = len(out["status"])
-        out["_detector_id"] = np.full(n, str(self.meta.detector_id), dtype=object)
-        out["_threshold"] = np.full(n, float(self.meta.threshold), np.float32)
+        out["_detector_id"] = np.full(n, self.detector_id, dtype=object)
+        out["_threshold"] = np.full(n, self.threshold, np.float32)
+        out["_members"] = np.full(n, ",".join(self.member_ids), dtype=object)
         return out
 
 

@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from pipeline.logs import get_logger
@@ -30,6 +29,7 @@ from pipeline.runner import (
 )
 from pipeline.scan.completion import aggregate, now_iso, plan_run, versions
 from pipeline.scan.config import ScanConfig
+from pipeline.scan.detectors import DetectorInfo, detector_info, run_detectors  # noqa: F401 - re-exported
 from pipeline.scan.execute import ScanExecutor, ScanWork, local_executor
 from pipeline.scan.rows import RunContext
 from pipeline.settings import ConfigError
@@ -40,44 +40,6 @@ log = get_logger("pipeline.scan.job")
 
 class ScanFailed(RuntimeError):
     """A systemic failure: the run is marked failed and the job exits non-zero."""
-
-
-@dataclass(frozen=True)
-class DetectorInfo:
-    detector_id: str
-    threshold: float
-    labels: list[str]
-    image_size: int
-    resize_mode: str
-    meta: dict[str, Any]
-
-
-def detector_info(uri: str) -> DetectorInfo:
-    """Read the checkpoint's meta on the driver (cheap: no weights), failing fast before any Ray work when the
-    checkpoint is missing or its meta is invalid; gives the preprocessing constants the CPU decode stage needs.
-    The actors then load the weights, checking hash, keys and shapes (pipeline.models.load_detector)."""
-    from pipeline.models import read_meta
-    from pipeline.models.constants import WEIGHTS_FILE
-    from pipeline.models.detector import refuse_pickle
-    from pipeline.storage import exists, join
-
-    try:
-        refuse_pickle(uri)  # a pickle file named as the detector: refused by name, never opened
-        meta = read_meta(uri)
-    except (OSError, ConfigError, ValueError) as exc:  # OSError: not found, not a directory, permission
-        raise ConfigError(f"detector: cannot read checkpoint {uri}: {exc}") from exc
-    if meta.config is None:
-        raise ConfigError(f"detector: checkpoint {uri} has no config in its meta")
-    if not exists(join(uri, WEIGHTS_FILE)):
-        raise ConfigError(f"detector: checkpoint {uri} has no {WEIGHTS_FILE}")
-    return DetectorInfo(
-        detector_id=str(meta.detector_id),
-        threshold=float(meta.threshold),
-        labels=["real", *meta.generators],
-        image_size=int(meta.config.image_size),
-        resize_mode=str(meta.config.preprocess),
-        meta=meta.model_dump(mode="json"),
-    )
 
 
 def error_budget(cfg: ScanConfig) -> ErrorBudget:
@@ -159,7 +121,7 @@ def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None, *,
     t_start = time.perf_counter()
     plan = plan_run(cfg)
     shards = list_input(cfg)
-    info = detector_info(cfg.detector)
+    info = run_detectors(cfg)
     paths = plan.paths
     done_before = completed_shards(paths) if plan.resumed else set()
     todo = [(u, s) for u, s in shards if s not in done_before]
@@ -176,19 +138,17 @@ def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None, *,
     })  # fmt: skip
     write_json(paths.run_file("config.json"), resolved.model_dump(mode="json"))
     write_json(paths.run_file("versions.json"), versions())
-    write_json(paths.run_file("detector.json"), {"uri": cfg.detector, "detector_id": info.detector_id,
-                                                 "threshold": info.threshold, "labels": info.labels,
-                                                 "image_size": info.image_size, "resize_mode": info.resize_mode,
-                                                 "meta": info.meta})  # fmt: skip
+    write_json(paths.run_file("detector.json"), info.record())
     run.write()
     log.info("scan_start", run_id=plan.run_id, scan_date=paths.scan_date, shards=len(shards), todo=len(todo),
              skipped=len(shards) - len(todo), resumed=plan.resumed, detector_id=info.detector_id)  # fmt: skip
     timing: dict[str, float] = {}
     attempt["timing"] = timing
     work = ScanWork(cfg=cfg, ctx=RunContext(run_id=plan.run_id, source=cfg.input, detector_id=info.detector_id,
-                                            threshold=info.threshold, labels=info.labels),
-                    scan_date=paths.scan_date, image_size=info.image_size,
-                    resize_mode=cfg.resize_mode or info.resize_mode, timing=timing)  # fmt: skip
+                                            threshold=info.threshold, labels=info.labels,
+                                            member_ids=info.member_ids, fusion=info.fusion),
+                    scan_date=paths.scan_date, image_size=info.inputs[0][0],
+                    resize_mode=info.inputs[0][1], timing=timing, also=info.inputs[1:])  # fmt: skip
     progress: Progress | None = None
     written: dict[str, dict[str, Any]] = {}
     budget = error_budget(cfg)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from pipeline.logs import get_logger
 from pipeline.scan.decode import decode_image
+from pipeline.scan.gpu_decode import decode_or_ship
 from pipeline.wds import read_shard
 
 log = get_logger("pipeline.scan.prepare")
@@ -38,16 +39,30 @@ def _new_columns() -> dict[str, list[Any]]:
     return {c: [] for c in (*STR_COLS, *INT_COLS, *FLOAT_COLS)}
 
 
-def _to_batch(cols: dict[str, list[Any]], pixels: list[np.ndarray], image_size: int) -> Batch:
+def input_column(i: int) -> str:
+    """The batch column holding input `i` of the run's inputs: `pixels` for the first (the only one of a
+    single-detector scan), `pixels_<i>` for the further preprocessings a detector set needs."""
+    return "pixels" if i == 0 else f"pixels_{i}"
+
+
+def _stack(arrays: list[np.ndarray], size: int) -> np.ndarray:
+    return np.stack(arrays).astype(np.uint8, copy=False) if arrays else np.zeros((0, size, size, 3), np.uint8)
+
+
+def _to_batch(cols: dict[str, list[Any]], pixels: list[np.ndarray], image_size: int,
+              encoded: list[bytes] | None = None, also: list[list[np.ndarray]] | None = None,
+              also_sizes: Sequence[int] = ()) -> Batch:  # fmt: skip
     n = len(cols["key"])
     batch: Batch = {c: np.asarray(cols[c], dtype=object) for c in STR_COLS}
     for c in INT_COLS:
         batch[c] = np.asarray(cols[c], dtype=np.int64)
     for c in FLOAT_COLS:
         batch[c] = np.asarray(cols[c], dtype=np.float64)
-    batch["pixels"] = (
-        np.stack(pixels).astype(np.uint8, copy=False) if n else np.zeros((0, image_size, image_size, 3), np.uint8)
-    )
+    batch["pixels"] = _stack(pixels, image_size) if n else _stack([], image_size)
+    for i, size in enumerate(also_sizes, start=1):
+        batch[input_column(i)] = _stack((also or [])[i - 1], size) if n else _stack([], size)
+    if encoded is not None:  # decode_on gpu: JPEG bytes for the scorer's device decode (b"" = decoded here)
+        batch["encoded"] = np.asarray(encoded + [b""] * (n - len(encoded)), dtype=object)
     return batch
 
 
@@ -59,9 +74,18 @@ def prepare_shard(
     resize_mode: str = "center_crop",
     max_pixels: int = 89_478_485,
     chunk_rows: int = 256,
+    decode_on: str = "cpu",
+    also: Sequence[tuple[int, str]] = (),
 ) -> Iterator[Batch]:
     """Yield the shard's rows in chunks of at most `chunk_rows`: read metadata, decode status and uint8
-    pixels (S,S,3) (zeros unless status is ok)."""
+    pixels (S,S,3) (zeros unless status is ok). also: further (image_size, resize_mode) inputs (several
+    detectors in one scan), each in its column `input_column(i)`, i = 1.. (the image is decoded once).
+    decode_on gpu ships eligible JPEGs' bytes in `encoded` instead of decoding them (one input only)."""
+    if also and decode_on == "gpu":
+        raise ValueError("decode_on gpu supports one input preprocessing; got several (also=...)")
+    also = [(int(size), str(mode)) for size, mode in also]
+    also_sizes = [size for size, _ in also]
+    blanks = [np.zeros((size, size, 3), np.uint8) for size in also_sizes]
     t0 = time.perf_counter()
     contents = read_shard(shard_url)
     read_s = time.perf_counter() - t0
@@ -74,11 +98,15 @@ def prepare_shard(
     if expected == 0:
         cols = _new_columns()
         _append(cols, shard, shard_url, "", EMPTY_STATUS, "", -1, -1, "", -1, "", 0, 0, read_s, 0.0)
-        yield _to_batch(cols, [blank], image_size)
+        yield _to_batch(cols, [blank], image_size, [] if decode_on == "gpu" else None, [[b] for b in blanks],
+                        also_sizes)  # fmt: skip
         return
 
     cols, pixels = _new_columns(), []
+    extra: list[list[np.ndarray]] = [[] for _ in also]
+    encoded: list[bytes] | None = [] if decode_on == "gpu" else None
     for idx, sample in enumerate(contents.samples):
+        shipped, r = b"", None
         t1 = time.perf_counter()
         if sample.image is None:
             status, error, w, h, fmt, n_bytes, sha, px = ("no_image", sample.note or "no image member",
@@ -86,8 +114,14 @@ def prepare_shard(
         else:
             n_bytes, sha = len(sample.image), hashlib.sha256(sample.image).hexdigest()
             try:
-                r = decode_image(sample.image, image_size=image_size, resize_mode=resize_mode, max_pixels=max_pixels)
-                status, error, px = r.status, r.error or "", (r.pixels if r.status == "ok" else blank)
+                if decode_on == "gpu":
+                    r = decode_or_ship(sample.image, image_size=image_size, resize_mode=resize_mode,
+                                       max_pixels=max_pixels, decode_on=decode_on)  # fmt: skip
+                else:
+                    r = decode_image(sample.image, image_size=image_size, resize_mode=resize_mode,  # type: ignore[arg-type]
+                                     max_pixels=max_pixels, also=also)  # fmt: skip
+                shipped = r.encoded or b""
+                status, error, px = r.status, r.error or "", (r.pixels if r.status == "ok" and not shipped else blank)
                 w, h, fmt = _int(r.width), _int(r.height), r.format or ""
             except Exception as exc:  # decode_image should not raise; if it does, the sample still gets a row
                 status, error, w, h, fmt, px = "decode_error", f"{type(exc).__name__}: {exc}", -1, -1, "", blank
@@ -97,15 +131,22 @@ def prepare_shard(
         _append(cols, shard, shard_url, sample.key, status, error, w, h, fmt, n_bytes, sha, idx, expected,
                 per_row_read, decode_s)
         pixels.append(px)
+        for i, col in enumerate(extra):
+            col.append(r.also[i] if status == "ok" and r is not None and r.also else blanks[i])
+        if encoded is not None:
+            encoded.append(shipped)
         if len(pixels) >= chunk_rows:
-            yield _to_batch(cols, pixels, image_size)
-            cols, pixels = _new_columns(), []
+            yield _to_batch(cols, pixels, image_size, encoded, extra, also_sizes)
+            cols, pixels, extra = _new_columns(), [], [[] for _ in also]
+            encoded = [] if encoded is not None else None
     if contents.error:
         _append(cols, shard, shard_url, "", "shard_error", contents.error, -1, -1, "", -1, "", n_samples,
                 expected, per_row_read, 0.0)
         pixels.append(blank)
+        for i, col in enumerate(extra):
+            col.append(blanks[i])
     if pixels:
-        yield _to_batch(cols, pixels, image_size)
+        yield _to_batch(cols, pixels, image_size, encoded, extra, also_sizes)
 
 
 def _int(v: int | None) -> int:

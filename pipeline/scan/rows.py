@@ -30,6 +30,8 @@ class RunContext:
     detector_id: str
     threshold: float
     labels: Sequence[str]  # ["real", *generators]: the keys of generator_scores
+    member_ids: Sequence[str] = ()  # the detectors' ids (keys of the detector_* maps); () = [detector_id]
+    fusion: str | None = None  # None: one detector
 
 
 @dataclass
@@ -106,6 +108,27 @@ def _nullable_float(values: np.ndarray, mask: np.ndarray) -> pa.Array:
     return pa.array(np.asarray(values, np.float32), pa.float32(), mask=mask)
 
 
+def _member_map(rows: Batch, ctx: RunContext, name: str, typ: pa.DataType, not_ok: np.ndarray) -> pa.Array:
+    """A detector_* map column: {member detector_id: value} per row, null unless ok. The keys are the members
+    the scoring actor loaded (`_members`), else the driver's (ctx.member_ids)."""
+    n = len(not_ok)
+    if "_members" in rows:
+        members = [str(m).split(",") for m in rows["_members"].tolist()]
+    else:
+        members = [list(ctx.member_ids or [ctx.detector_id])] * n
+    k = np.asarray([len(m) for m in members], np.int32)
+    if f"_det_{name}" in rows:
+        values = np.asarray(rows[f"_det_{name}"]).reshape(n, -1)
+    else:  # rows scored before per-detector outputs existed: the row's own score is its one detector's
+        values = np.asarray(rows[name]).reshape(n, 1)
+    if (k != values.shape[1]).any():
+        raise ValueError(f"{name}: {values.shape[1]} scores per row, detectors per row {sorted(set(k.tolist()))}")
+    offsets = pa.array(np.concatenate([[0], np.cumsum(k)]).astype(np.int32), pa.int32())
+    keys = pa.array([d for m in members for d in m], pa.string())
+    items = pa.array(values.reshape(-1), typ.item_type)
+    return pa.MapArray.from_arrays(offsets, keys, items, type=typ, mask=pa.array(not_ok, pa.bool_()))
+
+
 def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None) -> pa.Table:
     """Arrow table in SCHEMA for one shard's rows (as collected by ShardCollector). An empty `rows` gives an
     empty table with the schema."""
@@ -155,6 +178,10 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "sha256": _nullable_str(rows["sha256"]),
         "detector_id": detector_ids,
         "scanned_at": pa.array([when] * n, pa.timestamp("ms", tz="UTC")),
+        "detector_p_fake": _member_map(rows, ctx, "p_fake", SCHEMA.field("detector_p_fake").type, not_ok),
+        "detector_logit": _member_map(rows, ctx, "logit", SCHEMA.field("detector_logit").type, not_ok),
+        "detector_is_fake": _member_map(rows, ctx, "is_fake", SCHEMA.field("detector_is_fake").type, not_ok),
+        "fusion": pa.array([ctx.fusion] * n, pa.string()),
     }
     return pa.Table.from_arrays([columns[f.name] for f in SCHEMA], schema=SCHEMA)
 

@@ -24,9 +24,48 @@ log = get_logger("pipeline.scan.score")
 DECODE_ON = ("cpu", "gpu")
 
 
+class SetPredictor:
+    """A `pipeline.models.ensemble.DetectorSet` behind the Predictor's interface: `predict(*inputs)` (one uint8
+    batch per input of the set, in `DetectorSet.inputs` order) -> the FUSED p_fake / logit / is_fake, the
+    attributing detector's (`pipeline.scan.detectors.attributor`) top_generator / generator_scores, and each
+    member's `member_logit` / `member_p_fake` / `member_is_fake` (N, K)."""
+
+    def __init__(self, dset: Any) -> None:
+        from pipeline.scan.detectors import attributor
+
+        self.dset = dset
+        self.device = dset.device
+        self.dtype = dset.dtype
+        self.batch_size = dset.batch_size
+        self.first = dset.members[attributor([list(m.meta.labels) for m in dset.members])]
+        self.cfg = self.first.det.config
+
+    def predict(self, *inputs: Any) -> dict[str, Any]:
+        from pipeline.models.predictor import top_generators
+
+        res = self.dset.predict(dict(zip(self.dset.inputs, inputs, strict=True)))
+        is_fake = np.asarray(res["fused_is_fake"], bool)
+        scores = np.asarray(res["generator_scores"][self.first.detector_id], np.float32)
+        return {
+            "p_fake": np.asarray(res["fused_p_fake"], np.float32),
+            "logit": np.asarray(res["fused_logit"], np.float32),
+            "is_fake": is_fake,
+            "top_generator": top_generators(scores, is_fake, self.first.meta),
+            "generator_scores": scores,
+            "member_logit": np.asarray(res["logit"], np.float32),
+            "member_p_fake": np.asarray(res["p_fake"], np.float32),
+            "member_is_fake": np.asarray(res["is_fake"], bool),
+        }
+
+
 class Scorer:
+    """One detector (`detector="CKPT"`: `pipeline.models.Predictor`) or several (`"A,B,C"`: a DetectorSet, one
+    backbone pass per shared backbone, fused by `fusion`). inputs: the (image_size, preprocess) list the read
+    stage decodes (the driver's `pipeline.scan.detectors.RunDetectors.inputs`); checked against the loaded set."""
+
     def __init__(self, detector: str, device: str = "cpu", dtype: str = "float32", torch_threads: int | None = 1,
-                 batch_size: int | None = None, decode_on: str = "cpu") -> None:  # fmt: skip
+                 batch_size: int | None = None, decode_on: str = "cpu", fusion: str = "soft_or_prob",
+                 inputs: list[tuple[int, str]] | None = None) -> None:  # fmt: skip
         import torch
 
         from pipeline.models import Predictor, load_detector
@@ -35,27 +74,53 @@ class Scorer:
             raise ValueError(f"decode_on must be one of {DECODE_ON}, got {decode_on!r}")
         if torch_threads and device == "cpu":
             torch.set_num_threads(torch_threads)
-        det, meta = load_detector(detector)
-        self.meta = meta
+        uris = detector.split(",")
+        self.predictor: Any
+        if len(uris) == 1:
+            det, meta = load_detector(detector)
+            self.predictor = Predictor(det, meta, device=device, dtype=dtype)
+            self.member_ids = [str(meta.detector_id)]
+            self.fusion: str | None = None
+            self.detector_id, self.threshold = str(meta.detector_id), float(meta.threshold)
+            self.n_inputs = 1
+        else:
+            from pipeline.models.ensemble import load_detector_set
+            from pipeline.scan.detectors import FUSED_THRESHOLD, set_id
+
+            dset = load_detector_set(uris, fusion=fusion, fused_threshold=FUSED_THRESHOLD, device=device,
+                                     dtype=dtype)  # fmt: skip
+            loaded = [(sp.image_size, sp.preprocess) for sp in dset.inputs]
+            if inputs is not None and [tuple(i) for i in inputs] != loaded:
+                raise ValueError(f"the detectors loaded need inputs {loaded}, the read stage decodes {inputs} "
+                                 "(a checkpoint changed since the driver read it)")  # fmt: skip
+            self.predictor = SetPredictor(dset)
+            meta = self.predictor.first.meta
+            self.member_ids = list(dset.detector_ids)
+            self.fusion = dset.fusion
+            self.detector_id, self.threshold = set_id(self.member_ids, dset.fusion), FUSED_THRESHOLD
+            self.n_inputs = len(loaded)
+        self.meta = meta  # the (attributing) detector's: its labels are the rows' generator_scores keys
         self.labels = ["real", *meta.generators]
-        self.predictor = Predictor(det, meta, device=device, dtype=dtype)
         self.batch_size = batch_size
         self.decoder = None
         if decode_on == "gpu":
             from pipeline.scan.gpu_decode import DeviceDecoder
 
-            self.decoder = DeviceDecoder(self.predictor.device, det.config.image_size)
+            if self.n_inputs > 1:
+                raise ValueError("decode_on gpu supports detectors that share one preprocessing")
+            self.decoder = DeviceDecoder(self.predictor.device, int(self.predictor.cfg.image_size))
         self._device_decode_seen = False
         self.ready_at = time.time()  # wall clock: the driver measures throughput from model-ready on
-        log.info("scorer_ready", detector_id=meta.detector_id, device=device, dtype=self.predictor.dtype,
-                 threads=torch_threads, gpu_batch=self.predictor.batch_size, decode_on=decode_on)  # fmt: skip
+        log.info("scorer_ready", detector_id=self.detector_id, members=self.member_ids, fusion=self.fusion,
+                 device=device, dtype=self.predictor.dtype, threads=torch_threads,
+                 gpu_batch=self.predictor.batch_size, decode_on=decode_on)  # fmt: skip
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._device_decode_seen and len(_shipped_rows(batch, np.flatnonzero(batch["status"] == "ok"))):
             self._device_decode_seen = True  # once per actor: shows a run really decodes on the device
             log.info("device_decode_active", device=str(self.predictor.device))
         out = score_batch(self.predictor, batch, n_labels=len(self.labels), batch_size=self.batch_size,
-                          decoder=self.decoder)  # fmt: skip
+                          decoder=self.decoder, n_inputs=self.n_inputs, n_members=len(self.member_ids))  # fmt: skip
         out["_actor_ready"] = np.full(len(out["status"]), self.ready_at, np.float64)
         return out
 
@@ -68,12 +133,18 @@ def _shipped_rows(batch: dict[str, np.ndarray], ok: np.ndarray) -> np.ndarray:
 
 
 def score_batch(predictor: Any, batch: dict[str, np.ndarray], n_labels: int, batch_size: int | None = None,
-                decoder: Any = None) -> dict[str, np.ndarray]:  # fmt: skip
-    """Score the ok rows of a prepared batch; returns the batch without `pixels`/`encoded`, plus p_fake, logit,
-    is_fake, top_generator ("" when not scored), generator_scores (N, n_labels; NaN when not scored) and
-    `_infer_s` (the call's model time shared among its ok rows). Rows shipped encoded are decoded first by
-    `decoder` (a `pipeline.scan.gpu_decode.DeviceDecoder`; one on the predictor's device when None)."""
-    out = {k: v for k, v in batch.items() if k not in ("pixels", "encoded")}
+                decoder: Any = None, n_inputs: int = 1, n_members: int = 1) -> dict[str, np.ndarray]:  # fmt: skip
+    """Score the ok rows of a prepared batch; returns the batch without its inputs (`pixels`, `pixels_<i>`,
+    `encoded`), plus p_fake, logit, is_fake, top_generator ("" when not scored), generator_scores (N, n_labels;
+    NaN when not scored), each detector's `_det_logit` / `_det_p_fake` / `_det_is_fake` (N, n_members; a
+    single Predictor's own scores) and `_infer_s` (the call's model time shared among its ok rows). A set's
+    predictor (`SetPredictor`) takes `n_inputs` inputs (`pipeline.scan.prepare.input_column`). Rows shipped
+    encoded are decoded first by `decoder` (a `pipeline.scan.gpu_decode.DeviceDecoder`; one on the
+    predictor's device when None)."""
+    from pipeline.scan.prepare import input_column
+
+    extra_cols = [input_column(i) for i in range(1, n_inputs)]
+    out = {k: v for k, v in batch.items() if k not in ("pixels", "encoded", *extra_cols)}
     status = np.asarray(batch["status"], dtype=object)
     n = len(status)
     ok = np.flatnonzero(status == "ok")
@@ -109,15 +180,21 @@ def score_batch(predictor: Any, batch: dict[str, np.ndarray], n_labels: int, bat
     top = np.full(n, "", dtype=object)
     scores = np.full((n, n_labels), np.nan, np.float32)
     infer_s = np.zeros(n, np.float64)
+    det_logit = np.full((n, n_members), np.nan, np.float32)
+    det_p_fake = np.full((n, n_members), np.nan, np.float32)
+    det_is_fake = np.zeros((n, n_members), bool)
     t0 = time.perf_counter()
     for rows, pixels in parts:
         step = batch_size or len(rows)
         for start in range(0, len(rows), step):
             sel = rows[start : start + step]
-            pred = predictor.predict(pixels[start : start + step])
+            pred = predictor.predict(pixels[start : start + step], *(batch[c][sel] for c in extra_cols))
             p_fake[sel] = np.asarray(pred["p_fake"], np.float32)
             logit[sel] = np.asarray(pred["logit"], np.float32)
             is_fake[sel] = np.asarray(pred["is_fake"], bool)
+            det_logit[sel] = np.asarray(pred.get("member_logit", logit[sel, None]), np.float32)
+            det_p_fake[sel] = np.asarray(pred.get("member_p_fake", p_fake[sel, None]), np.float32)
+            det_is_fake[sel] = np.asarray(pred.get("member_is_fake", is_fake[sel, None]), bool)
             top[sel] = np.asarray(list(pred["top_generator"]), dtype=object)
             gs = np.asarray(pred["generator_scores"], np.float32)
             if gs.shape != (len(sel), n_labels):
@@ -126,5 +203,5 @@ def score_batch(predictor: Any, batch: dict[str, np.ndarray], n_labels: int, bat
     if len(ok):
         infer_s[ok] = (time.perf_counter() - t0) / len(ok)
     out.update(p_fake=p_fake, logit=logit, is_fake=is_fake, top_generator=top, generator_scores=scores,
-               _infer_s=infer_s)  # fmt: skip
+               _det_logit=det_logit, _det_p_fake=det_p_fake, _det_is_fake=det_is_fake, _infer_s=infer_s)  # fmt: skip
     return out

@@ -22,3 +22,4 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/encoder.py
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/driver.py

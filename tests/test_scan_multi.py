@@ -175,3 +175,28 @@ def test_v1_and_v2_history_read_together(multi, singles, tmp_path: Path) -> None
     for key, value in rine:
         got = value[0] if isinstance(value, list) else value
         np.testing.assert_allclose(got, singles["rine"][("shard-000000", key)]["logit"], rtol=1e-5, atol=1e-5)
+
+
+def test_detector_list_and_fusion_operator_mistakes(ckpts: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: F811
+    from jobs import scan_bucket
+    from pipeline.scan.detectors import run_detectors
+    from pipeline.settings import ConfigError
+
+    base = {"input": str(tmp_path), "output": str(tmp_path / "out")}
+    a, b = str(ckpts["univfd"]), str(ckpts["mole"])
+    assert ScanConfig.parse({**base, "detector": [a, b]}).detector == f"{a},{b}"  # config-file list form
+    assert ScanConfig.parse({**base, "detector": f" {a} , {b}"}).detectors == [a, b]
+    for bad, needle in (({"detector": f"{a},,{b}"}, "empty checkpoint"), ({"detector": f"{a},{a}"}, "twice"),
+                        ({"detector": f"{a},{b}", "fusion": "vote"}, "fusion"),
+                        ({"detector": f"{a},{b}", "resize_mode": "center_crop"}, "resize_mode")):  # fmt: skip
+        with pytest.raises(ConfigError, match=needle):
+            ScanConfig.parse({**base, **bad})
+    gpu = ScanConfig.parse({**base, "detector": f"{a},{b}", "decode_on": "gpu", "actor_num_gpus": 1})
+    with pytest.raises(ConfigError, match="decode_on: gpu decode supports detectors that share one preprocessing"):
+        run_detectors(gpu)  # UnivFD pads, MoLE resizes: two inputs
+    with pytest.raises(ConfigError, match=f"cannot read checkpoint {tmp_path / 'nope'}"):
+        run_detectors(ScanConfig.parse({**base, "detector": f"{a},{tmp_path / 'nope'}"}))
+    rc = scan_bucket.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--detector", a,
+                           "--detector", b, "--fusion", "vote"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "fusion" in err[0] and "Traceback" not in err[0]

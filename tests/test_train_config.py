@@ -81,3 +81,14 @@ def test_data_problems_fail_before_training(tmp_path: Path, capsys: pytest.Captu
     assert main(base) == 2
     assert "no fake images" in capsys.readouterr().err
     assert not (tmp_path / "ck").exists()
+
+
+def test_shipped_univfd_recipe_is_the_paper_protocol() -> None:
+    """`--config-file univfd` names the recipe shipped in the package: UnivFD's batch, lr, augmentation and
+    patience; flags still override it."""
+    from jobs.train_detector import parse
+
+    cfg, _ = parse(["--config-file", "univfd", "--data", "s3://b/train", "--out", "s3://b/ckpt", "--epochs", "3"])
+    assert (cfg.batch_size, cfg.lr, cfg.plateau_patience) == (256, 1e-4, 5)
+    assert cfg.augment and (cfg.augment_blur_prob, cfg.augment_jpeg_prob, cfg.augment_resize) == (0.5, 0.5, 256)
+    assert cfg.crop_grid == "pixel" and cfg.config == "vitl14-mole" and cfg.use_gpu and cfg.epochs == 3

@@ -183,7 +183,10 @@ def map_shards(map_fn: MapFn, fn: Callable[[T], R], items: dict[str, T],
     """An `execute` for `run_shards` from a per-shard function and an executor: `fn(items[id])` for each id."""
 
     def execute(todo: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-        for shard, result in zip(todo, map_fn(fn, [items[s] for s in todo]), strict=True):
+        args = [items[s] for s in todo]
+        # in process: one shard at a time, so each is reported (progress, error budget) as it completes
+        results = (fn(x) for x in args) if map_fn is local_map else map_fn(fn, args)
+        for shard, result in zip(todo, results, strict=True):
             yield shard, summary(result)
 
     return execute

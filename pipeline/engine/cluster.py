@@ -8,11 +8,13 @@ themselves (SECRET_NAMES) are never passed that way (see below).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
 import ray
 
+from pipeline.console import verbose
 from pipeline.logs import get_logger
 
 log = get_logger("pipeline.engine.cluster")
@@ -45,18 +47,27 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """Attach to a cluster or start a local one; returns how ("attached" | "local").
 
     address None: attach to `RAY_ADDRESS` when set (the case under `ray job submit`), else start a local Ray
-    with `num_cpus` (default: all cores). Any other address is passed to `ray.init`."""
+    with `num_cpus` (default: all cores). Any other address is passed to `ray.init`.
+
+    Quiet unless the job runs verbose (`pipeline.console.verbose()`): workers' output is not forwarded to the
+    driver (it stays in Ray's log folder; the shards' events reach the driver in their summaries) and Ray's
+    own INFO lines are off. A local Ray keeps Ray's default token authentication, without its warning."""
     if ray.is_initialized():
         return "attached"
     renv = runtime_env()
     names = sorted(renv["env_vars"])
     target = address or os.environ.get("RAY_ADDRESS")
+    loud = verbose()
+    quiet = {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.WARNING}
     if target:
         log.info("ray_attach", address=target, passed_env=names)
-        ray.init(address=target, runtime_env=renv, log_to_driver=True)
+        ray.init(address=target, runtime_env=renv, **quiet)
         return "attached"
     log.info("ray_start_local", num_cpus=num_cpus, passed_env=names)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=renv, log_to_driver=True)
+    # Ray turns token authentication on by default for a local Ray (and generates the token) and warns about
+    # it each start: keep the protection, drop the warning (it asks the user to do nothing)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=renv, **quiet)
     return "local"
 
 

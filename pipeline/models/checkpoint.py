@@ -7,8 +7,10 @@ rebuilt from its recorded source (open_clip tag, or a weights file whose sha256 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,23 @@ def _local_checkpoint_dir(uri: str) -> Path:
     return local
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_random_init_warning() -> Any:
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (logged on the root logger)."""
+    flt = _DropRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
 def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
     """Load a checkpoint directory (local or s3:// via fetch_to_cache). Checks the file hash against the
     detector id, then every key and shape; never unpickles."""
@@ -187,7 +206,11 @@ def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
     if meta.generators != meta.config.generators:
         raise CheckpointError(f"{uri}: meta.generators {meta.generators} != config.generators")
     bb = meta.backbone
-    det = create_detector(meta.config, pretrained=None if bb.stored_in_checkpoint else bb.pretrained)
+    # a backbone stored in the checkpoint is built random-init and filled right below: open_clip's warning that
+    # it is "initialized randomly" would be false here (only here: a plain random-init build still warns)
+    quiet = _no_random_init_warning() if bb.stored_in_checkpoint else contextlib.nullcontext()
+    with quiet:
+        det = create_detector(meta.config, pretrained=None if bb.stored_in_checkpoint else bb.pretrained)
     if bb.kind == "file" and not bb.stored_in_checkpoint and det.backbone.sha256 != bb.sha256:
         raise CheckpointError(
             f"{uri}: backbone weights {bb.pretrained} have sha256 {det.backbone.sha256}, "

@@ -1,0 +1,142 @@
+"""The jobs' console [ours]: a few status lines and ONE progress line on the driver's stderr.
+
+Quiet (the default): the job's JSON logs go to its run log (`pipeline.logs.RunLog`), and whatever else writes
+to this process's stderr file descriptor (Ray's C++ core worker, Ray's and Ray Data's Python loggers, warnings)
+goes to a `driver-stderr.log` kept beside the spool: the console shows only what the console writes. Verbose
+(`--verbose`, or GENSCAN_VERBOSE=1): nothing is redirected, Ray's progress bars and worker log forwarding stay
+on (`pipeline.engine.cluster` reads `verbose()`).
+
+    with Console(verbose=args.verbose) as console:
+        console.status("starting Ray, loading the detector…")
+        bar = console.shards("scan")          # on_shard for pipeline.runner.run_shards
+        ...
+        console.line("scan succeeded: …")
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import IO, Any
+
+VERBOSE_ENV = "GENSCAN_VERBOSE"
+ERROR_STATUSES = ("decode_error", "no_image", "too_large", "shard_error")
+
+
+def verbose() -> bool:
+    """Whether this job runs verbose (set by the job's --verbose; read by the Ray connection)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def submitted_job() -> bool:
+    """Whether this driver runs under `ray job submit` (its output is then the job's log, not a terminal)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def shard_errors(summary: dict[str, Any]) -> int:
+    """Error rows in a shard summary: the scan's counts by status, or the filter's errors_by_status."""
+    counts = summary.get("counts") or summary.get("errors_by_status") or {}
+    return sum(int(v) for k, v in counts.items() if k in ERROR_STATUSES)
+
+
+class ShardProgress:
+    """`on_shard(shard, summary, progress)` for `pipeline.runner.run_shards`: one tqdm line with shards done /
+    total, images/s, errors so far and the ETA (tqdm's, from the shard rate)."""
+
+    def __init__(self, stream: IO[str], desc: str, images_key: str) -> None:
+        self.stream, self.desc, self.images_key = stream, desc, images_key
+        self.bar: Any = None
+        self.images = 0
+        self.errors = 0
+        self.rated = 0  # images after the first result (the rate's numerator)
+        self.t0 = time.perf_counter()
+
+    def __call__(self, shard: str, summary: dict[str, Any], progress: Any) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=progress.total, initial=progress.skipped, desc=self.desc, unit="shard",
+                            file=self.stream, ascii=not self.stream.isatty(), dynamic_ncols=True, leave=True,
+                            mininterval=0.5 if self.stream.isatty() else 10.0)  # fmt: skip
+            self.t0 = time.perf_counter()  # rates from the first result on (not Ray's start-up)
+            self.rated = -int(summary.get(self.images_key, 0))
+        n = int(summary.get(self.images_key, 0))
+        self.images += n
+        self.rated += n
+        self.errors += shard_errors(summary)
+        elapsed = time.perf_counter() - self.t0
+        rate = f"{self.rated / elapsed:.1f} img/s" if elapsed > 0 and self.rated > 0 else "… img/s"
+        self.bar.set_postfix_str(f"{rate}, {self.errors} errors", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Console:
+    """The console of one job run (see the module doc)."""
+
+    def __init__(self, verbose: bool = False, prefix: str = "genscan") -> None:
+        self.verbose = verbose
+        self.prefix = prefix
+        self.stream: IO[str] = sys.stderr
+        self.stderr_log: str | None = None
+        self._saved_fd: int | None = None
+        self._bars: list[ShardProgress] = []
+
+    def __enter__(self) -> Console:
+        if self.verbose:
+            os.environ[VERBOSE_ENV] = "1"
+            return self
+        try:  # under a test's capture sys.stderr is not fd 2: write to it and leave the descriptors alone
+            own_fd = sys.stderr.fileno() == 2
+        except (AttributeError, ValueError, OSError):
+            own_fd = False
+        if not own_fd:
+            self.stream = sys.stderr
+            return self
+        sys.stderr.flush()
+        import tempfile
+
+        fd, self.stderr_log = tempfile.mkstemp(prefix="genscan-", suffix=".driver-stderr.log")
+        self._saved_fd = os.dup(2)
+        os.dup2(fd, 2)  # C++ and Python writes to fd 2 land in the file
+        os.close(fd)
+        self.stream = os.fdopen(os.dup(self._saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for bar in self._bars:
+            bar.close()
+        if self._saved_fd is not None:
+            sys.stderr.flush()
+            os.dup2(self._saved_fd, 2)
+            os.close(self._saved_fd)
+            self._saved_fd = None
+            self.stream.close()
+            self.stream = sys.stderr
+
+    def echo(self) -> IO[str] | None:
+        """Where the JSON log lines are echoed besides the run log: the console when verbose, and under
+        `ray job submit` (`ray job logs` then keep the record); else nowhere."""
+        return self.stream if self.verbose or submitted_job() else None
+
+    def status(self, text: str) -> None:
+        """A short line saying what is happening (before the progress line exists)."""
+        self.line(f"{self.prefix}: {text}")
+
+    def line(self, text: str) -> None:
+        self.stream.write(text.rstrip("\n") + "\n")
+        self.stream.flush()
+
+    def shards(self, desc: str, images_key: str = "rows") -> ShardProgress:
+        bar = ShardProgress(self.stream, desc, images_key)
+        self._bars.append(bar)
+        return bar
+
+    def end_progress(self) -> None:
+        for bar in self._bars:
+            bar.close()

@@ -21,6 +21,7 @@ import json
 import sys
 from typing import Any
 
+from pipeline import storage
 from pipeline.hygiene.plan import PlanError
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.hygiene.run import ReconcileError, SourceChangedError, run_filter
@@ -60,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--resume", action="store_true",
                     help="keep shards whose marker matches this run's plan (same scan, input, scan date, policy)")
     ap.add_argument("--engine", default="local", help="local | ray (one Ray task per shard)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="JSON logs and Ray's output on stderr (default: one progress line; the JSON logs go to "
+                         "<output>/_run/log.jsonl)")
     ap.add_argument("--ray-address", default=None)
     ap.add_argument("--task-cpus", type=float, default=0.5)
     ap.add_argument("--max-shard-error-rate", type=float, default=None,
@@ -106,25 +110,40 @@ def build_config(argv: list[str] | None = None, args: argparse.Namespace | None 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from pipeline.console import Console
+    from pipeline.logs import RunLog
+
+    # the JSON logs go to the run log (published as <output>/_run/log.jsonl); stderr shows the console only
+    with Console(args.verbose, "filter") as console, RunLog(tee=console.echo()) as runlog:
+        runlog.attach(console.stderr_log, "driver-stderr.log")  # Ray's own driver output, kept beside the log
+        return _main(args, console, runlog)
+
+
+def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     resume = bool(args.resume)  # how to run, not what: not part of the saved config
     try:
         cfg = build_config(args=args)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        console.line(f"config error: {exc}")
         return 2
     try:  # before any work: every location reachable, the rules name the scan's labels
         check_storage([Location("scan output", cfg.scan), Location("input", cfg.input)],
                       [] if cfg.dry_run else [Location("output", cfg.output)])
         check_filter_policy(cfg.scan, cfg.scan_date, cfg.policy)
     except StorageError as exc:
-        print(f"storage error: {exc}", file=sys.stderr)
+        console.line(f"storage error: {exc}")
         return exc.exit_code
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        console.line(f"config error: {exc}")
         return 2
     except PlanError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
+        console.line(f"refused: {exc}")
         return 3
+    if not cfg.dry_run:
+        runlog.destination = storage.join(cfg.output, "_run", "log.jsonl")
+    console.status(f"{cfg.input} -> {cfg.output}: planning every shard from the scan"
+                   + (", starting Ray" if cfg.engine == "ray" else "") + "...")
+    progress = console.shards("filter", images_key="samples")
     try:
         with contextlib.ExitStack() as stack:
             map_fn: MapFn = local_map
@@ -134,16 +153,26 @@ def main(argv: list[str] | None = None) -> int:
 
                 stack.enter_context(cluster.session(cfg.ray_address))
                 map_fn = functools.partial(ray_map, num_cpus=cfg.task_num_cpus)
-            stats = run_filter(cfg, map_fn, resume=resume)
+            stats = run_filter(cfg, map_fn, resume=resume, on_shard=progress)
     except PlanError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
+        runlog.discard()  # refused before writing: the output stays untouched
+        console.line(f"refused: {exc}")
         return 3
     except ErrorBudgetExceeded as exc:
-        print(f"filter failed: {exc}; nothing was written", file=sys.stderr)
+        runlog.discard()
+        console.line(f"filter failed: {exc}; nothing was written")
         return 1
     except (ReconcileError, SourceChangedError) as exc:
-        print(f"failed: {exc}", file=sys.stderr)
+        console.line(f"failed: {exc} (log: {runlog.publish()})")
         return 4
+    finally:
+        console.end_progress()
+    if cfg.dry_run:
+        runlog.discard()
+    else:
+        t = stats["totals"]
+        console.line(f"filter succeeded: {len(stats['shards'])} shards, {t['samples']} samples: kept {t['kept']}, "
+                     f"dropped {t['dropped']}, quarantined {t['quarantined']}; log: {runlog.publish()}")  # fmt: skip
     print(json.dumps(stats if cfg.dry_run else {"output": cfg.output, **stats["totals"],
                                                  "shards": len(stats["shards"]),
                                                  "skipped_shards": len(stats["skipped_shards"])}, indent=2))

@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", default=None, help="continue an unfinished run")
     p.add_argument("--demo", action="store_true", help="generate demo data, train a tiny detector, scan it")
     p.add_argument("--demo-dir", default="demo", help="where --demo keeps its data (default ./demo)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the JSON logs, Ray's progress bars and the workers' output on stderr (default: one "
+                        "progress line; the JSON logs go to _run/<scan_date>/log.jsonl)")
     for name, (typ, help_) in FLAGS.items():
         many = {"action": "append"} if name == "detector" else {}  # --detector A --detector B == A,B
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_, **many)
@@ -94,11 +97,25 @@ def build_config(args: argparse.Namespace) -> ScanConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from pipeline.console import Console
+    from pipeline.logs import RunLog
+
+    # the JSON logs go to the run log (published as _run/<scan_date>/log.jsonl); stderr shows the console only
+    with Console(args.verbose, "scan") as console, RunLog(tee=console.echo()) as runlog:
+        runlog.attach(console.stderr_log, "driver-stderr.log")  # Ray's own driver output, kept beside the log
+        return _main(args, console, runlog)
+
+
+def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     if args.demo:
         from pipeline.engine.scan import RayScanExecutor
         from pipeline.scan.demo import run_demo
 
-        code, text = run_demo(Path(args.demo_dir), executor=RayScanExecutor())
+        console.status(f"demo in {args.demo_dir}/ (a few minutes the first time; later runs reuse what exists)")
+        code, text = run_demo(Path(args.demo_dir), executor=RayScanExecutor(), status=console.status,
+                              on_shard=console.shards("demo scan"))  # fmt: skip
+        console.end_progress()
+        console.line(f"demo log: {runlog.publish()}")
         print(text)
         return code
     from pipeline.preflight import Location, StorageError, check_storage
@@ -107,25 +124,39 @@ def main(argv: list[str] | None = None) -> int:
         cfg = build_config(args)
         check_storage([Location("input", cfg.input)], [Location("output", cfg.output)])
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)  # one line; the JSON log stays in the log file
+        runlog.discard()
+        console.line(f"configuration error: {exc}")
         return 2
     except StorageError as exc:
-        print(f"storage error: {exc}", file=sys.stderr)
+        runlog.discard()
+        console.line(f"storage error: {exc}")
         return exc.exit_code
+    console.status(f"{cfg.input} -> {cfg.output}: starting Ray, loading the detector...")
     # torch and Ray load only now (seconds): the preflight above answers a storage mistake at once
     from pipeline.scan.job import ScanFailed, run_scan
 
+    progress = console.shards("scan")
     try:
         from pipeline.engine.scan import RayScanExecutor  # the one Ray-aware part: shards are scanned on Ray
 
-        run = run_scan(cfg, executor=RayScanExecutor())
+        run = run_scan(cfg, executor=RayScanExecutor(), on_shard=progress)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        console.end_progress()
+        console.line(f"configuration error: {exc}")
         return 2
-    except ScanFailed as exc:
-        print(f"scan failed: {exc}", file=sys.stderr)
+    except Exception as exc:  # ScanFailed (run.json says why) or an unexpected error: one line, details in the log
+        console.end_progress()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if not isinstance(exc, ScanFailed):
+            log.exception("scan_crashed")
+            first = f"{type(exc).__name__}: {first}"
+        console.line(f"scan failed: {first} (log: {runlog.publish()})")
         return 1
+    console.end_progress()
     totals = run.get("totals", {})
+    counts = {k: v for k, v in (totals.get("counts") or {}).items() if v}
+    console.line(f"scan {run['status']}: {totals.get('shards_done')} shards, {totals.get('rows')} rows "
+                 f"{counts}, {totals.get('n_fake')} flagged fake; log: {runlog.publish()}")  # fmt: skip
     print(json.dumps({"status": run["status"], "run_id": run["run_id"], "scan_date": run["scan_date"],
                       "shards": totals.get("shards_done"), "rows": totals.get("rows"),
                       "counts": totals.get("counts")}))  # fmt: skip

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config-file", help="TrainConfig JSON (or a shipped recipe name, e.g. univfd); explicit "
                     "flags override its values")
     ap.add_argument("--engine", choices=["ray", "local"], default="ray", help="ray (TorchTrainer) | local")
+    ap.add_argument("--verbose", action="store_true",
+                    help="JSON logs and Ray's output on stderr (default: status lines; the JSON logs go to "
+                         "<out>/log.jsonl)")
     return ap
 
 
@@ -127,30 +130,48 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.console import Console
+    from pipeline.logs import RunLog
+
+    loud = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    # the JSON logs go to the run log (published as <out>/log.jsonl); stderr shows the console only
+    with Console(loud, "train") as console, RunLog(tee=console.echo()) as runlog:
+        runlog.attach(console.stderr_log, "driver-stderr.log")  # Ray's own driver output, kept beside the log
+        return _main(argv, console, runlog)
+
+
+def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
     try:
         cfg, args = parse(argv)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        runlog.discard()
+        console.line(f"error: {exc}")
         return 2
     try:
         from pipeline.train.feed import make_plan
 
+        console.status(f"{cfg.data} -> {cfg.out}: listing and splitting the data...")
         plan = make_plan(cfg)  # lists + splits; bad data fails here, with exit code 2, before Ray starts
+        runlog.destination = f"{cfg.out.rstrip('/')}/log.jsonl"
         if args.engine == "local":
             from pipeline.train.loop import train_local
 
+            console.status("training in this process...")
             summary = train_local(cfg, resume=args.resume, plan=plan)
         else:
             from pipeline.engine.train import run_training
 
+            console.status("starting Ray Train, then training (per-epoch metrics in the log)...")
             summary = run_training(cfg, resume=args.resume, plan=plan)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        runlog.discard()
+        console.line(f"error: {exc}")
         return 2
     except Exception as exc:  # the Ray wrapper re-raises worker errors as TrainingFailedError
-        root = exc
-        print(f"error: training failed: {type(root).__name__}: {root}", file=sys.stderr)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        console.line(f"error: training failed: {type(exc).__name__}: {first} (log: {runlog.publish()})")
         return 1
+    console.line(f"train succeeded: {cfg.out}; log: {runlog.publish()}")
     print(json.dumps(summary, indent=2, default=float))
     return 0
 

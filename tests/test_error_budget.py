@@ -133,10 +133,13 @@ def test_filter_cli_over_budget_exits_1_naming_the_counts_and_writes_nothing(
     scan = str(root / "scan-for-filter")
     run_scan(ScanConfig(input=scan_world["input"], output=scan, detector=scan_world["detector"],
                         scan_date="2026-03-02", batch_size=8, max_shard_error_rate=1.0))  # fmt: skip
+    capsys.readouterr()  # the scan's own log lines
     args = ["--scan", scan, "--input", scan_world["input"], "--on-shard-error", "skip"]
     assert filter_shards.main([*args, "--output", str(root / "clean")]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "5 of 6 shards failed" in err and "--max-shard-error-rate 0.5" in err, err
+    lines = capsys.readouterr().err.strip().splitlines()  # a status line, then the one-line verdict
+    assert len(lines) == 2 and lines[0].startswith("filter: "), lines
+    assert lines[1].startswith("filter failed: error budget exceeded: 5 of 6 shards failed"), lines
+    assert "--max-shard-error-rate 0.5" in lines[1] and "nothing was written" in lines[1]
     assert not (root / "clean").exists()
     assert filter_shards.main([*args, "--output", str(root / "clean2"), "--max-shard-error-rate", "0.9"]) == 0
     run = json.loads((root / "clean2" / "_run" / "run.json").read_text())

@@ -51,7 +51,11 @@ def read_wds(path: str | Path) -> list[dict]:
     return list(ds)
 
 
-def tree_bytes(root: Path, skip: tuple[str, ...] = ("_run/run.json",)) -> dict[str, bytes]:
+# records of one run (timestamps, timings): they differ between runs by design
+RUN_RECORDS = ("_run/run.json", "_run/log.jsonl", "_run/driver-stderr.log")
+
+
+def tree_bytes(root: Path, skip: tuple[str, ...] = RUN_RECORDS) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
@@ -177,7 +181,7 @@ def test_rerun_is_byte_identical_and_deterministic_across_outputs(filtered, tmp_
     assert tree_bytes(out) == before
     other = tmp_path / "again"
     assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(other), *RULES]) == 0
-    a, b = tree_bytes(out), tree_bytes(other, skip=("_run/run.json", "_run/config.json"))
+    a, b = tree_bytes(out), tree_bytes(other, skip=(*RUN_RECORDS, "_run/config.json"))
     a.pop("_run/config.json")
     assert a == b
     assert not [p for p in other.rglob("*") if p.name.endswith(".tmp")], "temp files left behind"
@@ -412,7 +416,7 @@ def test_resume_rewrites_only_unfinished_shards_and_refuses_another_policy(filte
     args = ["--scan", scan, "--input", corpus.root, "--output", str(target), *RULES]
     rc, err = run_main(capsys, *args, "--resume")
     assert rc == 0, err
-    skip = ("_run/run.json", "_run/config.json")  # config.json names the output folder
+    skip = (*RUN_RECORDS, "_run/config.json")  # config.json names the output folder
     assert tree_bytes(target, skip) == tree_bytes(out, skip)  # the same bytes as the uninterrupted run
     after = _mtimes(target)
     assert {k: v for k, v in after.items() if k in before} == before  # finished shards were not rewritten

@@ -11,7 +11,7 @@ import pytest
 
 from jobs.filter_shards import main as filter_main
 from tests.support.ray_cluster import submit_job
-from tests.test_filter import RULES, tree_bytes
+from tests.test_filter import RULES, RUN_RECORDS, tree_bytes
 from tests.test_filter_fixtures import shared_scans
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,5 +36,5 @@ def test_ray_job_output_equals_local_engine(tmp_path_factory, tmp_path, capsys, 
     assert res.status == "FAILED" and res.driver_exit_code == 3, (res.status, res.driver_exit_code)
     assert "the scan could not read this shard" in res.logs
     assert not refused.exists()
-    skip = ("_run/run.json", "_run/config.json")
+    skip = (*RUN_RECORDS, "_run/config.json")
     assert tree_bytes(out, skip=skip) == tree_bytes(local, skip=skip)

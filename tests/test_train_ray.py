@@ -43,6 +43,7 @@ def test_train_job_from_s3_bucket_on_ray_head(s3_server: dict[str, str], tmp_pat
     fs = s3fs.S3FileSystem()
     names = sorted(Path(p).name for p in fs.ls(ckpt.removeprefix("s3://")))
     assert names == sorted(["_checkpoints", "calibration.json", "detector.json", "detector.safetensors",
+                            "driver-stderr.log", "log.jsonl",  # the job's JSON log and Ray's driver output
                             "metrics.jsonl", "train_config.json", "train_summary.json"])  # fmt: skip
     # the per-epoch training states went through Ray Train's checkpointing into the same bucket
     states = fs.glob(f"{ckpt.removeprefix('s3://')}/_checkpoints/run-*/checkpoint_*/state.json")

@@ -7,7 +7,8 @@ Output layout under `<output>/`:
   _shards/<shard_id>.json                  the shard's counts, written LAST = the shard's commit marker
   _run/config.json, policy.json            the run's config and policy (written before any shard)
   _run/stats.json                          deterministic per-shard and total counts (reconciled)
-  _run/run.json                            timings, versions, scan date (changes between runs)
+  _run/run.json                            timings, versions, scan date, error budget (changes between runs)
+  _run/log.jsonl, driver-stderr.log        the job's JSON log and Ray's driver output (jobs/filter_shards.py)
   manifest.parquet                         all manifest rows of the run
   _SUCCESS                                 written only after every shard reconciled
 """

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,12 @@ SCAN_FAMILIES = "upconv,diffusion,vqgan,gan_color"
 TRAIN_FAMILIES = "upconv,diffusion"
 
 
-def _run(cmd: list[str], what: str) -> None:
+def _run(cmd: list[str], what: str, status: Callable[[str], None] | None = None) -> None:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "2")
     log.info("demo_step", step=what, cmd=" ".join(cmd[1:]))
+    if status is not None:
+        status(f"demo: {what}...")
     proc = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"demo step {what!r} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -56,21 +59,21 @@ def _bad_shards(shards: Path) -> None:
     (shards / "shard-900001.tar").write_bytes(buf.getvalue())
 
 
-def prepare(demo_dir: Path) -> dict[str, Path]:
+def prepare(demo_dir: Path, status: Callable[[str], None] | None = None) -> dict[str, Path]:
     py = sys.executable
     paths = {k: demo_dir / k for k in ("shards", "train", "detector", "scan")}
     if not any(paths["shards"].glob("shard-0*.tar")):
         _run([py, str(REPO / "jobs/make_demo_data.py"), "--out", str(paths["shards"]), "--layout", "wds",
               "--families", SCAN_FAMILIES, "--n-per-class", "48", "--seed", "0", "--shard-size", "64"],
-             "demo shards")  # fmt: skip
+             "demo shards", status)  # fmt: skip
         _bad_shards(paths["shards"])
     if not paths["train"].exists():
         _run([py, str(REPO / "jobs/make_demo_data.py"), "--out", str(paths["train"]), "--layout", "univfd",
-              "--families", TRAIN_FAMILIES, "--n-per-class", "96", "--seed", "1"], "training set")  # fmt: skip
+              "--families", TRAIN_FAMILIES, "--n-per-class", "96", "--seed", "1"], "training set", status)  # fmt: skip
     if not (paths["detector"] / "detector.safetensors").exists():
         _run([py, str(REPO / "jobs/train_detector.py"), "--data", str(paths["train"]), "--config", "tiny-mole",
               "--method", "mole", "--train-generators", TRAIN_FAMILIES, "--out", str(paths["detector"])],
-             "train detector (Ray Train, one CPU worker)")  # fmt: skip
+             "train detector (Ray Train, one CPU worker)", status)  # fmt: skip
     return paths
 
 
@@ -127,18 +130,22 @@ def _fmt(v: object) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def run_demo(demo_dir: Path, executor: Any = None) -> tuple[int, str]:
+def run_demo(demo_dir: Path, executor: Any = None, *, status: Callable[[str], None] | None = None,
+             on_shard: Callable[..., None] | None = None) -> tuple[int, str]:  # fmt: skip
     """Prepare (if needed), scan (with `executor`: the entry point passes the Ray one; None: in-process),
-    summarise. Returns (exit code, summary text)."""
+    summarise. Returns (exit code, summary text). status / on_shard: the job's console (a line per step, the
+    scan's progress line)."""
     from pipeline.scan.job import ScanFailed, run_scan
 
     demo_dir = demo_dir.resolve()
-    paths = prepare(demo_dir)
+    paths = prepare(demo_dir, status)
     cfg = ScanConfig(input=str(paths["shards"]), output=str(paths["scan"]), detector=str(paths["detector"]),
                      resume=True, batch_size=32, ray_num_cpus=2, actor_num_cpus=0.5, read_num_cpus=0.5,
                      torch_threads=1)  # fmt: skip
     try:
-        run = run_scan(cfg, executor=executor)
+        if status is not None:
+            status("demo: scanning the demo shards (starting Ray, loading the detector)...")
+        run = run_scan(cfg, executor=executor, on_shard=on_shard)
     except ScanFailed as exc:
         return 1, f"demo scan failed: {exc}"
     head = (f"demo scan {run['status']}: run {run['run_id']} ({run['scan_date']}), {run['totals']['rows']} rows "

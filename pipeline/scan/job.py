@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pipeline.logs import get_logger
+from pipeline.logs import RunLog, get_logger
 from pipeline.output import RunPaths, completed_shards, read_json, write_json
 from pipeline.runner import (
     ErrorBudget,
@@ -142,6 +142,7 @@ def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None, *,
     run.write()
     log.info("scan_start", run_id=plan.run_id, scan_date=paths.scan_date, shards=len(shards), todo=len(todo),
              skipped=len(shards) - len(todo), resumed=plan.resumed, detector_id=info.detector_id)  # fmt: skip
+    RunLog.set_destination(paths.run_file("log.jsonl"))  # this process's JSON log, when a job keeps one
     timing: dict[str, float] = {}
     attempt["timing"] = timing
     work = ScanWork(cfg=cfg, ctx=RunContext(run_id=plan.run_id, source=cfg.input, detector_id=info.detector_id,

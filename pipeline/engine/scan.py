@@ -28,6 +28,7 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
+from pipeline.console import verbose
 from pipeline.engine import cluster
 from pipeline.logs import get_logger
 from pipeline.scan.config import ScanConfig
@@ -57,8 +58,10 @@ def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size:
     benchmarks/driver.py); also: the further inputs a detector set needs (`ScanWork.also`)."""
     also = list(also or [])
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = True
-    ctx.enable_operator_progress_bars = True
+    # Ray Data's own progress (bars, or a periodic dump when stderr is not a terminal) only for --verbose: the
+    # job's console has its one progress line (pipeline.console)
+    ctx.enable_progress_bars = verbose()
+    ctx.enable_operator_progress_bars = verbose()
     ctx.execution_options.preserve_order = False
     items = [{"shard_url": url, "shard": sid} for url, sid in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items))

@@ -82,6 +82,13 @@ def test_each_detector_equals_its_own_scan_and_fusion_is_the_rule(multi, singles
             (k[0], k[1], r["status"]) for k, r in singles[n].items()
         ), n
     assert sorted(r["status"] for r in rows) == ["decode_error", "no_image"] + ["ok"] * 12
+    for n in NAMES:  # a one-detector scan writes v2 as well: its maps hold that one detector, no fusion
+        for r in singles[n].values():
+            assert r["schema_version"] == 2 and r["fusion"] is None
+            if r["status"] == "ok":
+                assert dict(r["detector_logit"]) == {r["detector_id"]: r["logit"]}
+                assert dict(r["detector_p_fake"]) == {r["detector_id"]: r["p_fake"]}
+                assert dict(r["detector_is_fake"]) == {r["detector_id"]: r["is_fake"]}
     ok = [r for r in rows if r["status"] == "ok"]
     for r in rows:
         assert r["schema_version"] == 2 and r["fusion"] == "mean_prob"

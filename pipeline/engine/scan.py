@@ -62,6 +62,10 @@ def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size:
     # job's console has its one progress line (pipeline.console)
     ctx.enable_progress_bars = verbose()
     ctx.enable_operator_progress_bars = verbose()
+    if not verbose():
+        # Ray Data's high-memory advice names a code argument (`memory=` of a map call) the user cannot set; the
+        # read stage's reservation is --read-memory-mb, and the router's worker memory is the imported libraries
+        ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     ctx.execution_options.preserve_order = False
     items = [{"shard_url": url, "shard": sid} for url, sid in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items))

@@ -80,6 +80,7 @@ class RunLog:
         self._file = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
         self.destination: str | None = None
         self.attached: dict[str, str] = {}  # file name beside the log -> local file published with it
+        self._done = False  # published or discarded
 
     def attach(self, path: str | None, name: str) -> None:
         """Publish the local file `path` as `name` beside the log (e.g. the driver's stderr)."""
@@ -93,6 +94,11 @@ class RunLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self._done:  # not published nor discarded by the job: publish where known, else remove
+            if self.destination is not None:
+                self.publish()
+            else:
+                self.discard()
         _SINK.target = _SINK.tee = None
         RunLog._current = None
         self._file.close()
@@ -106,6 +112,7 @@ class RunLog:
     def discard(self) -> None:
         """Nothing worth keeping happened (e.g. the run never started): remove the spool (and attached files)."""
         self.destination = None
+        self._done = True
         for path in [self.path, *self.attached.values()]:
             with contextlib.suppress(OSError):
                 os.remove(path)
@@ -127,5 +134,7 @@ class RunLog:
         except OSError:
             return self.path
         for path in [self.path, *self.attached.values()]:  # published: the local copies are no longer needed
-            os.remove(path)
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        self._done = True
         return self.destination

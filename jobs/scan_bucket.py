@@ -46,7 +46,8 @@ FLAGS: dict[str, tuple[type, str]] = {
     "actor_num_gpus": (float, "GPUs per scorer actor"),
     "read_num_cpus": (float, "CPUs per read+decode task"),
     "read_concurrency": (int, "max concurrent read+decode tasks"),
-    "read_memory_mb": (int, "memory reserved per read+decode task (MB)"),
+    "read_memory_mb": (int, "memory reserved per read+decode task (MB; it holds one shard: raise it for big shards "
+                       "or when read tasks are killed for memory)"),
     "dtype": (str, "auto | float32 | float16 | bfloat16 (auto: bfloat16/float16 on GPU, float32 on CPU)"),
     "decode_on": (str, "cpu | gpu (gpu: eligible JPEGs decoded batched on the scorer's GPU; needs actor_num_gpus)"),
     "torch_threads": (int, "torch threads per CPU scorer actor"),

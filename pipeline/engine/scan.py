@@ -13,7 +13,8 @@ cost is per batch, not per row, and the head's memory does not grow with pending
 
 The read and score stages have different compute strategies and resources, so Ray does not fuse them: decode
 never runs inside the model actors. Actor pools that take every CPU hang (ray#44687), hence fractional num_cpus.
-Writers need a little CPU (`writer_num_cpus`), so they never land on a head started with 0 CPUs.
+Writers and the routing tasks reserve no CPU (see WRITER_NUM_CPUS); writers are pinned to nodes with CPUs, so
+they never land on a head started with 0 CPUs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.console import verbose
 from pipeline.engine import cluster
@@ -39,8 +41,12 @@ from pipeline.scan.write import ShardSink
 
 log = get_logger("pipeline.engine.scan")
 
-WRITER_NUM_CPUS = 0.05  # a writer mostly waits on storage; it must still need SOME CPU (never on a 0-CPU head)
-ROUTE_NUM_CPUS = 0.05
+# Writers and routing tasks reserve no CPU: their work is small (µs per row, mostly waiting on storage), and any
+# reservation beside the scorer actors and read tasks can leave a node without room for a read task — the
+# actor-pool hang of ray#44687 (seen here on a 1-CPU node: 0.5 + 0.5 + 0.05 > 1). Writers are pinned (softly)
+# to nodes that HAVE CPUs, so a head started with 0 CPUs never writes.
+WRITER_NUM_CPUS = 0.0
+ROUTE_NUM_CPUS = 0.0
 
 
 def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: object) -> Iterator[dict[str, np.ndarray]]:
@@ -150,8 +156,13 @@ class RayScanExecutor:
     def _run(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
         cfg, timing = work.cfg, work.timing
         n_writers = max(1, min(cfg.num_actors, len(todo)))
-        actor = ray.remote(num_cpus=self.writer_num_cpus, max_restarts=3, scheduling_strategy="SPREAD")
-        writers = [actor(ShardWriterActor).remote(work.ctx, cfg.output, work.scan_date) for _ in range(n_writers)]
+        actor = ray.remote(num_cpus=self.writer_num_cpus, max_restarts=3)(ShardWriterActor)
+        cpu_nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU"))
+        writers = []
+        for i in range(n_writers):
+            strategy: Any = (NodeAffinitySchedulingStrategy(node_id=cpu_nodes[i % len(cpu_nodes)], soft=True)
+                             if cpu_nodes else "SPREAD")  # fmt: skip
+            writers.append(actor.options(scheduling_strategy=strategy).remote(work.ctx, cfg.output, work.scan_date))
         try:
             ds = build_dataset(todo, cfg, image_size=work.image_size, resize_mode=work.resize_mode,
                                scorer=self.scorer, also=work.also)

@@ -250,10 +250,10 @@ def inmemory_main(data: str, result: str) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.engine.train import ray_session
+    from pipeline.engine.cluster import session
 
     store = tempfile.mkdtemp(prefix="bench-inmem-")
-    with ray_session():
+    with session(extra_env={"OMP_NUM_THREADS": "1"}):
         TorchTrainer(_inmemory_worker, train_loop_config={"data": data, "result": result},
                      scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1.0}),
                      run_config=RunConfig(storage_path=store, name="inmem")).fit()  # fmt: skip
@@ -263,14 +263,15 @@ def inmemory_main(data: str, result: str) -> None:
 def feed_rates(data: Path, configs: list[str], tasks: list[int], max_images: int) -> list[dict[str, Any]]:
     import ray
 
-    from pipeline.engine.train import ray_session, stream_dataset
+    from pipeline.engine.cluster import session
+    from pipeline.engine.train import stream_dataset
     from pipeline.models import DetectorConfig
     from pipeline.train.config import TrainConfig
     from pipeline.train.data import patch_size
     from pipeline.train.feed import make_plan, train_spec
 
     rows = []
-    with ray_session():
+    with session(extra_env={"OMP_NUM_THREADS": "1"}):
         ray.data.DataContext.get_current().enable_progress_bars = False
         for config in configs:
             recipe = json.loads((ROOT / "pipeline/train/recipes/univfd.json").read_text())

@@ -233,17 +233,16 @@ def test_pickle_disguised_as_safetensors_fails_the_job_without_unpickling(world,
 _LOCAL_PROBE = r"""
 import json, os
 from pipeline.engine import cluster
-how = cluster.connect(None, 1)
 import ray
-info = ray._private.worker.global_worker.node.address_info
-print("PROBE " + json.dumps({"how": how, "webui_url": info.get("webui_url") or ""}))
-cluster.shutdown()
+with cluster.session(None, 1) as how:
+    info = ray._private.worker.global_worker.node.address_info
+    print("PROBE " + json.dumps({"how": how, "webui_url": info.get("webui_url") or ""}))
 """
 
 
 @pytest.mark.slow
 def test_local_ray_start_exposes_no_dashboard(tmp_path) -> None:
-    """`cluster.connect()` without an address starts a local Ray: no dashboard is started at all
+    """`cluster.session()` without an address starts a local Ray: no dashboard is started at all
     (include_dashboard=False), so nothing serves the dashboard/job API on any interface."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")

@@ -101,13 +101,14 @@ def test_train_dataset_follows_the_epoch_clock(data: Path) -> None:
     import numpy as np
     import ray
 
-    from pipeline.engine.train import EpochClock, ray_session, stream_dataset
+    from pipeline.engine.cluster import session
+    from pipeline.engine.train import EpochClock, stream_dataset
     from pipeline.models import DetectorConfig
     from pipeline.train.config import TrainConfig
     from pipeline.train.feed import DecodeSpec, epoch_order, make_plan
 
     plan = make_plan(TrainConfig.parse({"data": str(data), "out": "unused", "seed": 7}))
-    with ray_session(num_cpus=2):
+    with session(num_cpus=2):
         clock = EpochClock.remote()
         ds = stream_dataset(ray.put(plan.train), plan.n_train, DecodeSpec(det_cfg=DetectorConfig.load("tiny-mole"),
                             seed=7), epoch=0, chunk_rows=8, read_tasks=1, clock=clock)  # fmt: skip

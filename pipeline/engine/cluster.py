@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import ray
@@ -43,11 +45,14 @@ def runtime_env(environ: dict[str, str] | None = None) -> dict[str, dict[str, st
     return {"env_vars": {k: env[k] for k in passthrough_env_names(env)}}
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+def connect(address: str | None = None, num_cpus: int | None = None, *,
+            extra_env: dict[str, str] | None = None, temp_dir: str | None = None) -> str:  # fmt: skip
     """Attach to a cluster or start a local one; returns how ("attached" | "local").
 
-    address None: attach to `RAY_ADDRESS` when set (the case under `ray job submit`), else start a local Ray
-    with `num_cpus` (default: all cores). Any other address is passed to `ray.init`.
+    address None: attach to `RAY_ADDRESS` when set (the case under `ray job submit`), else start a NEW local
+    Ray (`address="local"`: never auto-attach to some other `ray start` registered on this machine) with
+    `num_cpus` (default: all cores) in `temp_dir` (Ray's default when None). Any other address is passed to
+    `ray.init`. `extra_env` adds defaults for the workers' environment (the driver's own values win).
 
     Quiet unless the job runs verbose (`pipeline.console.verbose()`): workers' output is not forwarded to the
     driver (it stays in Ray's log folder; the shards' events reach the driver in their summaries) and Ray's
@@ -55,6 +60,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     if ray.is_initialized():
         return "attached"
     renv = runtime_env()
+    for k, v in (extra_env or {}).items():
+        renv["env_vars"].setdefault(k, v)
     names = sorted(renv["env_vars"])
     target = address or os.environ.get("RAY_ADDRESS")
     loud = verbose()
@@ -67,7 +74,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     # Ray turns token authentication on by default for a local Ray (and generates the token) and warns about
     # it each start: keep the protection, drop the warning (it asks the user to do nothing)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=renv, **quiet)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=renv,
+             _temp_dir=temp_dir, **quiet)  # fmt: skip
     return "local"
 
 
@@ -77,12 +85,14 @@ def shutdown() -> None:
 
 
 @contextlib.contextmanager
-def session(address: str | None = None, num_cpus: int | None = None) -> Iterator[str]:
+def session(address: str | None = None, num_cpus: int | None = None, *,
+            extra_env: dict[str, str] | None = None) -> Iterator[str]:  # fmt: skip
     """THE place a job gets its Ray: yields "attached" | "local" | "existing" (`connect`'s rules; "existing":
     this process was already connected, e.g. a test's session-wide head or a caller's own `ray.init`).
 
-    On exit it shuts down only what it started: a local Ray it started is stopped; a cluster it attached to is
-    never shut down (the driver disconnects from it, the cluster and its other jobs keep running); an existing
+    On exit it shuts down only what it started: a local Ray it started is stopped and its private temp dir
+    (short, under /tmp: unix socket paths must stay < 108 chars) removed; a cluster it attached to is never
+    shut down (the driver disconnects from it, the cluster and its other jobs keep running); an existing
     connection is left as it was.
 
         with cluster.session(cfg.ray_address, cfg.ray_num_cpus):
@@ -91,11 +101,16 @@ def session(address: str | None = None, num_cpus: int | None = None) -> Iterator
     if ray.is_initialized():
         yield "existing"
         return
-    how = connect(address, num_cpus)
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    temp_dir = tempfile.mkdtemp(prefix="gsray", dir="/tmp") if local else None
     try:
+        how = connect(address, num_cpus, extra_env=extra_env, temp_dir=temp_dir)
         yield how
     finally:
         # for "local" this stops the Ray this call started; for "attached" it only disconnects this driver
-        # (ray.shutdown() on a driver of a running cluster does not stop the cluster)
+        # (ray.shutdown() on a driver of a running cluster does not stop the cluster). Also runs when the
+        # start itself failed (e.g. a timed-out raylet on an overloaded machine).
         if ray.is_initialized():
             ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)

@@ -20,11 +20,8 @@ loop resumes after the last reported epoch; `resume=True` (`--resume`) reopens t
 `<out>/_checkpoints/` so a killed job continues from its last epoch.
 
 Scaling is `ScalingConfig(num_workers, use_gpu)` from the TrainConfig (never from the driver's `torch.cuda`).
-Cluster: attaches to `RAY_ADDRESS` when set (via `pipeline.engine.cluster.connect`) or uses an initialised
-Ray; otherwise starts a PRIVATE local Ray (`address="local"`, short private temp dir) and shuts it down
-afterwards. (`pipeline.engine.cluster.session` is not used here: its local start is `ray.init()` without an
-address, which attaches to whatever `ray start` cluster this machine registered last — on a shared machine
-another job's, failing with "InvalidAuthToken".) A local Ray gets at least workers x cpus_per_worker + 1 CPUs,
+Cluster: through `pipeline.engine.cluster.session` (the one attach/start place): attaches to `RAY_ADDRESS`
+when set or uses an initialised Ray; otherwise starts a private local Ray and shuts it down afterwards. A local Ray gets at least workers x cpus_per_worker + 1 CPUs,
 so the read tasks always have one. Non-secret AWS_*/GENSCAN_* settings reach the workers through the job's
 runtime_env (`pipeline.engine.cluster.runtime_env`, never secrets).
 """
@@ -36,8 +33,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +46,7 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, R
 from ray.train.torch import TorchTrainer
 
 from pipeline import storage
-from pipeline.engine.cluster import connect, runtime_env
+from pipeline.engine import cluster
 from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import (
@@ -69,42 +65,8 @@ log = get_logger(__name__)
 EVAL_BATCH = 64
 
 
-def worker_env() -> dict[str, str]:
-    """Driver environment the training workers need (S3 endpoint/region, our settings, thread caps), by the
-    pass-through rules of `pipeline.engine.cluster` (secrets excluded); values are never logged."""
-    env = dict(runtime_env()["env_vars"])
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
-@contextmanager
-def ray_session(num_cpus: int | None = None) -> Iterator[None]:
-    """Use the Ray we are attached to, or start a private one for the duration of the block."""
-    if ray.is_initialized():
-        yield
-        return
-    if os.environ.get("RAY_ADDRESS"):  # e.g. under `ray job submit`: attach, passing the AWS_* env along
-        connect()
-        try:
-            yield
-        finally:
-            ray.shutdown()
-        return
-    env = {"env_vars": worker_env()}
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: unix socket paths < 108 chars
-    try:
-        ray.init(
-            address="local",  # a new private Ray: never auto-attach to another `ray start` on this machine
-            num_cpus=num_cpus or os.cpu_count() or 2,
-            include_dashboard=False,
-            _temp_dir=temp_dir,
-            runtime_env=env,
-            log_to_driver=True,
-        )
-        yield
-    finally:  # also when the start itself failed (e.g. a timed-out raylet on an overloaded machine)
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+# thread cap for the training workers and read tasks of a Ray this job starts (a driver value wins)
+WORKER_ENV_DEFAULTS = {"OMP_NUM_THREADS": "1"}
 
 
 # ---- datasets --------------------------------------------------------------------------------------------------
@@ -279,7 +241,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | No
     storage_path, storage_fs = checkpoint_storage(cfg.out)
     name = run_name(cfg.out, resume)
     need = cfg.num_workers * cfg.cpus_per_worker + 1  # at least one CPU left for the read/decode tasks
-    with ray_session(num_cpus=max(os.cpu_count() or 2, math.ceil(need))):
+    with cluster.session(num_cpus=max(os.cpu_count() or 2, math.ceil(need)), extra_env=WORKER_ENV_DEFAULTS):
         clock = EpochClock.remote()
         datasets = build_datasets(cfg, plan, clock)
         trainer = TorchTrainer(

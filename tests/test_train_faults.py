@@ -4,6 +4,7 @@ continues from the last epoch checkpoint), and the whole job SIGKILLed then `--r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -83,6 +84,21 @@ def _descendants(pid: int) -> list[int]:
         out.append(p)
         todo += kids.get(p, [])
     return out
+
+
+def _wait_gone(pids: list[int], timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+        assert time.monotonic() - t0 < timeout, "killed processes did not exit"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "Z"
+    return stat[stat.rindex(")") + 2 :].split()[0]
 
 
 def _train_worker_pid(root: int) -> int | None:
@@ -165,8 +181,13 @@ def test_killed_job_resumes_from_last_epoch(data: Path, tmp_path: Path) -> None:
     try:
         _wait_for_checkpoint(proc, out)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the private Ray it started
+        tree = _descendants(proc.pid)  # the driver and the private Ray it started (raylet, workers, controller)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=60)
+        _wait_gone(tree)  # no dying process may register one more epoch after `done` is read below
     assert not (out / "train_summary.json").exists()
     done = max(_registered_epochs(out))
     _run([*args, "--resume"])

@@ -203,16 +203,10 @@ def _fail(exc: BaseException, loc: Location, operation: str, action: str, kind: 
 
 def probe_filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """A filesystem for `uri` that fails fast (S3: short connect timeout, no retries, not the shared instance)."""
-    protocol = fsspec.core.split_protocol(uri)[0]
-    if protocol in ("s3", "s3a"):
-        options = dict(PROBE_S3_OPTIONS)
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            options["client_kwargs"] = {"endpoint_url": endpoint}
-        fs, path = fsspec.core.url_to_fs(uri, **options)
+    fs, path = storage.tuned_filesystem(uri, PROBE_S3_OPTIONS)
+    if fsspec.core.split_protocol(uri)[0] in ("s3", "s3a"):
         fs.retries = 1  # s3fs's own retry loop around every call
-        return fs, path
-    return fsspec.core.url_to_fs(uri)
+    return fs, path
 
 
 def check_readable(loc: Location) -> None:

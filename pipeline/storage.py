@@ -31,6 +31,20 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def tuned_filesystem(uri: str, s3_options: dict) -> tuple[fsspec.AbstractFileSystem, str]:
+    """`filesystem`, with `s3_options` (timeouts, retries) applied for s3:// URIs. The endpoint from
+    AWS_ENDPOINT_URL goes into the client kwargs: it is part of fsspec's instance-cache key, so a changed
+    endpoint never reuses a client of the old one."""
+    protocol = fsspec.core.split_protocol(uri)[0]
+    if protocol not in ("s3", "s3a"):
+        return fsspec.core.url_to_fs(uri)
+    options = dict(s3_options)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return fsspec.core.url_to_fs(uri, **options)
+
+
 def join(uri: str, *parts: str) -> str:
     if is_remote(uri):
         return posixpath.join(uri.rstrip("/"), *parts)

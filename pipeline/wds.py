@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tarfile
 import time
@@ -42,6 +41,7 @@ from typing import IO, Any
 
 import fsspec
 
+from pipeline import storage
 from pipeline.logs import get_logger
 
 log = get_logger("pipeline.wds")
@@ -333,15 +333,7 @@ class _TransientReadError(Exception):
 
 def open_fs(shard_url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """fsspec filesystem + path for a shard, with the bounded S3 timeouts/retries above."""
-    protocol = fsspec.core.split_protocol(shard_url)[0]
-    if protocol in ("s3", "s3a"):
-        options = dict(S3_STORAGE_OPTIONS)
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            # part of fsspec's instance-cache key: a changed endpoint never reuses a client of the old one
-            options["client_kwargs"] = {"endpoint_url": endpoint}
-        return fsspec.core.url_to_fs(shard_url, **options)
-    return fsspec.core.url_to_fs(shard_url)
+    return storage.tuned_filesystem(shard_url, S3_STORAGE_OPTIONS)
 
 
 def is_missing(exc: BaseException) -> bool:

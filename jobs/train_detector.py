@@ -157,12 +157,15 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
             from pipeline.train.loop import train_local
 
             console.status("training in this process...")
-            summary = train_local(cfg, resume=args.resume, plan=plan)
+            progress = console.epochs("train", cfg.epochs, plan.n_train)
+            summary = train_local(cfg, resume=args.resume, plan=plan, on_epoch=progress)
         else:
             from pipeline.engine.train import run_training
 
             console.status("starting Ray Train, then training (per-epoch metrics in the log)...")
-            summary = run_training(cfg, resume=args.resume, plan=plan)
+            progress = console.epochs("train", cfg.epochs, plan.n_train)
+            summary = run_training(cfg, resume=args.resume, plan=plan, on_epoch=progress)
+        console.end_progress()
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         runlog.discard()
         console.line(f"error: {exc}")

@@ -76,6 +76,37 @@ class ShardProgress:
             self.bar = None
 
 
+class EpochProgress:
+    """`on_epoch(done)` for training: one tqdm line with epochs done / total, images/s (training images of the
+    epochs finished since the first call) and the ETA (tqdm's, from the epoch rate)."""
+
+    def __init__(self, stream: IO[str], desc: str, total: int, images_per_epoch: int) -> None:
+        self.stream, self.desc, self.total, self.images_per_epoch = stream, desc, total, images_per_epoch
+        self.bar: Any = None
+        self.first = 0
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, initial=done, desc=self.desc, unit="epoch", file=self.stream,
+                            ascii=not self.stream.isatty(), dynamic_ncols=True, leave=True,
+                            mininterval=0.5 if self.stream.isatty() else 10.0)  # fmt: skip
+            self.first, self.t0 = done, time.perf_counter()
+        if done <= self.bar.n:
+            return
+        elapsed = time.perf_counter() - self.t0
+        images = (done - self.first) * self.images_per_epoch
+        self.bar.set_postfix_str(f"{images / elapsed:.1f} img/s" if elapsed > 0 else "… img/s", refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 class Console:
     """The console of one job run (see the module doc)."""
 
@@ -85,7 +116,7 @@ class Console:
         self.stream: IO[str] = sys.stderr
         self.stderr_log: str | None = None
         self._saved_fd: int | None = None
-        self._bars: list[ShardProgress] = []
+        self._bars: list[ShardProgress | EpochProgress] = []
 
     def __enter__(self) -> Console:
         if self.verbose:
@@ -134,6 +165,11 @@ class Console:
 
     def shards(self, desc: str, images_key: str = "rows") -> ShardProgress:
         bar = ShardProgress(self.stream, desc, images_key)
+        self._bars.append(bar)
+        return bar
+
+    def epochs(self, desc: str, total: int, images_per_epoch: int) -> EpochProgress:
+        bar = EpochProgress(self.stream, desc, total, images_per_epoch)
         self._bars.append(bar)
         return bar
 

@@ -116,7 +116,9 @@ def test_training_state_round_trip(tmp_path: Path) -> None:
     assert sched2.best == sched.best and sched2.num_bad_epochs == sched.num_bad_epochs
 
 
-def test_local_training_skips_unreadable_images_and_resumes(corpus: Path, tmp_path: Path) -> None:
+def test_local_training_skips_unreadable_images_and_resumes(corpus: Path, tmp_path: Path, capsys) -> None:
+    import re
+
     from jobs.train_detector import main
 
     out = tmp_path / "ck"
@@ -124,7 +126,10 @@ def test_local_training_skips_unreadable_images_and_resumes(corpus: Path, tmp_pa
     assert main([*base, "--epochs", "1"]) == 0
     s1 = json.loads((out / "train_summary.json").read_text())
     assert s1["skipped"]["train"]["n"] + s1["skipped"]["eval"]["n"] >= 1  # the corrupt file: counted, no crash
+    assert re.search(r"train:.* 1/1 ", capsys.readouterr().err)  # the progress line, epochs done / total
     assert main([*base, "--epochs", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"train:.* 2/2 ", err) and "img/s" in err and "Traceback" not in err, err
     s2 = json.loads((out / "train_summary.json").read_text())
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and s2["resumes"] == [{"after_epoch": 1, "world_size": 1}]

@@ -32,8 +32,10 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -232,9 +234,40 @@ def run_name(out: str, resume: bool) -> str:
     return time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None) -> dict[str, Any]:
+@contextmanager
+def _watch_epochs(clock: Any, on_epoch: Callable[[int], None] | None, period_s: float = 1.0) -> Iterator[None]:
+    """While the block runs, call `on_epoch(done)` whenever the epoch clock moves (rank 0 sets it to the
+    0-based epoch it starts, i.e. the number of epochs done). A driver-side thread: the workers are untouched."""
+    if on_epoch is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def poll() -> None:
+        last = None
+        while not stop.wait(period_s):
+            try:
+                done = int(ray.get(clock.get.remote(), timeout=10))
+            except Exception:  # noqa: BLE001 - a progress line never fails the run (e.g. a clock being restarted)
+                continue
+            if done != last:
+                on_epoch(done)
+                last = done
+
+    thread = threading.Thread(target=poll, name="train-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None,
+                 on_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Train with Ray Train and return the run summary (also in `<out>/train_summary.json`). `plan`: the
-    driver's listing + split (made here when not given).
+    driver's listing + split (made here when not given). `on_epoch(done)`: progress, called from a driver
+    thread as epochs start and once when training ends.
 
     Raises the worker's error (wrapped by Ray as TrainingFailedError) when training fails."""
     plan = plan or make_plan(cfg)
@@ -265,7 +298,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | No
         )
         log.info("ray_train_start", num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, out=cfg.out, run=name,
                  n_train=plan.n_train, n_val=plan.n_val)  # fmt: skip
-        trainer.fit()
+        with _watch_epochs(clock, on_epoch):
+            trainer.fit()
+    if on_epoch is not None:
+        on_epoch(cfg.epochs)
     summary = read_summary(cfg.out)
     log.info("ray_train_done", out=cfg.out, **{k: v for k, v in summary.items() if not isinstance(v, dict | list)})
     return summary

@@ -30,7 +30,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -472,11 +472,12 @@ class LocalHooks(TrainHooks):
     """One in-process worker: the feed's stage functions run in a small thread pool (`feed.iter_local`); the
     per-epoch training state goes to `<out>/_checkpoints/local/epoch_NNNN/` (the last one is resumed from)."""
 
-    def __init__(self, cfg: TrainConfig, plan: TrainPlan, *, resume: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, plan: TrainPlan, *, resume: bool = False,
+                 on_epoch: Callable[[int], None] | None = None) -> None:  # fmt: skip
         from pipeline.models import DetectorConfig
         from pipeline.train.data import patch_size
 
-        self.cfg, self.plan, self.resume = cfg, plan, resume
+        self.cfg, self.plan, self.resume, self.on_epoch = cfg, plan, resume, on_epoch
         det_cfg = DetectorConfig.load(cfg.config).model_copy(update={"generators": plan.generators})
         self.train_stage = train_spec(cfg, det_cfg, patch_size(det_cfg))
         self.plain_stage = DecodeSpec(det_cfg=det_cfg)
@@ -486,6 +487,8 @@ class LocalHooks(TrainHooks):
     def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]:
         from pipeline.train.feed import DecodeStage
 
+        if self.on_epoch is not None:  # `epoch` (0-based) is starting: that many are done
+            self.on_epoch(epoch)
         return iter_local(self.plan.train, DecodeStage(self.train_stage), batch_size=self.cfg.batch_size,
                           seed=self.cfg.seed, epoch=epoch)  # fmt: skip
 
@@ -514,17 +517,21 @@ class LocalHooks(TrainHooks):
         return self._tmp
 
 
-def train_local(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None) -> dict[str, Any]:
-    """In-process training without Ray (one worker), through the same streaming stages; same outputs."""
+def train_local(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None,
+                on_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """In-process training without Ray (one worker), through the same streaming stages; same outputs.
+    `on_epoch(done)` is called as each epoch starts and once more when training ends (progress line)."""
     from pipeline.train.feed import make_plan
 
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.torch_threads))
     plan = plan or make_plan(cfg)
-    hooks = LocalHooks(cfg, plan, resume=resume)
+    hooks = LocalHooks(cfg, plan, resume=resume, on_epoch=on_epoch)
     try:
         summary = train_worker(cfg, plan.meta(), hooks)
     finally:
         if hooks._tmp is not None:
             shutil.rmtree(hooks._tmp, ignore_errors=True)
     assert summary is not None  # rank 0 always returns
+    if on_epoch is not None:
+        on_epoch(cfg.epochs)
     return summary

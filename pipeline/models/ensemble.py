@@ -75,6 +75,15 @@ def _shared_blocks(members: Sequence[Member]) -> int:
     return min(m.det.first_adapted_block for m in members)
 
 
+
+def distinct_specs(members: list[Member]) -> list[InputSpec]:
+    """The members' preprocessing inputs, each once, in first-use order."""
+    out: list[InputSpec] = []
+    for m in members:
+        if m.spec not in out:
+            out.append(m.spec)
+    return out
+
 @dataclass
 class BackboneGroup:
     """Members on the same frozen backbone, input size and normalisation. Members whose preprocessing
@@ -87,11 +96,7 @@ class BackboneGroup:
 
     @property
     def specs(self) -> list[InputSpec]:
-        out: list[InputSpec] = []
-        for m in self.members:
-            if m.spec not in out:
-                out.append(m.spec)
-        return out
+        return distinct_specs(self.members)
 
     @property
     def primary(self) -> Member:
@@ -203,11 +208,7 @@ class DetectorSet:
     @property
     def inputs(self) -> list[InputSpec]:
         """The distinct preprocessing inputs ``predict`` needs, in first-use order."""
-        out: list[InputSpec] = []
-        for m in self.members:
-            if m.spec not in out:
-                out.append(m.spec)
-        return out
+        return distinct_specs(self.members)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -8,7 +8,7 @@ first 1,000 images are distinct, larger sets hard-link them under new names (dec
    `jobs/train_detector.py` (tiny-mole, 1 epoch, one CPU worker, head_init random) at 1k, 8k and 32k images,
    next to the in-memory baseline at 1k and 8k (32k in memory would need ~15 GB on this shared machine).
 2. Feed: images/s a consumer receives from the Ray Data read + decode + UnivFD augmentation stage
-   (`pipeline.engine.train.stream_dataset`, augmentation on, crop at the detector's input size) with 1 and 2 CPU
+   (`pipeline.engine.train_data.stream_dataset`, augmentation on, crop at the detector's input size) with 1 and 2 CPU
    read tasks, against each model's own training step rate (forward + backward + AdamW on uint8 batches
    normalised in the step, random init, CPU fp32, 1 thread as a training worker) for tiny-mole and vitb16-mole.
 3. Steady training images/s (the epoch's training phase, `train_seconds` in metrics.jsonl), streaming vs
@@ -264,7 +264,7 @@ def feed_rates(data: Path, configs: list[str], tasks: list[int], max_images: int
     import ray
 
     from pipeline.engine.cluster import session
-    from pipeline.engine.train import stream_dataset
+    from pipeline.engine.train_data import stream_dataset
     from pipeline.models import DetectorConfig
     from pipeline.train.config import TrainConfig
     from pipeline.train.data import patch_size

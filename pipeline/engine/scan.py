@@ -44,8 +44,11 @@ log = get_logger("pipeline.engine.scan")
 # Writers and routing tasks reserve no CPU: their work is small (µs per row, mostly waiting on storage), and any
 # reservation beside the scorer actors and read tasks can leave a node without room for a read task — the
 # actor-pool hang of ray#44687 (seen here on a 1-CPU node: 0.5 + 0.5 + 0.05 > 1). Writers are pinned (softly)
-# to nodes that HAVE CPUs, so a head started with 0 CPUs never writes.
+# to nodes that HAVE CPUs, so a head started with 0 CPUs never writes. A writer reserves memory instead (it holds
+# a shard's pending rows): Ray places an actor that requests NO resource at all on a random node, ignoring a
+# soft node affinity, so without a reservation the pin would not hold.
 WRITER_NUM_CPUS = 0.0
+WRITER_MEMORY_MB = 64
 ROUTE_NUM_CPUS = 0.0
 
 
@@ -156,7 +159,8 @@ class RayScanExecutor:
     def _run(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
         cfg, timing = work.cfg, work.timing
         n_writers = max(1, min(cfg.num_actors, len(todo)))
-        actor = ray.remote(num_cpus=self.writer_num_cpus, max_restarts=3)(ShardWriterActor)
+        actor = ray.remote(num_cpus=self.writer_num_cpus, memory=WRITER_MEMORY_MB * 2**20,
+                           max_restarts=3)(ShardWriterActor)  # fmt: skip
         cpu_nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU"))
         writers = []
         for i in range(n_writers):

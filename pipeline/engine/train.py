@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import ray
 import ray.train
 import torch
@@ -49,17 +48,10 @@ from ray.train.torch import TorchTrainer
 
 from pipeline import storage
 from pipeline.engine import cluster
+from pipeline.engine.train_data import EpochClock, stream_dataset
 from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
-from pipeline.train.feed import (
-    DecodeSpec,
-    DecodeStage,
-    TrainPlan,
-    listing_chunk,
-    make_plan,
-    n_chunks,
-    train_spec,
-)
+from pipeline.train.feed import DecodeSpec, TrainPlan, make_plan, train_spec
 from pipeline.train.loop import CHECKPOINTS_DIR, TrainHooks, per_rank_batch, read_summary, train_worker
 
 log = get_logger(__name__)
@@ -71,55 +63,7 @@ EVAL_BATCH = 64
 WORKER_ENV_DEFAULTS = {"OMP_NUM_THREADS": "1"}
 
 
-# ---- datasets --------------------------------------------------------------------------------------------------
-@ray.remote(num_cpus=0)
-class EpochClock:
-    """The training epoch the read tasks of the `train` dataset are producing (set by rank 0)."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-
-    def set(self, epoch: int) -> int:
-        self.epoch = int(epoch)
-        return self.epoch
-
-    def get(self) -> int:
-        return self.epoch
-
-
-def _read_chunks(
-    batch: dict[str, np.ndarray], *, table: list[Any], chunk_rows: int, seed: int, epoch: int, stage: DecodeStage,
-    clock: Any = None,
-) -> dict[str, np.ndarray]:  # fmt: skip
-    """Ray Data task body: chunk ids -> listing rows (the listing table comes from the object store) -> the
-    decode stage. `table` is a one-element list so Ray passes the ObjectRef itself, not its value; with a
-    `clock` the epoch comes from it."""
-    tab = table[0] if isinstance(table[0], pa.Table) else ray.get(table[0])
-    if clock is not None:
-        epoch = ray.get(clock.get.remote())
-    return stage(listing_chunk(tab, batch["id"], chunk_rows=chunk_rows, seed=seed, epoch=epoch))
-
-
-def stream_dataset(table_ref: Any, n_rows: int, spec: DecodeSpec, *, epoch: int, chunk_rows: int,
-                   read_tasks: int | None, clock: Any = None) -> ray.data.Dataset:  # fmt: skip
-    """A lazily planned dataset of decoded uint8 images in CPU Ray Data tasks, for epoch `epoch` (`-1`:
-    listing order, no augmentation randomness needed) or, with `clock`, for whatever epoch it says."""
-    n = max(n_chunks(n_rows, chunk_rows), 1)
-    ds = ray.data.range(n, override_num_blocks=n) if n_rows else ray.data.range(0)
-    kwargs: dict[str, Any] = {}
-    if read_tasks is not None:
-        kwargs["compute"] = ray.data.TaskPoolStrategy(size=read_tasks)
-    return ds.map_batches(
-        _read_chunks,
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=1,
-        fn_kwargs={"table": [table_ref], "chunk_rows": chunk_rows, "seed": spec.seed, "epoch": epoch,
-                   "stage": DecodeStage(spec), "clock": clock},  # fmt: skip
-        **kwargs,
-    )
-
-
+# ---- datasets (the read side: pipeline.engine.train_data) -------------------------------------------------
 def build_datasets(cfg: TrainConfig, plan: TrainPlan, clock: Any) -> dict[str, ray.data.Dataset]:
     from pipeline.models import DetectorConfig
     from pipeline.train.data import patch_size

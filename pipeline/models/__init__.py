@@ -10,15 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "DetectorMeta": "pipeline.models.checkpoint",
+    "DetectorMeta": "pipeline.models.meta",
     "load_detector": "pipeline.models.checkpoint",
-    "read_meta": "pipeline.models.checkpoint",
+    "read_meta": "pipeline.models.meta",
     "save_detector": "pipeline.models.checkpoint",
     "DetectorConfig": "pipeline.models.config",
     "HeadConfig": "pipeline.models.config",
     "MoLEConfig": "pipeline.models.config",
     "list_configs": "pipeline.models.config",
-    "CheckpointError": "pipeline.models.detector",
+    "CheckpointError": "pipeline.models.meta",
     "Detector": "pipeline.models.detector",
     "DetectorOutput": "pipeline.models.detector",
     "create_detector": "pipeline.models.detector",
@@ -50,11 +50,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from pipeline.models.checkpoint import DetectorMeta, load_detector, read_meta, save_detector
+    from pipeline.models.checkpoint import load_detector, save_detector
     from pipeline.models.config import DetectorConfig, HeadConfig, MoLEConfig, list_configs
-    from pipeline.models.detector import CheckpointError, Detector, DetectorOutput, create_detector
+    from pipeline.models.detector import Detector, DetectorOutput, create_detector
     from pipeline.models.ensemble import DetectorSet, load_detector_set
     from pipeline.models.fusion import FUSIONS, fuse
+    from pipeline.models.meta import CheckpointError, DetectorMeta, read_meta
     from pipeline.models.predictor import Predictor
 
 

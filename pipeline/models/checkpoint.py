@@ -9,81 +9,30 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
 
 import pipeline
 from pipeline import storage
 from pipeline.logs import get_logger
 from pipeline.models.config import DetectorConfig
 from pipeline.models.constants import META_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
-from pipeline.models.detector import (
+from pipeline.models.detector import Detector, check_state_dict, create_detector, sha256_file
+from pipeline.models.meta import (  # noqa: F401 - the meta half of a checkpoint, re-exported
+    BackboneMeta,
     CheckpointError,
-    Detector,
-    check_state_dict,
-    create_detector,
+    DetectorMeta,
+    ImportedFrom,
+    read_meta,
     refuse_pickle,
-    sha256_file,
 )
-from pipeline.settings import ConfigError, StrictModel
+from pipeline.settings import ConfigError
 
 log = get_logger("pipeline.models.checkpoint")
-
-
-class BackboneMeta(StrictModel):
-    arch: str
-    pretrained: str | None = None  # open_clip tag | weights file path/URI | None (random init)
-    kind: str = "none"  # "none" | "tag" | "file"
-    sha256: str | None = None  # of the pretrained weights file (kind == "file")
-    stored_in_checkpoint: bool = False  # the frozen backbone is inside detector.safetensors
-
-
-class ImportedFrom(StrictModel):
-    """Provenance of a detector imported from a peer's released weights file (jobs/import_detector.py)."""
-
-    kind: str  # "univfd" | "clipbased" | "rine"
-    variant: str | None = None  # RINE: 1class | 2class | 4class | ldm
-    file: str  # the path given on the command line
-    sha256: str  # of that file's bytes
-    bytes: int
-    nesting: (
-        str  # where the state dict sat: "raw" | "model" | "model (module. stripped)" | "state_dict" | "net"
-    )
-    keys: dict[str, str] = Field(default_factory=dict, description="source key -> genscan parameter name")
-    origin: str  # repository / download address
-    licence: str
-    paper: str
-
-
-class DetectorMeta(StrictModel):
-    """Everything needed to rebuild and use a detector. The trainer fills the thresholds / notes;
-    ``save_detector`` fills config, backbone, project_version, created_at and detector_id."""
-
-    format_version: int = 1
-    config: DetectorConfig | None = None
-    generators: list[str] = Field(default_factory=list)
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="calibrated p_fake threshold")
-    unknown_threshold: float = Field(
-        0.0, ge=0.0, le=1.0, description="max attribution probability below this -> 'unknown'"
-    )
-    backbone: BackboneMeta | None = None
-    project_version: str = ""
-    created_at: str = ""
-    detector_id: str = ""
-    notes: dict[str, Any] = Field(default_factory=dict, description="free-form training/calibration notes")
-    imported_from: ImportedFrom | None = Field(
-        None, description="set when the weights came from a peer's file"
-    )
-
-    @property
-    def labels(self) -> list[str]:
-        return ["real", *self.generators]
 
 
 def checkpoint_keys(det: Detector, *, with_backbone: bool) -> list[str]:
@@ -227,9 +176,3 @@ def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
     det.eval()
     log.info("detector_loaded", uri=uri, detector_id=meta.detector_id, tensors=len(tensors))
     return det, meta
-
-
-def read_meta(uri: str | Path) -> DetectorMeta:
-    """Only the meta of a checkpoint (no weights)."""
-    data = json.loads(storage.read_bytes(storage.join(str(uri), META_FILE)))
-    return DetectorMeta.parse(data, source=f"{uri}/{META_FILE}")

@@ -18,17 +18,13 @@ from torch import nn
 from pipeline import storage
 from pipeline.logs import get_logger
 from pipeline.models.config import DetectorConfig, check_arch_pretrained, register_arch_configs
-from pipeline.models.constants import PICKLE_SUFFIXES
+from pipeline.models.meta import CheckpointError, refuse_pickle  # noqa: F401 - re-exported
 from pipeline.models.mole import Mode, MoLEMLP
 from pipeline.settings import ConfigError
 
 log = get_logger("pipeline.models")
 
 _USE_CONFIG = object()  # sentinel: take the pretrained source from the config
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or weights file that cannot be used (missing/unexpected keys, wrong shapes, a pickle)."""
 
 
 @dataclass
@@ -55,15 +51,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def refuse_pickle(path: str) -> None:
-    if any(str(path).lower().endswith(s) for s in PICKLE_SUFFIXES):
-        raise CheckpointError(
-            f"refusing to load {path}: '{Path(str(path)).suffix}' files are Python pickles and are never "
-            "unpickled here (arbitrary code execution); convert the weights to .safetensors "
-            "(safetensors.torch.save_file(state_dict, 'weights.safetensors')) and pass that file"
-        )
 
 
 def check_state_dict(expected: dict[str, torch.Size], got: dict[str, torch.Tensor], *, what: str) -> None:

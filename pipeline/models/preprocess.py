@@ -18,12 +18,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from pipeline.models.constants import PREPROCESS_MODES
 
 if TYPE_CHECKING:
+    import torch
+
     from pipeline.models.config import DetectorConfig
 
 
@@ -77,6 +78,8 @@ def to_model_input(
     images: np.ndarray | torch.Tensor, cfg: DetectorConfig, device: str | torch.device | None = None
 ) -> torch.Tensor:
     """uint8 (N, S, S, 3) (or one (S, S, 3)) -> float32 (N, 3, S, S), CLIP-normalised, on `device`."""
+    import torch  # here, not at the top: the read tasks decode with this module and never need torch
+
     x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     if x.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images, got {x.dtype}")

@@ -13,6 +13,7 @@ exactly one row.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import platform
 import uuid
 from dataclasses import dataclass
@@ -92,18 +93,14 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
 
 
 def versions() -> dict[str, str]:
-    import open_clip
-    import pyarrow
-    import torch
-
-    out = {"python": platform.python_version(), "genscan": pipeline.__version__, "torch": torch.__version__,
-           "open_clip": open_clip.__version__, "pyarrow": pyarrow.__version__}  # fmt: skip
-    try:
-        import ray
-
-        out["ray"] = ray.__version__
-    except ImportError:  # pragma: no cover - ray is a dependency
-        out["ray"] = "not installed"
+    """The versions of the run's main packages, from their installed metadata: nothing is imported (torch and
+    open_clip would cost the driver seconds of start-up, and the driver never needs them)."""
+    out = {"python": platform.python_version(), "genscan": pipeline.__version__}
+    for name, dist in (("torch", "torch"), ("open_clip", "open_clip_torch"), ("pyarrow", "pyarrow"), ("ray", "ray")):
+        try:
+            out[name] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
+            out[name] = "not installed"
     return out
 
 

@@ -41,7 +41,7 @@ def detector_info(uri: str) -> DetectorInfo:
     The actors then load the weights, checking hash, keys and shapes (pipeline.models.load_detector)."""
     from pipeline.models import read_meta
     from pipeline.models.constants import WEIGHTS_FILE
-    from pipeline.models.detector import refuse_pickle
+    from pipeline.models.meta import refuse_pickle
     from pipeline.storage import exists, join
 
     try:

@@ -32,12 +32,15 @@ import io
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import ExifTags, Image
 
 from pipeline.scan.decode import DecodeResult, decode_image
+
+if TYPE_CHECKING:
+    import torch
 
 DecodeOn = str  # "cpu" | "gpu"
 JPEG_SOI = b"\xff\xd8\xff"
@@ -119,6 +122,9 @@ class DeviceDecoder:
 
     def __init__(self, device: str | torch.device, image_size: int,
                  max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS) -> None:  # fmt: skip
+        # torch is imported by the decoder, not the module: the read tasks use this module's shipping rule
+        # (decode_or_ship) and never load torch
+        import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
         self.device = torch.device(device)
@@ -147,6 +153,8 @@ class DeviceDecoder:
         """Decode `items` (encoded JPEGs). `sizes` (w, h) from the read side group the calls by pixel budget.
         A call that fails is retried one image at a time; an image that still fails (or decodes to an
         unexpected shape) is decoded by the CPU decoder instead, whose result is returned in `fallback`."""
+        import torch
+
         t0 = time.perf_counter()
         crops: dict[int, torch.Tensor] = {}
         failed: list[int] = []

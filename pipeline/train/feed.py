@@ -25,13 +25,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from pipeline.logs import get_logger
+
+if TYPE_CHECKING:
+    import torch
 
 log = get_logger(__name__)
 
@@ -350,6 +352,8 @@ class SkipCounter:
 def to_device(images: np.ndarray, det_cfg: Any, device: torch.device) -> torch.Tensor:
     """uint8 NHWC batch -> CLIP-normalised float NCHW on `device`; on CUDA through pinned host memory with a
     non-blocking copy, the normalisation done on the device."""
+    import torch  # on the training side only: the read tasks use this module without torch
+
     from pipeline.models.preprocess import to_model_input
 
     x = torch.from_numpy(np.ascontiguousarray(images))

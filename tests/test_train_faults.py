@@ -1,6 +1,8 @@
-"""Ray Train at small scale, the real thing: the training job on a private local Ray (started by the job),
-data-parallel correctness with two CPU workers, a training worker SIGKILLed mid-run (Ray Train replaces it and
-continues from the last epoch checkpoint), and the whole job SIGKILLed then `--resume`d. Slow (Ray start-up)."""
+"""Ray Train at small scale, the real thing: the training job attached to the run's shared Ray head
+(tests/conftest.py) for data-parallel correctness with two CPU workers and for a training worker SIGKILLed
+mid-run (Ray Train replaces it and continues from the last epoch checkpoint); the whole job SIGKILLed then
+`--resume`d on the private local Ray the job starts itself (the driver and its Ray die together, as when a
+machine is lost). Slow (Ray Train start-up)."""
 
 from __future__ import annotations
 
@@ -42,8 +44,13 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:
     return [*TRAIN, "--data", str(data), "--out", str(out), "--config", "tiny-mole", "--batch-size", "16", *extra]
 
 
-def _run(args: list[str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def _attached(head) -> dict[str, str]:
+    """The environment of a training job that attaches to `head` (the job's cluster.session reads RAY_ADDRESS)."""
+    return {**head.env, "RAY_ADDRESS": head.address}
+
+
+def _run(args: list[str], timeout: float = 400, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     return res
 
@@ -113,7 +120,8 @@ def _train_worker_pid(root: int) -> int | None:
     return None
 
 
-def test_train_dataset_follows_the_epoch_clock(data: Path) -> None:
+def test_train_dataset_follows_the_epoch_clock(data: Path, shared_s3_ray: dict,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """One Ray dataset serves every epoch: its read tasks take the epoch (order + augmentation seed) from the
     clock rank 0 sets; each block is exactly one chunk of that epoch's permutation."""
     import numpy as np
@@ -126,7 +134,8 @@ def test_train_dataset_follows_the_epoch_clock(data: Path) -> None:
     from pipeline.train.feed import DecodeSpec, epoch_order, make_plan
 
     plan = make_plan(TrainConfig.parse({"data": str(data), "out": "unused", "seed": 7}))
-    with session(num_cpus=2):
+    monkeypatch.setenv("RAY_AUTH_MODE", shared_s3_ray["head"].env["RAY_AUTH_MODE"])
+    with session(shared_s3_ray["head"].address):
         clock = EpochClock.remote()
         ds = stream_dataset(ray.put(plan.train), plan.n_train, DecodeSpec(det_cfg=DetectorConfig.load("tiny-mole"),
                             seed=7), epoch=0, chunk_rows=8, read_tasks=1, clock=clock)  # fmt: skip
@@ -138,11 +147,12 @@ def test_train_dataset_follows_the_epoch_clock(data: Path) -> None:
         assert not np.array_equal(epoch_order(plan.n_train, 7, 0), epoch_order(plan.n_train, 7, 3))
 
 
-def test_two_workers_match_one(data: Path, tmp_path: Path) -> None:
+def test_two_workers_match_one(data: Path, tmp_path: Path, shared_s3_ray: dict) -> None:
     """Same data, seed and effective batch: one in-process worker vs two DDP workers on Ray Train."""
     one, two = tmp_path / "one", tmp_path / "two"
     _run(_args(data, one, "--epochs", "2", "--engine", "local"))
-    _run(_args(data, two, "--epochs", "2", "--num-workers", "2", "--cpus-per-worker", "0.5"))
+    _run(_args(data, two, "--epochs", "2", "--num-workers", "2", "--cpus-per-worker", "0.5"),
+         env=_attached(shared_s3_ray["head"]))
     s1, s2 = (json.loads((p / "train_summary.json").read_text()) for p in (one, two))
     assert s2["world_size"] == 2 and s2["effective_batch"] == s1["effective_batch"] == 16
     assert s1["split"] == s2["split"]  # the same listing and split
@@ -156,14 +166,15 @@ def test_two_workers_match_one(data: Path, tmp_path: Path) -> None:
         assert abs(a["loss"] - b["loss"]) <= LOSS_RTOL * a["loss"], (a, b)
 
 
-def test_killed_worker_is_replaced_and_training_continues(data: Path, tmp_path: Path) -> None:
+def test_killed_worker_is_replaced_and_training_continues(data: Path, tmp_path: Path, shared_s3_ray: dict) -> None:
     out = tmp_path / "ck"
+    head = shared_s3_ray["head"]
     proc = subprocess.Popen(_args(data, out, "--epochs", "2", "--augment"), cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            env=_attached(head), stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         _wait_for_checkpoint(proc, out)
-        pid = _train_worker_pid(proc.pid)
-        assert pid is not None, "no Ray Train worker found below the job"
+        pid = _train_worker_pid(head.pid)  # the worker runs on the head's node (only this job trains there)
+        assert pid is not None, "no Ray Train worker found on the head"
         os.kill(pid, signal.SIGKILL)
         _, err = proc.communicate(timeout=400)
     finally:

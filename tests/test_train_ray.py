@@ -12,7 +12,7 @@ import pytest
 from jobs.evaluate import main as evaluate_main
 from pipeline.data.demo import DemoConfig, generate
 from pipeline.models import load_detector
-from tests.support.ray_cluster import ray_head, submit_job
+from tests.support.ray_cluster import submit_job
 from tests.support.shards import make_bucket
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "jobs" / "train_detector.py")]
 
 
-def test_train_job_from_s3_bucket_on_ray_head(s3_server: dict[str, str], tmp_path: Path) -> None:
+def test_train_job_from_s3_bucket_on_ray_head(shared_s3_ray: dict, tmp_path: Path) -> None:
     import s3fs
 
     bucket = make_bucket("train")
@@ -30,14 +30,14 @@ def test_train_job_from_s3_bucket_on_ray_head(s3_server: dict[str, str], tmp_pat
     ckpt = f"{bucket}/ckpt/mole"
     args = [*TRAIN, "--data", f"{bucket}/data/train", "--config", "tiny-mole", "--method", "mole",
             "--train-generators", "upconv", "--out", ckpt, "--epochs", "2", "--augment"]  # fmt: skip
-    with ray_head(extra_env=s3_server) as head:
-        res = submit_job(head, args, timeout_s=300)
-        assert res.status == "SUCCEEDED", res.logs[-5000:]
-        assert res.driver_exit_code in (0, None)
-        assert "ray_train_start" in res.logs  # went through the TorchTrainer wrapper
-        # a bad request fails fast with exit code 2 and the field named, before any Ray work
-        bad = submit_job(head, [*TRAIN, "--data", f"{bucket}/data/train", "--out", ckpt, "--mask-ratio", "3"], timeout_s=120)
-        assert bad.status == "FAILED" and "mask_ratio" in bad.logs
+    head = shared_s3_ray["head"]  # the run's shared head, started with this S3 server's settings
+    res = submit_job(head, args, timeout_s=300)
+    assert res.status == "SUCCEEDED", res.logs[-5000:]
+    assert res.driver_exit_code in (0, None)
+    assert "ray_train_start" in res.logs  # went through the TorchTrainer wrapper
+    # a bad request fails fast with exit code 2 and the field named, before any Ray work
+    bad = submit_job(head, [*TRAIN, "--data", f"{bucket}/data/train", "--out", ckpt, "--mask-ratio", "3"], timeout_s=120)
+    assert bad.status == "FAILED" and "mask_ratio" in bad.logs
 
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem()

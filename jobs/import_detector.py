@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="overwrite an existing checkpoint at --out")
     a = ap.parse_args(argv)
 
-    from pipeline.models.detector import CheckpointError
     from pipeline.models.importer import WeightsFileError, import_detector
+    from pipeline.models.meta import CheckpointError
 
     try:
         meta = import_detector(

@@ -35,8 +35,8 @@ _HOME_BEFORE = _home_cache_entries()
 
 # `make test` runs the modules on two pytest-xdist workers (`-n 2 --dist loadfile`: a module stays on one worker,
 # so its module fixtures are set up once). Most of the suite's time is a few modules that start Ray jobs; they
-# are collected first so the two workers do not end with one long module running alone. Measured on a fresh
-# run (2 cores): these take 20-180 s each, every other module < 20 s.
+# are collected first so the two workers do not end with one long module running alone: the modules that
+# start Ray jobs or training runs (measured on 2 cores: 12-300 s each; test_train_faults is the longest).
 HEAVY_FIRST = ("test_train_faults", "test_reliability_faults", "test_multinode", "test_scan_job", "test_train_ray",
                "test_security", "test_filter_ray", "test_train_e2e", "test_gpu_bench", "test_console",
                "test_reliability_inputs", "test_scan_multi", "test_preflight")  # fmt: skip

@@ -77,7 +77,7 @@ def make_detector(corpus: Corpus, ckpt_dir: str, seed: int = 0) -> str:
     from PIL import Image
 
     from pipeline.models import DetectorConfig, create_detector, save_detector
-    from pipeline.models.checkpoint import DetectorMeta
+    from pipeline.models.meta import DetectorMeta
     from pipeline.models.preprocess import prepare_image, to_model_input
 
     torch.manual_seed(seed)

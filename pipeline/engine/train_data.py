@@ -2,8 +2,8 @@
 augmented) uint8 images, and the `EpochClock` actor their read tasks follow.
 
 Kept apart from `pipeline.engine.train` on purpose: the read tasks and the clock actor import only this module
-and the torch-free `pipeline.train.feed` stages, so a read-task process does not load torch (≈0.8 GB of
-resident memory and ~2 s of start-up per process).
+and the torch-free `pipeline.train.feed` stages, so a read-task process does not load torch (≈0.9 GB of
+resident memory and ~3 s of start-up per process; measured in docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -22,14 +22,7 @@ from pipeline.logs import get_logger
 from pipeline.models.config import DetectorConfig
 from pipeline.models.constants import META_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
 from pipeline.models.detector import Detector, check_state_dict, create_detector, sha256_file
-from pipeline.models.meta import (  # noqa: F401 - the meta half of a checkpoint, re-exported
-    BackboneMeta,
-    CheckpointError,
-    DetectorMeta,
-    ImportedFrom,
-    read_meta,
-    refuse_pickle,
-)
+from pipeline.models.meta import BackboneMeta, CheckpointError, DetectorMeta, refuse_pickle
 from pipeline.settings import ConfigError
 
 log = get_logger("pipeline.models.checkpoint")

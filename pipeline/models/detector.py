@@ -18,7 +18,7 @@ from torch import nn
 from pipeline import storage
 from pipeline.logs import get_logger
 from pipeline.models.config import DetectorConfig, check_arch_pretrained, register_arch_configs
-from pipeline.models.meta import CheckpointError, refuse_pickle  # noqa: F401 - re-exported
+from pipeline.models.meta import CheckpointError, refuse_pickle
 from pipeline.models.mole import Mode, MoLEMLP
 from pipeline.settings import ConfigError
 

@@ -31,10 +31,11 @@ import torch
 from PIL import Image
 
 from pipeline.logs import get_logger
-from pipeline.models.checkpoint import DetectorMeta, load_detector
+from pipeline.models.checkpoint import load_detector
 from pipeline.models.decision import is_fake, logit_of, sigmoid
 from pipeline.models.detector import Detector, DetectorOutput, run_blocks
 from pipeline.models.fusion import DEFAULT_FUSION, check_fusion, fuse
+from pipeline.models.meta import DetectorMeta
 from pipeline.models.predictor import _DTYPES, DType, resolve_dtype
 from pipeline.models.preprocess import prepare_image, to_model_input
 from pipeline.settings import ConfigError

@@ -29,16 +29,16 @@ import torch
 
 from pipeline import storage
 from pipeline.logs import get_logger
-from pipeline.models.checkpoint import BackboneMeta, DetectorMeta, ImportedFrom, write_checkpoint
+from pipeline.models.checkpoint import write_checkpoint
 from pipeline.models.config import DetectorConfig
 from pipeline.models.constants import META_FILE, WEIGHTS_FILE
 from pipeline.models.detector import (
-    CheckpointError,
     check_state_dict,
     head_shapes,
     resolve_pretrained,
     sha256_file,
 )
+from pipeline.models.meta import BackboneMeta, CheckpointError, DetectorMeta, ImportedFrom
 from pipeline.settings import ConfigError
 
 log = get_logger("pipeline.models.importer")

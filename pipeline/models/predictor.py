@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from pipeline.models import decision
-from pipeline.models.checkpoint import DetectorMeta
 from pipeline.models.detector import Detector
+from pipeline.models.meta import DetectorMeta
 from pipeline.models.preprocess import to_model_input
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]

@@ -46,9 +46,11 @@ log = get_logger("pipeline.engine.scan")
 # actor-pool hang of ray#44687 (seen here on a 1-CPU node: 0.5 + 0.5 + 0.05 > 1). Writers are pinned (softly)
 # to nodes that HAVE CPUs, so a head started with 0 CPUs never writes. A writer reserves memory instead (it holds
 # a shard's pending rows): Ray places an actor that requests NO resource at all on a random node, ignoring a
-# soft node affinity, so without a reservation the pin would not hold.
+# soft node affinity, so without a reservation the pin would not hold. Nodes without CPUs are excluded by a
+# hard label selector as well, which also holds when a writer restarts after losing its node.
 WRITER_NUM_CPUS = 0.0
 WRITER_MEMORY_MB = 64
+NODE_ID_LABEL = "ray.io/node-id"  # the label every Ray node carries (ray.util.placement_group.NODE_ID_LABEL_KEY)
 ROUTE_NUM_CPUS = 0.0
 
 
@@ -161,12 +163,18 @@ class RayScanExecutor:
         n_writers = max(1, min(cfg.num_actors, len(todo)))
         actor = ray.remote(num_cpus=self.writer_num_cpus, memory=WRITER_MEMORY_MB * 2**20,
                            max_restarts=3)(ShardWriterActor)  # fmt: skip
-        cpu_nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU"))
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        cpu_nodes = sorted(n["NodeID"] for n in alive if n.get("Resources", {}).get("CPU"))
+        no_cpu = sorted(n["NodeID"] for n in alive if not n.get("Resources", {}).get("CPU"))
+        # never on a node without CPUs (a head started with 0 CPUs), also not when a writer restarts after its
+        # node was lost: the soft pin then no longer applies and Ray would pick any node with memory
+        never = {"label_selector": {NODE_ID_LABEL: f"!in({','.join(no_cpu)})"}} if no_cpu else {}
         writers = []
         for i in range(n_writers):
             strategy: Any = (NodeAffinitySchedulingStrategy(node_id=cpu_nodes[i % len(cpu_nodes)], soft=True)
                              if cpu_nodes else "SPREAD")  # fmt: skip
-            writers.append(actor.options(scheduling_strategy=strategy).remote(work.ctx, cfg.output, work.scan_date))
+            writers.append(actor.options(scheduling_strategy=strategy, **never)
+                           .remote(work.ctx, cfg.output, work.scan_date))  # fmt: skip
         try:
             ds = build_dataset(todo, cfg, image_size=work.image_size, resize_mode=work.resize_mode,
                                scorer=self.scorer, also=work.also)

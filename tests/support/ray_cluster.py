@@ -276,12 +276,14 @@ def ray_worker_node(
     temp_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")
     (nm, om, agent_http, agent_grpc, rt_agent, metrics) = _distinct_free_ports(6)
     log_path = os.path.join(temp_dir, "worker.log")
-    before = {n["node_id"] for n in alive_nodes(head) if not n.get("is_head_node")}
+    # the node is recognised by a resource only it has: a listing taken just before it starts can miss a node
+    # that joined a moment ago, so "the node that was not there before" may name another one
+    tag = f"genscan_node_{uuid.uuid4().hex[:12]}"
     cmd = [
         RAY_BIN, "start", "--block",
         "--address", head.address,
         "--node-ip-address", "127.0.0.1",
-        "--resources", json.dumps(dict(resources or {})),
+        "--resources", json.dumps({**dict(resources or {}), tag: 1}),
         *_node_args(nm, om, agent_http, agent_grpc, rt_agent, metrics, num_cpus, object_store_mb, temp_dir),
     ]  # fmt: skip
     log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
@@ -295,7 +297,7 @@ def ray_worker_node(
                 raise RuntimeError(f"ray start (worker) exited with {proc.returncode}:\n{Path(log_path).read_text()[-4000:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker node not ALIVE after {start_timeout_s}s:\n{Path(log_path).read_text()[-4000:]}")
-            new = [n["node_id"] for n in alive_nodes(head) if not n.get("is_head_node") and n["node_id"] not in before]
+            new = [n["node_id"] for n in alive_nodes(head) if (n.get("resources_total") or {}).get(tag)]
             node_id = new[0] if new else None
             if node_id is None:
                 time.sleep(0.5)

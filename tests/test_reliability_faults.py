@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -352,12 +353,14 @@ def test_driver_killed_mid_job_then_resume_exactly_once(world) -> None:
     assert _wait_markers(out, 1, 240) >= 1
     pids = _driver_pids(str(out))
     assert len(pids) == 1, pids
-    os.kill(pids[0], signal.SIGKILL)
+    (run_dir,) = list((out / "_run").iterdir())
+    driver = json.loads((run_dir / "run.json").read_text())["attempts"][-1]["driver"]
+    assert (driver["host"], driver["pid"]) == (socket.gethostname(), pids[0])  # run.json names the live driver
+    os.kill(pids[0], signal.SIGKILL)  # the driver dies abruptly, mid-run
     n_done = len(list(out.glob("_shards/*/*.json")))
     killed = wait_job(head, first.submission_id, timeout_s=120)
     assert killed.status == "FAILED", killed.status
     assert 1 <= n_done < N_LONG, n_done
-    (run_dir,) = list((out / "_run").iterdir())
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # died without cleanup
 
     second = submit_job(head, [*args, "--resume"], timeout_s=300)

@@ -5,11 +5,7 @@ One S3 server, one detector and one Ray head are shared by the whole module."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,44 +166,6 @@ def test_bad_config_field_is_named(world, tmp_path):
     cfg.write_text(json.dumps({"input": "x", "output": "y", "detector": "z", "batchsize": 4}))
     res = submit_job(head, [*SCAN, "--config-file", str(cfg)], timeout_s=120)
     assert res.status == "FAILED" and res.driver_exit_code == 2 and "batchsize" in res.logs
-
-
-def test_resume_after_killing_the_driver_mid_run(world):
-    """Kill the job's driver (SIGKILL) once some shards are durable; --resume scans only the rest; exactly one row per sample."""
-    head, b = world["head"], world["bucket"]
-    n_shards, per = 12, 200  # enough model work after the first marker that the stop lands mid-run
-    write_shards(f"{b}/many/", n_shards, per, seed=100, size=(40, 32))
-    out = world["tmp"] / "resume-out"
-    base = [*SCAN, "--input", f"{b}/many/", "--output", str(out), "--detector", f"{b}/detectors/tiny",
-            "--batch-size", "32", "--read-concurrency", "1", "--read-num-cpus", "0.5", "--chunk-rows", "100",
-            "--stall-timeout-s", "120"]  # fmt: skip
-    first = submit_job(head, base, timeout_s=5, wait=False)
-    markers = out / "_shards"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not list(markers.glob("*/*.json")):
-        time.sleep(0.02)
-    (run_dir,) = list((out / "_run").iterdir())
-    driver = json.loads((run_dir / "run.json").read_text())["attempts"][-1]["driver"]
-    assert driver["host"] == socket.gethostname()
-    os.kill(driver["pid"], signal.SIGKILL)  # the driver dies abruptly, mid-run
-    killed = wait_job(head, first.submission_id, timeout_s=60)
-    n_done = len(list(markers.glob("*/*.json")))
-    assert killed.status == "FAILED", killed.status
-    assert 1 <= n_done < n_shards, f"{n_done} markers: the job finished before the kill"
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # never got to finish
-
-    second = submit_job(head, [*base, "--resume"], timeout_s=240)
-    assert second.status == "SUCCEEDED", second.logs[-4000:]
-    run = json.loads((run_dir / "run.json").read_text())
-    assert run["status"] == "succeeded" and len(run["attempts"]) == 2
-    assert run["attempts"][1]["shards_skipped"] >= n_done and run["attempts"][1]["resumed"]
-    glob = str(out / "scan_date=*" / "*.parquet")
-    con = duckdb.connect()
-    total, distinct, shards, runs = con.execute(
-        "SELECT count(*), count(DISTINCT shard || '/' || key), count(DISTINCT shard), count(DISTINCT run_id) "
-        "FROM read_parquet(?, hive_partitioning=true)", [glob]).fetchone()  # fmt: skip
-    assert (total, distinct, shards, runs) == (n_shards * per, n_shards * per, n_shards, 1)
-    assert len(list(markers.glob("*/*.json"))) == n_shards
 
 
 def test_wait_job_bound(world):

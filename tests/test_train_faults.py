@@ -1,12 +1,10 @@
-"""Ray Train at small scale, the real thing: the training job attached to the run's shared Ray head
-(tests/conftest.py) for data-parallel correctness with two CPU workers and for a training worker SIGKILLed
-mid-run (Ray Train replaces it and continues from the last epoch checkpoint); the whole job SIGKILLed then
-`--resume`d on the private local Ray the job starts itself (the driver and its Ray die together, as when a
-machine is lost). Slow (Ray Train start-up)."""
+"""Ray Train at small scale, the real thing, on the run's shared Ray head (tests/conftest.py): data-parallel
+correctness with two CPU workers; a training worker SIGKILLed mid-run (Ray Train replaces it and continues from
+the last epoch checkpoint); the job's driver SIGKILLed mid-run (Ray ends its controller and workers), then the
+same command with `--resume`. Slow (Ray Train start-up)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -190,24 +188,38 @@ def test_killed_worker_is_replaced_and_training_continues(data: Path, tmp_path: 
     assert _epochs(out) == list(range(1, KILL_EPOCHS + 1))  # each epoch recorded once, none missing
 
 
-def test_killed_job_resumes_from_last_epoch(data: Path, tmp_path: Path) -> None:
+def _train_processes(root: int) -> list[int]:
+    """The Ray Train controller and worker processes under `root` (a Ray head's process tree)."""
+    found = []
+    for pid in _descendants(root):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"RayTrainWorker" in cmd or b"TrainController" in cmd:
+            found.append(pid)
+    return found
+
+
+def test_killed_job_resumes_from_last_epoch(data: Path, tmp_path: Path, shared_s3_ray: dict) -> None:
+    """The job's driver SIGKILLed mid-run (its pod or machine lost): Ray ends the job's controller and workers
+    with it; the same command with `--resume` continues after the last registered epoch checkpoint."""
     out = tmp_path / "ck"
+    head = shared_s3_ray["head"]
     args = _args(data, out, "--epochs", str(KILL_EPOCHS))
-    proc = subprocess.Popen(args, cwd=REPO, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(args, cwd=REPO, text=True, env=_attached(head), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
         _wait_for_checkpoint(proc, out)
     finally:
-        tree = _descendants(proc.pid)  # the driver and the private Ray it started (raylet, workers, controller)
+        trainers = _train_processes(head.pid)  # the job's controller and workers, on the head's node
         os.killpg(proc.pid, signal.SIGKILL)
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=60)
-        _wait_gone(tree)  # no dying process may register one more epoch after `done` is read below
+    assert trainers, "no Ray Train process of the job found on the head"
+    _wait_gone(trainers, timeout=120)  # no dying worker may register one more epoch after `done` is read below
     assert not (out / "train_summary.json").exists()
     done = max(_registered_epochs(out))
-    _run([*args, "--resume"])
+    _run([*args, "--resume"], env=_attached(head))
     summary = json.loads((out / "train_summary.json").read_text())
     assert [r["after_epoch"] for r in summary["resumes"]] == [done]
     assert _epochs(out) == list(range(1, KILL_EPOCHS + 1))

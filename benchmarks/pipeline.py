@@ -39,6 +39,7 @@ import torch  # noqa: E402
 from pipeline.logs import get_logger  # noqa: E402
 
 log = get_logger("benchmarks.pipeline")
+STEADY_TARGET = 0.93  # scan steady / encoder-only
 TMP = REPO / "results" / "tmp" / "pipeline"
 
 
@@ -170,8 +171,8 @@ def render_md(r: dict) -> str:
         f"| scan, wall (incl. Ray start, actor start, model load) | {m['scan_wall']} | "
         f"{[s['images_per_s_wall'] for s in scans]} |",
         "",
-        f"- scan steady / encoder-only = **{q['scan_steady_vs_encoder']}** (target ≥ 0.90: "
-        f"{ok(q['scan_steady_vs_encoder'], 0.9)})",
+        f"- scan steady / encoder-only = **{q['scan_steady_vs_encoder']}** (target ≥ {STEADY_TARGET}: "
+        f"{ok(q['scan_steady_vs_encoder'], STEADY_TARGET)})",
         f"- scan steady / DataLoader loop = **{q['scan_steady_vs_dataloader']}** (target ≥ 1.0: "
         f"{ok(q['scan_steady_vs_dataloader'], 1.0)})",
         f"- **model-actor busy fraction** during the scan (steady images/s × infer_s / rows; both measured in "
@@ -200,8 +201,9 @@ def render_md(r: dict) -> str:
         "",
         "How the scan keeps up: read+decode run in CPU tasks (never fused into the model actor: the read stage",
         "reserves memory, so Ray cannot fuse it), the scorer actor holds the model and takes a fractional CPU",
-        "share, and the driver only collects small score rows and writes one Parquet per shard. On a GPU the",
-        "same script runs the GPU variant (fp16, batch ≥ 128, decode stays on CPU) — not measured here (no GPU).",
+        "share, writer actors on the workers write each shard's Parquet and marker, and the driver receives one",
+        "small summary row per scored batch. On a GPU the same script runs the GPU variant (fp16, batch ≥ 128,",
+        "decode stays on CPU) — not measured here (no GPU).",
     ]
     return "\n".join(lines) + "\n"
 

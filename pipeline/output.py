@@ -142,6 +142,9 @@ def write_json(uri: str, obj: Any) -> None:
 # ------------------------------------------------------------------------------------------- listing
 def _names(uri: str, suffix: str = "") -> list[str]:
     fs, path = filesystem(uri)
+    # never from a cached listing: markers and Parquet are written by other processes (the writer actors), and
+    # s3fs keeps a folder's listing from the first look, e.g. the resume check at the start of a run
+    fs.invalidate_cache(path)
     try:
         if not fs.exists(path):
             return []

@@ -83,3 +83,21 @@ def test_detector_whose_weights_do_not_match_its_id_is_refused(s3fs_client, tmp_
     with pytest.raises(storage.CacheError, match="does not match"):
         storage.fetch_to_cache(uri)
     assert not list((tmp_path / "cache").rglob("detector.safetensors"))  # nothing half-trusted left in place
+
+
+def test_markers_written_by_another_process_are_seen_after_a_listing(s3fs_client, s3_server) -> None:
+    """The driver lists a date's markers at the start (resume) and again at the end, while writer actors in other
+    processes write them: the second listing must not come from s3fs's cached folder listing (s3fs_client: a
+    client of THIS server, not one cached from an earlier test)."""
+    import boto3
+
+    from pipeline.output import RunPaths, completed_shards
+
+    s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    s3.create_bucket(Bucket="markers")
+    paths = RunPaths("s3://markers/scan", "2026-01-01")
+    key = paths.marker("a").removeprefix("s3://markers/")
+    s3.put_object(Bucket="markers", Key=key, Body=b"{}")
+    assert completed_shards(paths) == {"a"}  # this listing is what s3fs caches
+    s3.put_object(Bucket="markers", Key=key.replace("/a.json", "/b.json"), Body=b"{}")  # another process writes
+    assert completed_shards(paths) == {"a", "b"}

@@ -112,14 +112,17 @@ def _state(pid: int) -> str:
     return stat[stat.rindex(")") + 2 :].split()[0]
 
 
-def _train_worker_pid(root: int) -> int | None:
+def _processes_named(root: int, *names: bytes) -> list[int]:
+    """PIDs under `root` (e.g. a Ray head's process tree) whose command line holds one of `names`."""
+    found = []
     for pid in _descendants(root):
         try:
-            if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-    return None
+        if any(name in cmd for name in names):
+            found.append(pid)
+    return found
 
 
 def test_train_dataset_follows_the_epoch_clock(data: Path, shared_s3_ray: dict,
@@ -175,9 +178,9 @@ def test_killed_worker_is_replaced_and_training_continues(data: Path, tmp_path: 
                             env=_attached(head), stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         _wait_for_checkpoint(proc, out)
-        pid = _train_worker_pid(head.pid)  # the worker runs on the head's node (only this job trains there)
-        assert pid is not None, "no Ray Train worker found on the head"
-        os.kill(pid, signal.SIGKILL)
+        workers = _processes_named(head.pid, b"RayTrainWorker")  # on the head's node (only this job trains there)
+        assert workers, "no Ray Train worker found on the head"
+        os.kill(workers[0], signal.SIGKILL)
         _, err = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
@@ -186,19 +189,6 @@ def test_killed_worker_is_replaced_and_training_continues(data: Path, tmp_path: 
     summary = json.loads((out / "train_summary.json").read_text())
     assert len(summary["resumes"]) == 1 and summary["resumes"][0]["after_epoch"] >= 1  # it did restart
     assert _epochs(out) == list(range(1, KILL_EPOCHS + 1))  # each epoch recorded once, none missing
-
-
-def _train_processes(root: int) -> list[int]:
-    """The Ray Train controller and worker processes under `root` (a Ray head's process tree)."""
-    found = []
-    for pid in _descendants(root):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"RayTrainWorker" in cmd or b"TrainController" in cmd:
-            found.append(pid)
-    return found
 
 
 def test_killed_job_resumes_from_last_epoch(data: Path, tmp_path: Path, shared_s3_ray: dict) -> None:
@@ -212,7 +202,7 @@ def test_killed_job_resumes_from_last_epoch(data: Path, tmp_path: Path, shared_s
     try:
         _wait_for_checkpoint(proc, out)
     finally:
-        trainers = _train_processes(head.pid)  # the job's controller and workers, on the head's node
+        trainers = _processes_named(head.pid, b"RayTrainWorker", b"TrainController")  # the job's, on the head
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     assert trainers, "no Ray Train process of the job found on the head"

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+from ray.util.placement_group import NODE_ID_LABEL_KEY
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.console import verbose
@@ -50,7 +51,6 @@ log = get_logger("pipeline.engine.scan")
 # hard label selector as well, which also holds when a writer restarts after losing its node.
 WRITER_NUM_CPUS = 0.0
 WRITER_MEMORY_MB = 64
-NODE_ID_LABEL = "ray.io/node-id"  # the label every Ray node carries (ray.util.placement_group.NODE_ID_LABEL_KEY)
 ROUTE_NUM_CPUS = 0.0
 
 
@@ -168,7 +168,7 @@ class RayScanExecutor:
         no_cpu = sorted(n["NodeID"] for n in alive if not n.get("Resources", {}).get("CPU"))
         # never on a node without CPUs (a head started with 0 CPUs), also not when a writer restarts after its
         # node was lost: the soft pin then no longer applies and Ray would pick any node with memory
-        never = {"label_selector": {NODE_ID_LABEL: f"!in({','.join(no_cpu)})"}} if no_cpu else {}
+        never = {"label_selector": {NODE_ID_LABEL_KEY: f"!in({','.join(no_cpu)})"}} if no_cpu else {}
         writers = []
         for i in range(n_writers):
             strategy: Any = (NodeAffinitySchedulingStrategy(node_id=cpu_nodes[i % len(cpu_nodes)], soft=True)

@@ -284,33 +284,6 @@ def _exactly_once(out: Path, n_shards: int, per: int) -> None:
     assert (total, distinct, shards, bad) == (n_shards * per, n_shards * per, n_shards, 0)
 
 
-@pytest.mark.slow
-def test_scoring_actor_killed_mid_job_is_restarted_rows_exactly_once(world) -> None:
-    """SIGKILL the scoring actor's process once the first shard is durable (a crash / OOM kill): Ray restarts
-    the actor and retries its batches; the driver drops re-delivered rows; every sample is one row."""
-    from ray.util.state import get_actor
-
-    from tests.support.ray_cluster import submit_job, wait_job
-
-    head = world["head"]
-    out = world["tmp"] / "out3"
-    res = submit_job(head, [*SCAN, "--input", "s3://faultscan/long/", "--output", str(out), "--detector",
-                            "s3://faultscan/det", "--scan-date", "2026-11-24", *SLOW], wait=False)  # fmt: skip
-    assert _wait_markers(out, 1, 240) >= 1
-    scorers = _scorer_actors(head)
-    assert scorers, "no scoring actor found"
-    victim = scorers[0]
-    os.kill(victim.pid, signal.SIGKILL)
-    done_at_kill = len(list(out.glob("_shards/*/*.json")))
-    result = wait_job(head, res.submission_id, timeout_s=300)
-    assert result.status == "SUCCEEDED", result.logs[-5000:]
-    assert done_at_kill < N_LONG, "the job finished before the kill; nothing was tested"
-    _exactly_once(out, N_LONG, PER_LONG)
-    after = get_actor(victim.actor_id, address=head.dashboard_url)
-    assert after is not None and after.num_restarts >= 1  # Ray restarted the killed actor
-    print(f"ACTOR_KILLED done_at_kill={done_at_kill}/{N_LONG} restarts={after.num_restarts}")
-
-
 def _driver_pids(marker: str) -> list[int]:
     """PIDs of python processes running jobs/scan_bucket.py with `marker` in their arguments (the job's
     driver; the job supervisor's `/bin/sh -c` wrapper is not one of them)."""
@@ -330,25 +303,22 @@ def _driver_pids(marker: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_driver_killed_mid_job_then_resume_exactly_once(world) -> None:
-    """SIGKILL the job's driver process (no cleanup runs) after some shards are durable; `--resume` scans the
-    rest; the dataset holds every sample exactly once and the run records both attempts."""
+def test_killed_driver_then_resume_with_a_killed_scoring_actor_rows_exactly_once(world) -> None:
+    """Two faults, one after the other (one scan start-up fewer than a scan per fault; the suite's time):
+    1. SIGKILL the job's driver process (no cleanup runs) after some shards are durable: the job fails with
+       run.json still "running";
+    2. the same command with `--resume` skips the durable shards; once it has made a shard durable, SIGKILL its
+       scoring actor's process (a crash / OOM kill): Ray restarts the actor and retries its batches, the writers
+       drop re-delivered rows, and the resumed job succeeds.
+    The dataset holds every sample exactly once and the run records both attempts."""
+    from ray.util.state import get_actor
+
     from tests.support.ray_cluster import submit_job, wait_job
 
     head = world["head"]
-    out = world["tmp"] / "out4-driverkill"
-    args = [
-        *SCAN,
-        "--input",
-        "s3://faultscan/long/",
-        "--output",
-        str(out),
-        "--detector",
-        "s3://faultscan/det",
-        "--scan-date",
-        "2026-11-24",
-        *SLOW,
-    ]
+    out = world["tmp"] / "out3-kills"
+    args = [*SCAN, "--input", "s3://faultscan/long/", "--output", str(out), "--detector", "s3://faultscan/det",
+            "--scan-date", "2026-11-24", *SLOW]  # fmt: skip
     first = submit_job(head, args, wait=False)
     assert _wait_markers(out, 1, 240) >= 1
     pids = _driver_pids(str(out))
@@ -363,10 +333,20 @@ def test_driver_killed_mid_job_then_resume_exactly_once(world) -> None:
     assert 1 <= n_done < N_LONG, n_done
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # died without cleanup
 
-    second = submit_job(head, [*args, "--resume"], timeout_s=300)
-    assert second.status == "SUCCEEDED", second.logs[-5000:]
+    second = submit_job(head, [*args, "--resume"], wait=False)
+    assert _wait_markers(out, n_done + 1, 240) > n_done  # the resumed job has made a shard durable
+    scorers = _scorer_actors(head)
+    assert scorers, "no scoring actor found"
+    victim = scorers[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    done_at_kill = len(list(out.glob("_shards/*/*.json")))
+    result = wait_job(head, second.submission_id, timeout_s=300)
+    assert result.status == "SUCCEEDED", result.logs[-5000:]
+    assert done_at_kill < N_LONG, "the job finished before the actor was killed; nothing was tested"
+    after = get_actor(victim.actor_id, address=head.dashboard_url)
+    assert after is not None and after.num_restarts >= 1  # Ray restarted the killed actor
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "succeeded" and len(run["attempts"]) == 2
     assert run["attempts"][1]["shards_skipped"] >= n_done
     _exactly_once(out, N_LONG, PER_LONG)
-    print(f"DRIVER_KILLED done_before_kill={n_done}/{N_LONG}")
+    print(f"KILLS driver_at={n_done}/{N_LONG} actor_at={done_at_kill}/{N_LONG} restarts={after.num_restarts}")

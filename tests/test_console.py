@@ -68,7 +68,7 @@ def test_scan_job_console_is_quiet_and_its_log_parses(tmp_path: Path) -> None:
         proc = subprocess.run(
             [sys.executable, str(REPO / "jobs" / "scan_bucket.py"), "--input", str(tmp_path / "in"), "--output",
              str(out), "--detector", str(tmp_path / "det"), "--scan-date", "2026-04-01", "--batch-size", "8",
-             "--ray-num-cpus", "2", "--read-num-cpus", "0.5", "--actor-num-cpus", "0.5"],
+             "--ray-num-cpus", "2", "--read-num-cpus", "0.5", "--actor-num-cpus", "0.5", "--read-concurrency", "1"],
             capture_output=True, timeout=400, env=env, cwd=str(tmp_path))  # fmt: skip
     finally:
         import shutil

@@ -44,7 +44,8 @@ SLOW = [
     "--stall-timeout-s",
     "120",
 ]  # one shard at a time: markers come one by one
-FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120"]
+FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120",
+        "--read-concurrency", "1"]  # one read process: a small corpus, and each process costs ~2-4 CPU-s here
 
 
 def _s3fs(endpoint: str):

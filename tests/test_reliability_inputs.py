@@ -427,7 +427,7 @@ def test_scan_job_accounts_for_every_bad_input(scan_world) -> None:
     res = submit_job(w["head"], [sys.executable, str(repo / "jobs" / "scan_bucket.py"), "--input",
                                  f"{w['bucket']}/shards/", "--output", str(out), "--detector", f"{w['bucket']}/det",
                                  "--scan-date", "2026-11-24", "--batch-size", "16", "--actor-num-cpus", "0.5",
-                                 "--read-num-cpus", "0.5", "--stall-timeout-s", "120",
+                                 "--read-num-cpus", "0.5", "--stall-timeout-s", "120", "--read-concurrency", "1",
                                  # a corpus of broken inputs on purpose: above the default error budget
                                  "--max-shard-error-rate", "1", "--max-sample-error-rate", "1"], timeout_s=300)  # fmt: skip
     assert res.status == "SUCCEEDED", res.logs[-5000:]

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SCAN = [sys.executable, str(REPO / "jobs" / "scan_bucket.py")]
-FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120"]
+FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120",
+        "--read-concurrency", "1"]  # one read process: a small corpus, and each process costs ~2-4 CPU-s here
 
 
 @pytest.fixture(scope="module")

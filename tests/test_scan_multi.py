@@ -28,7 +28,8 @@ from tests.test_models_ensemble import ckpts  # noqa: F401 - the module fixture:
 
 REPO = Path(__file__).resolve().parents[1]
 SCAN = [sys.executable, str(REPO / "jobs" / "scan_bucket.py")]
-FAST = ["--batch-size", "8", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120"]
+FAST = ["--batch-size", "8", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120",
+        "--read-concurrency", "1"]  # one read process: a small corpus, and each process costs ~2-4 CPU-s here
 NAMES = ("univfd", "rine", "mole")
 ATTR = "univfd"  # none of the three has generator labels: the first listed attributes
 

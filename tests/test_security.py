@@ -23,7 +23,8 @@ from tests.support.s3 import moto_s3_server
 REPO = Path(__file__).resolve().parents[1]
 SCAN_PY = REPO / "jobs" / "scan_bucket.py"
 SCAN = [sys.executable, str(SCAN_PY)]
-FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120"]
+FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120",
+        "--read-concurrency", "1"]  # one read process: a small corpus, and each process costs ~2-4 CPU-s here
 CANARY = f"GENSCAN-CANARY-SECRET-{uuid.uuid4().hex}"
 
 

@@ -17,7 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	.venv/bin/ruff check pipeline jobs tests benchmarks
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/encoder.py

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ray_cluster import run_starting_local_ray
+
 REPO = Path(__file__).resolve().parents[1]
 MAX_STDERR_LINES = 4  # "starting Ray…", the progress line, the result line (+1 spare)
 
@@ -65,11 +67,11 @@ def test_scan_job_console_is_quiet_and_its_log_parses(tmp_path: Path) -> None:
     env.pop("GENSCAN_VERBOSE", None)
     out = tmp_path / "out"
     try:
-        proc = subprocess.run(
+        proc = run_starting_local_ray(
             [sys.executable, str(REPO / "jobs" / "scan_bucket.py"), "--input", str(tmp_path / "in"), "--output",
              str(out), "--detector", str(tmp_path / "det"), "--scan-date", "2026-04-01", "--batch-size", "8",
              "--ray-num-cpus", "2", "--read-num-cpus", "0.5", "--actor-num-cpus", "0.5", "--read-concurrency", "1"],
-            capture_output=True, timeout=400, env=env, cwd=str(tmp_path))  # fmt: skip
+            timeout=400, env=env, cwd=str(tmp_path))  # fmt: skip
     finally:
         import shutil
 

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support import badinputs as bi
+from tests.support.ray_cluster import run_starting_local_ray
 from tests.support.s3 import moto_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,8 +248,8 @@ def test_local_ray_start_exposes_no_dashboard(tmp_path) -> None:
     (include_dashboard=False), so nothing serves the dashboard/job API on any interface."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
-    res = subprocess.run([sys.executable, "-c", _LOCAL_PROBE], capture_output=True, text=True, timeout=180,
-                         env=env, cwd=str(tmp_path))  # fmt: skip
+    res = run_starting_local_ray([sys.executable, "-c", _LOCAL_PROBE], text=True, timeout=180, env=env,
+                                 cwd=str(tmp_path))  # fmt: skip
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")]
     assert res.returncode == 0 and line, res.stderr[-3000:]
     probe = json.loads(line[0][6:])

@@ -24,6 +24,7 @@ import pytest
 from pipeline.wds import read_shard
 from tests.support import badinputs as bi
 from tests.support.faultproxy import FaultPlan, FaultProxy, fault_proxy
+from tests.support.ray_cluster import SMALL_SCAN
 from tests.support.s3 import moto_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +45,7 @@ SLOW = [
     "--stall-timeout-s",
     "120",
 ]  # one shard at a time: markers come one by one
-FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120",
-        "--read-concurrency", "1"]  # one read process: a small corpus, and each process costs ~2-4 CPU-s here
+FAST = ["--batch-size", "16", *SMALL_SCAN]
 
 
 def _s3fs(endpoint: str):

@@ -419,15 +419,14 @@ def test_scan_job_accounts_for_every_bad_input(scan_world) -> None:
 
     import pyarrow.dataset as pads
 
-    from tests.support.ray_cluster import submit_job
+    from tests.support.ray_cluster import SMALL_SCAN, submit_job
 
     w = scan_world
     out = w["tmp"] / "out"
     repo = Path(__file__).resolve().parents[1]
     res = submit_job(w["head"], [sys.executable, str(repo / "jobs" / "scan_bucket.py"), "--input",
                                  f"{w['bucket']}/shards/", "--output", str(out), "--detector", f"{w['bucket']}/det",
-                                 "--scan-date", "2026-11-24", "--batch-size", "16", "--actor-num-cpus", "0.5",
-                                 "--read-num-cpus", "0.5", "--stall-timeout-s", "120", "--read-concurrency", "1",
+                                 "--scan-date", "2026-11-24", "--batch-size", "16", *SMALL_SCAN,
                                  # a corpus of broken inputs on purpose: above the default error budget
                                  "--max-shard-error-rate", "1", "--max-sample-error-rate", "1"], timeout_s=300)  # fmt: skip
     assert res.status == "SUCCEEDED", res.logs[-5000:]

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.scan.schema import SCHEMA
-from tests.support.ray_cluster import RayHead, submit_job, wait_job
+from tests.support.ray_cluster import SMALL_SCAN, RayHead, submit_job, wait_job
 from tests.support.shards import (
     corrupt_image_sample,
     good_samples,
@@ -32,8 +32,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SCAN = [sys.executable, str(REPO / "jobs" / "scan_bucket.py")]
-FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120",
-        "--read-concurrency", "1"]  # one read process: a small corpus, and each process costs ~2-4 CPU-s here
+FAST = ["--batch-size", "16", *SMALL_SCAN]
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support import badinputs as bi
-from tests.support.ray_cluster import run_starting_local_ray
+from tests.support.ray_cluster import SMALL_SCAN, run_starting_local_ray
 from tests.support.s3 import moto_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 SCAN_PY = REPO / "jobs" / "scan_bucket.py"
 SCAN = [sys.executable, str(SCAN_PY)]
-FAST = ["--batch-size", "16", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120",
-        "--read-concurrency", "1"]  # one read process: a small corpus, and each process costs ~2-4 CPU-s here
+FAST = ["--batch-size", "16", *SMALL_SCAN]
 CANARY = f"GENSCAN-CANARY-SECRET-{uuid.uuid4().hex}"
 
 

@@ -35,6 +35,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 AUTH_MODE = "disabled"  # loopback-only test head; set identically for head, driver and `ray job submit`
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# The resource shape of a scan of a small test corpus on a 2-CPU head: fractional CPUs for the scoring actor and
+# the read tasks (an actor pool that takes every CPU hangs, ray#44687), a stall bound, and ONE read process (each
+# extra Ray worker process costs 2-4 CPU-s on this machine; measured 49.3 -> 43.9 CPU-s for a 30-image scan).
+SMALL_SCAN = ["--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120",
+              "--read-concurrency", "1"]  # fmt: skip
 # Ray's local start (`ray.init()` without an address) waits a FIXED 30 s for its raylet to register
 # (ray/_private/node.py, not configurable); on this 2-core machine under the test run's load (~19) that once
 # passed: "The current node timed out during startup".

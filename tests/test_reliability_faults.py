@@ -260,6 +260,24 @@ def _scorer_actors(head) -> list:
             and a.pid]  # fmt: skip
 
 
+def _scan_actors_alive(head) -> list:
+    """The scan's scoring and shard-writer actors not yet DEAD (a killed driver's actors are ended by Ray a moment
+    after the driver; until then its writers may still make a shard durable)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=head.dashboard_url, detail=True, limit=1000)
+    return [a for a in actors if ("Scorer" in (a.class_name or "") or a.class_name == "ShardWriterActor")
+            and a.state != "DEAD"]  # fmt: skip
+
+
+def _wait_until(ready, what: str, timeout_s: float = 240):
+    deadline = time.monotonic() + timeout_s
+    while not (got := ready()):
+        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+        time.sleep(0.2)
+    return got
+
+
 def _wait_markers(out: Path, at_least: int, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -328,17 +346,18 @@ def test_killed_driver_then_resume_with_a_killed_scoring_actor_rows_exactly_once
     driver = json.loads((run_dir / "run.json").read_text())["attempts"][-1]["driver"]
     assert (driver["host"], driver["pid"]) == (socket.gethostname(), pids[0])  # run.json names the live driver
     os.kill(pids[0], signal.SIGKILL)  # the driver dies abruptly, mid-run
-    n_done = len(list(out.glob("_shards/*/*.json")))
     killed = wait_job(head, first.submission_id, timeout_s=120)
     assert killed.status == "FAILED", killed.status
+    # the killed job's writer actors outlive its driver for a moment and may still make a shard durable: count
+    # the durable shards once Ray has ended them, so that the next marker is the resumed job's
+    _wait_until(lambda: not _scan_actors_alive(head), "end of the killed job's actors", 120)
+    n_done = len(list(out.glob("_shards/*/*.json")))
     assert 1 <= n_done < N_LONG, n_done
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # died without cleanup
 
     second = submit_job(head, [*args, "--resume"], wait=False)
     assert _wait_markers(out, n_done + 1, 240) > n_done  # the resumed job has made a shard durable
-    scorers = _scorer_actors(head)
-    assert scorers, "no scoring actor found"
-    victim = scorers[0]
+    victim = _wait_until(lambda: _scorer_actors(head), "scoring actor of the resumed job", 60)[0]
     os.kill(victim.pid, signal.SIGKILL)
     done_at_kill = len(list(out.glob("_shards/*/*.json")))
     result = wait_job(head, second.submission_id, timeout_s=300)

@@ -14,10 +14,16 @@ from tests.support.s3 import moto_s3_server, s3_env
 # Keep numerics single-threaded-ish and deterministic on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-# Tests write only in temp dirs: every cache the code or its libraries would put under $HOME goes to one
-# session folder instead. Set before any Ray head starts, so heads (and their workers) inherit it too.
-_SESSION_TMP = Path(tempfile.mkdtemp(prefix="genscan-tests-"))
-atexit.register(shutil.rmtree, _SESSION_TMP, True)
+# Tests write only in temp dirs: every cache the code or its libraries would put under $HOME goes to one folder
+# of the run instead. Set before any Ray head starts, so heads (and their workers) inherit it too. The process
+# that owns the run (the xdist controller, or a plain pytest) creates the folder; its xdist workers inherit the
+# variable and use the same folder, which also holds the run's shared cluster state (tests/support/shared.py).
+RUN_DIR_ENV = "GENSCAN_TEST_RUN_DIR"
+_OWNER = not os.environ.get(RUN_DIR_ENV)
+if _OWNER:
+    os.environ[RUN_DIR_ENV] = tempfile.mkdtemp(prefix="genscan-tests-")
+    atexit.register(shutil.rmtree, os.environ[RUN_DIR_ENV], True)
+_SESSION_TMP = Path(os.environ[RUN_DIR_ENV])
 CACHE_ENV = {"GENSCAN_CACHE": "genscan", "XDG_CACHE_HOME": "xdg", "MPLCONFIGDIR": "matplotlib", "TORCH_HOME": "torch",
              "HF_HOME": "huggingface"}  # fmt: skip
 for _name, _sub in CACHE_ENV.items():
@@ -52,7 +58,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if any test wrote into the user's genscan cache (~/.cache/genscan)."""
+    """End the run's shared cluster (in the run's owner, after every worker finished); fail the run if any test
+    wrote into the user's genscan cache (~/.cache/genscan)."""
+    if _OWNER:
+        from tests.support.shared import stop_shared_cluster
+
+        stop_shared_cluster(_SESSION_TMP)
     new = sorted(_home_cache_entries() - _HOME_BEFORE)
     if new:
         session.exitstatus = 1
@@ -75,22 +86,17 @@ def s3fs_client(s3_server: dict[str, str]):
 
 
 @pytest.fixture(scope="session")
-def _shared_s3_ray() -> Iterator[dict]:
-    from tests.support.ray_cluster import ray_head
+def _shared_s3_ray() -> dict:
+    from tests.support.shared import shared_cluster
 
-    with moto_s3_server(set_env=False) as env, ray_head(extra_env=env) as head:
-        yield {"env": env, "head": head}
+    return shared_cluster(_SESSION_TMP)
 
 
 @pytest.fixture(scope="module")
 def shared_s3_ray(_shared_s3_ray: dict) -> Iterator[dict]:
-    """ONE moto S3 server and ONE real Ray head (2 CPUs, workers with that S3 endpoint) for every module of the
-    run that needs a plain head: started once (~5-20 s each on 2 cores), shared. The S3 state is moto's
-    process-wide one (per-test servers reset it when they start and stop): it is reset here for each module,
-    which writes its own buckets in its module fixture (modules run one after another); AWS_* point at the shared server while the
-    module runs. Heads with special environments (fault proxy, canary secret, several nodes) start their own."""
-    from tests.support.s3 import _reset
-
-    _reset(int(_shared_s3_ray["env"]["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))  # each module starts empty
+    """The run's ONE moto S3 server and ONE real Ray head (tests/support/shared.py; workers with that S3
+    endpoint), for every module that needs a plain head: started once for the whole run (both xdist workers),
+    shared. Each module writes its own buckets (names unique in the suite); AWS_* point at the shared server while
+    the module runs. Heads with special environments (fault proxy, canary secret, several nodes) start their own."""
     with s3_env(_shared_s3_ray["env"]):
         yield _shared_s3_ray

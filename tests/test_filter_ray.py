@@ -26,7 +26,8 @@ def test_ray_job_output_equals_local_engine(tmp_path_factory, tmp_path, capsys, 
     capsys.readouterr()
     out = tmp_path / "ray"
     head = shared_s3_ray["head"]  # the run's shared head (tests/conftest.py)
-    res = submit_job(head, [*FILTER, "--engine", "ray", "--task-cpus", "1", "--scan", shared.scan,
+    # 2 CPUs a task: at most two task processes on the shared 4-CPU head (each costs 2-4 CPU-s to start)
+    res = submit_job(head, [*FILTER, "--engine", "ray", "--task-cpus", "2", "--scan", shared.scan,
                             "--input", shared.corpus.root, "--output", str(out), *RULES], timeout_s=300)
     assert res.status == "SUCCEEDED" and res.driver_exit_code in (0, None), res.logs[-4000:]
     assert "tasks_submitted" in res.logs

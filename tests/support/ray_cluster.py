@@ -121,15 +121,14 @@ def _node_args(
     ]  # fmt: skip
 
 
-@contextlib.contextmanager
-def ray_head(
+def start_head(
     extra_env: Mapping[str, str] | None = None,
     num_cpus: int = 2,
     object_store_mb: int = 256,
     start_timeout_s: float = 60.0,
-) -> Iterator[RayHead]:
-    """Start `ray start --head --block` (own session / process group), wait until its dashboard answers,
-    yield a RayHead, then kill the process group by PID and remove the private temp dir."""
+) -> RayHead:
+    """Start `ray start --head --block` (own session / process group) and return once its dashboard answers;
+    `stop_head` ends it (by PID: the head may outlive the process that started it, see tests/support/shared.py)."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
     (gcs, dash, client, nm, om, agent_http, agent_grpc, rt_agent, metrics) = _distinct_free_ports(9)
     env = head_env(extra_env)
@@ -143,18 +142,38 @@ def ray_head(
         "--ray-client-server-port", str(client),
         *_node_args(nm, om, agent_http, agent_grpc, rt_agent, metrics, num_cpus, object_store_mb, temp_dir),
     ]  # fmt: skip
-    log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
     head = RayHead(address=f"127.0.0.1:{gcs}", dashboard_url=f"http://127.0.0.1:{dash}", env=env,
                    temp_dir=temp_dir, pid=proc.pid, log_path=log_path)
     try:
         _wait_for_dashboard(head, proc, start_timeout_s)
+    except BaseException:
+        stop_head(head)
+        raise
+    return head
+
+
+def stop_head(head: RayHead) -> None:
+    """Kill the head's process group by PID and remove its private temp dir."""
+    stop_process_group(head.pid)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ray_head(
+    extra_env: Mapping[str, str] | None = None,
+    num_cpus: int = 2,
+    object_store_mb: int = 256,
+    start_timeout_s: float = 60.0,
+) -> Iterator[RayHead]:
+    """A head for one block: `start_head`, yield it, `stop_head`."""
+    head = start_head(extra_env, num_cpus, object_store_mb, start_timeout_s)
+    try:
         yield head
     finally:
-        _kill_group(proc)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_head(head)
 
 
 def _wait_for_dashboard(head: RayHead, proc: subprocess.Popen, timeout_s: float) -> None:
@@ -174,17 +193,30 @@ def _wait_for_dashboard(head: RayHead, proc: subprocess.Popen, timeout_s: float)
     raise TimeoutError(f"Ray head not ready after {timeout_s}s:\n{Path(head.log_path).read_text()[-4000:]}")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM then SIGKILL the head's process group (by PID); also any Ray process that re-parented into a
-    new session but still lives under our private temp dir is gone with it (they die with the raylet)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
+def stop_process_group(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL, the process group led by `pid` (a process started with start_new_session=True),
+    waiting for its leader to exit; the leader need not be this process's child."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child: reap it
+                    return
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def job_client(head: RayHead):
@@ -322,6 +354,21 @@ def ray_worker_node(
                 time.sleep(0.5)
         yield RayWorkerNode(node_id=node_id, pid=proc.pid, temp_dir=temp_dir, log_path=log_path, proc=proc)
     finally:
-        _kill_group(proc)
+        stop_process_group(proc.pid)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def job_actor_pids(head: RayHead, driver_pid: int, class_names: Sequence[str]) -> list[int]:
+    """PIDs of the live actors of `class_names` that belong to the job whose driver is the process `driver_pid`
+    (Ray's state API: the job's driver pid, then that job's actors): other jobs on a shared head are left out."""
+    from ray.util.state import list_actors, list_jobs
+
+    job_ids = [j.job_id for j in list_jobs(address=head.dashboard_url, limit=1000)
+               if j.job_id and j.driver_info is not None and str(j.driver_info.pid) == str(driver_pid)]  # fmt: skip
+    pids = []
+    for job_id in job_ids:
+        for a in list_actors(address=head.dashboard_url, filters=[("job_id", "=", job_id)], detail=True, limit=1000):
+            if a.class_name in class_names and a.state != "DEAD" and a.pid:
+                pids.append(int(a.pid))
+    return pids

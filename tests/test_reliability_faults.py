@@ -24,7 +24,7 @@ import pytest
 from pipeline.wds import read_shard
 from tests.support import badinputs as bi
 from tests.support.faultproxy import FaultPlan, FaultProxy, fault_proxy
-from tests.support.ray_cluster import SMALL_SCAN
+from tests.support.ray_cluster import SMALL_SCAN, job_actors
 from tests.support.s3 import moto_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,13 +153,13 @@ def test_a_shard_that_never_answers_fails_in_bounded_time(proxied_s3) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Iterator[dict]:
-    """moto S3 (corpus + tiny detector written directly) -> fault proxy -> Ray head whose workers use the
-    proxy as their S3 endpoint."""
+def world(tmp_path_factory, _shared_s3_ray: dict) -> Iterator[dict]:
+    """moto S3 (corpus + tiny detector written directly) -> fault proxy; the jobs run on the run's shared Ray
+    head with the proxy as their S3 endpoint (`env AWS_ENDPOINT_URL=... python jobs/scan_bucket.py`, as a user
+    points one job at another store: the driver passes the endpoint on to its workers)."""
     import torch
 
     from pipeline.models import DetectorConfig, create_detector, save_detector
-    from tests.support.ray_cluster import ray_head
 
     tmp = tmp_path_factory.mktemp("relfaults")
     with moto_s3_server() as env:
@@ -180,11 +180,9 @@ def world(tmp_path_factory) -> Iterator[dict]:
 
         s3fs.S3FileSystem.clear_instance_cache()
         save_detector(det, "s3://faultscan/det")
-        with (
-            fault_proxy(env["AWS_ENDPOINT_URL"]) as proxy,
-            ray_head(extra_env={**env, "AWS_ENDPOINT_URL": proxy.url}) as head,
-        ):
-            yield {"head": head, "proxy": proxy, "direct": direct, "shards": shards, "tmp": tmp}
+        with fault_proxy(env["AWS_ENDPOINT_URL"]) as proxy:
+            yield {"head": _shared_s3_ray["head"], "proxy": proxy, "direct": direct, "shards": shards, "tmp": tmp,
+                   "scan": ["env", f"AWS_ENDPOINT_URL={proxy.url}", *SCAN]}  # fmt: skip
 
 
 def _rows(root: str, fs=None) -> list[dict]:
@@ -204,7 +202,7 @@ def test_scan_survives_transient_storage_faults_with_exact_rows(world) -> None:
     proxy: FaultProxy = world["proxy"]
     proxy.set_plan(FaultPlan(rate=0.3, kinds=("503", "reset", "slow"), slow_s=1.5, max_faults=24, seed=7,
                              methods=("GET", "HEAD", "PUT", "POST")))  # fmt: skip
-    res = submit_job(world["head"], [*SCAN, "--input", "s3://faultscan/in/", "--output", "s3://faultscan/out1",
+    res = submit_job(world["head"], [*world["scan"], "--input", "s3://faultscan/in/", "--output", "s3://faultscan/out1",
                                      "--detector", "s3://faultscan/det", "--scan-date", "2026-11-24", *FAST],
                      timeout_s=300)  # fmt: skip
     faults, proxy_requests = dict(proxy.stats.faults), dict(proxy.stats.requests)
@@ -236,7 +234,7 @@ def test_missing_and_unreachable_shards_become_shard_error_rows(world) -> None:
     proxy.set_plan(FaultPlan(every=1, kinds=("503",), max_faults=10**6, paths=("in/shard-000003.tar",)))
     t = time.monotonic()
     pattern = "s3://faultscan/in/shard-{000000,000001,000003,000009}.tar"
-    res = submit_job(world["head"], [*SCAN, "--input", pattern, "--output", str(world["tmp"] / "out2"),
+    res = submit_job(world["head"], [*world["scan"], "--input", pattern, "--output", str(world["tmp"] / "out2"),
                                      "--detector", "s3://faultscan/det", "--scan-date", "2026-11-24", *FAST],
                      timeout_s=400)  # fmt: skip
     proxy.set_plan(FaultPlan())
@@ -251,23 +249,17 @@ def test_missing_and_unreachable_shards_become_shard_error_rows(world) -> None:
     assert sorted({r["shard"] for r in ok}) == ["shard-000000", "shard-000001"] and len(ok) == 16
 
 
-def _scorer_actors(head) -> list:
-    """The scan's scoring actors that have a process (ALIVE, or PENDING_CREATION with a pid: in __init__)."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=head.dashboard_url, detail=True, limit=1000)
-    return [a for a in actors if "Scorer" in (a.class_name or "") and a.state in ("ALIVE", "PENDING_CREATION")
-            and a.pid]  # fmt: skip
+def _scorer_actors(head, submission_id: str) -> list:
+    """The job's scoring actors that have a process (ALIVE, or PENDING_CREATION with a pid: in __init__)."""
+    return [a for a in job_actors(head, submission_id=submission_id) if "Scorer" in (a.class_name or "")
+            and a.state in ("ALIVE", "PENDING_CREATION") and a.pid]  # fmt: skip
 
 
-def _scan_actors_alive(head) -> list:
-    """The scan's scoring and shard-writer actors not yet DEAD (a killed driver's actors are ended by Ray a moment
+def _scan_actors_alive(head, submission_id: str) -> list:
+    """The job's scoring and shard-writer actors not yet DEAD (a killed driver's actors are ended by Ray a moment
     after the driver; until then its writers may still make a shard durable)."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=head.dashboard_url, detail=True, limit=1000)
-    return [a for a in actors if ("Scorer" in (a.class_name or "") or a.class_name == "ShardWriterActor")
-            and a.state != "DEAD"]  # fmt: skip
+    return [a for a in job_actors(head, submission_id=submission_id) if a.state != "DEAD"
+            and ("Scorer" in (a.class_name or "") or a.class_name == "ShardWriterActor")]  # fmt: skip
 
 
 def _wait_until(ready, what: str, timeout_s: float = 240):
@@ -336,7 +328,7 @@ def test_killed_driver_then_resume_with_a_killed_scoring_actor_rows_exactly_once
 
     head = world["head"]
     out = world["tmp"] / "out3-kills"
-    args = [*SCAN, "--input", "s3://faultscan/long/", "--output", str(out), "--detector", "s3://faultscan/det",
+    args = [*world["scan"], "--input", "s3://faultscan/long/", "--output", str(out), "--detector", "s3://faultscan/det",
             "--scan-date", "2026-11-24", *SLOW]  # fmt: skip
     first = submit_job(head, args, wait=False)
     assert _wait_markers(out, 1, 240) >= 1
@@ -350,14 +342,14 @@ def test_killed_driver_then_resume_with_a_killed_scoring_actor_rows_exactly_once
     assert killed.status == "FAILED", killed.status
     # the killed job's writer actors outlive its driver for a moment and may still make a shard durable: count
     # the durable shards once Ray has ended them, so that the next marker is the resumed job's
-    _wait_until(lambda: not _scan_actors_alive(head), "end of the killed job's actors", 120)
+    _wait_until(lambda: not _scan_actors_alive(head, first.submission_id), "end of the killed job's actors", 120)
     n_done = len(list(out.glob("_shards/*/*.json")))
     assert 1 <= n_done < N_LONG, n_done
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # died without cleanup
 
     second = submit_job(head, [*args, "--resume"], wait=False)
     assert _wait_markers(out, n_done + 1, 240) > n_done  # the resumed job has made a shard durable
-    victim = _wait_until(lambda: _scorer_actors(head), "scoring actor of the resumed job", 60)[0]
+    victim = _wait_until(lambda: _scorer_actors(head, second.submission_id), "scoring actor of the resumed job", 60)[0]
     os.kill(victim.pid, signal.SIGKILL)
     done_at_kill = len(list(out.glob("_shards/*/*.json")))
     result = wait_job(head, second.submission_id, timeout_s=300)

@@ -359,16 +359,20 @@ def ray_worker_node(
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def job_actor_pids(head: RayHead, driver_pid: int, class_names: Sequence[str]) -> list[int]:
-    """PIDs of the live actors of `class_names` that belong to the job whose driver is the process `driver_pid`
-    (Ray's state API: the job's driver pid, then that job's actors): other jobs on a shared head are left out."""
+def job_actors(head: RayHead, *, driver_pid: int | None = None, submission_id: str | None = None) -> list:
+    """Every actor (any state) of the job whose driver is the process `driver_pid`, or that `ray job submit`
+    started as `submission_id` (Ray's state API: the job, then its actors): other jobs on a shared head are left
+    out."""
     from ray.util.state import list_actors, list_jobs
 
-    job_ids = [j.job_id for j in list_jobs(address=head.dashboard_url, limit=1000)
-               if j.job_id and j.driver_info is not None and str(j.driver_info.pid) == str(driver_pid)]  # fmt: skip
-    pids = []
-    for job_id in job_ids:
-        for a in list_actors(address=head.dashboard_url, filters=[("job_id", "=", job_id)], detail=True, limit=1000):
-            if a.class_name in class_names and a.state != "DEAD" and a.pid:
-                pids.append(int(a.pid))
-    return pids
+    job_ids = [j.job_id for j in list_jobs(address=head.dashboard_url, limit=1000) if j.job_id and (
+               (submission_id is not None and j.submission_id == submission_id)
+               or (driver_pid is not None and j.driver_info is not None and str(j.driver_info.pid) == str(driver_pid)))]  # fmt: skip
+    return [a for job_id in job_ids
+            for a in list_actors(address=head.dashboard_url, filters=[("job_id", "=", job_id)], detail=True, limit=1000)]  # fmt: skip
+
+
+def job_actor_pids(head: RayHead, driver_pid: int, class_names: Sequence[str]) -> list[int]:
+    """PIDs of the live actors of `class_names` of the job whose driver is the process `driver_pid`."""
+    return [int(a.pid) for a in job_actors(head, driver_pid=driver_pid)
+            if a.class_name in class_names and a.state != "DEAD" and a.pid]  # fmt: skip

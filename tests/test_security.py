@@ -19,13 +19,13 @@ import pytest
 
 from tests.support import badinputs as bi
 from tests.support.ray_cluster import SMALL_SCAN, run_starting_local_ray
-from tests.support.s3 import moto_s3_server
+from tests.support.shared import CANARY_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 SCAN_PY = REPO / "jobs" / "scan_bucket.py"
 SCAN = [sys.executable, str(SCAN_PY)]
 FAST = ["--batch-size", "16", *SMALL_SCAN]
-CANARY = f"GENSCAN-CANARY-SECRET-{uuid.uuid4().hex}"
+CANARY = f"{CANARY_PREFIX}{uuid.uuid4().hex}"
 
 
 def _scan_cli(args: list[str], timeout_s: float = 180) -> subprocess.CompletedProcess:
@@ -108,31 +108,26 @@ def test_pickle_checkpoint_is_refused_before_any_work(tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Iterator[dict]:
-    """moto S3 + a Ray head whose environment holds a recognisable secret as AWS_SECRET_ACCESS_KEY (moto
-    accepts any). Corpus: good shards, a broken shard and (in the brace pattern) a missing one, so that error
-    paths run and write messages too."""
+def world(tmp_path_factory, shared_s3_ray: dict) -> dict:
+    """The run's shared moto S3 and Ray head, whose environment holds a recognisable canary secret as
+    AWS_SECRET_ACCESS_KEY (tests/support/shared.py; moto accepts any). Corpus: good shards, a broken shard and
+    (in the brace pattern) a missing one, so that error paths run and write messages too."""
     import s3fs
 
-    from tests.support.ray_cluster import ray_head
-
     tmp = tmp_path_factory.mktemp("security")
-    with moto_s3_server() as env:
-        fs = s3fs.S3FileSystem(
-            client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]}, skip_instance_cache=True
-        )
-        if not fs.exists("secure"):
-            fs.mkdir("secure")
-        fs.pipe("secure/in/shard-000000.tar", bi.tar_bytes(bi.good_members(6)))
-        fs.pipe("secure/in/shard-000001.tar", bi.truncated_mid_member_tar(bi.good_members(4, prefix="t"), 3))
-        fs.pipe("secure/in/shard-000002.tar", bi.non_tar_bytes())
-        ckpt = tmp / "ckpt"
-        _tiny_checkpoint(ckpt)
-        for f in ckpt.iterdir():
-            fs.pipe(f"secure/det/{f.name}", f.read_bytes())
-        head_env = {**env, "AWS_SECRET_ACCESS_KEY": CANARY}
-        with ray_head(extra_env=head_env) as head:
-            yield {"head": head, "fs": fs, "tmp": tmp, "ckpt": ckpt}
+    env = shared_s3_ray["env"]
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]}, skip_instance_cache=True)
+    fs.mkdir("secure")
+    fs.pipe("secure/in/shard-000000.tar", bi.tar_bytes(bi.good_members(6)))
+    fs.pipe("secure/in/shard-000001.tar", bi.truncated_mid_member_tar(bi.good_members(4, prefix="t"), 3))
+    fs.pipe("secure/in/shard-000002.tar", bi.non_tar_bytes())
+    ckpt = tmp / "ckpt"
+    _tiny_checkpoint(ckpt)
+    for f in ckpt.iterdir():
+        fs.pipe(f"secure/det/{f.name}", f.read_bytes())
+    canary = env["AWS_SECRET_ACCESS_KEY"]
+    assert canary.startswith(CANARY_PREFIX) and shared_s3_ray["head"].env["AWS_SECRET_ACCESS_KEY"] == canary
+    return {"head": shared_s3_ray["head"], "fs": fs, "tmp": tmp, "ckpt": ckpt, "canary": canary}
 
 
 def _strings_in_parquet(data: bytes) -> Iterator[str]:
@@ -161,10 +156,10 @@ def test_credentials_never_in_outputs_or_job_logs(world) -> None:
     n_checked = 0
     for f in files:
         data = fs.cat(f)
-        assert CANARY.encode() not in data, f
+        assert world["canary"].encode() not in data, f
         if f.endswith(".parquet"):
             for text in _strings_in_parquet(data):  # decoded: compression cannot hide it
-                assert CANARY not in text, f
+                assert world["canary"] not in text, f
         n_checked += 1
     assert n_checked >= 8
     rows = [
@@ -172,7 +167,7 @@ def test_credentials_never_in_outputs_or_job_logs(world) -> None:
     ]
     assert sum(r["status"] == "shard_error" for r in rows) == 3  # truncated, non-tar, missing: errors written
     logs = job_client(head).get_job_logs(res.submission_id)
-    assert len(logs) > 1000 and CANARY not in logs
+    assert len(logs) > 1000 and world["canary"] not in logs
 
 
 @pytest.mark.slow
@@ -187,15 +182,15 @@ def test_credentials_not_in_ray_logs_or_state_api(world) -> None:
     head = world["head"]
     jobs = job_client(head).list_jobs()
     assert jobs
-    assert CANARY not in json.dumps([j.dict() if hasattr(j, "dict") else str(j) for j in jobs], default=str)
+    assert world["canary"] not in json.dumps([j.dict() if hasattr(j, "dict") else str(j) for j in jobs], default=str)
     actors = list_actors(address=head.dashboard_url, detail=True, limit=1000)
     assert actors
-    assert CANARY not in json.dumps([a.serialized_runtime_env for a in actors], default=str)
+    assert world["canary"] not in json.dumps([a.serialized_runtime_env for a in actors], default=str)
     hits = []
     for p in Path(world["head"].temp_dir).rglob("*"):
         if p.is_file() and not p.is_symlink() and p.stat().st_size < 200 * 2**20:
             with contextlib.suppress(OSError):
-                if CANARY.encode() in p.read_bytes():
+                if world["canary"].encode() in p.read_bytes():
                     hits.append(str(p.relative_to(world["head"].temp_dir)))
     assert not hits, hits
 

@@ -25,12 +25,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from tests.support.ray_cluster import RayHead, start_head, stop_head, stop_process_group
 from tests.support.s3 import free_port
 
 STATE = "shared-cluster.json"
+# The shared cluster's AWS secret is a recognisable canary (moto accepts any): tests/test_security.py checks that
+# no output object, job log, Ray log file or state API answer of the head holds it.
+CANARY_PREFIX = "GENSCAN-CANARY-SECRET-"
 # Logical CPUs of the shared head: the two test workers' jobs run on it at once (as on two 2-CPU heads before),
 # each shaped for 2 CPUs (tests/support/ray_cluster.SMALL_SCAN).
 SHARED_HEAD_CPUS = 4
@@ -53,8 +57,8 @@ def _start_moto(run_dir: Path, timeout_s: float = 60.0) -> tuple[dict[str, str],
             stop_process_group(proc.pid)
             raise TimeoutError(f"moto server not answering after {timeout_s} s")
         time.sleep(0.2)
-    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing-key",
+           "AWS_SECRET_ACCESS_KEY": f"{CANARY_PREFIX}{uuid.uuid4().hex}", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
     return env, proc.pid
 
 

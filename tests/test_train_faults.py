@@ -127,7 +127,8 @@ def test_killed_job_resumes_and_a_killed_worker_is_replaced(data: Path, tmp_path
     out = tmp_path / "ck"
     head = shared_s3_ray["head"]
     args = _args(data, out, "--epochs", str(KILL_EPOCHS), "--augment")
-    proc = subprocess.Popen(args, cwd=REPO, text=True, env=_attached(head), stdout=subprocess.DEVNULL,
+    env = {**_attached(head), "TMPDIR": str(tmp_path)}  # the killed driver's log spool stays in this test's folder
+    proc = subprocess.Popen(args, cwd=REPO, text=True, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
         _wait_for(proc, lambda: _registered_epochs(out), "its first epoch checkpoint")
@@ -140,7 +141,7 @@ def test_killed_job_resumes_and_a_killed_worker_is_replaced(data: Path, tmp_path
     assert not (out / "train_summary.json").exists()
     done = max(_registered_epochs(out))
 
-    resumed = subprocess.Popen([*args, "--resume"], cwd=REPO, text=True, env=_attached(head),
+    resumed = subprocess.Popen([*args, "--resume"], cwd=REPO, text=True, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         _wait_for(resumed, lambda: max(_registered_epochs(out)) > done, "a checkpoint of the resumed job")

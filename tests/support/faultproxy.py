@@ -57,12 +57,16 @@ class FaultPlan:
     methods: Sequence[str] = ("GET", "HEAD")
     seed: int = 0
     paths: Sequence[str] = ()  # when set, only requests whose path contains one of these are eligible
+    # requests whose path contains one of these ALWAYS fail with 503 (an unreachable object), any method; not
+    # counted in `max_faults` nor drawn from the RNG, so the other requests see the same plan as without them
+    always: Sequence[str] = ()
 
 
 @dataclass
 class FaultStats:
     requests: Counter[str] = field(default_factory=Counter)  # method -> count (faults included)
     faults: Counter[str] = field(default_factory=Counter)  # kind -> count
+    refused: int = 0  # requests answered 503 by `FaultPlan.always`
     eligible: int = 0
 
 
@@ -101,6 +105,9 @@ class FaultProxy:
         with self._lock:
             self.stats.requests[method] += 1
             plan = self.plan
+            if plan.always and any(p in path for p in plan.always):
+                self.stats.refused += 1
+                return "503"
             if method not in plan.methods or sum(self.stats.faults.values()) >= plan.max_faults:
                 return None
             if plan.paths and not any(p in path for p in plan.paths):

@@ -23,6 +23,10 @@ N_TRAIN, N_TEST = 120, 60
 # per class gave AP 0.86 on the upconv test split; mole + texture masking at rho=0.3 gave AP 0.98 (docs run).
 LINEAR_FEWSHOT_MIN_AP = 0.75
 MASK_MIN_AP = 0.9
+# The MoLE runs train 10 epochs instead of the default 20 (half the suite's time for these two tests). Measured
+# on this corpus (2026-12-07), upconv test AP after 10 / 20 epochs: mole 0.992 / 0.995, mole + texture masking
+# 0.959 / 0.972: both above their bars at 10.
+MOLE_EPOCHS = "10"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,7 @@ def _check_checkpoint(ckpt: Path, method: str) -> dict:
 def test_mole_trains_on_one_family(demo: dict[str, Path], tmp_path: Path) -> None:
     ckpt = tmp_path / "mole"
     _train(["--data", str(demo["train"]), "--config", "tiny-mole", "--method", "mole",
-            "--train-generators", FAMILY, "--out", str(ckpt)])  # fmt: skip
+            "--train-generators", FAMILY, "--out", str(ckpt), "--epochs", MOLE_EPOCHS])  # fmt: skip
     _check_checkpoint(ckpt, "mole")
     rows = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)) and all(np.isfinite(r["loss"]) for r in rows)
@@ -97,7 +101,7 @@ def test_linear_full_and_few_shot_and_recalibration(demo: dict[str, Path], tmp_p
 def test_mole_with_texture_masking(demo: dict[str, Path], tmp_path: Path) -> None:
     ckpt = tmp_path / "mpft"
     _train(["--data", str(demo["train"]), "--config", "tiny-mole", "--method", "mole", "--mask", "texture",
-            "--mask-ratio", "0.3", "--train-generators", FAMILY, "--out", str(ckpt)])  # fmt: skip
+            "--mask-ratio", "0.3", "--train-generators", FAMILY, "--out", str(ckpt), "--epochs", MOLE_EPOCHS])  # fmt: skip
     _check_checkpoint(ckpt, "mole")
     assert json.loads((ckpt / "train_config.json").read_text())["mask"] == "texture"
     rep = _evaluate(ckpt, demo["test"], tmp_path / "mpft.json")

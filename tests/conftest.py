@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ray_cluster import RUN_DIR_ENV
 from tests.support.s3 import moto_s3_server, s3_env
 
 # Keep numerics single-threaded-ish and deterministic on the 2-core CI machine.
@@ -18,7 +19,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # of the run instead. Set before any Ray head starts, so heads (and their workers) inherit it too. The process
 # that owns the run (the xdist controller, or a plain pytest) creates the folder; its xdist workers inherit the
 # variable and use the same folder, which also holds the run's shared cluster state (tests/support/shared.py).
-RUN_DIR_ENV = "GENSCAN_TEST_RUN_DIR"
 _OWNER = not os.environ.get(RUN_DIR_ENV)
 if _OWNER:
     os.environ[RUN_DIR_ENV] = tempfile.mkdtemp(prefix="genscan-tests-")

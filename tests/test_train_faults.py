@@ -127,7 +127,7 @@ def test_killed_job_resumes_and_a_killed_worker_is_replaced(data: Path, tmp_path
     out = tmp_path / "ck"
     head = shared_s3_ray["head"]
     args = _args(data, out, "--epochs", str(KILL_EPOCHS), "--augment")
-    env = {**_attached(head), "TMPDIR": str(tmp_path)}  # the killed driver's log spool stays in this test's folder
+    env = _attached(head)  # TMPDIR in the run's folder (head_env): the killed driver's log spool goes with the run
     proc = subprocess.Popen(args, cwd=REPO, text=True, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:

@@ -83,9 +83,18 @@ def _distinct_free_ports(n: int) -> list[int]:
     return list(ports)
 
 
+# The test run's folder (created by tests/conftest.py, removed when the run ends): its `tmp/` is the TMPDIR of
+# the test heads, so what their workers and Ray's own processes leave in a temp folder (a killed training
+# worker's resume copy, multiprocessing's pymp-* folders) goes away with the run.
+RUN_DIR_ENV = "GENSCAN_TEST_RUN_DIR"
+
+
 def head_env(extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for the head AND for every client talking to it."""
     env = dict(os.environ)
+    if env.get(RUN_DIR_ENV):
+        env["TMPDIR"] = os.path.join(env[RUN_DIR_ENV], "tmp")
+        os.makedirs(env["TMPDIR"], exist_ok=True)
     env.update(
         {
             "RAY_AUTH_MODE": AUTH_MODE,

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -254,7 +255,17 @@ def test_probe_retries_are_few_and_a_refused_connection_none(monkeypatch) -> Non
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     pauses: list[float] = []
-    monkeypatch.setattr(preflight.time, "sleep", pauses.append)
+    # `preflight.time` is the time module: the patch is process-wide, so count (and skip) only this thread's
+    # pauses; other threads of the test process (a Ray client's, left by an earlier test) keep sleeping for real
+    real_sleep, this_thread = time.sleep, threading.current_thread()
+
+    def pause(seconds: float) -> None:
+        if threading.current_thread() is this_thread:
+            pauses.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(preflight.time, "sleep", pause)
     with counting_server() as stats:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{stats['port']}")
         with pytest.raises(StorageError) as info:

@@ -203,20 +203,17 @@ def _wait_for_dashboard(head: RayHead, proc: subprocess.Popen, timeout_s: float)
 
 
 def stop_process_group(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL, the process group led by `pid` (a process started with start_new_session=True),
-    waiting for its leader to exit; the leader need not be this process's child."""
+    """SIGTERM the process group led by `pid` (a process started with start_new_session=True), wait for its
+    leader to exit, then SIGKILL whatever of the group is left; the leader need not be this process's child."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child: reap it
-                    return
+                os.waitpid(pid, os.WNOHANG)  # our child: reap it
             if not _alive(pid):
-                return
+                break
             time.sleep(0.1)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.demo import DemoConfig, generate
-from tests.support.ray_cluster import job_actor_pids
+from tests.support.ray_cluster import job_actor_pids, process_alive
 
 pytestmark = pytest.mark.slow
 
@@ -68,17 +68,9 @@ def _registered_epochs(out: Path) -> list[int]:
 
 def _wait_gone(pids: list[int], timeout: float = 60) -> None:
     t0 = time.monotonic()
-    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+    while any(process_alive(pid) for pid in pids):
         assert time.monotonic() - t0 < timeout, "killed processes did not exit"
         time.sleep(0.1)
-
-
-def _state(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "Z"
-    return stat[stat.rindex(")") + 2 :].split()[0]
 
 
 def test_train_dataset_follows_the_epoch_clock(data: Path, shared_s3_ray: dict,

@@ -212,12 +212,13 @@ def stop_process_group(pid: int, timeout_s: float = 10.0) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)  # our child: reap it
-            if not _alive(pid):
+            if not process_alive(pid):
                 break
             time.sleep(0.1)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether `pid` is a running process (not gone, not a zombie), read from /proc."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"

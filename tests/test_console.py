@@ -53,7 +53,8 @@ with Console(prefix="scan") as c:
 @pytest.mark.slow
 def test_scan_job_console_is_quiet_and_its_log_parses(tmp_path: Path) -> None:
     """6 shards, 5 unreadable: exit 1 with the counts on one line (error budget); stderr: at most
-    MAX_STDERR_LINES lines, no traceback, no ANSI escape; the JSON log has one shard event per finished shard."""
+    MAX_STDERR_LINES lines, no traceback, no ANSI escape; the JSON log has one shard event per finished shard.
+    The job starts its own local Ray, which exposes no dashboard (the run log's `ray_started_local`)."""
     from pipeline.models import create_detector, save_detector
     from tests.support.shards import write_raw, write_shards
 
@@ -95,3 +96,6 @@ def test_scan_job_console_is_quiet_and_its_log_parses(tmp_path: Path) -> None:
     assert run["status"] == "failed" and run["error_budget"]["exceeded"]
     assert len(done) >= 4 and all(e["shard"].startswith("shard-") for e in done)
     assert {e["event"] for e in events} >= {"scan_start", "shard_done", "scan_failed"}
+    # the job started a local Ray (no address, no RAY_ADDRESS) and that Ray serves no dashboard / job API
+    (started,) = [e for e in events if e["event"] == "ray_started_local"]
+    assert started["dashboard"] is None, started

@@ -178,6 +178,45 @@ def test_pickles_are_refused(tmp_path: Path) -> None:
         create_detector("tiny-mole", pretrained=str(ck / "w.bin"))
 
 
+def test_weights_header_is_read_without_torch_and_refuses_what_is_not_safetensors(
+    s3fs_client, tmp_path: Path
+) -> None:
+    """read_weights_header (what the scan's driver checks before any Ray work) lists the same tensors, dtypes and
+    shapes as safetensors' own reader, locally and on S3; a renamed pickle, a truncated file and a non-JSON header
+    are refused naming the file."""
+    import pickle
+
+    from safetensors import safe_open
+
+    from pipeline.models.meta import read_weights_header
+
+    det = _trained_like()
+    save_detector(det, tmp_path / "ck")
+    weights = tmp_path / "ck" / "detector.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        names = list(f.keys())
+        ref = {k: (str(f.get_slice(k).get_dtype()), list(f.get_slice(k).get_shape())) for k in names}
+    s3fs_client.mkdir("hdr")
+    s3fs_client.put(str(weights), "hdr/detector.safetensors")
+    for uri in (str(weights), "s3://hdr/detector.safetensors"):
+        got = read_weights_header(uri)
+        assert {k: (v["dtype"], v["shape"]) for k, v in got.items()} == ref
+
+    data = weights.read_bytes()
+    bad = {
+        "pickle": pickle.dumps({"w": [1.0] * 64}),
+        "truncated": data[: len(data) // 2],
+        "short": b"\x10\x00",
+        "not json": (8).to_bytes(8, "little") + b"not json" + b"\0" * 64,
+    }
+    for name, payload in bad.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.safetensors"
+        path.write_bytes(payload)
+        with pytest.raises(CheckpointError, match=rf"{path}(:| is not a safetensors file)") as exc:
+            read_weights_header(str(path))
+        assert ("truncated" in str(exc.value)) == (name == "truncated"), (name, exc.value)
+
+
 def test_pretrained_local_file_loads_visual_weights(tmp_path: Path) -> None:
     register_arch_configs()
     import open_clip

@@ -1,9 +1,12 @@
 """Integration tests of the scan job: shards in a bucket on a real moto S3 server (HTTP, 127.0.0.1), a real
 `ray start --head`, `ray job submit` of jobs/scan_bucket.py, output read back with pyarrow AND DuckDB.
-One S3 server, one detector and one Ray head are shared by the whole module."""
+One S3 server, one detector and one Ray head are shared by the whole module. The head's AWS secret is the run's
+canary: the scan's outputs, its job logs, Ray's session logs and the state API must not hold it."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 from collections.abc import Iterator
@@ -27,6 +30,7 @@ from tests.support.shards import (
     write_shard,
     write_shards,
 )
+from tests.support.shared import CANARY_PREFIX
 
 pytestmark = pytest.mark.slow
 
@@ -134,10 +138,18 @@ def test_scan_s3_end_to_end_accounts_for_every_sample(world):
     assert cfg["input"] == f"{b}/shards/" and cfg["batch_size"] == 16
     marker = json.loads(fs.cat(f"{out}/_shards/2026-11-20/shard-000003.json"))
     assert marker["counts"]["ok"] == 4 and marker["rows"] == 6 and marker["infer_s"] > 0
+    # the head's AWS_SECRET_ACCESS_KEY is the run's canary (tests/support/shared.py): in no output object (Parquet
+    # decoded too: compression cannot hide it), not in the job's logs
     secret = world["env"]["AWS_SECRET_ACCESS_KEY"]
-    for name in ("run.json", "config.json", "versions.json", "detector.json"):
-        assert secret not in fs.cat(f"{out}/_run/2026-11-20/{name}").decode()
-    assert secret not in res.logs
+    assert secret.startswith(CANARY_PREFIX) and head.env["AWS_SECRET_ACCESS_KEY"] == secret
+    objects = fs.find(out.removeprefix("s3://"))
+    assert all(any(part in f for f in objects) for part in ("/_run/", "/_shards/", ".parquet")), objects
+    for f in objects:
+        data = fs.cat(f)
+        assert secret.encode() not in data, f
+        if f.endswith(".parquet"):
+            assert not [text for text in _strings_in_parquet(data) if secret in text], f
+    assert len(res.logs) > 1000 and secret not in res.logs
 
     # the same command again, without --resume: refused with exit code 2, nothing touched
     fs.invalidate_cache()
@@ -147,6 +159,38 @@ def test_scan_s3_end_to_end_accounts_for_every_sample(world):
     assert "--resume" in again.logs and "scan_date" in again.logs
     fs.invalidate_cache()
     assert {f: fs.info(f)["LastModified"] for f in fs.find(out.removeprefix("s3://"))} == before
+
+
+def _strings_in_parquet(data: bytes) -> Iterator[str]:
+    table = pq.read_table(io.BytesIO(data))
+    yield json.dumps({k.decode(errors="replace"): v.decode(errors="replace")
+                      for k, v in (table.schema.metadata or {}).items()})  # fmt: skip
+    for row in table.to_pylist():
+        yield json.dumps(row, default=str)
+
+
+def test_credentials_not_in_ray_logs_or_state_api(world) -> None:
+    """After the scan above: Ray's own log files of the session (raylet, workers, runtime-env agent, job
+    driver logs) and what the dashboard's state API shows (jobs, actors with their runtime_env) do not hold
+    the secret. (Ray logs every runtime_env: secrets must never be passed through one.)"""
+    from ray.util.state import list_actors
+
+    from tests.support.ray_cluster import job_client
+
+    head, secret = world["head"], world["env"]["AWS_SECRET_ACCESS_KEY"]
+    jobs = job_client(head).list_jobs()
+    assert jobs
+    assert secret not in json.dumps([j.dict() if hasattr(j, "dict") else str(j) for j in jobs], default=str)
+    actors = list_actors(address=head.dashboard_url, detail=True, limit=1000)
+    assert any(a.class_name == "ShardWriterActor" for a in actors)  # the scan's actors are among them
+    assert secret not in json.dumps([a.serialized_runtime_env for a in actors], default=str)
+    hits = []
+    for p in Path(head.temp_dir).rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_size < 200 * 2**20:
+            with contextlib.suppress(OSError):
+                if secret.encode() in p.read_bytes():
+                    hits.append(str(p.relative_to(head.temp_dir)))
+    assert not hits, hits
 
 
 def test_missing_detector_fails_the_job(world):

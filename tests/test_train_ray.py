@@ -22,14 +22,16 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "jobs" / "train_detector.py")]
 # Two workers see other batch compositions (each takes a disjoint half of every epoch, blocks are handed out
-# dynamically), so metrics agree within a tolerance, not bit for bit. Measured here (2 epochs, 80 train / 20 val
-# images): val AP equal to 4 decimals, training loss within 2 %. Allowed: AP 0.03, loss 5 % relative. Accuracy at
+# dynamically, so the two-worker run's batches differ from run to run), so metrics agree within a tolerance, not
+# bit for bit. The epoch's training loss is the mean over its 5 steps from a random start, which the batches'
+# composition moves: measured here (2 epochs, 80 train / 20 val images, --augment) 2.5 % apart in one run and 7.6 %
+# in another (epoch 1), val AP within 0.007. Allowed: AP 0.03, loss 12 % relative. Accuracy at
 # logit 0 is not compared: after two epochs most of the 20 validation images sit next to that threshold, so a
 # tiny weight difference flips several of them (0.15 and 0.25 apart in two CI runs with AP equal); AP ranks the
 # same scores without a threshold. Augmentation is drawn per (seed, epoch, sample key): the same with any number
 # of workers.
 TOL = {"val_ap": 0.03}
-LOSS_RTOL = 0.05
+LOSS_RTOL = 0.12
 N_PER_CLASS = 50
 
 

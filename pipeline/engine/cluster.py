@@ -74,8 +74,10 @@ def connect(address: str | None = None, num_cpus: int | None = None, *,
     # Ray turns token authentication on by default for a local Ray (and generates the token) and warns about
     # it each start: keep the protection, drop the warning (it asks the user to do nothing)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=renv,
-             _temp_dir=temp_dir, **quiet)  # fmt: skip
+    ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=renv,
+                   _temp_dir=temp_dir, **quiet)  # fmt: skip
+    # a local Ray serves no dashboard or job API on any interface (include_dashboard=False); the run log says so
+    log.info("ray_started_local", dashboard=ctx.dashboard_url or None)
     return "local"
 
 

@@ -80,6 +80,50 @@ class DetectorMeta(StrictModel):
         return ["real", *self.generators]
 
 
+# The safetensors format: an 8-byte little-endian header length, then a JSON header naming every tensor's dtype,
+# shape and byte range. safetensors itself refuses headers over 100 MB.
+_MAX_HEADER_BYTES = 100_000_000
+
+
+def read_weights_header(uri: str) -> dict[str, Any]:
+    """The JSON header of a ``.safetensors`` file (tensor name -> dtype, shape, data_offsets), read with two small
+    reads and no torch: lets the scan's driver refuse a file that is not safetensors (a renamed pickle, a truncated
+    download) before any Ray work. Raises CheckpointError naming the file and what is wrong."""
+    import struct
+
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        size = fs.size(path)
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(
+                f"{uri} is not a safetensors file: {size} bytes, shorter than its 8-byte header"
+            )
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(
+                f"{uri} is not a safetensors file: its first 8 bytes give a header of {n} bytes in a file of "
+                f"{size} bytes (a pickle or another format renamed .safetensors?)"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{uri} is not a safetensors file: its header is not JSON ({exc})") from exc
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else None
+    fields = {"dtype", "shape", "data_offsets"}
+    if not tensors or not all(isinstance(v, dict) and fields <= set(v) for v in tensors.values()):
+        raise CheckpointError(
+            f"{uri} is not a safetensors file: its header lists no tensors with {sorted(fields)}"
+        )
+    end = max(int(v["data_offsets"][1]) for v in tensors.values())
+    if 8 + n + end > size:
+        raise CheckpointError(
+            f"{uri}: truncated safetensors file ({size} bytes, its header needs {8 + n + end})"
+        )
+    return tensors
+
+
 def read_meta(uri: str | Path) -> DetectorMeta:
     """Only the meta of a checkpoint (no weights)."""
     data = json.loads(storage.read_bytes(storage.join(str(uri), META_FILE)))

@@ -36,12 +36,13 @@ class DetectorInfo:
 
 
 def detector_info(uri: str) -> DetectorInfo:
-    """Read the checkpoint's meta on the driver (cheap: no weights), failing fast before any Ray work when the
-    checkpoint is missing or its meta is invalid; gives the preprocessing constants the CPU decode stage needs.
+    """Read the checkpoint's meta and its weights file's header on the driver (cheap: no weights, no torch),
+    failing fast before any Ray work when the checkpoint is missing, its meta is invalid or its weights file is not
+    safetensors; gives the preprocessing constants the CPU decode stage needs.
     The actors then load the weights, checking hash, keys and shapes (pipeline.models.load_detector)."""
     from pipeline.models import read_meta
     from pipeline.models.constants import WEIGHTS_FILE
-    from pipeline.models.meta import refuse_pickle
+    from pipeline.models.meta import CheckpointError, read_weights_header, refuse_pickle
     from pipeline.storage import exists, join
 
     try:
@@ -53,6 +54,10 @@ def detector_info(uri: str) -> DetectorInfo:
         raise ConfigError(f"detector: checkpoint {uri} has no config in its meta")
     if not exists(join(uri, WEIGHTS_FILE)):
         raise ConfigError(f"detector: checkpoint {uri} has no {WEIGHTS_FILE}")
+    try:  # a renamed pickle or a truncated file fails here, in one line, not in every scoring actor
+        read_weights_header(join(uri, WEIGHTS_FILE))
+    except (OSError, CheckpointError) as exc:
+        raise ConfigError(f"detector: {exc}") from exc
     return DetectorInfo(
         detector_id=str(meta.detector_id),
         threshold=float(meta.threshold),

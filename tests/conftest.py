@@ -43,14 +43,14 @@ _HOME_BEFORE = _home_cache_entries()
 # so its module fixtures are set up once). Most of the suite's time is a few modules that start Ray jobs; they
 # are collected first, longest first, so the two workers end together instead of one running a long module
 # alone (module times under the two workers, 2026-12-07: test_reliability_faults ~200 s, test_train_faults
-# ~230 s, test_multinode ~125 s, test_train_ray ~110 s, test_security ~95 s, then 30-80 s each).
+# ~200 s, test_train_ray ~120 s, test_multinode ~115 s, test_scan_job ~85 s, then 30-70 s each).
 # `--no-loadscope-reorder` keeps this order: by default xdist hands out the modules with the MOST TESTS first,
 # which put these few-test modules last and made the run's last minutes three Ray-heavy modules at once
 # (measured: 17 min instead of 14).
-HEAVY_FIRST = ("test_train_faults", "test_reliability_faults", "test_multinode", "test_train_ray", "test_security",
-               "test_scan_job", "test_train_e2e", "test_demo_data", "test_filter_ray", "test_preflight",
-               "test_reliability_inputs", "test_gpu_bench", "test_console", "test_scan_multi", "test_models_api",
-               "test_report_gallery", "test_filter_s3")  # fmt: skip
+HEAVY_FIRST = ("test_train_faults", "test_reliability_faults", "test_train_ray", "test_multinode", "test_scan_job",
+               "test_train_e2e", "test_filter_ray", "test_preflight", "test_console", "test_gpu_bench",
+               "test_reliability_inputs", "test_demo_data", "test_scan_multi", "test_models_api",
+               "test_report_gallery", "test_security", "test_filter")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

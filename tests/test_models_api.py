@@ -223,14 +223,25 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The same CLI's main() in this process (torch is loaded here already: a subprocess would load it again)."""
+    from pipeline.models.__main__ import main
+
+    capsys.readouterr()
+    assert main(list(args)) == 0
+    return capsys.readouterr().out
+
+
 @pytest.mark.slow
-def test_cli_list_describe_check_fused() -> None:
+def test_cli_list_describe_check_fused(capsys: pytest.CaptureFixture[str]) -> None:
+    # `python -m pipeline.models` as a user runs it: the subcommands that load no torch, and the exit code of a
+    # bad config name; the torch subcommands through the same main() in this process
     r = _cli("list")
     assert r.returncode == 0 and {line.split("\t")[0] for line in r.stdout.splitlines()} >= SHIPPED
+    r = _cli("describe", "no-such-config", "--json")
+    assert r.returncode == 2 and "unknown detector config" in r.stderr
 
-    r = _cli("describe", "tiny-mole", "--json")
-    assert r.returncode == 0, r.stderr
-    d = json.loads(r.stdout)
+    d = json.loads(_cli_in_process(capsys, "describe", "tiny-mole", "--json"))
     # tiny-mole: last 2 blocks of width 128, shared r8 + 3 experts r8, router 128x3; heads on the 64-d embedding
     adapter = 2 * (2 * 128 * (8 + 24) + 128 * 3)
     assert d["adapter_params"] == adapter and d["head_params"] == 65 + 65
@@ -239,13 +250,8 @@ def test_cli_list_describe_check_fused() -> None:
     assert d["trainable_pct_total"] == pytest.approx(100 * d["trainable_params"] / d["total_params"])
     assert d["trainable_pct_visual"] == pytest.approx(100 * d["trainable_params"] / d["visual_params"])
 
-    r = _cli("check-fused", "tiny-mole", "--json", "--top-k", "2")
-    assert r.returncode == 0, r.stderr
-    c = json.loads(r.stdout)
+    c = json.loads(_cli_in_process(capsys, "check-fused", "tiny-mole", "--json", "--top-k", "2"))
     assert 0 <= c["max_rel_err"] <= 1e-5 and c["top_k"] == 2 and c["adapter_effect_rel"] > 1e-2
-
-    r = _cli("describe", "no-such-config", "--json")
-    assert r.returncode == 2 and "unknown detector config" in r.stderr
 
 
 @pytest.mark.slow

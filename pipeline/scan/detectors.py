@@ -43,7 +43,7 @@ def detector_info(uri: str) -> DetectorInfo:
     from pipeline.models import read_meta
     from pipeline.models.constants import WEIGHTS_FILE
     from pipeline.models.meta import CheckpointError, read_weights_header, refuse_pickle
-    from pipeline.storage import exists, join
+    from pipeline.storage import join
 
     try:
         refuse_pickle(uri)  # a pickle file named as the detector: refused by name, never opened
@@ -52,10 +52,10 @@ def detector_info(uri: str) -> DetectorInfo:
         raise ConfigError(f"detector: cannot read checkpoint {uri}: {exc}") from exc
     if meta.config is None:
         raise ConfigError(f"detector: checkpoint {uri} has no config in its meta")
-    if not exists(join(uri, WEIGHTS_FILE)):
-        raise ConfigError(f"detector: checkpoint {uri} has no {WEIGHTS_FILE}")
-    try:  # a renamed pickle or a truncated file fails here, in one line, not in every scoring actor
+    try:  # a missing, renamed-pickle or truncated weights file fails here, in one line, not in every scoring actor
         read_weights_header(join(uri, WEIGHTS_FILE))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"detector: checkpoint {uri} has no {WEIGHTS_FILE}") from exc
     except (OSError, CheckpointError) as exc:
         raise ConfigError(f"detector: {exc}") from exc
     return DetectorInfo(

@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(PY) jobs/scan_bucket.py --demo
 
 test: $(STAMP)
+	.venv/bin/ruff format --check pipeline jobs tests benchmarks
 	.venv/bin/ruff check pipeline jobs tests benchmarks
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 

@@ -45,8 +45,13 @@ class _ConstPredictor:
         n = len(pixels)
         p = (pixels.reshape(n, -1)[:, :64].mean(axis=1) / 255.0).astype(np.float32)
         scores = np.full((n, self.n_labels), 1.0 / self.n_labels, np.float32)
-        return {"p_fake": p, "logit": np.log(p + 1e-6) - np.log1p(-p + 1e-6), "is_fake": p >= 0.5,
-                "top_generator": [self.labels[0]] * n, "generator_scores": scores}  # fmt: skip
+        return {
+            "p_fake": p,
+            "logit": np.log(p + 1e-6) - np.log1p(-p + 1e-6),
+            "is_fake": p >= 0.5,
+            "top_generator": [self.labels[0]] * n,
+            "generator_scores": scores,
+        }
 
 
 class NullScorer:
@@ -90,9 +95,18 @@ def make_data(root: Path, shards: int, per_shard: int) -> tuple[Path, Path]:
 def config(data: Path, det: Path, out: Path, args: argparse.Namespace) -> Any:
     from pipeline.scan.config import ScanConfig
 
-    return ScanConfig(input=str(data), output=str(out), detector=str(det), scan_date="2026-01-01",
-                      batch_size=args.batch_size, chunk_rows=args.chunk_rows, num_actors=args.actors,
-                      actor_num_cpus=0.25, read_num_cpus=0.5, torch_threads=1)  # fmt: skip
+    return ScanConfig(
+        input=str(data),
+        output=str(out),
+        detector=str(det),
+        scan_date="2026-01-01",
+        batch_size=args.batch_size,
+        chunk_rows=args.chunk_rows,
+        num_actors=args.actors,
+        actor_num_cpus=0.25,
+        read_num_cpus=0.5,
+        torch_threads=1,
+    )
 
 
 def scan_worker_writes(cfg: Any) -> dict[str, Any]:
@@ -106,7 +120,9 @@ def scan_worker_writes(cfg: Any) -> dict[str, Any]:
     rows = int(run["totals"]["rows"])
     assert run["status"] == "succeeded", run
     timing = run["attempts"][-1]["timing"]
-    return _figures(rows, cpu, main, wall, float(timing["driver_stream_cpu_s"]), float(timing["driver_handle_cpu_s"]))
+    return _figures(
+        rows, cpu, main, wall, float(timing["driver_stream_cpu_s"]), float(timing["driver_handle_cpu_s"])
+    )
 
 
 def scan_driver_writes(cfg: Any) -> dict[str, Any]:
@@ -118,14 +134,20 @@ def scan_driver_writes(cfg: Any) -> dict[str, Any]:
     from pipeline.scan.write import ShardSink
 
     meta = read_meta(cfg.detector)
-    ctx = RunContext(run_id="bench", source=cfg.input, detector_id=str(meta.detector_id),
-                     threshold=float(meta.threshold), labels=["real", *meta.generators])  # fmt: skip
+    ctx = RunContext(
+        run_id="bench",
+        source=cfg.input,
+        detector_id=str(meta.detector_id),
+        threshold=float(meta.threshold),
+        labels=["real", *meta.generators],
+    )
     shards = list_input(cfg)
     c0, m0, t0 = _cpu_s(), time.thread_time(), time.perf_counter()
     sink = ShardSink(ctx, cfg.output, "2026-01-01")
     rows = 0
-    stream = iter_scored(shards, cfg, image_size=int(meta.config.image_size), resize_mode="center_crop",
-                         scorer=NullScorer)  # fmt: skip
+    stream = iter_scored(
+        shards, cfg, image_size=int(meta.config.image_size), resize_mode="center_crop", scorer=NullScorer
+    )
     s0, handle = time.thread_time(), 0.0
     for batch in stream:
         h0 = time.thread_time()
@@ -137,12 +159,20 @@ def scan_driver_writes(cfg: Any) -> dict[str, Any]:
 
 
 def _figures(rows: int, cpu: float, main: float, wall: float, stream: float, handle: float) -> dict[str, Any]:
-    return {"rows": rows, "wall_s": round(wall, 2), "rows_per_s_wall": round(rows / wall, 1),
-            "driver_handle_cpu_s": round(handle, 4), "driver_handle_cpu_us_per_row": round(handle / rows * 1e6, 3),
-            "driver_stream_cpu_s": round(stream, 4), "driver_stream_cpu_us_per_row": round(stream / rows * 1e6, 3),
-            "driver_main_thread_cpu_s": round(main, 3), "driver_main_thread_cpu_us_per_row": round(main / rows * 1e6, 3),
-            "driver_process_cpu_s": round(cpu, 3), "driver_process_cpu_us_per_row": round(cpu / rows * 1e6, 3),
-            "driver_process_cpu_cores": round(cpu / wall, 3)}  # fmt: skip
+    return {
+        "rows": rows,
+        "wall_s": round(wall, 2),
+        "rows_per_s_wall": round(rows / wall, 1),
+        "driver_handle_cpu_s": round(handle, 4),
+        "driver_handle_cpu_us_per_row": round(handle / rows * 1e6, 3),
+        "driver_stream_cpu_s": round(stream, 4),
+        "driver_stream_cpu_us_per_row": round(stream / rows * 1e6, 3),
+        "driver_main_thread_cpu_s": round(main, 3),
+        "driver_main_thread_cpu_us_per_row": round(main / rows * 1e6, 3),
+        "driver_process_cpu_s": round(cpu, 3),
+        "driver_process_cpu_us_per_row": round(cpu / rows * 1e6, 3),
+        "driver_process_cpu_cores": round(cpu / wall, 3),
+    }
 
 
 def main() -> int:
@@ -168,8 +198,12 @@ def main() -> int:
     load_before = os.getloadavg()
     try:
         data, det = make_data(tmp, args.shards, args.per_shard)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 _temp_dir=tempfile.mkdtemp(prefix="rd", dir="/tmp"))  # fmt: skip
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir=tempfile.mkdtemp(prefix="rd", dir="/tmp"),
+        )
         # warm-up (not measured): Ray's worker processes, imports and actor start-up for both designs
         warm = config(data, det, tmp / "out-warm", args).model_copy(update={"max_shards": 2})
         scan_worker_writes(warm)
@@ -181,31 +215,53 @@ def main() -> int:
     load_after = os.getloadavg()
     result = {
         "what": "driver CPU (user+sys, all threads of the job driver) per scanned row, model-free scorer",
-        "rows": new["rows"], "shards": args.shards, "per_shard": args.per_shard, "batch_size": args.batch_size,
-        "chunk_rows": args.chunk_rows, "actors": args.actors, "cpus": os.cpu_count(),
-        "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in load_after],
-        "python": platform.python_version(), "ray": ray.__version__,
-        "writers_on_workers": new, "driver_writes_baseline": old,
-        "ratio_main_thread_old_over_new": (round(old["driver_main_thread_cpu_us_per_row"]
-                                                 / new["driver_main_thread_cpu_us_per_row"], 1) if old else None),
-        "ratio_process_old_over_new": (round(old["driver_process_cpu_us_per_row"]
-                                             / new["driver_process_cpu_us_per_row"], 2) if old else None),
+        "rows": new["rows"],
+        "shards": args.shards,
+        "per_shard": args.per_shard,
+        "batch_size": args.batch_size,
+        "chunk_rows": args.chunk_rows,
+        "actors": args.actors,
+        "cpus": os.cpu_count(),
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in load_after],
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "writers_on_workers": new,
+        "driver_writes_baseline": old,
+        "ratio_main_thread_old_over_new": (
+            round(old["driver_main_thread_cpu_us_per_row"] / new["driver_main_thread_cpu_us_per_row"], 1)
+            if old
+            else None
+        ),
+        "ratio_process_old_over_new": (
+            round(old["driver_process_cpu_us_per_row"] / new["driver_process_cpu_us_per_row"], 2)
+            if old
+            else None
+        ),
         "driver_process_cpu_us_per_row": new["driver_process_cpu_us_per_row"],
-        "ratio_stream_old_over_new": (round(old["driver_stream_cpu_us_per_row"]
-                                            / new["driver_stream_cpu_us_per_row"], 1) if old else None),
-        "ratio_handle_old_over_new": (round(old["driver_handle_cpu_us_per_row"]
-                                            / new["driver_handle_cpu_us_per_row"], 1) if old else None),
+        "ratio_stream_old_over_new": (
+            round(old["driver_stream_cpu_us_per_row"] / new["driver_stream_cpu_us_per_row"], 1)
+            if old
+            else None
+        ),
+        "ratio_handle_old_over_new": (
+            round(old["driver_handle_cpu_us_per_row"] / new["driver_handle_cpu_us_per_row"], 1)
+            if old
+            else None
+        ),
         "driver_stream_cpu_us_per_row": new["driver_stream_cpu_us_per_row"],
         "driver_cpu_us_per_row": new["driver_handle_cpu_us_per_row"],
-    }  # fmt: skip
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "driver.json").write_text(json.dumps(result, indent=2) + "\n")
 
     def row(name: str, f: dict[str, Any]) -> str:
-        return (f"| {name} | {f['rows']} | **{f['driver_handle_cpu_us_per_row']}** | {f['driver_stream_cpu_us_per_row']} | "
-                f"{f['driver_main_thread_cpu_us_per_row']} | {f['driver_process_cpu_us_per_row']} | "
-                f"{f['driver_process_cpu_cores']} | {f['wall_s']} |\n")
+        return (
+            f"| {name} | {f['rows']} | **{f['driver_handle_cpu_us_per_row']}** | {f['driver_stream_cpu_us_per_row']} | "
+            f"{f['driver_main_thread_cpu_us_per_row']} | {f['driver_process_cpu_us_per_row']} | "
+            f"{f['driver_process_cpu_cores']} | {f['wall_s']} |\n"
+        )
 
     (out / "driver.md").write_text(
         "# Scan driver cost per row (benchmarks/driver.py)\n\n"
@@ -228,10 +284,13 @@ def main() -> int:
         "| process cores | wall s |\n|---|---|---|---|---|---|---|---|\n"
         + row("writers on the workers (this design)", new)
         + (row("driver writes every row (old design, same plan and writer code)", old) if old else "")
-        + (f"\nRatios old / new: handling {result['ratio_handle_old_over_new']}×, streaming "
-           f"{result['ratio_stream_old_over_new']}×, run_scan main thread "
-           f"{result['ratio_main_thread_old_over_new']}×, process {result['ratio_process_old_over_new']}×.\n"
-           if old else "")
+        + (
+            f"\nRatios old / new: handling {result['ratio_handle_old_over_new']}×, streaming "
+            f"{result['ratio_stream_old_over_new']}×, run_scan main thread "
+            f"{result['ratio_main_thread_old_over_new']}×, process {result['ratio_process_old_over_new']}×.\n"
+            if old
+            else ""
+        )
         + "\nReading: with writers on the workers the driver handles one small summary row per scored batch and "
         "one summary per shard, so its handling cost is per batch, not per row (the ≤ 1 µs/row target is for "
         "this figure). The rest of the driver's CPU is Ray Data's consumer loop and streaming executor, paid per "

@@ -52,12 +52,32 @@ from pipeline.models.checks import randomize_adapters  # noqa: E402
 
 VARIANTS = ("disabled", "unfused", "fused")
 LABEL = {"disabled": "frozen", "unfused": "naive MoLE", "fused": "fused MoLE"}
-FULL = {"models": {"B/16": "vitb16-mole", "L/14": "vitl14-mole"}, "dtypes": ("float16", "bfloat16"),
-        "batches": (64, 128, 256, 512), "min_time_s": 1.0, "max_iters": 20, "decode_images": 512,
-        "jpeg_size": (512, 384), "shards": 48, "per_shard": 256, "scan_model": "vitl14-mole", "scan_batch": 512}  # fmt: skip
-SMOKE = {"models": {"tiny": "tiny-mole"}, "dtypes": ("bfloat16",), "batches": (4, 8), "min_time_s": 0.0,
-         "max_iters": 2, "decode_images": 16, "jpeg_size": (160, 120), "shards": 2, "per_shard": 12,
-         "scan_model": "tiny-mole", "scan_batch": 8}  # fmt: skip
+FULL = {
+    "models": {"B/16": "vitb16-mole", "L/14": "vitl14-mole"},
+    "dtypes": ("float16", "bfloat16"),
+    "batches": (64, 128, 256, 512),
+    "min_time_s": 1.0,
+    "max_iters": 20,
+    "decode_images": 512,
+    "jpeg_size": (512, 384),
+    "shards": 48,
+    "per_shard": 256,
+    "scan_model": "vitl14-mole",
+    "scan_batch": 512,
+}
+SMOKE = {
+    "models": {"tiny": "tiny-mole"},
+    "dtypes": ("bfloat16",),
+    "batches": (4, 8),
+    "min_time_s": 0.0,
+    "max_iters": 2,
+    "decode_images": 16,
+    "jpeg_size": (160, 120),
+    "shards": 2,
+    "per_shard": 12,
+    "scan_model": "tiny-mole",
+    "scan_batch": 8,
+}
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -73,8 +93,19 @@ class GpuSampler:
     def __enter__(self) -> GpuSampler:
         if self.available:
             self._proc = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                 "-i", "0", "-lms", "250"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    "0",
+                    "-lms",
+                    "250",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             self._thread = threading.Thread(target=self._read, daemon=True)
             self._thread.start()
         return self
@@ -95,9 +126,12 @@ class GpuSampler:
         s = [(u, m) for t, u, m in self.samples if t0 <= t <= t1]
         if not s:
             return None
-        return {"util_mean_pct": round(statistics.fmean(u for u, _ in s), 1),
-                "util_median_pct": round(statistics.median(u for u, _ in s), 1),
-                "mem_max_mib": max(m for _, m in s), "samples": len(s)}  # fmt: skip
+        return {
+            "util_mean_pct": round(statistics.fmean(u for u, _ in s), 1),
+            "util_median_pct": round(statistics.median(u for u, _ in s), 1),
+            "mem_max_mib": max(m for _, m in s),
+            "samples": len(s),
+        }
 
 
 def cpu_jiffies() -> tuple[int, int]:
@@ -159,26 +193,49 @@ def bench_encoders(p: dict[str, Any], device: torch.device, gpu: GpuSampler) -> 
                         with torch.inference_mode(), _amp(device, dtype):
                             times = timed(partial(det, x), device, p["min_time_s"], p["max_iters"])
                     except torch.OutOfMemoryError:
-                        runs.append({"model": name, "dtype": dtype, "batch": batch, "variant": v, "oom": True})
+                        runs.append(
+                            {"model": name, "dtype": dtype, "batch": batch, "variant": v, "oom": True}
+                        )
                         torch.cuda.empty_cache()
                         continue
                     med = statistics.median(times)
-                    runs.append({"model": name, "config": config, "dtype": dtype, "batch": batch, "variant": v,
-                                 "median_s": med, "images_per_s": batch / med, "iters": len(times),
-                                 "gpu": gpu.window(t0, time.time())})  # fmt: skip
+                    runs.append(
+                        {
+                            "model": name,
+                            "config": config,
+                            "dtype": dtype,
+                            "batch": batch,
+                            "variant": v,
+                            "median_s": med,
+                            "images_per_s": batch / med,
+                            "iters": len(times),
+                            "gpu": gpu.window(t0, time.time()),
+                        }
+                    )
                     print(f"encoder {name} {dtype} b{batch} {LABEL[v]}: {batch / med:.1f} img/s", flush=True)
                 del x
         # the scorer's feed: uint8 in host memory -> scores, chunks of gpu_batch_size, default dtype
         det.set_mole_mode("fused")
         pred = Predictor(det, DetectorMeta(), device=device, dtype="auto")
         n = 2 * (pred.batch_size or p["batches"][-1])
-        imgs = np.random.default_rng(0).integers(0, 256, (n, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+        imgs = np.random.default_rng(0).integers(
+            0, 256, (n, cfg.image_size, cfg.image_size, 3), dtype=np.uint8
+        )
         t0 = time.time()
         times = timed(partial(pred.predict, imgs), device, p["min_time_s"], p["max_iters"])
         med = statistics.median(times)
-        feeds.append({"model": name, "config": config, "dtype": pred.dtype, "chunk": pred.batch_size,
-                      "images_per_call": n, "median_s": med, "images_per_s": n / med,
-                      "gpu": gpu.window(t0, time.time())})  # fmt: skip
+        feeds.append(
+            {
+                "model": name,
+                "config": config,
+                "dtype": pred.dtype,
+                "chunk": pred.batch_size,
+                "images_per_call": n,
+                "median_s": med,
+                "images_per_s": n / med,
+                "gpu": gpu.window(t0, time.time()),
+            }
+        )
         print(f"predictor feed {name} {pred.dtype}: {n / med:.1f} img/s", flush=True)
         del det, pred
         if device.type == "cuda":
@@ -210,7 +267,9 @@ def bench_decode(p: dict[str, Any], device: torch.device, image_size: int) -> di
     from pipeline.scan.gpu_decode import DeviceDecoder, device_decodable
 
     jpegs = make_jpegs(p["decode_images"], p["jpeg_size"])
-    sizes = [device_decodable(d, image_size=image_size, resize_mode="center_crop", max_pixels=2**31) for d in jpegs]
+    sizes = [
+        device_decodable(d, image_size=image_size, resize_mode="center_crop", max_pixels=2**31) for d in jpegs
+    ]
     assert all(s is not None for s in sizes), "benchmark JPEGs must be device-decodable"
     torch.set_num_threads(1)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -222,10 +281,15 @@ def bench_decode(p: dict[str, Any], device: torch.device, image_size: int) -> di
     header_cpu = time.process_time() - c0
     dec = DeviceDecoder(device, image_size)
     batch = 256
-    out: dict[str, Any] = {"images": len(jpegs), "jpeg_size": list(p["jpeg_size"]), "crop": image_size,
-                           "cpu_decode_images_per_s_per_core": len(jpegs) / cpu_cpu,
-                           "cpu_decode_wall_s": cpu_wall, "device": str(device),
-                           "read_side_check_images_per_s_per_core": len(jpegs) / max(header_cpu, 1e-9)}  # fmt: skip
+    out: dict[str, Any] = {
+        "images": len(jpegs),
+        "jpeg_size": list(p["jpeg_size"]),
+        "crop": image_size,
+        "cpu_decode_images_per_s_per_core": len(jpegs) / cpu_cpu,
+        "cpu_decode_wall_s": cpu_wall,
+        "device": str(device),
+        "read_side_check_images_per_s_per_core": len(jpegs) / max(header_cpu, 1e-9),
+    }
     dec.decode(jpegs[:batch], sizes[:batch])  # warm-up (nvjpeg handles, CUDA context)
     sync(device)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -240,13 +304,19 @@ def bench_decode(p: dict[str, Any], device: torch.device, image_size: int) -> di
     dev = torch.cat(decoded_px).cpu().numpy()
     ref = np.stack(cpu_px)
     diff = np.abs(dev.astype(np.int16) - ref.astype(np.int16))
-    out.update(device_decode_images_per_s=len(jpegs) / wall, device_decode_cpu_cores=cpu / wall,
-               pixels_bit_equal_images=int(sum(np.array_equal(a, b) for a, b in zip(dev, ref, strict=True))),
-               pixels_max_abs_diff=int(diff.max()), pixels_differing_share=float((diff > 0).mean()))  # fmt: skip
-    print(f"decode: cpu {out['cpu_decode_images_per_s_per_core']:.0f} img/s/core, {device} "
-          f"{out['device_decode_images_per_s']:.0f} img/s using {out['device_decode_cpu_cores']:.2f} cores, "
-          f"bit-equal {out['pixels_bit_equal_images']}/{len(jpegs)}, max diff {out['pixels_max_abs_diff']}",
-          flush=True)  # fmt: skip
+    out.update(
+        device_decode_images_per_s=len(jpegs) / wall,
+        device_decode_cpu_cores=cpu / wall,
+        pixels_bit_equal_images=int(sum(np.array_equal(a, b) for a, b in zip(dev, ref, strict=True))),
+        pixels_max_abs_diff=int(diff.max()),
+        pixels_differing_share=float((diff > 0).mean()),
+    )
+    print(
+        f"decode: cpu {out['cpu_decode_images_per_s_per_core']:.0f} img/s/core, {device} "
+        f"{out['device_decode_images_per_s']:.0f} img/s using {out['device_decode_cpu_cores']:.2f} cores, "
+        f"bit-equal {out['pixels_bit_equal_images']}/{len(jpegs)}, max diff {out['pixels_max_abs_diff']}",
+        flush=True,
+    )
     return out
 
 
@@ -266,17 +336,44 @@ def write_shards(folder: Path, p: dict[str, Any]) -> int:
     return n
 
 
-def run_scan(work: Path, shards: Path, ckpt: Path, decode_on: str, p: dict[str, Any], use_gpu: bool,
-             ray_address: str | None, gpu: GpuSampler) -> dict[str, Any]:  # fmt: skip
+def run_scan(
+    work: Path,
+    shards: Path,
+    ckpt: Path,
+    decode_on: str,
+    p: dict[str, Any],
+    use_gpu: bool,
+    ray_address: str | None,
+    gpu: GpuSampler,
+) -> dict[str, Any]:
     out = work / f"scan-{decode_on}"
-    args = [sys.executable, str(ROOT / "jobs" / "scan_bucket.py"), "--input", str(shards), "--output", str(out),
-            "--detector", str(ckpt), "--num-actors", "1", "--batch-size", str(p["scan_batch"]),
-            "--decode-on", decode_on, "--stall-timeout-s", "300"]  # fmt: skip
+    args = [
+        sys.executable,
+        str(ROOT / "jobs" / "scan_bucket.py"),
+        "--input",
+        str(shards),
+        "--output",
+        str(out),
+        "--detector",
+        str(ckpt),
+        "--num-actors",
+        "1",
+        "--batch-size",
+        str(p["scan_batch"]),
+        "--decode-on",
+        decode_on,
+        "--stall-timeout-s",
+        "300",
+    ]
     if use_gpu:
         args += ["--actor-num-gpus", "1", "--actor-num-cpus", "1"]
     if ray_address:
         args += ["--ray-address", ray_address]
-    env = {**os.environ, "GENSCAN_CACHE": str(work / "cache"), "GENSCAN_LOG_LEVEL": "INFO"}  # INFO: the decode log
+    env = {
+        **os.environ,
+        "GENSCAN_CACHE": str(work / "cache"),
+        "GENSCAN_LOG_LEVEL": "INFO",
+    }  # INFO: the decode log
     j0, t0 = cpu_jiffies(), time.time()
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     j1, t1 = cpu_jiffies(), time.time()
@@ -293,13 +390,20 @@ def run_scan(work: Path, shards: Path, ckpt: Path, decode_on: str, p: dict[str, 
         return res
     stream_s = float(timing.get("stream_s") or (t1 - t0))
     totals = run.get("totals") or {}
-    res.update(rows=totals.get("rows"), counts=totals.get("counts"), timing=timing,
-               steady_images_per_s=timing.get("steady_images_per_s"),
-               machine_cpu_cores_busy=cores_busy(j0, j1),
-               decode_s_per_wall_s=round(sum(m.get("decode_s", 0.0) for m in markers) / stream_s, 3),
-               gpu=gpu.window(t0, t1),
-               device_decode_seen="device_decode_active" in proc.stdout + proc.stderr)  # fmt: skip
-    print(f"scan decode_on={decode_on}: {res['steady_images_per_s']} img/s steady, rows {res['rows']}", flush=True)
+    res.update(
+        rows=totals.get("rows"),
+        counts=totals.get("counts"),
+        timing=timing,
+        steady_images_per_s=timing.get("steady_images_per_s"),
+        machine_cpu_cores_busy=cores_busy(j0, j1),
+        decode_s_per_wall_s=round(sum(m.get("decode_s", 0.0) for m in markers) / stream_s, 3),
+        gpu=gpu.window(t0, t1),
+        device_decode_seen="device_decode_active" in proc.stdout + proc.stderr,
+    )
+    print(
+        f"scan decode_on={decode_on}: {res['steady_images_per_s']} img/s steady, rows {res['rows']}",
+        flush=True,
+    )
     return res
 
 
@@ -318,42 +422,64 @@ def render_md(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     key = {(r["model"], r["dtype"], r["batch"], r["variant"]): r for r in res["encoder"]}
-    for (m, d, b) in dict.fromkeys((r["model"], r["dtype"], r["batch"]) for r in res["encoder"]):
+    for m, d, b in dict.fromkeys((r["model"], r["dtype"], r["batch"]) for r in res["encoder"]):
         cells = []
         for v in VARIANTS:
             r = key.get((m, d, b, v), {})
             cells.append("OOM" if r.get("oom") else f"{r.get('images_per_s', float('nan')):.1f}")
         fr, fu = key.get((m, d, b, "disabled"), {}), key.get((m, d, b, "fused"), {})
-        ratio = (f"{fu['images_per_s'] / fr['images_per_s'] - 1:+.1%}"
-                 if "images_per_s" in fr and "images_per_s" in fu else "")  # fmt: skip
+        ratio = (
+            f"{fu['images_per_s'] / fr['images_per_s'] - 1:+.1%}"
+            if "images_per_s" in fr and "images_per_s" in fu
+            else ""
+        )
         util = (fu.get("gpu") or {}).get("util_mean_pct", "n/a")
         lines.append(f"| {m} | {d} | {b} | {' | '.join(cells)} | {ratio} | {util} |")
-    lines += ["", "## Predictor feed (uint8 in host memory -> scores, fused MoLE)", "",
-              "| model | dtype | chunk | images per call | images/s | GPU util % |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Predictor feed (uint8 in host memory -> scores, fused MoLE)",
+        "",
+        "| model | dtype | chunk | images per call | images/s | GPU util % |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in res["feed"]:
-        lines.append(f"| {f['model']} | {f['dtype']} | {f['chunk']} | {f['images_per_call']} | "
-                     f"{f['images_per_s']:.1f} | {(f.get('gpu') or {}).get('util_mean_pct', 'n/a')} |")  # fmt: skip
+        lines.append(
+            f"| {f['model']} | {f['dtype']} | {f['chunk']} | {f['images_per_call']} | "
+            f"{f['images_per_s']:.1f} | {(f.get('gpu') or {}).get('util_mean_pct', 'n/a')} |"
+        )
     d = res["decode"]
-    lines += ["", f"## JPEG decode ({d['jpeg_size'][0]}x{d['jpeg_size'][1]}, 4:2:0, q90 -> {d['crop']}² crop)", "",
-              f"- CPU (`decode_image`, Pillow): {d['cpu_decode_images_per_s_per_core']:.0f} images/s per core",
-              f"- read side with `--decode-on gpu` (header check `device_decodable` only): "
-              f"{d['read_side_check_images_per_s_per_core']:.0f} images/s per core",
-              f"- device {d['device']} (`DeviceDecoder`, batches of 256): {d['device_decode_images_per_s']:.0f} "
-              f"images/s, keeping {d['device_decode_cpu_cores']:.2f} CPU cores busy",
-              f"- device pixels vs CPU pixels: {d['pixels_bit_equal_images']}/{d['images']} images bit-equal, "
-              f"max |difference| {d['pixels_max_abs_diff']}, {d['pixels_differing_share']:.4%} of values differ"]
-    lines += ["", "## End-to-end scan (jobs/scan_bucket.py, local Ray, one scorer actor)", "",
-              f"{res['scan'].get('images', 0)} images in {res['scan'].get('shards', 0)} local shards, detector "
-              f"{res['scan'].get('model')} (random init), Ray batch {res['scan'].get('batch')}.", "",
-              "| decode on | steady images/s | rows | wall s | GPU util % mean | machine CPU cores busy "
-              "| decode s per wall s |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## JPEG decode ({d['jpeg_size'][0]}x{d['jpeg_size'][1]}, 4:2:0, q90 -> {d['crop']}² crop)",
+        "",
+        f"- CPU (`decode_image`, Pillow): {d['cpu_decode_images_per_s_per_core']:.0f} images/s per core",
+        f"- read side with `--decode-on gpu` (header check `device_decodable` only): "
+        f"{d['read_side_check_images_per_s_per_core']:.0f} images/s per core",
+        f"- device {d['device']} (`DeviceDecoder`, batches of 256): {d['device_decode_images_per_s']:.0f} "
+        f"images/s, keeping {d['device_decode_cpu_cores']:.2f} CPU cores busy",
+        f"- device pixels vs CPU pixels: {d['pixels_bit_equal_images']}/{d['images']} images bit-equal, "
+        f"max |difference| {d['pixels_max_abs_diff']}, {d['pixels_differing_share']:.4%} of values differ",
+    ]
+    lines += [
+        "",
+        "## End-to-end scan (jobs/scan_bucket.py, local Ray, one scorer actor)",
+        "",
+        f"{res['scan'].get('images', 0)} images in {res['scan'].get('shards', 0)} local shards, detector "
+        f"{res['scan'].get('model')} (random init), Ray batch {res['scan'].get('batch')}.",
+        "",
+        "| decode on | steady images/s | rows | wall s | GPU util % mean | machine CPU cores busy "
+        "| decode s per wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in res["scan"].get("runs", []):
         if r.get("exit_code") != 0 or r.get("error"):
             lines.append(f"| {r['decode_on']} | failed (exit {r.get('exit_code')}; see gpu.json) | | | | | |")
             continue
-        lines.append(f"| {r['decode_on']} | {r['steady_images_per_s']} | {r['rows']} | {r['wall_s']} | "
-                     f"{(r.get('gpu') or {}).get('util_mean_pct', 'n/a')} | {r['machine_cpu_cores_busy']} | "
-                     f"{r['decode_s_per_wall_s']} |")  # fmt: skip
+        lines.append(
+            f"| {r['decode_on']} | {r['steady_images_per_s']} | {r['rows']} | {r['wall_s']} | "
+            f"{(r.get('gpu') or {}).get('util_mean_pct', 'n/a')} | {r['machine_cpu_cores_busy']} | "
+            f"{r['decode_s_per_wall_s']} |"
+        )
     for note in res["scan"].get("notes", []):
         lines += ["", f"- {note}"]
     if res.get("derived"):
@@ -364,10 +490,14 @@ def render_md(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few images: checks the benchmark")
+    ap.add_argument(
+        "--smoke", action="store_true", help="CPU, tiny model, a few images: checks the benchmark"
+    )
     ap.add_argument("--results-dir", default=str(ROOT / "results"), help="where gpu.json / gpu.md go")
     ap.add_argument("--work-dir", default=None, help="scratch folder (default: a temp dir, removed after)")
-    ap.add_argument("--ray-address", default=None, help="Ray for the scans (default: each scan starts a local one)")
+    ap.add_argument(
+        "--ray-address", default=None, help="Ray for the scans (default: each scan starts a local one)"
+    )
     ap.add_argument("--skip-scan", action="store_true", help="leave out the end-to-end scans")
     args = ap.parse_args(argv)
     p = SMOKE if args.smoke else FULL
@@ -378,15 +508,23 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if cuda else "cpu")
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    work_ctx = (contextlib.nullcontext(args.work_dir) if args.work_dir
-                else tempfile.TemporaryDirectory(prefix="genscan-gpu-"))  # fmt: skip
+    work_ctx = (
+        contextlib.nullcontext(args.work_dir)
+        if args.work_dir
+        else tempfile.TemporaryDirectory(prefix="genscan-gpu-")
+    )
     res: dict[str, Any] = {
         "command": "benchmarks/gpu.py" + (" --smoke" if args.smoke else ""),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "smoke": args.smoke,
-        "host": {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
-                 "cuda": torch.version.cuda, "cpu": platform.processor() or platform.machine(),
-                 "cpu_cores": os.cpu_count()},
-    }  # fmt: skip
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "smoke": args.smoke,
+        "host": {
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_cores": os.cpu_count(),
+        },
+    }
     t_all = time.perf_counter()
     with work_ctx as work_s, GpuSampler() as gpu:
         work = Path(work_s)
@@ -409,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                     res["scan"]["notes"].append(
                         "decode on gpu: the run succeeded but no scorer reported a device-decoded row (no "
                         "`device_decode_active` log): the read stage did not ship JPEGs, so that row measured "
-                        "CPU decode again (is prepare_shard wired to pipeline.scan.gpu_decode.decode_or_ship?)")
+                        "CPU decode again (is prepare_shard wired to pipeline.scan.gpu_decode.decode_or_ship?)"
+                    )
     fused = [r for r in res["encoder"] if r.get("variant") == "fused" and "images_per_s" in r]
     if fused and res["decode"]["cpu_decode_images_per_s_per_core"] > 0:
         best = max(fused, key=lambda r: r["images_per_s"])
@@ -418,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{best['images_per_s'] / res['decode']['cpu_decode_images_per_s_per_core']:.1f} cores "
                 f"({best['model']} {best['dtype']} batch {best['batch']}: {best['images_per_s']:.0f} img/s / "
                 f"{res['decode']['cpu_decode_images_per_s_per_core']:.0f} img/s per core, "
-                f"{res['decode']['jpeg_size'][0]}x{res['decode']['jpeg_size'][1]} JPEGs)"),
+                f"{res['decode']['jpeg_size'][0]}x{res['decode']['jpeg_size'][1]} JPEGs)"
+            ),
         }
     res["total_s"] = round(time.perf_counter() - t_all, 1)
     (results / "gpu.json").write_text(json.dumps(res, indent=2, default=str) + "\n")

@@ -70,14 +70,26 @@ def _corpus(root: Path, n_images: int, side: tuple[int, int], per_shard: int = 3
 
 
 def _scan(corpus: Path, detector: str, out: Path, batch: int) -> dict:
-    cfg = ScanConfig.parse({"input": str(corpus), "output": str(out), "detector": detector,
-                            "scan_date": "2026-12-01", "batch_size": batch, "torch_threads": 1})  # fmt: skip
+    cfg = ScanConfig.parse(
+        {
+            "input": str(corpus),
+            "output": str(out),
+            "detector": detector,
+            "scan_date": "2026-12-01",
+            "batch_size": batch,
+            "torch_threads": 1,
+        }
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     run = run_scan(cfg)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert run["status"] == "succeeded", run
-    return {"wall_s": wall, "cpu_s": cpu, "stream_s": float(run["attempts"][-1]["timing"]["stream_s"]),
-            "rows": int(run["totals"]["rows"])}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "stream_s": float(run["attempts"][-1]["timing"]["stream_s"]),
+        "rows": int(run["totals"]["rows"]),
+    }
 
 
 def bench(name: str, n_images: int, rounds: int, batch: int, tmp: Path, warmup: int = 1) -> dict:
@@ -107,7 +119,9 @@ def bench(name: str, n_images: int, rounds: int, batch: int, tmp: Path, warmup: 
                     out = tmp / f"runs-{name.replace('/', '')}" / f"out{k}-{j}"
                     parts.append(_scan(corpus, c, out, batch))
                     check[f"single{j}"] = out
-                res[what] = {key: sum(p[key] for p in parts) for key in ("wall_s", "cpu_s", "stream_s", "rows")}
+                res[what] = {
+                    key: sum(p[key] for p in parts) for key in ("wall_s", "cpu_s", "stream_s", "rows")
+                }
         if r < 0:
             continue
         together_runs.append(res["together"])
@@ -122,12 +136,19 @@ def bench(name: str, n_images: int, rounds: int, batch: int, tmp: Path, warmup: 
             max_rel = max(max_rel, abs(got - r["logit"]) / max(abs(r["logit"]), 1e-6))
     med = lambda runs, key: statistics.median(x[key] for x in runs)  # noqa: E731
     return {
-        "size": name, "arch": SIZES[name][0], "image_size": SIZES[name][1], "images": n_images,
-        "image_side": IMAGE_SIDE[name], "batch": batch, "rounds": rounds, "warmup_rounds": warmup,
+        "size": name,
+        "arch": SIZES[name][0],
+        "image_size": SIZES[name][1],
+        "images": n_images,
+        "image_side": IMAGE_SIDE[name],
+        "batch": batch,
+        "rounds": rounds,
+        "warmup_rounds": warmup,
         "detectors": len(ckpts),
         "together": {key: med(together_runs, key) for key in ("wall_s", "cpu_s", "stream_s")},
         "separate": {key: med(separate_runs, key) for key in ("wall_s", "cpu_s", "stream_s")},
-        "rows_together": together_runs[0]["rows"], "rows_separate": separate_runs[0]["rows"],
+        "rows_together": together_runs[0]["rows"],
+        "rows_separate": separate_runs[0]["rows"],
         "ratio_wall_median_paired": statistics.median(ratios),
         "ratio_stream": med(separate_runs, "stream_s") / med(together_runs, "stream_s"),
         "ratio_cpu": med(separate_runs, "cpu_s") / med(together_runs, "cpu_s"),

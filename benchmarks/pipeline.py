@@ -48,10 +48,32 @@ def make_data(n_images: int, shard_size: int, image_size: int) -> Path:
     if not any(out.glob("*.tar")):
         fams = ["upconv", "diffusion", "vqgan", "gan_color"]
         per_class = max(1, n_images // (2 * len(fams)))
-        subprocess.run([sys.executable, str(REPO / "jobs/make_demo_data.py"), "--out", str(out), "--layout", "wds",
-                        "--families", ",".join(fams), "--n-per-class", str(per_class), "--seed", "0",
-                        "--image-size", str(image_size), "--shard-size", str(shard_size), "--format", "jpeg",
-                        "--jpeg-quality", "90"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "jobs/make_demo_data.py"),
+                "--out",
+                str(out),
+                "--layout",
+                "wds",
+                "--families",
+                ",".join(fams),
+                "--n-per-class",
+                str(per_class),
+                "--seed",
+                "0",
+                "--image-size",
+                str(image_size),
+                "--shard-size",
+                str(shard_size),
+                "--format",
+                "jpeg",
+                "--jpeg-quality",
+                "90",
+            ],
+            check=True,
+            capture_output=True,
+        )
     return out
 
 
@@ -111,8 +133,9 @@ def _collate(items: list[np.ndarray]) -> np.ndarray:
 
 def bench_dataloader(pred, shards: list[str], image_size: int, batch: int, workers: int) -> tuple[float, int]:
     ds = ShardImages(shards, image_size)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=_collate,
-                                     prefetch_factor=2 if workers else None)  # fmt: skip
+    dl = torch.utils.data.DataLoader(
+        ds, batch_size=batch, num_workers=workers, collate_fn=_collate, prefetch_factor=2 if workers else None
+    )
     t = time.perf_counter()
     n = 0
     for x in dl:
@@ -128,25 +151,41 @@ def bench_scan(shards_dir: Path, det: Path, run: int, args: argparse.Namespace, 
 
     out = TMP / f"scan-{os.getpid()}-{run}"
     cfg = ScanConfig(
-        input=str(shards_dir), output=str(out), detector=str(det), scan_date="2026-01-01",
-        batch_size=args.batch_size, num_actors=1, torch_threads=args.threads,
-        actor_num_cpus=1.0 if not gpu else 1.0, actor_num_gpus=1.0 if gpu else 0.0,
-        dtype="float16" if gpu else "float32", read_num_cpus=0.5, ray_num_cpus=os.cpu_count(),
-    )  # fmt: skip
+        input=str(shards_dir),
+        output=str(out),
+        detector=str(det),
+        scan_date="2026-01-01",
+        batch_size=args.batch_size,
+        num_actors=1,
+        torch_threads=args.threads,
+        actor_num_cpus=1.0 if not gpu else 1.0,
+        actor_num_gpus=1.0 if gpu else 0.0,
+        dtype="float16" if gpu else "float32",
+        read_num_cpus=0.5,
+        ray_num_cpus=os.cpu_count(),
+    )
     t = time.perf_counter()
     res = run_scan(cfg, executor=RayScanExecutor())
     wall = time.perf_counter() - t
     tot = res["totals"]
     timing = res["attempts"][-1].get("timing", {})
-    return {"rows": tot["rows"], "ok": tot["counts"].get("ok", 0), "wall_s": round(wall, 2),
-            "images_per_s_wall": round(tot["rows"] / wall, 2),
-            "images_per_s_steady": timing.get("steady_images_per_s"), "timing": timing,
-            "decode_s": round(tot["decode_s"], 2), "infer_s": round(tot["infer_s"], 2),
-            "read_s": round(tot["read_s"], 3), "write_s": round(tot["write_s"], 3)}  # fmt: skip
+    return {
+        "rows": tot["rows"],
+        "ok": tot["counts"].get("ok", 0),
+        "wall_s": round(wall, 2),
+        "images_per_s_wall": round(tot["rows"] / wall, 2),
+        "images_per_s_steady": timing.get("steady_images_per_s"),
+        "timing": timing,
+        "decode_s": round(tot["decode_s"], 2),
+        "infer_s": round(tot["infer_s"], 2),
+        "read_s": round(tot["read_s"], 3),
+        "write_s": round(tot["write_s"], 3),
+    }
 
 
 def render_md(r: dict) -> str:
     m, q = r["median"], r["ratios"]
+
     def ok(v: float, target: float) -> str:
         if v > 1.05:
             return "a ratio above 1 is load variation between the modes, not evidence — see below"
@@ -252,20 +291,33 @@ def main() -> int:
     steady = statistics.median(s["images_per_s_steady"] or 0.0 for s in scans)
     wall = statistics.median(s["images_per_s_wall"] for s in scans)
     result = {
-        "config": args.config, "device": "cuda" if gpu else "cpu", "dtype": "float16" if gpu else "float32",
-        "images": len(pixels), "shards": len(shards), "batch_size": args.batch_size, "torch_threads": args.threads,
-        "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 1),
-        "decode_ms_per_image": round(decode_ms, 2), "platform": platform.platform(),
+        "config": args.config,
+        "device": "cuda" if gpu else "cpu",
+        "dtype": "float16" if gpu else "float32",
+        "images": len(pixels),
+        "shards": len(shards),
+        "batch_size": args.batch_size,
+        "torch_threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 1),
+        "decode_ms_per_image": round(decode_ms, 2),
+        "platform": platform.platform(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "encoder_only_images_per_s": [round(x, 2) for x in enc],
         "dataloader_images_per_s": [round(x, 2) for x in dl],
         "scan": scans,
-        "median": {"encoder_only": round(enc_m, 2), "dataloader": round(dl_m, 2), "scan_steady": steady,
-                   "scan_wall": wall},
-        "ratios": {"scan_steady_vs_encoder": round(steady / enc_m, 3),
-                   "scan_steady_vs_dataloader": round(steady / dl_m, 3),
-                   "scan_wall_vs_dataloader": round(wall / dl_m, 3)},
-    }  # fmt: skip
+        "median": {
+            "encoder_only": round(enc_m, 2),
+            "dataloader": round(dl_m, 2),
+            "scan_steady": steady,
+            "scan_wall": wall,
+        },
+        "ratios": {
+            "scan_steady_vs_encoder": round(steady / enc_m, 3),
+            "scan_steady_vs_dataloader": round(steady / dl_m, 3),
+            "scan_wall_vs_dataloader": round(wall / dl_m, 3),
+        },
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -64,8 +64,10 @@ def write_scan(root: Path, dates: list[str], rows_per_date: int, seed: int = 0) 
                 "is_fake": pa.array(p >= 0.5),
                 "threshold": pa.array(np.full(per, 0.5, np.float32)),
                 "top_generator": pa.array(top),
-                "generator_scores": pa.array([list(zip(labels, row.tolist(), strict=True)) for row in scores],
-                                             type=pa.map_(pa.string(), pa.float32())),
+                "generator_scores": pa.array(
+                    [list(zip(labels, row.tolist(), strict=True)) for row in scores],
+                    type=pa.map_(pa.string(), pa.float32()),
+                ),
                 "width": pa.array(np.full(per, 256, np.int32)),
                 "height": pa.array(np.full(per, 256, np.int32)),
                 "format": pa.array(["JPEG"] * per),
@@ -73,7 +75,8 @@ def write_scan(root: Path, dates: list[str], rows_per_date: int, seed: int = 0) 
                 "sha256": pa.array([rng.bytes(32).hex() for _ in range(per)]),
                 "detector_id": pa.array(["bench@000000000000"] * per),
                 "scanned_at": pa.array(np.full(per, 1_700_000_000_000, "datetime64[ms]")).cast(
-                    pa.timestamp("ms", tz="UTC")),
+                    pa.timestamp("ms", tz="UTC")
+                ),
             }
             table = pa.table(cols).cast(output.SCHEMA)
             output.write_shard(paths, shard, table, {"rows": per})
@@ -102,9 +105,13 @@ print(json.dumps({{"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF)
 
 
 def run_case(case: str, scan: Path, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD.format(repo=str(REPO)), case, str(scan), str(out)],
-                          capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "GENSCAN_LOG_LEVEL": "WARNING"})
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD.format(repo=str(REPO)), case, str(scan), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "GENSCAN_LOG_LEVEL": "WARNING"},
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{case} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -134,29 +141,43 @@ def main() -> None:
     lo, hi = histories[0], histories[-1]
     headline = {
         "report_peak_rss_mb": {str(n): by[(n, "report")]["peak_rss_mb"] for n in histories},
-        "report_rss_growth_x": round(by[(hi, "report")]["peak_rss_mb"] / by[(lo, "report")]["peak_rss_mb"], 2),
-        "old_load_rss_growth_x": round(by[(hi, "load_all_columns")]["peak_rss_mb"]
-                                       / by[(lo, "load_all_columns")]["peak_rss_mb"], 2),
+        "report_rss_growth_x": round(
+            by[(hi, "report")]["peak_rss_mb"] / by[(lo, "report")]["peak_rss_mb"], 2
+        ),
+        "old_load_rss_growth_x": round(
+            by[(hi, "load_all_columns")]["peak_rss_mb"] / by[(lo, "load_all_columns")]["peak_rss_mb"], 2
+        ),
         "rows_per_date": args.rows_per_date,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    (out / "report.json").write_text(json.dumps({"results": results, "headline": headline, "meta": meta},
-                                                indent=2) + "\n")
-    lines = ["# Report memory vs scan history (`benchmarks/report.py`)", "",
-             f"Synthetic scan, real layout and schema: {args.rows_per_date} rows per date, {SHARDS_PER_DATE} "
-             "shards per date; each case in a fresh process, peak RSS = `ru_maxrss`. `report` is the real job "
-             "with galleries off (no shard reads); the two `load_*` rows isolate the scan loading: the earlier way "
-             "(every report column of every date, today's column set) and now (the report's date in full, other "
-             "dates status + is_fake).",
-             "", "| dates | rows | case | peak RSS (MB) | seconds |", "|---|---|---|---|---|"]
-    lines += [f"| {r['dates']} | {r['rows']} | {r['case']} | {r['peak_rss_mb']} | {r['seconds']} |"
-              for r in results]
-    lines += ["", f"Reading: going from {lo} to {hi} dates of history the report's peak RSS grows "
-              f"{headline['report_rss_growth_x']}x; loading every report column of every date (the earlier way) "
-              f"grows {headline['old_load_rss_growth_x']}x. Shared 2-core machine: seconds are noisy, "
-              "RSS is not.", ""]
+    (out / "report.json").write_text(
+        json.dumps({"results": results, "headline": headline, "meta": meta}, indent=2) + "\n"
+    )
+    lines = [
+        "# Report memory vs scan history (`benchmarks/report.py`)",
+        "",
+        f"Synthetic scan, real layout and schema: {args.rows_per_date} rows per date, {SHARDS_PER_DATE} "
+        "shards per date; each case in a fresh process, peak RSS = `ru_maxrss`. `report` is the real job "
+        "with galleries off (no shard reads); the two `load_*` rows isolate the scan loading: the earlier way "
+        "(every report column of every date, today's column set) and now (the report's date in full, other "
+        "dates status + is_fake).",
+        "",
+        "| dates | rows | case | peak RSS (MB) | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['dates']} | {r['rows']} | {r['case']} | {r['peak_rss_mb']} | {r['seconds']} |" for r in results
+    ]
+    lines += [
+        "",
+        f"Reading: going from {lo} to {hi} dates of history the report's peak RSS grows "
+        f"{headline['report_rss_growth_x']}x; loading every report column of every date (the earlier way) "
+        f"grows {headline['old_load_rss_growth_x']}x. Shared 2-core machine: seconds are noisy, "
+        "RSS is not.",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines))
     print(json.dumps(headline))
 

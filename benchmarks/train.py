@@ -156,33 +156,65 @@ def _run_sampled(cmd: list[str], timeout: float) -> dict[str, Any]:
             out, _ = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{out[-3000:]}")
-    return {"worker_peak_rss_mb": s.worker_peak / 2**20, "worker_peak_anon_mb": s.worker_anon_peak / 2**20,
-            "tree_peak_rss_mb": s.tree_peak / 2**20,
-            "n_worker_pids": len(s.workers), "wall_s": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "worker_peak_rss_mb": s.worker_peak / 2**20,
+        "worker_peak_anon_mb": s.worker_anon_peak / 2**20,
+        "tree_peak_rss_mb": s.tree_peak / 2**20,
+        "n_worker_pids": len(s.workers),
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
-BENCH_CFG = {"config": "tiny-mole", "method": "mole", "epochs": 1, "head_init": "random", "keep_best": False,
-             "val_fraction": 0.05, "batch_size": 32}  # fmt: skip
+BENCH_CFG = {
+    "config": "tiny-mole",
+    "method": "mole",
+    "epochs": 1,
+    "head_init": "random",
+    "keep_best": False,
+    "val_fraction": 0.05,
+    "batch_size": 32,
+}
 
 
 def run_streaming(data: Path, tmp: Path, n: int) -> dict[str, Any]:
     cfg_file = tmp / "bench_cfg.json"
     cfg_file.write_text(json.dumps(BENCH_CFG))
     out = tmp / f"ckpt_stream_{n}"
-    res = _run_sampled([PY, "jobs/train_detector.py", "--data", str(data), "--out", str(out),
-                        "--config-file", str(cfg_file)], timeout=900)  # fmt: skip
+    res = _run_sampled(
+        [
+            PY,
+            "jobs/train_detector.py",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--config-file",
+            str(cfg_file),
+        ],
+        timeout=900,
+    )
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    res.update(n_images=n, n_train=row["n_train"], train_seconds=row["train_seconds"],
-               train_images_per_s=row["n_train"] / row["train_seconds"])
+    res.update(
+        n_images=n,
+        n_train=row["n_train"],
+        train_seconds=row["train_seconds"],
+        train_images_per_s=row["n_train"] / row["train_seconds"],
+    )
     return res
 
 
 def run_inmemory(data: Path, tmp: Path, n: int) -> dict[str, Any]:
     result = tmp / f"inmem_{n}.json"
-    res = _run_sampled([PY, str(Path(__file__).resolve()), "--inmemory-worker", str(data), str(result)], timeout=900)
+    res = _run_sampled(
+        [PY, str(Path(__file__).resolve()), "--inmemory-worker", str(data), str(result)], timeout=900
+    )
     row = json.loads(result.read_text())
-    res.update(n_images=n, n_train=row["n_train"], train_seconds=row["train_seconds"],
-               train_images_per_s=row["n_train"] / row["train_seconds"])
+    res.update(
+        n_images=n,
+        n_train=row["n_train"],
+        train_seconds=row["train_seconds"],
+        train_images_per_s=row["n_train"] / row["train_seconds"],
+    )
     return res
 
 
@@ -233,7 +265,9 @@ def _inmemory_worker(config: dict[str, Any]) -> None:
         y = torch.as_tensor(labels[idx], dtype=torch.float32)
         c = torch.as_tensor(classes[idx], dtype=torch.long)
         out = det(x)
-        loss = F.binary_cross_entropy_with_logits(out.logit.float(), y) + F.cross_entropy(out.gen_logits.float(), c)
+        loss = F.binary_cross_entropy_with_logits(out.logit.float(), y) + F.cross_entropy(
+            out.gen_logits.float(), c
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -254,9 +288,12 @@ def inmemory_main(data: str, result: str) -> None:
 
     store = tempfile.mkdtemp(prefix="bench-inmem-")
     with session(extra_env={"OMP_NUM_THREADS": "1"}):
-        TorchTrainer(_inmemory_worker, train_loop_config={"data": data, "result": result},
-                     scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1.0}),
-                     run_config=RunConfig(storage_path=store, name="inmem")).fit()  # fmt: skip
+        TorchTrainer(
+            _inmemory_worker,
+            train_loop_config={"data": data, "result": result},
+            scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1.0}),
+            run_config=RunConfig(storage_path=store, name="inmem"),
+        ).fit()
 
 
 # ---- feed vs model ---------------------------------------------------------------------------------------------
@@ -275,15 +312,24 @@ def feed_rates(data: Path, configs: list[str], tasks: list[int], max_images: int
         ray.data.DataContext.get_current().enable_progress_bars = False
         for config in configs:
             recipe = json.loads((ROOT / "pipeline/train/recipes/univfd.json").read_text())
-            cfg = TrainConfig.parse({"data": str(data), "out": "unused", "config": config, "augment": True,
-                                     "augment_resize": recipe["augment_resize"], "crop_grid": "pixel"})  # fmt: skip
+            cfg = TrainConfig.parse(
+                {
+                    "data": str(data),
+                    "out": "unused",
+                    "config": config,
+                    "augment": True,
+                    "augment_resize": recipe["augment_resize"],
+                    "crop_grid": "pixel",
+                }
+            )
             det_cfg = DetectorConfig.load(config)
             plan = make_plan(cfg)
             ref = ray.put(plan.train)
             spec = train_spec(cfg, det_cfg, patch_size(det_cfg))
             for k in tasks:
-                ds = stream_dataset(ref, min(plan.n_train, max_images), spec, epoch=0, chunk_rows=cfg.read_chunk,
-                                    read_tasks=k)  # fmt: skip
+                ds = stream_dataset(
+                    ref, min(plan.n_train, max_images), spec, epoch=0, chunk_rows=cfg.read_chunk, read_tasks=k
+                )
                 n, t_first, t0 = 0, None, time.perf_counter()
                 for b in ds.iter_batches(batch_size=32, batch_format="numpy"):
                     if t_first is None:
@@ -291,8 +337,16 @@ def feed_rates(data: Path, configs: list[str], tasks: list[int], max_images: int
                         continue
                     n += len(b["label"])
                 dt = time.perf_counter() - (t_first or t0)
-                rows.append({"config": config, "crop": det_cfg.image_size, "read_tasks": k,
-                             "images": n, "seconds": dt, "images_per_s": n / dt if dt else float("nan")})  # fmt: skip
+                rows.append(
+                    {
+                        "config": config,
+                        "crop": det_cfg.image_size,
+                        "read_tasks": k,
+                        "images": n,
+                        "seconds": dt,
+                        "images_per_s": n / dt if dt else float("nan"),
+                    }
+                )
                 print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
@@ -316,14 +370,22 @@ def model_rate(config: str, batch: int, steps: int) -> dict[str, Any]:
     for i in range(steps + 1):
         t0 = time.perf_counter()
         out = det(to_device(imgs, det_cfg, torch.device("cpu")))
-        loss = F.binary_cross_entropy_with_logits(out.logit.float(), y) + F.cross_entropy(out.gen_logits, y.long())
+        loss = F.binary_cross_entropy_with_logits(out.logit.float(), y) + F.cross_entropy(
+            out.gen_logits, y.long()
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if i:  # the first step warms up
             times.append(time.perf_counter() - t0)
     med = float(np.median(times))
-    return {"config": config, "batch": batch, "steps": steps, "median_step_s": med, "images_per_s": batch / med}
+    return {
+        "config": config,
+        "batch": batch,
+        "steps": steps,
+        "median_step_s": med,
+        "images_per_s": batch / med,
+    }
 
 
 # ---- report ----------------------------------------------------------------------------------------------------
@@ -345,36 +407,57 @@ def render(res: dict[str, Any]) -> str:
     ]
     for n in sorted(set(s) | set(m)):
         sm, mm = s.get(n), m.get(n)
-        lines.append(f"| {n:,} | {sm['worker_peak_rss_mb']:.0f} | {sm['worker_peak_anon_mb']:.0f} |" if sm
-                     else f"| {n:,} | – | – |")  # fmt: skip
-        lines[-1] += (f" {mm['worker_peak_rss_mb']:.0f} | {mm['worker_peak_anon_mb']:.0f} |" if mm
-                      else " not run (would need ~15 GB here) | – |")  # fmt: skip
+        lines.append(
+            f"| {n:,} | {sm['worker_peak_rss_mb']:.0f} | {sm['worker_peak_anon_mb']:.0f} |"
+            if sm
+            else f"| {n:,} | – | – |"
+        )
+        lines[-1] += (
+            f" {mm['worker_peak_rss_mb']:.0f} | {mm['worker_peak_anon_mb']:.0f} |"
+            if mm
+            else " not run (would need ~15 GB here) | – |"
+        )
         lines[-1] += f" {sm['tree_peak_rss_mb']:.0f} |" if sm else " – |"
         lines[-1] += f" {mm['tree_peak_rss_mb']:.0f} |" if mm else " – |"
     ns = sorted(s)
     r = res["ratios"]
-    lines += ["", f"Streaming worker, {ns[-1]:,} vs {ns[0]:,} images: RSS **{r['stream_peak_ratio']:.2f}x**, private "
-              f"memory **{r['stream_private_peak_ratio']:.2f}x**."]  # fmt: skip
+    lines += [
+        "",
+        f"Streaming worker, {ns[-1]:,} vs {ns[0]:,} images: RSS **{r['stream_peak_ratio']:.2f}x**, private "
+        f"memory **{r['stream_private_peak_ratio']:.2f}x**.",
+    ]
     if "stream_8k_over_1k" in r:
         lines[-1] += f" 8k vs 1k: RSS **{r['stream_8k_over_1k']:.2f}x** (goal <= 1.25x)."
     if "inmem_8k_over_1k" in r:
         lines[-1] += f" In-memory baseline 8k vs 1k: RSS {r['inmem_8k_over_1k']:.2f}x."
-    lines += ["RSS = VmRSS, which also counts the pages of Ray's shared-memory object store the worker has touched "
-              "(it maps the store and reads batches zero-copy); private = RssAnon, the worker's own memory. The job "
-              "tree includes the driver, Ray's own processes and the read tasks' workers.", "",
-              "## Feed vs model (images/s)", "",
-              "| model | crop | feed, 1 read task | feed, 2 read tasks | model training step (1 thread) |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "RSS = VmRSS, which also counts the pages of Ray's shared-memory object store the worker has touched "
+        "(it maps the store and reads batches zero-copy); private = RssAnon, the worker's own memory. The job "
+        "tree includes the driver, Ray's own processes and the read tasks' workers.",
+        "",
+        "## Feed vs model (images/s)",
+        "",
+        "| model | crop | feed, 1 read task | feed, 2 read tasks | model training step (1 thread) |",
+        "|---|---|---|---|---|",
+    ]
     for mr in res["model"]:
         f = {r["read_tasks"]: r["images_per_s"] for r in res["feed"] if r["config"] == mr["config"]}
         crop = next((r["crop"] for r in res["feed"] if r["config"] == mr["config"]), "")
-        lines.append(f"| {mr['config']} | {crop} | {f.get(1, float('nan')):.0f} | {f.get(2, float('nan')):.0f} | "
-                     f"{mr['images_per_s']:.1f} |")  # fmt: skip
-    lines += ["", "Feed = read + decode + UnivFD augmentation (resize 256, blur/JPEG p=0.5, crop, flip) in CPU Ray "
-              "Data tasks, consumed by the benchmark process; on 2 cores the second task competes with the consumer. "
-              "Model = forward + backward + AdamW on one CPU thread (random init).", "",
-              "## Steady training images/s (training phase of the epoch)", "",
-              "| images | streaming | in-memory | streaming / in-memory |", "|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {mr['config']} | {crop} | {f.get(1, float('nan')):.0f} | {f.get(2, float('nan')):.0f} | "
+            f"{mr['images_per_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "Feed = read + decode + UnivFD augmentation (resize 256, blur/JPEG p=0.5, crop, flip) in CPU Ray "
+        "Data tasks, consumed by the benchmark process; on 2 cores the second task competes with the consumer. "
+        "Model = forward + backward + AdamW on one CPU thread (random init).",
+        "",
+        "## Steady training images/s (training phase of the epoch)",
+        "",
+        "| images | streaming | in-memory | streaming / in-memory |",
+        "|---|---|---|---|",
+    ]
     for n in sorted(s):
         if n in m:
             a, b = s[n]["train_images_per_s"], m[n]["train_images_per_s"]
@@ -384,25 +467,34 @@ def render(res: dict[str, Any]) -> str:
     lines += ["", "## Reading", ""]
     if 8000 in m and 1000 in m:
         per = (m[8000]["worker_peak_rss_mb"] - m[1000]["worker_peak_rss_mb"]) / 7000
-        lines.append(f"- In-memory, every worker holds the decoded set: +{per:.2f} MB per image here, so the ProGAN "
-                     f"4-class subset (144k) would need ~{per * 144:.0f} GB per worker. Streaming private memory "
-                     "does not grow with the data; its RSS growth is in shared / file-backed pages (Ray's object store is "
-                     "shared memory mapped into the worker), not in private memory.")
+        lines.append(
+            f"- In-memory, every worker holds the decoded set: +{per:.2f} MB per image here, so the ProGAN "
+            f"4-class subset (144k) would need ~{per * 144:.0f} GB per worker. Streaming private memory "
+            "does not grow with the data; its RSS growth is in shared / file-backed pages (Ray's object store is "
+            "shared memory mapped into the worker), not in private memory."
+        )
     tiny = next((x for x in res["model"] if x["config"] == "tiny-mole"), None)
     feed1 = {x["config"]: x["images_per_s"] for x in res["feed"] if x["read_tasks"] == 1}
     if tiny and "tiny-mole" in feed1:
-        lines.append(f"- tiny-mole is feed-bound on this 2-core machine (one read task {feed1['tiny-mole']:.0f} img/s vs "
-                     f"the model's {tiny['images_per_s']:.0f} img/s; the training worker holds the other CPU), and the "
-                     "in-memory loop decodes each image once for the whole run, so it trains faster per epoch here; "
-                     "streaming pays the decode every epoch (it is what makes augmentation per epoch possible) and "
-                     "scales with the CPUs given to read tasks.")
+        lines.append(
+            f"- tiny-mole is feed-bound on this 2-core machine (one read task {feed1['tiny-mole']:.0f} img/s vs "
+            f"the model's {tiny['images_per_s']:.0f} img/s; the training worker holds the other CPU), and the "
+            "in-memory loop decodes each image once for the whole run, so it trains faster per epoch here; "
+            "streaming pays the decode every epoch (it is what makes augmentation per epoch possible) and "
+            "scales with the CPUs given to read tasks."
+        )
     b16 = next((x for x in res["model"] if x["config"] == "vitb16-mole"), None)
     if b16 and "vitb16-mole" in feed1:
-        lines.append(f"- vitb16-mole: the model's CPU step ({b16['images_per_s']:.1f} img/s) is far below one read task "
-                     f"({feed1['vitb16-mole']:.0f} img/s): the feed is not the bottleneck. GPU rates were not measured "
-                     "(no GPU here); a GPU worker needs ~(its img/s) / (img/s per read task) read-task CPUs.")
-    lines += ["- Streaming at 1k includes the read-task workers' start-up inside the epoch.", "",
-              "Raw numbers: `results/train.json`."]  # fmt: skip
+        lines.append(
+            f"- vitb16-mole: the model's CPU step ({b16['images_per_s']:.1f} img/s) is far below one read task "
+            f"({feed1['vitb16-mole']:.0f} img/s): the feed is not the bottleneck. GPU rates were not measured "
+            "(no GPU here); a GPU worker needs ~(its img/s) / (img/s per read task) read-task CPUs."
+        )
+    lines += [
+        "- Streaming at 1k includes the read-task workers' start-up inside the epoch.",
+        "",
+        "Raw numbers: `results/train.json`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -426,22 +518,29 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp_s:
         tmp = Path(tmp_s)
         data = {n: make_images(tmp / "data", n) for n in sorted(set(sizes) | set(mem_sizes))}
-        res: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                               "machine": f"{platform.node()} ({os.cpu_count()} CPUs)", "streaming": [],
-                               "inmemory": []}  # fmt: skip
+        res: dict[str, Any] = {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
+            "streaming": [],
+            "inmemory": [],
+        }
         for n in sizes:
             res["streaming"].append(run_streaming(data[n], tmp, n))
             print(json.dumps(res["streaming"][-1]), file=sys.stderr)
         for n in mem_sizes:
             res["inmemory"].append(run_inmemory(data[n], tmp, n))
             print(json.dumps(res["inmemory"][-1]), file=sys.stderr)
-        res["feed"] = feed_rates(data[sizes[0]], ["tiny-mole", "vitb16-mole"], [1, 2], 600 if a.quick else 1500)
+        res["feed"] = feed_rates(
+            data[sizes[0]], ["tiny-mole", "vitb16-mole"], [1, 2], 600 if a.quick else 1500
+        )
     res["model"] = [model_rate("tiny-mole", 32, 5), model_rate("vitb16-mole", 8, 2 if a.quick else 3)]
     st = {r["n_images"]: r["worker_peak_rss_mb"] for r in res["streaming"]}
     mm = {r["n_images"]: r["worker_peak_rss_mb"] for r in res["inmemory"]}
     sa = {r["n_images"]: r["worker_peak_anon_mb"] for r in res["streaming"]}
-    res["ratios"] = {"stream_peak_ratio": st[max(st)] / st[min(st)],
-                     "stream_private_peak_ratio": sa[max(sa)] / sa[min(sa)]}  # fmt: skip
+    res["ratios"] = {
+        "stream_peak_ratio": st[max(st)] / st[min(st)],
+        "stream_private_peak_ratio": sa[max(sa)] / sa[min(sa)],
+    }
     if 8000 in st:
         res["ratios"]["stream_8k_over_1k"] = st[8000] / st[1000]
     if 8000 in mm:

@@ -21,7 +21,9 @@ from pipeline.settings import ConfigError
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--detector", required=True, help="checkpoint directory (local or s3://)")
-    ap.add_argument("--data", required=True, help="held-out labelled data (UnivFD folder or WebDataset shards)")
+    ap.add_argument(
+        "--data", required=True, help="held-out labelled data (UnivFD folder or WebDataset shards)"
+    )
     ap.add_argument("--target-fpr", type=float, default=0.05)
     ap.add_argument("--unknown-quantile", type=float, default=0.05)
     ap.add_argument("--out", help="write the calibrated checkpoint here instead of in place")

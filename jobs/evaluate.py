@@ -47,7 +47,9 @@ def build_config(argv: list[str] | None = None):  # noqa: ANN201 - EvalConfig (i
             "json_out": a.json_out,
             "markdown": a.markdown,
             "plots": a.plots,
-            "train_generators": [g for g in a.train_generators.split(",") if g] if a.train_generators else None,
+            "train_generators": [g for g in a.train_generators.split(",") if g]
+            if a.train_generators
+            else None,
             "jpeg": [int(q) for q in _floats(a.jpeg)],
             "blur": _floats(a.blur),
             "resize": _floats(a.resize),
@@ -70,8 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     m = report["mean"]
-    print(json.dumps({"json": cfg.json_out, "mean_ap": m["ap"], "mean_acc": m["acc"], "mean_auc": m["auc"],
-                      "generators": sorted(report["per_generator"])}, default=float))
+    print(
+        json.dumps(
+            {
+                "json": cfg.json_out,
+                "mean_ap": m["ap"],
+                "mean_acc": m["acc"],
+                "mean_auc": m["auc"],
+                "generators": sorted(report["per_generator"]),
+            },
+            default=float,
+        )
+    )
     return 0
 
 

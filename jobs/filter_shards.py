@@ -52,24 +52,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--output", required=True)
     ap.add_argument("--scan-date", default=None, help="YYYY-MM-DD; default: the latest partition")
     ap.add_argument("--policy", default=None, help="FilterPolicy JSON file (exclusive with the inline flags)")
-    ap.add_argument("--threshold", type=float, default=None, help="explicit p_fake threshold (default: is_fake)")
+    ap.add_argument(
+        "--threshold", type=float, default=None, help="explicit p_fake threshold (default: is_fake)"
+    )
     ap.add_argument("--fake-action", default=None, help="drop | quarantine (default drop)")
     ap.add_argument("--error-action", default=None, help="keep | drop | quarantine error rows (default keep)")
     ap.add_argument("--on-shard-error", default=None, help="fail | skip (default fail)")
     ap.add_argument("--rule", action="append", default=[], help="GEN=ACTION[@THRESHOLD], repeatable")
     ap.add_argument("--dry-run", action="store_true", help="print what would happen, write nothing")
-    ap.add_argument("--resume", action="store_true",
-                    help="keep shards whose marker matches this run's plan (same scan, input, scan date, policy)")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep shards whose marker matches this run's plan (same scan, input, scan date, policy)",
+    )
     ap.add_argument("--engine", default="local", help="local | ray (one Ray task per shard)")
-    ap.add_argument("--verbose", action="store_true",
-                    help="JSON logs and Ray's output on stderr (default: one progress line; the JSON logs go to "
-                         "<output>/_run/log.jsonl)")
+    ap.add_argument(
+        "--verbose",
+        action="store_true",
+        help="JSON logs and Ray's output on stderr (default: one progress line; the JSON logs go to "
+        "<output>/_run/log.jsonl)",
+    )
     ap.add_argument("--ray-address", default=None)
     ap.add_argument("--task-cpus", type=float, default=0.5)
-    ap.add_argument("--max-shard-error-rate", type=float, default=None,
-                    help="fail (exit 1) when more than this share of shards has a scan shard error (default 0.5)")
-    ap.add_argument("--max-sample-error-rate", type=float, default=None,
-                    help="fail (exit 1) when more than this share of samples has a scan error status (default 0.25)")
+    ap.add_argument(
+        "--max-shard-error-rate",
+        type=float,
+        default=None,
+        help="fail (exit 1) when more than this share of shards has a scan shard error (default 0.5)",
+    )
+    ap.add_argument(
+        "--max-sample-error-rate",
+        type=float,
+        default=None,
+        help="fail (exit 1) when more than this share of samples has a scan error status (default 0.25)",
+    )
     return ap.parse_args(argv)
 
 
@@ -86,11 +102,18 @@ def build_config(argv: list[str] | None = None, args: argparse.Namespace | None 
     if args.rule:
         inline["generator_rules"] = [parse_rule(r) for r in args.rule]
     if args.policy and inline:
-        raise ConfigError(f"--policy and inline policy flags ({', '.join(sorted(inline))}) are exclusive: "
-                          "put everything in the policy file")
-    policy = FilterPolicy.from_file(args.policy) if args.policy else FilterPolicy.parse(inline, source="flags")
-    budget = {k: getattr(args, k) for k in ("max_shard_error_rate", "max_sample_error_rate")
-              if getattr(args, k) is not None}  # fmt: skip
+        raise ConfigError(
+            f"--policy and inline policy flags ({', '.join(sorted(inline))}) are exclusive: "
+            "put everything in the policy file"
+        )
+    policy = (
+        FilterPolicy.from_file(args.policy) if args.policy else FilterPolicy.parse(inline, source="flags")
+    )
+    budget = {
+        k: getattr(args, k)
+        for k in ("max_shard_error_rate", "max_sample_error_rate")
+        if getattr(args, k) is not None
+    }
     return FilterConfig.parse(
         {
             **budget,
@@ -127,8 +150,10 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         console.line(f"config error: {exc}")
         return 2
     try:  # before any work: every location reachable, the rules name the scan's labels
-        check_storage([Location("scan output", cfg.scan), Location("input", cfg.input)],
-                      [] if cfg.dry_run else [Location("output", cfg.output)])
+        check_storage(
+            [Location("scan output", cfg.scan), Location("input", cfg.input)],
+            [] if cfg.dry_run else [Location("output", cfg.output)],
+        )
         check_filter_policy(cfg.scan, cfg.scan_date, cfg.policy)
     except StorageError as exc:
         console.line(f"storage error: {exc}")
@@ -141,8 +166,11 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         return 3
     if not cfg.dry_run:
         runlog.destination = storage.join(cfg.output, "_run", "log.jsonl")
-    console.status(f"{cfg.input} -> {cfg.output}: planning every shard from the scan"
-                   + (", starting Ray" if cfg.engine == "ray" else "") + "...")
+    console.status(
+        f"{cfg.input} -> {cfg.output}: planning every shard from the scan"
+        + (", starting Ray" if cfg.engine == "ray" else "")
+        + "..."
+    )
     progress = console.shards("filter", images_key="samples")
     try:
         with contextlib.ExitStack() as stack:
@@ -171,11 +199,23 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         runlog.discard()
     else:
         t = stats["totals"]
-        console.line(f"filter succeeded: {len(stats['shards'])} shards, {t['samples']} samples: kept {t['kept']}, "
-                     f"dropped {t['dropped']}, quarantined {t['quarantined']}; log: {runlog.publish()}")  # fmt: skip
-    print(json.dumps(stats if cfg.dry_run else {"output": cfg.output, **stats["totals"],
-                                                 "shards": len(stats["shards"]),
-                                                 "skipped_shards": len(stats["skipped_shards"])}, indent=2))
+        console.line(
+            f"filter succeeded: {len(stats['shards'])} shards, {t['samples']} samples: kept {t['kept']}, "
+            f"dropped {t['dropped']}, quarantined {t['quarantined']}; log: {runlog.publish()}"
+        )
+    print(
+        json.dumps(
+            stats
+            if cfg.dry_run
+            else {
+                "output": cfg.output,
+                **stats["totals"],
+                "shards": len(stats["shards"]),
+                "skipped_shards": len(stats["skipped_shards"]),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

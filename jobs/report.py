@@ -31,14 +31,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scan", required=True, help="scan output root (scan_date=*/ partitions)")
     ap.add_argument("--output", required=True, help="folder for report.html, *.png, thumbs/, summary.json")
     ap.add_argument("--scan-date", default=None, help="default: the latest partition")
-    ap.add_argument("--filter-output", default=None, help="a filter run's --output: show what it dropped/quarantined")
-    ap.add_argument("--gallery-size", type=int, default=None, help="cards per gallery (default 8; 0: no galleries)")
+    ap.add_argument(
+        "--filter-output", default=None, help="a filter run's --output: show what it dropped/quarantined"
+    )
+    ap.add_argument(
+        "--gallery-size", type=int, default=None, help="cards per gallery (default 8; 0: no galleries)"
+    )
     ap.add_argument("--top-n", type=int, default=None, help="rows of the top-flagged table (default 25)")
-    ap.add_argument("--seed", type=int, default=None, help="seed of the random sample of kept images (default 0)")
+    ap.add_argument(
+        "--seed", type=int, default=None, help="seed of the random sample of kept images (default 0)"
+    )
     args = ap.parse_args(argv)
-    flags = {"scan": args.scan, "output": args.output, "scan_date": args.scan_date,
-             "filter_output": args.filter_output, "gallery_size": args.gallery_size, "top_n": args.top_n,
-             "seed": args.seed}  # fmt: skip
+    flags = {
+        "scan": args.scan,
+        "output": args.output,
+        "scan_date": args.scan_date,
+        "filter_output": args.filter_output,
+        "gallery_size": args.gallery_size,
+        "top_n": args.top_n,
+        "seed": args.seed,
+    }
     try:
         cfg = ReportConfig.parse({k: v for k, v in flags.items() if v is not None}, source="command line")
         reads = [Location("scan output", cfg.scan)]
@@ -55,8 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     except (PlanError, FileNotFoundError) as exc:
         print(f"cannot report: {exc}", file=sys.stderr)
         return 3
-    print(json.dumps({"report": f"{cfg.output.rstrip('/')}/report.html", "scan_date": summary["scan_date"],
-                      **summary["totals"], "thumbnails": summary["thumbnails"]["thumbnails"]}))
+    print(
+        json.dumps(
+            {
+                "report": f"{cfg.output.rstrip('/')}/report.html",
+                "scan_date": summary["scan_date"],
+                **summary["totals"],
+                "thumbnails": summary["thumbnails"]["thumbnails"],
+            }
+        )
+    )
     return 0
 
 

@@ -34,10 +34,19 @@ log = get_logger("jobs.scan_bucket")
 FLAGS: dict[str, tuple[type, str]] = {
     "input": (str, "s3://bucket/prefix/, a brace pattern or a local folder of .tar shards"),
     "output": (str, "output folder or s3:// prefix"),
-    "detector": (str, "detector checkpoint dir (local or s3://); several in one scan: A,B,C or repeat the flag"),
-    "fusion": (str, "how several detectors' logits make the row's p_fake: mean_logit | max_logit | median_logit "
-               "| lse_logit | mean_prob | soft_or_prob (default)"),
-    "scan_date": (str, "run/partition date YYYY-MM-DD (default: today UTC; with --resume: latest unfinished)"),
+    "detector": (
+        str,
+        "detector checkpoint dir (local or s3://); several in one scan: A,B,C or repeat the flag",
+    ),
+    "fusion": (
+        str,
+        "how several detectors' logits make the row's p_fake: mean_logit | max_logit | median_logit "
+        "| lse_logit | mean_prob | soft_or_prob (default)",
+    ),
+    "scan_date": (
+        str,
+        "run/partition date YYYY-MM-DD (default: today UTC; with --resume: latest unfinished)",
+    ),
     "run_id": (str, "run id recorded in every row (default: <scan_date>-<random>)"),
     "max_shards": (int, "scan only the first N shards"),
     "batch_size": (int, "images per detector call"),
@@ -46,17 +55,28 @@ FLAGS: dict[str, tuple[type, str]] = {
     "actor_num_gpus": (float, "GPUs per scorer actor"),
     "read_num_cpus": (float, "CPUs per read+decode task"),
     "read_concurrency": (int, "max concurrent read+decode tasks"),
-    "read_memory_mb": (int, "memory reserved per read+decode task (MB; it holds one shard: raise it for big shards "
-                       "or when read tasks are killed for memory)"),
+    "read_memory_mb": (
+        int,
+        "memory reserved per read+decode task (MB; it holds one shard: raise it for big shards "
+        "or when read tasks are killed for memory)",
+    ),
     "dtype": (str, "auto | float32 | float16 | bfloat16 (auto: bfloat16/float16 on GPU, float32 on CPU)"),
-    "decode_on": (str, "cpu | gpu (gpu: eligible JPEGs decoded batched on the scorer's GPU; needs actor_num_gpus)"),
+    "decode_on": (
+        str,
+        "cpu | gpu (gpu: eligible JPEGs decoded batched on the scorer's GPU; needs actor_num_gpus)",
+    ),
     "torch_threads": (int, "torch threads per CPU scorer actor"),
     "ray_address": (str, "Ray address (default: RAY_ADDRESS, else a local Ray)"),
     "ray_num_cpus": (int, "CPUs of a locally started Ray"),
     "stall_timeout_s": (float, "fail when no shard completes for this many seconds"),
-    "max_shard_error_rate": (float, "fail (exit 1) when more than this share of shards is unreadable (default 0.5)"),
-    "max_sample_error_rate": (float, "fail (exit 1) when more than this share of samples has an error status "
-                              "(default 0.25)"),
+    "max_shard_error_rate": (
+        float,
+        "fail (exit 1) when more than this share of shards is unreadable (default 0.5)",
+    ),
+    "max_sample_error_rate": (
+        float,
+        "fail (exit 1) when more than this share of samples has an error status (default 0.25)",
+    ),
     "chunk_rows": (int, "rows per block from the read/decode stage"),
     "max_pixels": (int, "images with more pixels get status too_large"),
     "resize_mode": (str, "center_crop | resize_crop (default: the detector's)"),
@@ -69,9 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", default=None, help="continue an unfinished run")
     p.add_argument("--demo", action="store_true", help="generate demo data, train a tiny detector, scan it")
     p.add_argument("--demo-dir", default="demo", help="where --demo keeps its data (default ./demo)")
-    p.add_argument("--verbose", action="store_true",
-                   help="show the JSON logs, Ray's progress bars and the workers' output on stderr (default: one "
-                        "progress line; the JSON logs go to _run/<scan_date>/log.jsonl)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the JSON logs, Ray's progress bars and the workers' output on stderr (default: one "
+        "progress line; the JSON logs go to _run/<scan_date>/log.jsonl)",
+    )
     for name, (typ, help_) in FLAGS.items():
         many = {"action": "append"} if name == "detector" else {}  # --detector A --detector B == A,B
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_, **many)
@@ -112,9 +135,15 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         from pipeline.engine.scan import RayScanExecutor
         from pipeline.scan.demo import run_demo
 
-        console.status(f"demo in {args.demo_dir}/ (a few minutes the first time; later runs reuse what exists)")
-        code, text = run_demo(Path(args.demo_dir), executor=RayScanExecutor(), status=console.status,
-                              on_shard=console.shards("demo scan"))  # fmt: skip
+        console.status(
+            f"demo in {args.demo_dir}/ (a few minutes the first time; later runs reuse what exists)"
+        )
+        code, text = run_demo(
+            Path(args.demo_dir),
+            executor=RayScanExecutor(),
+            status=console.status,
+            on_shard=console.shards("demo scan"),
+        )
         console.end_progress()
         console.line(f"demo log: {runlog.publish()}")
         print(text)
@@ -145,7 +174,9 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         console.end_progress()
         console.line(f"configuration error: {exc}")
         return 2
-    except Exception as exc:  # ScanFailed (run.json says why) or an unexpected error: one line, details in the log
+    except (
+        Exception
+    ) as exc:  # ScanFailed (run.json says why) or an unexpected error: one line, details in the log
         console.end_progress()
         first = (str(exc).strip().splitlines() or [""])[0]
         if not isinstance(exc, ScanFailed):
@@ -156,11 +187,22 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     console.end_progress()
     totals = run.get("totals", {})
     counts = {k: v for k, v in (totals.get("counts") or {}).items() if v}
-    console.line(f"scan {run['status']}: {totals.get('shards_done')} shards, {totals.get('rows')} rows "
-                 f"{counts}, {totals.get('n_fake')} flagged fake; log: {runlog.publish()}")  # fmt: skip
-    print(json.dumps({"status": run["status"], "run_id": run["run_id"], "scan_date": run["scan_date"],
-                      "shards": totals.get("shards_done"), "rows": totals.get("rows"),
-                      "counts": totals.get("counts")}))  # fmt: skip
+    console.line(
+        f"scan {run['status']}: {totals.get('shards_done')} shards, {totals.get('rows')} rows "
+        f"{counts}, {totals.get('n_fake')} flagged fake; log: {runlog.publish()}"
+    )
+    print(
+        json.dumps(
+            {
+                "status": run["status"],
+                "run_id": run["run_id"],
+                "scan_date": run["scan_date"],
+                "shards": totals.get("shards_done"),
+                "rows": totals.get("rows"),
+                "counts": totals.get("counts"),
+            }
+        )
+    )
     return 0 if run["status"] == "succeeded" else 1
 
 

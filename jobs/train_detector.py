@@ -69,26 +69,43 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--val-fraction", type=float, help="held-out share for plateau + calibration [0.2]")
-    ap.add_argument("--target-fpr", type=float, help="calibrated false-positive rate on held-out reals [0.05]")
+    ap.add_argument(
+        "--target-fpr", type=float, help="calibrated false-positive rate on held-out reals [0.05]"
+    )
     ap.add_argument("--unknown-quantile", type=float, help="known fakes called 'unknown' [0.05]")
     ap.add_argument("--num-workers", type=int, help="Ray Train workers [1]")
     ap.add_argument("--use-gpu", action="store_const", const=True, help="one GPU per worker")
     ap.add_argument("--linear-classifier", choices=["logistic", "svm"])
     aug = ap.add_mutually_exclusive_group()
-    aug.add_argument("--augment", dest="augment", action="store_const", const=True,
-                     help="UnivFD train augmentations (blur, JPEG, random crop, flip) [off]")
+    aug.add_argument(
+        "--augment",
+        dest="augment",
+        action="store_const",
+        const=True,
+        help="UnivFD train augmentations (blur, JPEG, random crop, flip) [off]",
+    )
     aug.add_argument("--no-augment", dest="augment", action="store_const", const=False)
     ap.add_argument("--read-tasks", type=int, help="concurrent CPU read/decode/augment tasks [as CPUs allow]")
     ap.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per training worker [1]")
-    ap.add_argument("--max-failures", type=int, help="worker-group restarts from the last epoch checkpoint [3]")
-    ap.add_argument("--resume", action="store_true",
-                    help="continue the newest run under OUT/_checkpoints from its last completed epoch")
-    ap.add_argument("--config-file", help="TrainConfig JSON (or a shipped recipe name, e.g. univfd); explicit "
-                    "flags override its values")
+    ap.add_argument(
+        "--max-failures", type=int, help="worker-group restarts from the last epoch checkpoint [3]"
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the newest run under OUT/_checkpoints from its last completed epoch",
+    )
+    ap.add_argument(
+        "--config-file",
+        help="TrainConfig JSON (or a shipped recipe name, e.g. univfd); explicit flags override its values",
+    )
     ap.add_argument("--engine", choices=["ray", "local"], default="ray", help="ray (TorchTrainer) | local")
-    ap.add_argument("--verbose", action="store_true",
-                    help="JSON logs and Ray's output on stderr (default: status lines; the JSON logs go to "
-                         "<out>/log.jsonl)")
+    ap.add_argument(
+        "--verbose",
+        action="store_true",
+        help="JSON logs and Ray's output on stderr (default: status lines; the JSON logs go to "
+        "<out>/log.jsonl)",
+    )
     return ap
 
 
@@ -124,7 +141,11 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
     # Ray workers do not share the driver's working directory: make local paths absolute
     for key in ("data", "out", "config", "pretrained"):
         value = data.get(key)
-        if isinstance(value, str) and not is_remote(value) and (key in ("data", "out") or os.path.exists(value)):
+        if (
+            isinstance(value, str)
+            and not is_remote(value)
+            and (key in ("data", "out") or os.path.exists(value))
+        ):
             data[key] = os.path.abspath(value.removeprefix("file://"))
     return TrainConfig.parse(data, source=args.config_file or "command line"), args
 

@@ -56,9 +56,17 @@ class ShardProgress:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=progress.total, initial=progress.skipped, desc=self.desc, unit="shard",
-                            file=self.stream, ascii=not self.stream.isatty(), dynamic_ncols=True, leave=True,
-                            mininterval=0.5 if self.stream.isatty() else 10.0)  # fmt: skip
+            self.bar = tqdm(
+                total=progress.total,
+                initial=progress.skipped,
+                desc=self.desc,
+                unit="shard",
+                file=self.stream,
+                ascii=not self.stream.isatty(),
+                dynamic_ncols=True,
+                leave=True,
+                mininterval=0.5 if self.stream.isatty() else 10.0,
+            )
             self.t0 = time.perf_counter()  # rates from the first result on (not Ray's start-up)
             self.rated = -int(summary.get(self.images_key, 0))
         n = int(summary.get(self.images_key, 0))
@@ -90,9 +98,17 @@ class EpochProgress:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=self.total, initial=done, desc=self.desc, unit="epoch", file=self.stream,
-                            ascii=not self.stream.isatty(), dynamic_ncols=True, leave=True,
-                            mininterval=0.5 if self.stream.isatty() else 10.0)  # fmt: skip
+            self.bar = tqdm(
+                total=self.total,
+                initial=done,
+                desc=self.desc,
+                unit="epoch",
+                file=self.stream,
+                ascii=not self.stream.isatty(),
+                dynamic_ncols=True,
+                leave=True,
+                mininterval=0.5 if self.stream.isatty() else 10.0,
+            )
             self.first, self.t0 = done, time.perf_counter()
         if done <= self.bar.n:
             return

@@ -48,7 +48,9 @@ SCHEMA = pa.schema(
         pa.field("is_fake", pa.bool_()),  # p_fake >= threshold
         pa.field("threshold", pa.float32()),  # the checkpoint's calibrated p_fake threshold
         pa.field("top_generator", pa.string()),  # "real", a known generator, or "unknown"
-        pa.field("generator_scores", pa.map_(pa.string(), pa.float32())),  # softmax over ["real", *generators]
+        pa.field(
+            "generator_scores", pa.map_(pa.string(), pa.float32())
+        ),  # softmax over ["real", *generators]
         pa.field("width", pa.int32()),  # original image size
         pa.field("height", pa.int32()),
         pa.field("format", pa.string()),  # PIL format name, e.g. JPEG / PNG
@@ -148,8 +150,11 @@ def _names(uri: str, suffix: str = "") -> list[str]:
     try:
         if not fs.exists(path):
             return []
-        return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)
-                      if p.rstrip("/").endswith(suffix))  # fmt: skip
+        return sorted(
+            posixpath.basename(p.rstrip("/"))
+            for p in fs.ls(path, detail=False)
+            if p.rstrip("/").endswith(suffix)
+        )
     except FileNotFoundError:
         return []
 
@@ -175,7 +180,9 @@ def data_shards(paths: RunPaths) -> set[str]:
 
 
 def has_output(paths: RunPaths) -> bool:
-    return bool(data_shards(paths) or completed_shards(paths) or read_json(paths.run_file("run.json")) is not None)
+    return bool(
+        data_shards(paths) or completed_shards(paths) or read_json(paths.run_file("run.json")) is not None
+    )
 
 
 def resolve_scan_date(output: str, requested: str | None = None) -> str:
@@ -213,9 +220,15 @@ def open_scan(output: str) -> pads.Dataset:
     whatever the files' versions: columns a file lacks (v2's in a v1 file) read as null."""
     fs, path = filesystem(output)
     schema = SCHEMA.remove_metadata().append(pa.field(PARTITION, pa.string()))
-    return pads.dataset(path, filesystem=fs, format="parquet", schema=schema,
-                        partitioning=pads.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
-                        exclude_invalid_files=False, ignore_prefixes=["_", "."])  # fmt: skip
+    return pads.dataset(
+        path,
+        filesystem=fs,
+        format="parquet",
+        schema=schema,
+        partitioning=pads.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
+        exclude_invalid_files=False,
+        ignore_prefixes=["_", "."],
+    )
 
 
 def read_scan(output: str, *, scan_date: str | None = None, columns: list[str] | None = None) -> pa.Table:

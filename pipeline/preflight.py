@@ -31,8 +31,13 @@ Kind = Literal["not_found", "access_denied", "no_credentials", "cannot_connect",
 
 # One exit code per kind, the same in every job (README, "Exit codes"). 3 is also the filter's and the
 # report's "refused: the scan cannot be used" code, so "a named location is missing" keeps the code it had.
-EXIT_CODES: dict[str, int] = {"not_found": 3, "unusable": 3, "access_denied": 5, "no_credentials": 6,
-                              "cannot_connect": 7}  # fmt: skip
+EXIT_CODES: dict[str, int] = {
+    "not_found": 3,
+    "unusable": 3,
+    "access_denied": 5,
+    "no_credentials": 6,
+    "cannot_connect": 7,
+}
 WHAT: dict[str, str] = {
     "not_found": "not found",
     "unusable": "not usable",
@@ -44,22 +49,51 @@ WHAT: dict[str, str] = {
 # short and without retries: the probe must answer in seconds, not after botocore + s3fs retry loops
 PROBE_S3_OPTIONS: dict = {
     "skip_instance_cache": True,
-    "config_kwargs": {"connect_timeout": 3, "read_timeout": 15, "retries": {"total_max_attempts": 1, "mode": "standard"}},
+    "config_kwargs": {
+        "connect_timeout": 3,
+        "read_timeout": 15,
+        "retries": {"total_max_attempts": 1, "mode": "standard"},
+    },
 }
 NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "NotFound", "404"}
-DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AllAccessDisabled",
-                "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AccountProblem"}  # fmt: skip
+DENIED_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "403",
+    "AllAccessDisabled",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AccountProblem",
+}
 MAX_DETAIL = 180
 PROBE_ATTEMPTS = 4  # per probe request, for transient failures only
 PROBE_BACKOFF_S = 0.25  # 0.25, 0.5, 1.0 s between attempts
-TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "500", "502", "503", "504"}
+TRANSIENT_CODES = {
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "500",
+    "502",
+    "503",
+    "504",
+}
 
 
 class StorageError(RuntimeError):
     """A storage location cannot be used; `str()` is the one line an operator sees."""
 
     def __init__(self, kind: Kind, role: str, uri: str, operation: str, detail: str, hint: str) -> None:
-        self.kind, self.role, self.uri, self.operation, self.detail, self.hint = kind, role, uri, operation, detail, hint
+        self.kind, self.role, self.uri, self.operation, self.detail, self.hint = (
+            kind,
+            role,
+            uri,
+            operation,
+            detail,
+            hint,
+        )
         super().__init__(f"{role} {WHAT[kind]}: {uri} ({operation}: {detail}); check {hint}")
 
     @property
@@ -92,8 +126,14 @@ def classify(exc: BaseException) -> Kind:
         if bexc is not None:
             if isinstance(e, bexc.NoCredentialsError | bexc.PartialCredentialsError):
                 return "no_credentials"
-            if isinstance(e, bexc.EndpointConnectionError | bexc.ConnectTimeoutError | bexc.ProxyConnectionError
-                          | bexc.ConnectionClosedError | bexc.ReadTimeoutError):
+            if isinstance(
+                e,
+                bexc.EndpointConnectionError
+                | bexc.ConnectTimeoutError
+                | bexc.ProxyConnectionError
+                | bexc.ConnectionClosedError
+                | bexc.ReadTimeoutError,
+            ):
                 return "cannot_connect"
             if isinstance(e, bexc.ClientError):
                 code = str(e.response.get("Error", {}).get("Code", ""))
@@ -101,14 +141,20 @@ def classify(exc: BaseException) -> Kind:
                     return "not_found"
                 if code in DENIED_CODES:
                     return "access_denied"
-                if code in TRANSIENT_CODES or int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) >= 500:
+                if (
+                    code in TRANSIENT_CODES
+                    or int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) >= 500
+                ):
                     return "cannot_connect"  # the store answers but keeps failing (503 Slow Down, 5xx)
     for e in _chain(exc):
         if isinstance(e, FileNotFoundError):
             return "not_found"
         if isinstance(e, PermissionError):
             return "access_denied"
-        if isinstance(e, ConnectionError | TimeoutError) or type(e).__name__ in ("ClientConnectorError", "gaierror"):
+        if isinstance(e, ConnectionError | TimeoutError) or type(e).__name__ in (
+            "ClientConnectorError",
+            "gaierror",
+        ):
             return "cannot_connect"
     return "unusable"
 
@@ -130,8 +176,13 @@ def is_transient(exc: BaseException) -> bool:
             return code in TRANSIENT_CODES or status >= 500
         if isinstance(e, bexc.ConnectTimeoutError):
             return False
-        if isinstance(e, bexc.ConnectionClosedError | bexc.ReadTimeoutError | bexc.EndpointConnectionError
-                      | ConnectionResetError):
+        if isinstance(
+            e,
+            bexc.ConnectionClosedError
+            | bexc.ReadTimeoutError
+            | bexc.EndpointConnectionError
+            | ConnectionResetError,
+        ):
             return True
     return False
 
@@ -162,7 +213,9 @@ def _detail(exc: BaseException) -> str:
     elif any(EndpointConnectionError and isinstance(e, EndpointConnectionError) for e in chain):
         text = f"could not connect to {_endpoint()}"
     else:
-        oserr = next((e for e in chain if isinstance(e, OSError) and e.strerror and isinstance(e.errno, int)), None)
+        oserr = next(
+            (e for e in chain if isinstance(e, OSError) and e.strerror and isinstance(e.errno, int)), None
+        )
         if oserr is not None:
             text = oserr.strerror + (f": {oserr.filename}" if oserr.filename else "")
     text = " ".join(text.split())
@@ -170,7 +223,11 @@ def _detail(exc: BaseException) -> str:
 
 
 def _endpoint() -> str:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's default endpoint"
+    return (
+        os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or "AWS's default endpoint"
+    )
 
 
 def _bucket(uri: str) -> str:
@@ -182,13 +239,17 @@ def _hint(kind: Kind, loc: Location, action: str) -> str:
     if kind == "not_found":
         if not remote:
             return "the path (and the current directory)"
-        return (f"the bucket {_bucket(loc.uri)!r} exists and the prefix is spelled right, at "
-                f"AWS_ENDPOINT_URL={_endpoint()}")  # fmt: skip
+        return (
+            f"the bucket {_bucket(loc.uri)!r} exists and the prefix is spelled right, at "
+            f"AWS_ENDPOINT_URL={_endpoint()}"
+        )
     if kind == "access_denied":
         if not remote:
             return f"the file permissions of {loc.uri}"
-        return (f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that they may {action} "
-                f"s3://{_bucket(loc.uri)}")  # fmt: skip
+        return (
+            f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that they may {action} "
+            f"s3://{_bucket(loc.uri)}"
+        )
     if kind == "no_credentials":
         return "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are set (or AWS_PROFILE, or an instance/pod role)"
     if kind == "cannot_connect":
@@ -196,7 +257,9 @@ def _hint(kind: Kind, loc: Location, action: str) -> str:
     return f"that {loc.uri} is a folder or prefix this job can {action}"
 
 
-def _fail(exc: BaseException, loc: Location, operation: str, action: str, kind: Kind | None = None) -> StorageError:
+def _fail(
+    exc: BaseException, loc: Location, operation: str, action: str, kind: Kind | None = None
+) -> StorageError:
     kind = kind or classify(exc)
     return StorageError(kind, loc.role, loc.uri, operation, _detail(exc), _hint(kind, loc, action))
 
@@ -231,8 +294,9 @@ def check_readable(loc: Location) -> None:
             return
         bucket, _, prefix = path.partition("/")
         prefix = prefix.strip("/")
-        resp = _attempt(fs.call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix + "/" if prefix else "",
-                        MaxKeys=1)
+        resp = _attempt(
+            fs.call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix + "/" if prefix else "", MaxKeys=1
+        )
         if not resp.get("KeyCount") and not resp.get("Contents"):
             raise FileNotFoundError(2, "nothing stored under this prefix", uri)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one classified line
@@ -276,8 +340,6 @@ def check_storage(reads: Iterable[Location] = (), writes: Iterable[Location] = (
         check_writable(loc)
 
 
-
-
 def check_filter_policy(scan: str, scan_date: str | None, policy: FilterPolicy) -> None:
     """The policy's generator rules must name labels of the scan's detector (`_run/<date>/detector.json`),
     else ConfigError naming the known labels. A scan without detector.json (not written by this project's
@@ -293,5 +355,7 @@ def check_filter_policy(scan: str, scan_date: str | None, policy: FilterPolicy) 
     if not info or not info.get("labels"):
         get_logger("pipeline.preflight").warning("policy_labels_unchecked", detector_json=uri)
         return
-    policy.check_labels([str(x) for x in info["labels"]],
-                        where=f"the scan's detector {info.get('detector_id', '?')} (scan_date={day})")
+    policy.check_labels(
+        [str(x) for x in info["labels"]],
+        where=f"the scan's detector {info.get('detector_id', '?')} (scan_date={day})",
+    )

@@ -67,8 +67,12 @@ class ErrorTally:
     failed_samples: int = 0
 
     def __add__(self, other: ErrorTally) -> ErrorTally:
-        return ErrorTally(self.shards + other.shards, self.failed_shards + other.failed_shards,
-                          self.samples + other.samples, self.failed_samples + other.failed_samples)  # fmt: skip
+        return ErrorTally(
+            self.shards + other.shards,
+            self.failed_shards + other.failed_shards,
+            self.samples + other.samples,
+            self.failed_samples + other.failed_samples,
+        )
 
 
 def _rate(n: int, of: int) -> float:
@@ -86,11 +90,17 @@ class ErrorBudget:
         """The budget, the counts and the verdict (for run.json)."""
         shard_rate = _rate(tally.failed_shards, tally.shards)
         sample_rate = _rate(tally.failed_samples, tally.samples)
-        return {"max_shard_error_rate": self.max_shard_error_rate, "max_sample_error_rate": self.max_sample_error_rate,
-                "shards": tally.shards, "failed_shards": tally.failed_shards, "shard_error_rate": round(shard_rate, 6),
-                "samples": tally.samples, "failed_samples": tally.failed_samples,
-                "sample_error_rate": round(sample_rate, 6),
-                "exceeded": shard_rate > self.max_shard_error_rate or sample_rate > self.max_sample_error_rate}  # fmt: skip
+        return {
+            "max_shard_error_rate": self.max_shard_error_rate,
+            "max_sample_error_rate": self.max_sample_error_rate,
+            "shards": tally.shards,
+            "failed_shards": tally.failed_shards,
+            "shard_error_rate": round(shard_rate, 6),
+            "samples": tally.samples,
+            "failed_samples": tally.failed_samples,
+            "sample_error_rate": round(sample_rate, 6),
+            "exceeded": shard_rate > self.max_shard_error_rate or sample_rate > self.max_sample_error_rate,
+        }
 
     def check(self, tally: ErrorTally, *, so_far: bool = False) -> dict[str, Any]:
         """The final verdict: returns the record, raises ErrorBudgetExceeded (one line with the counts)."""
@@ -99,24 +109,31 @@ class ErrorBudget:
             return rec
         broke = []
         if rec["shard_error_rate"] > self.max_shard_error_rate:
-            broke.append(f"{tally.failed_shards} of {tally.shards} shards failed ({rec['shard_error_rate']:.1%} > "
-                         f"--max-shard-error-rate {self.max_shard_error_rate:g})")
+            broke.append(
+                f"{tally.failed_shards} of {tally.shards} shards failed ({rec['shard_error_rate']:.1%} > "
+                f"--max-shard-error-rate {self.max_shard_error_rate:g})"
+            )
         if rec["sample_error_rate"] > self.max_sample_error_rate:
-            broke.append(f"{tally.failed_samples} of {tally.samples} samples failed ({rec['sample_error_rate']:.1%} > "
-                         f"--max-sample-error-rate {self.max_sample_error_rate:g})")
+            broke.append(
+                f"{tally.failed_samples} of {tally.samples} samples failed ({rec['sample_error_rate']:.1%} > "
+                f"--max-sample-error-rate {self.max_sample_error_rate:g})"
+            )
         when = " (run stopped early)" if so_far else ""
         raise ErrorBudgetExceeded("error budget exceeded" + when + ": " + "; ".join(broke), rec)
 
-    def guard(self, total_shards: int, prior: ErrorTally,
-              tally_of: Callable[[dict[str, Any]], ErrorTally]) -> Callable[[Progress], None]:  # fmt: skip
+    def guard(
+        self, total_shards: int, prior: ErrorTally, tally_of: Callable[[dict[str, Any]], ErrorTally]
+    ) -> Callable[[Progress], None]:
         """A `run_shards` check that stops the run as soon as the failed shards (earlier attempts' `prior` plus
         this attempt's) are more than the budget allows of ALL `total_shards`: the end can no longer pass."""
 
         def check(progress: Progress) -> None:
             seen = sum((tally_of(s) for s in progress.summaries.values()), prior)
             if seen.failed_shards > self.max_shard_error_rate * total_shards:
-                self.check(ErrorTally(total_shards, seen.failed_shards, seen.samples, seen.failed_samples),
-                           so_far=True)
+                self.check(
+                    ErrorTally(total_shards, seen.failed_shards, seen.samples, seen.failed_samples),
+                    so_far=True,
+                )
 
         return check
 
@@ -178,8 +195,9 @@ def run_shards(
     return progress
 
 
-def map_shards(map_fn: MapFn, fn: Callable[[T], R], items: dict[str, T],
-               summary: Callable[[R], dict[str, Any]]) -> Callable[[list[str]], Iterator[tuple[str, dict[str, Any]]]]:  # fmt: skip
+def map_shards(
+    map_fn: MapFn, fn: Callable[[T], R], items: dict[str, T], summary: Callable[[R], dict[str, Any]]
+) -> Callable[[list[str]], Iterator[tuple[str, dict[str, Any]]]]:
     """An `execute` for `run_shards` from a per-shard function and an executor: `fn(items[id])` for each id."""
 
     def execute(todo: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -208,5 +226,18 @@ class RunFile:
         write_json(self.uri, self.record)
 
 
-__all__ = ["DEFAULT_MAX_SAMPLE_ERROR_RATE", "DEFAULT_MAX_SHARD_ERROR_RATE", "ErrorBudget", "ErrorBudgetExceeded", "ErrorTally", "IncompleteRun", "MapFn", "Progress", "RunFile", "commit_shard", "local_map", "map_shards",
-           "run_shards"]  # fmt: skip
+__all__ = [
+    "DEFAULT_MAX_SAMPLE_ERROR_RATE",
+    "DEFAULT_MAX_SHARD_ERROR_RATE",
+    "ErrorBudget",
+    "ErrorBudgetExceeded",
+    "ErrorTally",
+    "IncompleteRun",
+    "MapFn",
+    "Progress",
+    "RunFile",
+    "commit_shard",
+    "local_map",
+    "map_shards",
+    "run_shards",
+]

@@ -85,7 +85,11 @@ def shard_id(shard_uri: str, source: str) -> str:
         root = source.rstrip("/") + "/"
         _, root_path = filesystem(root)
         _, shard_path = filesystem(shard_uri)
-        rel = shard_path[len(root_path.rstrip("/")) + 1 :] if shard_path.startswith(root_path.rstrip("/")) else shard_path
+        rel = (
+            shard_path[len(root_path.rstrip("/")) + 1 :]
+            if shard_path.startswith(root_path.rstrip("/"))
+            else shard_path
+        )
     else:
         rel = posixpath.basename(filesystem(shard_uri)[1])
     for suffix in SHARD_SUFFIXES:
@@ -140,7 +144,9 @@ def _remote_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
     """relative name -> object info, for a folder (recursive) or a single object ("" = the object itself)."""
     if fs.isdir(path):
         found = fs.find(path, detail=True)
-        return {posixpath.relpath(p, path): info for p, info in found.items() if info.get("type") != "directory"}
+        return {
+            posixpath.relpath(p, path): info for p, info in found.items() if info.get("type") != "directory"
+        }
     return {"": fs.info(path)}
 
 
@@ -169,7 +175,11 @@ def check_detector_files(local: Path) -> str | None:
         return None
     expected = detector_id.rsplit("@", 1)[1]
     digest = sha256_file(weights)
-    return None if digest.startswith(expected) else f"{WEIGHTS_FILE} has sha256 {digest[:12]}, {detector_id} says {expected}"
+    return (
+        None
+        if digest.startswith(expected)
+        else f"{WEIGHTS_FILE} has sha256 {digest[:12]}, {detector_id} says {expected}"
+    )
 
 
 def _download(fs: fsspec.AbstractFileSystem, path: str, files: dict[str, dict], dest: Path) -> None:
@@ -206,10 +216,14 @@ def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] = check_detect
     fs, path = filesystem(uri)
     problem = None
     for _fetch in range(3):  # reuse or fetch; one re-fetch on a mismatch; a last look at what is in place
-        files = _remote_files(fs, path)  # (again after a mismatch: the object may have been replaced meanwhile)
+        files = _remote_files(
+            fs, path
+        )  # (again after a mismatch: the object may have been replaced meanwhile)
         if not files:
             raise FileNotFoundError(f"nothing under {uri}")
-        ident = json.dumps([uri.rstrip("/"), sorted((r, _object_version(i), i.get("size")) for r, i in files.items())])
+        ident = json.dumps(
+            [uri.rstrip("/"), sorted((r, _object_version(i), i.get("size")) for r, i in files.items())]
+        )
         entry = cache_dir() / hashlib.sha256(ident.encode()).hexdigest()[:20]
         dest = entry / (posixpath.basename(path.rstrip("/")) or "object")
         if dest.exists():

@@ -224,7 +224,9 @@ class _Grouper:
         """The shard ended inside member `name`: the pending sample (if it is `name`'s) lacks that member."""
         split = split_key(raw_name)
         if split is not None and self.current is not None and split[0] == self.current.raw_key:
-            self.current.notes.append(f"member {name!r} truncated (shard ended inside it); sample may be incomplete")
+            self.current.notes.append(
+                f"member {name!r} truncated (shard ended inside it); sample may be incomplete"
+            )
 
     def flush(self) -> Sample | None:
         s, self.current = self.current, None
@@ -233,8 +235,11 @@ class _Grouper:
         images = [m for m in s.members if is_image_extension(m.ext)]
         chosen = choose_image(s.members, self.max_member_bytes)
         if chosen is not None:
-            others = [m.name for m in sorted(images, key=lambda m: IMAGE_EXTENSIONS.index(last_suffix(m.ext)))
-                      if m is not chosen]  # fmt: skip
+            others = [
+                m.name
+                for m in sorted(images, key=lambda m: IMAGE_EXTENSIONS.index(last_suffix(m.ext)))
+                if m is not chosen
+            ]
             if others:
                 s.notes.append(f"{len(images)} image members; used {chosen.name!r}, ignored {others!r}")
         elif not images:
@@ -268,7 +273,9 @@ def iter_tar(
                 error = f"tar ended early after {n_members} members (last {last}): {exc}"
                 break
             except (EOFError, ValueError, UnicodeError) as exc:
-                error = f"tar ended early after {n_members} members (last {last}): {type(exc).__name__}: {exc}"
+                error = (
+                    f"tar ended early after {n_members} members (last {last}): {type(exc).__name__}: {exc}"
+                )
                 break
             if info is None:
                 break
@@ -298,9 +305,11 @@ def iter_tar(
                     detail = ""
                 if detail or len(data) != info.size:
                     grouper.mark_incomplete(info.name, name)
-                    error = (f"tar truncated inside member {name!r} "
-                             f"({detail or f'{len(data)} of {info.size} bytes'}) "
-                             f"after {n_members - 1} complete members")  # fmt: skip
+                    error = (
+                        f"tar truncated inside member {name!r} "
+                        f"({detail or f'{len(data)} of {info.size} bytes'}) "
+                        f"after {n_members - 1} complete members"
+                    )
                     break
                 member.data = data
             done = grouper.add(member)
@@ -313,7 +322,9 @@ def iter_tar(
             fileobj.seek(tf.offset)
             tail = fileobj.read(tarfile.BLOCKSIZE)
             if not tail:
-                error = f"tar has no end-of-archive marker after {n_members} members (last {last}): truncated?"
+                error = (
+                    f"tar has no end-of-archive marker after {n_members} members (last {last}): truncated?"
+                )
             elif tail.count(0) != len(tail) or len(tail) < tarfile.BLOCKSIZE:
                 error = f"unreadable tar header after {n_members} members (last {last}): truncated or corrupt"
     done = grouper.flush()
@@ -405,8 +416,16 @@ class Listing:
     read_s: float = 0.0
 
 
-def _list_once(shard_url: str, want: WantData, *, max_member_bytes: int, max_in_memory_bytes: int,
-               block_size: int, whole: bool, out: Listing) -> str | None:  # fmt: skip
+def _list_once(
+    shard_url: str,
+    want: WantData,
+    *,
+    max_member_bytes: int,
+    max_in_memory_bytes: int,
+    block_size: int,
+    whole: bool,
+    out: Listing,
+) -> str | None:
     opened = _open(shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, whole=whole)
     out.n_bytes = opened.n_bytes
     if opened.fileobj is None:
@@ -452,9 +471,15 @@ def list_shard(
         n_attempts = attempt + 1
         listing = Listing(url=shard_url)
         try:
-            error = _list_once(shard_url, want, max_member_bytes=max_member_bytes,
-                               max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, whole=whole,
-                               out=listing)  # fmt: skip
+            error = _list_once(
+                shard_url,
+                want,
+                max_member_bytes=max_member_bytes,
+                max_in_memory_bytes=max_in_memory_bytes,
+                block_size=block_size,
+                whole=whole,
+                out=listing,
+            )
             best, n_bytes = listing, listing.n_bytes
             break
         except _TransientReadError as exc:
@@ -463,8 +488,11 @@ def list_shard(
             if best is None or len(listing.samples) > len(best.samples):
                 best = listing
         except Exception as exc:  # permanent: missing object, permission, a directory, a bad URL
-            error = (f"shard not found: {shard_url}" if is_missing(exc)
-                     else f"cannot read shard: {type(exc).__name__}: {exc}")  # fmt: skip
+            error = (
+                f"shard not found: {shard_url}"
+                if is_missing(exc)
+                else f"cannot read shard: {type(exc).__name__}: {exc}"
+            )
             best = None
             break
         pause = backoff_s * 2**attempt
@@ -476,8 +504,13 @@ def list_shard(
     result.error, result.attempts, result.n_bytes = error, n_attempts, n_bytes
     result.read_s = time.monotonic() - start
     if result.error:
-        log.warning("shard_read_error", shard_url=shard_url, error=result.error, salvaged=len(result.samples),
-                    attempts=result.attempts)  # fmt: skip
+        log.warning(
+            "shard_read_error",
+            shard_url=shard_url,
+            error=result.error,
+            salvaged=len(result.samples),
+            attempts=result.attempts,
+        )
     return result
 
 
@@ -510,8 +543,13 @@ def to_raw_sample(sample: Sample, max_member_bytes: int = DEFAULT_MAX_MEMBER) ->
     image = sample.image_member(max_member_bytes)
     meta, why = parse_meta(sample.json_member())
     notes = [*sample.notes, *([why] if why else [])]
-    return RawSample(sample.key, image.name if image else None, image.data if image else None, meta,
-                     "; ".join(notes) or None)  # fmt: skip
+    return RawSample(
+        sample.key,
+        image.name if image else None,
+        image.data if image else None,
+        meta,
+        "; ".join(notes) or None,
+    )
 
 
 def read_shard(
@@ -525,12 +563,24 @@ def read_shard(
     deadline_s: float = 300.0,
 ) -> ShardContents:
     """The scan's view: every sample with its image bytes and JSON meta, in tar order (see `list_shard`)."""
-    listing = list_shard(shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size,
-                         max_member_bytes=max_member_bytes, attempts=attempts, backoff_s=backoff_s,
-                         deadline_s=deadline_s)  # fmt: skip
-    return ShardContents(url=shard_url, samples=[to_raw_sample(s, max_member_bytes) for s in listing.samples],
-                         error=listing.error, skipped=listing.skipped, n_bytes=listing.n_bytes,
-                         attempts=listing.attempts, read_s=listing.read_s)  # fmt: skip
+    listing = list_shard(
+        shard_url,
+        max_in_memory_bytes=max_in_memory_bytes,
+        block_size=block_size,
+        max_member_bytes=max_member_bytes,
+        attempts=attempts,
+        backoff_s=backoff_s,
+        deadline_s=deadline_s,
+    )
+    return ShardContents(
+        url=shard_url,
+        samples=[to_raw_sample(s, max_member_bytes) for s in listing.samples],
+        error=listing.error,
+        skipped=listing.skipped,
+        n_bytes=listing.n_bytes,
+        attempts=listing.attempts,
+        read_s=listing.read_s,
+    )
 
 
 # ------------------------------------------------------------------------------------------- consumer: filter
@@ -549,8 +599,11 @@ def index_shard(shard_url: str) -> ShardIndex:
     listing = list_shard(shard_url, want=want_none)
     if listing.error:
         raise ShardReadError(f"{shard_url}: {listing.error}")
-    return ShardIndex(keys=[s.key for s in listing.samples], non_sample_members=[n for n, _ in listing.skipped],
-                      samples=listing.samples)  # fmt: skip
+    return ShardIndex(
+        keys=[s.key for s in listing.samples],
+        non_sample_members=[n for n, _ in listing.skipped],
+        samples=listing.samples,
+    )
 
 
 def iter_samples(shard_url: str, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[Sample]:
@@ -595,13 +648,37 @@ def labelled_samples(shard_url: str) -> list[LabelledSample]:
     out = []
     for s in listing.samples:
         meta, why = parse_meta(s.json_member())
-        out.append(LabelledSample(s.key, s.occurrence, s.image_member(), meta,
-                                  "; ".join([*s.notes, *([why] if why else [])]) or None))  # fmt: skip
+        out.append(
+            LabelledSample(
+                s.key,
+                s.occurrence,
+                s.image_member(),
+                meta,
+                "; ".join([*s.notes, *([why] if why else [])]) or None,
+            )
+        )
     return out
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "End", "LabelledSample", "Listing", "Member", "RawSample", "Sample", "ShardContents",
-    "ShardIndex", "ShardReadError", "Skipped", "choose_image", "index_shard", "iter_samples", "iter_tar",
-    "labelled_samples", "list_shard", "read_shard", "safe_name", "split_key",
-]  # fmt: skip
+    "IMAGE_EXTENSIONS",
+    "End",
+    "LabelledSample",
+    "Listing",
+    "Member",
+    "RawSample",
+    "Sample",
+    "ShardContents",
+    "ShardIndex",
+    "ShardReadError",
+    "Skipped",
+    "choose_image",
+    "index_shard",
+    "iter_samples",
+    "iter_tar",
+    "labelled_samples",
+    "list_shard",
+    "read_shard",
+    "safe_name",
+    "split_key",
+]

@@ -24,8 +24,13 @@ if _OWNER:
     os.environ[RUN_DIR_ENV] = tempfile.mkdtemp(prefix="genscan-tests-")
     atexit.register(shutil.rmtree, os.environ[RUN_DIR_ENV], True)
 _SESSION_TMP = Path(os.environ[RUN_DIR_ENV])
-CACHE_ENV = {"GENSCAN_CACHE": "genscan", "XDG_CACHE_HOME": "xdg", "MPLCONFIGDIR": "matplotlib", "TORCH_HOME": "torch",
-             "HF_HOME": "huggingface"}  # fmt: skip
+CACHE_ENV = {
+    "GENSCAN_CACHE": "genscan",
+    "XDG_CACHE_HOME": "xdg",
+    "MPLCONFIGDIR": "matplotlib",
+    "TORCH_HOME": "torch",
+    "HF_HOME": "huggingface",
+}
 for _name, _sub in CACHE_ENV.items():
     os.environ[_name] = str(_SESSION_TMP / _sub)
 
@@ -47,10 +52,25 @@ _HOME_BEFORE = _home_cache_entries()
 # `--no-loadscope-reorder` keeps this order: by default xdist hands out the modules with the MOST TESTS first,
 # which put these few-test modules last and made the run's last minutes three Ray-heavy modules at once
 # (measured: 17 min instead of 14).
-HEAVY_FIRST = ("test_train_faults", "test_reliability_faults", "test_train_ray", "test_multinode", "test_scan_job",
-               "test_train_e2e", "test_filter_ray", "test_preflight", "test_console", "test_gpu_bench",
-               "test_reliability_inputs", "test_demo_data", "test_scan_multi", "test_models_api",
-               "test_report_gallery", "test_security", "test_filter")  # fmt: skip
+HEAVY_FIRST = (
+    "test_train_faults",
+    "test_reliability_faults",
+    "test_train_ray",
+    "test_multinode",
+    "test_scan_job",
+    "test_train_e2e",
+    "test_filter_ray",
+    "test_preflight",
+    "test_console",
+    "test_gpu_bench",
+    "test_reliability_inputs",
+    "test_demo_data",
+    "test_scan_multi",
+    "test_models_api",
+    "test_report_gallery",
+    "test_security",
+    "test_filter",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

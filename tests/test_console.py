@@ -69,10 +69,32 @@ def test_scan_job_console_is_quiet_and_its_log_parses(tmp_path: Path) -> None:
     out = tmp_path / "out"
     try:
         proc = run_starting_local_ray(
-            [sys.executable, str(REPO / "jobs" / "scan_bucket.py"), "--input", str(tmp_path / "in"), "--output",
-             str(out), "--detector", str(tmp_path / "det"), "--scan-date", "2026-04-01", "--batch-size", "8",
-             "--ray-num-cpus", "2", "--read-num-cpus", "0.5", "--actor-num-cpus", "0.5", "--read-concurrency", "1"],
-            timeout=400, env=env, cwd=str(tmp_path))  # fmt: skip
+            [
+                sys.executable,
+                str(REPO / "jobs" / "scan_bucket.py"),
+                "--input",
+                str(tmp_path / "in"),
+                "--output",
+                str(out),
+                "--detector",
+                str(tmp_path / "det"),
+                "--scan-date",
+                "2026-04-01",
+                "--batch-size",
+                "8",
+                "--ray-num-cpus",
+                "2",
+                "--read-num-cpus",
+                "0.5",
+                "--actor-num-cpus",
+                "0.5",
+                "--read-concurrency",
+                "1",
+            ],
+            timeout=400,
+            env=env,
+            cwd=str(tmp_path),
+        )
     finally:
         import shutil
 

@@ -17,13 +17,17 @@ from pipeline.runner import ErrorBudget, ErrorBudgetExceeded, ErrorTally, Progre
 def test_budget_verdict_names_the_counts_that_broke_it() -> None:
     budget = ErrorBudget(max_shard_error_rate=0.5, max_sample_error_rate=0.25)
     ok = budget.check(ErrorTally(shards=6, failed_shards=3, samples=100, failed_samples=25))
-    assert not ok["exceeded"] and ok["shard_error_rate"] == 0.5 and ok["sample_error_rate"] == 0.25  # not above
+    assert (
+        not ok["exceeded"] and ok["shard_error_rate"] == 0.5 and ok["sample_error_rate"] == 0.25
+    )  # not above
     with pytest.raises(ErrorBudgetExceeded) as exc:
         budget.check(ErrorTally(shards=6, failed_shards=5, samples=4, failed_samples=0))
     msg = str(exc.value)
     assert "5 of 6 shards failed" in msg and "--max-shard-error-rate 0.5" in msg and "samples" not in msg
     assert "\n" not in msg and exc.value.record["exceeded"] and exc.value.record["failed_shards"] == 5
-    with pytest.raises(ErrorBudgetExceeded, match=r"26 of 100 samples failed \(26.0% > --max-sample-error-rate"):
+    with pytest.raises(
+        ErrorBudgetExceeded, match=r"26 of 100 samples failed \(26.0% > --max-sample-error-rate"
+    ):
         budget.check(ErrorTally(shards=6, failed_shards=0, samples=100, failed_samples=26))
     assert not ErrorBudget(1.0, 1.0).check(ErrorTally(4, 4, 10, 10))["exceeded"]  # 1.0 disables
     assert not budget.check(ErrorTally())["exceeded"]  # an empty run breaks nothing
@@ -46,9 +50,13 @@ def test_guard_stops_a_run_once_the_shard_budget_cannot_be_met() -> None:
 
     seen: list[str] = []
     with pytest.raises(ErrorBudgetExceeded, match=r"stopped early.*4 of 6 shards failed"):
-        run_shards([s for s, _ in order], done=set(), execute=execute,
-                   on_shard=lambda s, _st, _p: seen.append(s),
-                   check=budget.guard(6, ErrorTally(), lambda st: tally[st["bad"]]))  # fmt: skip
+        run_shards(
+            [s for s, _ in order],
+            done=set(),
+            execute=execute,
+            on_shard=lambda s, _st, _p: seen.append(s),
+            check=budget.guard(6, ErrorTally(), lambda st: tally[st["bad"]]),
+        )
     assert seen == ["a", "b", "c", "d", "e"] and closed == [True]
     # earlier attempts' failures count: 3 failed before, one more now is already 4 of 6
     check = budget.guard(6, ErrorTally(3, 3, 0, 0), lambda st: tally[st["bad"]])
@@ -81,8 +89,13 @@ def test_scan_over_budget_fails_keeps_valid_rows_and_resumes(scan_world: dict[st
     from pipeline.scan.job import ScanFailed, run_scan
 
     out = str(Path(scan_world["root"]) / "out")
-    cfg = ScanConfig(input=scan_world["input"], output=out, detector=scan_world["detector"],
-                     scan_date="2026-03-01", batch_size=8)  # fmt: skip
+    cfg = ScanConfig(
+        input=scan_world["input"],
+        output=out,
+        detector=scan_world["detector"],
+        scan_date="2026-03-01",
+        batch_size=8,
+    )
     with pytest.raises(ScanFailed, match=r"error budget exceeded.*of 6 shards failed"):
         run_scan(cfg)
     paths = output.RunPaths(out, "2026-03-01")
@@ -98,18 +111,30 @@ def test_scan_over_budget_fails_keeps_valid_rows_and_resumes(scan_world: dict[st
     looser = cfg.model_copy(update={"resume": True, "max_shard_error_rate": 1.0})
     done = run_scan(looser)
     assert done["status"] == "succeeded" and done["attempts"][-1]["shards_skipped"] == len(marked)
-    assert done["error_budget"] == {**done["error_budget"], "shards": 6, "failed_shards": 5, "exceeded": False}
+    assert done["error_budget"] == {
+        **done["error_budget"],
+        "shards": 6,
+        "failed_shards": 5,
+        "exceeded": False,
+    }
     rows = pq.read_table(paths.data_dir).to_pylist()
-    assert sum(r["status"] == "shard_error" for r in rows) == 5 and sum(r["status"] == "ok" for r in rows) == 3
+    assert (
+        sum(r["status"] == "shard_error" for r in rows) == 5 and sum(r["status"] == "ok" for r in rows) == 3
+    )
 
 
 def test_scan_within_budget_succeeds_and_records_it(scan_world: dict[str, str]) -> None:
     from pipeline.scan.config import ScanConfig
     from pipeline.scan.job import run_scan
 
-    cfg = ScanConfig(input=scan_world["input"], output=str(Path(scan_world["root"]) / "ok"),
-                     detector=scan_world["detector"], scan_date="2026-03-01", batch_size=8,
-                     max_shard_error_rate=0.9)  # fmt: skip
+    cfg = ScanConfig(
+        input=scan_world["input"],
+        output=str(Path(scan_world["root"]) / "ok"),
+        detector=scan_world["detector"],
+        scan_date="2026-03-01",
+        batch_size=8,
+        max_shard_error_rate=0.9,
+    )
     run = run_scan(cfg)
     rec = run["error_budget"]
     assert run["status"] == "succeeded" and not rec["exceeded"]
@@ -118,7 +143,8 @@ def test_scan_within_budget_succeeds_and_records_it(scan_world: dict[str, str]) 
 
 
 def test_filter_cli_over_budget_exits_1_naming_the_counts_and_writes_nothing(
-        scan_world: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    scan_world: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """The filter's budget counts the scan's errors for the shards it cleans (5 of 6 shards unreadable, left
     out with on_shard_error skip): exit 1 with one line and nothing written; a looser budget exits 0."""
     import sys
@@ -131,8 +157,16 @@ def test_filter_cli_over_budget_exits_1_naming_the_counts_and_writes_nothing(
 
     root = Path(scan_world["root"])
     scan = str(root / "scan-for-filter")
-    run_scan(ScanConfig(input=scan_world["input"], output=scan, detector=scan_world["detector"],
-                        scan_date="2026-03-02", batch_size=8, max_shard_error_rate=1.0))  # fmt: skip
+    run_scan(
+        ScanConfig(
+            input=scan_world["input"],
+            output=scan,
+            detector=scan_world["detector"],
+            scan_date="2026-03-02",
+            batch_size=8,
+            max_shard_error_rate=1.0,
+        )
+    )
     capsys.readouterr()  # the scan's own log lines
     args = ["--scan", scan, "--input", scan_world["input"], "--on-shard-error", "skip"]
     assert filter_shards.main([*args, "--output", str(root / "clean")]) == 1

@@ -25,9 +25,20 @@ N = 6  # per class and family
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eval")
     generate(DemoConfig(out=str(root / "univfd"), families=["upconv", "vqgan"], n_per_class=N, seed=5))
-    generate(DemoConfig(out=str(root / "wds"), layout="wds", families=["upconv", "vqgan"], n_per_class=N, seed=6, shard_size=10))
+    generate(
+        DemoConfig(
+            out=str(root / "wds"),
+            layout="wds",
+            families=["upconv", "vqgan"],
+            n_per_class=N,
+            seed=6,
+            shard_size=10,
+        )
+    )
     det = create_detector("tiny-mole", pretrained=None, generators=["upconv"])
-    save_detector(det, root / "ckpt", DetectorMeta(generators=["upconv"], threshold=0.3, unknown_threshold=0.6))
+    save_detector(
+        det, root / "ckpt", DetectorMeta(generators=["upconv"], threshold=0.3, unknown_threshold=0.6)
+    )
     return {"root": root, "univfd": root / "univfd", "wds": root / "wds", "ckpt": root / "ckpt"}
 
 
@@ -36,7 +47,13 @@ def _rec(label: int, gen: str, group: str | None) -> LabelledRecord:
 
 
 def test_grouping_follows_univfd_protocol() -> None:
-    folders = [_rec(0, "real", "a"), _rec(1, "a", "a"), _rec(0, "real", "b"), _rec(1, "b", "b"), _rec(0, "real", "b")]
+    folders = [
+        _rec(0, "real", "a"),
+        _rec(1, "a", "a"),
+        _rec(0, "real", "b"),
+        _rec(1, "b", "b"),
+        _rec(0, "real", "b"),
+    ]
     assert group_records(folders) == {"a": [1, 0], "b": [3, 2, 4]}  # each folder with ITS OWN reals
     shards = [_rec(0, "real", None), _rec(1, "a", None), _rec(1, "b", None), _rec(0, "real", None)]
     assert group_records(shards) == {"a": [1, 0, 3], "b": [2, 0, 3]}  # no folders: every real
@@ -44,10 +61,24 @@ def test_grouping_follows_univfd_protocol() -> None:
 
 def test_report_matches_independent_computation(corpus: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    rc = evaluate_main([
-        "--data", str(corpus["univfd"]), "--detector", str(corpus["ckpt"]), "--json", str(out / "r.json"),
-        "--markdown", str(out / "r.md"), "--plots", str(out / "plots"), "--jpeg", "75", "--blur", "1",
-    ])  # fmt: skip
+    rc = evaluate_main(
+        [
+            "--data",
+            str(corpus["univfd"]),
+            "--detector",
+            str(corpus["ckpt"]),
+            "--json",
+            str(out / "r.json"),
+            "--markdown",
+            str(out / "r.md"),
+            "--plots",
+            str(out / "plots"),
+            "--jpeg",
+            "75",
+            "--blur",
+            "1",
+        ]
+    )
     assert rc == 0
     rep = json.loads((out / "r.json").read_text())
     assert set(rep["per_generator"]) == {"upconv", "vqgan"}
@@ -56,7 +87,9 @@ def test_report_matches_independent_computation(corpus: dict[str, Path], tmp_pat
     pred = Predictor(det, meta)
     for gen, row in rep["per_generator"].items():
         assert (row["n_real"], row["n_fake"]) == (N, N)
-        paths = sorted((corpus["univfd"] / gen / "0_real").iterdir()) + sorted((corpus["univfd"] / gen / "1_fake").iterdir())
+        paths = sorted((corpus["univfd"] / gen / "0_real").iterdir()) + sorted(
+            (corpus["univfd"] / gen / "1_fake").iterdir()
+        )
         y = np.array([0] * N + [1] * N)
         imgs = np.stack([prepare_image(Image.open(p).convert("RGB"), det.config) for p in paths])
         p = pred.predict(imgs)["p_fake"].astype(np.float64)
@@ -79,8 +112,12 @@ def test_report_matches_independent_computation(corpus: dict[str, Path], tmp_pat
     assert json.loads((out / "eval_config.json").read_text())["jpeg"] == [75]
 
 
-def test_webdataset_source_scores_each_generator_against_all_reals(corpus: dict[str, Path], tmp_path: Path) -> None:
-    rc = evaluate_main(["--data", str(corpus["wds"]), "--detector", str(corpus["ckpt"]), "--json", str(tmp_path / "r.json")])
+def test_webdataset_source_scores_each_generator_against_all_reals(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    rc = evaluate_main(
+        ["--data", str(corpus["wds"]), "--detector", str(corpus["ckpt"]), "--json", str(tmp_path / "r.json")]
+    )
     assert rc == 0
     rep = json.loads((tmp_path / "r.json").read_text())
     assert {g: (r["n_real"], r["n_fake"]) for g, r in rep["per_generator"].items()} == {
@@ -89,10 +126,36 @@ def test_webdataset_source_scores_each_generator_against_all_reals(corpus: dict[
     }
 
 
-def test_missing_data_or_checkpoint_fail_clearly(corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert evaluate_main(["--data", str(tmp_path / "nope"), "--detector", str(corpus["ckpt"]), "--json", str(tmp_path / "r.json")]) == 2
+def test_missing_data_or_checkpoint_fail_clearly(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        evaluate_main(
+            [
+                "--data",
+                str(tmp_path / "nope"),
+                "--detector",
+                str(corpus["ckpt"]),
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 2
+    )
     assert "nope" in capsys.readouterr().err
-    assert evaluate_main(["--data", str(corpus["univfd"]), "--detector", str(tmp_path / "nockpt"), "--json", str(tmp_path / "r.json")]) == 2
+    assert (
+        evaluate_main(
+            [
+                "--data",
+                str(corpus["univfd"]),
+                "--detector",
+                str(tmp_path / "nockpt"),
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 2
+    )
     assert "nockpt" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
 
@@ -107,11 +170,27 @@ def test_unreadable_image_is_a_counted_skip(corpus: dict[str, Path], tmp_path: P
     shutil.copytree(corpus["univfd"], data)
     victim = sorted((data / "upconv" / "1_fake").iterdir())[0]
     victim.write_bytes(b"\x89PNG truncated")
-    assert evaluate_main(["--data", str(data), "--detector", str(corpus["ckpt"]), "--json", str(tmp_path / "r.json"),
-                          "--jpeg", "75"]) == 0  # fmt: skip
+    assert (
+        evaluate_main(
+            [
+                "--data",
+                str(data),
+                "--detector",
+                str(corpus["ckpt"]),
+                "--json",
+                str(tmp_path / "r.json"),
+                "--jpeg",
+                "75",
+            ]
+        )
+        == 0
+    )
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["skipped"]["n"] == 1 and str(victim) in rep["skipped"]["examples"][0]
     assert rep["per_generator"]["upconv"]["n_fake"] == N - 1 and rep["per_generator"]["vqgan"]["n_fake"] == N
-    assert calibrate_main(["--detector", str(corpus["ckpt"]), "--data", str(data), "--out", str(tmp_path / "c")]) == 0
+    assert (
+        calibrate_main(["--detector", str(corpus["ckpt"]), "--data", str(data), "--out", str(tmp_path / "c")])
+        == 0
+    )
     calib = json.loads((tmp_path / "c" / "calibration.json").read_text())
     assert calib["skipped"]["n"] == 1 and calib["n_real"] == 2 * N

@@ -64,8 +64,13 @@ def tree_bytes(root: Path, skip: tuple[str, ...] = RUN_RECORDS) -> dict[str, byt
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "jobs" / "filter_shards.py"), *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "filter_shards.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
 
 
 def run_main(capsys, *args: str) -> tuple[int, str]:
@@ -142,12 +147,19 @@ def test_manifest_lists_every_removed_key_with_reason(filtered) -> None:
                 assert r["p_fake"] >= 0.9 - 1e-6
     # error rows are kept and reported
     kept_errors = {(r["shard"], r["key"], r["reason"]) for r in manifest if r["action"] == "keep"}
-    assert kept_errors == {("shard-000000", "00_bad", "error:decode_error"),
-                           ("shard-000001", "01_noimg", "error:no_image")}
+    assert kept_errors == {
+        ("shard-000000", "00_bad", "error:decode_error"),
+        ("shard-000001", "01_noimg", "error:no_image"),
+    }
     # per-shard JSONL manifests hold the same rows
-    jsonl = [json.loads(line) for p in sorted((out / "_manifest").glob("*.jsonl")) for line in p.read_text().splitlines()]
+    jsonl = [
+        json.loads(line)
+        for p in sorted((out / "_manifest").glob("*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
     assert sorted((r["shard"], r["key"], r["action"]) for r in jsonl) == sorted(
-        (r["shard"], r["key"], r["action"]) for r in manifest)
+        (r["shard"], r["key"], r["action"]) for r in manifest
+    )
 
 
 def test_accounting_reconciles_and_run_config_is_saved(filtered) -> None:
@@ -171,7 +183,11 @@ def test_accounting_reconciles_and_run_config_is_saved(filtered) -> None:
     assert [r.generator for r in cfg.policy.generator_rules] == ["upconv", "unknown"]
     assert cfg.policy.generator_rules[0].threshold == 0.9 and cfg.scan == scan
     summary = json.loads(proc.stdout)
-    assert summary["kept"] == stats["totals"]["kept"] and summary["shards"] == 3 and summary["skipped_shards"] == 1
+    assert (
+        summary["kept"] == stats["totals"]["kept"]
+        and summary["shards"] == 3
+        and summary["skipped_shards"] == 1
+    )
 
 
 def test_rerun_is_byte_identical_and_deterministic_across_outputs(filtered, tmp_path) -> None:
@@ -190,12 +206,19 @@ def test_rerun_is_byte_identical_and_deterministic_across_outputs(filtered, tmp_
 def test_dry_run_writes_nothing_and_predicts_the_counts(filtered, tmp_path, capsys) -> None:
     corpus, scan, out, _ = filtered
     target = tmp_path / "dry"
-    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(target), *RULES, "--dry-run"]) == 0
+    assert (
+        filter_main(["--scan", scan, "--input", corpus.root, "--output", str(target), *RULES, "--dry-run"])
+        == 0
+    )
     assert not target.exists()
     plan = json.loads(capsys.readouterr().out)
     stats = json.loads((out / "_run" / "stats.json").read_text())
-    assert plan["totals"] == {"samples": stats["totals"]["samples"], "keep": stats["totals"]["kept"],
-                              "drop": stats["totals"]["dropped"], "quarantine": stats["totals"]["quarantined"]}
+    assert plan["totals"] == {
+        "samples": stats["totals"]["samples"],
+        "keep": stats["totals"]["kept"],
+        "drop": stats["totals"]["dropped"],
+        "quarantine": stats["totals"]["quarantined"],
+    }
 
 
 @pytest.mark.parametrize(
@@ -223,8 +246,19 @@ def test_bad_policy_file_names_the_unknown_field(scanned, tmp_path, capsys) -> N
     proc = run_cli("--scan", scan, "--input", corpus.root, "--output", str(target), "--policy", str(policy))
     assert proc.returncode == 2 and "generator_rule" in proc.stderr and "Extra inputs" in proc.stderr
     assert not target.exists()
-    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target), "--policy",
-                       str(policy), "--threshold", "0.6")
+    rc, err = run_main(
+        capsys,
+        "--scan",
+        scan,
+        "--input",
+        corpus.root,
+        "--output",
+        str(target),
+        "--policy",
+        str(policy),
+        "--threshold",
+        "0.6",
+    )
     assert rc == 2 and "exclusive" in err
 
 
@@ -288,9 +322,13 @@ def test_refuses_when_the_source_gained_samples_after_the_scan(scanned, tmp_path
 def test_missing_scan_and_bad_scan_date(scanned, tmp_path, capsys) -> None:
     corpus, scan = scanned
     target = tmp_path / "out"
-    rc, err = run_main(capsys, "--scan", str(tmp_path / "nope"), "--input", corpus.root, "--output", str(target))
+    rc, err = run_main(
+        capsys, "--scan", str(tmp_path / "nope"), "--input", corpus.root, "--output", str(target)
+    )
     assert rc == 3 and "scan output not found" in err
-    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target), "--scan-date", "2026-01-01")
+    rc, err = run_main(
+        capsys, "--scan", scan, "--input", corpus.root, "--output", str(target), "--scan-date", "2026-01-01"
+    )
     assert rc == 3 and "scan_date=2026-01-01 not found" in err and "2026-11-23" in err
     assert not target.exists()
 
@@ -307,8 +345,19 @@ def test_shard_error_refused_by_default_or_skipped_by_policy(scanned, tmp_path, 
     rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target))
     assert rc == 3 and f"{BROKEN}.tar: the scan could not read this shard" in err
     assert not target.exists()
-    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target),
-                       "--on-shard-error", "skip", "--error-action", "drop")
+    rc, err = run_main(
+        capsys,
+        "--scan",
+        scan,
+        "--input",
+        corpus.root,
+        "--output",
+        str(target),
+        "--on-shard-error",
+        "skip",
+        "--error-action",
+        "drop",
+    )
     assert rc == 0, err
     stats = json.loads((target / "_run" / "stats.json").read_text())
     assert [s["shard"] for s in stats["skipped_shards"]] == [BROKEN]
@@ -317,21 +366,41 @@ def test_shard_error_refused_by_default_or_skipped_by_policy(scanned, tmp_path, 
     assert len(stats["shards"]) == 3
     # error rows dropped by policy: gone from the output, listed in the manifest as drops
     manifest = pq.read_table(target / "manifest.parquet").to_pylist()
-    drops = {r["key"]: r["reason"] for r in manifest if r["action"] == "drop" and r["reason"].startswith("error:")}
+    drops = {
+        r["key"]: r["reason"] for r in manifest if r["action"] == "drop" and r["reason"].startswith("error:")
+    }
     assert drops == {"00_bad": "error:decode_error", "01_noimg": "error:no_image"}
     assert "00_bad" not in {s["__key__"] for s in read_wds(target / "shard-000000.tar")}
+
 
 def test_policy_change_rewrites_and_removes_stale_quarantine(filtered, tmp_path) -> None:
     corpus, scan, out, _ = filtered
     target = tmp_path / "out"
     shutil.copytree(out, target)
     assert any((target / "_quarantine").rglob("*.tar"))
-    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(target), "--threshold", "0.95",
-                        "--on-shard-error", "skip"]) == 0
+    assert (
+        filter_main(
+            [
+                "--scan",
+                scan,
+                "--input",
+                corpus.root,
+                "--output",
+                str(target),
+                "--threshold",
+                "0.95",
+                "--on-shard-error",
+                "skip",
+            ]
+        )
+        == 0
+    )
     assert not any((target / "_quarantine").rglob("*.tar"))
     stats = json.loads((target / "_run" / "stats.json").read_text())
-    p = duckdb.sql(f"SELECT count(*) FILTER (WHERE p_fake::DOUBLE >= 0.95) "
-                   f"FROM read_parquet('{scan}/scan_date={DAY2}/*.parquet') WHERE shard <> '{BROKEN}'")
+    p = duckdb.sql(
+        f"SELECT count(*) FILTER (WHERE p_fake::DOUBLE >= 0.95) "
+        f"FROM read_parquet('{scan}/scan_date={DAY2}/*.parquet') WHERE shard <> '{BROKEN}'"
+    )
     assert stats["totals"]["dropped"] == p.fetchall()[0][0]
     assert stats["totals"]["quarantined"] == 0
 
@@ -339,8 +408,12 @@ def test_policy_change_rewrites_and_removes_stale_quarantine(filtered, tmp_path)
 def test_sha_of_kept_images_matches_the_scan(filtered) -> None:
     """The scan's sha256 of each kept image equals the image member copied into the cleaned shard."""
     corpus, scan, out, _ = filtered
-    sha = dict(duckdb.sql(f"SELECT key, sha256 FROM read_parquet('{scan}/scan_date={DAY2}/*.parquet') "
-                          "WHERE sha256 IS NOT NULL").fetchall())
+    sha = dict(
+        duckdb.sql(
+            f"SELECT key, sha256 FROM read_parquet('{scan}/scan_date={DAY2}/*.parquet') "
+            "WHERE sha256 IS NOT NULL"
+        ).fetchall()
+    )
     n = 0
     for src in good_shards(corpus):
         for s in read_wds(out / os.path.relpath(src, corpus.root)):
@@ -351,7 +424,9 @@ def test_sha_of_kept_images_matches_the_scan(filtered) -> None:
     assert n > 0
 
 
-def test_a_replaced_source_image_fails_the_run_without_committing_that_shard(scanned, tmp_path, capsys) -> None:
+def test_a_replaced_source_image_fails_the_run_without_committing_that_shard(
+    scanned, tmp_path, capsys
+) -> None:
     """Same keys, different image bytes: the scan's decision is about another image. Exit 4, the shard's
     output and marker are not written, no _SUCCESS."""
     corpus, scan = scanned
@@ -371,7 +446,9 @@ def test_a_replaced_source_image_fails_the_run_without_committing_that_shard(sca
     target = tmp_path / "out"
     rc, err = run_main(capsys, "--scan", scan, "--input", str(src), "--output", str(target), *RULES)
     assert rc == 4 and "'01_000003' is not the one the scan scored" in err
-    assert not (target / "shard-000001.tar").exists() and not (target / "_shards" / "shard-000001.json").exists()
+    assert (
+        not (target / "shard-000001.tar").exists() and not (target / "_shards" / "shard-000001.json").exists()
+    )
     assert not (target / "_SUCCESS").exists()
     assert not [p for p in target.rglob("*") if p.name.endswith(".tmp")]
 
@@ -390,8 +467,14 @@ def test_job_checks_accounting_itself_before_reporting_success(scanned, tmp_path
         return results
 
     corpus, scan = scanned
-    cfg = FilterConfig.parse({"scan": scan, "input": corpus.root, "output": str(tmp_path / "out"),
-                              "policy": {"on_shard_error": "skip"}})
+    cfg = FilterConfig.parse(
+        {
+            "scan": scan,
+            "input": corpus.root,
+            "output": str(tmp_path / "out"),
+            "policy": {"on_shard_error": "skip"},
+        }
+    )
     with pytest.raises(ReconcileError, match="does not reconcile"):
         run_filter(cfg, lossy_map)
     stats = json.loads((tmp_path / "out" / "_run" / "stats.json").read_text())
@@ -403,7 +486,9 @@ def _mtimes(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*.tar")}
 
 
-def test_resume_rewrites_only_unfinished_shards_and_refuses_another_policy(filtered, tmp_path, capsys) -> None:
+def test_resume_rewrites_only_unfinished_shards_and_refuses_another_policy(
+    filtered, tmp_path, capsys
+) -> None:
     corpus, scan, out, _ = filtered
     target = tmp_path / "out"
     shutil.copytree(out, target)
@@ -426,8 +511,20 @@ def test_resume_rewrites_only_unfinished_shards_and_refuses_another_policy(filte
     # --resume with another policy would mix two policies in one output: refused, nothing written
     (target / "_SUCCESS").unlink()
     before = tree_bytes(target)
-    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target),
-                       "--threshold", "0.95", "--on-shard-error", "skip", "--resume")  # fmt: skip
+    rc, err = run_main(
+        capsys,
+        "--scan",
+        scan,
+        "--input",
+        corpus.root,
+        "--output",
+        str(target),
+        "--threshold",
+        "0.95",
+        "--on-shard-error",
+        "skip",
+        "--resume",
+    )
     assert rc == 3 and "policy" in err and "Nothing was written" in err
     assert tree_bytes(target) == before
 
@@ -445,8 +542,11 @@ def test_outputs_of_shards_no_longer_in_the_input_are_removed(filtered, tmp_path
     # the scan names shards by their path under the input root, unchanged by the copy
     rc, err = run_main(capsys, "--scan", scan, "--input", str(smaller), "--output", str(target), *RULES)
     assert rc == 0, err
-    sid = next(json.loads(m.read_text())["shard_id"] for m in (out / "_shards").glob("*.json")
-               if json.loads(m.read_text())["output"] == str(rel))  # fmt: skip
+    sid = next(
+        json.loads(m.read_text())["shard_id"]
+        for m in (out / "_shards").glob("*.json")
+        if json.loads(m.read_text())["output"] == str(rel)
+    )
     assert not (target / rel).exists() and not (target / "_shards" / f"{sid}.json").exists()
     assert not (target / "_manifest" / f"{sid}.jsonl").exists()
     run = json.loads((target / "_run" / "run.json").read_text())

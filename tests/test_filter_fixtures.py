@@ -45,8 +45,9 @@ def _corpus_samples(root: str, *, with_truncated: bool, seed: int = 0, write: bo
     shards: dict[str, list[Sample]] = {}
     layout = [("shard-000000.tar", 7), ("shard-000001.tar", 6), ("part/shard-000002.tar", 5)]
     for i, (name, n) in enumerate(layout):
-        samples = good_samples(n, seed=seed + i, prefix=f"{i:02d}_", size=(24, 20),
-                               generators=("real", "famA", "upconv"))
+        samples = good_samples(
+            n, seed=seed + i, prefix=f"{i:02d}_", size=(24, 20), generators=("real", "famA", "upconv")
+        )
         for s in samples[::2]:
             s.files["txt"] = f"caption of {s.key}".encode()
         if i == 0:
@@ -125,8 +126,22 @@ def real_scans(corpus: Corpus, out: str, runs: list[tuple[str, str]]) -> None:
     threads = torch.get_num_threads()
     try:
         for day, det in runs:
-            cfg = build_config(parse_args(["--input", corpus.root, "--output", out, "--detector", det,
-                                           "--scan-date", day, "--batch-size", "16"]))  # fmt: skip
+            cfg = build_config(
+                parse_args(
+                    [
+                        "--input",
+                        corpus.root,
+                        "--output",
+                        out,
+                        "--detector",
+                        det,
+                        "--scan-date",
+                        day,
+                        "--batch-size",
+                        "16",
+                    ]
+                )
+            )
             run = run_scan(cfg)
             if run["status"] != "succeeded":
                 raise RuntimeError(f"scan failed: {run}")
@@ -136,7 +151,10 @@ def real_scans(corpus: Corpus, out: str, runs: list[tuple[str, str]]) -> None:
 
 def make_scans(corpus: Corpus, out: str, days: dict[str, int]) -> str:
     """Real scans of `corpus` into `out`: one scan_date per entry, each with a spread tiny detector of that seed."""
-    runs = [(day, make_detector(corpus, f"{out.rstrip('/')}-detector-{seed}", seed=seed)) for day, seed in days.items()]
+    runs = [
+        (day, make_detector(corpus, f"{out.rstrip('/')}-detector-{seed}", seed=seed))
+        for day, seed in days.items()
+    ]
     real_scans(corpus, out, runs)
     return out
 

@@ -25,10 +25,23 @@ def test_gpu_benchmark_smoke_writes_results(tmp_path: Path, shared_s3_ray: dict)
     head = shared_s3_ray["head"]  # the run's shared head (tests/conftest.py)
     env = {**head.env, "OMP_NUM_THREADS": "1", "GENSCAN_LOG_LEVEL": "WARNING"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--results-dir", str(res_dir),
-         "--work-dir", str(tmp_path / "work"), "--ray-address", head.address],
-        capture_output=True, text=True, env=env, timeout=400, cwd=str(tmp_path),
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu.py"),
+            "--smoke",
+            "--results-dir",
+            str(res_dir),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--ray-address",
+            head.address,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+        cwd=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads((res_dir / "gpu.json").read_text())
     md = (res_dir / "gpu.md").read_text()

@@ -27,7 +27,9 @@ def _natural(h: int, w: int, seed: int = 0) -> np.ndarray:
     """Smooth colour fields + noise: chroma subsampling and IDCT rounding both matter on such content."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([np.sin(x / (9.0 + c) + c) * 80 + np.cos(y / (13.0 + 4 * c)) * 60 + 128 for c in range(3)], -1)
+    base = np.stack(
+        [np.sin(x / (9.0 + c) + c) * 80 + np.cos(y / (13.0 + 4 * c)) * 60 + 128 for c in range(3)], -1
+    )
     return np.clip(base + rng.normal(0, 18, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
@@ -93,7 +95,13 @@ def corpus() -> dict[str, tuple[bytes, bool]]:
 
 
 def _same_row(a, b) -> None:
-    assert (a.status, a.error, a.width, a.height, a.format) == (b.status, b.error, b.width, b.height, b.format)
+    assert (a.status, a.error, a.width, a.height, a.format) == (
+        b.status,
+        b.error,
+        b.width,
+        b.height,
+        b.format,
+    )
 
 
 @pytest.mark.parametrize("resize_mode", ["center_crop", "resize_crop"])
@@ -102,7 +110,9 @@ def test_routing_and_device_pixels_equal_the_cpu_path(resize_mode: str) -> None:
     shipped_names = []
     for name, (data, _) in corpus().items():
         cpu = decode_image(data, image_size=S, resize_mode=resize_mode, max_pixels=MAXPX)
-        routed = decode_or_ship(data, image_size=S, resize_mode=resize_mode, max_pixels=MAXPX, decode_on="gpu")
+        routed = decode_or_ship(
+            data, image_size=S, resize_mode=resize_mode, max_pixels=MAXPX, decode_on="gpu"
+        )
         if routed.encoded is None:  # not shipped: exactly the CPU decoder's result
             _same_row(routed, cpu)
             assert (routed.pixels is None) == (cpu.pixels is None)
@@ -130,7 +140,9 @@ def test_routing_and_device_pixels_equal_the_cpu_path(resize_mode: str) -> None:
 
 def test_eligibility_rules() -> None:
     assert not needs_resampling(96, 200, 96, "center_crop") and needs_resampling(95, 200, 96, "center_crop")
-    assert not needs_resampling(96, 200, 96, "center_crop_pad") and needs_resampling(200, 95, 96, "center_crop_pad")
+    assert not needs_resampling(96, 200, 96, "center_crop_pad") and needs_resampling(
+        200, 95, 96, "center_crop_pad"
+    )
     assert not needs_resampling(96, 200, 96, "resize_crop") and needs_resampling(97, 200, 96, "resize_crop")
     assert needs_resampling(500, 500, 96, "squash")  # an unknown mode is never a window
     data = corpus()["rgb sub0 q55"][0]
@@ -164,7 +176,9 @@ def _batch(results, blank) -> dict[str, np.ndarray]:
         "width": np.asarray([r.width or -1 for r in results], np.int64),
         "height": np.asarray([r.height or -1 for r in results], np.int64),
         "_decode_s": np.zeros(len(results)),
-        "pixels": np.stack([r.pixels if r.pixels is not None and r.status == "ok" else blank for r in results]),
+        "pixels": np.stack(
+            [r.pixels if r.pixels is not None and r.status == "ok" else blank for r in results]
+        ),
         "encoded": np.asarray([r.encoded or b"" for r in results], dtype=object),
     }
 
@@ -229,8 +243,11 @@ def test_prepared_shard_rows_equal_with_decode_on_gpu(tmp_path) -> None:
 
     if "decode_on" not in inspect.signature(prepare_shard).parameters:
         pytest.skip("prepare_shard does not take decode_on yet (read stage not wired to decode_or_ship)")
-    samples = [Sample(f"k{i:03d}", {"png" if name == "png" else "jpg": data})
-               for i, (name, (data, _)) in enumerate(corpus().items()) if data]  # fmt: skip
+    samples = [
+        Sample(f"k{i:03d}", {"png" if name == "png" else "jpg": data})
+        for i, (name, (data, _)) in enumerate(corpus().items())
+        if data
+    ]
     url = write_shard(str(tmp_path / "a.tar"), samples)
     torch.manual_seed(0)
     save_detector(create_detector("tiny-mole", pretrained=None), tmp_path / "det")

@@ -70,8 +70,11 @@ def test_gpu_batch_size_is_a_config_field() -> None:
 def _op_counts(det, x: torch.Tensor, autocast: bool) -> dict[str, int]:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode(), \
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # fmt: skip
+    with (
+        profile(activities=[ProfilerActivity.CPU]) as prof,
+        torch.inference_mode(),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+    ):
         det(x)
     return {e.key: e.count for e in prof.key_averages()}
 

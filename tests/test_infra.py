@@ -29,8 +29,15 @@ RAYJOB = ROOT / "infra" / "kuberay" / "rayjob-scan.yaml"
 RAYCRON = ROOT / "infra" / "kuberay" / "raycronjob-nightly-scan.yaml"
 RUNTIME_ENV = ROOT / "infra" / "runtime_env.yaml"
 SCAN_JOB = ROOT / "jobs" / "scan_bucket.py"
-INFRA_FILES = [CLUSTER_YAML, DOCKERFILE, RAYJOB, RAYCRON, RUNTIME_ENV, ROOT / "infra" / "fetch_ray_token.py",
-               ROOT / "docs" / "deploy.md"]  # fmt: skip
+INFRA_FILES = [
+    CLUSTER_YAML,
+    DOCKERFILE,
+    RAYJOB,
+    RAYCRON,
+    RUNTIME_ENV,
+    ROOT / "infra" / "fetch_ray_token.py",
+    ROOT / "docs" / "deploy.md",
+]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -75,7 +82,9 @@ def _dockerfile_args() -> dict[str, str]:
     for line in DOCKERFILE.read_text().splitlines():
         m = re.match(r"\s*ARG\s+(\w+)=(\S+)", line)
         if m:
-            assert args.setdefault(m.group(1), m.group(2)) == m.group(2), f"ARG {m.group(1)} defined twice, differently"
+            assert args.setdefault(m.group(1), m.group(2)) == m.group(2), (
+                f"ARG {m.group(1)} defined twice, differently"
+            )
     return args
 
 
@@ -87,8 +96,14 @@ def _entrypoint_flags(entrypoint: str) -> tuple[str, list[str]]:
 
 
 def _scan_help() -> str:
-    out = subprocess.run([sys.executable, str(SCAN_JOB), "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(SCAN_JOB), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -169,8 +184,11 @@ def test_dockerfile_pins_match_pyproject() -> None:
     assert args["TORCHVISION_VERSION"] == _pin("torchvision")
     text = DOCKERFILE.read_text()
     (from_line,) = [ln for ln in text.splitlines() if ln.startswith("FROM ")]
-    image = from_line.split()[1].replace("${RAY_VERSION}", args["RAY_VERSION"]).replace(
-        "${PYTHON_TAG}", args["PYTHON_TAG"])  # fmt: skip
+    image = (
+        from_line.split()[1]
+        .replace("${RAY_VERSION}", args["RAY_VERSION"])
+        .replace("${PYTHON_TAG}", args["PYTHON_TAG"])
+    )
     assert image == f"rayproject/ray:{_pin('ray')}-py311-gpu"
     assert 'pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"' in text
     # every COPY source exists and is let through the Dockerfile-specific .dockerignore
@@ -179,7 +197,9 @@ def test_dockerfile_pins_match_pyproject() -> None:
         if line.startswith("COPY "):
             for src in line.split()[2:-1]:
                 assert (ROOT / src).exists(), src
-                assert f"!{src}" in ignore or f"!{src}/**" in ignore, f"{src} is excluded from the build context"
+                assert f"!{src}" in ignore or f"!{src}/**" in ignore, (
+                    f"{src} is excluded from the build context"
+                )
 
 
 # ------------------------------------------------------------------------------------ KubeRay manifests
@@ -203,8 +223,11 @@ def test_rayjob_manifest_structure_and_pins() -> None:
     assert head["rayStartParams"]["num-cpus"] == "0"
     for d in docs:  # nothing exposes the dashboard outside the cluster
         assert d["kind"] not in ("Ingress", "Service")
-    gpu_groups = [g for g in cluster["workerGroupSpecs"]
-                  if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]  # fmt: skip
+    gpu_groups = [
+        g
+        for g in cluster["workerGroupSpecs"]
+        if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]
+    ]
     assert len(gpu_groups) == 1
     res = gpu_groups[0]["template"]["spec"]["containers"][0]["resources"]
     assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == 1
@@ -233,8 +256,10 @@ def test_rayjob_entrypoint_is_the_real_scan_cli() -> None:
     """The script exists and every flag the manifests pass is one `jobs/scan_bucket.py --help` lists."""
     script, flags = _entrypoint_flags(_rayjob()["spec"]["entrypoint"])
     assert script == "/home/ray/genscan/jobs/scan_bucket.py"  # WORKDIR of infra/Dockerfile + repo path
-    assert "WORKDIR /home/ray/genscan" in DOCKERFILE.read_text() and "COPY --chown=ray:users jobs ./jobs" in \
-        DOCKERFILE.read_text()
+    assert (
+        "WORKDIR /home/ray/genscan" in DOCKERFILE.read_text()
+        and "COPY --chown=ray:users jobs ./jobs" in DOCKERFILE.read_text()
+    )
     assert SCAN_JOB.is_file()
     helptext = _scan_help()
     offered = set(re.findall(r"--[a-z0-9][a-z0-9-]*", helptext))
@@ -246,11 +271,16 @@ def test_rayjob_entrypoint_is_the_real_scan_cli() -> None:
     assert spec is not None and spec.loader is not None
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    argv = [a.replace("$(date -u +%Y-%m-%d)", "2026-11-24") for a in shlex.split(_rayjob()["spec"]["entrypoint"])[2:]]
+    argv = [
+        a.replace("$(date -u +%Y-%m-%d)", "2026-11-24")
+        for a in shlex.split(_rayjob()["spec"]["entrypoint"])[2:]
+    ]
     cfg = cli.build_config(cli.parse_args(argv))
     assert cfg.scan_date == "2026-11-24" and cfg.resume is True
     assert cfg.device == "cuda" and cfg.actor_num_gpus == 1 and cfg.dtype == "float16"
-    assert cfg.input.startswith("s3://") and cfg.output.startswith("s3://") and cfg.detector.startswith("s3://")
+    assert (
+        cfg.input.startswith("s3://") and cfg.output.startswith("s3://") and cfg.detector.startswith("s3://")
+    )
 
 
 def test_rayjob_runtime_env_passes_rays_validation() -> None:
@@ -306,25 +336,41 @@ def test_job_runtime_envs_merge_with_the_drivers_pass_through() -> None:
     from pipeline.engine.cluster import runtime_env as driver_runtime_env
 
     head_pod = _rayjob()["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-    cases = [(yaml.safe_load(RUNTIME_ENV.read_text()), _node_env_cluster()),
-             (yaml.safe_load(_rayjob()["spec"]["runtimeEnvYAML"]), _node_env_pod(head_pod))]  # fmt: skip
+    cases = [
+        (yaml.safe_load(RUNTIME_ENV.read_text()), _node_env_cluster()),
+        (yaml.safe_load(_rayjob()["spec"]["runtimeEnvYAML"]), _node_env_pod(head_pod)),
+    ]
     for job_env, node_env in cases:
-        driver_env = {**node_env, **job_env.get("env_vars", {})}  # Ray applies the job's env_vars to the driver
+        driver_env = {
+            **node_env,
+            **job_env.get("env_vars", {}),
+        }  # Ray applies the job's env_vars to the driver
         merged = _merge_runtime_env(job_env, driver_runtime_env(driver_env))
-        assert merged is not None, f"conflict: {sorted(job_env.get('env_vars', {}))} vs the driver's pass-through"
+        assert merged is not None, (
+            f"conflict: {sorted(job_env.get('env_vars', {}))} vs the driver's pass-through"
+        )
         # the S3 region reaches the workers, by name from the node's environment
         assert merged["env_vars"]["AWS_DEFAULT_REGION"] == node_env["AWS_DEFAULT_REGION"] == "us-east-1"
         assert "RAY_AUTH_TOKEN" not in merged["env_vars"]
     # and the check bites: the same key on both sides is exactly what Ray rejects
-    assert _merge_runtime_env({"env_vars": {"AWS_DEFAULT_REGION": "x"}},
-                              driver_runtime_env({"AWS_DEFAULT_REGION": "x"})) is None  # fmt: skip
+    assert (
+        _merge_runtime_env(
+            {"env_vars": {"AWS_DEFAULT_REGION": "x"}}, driver_runtime_env({"AWS_DEFAULT_REGION": "x"})
+        )
+        is None
+    )
 
 
 # ---------------------------------------------------------------------------------- token fetcher (SSM)
 def _fetch(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "infra" / "fetch_ray_token.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / "infra" / "fetch_ray_token.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_fetch_ray_token_from_ssm(tmp_path: Path, s3_server: dict[str, str]) -> None:
@@ -335,7 +381,9 @@ def test_fetch_ray_token_from_ssm(tmp_path: Path, s3_server: dict[str, str]) -> 
     ssm = boto3.client("ssm", endpoint_url=s3_server["AWS_ENDPOINT_URL"], region_name="us-east-1")
     ssm.put_parameter(Name="/genscan/ray-auth-token", Value=secret + "\n", Type="SecureString")
     out = tmp_path / "home" / ".ray" / "auth_token"
-    res = _fetch(["--parameter", "/genscan/ray-auth-token", "--region", "us-east-1", "--out", str(out)], s3_server)
+    res = _fetch(
+        ["--parameter", "/genscan/ray-auth-token", "--region", "us-east-1", "--out", str(out)], s3_server
+    )
     assert res.returncode == 0, res.stderr
     assert out.read_text() == secret  # stripped, exact
     assert stat.S_IMODE(out.stat().st_mode) == 0o600

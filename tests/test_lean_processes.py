@@ -34,8 +34,13 @@ def test_driver_and_read_side_never_import_torch(tmp_path: Path) -> None:
 
     meta = save_detector(create_detector("tiny-mole", pretrained=None), tmp_path / "det")
     ((shard, _),) = write_shards(str(tmp_path / "shards"), 1, 6, size=(64, 64), fmt="jpg")
-    out = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "det"), str(shard)], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path / "det"), str(shard)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["rows"] == 6 and got["detector_id"] == meta.detector_id  # the work really ran

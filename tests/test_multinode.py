@@ -48,15 +48,30 @@ def _submit(head: RayHead, args: list[str]) -> str:
     import subprocess
 
     sid = f"mn-{uuid.uuid4().hex[:8]}"
-    cmd = [RAY_BIN, "job", "submit", "--address", head.dashboard_url, "--submission-id", sid, "--no-wait",
-           "--runtime-env", str(REPO_ROOT / "infra" / "runtime_env.yaml"),
-           "--", sys.executable, "jobs/scan_bucket.py", *args]  # fmt: skip
+    cmd = [
+        RAY_BIN,
+        "job",
+        "submit",
+        "--address",
+        head.dashboard_url,
+        "--submission-id",
+        sid,
+        "--no-wait",
+        "--runtime-env",
+        str(REPO_ROOT / "infra" / "runtime_env.yaml"),
+        "--",
+        sys.executable,
+        "jobs/scan_bucket.py",
+        *args,
+    ]
     out = subprocess.run(cmd, env=head.env, cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"ray job submit failed: {out.stdout}\n{out.stderr}"
     return sid
 
 
-def _markers(fs: Any, marker_dir: str, known: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+def _markers(
+    fs: Any, marker_dir: str, known: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     """shard id -> marker JSON; markers already in `known` are not fetched again (markers are written once)."""
     found = dict(known or {})
     fs.invalidate_cache()
@@ -90,8 +105,11 @@ def _writer_nodes(head: RayHead) -> set[str]:
     url = f"{head.dashboard_url}/api/v0/actors?limit=1000&detail=true"
     with urllib.request.urlopen(url, timeout=10) as r:
         actors = json.loads(r.read())["data"]["result"]["result"]
-    return {a["node_id"] for a in actors
-            if a.get("class_name") == "ShardWriterActor" and a.get("state") == "ALIVE" and a.get("node_id")}  # fmt: skip
+    return {
+        a["node_id"]
+        for a in actors
+        if a.get("class_name") == "ShardWriterActor" and a.get("state") == "ALIVE" and a.get("node_id")
+    }
 
 
 def _nodes_of(marker: dict[str, Any]) -> set[str]:
@@ -99,7 +117,8 @@ def _nodes_of(marker: dict[str, Any]) -> set[str]:
 
 
 def test_two_nodes_share_the_scan_survive_losing_one_and_the_head_writes_nothing(
-        s3_server: dict[str, str], record_property: Any) -> None:  # fmt: skip
+    s3_server: dict[str, str], record_property: Any
+) -> None:
     """A head started with 0 CPUs (the usual production shape: the driver of `ray job submit` runs there) and two
     worker nodes. Both worker nodes read; one is lost mid-run; every shard is still read, scored AND written on a
     worker node: each marker's `writer_node` is a worker, never the head, and the rows are complete."""
@@ -112,9 +131,30 @@ def test_two_nodes_share_the_scan_survive_losing_one_and_the_head_writes_nothing
     expected_keys = {f"{i:04d}_{j:06d}" for i in range(N_SHARDS) for j in range(PER_SHARD)}
     save_detector(create_detector("tiny-mole", pretrained=None), f"{bucket}/detector")
     out = f"{bucket}/scan"
-    args = ["--input", f"{bucket}/shards/", "--output", out, "--detector", f"{bucket}/detector",
-            "--scan-date", SCAN_DATE, "--num-actors", "1", "--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--read-concurrency", "4",
-            "--batch-size", "32", "--chunk-rows", "32", "--stall-timeout-s", "120"]  # fmt: skip
+    args = [
+        "--input",
+        f"{bucket}/shards/",
+        "--output",
+        out,
+        "--detector",
+        f"{bucket}/detector",
+        "--scan-date",
+        SCAN_DATE,
+        "--num-actors",
+        "1",
+        "--actor-num-cpus",
+        "0.5",
+        "--read-num-cpus",
+        "0.5",
+        "--read-concurrency",
+        "4",
+        "--batch-size",
+        "32",
+        "--chunk-rows",
+        "32",
+        "--stall-timeout-s",
+        "120",
+    ]
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["AWS_ENDPOINT_URL"]})
     marker_dir = f"{out}/_shards/{SCAN_DATE}".removeprefix("s3://")
 
@@ -123,12 +163,21 @@ def test_two_nodes_share_the_scan_survive_losing_one_and_the_head_writes_nothing
     # proxy that delays every GET by 0.3 s, so reads are the bottleneck and Ray Data runs several at once, on both
     # nodes. The head notices a lost node within ~3 s instead of Ray's default ~15 s.
     slow = FaultPlan(every=1, kinds=("slow",), slow_s=0.3, max_faults=1_000_000, methods=("GET",))
-    with fault_proxy(s3_server["AWS_ENDPOINT_URL"], slow) as proxy, \
-            ray_head(extra_env={**s3_server, "AWS_ENDPOINT_URL": proxy.url, "RAY_health_check_period_ms": "1000",
-                                "RAY_health_check_failure_threshold": "3", "RAY_health_check_timeout_ms": "1000"},
-                     num_cpus=0) as head, \
-            ray_worker_node(head, num_cpus=1) as node_a, \
-            ray_worker_node(head, num_cpus=2, resources={"genscan_test_node2": 1}) as node_b:  # fmt: skip
+    with (
+        fault_proxy(s3_server["AWS_ENDPOINT_URL"], slow) as proxy,
+        ray_head(
+            extra_env={
+                **s3_server,
+                "AWS_ENDPOINT_URL": proxy.url,
+                "RAY_health_check_period_ms": "1000",
+                "RAY_health_check_failure_threshold": "3",
+                "RAY_health_check_timeout_ms": "1000",
+            },
+            num_cpus=0,
+        ) as head,
+        ray_worker_node(head, num_cpus=1) as node_a,
+        ray_worker_node(head, num_cpus=2, resources={"genscan_test_node2": 1}) as node_b,
+    ):
         nodes = {n["node_id"]: n for n in alive_nodes(head)}
         assert len(nodes) == 3 and {node_a.node_id, node_b.node_id} <= set(nodes)
         assert nodes[node_b.node_id]["resources_total"].get("genscan_test_node2") == 1
@@ -148,15 +197,20 @@ def test_two_nodes_share_the_scan_survive_losing_one_and_the_head_writes_nothing
                 break
             status = str(client.get_job_status(sid).value)
             if status in TERMINAL:
-                pytest.fail(f"job ended ({status}) before the node was lost; reads by node: {readers}\n"
-                            f"{job_result(head, sid).logs[-3000:]}")
+                pytest.fail(
+                    f"job ended ({status}) before the node was lost; reads by node: {readers}\n"
+                    f"{job_result(head, sid).logs[-3000:]}"
+                )
             time.sleep(0.3)
         else:
             pytest.fail(f"not both worker nodes ran read tasks within the bound: {readers}")
         done_at_kill = len(_markers(fs, marker_dir))
         # lose the node that hosts the shard writer: its pending rows die with it, the writer restarts on the
         # survivor (never on the head, which has no CPUs) and the lost work is redone
-        assert len(writer_nodes) == 1 and writer_nodes <= {node_a.node_id, node_b.node_id}, (writer_nodes, head_id)
+        assert len(writer_nodes) == 1 and writer_nodes <= {node_a.node_id, node_b.node_id}, (
+            writer_nodes,
+            head_id,
+        )
         lost, survivor = (node_a, node_b) if writer_nodes == {node_a.node_id} else (node_b, node_a)
         lost.kill()
         result = wait_job(head, sid, timeout_s=240)

@@ -27,11 +27,19 @@ def scanned(tmp_path_factory) -> dict:
 
 def test_check_labels_accepts_the_detectors_labels_and_unknown() -> None:
     labels = ["real", "famA", "upconv"]
-    ok = FilterPolicy.parse({"generator_rules": [{"generator": g, "action": "drop"} for g in [*labels, "unknown"]]})
+    ok = FilterPolicy.parse(
+        {"generator_rules": [{"generator": g, "action": "drop"} for g in [*labels, "unknown"]]}
+    )
     ok.check_labels(labels, where="the detector")
-    bad = FilterPolicy.parse({"generator_rules": [{"generator": "upcnv", "action": "drop", "threshold": 0.5},
-                                                  {"generator": "famA", "action": "drop"},
-                                                  {"generator": "Real", "action": "keep"}]})
+    bad = FilterPolicy.parse(
+        {
+            "generator_rules": [
+                {"generator": "upcnv", "action": "drop", "threshold": 0.5},
+                {"generator": "famA", "action": "drop"},
+                {"generator": "Real", "action": "keep"},
+            ]
+        }
+    )
     with pytest.raises(ConfigError) as info:
         bad.check_labels(labels, where="the detector")
     msg = str(info.value)
@@ -58,15 +66,25 @@ def test_misspelled_rule_is_a_config_error_naming_the_known_labels(scanned, tmp_
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0] == (
         f"config error: generator_rules: 'upcnv' is not a label of the scan's detector {scanned['detector_id']} "
-        f"(scan_date={DAY}); known labels: real, famA, upconv, unknown")
+        f"(scan_date={DAY}); known labels: real, famA, upconv, unknown"
+    )
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"generator_rules": [{"generator": "famB", "action": "quarantine"}]}))
     rc, err = run(capsys, *base, "--policy", str(policy))
     assert rc == 2 and "'famB' is not a label" in err
     assert not out.exists()
     # the same rules with real labels pass the check (a dry run writes nothing)
-    rc, err = run(capsys, *base, "--rule", "upconv=drop@0.5", "--rule", "unknown=quarantine", "--on-shard-error",
-                  "skip", "--dry-run")
+    rc, err = run(
+        capsys,
+        *base,
+        "--rule",
+        "upconv=drop@0.5",
+        "--rule",
+        "unknown=quarantine",
+        "--on-shard-error",
+        "skip",
+        "--dry-run",
+    )
     assert rc == 0, err
     assert not out.exists()
 
@@ -77,6 +95,18 @@ def test_scan_without_detector_json_is_not_refused(scanned, tmp_path, capsys) ->
     copy = tmp_path / "scan"
     shutil.copytree(scanned["scan"], copy)
     (copy / "_run" / DAY / "detector.json").unlink()
-    rc, err = run(capsys, "--scan", str(copy), "--input", scanned["input"], "--output", str(tmp_path / "o"),
-                  "--rule", "upcnv=drop", "--on-shard-error", "skip", "--dry-run")
+    rc, err = run(
+        capsys,
+        "--scan",
+        str(copy),
+        "--input",
+        scanned["input"],
+        "--output",
+        str(tmp_path / "o"),
+        "--rule",
+        "upcnv=drop",
+        "--on-shard-error",
+        "skip",
+        "--dry-run",
+    )
     assert rc == 0, err

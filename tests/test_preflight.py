@@ -58,9 +58,14 @@ def _objects(fs) -> set[str]:
 @contextmanager
 def moto_auth(endpoint: str) -> Iterator[None]:
     """Make moto check credentials (its test keys are then unknown: every request is 403), restore after."""
+
     def post(value: str) -> None:
-        req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=value.encode(), method="POST",
-                                     headers={"Content-Type": "text/plain"})
+        req = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth",
+            data=value.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             resp.read()
 
@@ -72,16 +77,28 @@ def moto_auth(endpoint: str) -> Iterator[None]:
 
 
 def no_credentials_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                             "AWS_SESSION_TOKEN", "AWS_PROFILE")}
-    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"), AWS_CONFIG_FILE=str(tmp_path / "no-config"),
-               AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    }
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"),
+        AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     return env
 
 
 def run_job(job: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "jobs" / job), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env={**(env or os.environ), "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / job), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**(env or os.environ), "PYTHONPATH": str(REPO)},
+    )
 
 
 def assert_one_line(stderr: str, code: int, rc: int, *needles: str) -> str:
@@ -95,7 +112,9 @@ def assert_one_line(stderr: str, code: int, rc: int, *needles: str) -> str:
     return line
 
 
-def job_args(job: str, tmp_path: Path, *, scan: str = SCAN, inp: str = INPUT, out: str = "s3://bkt/out") -> list[str]:
+def job_args(
+    job: str, tmp_path: Path, *, scan: str = SCAN, inp: str = INPUT, out: str = "s3://bkt/out"
+) -> list[str]:
     if job == "scan_bucket.py":
         return ["--input", inp, "--output", out, "--detector", str(tmp_path / "detector")]
     if job == "filter_shards.py":
@@ -108,38 +127,74 @@ def job_args(job: str, tmp_path: Path, *, scan: str = SCAN, inp: str = INPUT, ou
 
 def test_cli_missing_input_bucket(store, tmp_path) -> None:
     res = run_job("scan_bucket.py", job_args("scan_bucket.py", tmp_path, inp="s3://no-such-bucket/shards/"))
-    line = assert_one_line(res.stderr, 3, res.returncode, "input not found", "s3://no-such-bucket/shards/",
-                           "NoSuchBucket", "AWS_ENDPOINT_URL=")
+    line = assert_one_line(
+        res.stderr,
+        3,
+        res.returncode,
+        "input not found",
+        "s3://no-such-bucket/shards/",
+        "NoSuchBucket",
+        "AWS_ENDPOINT_URL=",
+    )
     assert "'no-such-bucket'" in line
     assert not any("out" in p for p in _objects(store["fs"]))
 
 
 def test_cli_missing_output_bucket(store, tmp_path) -> None:
     res = run_job("filter_shards.py", job_args("filter_shards.py", tmp_path, out="s3://no-such-bucket/clean"))
-    assert_one_line(res.stderr, 3, res.returncode, "output not found", "s3://no-such-bucket/clean",
-                    "writing a probe object", "NoSuchBucket")
+    assert_one_line(
+        res.stderr,
+        3,
+        res.returncode,
+        "output not found",
+        "s3://no-such-bucket/clean",
+        "writing a probe object",
+        "NoSuchBucket",
+    )
 
 
 def test_cli_wrong_credentials(store, tmp_path) -> None:
     before = _objects(store["fs"])
     with moto_auth(store["env"]["AWS_ENDPOINT_URL"]):
         res = run_job("report.py", job_args("report.py", tmp_path, out="s3://bkt/report"))
-    assert_one_line(res.stderr, 5, res.returncode, "scan output access denied", SCAN, "InvalidAccessKeyId",
-                    "AWS_ACCESS_KEY_ID")
+    assert_one_line(
+        res.stderr,
+        5,
+        res.returncode,
+        "scan output access denied",
+        SCAN,
+        "InvalidAccessKeyId",
+        "AWS_ACCESS_KEY_ID",
+    )
     assert _objects(store["fs"]) == before
 
 
 def test_cli_no_credentials(store, tmp_path) -> None:
     res = run_job("report.py", job_args("report.py", tmp_path), env=no_credentials_env(tmp_path))
-    assert_one_line(res.stderr, 6, res.returncode, "scan output not accessible without credentials", SCAN,
-                    "NoCredentialsError", "AWS_SECRET_ACCESS_KEY")
+    assert_one_line(
+        res.stderr,
+        6,
+        res.returncode,
+        "scan output not accessible without credentials",
+        SCAN,
+        "NoCredentialsError",
+        "AWS_SECRET_ACCESS_KEY",
+    )
 
 
 def test_cli_wrong_endpoint(store, tmp_path) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
-    res = run_job("report.py", job_args("report.py", tmp_path), env={**os.environ, "AWS_ENDPOINT_URL": closed})
-    assert_one_line(res.stderr, 7, res.returncode, "scan output unreachable (cannot connect)", SCAN,
-                    f"AWS_ENDPOINT_URL={closed}")
+    res = run_job(
+        "report.py", job_args("report.py", tmp_path), env={**os.environ, "AWS_ENDPOINT_URL": closed}
+    )
+    assert_one_line(
+        res.stderr,
+        7,
+        res.returncode,
+        "scan output unreachable (cannot connect)",
+        SCAN,
+        f"AWS_ENDPOINT_URL={closed}",
+    )
 
 
 # ------------------------------------------------------------------ every job x every kind, in-process
@@ -171,8 +226,11 @@ def test_every_job_classifies_every_failure(store, tmp_path, capsys, monkeypatch
         line = assert_one_line(err, EXIT_CODES[kind], rc, uri)
         assert f": {uri} (" in line
 
-    check(job_args(job, tmp_path, scan="s3://no-such-bucket/scan", inp="s3://no-such-bucket/in/"), "not_found",
-          FIRST_READ[job].replace("bkt", "no-such-bucket"))
+    check(
+        job_args(job, tmp_path, scan="s3://no-such-bucket/scan", inp="s3://no-such-bucket/in/"),
+        "not_found",
+        FIRST_READ[job].replace("bkt", "no-such-bucket"),
+    )
     check(job_args(job, tmp_path, out="s3://no-such-bucket/out"), "not_found", "s3://no-such-bucket/out")
     with moto_auth(store["env"]["AWS_ENDPOINT_URL"]):
         check(job_args(job, tmp_path), "access_denied", FIRST_READ[job])
@@ -186,8 +244,11 @@ def test_every_job_classifies_every_failure(store, tmp_path, capsys, monkeypatch
         m.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
         check(job_args(job, tmp_path), "cannot_connect", FIRST_READ[job])
     # a local input that does not exist: the same kind, the same code
-    check(job_args(job, tmp_path, scan=str(tmp_path / "nope"), inp=str(tmp_path / "nope")), "not_found",
-          str(tmp_path / "nope"))
+    check(
+        job_args(job, tmp_path, scan=str(tmp_path / "nope"), inp=str(tmp_path / "nope")),
+        "not_found",
+        str(tmp_path / "nope"),
+    )
     assert _objects(fs) == before  # no probe left behind, nothing written
     assert not (tmp_path / "detector").exists()
 
@@ -291,7 +352,10 @@ def test_probe_survives_transient_faults(store) -> None:
         saved = os.environ["AWS_ENDPOINT_URL"]
         os.environ["AWS_ENDPOINT_URL"] = proxy.url
         try:
-            check_storage([Location("scan output", SCAN), Location("input", INPUT)], [Location("output", "s3://bkt/out")])
+            check_storage(
+                [Location("scan output", SCAN), Location("input", INPUT)],
+                [Location("output", "s3://bkt/out")],
+            )
         finally:
             os.environ["AWS_ENDPOINT_URL"] = saved
         assert proxy.stats.faults["503"] >= 1 and proxy.stats.faults["reset"] >= 1, proxy.stats
@@ -331,8 +395,12 @@ def readme_exit_codes() -> dict[int, tuple[str, set[str]]]:
 def test_readme_exit_code_table_is_the_code_and_the_jobs_docs() -> None:
     table = readme_exit_codes()
     assert sorted(table) == list(range(8))
-    words = {"not_found": "not found", "access_denied": "access denied", "no_credentials": "no credentials",
-             "cannot_connect": "cannot connect"}
+    words = {
+        "not_found": "not found",
+        "access_denied": "access denied",
+        "no_credentials": "no credentials",
+        "cannot_connect": "cannot connect",
+    }
     for kind, code in EXIT_CODES.items():
         if kind in words:
             assert words[kind] in table[code][0], (kind, code)

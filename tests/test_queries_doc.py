@@ -61,9 +61,17 @@ def results(scan) -> dict[str, list[dict]]:
 
 
 def test_every_block_runs_and_answers(results) -> None:
-    assert set(results) >= {"view", "contamination_by_shard", "contamination_by_prefix", "generator_counts",
-                            "generator_score_lookup", "score_histogram", "error_breakdown", "daily_drift",
-                            "verdict_flips"}
+    assert set(results) >= {
+        "view",
+        "contamination_by_shard",
+        "contamination_by_prefix",
+        "generator_counts",
+        "generator_score_lookup",
+        "score_histogram",
+        "error_breakdown",
+        "daily_drift",
+        "verdict_flips",
+    }
     for name, res in results.items():
         if name not in ("view", "verdict_flips"):
             assert res, f"query {name} returned no rows on a real scan"
@@ -83,7 +91,11 @@ def test_contamination_numbers_match_reference(results, rows) -> None:
     for shard, c in ref.items():
         g = got[shard]
         assert (g["samples"], g["scored"], g["flagged"], g["shard_error"]) == (
-            c["samples"], c["scored"], c["flagged"], c["shard_error"] > 0)
+            c["samples"],
+            c["scored"],
+            c["flagged"],
+            c["shard_error"] > 0,
+        )
         assert float(g["fake_rate"]) == pytest.approx(c["flagged"] / c["scored"], abs=1e-4)
     rates = [float(r["fake_rate"]) for r in results["contamination_by_shard"]]
     assert rates == sorted(rates, reverse=True)
@@ -105,7 +117,9 @@ def test_generator_counts_and_histogram_match_reference(results, rows) -> None:
     assert len(look) == min(20, len(ok))
     by_key = {(r["shard"], r["key"]): r for r in ok}
     for r in look:
-        assert float(r["p_real_label"]) == pytest.approx(dict(by_key[(r["shard"], r["key"])]["generator_scores"])["real"])
+        assert float(r["p_real_label"]) == pytest.approx(
+            dict(by_key[(r["shard"], r["key"])]["generator_scores"])["real"]
+        )
 
 
 def test_error_breakdown_matches_reference(results, rows) -> None:
@@ -128,8 +142,12 @@ def test_drift_and_flips_match_reference(results, rows) -> None:
     assert daily[0]["fake_rate_change"] is None
     assert float(daily[1]["fake_rate_change"]) == pytest.approx(rate[DAY2] - rate[DAY1], abs=2e-4)
     assert daily[0]["detectors"] != daily[1]["detectors"]
-    prev = {(r["shard"], r["key"]): r["is_fake"] for r in rows if r["scan_date"] == DAY1 and r["status"] == "ok"}
-    cur = {(r["shard"], r["key"]): r["is_fake"] for r in rows if r["scan_date"] == DAY2 and r["status"] == "ok"}
+    prev = {
+        (r["shard"], r["key"]): r["is_fake"] for r in rows if r["scan_date"] == DAY1 and r["status"] == "ok"
+    }
+    cur = {
+        (r["shard"], r["key"]): r["is_fake"] for r in rows if r["scan_date"] == DAY2 and r["status"] == "ok"
+    }
     flips = sorted(k for k in cur if k in prev and cur[k] != prev[k])
     assert [(r["shard"], r["key"]) for r in results["verdict_flips"]] == flips
 
@@ -145,8 +163,9 @@ def test_polars_blocks_agree_with_duckdb(scan, results) -> None:
         p = pl_rows[r["shard"]]
         assert (p["samples"], p["scored"], p["flagged"]) == (r["samples"], r["scored"], r["flagged"])
     drift = ns["drift"].to_dicts()
-    assert [float(d["fake_rate"]) for d in drift] == pytest.approx([float(r["fake_rate"]) for r in results["daily_drift"]],
-                                                                   abs=1e-4)
+    assert [float(d["fake_rate"]) for d in drift] == pytest.approx(
+        [float(r["fake_rate"]) for r in results["daily_drift"]], abs=1e-4
+    )
 
 
 def test_s3_route_answers_like_the_local_files(scan, results, rows, s3fs_client) -> None:

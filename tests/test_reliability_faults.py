@@ -181,14 +181,23 @@ def world(tmp_path_factory, _shared_s3_ray: dict) -> Iterator[dict]:
         s3fs.S3FileSystem.clear_instance_cache()
         save_detector(det, "s3://faultscan/det")
         with fault_proxy(env["AWS_ENDPOINT_URL"]) as proxy:
-            yield {"head": _shared_s3_ray["head"], "proxy": proxy, "direct": direct, "shards": shards, "tmp": tmp,
-                   "scan": ["env", f"AWS_ENDPOINT_URL={proxy.url}", *SCAN]}  # fmt: skip
+            yield {
+                "head": _shared_s3_ray["head"],
+                "proxy": proxy,
+                "direct": direct,
+                "shards": shards,
+                "tmp": tmp,
+                "scan": ["env", f"AWS_ENDPOINT_URL={proxy.url}", *SCAN],
+            }
 
 
 def _rows(root: str, fs=None) -> list[dict]:
     if fs is not None:
-        return pads.dataset(root.removeprefix("s3://"), filesystem=fs, format="parquet",
-                            partitioning="hive").to_table().to_pylist()  # fmt: skip
+        return (
+            pads.dataset(root.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive")
+            .to_table()
+            .to_pylist()
+        )
     return pads.dataset(root, format="parquet", partitioning="hive").to_table().to_pylist()
 
 
@@ -204,19 +213,47 @@ def test_scan_survives_storage_faults_and_ends_missing_and_unreachable_shards_as
     from tests.support.ray_cluster import submit_job
 
     proxy: FaultProxy = world["proxy"]
-    proxy.set_plan(FaultPlan(rate=0.3, kinds=("503", "reset", "slow"), slow_s=1.5, max_faults=24, seed=7,
-                             methods=("GET", "HEAD", "PUT", "POST"), always=("in/shard-000003.tar",)))  # fmt: skip
+    proxy.set_plan(
+        FaultPlan(
+            rate=0.3,
+            kinds=("503", "reset", "slow"),
+            slow_s=1.5,
+            max_faults=24,
+            seed=7,
+            methods=("GET", "HEAD", "PUT", "POST"),
+            always=("in/shard-000003.tar",),
+        )
+    )
     t = time.monotonic()
     pattern = "s3://faultscan/in/shard-{000000,000001,000002,000003,000009}.tar"  # 000009 does not exist
-    res = submit_job(world["head"], [*world["scan"], "--input", pattern, "--output", "s3://faultscan/out1",
-                                     "--detector", "s3://faultscan/det", "--scan-date", "2026-11-24", *FAST],
-                     timeout_s=400)  # fmt: skip
-    faults, proxy_requests, refused = dict(proxy.stats.faults), dict(proxy.stats.requests), proxy.stats.refused
+    res = submit_job(
+        world["head"],
+        [
+            *world["scan"],
+            "--input",
+            pattern,
+            "--output",
+            "s3://faultscan/out1",
+            "--detector",
+            "s3://faultscan/det",
+            "--scan-date",
+            "2026-11-24",
+            *FAST,
+        ],
+        timeout_s=400,
+    )
+    faults, proxy_requests, refused = (
+        dict(proxy.stats.faults),
+        dict(proxy.stats.requests),
+        proxy.stats.refused,
+    )
     proxy.set_plan(FaultPlan())
     assert res.status == "SUCCEEDED", res.logs[-5000:]
     assert time.monotonic() - t < 400
     assert sum(faults.values()) >= 10 and set(faults) == {"503", "reset", "slow"}, faults
-    print(f"FAULTS_SURVIVED {json.dumps(faults)} refused={refused} requests={proxy_requests}")  # docs/reliability.md
+    print(
+        f"FAULTS_SURVIVED {json.dumps(faults)} refused={refused} requests={proxy_requests}"
+    )  # docs/reliability.md
     rows = _rows("s3://faultscan/out1", world["direct"])
     errors = {r["shard"]: r["error"] for r in rows if r["status"] == "shard_error"}
     assert set(errors) == {"shard-000003", "shard-000009"}
@@ -237,15 +274,21 @@ def test_scan_survives_storage_faults_and_ends_missing_and_unreachable_shards_as
 
 def _scorer_actors(head, submission_id: str) -> list:
     """The job's scoring actors that have a process (ALIVE, or PENDING_CREATION with a pid: in __init__)."""
-    return [a for a in job_actors(head, submission_id=submission_id) if "Scorer" in (a.class_name or "")
-            and a.state in ("ALIVE", "PENDING_CREATION") and a.pid]  # fmt: skip
+    return [
+        a
+        for a in job_actors(head, submission_id=submission_id)
+        if "Scorer" in (a.class_name or "") and a.state in ("ALIVE", "PENDING_CREATION") and a.pid
+    ]
 
 
 def _scan_actors_alive(head, submission_id: str) -> list:
     """The job's scoring and shard-writer actors not yet DEAD (a killed driver's actors are ended by Ray a moment
     after the driver; until then its writers may still make a shard durable)."""
-    return [a for a in job_actors(head, submission_id=submission_id) if a.state != "DEAD"
-            and ("Scorer" in (a.class_name or "") or a.class_name == "ShardWriterActor")]  # fmt: skip
+    return [
+        a
+        for a in job_actors(head, submission_id=submission_id)
+        if a.state != "DEAD" and ("Scorer" in (a.class_name or "") or a.class_name == "ShardWriterActor")
+    ]
 
 
 def _wait_until(ready, what: str, timeout_s: float = 240):
@@ -293,8 +336,12 @@ def _driver_pids(marker: str) -> list[int]:
         except OSError:
             continue
         args = [c.decode(errors="replace") for c in cmd if c]
-        if (args and "python" in Path(args[0]).name and any(a.endswith("scan_bucket.py") for a in args)
-                and any(marker in a for a in args)):  # fmt: skip
+        if (
+            args
+            and "python" in Path(args[0]).name
+            and any(a.endswith("scan_bucket.py") for a in args)
+            and any(marker in a for a in args)
+        ):
             pids.append(int(d))
     return pids
 
@@ -314,28 +361,45 @@ def test_killed_driver_then_resume_with_a_killed_scoring_actor_rows_exactly_once
 
     head = world["head"]
     out = world["tmp"] / "out3-kills"
-    args = [*world["scan"], "--input", "s3://faultscan/long/", "--output", str(out), "--detector", "s3://faultscan/det",
-            "--scan-date", "2026-11-24", *SLOW]  # fmt: skip
+    args = [
+        *world["scan"],
+        "--input",
+        "s3://faultscan/long/",
+        "--output",
+        str(out),
+        "--detector",
+        "s3://faultscan/det",
+        "--scan-date",
+        "2026-11-24",
+        *SLOW,
+    ]
     first = submit_job(head, args, wait=False)
     assert _wait_markers(out, 1, 240) >= 1
     pids = _driver_pids(str(out))
     assert len(pids) == 1, pids
     (run_dir,) = list((out / "_run").iterdir())
     driver = json.loads((run_dir / "run.json").read_text())["attempts"][-1]["driver"]
-    assert (driver["host"], driver["pid"]) == (socket.gethostname(), pids[0])  # run.json names the live driver
+    assert (driver["host"], driver["pid"]) == (
+        socket.gethostname(),
+        pids[0],
+    )  # run.json names the live driver
     os.kill(pids[0], signal.SIGKILL)  # the driver dies abruptly, mid-run
     killed = wait_job(head, first.submission_id, timeout_s=120)
     assert killed.status == "FAILED", killed.status
     # the killed job's writer actors outlive its driver for a moment and may still make a shard durable: count
     # the durable shards once Ray has ended them, so that the next marker is the resumed job's
-    _wait_until(lambda: not _scan_actors_alive(head, first.submission_id), "end of the killed job's actors", 120)
+    _wait_until(
+        lambda: not _scan_actors_alive(head, first.submission_id), "end of the killed job's actors", 120
+    )
     n_done = len(list(out.glob("_shards/*/*.json")))
     assert 1 <= n_done < N_LONG, n_done
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # died without cleanup
 
     second = submit_job(head, [*args, "--resume"], wait=False)
     assert _wait_markers(out, n_done + 1, 240) > n_done  # the resumed job has made a shard durable
-    victim = _wait_until(lambda: _scorer_actors(head, second.submission_id), "scoring actor of the resumed job", 60)[0]
+    victim = _wait_until(
+        lambda: _scorer_actors(head, second.submission_id), "scoring actor of the resumed job", 60
+    )[0]
     os.kill(victim.pid, signal.SIGKILL)
     done_at_kill = len(list(out.glob("_shards/*/*.json")))
     result = wait_job(head, second.submission_id, timeout_s=300)

@@ -25,8 +25,12 @@ S = 64
 
 
 def _decode(data: bytes, size: int = S, **kw: object):
-    return decode_image(data, image_size=size, resize_mode=kw.pop("resize_mode", "center_crop"),
-                        max_pixels=kw.pop("max_pixels", 64_000_000))  # fmt: skip
+    return decode_image(
+        data,
+        image_size=size,
+        resize_mode=kw.pop("resize_mode", "center_crop"),
+        max_pixels=kw.pop("max_pixels", 64_000_000),
+    )
 
 
 # ------------------------------------------------------------------ decode_image: every case
@@ -227,8 +231,9 @@ def test_bad_input_shard_every_sample_accounted_for(tmp_path: Path) -> None:
         if s.image is None:
             statuses.append("no_image")
         else:
-            statuses.append(decode_image(s.image, image_size=S, resize_mode="center_crop",
-                                         max_pixels=64_000_000).status)  # fmt: skip
+            statuses.append(
+                decode_image(s.image, image_size=S, resize_mode="center_crop", max_pixels=64_000_000).status
+            )
     assert statuses == [st for _, st in shard.expected]
     skipped = dict(c.skipped)
     assert "__MACOSX" in skipped["__MACOSX/._good0000.png"] and "AppleDouble" in skipped["._good0000.png"]
@@ -315,8 +320,10 @@ def test_interleaved_members_are_separate_samples_not_merged(tmp_path: Path) -> 
     members = [("a.png", bi.png_bytes(seed=1)), ("b.png", bi.png_bytes(seed=2)), ("a.json", bi.meta(1))]
     c = read_shard(_write(tmp_path, "i.tar", bi.tar_bytes(members)))
     assert [(s.key, s.image_name, s.meta) for s in c.samples] == [
-        ("a", "a.png", None), ("b", "b.png", None), ("a", None, {"label": 1, "generator": "famA"}),
-    ]  # fmt: skip
+        ("a", "a.png", None),
+        ("b", "b.png", None),
+        ("a", None, {"label": 1, "generator": "famA"}),
+    ]
     assert "occurrence 2" in c.samples[2].note and "no image member" in c.samples[2].note
 
 
@@ -424,11 +431,30 @@ def test_scan_job_accounts_for_every_bad_input(scan_world) -> None:
     w = scan_world
     out = w["tmp"] / "out"
     repo = Path(__file__).resolve().parents[1]
-    res = submit_job(w["head"], [sys.executable, str(repo / "jobs" / "scan_bucket.py"), "--input",
-                                 f"{w['bucket']}/shards/", "--output", str(out), "--detector", f"{w['bucket']}/det",
-                                 "--scan-date", "2026-11-24", "--batch-size", "16", *SMALL_SCAN,
-                                 # a corpus of broken inputs on purpose: above the default error budget
-                                 "--max-shard-error-rate", "1", "--max-sample-error-rate", "1"], timeout_s=300)  # fmt: skip
+    res = submit_job(
+        w["head"],
+        [
+            sys.executable,
+            str(repo / "jobs" / "scan_bucket.py"),
+            "--input",
+            f"{w['bucket']}/shards/",
+            "--output",
+            str(out),
+            "--detector",
+            f"{w['bucket']}/det",
+            "--scan-date",
+            "2026-11-24",
+            "--batch-size",
+            "16",
+            *SMALL_SCAN,
+            # a corpus of broken inputs on purpose: above the default error budget
+            "--max-shard-error-rate",
+            "1",
+            "--max-sample-error-rate",
+            "1",
+        ],
+        timeout_s=300,
+    )
     assert res.status == "SUCCEEDED", res.logs[-5000:]
     table = pads.dataset(str(out), format="parquet", partitioning="hive").to_table()
     rows = table.to_pylist()

@@ -76,13 +76,24 @@ def test_report_numbers_match_duckdb_on_the_parquet(scan, tmp_path, capsys, day)
     assert s is not None and s["scan_date"] == day == printed["scan_date"]
     assert s == json.loads((out / "summary.json").read_text())
 
-    rows, samples, scored, flagged, errs, shard_errs, shards = q(scan, day, """
+    rows, samples, scored, flagged, errs, shard_errs, shards = q(
+        scan,
+        day,
+        """
         SELECT count(*), count(*) FILTER (WHERE status <> 'shard_error'), count(*) FILTER (WHERE status = 'ok'),
                count(*) FILTER (WHERE is_fake), count(*) FILTER (WHERE status IN ('decode_error','no_image','too_large')),
-               count(*) FILTER (WHERE status = 'shard_error'), count(DISTINCT shard) FROM SCAN""")[0]
+               count(*) FILTER (WHERE status = 'shard_error'), count(DISTINCT shard) FROM SCAN""",
+    )[0]
     t = s["totals"]
-    assert (t["rows"], t["samples"], t["scored"], t["flagged"], t["error_rows"], t["shard_errors"], t["shards"]) == (
-        rows, samples, scored, flagged, errs, shard_errs, shards)
+    assert (
+        t["rows"],
+        t["samples"],
+        t["scored"],
+        t["flagged"],
+        t["error_rows"],
+        t["shard_errors"],
+        t["shards"],
+    ) == (rows, samples, scored, flagged, errs, shard_errs, shards)
     assert t["fake_rate"] == pytest.approx(flagged / scored, abs=1e-4)
     # what the reader sees equals the JSON
     for k in ("rows", "samples", "scored", "flagged", "error_rows", "shard_errors", "shards"):
@@ -98,9 +109,16 @@ def test_report_numbers_match_duckdb_on_the_parquet(scan, tmp_path, capsys, day)
     assert {g["generator"]: g["flagged"] for g in s["generators"]} == gens
     assert {k: int(page.metrics[f"generators.{k}"]) for k in gens} == gens
 
-    per_shard = {r[0]: r[1:] for r in q(scan, day, """
+    per_shard = {
+        r[0]: r[1:]
+        for r in q(
+            scan,
+            day,
+            """
         SELECT shard, count(*) FILTER (WHERE status <> 'shard_error'), count(*) FILTER (WHERE status = 'ok'),
-               count(*) FILTER (WHERE is_fake) FROM SCAN GROUP BY shard""")}
+               count(*) FILTER (WHERE is_fake) FROM SCAN GROUP BY shard""",
+        )
+    }
     assert {x["shard"]: (x["samples"], x["scored"], x["flagged"]) for x in s["shards"]} == per_shard
     for shard, (_, sc, fl) in per_shard.items():
         assert int(page.metrics[f"shards.{shard}.flagged"]) == fl
@@ -115,8 +133,13 @@ def test_report_numbers_match_duckdb_on_the_parquet(scan, tmp_path, capsys, day)
 
     # plots: referenced by the page, present beside it, real non-blank PNGs (thumbnails: test_report_gallery.py)
     plots = [i for i in page.images if not i.startswith("thumbs/")]
-    assert set(plots) == {"score_distribution.png", "attribution_counts.png", "shard_fake_rate.png",
-                          "status_breakdown.png", "daily_fake_rate.png"}
+    assert set(plots) == {
+        "score_distribution.png",
+        "attribution_counts.png",
+        "shard_fake_rate.png",
+        "status_breakdown.png",
+        "daily_fake_rate.png",
+    }
     assert all((out / i).is_file() for i in page.images)
     for name in plots:
         img = Image.open(io.BytesIO((out / name).read_bytes()))

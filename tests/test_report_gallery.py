@@ -50,12 +50,24 @@ def write_corpus(root: str) -> Corpus:
         samples = []
         for j in range(n):
             key = f"{i:02d}{j:04d}"
-            meta = {"url": f"https://example.com/img/{key}.jpg", "caption": f"caption of {key}", "label": j % 2}
+            meta = {
+                "url": f"https://example.com/img/{key}.jpg",
+                "caption": f"caption of {key}",
+                "label": j % 2,
+            }
             if key == JS_URL_KEY:
                 meta["url"] = "javascript:alert(1)"
             size = (600, 400) if key == BIG else (64, 48)
-            samples.append(Sample(key, {"jpg": image_bytes(rng, size, "jpg"), "json": json.dumps(meta).encode(),
-                                        "txt": f"text of {key}".encode()}))
+            samples.append(
+                Sample(
+                    key,
+                    {
+                        "jpg": image_bytes(rng, size, "jpg"),
+                        "json": json.dumps(meta).encode(),
+                        "txt": f"text of {key}".encode(),
+                    },
+                )
+            )
         if i == 0:
             samples.insert(2, corrupt_image_sample("00bad"))
         if i == 1:
@@ -85,12 +97,38 @@ def world(tmp_path_factory) -> dict:
     det = make_detector(corpus, str(base / "detector"))
     scan(corpus, str(base / "scan"), det)
     clean = base / "clean"
-    assert filter_main(["--scan", str(base / "scan"), "--input", corpus.root, "--output", str(clean),
-                        "--on-shard-error", "skip", "--rule", "upconv=quarantine", "--error-action", "drop"]) == 0
-    rows = [r for f in sorted((base / "scan" / f"scan_date={DAY}").glob("*.parquet"))
-            for r in pq.read_table(f).to_pylist()]  # fmt: skip
-    return {"base": base, "corpus": corpus, "detector": det, "scan": str(base / "scan"), "clean": str(clean),
-            "rows": rows}  # fmt: skip
+    assert (
+        filter_main(
+            [
+                "--scan",
+                str(base / "scan"),
+                "--input",
+                corpus.root,
+                "--output",
+                str(clean),
+                "--on-shard-error",
+                "skip",
+                "--rule",
+                "upconv=quarantine",
+                "--error-action",
+                "drop",
+            ]
+        )
+        == 0
+    )
+    rows = [
+        r
+        for f in sorted((base / "scan" / f"scan_date={DAY}").glob("*.parquet"))
+        for r in pq.read_table(f).to_pylist()
+    ]
+    return {
+        "base": base,
+        "corpus": corpus,
+        "detector": det,
+        "scan": str(base / "scan"),
+        "clean": str(clean),
+        "rows": rows,
+    }
 
 
 def source_image(corpus: Corpus, key: str) -> bytes:
@@ -123,13 +161,29 @@ def report(world, tmp_path_factory) -> dict:
     mp = pytest.MonkeyPatch()
     mp.setattr(gallery.wds, "iter_samples", counting)
     try:
-        rc = report_main(["--scan", world["scan"], "--output", str(out), "--gallery-size", "32", "--top-n", "5",
-                          "--filter-output", world["clean"]])
+        rc = report_main(
+            [
+                "--scan",
+                world["scan"],
+                "--output",
+                str(out),
+                "--gallery-size",
+                "32",
+                "--top-n",
+                "5",
+                "--filter-output",
+                world["clean"],
+            ]
+        )
     finally:
         mp.undo()
     assert rc == 0
-    return {"out": out, "summary": json.loads((out / "summary.json").read_text()), "reads": reads,
-            "html": (out / "report.html").read_text()}
+    return {
+        "out": out,
+        "summary": json.loads((out / "summary.json").read_text()),
+        "reads": reads,
+        "html": (out / "report.html").read_text(),
+    }
 
 
 # ------------------------------------------------------------------ what is chosen
@@ -142,8 +196,9 @@ def test_galleries_are_the_rows_an_independent_selection_picks(world, report) ->
     by_gen: dict[str, list] = defaultdict(list)
     for r in sorted(flagged, key=lambda r: (-r["p_fake"], r["shard"], r["key"])):
         by_gen[r["top_generator"]].append(r["key"])
-    assert {k.removeprefix("fakes:"): [it["key"] for it in v] for k, v in g.items() if k.startswith("fakes:")} \
-        == dict(by_gen)
+    assert {
+        k.removeprefix("fakes:"): [it["key"] for it in v] for k, v in g.items() if k.startswith("fakes:")
+    } == dict(by_gen)
     assert len(by_gen) >= 2
     border = sorted(ok, key=lambda r: (abs(r["p_fake"] - r["threshold"]), r["shard"], r["key"]))
     assert [it["key"] for it in g["borderline"]] == [r["key"] for r in border][:32]
@@ -160,13 +215,24 @@ def test_galleries_are_bounded_and_the_kept_sample_is_stable(world, tmp_path) ->
     picks = []
     for run in range(2):
         out = tmp_path / f"r{run}"
-        assert report_main(["--scan", world["scan"], "--output", str(out), "--gallery-size", "2", "--top-n", "0"]) == 0
+        assert (
+            report_main(
+                ["--scan", world["scan"], "--output", str(out), "--gallery-size", "2", "--top-n", "0"]
+            )
+            == 0
+        )
         g = json.loads((out / "summary.json").read_text())["galleries"]
-        assert all(len(v) <= 2 for k, v in g.items() if k != "errors") and len(g["errors"]) == 3  # one per status
+        assert (
+            all(len(v) <= 2 for k, v in g.items() if k != "errors") and len(g["errors"]) == 3
+        )  # one per status
         picks.append([it["key"] for it in g["kept"]])
     assert picks[0] == picks[1] and len(picks[0]) == 2
-    assert report_main(["--scan", world["scan"], "--output", str(tmp_path / "n"), "--gallery-size", "0",
-                        "--top-n", "0"]) == 0
+    assert (
+        report_main(
+            ["--scan", world["scan"], "--output", str(tmp_path / "n"), "--gallery-size", "0", "--top-n", "0"]
+        )
+        == 0
+    )
     assert not (tmp_path / "n" / "thumbs").exists()
 
 
@@ -191,7 +257,10 @@ def test_thumbnails_are_the_scanned_images_read_once_per_shard(world, report) ->
         ref.thumbnail((gallery.THUMB_PX, gallery.THUMB_PX))
         assert thumb.size == ref.size
         diff = np.abs(np.asarray(thumb, np.float32) - np.asarray(ref, np.float32)).mean()
-        assert diff < 20, (it["key"], diff)  # the same picture (JPEG re-encoding only); random images differ by ~85
+        assert diff < 20, (
+            it["key"],
+            diff,
+        )  # the same picture (JPEG re-encoding only); random images differ by ~85
         meta = sidecar(world["corpus"], it["key"])
         assert (it["url"], it["caption"]) == (meta.get("url"), meta.get("caption"))
     big = next(it for it in shown if it["key"] == BIG)
@@ -204,7 +273,11 @@ def test_page_header_filter_section_and_safe_links(world, report) -> None:
     assert s["run_ids"] == [run["run_id"]] and s["inputs"] == [world["corpus"].root]
     assert f'data-metric="header.run_ids">{run["run_id"]}<' in page
     assert f'data-metric="header.detector">{world["detector"]}<' in page
-    assert s["header"]["run_status"] == "succeeded" and s["header"]["detector"]["labels"] == ["real", "famA", "upconv"]
+    assert s["header"]["run_status"] == "succeeded" and s["header"]["detector"]["labels"] == [
+        "real",
+        "famA",
+        "upconv",
+    ]
     # javascript: from a sidecar is shown as text, never as a link; https links are links
     assert "javascript:alert(1)" in page and 'href="javascript' not in page
     assert 'href="https://example.com/img/000000.jpg"' in page
@@ -215,7 +288,8 @@ def test_page_header_filter_section_and_safe_links(world, report) -> None:
     assert f["totals"]["quarantined"] > 0 and f["totals"]["dropped"] > 0
     manifest = pq.read_table(Path(world["clean"]) / "manifest.parquet").to_pylist()
     assert {(r["action"], r["reason"]): r["samples"] for r in f["by_reason"]} == dict(
-        Counter((r["action"], r["reason"]) for r in manifest))
+        Counter((r["action"], r["reason"]) for r in manifest)
+    )
     assert {r["key"] for r in f["removed"]} == {r["key"] for r in manifest if r["action"] != "keep"}
     for k in ("kept", "dropped", "quarantined"):
         assert f'data-metric="filter.{k}">{stats["totals"][k]}<' in page
@@ -228,14 +302,23 @@ def test_changed_shard_never_shows_another_image(world, tmp_path) -> None:
     src = next(u for u in world["corpus"].shards if u.endswith("shard-000002.tar"))
     saved = Path(src).read_bytes()
     rng = np.random.default_rng(99)
-    changed = [Sample(s.key, {**s.files, "jpg": image_bytes(rng, (64, 48), "jpg")})
-               for s in world["corpus"].shards[src]]  # fmt: skip
+    changed = [
+        Sample(s.key, {**s.files, "jpg": image_bytes(rng, (64, 48), "jpg")})
+        for s in world["corpus"].shards[src]
+    ]
     try:
         write_raw(src, tar_bytes(changed))
-        assert report_main(["--scan", world["scan"], "--output", str(tmp_path / "r"), "--gallery-size", "32"]) == 0
+        assert (
+            report_main(["--scan", world["scan"], "--output", str(tmp_path / "r"), "--gallery-size", "32"])
+            == 0
+        )
     finally:
         write_raw(src, saved)
-    cards = [it for v in json.loads((tmp_path / "r" / "summary.json").read_text())["galleries"].values() for it in v]
+    cards = [
+        it
+        for v in json.loads((tmp_path / "r" / "summary.json").read_text())["galleries"].values()
+        for it in v
+    ]
     mine = [it for it in cards if it["shard"] == "shard-000002"]
     assert mine and all(it["thumb"] is None and "changed since the scan" in it["note"] for it in mine)
     assert any(it["thumb"] for it in cards if it["shard"] != "shard-000002")
@@ -245,7 +328,10 @@ def test_unknown_filter_output_is_refused(world, tmp_path, capsys) -> None:
     empty = tmp_path / "not-a-filter-run"
     empty.mkdir()
     (empty / "x").write_text("")
-    assert report_main(["--scan", world["scan"], "--output", str(tmp_path / "r"), "--filter-output", str(empty)]) == 3
+    assert (
+        report_main(["--scan", world["scan"], "--output", str(tmp_path / "r"), "--filter-output", str(empty)])
+        == 3
+    )
     assert "no _run/stats.json" in capsys.readouterr().err
 
 
@@ -256,16 +342,25 @@ def test_report_of_an_s3_scan_reads_thumbnails_from_s3(world, s3fs_client, tmp_p
     fs.put(world["corpus"].root + "/", "bkt/in/", recursive=True)
     corpus = Corpus(root="s3://bkt/in/", shards={})
     scan(corpus, "s3://bkt/scan", world["detector"])
-    assert report_main(["--scan", "s3://bkt/scan", "--output", "s3://bkt/report", "--gallery-size", "32"]) == 0
-    assert report_main(["--scan", world["scan"], "--output", str(tmp_path / "local"), "--gallery-size", "32"]) == 0
+    assert (
+        report_main(["--scan", "s3://bkt/scan", "--output", "s3://bkt/report", "--gallery-size", "32"]) == 0
+    )
+    assert (
+        report_main(["--scan", world["scan"], "--output", str(tmp_path / "local"), "--gallery-size", "32"])
+        == 0
+    )
     capsys.readouterr()
     fs.invalidate_cache()
     remote = json.loads(fs.cat_file("bkt/report/summary.json"))
     local = json.loads((tmp_path / "local" / "summary.json").read_text())
 
     def thumbs(summary: dict, read) -> dict:
-        return {(name, it["shard"], it["key"]): read(it["thumb"]) for name, v in summary["galleries"].items()
-                for it in v if it["thumb"]}  # fmt: skip
+        return {
+            (name, it["shard"], it["key"]): read(it["thumb"])
+            for name, v in summary["galleries"].items()
+            for it in v
+            if it["thumb"]
+        }
 
     got = thumbs(remote, lambda t: fs.cat_file(f"bkt/report/{t}"))
     want = thumbs(local, lambda t: (tmp_path / "local" / t).read_bytes())
@@ -280,9 +375,11 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-PROBE = ('<script>window.addEventListener("load",()=>{for(const i of document.images){'
-         'i.setAttribute("data-natural-width",String(i.naturalWidth));i.setAttribute("data-complete",String(i.complete));}'
-         'document.body.setAttribute("data-probe","done");});</script>')
+PROBE = (
+    '<script>window.addEventListener("load",()=>{for(const i of document.images){'
+    'i.setAttribute("data-natural-width",String(i.naturalWidth));i.setAttribute("data-complete",String(i.complete));}'
+    'document.body.setAttribute("data-probe","done");});</script>'
+)
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path) -> None:
@@ -297,21 +394,40 @@ def test_report_renders_in_headless_chromium(report, tmp_path) -> None:
     probe = out / "_browser_check.html"  # beside report.html: the same relative image paths
     probe.write_text(report["html"].replace("</body>", PROBE + "</body>"))
     try:
-        flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000",
-                 f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
-        dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "HOME": str(tmp_path)}).stdout  # fmt: skip
+        flags = [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=10000",
+            f"--user-data-dir={tmp_path / 'profile'}",
+        ]
+        dom = subprocess.run(
+            [*flags, "--dump-dom", probe.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HOME": str(tmp_path)},
+        ).stdout
         shot = tmp_path / "report.png"
-        subprocess.run([*flags, "--window-size=1300,3000", f"--screenshot={shot}", (out / "report.html").as_uri()],
-                       capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})  # fmt: skip
+        subprocess.run(
+            [*flags, "--window-size=1300,3000", f"--screenshot={shot}", (out / "report.html").as_uri()],
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, "HOME": str(tmp_path)},
+        )
     finally:
         probe.unlink()
     assert 'data-probe="done"' in dom, dom[-2000:]
     imgs = re.findall(r"<img [^>]*>", dom)
     srcs = [re.search(r'src="([^"]+)"', i).group(1) for i in imgs]
     assert sum(s.startswith("thumbs/") for s in srcs) >= 10 and sum(s.endswith(".png") for s in srcs) == 5
-    broken = [i for i in imgs if 'data-complete="true"' not in i or 'data-natural-width="0"' in i
-              or "data-natural-width" not in i]  # fmt: skip
+    broken = [
+        i
+        for i in imgs
+        if 'data-complete="true"' not in i or 'data-natural-width="0"' in i or "data-natural-width" not in i
+    ]
     assert not broken, broken[:3]
     widths = [int(re.search(r'data-natural-width="(\d+)"', i).group(1)) for i in imgs]
     assert max(w for w, s in zip(widths, srcs, strict=True) if s.startswith("thumbs/")) == 256

@@ -30,8 +30,12 @@ def _execute(results: list[tuple[str, dict]]):
 def test_run_shards_skips_marked_shards_reports_progress_and_checks() -> None:
     execute, seen = _execute([("b", {"rows": 2}), ("b", {"rows": 2}), ("c", {"rows": 3})])
     calls = []
-    progress = runner.run_shards(["a", "b", "c"], done={"a"}, execute=execute,
-                                 on_shard=lambda s, summary, p: calls.append((s, p.done, p.todo, p.skipped)))
+    progress = runner.run_shards(
+        ["a", "b", "c"],
+        done={"a"},
+        execute=execute,
+        on_shard=lambda s, summary, p: calls.append((s, p.done, p.todo, p.skipped)),
+    )
     assert seen == [["b", "c"]] and calls == [("b", 1, 2, 1), ("c", 2, 2, 1)]  # the duplicate "b" is ignored
     assert progress.summaries == {"b": {"rows": 2}, "c": {"rows": 3}}
 
@@ -40,7 +44,9 @@ def test_run_shards_skips_marked_shards_reports_progress_and_checks() -> None:
             raise RuntimeError("over budget")
 
     with pytest.raises(RuntimeError, match="over budget"):
-        runner.run_shards(["a", "b", "c"], done=set(), execute=_execute([("b", {"rows": 2})])[0], check=budget)
+        runner.run_shards(
+            ["a", "b", "c"], done=set(), execute=_execute([("b", {"rows": 2})])[0], check=budget
+        )
 
 
 def test_run_shards_raises_for_missing_and_unexpected_shards() -> None:
@@ -56,8 +62,11 @@ def test_commit_shard_writes_the_marker_last(tmp_path: Path) -> None:
     (tmp_path / "blocked").write_text("a file where a folder should be")
     marker = tmp_path / "_shards" / "x.json"
     with pytest.raises(OSError):
-        runner.commit_shard([(str(tmp_path / "ok.parquet"), b"1"), (str(tmp_path / "blocked" / "x"), b"2")],
-                            str(marker), {"rows": 1})  # fmt: skip
+        runner.commit_shard(
+            [(str(tmp_path / "ok.parquet"), b"1"), (str(tmp_path / "blocked" / "x"), b"2")],
+            str(marker),
+            {"rows": 1},
+        )
     assert not marker.exists()
     runner.commit_shard([(str(tmp_path / "ok.parquet"), b"1")], str(marker), {"rows": 1})
     assert json.loads(marker.read_text()) == {"rows": 1}
@@ -75,7 +84,9 @@ def test_rows_carry_the_detector_the_scoring_actor_loaded(tmp_path: Path) -> Non
     done = sink.add(rows)
     (stats,) = done
     assert stats["writer_node"] == "node-A" and stats["detector_id"] == "tiny@new,tiny@old"
-    marker = json.loads(Path(output.RunPaths(str(tmp_path / "out"), "2026-01-02").marker(stats["shard"])).read_text())
+    marker = json.loads(
+        Path(output.RunPaths(str(tmp_path / "out"), "2026-01-02").marker(stats["shard"])).read_text()
+    )
     assert marker == stats
     # a retried task delivering the same rows again changes nothing
     assert sink.add(rows) == [] and sink.duplicates() == n
@@ -92,7 +103,10 @@ def test_open_scan_reads_every_date_and_resolves_dates(tmp_path: Path) -> None:
         output.resolve_scan_date(out, "2026-01-02")
     n = len(rows["status"])
     every = output.read_scan(out, columns=["key", "status"])
-    assert every.num_rows == 2 * n and set(every.column("scan_date").to_pylist()) == {"2026-01-01", "2026-01-03"}
+    assert every.num_rows == 2 * n and set(every.column("scan_date").to_pylist()) == {
+        "2026-01-01",
+        "2026-01-03",
+    }
     assert output.read_scan(out, scan_date="2026-01-01").num_rows == n
     with pytest.raises(output.ScanOutputError, match="not found"):
         output.resolve_scan_date(str(tmp_path / "nope"))
@@ -110,8 +124,13 @@ def test_local_scan_reports_each_shard_and_a_run_level_check_stops_it(tmp_path: 
 
     write_shards(str(tmp_path / "in"), 3, 4)
     meta = save_detector(create_detector("tiny-mole", pretrained=None), str(tmp_path / "det"))
-    cfg = ScanConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), detector=str(tmp_path / "det"),
-                     scan_date="2026-02-01", batch_size=8)  # fmt: skip
+    cfg = ScanConfig(
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        detector=str(tmp_path / "det"),
+        scan_date="2026-02-01",
+        batch_size=8,
+    )
     seen: list[tuple[str, str, int]] = []
     run = run_scan(cfg, on_shard=lambda s, st, p: seen.append((s, st["writer_node"], p.done)))
     assert run["status"] == "succeeded" and [d for _, _, d in seen] == [1, 2, 3]

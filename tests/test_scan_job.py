@@ -53,7 +53,9 @@ def world(tmp_path_factory, shared_s3_ray) -> Iterator[dict]:
     bucket = make_bucket("corpus")
     write_shards(f"{bucket}/shards/", 3, 10, size=(112, 104))
     mixed = good_samples(4, seed=11, prefix="m", fmt="jpg", size=(100, 120)) + [
-        corrupt_image_sample("m_bad"), no_image_sample("m_noimg")]  # fmt: skip
+        corrupt_image_sample("m_bad"),
+        no_image_sample("m_noimg"),
+    ]
     write_shard(f"{bucket}/shards/shard-000003.tar", mixed)
     trunc = good_samples(6, seed=12, prefix="t", size=(112, 104))
     write_raw(f"{bucket}/shards/shard-000004.tar", truncated_tar_bytes(trunc, 0.6))
@@ -63,20 +65,41 @@ def world(tmp_path_factory, shared_s3_ray) -> Iterator[dict]:
     meta = save_detector(det, f"{bucket}/detectors/tiny")
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem()
-    yield {"env": env, "head": head, "bucket": bucket, "fs": fs, "tmp": tmp, "meta": meta,
-           "good_samples": 30 + len(mixed), "trunc": trunc, "det": det}  # fmt: skip
+    yield {
+        "env": env,
+        "head": head,
+        "bucket": bucket,
+        "fs": fs,
+        "tmp": tmp,
+        "meta": meta,
+        "good_samples": 30 + len(mixed),
+        "trunc": trunc,
+        "det": det,
+    }
 
 
 def _read_s3_dataset(fs, root: str):
-    return pads.dataset(root.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive").to_table()
+    return pads.dataset(
+        root.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive"
+    ).to_table()
 
 
 def test_scan_s3_end_to_end_accounts_for_every_sample(world):
     head: RayHead = world["head"]
     b, fs = world["bucket"], world["fs"]
     out = f"{b}/scan"
-    args = [*SCAN, "--input", f"{b}/shards/", "--output", out, "--detector", f"{b}/detectors/tiny",
-            "--scan-date", "2026-11-20", *FAST]  # fmt: skip
+    args = [
+        *SCAN,
+        "--input",
+        f"{b}/shards/",
+        "--output",
+        out,
+        "--detector",
+        f"{b}/detectors/tiny",
+        "--scan-date",
+        "2026-11-20",
+        *FAST,
+    ]
     res = submit_job(head, args, timeout_s=240)
     assert res.status == "SUCCEEDED", res.logs[-5000:]
     assert res.driver_exit_code in (0, None)
@@ -163,8 +186,12 @@ def test_scan_s3_end_to_end_accounts_for_every_sample(world):
 
 def _strings_in_parquet(data: bytes) -> Iterator[str]:
     table = pq.read_table(io.BytesIO(data))
-    yield json.dumps({k.decode(errors="replace"): v.decode(errors="replace")
-                      for k, v in (table.schema.metadata or {}).items()})  # fmt: skip
+    yield json.dumps(
+        {
+            k.decode(errors="replace"): v.decode(errors="replace")
+            for k, v in (table.schema.metadata or {}).items()
+        }
+    )
     for row in table.to_pylist():
         yield json.dumps(row, default=str)
 
@@ -195,8 +222,19 @@ def test_credentials_not_in_ray_logs_or_state_api(world) -> None:
 
 def test_missing_detector_fails_the_job(world):
     head, b = world["head"], world["bucket"]
-    res = submit_job(head, [*SCAN, "--input", f"{b}/shards/", "--output", str(world["tmp"] / "nodet"),
-                            "--detector", f"{b}/detectors/does-not-exist"], timeout_s=120)  # fmt: skip
+    res = submit_job(
+        head,
+        [
+            *SCAN,
+            "--input",
+            f"{b}/shards/",
+            "--output",
+            str(world["tmp"] / "nodet"),
+            "--detector",
+            f"{b}/detectors/does-not-exist",
+        ],
+        timeout_s=120,
+    )
     assert res.status == "FAILED"
     assert res.driver_exit_code == 2 and "detector" in res.logs
     from tests.support.ray_cluster import job_client
@@ -227,8 +265,9 @@ def test_plan_keeps_decode_out_of_the_model_actors(world):
     from pipeline.engine.scan import build_dataset
     from pipeline.scan.config import ScanConfig
 
-    cfg = ScanConfig.parse({"input": "x", "output": "y", "detector": "z", "read_num_cpus": 0.5,
-                            "actor_num_cpus": 0.5})  # fmt: skip
+    cfg = ScanConfig.parse(
+        {"input": "x", "output": "y", "detector": "z", "read_num_cpus": 0.5, "actor_num_cpus": 0.5}
+    )
     ray.init(address=world["head"].address)
     try:
         ds = build_dataset([("s3://b/a.tar", "a")], cfg, image_size=96, resize_mode="center_crop")
@@ -261,7 +300,13 @@ with cluster.session() as how:
 assert ray.is_initialized()
 print("session-ok")
 """
-    proc = subprocess.run([sys.executable, "-c", code], env=head.env, capture_output=True, text=True, timeout=180,
-                          cwd=str(Path(__file__).resolve().parents[1]))  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
     assert proc.returncode == 0 and "session-ok" in proc.stdout, proc.stderr[-3000:]
     assert alive_nodes(head), "the attached cluster was shut down"

@@ -48,8 +48,15 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _single(corpus: Path, ckpt: Path, out: Path) -> dict[tuple[str, str | None], dict]:
     """One detector's own scan (in-process executor: the same read/decode/score/write code)."""
-    cfg = ScanConfig.parse({"input": str(corpus), "output": str(out), "detector": str(ckpt),
-                            "scan_date": "2026-12-01", "batch_size": 8})  # fmt: skip
+    cfg = ScanConfig.parse(
+        {
+            "input": str(corpus),
+            "output": str(out),
+            "detector": str(ckpt),
+            "scan_date": "2026-12-01",
+            "batch_size": 8,
+        }
+    )
     assert run_scan(cfg)["status"] == "succeeded"
     rows = output.read_scan(str(out)).to_pylist()
     return {(r["shard"], r["key"]): r for r in rows}
@@ -66,8 +73,22 @@ def multi(corpus: Path, ckpts: dict[str, Path], shared_s3_ray, tmp_path_factory)
     out = tmp_path_factory.mktemp("multiscan") / "scan"
     uris = [str(ckpts[n]) for n in NAMES]
     # the repeated flag and the comma form together: --detector A --detector B,C
-    args = [*SCAN, "--input", str(corpus), "--output", str(out), "--detector", uris[0], "--detector",
-            f"{uris[1]},{uris[2]}", "--fusion", "mean_prob", "--scan-date", "2026-12-01", *FAST]  # fmt: skip
+    args = [
+        *SCAN,
+        "--input",
+        str(corpus),
+        "--output",
+        str(out),
+        "--detector",
+        uris[0],
+        "--detector",
+        f"{uris[1]},{uris[2]}",
+        "--fusion",
+        "mean_prob",
+        "--scan-date",
+        "2026-12-01",
+        *FAST,
+    ]
     res = submit_job(shared_s3_ray["head"], args, timeout_s=300)
     assert res.status == "SUCCEEDED", res.logs[-5000:]
     return {"out": out, "uris": uris, "rows": output.read_scan(str(out)).to_pylist()}
@@ -111,18 +132,29 @@ def test_each_detector_equals_its_own_scan_and_fusion_is_the_rule(multi, singles
         # attribution: the first member with generator labels, else the first (here: no member has any)
         attr = singles[ATTR][(r["shard"], r["key"])]
         assert dict(r["generator_scores"]).keys() == dict(attr["generator_scores"]).keys()
-        np.testing.assert_allclose(list(dict(r["generator_scores"]).values()),
-                                   list(dict(attr["generator_scores"]).values()), rtol=1e-5, atol=1e-6)  # fmt: skip
-        assert r["top_generator"] == ("unknown" if r["is_fake"] else "real")  # no generators: by the fused call
+        np.testing.assert_allclose(
+            list(dict(r["generator_scores"]).values()),
+            list(dict(attr["generator_scores"]).values()),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        assert r["top_generator"] == (
+            "unknown" if r["is_fake"] else "real"
+        )  # no generators: by the fused call
     det = json.loads((multi["out"] / "_run" / "2026-12-01" / "detector.json").read_text())
     assert det["fusion"] == "mean_prob" and det["detector_id"] == set_id(ids, "mean_prob")
     assert [m["detector_id"] for m in det["members"]] == ids
     assert [m["uri"] for m in det["members"]] == multi["uris"]
     # the attributing member's labels (the filter policy's generator rules are checked against them)
-    assert det["labels"] == list(dict(next(r for r in singles[ATTR].values()
-                                           if r["status"] == "ok")["generator_scores"])) == ["real"]  # fmt: skip
-    assert [(i["preprocess"], i["image_size"]) for i in det["inputs"]] == [("center_crop_pad", 96),
-                                                                          ("center_crop", 96)]  # fmt: skip
+    assert (
+        det["labels"]
+        == list(dict(next(r for r in singles[ATTR].values() if r["status"] == "ok")["generator_scores"]))
+        == ["real"]
+    )
+    assert [(i["preprocess"], i["image_size"]) for i in det["inputs"]] == [
+        ("center_crop_pad", 96),
+        ("center_crop", 96),
+    ]
 
 
 def test_resume_refuses_a_changed_detector_set(multi, corpus: Path) -> None:
@@ -130,9 +162,11 @@ def test_resume_refuses_a_changed_detector_set(multi, corpus: Path) -> None:
     uris = multi["uris"]
     same = ScanConfig.parse({**base, "detector": ",".join(u + "/" for u in uris), "fusion": "mean_prob"})
     assert plan_run(same).resumed
-    for change in ({"detector": ",".join(uris[:2]), "fusion": "mean_prob"},
-                   {"detector": ",".join(reversed(uris)), "fusion": "mean_prob"},
-                   {"detector": ",".join(uris), "fusion": "soft_or_prob"}):  # fmt: skip
+    for change in (
+        {"detector": ",".join(uris[:2]), "fusion": "mean_prob"},
+        {"detector": ",".join(reversed(uris)), "fusion": "mean_prob"},
+        {"detector": ",".join(uris), "fusion": "soft_or_prob"},
+    ):
         cfg = same.model_copy(update=change)
         with pytest.raises(RunRefused, match="detector|fusion"):
             plan_run(cfg)
@@ -157,28 +191,40 @@ def test_v1_and_v2_history_read_together(multi, singles, tmp_path: Path) -> None
     by_version = {v: [r for r in both.to_pylist() if r["schema_version"] == v] for v in (1, 2)}
     assert all(r["scan_date"] == "2026-11-30" and r["detector_logit"] is None for r in by_version[1])
     assert sum(r["detector_logit"] is not None for r in by_version[2]) == sum(
-        r["status"] == "ok" for r in by_version[2])
+        r["status"] == "ok" for r in by_version[2]
+    )
     for cols in (SCAN_COLUMNS, REPORT_COLUMNS):  # what the filter and the report read, from either date
         for day in ("2026-11-30", "2026-12-01"):
             t = output.read_scan(str(out), scan_date=day, columns=list(cols))
-            assert t.num_rows == v2.num_rows and t.column("p_fake").to_pylist() == v2.column("p_fake").to_pylist()
+            assert (
+                t.num_rows == v2.num_rows
+                and t.column("p_fake").to_pylist() == v2.column("p_fake").to_pylist()
+            )
     glob = output.parquet_glob(str(out))
     con = duckdb.connect()
-    q = con.execute(f"SELECT scan_date, schema_version, count(*), sum(is_fake::INT), "
-                    f"count(detector_logit) FROM read_parquet('{glob}', hive_partitioning = true, "
-                    f"union_by_name = true) GROUP BY ALL ORDER BY 1").fetchall()  # fmt: skip
+    q = con.execute(
+        f"SELECT scan_date, schema_version, count(*), sum(is_fake::INT), "
+        f"count(detector_logit) FROM read_parquet('{glob}', hive_partitioning = true, "
+        f"union_by_name = true) GROUP BY ALL ORDER BY 1"
+    ).fetchall()
     n_ok = sum(r["status"] == "ok" for r in by_version[2])
     n_fake = sum(bool(r["is_fake"]) for r in by_version[2])
     assert [(str(d), v, n, f, c) for d, v, n, f, c in q] == [
-        ("2026-11-30", 1, v2.num_rows, n_fake, 0), ("2026-12-01", 2, v2.num_rows, n_fake, n_ok)]
+        ("2026-11-30", 1, v2.num_rows, n_fake, 0),
+        ("2026-12-01", 2, v2.num_rows, n_fake, n_ok),
+    ]
     # a v1-columns query (docs/queries.md style) needs no union_by_name
-    q1 = con.execute(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true) "
-                     "WHERE status = 'ok' AND p_fake >= threshold").fetchall()  # fmt: skip
+    q1 = con.execute(
+        f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true) "
+        "WHERE status = 'ok' AND p_fake >= threshold"
+    ).fetchall()
     assert q1 == [(2 * sum(bool(r["is_fake"]) for r in by_version[2]),)]
     # per-detector scores from SQL: element_at on the map
     did = next(iter(singles["rine"].values()))["detector_id"]
-    rine = con.execute(f"SELECT key, detector_logit['{did}'] FROM read_parquet('{glob}', hive_partitioning = "
-                       "true, union_by_name = true) WHERE schema_version = 2 AND status = 'ok'").fetchall()
+    rine = con.execute(
+        f"SELECT key, detector_logit['{did}'] FROM read_parquet('{glob}', hive_partitioning = "
+        "true, union_by_name = true) WHERE schema_version = 2 AND status = 'ok'"
+    ).fetchall()
     for key, value in rine:
         got = value[0] if isinstance(value, list) else value
         np.testing.assert_allclose(got, singles["rine"][("shard-000000", key)]["logit"], rtol=1e-5, atol=1e-5)
@@ -193,17 +239,34 @@ def test_detector_list_and_fusion_operator_mistakes(ckpts: dict[str, Path], tmp_
     a, b = str(ckpts["univfd"]), str(ckpts["mole"])
     assert ScanConfig.parse({**base, "detector": [a, b]}).detector == f"{a},{b}"  # config-file list form
     assert ScanConfig.parse({**base, "detector": f" {a} , {b}"}).detectors == [a, b]
-    for bad, needle in (({"detector": f"{a},,{b}"}, "empty checkpoint"), ({"detector": f"{a},{a}"}, "twice"),
-                        ({"detector": f"{a},{b}", "fusion": "vote"}, "fusion"),
-                        ({"detector": f"{a},{b}", "resize_mode": "center_crop"}, "resize_mode")):  # fmt: skip
+    for bad, needle in (
+        ({"detector": f"{a},,{b}"}, "empty checkpoint"),
+        ({"detector": f"{a},{a}"}, "twice"),
+        ({"detector": f"{a},{b}", "fusion": "vote"}, "fusion"),
+        ({"detector": f"{a},{b}", "resize_mode": "center_crop"}, "resize_mode"),
+    ):
         with pytest.raises(ConfigError, match=needle):
             ScanConfig.parse({**base, **bad})
     gpu = ScanConfig.parse({**base, "detector": f"{a},{b}", "decode_on": "gpu", "actor_num_gpus": 1})
-    with pytest.raises(ConfigError, match="decode_on: gpu decode supports detectors that share one preprocessing"):
+    with pytest.raises(
+        ConfigError, match="decode_on: gpu decode supports detectors that share one preprocessing"
+    ):
         run_detectors(gpu)  # UnivFD pads, MoLE resizes: two inputs
     with pytest.raises(ConfigError, match=f"cannot read checkpoint {tmp_path / 'nope'}"):
         run_detectors(ScanConfig.parse({**base, "detector": f"{a},{tmp_path / 'nope'}"}))
-    rc = scan_bucket.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--detector", a,
-                           "--detector", b, "--fusion", "vote"])  # fmt: skip
+    rc = scan_bucket.main(
+        [
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+            "--detector",
+            a,
+            "--detector",
+            b,
+            "--fusion",
+            "vote",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "fusion" in err[0] and "Traceback" not in err[0]

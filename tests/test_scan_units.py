@@ -49,8 +49,13 @@ class MeanPredictor:
         self.calls.append(len(images))
         p = images.reshape(len(images), -1).mean(1).astype(np.float32) / 255.0
         scores = np.stack([1 - p, p / 2, p / 2], 1).astype(np.float32)
-        return {"p_fake": p, "logit": np.log(p / (1 - p)), "is_fake": p >= 0.5,
-                "top_generator": [LABELS[i] for i in scores.argmax(1)], "generator_scores": scores}
+        return {
+            "p_fake": p,
+            "logit": np.log(p / (1 - p)),
+            "is_fake": p >= 0.5,
+            "top_generator": [LABELS[i] for i in scores.argmax(1)],
+            "generator_scores": scores,
+        }
 
 
 def _all(it) -> dict:
@@ -124,7 +129,7 @@ def test_collector_interleaved_duplicates_and_empty(tmp_path):
     assert c.add(take(a, [0])) == [] and c.duplicates == 2  # late duplicate of a finished shard is dropped
     empty = {k: v[:1].copy() for k, v in b.items()}
     empty.update(shard=np.array(["e"], object), status=np.array(["_empty"], object), _expected=np.array([0]))
-    (shard, rows), = c.add(empty)
+    ((shard, rows),) = c.add(empty)
     assert shard == "e" and rows == {} and to_table(rows, _ctx()).num_rows == 0
 
 
@@ -165,9 +170,21 @@ def test_check_table_rejects_foreign_schema():
     with pytest.raises(ValueError):
         check_table(pa.table({"a": [1]}))
     with pytest.raises(ValueError, match="unknown status"):
-        t = pa.Table.from_pylist([{"schema_version": 1, "run_id": "r", "source": "s", "shard": "a", "shard_url": "u",
-                                   "status": "weird", "detector_id": "d",
-                                   "scanned_at": dt.datetime.now(dt.UTC)}], schema=SCHEMA)  # fmt: skip
+        t = pa.Table.from_pylist(
+            [
+                {
+                    "schema_version": 1,
+                    "run_id": "r",
+                    "source": "s",
+                    "shard": "a",
+                    "shard_url": "u",
+                    "status": "weird",
+                    "detector_id": "d",
+                    "scanned_at": dt.datetime.now(dt.UTC),
+                }
+            ],
+            schema=SCHEMA,
+        )
         check_table(t)
 
 
@@ -192,7 +209,9 @@ def test_cli_merges_file_and_flags(tmp_path):
     from jobs.scan_bucket import build_config, parse_args
 
     f = tmp_path / "scan.json"
-    f.write_text(json.dumps({"input": "s3://b/in/", "output": "s3://b/out/", "detector": "d", "batch_size": 8}))
+    f.write_text(
+        json.dumps({"input": "s3://b/in/", "output": "s3://b/out/", "detector": "d", "batch_size": 8})
+    )
     cfg = build_config(parse_args(["--config-file", str(f), "--batch-size", "16", "--resume"]))
     assert cfg.batch_size == 16 and cfg.input == "s3://b/in/" and cfg.resume
     f.write_text(json.dumps({"input": "a", "output": "b", "detector": "c", "num_actor": 2}))
@@ -204,12 +223,16 @@ def test_plan_refuses_existing_run_and_resumes_latest_unfinished(tmp_path):
     cfg = _cfg(tmp_path, scan_date="2026-11-20")
     plan = plan_run(cfg)
     assert not plan.resumed and plan.run_id.startswith("2026-11-20-")
-    write_json(plan.paths.run_file("run.json"), {"status": "succeeded", "run_id": plan.run_id,
-                                                 "config": cfg.model_dump()})  # fmt: skip
+    write_json(
+        plan.paths.run_file("run.json"),
+        {"status": "succeeded", "run_id": plan.run_id, "config": cfg.model_dump()},
+    )
     with pytest.raises(RunRefused, match="--resume"):
         plan_run(cfg)
     later = RunPaths(cfg.output, "2026-11-21")
-    write_json(later.run_file("run.json"), {"status": "failed", "run_id": "keep-me", "config": cfg.model_dump()})
+    write_json(
+        later.run_file("run.json"), {"status": "failed", "run_id": "keep-me", "config": cfg.model_dump()}
+    )
     resumed = plan_run(_cfg(tmp_path, resume=True))
     assert resumed.resumed and resumed.paths.scan_date == "2026-11-21" and resumed.run_id == "keep-me"
     with pytest.raises(RunRefused, match="input"):

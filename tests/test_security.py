@@ -58,16 +58,29 @@ def test_config_errors_name_every_field_and_write_nothing(tmp_path) -> None:
     """One config file with six problems (one CLI process: the machine is shared): exit 2, every bad field
     named with its reason, nothing written."""
     cfg = tmp_path / "scan.json"
-    cfg.write_text(json.dumps({
-        "input": "ftp://host/shards/x.tar", "output": "http://evil.example/out", "detector": "https://evil.example/c",
-        "batchsize": 4, "batch_size": 0, "scan_date": "2026-13-40",
-    }))  # fmt: skip
+    cfg.write_text(
+        json.dumps(
+            {
+                "input": "ftp://host/shards/x.tar",
+                "output": "http://evil.example/out",
+                "detector": "https://evil.example/c",
+                "batchsize": 4,
+                "batch_size": 0,
+                "scan_date": "2026-13-40",
+            }
+        )
+    )
     res = _scan_cli(["--config-file", str(cfg)])
     err = res.stderr
     assert res.returncode == 2, err
-    for field, words in (("batchsize", "Extra inputs are not permitted"), ("batch_size", "greater than or equal to 1"),
-                         ("input", "'ftp' not allowed"), ("output", "'http' not allowed"),
-                         ("detector", "'https' not allowed"), ("scan_date", "")):  # fmt: skip
+    for field, words in (
+        ("batchsize", "Extra inputs are not permitted"),
+        ("batch_size", "greater than or equal to 1"),
+        ("input", "'ftp' not allowed"),
+        ("output", "'http' not allowed"),
+        ("detector", "'https' not allowed"),
+        ("scan_date", ""),
+    ):
         assert f"{field}: " in err and words in err, (field, err)
     assert [p.name for p in tmp_path.iterdir()] == ["scan.json"]
     assert not (REPO / "http:").exists()  # the output URI was not taken for a local folder either
@@ -122,8 +135,12 @@ def test_pickle_disguised_as_safetensors_is_refused_before_any_work(tmp_path) ->
     res = _scan_cli(["--input", str(shards), "--output", str(tmp_path / "out"), "--detector", str(ckpt)])
     assert res.returncode == 2, res.stderr[-3000:]
     lines = res.stderr.strip().splitlines()
-    assert lines[-1].startswith("configuration error: detector: ") and "is not a safetensors file" in lines[-1]
-    assert str(ckpt / "detector.safetensors") in lines[-1] and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert (
+        lines[-1].startswith("configuration error: detector: ") and "is not a safetensors file" in lines[-1]
+    )
+    assert str(ckpt / "detector.safetensors") in lines[-1] and "Traceback" not in res.stderr, res.stderr[
+        -3000:
+    ]
     assert not canary_file.exists()
     assert not list((tmp_path / "out").glob("scan_date=*/*.parquet"))
 

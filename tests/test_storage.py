@@ -76,7 +76,9 @@ def test_detector_cache_is_keyed_by_content_and_checked(s3fs_client, tmp_path: P
     assert not [p for p in cache.rglob("*") if ".tmp-" in str(p) and "killed" not in str(p)]
 
 
-def test_detector_whose_weights_do_not_match_its_id_is_refused(s3fs_client, tmp_path: Path, monkeypatch) -> None:
+def test_detector_whose_weights_do_not_match_its_id_is_refused(
+    s3fs_client, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("GENSCAN_CACHE", str(tmp_path / "cache"))
     s3fs_client.mkdir("bucket")
     uri = _checkpoint(s3fs_client, "bucket/bad", b"weights", claimed=b"other weights")
@@ -99,5 +101,7 @@ def test_markers_written_by_another_process_are_seen_after_a_listing(s3fs_client
     key = paths.marker("a").removeprefix("s3://markers/")
     s3.put_object(Bucket="markers", Key=key, Body=b"{}")
     assert completed_shards(paths) == {"a"}  # this listing is what s3fs caches
-    s3.put_object(Bucket="markers", Key=key.replace("/a.json", "/b.json"), Body=b"{}")  # another process writes
+    s3.put_object(
+        Bucket="markers", Key=key.replace("/a.json", "/b.json"), Body=b"{}"
+    )  # another process writes
     assert completed_shards(paths) == {"a", "b"}

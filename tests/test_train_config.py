@@ -40,7 +40,9 @@ def test_unknown_field_in_config_file_is_named(tmp_path: Path) -> None:
         (["--data", "d", "--out", "o", "--train-generators", "real"], "train_generators"),
     ],
 )
-def test_bad_values_fail_fast_naming_the_field(argv: list[str], field: str, capsys: pytest.CaptureFixture) -> None:
+def test_bad_values_fail_fast_naming_the_field(
+    argv: list[str], field: str, capsys: pytest.CaptureFixture
+) -> None:
     assert main(argv) == 2
     assert field in capsys.readouterr().err
 
@@ -88,7 +90,13 @@ def test_shipped_univfd_recipe_is_the_paper_protocol() -> None:
     patience; flags still override it."""
     from jobs.train_detector import parse
 
-    cfg, _ = parse(["--config-file", "univfd", "--data", "s3://b/train", "--out", "s3://b/ckpt", "--epochs", "3"])
+    cfg, _ = parse(
+        ["--config-file", "univfd", "--data", "s3://b/train", "--out", "s3://b/ckpt", "--epochs", "3"]
+    )
     assert (cfg.batch_size, cfg.lr, cfg.plateau_patience) == (256, 1e-4, 5)
-    assert cfg.augment and (cfg.augment_blur_prob, cfg.augment_jpeg_prob, cfg.augment_resize) == (0.5, 0.5, 256)
+    assert cfg.augment and (cfg.augment_blur_prob, cfg.augment_jpeg_prob, cfg.augment_resize) == (
+        0.5,
+        0.5,
+        256,
+    )
     assert cfg.crop_grid == "pixel" and cfg.config == "vitl14-mole" and cfg.use_gpu and cfg.epochs == 3

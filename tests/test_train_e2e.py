@@ -48,7 +48,13 @@ def _evaluate(ckpt: Path, data: Path, out: Path) -> dict:
 
 
 def _check_checkpoint(ckpt: Path, method: str) -> dict:
-    for name in ("detector.safetensors", "detector.json", "train_config.json", "metrics.jsonl", "calibration.json"):
+    for name in (
+        "detector.safetensors",
+        "detector.json",
+        "train_config.json",
+        "metrics.jsonl",
+        "calibration.json",
+    ):
         assert (ckpt / name).is_file(), name
     det, meta = load_detector(ckpt)
     assert meta.generators == [FAMILY]
@@ -60,11 +66,27 @@ def _check_checkpoint(ckpt: Path, method: str) -> dict:
 
 def test_mole_trains_on_one_family(demo: dict[str, Path], tmp_path: Path) -> None:
     ckpt = tmp_path / "mole"
-    _train(["--data", str(demo["train"]), "--config", "tiny-mole", "--method", "mole",
-            "--train-generators", FAMILY, "--out", str(ckpt), "--epochs", MOLE_EPOCHS])  # fmt: skip
+    _train(
+        [
+            "--data",
+            str(demo["train"]),
+            "--config",
+            "tiny-mole",
+            "--method",
+            "mole",
+            "--train-generators",
+            FAMILY,
+            "--out",
+            str(ckpt),
+            "--epochs",
+            MOLE_EPOCHS,
+        ]
+    )
     _check_checkpoint(ckpt, "mole")
     rows = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)) and all(np.isfinite(r["loss"]) for r in rows)
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)) and all(
+        np.isfinite(r["loss"]) for r in rows
+    )
     rep = _evaluate(ckpt, demo["test"], tmp_path / "mole.json")
     assert rep["per_generator"][FAMILY]["ap"] >= 0.95, rep["per_generator"]
     assert rep["attribution"]["held_out_generators"] == [HELD_OUT]  # reported, whatever it gives
@@ -73,23 +95,53 @@ def test_mole_trains_on_one_family(demo: dict[str, Path], tmp_path: Path) -> Non
 
 def test_linear_full_and_few_shot_and_recalibration(demo: dict[str, Path], tmp_path: Path) -> None:
     ckpt = tmp_path / "linear"
-    _train(["--data", str(demo["train"]), "--config", "tiny-linear", "--method", "linear",
-            "--train-generators", FAMILY, "--out", str(ckpt)])  # fmt: skip
+    _train(
+        [
+            "--data",
+            str(demo["train"]),
+            "--config",
+            "tiny-linear",
+            "--method",
+            "linear",
+            "--train-generators",
+            FAMILY,
+            "--out",
+            str(ckpt),
+        ]
+    )
     _check_checkpoint(ckpt, "linear")
     rep = _evaluate(ckpt, demo["test"], tmp_path / "linear.json")
     assert rep["per_generator"][FAMILY]["ap"] >= 0.95, rep["per_generator"]
 
     few = tmp_path / "fewshot"  # 10 images per class (7 train + 3 validation)
-    _train(["--data", str(demo["fewshot"]), "--config", "tiny-linear", "--method", "linear",
-            "--train-generators", FAMILY, "--out", str(few), "--val-fraction", "0.3"])  # fmt: skip
+    _train(
+        [
+            "--data",
+            str(demo["fewshot"]),
+            "--config",
+            "tiny-linear",
+            "--method",
+            "linear",
+            "--train-generators",
+            FAMILY,
+            "--out",
+            str(few),
+            "--val-fraction",
+            "0.3",
+        ]
+    )
     assert json.loads((few / "train_summary.json").read_text())["train_counts"] == {"real": 7, FAMILY: 7}
     rep_few = _evaluate(few, demo["test"], tmp_path / "few.json")
     assert rep_few["per_generator"][FAMILY]["ap"] >= LINEAR_FEWSHOT_MIN_AP, rep_few["per_generator"]
 
     # re-calibrate on held-out data (the test corpus' own reals) to FPR 10 %: the realised FPR obeys it
     ck2 = tmp_path / "linear_cal"
-    assert calibrate_main(["--detector", str(ckpt), "--data", str(demo["test"]), "--target-fpr", "0.1",
-                           "--out", str(ck2)]) == 0  # fmt: skip
+    assert (
+        calibrate_main(
+            ["--detector", str(ckpt), "--data", str(demo["test"]), "--target-fpr", "0.1", "--out", str(ck2)]
+        )
+        == 0
+    )
     calib = json.loads((ck2 / "calibration.json").read_text())
     _, meta = load_detector(ck2)
     assert meta.threshold == pytest.approx(calib["threshold"]) and calib["n_real"] == 2 * N_TEST
@@ -100,8 +152,26 @@ def test_linear_full_and_few_shot_and_recalibration(demo: dict[str, Path], tmp_p
 
 def test_mole_with_texture_masking(demo: dict[str, Path], tmp_path: Path) -> None:
     ckpt = tmp_path / "mpft"
-    _train(["--data", str(demo["train"]), "--config", "tiny-mole", "--method", "mole", "--mask", "texture",
-            "--mask-ratio", "0.3", "--train-generators", FAMILY, "--out", str(ckpt), "--epochs", MOLE_EPOCHS])  # fmt: skip
+    _train(
+        [
+            "--data",
+            str(demo["train"]),
+            "--config",
+            "tiny-mole",
+            "--method",
+            "mole",
+            "--mask",
+            "texture",
+            "--mask-ratio",
+            "0.3",
+            "--train-generators",
+            FAMILY,
+            "--out",
+            str(ckpt),
+            "--epochs",
+            MOLE_EPOCHS,
+        ]
+    )
     _check_checkpoint(ckpt, "mole")
     assert json.loads((ckpt / "train_config.json").read_text())["mask"] == "texture"
     rep = _evaluate(ckpt, demo["test"], tmp_path / "mpft.json")
@@ -120,8 +190,22 @@ def test_router_balance_loss_and_config_json(demo: dict[str, Path], tmp_path: Pa
     det_json = tmp_path / "tiny-mole-lb.json"
     det_json.write_text(json.dumps(cfg))
     ckpt = tmp_path / "lb"
-    _train(["--data", str(demo["fewshot"]), "--config", str(det_json), "--method", "mole", "--epochs", "2",
-            "--train-generators", FAMILY, "--out", str(ckpt)])  # fmt: skip
+    _train(
+        [
+            "--data",
+            str(demo["fewshot"]),
+            "--config",
+            str(det_json),
+            "--method",
+            "mole",
+            "--epochs",
+            "2",
+            "--train-generators",
+            FAMILY,
+            "--out",
+            str(ckpt),
+        ]
+    )
     rows = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["aux"] > 0.5 for r in rows)  # Switch-style loss: 1.0 when balanced
     saved = TrainConfig.model_validate_json((ckpt / "train_config.json").read_text())

@@ -37,7 +37,18 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [*TRAIN, "--data", str(data), "--out", str(out), "--config", "tiny-mole", "--batch-size", "16", *extra]
+    return [
+        *TRAIN,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--config",
+        "tiny-mole",
+        "--batch-size",
+        "16",
+        *extra,
+    ]
 
 
 def _attached(head) -> dict[str, str]:
@@ -45,7 +56,9 @@ def _attached(head) -> dict[str, str]:
     return {**head.env, "RAY_ADDRESS": head.address}
 
 
-def _run(args: list[str], timeout: float = 400, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], timeout: float = 400, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     return res
@@ -73,8 +86,9 @@ def _wait_gone(pids: list[int], timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def test_train_dataset_follows_the_epoch_clock(data: Path, shared_s3_ray: dict,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_train_dataset_follows_the_epoch_clock(
+    data: Path, shared_s3_ray: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One Ray dataset serves every epoch: its read tasks take the epoch (order + augmentation seed) from the
     clock rank 0 sets; each block is exactly one chunk of that epoch's permutation."""
     import numpy as np
@@ -90,8 +104,15 @@ def test_train_dataset_follows_the_epoch_clock(data: Path, shared_s3_ray: dict,
     monkeypatch.setenv("RAY_AUTH_MODE", shared_s3_ray["head"].env["RAY_AUTH_MODE"])
     with session(shared_s3_ray["head"].address):
         clock = EpochClock.remote()
-        ds = stream_dataset(ray.put(plan.train), plan.n_train, DecodeSpec(det_cfg=DetectorConfig.load("tiny-mole"),
-                            seed=7), epoch=0, chunk_rows=8, read_tasks=1, clock=clock)  # fmt: skip
+        ds = stream_dataset(
+            ray.put(plan.train),
+            plan.n_train,
+            DecodeSpec(det_cfg=DetectorConfig.load("tiny-mole"), seed=7),
+            epoch=0,
+            chunk_rows=8,
+            read_tasks=1,
+            clock=clock,
+        )
         for epoch in (0, 3):
             ray.get(clock.set.remote(epoch))
             got = {tuple(b["row"].tolist()) for b in ds.iter_batches(batch_size=None, batch_format="numpy")}
@@ -108,7 +129,9 @@ def _wait_for(proc: subprocess.Popen[str], ready, what: str, timeout: float = 30
         time.sleep(0.2)
 
 
-def test_killed_job_resumes_and_a_killed_worker_is_replaced(data: Path, tmp_path: Path, shared_s3_ray: dict) -> None:
+def test_killed_job_resumes_and_a_killed_worker_is_replaced(
+    data: Path, tmp_path: Path, shared_s3_ray: dict
+) -> None:
     """Two faults, one after the other (one Ray Train start-up fewer than a run per fault; the suite's time):
     1. the job's driver SIGKILLed after the first epoch checkpoint (its pod or machine lost): Ray ends the job's
        controller and workers with it;
@@ -119,9 +142,18 @@ def test_killed_job_resumes_and_a_killed_worker_is_replaced(data: Path, tmp_path
     out = tmp_path / "ck"
     head = shared_s3_ray["head"]
     args = _args(data, out, "--epochs", str(KILL_EPOCHS), "--augment")
-    env = _attached(head)  # TMPDIR in the run's folder (head_env): the killed driver's log spool goes with the run
-    proc = subprocess.Popen(args, cwd=REPO, text=True, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    env = _attached(
+        head
+    )  # TMPDIR in the run's folder (head_env): the killed driver's log spool goes with the run
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        text=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         _wait_for(proc, lambda: _registered_epochs(out), "its first epoch checkpoint")
     finally:
@@ -129,15 +161,20 @@ def test_killed_job_resumes_and_a_killed_worker_is_replaced(data: Path, tmp_path
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     assert trainers, "no Ray Train process of the job found on the head"
-    _wait_gone(trainers, timeout=120)  # no dying worker may register one more epoch after `done` is read below
+    _wait_gone(
+        trainers, timeout=120
+    )  # no dying worker may register one more epoch after `done` is read below
     assert not (out / "train_summary.json").exists()
     done = max(_registered_epochs(out))
 
-    resumed = subprocess.Popen([*args, "--resume"], cwd=REPO, text=True, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    resumed = subprocess.Popen(
+        [*args, "--resume"], cwd=REPO, text=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         # default: Ray Train may be rewriting the snapshot just as it is read (_registered_epochs skips it then)
-        _wait_for(resumed, lambda: max(_registered_epochs(out), default=0) > done, "a checkpoint of the resumed job")
+        _wait_for(
+            resumed, lambda: max(_registered_epochs(out), default=0) > done, "a checkpoint of the resumed job"
+        )
         workers = job_actor_pids(head, resumed.pid, ("RayTrainWorker",))  # the shared head may run other jobs
         assert workers, "no Ray Train worker of the resumed job found"
         os.kill(workers[0], signal.SIGKILL)

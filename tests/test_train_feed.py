@@ -72,8 +72,11 @@ def test_decode_stage_counts_unreadable_images_and_seeds_augmentation_per_sample
     rows1 = listing_chunk(plan.train, np.array([0]), chunk_rows=n, seed=cfg.seed, epoch=1)
     by_row0 = dict(zip(out["row"].tolist(), out["image"], strict=True))
     out1 = stage(rows1)
-    differ = [not np.array_equal(by_row0[r], im) for r, im in zip(out1["row"].tolist(), out1["image"], strict=True)
-              if out1["ok"][list(out1["row"]).index(r)]]  # fmt: skip
+    differ = [
+        not np.array_equal(by_row0[r], im)
+        for r, im in zip(out1["row"].tolist(), out1["image"], strict=True)
+        if out1["ok"][list(out1["row"]).index(r)]
+    ]
     assert sum(differ) >= len(differ) // 2
     # and the epoch's order is a permutation of the listing
     assert sorted(rows1["row"].tolist()) == list(range(n)) and rows1["row"].tolist() != rows["row"].tolist()
@@ -100,9 +103,15 @@ def test_training_state_round_trip(tmp_path: Path) -> None:
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", patience=1)
     sched.step(0.5)
     params = dict(lin.named_parameters())
-    st = TrainState(epoch=3, history=[{"epoch": i} for i in (1, 2, 3)], params=params,
-                    best=((0.9, 0.8), 2, {k: v.detach() * 2 for k, v in params.items()}),
-                    optimizer=opt.state_dict(), scheduler=sched.state_dict(), split={"seed": 0})  # fmt: skip
+    st = TrainState(
+        epoch=3,
+        history=[{"epoch": i} for i in (1, 2, 3)],
+        params=params,
+        best=((0.9, 0.8), 2, {k: v.detach() * 2 for k, v in params.items()}),
+        optimizer=opt.state_dict(),
+        scheduler=sched.state_dict(),
+        split={"seed": 0},
+    )
     write_state(tmp_path, st)
     assert not any(p.suffix in (".pt", ".pkl", ".pth") for p in tmp_path.iterdir())
     back = read_state(tmp_path)
@@ -110,7 +119,9 @@ def test_training_state_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(back.params["weight"], params["weight"].detach())
     opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
     opt2.load_state_dict(back.optimizer)
-    torch.testing.assert_close(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    torch.testing.assert_close(
+        opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )
     sched2 = torch.optim.lr_scheduler.ReduceLROnPlateau(opt2, mode="max", patience=1)
     sched2.load_state_dict(back.scheduler)
     assert sched2.best == sched.best and sched2.num_bad_epochs == sched.num_bad_epochs
@@ -125,7 +136,9 @@ def test_local_training_skips_unreadable_images_and_resumes(corpus: Path, tmp_pa
     base = ["--data", str(corpus), "--out", str(out), "--engine", "local", "--batch-size", "8"]
     assert main([*base, "--epochs", "1"]) == 0
     s1 = json.loads((out / "train_summary.json").read_text())
-    assert s1["skipped"]["train"]["n"] + s1["skipped"]["eval"]["n"] >= 1  # the corrupt file: counted, no crash
+    assert (
+        s1["skipped"]["train"]["n"] + s1["skipped"]["eval"]["n"] >= 1
+    )  # the corrupt file: counted, no crash
     assert re.search(r"train:.* 1/1 ", capsys.readouterr().err)  # the progress line, epochs done / total
     assert main([*base, "--epochs", "2", "--resume"]) == 0
     err = capsys.readouterr().err

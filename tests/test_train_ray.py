@@ -44,12 +44,33 @@ def test_train_job_from_s3_bucket_on_ray_head(shared_s3_ray: dict, tmp_path: Pat
     import s3fs
 
     bucket = make_bucket("train")
-    generate(DemoConfig(out=f"{bucket}/data/train", layout="wds", families=["upconv"], n_per_class=N_PER_CLASS,
-                        seed=0, shard_size=16))  # fmt: skip
+    generate(
+        DemoConfig(
+            out=f"{bucket}/data/train",
+            layout="wds",
+            families=["upconv"],
+            n_per_class=N_PER_CLASS,
+            seed=0,
+            shard_size=16,
+        )
+    )
     generate(DemoConfig(out=f"{bucket}/data/test", families=["upconv", "vqgan"], n_per_class=8, seed=1))
     ckpt = f"{bucket}/ckpt/mole"
-    common = ["--data", f"{bucket}/data/train", "--config", "tiny-mole", "--method", "mole", "--train-generators",
-              "upconv", "--epochs", "2", "--augment", "--batch-size", "16"]  # fmt: skip
+    common = [
+        "--data",
+        f"{bucket}/data/train",
+        "--config",
+        "tiny-mole",
+        "--method",
+        "mole",
+        "--train-generators",
+        "upconv",
+        "--epochs",
+        "2",
+        "--augment",
+        "--batch-size",
+        "16",
+    ]
     args = [*TRAIN, *common, "--out", ckpt, "--num-workers", "2", "--cpus-per-worker", "0.5"]
     head = shared_s3_ray["head"]  # the run's shared head, started with this S3 server's settings
     res = submit_job(head, args, timeout_s=300)
@@ -57,17 +78,31 @@ def test_train_job_from_s3_bucket_on_ray_head(shared_s3_ray: dict, tmp_path: Pat
     assert res.driver_exit_code in (0, None)
     assert "ray_train_start" in res.logs  # went through the TorchTrainer wrapper
     # a bad request fails fast with exit code 2 and the field named, before any Ray work
-    bad = submit_job(head, [*TRAIN, "--data", f"{bucket}/data/train", "--out", ckpt, "--mask-ratio", "3"], timeout_s=120)
+    bad = submit_job(
+        head, [*TRAIN, "--data", f"{bucket}/data/train", "--out", ckpt, "--mask-ratio", "3"], timeout_s=120
+    )
     assert bad.status == "FAILED" and "mask_ratio" in bad.logs
-    one = tmp_path / "one"  # the same run on one worker, in this process (AWS_* point at the shared S3 server)
+    one = (
+        tmp_path / "one"
+    )  # the same run on one worker, in this process (AWS_* point at the shared S3 server)
     assert train_main([*common, "--out", str(one), "--engine", "local"]) == 0
 
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem()
     names = sorted(Path(p).name for p in fs.ls(ckpt.removeprefix("s3://")))
-    assert names == sorted(["_checkpoints", "calibration.json", "detector.json", "detector.safetensors",
-                            "driver-stderr.log", "log.jsonl",  # the job's JSON log and Ray's driver output
-                            "metrics.jsonl", "train_config.json", "train_summary.json"])  # fmt: skip
+    assert names == sorted(
+        [
+            "_checkpoints",
+            "calibration.json",
+            "detector.json",
+            "detector.safetensors",
+            "driver-stderr.log",
+            "log.jsonl",  # the job's JSON log and Ray's driver output
+            "metrics.jsonl",
+            "train_config.json",
+            "train_summary.json",
+        ]
+    )
     # the per-epoch training states went through Ray Train's checkpointing into the same bucket
     states = fs.glob(f"{ckpt.removeprefix('s3://')}/_checkpoints/run-*/checkpoint_*/state.json")
     assert len(states) == 2 and {json.loads(fs.cat(p))["epoch"] for p in states} == {1, 2}
@@ -87,9 +122,18 @@ def test_train_job_from_s3_bucket_on_ray_head(shared_s3_ray: dict, tmp_path: Pat
         assert abs(a["loss"] - b["loss"]) <= LOSS_RTOL * a["loss"], (a, b)
     worst_ap = max(abs(a["val_ap"] - b["val_ap"]) for a, b in zip(r1, epochs, strict=True))
     worst_loss = max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(r1, epochs, strict=True))
-    print(f"TWO_WORKERS_VS_ONE val_ap_max_abs_diff={worst_ap:.4f} loss_max_rel_diff={worst_loss:.4f}")  # docs/training.md
+    print(
+        f"TWO_WORKERS_VS_ONE val_ap_max_abs_diff={worst_ap:.4f} loss_max_rel_diff={worst_loss:.4f}"
+    )  # docs/training.md
     _, meta = load_detector(ckpt)
     assert meta.generators == ["upconv"] and meta.notes["train_data"] == f"{bucket}/data/train"
-    assert evaluate_main(["--data", f"{bucket}/data/test", "--detector", ckpt, "--json", str(tmp_path / "r.json")]) == 0
+    assert (
+        evaluate_main(
+            ["--data", f"{bucket}/data/test", "--detector", ckpt, "--json", str(tmp_path / "r.json")]
+        )
+        == 0
+    )
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert rep["per_generator"]["upconv"]["n_fake"] == 8 and rep["attribution"]["held_out_generators"] == ["vqgan"]
+    assert rep["per_generator"]["upconv"]["n_fake"] == 8 and rep["attribution"]["held_out_generators"] == [
+        "vqgan"
+    ]

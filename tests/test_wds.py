@@ -47,8 +47,14 @@ def test_oversized_first_image_member_is_skipped_by_scan_and_filter_alike(tmp_pa
 def test_repeated_key_pairs_each_label_with_its_own_image(tmp_path: Path) -> None:
     """Regression: sources kept the first image of a repeated key but the last .json."""
     img1, img2 = bi.png_bytes(seed=1), bi.png_bytes(seed=2)
-    members = [("a.png", img1), ("a.json", _label(0, "real")), ("b.png", bi.png_bytes(seed=3)),
-               ("b.json", _label(0, "real")), ("a.png", img2), ("a.json", _label(1, "famA"))]  # fmt: skip
+    members = [
+        ("a.png", img1),
+        ("a.json", _label(0, "real")),
+        ("b.png", bi.png_bytes(seed=3)),
+        ("b.json", _label(0, "real")),
+        ("a.png", img2),
+        ("a.json", _label(1, "famA")),
+    ]
     url = _write(tmp_path, "dup.tar", bi.tar_bytes(members))
     items = [it for it in load_labelled(url) if it.key == "a"]
     by_label = {it.label: it for it in items}
@@ -56,8 +62,10 @@ def test_repeated_key_pairs_each_label_with_its_own_image(tmp_path: Path) -> Non
     assert by_label[0].read_bytes() == img1 and by_label[0].generator == "real"
     assert by_label[1].read_bytes() == img2 and by_label[1].generator == "famA"
     scan = wds.read_shard(url)
-    assert [(s.key, s.image, s.meta["label"]) for s in scan.samples if s.key == "a"] == [("a", img1, 0),
-                                                                                          ("a", img2, 1)]
+    assert [(s.key, s.image, s.meta["label"]) for s in scan.samples if s.key == "a"] == [
+        ("a", img1, 0),
+        ("a", img2, 1),
+    ]
 
 
 def test_sources_know_every_image_type_and_the_same_junk_as_the_scan(tmp_path: Path) -> None:
@@ -66,8 +74,12 @@ def test_sources_know_every_image_type_and_the_same_junk_as_the_scan(tmp_path: P
     members: list[bi.Member] = []
     for i, ext in enumerate(wds.IMAGE_EXTENSIONS):
         members += [(f"x_{ext}.{ext}", bi.png_bytes(seed=i)), (f"x_{ext}.json", _label(1, "famA"))]
-    members += [(".cache/in_dot_folder.png", bi.png_bytes(seed=20)), (".cache/in_dot_folder.json", _label(0, "real")),
-                (".DS_Store", b"junk"), ("._x_jpg.jpg", b"appledouble")]  # fmt: skip
+    members += [
+        (".cache/in_dot_folder.png", bi.png_bytes(seed=20)),
+        (".cache/in_dot_folder.json", _label(0, "real")),
+        (".DS_Store", b"junk"),
+        ("._x_jpg.jpg", b"appledouble"),
+    ]
     url = _write(tmp_path, "types.tar", bi.tar_bytes(members))
     scan = [(s.key, s.image_name) for s in wds.read_shard(url).samples]
     sources = [(it.key, it.member) for it in load_labelled(url)]
@@ -81,21 +93,30 @@ def test_sources_know_every_image_type_and_the_same_junk_as_the_scan(tmp_path: P
     (tmp_path / "fam" / "0_real").mkdir()
     (tmp_path / "fam" / "0_real" / "r.TIFF").write_bytes(bi.png_bytes())
     folder = load_labelled(str(tmp_path / "fam"), layout="univfd")
-    assert sorted(Path(it.uri).name for it in folder) == sorted([f"i.{e}" for e in wds.IMAGE_EXTENSIONS] + ["r.TIFF"])
+    assert sorted(Path(it.uri).name for it in folder) == sorted(
+        [f"i.{e}" for e in wds.IMAGE_EXTENSIONS] + ["r.TIFF"]
+    )
 
 
 def _scan_view(url: str) -> tuple[list[tuple[str, str | None, str | None]], str | None]:
     c = wds.read_shard(url)
-    return [(s.key, s.image_name, hashlib.sha256(s.image).hexdigest() if s.image is not None else None)
-            for s in c.samples], c.error  # fmt: skip
+    return [
+        (s.key, s.image_name, hashlib.sha256(s.image).hexdigest() if s.image is not None else None)
+        for s in c.samples
+    ], c.error
 
 
 def _filter_view(url: str) -> list[tuple[str, str | None, str | None]]:
     out = []
     for s in wds.iter_samples(url):
         m = s.image_member()
-        out.append((s.key, m.name if m else None, hashlib.sha256(m.data).hexdigest() if m and m.data is not None
-                    else None))  # fmt: skip
+        out.append(
+            (
+                s.key,
+                m.name if m else None,
+                hashlib.sha256(m.data).hexdigest() if m and m.data is not None else None,
+            )
+        )
     return out
 
 
@@ -103,8 +124,13 @@ def _labels_view(url: str) -> list[tuple[str, str | None, str | None]]:
     out = []
     for s in wds.labelled_samples(url):
         data = Path(url).read_bytes()[s.image.offset : s.image.offset + s.image.size] if s.image else None
-        out.append((s.key, s.image.name if s.image else None, hashlib.sha256(data).hexdigest() if data is not None
-                    else None))  # fmt: skip
+        out.append(
+            (
+                s.key,
+                s.image.name if s.image else None,
+                hashlib.sha256(data).hexdigest() if data is not None else None,
+            )
+        )
     return out
 
 
@@ -128,8 +154,11 @@ def test_the_three_consumers_see_the_same_samples_on_the_bad_input_corpus(tmp_pa
                 items = []
             scan_members = {(k, name) for k, name, _ in scan if name is not None}
             assert {(it.key, it.member) for it in items} <= scan_members
-            assert len(items) == sum(1 for s in wds.labelled_samples(url) if s.image is not None
-                                     and s.meta is not None and s.meta.get("label") in (0, 1))  # fmt: skip
+            assert len(items) == sum(
+                1
+                for s in wds.labelled_samples(url)
+                if s.image is not None and s.meta is not None and s.meta.get("label") in (0, 1)
+            )
             checked_readable += 1
         else:
             # strict consumers refuse a broken shard (the filter must not copy half a shard)

@@ -22,8 +22,13 @@ from pipeline.logs import get_logger
 log = get_logger("pipeline.engine.cluster")
 
 PASS_THROUGH_PREFIXES = ("AWS_", "GENSCAN_")
-PASS_THROUGH_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_HUB_OFFLINE", "MALLOC_MMAP_THRESHOLD_",
-                      "MALLOC_TRIM_THRESHOLD_")  # fmt: skip
+PASS_THROUGH_NAMES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "HF_HUB_OFFLINE",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+)
 
 
 # Secrets are NEVER put in a runtime_env: Ray writes runtime_envs into its logs (runtime_env_agent.log) and shows
@@ -35,8 +40,11 @@ SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKE
 
 def passthrough_env_names(environ: dict[str, str] | None = None) -> list[str]:
     env = os.environ if environ is None else environ
-    return sorted(k for k in env if (k.startswith(PASS_THROUGH_PREFIXES) or k in PASS_THROUGH_NAMES)
-                  and k not in SECRET_NAMES)  # fmt: skip
+    return sorted(
+        k
+        for k in env
+        if (k.startswith(PASS_THROUGH_PREFIXES) or k in PASS_THROUGH_NAMES) and k not in SECRET_NAMES
+    )
 
 
 def runtime_env(environ: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
@@ -45,8 +53,13 @@ def runtime_env(environ: dict[str, str] | None = None) -> dict[str, dict[str, st
     return {"env_vars": {k: env[k] for k in passthrough_env_names(env)}}
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, *,
-            extra_env: dict[str, str] | None = None, temp_dir: str | None = None) -> str:  # fmt: skip
+def connect(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    *,
+    extra_env: dict[str, str] | None = None,
+    temp_dir: str | None = None,
+) -> str:
     """Attach to a cluster or start a local one; returns how ("attached" | "local").
 
     address None: attach to `RAY_ADDRESS` when set (the case under `ray job submit`), else start a NEW local
@@ -74,8 +87,14 @@ def connect(address: str | None = None, num_cpus: int | None = None, *,
     # Ray turns token authentication on by default for a local Ray (and generates the token) and warns about
     # it each start: keep the protection, drop the warning (it asks the user to do nothing)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=renv,
-                   _temp_dir=temp_dir, **quiet)  # fmt: skip
+    ctx = ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        runtime_env=renv,
+        _temp_dir=temp_dir,
+        **quiet,
+    )
     # a local Ray serves no dashboard or job API on any interface (include_dashboard=False); the run log says so
     log.info("ray_started_local", dashboard=ctx.dashboard_url or None)
     return "local"
@@ -87,8 +106,9 @@ def shutdown() -> None:
 
 
 @contextlib.contextmanager
-def session(address: str | None = None, num_cpus: int | None = None, *,
-            extra_env: dict[str, str] | None = None) -> Iterator[str]:  # fmt: skip
+def session(
+    address: str | None = None, num_cpus: int | None = None, *, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
     """THE place a job gets its Ray: yields "attached" | "local" | "existing" (`connect`'s rules; "existing":
     this process was already connected, e.g. a test's session-wide head or a caller's own `ray.init`).
 

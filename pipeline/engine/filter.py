@@ -20,7 +20,9 @@ def _apply(fn: Callable[[T], R], item: T) -> R:
     return fn(item)
 
 
-def ray_map(fn: Callable[[T], R], items: Sequence[T], *, num_cpus: float = 0.5, max_retries: int = 2) -> list[R]:
+def ray_map(
+    fn: Callable[[T], R], items: Sequence[T], *, num_cpus: float = 0.5, max_retries: int = 2
+) -> list[R]:
     """`[fn(x) for x in items]` as Ray tasks, results in input order. A task that fails after its retries
     fails the whole map (the driver exits non-zero). Shard writes are idempotent, so retries are safe."""
     if not items:

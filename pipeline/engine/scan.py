@@ -63,8 +63,15 @@ def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: object) -> Iterator[
         yield out
 
 
-def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size: int, resize_mode: str,
-                  scorer: type = ReportingScorer, also: list[tuple[int, str]] | None = None) -> ray.data.Dataset:  # fmt: skip
+def build_dataset(
+    shards: list[tuple[str, str]],
+    cfg: ScanConfig,
+    *,
+    image_size: int,
+    resize_mode: str,
+    scorer: type = ReportingScorer,
+    also: list[tuple[int, str]] | None = None,
+) -> ray.data.Dataset:
     """Read + decode -> score. shards: [(shard_url, shard_id)]; scorer: the actor class (a model-free one in
     benchmarks/driver.py); also: the further inputs a detector set needs (`ScanWork.also`)."""
     also = list(also or [])
@@ -84,8 +91,14 @@ def build_dataset(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size:
         prepare_on_node,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={"image_size": image_size, "resize_mode": resize_mode, "max_pixels": cfg.max_pixels,
-                   "chunk_rows": cfg.chunk_rows, "decode_on": cfg.decode_on, "also": also},  # fmt: skip
+        fn_kwargs={
+            "image_size": image_size,
+            "resize_mode": resize_mode,
+            "max_pixels": cfg.max_pixels,
+            "chunk_rows": cfg.chunk_rows,
+            "decode_on": cfg.decode_on,
+            "also": also,
+        },
         compute=TaskPoolStrategy(size=cfg.read_concurrency) if cfg.read_concurrency else None,
         num_cpus=cfg.read_num_cpus,
         # A memory reservation for the shard held in memory. It also keeps decode out of the actors: Ray fuses
@@ -138,7 +151,9 @@ def route_to_writers(batch: dict[str, np.ndarray], writers: list[Any]) -> dict[s
     ready = batch.get("_actor_ready")
     return {
         "rows": np.asarray([len(shards)], np.int64),
-        "ready": np.asarray([float(np.min(ready)) if ready is not None and len(ready) else np.inf], np.float64),
+        "ready": np.asarray(
+            [float(np.min(ready)) if ready is not None and len(ready) else np.inf], np.float64
+        ),
         "done": np.asarray([json.dumps(done)], dtype=object),
     }
 
@@ -161,8 +176,9 @@ class RayScanExecutor:
     def _run(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
         cfg, timing = work.cfg, work.timing
         n_writers = max(1, min(cfg.num_actors, len(todo)))
-        actor = ray.remote(num_cpus=self.writer_num_cpus, memory=WRITER_MEMORY_MB * 2**20,
-                           max_restarts=3)(ShardWriterActor)  # fmt: skip
+        actor = ray.remote(num_cpus=self.writer_num_cpus, memory=WRITER_MEMORY_MB * 2**20, max_restarts=3)(
+            ShardWriterActor
+        )
         alive = [n for n in ray.nodes() if n.get("Alive")]
         cpu_nodes = sorted(n["NodeID"] for n in alive if n.get("Resources", {}).get("CPU"))
         no_cpu = sorted(n["NodeID"] for n in alive if not n.get("Resources", {}).get("CPU"))
@@ -171,20 +187,44 @@ class RayScanExecutor:
         never = {"label_selector": {NODE_ID_LABEL_KEY: f"!in({','.join(no_cpu)})"}} if no_cpu else {}
         writers = []
         for i in range(n_writers):
-            strategy: Any = (NodeAffinitySchedulingStrategy(node_id=cpu_nodes[i % len(cpu_nodes)], soft=True)
-                             if cpu_nodes else "SPREAD")  # fmt: skip
-            writers.append(actor.options(scheduling_strategy=strategy, **never)
-                           .remote(work.ctx, cfg.output, work.scan_date))  # fmt: skip
+            strategy: Any = (
+                NodeAffinitySchedulingStrategy(node_id=cpu_nodes[i % len(cpu_nodes)], soft=True)
+                if cpu_nodes
+                else "SPREAD"
+            )
+            writers.append(
+                actor.options(scheduling_strategy=strategy, **never).remote(
+                    work.ctx, cfg.output, work.scan_date
+                )
+            )
         try:
-            ds = build_dataset(todo, cfg, image_size=work.image_size, resize_mode=work.resize_mode,
-                               scorer=self.scorer, also=work.also)
+            ds = build_dataset(
+                todo,
+                cfg,
+                image_size=work.image_size,
+                resize_mode=work.resize_mode,
+                scorer=self.scorer,
+                also=work.also,
+            )
             # a bounded task pool: tiny CPU requests would otherwise let Ray start dozens of worker processes
-            ds = ds.map_batches(route_to_writers, batch_size=None, batch_format="numpy",
-                                fn_kwargs={"writers": writers}, num_cpus=ROUTE_NUM_CPUS,
-                                compute=TaskPoolStrategy(size=max(2, 2 * n_writers)))  # fmt: skip
-            log.info("scan_plan", shards=len(todo), batch_size=cfg.batch_size, actors=cfg.num_actors,
-                     writers=n_writers, actor_num_cpus=cfg.actor_num_cpus, actor_num_gpus=cfg.actor_num_gpus,
-                     read_num_cpus=cfg.read_num_cpus)  # fmt: skip
+            ds = ds.map_batches(
+                route_to_writers,
+                batch_size=None,
+                batch_format="numpy",
+                fn_kwargs={"writers": writers},
+                num_cpus=ROUTE_NUM_CPUS,
+                compute=TaskPoolStrategy(size=max(2, 2 * n_writers)),
+            )
+            log.info(
+                "scan_plan",
+                shards=len(todo),
+                batch_size=cfg.batch_size,
+                actors=cfg.num_actors,
+                writers=n_writers,
+                actor_num_cpus=cfg.actor_num_cpus,
+                actor_num_gpus=cfg.actor_num_gpus,
+                read_num_cpus=cfg.read_num_cpus,
+            )
             t0, wall0, cpu0 = time.perf_counter(), time.time(), time.thread_time()
             ready_at, rows_total, handle_cpu = float("inf"), 0, 0.0
             for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
@@ -217,8 +257,14 @@ class RayScanExecutor:
                 ray.kill(w)
 
 
-def iter_scored(shards: list[tuple[str, str]], cfg: ScanConfig, *, image_size: int, resize_mode: str,
-                scorer: type = ReportingScorer) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
+def iter_scored(
+    shards: list[tuple[str, str]],
+    cfg: ScanConfig,
+    *,
+    image_size: int,
+    resize_mode: str,
+    scorer: type = ReportingScorer,
+) -> Iterator[dict[str, np.ndarray]]:
     """Scored row batches on the driver (no writers): for tools that want the rows themselves (and the
     driver-writes baseline of benchmarks/driver.py)."""
     ds = build_dataset(shards, cfg, image_size=image_size, resize_mode=resize_mode, scorer=scorer)

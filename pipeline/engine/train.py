@@ -74,8 +74,10 @@ def build_datasets(cfg: TrainConfig, plan: TrainPlan, clock: Any) -> dict[str, r
     aug = train_spec(cfg, det_cfg, patch_size(det_cfg))
     plain = DecodeSpec(det_cfg=det_cfg, seed=cfg.seed)
     opts = {"chunk_rows": cfg.read_chunk, "read_tasks": cfg.read_tasks}
-    datasets = {"val": stream_dataset(val_ref, plan.n_val, plain, epoch=-1, **opts),
-                "train_plain": stream_dataset(train_ref, plan.n_train, plain, epoch=-1, **opts)}  # fmt: skip
+    datasets = {
+        "val": stream_dataset(val_ref, plan.n_val, plain, epoch=-1, **opts),
+        "train_plain": stream_dataset(train_ref, plan.n_train, plain, epoch=-1, **opts),
+    }
     if cfg.method == "mole":
         datasets["train"] = stream_dataset(train_ref, plan.n_train, aug, epoch=0, clock=clock, **opts)
     return datasets
@@ -106,8 +108,11 @@ class RayTrainHooks(TrainHooks):
         if self.world_rank == 0:  # before this rank asks for the epoch: its tasks cannot start earlier
             ray.get(self.clock.set.remote(epoch))
         shard = ray.train.get_dataset_shard("train")
-        return shard.iter_batches(batch_size=per_rank_batch(self.cfg.batch_size, self.world_size),
-                                  batch_format="numpy", prefetch_batches=2)  # fmt: skip
+        return shard.iter_batches(
+            batch_size=per_rank_batch(self.cfg.batch_size, self.world_size),
+            batch_format="numpy",
+            prefetch_batches=2,
+        )
 
     def eval_batches(self, split: str) -> Iterable[dict[str, np.ndarray]]:
         shard = ray.train.get_dataset_shard("val" if split == "val" else "train_plain")
@@ -169,17 +174,25 @@ def run_name(out: str, resume: bool) -> str:
     """A fresh `run-<UTC time>` name, or with `resume` the newest existing run under `<out>/_checkpoints/`."""
     if resume:
         fs, root = storage.filesystem(storage.join(out, CHECKPOINTS_DIR))
-        runs = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) if fs.exists(root) else []
+        runs = (
+            sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+            if fs.exists(root)
+            else []
+        )
         runs = [r for r in runs if r.startswith("run-")]
         if runs:
             log.info("ray_train_resume", run=runs[-1], out=out)
             return runs[-1]
-        log.warning("resume_nothing_found", out=out, reason="no earlier run under _checkpoints; starting fresh")
+        log.warning(
+            "resume_nothing_found", out=out, reason="no earlier run under _checkpoints; starting fresh"
+        )
     return time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 @contextmanager
-def _watch_epochs(clock: Any, on_epoch: Callable[[int], None] | None, period_s: float = 1.0) -> Iterator[None]:
+def _watch_epochs(
+    clock: Any, on_epoch: Callable[[int], None] | None, period_s: float = 1.0
+) -> Iterator[None]:
     """While the block runs, call `on_epoch(done)` whenever the epoch clock moves (rank 0 sets it to the
     0-based epoch it starts, i.e. the number of epochs done). A driver-side thread: the workers are untouched."""
     if on_epoch is None:
@@ -207,8 +220,13 @@ def _watch_epochs(clock: Any, on_epoch: Callable[[int], None] | None, period_s: 
         thread.join(timeout=15)
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None,
-                 on_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_training(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    plan: TrainPlan | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Train with Ray Train and return the run summary (also in `<out>/train_summary.json`). `plan`: the
     driver's listing + split (made here when not given). `on_epoch(done)`: progress, called from a driver
     thread as epochs start and once when training ends.
@@ -240,12 +258,21 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | No
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
         )
-        log.info("ray_train_start", num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, out=cfg.out, run=name,
-                 n_train=plan.n_train, n_val=plan.n_val)  # fmt: skip
+        log.info(
+            "ray_train_start",
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            out=cfg.out,
+            run=name,
+            n_train=plan.n_train,
+            n_val=plan.n_val,
+        )
         with _watch_epochs(clock, on_epoch):
             trainer.fit()
     if on_epoch is not None:
         on_epoch(cfg.epochs)
     summary = read_summary(cfg.out)
-    log.info("ray_train_done", out=cfg.out, **{k: v for k, v in summary.items() if not isinstance(v, dict | list)})
+    log.info(
+        "ray_train_done", out=cfg.out, **{k: v for k, v in summary.items() if not isinstance(v, dict | list)}
+    )
     return summary

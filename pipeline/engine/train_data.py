@@ -33,9 +33,15 @@ class EpochClock:
 
 
 def _read_chunks(
-    batch: dict[str, np.ndarray], *, table: list[Any], chunk_rows: int, seed: int, epoch: int, stage: DecodeStage,
+    batch: dict[str, np.ndarray],
+    *,
+    table: list[Any],
+    chunk_rows: int,
+    seed: int,
+    epoch: int,
+    stage: DecodeStage,
     clock: Any = None,
-) -> dict[str, np.ndarray]:  # fmt: skip
+) -> dict[str, np.ndarray]:
     """Ray Data task body: chunk ids -> listing rows (the listing table comes from the object store) -> the
     decode stage. `table` is a one-element list so Ray passes the ObjectRef itself, not its value; with a
     `clock` the epoch comes from it."""
@@ -45,8 +51,16 @@ def _read_chunks(
     return stage(listing_chunk(tab, batch["id"], chunk_rows=chunk_rows, seed=seed, epoch=epoch))
 
 
-def stream_dataset(table_ref: Any, n_rows: int, spec: DecodeSpec, *, epoch: int, chunk_rows: int,
-                   read_tasks: int | None, clock: Any = None) -> ray.data.Dataset:  # fmt: skip
+def stream_dataset(
+    table_ref: Any,
+    n_rows: int,
+    spec: DecodeSpec,
+    *,
+    epoch: int,
+    chunk_rows: int,
+    read_tasks: int | None,
+    clock: Any = None,
+) -> ray.data.Dataset:
     """A lazily planned dataset of decoded uint8 images in CPU Ray Data tasks, for epoch `epoch` (`-1`:
     listing order, no augmentation randomness needed) or, with `clock`, for whatever epoch it says."""
     n = max(n_chunks(n_rows, chunk_rows), 1)
@@ -59,7 +73,13 @@ def stream_dataset(table_ref: Any, n_rows: int, spec: DecodeSpec, *, epoch: int,
         batch_size=1,
         batch_format="numpy",
         num_cpus=1,
-        fn_kwargs={"table": [table_ref], "chunk_rows": chunk_rows, "seed": spec.seed, "epoch": epoch,
-                   "stage": DecodeStage(spec), "clock": clock},  # fmt: skip
+        fn_kwargs={
+            "table": [table_ref],
+            "chunk_rows": chunk_rows,
+            "seed": spec.seed,
+            "epoch": epoch,
+            "stage": DecodeStage(spec),
+            "clock": clock,
+        },
         **kwargs,
     )

@@ -40,7 +40,9 @@ class EvalConfig(StrictModel):
         None, description="known generators; default: the checkpoint's meta.generators"
     )
     jpeg: list[int] = Field(default_factory=list, description="JPEG qualities for the robustness sweep")
-    blur: list[float] = Field(default_factory=list, description="Gaussian blur sigmas for the robustness sweep")
+    blur: list[float] = Field(
+        default_factory=list, description="Gaussian blur sigmas for the robustness sweep"
+    )
     resize: list[float] = Field(default_factory=list, description="resize factors for the robustness sweep")
     batch_size: int = Field(32, ge=1)
     max_per_class: int | None = Field(None, ge=1, description="cap per generator and class (UnivFD: 1000)")
@@ -158,7 +160,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         for level in levels:
             pred = _predict(predictor, det_cfg, table, cfg.batch_size, (kind, float(level)), SkipCounter())
             p, m = _detection_table(records, groups, pred["p_fake"], threshold)
-            robustness[kind][str(level)] = {"per_generator": {g: {"ap": v["ap"], "acc": v["acc"]} for g, v in p.items()}, "mean": m}
+            robustness[kind][str(level)] = {
+                "per_generator": {g: {"ap": v["ap"], "acc": v["acc"]} for g, v in p.items()},
+                "mean": m,
+            }
             log.info("robustness", kind=kind, level=level, mean_ap=m["ap"], mean_acc=m["acc"])
     report["robustness"] = robustness
 
@@ -179,7 +184,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
         storage.write_bytes_atomic(cfg.markdown, render_markdown(report).encode())
     storage.write_bytes_atomic(
-        storage.join(str(Path(cfg.json_out).parent) if not storage.is_remote(cfg.json_out) else cfg.json_out.rsplit("/", 1)[0], "eval_config.json"),
+        storage.join(
+            str(Path(cfg.json_out).parent)
+            if not storage.is_remote(cfg.json_out)
+            else cfg.json_out.rsplit("/", 1)[0],
+            "eval_config.json",
+        ),
         cfg.to_json().encode(),
     )
     log.info("eval_done", mean_ap=mean["ap"], mean_acc=mean["acc"], json=cfg.json_out)
@@ -204,7 +214,9 @@ def _attribution(
     return {
         "known_generators": known,
         "held_out_generators": held_out,
-        "closed_set_accuracy": closed_set_accuracy(true, gen_scores[closed_idx]) if closed_idx else float("nan"),
+        "closed_set_accuracy": closed_set_accuracy(true, gen_scores[closed_idx])
+        if closed_idx
+        else float("nan"),
         "n_closed_set": len(closed_idx),
         "open_set_auroc": open_set_auroc(known_f, held_f),
         "n_known_fakes": int(known_f.size),

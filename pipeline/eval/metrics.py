@@ -15,7 +15,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 DETECTION_KEYS = ("ap", "auc", "acc", "acc_05", "real_acc", "fake_acc", "balanced_acc", "n_real", "n_fake")
 
 
-def _as_arrays(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _as_arrays(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels).astype(np.int64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:

@@ -52,13 +52,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     rob = report.get("robustness") or {}
     if rob:
-        lines += ["", "## Robustness (mean over generators, percent)", "", "| perturbation | AP | AUC | acc | acc@0.5 |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Robustness (mean over generators, percent)",
+            "",
+            "| perturbation | AP | AUC | acc | acc@0.5 |",
+            "|---|---|---|---|---|",
+        ]
         m = report["mean"]
         lines.append(f"| clean | {_f(m['ap'])} | {_f(m['auc'])} | {_f(m['acc'])} | {_f(m['acc_05'])} |")
         for kind, levels in rob.items():
             for level, res in levels.items():
                 r = res["mean"]
-                lines.append(f"| {kind} {level} | {_f(r['ap'])} | {_f(r['auc'])} | {_f(r['acc'])} | {_f(r['acc_05'])} |")
+                lines.append(
+                    f"| {kind} {level} | {_f(r['ap'])} | {_f(r['auc'])} | {_f(r['acc'])} | {_f(r['acc_05'])} |"
+                )
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"- `{p}`" for p in report["plots"]]
     return "\n".join(lines) + "\n"

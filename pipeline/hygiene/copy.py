@@ -43,7 +43,9 @@ class ShardWriter:
     def write(self, sample: Sample) -> None:
         hidden = [m.ext for m in sample.members if m.ext.startswith("_")]
         if hidden:  # TarWriter would silently skip these members
-            raise ValueError(f"sample {sample.key!r}: member extension(s) {hidden} start with '_' (cannot copy)")
+            raise ValueError(
+                f"sample {sample.key!r}: member extension(s) {hidden} start with '_' (cannot copy)"
+            )
         missing = [m.name for m in sample.members if m.data is None]
         if missing:
             raise ValueError(f"sample {sample.key!r}: members {missing} were not read (cannot copy)")

@@ -75,30 +75,71 @@ def select(con: duckdb.DuckDBPyConnection, *, size: int, top_n: int, seed: int) 
     "top_flagged": items}."""
     galleries: list[tuple[str, str, list[Item]]] = []
     if size > 0:
-        fakes = _items(con, f"""
+        fakes = _items(
+            con,
+            f"""
             SELECT {ITEM_COLUMNS} FROM (
               SELECT *, row_number() OVER (PARTITION BY top_generator ORDER BY p_fake DESC, shard, key) AS rn
               FROM scan WHERE status = 'ok' AND is_fake)
-            WHERE rn <= ? ORDER BY top_generator, rn""", [size])
+            WHERE rn <= ? ORDER BY top_generator, rn""",
+            [size],
+        )
         by_gen: dict[str, list[Item]] = defaultdict(list)
         for it in fakes:
             by_gen[str(it.top_generator)].append(it)
         for gen in sorted(by_gen, key=lambda g: (-len(by_gen[g]), g)):
             galleries.append((f"fakes:{gen}", f"Most confident fakes attributed to {gen}", by_gen[gen]))
-        galleries.append(("borderline", "Borderline: closest to the threshold (both sides)", _items(con, f"""
+        galleries.append(
+            (
+                "borderline",
+                "Borderline: closest to the threshold (both sides)",
+                _items(
+                    con,
+                    f"""
             SELECT {ITEM_COLUMNS} FROM scan WHERE status = 'ok' AND p_fake IS NOT NULL
-            ORDER BY abs(p_fake - threshold), shard, key LIMIT ?""", [size])))
-        galleries.append(("kept", "Random sample of what is kept (not flagged)", _items(con, f"""
+            ORDER BY abs(p_fake - threshold), shard, key LIMIT ?""",
+                    [size],
+                ),
+            )
+        )
+        galleries.append(
+            (
+                "kept",
+                "Random sample of what is kept (not flagged)",
+                _items(
+                    con,
+                    f"""
             SELECT {ITEM_COLUMNS} FROM scan WHERE status = 'ok' AND NOT is_fake
-            ORDER BY md5(shard || '/' || key || '/' || ?), shard, key LIMIT ?""", [str(seed), size])))
-        galleries.append(("errors", "One example per error status", _items(con, f"""
+            ORDER BY md5(shard || '/' || key || '/' || ?), shard, key LIMIT ?""",
+                    [str(seed), size],
+                ),
+            )
+        )
+        galleries.append(
+            (
+                "errors",
+                "One example per error status",
+                _items(
+                    con,
+                    f"""
             SELECT {ITEM_COLUMNS} FROM (
               SELECT *, row_number() OVER (PARTITION BY status ORDER BY shard, key NULLS FIRST) AS rn
               FROM scan WHERE status <> 'ok')
-            WHERE rn = 1 ORDER BY status""")))
-    top = _items(con, f"""
+            WHERE rn = 1 ORDER BY status""",
+                ),
+            )
+        )
+    top = (
+        _items(
+            con,
+            f"""
         SELECT {ITEM_COLUMNS} FROM scan WHERE status = 'ok' AND is_fake
-        ORDER BY p_fake DESC, shard, key LIMIT ?""", [top_n]) if top_n > 0 else []  # fmt: skip
+        ORDER BY p_fake DESC, shard, key LIMIT ?""",
+            [top_n],
+        )
+        if top_n > 0
+        else []
+    )
     return {"galleries": [g for g in galleries if g[2]], "top_flagged": top}
 
 
@@ -160,8 +201,14 @@ def fill(items: list[Item], output: str) -> dict[str, Any]:
     return stats
 
 
-def _fill_one(it: Item, samples: list[wds.Sample], read_error: str | None, output: str,
-              written: dict[str, str], stats: dict[str, int]) -> None:  # fmt: skip
+def _fill_one(
+    it: Item,
+    samples: list[wds.Sample],
+    read_error: str | None,
+    output: str,
+    written: dict[str, str],
+    stats: dict[str, int],
+) -> None:
     if not samples:
         it.note = f"sample not found in its shard{f' ({read_error})' if read_error else ''}"
         stats["missing"] += 1
@@ -215,25 +262,33 @@ def _num(x: float | None) -> str:
 
 def card(it: Item, gallery: str) -> str:
     e = html.escape
-    img = (f'<img src="{e(it.thumb)}" alt="{e(str(it.key))}">' if it.thumb
-           else f'<div class="noimg">{e(it.note if it.status == "ok" else "no image: " + it.status)}</div>')  # fmt: skip
+    img = (
+        f'<img src="{e(it.thumb)}" alt="{e(str(it.key))}">'
+        if it.thumb
+        else f'<div class="noimg">{e(it.note if it.status == "ok" else "no image: " + it.status)}</div>'
+    )
     href = _safe_href(it.url)
-    url = (f'<a href="{e(href)}" rel="noreferrer nofollow">{e(it.url or "")}</a>' if href
-           else e(it.url or ""))  # fmt: skip
+    url = f'<a href="{e(href)}" rel="noreferrer nofollow">{e(it.url or "")}</a>' if href else e(it.url or "")
     key = "(whole shard)" if it.key is None else it.key
     if it.status == "ok":
         side = " flagged" if it.is_fake else " kept"
-        lines = [f'<b>{e(key)}</b> <span class="shard">{e(it.shard)}</span>',
-                 f"p_fake {_num(it.p_fake)} · thr {_num(it.threshold)}{side} · {e(str(it.top_generator))}"]
+        lines = [
+            f'<b>{e(key)}</b> <span class="shard">{e(it.shard)}</span>',
+            f"p_fake {_num(it.p_fake)} · thr {_num(it.threshold)}{side} · {e(str(it.top_generator))}",
+        ]
     else:
-        lines = [f'<b>{e(key)}</b> <span class="shard">{e(it.shard)}</span>',
-                 f'<span class="err">{e(it.status)}: {e(_text(it.error) or "")}</span>']
+        lines = [
+            f'<b>{e(key)}</b> <span class="shard">{e(it.shard)}</span>',
+            f'<span class="err">{e(it.status)}: {e(_text(it.error) or "")}</span>',
+        ]
     if it.url:
         lines.append(f'<span class="url">{url}</span>')
     if it.caption:
         lines.append(f'<span class="cap">{e(it.caption)}</span>')
-    return (f'<figure class="card" data-gallery="{e(gallery)}" data-shard="{e(it.shard)}" '
-            f'data-key="{e(key)}">{img}<figcaption>{"<br>".join(lines)}</figcaption></figure>')  # fmt: skip
+    return (
+        f'<figure class="card" data-gallery="{e(gallery)}" data-shard="{e(it.shard)}" '
+        f'data-key="{e(key)}">{img}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
+    )
 
 
 def _mini(it: Item) -> str:
@@ -246,9 +301,12 @@ def render(galleries: list[tuple[str, str, list[Item]]], top: list[Item]) -> str
     if not galleries:
         parts.append("<p>No galleries (none requested, or no rows to show).</p>")
     for name, title, items in galleries:
-        parts.append(f'<section class="gallery" id="gallery-{e(name)}"><h3>{e(title)} '
-                     f'<small>({len(items)})</small></h3><div class="grid">'
-                     + "".join(card(it, name) for it in items) + "</div></section>")  # fmt: skip
+        parts.append(
+            f'<section class="gallery" id="gallery-{e(name)}"><h3>{e(title)} '
+            f'<small>({len(items)})</small></h3><div class="grid">'
+            + "".join(card(it, name) for it in items)
+            + "</div></section>"
+        )
     rows = "".join(
         f"<tr><td>{i}</td><td>{e(it.shard)}</td><td>{e(str(it.key))}</td><td>{_num(it.p_fake)}</td>"
         f"<td>{e(str(it.top_generator))}</td>"
@@ -256,8 +314,10 @@ def render(galleries: list[tuple[str, str, list[Item]]], top: list[Item]) -> str
         f"<td>{e(it.url or '')}</td><td>{e(it.caption or '')}</td></tr>"
         for i, it in enumerate(top, 1)
     )
-    parts.append(f"<h2>Top {len(top)} flagged</h2><table class=\"top\"><tr><th>#</th><th>shard</th><th>key</th>"
-                 f"<th>p_fake</th><th>top_generator</th><th>image</th><th>url</th><th>caption</th></tr>{rows}</table>")
+    parts.append(
+        f'<h2>Top {len(top)} flagged</h2><table class="top"><tr><th>#</th><th>shard</th><th>key</th>'
+        f"<th>p_fake</th><th>top_generator</th><th>image</th><th>url</th><th>caption</th></tr>{rows}</table>"
+    )
     return "\n".join(parts)
 
 

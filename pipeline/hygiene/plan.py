@@ -16,7 +16,17 @@ from pipeline import output, storage
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.wds import index_shard
 
-SCAN_COLUMNS = ["shard", "key", "status", "error", "p_fake", "is_fake", "threshold", "top_generator", "sha256"]
+SCAN_COLUMNS = [
+    "shard",
+    "key",
+    "status",
+    "error",
+    "p_fake",
+    "is_fake",
+    "threshold",
+    "top_generator",
+    "sha256",
+]
 ERROR_STATUSES = ("decode_error", "no_image", "too_large")
 
 
@@ -140,7 +150,9 @@ def decide(row: dict[str, Any], policy: FilterPolicy) -> Decision:
         if rule.generator == gen:
             threshold = rule.threshold if rule.threshold is not None else base_threshold
             flagged = p_fake >= rule.threshold if rule.threshold is not None else base_flag
-            return make(rule.action, f"generator:{gen}", threshold) if flagged else make("keep", "", threshold)
+            return (
+                make(rule.action, f"generator:{gen}", threshold) if flagged else make("keep", "", threshold)
+            )
     if base_flag:
         return make(policy.fake_action, "fake", base_threshold)
     return make("keep", "", base_threshold)
@@ -183,7 +195,9 @@ def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
         return plan
     wrong = sorted({str(r["shard"]) for r in rows if r["shard"] != spec.shard_id})
     if wrong:
-        plan.problems.append(f"{spec.scan_file}: rows name other shard ids {wrong} (expected {spec.shard_id!r})")
+        plan.problems.append(
+            f"{spec.scan_file}: rows name other shard ids {wrong} (expected {spec.shard_id!r})"
+        )
         return plan
     try:
         index = index_shard(spec.source)

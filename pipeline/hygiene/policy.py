@@ -40,7 +40,8 @@ class FilterPolicy(StrictModel):
     fake_action: Literal["drop", "quarantine"] = "drop"
     generator_rules: list[GeneratorRule] = Field(default_factory=list)
     error_action: Action = Field(
-        default="keep", description="decode_error / no_image / too_large rows: keep (and report), drop or quarantine"
+        default="keep",
+        description="decode_error / no_image / too_large rows: keep (and report), drop or quarantine",
     )
     on_shard_error: Literal["fail", "skip"] = Field(
         default="fail",
@@ -63,9 +64,11 @@ class FilterPolicy(StrictModel):
         known = [*labels, *([UNKNOWN_LABEL] if UNKNOWN_LABEL not in labels else [])]
         bad = [r.generator for r in self.generator_rules if r.generator not in known]
         if bad:
-            raise ConfigError(f"generator_rules: {', '.join(repr(b) for b in bad)} "
-                              f"{'is not a label' if len(bad) == 1 else 'are not labels'} of {where}; "
-                              f"known labels: {', '.join(known)}")  # fmt: skip
+            raise ConfigError(
+                f"generator_rules: {', '.join(repr(b) for b in bad)} "
+                f"{'is not a label' if len(bad) == 1 else 'are not labels'} of {where}; "
+                f"known labels: {', '.join(known)}"
+            )
 
 
 class FilterConfig(StrictModel):
@@ -82,10 +85,18 @@ class FilterConfig(StrictModel):
     task_num_cpus: float = Field(default=0.5, gt=0.0)
     # error budget (pipeline.runner.ErrorBudget) over the shards and samples the filter is asked to clean:
     # scan rows with an error status were never checked, yet error_action keep passes them into the output
-    max_shard_error_rate: float = Field(DEFAULT_MAX_SHARD_ERROR_RATE, ge=0, le=1,
-                                        description="fail when more than this share of shards has a scan shard error")
-    max_sample_error_rate: float = Field(DEFAULT_MAX_SAMPLE_ERROR_RATE, ge=0, le=1,
-                                         description="fail when more than this share of samples has an error status")
+    max_shard_error_rate: float = Field(
+        DEFAULT_MAX_SHARD_ERROR_RATE,
+        ge=0,
+        le=1,
+        description="fail when more than this share of shards has a scan shard error",
+    )
+    max_sample_error_rate: float = Field(
+        DEFAULT_MAX_SAMPLE_ERROR_RATE,
+        ge=0,
+        le=1,
+        description="fail when more than this share of samples has an error status",
+    )
 
     @model_validator(mode="after")
     def _output_outside_input(self) -> FilterConfig:
@@ -97,6 +108,8 @@ class FilterConfig(StrictModel):
             out = self.output.rstrip("/")
             same_folder = out == src or out.startswith(src + "/")
         if same_folder:
-            raise ValueError("output must not be the input folder or inside it (cleaned shards would overwrite or "
-                             "be re-read as sources)")
+            raise ValueError(
+                "output must not be the input folder or inside it (cleaned shards would overwrite or "
+                "be re-read as sources)"
+            )
         return self

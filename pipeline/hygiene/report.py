@@ -28,8 +28,21 @@ from pipeline.hygiene.plan import PlanError, resolve_scan_date
 from pipeline.logs import get_logger
 from pipeline.settings import StrictModel
 
-COLUMNS = ["run_id", "source", "shard", "shard_url", "key", "status", "error", "p_fake", "is_fake", "threshold",
-           "top_generator", "sha256", "detector_id"]
+COLUMNS = [
+    "run_id",
+    "source",
+    "shard",
+    "shard_url",
+    "key",
+    "status",
+    "error",
+    "p_fake",
+    "is_fake",
+    "threshold",
+    "top_generator",
+    "sha256",
+    "detector_id",
+]
 MAX_FILTER_ROWS = 50
 
 
@@ -39,12 +52,19 @@ class ReportConfig(StrictModel):
     scan: str = Field(min_length=1, description="scan output root (scan_date=*/ partitions)")
     output: str = Field(min_length=1, description="folder for report.html, PNGs, thumbs/, summary.json")
     scan_date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="default: latest")
-    filter_output: str | None = Field(default=None, min_length=1,
-                                      description="a filter run's output: show what it dropped / quarantined")
-    gallery_size: int = Field(default=8, ge=0, le=64,
-                              description="cards per gallery (per generator for the fakes); 0 = no galleries")
+    filter_output: str | None = Field(
+        default=None, min_length=1, description="a filter run's output: show what it dropped / quarantined"
+    )
+    gallery_size: int = Field(
+        default=8,
+        ge=0,
+        le=64,
+        description="cards per gallery (per generator for the fakes); 0 = no galleries",
+    )
     top_n: int = Field(default=25, ge=0, le=500, description="rows of the top-flagged table")
     seed: int = Field(default=0, description="seed of the random sample of kept images")
+
+
 N_BINS = 10
 MAX_SHARDS_PLOTTED = 40
 
@@ -72,10 +92,14 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
     return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
 
 
-def summarize(table: pa.Table, scan_date: str, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, Any]:
+def summarize(
+    table: pa.Table, scan_date: str, con: duckdb.DuckDBPyConnection | None = None
+) -> dict[str, Any]:
     """The report's numbers for `scan_date` (and the trend over every date in `table`)."""
     con = con or _connect(table.filter(pc.field("scan_date") == scan_date), table)
-    totals = _rows(con, """
+    totals = _rows(
+        con,
+        """
         SELECT count(*)                                            AS rows,
                count(*) FILTER (WHERE status <> 'shard_error')     AS samples,
                count(*) FILTER (WHERE status = 'ok')               AS scored,
@@ -83,41 +107,71 @@ def summarize(table: pa.Table, scan_date: str, con: duckdb.DuckDBPyConnection | 
                count(*) FILTER (WHERE status NOT IN ('ok', 'shard_error')) AS error_rows,
                count(*) FILTER (WHERE status = 'shard_error')      AS shard_errors,
                count(DISTINCT shard)                               AS shards
-        FROM scan""")[0]
+        FROM scan""",
+    )[0]
     totals["fake_rate"] = round(totals["flagged"] / totals["scored"], 4) if totals["scored"] else None
-    status = _rows(con, "SELECT status, count(*) AS rows FROM scan GROUP BY status ORDER BY rows DESC, status")
-    generators = _rows(con, """
+    status = _rows(
+        con, "SELECT status, count(*) AS rows FROM scan GROUP BY status ORDER BY rows DESC, status"
+    )
+    generators = _rows(
+        con,
+        """
         SELECT top_generator AS generator, count(*) AS flagged FROM scan
-        WHERE status = 'ok' AND is_fake GROUP BY top_generator ORDER BY flagged DESC, generator""")
-    shards = _rows(con, """
+        WHERE status = 'ok' AND is_fake GROUP BY top_generator ORDER BY flagged DESC, generator""",
+    )
+    shards = _rows(
+        con,
+        """
         SELECT shard, count(*) FILTER (WHERE status <> 'shard_error') AS samples,
                count(*) FILTER (WHERE status = 'ok') AS scored, count(*) FILTER (WHERE is_fake) AS flagged,
                bool_or(status = 'shard_error') AS shard_error
-        FROM scan GROUP BY shard ORDER BY shard""")
+        FROM scan GROUP BY shard ORDER BY shard""",
+    )
     for s in shards:
         s["fake_rate"] = round(s["flagged"] / s["scored"], 4) if s["scored"] else None
-    hist = _rows(con, f"""
+    hist = _rows(
+        con,
+        f"""
         SELECT CAST(least(floor(p_fake * {N_BINS}), {N_BINS - 1}) AS INTEGER) AS bin,
                count(*) AS images, count(*) FILTER (WHERE is_fake) AS flagged
-        FROM scan WHERE status = 'ok' GROUP BY bin ORDER BY bin""")
+        FROM scan WHERE status = 'ok' GROUP BY bin ORDER BY bin""",
+    )
     by_bin = {h["bin"]: h for h in hist}
-    histogram = [{"bin_start": i / N_BINS, "bin_end": (i + 1) / N_BINS,
-                  "images": by_bin.get(i, {}).get("images", 0), "flagged": by_bin.get(i, {}).get("flagged", 0)}
-                 for i in range(N_BINS)]
-    meta = _rows(con, """
+    histogram = [
+        {
+            "bin_start": i / N_BINS,
+            "bin_end": (i + 1) / N_BINS,
+            "images": by_bin.get(i, {}).get("images", 0),
+            "flagged": by_bin.get(i, {}).get("flagged", 0),
+        }
+        for i in range(N_BINS)
+    ]
+    meta = _rows(
+        con,
+        """
         SELECT string_agg(DISTINCT detector_id, ',' ORDER BY detector_id) AS detectors,
-               min(threshold) AS threshold_min, max(threshold) AS threshold_max FROM scan""")[0]
-    daily = _rows(con, """
+               min(threshold) AS threshold_min, max(threshold) AS threshold_max FROM scan""",
+    )[0]
+    daily = _rows(
+        con,
+        """
         SELECT scan_date, count(*) FILTER (WHERE status = 'ok') AS scored,
                count(*) FILTER (WHERE is_fake) AS flagged
-        FROM scan_all GROUP BY scan_date ORDER BY scan_date""")
+        FROM scan_all GROUP BY scan_date ORDER BY scan_date""",
+    )
     for d in daily:
         d["fake_rate"] = round(d["flagged"] / d["scored"], 4) if d["scored"] else None
-    errors = _rows(con, """
-        SELECT status, any_value(error) AS example FROM scan WHERE status <> 'ok' GROUP BY status ORDER BY status""")
-    runs = _rows(con, """
+    errors = _rows(
+        con,
+        """
+        SELECT status, any_value(error) AS example FROM scan WHERE status <> 'ok' GROUP BY status ORDER BY status""",
+    )
+    runs = _rows(
+        con,
+        """
         SELECT string_agg(DISTINCT run_id, ',' ORDER BY run_id) AS run_ids,
-               string_agg(DISTINCT source, '\n' ORDER BY source) AS inputs FROM scan""")[0]
+               string_agg(DISTINCT source, '\n' ORDER BY source) AS inputs FROM scan""",
+    )[0]
     return {
         "run_ids": (runs["run_ids"] or "").split(",") if runs["run_ids"] else [],
         "inputs": (runs["inputs"] or "").split("\n") if runs["inputs"] else [],
@@ -160,11 +214,22 @@ def plots(summary: dict[str, Any]) -> dict[str, bytes]:
     left = [b["bin_start"] for b in h]
     not_flagged = [b["images"] - b["flagged"] for b in h]
     ax.bar(left, not_flagged, width=1 / N_BINS, align="edge", color="#4c72b0", label="kept (below threshold)")
-    ax.bar(left, [b["flagged"] for b in h], width=1 / N_BINS, align="edge", bottom=not_flagged,
-           color="#c44e52", label="flagged (is_fake)")
+    ax.bar(
+        left,
+        [b["flagged"] for b in h],
+        width=1 / N_BINS,
+        align="edge",
+        bottom=not_flagged,
+        color="#c44e52",
+        label="flagged (is_fake)",
+    )
     if summary["threshold"] is not None:
-        ax.axvline(summary["threshold"], color="k", linestyle="--", label=f"threshold {summary['threshold']:.2f}")
-    ax.set(xlabel="p_fake", ylabel="images", title=f"Score distribution ({summary['scan_date']})", xlim=(0, 1))
+        ax.axvline(
+            summary["threshold"], color="k", linestyle="--", label=f"threshold {summary['threshold']:.2f}"
+        )
+    ax.set(
+        xlabel="p_fake", ylabel="images", title=f"Score distribution ({summary['scan_date']})", xlim=(0, 1)
+    )
     ax.legend(fontsize=8)
     out["score_distribution.png"] = _png(fig)
 
@@ -174,18 +239,26 @@ def plots(summary: dict[str, Any]) -> dict[str, bytes]:
     ax.set(ylabel="flagged images", title="Attribution of flagged images (top_generator)")
     out["attribution_counts.png"] = _png(fig)
 
-    shards = sorted((s for s in summary["shards"] if s["fake_rate"] is not None),
-                    key=lambda s: (-s["fake_rate"], s["shard"]))[:MAX_SHARDS_PLOTTED]
+    shards = sorted(
+        (s for s in summary["shards"] if s["fake_rate"] is not None),
+        key=lambda s: (-s["fake_rate"], s["shard"]),
+    )[:MAX_SHARDS_PLOTTED]
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(shards) + 1)))
     ax.barh([s["shard"] for s in shards][::-1], [s["fake_rate"] for s in shards][::-1], color="#c44e52")
-    ax.set(xlabel="fake rate (flagged / scored)", xlim=(0, 1),
-           title=f"Per-shard fake rate (top {len(shards)} of {len(summary['shards'])})")
+    ax.set(
+        xlabel="fake rate (flagged / scored)",
+        xlim=(0, 1),
+        title=f"Per-shard fake rate (top {len(shards)} of {len(summary['shards'])})",
+    )
     out["shard_fake_rate.png"] = _png(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     st = summary["status"]
-    ax.bar([s["status"] for s in st], [s["rows"] for s in st],
-           color=["#55a868" if s["status"] == "ok" else "#c44e52" for s in st])
+    ax.bar(
+        [s["status"] for s in st],
+        [s["rows"] for s in st],
+        color=["#55a868" if s["status"] == "ok" else "#c44e52" for s in st],
+    )
     ax.set_yscale("log")  # ok rows outnumber error rows by orders of magnitude: both stay visible
     ax.set(ylabel="rows (log scale)", title="Row status")
     for x, r in enumerate(st):
@@ -215,15 +288,15 @@ def _header(summary: dict[str, Any]) -> str:
     det = h.get("detector") or {}
     thr = summary["threshold"]
     return (
-        f"<table class=\"header\"><tr><th>run id</th><td data-metric=\"header.run_ids\">"
+        f'<table class="header"><tr><th>run id</th><td data-metric="header.run_ids">'
         f"{e(', '.join(summary['run_ids']) or '—')}</td></tr>"
-        f"<tr><th>input</th><td data-metric=\"header.inputs\">{e(', '.join(summary['inputs']) or '—')}</td></tr>"
-        f"<tr><th>detector</th><td data-metric=\"header.detector\">{e(str(det.get('uri') or '—'))}</td></tr>"
+        f'<tr><th>input</th><td data-metric="header.inputs">{e(", ".join(summary["inputs"]) or "—")}</td></tr>'
+        f'<tr><th>detector</th><td data-metric="header.detector">{e(str(det.get("uri") or "—"))}</td></tr>'
         f"<tr><th>detector id</th><td>{e(', '.join(summary['detectors']) or '—')}</td></tr>"
         f"<tr><th>labels</th><td>{e(', '.join(det.get('labels') or []) or '—')}</td></tr>"
-        f"<tr><th>threshold</th><td><span data-metric=\"threshold\">{'—' if thr is None else f'{thr:.4f}'}</span>"
+        f'<tr><th>threshold</th><td><span data-metric="threshold">{"—" if thr is None else f"{thr:.4f}"}</span>'
         f"{' (varies between rows)' if summary['threshold_varies'] else ''}</td></tr>"
-        f"<tr><th>run status</th><td data-metric=\"header.run_status\">{e(str(h.get('run_status') or '—'))}</td>"
+        f'<tr><th>run status</th><td data-metric="header.run_status">{e(str(h.get("run_status") or "—"))}</td>'
         "</tr></table>"
     )
 
@@ -238,19 +311,25 @@ def _filter_section(f: dict[str, Any] | None) -> str:
         warn.append("this filter run did NOT reconcile (no _SUCCESS): its output is not to be used")
     if not f["same_scan_date"]:
         warn.append(f"it used scan_date {f['scan_date']}, not the date of this report")
-    totals = "".join(f"<tr><th>{e(k)}</th>{_cell(t.get(k), 'filter.' + k)}</tr>"
-                     for k in ("samples", "kept", "dropped", "quarantined", "kept_error_rows"))
-    reasons = "".join(f"<tr><td>{e(r['action'])}</td><td>{e(r['reason'] or '')}</td>"
-                      f"{_cell(r['samples'], 'filter.reasons.' + r['action'] + ':' + (r['reason'] or ''))}</tr>"
-                      for r in f["by_reason"])  # fmt: skip
-    removed = "".join(f"<tr><td>{e(r['action'])}</td><td>{e(str(r['shard']))}</td><td>{e(str(r['key']))}</td>"
-                      f"<td>{e(str(r['reason']))}</td>{_cell(r['p_fake'])}<td>{e(r['top_generator'] or '—')}</td></tr>"
-                      for r in f["removed"])  # fmt: skip
+    totals = "".join(
+        f"<tr><th>{e(k)}</th>{_cell(t.get(k), 'filter.' + k)}</tr>"
+        for k in ("samples", "kept", "dropped", "quarantined", "kept_error_rows")
+    )
+    reasons = "".join(
+        f"<tr><td>{e(r['action'])}</td><td>{e(r['reason'] or '')}</td>"
+        f"{_cell(r['samples'], 'filter.reasons.' + r['action'] + ':' + (r['reason'] or ''))}</tr>"
+        for r in f["by_reason"]
+    )
+    removed = "".join(
+        f"<tr><td>{e(r['action'])}</td><td>{e(str(r['shard']))}</td><td>{e(str(r['key']))}</td>"
+        f"<td>{e(str(r['reason']))}</td>{_cell(r['p_fake'])}<td>{e(r['top_generator'] or '—')}</td></tr>"
+        for r in f["removed"]
+    )
     skipped = ", ".join(str(s.get("shard")) for s in f["skipped_shards"]) or "none"
     return f"""<h2>Last filter run</h2>
-<p>Output {e(f['output'])} (input {e(str(f.get('input') or '—'))}, scan_date {e(str(f['scan_date']))});
+<p>Output {e(f["output"])} (input {e(str(f.get("input") or "—"))}, scan_date {e(str(f["scan_date"]))});
 shards left out: {e(skipped)}.</p>
-{''.join(f'<p class="warn">{e(w)}</p>' for w in warn)}
+{"".join(f'<p class="warn">{e(w)}</p>' for w in warn)}
 <table>{totals}</table>
 <table><tr><th>action</th><th>reason</th><th>samples</th></tr>{reasons}</table>
 <h3>Dropped and quarantined (highest p_fake first, at most {MAX_FILTER_ROWS})</h3>
@@ -262,12 +341,21 @@ def render_html(summary: dict[str, Any], images: list[str], galleries_html: str 
     t = summary["totals"]
     total_rows = "".join(
         f"<tr><th>{html.escape(label)}</th>{_cell(t[k], f'totals.{k}')}</tr>"
-        for k, label in [("shards", "shards"), ("rows", "rows"), ("samples", "samples"), ("scored", "scored (ok)"),
-                         ("flagged", "flagged (is_fake)"), ("fake_rate", "fake rate"),
-                         ("error_rows", "error rows"), ("shard_errors", "shard errors")]
+        for k, label in [
+            ("shards", "shards"),
+            ("rows", "rows"),
+            ("samples", "samples"),
+            ("scored", "scored (ok)"),
+            ("flagged", "flagged (is_fake)"),
+            ("fake_rate", "fake rate"),
+            ("error_rows", "error rows"),
+            ("shard_errors", "shard errors"),
+        ]
     )
-    status_rows = "".join(f"<tr><td>{html.escape(s['status'])}</td>{_cell(s['rows'], 'status.' + s['status'])}</tr>"
-                          for s in summary["status"])
+    status_rows = "".join(
+        f"<tr><td>{html.escape(s['status'])}</td>{_cell(s['rows'], 'status.' + s['status'])}</tr>"
+        for s in summary["status"]
+    )
     gen_rows = "".join(
         f"<tr><td>{html.escape(str(g['generator']))}</td>{_cell(g['flagged'], 'generators.' + str(g['generator']))}</tr>"
         for g in summary["generators"]
@@ -284,13 +372,17 @@ def render_html(summary: dict[str, Any], images: list[str], galleries_html: str 
         f"{_cell(d['fake_rate'], 'daily.' + d['scan_date'] + '.fake_rate')}</tr>"
         for d in summary["daily"]
     )
-    err_rows = "".join(f"<tr><td>{html.escape(e['status'])}</td><td>{html.escape(str(e['example']))}</td></tr>"
-                       for e in summary["error_examples"])
-    figs = "".join(f'<figure class="plot"><img src="{html.escape(name)}" alt="{html.escape(name)}"></figure>'
-                   for name in images)  # fmt: skip
+    err_rows = "".join(
+        f"<tr><td>{html.escape(e['status'])}</td><td>{html.escape(str(e['example']))}</td></tr>"
+        for e in summary["error_examples"]
+    )
+    figs = "".join(
+        f'<figure class="plot"><img src="{html.escape(name)}" alt="{html.escape(name)}"></figure>'
+        for name in images
+    )
     blob = json.dumps(summary, sort_keys=True, default=str).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>genscan report {html.escape(summary['scan_date'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>genscan report {html.escape(summary["scan_date"])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}}
 figure.plot{{display:inline-block;margin:.5em}}figure.plot img{{max-width:520px}}
@@ -301,12 +393,12 @@ figure.card img{{display:block;max-width:256px;max-height:256px;margin:auto}}
 padding:4px;text-align:center}}
 .shard{{color:#666}}.err{{color:#a33}}.cap{{color:#333;font-style:italic}}.warn{{color:#a33;font-weight:bold}}
 img.mini{{max-width:64px;max-height:64px}}</style></head><body>
-<h1>Scan report — scan_date {html.escape(summary['scan_date'])}</h1>
+<h1>Scan report — scan_date {html.escape(summary["scan_date"])}</h1>
 {_header(summary)}
 <h2>Totals</h2><table>{total_rows}</table>
 {figs}
 {galleries_html}
-{_filter_section(summary.get('filter'))}
+{_filter_section(summary.get("filter"))}
 <h2>Status breakdown</h2><table><tr><th>status</th><th>rows</th></tr>{status_rows}</table>
 <h2>Error examples</h2><table><tr><th>status</th><th>example error</th></tr>{err_rows}</table>
 <h2>Attribution of flagged images</h2><table><tr><th>top_generator</th><th>flagged</th></tr>{gen_rows}</table>
@@ -324,8 +416,10 @@ def run_header(scan: str, scan_date: str) -> dict[str, Any]:
     paths = output.RunPaths(scan, scan_date)
     det = output.read_json(paths.run_file("detector.json")) or {}
     run = output.read_json(paths.run_file("run.json")) or {}
-    return {"detector": {k: det.get(k) for k in ("uri", "detector_id", "labels", "threshold")} if det else None,
-            "run_status": run.get("status")}  # fmt: skip
+    return {
+        "detector": {k: det.get(k) for k in ("uri", "detector_id", "labels", "threshold")} if det else None,
+        "run_status": run.get("status"),
+    }
 
 
 def filter_summary(filter_output: str, scan_date: str) -> dict[str, Any]:
@@ -333,8 +427,10 @@ def filter_summary(filter_output: str, scan_date: str) -> dict[str, Any]:
     run_dir = storage.join(filter_output, "_run")
     stats = output.read_json(storage.join(run_dir, "stats.json"))
     if stats is None:
-        raise PlanError(f"filter output {filter_output} has no _run/stats.json: not a filter run's output "
-                        "(a --dry-run writes nothing)")  # fmt: skip
+        raise PlanError(
+            f"filter output {filter_output} has no _run/stats.json: not a filter run's output "
+            "(a --dry-run writes nothing)"
+        )
     config = output.read_json(storage.join(run_dir, "config.json")) or {}
     rows: list[dict[str, Any]] = []
     manifest = storage.join(filter_output, "manifest.parquet")
@@ -342,20 +438,39 @@ def filter_summary(filter_output: str, scan_date: str) -> dict[str, Any]:
         fs, path = storage.filesystem(manifest)
         rows = pq.read_table(path, filesystem=fs).to_pylist()
     con = duckdb.connect()
-    con.register("manifest", pa.Table.from_pylist(rows) if rows else pa.table({"action": pa.array([], pa.string())}))
-    by_reason = _rows(con, """SELECT action, reason, count(*) AS samples FROM manifest
-                              GROUP BY ALL ORDER BY action, reason""") if rows else []  # fmt: skip
-    removed = sorted((r for r in rows if r["action"] != "keep"),
-                     key=lambda r: (-(r["p_fake"] if r["p_fake"] is not None else -1.0), r["shard"], r["key"]))
+    con.register(
+        "manifest", pa.Table.from_pylist(rows) if rows else pa.table({"action": pa.array([], pa.string())})
+    )
+    by_reason = (
+        _rows(
+            con,
+            """SELECT action, reason, count(*) AS samples FROM manifest
+                              GROUP BY ALL ORDER BY action, reason""",
+        )
+        if rows
+        else []
+    )
+    removed = sorted(
+        (r for r in rows if r["action"] != "keep"),
+        key=lambda r: (-(r["p_fake"] if r["p_fake"] is not None else -1.0), r["shard"], r["key"]),
+    )
     for r in removed:
         r["p_fake"] = None if r["p_fake"] is None else round(float(r["p_fake"]), 4)
-    return {"output": filter_output, "input": config.get("input"), "scan_date": stats.get("scan_date"),
-            "same_scan_date": stats.get("scan_date") == scan_date,
-            "reconciled": bool(stats.get("reconciled")) and storage.exists(storage.join(filter_output, "_SUCCESS")),
-            "totals": stats.get("totals", {}), "skipped_shards": stats.get("skipped_shards", []),
-            "by_reason": by_reason,
-            "removed": [{k: r.get(k) for k in ("action", "shard", "key", "reason", "p_fake", "top_generator")}
-                        for r in removed[:MAX_FILTER_ROWS]]}  # fmt: skip
+    return {
+        "output": filter_output,
+        "input": config.get("input"),
+        "scan_date": stats.get("scan_date"),
+        "same_scan_date": stats.get("scan_date") == scan_date,
+        "reconciled": bool(stats.get("reconciled"))
+        and storage.exists(storage.join(filter_output, "_SUCCESS")),
+        "totals": stats.get("totals", {}),
+        "skipped_shards": stats.get("skipped_shards", []),
+        "by_reason": by_reason,
+        "removed": [
+            {k: r.get(k) for k in ("action", "shard", "key", "reason", "p_fake", "top_generator")}
+            for r in removed[:MAX_FILTER_ROWS]
+        ],
+    }
 
 
 def build_report(cfg: ReportConfig) -> dict[str, Any]:
@@ -380,11 +495,20 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     images = plots(summary)
     for name, data in images.items():
         storage.write_bytes_atomic(storage.join(cfg.output, name), data)
-    storage.write_bytes_atomic(storage.join(cfg.output, "summary.json"),
-                               (json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n").encode())
-    storage.write_bytes_atomic(storage.join(cfg.output, "report_config.json"), (cfg.to_json() + "\n").encode())
+    storage.write_bytes_atomic(
+        storage.join(cfg.output, "summary.json"),
+        (json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n").encode(),
+    )
+    storage.write_bytes_atomic(
+        storage.join(cfg.output, "report_config.json"), (cfg.to_json() + "\n").encode()
+    )
     page = render_html(summary, list(images), gallery.render(chosen["galleries"], chosen["top_flagged"]))
     storage.write_bytes_atomic(storage.join(cfg.output, "report.html"), page.encode())
-    log.info("report_written", output=cfg.output, scan_date=day, thumbnails=summary["thumbnails"]["thumbnails"],
-             **{k: summary["totals"][k] for k in ("rows", "flagged")})  # fmt: skip
+    log.info(
+        "report_written",
+        output=cfg.output,
+        scan_date=day,
+        thumbnails=summary["thumbnails"]["thumbnails"],
+        **{k: summary["totals"][k] for k in ("rows", "flagged")},
+    )
     return summary

@@ -117,15 +117,22 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
         for sample in iter_samples(spec.source):
             if read >= len(plan.decisions) or plan.decisions[read].key != sample.key:
                 expected = plan.decisions[read].key if read < len(plan.decisions) else "<end of shard>"
-                raise SourceChangedError(f"{spec.source}: sample {read} is {sample.key!r}, planned {expected!r}; "
-                                "the source changed after planning")
+                raise SourceChangedError(
+                    f"{spec.source}: sample {read} is {sample.key!r}, planned {expected!r}; "
+                    "the source changed after planning"
+                )
             decision = plan.decisions[read]
             if decision.sha256 is not None:
                 image = sample.image_member()
-                if image is None or image.data is None or hashlib.sha256(image.data).hexdigest() != decision.sha256:
+                if (
+                    image is None
+                    or image.data is None
+                    or hashlib.sha256(image.data).hexdigest() != decision.sha256
+                ):
                     raise SourceChangedError(
                         f"{spec.source}: the image of sample {sample.key!r} is not the one the scan scored "
-                        "(sha256 differs); rescan the shard")
+                        "(sha256 differs); rescan the shard"
+                    )
             action = decision.action
             if action == "keep":
                 kept_w.write(sample)
@@ -134,12 +141,16 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
             counts[action] += 1
             read += 1
         if read != plan.samples:
-            raise SourceChangedError(f"{spec.source}: read {read} samples, planned {plan.samples}; "
-                                     "the source changed after planning")
+            raise SourceChangedError(
+                f"{spec.source}: read {read} samples, planned {plan.samples}; "
+                "the source changed after planning"
+            )
         if counts["keep"] + counts["drop"] + counts["quarantine"] != plan.samples:
             raise ReconcileError(f"{spec.source}: counts {dict(counts)} do not add up to {plan.samples}")
         if kept_w.count != counts["keep"] or quar_w.count != counts["quarantine"]:
-            raise ReconcileError(f"{spec.source}: wrote {kept_w.count}/{quar_w.count}, decided {dict(counts)}")
+            raise ReconcileError(
+                f"{spec.source}: wrote {kept_w.count}/{quar_w.count}, decided {dict(counts)}"
+            )
     except BaseException as exc:
         kept_w.abort()
         quar_w.abort()
@@ -155,7 +166,9 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
             fs, path = storage.filesystem(spec.quarantine)
             fs.rm(path)
     rows = manifest_rows(plan)
-    storage.write_bytes_atomic(spec.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    storage.write_bytes_atomic(
+        spec.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    )
     errors = Counter(d.status for d in plan.decisions if d.status != "ok")
     result = ShardResult(
         shard_id=spec.shard_id,
@@ -168,12 +181,19 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
         dropped=counts["drop"],
         quarantined=counts["quarantine"],
         errors_by_status=dict(sorted(errors.items())),
-        kept_error_rows=sum(1 for d in plan.decisions if d.action == "keep" and d.reason.startswith("error:")),
+        kept_error_rows=sum(
+            1 for d in plan.decisions if d.action == "keep" and d.reason.startswith("error:")
+        ),
         non_sample_members=plan.non_sample_members,
     )
     storage.write_bytes_atomic(spec.marker, _dumps(asdict(result)))
-    log.info("shard_filtered", kept=result.kept, dropped=result.dropped, quarantined=result.quarantined,
-             seconds=round(time.perf_counter() - t0, 3))
+    log.info(
+        "shard_filtered",
+        kept=result.kept,
+        dropped=result.dropped,
+        quarantined=result.quarantined,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
     return result
 
 
@@ -194,24 +214,39 @@ def plan_run(cfg: FilterConfig, map_fn: MapFn = local_map) -> tuple[str, list[Sh
 def plan_errors(plans: list[ShardPlan]) -> ErrorTally:
     """The errors the scan reported for the shards to clean: a scan shard error (the shard is left out with
     on_shard_error skip) and samples with an error status (never checked, yet kept with error_action keep)."""
-    return ErrorTally(shards=len(plans), failed_shards=sum(p.scan_shard_error is not None for p in plans),
-                      samples=sum(p.samples for p in plans),
-                      failed_samples=sum(d.status not in ("ok", "shard_error") for p in plans for d in p.decisions))
+    return ErrorTally(
+        shards=len(plans),
+        failed_shards=sum(p.scan_shard_error is not None for p in plans),
+        samples=sum(p.samples for p in plans),
+        failed_samples=sum(d.status not in ("ok", "shard_error") for p in plans for d in p.decisions),
+    )
 
 
 def summarize_plans(scan_date: str, plans: list[ShardPlan]) -> dict[str, Any]:
     shards = []
     for p in plans:
         reasons = Counter(f"{d.action}:{d.reason}" for d in p.decisions if d.action != "keep" or d.reason)
-        shards.append({"shard": p.spec.shard_id, "source": p.spec.source, "output": p.spec.output,
-                       "skipped": p.skip, "scan_shard_error": p.scan_shard_error, **p.counts(),
-                       "reasons": dict(sorted(reasons.items()))})
+        shards.append(
+            {
+                "shard": p.spec.shard_id,
+                "source": p.spec.source,
+                "output": p.spec.output,
+                "skipped": p.skip,
+                "scan_shard_error": p.scan_shard_error,
+                **p.counts(),
+                "reasons": dict(sorted(reasons.items())),
+            }
+        )
     totals = Counter()
     for s in shards:
         for k in ("samples", "keep", "drop", "quarantine"):
             totals[k] += s[k]
-    return {"scan_date": scan_date, "shards": shards, "totals": dict(totals),
-            "skipped_shards": [s["shard"] for s in shards if s["skipped"]]}
+    return {
+        "scan_date": scan_date,
+        "shards": shards,
+        "totals": dict(totals),
+        "skipped_shards": [s["shard"] for s in shards if s["skipped"]],
+    }
 
 
 def reconcile(plans: list[ShardPlan], results: list[ShardResult]) -> list[str]:
@@ -226,8 +261,10 @@ def reconcile(plans: list[ShardPlan], results: list[ShardResult]) -> list[str]:
             problems.append(f"{p.spec.source}: no result")
             continue
         if not (r.kept + r.dropped + r.quarantined == r.samples == r.read == p.samples):
-            problems.append(f"{p.spec.source}: kept {r.kept} + dropped {r.dropped} + quarantined "
-                            f"{r.quarantined} vs samples {p.samples} (read {r.read})")
+            problems.append(
+                f"{p.spec.source}: kept {r.kept} + dropped {r.dropped} + quarantined "
+                f"{r.quarantined} vs samples {p.samples} (read {r.read})"
+            )
     return problems
 
 
@@ -265,8 +302,10 @@ def _check_resume(cfg: FilterConfig, scan_date: str) -> None:
     if prev_date not in (None, scan_date):
         differ.append(f"scan_date ({prev_date} != {scan_date})")
     if differ:
-        raise ResumeRefused(f"--resume: {cfg.output} was written with another {', '.join(differ)} "
-                            f"(see {cfg_uri}); rerun without --resume to rewrite it. Nothing was written.")  # fmt: skip
+        raise ResumeRefused(
+            f"--resume: {cfg.output} was written with another {', '.join(differ)} "
+            f"(see {cfg_uri}); rerun without --resume to rewrite it. Nothing was written."
+        )
 
 
 def _remove_stale(cfg: FilterConfig, plans: list[ShardPlan], markers: dict[str, dict[str, Any]]) -> list[str]:
@@ -293,12 +332,21 @@ def _still_valid(plan: ShardPlan, marker: dict[str, Any] | None) -> bool:
         return False
     c = plan.counts()
     return (marker.get("samples"), marker.get("kept"), marker.get("dropped"), marker.get("quarantined")) == (
-        c["samples"], c["keep"], c["drop"], c["quarantine"])
+        c["samples"],
+        c["keep"],
+        c["drop"],
+        c["quarantine"],
+    )
 
 
-def run_filter(cfg: FilterConfig, map_fn: MapFn = local_map, *, resume: bool = False,
-               on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
-               check: Callable[[Progress], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_filter(
+    cfg: FilterConfig,
+    map_fn: MapFn = local_map,
+    *,
+    resume: bool = False,
+    on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
+    check: Callable[[Progress], None] | None = None,
+) -> dict[str, Any]:
     """The whole run; returns the stats. Raises PlanError or ErrorBudgetExceeded (before any write) or
     ReconcileError.
 
@@ -326,28 +374,43 @@ def run_filter(cfg: FilterConfig, map_fn: MapFn = local_map, *, resume: bool = F
     stale = _remove_stale(cfg, plans, markers)
     run_dir = storage.join(cfg.output, "_run")
     storage.write_bytes_atomic(storage.join(run_dir, "config.json"), _dumps(cfg.model_dump(mode="json")))
-    storage.write_bytes_atomic(storage.join(run_dir, "policy.json"), _dumps(cfg.policy.model_dump(mode="json")))
+    storage.write_bytes_atomic(
+        storage.join(run_dir, "policy.json"), _dumps(cfg.policy.model_dump(mode="json"))
+    )
     todo = [p for p in plans if not p.skip]
     by_plan = {p.spec.shard_id: p for p in todo}
     done = {sid for sid, p in by_plan.items() if resume and _still_valid(p, markers.get(sid))}
-    progress = run_shards(list(by_plan), done=done, execute=map_shards(map_fn, filter_shard, by_plan, asdict),
-                          on_shard=on_shard, check=check)  # fmt: skip
+    progress = run_shards(
+        list(by_plan),
+        done=done,
+        execute=map_shards(map_fn, filter_shard, by_plan, asdict),
+        on_shard=on_shard,
+        check=check,
+    )
     results = [ShardResult(**(progress.summaries.get(sid) or markers[sid])) for sid in by_plan]
     t_filter = time.perf_counter() - t0 - t_plan
     problems = reconcile(plans, results)
     by_id = {r.shard_id: r for r in results}
     totals = Counter()
     for r in results:
-        totals.update(samples=r.samples, kept=r.kept, dropped=r.dropped, quarantined=r.quarantined,
-                      kept_error_rows=r.kept_error_rows)
+        totals.update(
+            samples=r.samples,
+            kept=r.kept,
+            dropped=r.dropped,
+            quarantined=r.quarantined,
+            kept_error_rows=r.kept_error_rows,
+        )
     stats = {
         "scan_date": scan_date,
         "reconciled": not problems,
         "problems": problems,
         "totals": {k: totals[k] for k in ("samples", "kept", "dropped", "quarantined", "kept_error_rows")},
         "shards": [asdict(by_id[p.spec.shard_id]) for p in plans if p.spec.shard_id in by_id],
-        "skipped_shards": [{"shard": p.spec.shard_id, "source": p.spec.source, "scan_error": p.scan_shard_error}
-                           for p in plans if p.skip],
+        "skipped_shards": [
+            {"shard": p.spec.shard_id, "source": p.spec.source, "scan_error": p.scan_shard_error}
+            for p in plans
+            if p.skip
+        ],
     }
     rows = [row for p in todo for row in manifest_rows(p)]
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)

@@ -76,7 +76,6 @@ def _shared_blocks(members: Sequence[Member]) -> int:
     return min(m.det.first_adapted_block for m in members)
 
 
-
 def distinct_specs(members: list[Member]) -> list[InputSpec]:
     """The members' preprocessing inputs, each once, in first-use order."""
     out: list[InputSpec] = []
@@ -84,6 +83,7 @@ def distinct_specs(members: list[Member]) -> list[InputSpec]:
         if m.spec not in out:
             out.append(m.spec)
     return out
+
 
 @dataclass
 class BackboneGroup:

@@ -96,7 +96,9 @@ class Predictor:
         scores = scores_t.numpy() if scores_t is not None else np.zeros((0, len(self.labels)), np.float32)
         return self._results(logit, scores)
 
-    def _forward_cpu(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _forward_cpu(
+        self, images: np.ndarray | torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         n = len(images)
         step = self.batch_size or max(n, 1)
         logits, gen = [], []
@@ -122,7 +124,9 @@ class Predictor:
             done.record(self._copy_stream)
         return dev, done, pinned
 
-    def _forward_cuda(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _forward_cuda(
+        self, images: np.ndarray | torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         n = len(images)
         if n == 0:
             return None, None

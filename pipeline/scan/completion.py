@@ -59,8 +59,11 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
     """Decide the scan date / run id; refuse to write into a run that already has output unless resuming."""
     scan_date = cfg.scan_date
     if cfg.resume and scan_date is None:
-        unfinished = [d for d in list_runs(cfg.output)
-                      if (read_json(RunPaths(cfg.output, d).run_file("run.json")) or {}).get("status") != "succeeded"]  # fmt: skip
+        unfinished = [
+            d
+            for d in list_runs(cfg.output)
+            if (read_json(RunPaths(cfg.output, d).run_file("run.json")) or {}).get("status") != "succeeded"
+        ]
         scan_date = unfinished[-1] if unfinished else today_utc()
     scan_date = scan_date or today_utc()
     paths = RunPaths(cfg.output, scan_date)
@@ -78,14 +81,20 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
         for name in ("input", "detector"):
             before = prev_cfg.get(name)
             if before is not None and _same_uris(before) != _same_uris(getattr(cfg, name)):  # p == p/
-                raise RunRefused(f"{name}: --resume of run {scan_date} with a different {name} "
-                                 f"({getattr(cfg, name)!r} != {prev_cfg.get(name)!r})")  # fmt: skip
+                raise RunRefused(
+                    f"{name}: --resume of run {scan_date} with a different {name} "
+                    f"({getattr(cfg, name)!r} != {prev_cfg.get(name)!r})"
+                )
         before_fusion = prev_cfg.get("fusion")
         if len(cfg.detectors) > 1 and before_fusion is not None and before_fusion != cfg.fusion:
-            raise RunRefused(f"fusion: --resume of run {scan_date} with a different fusion "
-                             f"({cfg.fusion!r} != {before_fusion!r})")  # fmt: skip
+            raise RunRefused(
+                f"fusion: --resume of run {scan_date} with a different fusion "
+                f"({cfg.fusion!r} != {before_fusion!r})"
+            )
         if cfg.run_id and previous.get("run_id") not in (None, cfg.run_id):
-            raise RunRefused(f"run_id: run {scan_date} has run_id {previous.get('run_id')!r}, not {cfg.run_id!r}")
+            raise RunRefused(
+                f"run_id: run {scan_date} has run_id {previous.get('run_id')!r}, not {cfg.run_id!r}"
+            )
         run_id = previous.get("run_id") or cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
     else:
         run_id = cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
@@ -96,7 +105,12 @@ def versions() -> dict[str, str]:
     """The versions of the run's main packages, from their installed metadata: nothing is imported (torch and
     open_clip would cost the driver seconds of start-up, and the driver never needs them)."""
     out = {"python": platform.python_version(), "genscan": pipeline.__version__}
-    for name, dist in (("torch", "torch"), ("open_clip", "open_clip_torch"), ("pyarrow", "pyarrow"), ("ray", "ray")):
+    for name, dist in (
+        ("torch", "torch"),
+        ("open_clip", "open_clip_torch"),
+        ("pyarrow", "pyarrow"),
+        ("ray", "ray"),
+    ):
         try:
             out[name] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
@@ -108,15 +122,26 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def aggregate(paths: RunPaths, shards: list[str] | None = None,
-              known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+def aggregate(
+    paths: RunPaths, shards: list[str] | None = None, known: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Sum the markers of `shards` (default: all markers of the run); `known` holds stats already in memory
     (the shards this attempt wrote), so only the markers of earlier attempts are read back."""
     names = shards if shards is not None else sorted(completed_shards(paths))
     known = known or {}
     done = completed_shards(paths) if len(known) < len(names) else set()
-    totals: dict[str, Any] = {"shards_done": 0, "rows": 0, "samples": 0, "n_fake": 0, "bytes": 0,
-                              "counts": {}, "read_s": 0.0, "decode_s": 0.0, "infer_s": 0.0, "write_s": 0.0}  # fmt: skip
+    totals: dict[str, Any] = {
+        "shards_done": 0,
+        "rows": 0,
+        "samples": 0,
+        "n_fake": 0,
+        "bytes": 0,
+        "counts": {},
+        "read_s": 0.0,
+        "decode_s": 0.0,
+        "infer_s": 0.0,
+        "write_s": 0.0,
+    }
     for shard in names:
         m = known.get(shard) or (read_json(paths.marker(shard)) if shard in done else None)
         if m is None:

@@ -29,23 +29,34 @@ def today_utc() -> str:
 
 class ScanConfig(StrictModel):
     # what to scan, where to write, with which detector
-    input: str = Field(description="s3://bucket/prefix/, a brace pattern …/shard-{000000..000099}.tar, or a folder")
+    input: str = Field(
+        description="s3://bucket/prefix/, a brace pattern …/shard-{000000..000099}.tar, or a folder"
+    )
     output: str = Field(description="local folder or s3://bucket/prefix for the Parquet dataset")
-    detector: str = Field(description="checkpoint dir (local or s3://) with detector.safetensors + detector.json; "
-                          "several detectors in one scan: comma-separated dirs (a JSON list in a config file)")
-    fusion: str = Field("soft_or_prob", description="how several detectors' logits make the row's p_fake "
-                        "(pipeline.models.fusion: mean_logit max_logit median_logit lse_logit mean_prob "
-                        "soft_or_prob); unused for one detector")
+    detector: str = Field(
+        description="checkpoint dir (local or s3://) with detector.safetensors + detector.json; "
+        "several detectors in one scan: comma-separated dirs (a JSON list in a config file)"
+    )
+    fusion: str = Field(
+        "soft_or_prob",
+        description="how several detectors' logits make the row's p_fake "
+        "(pipeline.models.fusion: mean_logit max_logit median_logit lse_logit mean_prob "
+        "soft_or_prob); unused for one detector",
+    )
 
     # which run (see docs/schema.md, 'Runs and resume')
     scan_date: str | None = Field(None, description="partition YYYY-MM-DD; default: today (UTC)")
     run_id: str | None = Field(None, description="free-form run id; default <scan_date>-<random>")
-    resume: bool = Field(False, description="continue an unfinished run: only shards without a marker are scanned")
+    resume: bool = Field(
+        False, description="continue an unfinished run: only shards without a marker are scanned"
+    )
     max_shards: int | None = Field(None, ge=1, description="scan only the first N listed shards (smoke runs)")
 
     # preprocessing (image size and crop mode come from the detector's config unless set here)
     resize_mode: Literal["center_crop", "resize_crop"] | None = None
-    max_pixels: int = Field(89_478_485, ge=1, description="larger images become status too_large (PIL's bomb limit)")
+    max_pixels: int = Field(
+        89_478_485, ge=1, description="larger images become status too_large (PIL's bomb limit)"
+    )
     chunk_rows: int = Field(256, ge=1, description="rows per block yielded by the read/decode stage")
 
     # resources (never derived from the driver's torch.cuda: the driver may sit on a CPU head)
@@ -54,31 +65,42 @@ class ScanConfig(StrictModel):
     actor_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per scorer actor (fractional!)")
     actor_num_gpus: float = Field(0.0, ge=0, description="GPUs per scorer actor; > 0 puts the model on cuda")
     read_num_cpus: float = Field(1.0, gt=0, description="CPUs per read+decode task")
-    read_memory_mb: int = Field(512, ge=1, description="memory reserved per read+decode task (holds one shard)")
-    read_concurrency: int | None = Field(None, ge=1, description="max read+decode tasks at once (default: Ray's)")
+    read_memory_mb: int = Field(
+        512, ge=1, description="memory reserved per read+decode task (holds one shard)"
+    )
+    read_concurrency: int | None = Field(
+        None, ge=1, description="max read+decode tasks at once (default: Ray's)"
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="inference dtype; auto: bfloat16 autocast on GPUs that support it, else float16; "
-        "float32 on CPU"
+        "auto",
+        description="inference dtype; auto: bfloat16 autocast on GPUs that support it, else float16; "
+        "float32 on CPU",
     )
     decode_on: Literal["cpu", "gpu"] = Field(
-        "cpu", description="gpu: eligible JPEGs (no resampling, normal orientation) are shipped encoded and decoded "
-        "batched on the scorer's GPU (nvjpeg); every other image is decoded on CPU as usual"
+        "cpu",
+        description="gpu: eligible JPEGs (no resampling, normal orientation) are shipped encoded and decoded "
+        "batched on the scorer's GPU (nvjpeg); every other image is decoded on CPU as usual",
     )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per scorer actor (CPU inference)")
 
     # cluster and bounds
     ray_address: str | None = Field(
-        None, description="None: attach to RAY_ADDRESS if set (ray job submit) else start a local Ray; or an address"
+        None,
+        description="None: attach to RAY_ADDRESS if set (ray job submit) else start a local Ray; or an address",
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (default: all)")
     stall_timeout_s: float = Field(600.0, gt=0, description="fail if no shard progress for this long")
     # error budget (pipeline.runner.ErrorBudget): above either share the run is marked failed (exit 1)
     max_shard_error_rate: float = Field(
-        DEFAULT_MAX_SHARD_ERROR_RATE, ge=0, le=1,
+        DEFAULT_MAX_SHARD_ERROR_RATE,
+        ge=0,
+        le=1,
         description="fail the run when more than this share of its shards is unreadable (1: never)",
     )
     max_sample_error_rate: float = Field(
-        DEFAULT_MAX_SAMPLE_ERROR_RATE, ge=0, le=1,
+        DEFAULT_MAX_SAMPLE_ERROR_RATE,
+        ge=0,
+        le=1,
         description="fail the run when more than this share of its samples has an error status (decode_error, "
         "no_image, too_large; 1: never)",
     )
@@ -142,7 +164,9 @@ class ScanConfig(StrictModel):
         if self.actor_num_gpus == 0 and self.decode_on == "gpu":
             raise ValueError("decode_on gpu needs a GPU (actor_num_gpus > 0); use decode_on cpu on CPU")
         if self.resize_mode is not None and len(self.detectors) > 1:
-            raise ValueError("resize_mode cannot be set for several detectors (each uses its own preprocessing)")
+            raise ValueError(
+                "resize_mode cannot be set for several detectors (each uses its own preprocessing)"
+            )
         return self
 
     @property

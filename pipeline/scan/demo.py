@@ -50,9 +50,11 @@ def _bad_shards(shards: Path) -> None:
     (shards / "shard-900000.tar").write_bytes(b"this object is not a tar archive")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, payload in (("broken-0.jpg", b"\xff\xd8\xff\xe0 truncated jpeg"),
-                              ("broken-0.json", b'{"label": 0, "generator": "real"}'),
-                              ("noimage-1.json", b'{"label": 1, "generator": "upconv"}')):  # fmt: skip
+        for name, payload in (
+            ("broken-0.jpg", b"\xff\xd8\xff\xe0 truncated jpeg"),
+            ("broken-0.json", b'{"label": 0, "generator": "real"}'),
+            ("noimage-1.json", b'{"label": 1, "generator": "upconv"}'),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tf.addfile(info, io.BytesIO(payload))
@@ -63,17 +65,65 @@ def prepare(demo_dir: Path, status: Callable[[str], None] | None = None) -> dict
     py = sys.executable
     paths = {k: demo_dir / k for k in ("shards", "train", "detector", "scan")}
     if not any(paths["shards"].glob("shard-0*.tar")):
-        _run([py, str(REPO / "jobs/make_demo_data.py"), "--out", str(paths["shards"]), "--layout", "wds",
-              "--families", SCAN_FAMILIES, "--n-per-class", "48", "--seed", "0", "--shard-size", "64"],
-             "demo shards", status)  # fmt: skip
+        _run(
+            [
+                py,
+                str(REPO / "jobs/make_demo_data.py"),
+                "--out",
+                str(paths["shards"]),
+                "--layout",
+                "wds",
+                "--families",
+                SCAN_FAMILIES,
+                "--n-per-class",
+                "48",
+                "--seed",
+                "0",
+                "--shard-size",
+                "64",
+            ],
+            "demo shards",
+            status,
+        )
         _bad_shards(paths["shards"])
     if not paths["train"].exists():
-        _run([py, str(REPO / "jobs/make_demo_data.py"), "--out", str(paths["train"]), "--layout", "univfd",
-              "--families", TRAIN_FAMILIES, "--n-per-class", "96", "--seed", "1"], "training set", status)  # fmt: skip
+        _run(
+            [
+                py,
+                str(REPO / "jobs/make_demo_data.py"),
+                "--out",
+                str(paths["train"]),
+                "--layout",
+                "univfd",
+                "--families",
+                TRAIN_FAMILIES,
+                "--n-per-class",
+                "96",
+                "--seed",
+                "1",
+            ],
+            "training set",
+            status,
+        )
     if not (paths["detector"] / "detector.safetensors").exists():
-        _run([py, str(REPO / "jobs/train_detector.py"), "--data", str(paths["train"]), "--config", "tiny-mole",
-              "--method", "mole", "--train-generators", TRAIN_FAMILIES, "--out", str(paths["detector"])],
-             "train detector (Ray Train, one CPU worker)", status)  # fmt: skip
+        _run(
+            [
+                py,
+                str(REPO / "jobs/train_detector.py"),
+                "--data",
+                str(paths["train"]),
+                "--config",
+                "tiny-mole",
+                "--method",
+                "mole",
+                "--train-generators",
+                TRAIN_FAMILIES,
+                "--out",
+                str(paths["detector"]),
+            ],
+            "train detector (Ray Train, one CPU worker)",
+            status,
+        )
     return paths
 
 
@@ -87,10 +137,16 @@ def labels_table(shards: Path) -> Any:
     rows = []
     for tar in sorted(shards.glob("*.tar")):
         for s in read_shard(str(tar)).samples:
-            rows.append({"shard": shard_id(str(tar), str(shards)), "key": s.key,
-                         "generator": (s.meta or {}).get("generator", "?")})  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=pa.schema([("shard", pa.string()), ("key", pa.string()),
-                                                        ("generator", pa.string())]))  # fmt: skip
+            rows.append(
+                {
+                    "shard": shard_id(str(tar), str(shards)),
+                    "key": s.key,
+                    "generator": (s.meta or {}).get("generator", "?"),
+                }
+            )
+    return pa.Table.from_pylist(
+        rows, schema=pa.schema([("shard", pa.string()), ("key", pa.string()), ("generator", pa.string())])
+    )
 
 
 def summary(scan_dir: Path, shards: Path) -> str:
@@ -114,15 +170,26 @@ def summary(scan_dir: Path, shards: Path) -> str:
         out.extend("  " + " | ".join(_fmt(v) for v in r) for r in rows)
 
     table("rows by status", "SELECT status, count(*) AS n FROM scan GROUP BY status ORDER BY n DESC")
-    table("fake rate (status ok)", "SELECT count(*) AS scanned, avg(is_fake::INT) AS fake_rate, "
-          "any_value(threshold) AS threshold, any_value(detector_id) AS detector FROM scan WHERE status = 'ok'")
-    table("top generators (status ok)", "SELECT top_generator, count(*) AS n FROM scan WHERE status = 'ok' "
-          "GROUP BY ALL ORDER BY n DESC LIMIT 6")
-    table("per shard", "SELECT scan_date, shard, count(*) AS rows, sum((status='ok')::INT) AS ok, "
-          "sum(is_fake::INT) AS flagged FROM scan GROUP BY ALL ORDER BY shard")
-    table("flagged by TRUE generator (demo labels; simulated fingerprints, tiny model)",
-          "SELECT t.generator, count(*) AS n, avg(s.is_fake::INT) AS flagged_rate, avg(s.p_fake) AS mean_p_fake "
-          "FROM scan s JOIN truth t USING (shard, key) WHERE s.status = 'ok' GROUP BY ALL ORDER BY 1")
+    table(
+        "fake rate (status ok)",
+        "SELECT count(*) AS scanned, avg(is_fake::INT) AS fake_rate, "
+        "any_value(threshold) AS threshold, any_value(detector_id) AS detector FROM scan WHERE status = 'ok'",
+    )
+    table(
+        "top generators (status ok)",
+        "SELECT top_generator, count(*) AS n FROM scan WHERE status = 'ok' "
+        "GROUP BY ALL ORDER BY n DESC LIMIT 6",
+    )
+    table(
+        "per shard",
+        "SELECT scan_date, shard, count(*) AS rows, sum((status='ok')::INT) AS ok, "
+        "sum(is_fake::INT) AS flagged FROM scan GROUP BY ALL ORDER BY shard",
+    )
+    table(
+        "flagged by TRUE generator (demo labels; simulated fingerprints, tiny model)",
+        "SELECT t.generator, count(*) AS n, avg(s.is_fake::INT) AS flagged_rate, avg(s.p_fake) AS mean_p_fake "
+        "FROM scan s JOIN truth t USING (shard, key) WHERE s.status = 'ok' GROUP BY ALL ORDER BY 1",
+    )
     return "\n".join(out)
 
 
@@ -130,8 +197,13 @@ def _fmt(v: object) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def run_demo(demo_dir: Path, executor: Any = None, *, status: Callable[[str], None] | None = None,
-             on_shard: Callable[..., None] | None = None) -> tuple[int, str]:  # fmt: skip
+def run_demo(
+    demo_dir: Path,
+    executor: Any = None,
+    *,
+    status: Callable[[str], None] | None = None,
+    on_shard: Callable[..., None] | None = None,
+) -> tuple[int, str]:
     """Prepare (if needed), scan (with `executor`: the entry point passes the Ray one; None: in-process),
     summarise. Returns (exit code, summary text). status / on_shard: the job's console (a line per step, the
     scan's progress line)."""
@@ -139,15 +211,25 @@ def run_demo(demo_dir: Path, executor: Any = None, *, status: Callable[[str], No
 
     demo_dir = demo_dir.resolve()
     paths = prepare(demo_dir, status)
-    cfg = ScanConfig(input=str(paths["shards"]), output=str(paths["scan"]), detector=str(paths["detector"]),
-                     resume=True, batch_size=32, ray_num_cpus=2, actor_num_cpus=0.5, read_num_cpus=0.5,
-                     torch_threads=1)  # fmt: skip
+    cfg = ScanConfig(
+        input=str(paths["shards"]),
+        output=str(paths["scan"]),
+        detector=str(paths["detector"]),
+        resume=True,
+        batch_size=32,
+        ray_num_cpus=2,
+        actor_num_cpus=0.5,
+        read_num_cpus=0.5,
+        torch_threads=1,
+    )
     try:
         if status is not None:
             status("demo: scanning the demo shards (starting Ray, loading the detector)...")
         run = run_scan(cfg, executor=executor, on_shard=on_shard)
     except ScanFailed as exc:
         return 1, f"demo scan failed: {exc}"
-    head = (f"demo scan {run['status']}: run {run['run_id']} ({run['scan_date']}), {run['totals']['rows']} rows "
-            f"from {run['shards_total']} shards -> {paths['scan']}")  # fmt: skip
+    head = (
+        f"demo scan {run['status']}: run {run['run_id']} ({run['scan_date']}), {run['totals']['rows']} rows "
+        f"from {run['shards_total']} shards -> {paths['scan']}"
+    )
     return (0 if run["status"] == "succeeded" else 1), head + summary(paths["scan"], paths["shards"])

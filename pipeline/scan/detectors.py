@@ -121,10 +121,17 @@ class RunDetectors:
             "fusion": self.fusion,
             "inputs": [{"image_size": s, "preprocess": p} for s, p in self.inputs],
             "members": [
-                {"uri": u, "detector_id": m.detector_id, "threshold": m.threshold, "labels": m.labels,
-                 "image_size": m.image_size, "resize_mode": m.resize_mode, "meta": m.meta}
+                {
+                    "uri": u,
+                    "detector_id": m.detector_id,
+                    "threshold": m.threshold,
+                    "labels": m.labels,
+                    "image_size": m.image_size,
+                    "resize_mode": m.resize_mode,
+                    "meta": m.meta,
+                }
                 for u, m in zip(self.uris, self.members, strict=True)
-            ],  # fmt: skip
+            ],
         }
 
 

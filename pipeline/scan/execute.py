@@ -41,18 +41,33 @@ class ScanWork:
 
     def prepare_kwargs(self) -> dict[str, Any]:
         cfg = self.cfg
-        return {"image_size": self.image_size, "resize_mode": self.resize_mode, "max_pixels": cfg.max_pixels,
-                "chunk_rows": cfg.chunk_rows, "decode_on": cfg.decode_on, "also": list(self.also)}  # fmt: skip
+        return {
+            "image_size": self.image_size,
+            "resize_mode": self.resize_mode,
+            "max_pixels": cfg.max_pixels,
+            "chunk_rows": cfg.chunk_rows,
+            "decode_on": cfg.decode_on,
+            "also": list(self.also),
+        }
 
 
 def scorer_kwargs(cfg: ScanConfig, inputs: list[tuple[int, str]]) -> dict[str, Any]:
     """The scorer's constructor arguments for a run (the local and the Ray executor alike)."""
-    return {"detector": cfg.detector, "device": cfg.device, "dtype": cfg.dtype, "torch_threads": cfg.torch_threads,
-            "decode_on": cfg.decode_on, "fusion": cfg.fusion, "inputs": inputs}  # fmt: skip
+    return {
+        "detector": cfg.detector,
+        "device": cfg.device,
+        "dtype": cfg.dtype,
+        "torch_threads": cfg.torch_threads,
+        "decode_on": cfg.decode_on,
+        "fusion": cfg.fusion,
+        "inputs": inputs,
+    }
 
 
 class ScanExecutor(Protocol):
-    def __call__(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]: ...
+    def __call__(
+        self, todo: list[tuple[str, str]], work: ScanWork
+    ) -> Iterator[tuple[str, dict[str, Any]]]: ...
 
 
 class ReportingScorer(Scorer):

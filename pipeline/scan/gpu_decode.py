@@ -67,8 +67,9 @@ def center_crop_offsets(width: int, height: int, size: int) -> tuple[int, int]:
     return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
 
 
-def device_decodable(data: bytes | None, *, image_size: int, resize_mode: str,
-                     max_pixels: int) -> tuple[int, int] | None:  # fmt: skip
+def device_decodable(
+    data: bytes | None, *, image_size: int, resize_mode: str, max_pixels: int
+) -> tuple[int, int] | None:
     """(width, height) when decoding `data` on the device and cutting the center window gives exactly the CPU
     decoder's pixels (see the module docstring); None otherwise. Reads the header only."""
     if not data or not data.startswith(JPEG_SOI) or not data.endswith(JPEG_EOI):
@@ -94,14 +95,22 @@ def device_decodable(data: bytes | None, *, image_size: int, resize_mode: str,
     return w, h
 
 
-def decode_or_ship(data: bytes | None, *, image_size: int, resize_mode: str = "center_crop",
-                   max_pixels: int, decode_on: DecodeOn = "cpu") -> DecodeResult:  # fmt: skip
+def decode_or_ship(
+    data: bytes | None,
+    *,
+    image_size: int,
+    resize_mode: str = "center_crop",
+    max_pixels: int,
+    decode_on: DecodeOn = "cpu",
+) -> DecodeResult:
     """The read task's per-image step: ship the bytes (`encoded`) when `decode_on == "gpu"` and the image is
     device-decodable, else decode on CPU (`decode_image`, unchanged)."""
     if decode_on == "gpu":
         size = device_decodable(data, image_size=image_size, resize_mode=resize_mode, max_pixels=max_pixels)
         if size is not None:
-            return DecodeResult("ok", width=size[0], height=size[1], format="JPEG", encoded=bytes(data or b""))
+            return DecodeResult(
+                "ok", width=size[0], height=size[1], format="JPEG", encoded=bytes(data or b"")
+            )
     elif decode_on != "cpu":
         raise ValueError(f"decode_on must be 'cpu' or 'gpu', got {decode_on!r}")
     return decode_image(data, image_size=image_size, resize_mode=resize_mode, max_pixels=max_pixels)  # type: ignore[arg-type]
@@ -111,7 +120,9 @@ def decode_or_ship(data: bytes | None, *, image_size: int, resize_mode: str = "c
 class DeviceDecoded:
     pixels: torch.Tensor  # uint8 (n_ok, S, S, 3) on the decoder's device, rows in `ok` order
     ok: np.ndarray  # indices (into the input list) of the rows in `pixels`
-    fallback: dict[int, DecodeResult]  # index -> the CPU decoder's result for inputs the device did not decode
+    fallback: dict[
+        int, DecodeResult
+    ]  # index -> the CPU decoder's result for inputs the device did not decode
     seconds: float
 
 
@@ -120,8 +131,9 @@ class DeviceDecoder:
     the tests). Inputs must be device-decodable (the read side checked); `max_batch_pixels` bounds the device
     memory of one decode call."""
 
-    def __init__(self, device: str | torch.device, image_size: int,
-                 max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS) -> None:  # fmt: skip
+    def __init__(
+        self, device: str | torch.device, image_size: int, max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
+    ) -> None:
         # torch is imported by the decoder, not the module: the read tasks use this module's shipping rule
         # (decode_or_ship) and never load torch
         import torch
@@ -175,15 +187,20 @@ class DeviceDecoder:
                     failed.append(i)
                 else:
                     crops[i] = crop
-        fallback = {i: decode_image(items[i], image_size=self.size, resize_mode="center_crop",
-                                    max_pixels=2**62) for i in failed}  # fmt: skip
+        fallback = {
+            i: decode_image(items[i], image_size=self.size, resize_mode="center_crop", max_pixels=2**62)
+            for i in failed
+        }
         # a CPU result that decoded after all is scored from its pixels: uploaded and merged in input order
         for i, r in fallback.items():
             if r.status == "ok" and r.pixels is not None:
                 crops[i] = torch.from_numpy(r.pixels).to(self.device)
         ok = np.asarray(sorted(crops), dtype=np.int64)
-        pixels = (torch.stack([crops[int(i)] for i in ok]) if len(ok)
-                  else torch.zeros((0, self.size, self.size, 3), dtype=torch.uint8, device=self.device))  # fmt: skip
+        pixels = (
+            torch.stack([crops[int(i)] for i in ok])
+            if len(ok)
+            else torch.zeros((0, self.size, self.size, 3), dtype=torch.uint8, device=self.device)
+        )
         fallback = {i: r for i, r in fallback.items() if not (r.status == "ok" and r.pixels is not None)}
         return DeviceDecoded(pixels=pixels, ok=ok, fallback=fallback, seconds=time.perf_counter() - t0)
 

@@ -50,17 +50,23 @@ def shard_errors(stats: dict[str, Any]) -> ErrorTally:
     """A shard's errors from its summary (= marker): a shard_error row means the shard could not be read to its
     end; every other non-ok status is a failed sample."""
     counts = stats.get("counts", {})
-    return ErrorTally(shards=1, failed_shards=int(counts.get("shard_error", 0) > 0),
-                      samples=int(stats.get("samples", 0)),
-                      failed_samples=sum(int(c) for s, c in counts.items() if s not in ("ok", "shard_error")))
+    return ErrorTally(
+        shards=1,
+        failed_shards=int(counts.get("shard_error", 0) > 0),
+        samples=int(stats.get("samples", 0)),
+        failed_samples=sum(int(c) for s, c in counts.items() if s not in ("ok", "shard_error")),
+    )
 
 
 def run_errors(totals: dict[str, Any], n_shards: int) -> ErrorTally:
     """The whole run's errors from `aggregate`'s totals (one shard_error row per failed shard)."""
     counts = totals.get("counts", {})
-    return ErrorTally(shards=n_shards, failed_shards=int(counts.get("shard_error", 0)),
-                      samples=int(totals.get("samples", 0)),
-                      failed_samples=sum(int(c) for s, c in counts.items() if s not in ("ok", "shard_error")))
+    return ErrorTally(
+        shards=n_shards,
+        failed_shards=int(counts.get("shard_error", 0)),
+        samples=int(totals.get("samples", 0)),
+        failed_samples=sum(int(c) for s, c in counts.items() if s not in ("ok", "shard_error")),
+    )
 
 
 class _Watchdog:
@@ -107,9 +113,13 @@ def list_input(cfg: ScanConfig) -> list[tuple[str, str]]:
     return shards
 
 
-def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None, *,
-             on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
-             check: Callable[[Progress], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_scan(
+    cfg: ScanConfig,
+    executor: ScanExecutor | None = None,
+    *,
+    on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
+    check: Callable[[Progress], None] | None = None,
+) -> dict[str, Any]:
     """Run (or resume) a scan; returns the run summary (also written to run.json). Raises ConfigError for bad
     configuration (nothing written) and ScanFailed for systemic failures (run.json says failed).
 
@@ -127,36 +137,73 @@ def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None, *,
     todo = [(u, s) for u, s in shards if s not in done_before]
     resolved = cfg.model_copy(update={"scan_date": paths.scan_date, "run_id": plan.run_id})
     attempts = list((plan.previous or {}).get("attempts", []))
-    attempt = {"started_at": now_iso(), "resumed": plan.resumed, "shards_todo": len(todo),
-               "shards_skipped": len(shards) - len(todo),
-               "driver": {"host": socket.gethostname(), "pid": os.getpid()}}  # fmt: skip
+    attempt = {
+        "started_at": now_iso(),
+        "resumed": plan.resumed,
+        "shards_todo": len(todo),
+        "shards_skipped": len(shards) - len(todo),
+        "driver": {"host": socket.gethostname(), "pid": os.getpid()},
+    }
     attempts.append(attempt)
-    run = RunFile(paths.run_file("run.json"), {
-        "status": "running", "run_id": plan.run_id, "scan_date": paths.scan_date, "source": cfg.input,
-        "output": cfg.output, "detector_id": info.detector_id, "shards_total": len(shards),
-        "config": resolved.model_dump(mode="json"), "attempts": attempts,
-    })  # fmt: skip
+    run = RunFile(
+        paths.run_file("run.json"),
+        {
+            "status": "running",
+            "run_id": plan.run_id,
+            "scan_date": paths.scan_date,
+            "source": cfg.input,
+            "output": cfg.output,
+            "detector_id": info.detector_id,
+            "shards_total": len(shards),
+            "config": resolved.model_dump(mode="json"),
+            "attempts": attempts,
+        },
+    )
     write_json(paths.run_file("config.json"), resolved.model_dump(mode="json"))
     write_json(paths.run_file("versions.json"), versions())
     write_json(paths.run_file("detector.json"), info.record())
     run.write()
-    log.info("scan_start", run_id=plan.run_id, scan_date=paths.scan_date, shards=len(shards), todo=len(todo),
-             skipped=len(shards) - len(todo), resumed=plan.resumed, detector_id=info.detector_id)  # fmt: skip
+    log.info(
+        "scan_start",
+        run_id=plan.run_id,
+        scan_date=paths.scan_date,
+        shards=len(shards),
+        todo=len(todo),
+        skipped=len(shards) - len(todo),
+        resumed=plan.resumed,
+        detector_id=info.detector_id,
+    )
     RunLog.set_destination(paths.run_file("log.jsonl"))  # this process's JSON log, when a job keeps one
     timing: dict[str, float] = {}
     attempt["timing"] = timing
-    work = ScanWork(cfg=cfg, ctx=RunContext(run_id=plan.run_id, source=cfg.input, detector_id=info.detector_id,
-                                            threshold=info.threshold, labels=info.labels,
-                                            member_ids=info.member_ids, fusion=info.fusion),
-                    scan_date=paths.scan_date, image_size=info.inputs[0][0],
-                    resize_mode=info.inputs[0][1], timing=timing, also=info.inputs[1:])  # fmt: skip
+    work = ScanWork(
+        cfg=cfg,
+        ctx=RunContext(
+            run_id=plan.run_id,
+            source=cfg.input,
+            detector_id=info.detector_id,
+            threshold=info.threshold,
+            labels=info.labels,
+            member_ids=info.member_ids,
+            fusion=info.fusion,
+        ),
+        scan_date=paths.scan_date,
+        image_size=info.inputs[0][0],
+        resize_mode=info.inputs[0][1],
+        timing=timing,
+        also=info.inputs[1:],
+    )
     progress: Progress | None = None
     written: dict[str, dict[str, Any]] = {}
     budget = error_budget(cfg)
     extra: dict[str, Any] = {}
     try:
         # stop early once the shard budget cannot be met any more (earlier attempts' failed shards count too)
-        prior = run_errors(aggregate(paths, sorted(done_before)), len(done_before)) if done_before else ErrorTally()
+        prior = (
+            run_errors(aggregate(paths, sorted(done_before)), len(done_before))
+            if done_before
+            else ErrorTally()
+        )
         guard = budget.guard(len(shards), prior, shard_errors)
 
         def checks(p: Progress) -> None:
@@ -164,38 +211,71 @@ def run_scan(cfg: ScanConfig, executor: ScanExecutor | None = None, *,
             if check is not None:
                 check(p)
 
-        progress = _scan(cfg, paths, [s for _, s in shards], done_before, todo, executor, work, written,
-                         on_shard=on_shard, check=checks)  # fmt: skip
+        progress = _scan(
+            cfg,
+            paths,
+            [s for _, s in shards],
+            done_before,
+            todo,
+            executor,
+            work,
+            written,
+            on_shard=on_shard,
+            check=checks,
+        )
         not_marked = sorted({s for _, s in shards} - completed_shards(paths))
         if not_marked:
             raise ScanFailed(f"{len(not_marked)} shard(s) have no completion marker: {not_marked[:5]}")
-        extra["error_budget"] = budget.check(run_errors(aggregate(paths, [s for _, s in shards], known=written),
-                                                        len(shards)))  # fmt: skip
+        extra["error_budget"] = budget.check(
+            run_errors(aggregate(paths, [s for _, s in shards], known=written), len(shards))
+        )
     except BaseException as exc:
         if isinstance(exc, ErrorBudgetExceeded):
             extra["error_budget"] = exc.record
         attempt.update(finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}")
-        run.write(status="failed", error=f"{type(exc).__name__}: {exc}",
-                  totals=aggregate(paths, [s for _, s in shards], known=written), **extra)  # fmt: skip
+        run.write(
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}",
+            totals=aggregate(paths, [s for _, s in shards], known=written),
+            **extra,
+        )
         log.error("scan_failed", run_id=plan.run_id, error=str(exc))
         if isinstance(exc, IncompleteRun | ErrorBudgetExceeded):
             raise ScanFailed(str(exc)) from exc
         raise
     wall = time.perf_counter() - t_start
     totals = aggregate(paths, [s for _, s in shards], known=written)
-    attempt.update(finished_at=now_iso(), wall_s=round(wall, 3), shards_written=progress.done,
-                   rows_written=sum(st["rows"] for st in written.values()))  # fmt: skip
+    attempt.update(
+        finished_at=now_iso(),
+        wall_s=round(wall, 3),
+        shards_written=progress.done,
+        rows_written=sum(st["rows"] for st in written.values()),
+    )
     run.write(status="succeeded", totals=totals, finished_at=now_iso(), **extra)
-    log.info("scan_done", run_id=plan.run_id, shards=totals["shards_done"], rows=totals["rows"],
-             counts=totals["counts"], wall_s=round(wall, 2))  # fmt: skip
+    log.info(
+        "scan_done",
+        run_id=plan.run_id,
+        shards=totals["shards_done"],
+        rows=totals["rows"],
+        counts=totals["counts"],
+        wall_s=round(wall, 2),
+    )
     return run.record
 
 
-def _scan(cfg: ScanConfig, paths: RunPaths, shard_ids: list[str], done_before: set[str],
-          todo: list[tuple[str, str]], executor: ScanExecutor, work: ScanWork,
-          written: dict[str, dict[str, Any]], *,
-          on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
-          check: Callable[[Progress], None] | None = None) -> Progress:  # fmt: skip
+def _scan(
+    cfg: ScanConfig,
+    paths: RunPaths,
+    shard_ids: list[str],
+    done_before: set[str],
+    todo: list[tuple[str, str]],
+    executor: ScanExecutor,
+    work: ScanWork,
+    written: dict[str, dict[str, Any]],
+    *,
+    on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
+    check: Callable[[Progress], None] | None = None,
+) -> Progress:
     """The shards of `todo` through the executor (which writes them where the rows are) under the stall
     watchdog; `written` receives each shard's summary. A shard whose summary was lost on the way (its writer
     committed it, then the acknowledgement died with a retried task) counts by its marker."""
@@ -216,10 +296,16 @@ def _scan(cfg: ScanConfig, paths: RunPaths, shard_ids: list[str], done_before: s
             written[shard] = stats
             rows_total += int(stats["rows"])
             dog.progress()
-            log.info("shard_done", shard=shard, rows=stats["rows"],
-                     counts={k: v for k, v in stats["counts"].items() if v}, done=progress.done,
-                     todo=progress.todo, rows_total=rows_total,
-                     images_per_s=round(rows_total / max(time.perf_counter() - t0, 1e-9), 1))  # fmt: skip
+            log.info(
+                "shard_done",
+                shard=shard,
+                rows=stats["rows"],
+                counts={k: v for k, v in stats["counts"].items() if v},
+                done=progress.done,
+                todo=progress.todo,
+                rows_total=rows_total,
+                images_per_s=round(rows_total / max(time.perf_counter() - t0, 1e-9), 1),
+            )
             if on_shard is not None:
                 on_shard(shard, stats, progress)
 
@@ -231,4 +317,12 @@ def _scan(cfg: ScanConfig, paths: RunPaths, shard_ids: list[str], done_before: s
             raise
 
 
-__all__ = ["run_scan", "ScanFailed", "detector_info", "error_budget", "list_input", "run_errors", "shard_errors"]
+__all__ = [
+    "run_scan",
+    "ScanFailed",
+    "detector_info",
+    "error_budget",
+    "list_input",
+    "run_errors",
+    "shard_errors",
+]

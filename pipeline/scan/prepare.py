@@ -49,9 +49,14 @@ def _stack(arrays: list[np.ndarray], size: int) -> np.ndarray:
     return np.stack(arrays).astype(np.uint8, copy=False) if arrays else np.zeros((0, size, size, 3), np.uint8)
 
 
-def _to_batch(cols: dict[str, list[Any]], pixels: list[np.ndarray], image_size: int,
-              encoded: list[bytes] | None = None, also: list[list[np.ndarray]] | None = None,
-              also_sizes: Sequence[int] = ()) -> Batch:  # fmt: skip
+def _to_batch(
+    cols: dict[str, list[Any]],
+    pixels: list[np.ndarray],
+    image_size: int,
+    encoded: list[bytes] | None = None,
+    also: list[list[np.ndarray]] | None = None,
+    also_sizes: Sequence[int] = (),
+) -> Batch:
     n = len(cols["key"])
     batch: Batch = {c: np.asarray(cols[c], dtype=object) for c in STR_COLS}
     for c in INT_COLS:
@@ -98,8 +103,9 @@ def prepare_shard(
     if expected == 0:
         cols = _new_columns()
         _append(cols, shard, shard_url, "", EMPTY_STATUS, "", -1, -1, "", -1, "", 0, 0, read_s, 0.0)
-        yield _to_batch(cols, [blank], image_size, [] if decode_on == "gpu" else None, [[b] for b in blanks],
-                        also_sizes)  # fmt: skip
+        yield _to_batch(
+            cols, [blank], image_size, [] if decode_on == "gpu" else None, [[b] for b in blanks], also_sizes
+        )
         return
 
     cols, pixels = _new_columns(), []
@@ -109,27 +115,75 @@ def prepare_shard(
         shipped, r = b"", None
         t1 = time.perf_counter()
         if sample.image is None:
-            status, error, w, h, fmt, n_bytes, sha, px = ("no_image", sample.note or "no image member",
-                                                           -1, -1, "", -1, "", blank)  # fmt: skip
+            status, error, w, h, fmt, n_bytes, sha, px = (
+                "no_image",
+                sample.note or "no image member",
+                -1,
+                -1,
+                "",
+                -1,
+                "",
+                blank,
+            )
         else:
             n_bytes, sha = len(sample.image), hashlib.sha256(sample.image).hexdigest()
             try:
                 if decode_on == "gpu":
-                    r = decode_or_ship(sample.image, image_size=image_size, resize_mode=resize_mode,
-                                       max_pixels=max_pixels, decode_on=decode_on)  # fmt: skip
+                    r = decode_or_ship(
+                        sample.image,
+                        image_size=image_size,
+                        resize_mode=resize_mode,
+                        max_pixels=max_pixels,
+                        decode_on=decode_on,
+                    )
                 else:
-                    r = decode_image(sample.image, image_size=image_size, resize_mode=resize_mode,  # type: ignore[arg-type]
-                                     max_pixels=max_pixels, also=also)  # fmt: skip
+                    r = decode_image(
+                        sample.image,
+                        image_size=image_size,
+                        resize_mode=resize_mode,  # type: ignore[arg-type]
+                        max_pixels=max_pixels,
+                        also=also,
+                    )
                 shipped = r.encoded or b""
-                status, error, px = r.status, r.error or "", (r.pixels if r.status == "ok" and not shipped else blank)
+                status, error, px = (
+                    r.status,
+                    r.error or "",
+                    (r.pixels if r.status == "ok" and not shipped else blank),
+                )
                 w, h, fmt = _int(r.width), _int(r.height), r.format or ""
             except Exception as exc:  # decode_image should not raise; if it does, the sample still gets a row
-                status, error, w, h, fmt, px = "decode_error", f"{type(exc).__name__}: {exc}", -1, -1, "", blank
+                status, error, w, h, fmt, px = (
+                    "decode_error",
+                    f"{type(exc).__name__}: {exc}",
+                    -1,
+                    -1,
+                    "",
+                    blank,
+                )
             if status == "ok" and (px is None or px.shape != (image_size, image_size, 3)):
-                status, error, px = "decode_error", f"decoder returned shape {getattr(px, 'shape', None)}", blank
+                status, error, px = (
+                    "decode_error",
+                    f"decoder returned shape {getattr(px, 'shape', None)}",
+                    blank,
+                )
         decode_s = time.perf_counter() - t1
-        _append(cols, shard, shard_url, sample.key, status, error, w, h, fmt, n_bytes, sha, idx, expected,
-                per_row_read, decode_s)
+        _append(
+            cols,
+            shard,
+            shard_url,
+            sample.key,
+            status,
+            error,
+            w,
+            h,
+            fmt,
+            n_bytes,
+            sha,
+            idx,
+            expected,
+            per_row_read,
+            decode_s,
+        )
         pixels.append(px)
         for i, col in enumerate(extra):
             col.append(r.also[i] if status == "ok" and r is not None and r.also else blanks[i])
@@ -140,8 +194,23 @@ def prepare_shard(
             cols, pixels, extra = _new_columns(), [], [[] for _ in also]
             encoded = [] if encoded is not None else None
     if contents.error:
-        _append(cols, shard, shard_url, "", "shard_error", contents.error, -1, -1, "", -1, "", n_samples,
-                expected, per_row_read, 0.0)
+        _append(
+            cols,
+            shard,
+            shard_url,
+            "",
+            "shard_error",
+            contents.error,
+            -1,
+            -1,
+            "",
+            -1,
+            "",
+            n_samples,
+            expected,
+            per_row_read,
+            0.0,
+        )
         pixels.append(blank)
         for i, col in enumerate(extra):
             col.append(blanks[i])
@@ -153,13 +222,39 @@ def _int(v: int | None) -> int:
     return -1 if v is None else int(v)
 
 
-def _append(cols: dict[str, list[Any]], shard: str, shard_url: str, key: str, status: str, error: str, w: int,
-            h: int, fmt: str, n_bytes: int, sha: str, idx: int, expected: int, read_s: float,
-            decode_s: float) -> None:  # fmt: skip
-    for name, value in (("shard", shard), ("shard_url", shard_url), ("key", key), ("status", status),
-                        ("error", error), ("width", w), ("height", h), ("format", fmt), ("n_bytes", n_bytes),
-                        ("sha256", sha), ("_idx", idx), ("_expected", expected), ("_read_s", read_s),
-                        ("_decode_s", decode_s)):  # fmt: skip
+def _append(
+    cols: dict[str, list[Any]],
+    shard: str,
+    shard_url: str,
+    key: str,
+    status: str,
+    error: str,
+    w: int,
+    h: int,
+    fmt: str,
+    n_bytes: int,
+    sha: str,
+    idx: int,
+    expected: int,
+    read_s: float,
+    decode_s: float,
+) -> None:
+    for name, value in (
+        ("shard", shard),
+        ("shard_url", shard_url),
+        ("key", key),
+        ("status", status),
+        ("error", error),
+        ("width", w),
+        ("height", h),
+        ("format", fmt),
+        ("n_bytes", n_bytes),
+        ("sha256", sha),
+        ("_idx", idx),
+        ("_expected", expected),
+        ("_read_s", read_s),
+        ("_decode_s", decode_s),
+    ):
         cols[name].append(value)
 
 

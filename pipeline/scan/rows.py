@@ -122,7 +122,9 @@ def _member_map(rows: Batch, ctx: RunContext, name: str, typ: pa.DataType, not_o
     else:  # rows scored before per-detector outputs existed: the row's own score is its one detector's
         values = np.asarray(rows[name]).reshape(n, 1)
     if (k != values.shape[1]).any():
-        raise ValueError(f"{name}: {values.shape[1]} scores per row, detectors per row {sorted(set(k.tolist()))}")
+        raise ValueError(
+            f"{name}: {values.shape[1]} scores per row, detectors per row {sorted(set(k.tolist()))}"
+        )
     offsets = pa.array(np.concatenate([[0], np.cumsum(k)]).astype(np.int32), pa.int32())
     keys = pa.array([d for m in members for d in m], pa.string())
     items = pa.array(values.reshape(-1), typ.item_type)
@@ -146,8 +148,9 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * g, pa.int32())
     keys = pa.array(labels * n, pa.string())
     items = pa.array(scores.reshape(-1), pa.float32())
-    gen_map = pa.MapArray.from_arrays(offsets, keys, items, type=SCHEMA.field("generator_scores").type,
-                                      mask=pa.array(not_ok, pa.bool_()))  # fmt: skip
+    gen_map = pa.MapArray.from_arrays(
+        offsets, keys, items, type=SCHEMA.field("generator_scores").type, mask=pa.array(not_ok, pa.bool_())
+    )
     # the detector that scored each row, as the scoring actor reported it (ReportingScorer); the driver's
     # reading of the checkpoint only for rows without that report
     if "_detector_id" in rows:

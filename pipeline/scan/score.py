@@ -63,9 +63,17 @@ class Scorer:
     backbone pass per shared backbone, fused by `fusion`). inputs: the (image_size, preprocess) list the read
     stage decodes (the driver's `pipeline.scan.detectors.RunDetectors.inputs`); checked against the loaded set."""
 
-    def __init__(self, detector: str, device: str = "cpu", dtype: str = "float32", torch_threads: int | None = 1,
-                 batch_size: int | None = None, decode_on: str = "cpu", fusion: str = "soft_or_prob",
-                 inputs: list[tuple[int, str]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        detector: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        torch_threads: int | None = 1,
+        batch_size: int | None = None,
+        decode_on: str = "cpu",
+        fusion: str = "soft_or_prob",
+        inputs: list[tuple[int, str]] | None = None,
+    ) -> None:
         import torch
 
         from pipeline.models import Predictor, load_detector
@@ -87,12 +95,15 @@ class Scorer:
             from pipeline.models.ensemble import load_detector_set
             from pipeline.scan.detectors import FUSED_THRESHOLD, set_id
 
-            dset = load_detector_set(uris, fusion=fusion, fused_threshold=FUSED_THRESHOLD, device=device,
-                                     dtype=dtype)  # fmt: skip
+            dset = load_detector_set(
+                uris, fusion=fusion, fused_threshold=FUSED_THRESHOLD, device=device, dtype=dtype
+            )
             loaded = [(sp.image_size, sp.preprocess) for sp in dset.inputs]
             if inputs is not None and [tuple(i) for i in inputs] != loaded:
-                raise ValueError(f"the detectors loaded need inputs {loaded}, the read stage decodes {inputs} "
-                                 "(a checkpoint changed since the driver read it)")  # fmt: skip
+                raise ValueError(
+                    f"the detectors loaded need inputs {loaded}, the read stage decodes {inputs} "
+                    "(a checkpoint changed since the driver read it)"
+                )
             self.predictor = SetPredictor(dset)
             meta = self.predictor.first.meta
             self.member_ids = list(dset.detector_ids)
@@ -111,16 +122,33 @@ class Scorer:
             self.decoder = DeviceDecoder(self.predictor.device, int(self.predictor.cfg.image_size))
         self._device_decode_seen = False
         self.ready_at = time.time()  # wall clock: the driver measures throughput from model-ready on
-        log.info("scorer_ready", detector_id=self.detector_id, members=self.member_ids, fusion=self.fusion,
-                 device=device, dtype=self.predictor.dtype, threads=torch_threads,
-                 gpu_batch=self.predictor.batch_size, decode_on=decode_on)  # fmt: skip
+        log.info(
+            "scorer_ready",
+            detector_id=self.detector_id,
+            members=self.member_ids,
+            fusion=self.fusion,
+            device=device,
+            dtype=self.predictor.dtype,
+            threads=torch_threads,
+            gpu_batch=self.predictor.batch_size,
+            decode_on=decode_on,
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self._device_decode_seen and len(_shipped_rows(batch, np.flatnonzero(batch["status"] == "ok"))):
+        if not self._device_decode_seen and len(
+            _shipped_rows(batch, np.flatnonzero(batch["status"] == "ok"))
+        ):
             self._device_decode_seen = True  # once per actor: shows a run really decodes on the device
             log.info("device_decode_active", device=str(self.predictor.device))
-        out = score_batch(self.predictor, batch, n_labels=len(self.labels), batch_size=self.batch_size,
-                          decoder=self.decoder, n_inputs=self.n_inputs, n_members=len(self.member_ids))  # fmt: skip
+        out = score_batch(
+            self.predictor,
+            batch,
+            n_labels=len(self.labels),
+            batch_size=self.batch_size,
+            decoder=self.decoder,
+            n_inputs=self.n_inputs,
+            n_members=len(self.member_ids),
+        )
         out["_actor_ready"] = np.full(len(out["status"]), self.ready_at, np.float64)
         return out
 
@@ -132,8 +160,15 @@ def _shipped_rows(batch: dict[str, np.ndarray], ok: np.ndarray) -> np.ndarray:
     return ok[np.fromiter((len(encoded[i] or b"") > 0 for i in ok), bool, len(ok))]
 
 
-def score_batch(predictor: Any, batch: dict[str, np.ndarray], n_labels: int, batch_size: int | None = None,
-                decoder: Any = None, n_inputs: int = 1, n_members: int = 1) -> dict[str, np.ndarray]:  # fmt: skip
+def score_batch(
+    predictor: Any,
+    batch: dict[str, np.ndarray],
+    n_labels: int,
+    batch_size: int | None = None,
+    decoder: Any = None,
+    n_inputs: int = 1,
+    n_members: int = 1,
+) -> dict[str, np.ndarray]:
     """Score the ok rows of a prepared batch; returns the batch without its inputs (`pixels`, `pixels_<i>`,
     `encoded`), plus p_fake, logit, is_fake, top_generator ("" when not scored), generator_scores (N, n_labels;
     NaN when not scored), each detector's `_det_logit` / `_det_p_fake` / `_det_is_fake` (N, n_members; a
@@ -155,7 +190,9 @@ def score_batch(predictor: Any, batch: dict[str, np.ndarray], n_labels: int, bat
             from pipeline.scan.gpu_decode import DeviceDecoder
 
             decoder = DeviceDecoder(predictor.device, int(predictor.cfg.image_size))
-        sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in shipped] if "width" in batch else None
+        sizes = (
+            [(int(batch["width"][i]), int(batch["height"][i])) for i in shipped] if "width" in batch else None
+        )
         dec = decoder.decode([bytes(batch["encoded"][i]) for i in shipped], sizes)
         if dec.fallback:  # the CPU decoder's status row for what the device could not decode
             status, error = status.copy(), np.asarray(out["error"], dtype=object).copy()
@@ -202,6 +239,15 @@ def score_batch(predictor: Any, batch: dict[str, np.ndarray], n_labels: int, bat
             scores[sel] = gs
     if len(ok):
         infer_s[ok] = (time.perf_counter() - t0) / len(ok)
-    out.update(p_fake=p_fake, logit=logit, is_fake=is_fake, top_generator=top, generator_scores=scores,
-               _det_logit=det_logit, _det_p_fake=det_p_fake, _det_is_fake=det_is_fake, _infer_s=infer_s)  # fmt: skip
+    out.update(
+        p_fake=p_fake,
+        logit=logit,
+        is_fake=is_fake,
+        top_generator=top,
+        generator_scores=scores,
+        _det_logit=det_logit,
+        _det_p_fake=det_p_fake,
+        _det_is_fake=det_is_fake,
+        _infer_s=infer_s,
+    )
     return out

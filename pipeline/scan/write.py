@@ -55,9 +55,13 @@ class ShardSink:
         stats = shard_stats(shard, url, rows)
         data = parquet_bytes(table)
         detectors = sorted({str(d) for d in rows["_detector_id"]}) if rows and "_detector_id" in rows else []
-        stats.update(run_id=self.ctx.run_id, detector_id=",".join(detectors) or self.ctx.detector_id,
-                     writer_node=self.writer_node,
-                     finished_at=_now_iso(), write_s=round(time.perf_counter() - t0, 6))  # fmt: skip
+        stats.update(
+            run_id=self.ctx.run_id,
+            detector_id=",".join(detectors) or self.ctx.detector_id,
+            writer_node=self.writer_node,
+            finished_at=_now_iso(),
+            write_s=round(time.perf_counter() - t0, 6),
+        )
         if not url:  # an empty shard: its url is not in any row
             stats.pop("shard_url", None)
         commit_shard([(self.paths.parquet(shard), data)], self.paths.marker(shard), stats)

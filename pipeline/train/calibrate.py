@@ -128,8 +128,9 @@ def calibrate_checkpoint(
     predictor = Predictor(det, meta, device="cpu", dtype="float32")
     skips = SkipCounter()
     # streamed: one batch of images in memory at a time; unreadable images are counted and left out
-    pred = predict_table(predictor, listing_table([r.source for r in records]), cfg, batch_size=batch_size,
-                         skips=skips)  # fmt: skip
+    pred = predict_table(
+        predictor, listing_table([r.source for r in records]), cfg, batch_size=batch_size, skips=skips
+    )
     labels = np.array([records[i].label for i in pred["row"]])
     if not np.any(labels == 0):
         raise ValueError(f"{data}: none of its real images could be read; nothing to calibrate on")
@@ -143,7 +144,9 @@ def calibrate_checkpoint(
     )
     calib["skipped"] = skips.record()
     calib["data"] = data
-    new_meta = meta.model_copy(update={"threshold": calib["threshold"], "unknown_threshold": calib["unknown_threshold"]})
+    new_meta = meta.model_copy(
+        update={"threshold": calib["threshold"], "unknown_threshold": calib["unknown_threshold"]}
+    )
     dest = out or detector
     with tempfile.TemporaryDirectory(prefix="genscan-calib-") as tmp:
         save_detector(det, tmp, new_meta)

@@ -12,7 +12,9 @@ from pipeline.settings import StrictModel
 
 class TrainConfig(StrictModel):
     data: str = Field(description="labelled data: UnivFD-style folder or WebDataset shards, local or s3://")
-    out: str = Field(description="checkpoint DIRECTORY (detector.safetensors + detector.json + train_config.json)")
+    out: str = Field(
+        description="checkpoint DIRECTORY (detector.safetensors + detector.json + train_config.json)"
+    )
     config: str = Field("tiny-mole", description="detector config: a shipped name or a JSON path")
     method: Literal["mole", "linear"] = "mole"
     pretrained: str | None = Field(
@@ -29,7 +31,9 @@ class TrainConfig(StrictModel):
     # optimisation (mole)
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(
-        32, ge=1, description="effective (global) batch; each of num_workers ranks takes ceil(batch / workers)"
+        32,
+        ge=1,
+        description="effective (global) batch; each of num_workers ranks takes ceil(batch / workers)",
     )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -38,7 +42,9 @@ class TrainConfig(StrictModel):
         0.01, ge=0, description="weight of the router load-balancing loss (used only if the detector has one)"
     )
     plateau_patience: int = Field(
-        10, ge=0, description="epochs without val-acc gain before lr /= 10 (UnivFD: 5, over far larger epochs)"
+        10,
+        ge=0,
+        description="epochs without val-acc gain before lr /= 10 (UnivFD: 5, over far larger epochs)",
     )
     min_lr_factor: float = Field(0.01, gt=0, le=1, description="lr never drops below lr * min_lr_factor")
     head_init: Literal["linear_probe", "random"] = Field(
@@ -56,7 +62,9 @@ class TrainConfig(StrictModel):
         "patch", description="random-crop offsets on the patch grid [ours] or anywhere (published recipe)"
     )
     augment_resize: int | None = Field(
-        None, ge=8, description="shorter side before the random crop (UnivFD: 256 for a 224 crop); None = none"
+        None,
+        ge=8,
+        description="shorter side before the random crop (UnivFD: 256 for a 224 crop); None = none",
     )
     # linear (seed 001)
     linear_classifier: Literal["logistic", "svm"] = "logistic"
@@ -74,7 +82,9 @@ class TrainConfig(StrictModel):
     torch_threads: int = Field(1, ge=1, description="intra-op threads per training worker")
     # streaming feed and fault tolerance
     read_tasks: int | None = Field(
-        None, ge=1, description="concurrent CPU Ray Data read/decode/augment tasks; None = as many as CPUs allow"
+        None,
+        ge=1,
+        description="concurrent CPU Ray Data read/decode/augment tasks; None = as many as CPUs allow",
     )
     read_chunk: int = Field(32, ge=1, description="images per read task block")
     max_failures: int = Field(
@@ -98,5 +108,7 @@ class TrainConfig(StrictModel):
     @model_validator(mode="after")
     def _mask_needs_mole(self) -> TrainConfig:
         if self.mask == "texture" and self.method != "mole":
-            raise ValueError("mask: texture masking is a fine-tuning strategy; it composes with method=mole only")
+            raise ValueError(
+                "mask: texture masking is a fine-tuning strategy; it composes with method=mole only"
+            )
         return self

@@ -38,7 +38,9 @@ class LabelledRecord:
         return self.source.load()
 
 
-def load_records(uri: str, *, generators: list[str] | None = None, lazy: bool = False) -> list[LabelledRecord]:
+def load_records(
+    uri: str, *, generators: list[str] | None = None, lazy: bool = False
+) -> list[LabelledRecord]:
     """Every labelled image of `uri` (via `pipeline.data.sources.load_labelled`: UnivFD / GenImage folders or
     WebDataset shards, local or s3://) decoded to RGB PIL images. `generator` is the attribution class ("real"
     or the generator); `group` the source's generator folder (None for shards). Missing or empty sources raise

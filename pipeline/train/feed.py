@@ -109,8 +109,13 @@ class TrainPlan:
 
     def meta(self) -> dict[str, Any]:
         """The JSON-able part the workers and the checkpoint need (the tables travel separately)."""
-        return {"generators": self.generators, "counts": self.counts, "split": self.split,
-                "n_train": self.n_train, "n_val": self.n_val}  # fmt: skip
+        return {
+            "generators": self.generators,
+            "counts": self.counts,
+            "split": self.split,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+        }
 
 
 def _digest(keys: Iterable[str]) -> str:
@@ -207,9 +212,15 @@ def train_spec(cfg: Any, det_cfg: Any, patch_size: int) -> DecodeSpec:
     """The training stage of a TrainConfig: UnivFD augmentation with its parameters when `cfg.augment`."""
     aug = None
     if cfg.augment:
-        aug = {"crop_size": det_cfg.image_size, "resize": cfg.augment_resize,
-               "blur_prob": cfg.augment_blur_prob, "jpeg_prob": cfg.augment_jpeg_prob}  # fmt: skip
-    return DecodeSpec(det_cfg=det_cfg, augment=aug, crop_grid=cfg.crop_grid, patch_size=patch_size, seed=cfg.seed)
+        aug = {
+            "crop_size": det_cfg.image_size,
+            "resize": cfg.augment_resize,
+            "blur_prob": cfg.augment_blur_prob,
+            "jpeg_prob": cfg.augment_jpeg_prob,
+        }
+    return DecodeSpec(
+        det_cfg=det_cfg, augment=aug, crop_grid=cfg.crop_grid, patch_size=patch_size, seed=cfg.seed
+    )
 
 
 def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
@@ -396,4 +407,8 @@ def predict_table(
         gen.append(np.asarray(res["generator_scores"], np.float64))
     if not rows:
         return {"row": np.zeros(0, np.int64), "p_fake": np.zeros(0), "generator_scores": np.zeros((0, 1))}
-    return {"row": np.concatenate(rows), "p_fake": np.concatenate(p_fake), "generator_scores": np.concatenate(gen)}
+    return {
+        "row": np.concatenate(rows),
+        "p_fake": np.concatenate(p_fake),
+        "generator_scores": np.concatenate(gen),
+    }

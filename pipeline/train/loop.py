@@ -189,8 +189,11 @@ class _Run:
         """Validation metrics computed on rank 0 over the whole streamed validation split, shared with all."""
         val: dict[str, float] = {}
         if self.hooks.world_rank == 0 and self.plan["n_val"]:
-            val = _val_metrics(predict_stream(det, self.hooks.eval_batches("val"), self.det_cfg, self.device,
-                                              self.eval_skips))  # fmt: skip
+            val = _val_metrics(
+                predict_stream(
+                    det, self.hooks.eval_batches("val"), self.det_cfg, self.device, self.eval_skips
+                )
+            )
         return self.hooks.broadcast(val)
 
     def fit_linear_heads(self, det: torch.nn.Module, *, masked: bool, c: float) -> None:
@@ -199,8 +202,15 @@ class _Run:
         from pipeline.train.linear import fit_binary, fit_multiclass
 
         mask = (self.patch, self.cfg.mask_ratio) if masked else None
-        pred = predict_stream(det, self.hooks.eval_batches("train"), self.det_cfg, self.device, self.eval_skips,
-                              features=True, mask=mask)  # fmt: skip
+        pred = predict_stream(
+            det,
+            self.hooks.eval_batches("train"),
+            self.det_cfg,
+            self.device,
+            self.eval_skips,
+            features=True,
+            mask=mask,
+        )
         feats, labels = pred["features"], pred["label"]
         w, b = fit_binary(feats, labels, classifier=self.cfg.linear_classifier, c=c, seed=self.cfg.seed)
         det.set_linear_head(w, b)
@@ -232,8 +242,9 @@ def _train_mole(run: _Run, det: torch.nn.Module, resumed: TrainState | None) -> 
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=0.1, patience=cfg.plateau_patience, min_lr=cfg.lr * cfg.min_lr_factor
     )
-    state = TrainState(epoch=0, history=[], params={}, best=None, optimizer={}, scheduler={},
-                       split=run.plan["split"])  # fmt: skip
+    state = TrainState(
+        epoch=0, history=[], params={}, best=None, optimizer={}, scheduler={}, split=run.plan["split"]
+    )
     if resumed is not None:
         opt.load_state_dict(resumed.optimizer)
         sched.load_state_dict(resumed.scheduler)
@@ -263,7 +274,9 @@ def _train_mole(run: _Run, det: torch.nn.Module, resumed: TrainState | None) -> 
             with _autocast(device):
                 out = model(x)
             # unreadable rows (ok=False, zero pixels) weigh 0: every rank still takes the same number of steps
-            bce = (F.binary_cross_entropy_with_logits(out.logit.float(), y, reduction="none") * w).sum() / n_ok
+            bce = (
+                F.binary_cross_entropy_with_logits(out.logit.float(), y, reduction="none") * w
+            ).sum() / n_ok
             loss = bce
             ce = torch.zeros((), device=device)
             if cfg.attribution_weight > 0 and run.generators:
@@ -312,15 +325,23 @@ def _train_mole(run: _Run, det: torch.nn.Module, resumed: TrainState | None) -> 
         with torch.no_grad():
             for n, p in trainable.items():
                 p.copy_(state.best[2][n].to(p.device))
-        log.info("best_epoch_restored", epoch=state.best[1], val_ap=state.best[0][0], val_acc=state.best[0][1])
+        log.info(
+            "best_epoch_restored", epoch=state.best[1], val_ap=state.best[0][0], val_acc=state.best[0][1]
+        )
         if state.history:
             state.history[-1] = {**state.history[-1], "best_epoch": state.best[1]}
     core.eval()
     return state
 
 
-def _checkpoint(run: _Run, state: TrainState, trainable: dict[str, torch.Tensor], opt: Any, sched: Any,
-                row: dict[str, Any]) -> None:  # fmt: skip
+def _checkpoint(
+    run: _Run,
+    state: TrainState,
+    trainable: dict[str, torch.Tensor],
+    opt: Any,
+    sched: Any,
+    row: dict[str, Any],
+) -> None:
     """Rank 0 writes the epoch's training state; every rank reports (Ray Train's report is collective)."""
     if run.hooks.world_rank != 0:
         run.hooks.report(row, None)
@@ -394,7 +415,9 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
             n_generators=len(run.generators),
         )
     else:
-        log.warning("calibration_skipped", reason="no real images in the validation split; threshold stays 0.5")
+        log.warning(
+            "calibration_skipped", reason="no real images in the validation split; threshold stays 0.5"
+        )
         calib = {"threshold": 0.5, "unknown_threshold": 0.0, "skipped": True}
     notes = {
         "trained_by": "pipeline.train",
@@ -405,8 +428,12 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
         "calibration": calib,
         "split": plan["split"],
     }
-    meta = DetectorMeta(generators=list(run.generators), threshold=calib["threshold"],
-                        unknown_threshold=calib["unknown_threshold"], notes=notes)  # fmt: skip
+    meta = DetectorMeta(
+        generators=list(run.generators),
+        threshold=calib["threshold"],
+        unknown_threshold=calib["unknown_threshold"],
+        notes=notes,
+    )
     det.cpu()
     work = Path(tempfile.mkdtemp(prefix="genscan-ckpt-"))
     try:
@@ -438,8 +465,12 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
             "detector_id": meta.detector_id,
         }
         if skipped["train"]["n"] or skipped["eval"]["n"]:
-            log.warning("unreadable_images_summary", train=skipped["train"]["n"], eval=skipped["eval"]["n"],
-                        examples=(skipped["train"]["examples"] + skipped["eval"]["examples"])[:5])  # fmt: skip
+            log.warning(
+                "unreadable_images_summary",
+                train=skipped["train"]["n"],
+                eval=skipped["eval"]["n"],
+                examples=(skipped["train"]["examples"] + skipped["eval"]["examples"])[:5],
+            )
         (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
         publish_dir(work, cfg.out)
     finally:
@@ -472,8 +503,14 @@ class LocalHooks(TrainHooks):
     """One in-process worker: the feed's stage functions run in a small thread pool (`feed.iter_local`); the
     per-epoch training state goes to `<out>/_checkpoints/local/epoch_NNNN/` (the last one is resumed from)."""
 
-    def __init__(self, cfg: TrainConfig, plan: TrainPlan, *, resume: bool = False,
-                 on_epoch: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        plan: TrainPlan,
+        *,
+        resume: bool = False,
+        on_epoch: Callable[[int], None] | None = None,
+    ) -> None:
         from pipeline.models import DetectorConfig
         from pipeline.train.data import patch_size
 
@@ -489,8 +526,13 @@ class LocalHooks(TrainHooks):
 
         if self.on_epoch is not None:  # `epoch` (0-based) is starting: that many are done
             self.on_epoch(epoch)
-        return iter_local(self.plan.train, DecodeStage(self.train_stage), batch_size=self.cfg.batch_size,
-                          seed=self.cfg.seed, epoch=epoch)  # fmt: skip
+        return iter_local(
+            self.plan.train,
+            DecodeStage(self.train_stage),
+            batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed,
+            epoch=epoch,
+        )
 
     def eval_batches(self, split: str) -> Iterable[dict[str, np.ndarray]]:
         from pipeline.train.feed import DecodeStage
@@ -517,8 +559,13 @@ class LocalHooks(TrainHooks):
         return self._tmp
 
 
-def train_local(cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None,
-                on_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def train_local(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    plan: TrainPlan | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """In-process training without Ray (one worker), through the same streaming stages; same outputs.
     `on_epoch(done)` is called as each epoch starts and once more when training ends (progress line)."""
     from pipeline.train.feed import make_plan

@@ -35,7 +35,9 @@ def patch_texture_scores(pixels: torch.Tensor, patch: int) -> torch.Tensor:
     gx = (padded[:, :, 1:-1, 2:] - padded[:, :, 1:-1, :-2]) / 2.0
     gy = (padded[:, :, 2:, 1:-1] - padded[:, :, :-2, 1:-1]) / 2.0
     mag = torch.sqrt(gx * gx + gy * gy)
-    return torch.nn.functional.avg_pool2d(mag, kernel_size=patch, stride=patch).view(n, h // patch, w // patch)
+    return torch.nn.functional.avg_pool2d(mag, kernel_size=patch, stride=patch).view(
+        n, h // patch, w // patch
+    )
 
 
 def texture_mask(pixels: torch.Tensor, patch: int, ratio: float) -> torch.Tensor:
@@ -61,7 +63,9 @@ def apply_patch_mask(pixels: torch.Tensor, mask: torch.Tensor, patch: int, fill:
     normalisation) in all channels."""
     n, _, h, w = pixels.shape
     if mask.shape != (n, h // patch, w // patch):
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match images {tuple(pixels.shape)} / patch {patch}")
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not match images {tuple(pixels.shape)} / patch {patch}"
+        )
     full = mask.repeat_interleave(patch, dim=1).repeat_interleave(patch, dim=2).unsqueeze(1)
     return torch.where(full, torch.full_like(pixels, fill), pixels)
 

@@ -39,7 +39,9 @@ class TrainState:
 
 def capture_rng() -> tuple[dict[str, Any], torch.Tensor]:
     py = random.getstate()
-    npy = np.random.get_state(legacy=False)  # MT19937: {"bit_generator", "state": {"key": uint32[624], "pos"}, ...}
+    npy = np.random.get_state(
+        legacy=False
+    )  # MT19937: {"bit_generator", "state": {"key": uint32[624], "pos"}, ...}
     npy = {**npy, "state": {"key": npy["state"]["key"].tolist(), "pos": int(npy["state"]["pos"])}}
     return {"python": [py[0], list(py[1]), py[2]], "numpy": npy}, torch.get_rng_state()
 
@@ -58,7 +60,9 @@ def restore_rng(rng: dict[str, Any], torch_state: torch.Tensor | None) -> None:
 
 def write_state(path: Path, state: TrainState) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {f"param/{k}": v.detach().cpu().contiguous() for k, v in state.params.items()}
+    tensors: dict[str, torch.Tensor] = {
+        f"param/{k}": v.detach().cpu().contiguous() for k, v in state.params.items()
+    }
     if state.best is not None:
         tensors.update({f"best/{k}": v.detach().cpu().contiguous() for k, v in state.best[2].items()})
     opt_scalars: dict[str, dict[str, Any]] = {}

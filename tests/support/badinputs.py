@@ -362,8 +362,12 @@ def e2e_corpus() -> list[ShardCase]:
     bad = bad_input_shard()
     five = good_members(5, prefix="t")
     four = good_members(4, prefix="b")
-    inter = [("c.png", png_bytes(seed=21)), ("a.png", png_bytes(seed=22)), ("b.jpg", jpeg_bytes(seed=23)),
-             ("a.json", meta(1))]  # fmt: skip
+    inter = [
+        ("c.png", png_bytes(seed=21)),
+        ("a.png", png_bytes(seed=22)),
+        ("b.jpg", jpeg_bytes(seed=23)),
+        ("a.json", meta(1)),
+    ]
 
     def images(members: Sequence[Member]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
@@ -375,15 +379,34 @@ def e2e_corpus() -> list[ShardCase]:
         return out
 
     return [
-        ShardCase("shard-000000", bad.data, bad.expected, False,
-                  {k: v for k, v in images(bad.members).items() if "\udce9" not in k}),
-        ShardCase("shard-000001", truncated_mid_member_tar(five, 5),
-                  [("t0000", "ok"), ("t0001", "ok"), ("t0002", "ok")], True, images(five[:5])),
+        ShardCase(
+            "shard-000000",
+            bad.data,
+            bad.expected,
+            False,
+            {k: v for k, v in images(bad.members).items() if "\udce9" not in k},
+        ),
+        ShardCase(
+            "shard-000001",
+            truncated_mid_member_tar(five, 5),
+            [("t0000", "ok"), ("t0001", "ok"), ("t0002", "ok")],
+            True,
+            images(five[:5]),
+        ),
         ShardCase("shard-000002", non_tar_bytes(), [], True),
         ShardCase("shard-000003", b"", [], True),
-        ShardCase("shard-000004", tar_bytes(inter), [("c", "ok"), ("a", "ok"), ("b", "ok"), ("a", "no_image")],
-                  False),
-        ShardCase("shard-000005", truncated_at_boundary_tar(four, 4), [("b0000", "ok"), ("b0001", "ok")], True,
-                  images(four[:4])),
+        ShardCase(
+            "shard-000004",
+            tar_bytes(inter),
+            [("c", "ok"), ("a", "ok"), ("b", "ok"), ("a", "no_image")],
+            False,
+        ),
+        ShardCase(
+            "shard-000005",
+            truncated_at_boundary_tar(four, 4),
+            [("b0000", "ok"), ("b0001", "ok")],
+            True,
+            images(four[:4]),
+        ),
         ShardCase("shard-000006", b"\0" * 10240, [], False),  # a valid, empty tar
-    ]  # fmt: skip
+    ]

@@ -38,8 +38,16 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # The resource shape of a scan of a small test corpus on a 2-CPU head: fractional CPUs for the scoring actor and
 # the read tasks (an actor pool that takes every CPU hangs, ray#44687), a stall bound, and ONE read process (each
 # extra Ray worker process costs 2-4 CPU-s on this machine; measured 49.3 -> 43.9 CPU-s for a 30-image scan).
-SMALL_SCAN = ["--actor-num-cpus", "0.5", "--read-num-cpus", "0.5", "--stall-timeout-s", "120",
-              "--read-concurrency", "1"]  # fmt: skip
+SMALL_SCAN = [
+    "--actor-num-cpus",
+    "0.5",
+    "--read-num-cpus",
+    "0.5",
+    "--stall-timeout-s",
+    "120",
+    "--read-concurrency",
+    "1",
+]
 # Ray's local start (`ray.init()` without an address) waits a FIXED 30 s for its raylet to register
 # (ray/_private/node.py, not configurable); on this 2-core machine under the test run's load (~19) that once
 # passed: "The current node timed out during startup".
@@ -110,8 +118,15 @@ def head_env(extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def _node_args(
-    nm: int, om: int, agent_http: int, agent_grpc: int, rt_agent: int, metrics: int,
-    num_cpus: int, object_store_mb: int, temp_dir: str,
+    nm: int,
+    om: int,
+    agent_http: int,
+    agent_grpc: int,
+    rt_agent: int,
+    metrics: int,
+    num_cpus: int,
+    object_store_mb: int,
+    temp_dir: str,
 ) -> list[str]:
     """`ray start` flags every node of a test cluster takes: its own free ports, CPUs, no GPU, a small object
     store, a private short temp dir, no usage stats, no log monitor. Ray's log monitor tails every worker's log
@@ -120,19 +135,30 @@ def _node_args(
     (2 cores). Workers still write their log files (the security checks read them); `ray job logs` is the
     driver's own output either way."""
     return [
-        "--node-manager-port", str(nm),
-        "--object-manager-port", str(om),
-        "--dashboard-agent-listen-port", str(agent_http),
-        "--dashboard-agent-grpc-port", str(agent_grpc),
-        "--runtime-env-agent-port", str(rt_agent),
-        "--metrics-export-port", str(metrics),
-        "--num-cpus", str(num_cpus),
-        "--num-gpus", "0",
-        "--object-store-memory", str(object_store_mb * 1024 * 1024),
-        "--temp-dir", temp_dir,
+        "--node-manager-port",
+        str(nm),
+        "--object-manager-port",
+        str(om),
+        "--dashboard-agent-listen-port",
+        str(agent_http),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--runtime-env-agent-port",
+        str(rt_agent),
+        "--metrics-export-port",
+        str(metrics),
+        "--num-cpus",
+        str(num_cpus),
+        "--num-gpus",
+        "0",
+        "--object-store-memory",
+        str(object_store_mb * 1024 * 1024),
+        "--temp-dir",
+        temp_dir,
         "--disable-usage-stats",
-        "--include-log-monitor", "false",
-    ]  # fmt: skip
+        "--include-log-monitor",
+        "false",
+    ]
 
 
 def start_head(
@@ -148,19 +174,34 @@ def start_head(
     env = head_env(extra_env)
     log_path = os.path.join(temp_dir, "head.log")
     cmd = [
-        RAY_BIN, "start", "--head", "--block",
-        "--node-ip-address", "127.0.0.1",
-        "--port", str(gcs),
-        "--dashboard-host", "127.0.0.1",
-        "--dashboard-port", str(dash),
-        "--ray-client-server-port", str(client),
+        RAY_BIN,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(gcs),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--ray-client-server-port",
+        str(client),
         *_node_args(nm, om, agent_http, agent_grpc, rt_agent, metrics, num_cpus, object_store_mb, temp_dir),
-    ]  # fmt: skip
+    ]
     with open(log_path, "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    head = RayHead(address=f"127.0.0.1:{gcs}", dashboard_url=f"http://127.0.0.1:{dash}", env=env,
-                   temp_dir=temp_dir, pid=proc.pid, log_path=log_path)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    head = RayHead(
+        address=f"127.0.0.1:{gcs}",
+        dashboard_url=f"http://127.0.0.1:{dash}",
+        env=env,
+        temp_dir=temp_dir,
+        pid=proc.pid,
+        log_path=log_path,
+    )
     try:
         _wait_for_dashboard(head, proc, start_timeout_s)
     except BaseException:
@@ -196,7 +237,9 @@ def _wait_for_dashboard(head: RayHead, proc: subprocess.Popen, timeout_s: float)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{Path(head.log_path).read_text()[-4000:]}")
+            raise RuntimeError(
+                f"ray start exited with {proc.returncode}:\n{Path(head.log_path).read_text()[-4000:]}"
+            )
         try:
             with urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2) as r:
                 if r.status == 200:
@@ -248,8 +291,18 @@ def submit_job(
     """`ray job submit --no-wait --submission-id ID -- command...`; then (if `wait`) poll until the job is
     terminal or `timeout_s` passes (then the job is stopped and status is "TIMEOUT")."""
     sid = submission_id or f"test-{uuid.uuid4().hex[:10]}"
-    cmd = [RAY_BIN, "job", "submit", "--address", head.dashboard_url, "--submission-id", sid, "--no-wait", "--",
-           *command]  # fmt: skip
+    cmd = [
+        RAY_BIN,
+        "job",
+        "submit",
+        "--address",
+        head.dashboard_url,
+        "--submission-id",
+        sid,
+        "--no-wait",
+        "--",
+        *command,
+    ]
     out = subprocess.run(cmd, env=head.env, cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"ray job submit failed ({out.returncode}): {out.stdout}\n{out.stderr}")
@@ -258,8 +311,9 @@ def submit_job(
     return wait_job(head, sid, timeout_s)
 
 
-def wait_job(head: RayHead, submission_id: str, timeout_s: float = 300.0,
-             until: Sequence[str] = tuple(TERMINAL)) -> JobResult:
+def wait_job(
+    head: RayHead, submission_id: str, timeout_s: float = 300.0, until: Sequence[str] = tuple(TERMINAL)
+) -> JobResult:
     """Poll a job until its status is in `until` (default: terminal) or the bound passes."""
     client = job_client(head)
     deadline = time.monotonic() + timeout_s
@@ -343,23 +397,33 @@ def ray_worker_node(
     # that joined a moment ago, so "the node that was not there before" may name another one
     tag = f"genscan_node_{uuid.uuid4().hex[:12]}"
     cmd = [
-        RAY_BIN, "start", "--block",
-        "--address", head.address,
-        "--node-ip-address", "127.0.0.1",
-        "--resources", json.dumps({**dict(resources or {}), tag: 1}),
+        RAY_BIN,
+        "start",
+        "--block",
+        "--address",
+        head.address,
+        "--node-ip-address",
+        "127.0.0.1",
+        "--resources",
+        json.dumps({**dict(resources or {}), tag: 1}),
         *_node_args(nm, om, agent_http, agent_grpc, rt_agent, metrics, num_cpus, object_store_mb, temp_dir),
-    ]  # fmt: skip
+    ]
     log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(cmd, env=head.env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=head.env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + start_timeout_s
         node_id = None
         while node_id is None:
             if proc.poll() is not None:
-                raise RuntimeError(f"ray start (worker) exited with {proc.returncode}:\n{Path(log_path).read_text()[-4000:]}")
+                raise RuntimeError(
+                    f"ray start (worker) exited with {proc.returncode}:\n{Path(log_path).read_text()[-4000:]}"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"worker node not ALIVE after {start_timeout_s}s:\n{Path(log_path).read_text()[-4000:]}")
+                raise TimeoutError(
+                    f"worker node not ALIVE after {start_timeout_s}s:\n{Path(log_path).read_text()[-4000:]}"
+                )
             new = [n["node_id"] for n in alive_nodes(head) if (n.get("resources_total") or {}).get(tag)]
             node_id = new[0] if new else None
             if node_id is None:
@@ -377,14 +441,32 @@ def job_actors(head: RayHead, *, driver_pid: int | None = None, submission_id: s
     out."""
     from ray.util.state import list_actors, list_jobs
 
-    job_ids = [j.job_id for j in list_jobs(address=head.dashboard_url, limit=1000) if j.job_id and (
-               (submission_id is not None and j.submission_id == submission_id)
-               or (driver_pid is not None and j.driver_info is not None and str(j.driver_info.pid) == str(driver_pid)))]  # fmt: skip
-    return [a for job_id in job_ids
-            for a in list_actors(address=head.dashboard_url, filters=[("job_id", "=", job_id)], detail=True, limit=1000)]  # fmt: skip
+    job_ids = [
+        j.job_id
+        for j in list_jobs(address=head.dashboard_url, limit=1000)
+        if j.job_id
+        and (
+            (submission_id is not None and j.submission_id == submission_id)
+            or (
+                driver_pid is not None
+                and j.driver_info is not None
+                and str(j.driver_info.pid) == str(driver_pid)
+            )
+        )
+    ]
+    return [
+        a
+        for job_id in job_ids
+        for a in list_actors(
+            address=head.dashboard_url, filters=[("job_id", "=", job_id)], detail=True, limit=1000
+        )
+    ]
 
 
 def job_actor_pids(head: RayHead, driver_pid: int, class_names: Sequence[str]) -> list[int]:
     """PIDs of the live actors of `class_names` of the job whose driver is the process `driver_pid`."""
-    return [int(a.pid) for a in job_actors(head, driver_pid=driver_pid)
-            if a.class_name in class_names and a.state != "DEAD" and a.pid]  # fmt: skip
+    return [
+        int(a.pid)
+        for a in job_actors(head, driver_pid=driver_pid)
+        if a.class_name in class_names and a.state != "DEAD" and a.pid
+    ]

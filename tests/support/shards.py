@@ -22,7 +22,9 @@ from pipeline.storage import join, write_bytes_atomic
 @dataclass
 class Sample:
     key: str
-    files: dict[str, bytes] = field(default_factory=dict)  # extension -> payload, e.g. {"png": ..., "json": ...}
+    files: dict[str, bytes] = field(
+        default_factory=dict
+    )  # extension -> payload, e.g. {"png": ..., "json": ...}
 
 
 def image_bytes(rng: np.random.Generator, size: tuple[int, int] = (48, 40), fmt: str = "png") -> bytes:
@@ -34,15 +36,23 @@ def image_bytes(rng: np.random.Generator, size: tuple[int, int] = (48, 40), fmt:
     return buf.getvalue()
 
 
-def good_samples(n: int, seed: int = 0, prefix: str = "s", size: tuple[int, int] = (48, 40),
-                 fmt: str = "png", generators: Sequence[str] = ("real", "famA")) -> list[Sample]:
+def good_samples(
+    n: int,
+    seed: int = 0,
+    prefix: str = "s",
+    size: tuple[int, int] = (48, 40),
+    fmt: str = "png",
+    generators: Sequence[str] = ("real", "famA"),
+) -> list[Sample]:
     """`n` decodable samples with json labels; generators cycle through `generators`."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         gen = generators[i % len(generators)]
         meta = {"label": 0 if gen == "real" else 1, "generator": gen}
-        out.append(Sample(f"{prefix}{i:06d}", {fmt: image_bytes(rng, size, fmt), "json": json.dumps(meta).encode()}))
+        out.append(
+            Sample(f"{prefix}{i:06d}", {fmt: image_bytes(rng, size, fmt), "json": json.dumps(meta).encode()})
+        )
     return out
 
 
@@ -81,15 +91,23 @@ def write_shard(uri: str, samples: Sequence[Sample]) -> str:
     return uri
 
 
-def write_shards(root: str, n_shards: int, per_shard: int, seed: int = 0, name: str = "shard-{:06d}.tar",
-                 size: tuple[int, int] = (48, 40), fmt: str = "png",
-                 generators: Sequence[str] = ("real", "famA")) -> list[tuple[str, int]]:
+def write_shards(
+    root: str,
+    n_shards: int,
+    per_shard: int,
+    seed: int = 0,
+    name: str = "shard-{:06d}.tar",
+    size: tuple[int, int] = (48, 40),
+    fmt: str = "png",
+    generators: Sequence[str] = ("real", "famA"),
+) -> list[tuple[str, int]]:
     """`n_shards` shards of `per_shard` good samples under `root` (local dir or s3:// prefix).
     Returns [(uri, n_samples)]; keys are globally unique."""
     out = []
     for i in range(n_shards):
-        samples = good_samples(per_shard, seed=seed + i, prefix=f"{i:04d}_", size=size, fmt=fmt,
-                               generators=generators)
+        samples = good_samples(
+            per_shard, seed=seed + i, prefix=f"{i:04d}_", size=size, fmt=fmt, generators=generators
+        )
         uri = join(root, name.format(i))
         write_shard(uri, samples)
         out.append((uri, per_shard))

@@ -43,22 +43,35 @@ SHARED_HEAD_CPUS = 4
 def _start_moto(run_dir: Path, timeout_s: float = 60.0) -> tuple[dict[str, str], int]:
     port = free_port()
     with open(run_dir / "moto.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with {proc.returncode}: {(run_dir / 'moto.log').read_text()[-2000:]}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2) as r:
+            raise RuntimeError(
+                f"moto server exited with {proc.returncode}: {(run_dir / 'moto.log').read_text()[-2000:]}"
+            )
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2) as r,
+        ):
             if r.status == 200:
                 break
         if time.monotonic() > deadline:
             stop_process_group(proc.pid)
             raise TimeoutError(f"moto server not answering after {timeout_s} s")
         time.sleep(0.2)
-    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing-key",
-           "AWS_SECRET_ACCESS_KEY": f"{CANARY_PREFIX}{uuid.uuid4().hex}", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    env = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing-key",
+        "AWS_SECRET_ACCESS_KEY": f"{CANARY_PREFIX}{uuid.uuid4().hex}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     return env, proc.pid
 
 
@@ -92,4 +105,3 @@ def stop_shared_cluster(run_dir: Path) -> None:
     stop_head(RayHead(**got["head"]))
     stop_process_group(got["moto_pid"])
     state.unlink()
-

@@ -20,8 +20,9 @@ import sys
 import time
 from typing import IO, Any
 
+from pipeline.output import ERROR_STATUSES
+
 VERBOSE_ENV = "GENSCAN_VERBOSE"
-ERROR_STATUSES = ("decode_error", "no_image", "too_large", "shard_error")
 
 
 def verbose() -> bool:

@@ -27,11 +27,19 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic
 
 SCHEMA_VERSION = 2
 
-STATUSES = ("ok", "decode_error", "no_image", "too_large", "shard_error")
+# Row statuses: `ok` rows are scored; a sample error is a sample without a score (its bytes did not decode, it
+# had no image member, or the image was over the pixel limit); `shard_error` is the ONE row of a shard that could
+# not be read to its end. Which statuses count as errors (the error budget, the progress line, the filter's
+# error_action) is decided here and nowhere else.
+SAMPLE_ERROR_STATUSES = ("decode_error", "no_image", "too_large")
+SHARD_ERROR = "shard_error"
+ERROR_STATUSES = (*SAMPLE_ERROR_STATUSES, SHARD_ERROR)
+STATUSES = ("ok", *ERROR_STATUSES)
 
 SCHEMA = pa.schema(
     [
@@ -77,8 +85,11 @@ MARKER_DIR = "_shards"
 RUN_DIR = "_run"
 
 
-class ScanOutputError(FileNotFoundError):
+class ScanOutputError(OperatorError, FileNotFoundError):
     """The folder is not a scan output, or lacks the requested scan date."""
+
+    exit_code = ExitCode.NOT_FOUND
+    label = "refused"
 
 
 def check_table(table: pa.Table) -> None:

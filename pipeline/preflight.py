@@ -24,6 +24,7 @@ import fsspec
 from braceexpand import braceexpand
 
 from pipeline import storage
+from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.hygiene.policy import FilterPolicy
 from pipeline.logs import get_logger
 
@@ -31,12 +32,12 @@ Kind = Literal["not_found", "access_denied", "no_credentials", "cannot_connect",
 
 # One exit code per kind, the same in every job (README, "Exit codes"). 3 is also the filter's and the
 # report's "refused: the scan cannot be used" code, so "a named location is missing" keeps the code it had.
-EXIT_CODES: dict[str, int] = {
-    "not_found": 3,
-    "unusable": 3,
-    "access_denied": 5,
-    "no_credentials": 6,
-    "cannot_connect": 7,
+EXIT_CODES: dict[str, ExitCode] = {
+    "not_found": ExitCode.NOT_FOUND,
+    "unusable": ExitCode.NOT_FOUND,
+    "access_denied": ExitCode.ACCESS_DENIED,
+    "no_credentials": ExitCode.NO_CREDENTIALS,
+    "cannot_connect": ExitCode.CANNOT_CONNECT,
 }
 WHAT: dict[str, str] = {
     "not_found": "not found",
@@ -82,8 +83,10 @@ TRANSIENT_CODES = {
 }
 
 
-class StorageError(RuntimeError):
+class StorageError(OperatorError, RuntimeError):
     """A storage location cannot be used; `str()` is the one line an operator sees."""
+
+    label = "storage error"
 
     def __init__(self, kind: Kind, role: str, uri: str, operation: str, detail: str, hint: str) -> None:
         self.kind, self.role, self.uri, self.operation, self.detail, self.hint = (
@@ -97,7 +100,7 @@ class StorageError(RuntimeError):
         super().__init__(f"{role} {WHAT[kind]}: {uri} ({operation}: {detail}); check {hint}")
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:  # type: ignore[override]
         return EXIT_CODES[self.kind]
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.output import json_bytes, read_json, write_json
 from pipeline.storage import write_bytes_atomic
 
@@ -49,8 +50,10 @@ DEFAULT_MAX_SHARD_ERROR_RATE = 0.5
 DEFAULT_MAX_SAMPLE_ERROR_RATE = 0.25
 
 
-class ErrorBudgetExceeded(RuntimeError):
+class ErrorBudgetExceeded(OperatorError, RuntimeError):
     """Too many shards or samples failed: the run is marked failed (exit 1); what was written stays valid."""
+
+    exit_code = ExitCode.RUN_FAILED
 
     def __init__(self, message: str, record: dict[str, Any]) -> None:
         super().__init__(message)

@@ -8,9 +8,14 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipeline.exitcodes import ExitCode, OperatorError
 
-class ConfigError(ValueError):
+
+class ConfigError(OperatorError, ValueError):
     """A configuration problem, reported before any work starts; the message names the field."""
+
+    exit_code = ExitCode.CONFIG
+    label = "configuration error"
 
 
 def read_json_object(path: str | Path, *, field: str) -> dict[str, Any]:

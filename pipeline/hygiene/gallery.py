@@ -27,11 +27,12 @@ from urllib.parse import urlparse
 import duckdb
 
 from pipeline import storage, wds
+from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
 
 THUMB_PX = 256
 THUMB_DIR = "thumbs"
-MAX_THUMB_SOURCE_PIXELS = 89_478_485  # PIL's decompression-bomb limit (the scan's default max_pixels)
+MAX_THUMB_SOURCE_PIXELS = MAX_PIXELS  # what the scan decodes by default
 MAX_TEXT = 240
 ITEM_COLUMNS = "shard, shard_url, key, status, error, p_fake, is_fake, threshold, top_generator, sha256"
 

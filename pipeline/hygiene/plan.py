@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline import output, storage
+from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.wds import index_shard
 
@@ -27,11 +28,13 @@ SCAN_COLUMNS = [
     "top_generator",
     "sha256",
 ]
-ERROR_STATUSES = ("decode_error", "no_image", "too_large")
 
 
-class PlanError(RuntimeError):
+class PlanError(OperatorError, RuntimeError):
     """The scan does not cover the input exactly (or the input cannot be read); raised before any write."""
+
+    exit_code = ExitCode.NOT_FOUND
+    label = "refused"
 
 
 @dataclass(frozen=True)
@@ -181,8 +184,8 @@ def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
         plan.problems.append(f"{spec.scan_file}: not a scan file, missing columns {missing_cols}")
         return plan
     rows = table.select(SCAN_COLUMNS).to_pylist()
-    shard_errors = [r for r in rows if r["status"] == "shard_error"]
-    sample_rows = [r for r in rows if r["status"] != "shard_error"]
+    shard_errors = [r for r in rows if r["status"] == output.SHARD_ERROR]
+    sample_rows = [r for r in rows if r["status"] != output.SHARD_ERROR]
     if shard_errors:
         plan.scan_shard_error = shard_errors[0]["error"] or "shard_error"
         if policy.on_shard_error == "skip":

@@ -31,10 +31,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import __version__, storage
+from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.hygiene.copy import ShardWriter
 from pipeline.hygiene.plan import Decision, PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
+from pipeline.output import SAMPLE_ERROR_STATUSES
 from pipeline.runner import ErrorBudget, ErrorTally, MapFn, Progress, local_map, map_shards, run_shards
 from pipeline.wds import ShardReadError, iter_samples
 
@@ -54,13 +56,19 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
-class ReconcileError(RuntimeError):
+class ReconcileError(OperatorError, RuntimeError):
     """kept + dropped + quarantined != samples for some shard: the run must not report success."""
 
+    exit_code = ExitCode.WRITE_FAILED
+    label = "failed"
 
-class SourceChangedError(RuntimeError):
+
+class SourceChangedError(OperatorError, RuntimeError):
     """A source image's bytes differ from what the scan hashed: its decision would be about another image.
     The shard is not committed and the run fails."""
+
+    exit_code = ExitCode.WRITE_FAILED
+    label = "failed"
 
 
 @dataclass
@@ -218,7 +226,7 @@ def plan_errors(plans: list[ShardPlan]) -> ErrorTally:
         shards=len(plans),
         failed_shards=sum(p.scan_shard_error is not None for p in plans),
         samples=sum(p.samples for p in plans),
-        failed_samples=sum(d.status not in ("ok", "shard_error") for p in plans for d in p.decisions),
+        failed_samples=sum(d.status in SAMPLE_ERROR_STATUSES for p in plans for d in p.decisions),
     )
 
 

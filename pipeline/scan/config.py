@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.limits import MAX_PIXELS
+from pipeline.models.fusion import DEFAULT_FUSION, FUSIONS
 from pipeline.runner import DEFAULT_MAX_SAMPLE_ERROR_RATE, DEFAULT_MAX_SHARD_ERROR_RATE
 from pipeline.settings import StrictModel
 
@@ -37,11 +39,10 @@ class ScanConfig(StrictModel):
         description="checkpoint dir (local or s3://) with detector.safetensors + detector.json; "
         "several detectors in one scan: comma-separated dirs (a JSON list in a config file)"
     )
-    fusion: str = Field(
-        "soft_or_prob",
-        description="how several detectors' logits make the row's p_fake "
-        "(pipeline.models.fusion: mean_logit max_logit median_logit lse_logit mean_prob "
-        "soft_or_prob); unused for one detector",
+    fusion: Literal[FUSIONS] = Field(  # type: ignore[valid-type]
+        DEFAULT_FUSION,
+        description="how several detectors' logits make the row's p_fake (pipeline.models.fusion); unused for "
+        "one detector",
     )
 
     # which run (see docs/schema.md, 'Runs and resume')
@@ -55,7 +56,7 @@ class ScanConfig(StrictModel):
     # preprocessing (image size and crop mode come from the detector's config unless set here)
     resize_mode: Literal["center_crop", "resize_crop"] | None = None
     max_pixels: int = Field(
-        89_478_485, ge=1, description="larger images become status too_large (PIL's bomb limit)"
+        MAX_PIXELS, ge=1, description="larger images become status too_large (PIL's bomb limit)"
     )
     chunk_rows: int = Field(256, ge=1, description="rows per block yielded by the read/decode stage")
 
@@ -146,15 +147,6 @@ class ScanConfig(StrictModel):
             scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
             if scheme and scheme not in ALLOWED_SCHEMES:
                 raise ValueError(f"URI scheme {scheme!r} not allowed (use a local path, file:// or s3://)")
-        return v
-
-    @field_validator("fusion")
-    @classmethod
-    def _check_fusion(cls, v: str) -> str:
-        from pipeline.models.fusion import FUSIONS
-
-        if v not in FUSIONS:
-            raise ValueError(f"must be one of {', '.join(FUSIONS)}")
         return v
 
     @model_validator(mode="after")

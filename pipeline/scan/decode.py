@@ -38,6 +38,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.limits import MAX_PIXELS
 from pipeline.models.constants import PREPROCESS_MODES
 from pipeline.models.constants import PreprocessMode as ResizeMode
 from pipeline.models.preprocess import prepare_image
@@ -45,7 +46,6 @@ from pipeline.models.preprocess import prepare_image
 Status = Literal["ok", "decode_error", "too_large"]
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
-DEFAULT_MAX_PIXELS = 64_000_000  # [ours] ~ 8000 x 8000; RGB decode of that is ~190 MB
 
 
 @dataclass
@@ -115,7 +115,7 @@ def decode_image(
     *,
     image_size: int,
     resize_mode: ResizeMode = "center_crop",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_PIXELS,
     also: Sequence[tuple[int, str]] = (),
 ) -> DecodeResult:
     """Decode `data` to uint8 (image_size, image_size, 3). Never raises: bad bytes give `decode_error`,

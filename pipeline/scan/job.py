@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.logs import RunLog, get_logger
-from pipeline.output import RunPaths, completed_shards, read_json, write_json
+from pipeline.output import (
+    SAMPLE_ERROR_STATUSES,
+    SHARD_ERROR,
+    RunPaths,
+    completed_shards,
+    read_json,
+    write_json,
+)
 from pipeline.runner import (
     ErrorBudget,
     ErrorBudgetExceeded,
@@ -52,9 +59,9 @@ def shard_errors(stats: dict[str, Any]) -> ErrorTally:
     counts = stats.get("counts", {})
     return ErrorTally(
         shards=1,
-        failed_shards=int(counts.get("shard_error", 0) > 0),
+        failed_shards=int(counts.get(SHARD_ERROR, 0) > 0),
         samples=int(stats.get("samples", 0)),
-        failed_samples=sum(int(c) for s, c in counts.items() if s not in ("ok", "shard_error")),
+        failed_samples=sum(int(counts.get(s, 0)) for s in SAMPLE_ERROR_STATUSES),
     )
 
 
@@ -63,9 +70,9 @@ def run_errors(totals: dict[str, Any], n_shards: int) -> ErrorTally:
     counts = totals.get("counts", {})
     return ErrorTally(
         shards=n_shards,
-        failed_shards=int(counts.get("shard_error", 0)),
+        failed_shards=int(counts.get(SHARD_ERROR, 0)),
         samples=int(totals.get("samples", 0)),
-        failed_samples=sum(int(c) for s, c in counts.items() if s not in ("ok", "shard_error")),
+        failed_samples=sum(int(counts.get(s, 0)) for s in SAMPLE_ERROR_STATUSES),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
 from pipeline.scan.decode import decode_image
 from pipeline.scan.gpu_decode import decode_or_ship
@@ -77,7 +78,7 @@ def prepare_shard(
     *,
     image_size: int,
     resize_mode: str = "center_crop",
-    max_pixels: int = 89_478_485,
+    max_pixels: int = MAX_PIXELS,
     chunk_rows: int = 256,
     decode_on: str = "cpu",
     also: Sequence[tuple[int, str]] = (),

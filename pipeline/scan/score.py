@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.logs import get_logger
+from pipeline.models.fusion import DEFAULT_FUSION
 
 log = get_logger("pipeline.scan.score")
 
@@ -71,7 +72,7 @@ class Scorer:
         torch_threads: int | None = 1,
         batch_size: int | None = None,
         decode_on: str = "cpu",
-        fusion: str = "soft_or_prob",
+        fusion: str = DEFAULT_FUSION,
         inputs: list[tuple[int, str]] | None = None,
     ) -> None:
         import torch

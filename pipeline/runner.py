@@ -30,13 +30,40 @@ from pipeline.storage import write_bytes_atomic
 T = TypeVar("T")
 R = TypeVar("R")
 
-# An executor maps a per-shard function over items, yielding results (in any order) as they complete.
-MapFn = Callable[[Callable[[T], R], Sequence[T]], Iterable[R]]
+# THE executor contract of the sharded jobs: `map_fn(fn, items)` applies `fn` to every item and yields
+# `(index, result)` pairs AS THEY COMPLETE, in any order, so progress lines and the error budget act during the
+# run; closing the iterator early (a run stopped by its budget) cancels what has not run yet. The in-process
+# executor is `local_map`; the Ray one is `pipeline.engine.filter.ray_map`.
+MapFn = Callable[[Callable[[T], R], Sequence[T]], Iterator[tuple[int, R]]]
 
 
-def local_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """The in-process executor: `[fn(x) for x in items]`."""
-    return [fn(x) for x in items]
+def local_map(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, R]]:
+    """The in-process executor: `fn(x)` for each item, one at a time, each yielded as soon as it is done."""
+    for i, x in enumerate(items):
+        yield i, fn(x)
+
+
+def map_ordered(
+    map_fn: MapFn, fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[R], None] | None = None
+) -> list[R]:
+    """Every result of `map_fn(fn, items)` in input order; `on_result` sees each as it completes (and may raise
+    to stop the run: the executor is closed, so what has not started is cancelled)."""
+    out: list[Any] = [None] * len(items)
+    got = [False] * len(items)
+    results = map_fn(fn, items)
+    try:
+        for i, result in results:
+            out[i], got[i] = result, True
+            if on_result is not None:
+                on_result(result)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+    missing = got.count(False)
+    if missing:
+        raise IncompleteRun(f"{missing} of {len(items)} item(s) never completed")
+    return out
 
 
 class IncompleteRun(RuntimeError):
@@ -131,14 +158,19 @@ class ErrorBudget:
         this attempt's) are more than the budget allows of ALL `total_shards`: the end can no longer pass."""
 
         def check(progress: Progress) -> None:
-            seen = sum((tally_of(s) for s in progress.summaries.values()), prior)
-            if seen.failed_shards > self.max_shard_error_rate * total_shards:
-                self.check(
-                    ErrorTally(total_shards, seen.failed_shards, seen.samples, seen.failed_samples),
-                    so_far=True,
-                )
+            self.stop_if_hopeless(
+                sum((tally_of(s) for s in progress.summaries.values()), prior), total_shards
+            )
 
         return check
+
+    def stop_if_hopeless(self, seen: ErrorTally, total_shards: int) -> None:
+        """Raise ErrorBudgetExceeded ("run stopped early") once the failed shards `seen` so far are more than the
+        budget allows of ALL `total_shards`: whatever the remaining shards do, the end cannot pass."""
+        if seen.failed_shards > self.max_shard_error_rate * total_shards:
+            self.check(
+                ErrorTally(total_shards, seen.failed_shards, seen.samples, seen.failed_samples), so_far=True
+            )
 
 
 def commit_shard(outputs: Sequence[tuple[str, bytes]], marker_uri: str, summary: dict[str, Any]) -> None:
@@ -204,11 +236,14 @@ def map_shards(
     """An `execute` for `run_shards` from a per-shard function and an executor: `fn(items[id])` for each id."""
 
     def execute(todo: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-        args = [items[s] for s in todo]
-        # in process: one shard at a time, so each is reported (progress, error budget) as it completes
-        results = (fn(x) for x in args) if map_fn is local_map else map_fn(fn, args)
-        for shard, result in zip(todo, results, strict=True):
-            yield shard, summary(result)
+        results = map_fn(fn, [items[s] for s in todo])
+        try:
+            for i, result in results:
+                yield todo[i], summary(result)
+        finally:  # a run stopped early cancels the shards not yet started
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
 
     return execute
 
@@ -241,6 +276,7 @@ __all__ = [
     "RunFile",
     "commit_shard",
     "local_map",
+    "map_ordered",
     "map_shards",
     "run_shards",
 ]

@@ -461,10 +461,10 @@ def test_job_checks_accounting_itself_before_reporting_success(scanned, tmp_path
     from pipeline.hygiene.run import ReconcileError, ShardResult, local_map, run_filter
 
     def lossy_map(fn, items):
-        results = local_map(fn, items)
-        if results and isinstance(results[0], ShardResult):
-            results[0] = replace(results[0], kept=results[0].kept - 1)
-        return results
+        for i, result in local_map(fn, items):
+            if i == 0 and isinstance(result, ShardResult):
+                result = replace(result, kept=result.kept - 1)
+            yield i, result
 
     corpus, scan = scanned
     cfg = FilterConfig.parse(

@@ -5,7 +5,7 @@ produce identical bytes. Ray itself is attached or started by the entry point th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import ray
@@ -21,17 +21,40 @@ def _apply(fn: Callable[[T], R], item: T) -> R:
 
 
 def ray_map(
-    fn: Callable[[T], R], items: Sequence[T], *, num_cpus: float = 0.5, max_retries: int = 2
-) -> list[R]:
-    """`[fn(x) for x in items]` as Ray tasks, results in input order. A task that fails after its retries
-    fails the whole map (the driver exits non-zero). Shard writes are idempotent, so retries are safe."""
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    num_cpus: float = 0.5,
+    max_retries: int = 2,
+    max_in_flight: int = 512,
+) -> Iterator[tuple[int, R]]:
+    """`pipeline.runner.MapFn` on Ray: `fn(x)` for each item as a Ray task, `(index, result)` yielded as each
+    task completes (`ray.wait`), so the caller's progress line and error budget see every shard when it is done.
+    At most `max_in_flight` tasks are in flight at once (more than a cluster runs at a time; Ray queues the
+    rest), so a run over a million shards neither holds a million task references nor waits on them all. Closing the iterator (a run stopped by its
+    error budget) cancels the tasks not finished. A task that fails after its retries raises here (the driver
+    exits non-zero). Shard writes are idempotent, so retries are safe."""
     if not items:
-        return []
+        return
+    log = get_logger("engine.filter")
     remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False)(_apply)
     fn_ref = ray.put(fn)
-    refs = [remote.remote(fn_ref, x) for x in items]
-    get_logger("engine.filter").info("tasks_submitted", tasks=len(refs), num_cpus=num_cpus)
-    return ray.get(refs)
+    limit = max(1, max_in_flight)
+    pending: dict[ray.ObjectRef, int] = {}
+    submitted = 0
+    try:
+        while submitted < len(items) or pending:
+            while submitted < len(items) and len(pending) < limit:
+                pending[remote.remote(fn_ref, items[submitted])] = submitted
+                submitted += 1
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                yield pending.pop(ref), ray.get(ref)
+    finally:
+        if pending:
+            log.info("tasks_cancelled", tasks=len(pending), submitted=submitted, items=len(items))
+            for ref in pending:
+                ray.cancel(ref)
 
 
 __all__ = ["ray_map"]

@@ -37,7 +37,16 @@ from pipeline.hygiene.plan import Decision, PlanError, ShardPlan, plan_shard, re
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
 from pipeline.output import SAMPLE_ERROR_STATUSES
-from pipeline.runner import ErrorBudget, ErrorTally, MapFn, Progress, local_map, map_shards, run_shards
+from pipeline.runner import (
+    ErrorBudget,
+    ErrorTally,
+    MapFn,
+    Progress,
+    local_map,
+    map_ordered,
+    map_shards,
+    run_shards,
+)
 from pipeline.wds import ShardReadError, iter_samples
 
 MANIFEST_SCHEMA = pa.schema(
@@ -206,10 +215,20 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
 
 
 def plan_run(cfg: FilterConfig, map_fn: MapFn = local_map) -> tuple[str, list[ShardPlan]]:
-    """Plan every shard; raise PlanError listing every problem (nothing has been written yet)."""
+    """Plan every shard; raise PlanError listing every problem (nothing has been written yet), or
+    ErrorBudgetExceeded as soon as the plans that arrived show more failed shards than the budget allows of
+    the whole run (the shards not planned yet are cancelled)."""
     scan_date = resolve_scan_date(cfg.scan, cfg.scan_date)
     specs = shard_specs(cfg, scan_date)
-    plans = map_fn(partial(plan_shard, policy=cfg.policy), specs)
+    budget = ErrorBudget(cfg.max_shard_error_rate, cfg.max_sample_error_rate)
+    seen = ErrorTally()
+
+    def arrived(plan: ShardPlan) -> None:  # as each plan completes: stop once the budget cannot be met
+        nonlocal seen
+        seen = seen + plan_errors([plan])
+        budget.stop_if_hopeless(seen, len(specs))
+
+    plans = map_ordered(map_fn, partial(plan_shard, policy=cfg.policy), specs, on_result=arrived)
     problems = [p for plan in plans for p in plan.problems]
     if problems:
         raise PlanError(

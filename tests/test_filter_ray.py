@@ -4,6 +4,7 @@ driver's real exit code (3) and writes nothing."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -71,3 +72,70 @@ def test_ray_job_output_equals_local_engine(tmp_path_factory, tmp_path, capsys, 
     assert not refused.exists()
     skip = (*RUN_RECORDS, "_run/config.json")
     assert tree_bytes(out, skip=skip) == tree_bytes(local, skip=skip)
+
+
+@pytest.mark.slow
+def test_ray_filter_stops_at_the_error_budget_before_planning_every_shard(tmp_path, shared_s3_ray) -> None:
+    """A Ray-mode filter over 24 shards of which 20 have a scan shard error (a truncated tar): the plans arrive
+    as their tasks finish (`ray_map` yields through `ray.wait`), so the error budget (at most half the shards
+    may fail) stops the run once 13 failures are in: exit 1, nothing written, and the shards not yet planned
+    are cancelled instead of run."""
+    import torch
+
+    from pipeline.models import DetectorConfig, create_detector, save_detector
+    from pipeline.models.meta import DetectorMeta
+    from pipeline.scan.config import ScanConfig
+    from pipeline.scan.job import run_scan
+    from tests.support.shards import good_samples, tar_bytes, truncated_tar_bytes, write_raw
+
+    corpus = tmp_path / "corpus"
+    n_shards, n_bad = 24, 20
+    for i in range(n_shards):
+        samples = good_samples(4, seed=i, prefix=f"{i:02d}_", size=(24, 20))
+        data = truncated_tar_bytes(samples) if i >= n_shards - n_bad else tar_bytes(samples)
+        write_raw(str(corpus / f"shard-{i:06d}.tar"), data)
+    torch.manual_seed(0)
+    det = create_detector(DetectorConfig.load("tiny-mole"), pretrained=None, generators=["famA"]).eval()
+    ckpt = str(tmp_path / "detector")
+    save_detector(det, ckpt, DetectorMeta(threshold=0.5, unknown_threshold=0.6))
+    scan = str(tmp_path / "scan")
+    threads = torch.get_num_threads()
+    try:  # the in-process scan (the real read/score/write code); every truncated shard gets a shard_error row
+        run = run_scan(
+            ScanConfig.parse(
+                {"input": str(corpus), "output": scan, "detector": ckpt, "max_shard_error_rate": 1.0}
+            )
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert run["totals"]["counts"]["shard_error"] == n_bad
+
+    out = tmp_path / "clean"
+    res = submit_job(
+        shared_s3_ray["head"],
+        [
+            *FILTER,
+            "--engine",
+            "ray",
+            "--task-cpus",
+            "2",
+            "--on-shard-error",
+            "skip",
+            "--scan",
+            scan,
+            "--input",
+            str(corpus),
+            "--output",
+            str(out),
+        ],
+        timeout_s=300,
+    )
+    assert res.status == "FAILED" and res.driver_exit_code == 1, (
+        res.status,
+        res.driver_exit_code,
+        res.logs[-3000:],
+    )
+    assert "error budget exceeded (run stopped early)" in res.logs
+    cancelled = [json.loads(ln) for ln in res.logs.splitlines() if '"tasks_cancelled"' in ln]
+    assert len(cancelled) == 1 and 0 < cancelled[0]["tasks"] < n_shards, cancelled
+    assert not out.exists()

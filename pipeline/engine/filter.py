@@ -42,6 +42,7 @@ def ray_map(
     limit = max(1, max_in_flight)
     pending: dict[ray.ObjectRef, int] = {}
     submitted = 0
+    log.info("tasks_submitted", tasks=len(items), num_cpus=num_cpus, max_in_flight=limit)
     try:
         while submitted < len(items) or pending:
             while submitted < len(items) and len(pending) < limit:

@@ -1,64 +1,12 @@
-"""Import a published detector (UnivFD, ClipBased-SID / seed 001, RINE) into a genscan checkpoint.
+"""`python jobs/import_detector.py …` (and `ray job submit -- python jobs/import_detector.py …`) from a checkout: the job
+itself is `pipeline.cli.import_detector` (console script `genscan-import-detector` once installed)."""
 
-    python jobs/import_detector.py --kind univfd|clipbased|rine --weights FILE --out CKPT \\
-        [--variant 1class|2class|4class|ldm] [--backbone-weights FILE.safetensors] [--config NAME_OR_JSON] [--force]
-
-The weights file is the peer's released torch file; it is opened with torch.load(weights_only=True,
-map_location="cpu") (tensors and plain containers only) and every key and shape is checked. The output is a
-normal checkpoint directory (detector.safetensors + detector.json) that scan_bucket.py, evaluate.py and
-calibrate.py accept. The CLIP backbone is not copied: by default it is the config's open_clip tag (downloaded
-by open_clip where the detector is loaded); --backbone-weights pins a local .safetensors copy (its sha256 is
-recorded and checked at every load). Defaults: univfd-vitl14, clipbased-vitl14, rine-vitl14-<variant>
-(variant 2class). Prints the checkpoint meta as JSON.
-
-Exit codes: 0 imported; 2 bad arguments or configuration (unknown kind/variant/config, missing file, bad
---backbone-weights, --out already a checkpoint without --force); 3 the weights file is unreadable, not plain
-tensors, or its keys/shapes do not match the kind (the message names them).
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
+from pathlib import Path
 
-from pipeline.settings import ConfigError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's `pipeline`, installed or not
 
-EXIT_OK, EXIT_CONFIG, EXIT_WEIGHTS = 0, 2, 3
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kind", required=True, help="univfd | clipbased | rine")
-    ap.add_argument("--weights", required=True, help="the peer's released weights file (.pth)")
-    ap.add_argument("--out", required=True, help="checkpoint directory to write (local or s3://)")
-    ap.add_argument("--variant", help="RINE checkpoint: 1class | 2class | 4class | ldm (default 2class)")
-    ap.add_argument("--backbone-weights", help="local .safetensors of the CLIP backbone (default: the tag)")
-    ap.add_argument("--config", help="detector config name or JSON (default: the kind's shipped config)")
-    ap.add_argument("--force", action="store_true", help="overwrite an existing checkpoint at --out")
-    a = ap.parse_args(argv)
-
-    from pipeline.models.importer import WeightsFileError, import_detector
-    from pipeline.models.meta import CheckpointError
-
-    try:
-        meta = import_detector(
-            a.kind,
-            a.weights,
-            a.out,
-            variant=a.variant,
-            config=a.config,
-            backbone_weights=a.backbone_weights,
-            force=a.force,
-        )
-    except WeightsFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_WEIGHTS
-    except (ConfigError, CheckpointError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(meta.to_json())
-    return EXIT_OK
-
+from pipeline.cli.import_detector import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

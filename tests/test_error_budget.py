@@ -147,13 +147,10 @@ def test_filter_cli_over_budget_exits_1_naming_the_counts_and_writes_nothing(
 ) -> None:
     """The filter's budget counts the scan's errors for the shards it cleans (5 of 6 shards unreadable, left
     out with on_shard_error skip): exit 1 with one line and nothing written; a looser budget exits 0."""
-    import sys
 
+    from pipeline.cli import filter_shards
     from pipeline.scan.config import ScanConfig
     from pipeline.scan.job import run_scan
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-    import filter_shards
 
     root = Path(scan_world["root"])
     scan = str(root / "scan-for-filter")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from jobs.evaluate import main as evaluate_main
+from pipeline.cli.evaluate import main as evaluate_main
 from pipeline.data.demo import DemoConfig, generate
 from pipeline.eval.evaluate import group_records
 from pipeline.models import DetectorMeta, Predictor, create_detector, load_detector, save_detector
@@ -164,7 +164,7 @@ def test_unreadable_image_is_a_counted_skip(corpus: dict[str, Path], tmp_path: P
     """A corrupt file in the test set: evaluation and re-calibration stream on, count it, leave it out."""
     import shutil
 
-    from jobs.calibrate import main as calibrate_main
+    from pipeline.cli.calibrate import main as calibrate_main
 
     data = tmp_path / "univfd"
     shutil.copytree(corpus["univfd"], data)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from jobs.filter_shards import main as filter_main
+from pipeline.cli.filter_shards import main as filter_main
 from pipeline.hygiene.policy import FilterConfig
 from tests.test_filter_fixtures import DAY2, Corpus, shared_scans
 
@@ -226,7 +226,7 @@ def test_dry_run_writes_nothing_and_predicts_the_counts(filtered, tmp_path, caps
     [
         (["--threshold", "1.5"], "threshold"),
         (["--rule", "upconv=explode"], "generator_rules.0.action"),
-        (["--error-action", "ignore"], "error_action"),
+        (["--error-action", "ignore"], "--error-action"),
         (["--rule", "famA=drop@2"], "generator_rules.0.threshold"),
     ],
 )

@@ -120,7 +120,7 @@ def real_scans(corpus: Corpus, out: str, runs: list[tuple[str, str]]) -> None:
     tests/test_scan_job.py, tests/test_reliability_*.py, tests/test_multinode.py)."""
     import torch
 
-    from jobs.scan_bucket import build_config, parse_args
+    from pipeline.cli.scan_bucket import build_config, parse_args
     from pipeline.scan.job import run_scan
 
     threads = torch.get_num_threads()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.filter_shards import main as filter_main
+from pipeline.cli.filter_shards import main as filter_main
 from tests.support.ray_cluster import submit_job
 from tests.test_filter import RULES, RUN_RECORDS, tree_bytes
 from tests.test_filter_fixtures import shared_scans

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from jobs.filter_shards import main as filter_main
+from pipeline.cli.filter_shards import main as filter_main
 from tests.test_filter import RULES, RUN_RECORDS, good_shards, tree_bytes
 from tests.test_filter_fixtures import shared_scans
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from jobs import import_detector as job
+from pipeline.cli import import_detector as job
 from pipeline.models import load_detector
 from pipeline.models.config import DetectorConfig, register_arch_configs
 from pipeline.models.constants import META_FILE, WEIGHTS_FILE
@@ -469,8 +469,8 @@ def test_evaluate_and_calibrate_accept_an_imported_detector(
     import numpy as np
     from PIL import Image
 
-    from jobs import calibrate as calibrate_job
-    from jobs import evaluate as evaluate_job
+    from pipeline.cli import calibrate as calibrate_job
+    from pipeline.cli import evaluate as evaluate_job
 
     _, bb = tiny_backbone
     f = save_peer(tmp_path / "model_2class_trainable.pth", peer_state("rine"))

@@ -7,7 +7,6 @@ manifests are not applied.)"""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import re
 import shlex
@@ -267,10 +266,8 @@ def test_rayjob_entrypoint_is_the_real_scan_cli() -> None:
     assert {"--input", "--output", "--detector", "--resume", "--scan-date"} <= set(flags)
     # ... and the values validate as a ScanConfig through the script's own parser (the shell expands $(date) at
     # submission; a fixed date stands in for it here)
-    spec = importlib.util.spec_from_file_location("scan_bucket_cli", SCAN_JOB)
-    assert spec is not None and spec.loader is not None
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from pipeline.cli import scan_bucket as cli  # what the script runs
+
     argv = [
         a.replace("$(date -u +%Y-%m-%d)", "2026-11-24")
         for a in shlex.split(_rayjob()["spec"]["entrypoint"])[2:]

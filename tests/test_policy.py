@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from jobs.filter_shards import main as filter_main
+from pipeline.cli.filter_shards import main as filter_main
 from pipeline.hygiene.policy import UNKNOWN_LABEL, FilterPolicy
 from pipeline.settings import ConfigError
 from tests.test_filter_fixtures import make_detector
@@ -65,7 +65,7 @@ def test_misspelled_rule_is_a_config_error_naming_the_known_labels(scanned, tmp_
     assert rc == 2, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0] == (
-        f"config error: generator_rules: 'upcnv' is not a label of the scan's detector {scanned['detector_id']} "
+        f"configuration error: generator_rules: 'upcnv' is not a label of the scan's detector {scanned['detector_id']} "
         f"(scan_date={DAY}); known labels: real, famA, upconv, unknown"
     )
     policy = tmp_path / "policy.json"

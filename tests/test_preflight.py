@@ -202,11 +202,11 @@ def test_cli_wrong_endpoint(store, tmp_path) -> None:
 
 def _main(job: str):
     if job == "scan_bucket.py":
-        from jobs.scan_bucket import main
+        from pipeline.cli.scan_bucket import main
     elif job == "filter_shards.py":
-        from jobs.filter_shards import main
+        from pipeline.cli.filter_shards import main
     else:
-        from jobs.report import main
+        from pipeline.cli.report import main
     return main
 
 
@@ -405,12 +405,24 @@ def test_readme_exit_code_table_is_the_code_and_the_jobs_docs() -> None:
         if kind in words:
             assert words[kind] in table[code][0], (kind, code)
             assert table[code][1] == {"scan_bucket", "filter_shards", "report"}
-    # every job's own --help text names exactly its codes of the table
+    # THE table in code: every README row is the enum's code, and each job's column is its JOB_CODES, which its
+    # --help lists
+    from pipeline.exitcodes import JOB_CODES, ExitCode, help_epilog
+
+    assert sorted(table) == [int(c) for c in ExitCode]
     for job in ("scan_bucket", "filter_shards", "report"):
-        doc = (REPO / "jobs" / f"{job}.py").read_text().split('"""')[1]
-        part = doc.split("Exit codes:", 1)[1].split("\n\n", 1)[0].split("Under `ray job submit`")[0]
-        named = {int(d) for d in re.findall(r"(?<![\w.])(\d)(?![\w.])", part)}
-        assert named == {c for c, (_, jobs) in table.items() if job in jobs}, (job, named)
+        assert {c for c, (_, jobs) in table.items() if job in jobs} == {int(c) for c in JOB_CODES[job]}, job
+        epilog = help_epilog(job)
+        assert {int(m) for m in re.findall(r"^  (\d)  ", epilog, flags=re.M)} == {
+            int(c) for c in JOB_CODES[job]
+        }
+        out = subprocess.run(
+            [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert epilog.splitlines()[0] in out and epilog.splitlines()[-1] in out, job
 
 
 def test_a_store_that_keeps_answering_503_is_unreachable_after_a_few_attempts(store, monkeypatch) -> None:

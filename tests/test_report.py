@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.report import main as report_main
+from pipeline.cli.report import main as report_main
 from tests.test_filter_fixtures import DAY1, DAY2, shared_scans
 
 

@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.filter_shards import main as filter_main
-from jobs.report import main as report_main
 from pipeline import storage
+from pipeline.cli.filter_shards import main as filter_main
+from pipeline.cli.report import main as report_main
 from pipeline.hygiene import gallery
 from tests.support.shards import (
     Sample,

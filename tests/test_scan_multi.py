@@ -231,7 +231,7 @@ def test_v1_and_v2_history_read_together(multi, singles, tmp_path: Path) -> None
 
 
 def test_detector_list_and_fusion_operator_mistakes(ckpts: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: F811
-    from jobs import scan_bucket
+    from pipeline.cli import scan_bucket
     from pipeline.scan.detectors import run_detectors
     from pipeline.settings import ConfigError
 

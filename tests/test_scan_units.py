@@ -206,7 +206,7 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 def test_cli_merges_file_and_flags(tmp_path):
-    from jobs.scan_bucket import build_config, parse_args
+    from pipeline.cli.scan_bucket import build_config, parse_args
 
     f = tmp_path / "scan.json"
     f.write_text(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.train_detector import build_config, main
+from pipeline.cli.train_detector import build_config, main
 from pipeline.settings import ConfigError
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import stratified_split
@@ -88,7 +88,7 @@ def test_data_problems_fail_before_training(tmp_path: Path, capsys: pytest.Captu
 def test_shipped_univfd_recipe_is_the_paper_protocol() -> None:
     """`--config-file univfd` names the recipe shipped in the package: UnivFD's batch, lr, augmentation and
     patience; flags still override it."""
-    from jobs.train_detector import parse
+    from pipeline.cli.train_detector import parse
 
     cfg, _ = parse(
         ["--config-file", "univfd", "--data", "s3://b/train", "--out", "s3://b/ckpt", "--epochs", "3"]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.calibrate import main as calibrate_main
-from jobs.evaluate import main as evaluate_main
-from jobs.train_detector import main as train_main
+from pipeline.cli.calibrate import main as calibrate_main
+from pipeline.cli.evaluate import main as evaluate_main
+from pipeline.cli.train_detector import main as train_main
 from pipeline.data.demo import DemoConfig, generate
 from pipeline.models import load_detector
 

@@ -130,7 +130,7 @@ def test_training_state_round_trip(tmp_path: Path) -> None:
 def test_local_training_skips_unreadable_images_and_resumes(corpus: Path, tmp_path: Path, capsys) -> None:
     import re
 
-    from jobs.train_detector import main
+    from pipeline.cli.train_detector import main
 
     out = tmp_path / "ck"
     base = ["--data", str(corpus), "--out", str(out), "--engine", "local", "--batch-size", "8"]

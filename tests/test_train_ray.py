@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.evaluate import main as evaluate_main
-from jobs.train_detector import main as train_main
+from pipeline.cli.evaluate import main as evaluate_main
+from pipeline.cli.train_detector import main as train_main
 from pipeline.data.demo import DemoConfig, generate
 from pipeline.models import load_detector
 from tests.support.ray_cluster import submit_job

@@ -26,7 +26,9 @@ from pipeline.scan.config import ScanConfig
 
 log = get_logger("pipeline.scan.demo")
 
-REPO = Path(__file__).resolve().parents[2]
+# the steps run this installation's jobs as modules (`python -m pipeline.cli.<job>`), so the demo works from a
+# checkout and from an installed wheel alike; PYTHONPATH makes the child import the same `pipeline` as this process
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 SCAN_FAMILIES = "upconv,diffusion,vqgan,gan_color"
 TRAIN_FAMILIES = "upconv,diffusion"
 
@@ -34,10 +36,11 @@ TRAIN_FAMILIES = "upconv,diffusion"
 def _run(cmd: list[str], what: str, status: Callable[[str], None] | None = None) -> None:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "2")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     log.info("demo_step", step=what, cmd=" ".join(cmd[1:]))
     if status is not None:
         status(f"demo: {what}...")
-    proc = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"demo step {what!r} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
@@ -68,7 +71,8 @@ def prepare(demo_dir: Path, status: Callable[[str], None] | None = None) -> dict
         _run(
             [
                 py,
-                str(REPO / "jobs/make_demo_data.py"),
+                "-m",
+                "pipeline.cli.make_demo_data",
                 "--out",
                 str(paths["shards"]),
                 "--layout",
@@ -90,7 +94,8 @@ def prepare(demo_dir: Path, status: Callable[[str], None] | None = None) -> dict
         _run(
             [
                 py,
-                str(REPO / "jobs/make_demo_data.py"),
+                "-m",
+                "pipeline.cli.make_demo_data",
                 "--out",
                 str(paths["train"]),
                 "--layout",
@@ -109,7 +114,8 @@ def prepare(demo_dir: Path, status: Callable[[str], None] | None = None) -> dict
         _run(
             [
                 py,
-                str(REPO / "jobs/train_detector.py"),
+                "-m",
+                "pipeline.cli.train_detector",
                 "--data",
                 str(paths["train"]),
                 "--config",

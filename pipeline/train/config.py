@@ -16,7 +16,7 @@ class TrainConfig(StrictModel):
         description="checkpoint DIRECTORY (detector.safetensors + detector.json + train_config.json)"
     )
     config: str = Field("tiny-mole", description="detector config: a shipped name or a JSON path")
-    method: Literal["mole", "linear"] = "mole"
+    method: Literal["mole", "linear"] = Field("mole", description="MoLE adapters or the few-shot linear head")
     pretrained: str | None = Field(
         None,
         description="backbone weights: open_clip tag, local .safetensors or s3:// URI; 'none' = random init; "
@@ -26,16 +26,16 @@ class TrainConfig(StrictModel):
         None, description="generators (families) trained on; None = every generator found in the data"
     )
     # texture-aware masking (MPFT reading, METHODS.md §3) [ours]
-    mask: Literal["none", "texture"] = "none"
-    mask_ratio: float = Field(0.4, ge=0.0, le=1.0)
+    mask: Literal["none", "texture"] = Field("none", description="texture-aware patch masking (MPFT reading)")
+    mask_ratio: float = Field(0.4, ge=0.0, le=1.0, description="share of most-textured patches masked")
     # optimisation (mole)
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(20, ge=1, description="training epochs (mole)")
     batch_size: int = Field(
         32,
         ge=1,
         description="effective (global) batch; each of num_workers ranks takes ceil(batch / workers)",
     )
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, description="learning rate (mole)")
     weight_decay: float = Field(0.0, ge=0)
     attribution_weight: float = Field(1.0, ge=0, description="weight of the attribution cross-entropy")
     aux_loss_weight: float = Field(
@@ -67,18 +67,24 @@ class TrainConfig(StrictModel):
         description="shorter side before the random crop (UnivFD: 256 for a 224 crop); None = none",
     )
     # linear (seed 001)
-    linear_classifier: Literal["logistic", "svm"] = "logistic"
+    linear_classifier: Literal["logistic", "svm"] = Field(
+        "logistic", description="the linear method's classifier"
+    )
     linear_c: float = Field(1.0, gt=0, description="inverse regularisation of the linear method's classifier")
     probe_c: float = Field(0.05, gt=0, description="inverse regularisation of mole's linear-probe head init")
     # data split / calibration
-    seed: int = 0
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    target_fpr: float = Field(0.05, ge=0.0, lt=1.0)
-    unknown_quantile: float = Field(0.05, ge=0.0, lt=1.0)
+    seed: int = Field(0, description="seed of the split, the initialisation and the augmentations")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="held-out share for plateau + calibration")
+    target_fpr: float = Field(
+        0.05, ge=0.0, lt=1.0, description="calibrated false-positive rate on held-out reals"
+    )
+    unknown_quantile: float = Field(
+        0.05, ge=0.0, lt=1.0, description="share of known fakes called 'unknown' (open-set threshold)"
+    )
     # resources
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    use_gpu: bool = Field(False, description="one GPU per training worker")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per training worker")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per training worker")
     # streaming feed and fault tolerance
     read_tasks: int | None = Field(

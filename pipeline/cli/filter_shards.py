@@ -1,0 +1,177 @@
+"""Nightly hygiene filter: drop / quarantine generated images from WebDataset shards using a scan.
+
+    python jobs/filter_shards.py --scan out/scan --input data/shards --output data/clean \
+        [--policy policy.json | --threshold 0.7 --rule unknown=quarantine --rule upconv=drop@0.9 ...] [--dry-run]
+        [--resume]   # keep shards already filtered with the same scan, input, scan date and policy
+
+Every FilterConfig and FilterPolicy field is a flag (see --help); `--rule` adds a generator rule; a policy file
+(`--policy`) excludes the inline policy flags. A rule naming a label the scan's detector does not have is a
+configuration error. Prints a JSON summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+from typing import Any
+
+from pipeline import storage
+from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags, job_main
+from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
+from pipeline.hygiene.plan import PlanError
+from pipeline.hygiene.policy import FilterConfig, FilterPolicy
+from pipeline.hygiene.run import run_filter
+from pipeline.preflight import Location, check_filter_policy, check_storage
+from pipeline.runner import ErrorBudgetExceeded, MapFn, local_map
+from pipeline.settings import ConfigError
+
+
+def parse_rule(text: str) -> dict[str, Any]:
+    """`GEN=ACTION` or `GEN=ACTION@THRESHOLD` -> a GeneratorRule dict (validated by the policy model)."""
+    gen, sep, rest = text.partition("=")
+    if not sep:
+        raise ConfigError(f"generator_rules: {text!r} is not GEN=ACTION[@THRESHOLD]")
+    action, at, thr = rest.partition("@")
+    rule: dict[str, Any] = {"generator": gen, "action": action}
+    if at:
+        try:
+            rule["threshold"] = float(thr)
+        except ValueError as exc:
+            raise ConfigError(f"generator_rules: threshold {thr!r} in {text!r} is not a number") from exc
+    return rule
+
+
+def _parser() -> tuple[JobParser, ModelFlags, ModelFlags]:
+    ap = JobParser(
+        description=__doc__,
+        epilog=help_epilog("filter_shards"),
+    )
+    ap.add_argument(
+        "--policy", default=None, help="FilterPolicy JSON file (exclusive with the inline policy flags)"
+    )
+    ap.add_argument("--rule", action="append", default=[], help="GEN=ACTION[@THRESHOLD], repeatable")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep shards whose marker matches this run's plan (same scan, input, scan date, policy)",
+    )
+    ap.add_argument(
+        "--verbose",
+        action="store_true",
+        help="JSON logs and Ray's output on stderr (default: one progress line; the JSON logs go to "
+        "<output>/_run/log.jsonl)",
+    )
+    run = add_model_flags(
+        ap.add_argument_group("run settings (FilterConfig)"),
+        FilterConfig,
+        skip={"policy"},
+        names={"task_num_cpus": "task-cpus"},
+    )
+    policy = add_model_flags(
+        ap.add_argument_group("policy (FilterPolicy; or --policy FILE)"),
+        FilterPolicy,
+        skip={"generator_rules"},
+    )
+    return ap, run, policy
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return _parser()[0].parse_args(argv)
+
+
+def build_config(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> FilterConfig:
+    args = args if args is not None else parse_args(argv)
+    _, run_flags, policy_flags = _parser()
+    inline = policy_flags.given(args)
+    if args.rule:
+        inline["generator_rules"] = [parse_rule(r) for r in args.rule]
+    if args.policy and inline:
+        flags = ", ".join(
+            "--" + ("rule" if k == "generator_rules" else k.replace("_", "-")) for k in sorted(inline)
+        )
+        raise ConfigError(
+            f"--policy and inline policy flags ({flags}) are exclusive: put everything in the policy file"
+        )
+    policy = (
+        FilterPolicy.from_file(args.policy) if args.policy else FilterPolicy.parse(inline, source="flags")
+    )
+    return FilterConfig.parse({**run_flags.given(args), "policy": policy.model_dump()}, source="command line")
+
+
+@job_main("filter")
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from pipeline.console import Console
+    from pipeline.logs import RunLog
+
+    # the JSON logs go to the run log (published as <output>/_run/log.jsonl); stderr shows the console only
+    with Console(args.verbose, "filter") as console, RunLog(tee=console.echo()) as runlog:
+        runlog.attach(console.stderr_log, "driver-stderr.log")  # Ray's own driver output, kept beside the log
+        return _main(args, console, runlog)
+
+
+def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
+    resume = bool(args.resume)  # how to run, not what: not part of the saved config
+    try:
+        cfg = build_config(args=args)
+        # before any work: every location reachable, the rules name the scan's labels
+        check_storage(
+            [Location("scan output", cfg.scan), Location("input", cfg.input)],
+            [] if cfg.dry_run else [Location("output", cfg.output)],
+        )
+        check_filter_policy(cfg.scan, cfg.scan_date, cfg.policy)
+    except OperatorError as exc:
+        console.line(one_line(exc, "filter"))
+        return exc.exit_code
+    if not cfg.dry_run:
+        runlog.destination = storage.join(cfg.output, "_run", "log.jsonl")
+    console.status(
+        f"{cfg.input} -> {cfg.output}: planning every shard from the scan"
+        + (", starting Ray" if cfg.engine == "ray" else "")
+        + "..."
+    )
+    progress = console.shards("filter", images_key="samples")
+    try:
+        with contextlib.ExitStack() as stack:
+            map_fn: MapFn = local_map
+            if cfg.engine == "ray":  # the one Ray-aware part: shards filtered as Ray tasks
+                from pipeline.engine import cluster
+                from pipeline.engine.filter import ray_map
+
+                stack.enter_context(cluster.session(cfg.ray_address))
+                map_fn = functools.partial(ray_map, num_cpus=cfg.task_num_cpus)
+            stats = run_filter(cfg, map_fn, resume=resume, on_shard=progress)
+    except (PlanError, ErrorBudgetExceeded) as exc:  # decided from the plans, before any write
+        runlog.discard()  # the output stays untouched
+        suffix = "; nothing was written" if isinstance(exc, ErrorBudgetExceeded) else ""
+        console.line(one_line(exc, "filter") + suffix)
+        return exc.exit_code
+    except OperatorError as exc:  # failed while writing: that shard is not committed, no _SUCCESS
+        console.line(f"{one_line(exc, 'filter')} (log: {runlog.publish()})")
+        return exc.exit_code
+    finally:
+        console.end_progress()
+    if cfg.dry_run:
+        runlog.discard()
+    else:
+        t = stats["totals"]
+        console.line(
+            f"filter succeeded: {len(stats['shards'])} shards, {t['samples']} samples: kept {t['kept']}, "
+            f"dropped {t['dropped']}, quarantined {t['quarantined']}; log: {runlog.publish()}"
+        )
+    print(
+        json.dumps(
+            stats
+            if cfg.dry_run
+            else {
+                "output": cfg.output,
+                **stats["totals"],
+                "shards": len(stats["shards"]),
+                "skipped_shards": len(stats["skipped_shards"]),
+            },
+            indent=2,
+        )
+    )
+    return ExitCode.OK

@@ -1,0 +1,137 @@
+"""Command-line flags generated from a job's pydantic config [ours]: ONE declaration per setting (the model
+field: name, type, default, description) gives the flag, its type or choices and its --help; nothing is typed
+twice. Flags the user did not give stay unset (None), so a `--config-file`'s value is kept; flags given override
+it, and both go through the model's own validation (`StrictModel.parse`) together.
+
+    parser = argparse.ArgumentParser(...)
+    fields = add_model_flags(parser, ScanConfig, repeat={"detector"})
+    data = {**file_values, **given(args, fields)}
+    cfg = ScanConfig.parse(data, source=...)
+
+Types: str / int / float -> `type=`; `Literal[...]` -> `choices=`; bool -> `--x / --no-x`; `list[str]` ->
+one comma-separated value (`--train-generators a,b`); `X | None` is X. A field in `repeat` may be given several
+times (`--detector A --detector B` == `--detector A,B`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from pipeline.exitcodes import OperatorError, one_line
+from pipeline.settings import ConfigError
+
+
+class JobParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake (unknown flag, bad number, value not among the choices) raised as a
+    ConfigError: ONE line and exit code 2 through `job_main`, like every other configuration error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def job_main(job: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a job's `main`: an OperatorError that reaches it (a usage mistake, a config or storage error
+    not handled closer to where it happened) is ONE console line and the exit code of THE table, never a
+    traceback."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                return int(main(*args, **kwargs))
+            except OperatorError as exc:
+                sys.stderr.write(one_line(exc, job) + "\n")
+                return int(exc.exit_code)
+
+        return run
+
+    return wrap
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` -> X (the flag is optional anyway)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _help(field: FieldInfo) -> str:
+    text = (field.description or "").replace("%", "%%")
+    default = field.default
+    if default is not PydanticUndefined and default is not None and not isinstance(default, BaseModel):
+        text += f" [default: {default}]" if text else f"[default: {default}]"
+    elif field.is_required():
+        text += " [required]"
+    return text
+
+
+class ModelFlags:
+    """The flags `add_model_flags` added for one model: `given(args)` is what the user typed, by field name."""
+
+    def __init__(self, fields: list[str], repeat: set[str]) -> None:
+        self.fields, self.repeat = fields, repeat
+
+    def given(self, args: argparse.Namespace) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.fields:
+            value = getattr(args, name, None)
+            if value is None:
+                continue
+            out[name] = ",".join(value) if name in self.repeat else value
+        return out
+
+
+def add_model_flags(
+    parser: argparse.ArgumentParser | Any,
+    model: type[BaseModel],
+    *,
+    skip: Iterable[str] = (),
+    names: Mapping[str, str] | None = None,
+    repeat: Iterable[str] = (),
+) -> ModelFlags:
+    """Add one flag per field of `model` (except `skip`) to `parser` (or an argument group); `names` renames a
+    field's flag (field -> flag name without the dashes)."""
+    names = dict(names or {})
+    skip, repeat = set(skip), set(repeat)
+    fields: list[str] = []
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        flag = "--" + names.get(name, name.replace("_", "-"))
+        kind = _unwrap(field.annotation)
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": _help(field)}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is Literal:
+            choices = typing.get_args(kind)
+            kwargs.update(choices=choices, type=type(choices[0]))
+        elif typing.get_origin(kind) is list:
+            kwargs.update(type=_comma_list, metavar="A,B,...")
+        elif kind in (int, float):
+            kwargs["type"] = kind
+        if name in repeat:
+            kwargs["action"] = "append"
+        parser.add_argument(flag, **kwargs)
+        fields.append(name)
+    return ModelFlags(fields, repeat)

@@ -1,0 +1,53 @@
+"""HTML report over a scan dataset: report.html + PNG plots + thumbnail galleries (thumbs/) + summary.json in one
+folder (local or s3://).
+
+    python jobs/report.py --scan out/scan --output out/report [--scan-date YYYY-MM-DD] \
+        [--filter-output data/clean] [--gallery-size 8] [--top-n 25] [--seed 0]
+
+Every ReportConfig field is a flag (see --help).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from pipeline.cli.flags import JobParser, add_model_flags, job_main
+from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
+from pipeline.hygiene.report import ReportConfig, build_report
+from pipeline.preflight import Location, check_storage
+
+
+@job_main("report")
+def main(argv: list[str] | None = None) -> int:
+    ap = JobParser(description=__doc__, epilog=help_epilog("report"))
+    flags = add_model_flags(ap, ReportConfig)
+    args = ap.parse_args(argv)
+    try:
+        cfg = ReportConfig.parse(flags.given(args), source="command line")
+        reads = [Location("scan output", cfg.scan)]
+        if cfg.filter_output:
+            reads.append(Location("filter output", cfg.filter_output))
+        check_storage(reads, [Location("output", cfg.output)])
+        summary = build_report(cfg)
+    except OperatorError as exc:
+        print(one_line(exc, "report"), file=sys.stderr)
+        return exc.exit_code
+    except FileNotFoundError as exc:  # a scan or filter output that vanished or lacks what the report reads
+        print(f"refused: {exc}", file=sys.stderr)
+        return ExitCode.NOT_FOUND
+    print(
+        json.dumps(
+            {
+                "report": f"{cfg.output.rstrip('/')}/report.html",
+                "scan_date": summary["scan_date"],
+                **summary["totals"],
+                "thumbnails": summary["thumbnails"]["thumbnails"],
+            }
+        )
+    )
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

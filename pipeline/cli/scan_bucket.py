@@ -1,0 +1,149 @@
+"""Scan WebDataset shards for AI-generated images -> Parquet (thin CLI over pipeline.scan.job).
+
+    ray job submit -- python jobs/scan_bucket.py --input s3://bucket/shards/ --output s3://bucket/scan/ \
+        --detector s3://bucket/detectors/tiny-mole [--config-file scan.json] [--resume] [--scan-date D]
+    ... --detector ckpt/univfd,ckpt/rine,ckpt/mole --fusion soft_or_prob   # several detectors, one pass
+    python jobs/scan_bucket.py --demo        # the README's `make demo`
+
+Every ScanConfig field is a flag (`--batch-size`, `--max-shard-error-rate`, ...): see --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags, job_main
+from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
+from pipeline.logs import get_logger
+from pipeline.scan.config import ScanConfig
+from pipeline.settings import ConfigError, read_json_object
+
+log = get_logger("jobs.scan_bucket")
+
+
+def _parser() -> tuple[JobParser, ModelFlags]:
+    p = JobParser(
+        description=__doc__,
+        epilog=help_epilog("scan_bucket"),
+    )
+    p.add_argument("--config-file", help="JSON file with ScanConfig fields (flags given override its values)")
+    p.add_argument("--demo", action="store_true", help="generate demo data, train a tiny detector, scan it")
+    p.add_argument("--demo-dir", default="demo", help="where --demo keeps its data (default ./demo)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the JSON logs, Ray's progress bars and the workers' output on stderr (default: one "
+        "progress line; the JSON logs go to _run/<scan_date>/log.jsonl)",
+    )
+    # several detectors: --detector A,B,C or --detector A --detector B
+    flags = add_model_flags(
+        p.add_argument_group("scan settings (ScanConfig)"), ScanConfig, repeat={"detector"}
+    )
+    return p, flags
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return _parser()[0].parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> ScanConfig:
+    data: dict[str, Any] = {}
+    source = "command line"
+    if args.config_file:
+        path = Path(args.config_file)
+        data = read_json_object(path, field="--config-file")
+        source = f"{path} + command line"
+    data.update(_parser()[1].given(args))
+    return ScanConfig.parse(data, source=source)
+
+
+@job_main("scan")
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from pipeline.console import Console
+    from pipeline.logs import RunLog
+
+    # the JSON logs go to the run log (published as _run/<scan_date>/log.jsonl); stderr shows the console only
+    with Console(args.verbose, "scan") as console, RunLog(tee=console.echo()) as runlog:
+        runlog.attach(console.stderr_log, "driver-stderr.log")  # Ray's own driver output, kept beside the log
+        return _main(args, console, runlog)
+
+
+def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
+    if args.demo:
+        from pipeline.engine.scan import RayScanExecutor
+        from pipeline.scan.demo import run_demo
+
+        console.status(
+            f"demo in {args.demo_dir}/ (a few minutes the first time; later runs reuse what exists)"
+        )
+        code, text = run_demo(
+            Path(args.demo_dir),
+            executor=RayScanExecutor(),
+            status=console.status,
+            on_shard=console.shards("demo scan"),
+        )
+        console.end_progress()
+        console.line(f"demo log: {runlog.publish()}")
+        print(text)
+        return code
+    from pipeline.preflight import Location, check_storage
+
+    try:
+        cfg = build_config(args)
+        check_storage([Location("input", cfg.input)], [Location("output", cfg.output)])
+    except OperatorError as exc:  # a flag, a config field or a storage location: one line, nothing started
+        runlog.discard()
+        console.line(one_line(exc, "scan"))
+        return exc.exit_code
+    console.status(f"{cfg.input} -> {cfg.output}: starting Ray, loading the detector...")
+    # torch and Ray load only now (seconds): the preflight above answers a storage mistake at once
+    from pipeline.scan.job import ScanFailed, run_scan
+
+    progress = console.shards("scan")
+    try:
+        from pipeline.engine.scan import RayScanExecutor  # the one Ray-aware part: shards are scanned on Ray
+
+        run = run_scan(cfg, executor=RayScanExecutor(), on_shard=progress)
+    except ConfigError as exc:
+        console.end_progress()
+        console.line(f"configuration error: {exc}")
+        return 2
+    except (
+        Exception
+    ) as exc:  # ScanFailed (run.json says why) or an unexpected error: one line, details in the log
+        console.end_progress()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if not isinstance(exc, ScanFailed):
+            log.exception("scan_crashed")
+            first = f"{type(exc).__name__}: {first}"
+        console.line(f"scan failed: {first} (log: {runlog.publish()})")
+        return ExitCode.RUN_FAILED
+    console.end_progress()
+    totals = run.get("totals", {})
+    counts = {k: v for k, v in (totals.get("counts") or {}).items() if v}
+    console.line(
+        f"scan {run['status']}: {totals.get('shards_done')} shards, {totals.get('rows')} rows "
+        f"{counts}, {totals.get('n_fake')} flagged fake; log: {runlog.publish()}"
+    )
+    print(
+        json.dumps(
+            {
+                "status": run["status"],
+                "run_id": run["run_id"],
+                "scan_date": run["scan_date"],
+                "shards": totals.get("shards_done"),
+                "rows": totals.get("rows"),
+                "counts": totals.get("counts"),
+            }
+        )
+    )
+    return ExitCode.OK if run["status"] == "succeeded" else ExitCode.RUN_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Train a detector (MoLE adapters or a few-shot linear head) with Ray Train, calibrate it, save a checkpoint.
+
+    python jobs/train_detector.py --data DIR_OR_URI --config tiny-mole --method mole|linear \\
+        [--mask texture --mask-ratio 0.4] --train-generators A,B --out CKPT
+
+CKPT is a checkpoint DIRECTORY (local or s3://) that will hold detector.safetensors + detector.json (weights and
+DetectorMeta: labels, calibrated threshold, unknown threshold) + train_config.json (the full TrainConfig) +
+metrics.jsonl (per-epoch metrics) + calibration.json + train_summary.json.
+
+--config-file reads a TrainConfig JSON (unknown fields are rejected, naming the field); flags given on the
+command line override the file's values, flags not given leave them alone. Runs under Ray Train's TorchTrainer
+(one CPU worker by default; --num-workers/--use-gpu scale it); attaches to RAY_ADDRESS when set, else starts a
+private local Ray. --engine local trains in-process without Ray (debugging).
+
+Exit codes: 0 success, 2 bad configuration or data, 1 training failed. Prints a JSON summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags, job_main
+from pipeline.exitcodes import help_epilog
+from pipeline.settings import ConfigError, read_json_object
+from pipeline.storage import is_remote
+from pipeline.train.config import TrainConfig
+
+
+def _parser() -> tuple[JobParser, ModelFlags]:
+    ap = JobParser(description=__doc__, epilog=help_epilog("train_detector"))
+    ap.add_argument(
+        "--config-file",
+        help="TrainConfig JSON (or a shipped recipe name, e.g. univfd); flags given override its values",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the newest run under OUT/_checkpoints from its last completed epoch",
+    )
+    ap.add_argument("--engine", choices=["ray", "local"], default="ray", help="ray (TorchTrainer) | local")
+    ap.add_argument(
+        "--verbose",
+        action="store_true",
+        help="JSON logs and Ray's output on stderr (default: status lines; the JSON logs go to "
+        "<out>/log.jsonl)",
+    )
+    flags = add_model_flags(ap.add_argument_group("training settings (TrainConfig)"), TrainConfig)
+    return ap, flags
+
+
+def build_parser() -> JobParser:
+    return _parser()[0]
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes"
+
+
+def recipe_path(name: str) -> Path:
+    """A --config-file value: a JSON path, or the name of a recipe shipped in pipeline/train/recipes/."""
+    if not os.path.exists(name) and "/" not in name and (RECIPES / f"{name}.json").is_file():
+        return RECIPES / f"{name}.json"
+    return Path(name)
+
+
+def build_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
+    cfg, args = parse(argv)
+    return cfg, args.engine
+
+
+def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    parser, flags = _parser()
+    args = parser.parse_args(argv)
+    data: dict[str, Any] = {}
+    if args.config_file:
+        data = read_json_object(recipe_path(args.config_file), field="--config-file")
+    data.update(flags.given(args))
+    for required in ("data", "out"):
+        if required not in data:
+            raise ConfigError(f"{required}: required (--{required} or in --config-file)")
+    # Ray workers do not share the driver's working directory: make local paths absolute
+    for key in ("data", "out", "config", "pretrained"):
+        value = data.get(key)
+        if (
+            isinstance(value, str)
+            and not is_remote(value)
+            and (key in ("data", "out") or os.path.exists(value))
+        ):
+            data[key] = os.path.abspath(value.removeprefix("file://"))
+    return TrainConfig.parse(data, source=args.config_file or "command line"), args
+
+
+@job_main("train")
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.console import Console
+    from pipeline.logs import RunLog
+
+    loud = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    # the JSON logs go to the run log (published as <out>/log.jsonl); stderr shows the console only
+    with Console(loud, "train") as console, RunLog(tee=console.echo()) as runlog:
+        runlog.attach(console.stderr_log, "driver-stderr.log")  # Ray's own driver output, kept beside the log
+        return _main(argv, console, runlog)
+
+
+def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
+    try:
+        cfg, args = parse(argv)
+    except ConfigError as exc:
+        runlog.discard()
+        console.line(f"error: {exc}")
+        return 2
+    try:
+        from pipeline.train.feed import make_plan
+
+        console.status(f"{cfg.data} -> {cfg.out}: listing and splitting the data...")
+        plan = make_plan(cfg)  # lists + splits; bad data fails here, with exit code 2, before Ray starts
+        runlog.destination = f"{cfg.out.rstrip('/')}/log.jsonl"
+        if args.engine == "local":
+            from pipeline.train.loop import train_local
+
+            console.status("training in this process...")
+            progress = console.epochs("train", cfg.epochs, plan.n_train)
+            summary = train_local(cfg, resume=args.resume, plan=plan, on_epoch=progress)
+        else:
+            from pipeline.engine.train import run_training
+
+            console.status("starting Ray Train, then training (per-epoch metrics in the log)...")
+            progress = console.epochs("train", cfg.epochs, plan.n_train)
+            summary = run_training(cfg, resume=args.resume, plan=plan, on_epoch=progress)
+        console.end_progress()
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        runlog.discard()
+        console.line(f"error: {exc}")
+        return 2
+    except Exception as exc:  # the Ray wrapper re-raises worker errors as TrainingFailedError
+        first = (str(exc).strip().splitlines() or [""])[0]
+        console.line(f"error: training failed: {type(exc).__name__}: {first} (log: {runlog.publish()})")
+        return 1
+    console.line(f"train succeeded: {cfg.out}; log: {runlog.publish()}")
+    print(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

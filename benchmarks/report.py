@@ -88,7 +88,7 @@ sys.path.insert(0, {repo!r})
 case, scan, out = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
 if case == "report":
-    from jobs.report import main
+    from pipeline.cli.report import main
     rc = main(["--scan", scan, "--output", out, "--gallery-size", "0", "--top-n", "0"])
     assert rc == 0, rc
 else:

@@ -25,8 +25,6 @@ from braceexpand import braceexpand
 
 from pipeline import storage
 from pipeline.exitcodes import ExitCode, OperatorError
-from pipeline.hygiene.policy import FilterPolicy
-from pipeline.logs import get_logger
 
 Kind = Literal["not_found", "access_denied", "no_credentials", "cannot_connect", "unusable"]
 
@@ -341,24 +339,3 @@ def check_storage(reads: Iterable[Location] = (), writes: Iterable[Location] = (
         check_readable(loc)
     for loc in writes:
         check_writable(loc)
-
-
-def check_filter_policy(scan: str, scan_date: str | None, policy: FilterPolicy) -> None:
-    """The policy's generator rules must name labels of the scan's detector (`_run/<date>/detector.json`),
-    else ConfigError naming the known labels. A scan without detector.json (not written by this project's
-    scan) cannot be checked: logged, not refused."""
-    from pipeline.hygiene.plan import resolve_scan_date
-    from pipeline.output import RunPaths, read_json
-
-    if not policy.generator_rules:
-        return
-    day = resolve_scan_date(scan, scan_date)
-    uri = RunPaths(scan, day).run_file("detector.json")
-    info = read_json(uri)
-    if not info or not info.get("labels"):
-        get_logger("pipeline.preflight").warning("policy_labels_unchecked", detector_json=uri)
-        return
-    policy.check_labels(
-        [str(x) for x in info["labels"]],
-        where=f"the scan's detector {info.get('detector_id', '?')} (scan_date={day})",
-    )

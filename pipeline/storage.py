@@ -158,30 +158,6 @@ def sha256_file(path: Path, chunk: int = 8 * 2**20) -> str:
     return h.hexdigest()
 
 
-def check_detector_files(local: Path) -> str | None:
-    """The content check of a fetched detector checkpoint: the sha256 prefix named in its meta's `detector_id`
-    ("<config>@<sha256[:12]>") must be the hash of its weights file. None when it holds (or is not a
-    checkpoint), else what differs."""
-    from pipeline.models.constants import META_FILE, WEIGHTS_FILE  # file names: the checkpoint format's own
-
-    meta, weights = local / META_FILE, local / WEIGHTS_FILE
-    if not (local.is_dir() and meta.is_file() and weights.is_file()):
-        return None
-    try:
-        detector_id = str(json.loads(meta.read_text()).get("detector_id") or "")
-    except (ValueError, UnicodeDecodeError):
-        return f"{META_FILE} is not valid JSON"
-    if "@" not in detector_id:
-        return None
-    expected = detector_id.rsplit("@", 1)[1]
-    digest = sha256_file(weights)
-    return (
-        None
-        if digest.startswith(expected)
-        else f"{WEIGHTS_FILE} has sha256 {digest[:12]}, {detector_id} says {expected}"
-    )
-
-
 def _download(fs: fsspec.AbstractFileSystem, path: str, files: dict[str, dict], dest: Path) -> None:
     if "" in files:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -201,16 +177,20 @@ def _sizes_match(local: Path, files: dict[str, dict]) -> bool:
     return True
 
 
-def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] = check_detector_files) -> Path:
+def _verify(verify: Callable[[Path], str | None] | None, local: Path) -> str | None:
+    return None if verify is None else verify(local)
+
+
+def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] | None = None) -> Path:
     """A local path for `uri` (a file or a folder): local paths are returned as they are; remote objects are
     downloaded into the cache (GENSCAN_CACHE, default ~/.cache/genscan) and reused.
 
     The cache is keyed by CONTENT, not by name: the key includes every object's VersionId / ETag and size, so an
     object overwritten at the same URI is a new cache entry. Downloads land in a private temp folder and are
     renamed into place (two processes on a node never read a half-written file; a killed download leaves only
-    a temp folder). Each entry is checked (sizes, and `verify`: by default a detector's weights against the
-    sha256 prefix in its `detector_id`) when fetched and when reused; a mismatch re-fetches once, then raises
-    CacheError."""
+    a temp folder). Each entry is checked (sizes, and `verify` when given: e.g. a detector's weights against the
+    sha256 prefix in its `detector_id`, `pipeline.models.meta.check_detector_files`) when fetched and when
+    reused; a mismatch re-fetches once, then raises CacheError."""
     if not is_remote(uri):
         return Path(uri.removeprefix("file://"))
     fs, path = filesystem(uri)
@@ -227,7 +207,7 @@ def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] = check_detect
         entry = cache_dir() / hashlib.sha256(ident.encode()).hexdigest()[:20]
         dest = entry / (posixpath.basename(path.rstrip("/")) or "object")
         if dest.exists():
-            if _sizes_match(dest, files) and (problem := verify(dest)) is None:
+            if _sizes_match(dest, files) and (problem := _verify(verify, dest)) is None:
                 return dest
             problem = problem or "sizes differ from the stored objects"
             shutil.rmtree(dest, ignore_errors=True) if dest.is_dir() else dest.unlink(missing_ok=True)
@@ -238,7 +218,7 @@ def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] = check_detect
             _download(fs, path, files, tmp)
             if not _sizes_match(tmp, files):
                 problem = "download is shorter than the stored objects"
-            elif (problem := verify(tmp)) is None:
+            elif (problem := _verify(verify, tmp)) is None:
                 try:
                     os.rename(tmp, dest)  # atomic; fails if another process put a complete entry first
                 except OSError:
@@ -247,3 +227,10 @@ def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] = check_detect
         finally:
             shutil.rmtree(tmp.parent, ignore_errors=True)
     raise CacheError(f"{uri}: cached copy does not match its stored content after a re-fetch: {problem}")
+
+
+def publish_dir(local: Path, dest: str) -> None:
+    """Copy every file of `local` into `dest` (local dir or s3:// prefix), each written atomically."""
+    for path in sorted(local.iterdir()):
+        if path.is_file():
+            write_bytes_atomic(join(dest, path.name), path.read_bytes())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline.eval.metrics import (
+from pipeline.metrics import (
     average_precision,
     class_accuracies,
     closed_set_accuracy,

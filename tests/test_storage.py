@@ -54,25 +54,29 @@ def _checkpoint(fs, prefix: str, weights: bytes, claimed: bytes | None = None) -
 
 
 def test_detector_cache_is_keyed_by_content_and_checked(s3fs_client, tmp_path: Path, monkeypatch) -> None:
+    from pipeline.models.meta import check_detector_files
+
     cache = tmp_path / "cache"
     monkeypatch.setenv("GENSCAN_CACHE", str(cache))
     s3fs_client.mkdir("bucket")
     uri = _checkpoint(s3fs_client, "bucket/det", b"weights-one")
-    first = storage.fetch_to_cache(uri)
+    first = storage.fetch_to_cache(uri, verify=check_detector_files)
     assert (first / "detector.safetensors").read_bytes() == b"weights-one"
-    assert storage.fetch_to_cache(uri) == first  # reused
+    assert storage.fetch_to_cache(uri, verify=check_detector_files) == first  # reused
     # a detector overwritten at the same URI is a new entry: never the old bytes under the new id
     _checkpoint(s3fs_client, "bucket/det", b"weights-two")
-    second = storage.fetch_to_cache(uri)
+    second = storage.fetch_to_cache(uri, verify=check_detector_files)
     assert second != first and (second / "detector.safetensors").read_bytes() == b"weights-two"
     # a cached copy damaged after the download is re-fetched, not trusted
     (second / "detector.safetensors").write_bytes(b"weights-tw0")
-    assert (storage.fetch_to_cache(uri) / "detector.safetensors").read_bytes() == b"weights-two"
+    assert (
+        storage.fetch_to_cache(uri, verify=check_detector_files) / "detector.safetensors"
+    ).read_bytes() == b"weights-two"
     # a killed download leaves only a private temp folder, which is never served
     leftover = second.parent / ".tmp-killed" / "det"
     leftover.mkdir(parents=True)
     (leftover / "detector.safetensors").write_bytes(b"weig")
-    assert storage.fetch_to_cache(uri) == second
+    assert storage.fetch_to_cache(uri, verify=check_detector_files) == second
     assert not [p for p in cache.rglob("*") if ".tmp-" in str(p) and "killed" not in str(p)]
 
 
@@ -82,8 +86,10 @@ def test_detector_whose_weights_do_not_match_its_id_is_refused(
     monkeypatch.setenv("GENSCAN_CACHE", str(tmp_path / "cache"))
     s3fs_client.mkdir("bucket")
     uri = _checkpoint(s3fs_client, "bucket/bad", b"weights", claimed=b"other weights")
+    from pipeline.models.meta import check_detector_files
+
     with pytest.raises(storage.CacheError, match="does not match"):
-        storage.fetch_to_cache(uri)
+        storage.fetch_to_cache(uri, verify=check_detector_files)
     assert not list((tmp_path / "cache").rglob("detector.safetensors"))  # nothing half-trusted left in place
 
 

@@ -20,10 +20,10 @@ from typing import Any
 from pipeline import storage
 from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags, job_main
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
-from pipeline.hygiene.plan import PlanError
+from pipeline.hygiene.plan import PlanError, check_filter_policy
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.hygiene.run import run_filter
-from pipeline.preflight import Location, check_filter_policy, check_storage
+from pipeline.preflight import Location, check_storage
 from pipeline.runner import ErrorBudgetExceeded, MapFn, local_map
 from pipeline.settings import ConfigError
 

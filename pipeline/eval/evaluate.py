@@ -21,8 +21,8 @@ import numpy as np
 from pydantic import Field
 
 from pipeline import storage
-from pipeline.eval.metrics import closed_set_accuracy, detection_metrics, mean_row, open_set_auroc
 from pipeline.logs import get_logger
+from pipeline.metrics import closed_set_accuracy, detection_metrics, mean_row, open_set_auroc
 from pipeline.settings import StrictModel
 from pipeline.train.calibrate import max_generator_prob
 from pipeline.train.data import LabelledRecord, load_records

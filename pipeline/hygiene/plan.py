@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from pipeline import output, storage
 from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
+from pipeline.logs import get_logger
 from pipeline.wds import index_shard
 
 SCAN_COLUMNS = [
@@ -234,3 +235,21 @@ def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
         plan.decisions.append(decide(by_key[key][seen[key]], policy))
         seen[key] += 1
     return plan
+
+
+def check_filter_policy(scan: str, scan_date: str | None, policy: FilterPolicy) -> None:
+    """The policy's generator rules must name labels of the scan's detector (`_run/<date>/detector.json`),
+    else ConfigError naming the known labels. A scan without detector.json (not written by this project's
+    scan) cannot be checked: logged, not refused."""
+    if not policy.generator_rules:
+        return
+    day = resolve_scan_date(scan, scan_date)
+    uri = output.RunPaths(scan, day).run_file("detector.json")
+    info = output.read_json(uri)
+    if not info or not info.get("labels"):
+        get_logger("hygiene.plan").warning("policy_labels_unchecked", detector_json=uri)
+        return
+    policy.check_labels(
+        [str(x) for x in info["labels"]],
+        where=f"the scan's detector {info.get('detector_id', '?')} (scan_date={day})",
+    )

@@ -22,7 +22,13 @@ from pipeline.logs import get_logger
 from pipeline.models.config import DetectorConfig
 from pipeline.models.constants import META_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
 from pipeline.models.detector import Detector, check_state_dict, create_detector, sha256_file
-from pipeline.models.meta import BackboneMeta, CheckpointError, DetectorMeta, refuse_pickle
+from pipeline.models.meta import (
+    BackboneMeta,
+    CheckpointError,
+    DetectorMeta,
+    check_detector_files,
+    refuse_pickle,
+)
 from pipeline.settings import ConfigError
 
 log = get_logger("pipeline.models.checkpoint")
@@ -94,7 +100,7 @@ def _local_checkpoint_dir(uri: str) -> Path:
     if uri.rstrip("/").endswith((WEIGHTS_FILE, META_FILE)):
         uri = uri.rstrip("/").rsplit("/", 1)[0]
     try:
-        local = storage.fetch_to_cache(uri)
+        local = storage.fetch_to_cache(uri, verify=check_detector_files)
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint not found: {uri}") from exc
     if not local.is_dir():

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from pipeline import storage
 from pipeline.models.config import DetectorConfig
-from pipeline.models.constants import META_FILE, PICKLE_SUFFIXES
+from pipeline.models.constants import META_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
 from pipeline.settings import StrictModel
 
 
@@ -128,3 +128,25 @@ def read_meta(uri: str | Path) -> DetectorMeta:
     """Only the meta of a checkpoint (no weights)."""
     data = json.loads(storage.read_bytes(storage.join(str(uri), META_FILE)))
     return DetectorMeta.parse(data, source=f"{uri}/{META_FILE}")
+
+
+def check_detector_files(local: Path) -> str | None:
+    """The content check of a fetched detector checkpoint: the sha256 prefix named in its meta's `detector_id`
+    ("<config>@<sha256[:12]>") must be the hash of its weights file. None when it holds (or is not a
+    checkpoint), else what differs."""
+    meta, weights = local / META_FILE, local / WEIGHTS_FILE
+    if not (local.is_dir() and meta.is_file() and weights.is_file()):
+        return None
+    try:
+        detector_id = str(json.loads(meta.read_text()).get("detector_id") or "")
+    except (ValueError, UnicodeDecodeError):
+        return f"{META_FILE} is not valid JSON"
+    if "@" not in detector_id:
+        return None
+    expected = detector_id.rsplit("@", 1)[1]
+    digest = storage.sha256_file(weights)
+    return (
+        None
+        if digest.startswith(expected)
+        else f"{WEIGHTS_FILE} has sha256 {digest[:12]}, {detector_id} says {expected}"
+    )

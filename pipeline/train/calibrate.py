@@ -117,7 +117,6 @@ def calibrate_checkpoint(
     from pipeline.models import Predictor, load_detector, save_detector
     from pipeline.train.data import load_records
     from pipeline.train.feed import SkipCounter, listing_table, predict_table
-    from pipeline.train.loop import publish_dir
 
     det, meta = load_detector(detector)
     cfg = det.config
@@ -156,6 +155,6 @@ def calibrate_checkpoint(
                 src = storage.join(detector, name)
                 if storage.exists(src):
                     (Path(tmp) / name).write_bytes(storage.read_bytes(src))
-        publish_dir(Path(tmp), dest)
+        storage.publish_dir(Path(tmp), dest)
     log.info("checkpoint_recalibrated", detector=detector, out=dest, threshold=calib["threshold"])
     return calib

@@ -146,7 +146,7 @@ def predict_stream(
 
 
 def _val_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
-    from pipeline.eval.metrics import average_precision, class_accuracies
+    from pipeline.metrics import average_precision, class_accuracies
 
     labels = pred["label"]
     if labels.size == 0:
@@ -472,7 +472,7 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
                 examples=(skipped["train"]["examples"] + skipped["eval"]["examples"])[:5],
             )
         (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
-        publish_dir(work, cfg.out)
+        storage.publish_dir(work, cfg.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("checkpoint_written", out=cfg.out, seconds=summary["seconds"], threshold=calib["threshold"])
@@ -482,13 +482,6 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
 def per_rank_batch(batch_size: int, world_size: int) -> int:
     """`batch_size` is the effective (global) batch: each of `world_size` ranks takes ceil(batch / world)."""
     return -(-batch_size // world_size)
-
-
-def publish_dir(local: Path, dest: str) -> None:
-    """Copy every file of `local` into `dest` (local dir or s3:// prefix), each written atomically."""
-    for path in sorted(local.iterdir()):
-        if path.is_file():
-            storage.write_bytes_atomic(storage.join(dest, path.name), path.read_bytes())
 
 
 def read_summary(out: str) -> dict[str, Any]:
@@ -542,7 +535,7 @@ class LocalHooks(TrainHooks):
 
     def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:
         if state_dir is not None:
-            publish_dir(state_dir, storage.join(self.root, f"epoch_{int(metrics['epoch']):04d}"))
+            storage.publish_dir(state_dir, storage.join(self.root, f"epoch_{int(metrics['epoch']):04d}"))
 
     def latest_state(self) -> Path | None:
         if not self.resume:

@@ -14,10 +14,11 @@ Eligible (`device_decodable`) ONLY when the CPU rule (`pipeline.scan.decode.deco
 `pipeline.models.preprocess.prepare_image`) is "decode, then cut a window": Pillow identifies a single-frame
 baseline/progressive JPEG (format "JPEG", not MPO) of mode RGB (YCbCr or Adobe RGB) or L (gray becomes
 R=G=B on both paths), within max_pixels, whose EXIF orientation is not one that `pipeline.wds.upright`
-applies (2-8; an unreadable EXIF block is no orientation on both paths), whose data ends with the EOI marker (a truncated file is never shipped: Pillow rejects it, a
-GPU decoder might fill it), and whose crop needs no resampling or padding: both sides >= S for center_crop and
-center_crop_pad, the shorter side == S for resize_crop (Resize is then a no-op). CMYK/YCCK, PNG, WebP, GIF,
-small images, other orientations: the CPU decoder, as before.
+applies (2-8; an unreadable EXIF block is no orientation on both paths), whose data ends with the EOI marker
+(a truncated file is never shipped: Pillow rejects it, a GPU decoder might fill it), and whose crop needs no
+resampling or padding: both sides >= S for center_crop and center_crop_pad, the shorter side == S for
+resize_crop (Resize is then a no-op). CMYK/YCCK, PNG, WebP, GIF, small images, other orientations: the CPU
+decoder, as before.
 
 Measured on CPU (tests/test_gpu_decode.py, libjpeg-turbo 3.2 in Pillow 13 vs 3.1 in torchvision 0.29):
 `decode_jpeg(mode=RGB)` equals Pillow's `convert("RGB")` bit for bit for 4:4:4 / 4:2:2 / 4:2:0 subsampling,
@@ -74,9 +75,7 @@ def device_decodable(
     if not data or not data.startswith(JPEG_SOI) or not data.endswith(JPEG_EOI):
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im = open_image(data, formats=["JPEG"])
+        im = open_image(data, formats=["JPEG"])  # Pillow's warnings silenced there
     except Exception:  # DecompressionBombError included: the CPU path turns it into a row
         return None
     with im:

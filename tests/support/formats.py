@@ -116,9 +116,9 @@ MIXED_TYPES = ("avif", "jp2", "j2k", "pgm", "pnm", "pbm", "tga", "ico", "webp", 
 
 
 def mixed_format_samples(size: tuple[int, int] = (112, 104), seed: int = 40) -> list[Sample]:
-    """One sample per modern type (`smooth_array` pixels, `size` = (w, h)) with a JSON label, two JPEGs whose EXIF block a
-    broken camera wrote (garbage TIFF header; cut inside IFD0), a JPEG with a valid Orientation=6 block, and a
-    HEIC-only sample (a type not read: `no_image`). Keys say the type: `m_<ext>`."""
+    """One sample per modern type (`smooth_array` pixels, `size` = (w, h)) with a JSON label, two JPEGs whose
+    EXIF block a broken camera wrote (garbage TIFF header; cut inside IFD0), a JPEG with a valid Orientation=6
+    block, and a HEIC-only sample (a type not read: `no_image`). Keys say the type: `m_<ext>`."""
     w, h = size
     out: list[Sample] = []
     for i, ext in enumerate(MIXED_TYPES):

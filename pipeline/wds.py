@@ -20,10 +20,10 @@ Rules (docs/reliability.md) [ours where WebDataset is silent]:
   note. A 0-byte image member is kept so decoding reports it; a member above the limit is never the image.
   IMAGE_TYPES is the one list of image types (extension -> the Pillow format that reads it): the nine types of
   earlier releases first, in their old order (a sample holding several members still picks the same one), then
-  the types the pinned Pillow also reads (AVIF, JPEG 2000, PGM/PNM/PBM, JFIF, APNG, ICO, TGA). HEIC/HEIF (no
-  decoder is installed, see docs/reliability.md) and every other type is not an image member; a sample with
-  only such members has no image (its note names the members, and says so for the image types listed in
-  UNREAD_IMAGE_EXTENSIONS).
+  the types Pillow 13 (pyproject: pillow>=13) also reads (AVIF, JPEG 2000, PGM/PNM/PBM, JFIF, APNG, ICO,
+  TGA). HEIC/HEIF (no decoder is installed, see docs/reliability.md) and every other type is not an image
+  member; a sample with only such members has no image (its note names the members, and says so for the
+  image types listed in UNREAD_IMAGE_EXTENSIONS).
 - Opening an image (`open_image`, `upright`): THE rule for every consumer that decodes pixels (scan decode,
   the device-decode check, training / evaluation sources, report thumbnails). Only IMAGE_FORMATS are tried
   (Pillow's `formats=`), TGA last as it has no signature. Orientation: EXIF Orientation 2-8 is applied as
@@ -60,8 +60,8 @@ from pipeline.logs import get_logger
 log = get_logger("pipeline.wds")
 
 # THE image types: (extension, Pillow format that reads it), in member-choice order (module doc). Every format
-# here is read by the pinned Pillow (13.0: AVIF through its bundled libavif, JPEG 2000 through openjpeg);
-# tests/test_image_formats.py checks this build opens each one.
+# here is read by Pillow 13 (pyproject: pillow>=13; AVIF through the libavif in its wheels, JPEG 2000 through
+# openjpeg); tests/test_image_formats.py checks that the installed build opens each one.
 IMAGE_TYPES: tuple[tuple[str, str], ...] = (
     ("jpg", "JPEG"),
     ("jpeg", "JPEG"),

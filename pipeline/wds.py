@@ -18,6 +18,17 @@ Rules (docs/reliability.md) [ours where WebDataset is silent]:
 - Image member (`choose_image`): the first present extension in IMAGE_EXTENSIONS order (by the last dot-suffix,
   case-insensitive) among the members not above `max_member_bytes`; other image members are named in the
   note. A 0-byte image member is kept so decoding reports it; a member above the limit is never the image.
+  IMAGE_TYPES is the one list of image types (extension -> the Pillow format that reads it): the nine types of
+  earlier releases first, in their old order (a sample holding several members still picks the same one), then
+  the types Pillow 13 (pyproject: pillow>=13) also reads (AVIF, JPEG 2000, PGM/PNM/PBM, JFIF, APNG, ICO,
+  TGA). HEIC/HEIF (no decoder is installed, see docs/reliability.md) and every other type is not an image
+  member; a sample with only such members has no image (its note names the members, and says so for the
+  image types listed in UNREAD_IMAGE_EXTENSIONS).
+- Opening an image (`open_image`, `upright`): THE rule for every consumer that decodes pixels (scan decode,
+  the device-decode check, training / evaluation sources, report thumbnails). Only IMAGE_FORMATS are tried
+  (Pillow's `formats=`), TGA last as it has no signature. Orientation: EXIF Orientation 2-8 is applied as
+  Pillow's `ImageOps.exif_transpose` applies it; an EXIF block that cannot be parsed (bad TIFF header, cut
+  inside an IFD, garbage) means "no orientation", never "no image": the image is used as stored, with a note.
 - JSON member (`json` last suffix): parsed; invalid JSON or a non-object value -> `meta=None` + note.
 - Truncation: tarfile ends silently at EOF, at a truncated header and at garbage after a member: the reader
   checks that an end-of-archive block follows the last member. Samples before the cut are kept; a sample whose
@@ -35,18 +46,50 @@ import json
 import re
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import fsspec
+from PIL import ExifTags, Image
 
 from pipeline import storage
 from pipeline.logs import get_logger
 
 log = get_logger("pipeline.wds")
 
-IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm")
+# THE image types: (extension, Pillow format that reads it), in member-choice order (module doc). Every format
+# here is read by Pillow 13 (pyproject: pillow>=13; AVIF through the libavif in its wheels, JPEG 2000 through
+# openjpeg); tests/test_image_formats.py checks that the installed build opens each one.
+IMAGE_TYPES: tuple[tuple[str, str], ...] = (
+    ("jpg", "JPEG"),
+    ("jpeg", "JPEG"),
+    ("png", "PNG"),
+    ("webp", "WEBP"),
+    ("gif", "GIF"),
+    ("bmp", "BMP"),
+    ("tif", "TIFF"),
+    ("tiff", "TIFF"),
+    ("ppm", "PPM"),
+    ("avif", "AVIF"),
+    ("jp2", "JPEG2000"),
+    ("j2k", "JPEG2000"),
+    ("pgm", "PPM"),
+    ("pnm", "PPM"),
+    ("pbm", "PPM"),
+    ("jfif", "JPEG"),
+    ("apng", "PNG"),
+    ("ico", "ICO"),
+    ("tga", "TGA"),
+)
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ext for ext, _ in IMAGE_TYPES)
+# The Pillow formats an image member may hold, in the order Pillow tries them (whatever its extension says: the
+# `format` column reports the real one). MPO is Pillow's name for a JPEG with a multi-picture extension (many
+# camera files). TGA has no signature, so it comes last: a file with a real signature is never taken for one.
+IMAGE_FORMATS: tuple[str, ...] = tuple(dict.fromkeys(["JPEG", "MPO", *(fmt for _, fmt in IMAGE_TYPES)]))
+# Image types seen in the wild that are NOT read (no decoder installed): named in the sample's note.
+UNREAD_IMAGE_EXTENSIONS: tuple[str, ...] = ("heic", "heif", "jxl", "svg")
 JSON_EXTENSIONS: tuple[str, ...] = ("json",)
 
 DEFAULT_MAX_IN_MEMORY = 256 * 2**20
@@ -102,6 +145,80 @@ def last_suffix(ext: str) -> str:
 
 def is_image_extension(ext: str) -> bool:
     return last_suffix(ext) in IMAGE_EXTENSIONS
+
+
+# ------------------------------------------------------------------------------------------- opening images
+# Pillow's own table in `ImageOps.exif_transpose`: EXIF orientation -> the transposition that displays the image
+_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# where Pillow finds an orientation: the EXIF block (JPEG, WebP, PNG eXIf, AVIF), PNG's text form of it, XMP
+_EXIF_INFO_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def open_image(data: bytes, formats: Sequence[str] = IMAGE_FORMATS) -> Image.Image:
+    """THE way an image member is opened: Pillow reads the header only, trying `formats` (IMAGE_FORMATS unless
+    a caller needs fewer; names Pillow opens through another plugin, such as MPO through JPEG, are skipped) in
+    order. Raises what Pillow raises (UnidentifiedImageError, DecompressionBombError for a header above
+    Pillow's own pixel limit, …). Pillow's warnings while reading the header (DecompressionBombWarning,
+    "Corrupt EXIF data") are silenced: callers apply their own pixel limit to `im.size`, and `upright` notes
+    a damaged EXIF block."""
+    Image.init()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Image.open(io.BytesIO(data), formats=[f for f in formats if f in Image.OPEN])
+
+
+def exif_orientation(im: Image.Image) -> tuple[int, str | None]:
+    """(EXIF orientation 1-8, note): 1 when there is none. A block that cannot be parsed, or a value outside
+    1-8, is 1 (no orientation) with a note saying why; a block Pillow reads only in part (cut inside an IFD)
+    gives the entries read whole, with a note. Never raises."""
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            raw = im.info.get("exif")
+            if isinstance(raw, bytes | bytearray):
+                # parsed on its own: Pillow's JPEG reader may already have swallowed this error at open and
+                # cached an empty result, so `getexif` alone would not tell a damaged block from a missing one
+                Image.Exif().load(bytes(raw))
+            value = im.getexif().get(ExifTags.Base.Orientation, 1)
+        notes += sorted({f"EXIF block damaged: {str(w.message).strip()}" for w in caught})
+    except Exception as exc:  # Pillow raises SyntaxError, struct.error, ValueError, … for broken blocks
+        return 1, f"EXIF block unreadable, orientation ignored: {_describe(exc)}"
+    if not isinstance(value, int) or not 1 <= value <= 8:
+        notes.append(f"EXIF orientation {value!r} is not 1-8; ignored")
+        value = 1
+    return value, "; ".join(notes) or None
+
+
+def upright(im: Image.Image) -> tuple[Image.Image, str | None]:
+    """THE orientation rule: (`im` as displayed, note). EXIF orientation 2-8 is applied as Pillow's
+    `ImageOps.exif_transpose` applies it; an unreadable block leaves the pixels as stored (see
+    `exif_orientation`). The result carries no EXIF/XMP block, so a later step (`prepare_image`, a copy, a
+    convert) never re-reads the block: applying `upright` twice is applying it once. An image without any such
+    block is returned as it is (no copy); otherwise the result is a new image and `im` is left unchanged.
+    Loads `im` first (a PNG's eXIf chunk may follow its pixel data)."""
+    im.load()
+    if not any(k in im.info for k in _EXIF_INFO_KEYS) and not hasattr(im, "tag_v2"):  # tag_v2: a TIFF's tags
+        return im, None
+    orientation, note = exif_orientation(im)
+    method = _TRANSPOSE.get(orientation)
+    out = im.transpose(method) if method is not None else im.copy()
+    for key in _EXIF_INFO_KEYS:
+        out.info.pop(key, None)
+    return out, note
 
 
 # ------------------------------------------------------------------------------------------- samples
@@ -244,6 +361,9 @@ class _Grouper:
                 s.notes.append(f"{len(images)} image members; used {chosen.name!r}, ignored {others!r}")
         elif not images:
             s.notes.append(f"no image member (members: {[m.name for m in s.members]!r})")
+            unread = [m.name for m in s.members if last_suffix(m.ext) in UNREAD_IMAGE_EXTENSIONS]
+            if unread:
+                s.notes.append(f"{unread!r}: an image type genscan does not read (docs/reliability.md)")
         return s
 
 
@@ -662,6 +782,9 @@ def labelled_samples(shard_url: str) -> list[LabelledSample]:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
+    "IMAGE_TYPES",
+    "UNREAD_IMAGE_EXTENSIONS",
     "End",
     "LabelledSample",
     "Listing",
@@ -673,12 +796,15 @@ __all__ = [
     "ShardReadError",
     "Skipped",
     "choose_image",
+    "exif_orientation",
     "index_shard",
     "iter_samples",
     "iter_tar",
     "labelled_samples",
     "list_shard",
+    "open_image",
     "read_shard",
     "safe_name",
     "split_key",
+    "upright",
 ]

@@ -18,6 +18,7 @@ from pipeline.scan.decode import decode_image
 from pipeline.scan.gpu_decode import DeviceDecoder, decode_or_ship, device_decodable, needs_resampling
 from pipeline.scan.score import score_batch
 from pipeline.settings import ConfigError
+from tests.support import badinputs as bi
 
 S = 96
 MAXPX = 89_478_485
@@ -82,8 +83,12 @@ def corpus() -> dict[str, tuple[bytes, bool]]:
     d[len(d) // 2] ^= 0x5A
     c["bit flip in scan data"] = (bytes(d), True)  # libjpeg warns and decodes, identically on both paths
     c["bad scan header"] = (_bad_sos(good), True)  # shipped; the device fails, the CPU decoder gives the row
+    # a camera's unreadable EXIF block is no orientation on both paths (pipeline.wds.upright): shipped
+    c["garbage EXIF block"] = (bi.with_app1(good, bi.EXIF_GARBAGE_HEADER), True)
+    c["EXIF cut in its header"] = (bi.with_app1(good, bi.EXIF_CUT_IN_HEADER, jfif=True), True)
     # never shipped
     c["orientation 6"] = (_with_orientation(a, 6), False)
+    c["orientation 6 written by a camera"] = (bi.with_app1(good, bi.EXIF_ORIENTATION_6), False)
     c["cmyk"] = (_jpeg(a, "CMYK", quality=85), False)
     c["smaller than S"] = (_jpeg(_natural(80, 200, 3), quality=85), False)
     c["truncated"] = (good[: len(good) * 2 // 3], False)

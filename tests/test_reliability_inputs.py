@@ -166,7 +166,7 @@ def test_max_pixels_boundary() -> None:
 
 
 def test_disallowed_formats_are_refused_with_the_allow_list() -> None:
-    for data in (bi.ico_bytes(), bi.eps_bytes()):
+    for data in (bi.pcx_bytes(), bi.eps_bytes()):
         r = _decode(data)
         assert r.status == "decode_error" and "allowed formats" in r.error
 

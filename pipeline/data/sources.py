@@ -20,13 +20,12 @@ tar headers and the small JSON members and records each image member's byte rang
 
 from __future__ import annotations
 
-import io
 import posixpath
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from pipeline import wds
 from pipeline.logs import get_logger
@@ -81,10 +80,12 @@ class LabelledImage:
         return fs.cat_file(path, start=self.offset, end=self.offset + self.size)
 
     def load(self) -> Image.Image:
-        """The decoded image: EXIF orientation applied, RGB, fully loaded (the file is closed)."""
-        with Image.open(io.BytesIO(self.read_bytes())) as im:
-            im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
+        """The decoded image, opened and oriented by the shard layer's rule (`pipeline.wds.open_image` /
+        `upright`: the scan's formats; an unreadable EXIF block is no orientation), RGB, fully loaded (the file
+        is closed)."""
+        with wds.open_image(self.read_bytes()) as im:
+            shown, _ = wds.upright(im)
+            return shown.convert("RGB")
 
 
 # ---------------------------------------------------------------------------------------------------------------

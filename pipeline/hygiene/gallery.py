@@ -153,13 +153,11 @@ def _text(value: Any) -> str | None:
 
 def thumbnail(data: bytes) -> bytes:
     """A JPEG of at most THUMB_PX x THUMB_PX px (aspect kept); raises for undecodable or oversized images."""
-    from PIL import Image, ImageOps
-
-    with Image.open(io.BytesIO(data)) as im:
+    with wds.open_image(data) as im:  # the scan's formats and orientation rule (pipeline.wds)
         if im.width * im.height > MAX_THUMB_SOURCE_PIXELS:
             raise ValueError(f"{im.width}x{im.height} px is above the {MAX_THUMB_SOURCE_PIXELS}-pixel limit")
         im.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at a reduced scale
-        small = ImageOps.exif_transpose(im).convert("RGB")
+        small = wds.upright(im)[0].convert("RGB")
         small.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
         small.save(buf, format="JPEG", quality=85)

@@ -1,6 +1,7 @@
 """Image preprocessing shared by training, evaluation and the scanner.
 
-* ``prepare_image(pil, cfg)``: EXIF transpose, RGB, then to ``cfg.image_size`` as uint8 HWC:
+* ``prepare_image(pil, cfg)``: EXIF orientation (``pipeline.wds.upright``: an unreadable EXIF block is no
+  orientation), RGB, then to ``cfg.image_size`` as uint8 HWC:
   - ``center_crop`` [genscan]: center crop, no resize — the shorter side is resized (bicubic) to S only when
     the image is smaller than S;
   - ``center_crop_pad`` [code, UnivFD / RINE test transform]: torchvision ``CenterCrop(S)`` exactly — no
@@ -18,9 +19,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from pipeline.models.constants import PREPROCESS_MODES
+from pipeline.wds import upright
 
 if TYPE_CHECKING:
     import torch
@@ -60,7 +62,7 @@ def prepare_image(img: Image.Image, cfg: DetectorConfig) -> np.ndarray:
     mode = cfg.preprocess
     if mode not in PREPROCESS_MODES:
         raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {mode!r}")
-    img = ImageOps.exif_transpose(img)
+    img, _ = upright(img)
     if img.mode != "RGB":
         img = img.convert("RGB")
     if mode == "center_crop_pad":

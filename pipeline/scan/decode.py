@@ -4,15 +4,16 @@ Contract (docs/architecture.md): `decode_image(data, image_size=S, resize_mode=.
 DecodeResult(status ok | decode_error | too_large, error, pixels uint8 (S,S,3), width, height, format).
 
 Choices [ours]:
-- Formats: only raster formats a corpus of web images holds are opened (ALLOWED_FORMATS; Pillow's `formats=`
-  argument). Others (EPS, which runs Ghostscript; PDF; ICO; …) are `decode_error`, which also shrinks the
-  decoder attack surface.
+- Formats: only the shard layer's image formats are opened (ALLOWED_FORMATS = `pipeline.wds.IMAGE_FORMATS`,
+  through `pipeline.wds.open_image`). Others (EPS, which runs Ghostscript; PDF; PSD; …) are `decode_error`,
+  which also shrinks the decoder attack surface. `format` is the format Pillow found, whatever the extension.
 - Decompression bombs: the pixel count is checked from the header (Pillow reads only the header in
   `Image.open`) BEFORE any pixel data is decoded; more than `max_pixels` -> `too_large`. Pillow's own global
   `Image.MAX_IMAGE_PIXELS` check is also turned into `too_large` (this module never changes that global).
   Every frame of a multi-frame file is bounded by the same header size.
-- Orientation: `ImageOps.exif_transpose`; width/height are reported AFTER it (as the image is displayed),
-  before any crop/resize. A malformed EXIF block leaves the image unrotated (noted, still scored).
+- Orientation: `pipeline.wds.upright` (EXIF orientation as `ImageOps.exif_transpose` applies it); width/height
+  are reported AFTER it (as the image is displayed), before any crop/resize. A malformed EXIF block leaves the
+  image unrotated (noted, still scored).
 - Colour: everything becomes 8-bit RGB. Alpha (RGBA, LA, PA, palette with transparency) is COMPOSITED ON
   WHITE, as a viewer on a white page shows it (dropping alpha would expose arbitrary colours hidden under
   transparent pixels). 16-bit / 32-bit integer grayscale is scaled to 8 bits (value >> 8 for 16-bit data,
@@ -28,7 +29,6 @@ Choices [ours]:
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,16 +36,17 @@ from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from pipeline.limits import MAX_PIXELS
 from pipeline.models.constants import PREPROCESS_MODES
 from pipeline.models.constants import PreprocessMode as ResizeMode
 from pipeline.models.preprocess import prepare_image
+from pipeline.wds import IMAGE_FORMATS, open_image, upright
 
 Status = Literal["ok", "decode_error", "too_large"]
 
-ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
+ALLOWED_FORMATS: tuple[str, ...] = IMAGE_FORMATS
 
 
 @dataclass
@@ -127,9 +128,7 @@ def decode_image(
     if data is None or len(data) == 0:
         return DecodeResult("decode_error", "empty image data (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=_open_formats())
+        im = open_image(data, _open_formats())
     except Image.DecompressionBombError as exc:
         return DecodeResult("too_large", f"declared size exceeds Pillow's pixel limit: {exc}")
     except UnidentifiedImageError:
@@ -163,10 +162,9 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.load()
-        try:
-            im = ImageOps.exif_transpose(im)
-        except Exception as exc:
-            notes.append(f"EXIF orientation ignored: {_describe(exc)}")
+        im, exif_note = upright(im)
+        if exif_note:
+            notes.append(exif_note)
         result.width, result.height = im.size
         rgb = _to_rgb(im)
         result.pixels = _prepare(rgb, image_size, resize_mode)

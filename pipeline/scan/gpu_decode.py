@@ -13,11 +13,12 @@ Two plain functions, no Ray:
 Eligible (`device_decodable`) ONLY when the CPU rule (`pipeline.scan.decode.decode_image` ->
 `pipeline.models.preprocess.prepare_image`) is "decode, then cut a window": Pillow identifies a single-frame
 baseline/progressive JPEG (format "JPEG", not MPO) of mode RGB (YCbCr or Adobe RGB) or L (gray becomes
-R=G=B on both paths), within max_pixels, whose EXIF orientation is not one that `ImageOps.exif_transpose`
-applies (2-8), whose data ends with the EOI marker (a truncated file is never shipped: Pillow rejects it, a
-GPU decoder might fill it), and whose crop needs no resampling or padding: both sides >= S for center_crop and
-center_crop_pad, the shorter side == S for resize_crop (Resize is then a no-op). CMYK/YCCK, PNG, WebP, GIF,
-small images, other orientations: the CPU decoder, as before.
+R=G=B on both paths), within max_pixels, whose EXIF orientation is not one that `pipeline.wds.upright`
+applies (2-8; an unreadable EXIF block is no orientation on both paths), whose data ends with the EOI marker
+(a truncated file is never shipped: Pillow rejects it, a GPU decoder might fill it), and whose crop needs no
+resampling or padding: both sides >= S for center_crop and center_crop_pad, the shorter side == S for
+resize_crop (Resize is then a no-op). CMYK/YCCK, PNG, WebP, GIF, small images, other orientations: the CPU
+decoder, as before.
 
 Measured on CPU (tests/test_gpu_decode.py, libjpeg-turbo 3.2 in Pillow 13 vs 3.1 in torchvision 0.29):
 `decode_jpeg(mode=RGB)` equals Pillow's `convert("RGB")` bit for bit for 4:4:4 / 4:2:2 / 4:2:0 subsampling,
@@ -28,16 +29,15 @@ upsampler: its pixels are NOT known to be bit-equal; `benchmarks/gpu.py` measure
 
 from __future__ import annotations
 
-import io
 import time
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import ExifTags, Image
 
 from pipeline.scan.decode import DecodeResult, decode_image
+from pipeline.wds import exif_orientation, open_image
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +46,7 @@ DecodeOn = str  # "cpu" | "gpu"
 JPEG_SOI = b"\xff\xd8\xff"
 JPEG_EOI = b"\xff\xd9"
 ELIGIBLE_MODES = ("RGB", "L")
-_TRANSPOSING = frozenset(range(2, 9))  # EXIF orientations ImageOps.exif_transpose applies
+_TRANSPOSING = frozenset(range(2, 9))  # EXIF orientations pipeline.wds.upright applies
 # preprocessing modes whose crop is a pure window for a given (w, h): min side >= S, or == S for resize_crop
 _WINDOW_MODES = ("center_crop", "center_crop_pad")
 DEFAULT_MAX_BATCH_PIXELS = 256 * 2**20  # pixels decoded per decode_jpeg call (~0.75 GB of RGB on the device)
@@ -75,9 +75,7 @@ def device_decodable(
     if not data or not data.startswith(JPEG_SOI) or not data.endswith(JPEG_EOI):
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im = Image.open(io.BytesIO(data), formats=["JPEG"])
+        im = open_image(data, formats=["JPEG"])  # Pillow's warnings silenced there
     except Exception:  # DecompressionBombError included: the CPU path turns it into a row
         return None
     with im:
@@ -86,10 +84,7 @@ def device_decodable(
         w, h = im.size
         if w <= 0 or h <= 0 or w * h > max_pixels or needs_resampling(w, h, image_size, resize_mode):
             return None
-        try:
-            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
-        except Exception:
-            return None
+        orientation, _ = exif_orientation(im)  # an unreadable block is no orientation, as on the CPU path
         if orientation in _TRANSPOSING:
             return None
     return w, h

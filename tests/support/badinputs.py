@@ -185,9 +185,75 @@ def gray_png() -> tuple[bytes, np.ndarray]:
     return _save(Image.fromarray(arr), "PNG"), arr
 
 
-def ico_bytes() -> bytes:
-    """A valid ICO: an image format Pillow reads but the scanner does not allow."""
-    return _save(Image.new("RGB", (32, 32), (0, 128, 0)), "ICO")
+def pcx_bytes() -> bytes:
+    """A valid PCX: an image format Pillow reads but the scanner does not allow."""
+    return _save(Image.new("RGB", (32, 32), (0, 128, 0)), "PCX")
+
+
+def _jpeg_segments(data: bytes) -> list[bytes]:
+    """The marker segments of a baseline JPEG between SOI and the first SOS (each with its marker)."""
+    out, i = [], 2
+    while data[i + 1] != 0xDA:  # SOS: the entropy-coded data follows
+        n = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        out.append(data[i : i + 2 + n])
+        i += 2 + n
+    return out
+
+
+def with_app1(jpeg: bytes, payload: bytes, *, jfif: bool = False) -> bytes:
+    """`jpeg` with the APP1 segment `payload` written by hand as a camera writes it: right after SOI and
+    (`jfif=False`) without the JFIF APP0 segment. The entropy-coded data is untouched."""
+    segments = _jpeg_segments(jpeg)
+    head = b"".join(s for s in segments if jfif or s[:2] != b"\xff\xe0")
+    rest = jpeg[2 + sum(len(s) for s in segments) :]
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return b"\xff\xd8" + app1 + head + rest
+
+
+def jpeg_with_app1(payload: bytes, *, jfif: bool = False, w: int = 80, h: int = 60, seed: int = 7) -> bytes:
+    """A baseline JPEG of `rgb_array(w, h, seed)` carrying the APP1 `payload` (see `with_app1`)."""
+    return with_app1(jpeg_bytes(w, h, seed=seed), payload, jfif=jfif)
+
+
+def _ifd_entry(tag: int, typ: int, count: int, value: int) -> bytes:
+    """One little-endian TIFF IFD entry (12 bytes), SHORT value left-justified in the value field."""
+    return struct.pack("<HHI", tag, typ, count) + (
+        struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+    )
+
+
+# EXIF blocks a broken camera writes (APP1 payloads: "Exif\0\0" then a TIFF structure)
+EXIF_GARBAGE_HEADER = b"Exif\x00\x00" + b"\xff\xff\xff\xff" + bytes(range(7, 47))  # no II*\0 / MM\0*
+EXIF_CUT_IN_HEADER = b"Exif\x00\x00II*\x00\x08\x00"  # the IFD0 offset cut after 2 of its 4 bytes
+# IFD0 declares 3 entries: ImageWidth (whole), then Orientation=6 cut after 6 of its 12 bytes
+EXIF_CUT_IN_IFD = (
+    b"Exif\x00\x00II*\x00"
+    + struct.pack("<I", 8)
+    + struct.pack("<H", 3)
+    + _ifd_entry(0x0100, 3, 1, 80)
+    + _ifd_entry(0x0112, 3, 1, 6)[:6]
+)
+# IFD0 declares 3 entries: Orientation=6 (whole), then cut inside the second: the entries read whole count
+EXIF_CUT_AFTER_ORIENTATION = (
+    b"Exif\x00\x00II*\x00"
+    + struct.pack("<I", 8)
+    + struct.pack("<H", 3)
+    + _ifd_entry(0x0112, 3, 1, 6)
+    + _ifd_entry(0x0100, 3, 1, 80)[:5]
+)
+# a valid block, as a camera held sideways writes it: IFD0 with Orientation=6 and no next IFD
+EXIF_ORIENTATION_6 = (
+    b"Exif\x00\x00II*\x00"
+    + struct.pack("<I", 8)
+    + struct.pack("<H", 1)
+    + _ifd_entry(0x0112, 3, 1, 6)
+    + struct.pack("<I", 0)
+)
+BROKEN_EXIF_BLOCKS = {
+    "garbage_header": EXIF_GARBAGE_HEADER,
+    "cut_in_header": EXIF_CUT_IN_HEADER,
+    "cut_in_ifd": EXIF_CUT_IN_IFD,
+}
 
 
 def eps_bytes() -> bytes:
@@ -227,7 +293,12 @@ IMAGE_CASES: tuple[ImageCase, ...] = (
     ImageCase("webp", "webp", _first(webp_lossless), "ok"),
     ImageCase("exif_rotated_jpeg", "jpg", exif_rotated_jpeg, "ok"),
     ImageCase("grayscale_png", "png", _first(gray_png), "ok"),
-    ImageCase("ico_not_allowed", "png", ico_bytes, "decode_error"),
+    ImageCase("exif_garbage_jpeg", "jpg", lambda: jpeg_with_app1(EXIF_GARBAGE_HEADER), "ok"),
+    ImageCase("exif_cut_in_ifd_jpeg", "jpg", lambda: jpeg_with_app1(EXIF_CUT_IN_IFD, jfif=True), "ok"),
+    ImageCase(
+        "good_avif", "avif", lambda: _save(Image.fromarray(rgb_array(seed=8)), "AVIF", quality=90), "ok"
+    ),
+    ImageCase("pcx_not_allowed", "png", pcx_bytes, "decode_error"),
     ImageCase("eps_not_allowed", "jpg", eps_bytes, "decode_error"),
 )
 

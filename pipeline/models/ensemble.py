@@ -20,7 +20,6 @@ N images in the same order in each.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from pipeline.models.decision import is_fake, logit_of, sigmoid
 from pipeline.models.detector import Detector, DetectorOutput, run_blocks
 from pipeline.models.fusion import DEFAULT_FUSION, check_fusion, fuse
 from pipeline.models.meta import DetectorMeta
-from pipeline.models.predictor import _DTYPES, DType, resolve_dtype
+from pipeline.models.predictor import DType, autocast, resolve_dtype
 from pipeline.models.preprocess import prepare_image, to_model_input
 from pipeline.settings import ConfigError
 
@@ -234,11 +233,6 @@ class DetectorSet:
         return {s: prepare_image(img, s) for s in self.inputs}  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ inference
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.dtype])
-
     def _forward(self, members: Sequence[Member], images: np.ndarray) -> dict[str, DetectorOutput]:
         """One shared pass of ``members`` (same backbone group) over one preprocessed uint8 batch."""
         p = _primary(members).det
@@ -310,7 +304,7 @@ class DetectorSet:
         ids = self.detector_ids
         logits = np.zeros((n, len(ids)), np.float32)
         gen = {i: np.zeros((n, len(self.labels[i])), np.float32) for i in ids}
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             for lo in range(0, n, step):
                 chunk = {sp: a[lo : lo + step] for sp, a in arrays.items()}
                 for g in self.groups:

@@ -29,7 +29,7 @@ from pipeline.models.meta import DetectorMeta
 from pipeline.models.preprocess import to_model_input
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
-_DTYPES: dict[str, torch.dtype] = {
+DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -41,14 +41,22 @@ def resolve_dtype(dtype: str, device: str | torch.device) -> str:
     """``auto`` -> ``bfloat16`` on a CUDA device with native bf16 (Ampere and newer), ``float16`` on older
     GPUs, ``float32`` on CPU (bf16/fp16 autocast is several times slower than fp32 on the CPUs measured here)."""
     if dtype != "auto":
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {['auto', *sorted(_DTYPES)]}, got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {['auto', *sorted(DTYPES)]}, got {dtype!r}")
         return dtype
     dev = torch.device(device)
     if dev.type == "cuda":
         with torch.cuda.device(dev):
             return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
     return "float32"
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
+    """THE inference precision rule of every model call (scan, evaluation, calibration, training validation):
+    no autocast for float32, else torch.autocast to `dtype` on `device`."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
 class Predictor:
@@ -67,8 +75,8 @@ class Predictor:
         dtype: DType = "float32",
         batch_size: int | None = None,
     ) -> None:
-        if dtype != "auto" and dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {['auto', *sorted(_DTYPES)]}, got {dtype!r}")
+        if dtype != "auto" and dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {['auto', *sorted(DTYPES)]}, got {dtype!r}")
         if meta.generators != det.config.generators:
             raise ValueError(f"meta.generators {meta.generators} != detector labels {det.config.generators}")
         self.device = torch.device(device)
@@ -82,11 +90,6 @@ class Predictor:
         self.det = det.to(self.device).eval()
         self.det.set_fused(True)
         self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.dtype])
 
     def predict(self, images: np.ndarray | torch.Tensor) -> dict[str, Any]:
         """uint8 (N, S, S, 3) already cropped to cfg.image_size (numpy, or a tensor on CPU or on this device)
@@ -102,7 +105,7 @@ class Predictor:
         n = len(images)
         step = self.batch_size or max(n, 1)
         logits, gen = [], []
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             for i in range(0, n, step):
                 x = to_model_input(images[i : i + step], self.cfg, device=self.device)
                 out = self.det(x)
@@ -141,7 +144,7 @@ class Predictor:
                 if done is not None:
                     compute.wait_event(done)
                     x_u8.record_stream(compute)  # allocated on the copy stream, consumed on this one
-                with self._autocast():
+                with autocast(self.device, self.dtype):
                     out = self.det(to_model_input(x_u8, self.cfg))  # float + mean/std on the device
                     logits.append(out.logit.float())
                     gen.append(out.gen_logits.float().softmax(dim=-1))
@@ -150,12 +153,8 @@ class Predictor:
             return torch.cat(logits).cpu(), torch.cat(gen).cpu()
 
     def _results(self, logit: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-        p_fake = (1.0 / (1.0 + np.exp(-logit.astype(np.float64)))).astype(np.float32)
-        rule = getattr(self.cfg, "decision", "p_fake_ge")
-        if rule == "p_fake_ge":  # float32 p_fake against the float64 threshold, as SQL on the output compares
-            is_fake = p_fake >= self.meta.threshold
-        else:
-            is_fake = decision.is_fake(logit, self.meta.threshold, rule)
+        p_fake = decision.sigmoid(logit)
+        is_fake = decision.is_fake(logit, self.meta.threshold, getattr(self.cfg, "decision", "p_fake_ge"))
         top = top_generators(scores, is_fake, self.meta)
         return {
             "p_fake": p_fake,

@@ -40,6 +40,8 @@ import torch.nn.functional as F
 
 from pipeline import storage
 from pipeline.logs import get_logger
+from pipeline.models.decision import sigmoid
+from pipeline.models.predictor import autocast
 from pipeline.train.calibrate import calibrate_from_scores
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import DecodeSpec, SkipCounter, TrainPlan, iter_local, to_device, train_spec
@@ -97,10 +99,9 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA, plain fp32 elsewhere (bf16 is far slower than fp32 on these CPUs)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    """Training's precision through the one autocast rule (pipeline.models.predictor.autocast): bf16 on CUDA
+    (fp16 would need a gradient scaler), fp32 elsewhere (bf16 is far slower than fp32 on these CPUs)."""
+    return autocast(device, "bfloat16" if device.type == "cuda" else "float32")
 
 
 @torch.no_grad()
@@ -139,7 +140,7 @@ def predict_stream(
         "cls": np.concatenate(out["cls"]).astype(np.int64) if out["cls"] else np.zeros(0, np.int64),
         "row": np.concatenate(out["row"]).astype(np.int64) if out["row"] else np.zeros(0, np.int64),
         "logit": logit,
-        "p_fake": torch.sigmoid(torch.from_numpy(logit)).numpy(),  # float32, as the Predictor computes it
+        "p_fake": sigmoid(logit),  # the p_fake rule of every model call (pipeline.models.decision)
         "generator_scores": np.concatenate(out["gen"]) if out["gen"] else np.zeros((0, 1), np.float32),
         "features": np.concatenate(out["feat"]) if out["feat"] else np.zeros((0, 0), np.float32),
     }

@@ -121,3 +121,28 @@ def test_scan_job_console_is_quiet_and_its_log_parses(tmp_path: Path) -> None:
     # the job started a local Ray (no address, no RAY_ADDRESS) and that Ray serves no dashboard / job API
     (started,) = [e for e in events if e["event"] == "ray_started_local"]
     assert started["dashboard"] is None, started
+
+
+def test_jobs_without_a_progress_console_keep_json_logs_off_stderr_unless_verbose(tmp_path) -> None:
+    """make_demo_data (like report, evaluate, calibrate, import_detector: `job_main(quiet=True)`) prints its
+    result and nothing else; --verbose shows the JSON log lines on stderr too."""
+    args = ["--out", str(tmp_path / "d"), "--layout", "wds", "--families", "upconv", "--n-per-class", "2"]
+    quiet = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "make_demo_data.py"), *args], capture_output=True, text=True
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert not [ln for ln in quiet.stderr.splitlines() if ln.startswith("{")], quiet.stderr
+    loud = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "make_demo_data.py"),
+            *args,
+            "--out",
+            str(tmp_path / "e"),
+            "--verbose",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert loud.returncode == 0, loud.stderr
+    assert [json.loads(ln) for ln in loud.stderr.splitlines() if ln.startswith("{")], loud.stderr

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import sys
 
-from pipeline.cli.flags import JobParser, job_main
+from pipeline.cli.entry import job_main
+from pipeline.cli.flags import JobParser
 from pipeline.settings import ConfigError
 
 
-@job_main("calibrate")
+@job_main("calibrate", quiet=True)
 def main(argv: list[str] | None = None) -> int:
-    ap = JobParser(description=__doc__)
+    ap = JobParser(description=__doc__, log_flag=True)
     ap.add_argument("--detector", required=True, help="checkpoint directory (local or s3://)")
     ap.add_argument(
         "--data", required=True, help="held-out labelled data (UnivFD folder or WebDataset shards)"

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import sys
 
-from pipeline.cli.flags import JobParser, job_main
+from pipeline.cli.entry import job_main
+from pipeline.cli.flags import JobParser
 from pipeline.settings import ConfigError
 
 
@@ -26,7 +27,7 @@ def _floats(text: str | None) -> list[float]:
 def build_config(argv: list[str] | None = None):  # noqa: ANN201 - EvalConfig (import kept lazy)
     from pipeline.eval.evaluate import EvalConfig
 
-    ap = JobParser(description=__doc__)
+    ap = JobParser(description=__doc__, log_flag=True)
     ap.add_argument("--data", required=True, help="labelled test data (UnivFD folder or WebDataset shards)")
     ap.add_argument("--detector", required=True, help="checkpoint directory (local or s3://)")
     ap.add_argument("--json", required=True, dest="json_out", help="report JSON path")
@@ -62,7 +63,7 @@ def build_config(argv: list[str] | None = None):  # noqa: ANN201 - EvalConfig (i
     return EvalConfig.parse(data, source="command line")
 
 
-@job_main("evaluate")
+@job_main("evaluate", quiet=True)
 def main(argv: list[str] | None = None) -> int:
     from pipeline.eval.evaluate import evaluate
 

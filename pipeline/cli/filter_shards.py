@@ -18,7 +18,8 @@ import json
 from typing import Any
 
 from pipeline import storage
-from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags, job_main
+from pipeline.cli.entry import job_main
+from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
 from pipeline.hygiene.plan import PlanError, check_filter_policy
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy

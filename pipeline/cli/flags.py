@@ -16,50 +16,31 @@ times (`--detector A --detector B` == `--detector A,B`).
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from pipeline.exitcodes import OperatorError, one_line
 from pipeline.settings import ConfigError
 
 
 class JobParser(argparse.ArgumentParser):
     """argparse, with a usage mistake (unknown flag, bad number, value not among the choices) raised as a
-    ConfigError: ONE line and exit code 2 through `job_main`, like every other configuration error."""
+    ConfigError: ONE line and exit code 2 through `pipeline.cli.entry.job_main`, like every other
+    configuration error."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, log_flag: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
+        if log_flag:  # the jobs whose JSON logs stay off the console (pipeline.cli.entry.job_main quiet=True)
+            self.add_argument("--verbose", action="store_true", help="also show the JSON log lines on stderr")
 
     def error(self, message: str) -> typing.NoReturn:
         raise ConfigError(f"{message} (see {self.prog} --help)")
-
-
-def job_main(job: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    """Decorate a job's `main`: an OperatorError that reaches it (a usage mistake, a config or storage error
-    not handled closer to where it happened) is ONE console line and the exit code of THE table, never a
-    traceback."""
-
-    def wrap(main: Callable[..., int]) -> Callable[..., int]:
-        @functools.wraps(main)
-        def run(*args: Any, **kwargs: Any) -> int:
-            try:
-                return int(main(*args, **kwargs))
-            except OperatorError as exc:
-                sys.stderr.write(one_line(exc, job) + "\n")
-                return int(exc.exit_code)
-
-        return run
-
-    return wrap
 
 
 def _unwrap(annotation: Any) -> Any:

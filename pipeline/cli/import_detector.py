@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli.flags import JobParser, job_main
+from pipeline.cli.entry import job_main
+from pipeline.cli.flags import JobParser
 from pipeline.settings import ConfigError
 
 EXIT_OK, EXIT_CONFIG, EXIT_WEIGHTS = 0, 2, 3
 
 
-@job_main("import")
+@job_main("import", quiet=True)
 def main(argv: list[str] | None = None) -> int:
-    ap = JobParser(description=__doc__)
+    ap = JobParser(description=__doc__, log_flag=True)
     ap.add_argument("--kind", required=True, help="univfd | clipbased | rine")
     ap.add_argument("--weights", required=True, help="the peer's released weights file (.pth)")
     ap.add_argument("--out", required=True, help="checkpoint directory to write (local or s3://)")

@@ -13,13 +13,14 @@ import argparse
 import json
 import sys
 
-from pipeline.cli.flags import JobParser, job_main
+from pipeline.cli.entry import job_main
+from pipeline.cli.flags import JobParser
 from pipeline.data.demo import DemoConfig, generate, list_families
 from pipeline.settings import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = JobParser(description=__doc__)
+    p = JobParser(description=__doc__, log_flag=True)
     p.add_argument("--out", help="output folder or s3:// prefix")
     p.add_argument(
         "--layout", default="univfd", help="univfd (<out>/<family>/0_real|1_fake) or wds (tar shards)"
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@job_main("make_demo_data")
+@job_main("make_demo_data", quiet=True)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_families:

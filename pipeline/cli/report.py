@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import sys
 
-from pipeline.cli.flags import JobParser, add_model_flags, job_main
+from pipeline.cli.entry import job_main
+from pipeline.cli.flags import JobParser, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
 from pipeline.hygiene.report import ReportConfig, build_report
 from pipeline.preflight import Location, check_storage
 
 
-@job_main("report")
+@job_main("report", quiet=True)
 def main(argv: list[str] | None = None) -> int:
-    ap = JobParser(description=__doc__, epilog=help_epilog("report"))
+    ap = JobParser(description=__doc__, epilog=help_epilog("report"), log_flag=True)
     flags = add_model_flags(ap, ReportConfig)
     args = ap.parse_args(argv)
     try:

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags, job_main
+from pipeline.cli.entry import job_main
+from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
 from pipeline.logs import get_logger
 from pipeline.scan.config import ScanConfig

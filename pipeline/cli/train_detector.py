@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags, job_main
+from pipeline.cli.entry import job_main
+from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
 from pipeline.exitcodes import help_epilog
 from pipeline.settings import ConfigError, read_json_object
 from pipeline.storage import is_remote

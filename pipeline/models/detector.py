@@ -6,7 +6,10 @@ and two heads on the configured feature — a real/fake logit and attribution lo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -443,6 +446,27 @@ def _check_visual(visual: nn.Module, cfg: DetectorConfig) -> None:
         raise ConfigError(f"image_size: {cfg.image_size} but {cfg.arch} expects {size}")
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _quiet_random_init(active: bool) -> Iterator[None]:
+    """open_clip warns on the root logger when it builds a model without a pretrained tag; here that is asked
+    for (random init, or weights from a local file loaded right after), and the detector's own
+    `detector_created` log line says which: the warning would only mislead a reader of the console."""
+    if not active:
+        yield
+        return
+    root, flt = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
 def create_detector(
     cfg: DetectorConfig | str,
     pretrained: Any = _USE_CONFIG,
@@ -468,7 +492,8 @@ def create_detector(
         raise ConfigError(f"arch: unknown open_clip architecture {cfg.arch!r}")
     source, local = resolve_pretrained(cfg.arch, cfg.pretrained)
     tag = cfg.pretrained if source.kind == "tag" else None
-    model = open_clip.create_model(cfg.arch, pretrained=tag, device="cpu")
+    with _quiet_random_init(tag is None):
+        model = open_clip.create_model(cfg.arch, pretrained=tag, device="cpu")
     clip_params = sum(p.numel() for p in model.parameters())
     visual = model.visual
     del model  # drop the text tower

@@ -1,0 +1,45 @@
+"""What every job's `main` shares [ours]: operator errors -> ONE console line + THE exit code, and (for the
+jobs without a progress console of their own) JSON logs kept off the console.
+
+    @job_main("report", quiet=True)
+    def main(argv=None) -> int: ...
+
+quiet: the JSON log lines go to a run log (`pipeline.logs.RunLog`), published where the job says
+(`RunLog.set_destination(...)`, e.g. `<output>/log.jsonl`) and otherwise dropped; with `--verbose`,
+GENSCAN_VERBOSE=1 or under `ray job submit` they are also echoed to stderr. The scan, the filter and training
+open their own console and run log (progress lines, Ray's output).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.console import submitted_job, verbose
+from pipeline.exitcodes import OperatorError, one_line
+from pipeline.logs import RunLog
+
+
+def job_main(job: str, *, quiet: bool = False) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a job's `main(argv=None)`: an OperatorError that reaches it (a usage mistake, a config or
+    storage error not handled closer to where it happened) is ONE stderr line and the exit code of THE table
+    (`pipeline.exitcodes`), never a traceback."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None, *args: Any, **kwargs: Any) -> int:
+            loud = verbose() or "--verbose" in (sys.argv[1:] if argv is None else argv) or submitted_job()
+            logs = RunLog(tee=sys.stderr if loud else None) if quiet else contextlib.nullcontext()
+            with logs:
+                try:
+                    return int(main(argv, *args, **kwargs))
+                except OperatorError as exc:
+                    sys.stderr.write(one_line(exc, job) + "\n")
+                    return int(exc.exit_code)
+
+        return run
+
+    return wrap

@@ -93,7 +93,9 @@ def test_mole_trains_on_one_family(demo: dict[str, Path], tmp_path: Path) -> Non
     assert HELD_OUT in rep["per_generator"]
 
 
-def test_linear_full_and_few_shot_and_recalibration(demo: dict[str, Path], tmp_path: Path) -> None:
+def test_linear_full_and_few_shot_and_recalibration(
+    demo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = tmp_path / "linear"
     _train(
         [
@@ -114,6 +116,7 @@ def test_linear_full_and_few_shot_and_recalibration(demo: dict[str, Path], tmp_p
     assert rep["per_generator"][FAMILY]["ap"] >= 0.95, rep["per_generator"]
 
     few = tmp_path / "fewshot"  # 10 images per class (7 train + 3 validation)
+    capsys.readouterr()
     _train(
         [
             "--data",
@@ -128,8 +131,12 @@ def test_linear_full_and_few_shot_and_recalibration(demo: dict[str, Path], tmp_p
             str(few),
             "--val-fraction",
             "0.3",
+            "--resume",
         ]
     )
+    # the console says --resume had nothing to continue, and the linear method's progress line counts its one pass
+    err = capsys.readouterr().err
+    assert "--resume found no earlier epoch" in err and "1/1" in err and "/20" not in err, err[-2000:]
     assert json.loads((few / "train_summary.json").read_text())["train_counts"] == {"real": 7, FAMILY: 7}
     rep_few = _evaluate(few, demo["test"], tmp_path / "few.json")
     assert rep_few["per_generator"][FAMILY]["ap"] >= LINEAR_FEWSHOT_MIN_AP, rep_few["per_generator"]

@@ -124,13 +124,13 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
             from pipeline.train.loop import train_local
 
             console.status("training in this process...")
-            progress = console.epochs("train", cfg.epochs, plan.n_train)
+            progress = console.epochs("train", cfg.passes, plan.n_train)
             summary = train_local(cfg, resume=args.resume, plan=plan, on_epoch=progress)
         else:
             from pipeline.engine.train import run_training
 
             console.status("starting Ray Train, then training (per-epoch metrics in the log)...")
-            progress = console.epochs("train", cfg.epochs, plan.n_train)
+            progress = console.epochs("train", cfg.passes, plan.n_train)
             summary = run_training(cfg, resume=args.resume, plan=plan, on_epoch=progress)
         console.end_progress()
     except (ConfigError, FileNotFoundError, ValueError) as exc:
@@ -141,6 +141,10 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
         first = (str(exc).strip().splitlines() or [""])[0]
         console.line(f"error: training failed: {type(exc).__name__}: {first} (log: {runlog.publish()})")
         return 1
+    if args.resume and not summary.get("resumes"):  # said where the user looks, not only in the log
+        console.line(
+            f"train: --resume found no earlier epoch under {cfg.out}/_checkpoints: trained from scratch"
+        )
     console.line(f"train succeeded: {cfg.out}; log: {runlog.publish()}")
     print(json.dumps(summary, indent=2, default=float))
     return 0

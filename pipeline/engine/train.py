@@ -270,7 +270,7 @@ def run_training(
         with _watch_epochs(clock, on_epoch):
             trainer.fit()
     if on_epoch is not None:
-        on_epoch(cfg.epochs)
+        on_epoch(cfg.passes)
     summary = read_summary(cfg.out)
     log.info(
         "ray_train_done", out=cfg.out, **{k: v for k, v in summary.items() if not isinstance(v, dict | list)}

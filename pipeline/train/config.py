@@ -118,3 +118,8 @@ class TrainConfig(StrictModel):
                 "mask: texture masking is a fine-tuning strategy; it composes with method=mole only"
             )
         return self
+
+    @property
+    def passes(self) -> int:
+        """Epochs the run makes: `epochs` for mole; ONE pass for the linear method (features, then a fit)."""
+        return 1 if self.method == "linear" else self.epochs

@@ -574,5 +574,5 @@ def train_local(
             shutil.rmtree(hooks._tmp, ignore_errors=True)
     assert summary is not None  # rank 0 always returns
     if on_epoch is not None:
-        on_epoch(cfg.epochs)
+        on_epoch(cfg.passes)
     return summary

@@ -89,7 +89,7 @@ def make_detector(config: str) -> Path:
 
 def decode_all(shards: list[str], image_size: int) -> np.ndarray:
     from pipeline.scan.decode import decode_image
-    from pipeline.wds import read_shard
+    from pipeline.shards import read_shard
 
     px = []
     for url in shards:
@@ -116,7 +116,7 @@ class ShardImages(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         from pipeline.scan.decode import decode_image
-        from pipeline.wds import read_shard
+        from pipeline.shards import read_shard
 
         info = torch.utils.data.get_worker_info()
         mine = self.shards if info is None else self.shards[info.id :: info.num_workers]

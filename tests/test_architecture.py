@@ -20,7 +20,7 @@ LAYERS = {
     "pipeline.metrics": 0,
     "pipeline.output": 1,
     "pipeline.preflight": 1,
-    "pipeline.wds": 1,
+    "pipeline.shards": 1,
     "pipeline.runner": 1,
     "pipeline.console": 1,
     "pipeline.models": 2,

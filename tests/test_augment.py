@@ -20,7 +20,7 @@ from pipeline.data.augment import (
     perturbation,
     resize,
 )
-from pipeline.data.demo import make_image
+from pipeline.data.synthetic import make_image
 from pipeline.settings import ConfigError
 
 

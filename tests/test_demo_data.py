@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.data.demo import (
+from pipeline.data.synthetic import (
     FAMILIES,
     FEATURE_NAMES,
     DemoConfig,
@@ -89,7 +89,7 @@ def test_jpeg_option_applies_to_both_classes(tmp_path: Path) -> None:
             assert im.format == "JPEG"
 
 
-def test_wds_layout_reads_back_with_webdataset(tmp_path: Path) -> None:
+def test_shards_layout_reads_back_with_webdataset(tmp_path: Path) -> None:
     import webdataset as wds
 
     generate(
@@ -117,7 +117,7 @@ def test_wds_layout_reads_back_with_webdataset(tmp_path: Path) -> None:
     assert labels[:15] != [0] * 15 and set(labels[:7]) == {0, 1}
 
 
-def test_wds_to_s3(s3_server: dict[str, str], s3fs_client, tmp_path: Path) -> None:
+def test_shards_to_s3(s3_server: dict[str, str], s3fs_client, tmp_path: Path) -> None:
     import webdataset as wds
 
     from pipeline.storage import list_shards, read_bytes

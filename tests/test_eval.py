@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipeline.cli.evaluate import main as evaluate_main
-from pipeline.data.demo import DemoConfig, generate
+from pipeline.data.synthetic import DemoConfig, generate
 from pipeline.eval.evaluate import group_records
 from pipeline.models import DetectorMeta, Predictor, create_detector, load_detector, save_detector
 from pipeline.models.preprocess import prepare_image

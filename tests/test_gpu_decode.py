@@ -83,7 +83,7 @@ def corpus() -> dict[str, tuple[bytes, bool]]:
     d[len(d) // 2] ^= 0x5A
     c["bit flip in scan data"] = (bytes(d), True)  # libjpeg warns and decodes, identically on both paths
     c["bad scan header"] = (_bad_sos(good), True)  # shipped; the device fails, the CPU decoder gives the row
-    # a camera's unreadable EXIF block is no orientation on both paths (pipeline.wds.upright): shipped
+    # a camera's unreadable EXIF block is no orientation on both paths (pipeline.shards.upright): shipped
     c["garbage EXIF block"] = (bi.with_app1(good, bi.EXIF_GARBAGE_HEADER), True)
     c["EXIF cut in its header"] = (bi.with_app1(good, bi.EXIF_CUT_IN_HEADER, jfif=True), True)
     # never shipped

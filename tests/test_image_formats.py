@@ -1,5 +1,5 @@
-"""The image types the shard layer reads (`pipeline.wds.IMAGE_TYPES`) and its one open/orientation rule
-(`pipeline.wds.open_image` / `upright`), in every consumer: scan decode, the device-decode check, the
+"""The image types the shard layer reads (`pipeline.shards.IMAGE_TYPES`) and its one open/orientation rule
+(`pipeline.shards.open_image` / `upright`), in every consumer: scan decode, the device-decode check, the
 training / evaluation sources, `prepare_image` and the report's thumbnails.
 
 Regressions: a JPEG whose EXIF block a broken camera wrote (garbage TIFF header, cut in the header, cut inside
@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, features
 
 from jobs.filter_shards import main as filter_main
 from jobs.report import main as report_main
-from pipeline import wds
+from pipeline import shards as shard_layer
 from pipeline.data.sources import LabelledImage, load_labelled
 from pipeline.hygiene import gallery
 from pipeline.models.preprocess import prepare_image
@@ -68,16 +68,26 @@ def _array(seed: int = 3) -> np.ndarray:
 def test_installed_pillow_reads_every_image_type_in_the_table() -> None:
     assert features.check("avif") and features.check("jpg_2000")
     Image.init()
-    assert set(wds.IMAGE_FORMATS) - {"MPO"} <= set(Image.OPEN)
-    assert wds.IMAGE_FORMATS[-1] == "TGA"  # no signature: tried last
-    assert wds.IMAGE_EXTENSIONS[:9] == ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm")
-    assert len(set(wds.IMAGE_EXTENSIONS)) == len(wds.IMAGE_EXTENSIONS)
-    assert set(fm.FORMAT) == set(wds.IMAGE_EXTENSIONS)
-    assert {ext: fmt for ext, fmt in wds.IMAGE_TYPES} == fm.FORMAT
-    assert not set(wds.UNREAD_IMAGE_EXTENSIONS) & set(wds.IMAGE_EXTENSIONS)
+    assert set(shard_layer.IMAGE_FORMATS) - {"MPO"} <= set(Image.OPEN)
+    assert shard_layer.IMAGE_FORMATS[-1] == "TGA"  # no signature: tried last
+    assert shard_layer.IMAGE_EXTENSIONS[:9] == (
+        "jpg",
+        "jpeg",
+        "png",
+        "webp",
+        "gif",
+        "bmp",
+        "tif",
+        "tiff",
+        "ppm",
+    )
+    assert len(set(shard_layer.IMAGE_EXTENSIONS)) == len(shard_layer.IMAGE_EXTENSIONS)
+    assert set(fm.FORMAT) == set(shard_layer.IMAGE_EXTENSIONS)
+    assert {ext: fmt for ext, fmt in shard_layer.IMAGE_TYPES} == fm.FORMAT
+    assert not set(shard_layer.UNREAD_IMAGE_EXTENSIONS) & set(shard_layer.IMAGE_EXTENSIONS)
 
 
-@pytest.mark.parametrize("ext", wds.IMAGE_EXTENSIONS)
+@pytest.mark.parametrize("ext", shard_layer.IMAGE_EXTENSIONS)
 def test_every_image_type_decodes_with_its_real_format(ext: str) -> None:
     arr = _array()
     data = fm.encode(arr, ext)
@@ -90,7 +100,7 @@ def test_every_image_type_decodes_with_its_real_format(ext: str) -> None:
         np.testing.assert_array_equal(r.pixels, saved[TOP : TOP + S, LEFT : LEFT + S])
 
 
-@pytest.mark.parametrize("ext", wds.IMAGE_EXTENSIONS)
+@pytest.mark.parametrize("ext", shard_layer.IMAGE_EXTENSIONS)
 def test_pixel_limit_applies_to_every_type(ext: str) -> None:
     data = fm.encode(_array(), ext)
     assert decode_image(data, image_size=S, max_pixels=W * H).status == "ok"
@@ -103,7 +113,7 @@ def test_format_is_what_the_bytes_are_not_what_the_name_says(tmp_path: Path) -> 
     avif = fm.encode(_array(), "avif")
     url = str(tmp_path / "a.tar")
     write_raw(url, tar_bytes([Sample("x", {"jpg": avif})]))
-    (s,) = wds.read_shard(url).samples
+    (s,) = shard_layer.read_shard(url).samples
     r = decode_image(s.image, image_size=S)
     assert (r.status, r.format) == ("ok", "AVIF")
 
@@ -119,7 +129,7 @@ def test_member_choice_order_is_the_table_order(tmp_path: Path) -> None:
     ]
     url = str(tmp_path / "c.tar")
     write_raw(url, tar_bytes(samples))
-    got = {s.key: s for s in wds.read_shard(url).samples}
+    got = {s.key: s for s in shard_layer.read_shard(url).samples}
     assert [got[k].image_name for k in ("all", "modern", "icons", "heic")] == [
         "all.JPG",
         "modern.avif",
@@ -129,7 +139,7 @@ def test_member_choice_order_is_the_table_order(tmp_path: Path) -> None:
     assert "ignored ['all.avif', 'all.jp2', 'all.ico', 'all.tga']" in got["all"].note
     assert "'heic.heic'" in got["heic"].note and "does not read" in got["heic"].note
     # the training / evaluation sources pick the same member (one shard layer)
-    for s in wds.labelled_samples(url):
+    for s in shard_layer.labelled_samples(url):
         assert (s.image.name if s.image else None) == got[s.key].image_name
 
 
@@ -187,7 +197,7 @@ def test_valid_orientation_is_still_applied_everywhere(tmp_path: Path) -> None:
     assert Image.open(io.BytesIO(gallery.thumbnail(data))).size == (H, W)
     # applied once: prepare_image on the already upright image does not turn it again
     with Image.open(io.BytesIO(data)) as im:
-        up, note = wds.upright(im)
+        up, note = shard_layer.upright(im)
         assert note is None and "exif" not in up.info
         cut = prepare_image(up, SimpleNamespace(image_size=S, preprocess="center_crop"))  # type: ignore[arg-type]
     np.testing.assert_array_equal(cut, _window(shown))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline.wds import read_shard
+from pipeline.shards import read_shard
 from tests.support import badinputs as bi
 from tests.support.faultproxy import FaultPlan, FaultProxy, fault_proxy
 from tests.support.ray_cluster import SMALL_SCAN, job_actors
@@ -112,7 +112,7 @@ def test_transient_faults_are_retried_to_the_exact_samples(proxied_s3) -> None:
 def test_stalled_responses_time_out_and_are_retried(proxied_s3, monkeypatch) -> None:
     """A response that stalls past the client's read timeout (1 s here, patched down from 30 s) is abandoned
     and retried; the read still returns exactly the samples."""
-    from pipeline import wds as shards_mod
+    from pipeline import shards as shards_mod
 
     proxy, direct = proxied_s3
     members = bi.good_members(6)

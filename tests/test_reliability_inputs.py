@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision import transforms
 
 from pipeline.scan.decode import decode_image
-from pipeline.wds import read_shard, split_key
+from pipeline.shards import read_shard, split_key
 from tests.support import badinputs as bi
 
 S = 64

@@ -152,7 +152,7 @@ def report(world, tmp_path_factory) -> dict:
     """The report with every ok row in some gallery (gallery size above the row count), plus the filter."""
     out = tmp_path_factory.mktemp("report")
     reads: Counter[str] = Counter()
-    real = gallery.wds.iter_samples
+    real = gallery.shard_layer.iter_samples
 
     def counting(url: str, **kw):
         reads[url] += 1

@@ -18,7 +18,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.scan.schema import SCHEMA
+from pipeline.output import SCHEMA
 from tests.support.ray_cluster import SMALL_SCAN, RayHead, submit_job, wait_job
 from tests.support.shards import (
     corrupt_image_sample,

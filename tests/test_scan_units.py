@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.output import SCHEMA, STATUSES, check_table
 from pipeline.scan.completion import RunPaths, RunRefused, plan_run, write_json, write_shard
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.decode import decode_image
 from pipeline.scan.prepare import prepare_shard
 from pipeline.scan.rows import RunContext, ShardCollector, concat, shard_stats, to_table
-from pipeline.scan.schema import SCHEMA, STATUSES, check_table
 from pipeline.scan.score import score_batch
 from pipeline.settings import ConfigError
 from tests.support.shards import (

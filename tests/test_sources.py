@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.demo import DemoConfig, generate
 from pipeline.data.sources import LabelledImage, load_labelled, summarize
+from pipeline.data.synthetic import DemoConfig, generate
 from pipeline.settings import ConfigError
 
 
@@ -181,7 +181,7 @@ def test_clear_errors_for_missing_empty_unrecognised(tmp_path: Path) -> None:
 
 
 # ---- WebDataset -----------------------------------------------------------------------------------------------
-def test_wds_demo_shards(tmp_path: Path) -> None:
+def test_shards_demo_shards(tmp_path: Path) -> None:
     import webdataset as wds
 
     _demo(tmp_path, layout="wds", shard_size=5)
@@ -220,7 +220,7 @@ def _write_tar(path: Path, members: dict[str, bytes]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_wds_unlabelled_samples_error_or_skip(tmp_path: Path) -> None:
+def test_shards_unlabelled_samples_error_or_skip(tmp_path: Path) -> None:
     shard = tmp_path / "s" / "shard-000000.tar"
     shard.parent.mkdir()
     good = json.dumps({"label": 1, "generator": "sd"}).encode()

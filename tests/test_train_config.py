@@ -72,7 +72,7 @@ def test_stratified_split_keeps_class_shares() -> None:
 def test_data_problems_fail_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import shutil
 
-    from pipeline.data.demo import DemoConfig, generate
+    from pipeline.data.synthetic import DemoConfig, generate
 
     generate(DemoConfig(out=str(tmp_path / "d"), families=["upconv"], n_per_class=2, seed=0))
     base = ["--data", str(tmp_path / "d"), "--out", str(tmp_path / "ck"), "--engine", "local"]

@@ -12,7 +12,7 @@ import pytest
 from pipeline.cli.calibrate import main as calibrate_main
 from pipeline.cli.evaluate import main as evaluate_main
 from pipeline.cli.train_detector import main as train_main
-from pipeline.data.demo import DemoConfig, generate
+from pipeline.data.synthetic import DemoConfig, generate
 from pipeline.models import load_detector
 
 pytestmark = pytest.mark.slow

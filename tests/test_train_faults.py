@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.demo import DemoConfig, generate
+from pipeline.data.synthetic import DemoConfig, generate
 from tests.support.ray_cluster import job_actor_pids, process_alive
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.demo import DemoConfig, generate
+from pipeline.data.synthetic import DemoConfig, generate
 from pipeline.models import DetectorConfig
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import (

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli.evaluate import main as evaluate_main
 from pipeline.cli.train_detector import main as train_main
-from pipeline.data.demo import DemoConfig, generate
+from pipeline.data.synthetic import DemoConfig, generate
 from pipeline.models import load_detector
 from tests.support.ray_cluster import submit_job
 from tests.support.shards import make_bucket

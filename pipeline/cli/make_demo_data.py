@@ -15,7 +15,7 @@ import sys
 
 from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser
-from pipeline.data.demo import DemoConfig, generate, list_families
+from pipeline.data.synthetic import DemoConfig, generate, list_families
 from pipeline.settings import ConfigError
 
 

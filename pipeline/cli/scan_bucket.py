@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     if args.demo:
+        from pipeline.cli.demo import run_demo
         from pipeline.engine.scan import RayScanExecutor
-        from pipeline.scan.demo import run_demo
 
         console.status(
             f"demo in {args.demo_dir}/ (a few minutes the first time; later runs reuse what exists)"

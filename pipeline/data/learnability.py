@@ -29,7 +29,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.data.augment import UnivFDAugment, center_crop
-from pipeline.data.demo import fingerprint_features, list_families, make_image
+from pipeline.data.synthetic import fingerprint_features, list_families, make_image
 from pipeline.logs import get_logger
 
 log = get_logger("pipeline.data.learnability")

@@ -2,7 +2,7 @@
 
 Layouts (METHODS.md "Data layouts users have"):
 
-* ``univfd``   UnivFD / CNNDetection [code]: ``<root>/<generator>/[<class>/]0_real|1_fake/*.<image>`` (image types and junk rules: ``pipeline.wds``).
+* ``univfd``   UnivFD / CNNDetection [code]: ``<root>/<generator>/[<class>/]0_real|1_fake/*.<image>`` (image types and junk rules: ``pipeline.shards``).
                ``<root>`` may also be one generator folder itself (``<root>/0_real``, generator = its name).
 * ``genimage`` GenImage [code]: ``<root>/<generator>/[<inner>/]train|val/ai|nature/*``.
 * ``wds``      WebDataset shards (``*.tar`` under a folder/prefix, one ``.tar``, or a brace pattern) whose
@@ -27,16 +27,16 @@ from typing import Literal
 
 from PIL import Image
 
-from pipeline import wds
+from pipeline import shards as shard_layer
 from pipeline.logs import get_logger
 from pipeline.settings import ConfigError
+from pipeline.shards import ShardReadError, labelled_samples
 from pipeline.storage import filesystem, list_shards, with_protocol
-from pipeline.wds import ShardReadError, labelled_samples
 
 log = get_logger("pipeline.data.sources")
 
-# the shard layer's image types (pipeline.wds), for image files in folders too
-IMAGE_EXTENSIONS = tuple(f".{ext}" for ext in wds.IMAGE_EXTENSIONS)
+# the shard layer's image types (pipeline.shards), for image files in folders too
+IMAGE_EXTENSIONS = tuple(f".{ext}" for ext in shard_layer.IMAGE_EXTENSIONS)
 UNIVFD_CLASSES = {"0_real": 0, "1_fake": 1}
 GENIMAGE_CLASSES = {"nature": 0, "ai": 1}
 GENIMAGE_SPLITS = ("train", "val")
@@ -80,11 +80,11 @@ class LabelledImage:
         return fs.cat_file(path, start=self.offset, end=self.offset + self.size)
 
     def load(self) -> Image.Image:
-        """The decoded image, opened and oriented by the shard layer's rule (`pipeline.wds.open_image` /
+        """The decoded image, opened and oriented by the shard layer's rule (`pipeline.shards.open_image` /
         `upright`: the scan's formats; an unreadable EXIF block is no orientation), RGB, fully loaded (the file
         is closed)."""
-        with wds.open_image(self.read_bytes()) as im:
-            shown, _ = wds.upright(im)
+        with shard_layer.open_image(self.read_bytes()) as im:
+            shown, _ = shard_layer.upright(im)
             return shown.convert("RGB")
 
 
@@ -158,8 +158,12 @@ def _not_an_image_file(rel: str) -> bool:
     """The shard layer's member rules applied to a file path: macOS litter (`__MACOSX/`, `._*`), names without
     a WebDataset key (every dot-file: `.hidden.png`, `.DS_Store`) and non-image types."""
     base = rel.rsplit("/", 1)[-1]
-    split = wds.split_key(base)
-    return wds.junk_reason(rel) is not None or split is None or not wds.is_image_extension(split[1])
+    split = shard_layer.split_key(base)
+    return (
+        shard_layer.junk_reason(rel) is not None
+        or split is None
+        or not shard_layer.is_image_extension(split[1])
+    )
 
 
 def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
@@ -299,7 +303,7 @@ def _load_wds(uri: str, *, on_unlabelled: str) -> list[LabelledImage]:
 
 
 def _list_shard(shard: str, *, on_unlabelled: str) -> list[LabelledImage]:
-    """The shard's labelled images by the shard layer's rules (`pipeline.wds`): the same samples, keys and
+    """The shard's labelled images by the shard layer's rules (`pipeline.shards`): the same samples, keys and
     image members as the scan; each sample's label comes from ITS OWN JSON member (a key repeated later in the
     shard is another sample, with its own label). Samples without an image member are not images; they are
     counted in the log."""

@@ -180,7 +180,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     storage.write_bytes_atomic(cfg.json_out, json.dumps(_clean_nans(report), indent=2).encode())
     if cfg.markdown:
-        from pipeline.eval.report import render_markdown
+        from pipeline.eval.markdown import render_markdown
 
         storage.write_bytes_atomic(cfg.markdown, render_markdown(report).encode())
     storage.write_bytes_atomic(

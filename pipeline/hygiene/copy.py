@@ -1,6 +1,6 @@
 """Write cleaned shards deterministically [ours]: the filter's byte-exact copy of whole samples.
 
-Samples come from the shard layer (`pipeline.wds.iter_samples`: the scan's grouping, every member's bytes,
+Samples come from the shard layer (`pipeline.shards.iter_samples`: the scan's grouping, every member's bytes,
 sidecars included), so the filter's samples line up one to one with the scan's rows. Kept members are copied
 under their original names (raw bytes, non-UTF-8 included) with their original bytes. Output tars are written
 with `webdataset.TarWriter` at a fixed mtime, owner and mode, members sorted within each sample, so the same
@@ -17,7 +17,7 @@ from pathlib import Path
 from webdataset import TarWriter
 
 from pipeline import storage
-from pipeline.wds import Sample
+from pipeline.shards import Sample
 
 FIXED_MTIME = 0
 

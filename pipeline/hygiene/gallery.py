@@ -1,5 +1,5 @@
 """Thumbnail galleries for the report [ours]: which scan rows an analyst should SEE, and their thumbnails read
-back from the shards through the project's shard layer (`pipeline.wds`, the same samples, keys and image
+back from the shards through the project's shard layer (`pipeline.shards`, the same samples, keys and image
 members the scan scored).
 
 Galleries (each at most `size` cards, chosen deterministically):
@@ -26,7 +26,8 @@ from urllib.parse import urlparse
 
 import duckdb
 
-from pipeline import storage, wds
+from pipeline import shards as shard_layer
+from pipeline import storage
 from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
 
@@ -153,11 +154,11 @@ def _text(value: Any) -> str | None:
 
 def thumbnail(data: bytes) -> bytes:
     """A JPEG of at most THUMB_PX x THUMB_PX px (aspect kept); raises for undecodable or oversized images."""
-    with wds.open_image(data) as im:  # the scan's formats and orientation rule (pipeline.wds)
+    with shard_layer.open_image(data) as im:  # the scan's formats and orientation rule (pipeline.shards)
         if im.width * im.height > MAX_THUMB_SOURCE_PIXELS:
             raise ValueError(f"{im.width}x{im.height} px is above the {MAX_THUMB_SOURCE_PIXELS}-pixel limit")
         im.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at a reduced scale
-        small = wds.upright(im)[0].convert("RGB")
+        small = shard_layer.upright(im)[0].convert("RGB")
         small.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
         small.save(buf, format="JPEG", quality=85)
@@ -183,13 +184,13 @@ def fill(items: list[Item], output: str) -> dict[str, Any]:
     written: dict[str, str] = {}
     for shard_url, by_key in sorted(wanted.items()):
         stats["shards_read"] += 1
-        found: dict[str, list[wds.Sample]] = defaultdict(list)
+        found: dict[str, list[shard_layer.Sample]] = defaultdict(list)
         read_error: str | None = None
         try:
-            for sample in wds.iter_samples(shard_url):
+            for sample in shard_layer.iter_samples(shard_url):
                 if sample.key in by_key:
                     found[sample.key].append(sample)
-        except wds.ShardReadError as exc:  # keep what was read before the failure
+        except shard_layer.ShardReadError as exc:  # keep what was read before the failure
             read_error = str(exc)
         except OSError as exc:
             read_error = f"{type(exc).__name__}: {exc}"
@@ -202,7 +203,7 @@ def fill(items: list[Item], output: str) -> dict[str, Any]:
 
 def _fill_one(
     it: Item,
-    samples: list[wds.Sample],
+    samples: list[shard_layer.Sample],
     read_error: str | None,
     output: str,
     written: dict[str, str],
@@ -223,7 +224,7 @@ def _fill_one(
         it.note = "the shard changed since the scan (no sample with the scanned image's sha256)"
         stats["missing"] += 1
         return
-    meta, _ = wds.parse_meta(chosen.json_member())
+    meta, _ = shard_layer.parse_meta(chosen.json_member())
     if meta:
         it.url = _text(meta.get("url"))
         it.caption = _text(meta.get("caption") or meta.get("text"))

@@ -16,7 +16,7 @@ from pipeline import output, storage
 from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.logs import get_logger
-from pipeline.wds import index_shard
+from pipeline.shards import index_shard
 
 SCAN_COLUMNS = [
     "shard",

@@ -47,7 +47,7 @@ from pipeline.runner import (
     map_shards,
     run_shards,
 )
-from pipeline.wds import ShardReadError, iter_samples
+from pipeline.shards import ShardReadError, iter_samples
 
 MANIFEST_SCHEMA = pa.schema(
     [

@@ -1,6 +1,6 @@
 """Image preprocessing shared by training, evaluation and the scanner.
 
-* ``prepare_image(pil, cfg)``: EXIF orientation (``pipeline.wds.upright``: an unreadable EXIF block is no
+* ``prepare_image(pil, cfg)``: EXIF orientation (``pipeline.shards.upright``: an unreadable EXIF block is no
   orientation), RGB, then to ``cfg.image_size`` as uint8 HWC:
   - ``center_crop`` [genscan]: center crop, no resize — the shorter side is resized (bicubic) to S only when
     the image is smaller than S;
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.models.constants import PREPROCESS_MODES
-from pipeline.wds import upright
+from pipeline.shards import upright
 
 if TYPE_CHECKING:
     import torch

@@ -4,14 +4,14 @@ Contract (docs/architecture.md): `decode_image(data, image_size=S, resize_mode=.
 DecodeResult(status ok | decode_error | too_large, error, pixels uint8 (S,S,3), width, height, format).
 
 Choices [ours]:
-- Formats: only the shard layer's image formats are opened (ALLOWED_FORMATS = `pipeline.wds.IMAGE_FORMATS`,
-  through `pipeline.wds.open_image`). Others (EPS, which runs Ghostscript; PDF; PSD; …) are `decode_error`,
+- Formats: only the shard layer's image formats are opened (ALLOWED_FORMATS = `pipeline.shards.IMAGE_FORMATS`,
+  through `pipeline.shards.open_image`). Others (EPS, which runs Ghostscript; PDF; PSD; …) are `decode_error`,
   which also shrinks the decoder attack surface. `format` is the format Pillow found, whatever the extension.
 - Decompression bombs: the pixel count is checked from the header (Pillow reads only the header in
   `Image.open`) BEFORE any pixel data is decoded; more than `max_pixels` -> `too_large`. Pillow's own global
   `Image.MAX_IMAGE_PIXELS` check is also turned into `too_large` (this module never changes that global).
   Every frame of a multi-frame file is bounded by the same header size.
-- Orientation: `pipeline.wds.upright` (EXIF orientation as `ImageOps.exif_transpose` applies it); width/height
+- Orientation: `pipeline.shards.upright` (EXIF orientation as `ImageOps.exif_transpose` applies it); width/height
   are reported AFTER it (as the image is displayed), before any crop/resize. A malformed EXIF block leaves the
   image unrotated (noted, still scored).
 - Colour: everything becomes 8-bit RGB. Alpha (RGBA, LA, PA, palette with transparency) is COMPOSITED ON
@@ -42,7 +42,7 @@ from pipeline.limits import MAX_PIXELS
 from pipeline.models.constants import PREPROCESS_MODES
 from pipeline.models.constants import PreprocessMode as ResizeMode
 from pipeline.models.preprocess import prepare_image
-from pipeline.wds import IMAGE_FORMATS, open_image, upright
+from pipeline.shards import IMAGE_FORMATS, open_image, upright
 
 Status = Literal["ok", "decode_error", "too_large"]
 

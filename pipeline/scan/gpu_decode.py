@@ -13,7 +13,7 @@ Two plain functions, no Ray:
 Eligible (`device_decodable`) ONLY when the CPU rule (`pipeline.scan.decode.decode_image` ->
 `pipeline.models.preprocess.prepare_image`) is "decode, then cut a window": Pillow identifies a single-frame
 baseline/progressive JPEG (format "JPEG", not MPO) of mode RGB (YCbCr or Adobe RGB) or L (gray becomes
-R=G=B on both paths), within max_pixels, whose EXIF orientation is not one that `pipeline.wds.upright`
+R=G=B on both paths), within max_pixels, whose EXIF orientation is not one that `pipeline.shards.upright`
 applies (2-8; an unreadable EXIF block is no orientation on both paths), whose data ends with the EOI marker
 (a truncated file is never shipped: Pillow rejects it, a GPU decoder might fill it), and whose crop needs no
 resampling or padding: both sides >= S for center_crop and center_crop_pad, the shorter side == S for
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.scan.decode import DecodeResult, decode_image
-from pipeline.wds import exif_orientation, open_image
+from pipeline.shards import exif_orientation, open_image
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +46,7 @@ DecodeOn = str  # "cpu" | "gpu"
 JPEG_SOI = b"\xff\xd8\xff"
 JPEG_EOI = b"\xff\xd9"
 ELIGIBLE_MODES = ("RGB", "L")
-_TRANSPOSING = frozenset(range(2, 9))  # EXIF orientations pipeline.wds.upright applies
+_TRANSPOSING = frozenset(range(2, 9))  # EXIF orientations pipeline.shards.upright applies
 # preprocessing modes whose crop is a pure window for a given (w, h): min side >= S, or == S for resize_crop
 _WINDOW_MODES = ("center_crop", "center_crop_pad")
 DEFAULT_MAX_BATCH_PIXELS = 256 * 2**20  # pixels decoded per decode_jpeg call (~0.75 GB of RGB on the device)

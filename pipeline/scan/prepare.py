@@ -22,7 +22,7 @@ from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
 from pipeline.scan.decode import decode_image
 from pipeline.scan.gpu_decode import decode_or_ship
-from pipeline.wds import read_shard
+from pipeline.shards import read_shard
 
 log = get_logger("pipeline.scan.prepare")
 

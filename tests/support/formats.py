@@ -1,4 +1,4 @@
-"""Images in every type the shard layer reads (`pipeline.wds.IMAGE_TYPES`), encoded by Pillow at test time, and a
+"""Images in every type the shard layer reads (`pipeline.shards.IMAGE_TYPES`), encoded by Pillow at test time, and a
 shard of mixed modern formats for end-to-end runs (scan, filter, report). Nothing binary is committed.
 
 `encode(arr, ext)` writes an RGB array as the type an extension names, the way a producer of that type writes

@@ -53,7 +53,7 @@ from pipeline.logs import get_logger
 from pipeline.settings import ConfigError, StrictModel
 from pipeline.storage import join, write_bytes_atomic
 
-log = get_logger("pipeline.data.demo")
+log = get_logger("pipeline.data.synthetic")
 
 Array = np.ndarray
 
@@ -515,7 +515,7 @@ def generate(cfg: DemoConfig) -> dict:
         "config": cfg.model_dump(),
         "counts": counts,
         "n_images": n_images,
-        "note": "fingerprint simulation, not real generator output (pipeline/data/demo.py, docs/demo_data.md)",
+        "note": "fingerprint simulation, not real generator output (pipeline/data/synthetic.py, docs/demo_data.md)",
     }
     write_bytes_atomic(join(cfg.out, "demo_config.json"), json.dumps(summary, indent=2).encode())
     summary["seconds"] = round(time.perf_counter() - t0, 3)

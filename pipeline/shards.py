@@ -57,7 +57,7 @@ from PIL import ExifTags, Image
 from pipeline import storage
 from pipeline.logs import get_logger
 
-log = get_logger("pipeline.wds")
+log = get_logger("pipeline.shards")
 
 # THE image types: (extension, Pillow format that reads it), in member-choice order (module doc). Every format
 # here is read by Pillow 13 (pyproject: pillow>=13; AVIF through the libavif in its wheels, JPEG 2000 through

@@ -24,7 +24,7 @@ from typing import Any
 from pipeline.logs import get_logger
 from pipeline.scan.config import ScanConfig
 
-log = get_logger("pipeline.scan.demo")
+log = get_logger("pipeline.cli.demo")
 
 # the steps run this installation's jobs as modules (`python -m pipeline.cli.<job>`), so the demo works from a
 # checkout and from an installed wheel alike; PYTHONPATH makes the child import the same `pipeline` as this process
@@ -137,8 +137,8 @@ def labels_table(shards: Path) -> Any:
     """(shard, key, generator) of the demo shards, from their json members — for the summary only."""
     import pyarrow as pa
 
+    from pipeline.shards import read_shard
     from pipeline.storage import shard_id
-    from pipeline.wds import read_shard
 
     rows = []
     for tar in sorted(shards.glob("*.tar")):

@@ -1,4 +1,4 @@
-"""The shard layer (`pipeline.wds`): its three consumers — the scan (`read_shard`), the filter (`index_shard`,
+"""The shard layer (`pipeline.shards`): its three consumers — the scan (`read_shard`), the filter (`index_shard`,
 `iter_samples`) and the labelled sources (`load_labelled`) — see the same samples, keys and image members,
 including on the bad-input corpus; regression tests for the three ways they used to disagree."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import wds
+from pipeline import shards as shard_layer
 from pipeline.data.sources import load_labelled
 from pipeline.hygiene.copy import ShardWriter
 from tests.support import badinputs as bi
@@ -33,15 +33,15 @@ def test_oversized_first_image_member_is_skipped_by_scan_and_filter_alike(tmp_pa
     members = [("a.jpg", big), ("a.png", small), ("a.json", bi.meta(0)), ("b.png", bi.png_bytes(seed=3))]
     url = _write(tmp_path, "s.tar", bi.tar_bytes(members))
     limit = len(big) - 1
-    scan = wds.read_shard(url, max_member_bytes=limit)
-    copied = list(wds.iter_samples(url))
+    scan = shard_layer.read_shard(url, max_member_bytes=limit)
+    copied = list(shard_layer.iter_samples(url))
     assert scan.samples[0].image_name == "a.png" and scan.samples[0].image == small
     chosen = copied[0].image_member(limit)
     assert chosen is not None and chosen.name == "a.png" and chosen.data == small
     # the copy still carries every member, the oversized one included, byte-exact
     assert {m.name: m.data for m in copied[0].members} == {"a.jpg": big, "a.png": small, "a.json": bi.meta(0)}
     # the default limit: both pick by priority (jpg before png)
-    assert wds.read_shard(url).samples[0].image_name == copied[0].image_member().name == "a.jpg"
+    assert shard_layer.read_shard(url).samples[0].image_name == copied[0].image_member().name == "a.jpg"
 
 
 def test_repeated_key_pairs_each_label_with_its_own_image(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_repeated_key_pairs_each_label_with_its_own_image(tmp_path: Path) -> Non
     assert sorted(by_label) == [0, 1] and len({it.name for it in items}) == 2
     assert by_label[0].read_bytes() == img1 and by_label[0].generator == "real"
     assert by_label[1].read_bytes() == img2 and by_label[1].generator == "famA"
-    scan = wds.read_shard(url)
+    scan = shard_layer.read_shard(url)
     assert [(s.key, s.image, s.meta["label"]) for s in scan.samples if s.key == "a"] == [
         ("a", img1, 0),
         ("a", img2, 1),
@@ -72,7 +72,7 @@ def test_sources_know_every_image_type_and_the_same_junk_as_the_scan(tmp_path: P
     """Regression: sources knew 4 image extensions (the scan 9) and hid every dot-path (the scan only macOS
     litter and names without a key)."""
     members: list[bi.Member] = []
-    for i, ext in enumerate(wds.IMAGE_EXTENSIONS):
+    for i, ext in enumerate(shard_layer.IMAGE_EXTENSIONS):
         members += [(f"x_{ext}.{ext}", bi.png_bytes(seed=i)), (f"x_{ext}.json", _label(1, "famA"))]
     members += [
         (".cache/in_dot_folder.png", bi.png_bytes(seed=20)),
@@ -81,12 +81,12 @@ def test_sources_know_every_image_type_and_the_same_junk_as_the_scan(tmp_path: P
         ("._x_jpg.jpg", b"appledouble"),
     ]
     url = _write(tmp_path, "types.tar", bi.tar_bytes(members))
-    scan = [(s.key, s.image_name) for s in wds.read_shard(url).samples]
+    scan = [(s.key, s.image_name) for s in shard_layer.read_shard(url).samples]
     sources = [(it.key, it.member) for it in load_labelled(url)]
-    assert sorted(sources) == sorted(scan) and len(scan) == len(wds.IMAGE_EXTENSIONS) + 1
+    assert sorted(sources) == sorted(scan) and len(scan) == len(shard_layer.IMAGE_EXTENSIONS) + 1
     assert (".cache/in_dot_folder", ".cache/in_dot_folder.png") in sources
     # folder layouts use the same types and junk rules
-    for ext in wds.IMAGE_EXTENSIONS:
+    for ext in shard_layer.IMAGE_EXTENSIONS:
         (tmp_path / "fam" / "1_fake").mkdir(parents=True, exist_ok=True)
         (tmp_path / "fam" / "1_fake" / f"i.{ext}").write_bytes(bi.png_bytes())
     (tmp_path / "fam" / "1_fake" / ".hidden.png").write_bytes(bi.png_bytes())
@@ -94,12 +94,12 @@ def test_sources_know_every_image_type_and_the_same_junk_as_the_scan(tmp_path: P
     (tmp_path / "fam" / "0_real" / "r.TIFF").write_bytes(bi.png_bytes())
     folder = load_labelled(str(tmp_path / "fam"), layout="univfd")
     assert sorted(Path(it.uri).name for it in folder) == sorted(
-        [f"i.{e}" for e in wds.IMAGE_EXTENSIONS] + ["r.TIFF"]
+        [f"i.{e}" for e in shard_layer.IMAGE_EXTENSIONS] + ["r.TIFF"]
     )
 
 
 def _scan_view(url: str) -> tuple[list[tuple[str, str | None, str | None]], str | None]:
-    c = wds.read_shard(url)
+    c = shard_layer.read_shard(url)
     return [
         (s.key, s.image_name, hashlib.sha256(s.image).hexdigest() if s.image is not None else None)
         for s in c.samples
@@ -108,7 +108,7 @@ def _scan_view(url: str) -> tuple[list[tuple[str, str | None, str | None]], str 
 
 def _filter_view(url: str) -> list[tuple[str, str | None, str | None]]:
     out = []
-    for s in wds.iter_samples(url):
+    for s in shard_layer.iter_samples(url):
         m = s.image_member()
         out.append(
             (
@@ -122,7 +122,7 @@ def _filter_view(url: str) -> list[tuple[str, str | None, str | None]]:
 
 def _labels_view(url: str) -> list[tuple[str, str | None, str | None]]:
     out = []
-    for s in wds.labelled_samples(url):
+    for s in shard_layer.labelled_samples(url):
         data = Path(url).read_bytes()[s.image.offset : s.image.offset + s.image.size] if s.image else None
         out.append(
             (
@@ -143,7 +143,7 @@ def test_the_three_consumers_see_the_same_samples_on_the_bad_input_corpus(tmp_pa
         assert [(k, None) for k, _ in case.expected] == [(k, None) for k, _, _ in scan], case.name
         assert (error is not None) == case.shard_error, case.name
         if error is None:
-            index = wds.index_shard(url)
+            index = shard_layer.index_shard(url)
             assert index.keys == [k for k, _, _ in scan]
             assert _filter_view(url) == scan
             assert _labels_view(url) == scan
@@ -156,16 +156,16 @@ def test_the_three_consumers_see_the_same_samples_on_the_bad_input_corpus(tmp_pa
             assert {(it.key, it.member) for it in items} <= scan_members
             assert len(items) == sum(
                 1
-                for s in wds.labelled_samples(url)
+                for s in shard_layer.labelled_samples(url)
                 if s.image is not None and s.meta is not None and s.meta.get("label") in (0, 1)
             )
             checked_readable += 1
         else:
             # strict consumers refuse a broken shard (the filter must not copy half a shard)
-            with pytest.raises(wds.ShardReadError):
-                wds.index_shard(url)
-            with pytest.raises(wds.ShardReadError):
-                list(wds.iter_samples(url))
+            with pytest.raises(shard_layer.ShardReadError):
+                shard_layer.index_shard(url)
+            with pytest.raises(shard_layer.ShardReadError):
+                list(shard_layer.iter_samples(url))
             checked_broken += 1
     assert checked_readable >= 3 and checked_broken >= 3
 
@@ -175,10 +175,12 @@ def test_copy_of_every_sample_is_byte_exact_including_sidecars_and_raw_names(tmp
     url = _write(tmp_path, "bad.tar", bad.data)
     out = str(tmp_path / "copy.tar")
     w = ShardWriter(out)
-    for s in wds.iter_samples(url):
+    for s in shard_layer.iter_samples(url):
         w.write(s)
     w.commit()
-    before = [(s.raw_key, [(m.raw_name, m.data) for m in s.members]) for s in wds.iter_samples(url)]
-    after = [(s.raw_key, sorted((m.raw_name, m.data) for m in s.members)) for s in wds.iter_samples(out)]
+    before = [(s.raw_key, [(m.raw_name, m.data) for m in s.members]) for s in shard_layer.iter_samples(url)]
+    after = [
+        (s.raw_key, sorted((m.raw_name, m.data) for m in s.members)) for s in shard_layer.iter_samples(out)
+    ]
     assert [(k, sorted(ms)) for k, ms in before] == after
-    assert [s.key for s in wds.read_shard(out).samples] == [k for k, _ in bad.expected]
+    assert [s.key for s in shard_layer.read_shard(out).samples] == [k for k, _ in bad.expected]

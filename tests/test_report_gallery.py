@@ -159,7 +159,7 @@ def report(world, tmp_path_factory) -> dict:
         return real(url, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(gallery.wds, "iter_samples", counting)
+    mp.setattr(gallery.shard_layer, "iter_samples", counting)
     try:
         rc = report_main(
             [

@@ -4,8 +4,9 @@ end-to-end scan on local shards with CPU decode and with GPU decode; GPU utilisa
     .venv/bin/python benchmarks/gpu.py                 # on a GPU machine (< 8 min on one GPU)
     .venv/bin/python benchmarks/gpu.py --smoke         # CPU, tiny model, seconds: checks the benchmark
 
-Writes <results-dir>/gpu.json and <results-dir>/gpu.md: default results/ for a GPU run, results/tmp/ (ignored by
-git) for a smoke run, so a CPU check never replaces the committed GPU figures. Every figure is measured in this run:
+Writes <results-dir>/gpu.json and <results-dir>/gpu.md: default results/ for a GPU run, results/tmp/ (ignored
+by git) for a smoke run, so a CPU check never replaces the committed GPU figures. Every figure is measured in
+this run:
 1. encoder images/s, random-init ViT-B/16 and ViT-L/14 MoLE detectors (shipped configs), frozen backbone / naive
    MoLE (per-expert loop) / fused MoLE, fp16 and bf16 autocast, batches 64-512, input already on the device;
 2. the Predictor feed: uint8 images in host memory -> scores (pinned non-blocking copies on a copy stream,
@@ -493,8 +494,8 @@ def render_md(res: dict[str, Any]) -> str:
 
 
 def default_results_dir(smoke: bool) -> Path:
-    """results/ for a GPU run; results/tmp/ (git-ignored) for a smoke run, which must never replace the committed
-    GPU figures with CPU ones."""
+    """results/ for a GPU run; results/tmp/ (git-ignored) for a smoke run, which must never replace the
+    committed GPU figures with CPU ones."""
     return ROOT / "results" / "tmp" if smoke else ROOT / "results"
 
 

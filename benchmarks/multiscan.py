@@ -134,9 +134,9 @@ def bench(name: str, n_images: int, rounds: int, batch: int, tmp: Path, warmup: 
             got = dict(joint[r["key"]]["detector_logit"])[r["detector_id"]]
             max_rel = max(max_rel, abs(got - r["logit"]) / max(abs(r["logit"]), 1e-6))
     med = lambda runs, key: statistics.median(x[key] for x in runs)  # noqa: E731
-    # separate / together of the SAME round (the two ran back to back), per round: a ratio of two medians taken
-    # from different rounds mixes the machine's load of different minutes (it gave stream ratios above 3, which
-    # is impossible: the joint scan does at least the work of any one of the three scans)
+    # separate / together of the SAME round (the two ran back to back), per round: a ratio of two medians
+    # taken from different rounds mixes the machine's load of different minutes (it gave stream ratios above
+    # 3, which is impossible: the joint scan does at least the work of any one of the three scans)
     paired = {
         key: [s[key] / t[key] for s, t in zip(separate_runs, together_runs, strict=True)]
         for key in ("wall_s", "stream_s", "cpu_s")
@@ -197,22 +197,19 @@ def render_md(res: dict) -> str:
         )
     lines += [
         "",
-        "Ratio = separate / together (> 1: the joint scan is cheaper). Wall and stream ratios are the median of "
-        "per-round ratios (together and separate of the same round); CPU ratio = ratio of the median CPU times. "
-        "None can exceed 3 as work: the joint scan reads, decodes and runs at least what any one of the three "
-        "scans does. Rows: the joint scan writes each image once with three per-detector scores; the separate "
-        "scans write it three times. Not measured here: GPU, pretrained ViT-L/14 (no weights on this machine), "
-        "Ray scheduling overhead.",
+        "Ratio = separate / together (> 1: the joint scan is cheaper). Wall and stream ratios are the median "
+        "of per-round ratios (together and separate of the same round); CPU ratio = ratio of the median CPU "
+        "times. None can exceed 3 as work: the joint scan reads, decodes and runs at least what any one of "
+        "the three scans does. Rows: the joint scan writes each image once with three per-detector scores; "
+        "the separate scans write it three times. Not measured here: GPU, pretrained ViT-L/14 (no weights on "
+        "this machine), Ray scheduling overhead.",
         "",
         "Per-round ratios (separate / together):",
         "",
     ]
     for r in res["results"]:
-        rr = r["ratios_per_round"]
-        lines.append(
-            f"- {r['arch']}: wall {', '.join(f'{x:.2f}' for x in rr['wall_s'])}; stream "
-            f"{', '.join(f'{x:.2f}' for x in rr['stream_s'])}; CPU {', '.join(f'{x:.2f}' for x in rr['cpu_s'])}"
-        )
+        rr = {key: ", ".join(f"{x:.2f}" for x in xs) for key, xs in r["ratios_per_round"].items()}
+        lines.append(f"- {r['arch']}: wall {rr['wall_s']}; stream {rr['stream_s']}; CPU {rr['cpu_s']}")
     lines.append("")
     return "\n".join(lines)
 

@@ -1,8 +1,8 @@
-"""The README's first command, `make demo` (`jobs/scan_bucket.py --demo` -> `pipeline.scan.demo.run_demo`), at a
-small size: its real steps (demo shards with a broken shard and a corrupt sample, a training set, a tiny detector
-trained by the training job on Ray Train, the scan, the DuckDB summary). Every sample of the shards it wrote
-(counted here from the tar files) is one row of the scan, the broken inputs are status rows, the summary shows
-the Parquet's counts, and a second run reuses every step's output and reports the same run."""
+"""The README's first command, `make demo` (`jobs/scan_bucket.py --demo` -> `pipeline.scan.demo.run_demo`),
+at a small size: its real steps (demo shards with a broken shard and a corrupt sample, a training set, a tiny
+detector trained by the training job on Ray Train, the scan, the DuckDB summary). Every sample of the shards
+it wrote (counted here from the tar files) is one row of the scan, the broken inputs are status rows, the
+summary shows the Parquet's counts, and a second run reuses every step's output and reports the same run."""
 
 from __future__ import annotations
 

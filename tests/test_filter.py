@@ -33,8 +33,8 @@ from tests.support.hygiene import (
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Independent reference for RULES (tests/support/hygiene.py), in SQL over the scan: first matching generator rule, else the
-# calibrated is_fake column; error rows are kept (the default).
+# Independent reference for RULES (tests/support/hygiene.py), in SQL over the scan: first matching generator
+# rule, else the calibrated is_fake column; error rows are kept (the default).
 REFERENCE_SQL = """
 SELECT shard, key,
   CASE WHEN status <> 'ok' THEN 'keep'

@@ -143,8 +143,8 @@ def test_grayscale_becomes_three_equal_channels() -> None:
 
 
 def test_bomb_is_refused_from_the_header_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Header only: Pillow's pixel loader (`ImageFile.load`, a 100 MP decode is 300 MB of RGB) never runs for the
-    bomb; the same counter sees the loads of a small image's decode, so it would see the bomb's."""
+    """Header only: Pillow's pixel loader (`ImageFile.load`; a 100 MP decode is 300 MB of RGB) never runs for
+    the bomb; the same counter sees the loads of a small image's decode, so it would see the bomb's."""
     loads: list[tuple[int, int]] = []
     real_load = ImageFile.ImageFile.load
 

@@ -1,6 +1,6 @@
-"""What the hygiene tests (filter, policy, report, gallery, queries doc) share: generated WebDataset corpora,
-tiny detectors whose scores spread over them, REAL scans of them (jobs/scan_bucket.py's config and the scan code)
-and the filter's test policy and output comparison.
+"""What the hygiene tests (filter, policy, report, gallery, queries doc) share: generated WebDataset
+corpora, tiny detectors whose scores spread over them, REAL scans of them (jobs/scan_bucket.py's config and
+the scan code) and the filter's test policy and output comparison.
 
 `shared_scans` scans one corpus on two days (two detectors, so day-over-day numbers differ) once per test
 session (in-process, no Ray start); the filter, report and queries-doc modules all read it.
@@ -211,7 +211,7 @@ def tree_bytes(root: Path, skip: tuple[str, ...] = RUN_RECORDS) -> dict[str, byt
     }
 
 
-# ------------------------------------------------------------------ the report gallery's img2dataset-style corpus
+# ------------------------------------------------------------- the report gallery's img2dataset-style corpus
 GALLERY_DAY = "2026-11-23"
 BIG = "000001"  # the 600x400 image
 JS_URL_KEY = "010000"  # its sidecar's url is javascript: (must never become a link)

@@ -1,7 +1,7 @@
-"""Detector files as the peers (UnivFD, ClipBased, RINE) release them, on random-init tiny open_clip backbones,
-for the import, parity and ensemble tests: torch zip pickles of OrderedDicts with storages tagged cuda:0,
-ClipBased's nestings and ``module.`` prefixes; structured non-square JPEGs as parity inputs; and one set of
-imported detectors plus a MoLE on a single backbone file (`imported_set`)."""
+"""Detector files as the peers (UnivFD, ClipBased, RINE) release them, on random-init tiny open_clip
+backbones, for the import, parity and ensemble tests: torch zip pickles of OrderedDicts with storages tagged
+cuda:0, ClipBased's nestings and ``module.`` prefixes; structured non-square JPEGs as parity inputs; and one
+set of imported detectors plus a MoLE on a single backbone file (`imported_set`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ TINY = "ViT-Tiny-16-96"
 
 
 def tiny_clip(seed: int = 0) -> nn.Module:
-    """A random-init tiny open_clip CLIP whose LayerNorms are perturbed too (so ln_2 outputs are not trivial)."""
+    """A random-init tiny open_clip CLIP whose LayerNorms are perturbed too (ln_2 outputs are not trivial)."""
     register_arch_configs()
     torch.manual_seed(seed)
     model = open_clip.create_model(TINY, pretrained=None)

@@ -1,6 +1,6 @@
-"""Scan stage inputs without a model, for the scan's and the runner's unit tests: prepared batches of a small
-written shard (`prepare_shard` over it), a deterministic stand-in with `Predictor.predict`'s output contract, and
-the run context the rows are written under."""
+"""Scan stage inputs without a model, for the scan's and the runner's unit tests: prepared batches of a
+small written shard (`prepare_shard` over it), a deterministic stand-in with `Predictor.predict`'s output
+contract, and the run context the rows are written under."""
 
 from __future__ import annotations
 

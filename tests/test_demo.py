@@ -1,11 +1,13 @@
 """The README's first command, `make demo` (`jobs/scan_bucket.py --demo` -> `pipeline.scan.demo.run_demo`),
 at a small size: its real steps (demo shards with a broken shard and a corrupt sample, a training set, a tiny
-detector trained by the training job on Ray Train, the scan, the DuckDB summary). Every sample of the shards
-it wrote (counted here from the tar files) is one row of the scan, the broken inputs are status rows, the
-summary shows the Parquet's counts, and a second run reuses every step's output and reports the same run."""
+detector trained by the training job on Ray Train, the scan with the Ray executor, the DuckDB summary), on
+the test run's shared Ray head. Every sample of the shards it wrote (counted here from the tar files) is one
+row of the scan, the broken inputs are status rows, the summary shows the Parquet's counts, and a second run
+reuses every step's output and reports the same run."""
 
 from __future__ import annotations
 
+import re
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -14,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.engine.scan import RayScanExecutor
 from pipeline.scan.demo import DemoSize, run_demo
 
 # 4 families x (4 reals + 4 fakes) = 32 samples in 4 shards of 8; 2 families x 8 x 2 training images; 1 epoch
@@ -33,9 +36,13 @@ def _mtimes(*dirs: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
+def demo(tmp_path_factory: pytest.TempPathFactory, shared_s3_ray: dict) -> tuple[Path, int, str]:
+    """`make demo`'s call (the Ray scan executor; the training job on Ray Train), attached to the test run's
+    shared Ray head instead of starting a local Ray in each step (RAY_ADDRESS, as on a cluster)."""
     demo_dir = tmp_path_factory.mktemp("demo")
-    code, text = run_demo(demo_dir, size=SMALL)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_ADDRESS", shared_s3_ray["head"].address)
+        code, text = run_demo(demo_dir, executor=RayScanExecutor(), size=SMALL)
     return demo_dir, code, text
 
 
@@ -72,17 +79,20 @@ def test_demo_scans_every_sample_it_wrote(demo: tuple[Path, int, str]) -> None:
     assert rows[0]["detector_id"] in text
 
 
+def _run_id(text: str) -> str:
+    match = re.match(r"demo scan \w+: run (\S+) \(", text)
+    assert match, text[:200]
+    return match.group(1)
+
+
 def test_a_second_demo_run_reuses_every_step(demo: tuple[Path, int, str]) -> None:
     demo_dir, code, text = demo
     assert code == 0
-    steps = [demo_dir / name for name in ("shards", "train", "detector")]
-    before = _mtimes(*steps, demo_dir / "scan")
-    again, text2 = run_demo(demo_dir, size=SMALL)
+    steps = _mtimes(*(demo_dir / name for name in ("shards", "train", "detector")))
+    parquet = _mtimes(*(demo_dir / "scan").glob("scan_date=*"))
+    again, text2 = run_demo(demo_dir, size=SMALL)  # in-process scan: nothing is left to run
     assert again == 0
-    assert _mtimes(*steps) == {k: v for k, v in before.items() if not k.startswith(str(demo_dir / "scan"))}
+    assert _mtimes(*(demo_dir / name for name in ("shards", "train", "detector"))) == steps  # nothing redone
     # the scan resumed today's finished run: the same run, no shard rewritten
-    assert text2.split(":", 1)[1].split("(")[0] == text.split(":", 1)[1].split("(")[0]
-    parquet = {k: v for k, v in before.items() if k.endswith(".parquet")}
-    assert (
-        parquet and {k: v for k, v in _mtimes(demo_dir / "scan").items() if k.endswith(".parquet")} == parquet
-    )
+    assert _run_id(text2) == _run_id(text)
+    assert parquet and _mtimes(*(demo_dir / "scan").glob("scan_date=*")) == parquet

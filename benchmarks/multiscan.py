@@ -17,7 +17,7 @@ per-round paired wall and stream ratios (every round's values are kept in the JS
 the rows agree (same rows, each detector's logit in the joint scan vs its own scan). Load average recorded.
 
     .venv/bin/python benchmarks/multiscan.py                       # tiny + B/16 on CPU (a few minutes, 2 cores)
-    .venv/bin/python benchmarks/multiscan.py --sizes tiny --rounds 2 --images 64    # quick
+    .venv/bin/python benchmarks/multiscan.py --sizes tiny --rounds 2 --images 64 --out results/tmp    # quick
 
 Writes results/multiscan.json and results/multiscan.md.
 """

@@ -15,7 +15,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) jobs/scan_bucket.py --demo
 
+# The report's browser test needs headless Chromium: installed here when missing (Debian, as root), else this
+# stops saying how to install it; the test fails (never skips) without it.
 test: $(STAMP)
+	bash tests/support/ensure_chromium.sh
 	.venv/bin/ruff format --check pipeline jobs tests benchmarks
 	.venv/bin/ruff check pipeline jobs tests benchmarks
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests

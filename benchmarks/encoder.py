@@ -7,7 +7,7 @@ so machine-load drift hits all variants alike. We report the median time per bat
 overhead over frozen both as a ratio of medians and as the median of per-round paired ratios.
 
     .venv/bin/python benchmarks/encoder.py            # tiny, B/16, L/14 (several minutes on 2 cores)
-    .venv/bin/python benchmarks/encoder.py --quick    # tiny + B/16, fewer repeats
+    .venv/bin/python benchmarks/encoder.py --quick    # tiny + B/16, fewer repeats (into results/tmp/)
 
 CPU fp32 always; on CUDA also fp32 / fp16 / bf16 autocast. Writes results/encoder.json and results/encoder.md.
 (PLATFORM.md: setting MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ high before start helps L/14 on CPU.)
@@ -167,11 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=None, help="timed rounds per model (default 30/9/5, quick 10/3)"
     )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default results/; --quick: results/tmp/ (never the committed files)",
+    )
     ap.add_argument(
         "--notes", default="", help="free text appended to the markdown (e.g. what was reached and why)"
     )
     args = ap.parse_args(argv)
+    args.out = args.out or (ROOT / "results" / "tmp" if args.quick else ROOT / "results")
 
     torch.set_num_threads(args.threads)
     models = args.models or (["tiny", "B/16"] if args.quick else list(MODELS))

@@ -17,7 +17,7 @@ first 1,000 images are distinct, larger sets hard-link them under new names (dec
     .venv/bin/python benchmarks/train.py            # ~8-10 min on 2 cores
     .venv/bin/python benchmarks/train.py --quick    # 1k / 4k streaming, 1k in-memory, short feed runs
 
-Writes results/train.json and results/train.md.
+Writes results/train.json and results/train.md (--quick: results/tmp/, never the committed files).
 """
 
 from __future__ import annotations
@@ -502,9 +502,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--inmemory-worker", nargs=2, metavar=("DATA", "RESULT"), help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(ROOT / "results"))
+    ap.add_argument(
+        "--out", default=None, help="default results/; --quick: results/tmp/ (never the committed files)"
+    )
     ap.add_argument("--render", action="store_true", help="re-render OUT/train.md from OUT/train.json only")
     a = ap.parse_args()
+    a.out = a.out or str(ROOT / "results" / "tmp" if a.quick else ROOT / "results")
     if a.render:
         res = json.loads((Path(a.out) / "train.json").read_text())
         (Path(a.out) / "train.md").write_text(render(res))

@@ -20,14 +20,21 @@ import webdataset as wds
 
 from pipeline.cli.filter_shards import main as filter_main
 from pipeline.hygiene.policy import FilterConfig
-from tests.test_filter_fixtures import DAY2, Corpus, shared_scans
+from tests.support.hygiene import (
+    BROKEN,
+    DAY2,
+    RULES,
+    RUN_RECORDS,
+    Corpus,
+    good_shards,
+    shared_scans,
+    tree_bytes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-RULES = ["--rule", "upconv=quarantine@0.9", "--rule", "unknown=quarantine", "--on-shard-error", "skip"]
-BROKEN = "shard-000009"  # truncated: the scan has a shard_error row for it
 
-# Independent reference for the policy above, in SQL over the scan: first matching generator rule, else the
-# calibrated is_fake column; error rows are kept (the default).
+# Independent reference for RULES (tests/support/hygiene.py), in SQL over the scan: first matching generator
+# rule, else the calibrated is_fake column; error rows are kept (the default).
 REFERENCE_SQL = """
 SELECT shard, key,
   CASE WHEN status <> 'ok' THEN 'keep'
@@ -51,18 +58,6 @@ def read_wds(path: str | Path) -> list[dict]:
     return list(ds)
 
 
-# records of one run (timestamps, timings): they differ between runs by design
-RUN_RECORDS = ("_run/run.json", "_run/log.jsonl", "_run/driver-stderr.log")
-
-
-def tree_bytes(root: Path, skip: tuple[str, ...] = RUN_RECORDS) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and str(p.relative_to(root)) not in skip
-    }
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "jobs" / "filter_shards.py"), *args],
@@ -78,10 +73,6 @@ def run_main(capsys, *args: str) -> tuple[int, str]:
     capsys.readouterr()
     rc = filter_main(list(args))
     return rc, capsys.readouterr().err
-
-
-def good_shards(corpus: Corpus) -> dict[str, list]:
-    return {u: s for u, s in corpus.shards.items() if BROKEN not in u}
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli.filter_shards import main as filter_main
+from tests.support.hygiene import RULES, RUN_RECORDS, shared_scans, tree_bytes
 from tests.support.ray_cluster import submit_job
-from tests.test_filter import RULES, RUN_RECORDS, tree_bytes
-from tests.test_filter_fixtures import shared_scans
 
 REPO = Path(__file__).resolve().parents[1]
 FILTER = [sys.executable, str(REPO / "jobs" / "filter_shards.py")]

@@ -10,8 +10,7 @@ import pytest
 import s3fs
 
 from pipeline.cli.filter_shards import main as filter_main
-from tests.test_filter import RULES, RUN_RECORDS, good_shards, tree_bytes
-from tests.test_filter_fixtures import shared_scans
+from tests.support.hygiene import RULES, RUN_RECORDS, good_shards, shared_scans, tree_bytes
 
 
 @pytest.fixture(scope="module")

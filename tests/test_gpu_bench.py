@@ -56,4 +56,18 @@ def test_gpu_benchmark_smoke_writes_results(tmp_path: Path, shared_s3_ray: dict)
     assert run["rows"] == res["scan"]["images"] == 24 and run["counts"]["ok"] == 24
     assert run["steady_images_per_s"] and run["steady_images_per_s"] > 0
     assert "## End-to-end scan" in md and "| cpu |" in md and "needs a GPU scorer actor" in md
+    assert md.startswith("# GPU benchmark — CPU SMOKE RUN")  # never titled as GPU figures
     assert _committed() == committed  # the repository's results/ were not touched
+
+
+def test_smoke_output_goes_to_an_ignored_folder_by_default() -> None:
+    """Without --results-dir a smoke run writes results/tmp/ (git-ignored), a GPU run results/."""
+    from benchmarks.gpu import default_results_dir
+
+    assert default_results_dir(smoke=False) == ROOT / "results"
+    smoke = default_results_dir(smoke=True)
+    assert smoke == ROOT / "results" / "tmp"
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(smoke / "gpu.md")], cwd=ROOT, capture_output=True, check=False
+    )
+    assert ignored.returncode == 0, "results/tmp/ must be ignored by git"

@@ -238,16 +238,12 @@ def test_nvjpeg_pixels_against_cpu() -> None:
 
 def test_prepared_shard_rows_equal_with_decode_on_gpu(tmp_path) -> None:
     """The read stage wired to decode_or_ship (prepare_shard(decode_on=...)) + the scorer's device decode give
-    the same rows as CPU decode. Skips until pipeline/scan/prepare.py takes `decode_on`."""
-    import inspect
-
+    the same rows as CPU decode. Runs without a GPU (no skip guard: a renamed parameter must fail here)."""
     from pipeline.models import save_detector
     from pipeline.scan.prepare import prepare_shard
     from pipeline.scan.score import Scorer
     from tests.support.shards import Sample, write_shard
 
-    if "decode_on" not in inspect.signature(prepare_shard).parameters:
-        pytest.skip("prepare_shard does not take decode_on yet (read stage not wired to decode_or_ship)")
     samples = [
         Sample(f"k{i:03d}", {"png" if name == "png" else "jpg": data})
         for i, (name, (data, _)) in enumerate(corpus().items())

@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps, features
 
-from jobs.filter_shards import main as filter_main
-from jobs.report import main as report_main
 from pipeline import shards as shard_layer
+from pipeline.cli.filter_shards import main as filter_main
+from pipeline.cli.report import main as report_main
 from pipeline.data.sources import LabelledImage, load_labelled
 from pipeline.hygiene import gallery
 from pipeline.models.preprocess import prepare_image

@@ -8,9 +8,7 @@ import collections
 import json
 import pickle
 from pathlib import Path
-from typing import Any
 
-import open_clip
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,97 +16,15 @@ from torch import nn
 
 from pipeline.cli import import_detector as job
 from pipeline.models import load_detector
-from pipeline.models.config import DetectorConfig, register_arch_configs
+from pipeline.models.config import DetectorConfig
 from pipeline.models.constants import META_FILE, WEIGHTS_FILE
 from pipeline.models.detector import sha256_file
-
-TINY = "ViT-Tiny-16-96"
+from tests.support.peer_detectors import TINY, peer_state, save_backbone, save_peer, tiny_clip
 
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENSCAN_CACHE", str(tmp_path / "cache"))
-
-
-# ---------------------------------------------------------------------------------------------- peer formats
-def tiny_clip(seed: int = 0) -> nn.Module:
-    """A random-init tiny open_clip CLIP whose LayerNorms are perturbed too (so ln_2 outputs are not trivial)."""
-    register_arch_configs()
-    torch.manual_seed(seed)
-    model = open_clip.create_model(TINY, pretrained=None)
-    with torch.no_grad():
-        for m in model.visual.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.add_(0.2 * torch.randn_like(m.weight))
-                m.bias.add_(0.1 * torch.randn_like(m.bias))
-    return model.eval()
-
-
-def save_backbone(model: nn.Module, path: Path) -> Path:
-    """Whole-CLIP-style ``visual.*`` keys, as open_clip's own safetensors files carry them."""
-    save_file({f"visual.{k}": v.contiguous() for k, v in model.visual.state_dict().items()}, str(path))
-    return path
-
-
-class RineRef(nn.Module):
-    """RINE's trainable part laid out as mever-team/rine src/models.py builds it (the parameter names of the
-    released ckpt files come from here)."""
-
-    def __init__(self, depth: int, width: int, nproj: int, proj_dim: int) -> None:
-        super().__init__()
-        self.alpha = nn.Parameter(torch.randn([1, depth, proj_dim]))
-        p1: list[nn.Module] = [nn.Dropout()]
-        for i in range(nproj):
-            p1 += [nn.Linear(width if i == 0 else proj_dim, proj_dim), nn.ReLU(), nn.Dropout()]
-        self.proj1 = nn.Sequential(*p1)
-        p2: list[nn.Module] = [nn.Dropout()]
-        for _ in range(nproj):
-            p2 += [nn.Linear(proj_dim, proj_dim), nn.ReLU(), nn.Dropout()]
-        self.proj2 = nn.Sequential(*p2)
-        self.head = nn.Sequential(
-            nn.Linear(proj_dim, proj_dim),
-            nn.ReLU(),
-            nn.Dropout(),
-            nn.Linear(proj_dim, proj_dim),
-            nn.ReLU(),
-            nn.Dropout(),
-            nn.Linear(proj_dim, 1),
-        )
-
-
-def peer_state(
-    kind: str, *, width: int = 128, embed: int = 64, depth: int = 4, nproj: int = 2, dim: int = 16
-):
-    torch.manual_seed(1)
-    if kind == "univfd":
-        fc = nn.Linear(embed, 1)
-        return collections.OrderedDict(fc.state_dict())
-    if kind == "clipbased":
-        fc = nn.Linear(width, 1)
-        return collections.OrderedDict((f"fc.{k}", v) for k, v in fc.state_dict().items())
-    ref = RineRef(depth, width, nproj, dim)
-    return collections.OrderedDict((k, v) for k, v in ref.state_dict().items())
-
-
-def _cuda_tagger(obj: Any) -> str:
-    return "cuda:0"
-
-
-def save_peer(path: Path, sd: dict, *, nesting: str = "raw", module: bool = False, cuda: bool = True) -> Path:
-    """torch.save like the peers: a zip pickle; ``cuda`` tags every storage 'cuda:0' as the released files
-    are (a CPU host can read them only with map_location)."""
-    if module:
-        sd = collections.OrderedDict((f"module.{k}", v) for k, v in sd.items())
-    obj: Any = sd if nesting == "raw" else {nesting: sd, "epoch": 7}
-    import torch.serialization as ser
-
-    if cuda:
-        ser.register_package(0, _cuda_tagger, lambda o, loc: None)
-    try:
-        torch.save(obj, path)
-    finally:
-        ser._package_registry[:] = [p for p in ser._package_registry if p[1] is not _cuda_tagger]
-    return path
 
 
 @pytest.fixture(scope="module")

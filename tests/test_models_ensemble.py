@@ -14,30 +14,14 @@ from pipeline.models import create_detector, load_detector, save_detector
 from pipeline.models.checks import randomize_adapters, rel_err
 from pipeline.models.ensemble import InputSpec, load_detector_set
 from pipeline.models.fusion import fuse
-from pipeline.models.importer import import_detector
 from pipeline.models.preprocess import prepare_image
 from pipeline.settings import ConfigError
-from tests.test_import_detectors import peer_state, save_backbone, save_peer, tiny_clip
-from tests.test_parity_detectors import jpeg
+from tests.support.peer_detectors import imported_set, jpeg
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("set")
-    bb = save_backbone(tiny_clip(seed=5), root / "bb.safetensors")
-    out = {}
-    for kind in ("univfd", "rine", "clipbased"):
-        f = save_peer(root / f"{kind}.pth", peer_state(kind))
-        import_detector(kind, f, root / kind, config=f"{kind}-tiny", backbone_weights=str(bb))
-        out[kind] = root / kind
-    torch.manual_seed(0)
-    mole = create_detector("tiny-mole", pretrained=str(bb))  # MoLE on blocks 2, 3 of the same backbone file
-    randomize_adapters(mole, seed=1)
-    with torch.no_grad():
-        mole.head_fake.weight.normal_(0, 1)
-    save_detector(mole, root / "mole")
-    out["mole"] = root / "mole"
-    return out
+    return imported_set(tmp_path_factory.mktemp("set"))
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from pipeline.models.config import DetectorConfig
 from pipeline.models.constants import CLIP_MEAN, CLIP_STD
 from pipeline.models.importer import import_detector
 from pipeline.models.preprocess import prepare_image, to_model_input
-from tests.test_import_detectors import RineRef, peer_state, save_backbone, save_peer, tiny_clip
+from tests.support.peer_detectors import RineRef, jpeg, peer_state, save_backbone, save_peer, tiny_clip
 
 SIZES = [(150, 97), (64, 120), (96, 96), (200, 300), (95, 97), (80, 80)]  # (w, h) around the 96 px crop
 SIZES_224 = [(300, 200), (180, 250), (640, 427), (224, 225), (100, 300), (223, 223), (225, 224)]
@@ -36,17 +36,6 @@ SIZES_224 = [(300, 200), (180, 250), (640, 427), (224, 225), (100, 300), (223, 2
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENSCAN_CACHE", str(tmp_path / "cache"))
-
-
-def jpeg(w: int, h: int, seed: int) -> Image.Image:
-    """A decoded non-square JPEG with structure (gradients + noise), no EXIF."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), (xx + yy) % 256], axis=-1)
-    arr = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
 def peer_transform(mode: str, size: int) -> T.Compose:

@@ -12,15 +12,15 @@ import pytest
 from pipeline.cli.filter_shards import main as filter_main
 from pipeline.hygiene.policy import UNKNOWN_LABEL, FilterPolicy
 from pipeline.settings import ConfigError
-from tests.test_filter_fixtures import make_detector
-from tests.test_report_gallery import DAY, scan, write_corpus
+from tests.support.hygiene import GALLERY_DAY as DAY
+from tests.support.hygiene import make_detector, scan_in_process, write_sidecar_corpus
 
 
 @pytest.fixture(scope="module")
 def scanned(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("policy")
-    corpus = write_corpus(str(base / "in"))
-    scan(corpus, str(base / "scan"), make_detector(corpus, str(base / "detector")))
+    corpus = write_sidecar_corpus(str(base / "in"))
+    scan_in_process(corpus, str(base / "scan"), make_detector(corpus, str(base / "detector")))
     det = json.loads((base / "scan" / "_run" / DAY / "detector.json").read_text())
     return {"base": base, "input": corpus.root, "scan": str(base / "scan"), "detector_id": det["detector_id"]}
 

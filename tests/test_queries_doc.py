@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_filter_fixtures import DAY1, DAY2, shared_scans
+from tests.support.hygiene import DAY1, DAY2, shared_scans
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "queries.md"
 PLACEHOLDER = "/data/scan"

@@ -89,11 +89,21 @@ def test_reads_are_buffered(proxied_s3) -> None:
     assert proxy.stats.requests["GET"] <= len(data) // block + 2
 
 
+@pytest.mark.timeout(120)  # a retry loop that never ends fails here instead of hanging the run
 def test_transient_faults_are_retried_to_the_exact_samples(proxied_s3) -> None:
+    """Each plan's faults are absorbed by retries that cost at most two requests per fault over a clean read
+    (measured: one extra request per 503 / reset, none per slow answer) — bounded work, not a retry storm."""
     proxy, direct = proxied_s3
     members = bi.good_members(12)
     direct.pipe("faults/t.tar", bi.tar_bytes(members))
     expected = [(n.split(".")[0], p) for n, p in members if n.endswith(".png")]
+
+    def read():
+        return read_shard("s3://faults/t.tar", max_in_memory_bytes=20_000, block_size=32 * 1024)  # streamed
+
+    proxy.set_plan(FaultPlan())  # no faults
+    assert read().error is None
+    clean = sum(proxy.stats.requests.values())
     for plan in (
         FaultPlan(every=1, kinds=("503",), max_faults=3),
         FaultPlan(every=1, kinds=("reset",), max_faults=3),
@@ -101,14 +111,15 @@ def test_transient_faults_are_retried_to_the_exact_samples(proxied_s3) -> None:
         FaultPlan(rate=0.5, kinds=("503", "reset", "slow"), max_faults=6, slow_s=0.3, seed=3),
     ):
         proxy.set_plan(plan)
-        t = time.monotonic()
-        c = read_shard("s3://faults/t.tar", max_in_memory_bytes=20_000, block_size=32 * 1024)  # streamed
+        c = read()
         assert c.error is None, (plan, c.error)
         assert [(s.key, s.image) for s in c.samples] == expected
-        assert sum(proxy.stats.faults.values()) >= min(plan.max_faults, 2), proxy.stats
-        assert time.monotonic() - t < 60
+        faults = sum(proxy.stats.faults.values())
+        assert faults >= min(plan.max_faults, 2), proxy.stats
+        assert sum(proxy.stats.requests.values()) <= clean + 2 * faults, (plan, proxy.stats)
 
 
+@pytest.mark.timeout(60)  # a stall that is waited out instead of timed out (3 s x 2) stays far below this
 def test_stalled_responses_time_out_and_are_retried(proxied_s3, monkeypatch) -> None:
     """A response that stalls past the client's read timeout (1 s here, patched down from 30 s) is abandoned
     and retried; the read still returns exactly the samples."""
@@ -126,25 +137,24 @@ def test_stalled_responses_time_out_and_are_retried(proxied_s3, monkeypatch) -> 
     }
     monkeypatch.setattr(shards_mod, "S3_STORAGE_OPTIONS", opts)
     proxy.set_plan(FaultPlan(every=1, kinds=("slow",), slow_s=3.0, max_faults=2, methods=("GET",)))
-    t = time.monotonic()
     c = read_shard("s3://faults/stall.tar")
     assert c.error is None and [s.key for s in c.samples] == [f"g{i:04d}" for i in range(6)]
-    assert (
-        proxy.stats.faults["slow"] == 2 and proxy.stats.requests["GET"] >= 3
-    )  # the stalled GETs were redone
-    assert time.monotonic() - t < 30
+    # the two stalled GETs were abandoned and redone by the client, one GET each (a clean read of this small
+    # shard is one GET; one spare: on a loaded machine a clean GET can also miss the 1 s read timeout)
+    assert proxy.stats.faults["slow"] == 2 and 3 <= proxy.stats.requests["GET"] <= 4, proxy.stats
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # bounded time: a read that keeps retrying fails the test instead of hanging it
 def test_a_shard_that_never_answers_fails_in_bounded_time(proxied_s3) -> None:
+    """Bounded work: 2 whole-shard attempts, each a bounded number of requests (the S3 client's own retries:
+    botocore's max_attempts 4 under s3fs's retries; measured 19 requests for both attempts together)."""
     proxy, direct = proxied_s3
     direct.pipe("faults/dead.tar", bi.tar_bytes(bi.good_members(2)))
     proxy.set_plan(FaultPlan(every=1, kinds=("503", "reset"), max_faults=10**6, paths=("dead.tar",)))
-    t = time.monotonic()
     c = read_shard("s3://faults/dead.tar", attempts=2, backoff_s=0.1)
-    elapsed = time.monotonic() - t
     assert c.samples == [] and c.error and "after 2 attempt(s)" in c.error and c.attempts == 2
-    assert elapsed < 90, elapsed
+    assert 2 <= sum(proxy.stats.requests.values()) <= 2 * 16, proxy.stats
     missing = read_shard("s3://faults/missing.tar")  # permanent: no retry, quick (no faults on this path)
     assert missing.error and "not found" in missing.error and missing.attempts == 1
 
@@ -224,7 +234,6 @@ def test_scan_survives_storage_faults_and_ends_missing_and_unreachable_shards_as
             always=("in/shard-000003.tar",),
         )
     )
-    t = time.monotonic()
     pattern = "s3://faultscan/in/shard-{000000,000001,000002,000003,000009}.tar"  # 000009 does not exist
     res = submit_job(
         world["head"],
@@ -248,8 +257,8 @@ def test_scan_survives_storage_faults_and_ends_missing_and_unreachable_shards_as
         proxy.stats.refused,
     )
     proxy.set_plan(FaultPlan())
+    # bounded time: submit_job stops a job still running after timeout_s and reports TIMEOUT, failing this
     assert res.status == "SUCCEEDED", res.logs[-5000:]
-    assert time.monotonic() - t < 400
     assert sum(faults.values()) >= 10 and set(faults) == {"503", "reset", "slow"}, faults
     print(
         f"FAULTS_SURVIVED {json.dumps(faults)} refused={refused} requests={proxy_requests}"

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli.report import main as report_main
-from tests.test_filter_fixtures import DAY1, DAY2, shared_scans
+from tests.support.hygiene import DAY1, DAY2, shared_scans
 
 
 class Page(HTMLParser):

@@ -23,79 +23,28 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import storage
 from pipeline.cli.filter_shards import main as filter_main
 from pipeline.cli.report import main as report_main
 from pipeline.hygiene import gallery
-from tests.support.shards import (
-    Sample,
-    corrupt_image_sample,
-    image_bytes,
-    no_image_sample,
-    tar_bytes,
-    truncated_tar_bytes,
-    write_raw,
+from tests.support.hygiene import (
+    BIG,
+    GALLERY_DAY,
+    Corpus,
+    make_detector,
+    scan_in_process,
+    write_sidecar_corpus,
 )
-from tests.test_filter_fixtures import Corpus, make_detector
+from tests.support.shards import Sample, image_bytes, tar_bytes, write_raw
 
-DAY = "2026-11-23"
-BIG = "000001"  # the 600x400 image
-JS_URL_KEY = "010000"  # its sidecar's url is javascript: (must never become a link)
-
-
-def write_corpus(root: str) -> Corpus:
-    rng = np.random.default_rng(0)
-    shards: dict[str, list[Sample]] = {}
-    for i, n in enumerate([6, 5, 5]):
-        samples = []
-        for j in range(n):
-            key = f"{i:02d}{j:04d}"
-            meta = {
-                "url": f"https://example.com/img/{key}.jpg",
-                "caption": f"caption of {key}",
-                "label": j % 2,
-            }
-            if key == JS_URL_KEY:
-                meta["url"] = "javascript:alert(1)"
-            size = (600, 400) if key == BIG else (64, 48)
-            samples.append(
-                Sample(
-                    key,
-                    {
-                        "jpg": image_bytes(rng, size, "jpg"),
-                        "json": json.dumps(meta).encode(),
-                        "txt": f"text of {key}".encode(),
-                    },
-                )
-            )
-        if i == 0:
-            samples.insert(2, corrupt_image_sample("00bad"))
-        if i == 1:
-            samples.insert(1, no_image_sample("01noimg"))
-        uri = storage.join(root, f"shard-{i:06d}.tar")
-        write_raw(uri, tar_bytes(samples))
-        shards[uri] = samples
-    cut = [Sample(f"09{j:04d}", {"jpg": image_bytes(rng, (64, 48), "jpg")}) for j in range(5)]
-    uri = storage.join(root, "shard-000009.tar")
-    write_raw(uri, truncated_tar_bytes(cut))
-    shards[uri] = cut
-    return Corpus(root=root, shards=shards)
-
-
-def scan(corpus: Corpus, out: str, detector: str) -> None:
-    from pipeline.scan.config import ScanConfig
-    from pipeline.scan.job import run_scan
-
-    run = run_scan(ScanConfig(input=corpus.root, output=out, detector=detector, scan_date=DAY, batch_size=16))
-    assert run["status"] == "succeeded"
+DAY = GALLERY_DAY
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("gallery")
-    corpus = write_corpus(str(base / "in"))
+    corpus = write_sidecar_corpus(str(base / "in"))
     det = make_detector(corpus, str(base / "detector"))
-    scan(corpus, str(base / "scan"), det)
+    scan_in_process(corpus, str(base / "scan"), det)
     clean = base / "clean"
     assert (
         filter_main(
@@ -341,7 +290,7 @@ def test_report_of_an_s3_scan_reads_thumbnails_from_s3(world, s3fs_client, tmp_p
     fs.mkdir("bkt")
     fs.put(world["corpus"].root + "/", "bkt/in/", recursive=True)
     corpus = Corpus(root="s3://bkt/in/", shards={})
-    scan(corpus, "s3://bkt/scan", world["detector"])
+    scan_in_process(corpus, "s3://bkt/scan", world["detector"])
     assert (
         report_main(["--scan", "s3://bkt/scan", "--output", "s3://bkt/report", "--gallery-size", "32"]) == 0
     )
@@ -386,10 +335,10 @@ def test_report_renders_in_headless_chromium(report, tmp_path) -> None:
     """Every image of the page (plots, gallery thumbnails, table minis) loads in Chromium: complete with a
     natural width > 0 after the load event (a broken image has naturalWidth 0)."""
     exe = chromium()
-    if exe is None:
-        if os.environ.get("GENSCAN_REQUIRE_BROWSER"):
-            pytest.fail("chromium is missing: run tests/support/ensure_chromium.sh")
-        pytest.skip("chromium not installed (tests/support/ensure_chromium.sh installs it)")
+    if exe is None:  # fail, never skip: `make test` installs it (tests/support/ensure_chromium.sh)
+        pytest.fail(
+            "chromium is missing: run tests/support/ensure_chromium.sh (Debian: apt-get install chromium)"
+        )
     out = report["out"]
     probe = out / "_browser_check.html"  # beside report.html: the same relative image paths
     probe.write_text(report["html"].replace("</body>", PROBE + "</body>"))

@@ -14,7 +14,7 @@ from pipeline import output, runner
 from pipeline.scan.rows import to_table
 from pipeline.scan.score import score_batch
 from pipeline.scan.write import ShardSink
-from tests.test_scan_units import LABELS, MeanPredictor, _ctx, _prepared
+from tests.support.scan_batches import LABELS, MeanPredictor, prepared, run_context
 
 
 def _execute(results: list[tuple[str, dict]]):
@@ -73,14 +73,14 @@ def test_commit_shard_writes_the_marker_last(tmp_path: Path) -> None:
 
 
 def test_rows_carry_the_detector_the_scoring_actor_loaded(tmp_path: Path) -> None:
-    rows = score_batch(MeanPredictor(), _prepared(tmp_path), n_labels=len(LABELS))
+    rows = score_batch(MeanPredictor(), prepared(tmp_path), n_labels=len(LABELS))
     n = len(rows["status"])
     rows["_detector_id"] = np.array(["tiny@new"] * (n - 2) + ["tiny@old"] * 2, dtype=object)
     rows["_threshold"] = np.array([0.7] * (n - 2) + [0.3] * 2, np.float32)
-    table = to_table(rows, _ctx())  # the driver's reading says tiny@abc / 0.4
+    table = to_table(rows, run_context())  # the driver's reading says tiny@abc / 0.4
     assert table.column("detector_id").to_pylist() == ["tiny@new"] * (n - 2) + ["tiny@old"] * 2
     assert table.column("threshold").to_pylist() == pytest.approx([0.7] * (n - 2) + [0.3] * 2)
-    sink = ShardSink(_ctx(), str(tmp_path / "out"), "2026-01-02", writer_node="node-A")
+    sink = ShardSink(run_context(), str(tmp_path / "out"), "2026-01-02", writer_node="node-A")
     done = sink.add(rows)
     (stats,) = done
     assert stats["writer_node"] == "node-A" and stats["detector_id"] == "tiny@new,tiny@old"
@@ -93,10 +93,10 @@ def test_rows_carry_the_detector_the_scoring_actor_loaded(tmp_path: Path) -> Non
 
 
 def test_open_scan_reads_every_date_and_resolves_dates(tmp_path: Path) -> None:
-    rows = score_batch(MeanPredictor(), _prepared(tmp_path), n_labels=len(LABELS))
+    rows = score_batch(MeanPredictor(), prepared(tmp_path), n_labels=len(LABELS))
     out = str(tmp_path / "out")
     for day in ("2026-01-01", "2026-01-03"):
-        ShardSink(_ctx(), out, day).add(rows)
+        ShardSink(run_context(), out, day).add(rows)
     assert output.list_dates(out) == ["2026-01-01", "2026-01-03"]
     assert output.resolve_scan_date(out) == "2026-01-03"
     with pytest.raises(output.ScanOutputError, match="have: 2026-01-01, 2026-01-03"):

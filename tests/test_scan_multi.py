@@ -22,15 +22,21 @@ from pipeline.scan.completion import RunRefused, plan_run
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.detectors import set_id
 from pipeline.scan.job import run_scan
+from tests.support.peer_detectors import imported_set
 from tests.support.ray_cluster import SMALL_SCAN, submit_job
 from tests.support.shards import corrupt_image_sample, good_samples, no_image_sample, write_shard
-from tests.test_models_ensemble import ckpts  # noqa: F401 - the module fixture: imported UnivFD/RINE/ClipBased + MoLE
 
 REPO = Path(__file__).resolve().parents[1]
 SCAN = [sys.executable, str(REPO / "jobs" / "scan_bucket.py")]
 FAST = ["--batch-size", "8", *SMALL_SCAN]
 NAMES = ("univfd", "rine", "mole")
 ATTR = "univfd"  # none of the three has generator labels: the first listed attributes
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Imported UnivFD / RINE / ClipBased + a MoLE detector on one tiny backbone file."""
+    return imported_set(tmp_path_factory.mktemp("set"))
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,10 @@ from pipeline.scan.completion import RunPaths, RunRefused, plan_run, write_json,
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.decode import decode_image
 from pipeline.scan.prepare import prepare_shard
-from pipeline.scan.rows import RunContext, ShardCollector, concat, shard_stats, to_table
+from pipeline.scan.rows import ShardCollector, concat, shard_stats, to_table
 from pipeline.scan.score import score_batch
 from pipeline.settings import ConfigError
+from tests.support.scan_batches import IMAGE_SIZE, LABELS, MeanPredictor, concat_all, prepared, run_context
 from tests.support.shards import (
     corrupt_image_sample,
     good_samples,
@@ -34,38 +35,11 @@ from tests.support.shards import (
     write_shard as write_tar,
 )
 
-S = 32
-LABELS = ["real", "famA", "famB"]
-
-
-class MeanPredictor:
-    """Deterministic stand-in with Predictor.predict's output contract: p_fake = mean pixel / 255."""
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def predict(self, images: np.ndarray) -> dict:
-        assert images.dtype == np.uint8 and images.shape[1:] == (S, S, 3)
-        self.calls.append(len(images))
-        p = images.reshape(len(images), -1).mean(1).astype(np.float32) / 255.0
-        scores = np.stack([1 - p, p / 2, p / 2], 1).astype(np.float32)
-        return {
-            "p_fake": p,
-            "logit": np.log(p / (1 - p)),
-            "is_fake": p >= 0.5,
-            "top_generator": [LABELS[i] for i in scores.argmax(1)],
-            "generator_scores": scores,
-        }
-
-
-def _all(it) -> dict:
-    return concat(list(it))
-
 
 def test_prepare_accounts_for_every_sample(tmp_path):
     samples = good_samples(5, size=(48, 40)) + [corrupt_image_sample("bad"), no_image_sample("noimg")]
     url = write_tar(str(tmp_path / "a.tar"), samples)
-    chunks = list(prepare_shard(url, "a", image_size=S, chunk_rows=3))
+    chunks = list(prepare_shard(url, "a", image_size=IMAGE_SIZE, chunk_rows=3))
     assert [len(c["key"]) for c in chunks] == [3, 3, 1]
     rows = concat(chunks)
     assert rows["_idx"].tolist() == list(range(7)) and set(rows["_expected"].tolist()) == {7}
@@ -74,7 +48,7 @@ def test_prepare_accounts_for_every_sample(tmp_path):
     # pixels and metadata are exactly what decode_image gives for those bytes
     for i in range(5):
         img = samples[i].files["png"]
-        ref = decode_image(img, image_size=S)
+        ref = decode_image(img, image_size=IMAGE_SIZE)
         np.testing.assert_array_equal(rows["pixels"][i], ref.pixels)
         assert rows["sha256"][i] == hashlib.sha256(img).hexdigest() and rows["n_bytes"][i] == len(img)
         assert (rows["width"][i], rows["height"][i], rows["format"][i]) == (48, 40, "PNG")
@@ -83,26 +57,20 @@ def test_prepare_accounts_for_every_sample(tmp_path):
 
 def test_prepare_bad_shards_give_one_error_row(tmp_path):
     trunc = write_raw(str(tmp_path / "t.tar"), truncated_tar_bytes(good_samples(6), keep_fraction=0.6))
-    rows = _all(prepare_shard(trunc, "t", image_size=S))
+    rows = concat_all(prepare_shard(trunc, "t", image_size=IMAGE_SIZE))
     n = len(rows["status"])
     assert rows["status"].tolist()[-1] == "shard_error" and rows["key"][-1] == ""
     assert (rows["status"][:-1] == "ok").all() and n - 1 >= 1  # salvaged good samples before the cut
     assert set(rows["_expected"].tolist()) == {n}
     junk = write_raw(str(tmp_path / "j.tar"), b"definitely not a tar archive")
-    rows = _all(prepare_shard(junk, "j", image_size=S))
+    rows = concat_all(prepare_shard(junk, "j", image_size=IMAGE_SIZE))
     assert rows["status"].tolist() == ["shard_error"] and rows["_expected"].tolist() == [1]
-    missing = _all(prepare_shard(str(tmp_path / "missing.tar"), "m", image_size=S))
+    missing = concat_all(prepare_shard(str(tmp_path / "missing.tar"), "m", image_size=IMAGE_SIZE))
     assert missing["status"].tolist() == ["shard_error"]
 
 
-def _prepared(tmp_path, name="a", n=6):
-    samples = good_samples(n, seed=7) + [corrupt_image_sample("bad")]
-    url = write_tar(str(tmp_path / f"{name}.tar"), samples)
-    return _all(prepare_shard(url, name, image_size=S))
-
-
 def test_score_batch_scores_only_ok_rows(tmp_path):
-    batch = _prepared(tmp_path)
+    batch = prepared(tmp_path)
     pred = MeanPredictor()
     out = score_batch(pred, batch, n_labels=3, batch_size=4)
     assert "pixels" not in out
@@ -115,8 +83,8 @@ def test_score_batch_scores_only_ok_rows(tmp_path):
 
 
 def test_collector_interleaved_duplicates_and_empty(tmp_path):
-    a = score_batch(MeanPredictor(), _prepared(tmp_path, "a", 5), n_labels=3)
-    b = score_batch(MeanPredictor(), _prepared(tmp_path, "b", 3), n_labels=3)
+    a = score_batch(MeanPredictor(), prepared(tmp_path, "a", 5), n_labels=3)
+    b = score_batch(MeanPredictor(), prepared(tmp_path, "b", 3), n_labels=3)
     take = lambda bt, ix: {k: v[np.asarray(ix)] for k, v in bt.items()}  # noqa: E731
     c = ShardCollector()
     assert c.add(concat([take(a, [4, 0]), take(b, [1])])) == []
@@ -130,17 +98,13 @@ def test_collector_interleaved_duplicates_and_empty(tmp_path):
     empty = {k: v[:1].copy() for k, v in b.items()}
     empty.update(shard=np.array(["e"], object), status=np.array(["_empty"], object), _expected=np.array([0]))
     ((shard, rows),) = c.add(empty)
-    assert shard == "e" and rows == {} and to_table(rows, _ctx()).num_rows == 0
-
-
-def _ctx() -> RunContext:
-    return RunContext(run_id="r1", source="s3://b/p/", detector_id="tiny@abc", threshold=0.4, labels=LABELS)
+    assert shard == "e" and rows == {} and to_table(rows, run_context()).num_rows == 0
 
 
 def test_table_schema_nulls_and_parquet_duckdb_round_trip(tmp_path):
-    rows = score_batch(MeanPredictor(), _prepared(tmp_path), n_labels=3)
+    rows = score_batch(MeanPredictor(), prepared(tmp_path), n_labels=3)
     when = dt.datetime(2026, 11, 24, 3, 0, tzinfo=dt.UTC)
-    table = to_table(rows, _ctx(), scanned_at=when)
+    table = to_table(rows, run_context(), scanned_at=when)
     check_table(table)
     assert table.schema.equals(SCHEMA) and table.num_rows == 7
     d = table.to_pylist()
@@ -267,7 +231,7 @@ def test_scorer_with_real_tiny_detector_matches_direct_forward(tmp_path):
     meta = save_detector(det, tmp_path / "det")
     samples = good_samples(5, size=(120, 110)) + [corrupt_image_sample("bad")]
     url = write_tar(str(tmp_path / "a.tar"), samples)
-    batch = _all(prepare_shard(url, "a", image_size=cfg.image_size))
+    batch = concat_all(prepare_shard(url, "a", image_size=cfg.image_size))
     scorer = Scorer(str(tmp_path / "det"), torch_threads=1, batch_size=2)
     out = scorer(batch)
     with torch.inference_mode():
@@ -305,7 +269,7 @@ def test_scorer_gpu_fp16_matches_cpu_fp32(tmp_path):
 
     save_detector(create_detector(DetectorConfig.load("tiny-mole"), pretrained=None), tmp_path / "det")
     url = write_tar(str(tmp_path / "a.tar"), good_samples(8, size=(120, 110)))
-    batch = _all(prepare_shard(url, "a", image_size=96))
+    batch = concat_all(prepare_shard(url, "a", image_size=96))
     cpu = Scorer(str(tmp_path / "det"))(batch)
     gpu = Scorer(str(tmp_path / "det"), device="cuda", dtype="float16")(batch)
     np.testing.assert_allclose(gpu["p_fake"], cpu["p_fake"], atol=2e-2)

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,16 @@ log = get_logger("pipeline.cli.demo")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 SCAN_FAMILIES = "upconv,diffusion,vqgan,gan_color"
 TRAIN_FAMILIES = "upconv,diffusion"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much the demo generates and trains. `make demo` runs the defaults; a test runs a smaller one."""
+
+    scan_per_class: int = 48  # reals and fakes per family in the scanned shards (--n-per-class)
+    shard_size: int = 64  # samples per scanned shard
+    train_per_class: int = 96  # reals and fakes per family in the training set
+    epochs: int | None = None  # None: the training job's default
 
 
 def _run(cmd: list[str], what: str, status: Callable[[str], None] | None = None) -> None:
@@ -64,7 +75,9 @@ def _bad_shards(shards: Path) -> None:
     (shards / "shard-900001.tar").write_bytes(buf.getvalue())
 
 
-def prepare(demo_dir: Path, status: Callable[[str], None] | None = None) -> dict[str, Path]:
+def prepare(
+    demo_dir: Path, status: Callable[[str], None] | None = None, size: DemoSize = DemoSize()
+) -> dict[str, Path]:
     py = sys.executable
     paths = {k: demo_dir / k for k in ("shards", "train", "detector", "scan")}
     if not any(paths["shards"].glob("shard-0*.tar")):
@@ -80,11 +93,11 @@ def prepare(demo_dir: Path, status: Callable[[str], None] | None = None) -> dict
                 "--families",
                 SCAN_FAMILIES,
                 "--n-per-class",
-                "48",
+                str(size.scan_per_class),
                 "--seed",
                 "0",
                 "--shard-size",
-                "64",
+                str(size.shard_size),
             ],
             "demo shards",
             status,
@@ -103,7 +116,7 @@ def prepare(demo_dir: Path, status: Callable[[str], None] | None = None) -> dict
                 "--families",
                 TRAIN_FAMILIES,
                 "--n-per-class",
-                "96",
+                str(size.train_per_class),
                 "--seed",
                 "1",
             ],
@@ -126,6 +139,7 @@ def prepare(demo_dir: Path, status: Callable[[str], None] | None = None) -> dict
                 TRAIN_FAMILIES,
                 "--out",
                 str(paths["detector"]),
+                *(["--epochs", str(size.epochs)] if size.epochs is not None else []),
             ],
             "train detector (Ray Train, one CPU worker)",
             status,
@@ -209,14 +223,15 @@ def run_demo(
     *,
     status: Callable[[str], None] | None = None,
     on_shard: Callable[..., None] | None = None,
+    size: DemoSize = DemoSize(),
 ) -> tuple[int, str]:
     """Prepare (if needed), scan (with `executor`: the entry point passes the Ray one; None: in-process),
     summarise. Returns (exit code, summary text). status / on_shard: the job's console (a line per step, the
-    scan's progress line)."""
+    scan's progress line); size: how much data and training (`make demo`: the defaults)."""
     from pipeline.scan.job import ScanFailed, run_scan
 
     demo_dir = demo_dir.resolve()
-    paths = prepare(demo_dir, status)
+    paths = prepare(demo_dir, status, size)
     cfg = ScanConfig(
         input=str(paths["shards"]),
         output=str(paths["scan"]),

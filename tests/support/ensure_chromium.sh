@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Headless Chromium for the report's browser test (tests/test_report_gallery.py): install Debian's `chromium`
 # when it is missing (needs root and the Debian package mirrors; ~1 min). Idempotent; prints the version.
+# `make test` runs it first; without root or apt-get it exits 1 saying what to install.
 set -euo pipefail
 if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

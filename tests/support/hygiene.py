@@ -1,12 +1,15 @@
-"""Shared fixtures for the hygiene tests (filter, report, queries doc): generated WebDataset shards and REAL
-scans of them (jobs/scan_bucket.py's config and the scan code with a tiny detector). No tests here.
+"""What the hygiene tests (filter, policy, report, gallery, queries doc) share: generated WebDataset
+corpora, tiny detectors whose scores spread over them, REAL scans of them (jobs/scan_bucket.py's config and
+the scan code) and the filter's test policy and output comparison.
 
 `shared_scans` scans one corpus on two days (two detectors, so day-over-day numbers differ) once per test
 session (in-process, no Ray start); the filter, report and queries-doc modules all read it.
+`write_sidecar_corpus` + `scan_in_process` are the report gallery's img2dataset-style corpus and its scan.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,16 +20,22 @@ from tests.support.shards import (
     Sample,
     corrupt_image_sample,
     good_samples,
+    image_bytes,
     no_image_sample,
     tar_bytes,
     truncated_tar_bytes,
     write_raw,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 DAY1, DAY2 = "2026-11-22", "2026-11-23"
 GENERATORS = ("famA", "upconv")
 LABELS = ("real", *GENERATORS)
+
+# The filter tests' policy over `shared_scans` (the truncated shard BROKEN has a shard_error row in the scan).
+RULES = ["--rule", "upconv=quarantine@0.9", "--rule", "unknown=quarantine", "--on-shard-error", "skip"]
+BROKEN = "shard-000009"
+# records of one run (timestamps, timings): they differ between runs by design
+RUN_RECORDS = ("_run/run.json", "_run/log.jsonl", "_run/driver-stderr.log")
 
 
 @dataclass
@@ -185,3 +194,75 @@ def shared_scans(tmp_path_factory) -> Shared:
 def write_corpus_index(root: str) -> Corpus:
     """The Corpus of an already written `write_corpus(root, with_truncated=True)` (same seeds -> same samples)."""
     return _corpus_samples(root, with_truncated=True)
+
+
+def good_shards(corpus: Corpus) -> dict[str, list]:
+    """The corpus' shards without the truncated one."""
+    return {u: s for u, s in corpus.shards.items() if BROKEN not in u}
+
+
+def tree_bytes(root: Path, skip: tuple[str, ...] = RUN_RECORDS) -> dict[str, bytes]:
+    """Every file under `root` (relative path -> bytes) but the run records in `skip`: two filter outputs that
+    should be byte-identical compare equal."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and str(p.relative_to(root)) not in skip
+    }
+
+
+# ------------------------------------------------------------- the report gallery's img2dataset-style corpus
+GALLERY_DAY = "2026-11-23"
+BIG = "000001"  # the 600x400 image
+JS_URL_KEY = "010000"  # its sidecar's url is javascript: (must never become a link)
+
+
+def write_sidecar_corpus(root: str) -> Corpus:
+    """img2dataset-style shards (jpg + json {url, caption, label} + txt per sample): three good shards with a
+    corrupt image, an image-less sample, one 600x400 image (BIG) and a javascript: url (JS_URL_KEY), plus a
+    truncated fourth shard."""
+    rng = np.random.default_rng(0)
+    shards: dict[str, list[Sample]] = {}
+    for i, n in enumerate([6, 5, 5]):
+        samples = []
+        for j in range(n):
+            key = f"{i:02d}{j:04d}"
+            meta = {
+                "url": f"https://example.com/img/{key}.jpg",
+                "caption": f"caption of {key}",
+                "label": j % 2,
+            }
+            if key == JS_URL_KEY:
+                meta["url"] = "javascript:alert(1)"
+            size = (600, 400) if key == BIG else (64, 48)
+            samples.append(
+                Sample(
+                    key,
+                    {
+                        "jpg": image_bytes(rng, size, "jpg"),
+                        "json": json.dumps(meta).encode(),
+                        "txt": f"text of {key}".encode(),
+                    },
+                )
+            )
+        if i == 0:
+            samples.insert(2, corrupt_image_sample("00bad"))
+        if i == 1:
+            samples.insert(1, no_image_sample("01noimg"))
+        uri = storage.join(root, f"shard-{i:06d}.tar")
+        write_raw(uri, tar_bytes(samples))
+        shards[uri] = samples
+    cut = [Sample(f"09{j:04d}", {"jpg": image_bytes(rng, (64, 48), "jpg")}) for j in range(5)]
+    uri = storage.join(root, "shard-000009.tar")
+    write_raw(uri, truncated_tar_bytes(cut))
+    shards[uri] = cut
+    return Corpus(root=root, shards=shards)
+
+
+def scan_in_process(corpus: Corpus, out: str, detector: str, day: str = GALLERY_DAY) -> None:
+    """One scan of `corpus` (scan_date `day`) in this process with the scan's local executor."""
+    from pipeline.scan.config import ScanConfig
+    from pipeline.scan.job import run_scan
+
+    run = run_scan(ScanConfig(input=corpus.root, output=out, detector=detector, scan_date=day, batch_size=16))
+    assert run["status"] == "succeeded"

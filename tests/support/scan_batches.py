@@ -1,0 +1,49 @@
+"""Scan stage inputs without a model, for the scan's and the runner's unit tests: prepared batches of a
+small written shard (`prepare_shard` over it), a deterministic stand-in with `Predictor.predict`'s output
+contract, and the run context the rows are written under."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.scan.prepare import prepare_shard
+from pipeline.scan.rows import RunContext, concat
+from tests.support.shards import corrupt_image_sample, good_samples, write_shard
+
+IMAGE_SIZE = 32
+LABELS = ["real", "famA", "famB"]
+
+
+class MeanPredictor:
+    """Deterministic stand-in with Predictor.predict's output contract: p_fake = mean pixel / 255."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict(self, images: np.ndarray) -> dict:
+        assert images.dtype == np.uint8 and images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3)
+        self.calls.append(len(images))
+        p = images.reshape(len(images), -1).mean(1).astype(np.float32) / 255.0
+        scores = np.stack([1 - p, p / 2, p / 2], 1).astype(np.float32)
+        return {
+            "p_fake": p,
+            "logit": np.log(p / (1 - p)),
+            "is_fake": p >= 0.5,
+            "top_generator": [LABELS[i] for i in scores.argmax(1)],
+            "generator_scores": scores,
+        }
+
+
+def concat_all(chunks) -> dict:
+    return concat(list(chunks))
+
+
+def prepared(tmp_path, name: str = "a", n: int = 6) -> dict:
+    """The prepared rows of a shard `name` of `n` good images and one corrupt one (last)."""
+    samples = good_samples(n, seed=7) + [corrupt_image_sample("bad")]
+    url = write_shard(str(tmp_path / f"{name}.tar"), samples)
+    return concat_all(prepare_shard(url, name, image_size=IMAGE_SIZE))
+
+
+def run_context() -> RunContext:
+    return RunContext(run_id="r1", source="s3://b/p/", detector_id="tiny@abc", threshold=0.4, labels=LABELS)

@@ -43,6 +43,12 @@ FLAGS: dict[str, tuple[type, str]] = {
         "how several detectors' logits make the row's p_fake: mean_logit | max_logit | median_logit "
         "| lse_logit | mean_prob | soft_or_prob (default)",
     ),
+    "features": (
+        str,
+        "embedding | pre_proj: also store the frozen backbone's per-image feature under <out>/_features/ "
+        "(for jobs/rescore.py, training and 'more like this' queries; default: none)",
+    ),
+    "features_precision": (str, "float16 (default) | int8: how stored features are rounded"),
     "scan_date": (
         str,
         "run/partition date YYYY-MM-DD (default: today UTC; with --resume: latest unfinished)",

@@ -23,6 +23,7 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # allow `python jobs/rescore.py` from a checkout
@@ -46,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--task-cpus", type=float, default=None, help="CPUs per Ray task (default 0.5)")
     ap.add_argument("--max-shard-error-rate", type=float, default=None)
     ap.add_argument("--max-sample-error-rate", type=float, default=None)
+    ap.add_argument(
+        "--verbose",
+        action="store_true",
+        help="JSON logs and Ray's output on stderr (default: one progress line; the JSON logs go to "
+        "<output>/_run/<scan_date>/log.jsonl)",
+    )
     return ap.parse_args(argv)
 
 
@@ -70,24 +77,34 @@ def build_config(args: argparse.Namespace):  # -> RescoreConfig (imported lazily
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from pipeline.console import Console
+    from pipeline.logs import RunLog
+
+    # the JSON logs go to the run log (published as <output>/_run/<D>/log.jsonl); stderr shows the console only
+    with Console(args.verbose, "rescore") as console, RunLog(tee=console.echo()) as runlog:
+        runlog.attach(console.stderr_log, "driver-stderr.log")
+        return _main(args, console, runlog)
+
+
+def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     from pipeline.output import ScanOutputError
     from pipeline.preflight import Location, StorageError, check_storage
-
-    def line(text: str) -> None:
-        print(text, file=sys.stderr)
 
     try:
         cfg = build_config(args)
         check_storage([Location("scan output", cfg.scan)], [Location("output", cfg.output)])
     except ConfigError as exc:
-        line(f"configuration error: {exc}")
+        runlog.discard()
+        console.line(f"configuration error: {exc}")
         return 2
     except StorageError as exc:
-        line(f"storage error: {exc}")
+        runlog.discard()
+        console.line(f"storage error: {exc}")
         return exc.exit_code
     from pipeline.features.rescore import RescoreFailed, run_rescore
     from pipeline.runner import MapFn, local_map
 
+    progress = console.shards("rescore")
     try:
         with contextlib.ExitStack() as stack:
             map_fn: MapFn = local_map
@@ -97,28 +114,28 @@ def main(argv: list[str] | None = None) -> int:
 
                 stack.enter_context(cluster.session(cfg.ray_address))
                 map_fn = functools.partial(ray_map, num_cpus=cfg.task_num_cpus)
-            run = run_rescore(cfg, map_fn)
+            run = run_rescore(cfg, map_fn, on_shard=progress)
     except ConfigError as exc:
-        line(f"configuration error: {exc}")
+        runlog.discard()
+        console.line(f"configuration error: {exc}")
         return 2
     except ScanOutputError as exc:
-        line(f"not found: {exc}")
+        runlog.discard()
+        console.line(f"not found: {exc}")
         return 3
     except RescoreFailed as exc:
-        line(f"rescore failed: {exc}")
+        console.line(f"rescore failed: {exc} (log: {runlog.publish()})")
         return 1
+    finally:
+        console.end_progress()
     totals = run["totals"]
     counts = {k: v for k, v in totals["counts"].items() if v}
-    line(
+    console.line(
         f"rescore {run['status']}: {totals['shards_done']} shards, {totals['rows']} rows {counts}, "
-        f"{totals['n_fake']} flagged fake -> {cfg.output}/scan_date={run['scan_date']}"
+        f"{totals['n_fake']} flagged fake; log: {runlog.publish()}"
     )
-    print(
-        json.dumps(
-            {k: run[k] for k in ("status", "run_id", "scan_date", "detector_id", "rows_per_s")}
-            | {"rows": totals["rows"], "counts": totals["counts"]}
-        )
-    )
+    summary = {k: run[k] for k in ("status", "run_id", "scan_date", "detector_id", "rows_per_s")}
+    print(json.dumps({**summary, "rows": totals["rows"], "counts": totals["counts"]}))
     return 0
 
 

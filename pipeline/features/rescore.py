@@ -28,8 +28,8 @@ import pyarrow.dataset as pads
 from pydantic import Field
 
 from pipeline.features.head import FeatureHead
-from pipeline.features.store import FeaturePartError, FeatureSpec, read_part
-from pipeline.logs import get_logger
+from pipeline.features.store import FeaturePartError, FeatureSpec, read_part, read_part_spec
+from pipeline.logs import RunLog, get_logger
 from pipeline.output import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -216,7 +216,7 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
-def _features(task: ShardTask, src: pa.Table) -> tuple[dict[str, np.ndarray], str | None]:
+def _features(task: ShardTask, src: pa.Table, head: FeatureHead) -> tuple[dict[str, np.ndarray], str | None]:
     """The shard's features by key, or the reason it has none usable (the shard's error row says it)."""
     scored = [
         k
@@ -231,9 +231,9 @@ def _features(task: ShardTask, src: pa.Table) -> tuple[dict[str, np.ndarray], st
     except FeaturePartError as exc:
         hint = " (scan the shard again with --features)" if "missing" in str(exc) else ""
         return {}, f"{exc}{hint}"
-    diff = task.spec.differences(part.spec)
-    if diff:
-        return {}, f"features part {uri} is not the store's features: {'; '.join(diff)}"
+    diff = head.spec_needed(part.spec.precision).differences(part.spec)
+    if diff:  # a part of another scan copied in, or a store mixed across backbones: never scored
+        return {}, f"features part {uri} is not what detector {head.detector_id} reads: {'; '.join(diff)}"
     if part.shards - {task.shard}:
         return {}, f"features part {uri} holds rows of shard(s) {sorted(part.shards - {task.shard})}"
     have = dict(zip(part.keys, part.features(), strict=True))
@@ -253,7 +253,7 @@ def rescore_shard(task: ShardTask) -> dict[str, Any]:
     src = _source_rows(task.source, task.shard)
     url = src.column("shard_url")[0].as_py() if src.num_rows else ""
     source = src.column("source")[0].as_py() if src.num_rows else ""
-    feats, problem = _features(task, src)
+    feats, problem = _features(task, src, head)
     if problem is None:
         table = score_table(src, feats, head, task.run_id)
     else:
@@ -282,19 +282,22 @@ def rescore_shard(task: ShardTask) -> dict[str, Any]:
 
 
 def store_spec(paths: RunPaths, shards: list[str]) -> FeatureSpec:
-    """The spec of the store (its first part, by shard order): what the detector is checked against before
-    any work; each shard's task compares its own part with it."""
-    have = feature_shards(paths)
-    first = next((s for s in shards if s in have), None)
-    if first is None:
+    """The store's spec, from the footer of its first readable part (by shard order): what the detector is
+    checked against before any work. Each shard's task checks its own part again (a truncated or foreign part
+    becomes that shard's error row)."""
+    have = [s for s in shards if s in feature_shards(paths)]
+    if not have:
         raise ScanOutputError(
             f"no stored features under {paths.features_dir}: the scan of {paths.scan_date} ran without "
             "--features (scan again with --features embedding|pre_proj)"
         )
-    try:
-        return read_part(paths.features(first)).spec
-    except FeaturePartError as exc:
-        raise ScanOutputError(str(exc)) from exc
+    problems = []
+    for shard in have:
+        try:
+            return read_part_spec(paths.features(shard))
+        except FeaturePartError as exc:
+            problems.append(str(exc))
+    raise ScanOutputError(f"no readable features part under {paths.features_dir} ({problems[0]})")
 
 
 def run_rescore(
@@ -356,6 +359,7 @@ def run_rescore(
     write_json(target.run_file("detector.json"), dets.record())
     write_json(target.run_file("features.json"), provenance)
     run.write()
+    RunLog.set_destination(target.run_file("log.jsonl"))  # this process's JSON log, when a job keeps one
     tasks = {s: ShardTask(s, source, target, cfg.detector, spec, run_id) for s in shards}
     budget = ErrorBudget(cfg.max_shard_error_rate, cfg.max_sample_error_rate)
     t0 = time.perf_counter()

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from pipeline.settings import StrictModel
-from pipeline.storage import read_bytes
+from pipeline.storage import filesystem, read_bytes
 
 PRECISIONS = ("float16", "int8")
 DEFAULT_PRECISION = "float16"
@@ -75,18 +75,20 @@ class FeatureSpec(StrictModel):
     preprocessing: Preprocessing
     source_detector: str = Field(description="the detector whose backbone pass produced the features")
 
-    def differences(self, other: FeatureSpec) -> list[str]:
-        """What makes features of `other` not interchangeable with these (empty: the same features)."""
+    def differences(self, stored: FeatureSpec) -> list[str]:
+        """What makes the `stored` features not the ones these (a detector's needs) describe; empty: the same."""
         out = []
-        if self.backbone.identity != other.backbone.identity:
-            out.append(f"backbone {other.backbone.identity} != {self.backbone.identity}")
-        if (self.kind, self.normalized, self.dim) != (other.kind, other.normalized, other.dim):
+        if self.backbone.identity != stored.backbone.identity:
+            out.append(f"backbone: stored {stored.backbone.identity}, detector {self.backbone.identity}")
+        if (self.kind, self.normalized, self.dim) != (stored.kind, stored.normalized, stored.dim):
             out.append(
-                f"feature {other.kind} (normalized {other.normalized}, {other.dim}-d) != {self.kind} "
-                f"(normalized {self.normalized}, {self.dim}-d)"
+                f"feature: stored {stored.kind} (normalized {stored.normalized}, {stored.dim}-d), detector "
+                f"{self.kind} (normalized {self.normalized}, {self.dim}-d)"
             )
-        if self.preprocessing != other.preprocessing:
-            out.append(f"preprocessing {_pre(other.preprocessing)} != {_pre(self.preprocessing)}")
+        if self.preprocessing != stored.preprocessing:
+            out.append(
+                f"preprocessing: stored {_pre(stored.preprocessing)}, detector {_pre(self.preprocessing)}"
+            )
         return out
 
 
@@ -183,6 +185,22 @@ def read_spec(schema: pa.Schema, uri: str) -> FeatureSpec:
         return FeatureSpec.model_validate(json.loads(raw))
     except ValueError as exc:
         raise FeaturePartError(f"{uri}: unreadable {META_KEY.decode()} metadata ({exc})") from exc
+
+
+def read_part_spec(uri: str) -> FeatureSpec:
+    """Only a part's spec (its Parquet footer); FeaturePartError when missing, truncated or foreign."""
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            schema = pq.read_schema(f)
+    except FileNotFoundError as exc:
+        raise FeaturePartError(f"features part missing: {uri}") from exc
+    except (pa.ArrowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise FeaturePartError(
+            f"features part unreadable: {uri} (truncated or not Parquet: {first})"
+        ) from exc
+    return read_spec(schema, uri)
 
 
 def read_part(uri: str) -> Part:

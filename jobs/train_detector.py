@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="TrainConfig JSON (or a shipped recipe name, e.g. univfd); explicit flags override its values",
     )
     ap.add_argument("--engine", choices=["ray", "local"], default="ray", help="ray (TorchTrainer) | local")
+    feat = ap.add_argument_group("few-shot from stored features (--method linear; no image decoded)")
+    feat.add_argument("--features-from", help="scan output with stored features (scan_bucket.py --features)")
+    feat.add_argument("--features-date", help="its scan date (default: the latest)")
+    feat.add_argument("--labels", help="CSV or Parquet: shard, key, label (0/1 or real/fake), [generator]")
     ap.add_argument(
         "--verbose",
         action="store_true",
@@ -162,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
+    args = build_parser().parse_args(argv)
+    if args.features_from is not None or args.labels is not None:
+        return _from_features(args, console, runlog)
     try:
         cfg, args = parse(argv)
     except ConfigError as exc:
@@ -197,6 +204,45 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
         return 1
     console.line(f"train succeeded: {cfg.out}; log: {runlog.publish()}")
     print(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
+def _from_features(args: argparse.Namespace, console: Any, runlog: Any) -> int:
+    """`--features-from SCAN --labels FILE`: the linear heads from stored features (pipeline.features.train)."""
+    from pipeline.output import ScanOutputError
+
+    runlog.discard()  # a few seconds of work: the console line and the checkpoint's notes say what happened
+    try:
+        if args.method != "linear":
+            raise ConfigError("--features-from: only --method linear trains from stored features")
+        if args.features_from is None or args.labels is None or args.out is None:
+            raise ConfigError("--features-from, --labels and --out go together")
+        from pipeline.features.train import FeatureTrainConfig, train_from_features
+
+        given = {
+            "features_from": args.features_from,
+            "scan_date": args.features_date,
+            "labels": args.labels,
+            "config": args.config,
+            "out": args.out,
+            "linear_classifier": args.linear_classifier,
+            "seed": args.seed,
+        }
+        cfg = FeatureTrainConfig.parse(
+            {k: v for k, v in given.items() if v is not None}, source="command line"
+        )
+        summary = train_from_features(cfg)
+    except ConfigError as exc:
+        console.line(f"error: {exc}")
+        return 2
+    except ScanOutputError as exc:
+        console.line(f"not found: {exc}")
+        return 3
+    console.line(
+        f"train succeeded: {summary['checkpoint']} from {summary['examples']} stored features "
+        f"({summary['skipped_without_feature']} labelled rows without one)"
+    )
+    print(json.dumps(summary, indent=2))
     return 0
 
 

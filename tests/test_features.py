@@ -326,3 +326,66 @@ def test_features_from_a_mole_only_scan_are_refused(world, tmp_path) -> None:
     with pytest.raises(ConfigError, match="MoLE detector adapts the backbone's blocks"):
         feature_scan(world["corpus"], str(tmp_path / "o"), mole, features="embedding", scan_date=DAY)
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("backbone", ["file", "stored"])
+def test_train_linear_from_stored_features_and_rescore_with_it(world, tmp_path, capsys, backbone) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from jobs.train_detector import main as train_main
+
+    scan = world["scan_lin"]
+    if backbone == "stored":  # random-init backbone kept inside the scanning detector's checkpoint
+        det = genscan_detector(tmp_path / "stored", "tiny-linear", backbone=None, seed=5)
+        scan = str(tmp_path / "scan")
+        feature_scan(world["corpus"], scan, det, features="pre_proj", scan_date=DAY)
+    feats = read_features(scan)
+    picked = [k for k in sorted(feats) if k[0] in ("shard-000000", "shard-000001")]
+    label = {k: int(k[1].split("_")[1]) % 2 for k in picked}  # good_samples: even real, odd famA
+    labels = tmp_path / "labels.csv"
+    lines = ["shard,key,label,generator"] + [
+        f"{s},{k},{label[(s, k)]},{'famA' if label[(s, k)] else ''}" for s, k in picked
+    ]
+    lines += [
+        "shard-000003,3_none,1,famA",
+        "shard-000009,nope,0,",
+    ]  # no image / unknown shard: skipped, counted
+    labels.write_text("\n".join(lines) + "\n")
+    ckpt = tmp_path / "new"
+    capsys.readouterr()
+    args = ["--method", "linear", "--features-from", scan, "--labels", str(labels), "--config", "tiny-linear"]
+    assert train_main([*args, "--out", str(ckpt)]) == 0, capsys.readouterr().err
+    meta = read_json(str(ckpt / "detector.json"))
+    src = meta["notes"]["trained_from_features"]
+    assert (src["examples"], src["skipped_without_feature"], src["scan_date"]) == (len(picked), 2, DAY)
+    assert [tuple(e[:2]) for e in src["example_keys"]] == picked and meta["generators"] == ["famA"]
+    # independent reference: scikit-learn's own decision function on the same stored features
+    x = np.stack([feats[k] for k in picked]).astype(np.float64)
+    y = np.array([label[k] for k in picked])
+    scaler = StandardScaler().fit(x)
+    ref = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(scaler.transform(x), y)
+    out = tmp_path / "re"
+    code, err = _rescore(capsys, "--scan", scan, "--detector", str(ckpt), "--output", str(out))
+    assert code == 0, err
+    rows = read_rows(str(out))
+    got = np.array([rows[k]["logit"] for k in picked])
+    np.testing.assert_allclose(got, ref.decision_function(scaler.transform(x)), rtol=1e-4, atol=1e-4)
+    assert all(rows[k]["top_generator"] in ("real", "famA", "unknown") for k in picked)
+
+
+def test_train_from_features_refuses_what_it_cannot_use(world, tmp_path, capsys) -> None:
+    from jobs.train_detector import main as train_main
+
+    labels = tmp_path / "l.csv"
+    labels.write_text("shard,key,label\nshard-000000,0_000000,0\nshard-000000,0_000002,0\n")
+    base = ["--method", "linear", "--features-from", world["scan_lin"], "--out", str(tmp_path / "c")]
+    capsys.readouterr()
+    assert train_main([*base, "--labels", str(labels)]) == 2
+    assert "need both real (0) and fake (1)" in capsys.readouterr().err
+    labels.write_text("shard,key,label\nshard-000000,0_000000,0\nshard-000000,0_000001,1\n")
+    assert train_main([*base, "--labels", str(labels), "--config", "univfd-tiny"]) == 2
+    assert "does not read the stored features" in capsys.readouterr().err
+    assert train_main([*base, "--labels", str(labels), "--method", "mole"]) == 2
+    assert not (tmp_path / "c").exists()

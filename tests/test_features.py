@@ -389,3 +389,44 @@ def test_train_from_features_refuses_what_it_cannot_use(world, tmp_path, capsys)
     assert "does not read the stored features" in capsys.readouterr().err
     assert train_main([*base, "--labels", str(labels), "--method", "mole"]) == 2
     assert not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------------------------------------- benchmark
+def test_benchmark_runs_small_and_reports_within_bound(tmp_path) -> None:
+    """benchmarks/features.py on the tiny backbone into a temp results dir: its files hold every figure the
+    README links, and each precision's measured error is within its stated bound."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    args = [
+        "--shards",
+        "2",
+        "--per-shard",
+        "4",
+        "--runs",
+        "2",
+        "--arch",
+        "ViT-Tiny-16-96",
+        "--out",
+        str(tmp_path),
+    ]
+    env = {**os.environ, "GENSCAN_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "features.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "features.json").read_text())
+    assert [r["precision"] for r in res["runs"]] == ["float16", "int8"]
+    assert set(res["precision"]) == {"float16", "int8"}
+    assert all(e["within_bound"] and e["rows"] == 8 for e in res["precision"].values())
+    assert res["gpu_hours_saved_per_billion"] is None  # results/gpu.md has no GPU measurement
+    md = (tmp_path / "features.md").read_text()
+    assert "Headline" in md and "Not computed" in md

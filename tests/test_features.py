@@ -430,3 +430,35 @@ def test_benchmark_runs_small_and_reports_within_bound(tmp_path) -> None:
     assert res["gpu_hours_saved_per_billion"] is None  # results/gpu.md has no GPU measurement
     md = (tmp_path / "features.md").read_text()
     assert "Headline" in md and "Not computed" in md
+
+
+def test_rescore_output_is_read_by_the_filter_and_the_report(world, tmp_path, capsys) -> None:
+    from jobs.filter_shards import main as filter_main
+    from jobs.report import main as report_main
+
+    out = str(tmp_path / "re")
+    assert _rescore(capsys, "--scan", world["scan_lin"], "--detector", world["lin"], "--output", out)[0] == 0
+    assert report_main(["--scan", out, "--output", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.html").exists()
+    capsys.readouterr()
+    args = ["--scan", out, "--input", world["corpus"], "--output", str(tmp_path / "clean"), "--dry-run"]
+    assert filter_main(args) == 0
+    import json
+
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["totals"]["samples"] == 23 and plan["skipped_shards"] == []
+
+
+def test_resume_with_other_features_is_refused(world, tmp_path) -> None:
+    out = str(tmp_path / "scan")
+    feature_scan(world["corpus"], out, world["lin"], features="pre_proj", scan_date=DAY)
+    from jobs.scan_bucket import build_config, parse_args
+    from pipeline.scan.job import run_scan
+
+    args = ["--input", world["corpus"], "--output", out, "--detector", world["lin"], "--scan-date", DAY]
+    with pytest.raises(ConfigError, match="features_precision: --resume of run"):
+        run_scan(
+            build_config(
+                parse_args([*args, "--resume", "--features", "pre_proj", "--features-precision", "int8"])
+            )
+        )

@@ -462,3 +462,21 @@ def test_resume_with_other_features_is_refused(world, tmp_path) -> None:
                 parse_args([*args, "--resume", "--features", "pre_proj", "--features-precision", "int8"])
             )
         )
+
+
+def test_a_shard_without_scored_images_has_an_empty_part_and_rescores(world, tmp_path, capsys) -> None:
+    corpus = tmp_path / "in"
+    write_shard(str(corpus / "shard-000000.tar"), [corrupt_image_sample("a"), no_image_sample("b")])
+    write_shard(str(corpus / "shard-000001.tar"), good_samples(8, seed=4, prefix="g", size=(120, 100)))
+    scan = str(tmp_path / "scan")
+    feature_scan(str(corpus), scan, world["lin"], features="pre_proj", scan_date=DAY)
+    empty = read_part(str(Path(scan) / "_features" / f"scan_date={DAY}" / "shard-000000.parquet"))
+    assert empty.keys == [] and empty.features().shape == (0, 128)
+    out = str(tmp_path / "re")
+    assert _rescore(capsys, "--scan", scan, "--detector", world["lin"], "--output", out)[0] == 0
+    rows = read_rows(out)
+    assert {k: r["status"] for k, r in rows.items() if k[0] == "shard-000000"} == {
+        ("shard-000000", "a"): "decode_error",
+        ("shard-000000", "b"): "no_image",
+    }
+    assert sum(r["status"] == "ok" for r in rows.values()) == 8

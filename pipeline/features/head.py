@@ -115,7 +115,8 @@ class FeatureHead:
 
     def predict(self, feats: np.ndarray) -> dict[str, Any]:
         """The scan's per-row results (`pipeline.models.predictor.score_results`) from (N, D) features."""
-        x = torch.from_numpy(np.ascontiguousarray(feats, np.float32))
+        feats = np.asarray(feats, np.float32).reshape(-1, self.w_fake.shape[0])
+        x = torch.from_numpy(np.ascontiguousarray(feats))
         with torch.inference_mode():
             gen = torch.nn.functional.linear(x, torch.from_numpy(self.w_gen), torch.from_numpy(self.b_gen))
             scores = gen.softmax(dim=-1).numpy()

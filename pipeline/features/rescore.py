@@ -117,15 +117,21 @@ class ShardTask:
     detector: str
     spec: FeatureSpec  # the store's spec the driver checked the detector against
     run_id: str
+    detector_id: str  # the checkpoint the driver checked: a changed one at the same URI is refused
 
 
 _heads: dict[str, FeatureHead] = {}
 
 
-def _head(uri: str) -> FeatureHead:
-    """One FeatureHead per process (a Ray worker re-scoring several shards loads the checkpoint once)."""
-    if uri not in _heads:
+def _head(uri: str, detector_id: str) -> FeatureHead:
+    """One FeatureHead per process (a Ray worker re-scoring several shards loads the checkpoint once); the
+    checkpoint must still be the one the driver checked against the store."""
+    if uri not in _heads or _heads[uri].detector_id != detector_id:
         _heads[uri] = FeatureHead(uri)
+    if _heads[uri].detector_id != detector_id:
+        raise RuntimeError(
+            f"detector {uri} changed during the run ({_heads[uri].detector_id} != {detector_id})"
+        )
     return _heads[uri]
 
 
@@ -175,7 +181,7 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
     keys = src.column("key").to_pylist()
     ok = status == "ok"
     idx = np.flatnonzero(ok)
-    dim = next(iter(feats.values())).shape[0] if feats else 1
+    dim = int(head.w_fake.shape[0])
     x = np.stack([feats[keys[i]] for i in idx]) if len(idx) else np.zeros((0, dim), np.float32)
     res = head.predict(x)
     labels = head.labels
@@ -249,7 +255,7 @@ def _features(task: ShardTask, src: pa.Table, head: FeatureHead) -> tuple[dict[s
 def rescore_shard(task: ShardTask) -> dict[str, Any]:
     """Re-score one shard: write its Parquet, then its marker; returns the marker (the shard's summary)."""
     t0 = time.perf_counter()
-    head = _head(task.detector)
+    head = _head(task.detector, task.detector_id)
     src = _source_rows(task.source, task.shard)
     url = src.column("shard_url")[0].as_py() if src.num_rows else ""
     source = src.column("source")[0].as_py() if src.num_rows else ""
@@ -360,7 +366,7 @@ def run_rescore(
     write_json(target.run_file("features.json"), provenance)
     run.write()
     RunLog.set_destination(target.run_file("log.jsonl"))  # this process's JSON log, when a job keeps one
-    tasks = {s: ShardTask(s, source, target, cfg.detector, spec, run_id) for s in shards}
+    tasks = {s: ShardTask(s, source, target, cfg.detector, spec, run_id, head.detector_id) for s in shards}
     budget = ErrorBudget(cfg.max_shard_error_rate, cfg.max_sample_error_rate)
     t0 = time.perf_counter()
     try:

@@ -29,7 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # allow `python jobs/rescore.py` from a checkout
     sys.path.insert(0, str(REPO))
 
+from pipeline.logs import get_logger  # noqa: E402
 from pipeline.settings import ConfigError  # noqa: E402
+
+log = get_logger("jobs.rescore")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,6 +128,13 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         return 3
     except RescoreFailed as exc:
         console.line(f"rescore failed: {exc} (log: {runlog.publish()})")
+        return 1
+    except (
+        Exception
+    ) as exc:  # an unexpected error (a Ray task's, a storage fault): one line, details in the log
+        log.exception("rescore_crashed")
+        first = (str(exc).strip().splitlines() or [""])[0]
+        console.line(f"rescore failed: {type(exc).__name__}: {first} (log: {runlog.publish()})")
         return 1
     finally:
         console.end_progress()

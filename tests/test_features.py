@@ -480,3 +480,24 @@ def test_a_shard_without_scored_images_has_an_empty_part_and_rescores(world, tmp
         ("shard-000000", "b"): "no_image",
     }
     assert sum(r["status"] == "ok" for r in rows.values()) == 8
+
+
+def test_rescore_resume_skips_marked_shards_and_refuses_another_detector(world, tmp_path, capsys) -> None:
+    out = tmp_path / "re"
+    base = ["--scan", world["scan_lin"], "--output", str(out)]
+    assert _rescore(capsys, *base, "--detector", world["lin"])[0] == 0
+    code, err = _rescore(capsys, *base, "--detector", world["lin"])
+    assert code == 2 and "already has scan_date" in err[0] and "--resume" in err[0], err
+    marker = out / "_shards" / DAY / "shard-000001.json"
+    part = out / f"scan_date={DAY}" / "shard-000001.parquet"
+    kept = (out / f"scan_date={DAY}" / "shard-000000.parquet").read_bytes()
+    marker.unlink()
+    part.unlink()
+    assert _rescore(capsys, *base, "--detector", world["lin"], "--resume")[0] == 0
+    assert marker.exists() and part.exists()
+    assert (out / f"scan_date={DAY}" / "shard-000000.parquet").read_bytes() == kept  # marked: not redone
+    other = genscan_detector(
+        tmp_path / "lin2", "tiny-linear", backbone=world["bb"], seed=7
+    )  # reads the store
+    code, err = _rescore(capsys, *base, "--detector", other, "--resume")
+    assert code == 2 and len(err) == 1 and "--resume of the re-score" in err[0], err

@@ -47,6 +47,7 @@ from pipeline.runner import (
     DEFAULT_MAX_SHARD_ERROR_RATE,
     ErrorBudget,
     ErrorBudgetExceeded,
+    IncompleteRun,
     MapFn,
     RunFile,
     commit_shard,
@@ -332,6 +333,14 @@ def run_rescore(
         raise ConfigError(
             f"output: {cfg.output} already has scan_date={date} (pass --resume to continue it, or another --output)"
         )
+    if cfg.resume and previous is not None:
+        before = previous.get("config") or {}
+        for name in ("scan", "detector"):
+            if before.get(name) not in (None, getattr(cfg, name)):
+                raise ConfigError(
+                    f"{name}: --resume of the re-score {date} in {cfg.output} with a different {name} "
+                    f"({getattr(cfg, name)!r} != {before.get(name)!r})"
+                )
     run_id = cfg.run_id or (previous or {}).get("run_id") or f"{date}-rescore-{uuid.uuid4().hex[:8]}"
     done = completed_shards(target) if cfg.resume else set()
     info = detector_info(cfg.detector)
@@ -383,6 +392,9 @@ def run_rescore(
         record = budget.check(run_errors(totals, len(shards)))
     except ErrorBudgetExceeded as exc:
         run.write(status="failed", error=str(exc), error_budget=exc.record, totals=aggregate(target, shards))
+        raise RescoreFailed(str(exc)) from exc
+    except IncompleteRun as exc:
+        run.write(status="failed", error=str(exc), totals=aggregate(target, shards))
         raise RescoreFailed(str(exc)) from exc
     except Exception as exc:
         run.write(status="failed", error=f"{type(exc).__name__}: {exc}", totals=aggregate(target, shards))

@@ -255,8 +255,8 @@ def markdown(r: dict) -> str:
         f"{s['runs']} runs, range {h['ratio_range'][0]}-{h['ratio_range'][1]}x): "
         f"{h['rescore_rows_per_s_median']} vs {h['scan_rows_per_s_median']} rows/s (medians). The re-score's wall "
         "time is under a second, mostly fixed costs (checkpoint load, one Parquet read + write per shard), so its "
-        "ratio moves a lot between runs on a shared machine; the scan's is the backbone pass (ViT-B/16 on 2 "
-        "loaded cores).",
+        f"ratio moves a lot between runs on a shared machine; the scan's is the backbone pass ({s['arch']} on "
+        f"{r['machine']['cpu_cores']} cores).",
         "",
         "| run | precision | rows | scan s | rescore s | scan rows/s | rescore rows/s | ratio |",
         "|---|---|---|---|---|---|---|---|",

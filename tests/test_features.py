@@ -501,3 +501,22 @@ def test_rescore_resume_skips_marked_shards_and_refuses_another_detector(world, 
     )  # reads the store
     code, err = _rescore(capsys, *base, "--detector", other, "--resume")
     assert code == 2 and len(err) == 1 and "--resume of the re-score" in err[0], err
+
+
+def test_stored_features_stay_out_of_the_scan_rows_readers(world) -> None:
+    """`_features/` sits under the scan output: open_scan (Arrow discovery of <out>) and the documented glob
+    read the scan rows only, with the scan schema."""
+    import duckdb
+
+    from pipeline.output import SCHEMA, open_scan, parquet_glob
+
+    rows = read_rows(world["scan_lin"])
+    ds = open_scan(world["scan_lin"])
+    assert ds.count_rows() == len(rows) == 23
+    assert all(f.name in (*SCHEMA.names, "scan_date") for f in ds.schema)
+    n = (
+        duckdb.connect()
+        .execute(f"SELECT count(*) FROM read_parquet('{parquet_glob(world['scan_lin'])}')")
+        .fetchone()[0]
+    )
+    assert n == 23

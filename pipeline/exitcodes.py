@@ -40,6 +40,7 @@ JOB_CODES: dict[str, tuple[ExitCode, ...]] = {
     "scan_bucket": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, *_STORAGE),
     "filter_shards": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, ExitCode.WRITE_FAILED, *_STORAGE),
     "report": (ExitCode.OK, ExitCode.CONFIG, *_STORAGE),
+    "rescore": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, *_STORAGE),
 }
 
 

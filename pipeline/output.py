@@ -4,6 +4,8 @@ shards, and `open_scan()` for readers — the ONE place that spells out the layo
     <out>/scan_date=<D>/<shard>.parquet        one file per shard, named by shard id (a retry overwrites)
     <out>/_shards/<D>/<shard>.json             the shard's stats, written AFTER its Parquet = completion marker
     <out>/_run/<D>/config.json versions.json detector.json run.json
+    <out>/_features/scan_date=<D>/<shard>.parquet   the shard's stored backbone features (`--features`;
+                                               pipeline.features), written with its Parquet, before its marker
 
 Writers: the scan (`pipeline.scan.job` + the shard writers on the workers). Readers: the filter
 (`pipeline.hygiene.plan`), the report (`pipeline.hygiene.report`), the demo summary and the documented queries
@@ -83,6 +85,9 @@ PARTITION = "scan_date"  # hive partition column (from the path)
 DATA_PREFIX = f"{PARTITION}="
 MARKER_DIR = "_shards"
 RUN_DIR = "_run"
+# the feature store: its own hive dataset beside the scan rows; the leading '_' keeps it out of every reader of
+# the scan rows (open_scan, Arrow/Spark discovery of <out>) while `parquet_glob` never matched it anyway
+FEATURES_DIR = "_features"
 
 
 class ScanOutputError(OperatorError, FileNotFoundError):
@@ -124,6 +129,14 @@ class RunPaths:
     def parquet(self, shard: str) -> str:
         return join(self.data_dir, f"{shard}.parquet")
 
+    @property
+    def features_dir(self) -> str:
+        return join(self.output, FEATURES_DIR, f"{DATA_PREFIX}{self.scan_date}")
+
+    def features(self, shard: str) -> str:
+        """The shard's features part (one file per shard, like its Parquet: a shard's outputs are its files)."""
+        return join(self.features_dir, f"{shard}.parquet")
+
     def marker(self, shard: str) -> str:
         return join(self.marker_dir, f"{shard}.json")
 
@@ -134,6 +147,11 @@ class RunPaths:
 def parquet_glob(output: str) -> str:
     """The one glob that reads every date (DuckDB / Polars, with hive partitioning)."""
     return join(output, f"{DATA_PREFIX}*", "*.parquet")
+
+
+def features_glob(output: str) -> str:
+    """The one glob that reads every date's stored features (DuckDB, with hive partitioning; docs/queries.md)."""
+    return join(output, FEATURES_DIR, f"{DATA_PREFIX}*", "*.parquet")
 
 
 # ------------------------------------------------------------------------------------------- JSON files
@@ -178,6 +196,11 @@ def list_dates(output: str) -> list[str]:
 def list_runs(output: str) -> list[str]:
     """Scan dates that have a run folder (`_run/D/`), oldest first."""
     return _names(join(output, RUN_DIR))
+
+
+def feature_shards(paths: RunPaths) -> set[str]:
+    """Shard ids of the date that have a features part."""
+    return {name.removesuffix(".parquet") for name in _names(paths.features_dir, ".parquet")}
 
 
 def completed_shards(paths: RunPaths) -> set[str]:

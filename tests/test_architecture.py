@@ -19,6 +19,7 @@ LAYERS = {
     "pipeline.storage": 0,
     "pipeline.metrics": 0,
     "pipeline.output": 1,
+    "pipeline.feature_store": 1,
     "pipeline.preflight": 1,
     "pipeline.shards": 1,
     "pipeline.runner": 1,
@@ -29,6 +30,7 @@ LAYERS = {
     "pipeline.hygiene": 3,
     "pipeline.train": 3,
     "pipeline.eval": 3,
+    "pipeline.features": 3,
     "pipeline.engine": 4,
     "pipeline.cli": 5,
 }

@@ -404,13 +404,13 @@ def test_readme_exit_code_table_is_the_code_and_the_jobs_docs() -> None:
     for kind, code in EXIT_CODES.items():
         if kind in words:
             assert words[kind] in table[code][0], (kind, code)
-            assert table[code][1] == {"scan_bucket", "filter_shards", "report"}
+            assert table[code][1] == {"scan_bucket", "filter_shards", "report", "rescore"}
     # THE table in code: every README row is the enum's code, and each job's column is its JOB_CODES, which its
     # --help lists
     from pipeline.exitcodes import JOB_CODES, ExitCode, help_epilog
 
     assert sorted(table) == [int(c) for c in ExitCode]
-    for job in ("scan_bucket", "filter_shards", "report"):
+    for job in ("scan_bucket", "filter_shards", "report", "rescore"):
         assert {c for c, (_, jobs) in table.items() if job in jobs} == {int(c) for c in JOB_CODES[job]}, job
         epilog = help_epilog(job)
         assert {int(m) for m in re.findall(r"^  (\d)  ", epilog, flags=re.M)} == {

@@ -21,6 +21,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "queries.md"
 PLACEHOLDER = "/data/scan"
 S3_PLACEHOLDER = "s3://bucket/scan"
 S3_BLOCK = "s3_register_filesystem"
+FEATURE_BLOCKS = {"more_like_this"}  # read <scan>/_features/: run against a scan with stored features
 
 
 def blocks(lang: str) -> dict[str, str]:
@@ -53,6 +54,8 @@ def results(scan) -> dict[str, list[dict]]:
     con = duckdb.connect()
     out = {}
     for name, sql in blocks("sql").items():
+        if name in FEATURE_BLOCKS:
+            continue
         assert PLACEHOLDER in sql or name != "view"
         rel = con.execute(sql.replace(PLACEHOLDER, scan))
         cols = [d[0] for d in rel.description] if rel.description else []
@@ -181,7 +184,55 @@ def test_s3_route_answers_like_the_local_files(scan, results, rows, s3fs_client)
     assert {(str(d), st): n for d, st, n in ns["rows_by_status"]} == dict(ref)
     con = ns["con"]
     for name, sql in blocks("sql").items():
+        if name in FEATURE_BLOCKS:
+            continue
         rel = con.execute(sql.replace(PLACEHOLDER, "s3://bkt/scan"))
         cols = [d[0] for d in rel.description] if rel.description else []
         got = [dict(zip(cols, r, strict=True)) for r in rel.fetchall()] if cols else []
         assert got == results[name], name
+
+
+@pytest.mark.parametrize("precision", ["float16", "int8"])
+def test_more_like_this_over_stored_features(tmp_path, monkeypatch, precision) -> None:
+    """The nearest-neighbour block on a real scan with stored features (a linear detector on a tiny backbone
+    file): its neighbours and similarities equal numpy's cosine similarities over the parts read by pyarrow."""
+    from tests.support.features import feature_scan, genscan_detector, tiny_backbone_file
+    from tests.support.shards import no_image_sample, write_shard, write_shards
+
+    monkeypatch.setenv("GENSCAN_CACHE", str(tmp_path / "cache"))
+    corpus = str(tmp_path / "in")
+    write_shards(corpus, 3, 24, size=(120, 100))
+    write_shard(f"{corpus}/shard-000003.tar", [no_image_sample("x_none")])
+    det = genscan_detector(
+        tmp_path / "lin", "tiny-linear", backbone=tiny_backbone_file(tmp_path / "bb.safetensors")
+    )
+    scan = str(tmp_path / "scan")
+    feature_scan(corpus, scan, det, features="pre_proj", precision=precision, scan_date=DAY2)
+    con = duckdb.connect()
+    con.execute(blocks("sql")["view"].replace(PLACEHOLDER, scan))
+    rel = con.execute(blocks("sql")["more_like_this"].replace(PLACEHOLDER, scan))
+    cols = [d[0] for d in rel.description]
+    got = [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
+    # reference: every row and feature by pyarrow, cosine in numpy (the int8 scale cancels)
+    scored = {}
+    for f in Path(scan).glob("scan_date=*/*.parquet"):
+        scored.update(
+            {(r["shard"], r["key"]): r for r in pq.read_table(f).to_pylist() if r["status"] == "ok"}
+        )
+    feats = {}
+    for f in Path(scan).glob("_features/scan_date=*/*.parquet"):
+        t = pq.read_table(f)
+        vals = (
+            t.column("feature").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+        )
+        vals = vals.reshape(t.num_rows, t.schema.field("feature").type.list_size)
+        keys = zip(t.column("shard").to_pylist(), t.column("key").to_pylist(), strict=True)
+        feats.update(dict(zip(keys, vals, strict=True)))
+    assert set(feats) == set(scored) and len(feats) == 72
+    target = min(scored, key=lambda k: (-scored[k]["p_fake"], k))
+    q = feats[target]
+    sims = {k: float(v @ q / np.linalg.norm(v) / np.linalg.norm(q)) for k, v in feats.items() if k != target}
+    ref = sorted(sims, key=lambda k: (-sims[k], k))[:50]
+    assert len(got) == 50 and [(r["shard"], r["key"]) for r in got] == ref
+    assert np.allclose([r["similarity"] for r in got], [sims[k] for k in ref], atol=1e-5)
+    assert all(r["p_fake"] == scored[(r["shard"], r["key"])]["p_fake"] for r in got)

@@ -26,7 +26,7 @@ from typing import Any
 
 from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
-from pipeline.exitcodes import help_epilog
+from pipeline.exitcodes import ExitCode, help_epilog
 from pipeline.settings import ConfigError, read_json_object
 from pipeline.storage import is_remote
 from pipeline.train.config import TrainConfig
@@ -50,6 +50,10 @@ def _parser() -> tuple[JobParser, ModelFlags]:
         help="JSON logs and Ray's output on stderr (default: status lines; the JSON logs go to "
         "<out>/log.jsonl)",
     )
+    feat = ap.add_argument_group("few-shot from stored features (--method linear; no image decoded)")
+    feat.add_argument("--features-from", help="scan output with stored features (scan_bucket.py --features)")
+    feat.add_argument("--features-date", help="its scan date (default: the latest)")
+    feat.add_argument("--labels", help="CSV or Parquet: shard, key, label (0/1 or real/fake), [generator]")
     flags = add_model_flags(ap.add_argument_group("training settings (TrainConfig)"), TrainConfig)
     return ap, flags
 
@@ -108,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
+    args = build_parser().parse_args(argv)
+    if args.features_from is not None or args.labels is not None:
+        return _from_features(args, console, runlog)
     try:
         cfg, args = parse(argv)
     except ConfigError as exc:
@@ -148,6 +155,45 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
     console.line(f"train succeeded: {cfg.out}; log: {runlog.publish()}")
     print(json.dumps(summary, indent=2, default=float))
     return 0
+
+
+def _from_features(args: argparse.Namespace, console: Any, runlog: Any) -> int:
+    """`--features-from SCAN --labels FILE`: the linear heads from stored features (pipeline.features.train)."""
+    from pipeline.output import ScanOutputError
+
+    runlog.discard()  # a few seconds of work: the console line and the checkpoint's notes say what happened
+    try:
+        if args.method != "linear":
+            raise ConfigError("--features-from: only --method linear trains from stored features")
+        if args.features_from is None or args.labels is None or args.out is None:
+            raise ConfigError("--features-from, --labels and --out go together")
+        from pipeline.features.train import FeatureTrainConfig, train_from_features
+
+        given = {
+            "features_from": args.features_from,
+            "scan_date": args.features_date,
+            "labels": args.labels,
+            "config": args.config,
+            "out": args.out,
+            "linear_classifier": args.linear_classifier,
+            "seed": args.seed,
+        }
+        cfg = FeatureTrainConfig.parse(
+            {k: v for k, v in given.items() if v is not None}, source="command line"
+        )
+        summary = train_from_features(cfg)
+    except ConfigError as exc:
+        console.line(f"error: {exc}")
+        return ExitCode.CONFIG
+    except ScanOutputError as exc:
+        console.line(f"not found: {exc}")
+        return ExitCode.NOT_FOUND
+    console.line(
+        f"train succeeded: {summary['checkpoint']} from {summary['examples']} stored features "
+        f"({summary['skipped_without_feature']} labelled rows without one)"
+    )
+    print(json.dumps(summary, indent=2))
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

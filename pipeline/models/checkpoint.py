@@ -132,9 +132,9 @@ def _no_random_init_warning() -> Any:
         root.removeFilter(flt)
 
 
-def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
-    """Load a checkpoint directory (local or s3:// via fetch_to_cache). Checks the file hash against the
-    detector id, then every key and shape; never unpickles."""
+def read_checkpoint(uri: str | Path) -> tuple[DetectorMeta, dict[str, torch.Tensor]]:
+    """A checkpoint's meta and tensors (local or s3:// via fetch_to_cache), the file hash checked against the
+    detector id; no model is built (`load_detector` builds one; a feature-store re-score needs only the heads)."""
     from safetensors.torch import load_file
 
     uri = str(uri)
@@ -153,6 +153,15 @@ def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
         )
     if meta.generators != meta.config.generators:
         raise CheckpointError(f"{uri}: meta.generators {meta.generators} != config.generators")
+    return meta, load_file(str(local / WEIGHTS_FILE), device="cpu")
+
+
+def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
+    """Load a checkpoint directory (local or s3:// via fetch_to_cache). Checks the file hash against the
+    detector id, then every key and shape; never unpickles."""
+    uri = str(uri)
+    meta, tensors = read_checkpoint(uri)
+    assert meta.config is not None and meta.backbone is not None  # read_checkpoint checked them
     bb = meta.backbone
     # a backbone stored in the checkpoint is built random-init and filled right below: open_clip's warning that
     # it is "initialized randomly" would be false here (only here: a plain random-init build still warns)
@@ -164,7 +173,6 @@ def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
             f"{uri}: backbone weights {bb.pretrained} have sha256 {det.backbone.sha256}, "
             f"the checkpoint was trained on {bb.sha256}"
         )
-    tensors = load_file(str(local / WEIGHTS_FILE), device="cpu")
     state = det.state_dict()
     expected = {k: state[k].shape for k in checkpoint_keys(det, with_backbone=bb.stored_in_checkpoint)}
     check_state_dict(expected, tensors, what=f"checkpoint {uri}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,6 +232,43 @@ def run_blocks(
     return x
 
 
+# ---------------------------------------------------------------------------------------------- frozen features
+# The per-image features a frozen-feature linear head reads, which a scan can keep (`--features`): the projected
+# embedding (UnivFD: open_clip ``encode_image``, not normalised) or ln_post(CLS) before the projection,
+# L2-normalised (ClipBased-SID, genscan's linear method). `pipeline.features` stores them.
+FEATURE_NORMALIZED = {"embedding": False, "pre_proj": True}
+FEATURE_KINDS = tuple(FEATURE_NORMALIZED)
+
+
+def frozen_feature(visual: nn.Module, tokens: torch.Tensor, kind: str) -> torch.Tensor:
+    """The ``kind`` feature (FEATURE_KINDS) from the last block's output tokens (N, L, D) of a frozen tower."""
+    if kind not in FEATURE_NORMALIZED:
+        raise ValueError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
+    pooled, _ = visual._pool(tokens)  # ln_post(CLS) for pool_type 'tok'
+    feat = pooled @ visual.proj if kind == "embedding" else pooled
+    return torch.nn.functional.normalize(feat, dim=-1) if FEATURE_NORMALIZED[kind] else feat
+
+
+def tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A digest of frozen weights by name and bytes (a MoLE block's ``.base_mlp`` is its frozen MLP): the
+    identity of a backbone stored in a checkpoint, from a built detector or from the checkpoint file alike."""
+    h = hashlib.sha256()
+    for name, t in sorted(((n.replace(".base_mlp", ""), t) for n, t in named), key=lambda x: x[0]):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def source_identity(src: BackboneSource | Any, digest: Callable[[], str]) -> str:
+    """Which frozen weights a backbone is: ``<arch>:tag:<open_clip tag>``, ``<arch>:sha256:<weights file>``
+    or (stored in the checkpoint) ``<arch>:tensors:<tensor_digest>``; ``digest`` is called only then."""
+    if src.kind == "tag":
+        return f"{src.arch}:tag:{src.pretrained}"
+    if src.kind == "file":
+        return f"{src.arch}:sha256:{src.sha256}"
+    return f"{src.arch}:tensors:{digest()}"
+
+
 # ---------------------------------------------------------------------------------------------- detector
 class Detector(nn.Module):
     """Frozen CLIP vision tower (+ MoLE adapters) + real/fake head + attribution head."""
@@ -267,7 +304,29 @@ class Detector(nn.Module):
             embed_dim=int(visual.proj.shape[1]),
         )
         self.neck: RineNeck | None = neck
+        self.tap: str | None = None  # set_tap: also keep this frozen feature of every forward
+        self.tapped: torch.Tensor | None = None
         self.set_fused(cfg.fused)
+
+    def set_tap(self, kind: str | None) -> None:
+        """Keep the frozen backbone's ``kind`` feature (FEATURE_KINDS) of every forward in ``tapped`` (None:
+        stop). Only for a detector that adapts no block: a MoLE tower's last tokens are not the frozen ones."""
+        if kind is not None:
+            if self.mole_blocks:
+                raise ConfigError(
+                    f"{self.config.name}: a MoLE detector adapts the backbone's blocks, so its pass does not "
+                    "give the frozen backbone's features"
+                )
+            if kind not in FEATURE_KINDS:
+                raise ConfigError(f"feature kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
+        self.tap, self.tapped = kind, None
+
+    def backbone_identity(self) -> str:
+        """Which frozen weights this detector runs on (`source_identity`)."""
+        state = self.state_dict()
+        return source_identity(
+            self.backbone, lambda: tensor_digest((n, state[n]) for n in self.backbone_param_names())
+        )
 
     # ------------------------------------------------------------------ structure
     def _feature_dim(self) -> int:
@@ -375,6 +434,8 @@ class Detector(nn.Module):
     def features_from(self, tokens: torch.Tensor, block_cls: list[torch.Tensor] | None) -> torch.Tensor:
         """The head features from the last block's output tokens (N, L, D) or, for RINE, from the ln_2 CLS
         tokens of every block (a list of depth (N, width) tensors). Shared-pass runners call this directly."""
+        if self.tap is not None:
+            self.tapped = frozen_feature(self.visual, tokens, self.tap)
         if self.neck is not None:
             if block_cls is None or len(block_cls) != self.depth:
                 got = "none" if block_cls is None else len(block_cls)

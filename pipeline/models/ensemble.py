@@ -20,7 +20,6 @@ N images in the same order in each.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,18 +112,8 @@ class BackboneGroup:
 
 def backbone_identity(det: Detector) -> str:
     """Which frozen weights a detector runs on: the open_clip tag, the weights file's sha256, or (backbone
-    stored in the checkpoint) a digest of the frozen tensors themselves."""
-    src = det.backbone
-    if src.kind == "tag":
-        return f"{src.arch}:tag:{src.pretrained}"
-    if src.kind == "file":
-        return f"{src.arch}:sha256:{src.sha256}"
-    h = hashlib.sha256()
-    state = det.state_dict()
-    for name in sorted(det.backbone_param_names(), key=lambda n: n.replace(".base_mlp", "")):
-        h.update(name.replace(".base_mlp", "").encode())
-        h.update(state[name].detach().to("cpu").contiguous().numpy().tobytes())
-    return f"{src.arch}:tensors:{h.hexdigest()[:16]}"
+    stored in the checkpoint) a digest of the frozen tensors themselves (`Detector.backbone_identity`)."""
+    return det.backbone_identity()
 
 
 def _group_key(det: Detector) -> tuple[Any, ...]:
@@ -188,6 +177,7 @@ class DetectorSet:
                 groups[key] = BackboneGroup(backbone=backbone_identity(m.det))
             groups[key].members.append(m)
         self.groups = list(groups.values())
+        self.tap_member: Member | None = None  # set_tap: whose frozen features predict also returns
         if share:
             for g in self.groups:
                 for m in g.members:
@@ -227,6 +217,25 @@ class DetectorSet:
                 for g in self.groups
             ],
         }
+
+    def set_tap(self, kind: str | None) -> Member | None:
+        """Also return the frozen backbone's ``kind`` feature from ``predict`` (``features``), ONCE for the set:
+        read off the pass of the first listed member that adapts no block (its backbone group's shared frozen
+        pass). ConfigError when every member adapts blocks (MoLE). Returns that member (None: tap off)."""
+        if self.tap_member is not None:
+            self.tap_member.det.set_tap(None)
+            self.tap_member = None
+        if kind is None:
+            return None
+        plain = [m for m in self.members if not m.det.mole_blocks]
+        if not plain:
+            raise ConfigError(
+                "features: every detector of the set adapts the backbone's blocks (MoLE); keeping the frozen "
+                "backbone's features needs a linear, UnivFD, ClipBased or RINE member"
+            )
+        plain[0].det.set_tap(kind)
+        self.tap_member = plain[0]
+        return plain[0]
 
     def prepare(self, img: Image.Image) -> dict[InputSpec, np.ndarray]:
         """One PIL image -> its uint8 array for every input (the decode rule of pipeline.models.preprocess)."""
@@ -304,6 +313,8 @@ class DetectorSet:
         ids = self.detector_ids
         logits = np.zeros((n, len(ids)), np.float32)
         gen = {i: np.zeros((n, len(self.labels[i])), np.float32) for i in ids}
+        tap = self.tap_member
+        feats: np.ndarray | None = None
         with torch.inference_mode(), autocast(self.device, self.dtype):
             for lo in range(0, n, step):
                 chunk = {sp: a[lo : lo + step] for sp, a in arrays.items()}
@@ -313,12 +324,21 @@ class DetectorSet:
                             j = ids.index(did)
                             logits[lo + rows, j] = out.logit.float().cpu().numpy()
                             gen[did][lo + rows] = out.gen_logits.float().softmax(dim=-1).cpu().numpy()
+                        if tap is not None and tap.detector_id in outs and tap.det.tapped is not None:
+                            f = tap.det.tapped.float().cpu().numpy()
+                            if feats is None:
+                                feats = np.full((n, f.shape[1]), np.nan, np.float32)
+                            feats[lo + rows] = f
         p_fake = sigmoid(logits)
         decided = np.zeros((n, len(ids)), bool)
         for j, m in enumerate(self.members):
             decided[:, j] = is_fake(logits[:, j], m.meta.threshold, m.det.config.decision)
         fused = fuse(logits, self.fusion, axis=1) if n else np.zeros(0)
+        extra = (
+            {} if tap is None else {"features": feats if feats is not None else np.zeros((n, 0), np.float32)}
+        )
         return {
+            **extra,
             "detector_ids": ids,
             "logit": logits,
             "p_fake": p_fake,

@@ -93,14 +93,26 @@ class Predictor:
 
     def predict(self, images: np.ndarray | torch.Tensor) -> dict[str, Any]:
         """uint8 (N, S, S, 3) already cropped to cfg.image_size (numpy, or a tensor on CPU or on this device)
-        -> p_fake, logit, is_fake, top_generator, generator_scores (N, 1+G) (columns = ["real", *generators])."""
-        logit_t, scores_t = self._forward_cuda(images) if self.cuda else self._forward_cpu(images)
+        -> p_fake, logit, is_fake, top_generator, generator_scores (N, 1+G) (columns = ["real", *generators]);
+        plus ``features`` (N, D) float32, the frozen backbone's feature, when the detector has a tap
+        (``Detector.set_tap``)."""
+        feats: list[torch.Tensor] = []
+        logit_t, scores_t = (
+            self._forward_cuda(images, feats) if self.cuda else self._forward_cpu(images, feats)
+        )
         logit = logit_t.numpy() if logit_t is not None else np.zeros(0, np.float32)
         scores = scores_t.numpy() if scores_t is not None else np.zeros((0, len(self.labels)), np.float32)
-        return self._results(logit, scores)
+        out = self._results(logit, scores)
+        if self.det.tap is not None:
+            out["features"] = torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
+        return out
+
+    def _keep(self, feats: list[torch.Tensor]) -> None:
+        if self.det.tap is not None and self.det.tapped is not None:
+            feats.append(self.det.tapped.float().cpu())
 
     def _forward_cpu(
-        self, images: np.ndarray | torch.Tensor
+        self, images: np.ndarray | torch.Tensor, feats: list[torch.Tensor]
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         n = len(images)
         step = self.batch_size or max(n, 1)
@@ -111,6 +123,7 @@ class Predictor:
                 out = self.det(x)
                 logits.append(out.logit.float().cpu())
                 gen.append(out.gen_logits.float().softmax(dim=-1).cpu())
+                self._keep(feats)
         return (torch.cat(logits), torch.cat(gen)) if logits else (None, None)
 
     def _upload(self, chunk: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
@@ -128,7 +141,7 @@ class Predictor:
         return dev, done, pinned
 
     def _forward_cuda(
-        self, images: np.ndarray | torch.Tensor
+        self, images: np.ndarray | torch.Tensor, feats: list[torch.Tensor]
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         n = len(images)
         if n == 0:
@@ -148,21 +161,31 @@ class Predictor:
                     out = self.det(to_model_input(x_u8, self.cfg))  # float + mean/std on the device
                     logits.append(out.logit.float())
                     gen.append(out.gen_logits.float().softmax(dim=-1))
+                    if self.det.tap is not None and self.det.tapped is not None:
+                        feats.append(self.det.tapped.float())
                 if k + 1 < len(chunks):  # queued behind chunk k's kernels: the copy overlaps its compute
                     nxt = self._upload(chunks[k + 1])
+            if feats:  # with the results: one copy back
+                feats[:] = [torch.cat(feats).cpu()]
             return torch.cat(logits).cpu(), torch.cat(gen).cpu()
 
     def _results(self, logit: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-        p_fake = decision.sigmoid(logit)
-        is_fake = decision.is_fake(logit, self.meta.threshold, getattr(self.cfg, "decision", "p_fake_ge"))
-        top = top_generators(scores, is_fake, self.meta)
-        return {
-            "p_fake": p_fake,
-            "logit": logit.astype(np.float32),
-            "is_fake": is_fake,
-            "top_generator": top,
-            "generator_scores": scores.astype(np.float32),
-        }
+        return score_results(logit, scores, self.cfg, self.meta)
+
+
+def score_results(logit: np.ndarray, scores: np.ndarray, cfg: Any, meta: DetectorMeta) -> dict[str, Any]:
+    """A detector's logits (N,) and attribution softmax (N, 1+G) -> the scan's per-row results (p_fake, logit,
+    is_fake by the config's decision rule and the meta's threshold, top_generator, generator_scores): the one
+    rule for the Predictor and a feature-store re-score (`pipeline.features.head`); the detector set applies
+    the same `pipeline.models.decision` functions per member."""
+    is_fake = decision.is_fake(logit, meta.threshold, getattr(cfg, "decision", "p_fake_ge"))
+    return {
+        "p_fake": decision.sigmoid(logit),
+        "logit": logit.astype(np.float32),
+        "is_fake": is_fake,
+        "top_generator": top_generators(scores, is_fake, meta),
+        "generator_scores": scores.astype(np.float32),
+    }
 
 
 def top_generators(scores: np.ndarray, is_fake: np.ndarray, meta: DetectorMeta) -> list[str]:

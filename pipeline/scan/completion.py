@@ -91,6 +91,12 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
                 f"fusion: --resume of run {scan_date} with a different fusion "
                 f"({cfg.fusion!r} != {before_fusion!r})"
             )
+        for name in ("features", "features_precision"):  # a store's parts must all be the same features
+            if name in prev_cfg and prev_cfg[name] != getattr(cfg, name):
+                raise RunRefused(
+                    f"{name}: --resume of run {scan_date} with a different {name} "
+                    f"({getattr(cfg, name)!r} != {prev_cfg[name]!r})"
+                )
         if cfg.run_id and previous.get("run_id") not in (None, cfg.run_id):
             raise RunRefused(
                 f"run_id: run {scan_date} has run_id {previous.get('run_id')!r}, not {cfg.run_id!r}"

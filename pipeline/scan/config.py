@@ -45,6 +45,20 @@ class ScanConfig(StrictModel):
         "one detector",
     )
 
+    # the feature store (docs/schema.md "Stored features", pipeline.features)
+    features: Literal["embedding", "pre_proj"] | None = Field(
+        None,
+        description="also keep the frozen backbone's per-image feature under <out>/_features/ so a linear "
+        "detector can re-score the corpus without a backbone pass (jobs/rescore.py): embedding = the projected "
+        "image embedding (UnivFD's), pre_proj = the L2-normalised CLS before the projection (ClipBased-SID's, "
+        "genscan linear's); needs a detector that adapts no backbone block (not MoLE alone). None: keep none",
+    )
+    features_precision: Literal["float16", "int8"] = Field(
+        "float16",
+        description="how stored features are rounded: float16 (2 bytes a value, logit error <= 2^-11 sum|w x|) "
+        "or int8 with a per-row scale (1 byte a value, logit error <= scale/2 sum|w|); results/features.md",
+    )
+
     # which run (see docs/schema.md, 'Runs and resume')
     scan_date: str | None = Field(None, description="partition YYYY-MM-DD; default: today (UTC)")
     run_id: str | None = Field(None, description="free-form run id; default <scan_date>-<random>")

@@ -143,6 +143,14 @@ def run_detectors(cfg: ScanConfig) -> RunDetectors:
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise ConfigError(f"detector: the same detector is listed twice ({', '.join(dup)}): list each once")
+    if cfg.features is not None and all(
+        (m.meta.get("config") or {}).get("method") == "mole" for m in members
+    ):
+        raise ConfigError(
+            "features: a MoLE detector adapts the backbone's blocks, so its pass does not give the frozen "
+            "backbone's features; add a linear, UnivFD, ClipBased or RINE detector on the same backbone "
+            "(--detector A,B) or scan without --features"
+        )
     if len(members) == 1:
         inputs = [(members[0].image_size, cfg.resize_mode or members[0].resize_mode)]
         return RunDetectors(uris, members, None, inputs)

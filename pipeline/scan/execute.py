@@ -61,6 +61,8 @@ def scorer_kwargs(cfg: ScanConfig, inputs: list[tuple[int, str]]) -> dict[str, A
         "decode_on": cfg.decode_on,
         "fusion": cfg.fusion,
         "inputs": inputs,
+        "features": cfg.features,
+        "features_precision": cfg.features_precision,
     }
 
 

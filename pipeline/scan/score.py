@@ -12,6 +12,7 @@ result (its status row, or its pixels). Their `_decode_s` gains the device decod
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -56,6 +57,7 @@ class SetPredictor:
             "member_logit": np.asarray(res["logit"], np.float32),
             "member_p_fake": np.asarray(res["p_fake"], np.float32),
             "member_is_fake": np.asarray(res["is_fake"], bool),
+            **({"features": res["features"]} if "features" in res else {}),
         }
 
 
@@ -74,6 +76,8 @@ class Scorer:
         decode_on: str = "cpu",
         fusion: str = DEFAULT_FUSION,
         inputs: list[tuple[int, str]] | None = None,
+        features: str | None = None,
+        features_precision: str = "float16",
     ) -> None:
         import torch
 
@@ -84,6 +88,7 @@ class Scorer:
         if torch_threads and device == "cpu":
             torch.set_num_threads(torch_threads)
         uris = detector.split(",")
+        tapped: tuple[Any, Any, tuple[int, str]] | None = None  # whose frozen features are kept, and inputs
         self.predictor: Any
         if len(uris) == 1:
             det, meta = load_detector(detector)
@@ -92,6 +97,9 @@ class Scorer:
             self.fusion: str | None = None
             self.detector_id, self.threshold = str(meta.detector_id), float(meta.threshold)
             self.n_inputs = 1
+            tapped = (det, meta, (inputs or [(det.config.image_size, det.config.preprocess)])[0])
+            if features is not None:
+                det.set_tap(features)
         else:
             from pipeline.models.ensemble import load_detector_set
             from pipeline.scan.detectors import FUSED_THRESHOLD, set_id
@@ -111,6 +119,13 @@ class Scorer:
             self.fusion = dset.fusion
             self.detector_id, self.threshold = set_id(self.member_ids, dset.fusion), FUSED_THRESHOLD
             self.n_inputs = len(loaded)
+            src = dset.set_tap(features) if features is not None else None
+            tapped = (src.det, src.meta, (src.spec.image_size, src.spec.preprocess)) if src else None
+        # the stored features' spec (pipeline.feature_store.FeatureSpec as JSON), tagged on every row
+        self.feature_spec = (
+            feature_spec(*tapped, features, features_precision) if features is not None and tapped else None
+        )
+        self.feature_dim = json.loads(self.feature_spec)["dim"] if self.feature_spec else 0
         self.meta = meta  # the (attributing) detector's: its labels are the rows' generator_scores keys
         self.labels = ["real", *meta.generators]
         self.batch_size = batch_size
@@ -151,7 +166,40 @@ class Scorer:
             n_members=len(self.member_ids),
         )
         out["_actor_ready"] = np.full(len(out["status"]), self.ready_at, np.float64)
+        if self.feature_spec is not None:
+            n = len(out["status"])
+            if "_feature" not in out or out["_feature"].shape != (n, self.feature_dim):  # no row scored
+                out["_feature"] = np.full((n, self.feature_dim), np.nan, np.float32)
+            out["_feature_spec"] = np.full(len(out["status"]), self.feature_spec, dtype=object)
         return out
+
+
+def feature_spec(det: Any, meta: Any, inp: tuple[int, str], kind: str, precision: str) -> str:
+    """The `pipeline.feature_store.FeatureSpec` (JSON) of the features a scorer keeps: `det`'s frozen
+    backbone, the feature kind, the preprocessing `inp` the read stage decodes with (and the config's mean/std)."""
+    from pipeline.feature_store import BackboneId, FeatureSpec, Preprocessing
+    from pipeline.models.detector import FEATURE_NORMALIZED
+
+    c, bb = det.config, det.backbone
+    dim = (
+        int(det.visual.proj.shape[1]) if kind == "embedding" else int(det.visual.ln_post.normalized_shape[0])
+    )
+    spec = FeatureSpec(
+        kind=kind,  # type: ignore[arg-type]  # ScanConfig validated it
+        normalized=FEATURE_NORMALIZED[kind],
+        dim=dim,
+        precision=precision,  # type: ignore[arg-type]
+        backbone=BackboneId(
+            identity=det.backbone_identity(),
+            arch=bb.arch,
+            pretrained=bb.pretrained,
+            kind=bb.kind,
+            sha256=bb.sha256,
+        ),
+        preprocessing=Preprocessing(image_size=inp[0], preprocess=inp[1], mean=c.mean, std=c.std),
+        source_detector=str(meta.detector_id),
+    )
+    return spec.model_dump_json()
 
 
 def _shipped_rows(batch: dict[str, np.ndarray], ok: np.ndarray) -> np.ndarray:
@@ -221,6 +269,7 @@ def score_batch(
     det_logit = np.full((n, n_members), np.nan, np.float32)
     det_p_fake = np.full((n, n_members), np.nan, np.float32)
     det_is_fake = np.zeros((n, n_members), bool)
+    feats: np.ndarray | None = None  # the frozen features, when the predictor keeps them (NaN: not scored)
     t0 = time.perf_counter()
     for rows, pixels in parts:
         step = batch_size or len(rows)
@@ -238,6 +287,11 @@ def score_batch(
             if gs.shape != (len(sel), n_labels):
                 raise ValueError(f"generator_scores shape {gs.shape} != ({len(sel)}, {n_labels})")
             scores[sel] = gs
+            if "features" in pred:
+                f = np.asarray(pred["features"], np.float32)
+                if feats is None:
+                    feats = np.full((n, f.shape[1]), np.nan, np.float32)
+                feats[sel] = f
     if len(ok):
         infer_s[ok] = (time.perf_counter() - t0) / len(ok)
     out.update(
@@ -251,4 +305,6 @@ def score_batch(
         _det_is_fake=det_is_fake,
         _infer_s=infer_s,
     )
+    if feats is not None:
+        out["_feature"] = feats
     return out

@@ -27,6 +27,24 @@ def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def features_part(shard: str, rows: dict[str, np.ndarray]) -> tuple[bytes, dict[str, Any]] | None:
+    """The shard's features part (`pipeline.feature_store`) from the scorer's `_feature` / `_feature_spec`
+    columns: one row per scored image (status ok), none for rows with no image; None when the run keeps none."""
+    if not rows or "_feature_spec" not in rows:
+        return None
+    from pipeline.feature_store import FeatureSpec, encode_part
+
+    specs = {str(x) for x in rows["_feature_spec"].tolist()}
+    if len(specs) != 1:  # two scorers with different checkpoints wrote this shard's rows: never mix features
+        raise ValueError(f"shard {shard}: rows carry {len(specs)} different feature specs")
+    spec = FeatureSpec.model_validate_json(specs.pop())
+    feats = np.asarray(rows["_feature"], np.float32).reshape(len(rows["status"]), -1)
+    ok = (np.asarray(rows["status"], dtype=object) == "ok") & np.isfinite(feats).all(axis=1)
+    keys = [str(k) for k in np.asarray(rows["key"], dtype=object)[ok].tolist()]
+    data = encode_part(shard, keys, feats[ok], spec)
+    return data, {"rows": len(keys), "bytes": len(data), "kind": spec.kind, "precision": spec.precision}
+
+
 class ShardSink:
     """`add(batch)` -> the summaries of the shards this batch completed (their Parquet + marker are written).
 
@@ -64,7 +82,12 @@ class ShardSink:
         )
         if not url:  # an empty shard: its url is not in any row
             stats.pop("shard_url", None)
-        commit_shard([(self.paths.parquet(shard), data)], self.paths.marker(shard), stats)
+        outputs = [(self.paths.parquet(shard), data)]
+        part = features_part(shard, rows)
+        if part is not None:  # the shard's stored features: written with its Parquet, before its marker
+            outputs.append((self.paths.features(shard), part[0]))
+            stats["features"] = part[1]
+        commit_shard(outputs, self.paths.marker(shard), stats)
         log.info("shard_written", shard=shard, rows=stats["rows"], writer_node=self.writer_node)
         return stats
 

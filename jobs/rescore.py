@@ -1,0 +1,12 @@
+"""`python jobs/rescore.py …` (and `ray job submit -- python jobs/rescore.py …`) from a checkout: the job
+itself is `pipeline.cli.rescore` (console script `genscan-rescore` once installed)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's `pipeline`, installed or not
+
+from pipeline.cli.rescore import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

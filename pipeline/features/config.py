@@ -1,0 +1,46 @@
+"""The re-score job's configuration [ours]: a light module (no torch) so the command line and its --help are
+generated from it at once (pipeline.cli.rescore)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.runner import DEFAULT_MAX_SAMPLE_ERROR_RATE, DEFAULT_MAX_SHARD_ERROR_RATE
+from pipeline.settings import StrictModel
+
+
+class RescoreConfig(StrictModel):
+    """The re-score job's configuration, saved as `<output>/_run/<D>/config.json`."""
+
+    scan: str = Field(description="the scan output whose stored features are re-scored (local or s3://)")
+    scan_date: str | None = Field(None, description="the scan date to re-score; default: the latest")
+    detector: str = Field(description="checkpoint dir of a linear / UnivFD / ClipBased detector")
+    output: str = Field(description="where the re-scored partition is written (a scan output)")
+    run_id: str | None = Field(
+        None, description="run id recorded in every row; default <scan_date>-rescore-<random>"
+    )
+    resume: bool = Field(
+        False, description="continue an unfinished re-score: shards with a marker are skipped"
+    )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="local: shards one after another in this process; ray: one Ray task per shard (CPU)",
+    )
+    ray_address: str | None = Field(
+        None, description="engine ray: an address; None: RAY_ADDRESS or a local Ray"
+    )
+    task_num_cpus: float = Field(0.5, gt=0, description="CPUs per Ray task (one shard each)")
+    max_shard_error_rate: float = Field(
+        DEFAULT_MAX_SHARD_ERROR_RATE,
+        ge=0,
+        le=1,
+        description="fail when more than this share of shards has no usable features",
+    )
+    max_sample_error_rate: float = Field(
+        DEFAULT_MAX_SAMPLE_ERROR_RATE,
+        ge=0,
+        le=1,
+        description="fail when more than this share of samples has an error status",
+    )

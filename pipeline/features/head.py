@@ -1,0 +1,123 @@
+"""A detector's heads on stored features [ours]: what a re-score runs instead of the detector. Only detectors
+whose heads read ONE frozen feature per image qualify (genscan's linear method, imported UnivFD and ClipBased);
+the checkpoint's heads are read from its safetensors file, no backbone is built.
+
+`FeatureHead.spec_needed()` is the detector's side of the store contract (backbone identity, feature kind,
+preprocessing); `check(spec)` refuses, in one line, a store whose features are not the ones its heads read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.feature_store import BackboneId, FeatureSpec, Preprocessing
+from pipeline.models.detector import (
+    FEATURE_NORMALIZED,
+    HEAD_PREFIXES,
+    head_shapes,
+    source_identity,
+    tensor_digest,
+)
+from pipeline.models.meta import DetectorMeta
+from pipeline.models.predictor import score_results
+from pipeline.settings import ConfigError
+
+# why a method cannot be re-scored from stored features
+REFUSED = {
+    "mole": "MoLE adapts the backbone's last blocks, so its heads read features of its own adapted pass, not "
+    "the frozen backbone's stored ones",
+    "rine": "RINE reads the CLS token of every block (block_cls), the store keeps one feature per image",
+}
+
+
+class FeatureHead:
+    """The real/fake and attribution heads of a linear-on-frozen-feature checkpoint."""
+
+    def __init__(self, uri: str) -> None:
+        from pipeline.models.checkpoint import read_checkpoint
+        from pipeline.models.meta import CheckpointError
+
+        try:
+            meta, tensors = read_checkpoint(uri)
+        except (CheckpointError, OSError) as exc:
+            raise ConfigError(f"detector: {exc}") from exc
+        cfg = meta.config
+        assert cfg is not None and meta.backbone is not None  # read_checkpoint checked them
+        if cfg.method in REFUSED:
+            raise ConfigError(
+                f"detector {meta.detector_id}: cannot re-score from stored features: {REFUSED[cfg.method]}"
+            )
+        if cfg.head.feature not in FEATURE_NORMALIZED:
+            raise ConfigError(
+                f"detector {meta.detector_id}: head feature {cfg.head.feature} is not a stored kind"
+            )
+        shapes = {k: v for k, v in head_shapes(cfg).items()}
+        heads = {k: v for k, v in tensors.items() if k.startswith(HEAD_PREFIXES)}
+        wrong = sorted(k for k in shapes if k not in heads or tuple(heads[k].shape) != tuple(shapes[k]))
+        if wrong or set(heads) != set(shapes):
+            raise ConfigError(
+                f"detector {uri}: head tensors do not match its config ({', '.join(wrong) or 'extra'})"
+            )
+        self.uri = uri
+        self.meta: DetectorMeta = meta
+        self.cfg = cfg
+        self.w_fake = heads["head_fake.weight"].to(torch.float32).numpy().reshape(-1)
+        self.b_fake = float(heads["head_fake.bias"].reshape(-1)[0])
+        self.w_gen = heads["head_gen.weight"].to(torch.float32).numpy()
+        self.b_gen = heads["head_gen.bias"].to(torch.float32).numpy()
+        bb = meta.backbone
+        identity = source_identity(
+            bb, lambda: tensor_digest((k, v) for k, v in tensors.items() if not k.startswith(HEAD_PREFIXES))
+        )
+        self.backbone = BackboneId(
+            identity=identity, arch=bb.arch, pretrained=bb.pretrained, kind=bb.kind, sha256=bb.sha256
+        )
+
+    @property
+    def detector_id(self) -> str:
+        return str(self.meta.detector_id)
+
+    @property
+    def labels(self) -> list[str]:
+        return ["real", *self.meta.generators]
+
+    def spec_needed(self, precision: str = "float16") -> FeatureSpec:
+        c = self.cfg
+        return FeatureSpec(
+            kind=c.head.feature,  # type: ignore[arg-type]  # checked in __init__
+            normalized=c.head.normalize,
+            dim=int(self.w_fake.shape[0]),
+            precision=precision,  # type: ignore[arg-type]
+            backbone=self.backbone,
+            preprocessing=Preprocessing(
+                image_size=c.image_size, preprocess=c.preprocess, mean=c.mean, std=c.std
+            ),
+            source_detector=self.detector_id,
+        )
+
+    def check(self, spec: FeatureSpec, where: str) -> None:
+        """ConfigError (one line) unless `spec`'s features are exactly what these heads read."""
+        diff = self.spec_needed(spec.precision).differences(spec)
+        if diff:
+            raise ConfigError(
+                f"detector {self.detector_id} does not read the features stored in {where}: {'; '.join(diff)}"
+            )
+
+    def logits(self, feats: np.ndarray) -> np.ndarray:
+        """The real/fake logit of each feature row, float32 as the scan's head computes it."""
+        x = torch.from_numpy(np.ascontiguousarray(feats, np.float32))
+        w = torch.from_numpy(self.w_fake).reshape(1, -1)
+        with torch.inference_mode():
+            return torch.nn.functional.linear(x, w, torch.tensor([self.b_fake])).squeeze(-1).numpy()
+
+    def predict(self, feats: np.ndarray) -> dict[str, Any]:
+        """The scan's per-row results (`pipeline.models.predictor.score_results`) from (N, D) features."""
+        feats = np.asarray(feats, np.float32).reshape(-1, self.w_fake.shape[0])
+        x = torch.from_numpy(np.ascontiguousarray(feats))
+        with torch.inference_mode():
+            gen = torch.nn.functional.linear(x, torch.from_numpy(self.w_gen), torch.from_numpy(self.b_gen))
+            scores = gen.softmax(dim=-1).numpy()
+        return score_results(self.logits(feats), scores, self.cfg, self.meta)

@@ -29,9 +29,17 @@ from pipeline.preflight import Location, StorageError, check_filter_policy, chec
 from pipeline.runner import ErrorBudgetExceeded, MapFn, local_map
 from pipeline.settings import ConfigError
 
+VERDICT_PREFIX = "verdict:"
+
 
 def parse_rule(text: str) -> dict[str, Any]:
-    """`GEN=ACTION` or `GEN=ACTION@THRESHOLD` -> a GeneratorRule dict (validated by the policy model)."""
+    """`GEN=ACTION` or `GEN=ACTION@THRESHOLD` -> a GeneratorRule dict; `verdict:VERDICT=ACTION` -> a
+    ProvenanceRule dict (both validated by the policy model)."""
+    if text.startswith(VERDICT_PREFIX):
+        verdict, sep, action = text.removeprefix(VERDICT_PREFIX).partition("=")
+        if not sep or "@" in action:
+            raise ConfigError(f"provenance_rules: {text!r} is not verdict:VERDICT=ACTION")
+        return {"verdict": verdict, "action": action}
     gen, sep, rest = text.partition("=")
     if not sep:
         raise ConfigError(f"generator_rules: {text!r} is not GEN=ACTION[@THRESHOLD]")
@@ -58,7 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fake-action", default=None, help="drop | quarantine (default drop)")
     ap.add_argument("--error-action", default=None, help="keep | drop | quarantine error rows (default keep)")
     ap.add_argument("--on-shard-error", default=None, help="fail | skip (default fail)")
-    ap.add_argument("--rule", action="append", default=[], help="GEN=ACTION[@THRESHOLD], repeatable")
+    ap.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        help="GEN=ACTION[@THRESHOLD] or verdict:VERDICT=ACTION (provenance_verdict, e.g. "
+        "verdict:ai_declared=drop), repeatable",
+    )
     ap.add_argument("--dry-run", action="store_true", help="print what would happen, write nothing")
     ap.add_argument(
         "--resume",
@@ -100,7 +114,13 @@ def build_config(argv: list[str] | None = None, args: argparse.Namespace | None 
     }
     inline = {k: v for k, v in inline.items() if v is not None}
     if args.rule:
-        inline["generator_rules"] = [parse_rule(r) for r in args.rule]
+        rules = [parse_rule(r) for r in args.rule]
+        generator_rules = [r for r in rules if "generator" in r]
+        provenance_rules = [r for r in rules if "verdict" in r]
+        if generator_rules:
+            inline["generator_rules"] = generator_rules
+        if provenance_rules:
+            inline["provenance_rules"] = provenance_rules
     if args.policy and inline:
         raise ConfigError(
             f"--policy and inline policy flags ({', '.join(sorted(inline))}) are exclusive: "

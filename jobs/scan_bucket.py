@@ -30,6 +30,15 @@ from pipeline.settings import ConfigError, read_json_object  # noqa: E402
 
 log = get_logger("jobs.scan_bucket")
 
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 # CLI flag -> ScanConfig field (flags override the --config-file's values; both validated together)
 FLAGS: dict[str, tuple[type, str]] = {
     "input": (str, "s3://bucket/prefix/, a brace pattern or a local folder of .tar shards"),
@@ -80,6 +89,20 @@ FLAGS: dict[str, tuple[type, str]] = {
     "chunk_rows": (int, "rows per block from the read/decode stage"),
     "max_pixels": (int, "images with more pixels get status too_large"),
     "resize_mode": (str, "center_crop | resize_crop (default: the detector's)"),
+    "provenance": (
+        _bool,
+        "true | false: read C2PA / XMP DigitalSourceType / generator metadata into the provenance_* columns "
+        "(default true)",
+    ),
+    "c2pa_trust_anchors": (
+        str,
+        "PEM file of trusted C2PA signing roots; without it a good signature is 'valid_untrusted', never trusted",
+    ),
+    "provenance_policy": (
+        str,
+        "declared (default) | signed | trusted | report: which ai_declared evidence makes a row fake "
+        "(docs/provenance.md)",
+    ),
 }
 
 

@@ -422,3 +422,49 @@ def test_unreadable_evidence_in_a_member_the_decoder_rejects(tmp_path: Path) -> 
     assert batch["status"].tolist() == ["decode_error"]
     assert batch["prov_verdict"].tolist() == ["ai_declared"]  # the XMP is readable: its claim is reported
     assert batch["prov_basis"].tolist() == ["xmp"]
+
+
+def _doc_blocks() -> dict[str, str]:
+    """The named ```sql blocks of docs/queries.md (the queries an analyst pastes)."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "queries.md").read_text()
+    out = {}
+    for body in re.findall(r"```sql\n(.*?)```", doc, flags=re.S):
+        m = re.search(r"^-- name: (\w+)", body, flags=re.M)
+        out[m.group(1)] = body
+    return out
+
+
+def test_documented_provenance_queries_on_a_corpus_with_evidence(scanned) -> None:
+    blocks = _doc_blocks()
+    con = duckdb.connect()
+    con.execute(blocks["view"].replace("/data/scan", str(scanned["scan"])))
+    rows = output.read_scan(str(scanned["scan"])).to_pylist()
+
+    def run(name: str) -> list[dict]:
+        rel = con.execute(blocks[name])
+        cols = [d[0] for d in rel.description]
+        return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
+
+    by = {r["provenance_verdict"]: r for r in run("provenance_verdicts")}
+    for verdict, r in by.items():
+        ok = [x for x in rows if x["provenance_verdict"] == verdict and x["status"] == "ok"]
+        assert r["rows"] == sum(x["provenance_verdict"] == verdict for x in rows)
+        assert r["detector_flagged"] == sum(x["p_fake"] >= x["threshold"] for x in ok)
+    declared = run("declared_images")
+    assert {d["key"] for d in declared} == {
+        k for k, e in EXPECTED.items() if e[0] in ("ai_declared", "ai_composite_declared")
+    }
+    assert (
+        next(d for d in declared if d["key"] == "comfyui")["provenance_model"] == "sd_xl_base_1.0.safetensors"
+    )
+    problems = run("provenance_problems")
+    assert sum(p["rows"] for p in problems) == sum(
+        e[0] in ("invalid", "unreadable") for e in EXPECTED.values()
+    )
+    claims = {
+        (c["provenance_verdict"], c["provenance_signature"]): c["rows"] for c in run("source_type_claims")
+    }
+    assert claims[("invalid", "invalid")] == 1  # the altered image still shows what it claimed
+    assert claims[("ai_declared", None)] == 2  # the XMP claims (JPEG, PNG)

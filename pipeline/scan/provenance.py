@@ -475,8 +475,8 @@ class ProvenanceReader:
             out.error = f"C2PA manifest store of {size} bytes exceeds {MAX_MANIFEST}"
             return None
         try:
-            reader = self._reader(MIME[fmt], data)
-            store = json.loads(reader.json())
+            with self._reader(MIME[fmt], data) as reader:  # frees the native reader at once
+                store = json.loads(reader.json())
         except c2pa.C2paError.ManifestNotFound:
             return None  # a JUMBF box that is no C2PA manifest store
         except Exception as exc:  # the store does not parse (C2paError.Verify "expected JUMD", Decoding, …):

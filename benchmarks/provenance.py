@@ -1,6 +1,6 @@
 """Provenance reading cost: read-task CPU per image with provenance reading on vs off, in ONE process and run.
 
-    .venv/bin/python benchmarks/provenance.py [--images 64 --rounds 7 --size 512 --out results]
+    .venv/bin/python benchmarks/provenance.py [--images 256 --rounds 21 --size 512 --out results]
 
 Corpora (made here; 512 px photo-like images): `plain_jpeg` / `plain_png` (no metadata: the common case, e.g.
 an img2dataset corpus), `c2pa_jpeg` (C2PA manifest signed with c2pa-python and a local EC P-256 test chain, as
@@ -111,8 +111,8 @@ def bytes_per_row(batches: list[dict], shard_rows: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=64, help="images per corpus")
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--images", type=int, default=256, help="images per corpus")
+    ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--size", type=int, default=512, help="image side in pixels")
     ap.add_argument(
         "--shard-rows", type=int, default=1000, help="rows per shard for the bytes-per-row figure"

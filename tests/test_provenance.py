@@ -468,3 +468,36 @@ def test_documented_provenance_queries_on_a_corpus_with_evidence(scanned) -> Non
     }
     assert claims[("invalid", "invalid")] == 1  # the altered image still shows what it claimed
     assert claims[("ai_declared", None)] == 2  # the XMP claims (JPEG, PNG)
+
+
+@pytest.mark.slow
+def test_ray_scan_reads_the_same_evidence(scanned, shared_s3_ray) -> None:
+    """The product's path: `ray job submit` of jobs/scan_bucket.py on a real Ray head; the read tasks (Ray
+    workers) read C2PA with c2pa-python and the writers apply the policy: the same rows as the in-process scan."""
+    import sys
+
+    from tests.support.ray_cluster import SMALL_SCAN, submit_job
+
+    out = scanned["tmp"] / "scan-ray"
+    args = [sys.executable, str(Path(__file__).resolve().parents[1] / "jobs" / "scan_bucket.py")]
+    args += ["--input", str(scanned["corpus"]), "--output", str(out), "--detector", scanned["det"]]
+    args += [
+        "--scan-date",
+        DAY,
+        "--batch-size",
+        "8",
+        "--c2pa-trust-anchors",
+        str(scanned["anchors"]),
+        *SMALL_SCAN,
+    ]
+    res = submit_job(shared_s3_ray["head"], args, timeout_s=300)
+    assert res.status == "SUCCEEDED", res.logs[-3000:]
+    cols = ["key", "status", "p_fake", "is_fake", "top_generator", "decided_by"]
+    cols += [c for c in output.COLUMNS if c.startswith("provenance_")]
+    ray_rows = {r["key"]: r for r in output.read_scan(str(out), columns=cols).to_pylist()}
+    local = {r["key"]: r for r in output.read_scan(str(scanned["scan"]), columns=cols).to_pylist()}
+    assert sorted(ray_rows) == sorted(local)
+    for key, r in ray_rows.items():
+        for c in cols[4:] + ["status", "is_fake"]:
+            assert r[c] == local[key][c], (key, c)
+        assert r["p_fake"] == pytest.approx(local[key]["p_fake"], abs=1e-5)

@@ -2,6 +2,7 @@
 
     python jobs/filter_shards.py --scan out/scan --input data/shards --output data/clean \
         [--policy policy.json | --threshold 0.7 --rule unknown=quarantine --rule upconv=drop@0.9 ...] [--dry-run]
+        [--rule verdict:ai_declared=drop]   # on the scan's provenance_verdict (docs/provenance.md), applied first
         [--resume]   # keep shards already filtered with the same scan, input, scan date and policy
 
 Exit codes: 0 success (every shard reconciled), 1 error budget exceeded (more than --max-shard-error-rate of the

@@ -393,6 +393,13 @@ def test_v2_files_read_beside_v3(scanned, tmp_path: Path) -> None:
         " hive_partitioning = true, union_by_name = true) GROUP BY ALL ORDER BY 1"
     )
     assert q.fetchall() == [(2, 0), (3, v3.num_rows)]
+    from pipeline.hygiene.report import ReportConfig, build_report
+
+    old_report = build_report(
+        ReportConfig(scan=str(root), output=str(tmp_path / "report"), scan_date="2026-12-04", gallery_size=2)
+    )
+    assert old_report["provenance"]["verdicts"] == [] and "declared" not in old_report["galleries"]
+    assert "No provenance was read" in (tmp_path / "report" / "report.html").read_text()
     policy = FilterPolicy.parse({"provenance_rules": [{"verdict": "ai_declared", "action": "drop"}]})
     assert all(decide(r, policy).reason != "provenance:ai_declared" for r in old)
     assert any(decide(r, policy).reason == "provenance:ai_declared" for r in both if r["scan_date"] == DAY)

@@ -237,3 +237,25 @@ def jpeg_with_app1(arr: np.ndarray, payload: bytes) -> bytes:
     """A JPEG with a raw APP1 segment (EXIF / XMP, malformed on purpose) right after SOI."""
     base = encode(arr, "JPEG", quality=90)
     return base[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + base[2:]
+
+
+def mutations(data: bytes, n: int, seed: int = 0):
+    """`n` damaged copies of `data`: bit flips, cuts, zeroed runs and splices at random places."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(n):
+        d = bytearray(data)
+        kind = rng.choice(("flip", "cut", "zero", "splice"))
+        if kind == "flip":
+            for _ in range(rng.randint(1, 20)):
+                d[rng.randrange(len(d))] ^= 1 << rng.randrange(8)
+        elif kind == "cut":
+            d = d[: rng.randrange(len(d))]
+        elif kind == "zero":
+            a, k = rng.randrange(len(d)), rng.randint(1, 500)
+            d[a : a + k] = bytes(len(d[a : a + k]))
+        else:
+            a, b = sorted(rng.randrange(len(d)) for _ in range(2))
+            d = d[:a] + d[b:] + d[a:b]
+        yield bytes(d)

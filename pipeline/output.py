@@ -1,4 +1,4 @@
-"""The scan-output contract: paths, Parquet schema v2, completion markers, run files, listing of dates and
+"""The scan-output contract: paths, Parquet schema v3, completion markers, run files, listing of dates and
 shards, and `open_scan()` for readers — the ONE place that spells out the layout (docs/schema.md) [ours].
 
     <out>/scan_date=<D>/<shard>.parquet        one file per shard, named by shard id (a retry overwrites)
@@ -13,8 +13,9 @@ Writers: the scan (`pipeline.scan.job` + the shard writers on the workers). Read
 
 Schema: change it only by bumping SCHEMA_VERSION and documenting the change; readers use the `schema_version`
 column. v2 = v1's columns, same names, types and order, plus four columns at the end (each detector's score
-when several detectors scan at once, and the fusion rule); `open_scan` reads v1 and v2 files together (the v2
-columns are null in v1 rows). The `scan_date` partition column is NOT in the files: it comes from the hive path `scan_date=YYYY-MM-DD/`.
+when several detectors scan at once, and the fusion rule). v3 = v2's columns plus the provenance evidence at
+the end (`provenance_*`, `decided_by`; pipeline.scan.provenance). `open_scan` reads v1, v2 and v3 files
+together (a column a file lacks reads as null). The `scan_date` partition column is NOT in the files: it comes from the hive path `scan_date=YYYY-MM-DD/`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Row statuses: `ok` rows are scored; a sample error is a sample without a score (its bytes did not decode, it
 # had no image member, or the image was over the pixel limit); `shard_error` is the ONE row of a shard that could
@@ -74,12 +75,40 @@ SCHEMA = pa.schema(
         pa.field("detector_logit", pa.map_(pa.string(), pa.float32())),
         pa.field("detector_is_fake", pa.map_(pa.string(), pa.bool_())),
         pa.field("fusion", pa.string()),  # the fusion rule (pipeline.models.fusion); null for one detector
+        # v3: provenance evidence read from the member's bytes (pipeline.scan.provenance; docs/provenance.md);
+        # null when not read (reading off, no image bytes, a format other than JPEG / PNG / WebP)
+        pa.field("provenance_verdict", pa.string()),  # one of PROVENANCE_VERDICTS
+        pa.field(
+            "provenance_basis", pa.string()
+        ),  # the evidence kind that gave the verdict (c2pa xmp png_text exif)
+        pa.field("provenance_kinds", pa.list_(pa.string())),  # every evidence kind found
+        pa.field(
+            "provenance_generator", pa.string()
+        ),  # declared generator (claim generator, front-end, Software)
+        pa.field("provenance_model", pa.string()),  # model name, where the front-end writes it
+        pa.field("provenance_signer", pa.string()),  # C2PA signing certificate "<issuer> / <common name>"
+        pa.field("provenance_source_types", pa.list_(pa.string())),  # IPTC digital source type IRIs
+        pa.field("provenance_signature", pa.string()),  # C2PA: trusted | valid_untrusted | invalid
+        pa.field("provenance_codes", pa.list_(pa.string())),  # C2PA validation failure codes
+        pa.field("provenance_ingredients", pa.int32()),  # C2PA: ingredients of the active manifest
+        pa.field("provenance_error", pa.string()),  # why evidence could not be read
+        # who set is_fake / top_generator: "detector" or "provenance" (the run's provenance policy); null unless ok
+        pa.field("decided_by", pa.string()),
     ],
     metadata={"genscan.schema_version": str(SCHEMA_VERSION)},
 )
 
 COLUMNS = tuple(SCHEMA.names)
 V1_COLUMNS = COLUMNS[: COLUMNS.index("scanned_at") + 1]  # what schema v1 files hold (v2 adds columns after)
+V2_COLUMNS = COLUMNS[: COLUMNS.index("fusion") + 1]  # what schema v2 files hold (v3 adds columns after)
+PROVENANCE_VERDICTS = (
+    "ai_declared",
+    "ai_composite_declared",
+    "capture_declared",
+    "invalid",
+    "unreadable",
+    "none",
+)
 
 PARTITION = "scan_date"  # hive partition column (from the path)
 DATA_PREFIX = f"{PARTITION}="
@@ -104,6 +133,9 @@ def check_table(table: pa.Table) -> None:
     bad = set(table.column("status").to_pylist()) - set(STATUSES)
     if bad:
         raise ValueError(f"unknown status values: {sorted(bad)}")
+    bad = set(table.column("provenance_verdict").drop_null().to_pylist()) - set(PROVENANCE_VERDICTS)
+    if bad:
+        raise ValueError(f"unknown provenance_verdict values: {sorted(bad)}")
 
 
 # ------------------------------------------------------------------------------------------- paths
@@ -251,7 +283,7 @@ def write_shard(paths: RunPaths, shard: str, table: pa.Table, stats: dict[str, A
 def open_scan(output: str) -> pads.Dataset:
     """Every date of a scan output as one Arrow dataset with a string `scan_date` column (from the paths);
     markers and run files are not data. Local and s3:// alike (fsspec). The dataset has the CURRENT schema
-    whatever the files' versions: columns a file lacks (v2's in a v1 file) read as null."""
+    whatever the files' versions: columns a file lacks (v2's in a v1 file, v3's in a v2 file) read as null."""
     fs, path = filesystem(output)
     schema = SCHEMA.remove_metadata().append(pa.field(PARTITION, pa.string()))
     return pads.dataset(

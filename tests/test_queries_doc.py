@@ -74,9 +74,21 @@ def test_every_block_runs_and_answers(results) -> None:
         "error_breakdown",
         "daily_drift",
         "verdict_flips",
+        "provenance_verdicts",
+        "declared_images",
+        "provenance_problems",
+        "source_type_claims",
     }
     for name, res in results.items():
-        if name not in ("view", "verdict_flips"):
+        # declared images, manifest problems and claims: none in this corpus (plain images); their numbers
+        # are checked on a corpus with provenance evidence by tests/test_provenance.py
+        if name not in (
+            "view",
+            "verdict_flips",
+            "declared_images",
+            "provenance_problems",
+            "source_type_claims",
+        ):
             assert res, f"query {name} returned no rows on a real scan"
 
 
@@ -236,3 +248,20 @@ def test_more_like_this_over_stored_features(tmp_path, monkeypatch, precision) -
     assert len(got) == 50 and [(r["shard"], r["key"]) for r in got] == ref
     assert np.allclose([r["similarity"] for r in got], [sims[k] for k in ref], atol=1e-5)
     assert all(r["p_fake"] == scored[(r["shard"], r["key"])]["p_fake"] for r in got)
+
+
+def test_provenance_verdicts_match_reference(results, rows) -> None:
+    ref = Counter(
+        (r["scan_date"], r["provenance_verdict"]) for r in rows if r["provenance_verdict"] is not None
+    )
+    got = {(str(r["scan_date"]), r["provenance_verdict"]): r["rows"] for r in results["provenance_verdicts"]}
+    assert got == dict(ref) and got
+    for r in results["provenance_verdicts"]:
+        ok = [
+            x
+            for x in rows
+            if (x["scan_date"], x["provenance_verdict"]) == (str(r["scan_date"]), r["provenance_verdict"])
+            and x["status"] == "ok"
+        ]
+        assert r["scored"] == len(ok)
+        assert r["detector_flagged"] == sum(x["p_fake"] >= x["threshold"] for x in ok)

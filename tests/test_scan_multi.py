@@ -111,14 +111,14 @@ def test_each_detector_equals_its_own_scan_and_fusion_is_the_rule(multi, singles
     assert sorted(r["status"] for r in rows) == ["decode_error", "no_image"] + ["ok"] * 12
     for n in NAMES:  # a one-detector scan writes v2 as well: its maps hold that one detector, no fusion
         for r in singles[n].values():
-            assert r["schema_version"] == 2 and r["fusion"] is None
+            assert r["schema_version"] == output.SCHEMA_VERSION and r["fusion"] is None
             if r["status"] == "ok":
                 assert dict(r["detector_logit"]) == {r["detector_id"]: r["logit"]}
                 assert dict(r["detector_p_fake"]) == {r["detector_id"]: r["p_fake"]}
                 assert dict(r["detector_is_fake"]) == {r["detector_id"]: r["is_fake"]}
     ok = [r for r in rows if r["status"] == "ok"]
     for r in rows:
-        assert r["schema_version"] == 2 and r["fusion"] == "mean_prob"
+        assert r["schema_version"] == output.SCHEMA_VERSION and r["fusion"] == "mean_prob"
         assert r["detector_id"] == set_id(ids, "mean_prob")
         if r["status"] != "ok":
             assert r["detector_logit"] is None and r["p_fake"] is None
@@ -194,7 +194,9 @@ def test_v1_and_v2_history_read_together(multi, singles, tmp_path: Path) -> None
     pq.write_table(v2, out / "scan_date=2026-12-01" / "shard-000000.parquet")
     both = output.read_scan(str(out))
     assert both.num_rows == 2 * v2.num_rows
-    by_version = {v: [r for r in both.to_pylist() if r["schema_version"] == v] for v in (1, 2)}
+    now = output.SCHEMA_VERSION  # what the scan writes today (v2's columns and more)
+    by_version = {v: [r for r in both.to_pylist() if r["schema_version"] == v] for v in (1, now)}
+    by_version[2] = by_version.pop(now)
     assert all(r["scan_date"] == "2026-11-30" and r["detector_logit"] is None for r in by_version[1])
     assert sum(r["detector_logit"] is not None for r in by_version[2]) == sum(
         r["status"] == "ok" for r in by_version[2]
@@ -217,7 +219,7 @@ def test_v1_and_v2_history_read_together(multi, singles, tmp_path: Path) -> None
     n_fake = sum(bool(r["is_fake"]) for r in by_version[2])
     assert [(str(d), v, n, f, c) for d, v, n, f, c in q] == [
         ("2026-11-30", 1, v2.num_rows, n_fake, 0),
-        ("2026-12-01", 2, v2.num_rows, n_fake, n_ok),
+        ("2026-12-01", now, v2.num_rows, n_fake, n_ok),
     ]
     # a v1-columns query (docs/queries.md style) needs no union_by_name
     q1 = con.execute(
@@ -229,7 +231,7 @@ def test_v1_and_v2_history_read_together(multi, singles, tmp_path: Path) -> None
     did = next(iter(singles["rine"].values()))["detector_id"]
     rine = con.execute(
         f"SELECT key, detector_logit['{did}'] FROM read_parquet('{glob}', hive_partitioning = "
-        "true, union_by_name = true) WHERE schema_version = 2 AND status = 'ok'"
+        f"true, union_by_name = true) WHERE schema_version = {now} AND status = 'ok'"
     ).fetchall()
     for key, value in rine:
         got = value[0] if isinstance(value, list) else value

@@ -2,6 +2,7 @@
 
     python jobs/filter_shards.py --scan out/scan --input data/shards --output data/clean \
         [--policy policy.json | --threshold 0.7 --rule unknown=quarantine --rule upconv=drop@0.9 ...] [--dry-run]
+        [--rule verdict:ai_declared=drop]   # on the scan's provenance_verdict (docs/provenance.md), applied first
         [--resume]   # keep shards already filtered with the same scan, input, scan date and policy
 
 Every FilterConfig and FilterPolicy field is a flag (see --help); `--rule` adds a generator rule; a policy file
@@ -28,9 +29,17 @@ from pipeline.preflight import Location, check_storage
 from pipeline.runner import ErrorBudgetExceeded, MapFn, local_map
 from pipeline.settings import ConfigError
 
+VERDICT_PREFIX = "verdict:"
+
 
 def parse_rule(text: str) -> dict[str, Any]:
-    """`GEN=ACTION` or `GEN=ACTION@THRESHOLD` -> a GeneratorRule dict (validated by the policy model)."""
+    """`GEN=ACTION` or `GEN=ACTION@THRESHOLD` -> a GeneratorRule dict; `verdict:VERDICT=ACTION` -> a
+    ProvenanceRule dict (both validated by the policy model)."""
+    if text.startswith(VERDICT_PREFIX):
+        verdict, sep, action = text.removeprefix(VERDICT_PREFIX).partition("=")
+        if not sep or "@" in action:
+            raise ConfigError(f"--rule: {text!r} is not verdict:VERDICT=ACTION")
+        return {"verdict": verdict, "action": action}
     gen, sep, rest = text.partition("=")
     if not sep:
         raise ConfigError(f"generator_rules: {text!r} is not GEN=ACTION[@THRESHOLD]")
@@ -52,7 +61,13 @@ def _parser() -> tuple[JobParser, ModelFlags, ModelFlags]:
     ap.add_argument(
         "--policy", default=None, help="FilterPolicy JSON file (exclusive with the inline policy flags)"
     )
-    ap.add_argument("--rule", action="append", default=[], help="GEN=ACTION[@THRESHOLD], repeatable")
+    ap.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        help="GEN=ACTION[@THRESHOLD] or verdict:VERDICT=ACTION (provenance_verdict, e.g. "
+        "verdict:ai_declared=drop), repeatable",
+    )
     ap.add_argument(
         "--resume",
         action="store_true",
@@ -73,7 +88,7 @@ def _parser() -> tuple[JobParser, ModelFlags, ModelFlags]:
     policy = add_model_flags(
         ap.add_argument_group("policy (FilterPolicy; or --policy FILE)"),
         FilterPolicy,
-        skip={"generator_rules"},
+        skip={"generator_rules", "provenance_rules"},
     )
     return ap, run, policy
 
@@ -87,10 +102,14 @@ def build_config(argv: list[str] | None = None, args: argparse.Namespace | None 
     _, run_flags, policy_flags = _parser()
     inline = policy_flags.given(args)
     if args.rule:
-        inline["generator_rules"] = [parse_rule(r) for r in args.rule]
+        rules = [parse_rule(r) for r in args.rule]
+        if generator_rules := [r for r in rules if "generator" in r]:
+            inline["generator_rules"] = generator_rules
+        if provenance_rules := [r for r in rules if "verdict" in r]:
+            inline["provenance_rules"] = provenance_rules
     if args.policy and inline:
         flags = ", ".join(
-            "--" + ("rule" if k == "generator_rules" else k.replace("_", "-")) for k in sorted(inline)
+            sorted({"--rule" if k.endswith("_rules") else "--" + k.replace("_", "-") for k in inline})
         )
         raise ConfigError(
             f"--policy and inline policy flags ({flags}) are exclusive: put everything in the policy file"

@@ -8,7 +8,7 @@ it, and both go through the model's own validation (`StrictModel.parse`) togethe
     data = {**file_values, **given(args, fields)}
     cfg = ScanConfig.parse(data, source=...)
 
-Types: str / int / float -> `type=`; `Literal[...]` -> `choices=`; bool -> `--x / --no-x`; `list[str]` ->
+Types: str / int / float -> `type=`; `Literal[...]` -> `choices=`; bool -> `--x`, `--x true|false`, `--no-x`; `list[str]` ->
 one comma-separated value (`--train-generators a,b`); `X | None` is X. A field in `repeat` may be given several
 times (`--detector A --detector B` == `--detector A,B`).
 """
@@ -41,6 +41,31 @@ class JobParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def _truth(text: str) -> bool:
+    low = text.lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class _BoolFlag(argparse.Action):
+    """A bool field: `--x` (true), `--x true|false`, or `--no-x` (false)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        negated = ["--no-" + s[2:] for s in option_strings if s.startswith("--")]
+        super().__init__([*option_strings, *negated], dest, nargs="?", const=None, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        if option_string is not None and option_string.startswith("--no-"):
+            if values is not None:
+                raise argparse.ArgumentError(self, f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+        else:
+            setattr(namespace, self.dest, True if values is None else _truth(values))
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -103,7 +128,7 @@ def add_model_flags(
         kind = _unwrap(field.annotation)
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": _help(field)}
         if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs.update(action=_BoolFlag, metavar="true|false")
         elif typing.get_origin(kind) is Literal:
             choices = typing.get_args(kind)
             kwargs.update(choices=choices, type=type(choices[0]))

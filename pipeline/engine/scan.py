@@ -35,7 +35,7 @@ from pipeline.console import verbose
 from pipeline.engine import cluster
 from pipeline.logs import get_logger
 from pipeline.scan.config import ScanConfig
-from pipeline.scan.execute import ReportingScorer, ScanWork, scorer_kwargs
+from pipeline.scan.execute import ReportingScorer, ScanWork, provenance_kwargs, scorer_kwargs
 from pipeline.scan.prepare import prepare_batch
 from pipeline.scan.rows import RunContext
 from pipeline.scan.write import ShardSink
@@ -98,6 +98,7 @@ def build_dataset(
             "chunk_rows": cfg.chunk_rows,
             "decode_on": cfg.decode_on,
             "also": also,
+            **provenance_kwargs(cfg),
         },
         compute=TaskPoolStrategy(size=cfg.read_concurrency) if cfg.read_concurrency else None,
         num_cpus=cfg.read_num_cpus,

@@ -29,6 +29,8 @@ SCAN_COLUMNS = [
     "top_generator",
     "sha256",
 ]
+# read when the file has it (scan schema v3); older files' rows have no verdict
+OPTIONAL_SCAN_COLUMNS = ["provenance_verdict"]
 
 
 class PlanError(OperatorError, RuntimeError):
@@ -57,7 +59,7 @@ class ShardSpec:
 class Decision:
     key: str
     action: str  # keep | drop | quarantine
-    reason: str  # "" (plain keep) | fake | generator:<name> | error:<status>
+    reason: str  # "" (plain keep) | fake | generator:<name> | provenance:<verdict> | error:<status>
     status: str
     p_fake: float | None
     top_generator: str | None
@@ -145,6 +147,10 @@ def decide(row: dict[str, Any], policy: FilterPolicy) -> Decision:
     def make(action: str, reason: str, threshold: float | None) -> Decision:
         return Decision(key, action, reason, status, p_fake, gen, threshold, err, row.get("sha256"))
 
+    verdict = row.get("provenance_verdict")
+    for prule in policy.provenance_rules:
+        if verdict is not None and prule.verdict == verdict:
+            return make(prule.action, f"provenance:{verdict}", None)
     if status != "ok" or p_fake is None:
         reason = f"error:{status}" if status != "ok" else "error:missing_score"
         return make(policy.error_action, reason, None)
@@ -184,7 +190,9 @@ def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
     if missing_cols:
         plan.problems.append(f"{spec.scan_file}: not a scan file, missing columns {missing_cols}")
         return plan
-    rows = table.select(SCAN_COLUMNS).to_pylist()
+    rows = table.select(
+        SCAN_COLUMNS + [c for c in OPTIONAL_SCAN_COLUMNS if c in table.column_names]
+    ).to_pylist()
     shard_errors = [r for r in rows if r["status"] == output.SHARD_ERROR]
     sample_rows = [r for r in rows if r["status"] != output.SHARD_ERROR]
     if shard_errors:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.output import PROVENANCE_VERDICTS
 from pipeline.runner import DEFAULT_MAX_SAMPLE_ERROR_RATE, DEFAULT_MAX_SHARD_ERROR_RATE
 from pipeline.settings import ConfigError, StrictModel
 
@@ -28,6 +29,16 @@ class GeneratorRule(StrictModel):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
+class ProvenanceRule(StrictModel):
+    """Applies to sample rows whose `provenance_verdict` (scan schema v3; docs/provenance.md) equals `verdict`,
+    whatever their score or status, BEFORE the generator rules and the base decision (first matching rule
+    wins). Inline: `--rule verdict:ai_declared=drop`. Example: drop every image that declares itself
+    generated, quarantine those whose C2PA manifest fails validation (`invalid`) for review."""
+
+    verdict: Literal[PROVENANCE_VERDICTS]  # type: ignore[valid-type]
+    action: Action
+
+
 class FilterPolicy(StrictModel):
     """What the nightly filter does with each scanned sample."""
 
@@ -39,6 +50,11 @@ class FilterPolicy(StrictModel):
     )
     fake_action: Literal["drop", "quarantine"] = "drop"
     generator_rules: list[GeneratorRule] = Field(default_factory=list)
+    provenance_rules: list[ProvenanceRule] = Field(
+        default_factory=list,
+        description="rules on the scan's provenance_verdict, applied first (rows of scans older than schema v3 "
+        "have no verdict and match none)",
+    )
     error_action: Action = Field(
         default="keep",
         description="decode_error / no_image / too_large rows: keep (and report), drop or quarantine",
@@ -47,6 +63,15 @@ class FilterPolicy(StrictModel):
         default="fail",
         description="a shard the scan could not read to its end: refuse the run, or leave it out of the output",
     )
+
+    @field_validator("provenance_rules")
+    @classmethod
+    def _unique_verdicts(cls, rules: list[ProvenanceRule]) -> list[ProvenanceRule]:
+        verdicts = [r.verdict for r in rules]
+        dup = sorted({v for v in verdicts if verdicts.count(v) > 1})
+        if dup:
+            raise ValueError(f"two rules for verdict {dup[0]!r}")
+        return rules
 
     @field_validator("generator_rules")
     @classmethod

@@ -42,6 +42,12 @@ COLUMNS = [
     "top_generator",
     "sha256",
     "detector_id",
+    # scan schema v3 (null in older scans): the provenance section and the declared gallery
+    "provenance_verdict",
+    "provenance_generator",
+    "provenance_model",
+    "provenance_signature",
+    "decided_by",
 ]
 MAX_FILTER_ROWS = 50
 
@@ -173,6 +179,7 @@ def summarize(
                string_agg(DISTINCT source, '\n' ORDER BY source) AS inputs FROM scan""",
     )[0]
     return {
+        "provenance": provenance_summary(con),
         "run_ids": (runs["run_ids"] or "").split(",") if runs["run_ids"] else [],
         "inputs": (runs["inputs"] or "").split("\n") if runs["inputs"] else [],
         "scan_date": scan_date,
@@ -187,6 +194,66 @@ def summarize(
         "daily": daily,
         "error_examples": errors,
     }
+
+
+def provenance_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Rows per provenance verdict, the declared generators, and the learned detector measured against the
+    declared labels: its own decision (p_fake >= threshold, whatever the provenance policy made of is_fake)
+    on the scored rows of each verdict. On `ai_declared` rows its flag rate is its recall on the corpus's own
+    declared fakes; on `capture_declared` rows it is its false-positive rate on declared camera captures."""
+    verdicts = _rows(
+        con,
+        """
+        SELECT provenance_verdict AS verdict, count(*) AS rows,
+               count(*) FILTER (WHERE status = 'ok') AS scored,
+               count(*) FILTER (WHERE status = 'ok' AND p_fake >= threshold) AS detector_flagged,
+               count(*) FILTER (WHERE decided_by = 'provenance') AS decided_by_provenance
+        FROM scan WHERE provenance_verdict IS NOT NULL GROUP BY ALL ORDER BY rows DESC, verdict""",
+    )
+    for v in verdicts:
+        v["detector_flag_rate"] = round(v["detector_flagged"] / v["scored"], 4) if v["scored"] else None
+    generators = _rows(
+        con,
+        """
+        SELECT provenance_generator AS generator, provenance_verdict AS verdict, count(*) AS rows,
+               count(*) FILTER (WHERE status = 'ok' AND p_fake >= threshold) AS detector_flagged
+        FROM scan WHERE provenance_verdict IN ('ai_declared', 'ai_composite_declared')
+        GROUP BY ALL ORDER BY rows DESC, generator NULLS LAST, verdict""",
+    )
+    by = {v["verdict"]: v for v in verdicts}
+    return {
+        "verdicts": verdicts,
+        "generators": generators,
+        "detector_flag_rate_ai_declared": by.get("ai_declared", {}).get("detector_flag_rate"),
+        "detector_flag_rate_capture_declared": by.get("capture_declared", {}).get("detector_flag_rate"),
+    }
+
+
+def _provenance_section(p: dict[str, Any]) -> str:
+    e = html.escape
+    if not p["verdicts"]:
+        return "<h2>Provenance evidence</h2><p>No provenance was read (scans before schema v3, or reading off).</p>"
+    rows = "".join(
+        f"<tr><td>{e(v['verdict'])}</td>{_cell(v['rows'], 'provenance.' + v['verdict'] + '.rows')}"
+        f"{_cell(v['scored'], 'provenance.' + v['verdict'] + '.scored')}"
+        f"{_cell(v['detector_flagged'], 'provenance.' + v['verdict'] + '.detector_flagged')}"
+        f"{_cell(v['detector_flag_rate'], 'provenance.' + v['verdict'] + '.detector_flag_rate')}"
+        f"{_cell(v['decided_by_provenance'], 'provenance.' + v['verdict'] + '.decided_by_provenance')}</tr>"
+        for v in p["verdicts"]
+    )
+    gens = "".join(
+        f"<tr><td>{e(str(g['generator'] or '—'))}</td><td>{e(g['verdict'])}</td>"
+        f"{_cell(g['rows'], 'provenance.generators.' + str(g['generator']) + '.rows')}"
+        f"{_cell(g['detector_flagged'])}</tr>"
+        for g in p["generators"]
+    )
+    return f"""<h2>Provenance evidence</h2>
+<p>What the images declare about themselves (docs/provenance.md). "detector flagged" is the learned detector's own
+decision (p_fake &ge; threshold) on the scored rows: on <b>ai_declared</b> rows its flag rate is its recall on this
+corpus's declared fakes, on <b>capture_declared</b> rows its false-positive rate on declared camera captures.</p>
+<table><tr><th>verdict</th><th>rows</th><th>scored</th><th>detector flagged</th><th>detector flag rate</th>
+<th>is_fake set by provenance</th></tr>{rows}</table>
+<table><tr><th>declared generator</th><th>verdict</th><th>rows</th><th>detector flagged</th></tr>{gens}</table>"""
 
 
 # ---------------------------------------------------------------- plots
@@ -397,6 +464,7 @@ img.mini{{max-width:64px;max-height:64px}}</style></head><body>
 {_header(summary)}
 <h2>Totals</h2><table>{total_rows}</table>
 {figs}
+{_provenance_section(summary["provenance"])}
 {galleries_html}
 {_filter_section(summary.get("filter"))}
 <h2>Status breakdown</h2><table><tr><th>status</th><th>rows</th></tr>{status_rows}</table>

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -23,6 +24,17 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
 # storage the scan may touch: local paths and S3(-compatible); anything else (http, ftp, sftp, ...) is refused
 ALLOWED_SCHEMES = ("file", "s3")
+
+
+def trust_anchors_pem(path: str) -> str:
+    """The certificates of a local PEM file; ValueError naming the file when it is missing or holds none."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    return text
 
 
 def today_utc() -> str:
@@ -98,6 +110,28 @@ class ScanConfig(StrictModel):
     )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per scorer actor (CPU inference)")
 
+    # provenance evidence (docs/provenance.md): read from each image's bytes in the read/decode task
+    provenance: bool = Field(
+        True,
+        description="read C2PA Content Credentials, IPTC DigitalSourceType (XMP) and generator metadata (PNG "
+        "text chunks, EXIF Software) from each JPEG / PNG / WebP member's headers into the provenance_* "
+        "columns (false: those columns are null)",
+    )
+    c2pa_trust_anchors: str | None = Field(
+        None,
+        description="local PEM file of the C2PA signing roots you trust (e.g. the C2PA conformance trust "
+        "list): a manifest whose signer chains to one is 'trusted'; without it no signer is trusted and a good "
+        "signature reads 'valid_untrusted'",
+    )
+    provenance_policy: Literal["declared", "signed", "trusted", "report"] = Field(
+        "declared",
+        description="when an ai_declared verdict makes an ok row fake (is_fake, top_generator = the label the "
+        "declared generator maps to, else 'unknown'; the detectors' scores stay): declared = a C2PA manifest "
+        "whose signature validates, XMP DigitalSourceType or a known generator's metadata; signed = only a "
+        "validating C2PA manifest; trusted = only one whose signer chains to c2pa_trust_anchors; report = never "
+        "(evidence reported only). Invalid manifests, composites and capture claims never decide",
+    )
+
     # cluster and bounds
     ray_address: str | None = Field(
         None,
@@ -163,6 +197,13 @@ class ScanConfig(StrictModel):
                 raise ValueError(f"URI scheme {scheme!r} not allowed (use a local path, file:// or s3://)")
         return v
 
+    @field_validator("c2pa_trust_anchors")
+    @classmethod
+    def _check_anchors(cls, v: str | None) -> str | None:
+        if v is not None:
+            trust_anchors_pem(v)
+        return v
+
     @model_validator(mode="after")
     def _check_dtype_device(self) -> ScanConfig:
         if self.actor_num_gpus == 0 and self.dtype == "float16":
@@ -179,6 +220,11 @@ class ScanConfig(StrictModel):
     def detectors(self) -> list[str]:
         """The checkpoint URIs of the run, in the given order (one for the single-detector form)."""
         return self.detector.split(",")
+
+    @property
+    def trust_anchors_pem(self) -> str | None:
+        """The PEM text of c2pa_trust_anchors (read on the driver; the read tasks get the text)."""
+        return trust_anchors_pem(self.c2pa_trust_anchors) if self.c2pa_trust_anchors else None
 
     @property
     def device(self) -> str:

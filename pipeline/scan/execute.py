@@ -48,7 +48,13 @@ class ScanWork:
             "chunk_rows": cfg.chunk_rows,
             "decode_on": cfg.decode_on,
             "also": list(self.also),
+            **provenance_kwargs(cfg),
         }
+
+
+def provenance_kwargs(cfg: ScanConfig) -> dict[str, Any]:
+    """The read stage's provenance arguments for a run (the local and the Ray executor alike)."""
+    return {"provenance": cfg.provenance, "trust_anchors_pem": cfg.trust_anchors_pem}
 
 
 def scorer_kwargs(cfg: ScanConfig, inputs: list[tuple[int, str]]) -> dict[str, Any]:

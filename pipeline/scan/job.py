@@ -193,6 +193,7 @@ def run_scan(
             labels=info.labels,
             member_ids=info.member_ids,
             fusion=info.fusion,
+            provenance_policy=cfg.provenance_policy,
         ),
         scan_date=paths.scan_date,
         image_size=info.inputs[0][0],

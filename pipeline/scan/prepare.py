@@ -22,6 +22,13 @@ from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
 from pipeline.scan.decode import decode_image
 from pipeline.scan.gpu_decode import decode_or_ship
+from pipeline.scan.provenance_columns import (
+    NO_PROVENANCE,
+    PROVENANCE_INT_COLS,
+    PROVENANCE_STR_COLS,
+    provenance_reader,
+    provenance_values,
+)
 from pipeline.shards import read_shard
 
 log = get_logger("pipeline.scan.prepare")
@@ -31,8 +38,8 @@ Batch = dict[str, np.ndarray]
 # status of the one placeholder row an empty (but readable) shard produces: it completes the shard, is never written
 EMPTY_STATUS = "_empty"
 
-STR_COLS = ("shard", "shard_url", "key", "status", "error", "format", "sha256")
-INT_COLS = ("width", "height", "n_bytes", "_idx", "_expected")
+STR_COLS = ("shard", "shard_url", "key", "status", "error", "format", "sha256", *PROVENANCE_STR_COLS)
+INT_COLS = ("width", "height", "n_bytes", "_idx", "_expected", *PROVENANCE_INT_COLS)
 FLOAT_COLS = ("_read_s", "_decode_s")
 
 
@@ -82,15 +89,20 @@ def prepare_shard(
     chunk_rows: int = 256,
     decode_on: str = "cpu",
     also: Sequence[tuple[int, str]] = (),
+    provenance: bool = False,
+    trust_anchors_pem: str | None = None,
 ) -> Iterator[Batch]:
     """Yield the shard's rows in chunks of at most `chunk_rows`: read metadata, decode status and uint8
     pixels (S,S,3) (zeros unless status is ok). also: further (image_size, resize_mode) inputs (several
     detectors in one scan), each in its column `input_column(i)`, i = 1.. (the image is decoded once).
-    decode_on gpu ships eligible JPEGs' bytes in `encoded` instead of decoding them (one input only)."""
+    decode_on gpu ships eligible JPEGs' bytes in `encoded` instead of decoding them (one input only).
+    provenance: also read each member's provenance evidence from its bytes (`pipeline.scan.provenance`; the
+    `prov_*` columns, timed within `_decode_s`); trust_anchors_pem: the C2PA trust anchors (PEM text)."""
     if also and decode_on == "gpu":
         raise ValueError("decode_on gpu supports one input preprocessing; got several (also=...)")
     also = [(int(size), str(mode)) for size, mode in also]
     also_sizes = [size for size, _ in also]
+    reader = provenance_reader(provenance, trust_anchors_pem)
     blanks = [np.zeros((size, size, 3), np.uint8) for size in also_sizes]
     t0 = time.perf_counter()
     contents = read_shard(shard_url)
@@ -113,7 +125,7 @@ def prepare_shard(
     extra: list[list[np.ndarray]] = [[] for _ in also]
     encoded: list[bytes] | None = [] if decode_on == "gpu" else None
     for idx, sample in enumerate(contents.samples):
-        shipped, r = b"", None
+        shipped, r, prov = b"", None, NO_PROVENANCE
         t1 = time.perf_counter()
         if sample.image is None:
             status, error, w, h, fmt, n_bytes, sha, px = (
@@ -128,10 +140,11 @@ def prepare_shard(
             )
         else:
             n_bytes, sha = len(sample.image), hashlib.sha256(sample.image).hexdigest()
+            prov, image = provenance_values(reader, sample.image)
             try:
                 if decode_on == "gpu":
                     r = decode_or_ship(
-                        sample.image,
+                        image,
                         image_size=image_size,
                         resize_mode=resize_mode,
                         max_pixels=max_pixels,
@@ -139,7 +152,7 @@ def prepare_shard(
                     )
                 else:
                     r = decode_image(
-                        sample.image,
+                        image,
                         image_size=image_size,
                         resize_mode=resize_mode,  # type: ignore[arg-type]
                         max_pixels=max_pixels,
@@ -184,6 +197,7 @@ def prepare_shard(
             expected,
             per_row_read,
             decode_s,
+            prov,
         )
         pixels.append(px)
         for i, col in enumerate(extra):
@@ -239,6 +253,7 @@ def _append(
     expected: int,
     read_s: float,
     decode_s: float,
+    prov: dict[str, Any] | None = None,
 ) -> None:
     for name, value in (
         ("shard", shard),
@@ -255,6 +270,7 @@ def _append(
         ("_expected", expected),
         ("_read_s", read_s),
         ("_decode_s", decode_s),
+        *(prov or NO_PROVENANCE).items(),
     ):
         cols[name].append(value)
 

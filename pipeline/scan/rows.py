@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from pipeline.output import SCHEMA, SCHEMA_VERSION, STATUSES
 from pipeline.scan.prepare import EMPTY_STATUS
+from pipeline.scan.provenance_columns import output_arrays
 
 Batch = dict[str, np.ndarray]
 
@@ -32,6 +33,7 @@ class RunContext:
     labels: Sequence[str]  # ["real", *generators]: the keys of generator_scores
     member_ids: Sequence[str] = ()  # the detectors' ids (keys of the detector_* maps); () = [detector_id]
     fusion: str | None = None  # None: one detector
+    provenance_policy: str = "report"  # pipeline.scan.provenance_policy.POLICIES (the run's: ScanConfig's)
 
 
 @dataclass
@@ -185,6 +187,10 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "detector_logit": _member_map(rows, ctx, "logit", SCHEMA.field("detector_logit").type, not_ok),
         "detector_is_fake": _member_map(rows, ctx, "is_fake", SCHEMA.field("detector_is_fake").type, not_ok),
         "fusion": pa.array([ctx.fusion] * n, pa.string()),
+        **output_arrays(rows, n, SCHEMA),
+        "decided_by": _nullable_str(rows["_decided_by"])
+        if "_decided_by" in rows
+        else pa.array(np.where(not_ok, None, "detector"), pa.string()),
     }
     return pa.Table.from_arrays([columns[f.name] for f in SCHEMA], schema=SCHEMA)
 

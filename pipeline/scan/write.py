@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.logs import get_logger
 from pipeline.output import RunPaths, parquet_bytes
 from pipeline.runner import commit_shard
+from pipeline.scan.provenance_policy import apply_policy
 from pipeline.scan.rows import RunContext, ShardCollector, shard_stats, to_table
 
 log = get_logger("pipeline.scan.write")
@@ -69,6 +70,7 @@ class ShardSink:
     def write(self, shard: str, rows: dict[str, np.ndarray]) -> dict[str, Any]:
         t0 = time.perf_counter()
         url = str(rows["shard_url"][0]) if rows else ""
+        rows = apply_policy(rows, self.ctx.labels, self.ctx.provenance_policy)
         table = to_table(rows, self.ctx)
         stats = shard_stats(shard, url, rows)
         data = parquet_bytes(table)

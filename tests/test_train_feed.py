@@ -156,7 +156,7 @@ def test_device_feed_and_bf16_step_on_cuda() -> None:
     training step of tiny-mole gives finite fp32 losses and gradients."""
     from pipeline.models import create_detector
     from pipeline.train.feed import to_device
-    from pipeline.train.loop import _autocast
+    from pipeline.train.validate import train_autocast
 
     det_cfg = DetectorConfig.load("tiny-mole").model_copy(update={"generators": ["g"]})
     imgs = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
@@ -165,7 +165,7 @@ def test_device_feed_and_bf16_step_on_cuda() -> None:
     assert x.device.type == "cuda" and x.dtype == torch.float32
     torch.testing.assert_close(x.cpu(), to_device(imgs, det_cfg, torch.device("cpu")), rtol=1e-6, atol=1e-6)
     det = create_detector(det_cfg, pretrained=None).to(dev).train()
-    with _autocast(dev):
+    with train_autocast(dev):
         out = det(x)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logit.float(), torch.ones(4, device=dev))
     loss.backward()

@@ -128,7 +128,7 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
         plan = make_plan(cfg)  # lists + splits; bad data fails here, with exit code 2, before Ray starts
         runlog.destination = f"{cfg.out.rstrip('/')}/log.jsonl"
         if args.engine == "local":
-            from pipeline.train.loop import train_local
+            from pipeline.train.local import train_local
 
             console.status("training in this process...")
             progress = console.epochs("train", cfg.passes, plan.n_train)

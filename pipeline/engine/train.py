@@ -52,7 +52,8 @@ from pipeline.engine.train_data import EpochClock, stream_dataset
 from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import DecodeSpec, TrainPlan, make_plan, train_spec
-from pipeline.train.loop import CHECKPOINTS_DIR, TrainHooks, per_rank_batch, read_summary, train_worker
+from pipeline.train.hooks import CHECKPOINTS_DIR, TrainHooks
+from pipeline.train.loop import per_rank_batch, read_summary, train_worker
 
 log = get_logger(__name__)
 

@@ -1,0 +1,104 @@
+"""The in-process training runner (`--engine local`) [ours]: the feed's stage functions in a small thread pool
+(`feed.iter_local`), one worker, the same loop and outputs as the Ray Train runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.train.config import TrainConfig
+from pipeline.train.feed import DecodeSpec, TrainPlan, iter_local, train_spec
+from pipeline.train.hooks import CHECKPOINTS_DIR, TrainHooks
+from pipeline.train.loop import train_worker
+
+
+class LocalHooks(TrainHooks):
+    """One in-process worker: the feed's stage functions run in a small thread pool (`feed.iter_local`); the
+    per-epoch training state goes to `<out>/_checkpoints/local/epoch_NNNN/` (the last one is resumed from)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        plan: TrainPlan,
+        *,
+        resume: bool = False,
+        on_epoch: Callable[[int], None] | None = None,
+    ) -> None:
+        from pipeline.models import DetectorConfig
+        from pipeline.train.data import patch_size
+
+        self.cfg, self.plan, self.resume, self.on_epoch = cfg, plan, resume, on_epoch
+        det_cfg = DetectorConfig.load(cfg.config).model_copy(update={"generators": plan.generators})
+        self.train_stage = train_spec(cfg, det_cfg, patch_size(det_cfg))
+        self.plain_stage = DecodeSpec(det_cfg=det_cfg)
+        self.root = storage.join(cfg.out, CHECKPOINTS_DIR, "local")
+        self._tmp: Path | None = None
+
+    def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]:
+        from pipeline.train.feed import DecodeStage
+
+        if self.on_epoch is not None:  # `epoch` (0-based) is starting: that many are done
+            self.on_epoch(epoch)
+        return iter_local(
+            self.plan.train,
+            DecodeStage(self.train_stage),
+            batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed,
+            epoch=epoch,
+        )
+
+    def eval_batches(self, split: str) -> Iterable[dict[str, np.ndarray]]:
+        from pipeline.train.feed import DecodeStage
+
+        table = self.plan.val if split == "val" else self.plan.train
+        return iter_local(table, DecodeStage(self.plain_stage), batch_size=64)
+
+    def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:
+        if state_dir is not None:
+            storage.publish_dir(state_dir, storage.join(self.root, f"epoch_{int(metrics['epoch']):04d}"))
+
+    def latest_state(self) -> Path | None:
+        if not self.resume:
+            return None
+        fs, root = storage.filesystem(self.root)
+        if not fs.exists(root):
+            return None
+        done = sorted(p for p in fs.ls(root, detail=False) if fs.exists(f"{p}/state.json"))
+        if not done:
+            return None
+        self._tmp = Path(tempfile.mkdtemp(prefix="genscan-resume-"))
+        for name in ("state.json", "state.safetensors"):
+            (self._tmp / name).write_bytes(fs.cat_file(f"{done[-1]}/{name}"))
+        return self._tmp
+
+
+def train_local(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    plan: TrainPlan | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """In-process training without Ray (one worker), through the same streaming stages; same outputs.
+    `on_epoch(done)` is called as each epoch starts and once more when training ends (progress line)."""
+    from pipeline.train.feed import make_plan
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.torch_threads))
+    plan = plan or make_plan(cfg)
+    hooks = LocalHooks(cfg, plan, resume=resume, on_epoch=on_epoch)
+    try:
+        summary = train_worker(cfg, plan.meta(), hooks)
+    finally:
+        if hooks._tmp is not None:
+            shutil.rmtree(hooks._tmp, ignore_errors=True)
+    assert summary is not None  # rank 0 always returns
+    if on_epoch is not None:
+        on_epoch(cfg.passes)
+    return summary

@@ -157,6 +157,10 @@ def test_drift_and_flips_match_reference(results, rows) -> None:
     assert daily[0]["fake_rate_change"] is None
     assert float(daily[1]["fake_rate_change"]) == pytest.approx(rate[DAY2] - rate[DAY1], abs=2e-4)
     assert daily[0]["detectors"] != daily[1]["detectors"]
+    for day in (DAY1, DAY2):  # the thresholds that decided the day's rows (a re-calibration shows here)
+        row = next(r for r in daily if str(r["scan_date"]) == day)
+        want = {f"{r['threshold']:.4f}" for r in rows if r["scan_date"] == day and r["threshold"] is not None}
+        assert set(row["thresholds"].split(",")) == want
     prev = {
         (r["shard"], r["key"]): r["is_fake"] for r in rows if r["scan_date"] == DAY1 and r["status"] == "ok"
     }
@@ -177,6 +181,10 @@ def test_polars_blocks_agree_with_duckdb(scan, results) -> None:
     for r in results["contamination_by_shard"]:
         p = pl_rows[r["shard"]]
         assert (p["samples"], p["scored"], p["flagged"]) == (r["samples"], r["scored"], r["flagged"])
+    # the same order too (a shard with nothing scored has no rate, null in both, sorted last; not NaN first)
+    assert [r["shard"] for r in ns["contamination"].to_dicts()] == [
+        r["shard"] for r in results["contamination_by_shard"]
+    ]
     drift = ns["drift"].to_dicts()
     assert [float(d["fake_rate"]) for d in drift] == pytest.approx(
         [float(r["fake_rate"]) for r in results["daily_drift"]], abs=1e-4

@@ -1,24 +1,26 @@
 """The training worker loop (no Ray): a plain function over a TrainConfig, the driver's plan and `TrainHooks`.
 
-Images arrive as uint8 batches from the streaming feed (`pipeline.train.feed`): the runner supplies them through
-`TrainHooks` — `pipeline.engine.train` from `ray.train.get_dataset_shard(...)` (read + decode + augmentation in
-CPU Ray Data tasks), `LocalHooks` from the same stage functions run in-process (`--engine local`). They are
-normalised on the training device. No worker holds the data set: memory does not grow with the number of images
-(the linear probe keeps one feature vector per training image).
+Images arrive as uint8 batches from the streaming feed (`pipeline.train.feed`): the runner supplies them
+through `TrainHooks` — `pipeline.engine.train` from `ray.train.get_dataset_shard(...)` (read + decode +
+augmentation in CPU Ray Data tasks), `LocalHooks` from the same stage functions run in-process (`--engine
+local`). They are normalised on the training device. No worker holds the data set: memory does not grow with
+the number of images (the linear probe keeps one feature vector per training image).
 
 Methods:
 - `mole` [paper + ours]: frozen backbone; MoLE adapters, routers and heads trained with AdamW on
   BCE-with-logits (real/fake) + cross-entropy attribution over ["real", *generators] (+ the router
   load-balancing loss when the detector provides one); UnivFD train augmentations; lr /= 10 when validation
-  accuracy has not improved for `plateau_patience` epochs; optional texture-aware masking of the top-ρ textured
-  patches (training only, both classes). Data parallel: each rank trains on a disjoint part of every epoch with
-  a per-rank batch of ceil(batch_size / world) (effective batch ≈ batch_size), gradients averaged by DDP.
+  accuracy has not improved for `plateau_patience` epochs; optional texture-aware masking of the top-ρ
+  textured patches (training only, both classes). Data parallel: each rank trains on a disjoint part of every
+  epoch with a per-rank batch of ceil(batch_size / world) (effective batch ≈ batch_size), gradients averaged
+  by DDP.
 - `linear` [code + ours]: frozen features (a streamed inference pass) -> scikit-learn classifier -> weights
   copied into the linear heads.
 Every epoch ends with a training state (`pipeline.train.state`) handed to the runner (Ray Train checkpoint);
 a restarted worker or a `--resume`d job continues after the last completed epoch. Both methods end with
 calibration on the validation split and `save_detector` plus train_config.json, metrics.jsonl (one line per
-completed epoch, from the state's history), calibration.json and train_summary.json in the checkpoint directory.
+completed epoch, from the state's history), calibration.json and train_summary.json in the checkpoint
+directory.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ CHECKPOINTS_DIR = "_checkpoints"  # under --out: per-epoch training states (Ray 
 
 
 class TrainHooks:
-    """What the worker loop needs from its runner: rank, device, DDP, the data feed, collectives, checkpoints."""
+    """What the worker loop needs from its runner: rank, device, DDP, the data feed, collectives,
+    checkpoints."""
 
     world_rank: int = 0
     world_size: int = 1
@@ -492,7 +495,7 @@ def read_summary(out: str) -> dict[str, Any]:
     return json.loads(storage.read_bytes(uri))
 
 
-# ---- in-process runner (--engine local) ------------------------------------------------------------------------
+# ---- in-process runner (--engine local) --------------------------------------------------------------------
 class LocalHooks(TrainHooks):
     """One in-process worker: the feed's stage functions run in a small thread pool (`feed.iter_local`); the
     per-epoch training state goes to `<out>/_checkpoints/local/epoch_NNNN/` (the last one is resumed from)."""

@@ -1,14 +1,13 @@
 """The figures of docs/training.md, "Measured on demo data": the doc's own pasteable commands, run as a user
-runs them (`python jobs/<job>.py ...`, `--engine local` unless `--ray`), into a temporary folder, timed; then the
-table read back from the evaluation JSON files.
+runs them (`python jobs/<job>.py ...`, `--engine local` unless `--ray`), into a temporary folder, timed; then
+the table read back from the evaluation JSON files.
 
     python benchmarks/demo_training.py [--out results] [--ray]
 
-Writes <out>/demo_training.json and <out>/demo_training.md (default results/; `--quick` writes results/tmp/ with
-fewer images, a smoke run that never replaces the committed figures). Every figure is from this one run, on this
-machine, with the date; they are for a randomly initialised tiny backbone on SIMULATED fingerprints
-(docs/demo_data.md): they say the code paths work and learn, nothing about real generators.
-"""
+Writes <out>/demo_training.json and <out>/demo_training.md (default results/; `--quick` writes results/tmp/
+with fewer images, a smoke run that never replaces the committed figures). Every figure is from this one run,
+on this machine, with the date; they are for a randomly initialised tiny backbone on SIMULATED fingerprints
+(docs/demo_data.md): they say the code paths work and learn, nothing about real generators."""
 
 from __future__ import annotations
 
@@ -94,21 +93,24 @@ def markdown(res: dict) -> str:
     lines = [
         "# Demo training figures (docs/training.md, 'Measured on demo data')",
         "",
-        f"Measured {res['date']} on {res['machine']} by `benchmarks/demo_training.py` ({res['engine']}), one run: the",
-        "doc's commands (make_demo_data, train_detector, evaluate) run as jobs; "
-        f"train {res['n_train']} real + {res['n_train']} `upconv` images (20 % validation), test {res['n_test']} "
-        "real + fake per family (`vqgan` never seen in training). Rates in percent. A randomly initialised tiny",
-        "backbone on SIMULATED fingerprints: the code paths work and learn, nothing about real generators.",
+        f"Measured {res['date']} on {res['machine']} by `benchmarks/demo_training.py`",
+        f"({res['engine']}),",
+        "one run: the doc's commands (make_demo_data, train_detector, evaluate) run as jobs;",
+        f"train {res['n_train']} real + {res['n_train']} `upconv` images (20 % validation),",
+        f"test {res['n_test']}",
+        "real + fake per family (`vqgan` never seen in training). Rates in percent. A randomly initialised",
+        "tiny backbone on SIMULATED fingerprints: the code paths work and learn, nothing about real generators.",
         "",
-        "| run | best epoch / epochs | upconv AP | upconv acc (calibrated thr.) | upconv acc@0.5 | vqgan AP (held out) "
-        "| closed-set attribution acc | open-set AUROC | train command s | of it in the worker s | evaluate s |",
+        "| run | best epoch / epochs | upconv AP | upconv acc (calibrated thr.) | upconv acc@0.5 "
+        "| vqgan AP (held out) | closed-set attribution acc | open-set AUROC | train command s "
+        "| of it in the worker s | evaluate s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(
-            f"| {r['run']} | {r['best_epoch']} / {r['epochs']} | {_pct(r['upconv_ap'])} | {_pct(r['upconv_acc'])} "
-            f"| {_pct(r['upconv_acc_05'])} | {_pct(r['vqgan_ap_held_out'])} | {_pct(r['closed_set_attribution_acc'])} "
-            f"| {_pct(r['open_set_auroc'])} "
+            f"| {r['run']} | {r['best_epoch']} / {r['epochs']} | {_pct(r['upconv_ap'])} "
+            f"| {_pct(r['upconv_acc'])} | {_pct(r['upconv_acc_05'])} | {_pct(r['vqgan_ap_held_out'])} "
+            f"| {_pct(r['closed_set_attribution_acc'])} | {_pct(r['open_set_auroc'])} "
             f"| {r['train_command_s']} | {r['train_worker_s']} | {r['evaluate_command_s']} |"
         )
     lines += ["", "Demo data: " + ", ".join(f"{k} {v} s" for k, v in res["seconds"].items()), ""]

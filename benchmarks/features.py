@@ -1,16 +1,18 @@
 """Feature store: a re-score from stored features vs a full scan, same run, same images, same linear detector.
 
-    .venv/bin/python benchmarks/features.py [--shards 4 --per-shard 48 --runs 3 --arch ViT-B-16] [--out results]
+    .venv/bin/python benchmarks/features.py [--shards 4 --per-shard 48 --runs 3 --arch ViT-B-16] \\
+        [--out results]
 
 One process, this CPU: a genscan linear detector (pre_proj, L2-normalised, seed-001 layout) on a random-init
 open_clip backbone saved as a weights file (the cost of a pass does not depend on the weights); JPEG shards of
 256x256 images. Then, `--runs` times, alternating the store's precision (float16, int8, float16, ...):
 - `scan`: `run_scan` (in-process executor, torch threads = this machine's cores) with `--features pre_proj`;
 - `rescore`: `run_rescore` of that scan's stored features with the same detector (in process).
-rows/s = rows written / wall seconds of the call (model / checkpoint loading included). Per precision: bytes per
-row of the features parts (Parquet, zstd; shard + key columns included) and the score error it causes (|logit| and
-|p_fake| of the re-score minus the full scan's, over every scored row, with the stated bound).
-GPU-hours saved per billion images: from results/gpu.json's end-to-end scan rate where a GPU has been measured.
+rows/s = rows written / wall seconds of the call (model / checkpoint loading included). Per precision: bytes
+per row of the features parts (Parquet, zstd; shard + key columns included) and the score error it causes
+(|logit| and |p_fake| of the re-score minus the full scan's, over every scored row, with the stated bound).
+GPU-hours saved per billion images: from results/gpu.json's end-to-end scan rate where a GPU has been
+measured.
 
 Writes results/features.json|md; prints the headline LAST as one JSON line.
 """
@@ -215,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             "gpu_note": (
                 "results/gpu.md holds no GPU measurement (no GPU was available): no GPU-hours figure"
                 if gpu_hours is None
-                else f"from results/gpu.json's end-to-end scan: median steady {statistics.median(gpu_rates)} img/s"
+                else "from results/gpu.json's end-to-end scan: median steady "
+                f"{statistics.median(gpu_rates)} img/s"
             ),
             "cpu_hours_per_billion": {
                 "scan": round(1e9 / statistics.median(scan_rps) / 3600, 0),
@@ -244,19 +247,19 @@ def markdown(r: dict) -> str:
     lines = [
         "# Feature store: re-score from stored features vs a full scan",
         "",
-        f"Measured by `benchmarks/features.py` on this machine ({r['machine']['cpu_cores']} CPU cores, shared with "
-        "other work), one process, one run: the same "
-        f"{s['shards']} x {s['per_shard']} {s['image']} images, the same genscan linear detector ({s['arch']} "
-        f"random-init backbone from a weights file, {s['feature']}), {s['runs']} scan + re-score pairs alternating "
-        "the store's precision. rows/s = rows written / wall seconds of the call (model or checkpoint load "
-        "included).",
+        f"Measured by `benchmarks/features.py` on this machine ({r['machine']['cpu_cores']} CPU cores, "
+        "shared with other work), one process, one run: the same "
+        f"{s['shards']} x {s['per_shard']} {s['image']} images, the same genscan linear detector "
+        f"({s['arch']} random-init backbone from a weights file, {s['feature']}), {s['runs']} scan + "
+        "re-score pairs alternating the store's precision. rows/s = rows written / wall seconds of the "
+        "call (model or checkpoint load included).",
         "",
         f"**Headline: a re-score is {h['ratio_median']}x faster than the full scan on this CPU** (median of "
         f"{s['runs']} runs, range {h['ratio_range'][0]}-{h['ratio_range'][1]}x): "
-        f"{h['rescore_rows_per_s_median']} vs {h['scan_rows_per_s_median']} rows/s (medians). The re-score's wall "
-        "time is under a second, mostly fixed costs (checkpoint load, one Parquet read + write per shard), so its "
-        f"ratio moves a lot between runs on a shared machine; the scan's is the backbone pass ({s['arch']} on "
-        f"{r['machine']['cpu_cores']} cores).",
+        f"{h['rescore_rows_per_s_median']} vs {h['scan_rows_per_s_median']} rows/s (medians). The "
+        "re-score's wall time is under a second, mostly fixed costs (checkpoint load, one Parquet read "
+        "+ write per shard), so its ratio moves a lot between runs on a shared machine; the scan's is the "
+        f"backbone pass ({s['arch']} on {r['machine']['cpu_cores']} cores).",
         "",
         "| run | precision | rows | scan s | rescore s | scan rows/s | rescore rows/s | ratio |",
         "|---|---|---|---|---|---|---|---|",
@@ -270,25 +273,26 @@ def markdown(r: dict) -> str:
         "",
         "## Bytes per row and the score error each precision causes",
         "",
-        "Bytes per row: the features parts on disk (Parquet, zstd; shard and key columns included) / rows. Error: "
-        "re-scored minus full-scan logit and p_fake over every scored row; the bound is "
+        "Bytes per row: the features parts on disk (Parquet, zstd; shard and key columns included) / "
+        "rows. Error: re-scored minus full-scan logit and p_fake over every scored row; the bound is "
         "`pipeline.feature_store.logit_bound` (float16: 2^-11 sum|w_i x_i|; int8: scale/2 sum|w_i|), checked "
         "per row (+1e-5 for float32 accumulation order).",
         "",
-        "| precision | dim | bytes/row | max abs logit error | median abs logit error | median bound | max bound | "
-        "max abs p_fake error | within bound | is_fake flips |",
+        "| precision | dim | bytes/row | max abs logit error | median abs logit error | median bound | "
+        "max bound | max abs p_fake error | within bound | is_fake flips |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p, e in r["precision"].items():
         lines.append(
             f"| {p} | {e['dim']} | {e['bytes_per_row']} | {e['max_abs_logit_error']:.2e} | "
-            f"{e['median_abs_logit_error']:.2e} | {e['median_logit_bound']:.2e} | {e['max_logit_bound']:.2e} | "
-            f"{e['max_abs_p_fake_error']:.2e} | {e['within_bound']} | {e['is_fake_flips']} |"
+            f"{e['median_abs_logit_error']:.2e} | {e['median_logit_bound']:.2e} | "
+            f"{e['max_logit_bound']:.2e} | {e['max_abs_p_fake_error']:.2e} | {e['within_bound']} | "
+            f"{e['is_fake_flips']} |"
         )
     c = r["cpu_hours_per_billion"]
     gpu_line = (
-        "**Not computed: results/gpu.md holds no GPU measurement** (no GPU was available to the task that wrote "
-        "it), so there is no GPU scan rate to convert."
+        "**Not computed: results/gpu.md holds no GPU measurement** (no GPU was available to the "
+        "task that wrote it), so there is no GPU scan rate to convert."
         if r["gpu_hours_saved_per_billion"] is None
         else f"**{r['gpu_hours_saved_per_billion']} GPU-hours per billion images** ({r['gpu_note']})."
     )
@@ -300,17 +304,17 @@ def markdown(r: dict) -> str:
             f"{e['is_fake_flips']} verdict(s) flipped"
             for p, e in r["precision"].items()
         )
-        + ". A flip needs the full scan's logit within the error of the threshold (the error never exceeds the "
-        "bound); this benchmark's random head puts many logits near 0. float32 values alone would be 4 x dim bytes "
-        "a row.",
+        + ". A flip needs the full scan's logit within the error of the threshold (the error never "
+        "exceeds the bound); this benchmark's random head puts many logits near 0. float32 values "
+        "alone would be 4 x dim bytes a row.",
         "",
         "## GPU-hours saved per billion images",
         "",
         gpu_line + " A re-score runs on CPUs only, so the GPU-hours it saves "
-        "equal the full scan's: 1e9 / (GPU scan images/s) / 3600 per GPU, from `benchmarks/gpu.py`'s end-to-end "
-        "figure once measured. On this CPU (backbone above): a full scan needs "
-        f"{c['scan']:.0f} wall-hours of one process per billion images, a re-score {c['rescore']:.0f} (this "
-        "2-core machine, shared: load average about 10 during the run).",
+        "equal the full scan's: 1e9 / (GPU scan images/s) / 3600 per GPU, from "
+        "`benchmarks/gpu.py`'s end-to-end figure once measured. On this CPU (backbone above): a "
+        f"full scan needs {c['scan']:.0f} wall-hours of one process per billion images, a re-score "
+        f"{c['rescore']:.0f} (this 2-core machine, shared: load average about 10 during the run).",
         "",
     ]
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""GPU benchmark, one command: encoder throughput, the scorer's feed, JPEG decode on CPU vs on the GPU, and the
-end-to-end scan on local shards with CPU decode and with GPU decode; GPU utilisation and CPU cores used.
+"""GPU benchmark, one command: encoder throughput, the scorer's feed, JPEG decode on CPU vs on the GPU, and
+the end-to-end scan on local shards with CPU decode and with GPU decode; GPU utilisation and CPU cores used.
 
     .venv/bin/python benchmarks/gpu.py                 # on a GPU machine (< 8 min on one GPU)
     .venv/bin/python benchmarks/gpu.py --smoke         # CPU, tiny model, seconds: checks the benchmark
@@ -7,16 +7,17 @@ end-to-end scan on local shards with CPU decode and with GPU decode; GPU utilisa
 Writes <results-dir>/gpu.json and <results-dir>/gpu.md: default results/ for a GPU run, results/tmp/ (ignored
 by git) for a smoke run, so a CPU check never replaces the committed GPU figures. Every figure is measured in
 this run:
-1. encoder images/s, random-init ViT-B/16 and ViT-L/14 MoLE detectors (shipped configs), frozen backbone / naive
-   MoLE (per-expert loop) / fused MoLE, fp16 and bf16 autocast, batches 64-512, input already on the device;
+1. encoder images/s, random-init ViT-B/16 and ViT-L/14 MoLE detectors (shipped configs), frozen backbone /
+   naive MoLE (per-expert loop) / fused MoLE, fp16 and bf16 autocast, batches 64-512, input already on the
+   device;
 2. the Predictor feed: uint8 images in host memory -> scores (pinned non-blocking copies on a copy stream,
    normalisation on the device, chunks of the config's gpu_batch_size), fused MoLE, default dtype;
 3. decode: `pipeline.scan.decode.decode_image` on one CPU core vs `pipeline.scan.gpu_decode.DeviceDecoder` on
    the GPU (nvjpeg), images/s, process CPU time per second of decoding (= CPU cores it keeps busy), and the
    nvjpeg pixels against the CPU pixels (share of bit-equal images, max |difference|);
 4. the scan job (`jobs/scan_bucket.py`, a local Ray, one GPU actor) on local WebDataset shards of JPEGs, with
-   `--decode-on cpu` and `--decode-on gpu`: steady images/s (run.json), GPU utilisation (nvidia-smi sampled every
-   250 ms), whole-machine CPU cores busy (/proc/stat), decode seconds per wall second (shard markers).
+   `--decode-on cpu` and `--decode-on gpu`: steady images/s (run.json), GPU utilisation (nvidia-smi sampled
+   every 250 ms), whole-machine CPU cores busy (/proc/stat), decode seconds per wall second (shard markers).
 Derived (labelled so in the report): CPU decode cores one GPU needs = encoder images/s / decode images/s/core.
 """
 
@@ -84,7 +85,8 @@ SMOKE = {
 
 # ---------------------------------------------------------------------------------------------- sampling
 class GpuSampler:
-    """nvidia-smi utilisation.gpu / memory.used every 250 ms in a background process (None where no nvidia-smi)."""
+    """nvidia-smi utilisation.gpu / memory.used every 250 ms in a background process (None where no
+    nvidia-smi)."""
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, float, float]] = []
@@ -561,8 +563,9 @@ def main(argv: list[str] | None = None) -> int:
                 if mode == "gpu" and r.get("exit_code") == 0 and not r.get("device_decode_seen"):
                     res["scan"]["notes"].append(
                         "decode on gpu: the run succeeded but no scorer reported a device-decoded row (no "
-                        "`device_decode_active` log): the read stage did not ship JPEGs, so that row measured "
-                        "CPU decode again (is prepare_shard wired to pipeline.scan.gpu_decode.decode_or_ship?)"
+                        "`device_decode_active` log): the read stage did not ship JPEGs, so that "
+                        "row measured CPU decode again (is prepare_shard wired to "
+                        "pipeline.scan.gpu_decode.decode_or_ship?)"
                     )
     fused = [r for r in res["encoder"] if r.get("variant") == "fused" and "images_per_s" in r]
     if fused and res["decode"]["cpu_decode_images_per_s_per_core"] > 0:

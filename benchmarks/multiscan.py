@@ -1,9 +1,10 @@
 """Several detectors in one scan vs one scan per detector, through the REAL scan code, in ONE run.
 
-Three detectors on ONE random-init backbone file (built as benchmarks/detectors.py builds them: a UnivFD-layout
-head, a RINE-layout head (2class shape), a MoLE detector with random non-zero adapters), saved as ordinary
-checkpoints. A local corpus of JPEG shards (images larger than the crop, so UnivFD's center_crop_pad and MoLE's
-center_crop give the same arrays and the set shares one backbone pass; the decode still makes both inputs).
+Three detectors on ONE random-init backbone file (built as benchmarks/detectors.py builds them: a
+UnivFD-layout head, a RINE-layout head (2class shape), a MoLE detector with random non-zero adapters), saved
+as ordinary checkpoints. A local corpus of JPEG shards (images larger than the crop, so UnivFD's
+center_crop_pad and MoLE's center_crop give the same arrays and the set shares one backbone pass; the decode
+still makes both inputs).
 
 * together: one `run_scan` with `detector="A,B,C"` (read + decode once, one DetectorSet pass per batch, one
   Parquet dataset with per-detector columns);
@@ -16,8 +17,10 @@ two with a rotating order; medians of wall time (including each scan's model loa
 per-round paired wall and stream ratios (every round's values are kept in the JSON). Checks that
 the rows agree (same rows, each detector's logit in the joint scan vs its own scan). Load average recorded.
 
-    .venv/bin/python benchmarks/multiscan.py                       # tiny + B/16 on CPU (a few minutes, 2 cores)
-    .venv/bin/python benchmarks/multiscan.py --sizes tiny --rounds 2 --images 64 --out results/tmp    # quick
+    # tiny + B/16 on CPU (a few minutes, 2 cores)
+    .venv/bin/python benchmarks/multiscan.py
+    # quick
+    .venv/bin/python benchmarks/multiscan.py --sizes tiny --rounds 2 --images 64 --out results/tmp
 
 Writes results/multiscan.json and results/multiscan.md.
 """
@@ -173,13 +176,14 @@ def render_md(res: dict) -> str:
         f"(load average before {res['load_before']}, after {res['load_after']}; the machine is shared with "
         "other jobs, so absolute times are noisy: the ratios are paired per round).",
         "",
-        "UnivFD-layout + RINE-layout (2class) + MoLE on one random-init backbone file; JPEG shards larger than "
-        "the crop (the set shares one backbone pass). `together` = one `run_scan` with `--detector A,B,C`; "
-        "`separate` = three `run_scan`s (sum). In-process executor (the Ray executor runs the same "
-        "read/decode/score/write code; Ray start-up excluded from both). Wall = `run_scan` (planning, "
-        "listing, run files, the executor); stream = the executor's `timing.stream_s` (its model load, then "
-        "read + decode + score + write). CPU = this process's CPU time (the least load-sensitive figure on "
-        "a shared machine). Medians over rounds, after warm-up rounds that are not recorded.",
+        "UnivFD-layout + RINE-layout (2class) + MoLE on one random-init backbone file; JPEG shards "
+        "larger than the crop (the set shares one backbone pass). `together` = one `run_scan` with "
+        "`--detector A,B,C`; `separate` = three `run_scan`s (sum). In-process executor (the Ray executor "
+        "runs the same read/decode/score/write code; Ray start-up excluded from both). Wall = "
+        "`run_scan` (planning, listing, run files, the executor); stream = the executor's `timing.stream_s` "
+        "(its model load, then read + decode + score + write). CPU = this process's CPU time (the least "
+        "load-sensitive figure on a shared machine). Medians over rounds, after warm-up rounds that are "
+        "not recorded.",
         "",
         "| backbone | images | together wall s | separate wall s | wall ratio (paired median) | "
         "together stream s | separate stream s | stream ratio (paired median) | CPU ratio | "

@@ -8,10 +8,10 @@
                  (b) wall time including Ray start, actor start and model load
 
 Model: ViT-B/32 MoLE (vitb32-mole) at random init (no weights here) — inference dominates decode (model time
->= 20x decode time per 256 px JPEG on this CPU), which is the production regime (L/14 on a GPU). The tiny demo model is
-decode-bound on 2 cores and says little about the pipeline. Every mode gets the same torch thread count.
-GPU: wherever CUDA is present the same script runs the GPU variant (model on cuda, fp16, decode stays in CPU
-tasks, larger batch) — code path only on this CPU machine.
+>= 20x decode time per 256 px JPEG on this CPU), which is the production regime (L/14 on a GPU). The tiny demo
+model is decode-bound on 2 cores and says little about the pipeline. Every mode gets the same torch thread
+count. GPU: wherever CUDA is present the same script runs the GPU variant (model on cuda, fp16, decode stays
+in CPU tasks, larger batch) — code path only on this CPU machine.
 
     python benchmarks/pipeline.py [--images 256] [--batch-size 16] [--config vitb32-mole]
 Writes results/pipeline.json and results/pipeline.md; scratch data under results/tmp/ (git-ignored).
@@ -195,16 +195,19 @@ def render_md(r: dict) -> str:
     lines = [
         "# Scan pipeline throughput (benchmarks/pipeline.py)",
         "",
-        f"One run, same {r['images']} images in {r['shards']} WebDataset shards (256 px JPEG, demo generator), "
-        f"detector `{r['config']}` (random init), device {r['device']}, dtype {r['dtype']}, batch {r['batch_size']}, "
-        f"{r['torch_threads']} torch threads in every mode, {r['cpu_count']} cores. Medians of {len(scans)} "
-        f"interleaved rounds. 1-min load average {r['load_avg_1m']} at the end of the run (with 2 cores, "
-        "anything well above 2 means other work competed) — the ratios are what this measures.",
+        f"One run, same {r['images']} images in {r['shards']} WebDataset shards (256 px JPEG, demo "
+        f"generator), detector `{r['config']}` (random init), device {r['device']}, dtype "
+        f"{r['dtype']}, batch {r['batch_size']}, {r['torch_threads']} torch threads in every mode, "
+        f"{r['cpu_count']} cores. Medians of {len(scans)} interleaved rounds. 1-min load average "
+        f"{r['load_avg_1m']} at the end of the run (with 2 cores, anything well above 2 means other work "
+        "competed) — the ratios are what this measures.",
         "",
         "| mode | images/s (median) | all rounds |",
         "|---|---|---|",
-        f"| encoder-only (Predictor on pre-decoded batches) | {m['encoder_only']} | {r['encoder_only_images_per_s']} |",
-        f"| plain PyTorch DataLoader loop (1 decode worker + model) | {m['dataloader']} | {r['dataloader_images_per_s']} |",
+        f"| encoder-only (Predictor on pre-decoded batches) | {m['encoder_only']} | "
+        f"{r['encoder_only_images_per_s']} |",
+        f"| plain PyTorch DataLoader loop (1 decode worker + model) | {m['dataloader']} | "
+        f"{r['dataloader_images_per_s']} |",
         f"| scan, steady (from model ready to last Parquet) | {m['scan_steady']} | "
         f"{[s['images_per_s_steady'] for s in scans]} |",
         f"| scan, wall (incl. Ray start, actor start, model load) | {m['scan_wall']} | "
@@ -214,34 +217,44 @@ def render_md(r: dict) -> str:
         f"{ok(q['scan_steady_vs_encoder'], STEADY_TARGET)})",
         f"- scan steady / DataLoader loop = **{q['scan_steady_vs_dataloader']}** (target ≥ 1.0: "
         f"{ok(q['scan_steady_vs_dataloader'], 1.0)})",
-        f"- **model-actor busy fraction** during the scan (steady images/s × infer_s / rows; both measured in "
-        f"the same time window, so the machine's load cancels out): "
+        "- **model-actor busy fraction** during the scan (steady images/s × infer_s / rows; both "
+        "measured in the same time window, so the machine's load cancels out): "
         f"{[round((s['images_per_s_steady'] or 0) * s['infer_s'] / max(s['rows'], 1), 3) for s in scans]} — "
         "the share of the scan during which the model was computing; 1.0 = the pipeline never starves it.",
-        f"- scan wall / DataLoader loop = {q['scan_wall_vs_dataloader']} (start-up included: Ray + actor + model "
-        "load are a fixed cost that a nightly scan of millions of images amortises; a short benchmark run does not)",
+        f"- scan wall / DataLoader loop = {q['scan_wall_vs_dataloader']} (start-up included: Ray + "
+        "actor + model load are a fixed cost that a nightly scan of millions of images amortises; a "
+        "short benchmark run does not)",
         f"- decode: {r['decode_ms_per_image']} ms/image on one core; in the scan, decode_s / infer_s = "
-        f"{[round(s['decode_s'] / max(s['infer_s'], 1e-9), 3) for s in scans]} — inference dominates, so decode "
-        "done ahead while the actor loads its model flatters the steady number by at most that share.",
+        f"{[round(s['decode_s'] / max(s['infer_s'], 1e-9), 3) for s in scans]} — inference "
+        "dominates, so decode done ahead while the actor loads its model flatters the steady number by at "
+        "most that share.",
         f"- scan phase timings per round (s): {[s['timing'] for s in scans]}",
         "",
         "Reading these numbers: the modes run one after another in one process tree on a 2-core machine, so",
         "a change of machine load between them shifts the ratios (the load average above says how busy the",
-        "machine was). A scan/encoder ratio above 1 would be load drift, never a speed-up (the scan cannot beat",
-        "the model's own speed). The load-independent figure is the busy fraction: what keeps it below 1.0 is",
+        "machine was). A scan/encoder ratio above 1 would be load drift, never a speed-up (the "
+        "scan cannot beat",
+        "the model's own speed). The load-independent figure is the busy fraction: what keeps it "
+        "below 1.0 is",
         "the scan's own overhead around the model (decode hand-off, Ray transfers, row building, Parquet",
-        "writes). On this CPU-only machine the read+decode tasks, Ray's own processes and the model's threads",
+        "writes). On this CPU-only machine the read+decode tasks, Ray's own processes and the "
+        "model's threads",
         "share the same 2 cores; the DataLoader loop has no Ray processes beside it. On a GPU node the model",
         "runs on the GPU while decode runs on CPU workers, so that contention does not exist there.",
         "",
         "Why this model: ViT-B/32 MoLE makes inference dominate (model time ≥ 20× decode time here), the",
-        "production regime (ViT-L/14 on a GPU, decode on CPU workers). The tiny demo model is decode-bound on 2",
+        "production regime (ViT-L/14 on a GPU, decode on CPU workers). The tiny demo model is "
+        "decode-bound on 2",
         "cores, where every design just measures the JPEG decoder.",
         "",
-        "How the scan keeps up: read+decode run in CPU tasks (never fused into the model actor: the read stage",
-        "reserves memory, so Ray cannot fuse it), the scorer actor holds the model and takes a fractional CPU",
-        "share, writer actors on the workers write each shard's Parquet and marker, and the driver receives one",
-        "small summary row per scored batch. On a GPU the same script runs the GPU variant (fp16, batch ≥ 128,",
+        "How the scan keeps up: read+decode run in CPU tasks (never fused into the model actor: "
+        "the read stage",
+        "reserves memory, so Ray cannot fuse it), the scorer actor holds the model and takes a "
+        "fractional CPU",
+        "share, writer actors on the workers write each shard's Parquet and marker, and the driver "
+        "receives one",
+        "small summary row per scored batch. On a GPU the same script runs the GPU variant (fp16, "
+        "batch ≥ 128,",
         "decode stays on CPU) — not measured here (no GPU).",
     ]
     return "\n".join(lines) + "\n"

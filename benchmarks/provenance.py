@@ -4,9 +4,9 @@
 
 Corpora (made here; 512 px photo-like images): `plain_jpeg` / `plain_png` (no metadata: the common case, e.g.
 an img2dataset corpus), `c2pa_jpeg` (C2PA manifest signed with c2pa-python and a local EC P-256 test chain, as
-in tests/support/provenance_assets.py), `a1111_png` (AUTOMATIC1111 `parameters` text chunk). Each corpus is one
-WebDataset shard; per round, the real read/decode stage (`pipeline.scan.prepare.prepare_shard`, image_size 224)
-runs over it with provenance off and on (the order alternates per round), timed with `time.process_time`
+in tests/support/provenance_assets.py), `a1111_png` (AUTOMATIC1111 `parameters` text chunk). Each corpus is
+one WebDataset shard; per round, the real read/decode stage (`pipeline.scan.prepare.prepare_shard`, image_size
+224) runs over it with provenance off and on (the order alternates per round), timed with `time.process_time`
 (CPU of this process). Overhead = on / off - 1 per round; the headline is the median over rounds with the
 range. Also: `ProvenanceReader.read` alone per image (median µs), and the schema's bytes per row added (the
 shard's zstd Parquet in schema v3 vs the same rows with v2's columns).
@@ -185,40 +185,44 @@ def main() -> None:
     lines = [
         "# Provenance reading cost (`benchmarks/provenance.py`)",
         "",
-        f"One process, one run: each corpus ({args.images} images of {args.size} px) is one shard; per round the real "
-        f"read/decode stage (`prepare_shard`, image_size {IMAGE_SIZE}) runs with provenance reading off and on "
-        "(order alternating), CPU time of the process (`time.process_time`). Overhead = on/off - 1 per round: "
-        f"median over {args.rounds} rounds [min, max]. `reader µs` = `ProvenanceReader.read` alone (median per image). "
-        "`reader share` = reader µs / the off CPU per image: the overhead measured in isolation, free of the "
-        "run-to-run noise of the whole stage. Bytes per row: a shard of "
-        f"{args.shard_rows} rows (the corpus's rows repeated) in zstd Parquet, schema v3 vs the same rows with "
-        "v2's columns (the repeated rows compress far better than a real shard's, so only the ADDED bytes "
-        "are meaningful: the provenance columns of one corpus are near-constant in a real shard too).",
+        f"One process, one run: each corpus ({args.images} images of {args.size} px) is one shard; per "
+        f"round the real read/decode stage (`prepare_shard`, image_size {IMAGE_SIZE}) runs with provenance "
+        "reading off and on (order alternating), CPU time of the process (`time.process_time`). "
+        f"Overhead = on/off - 1 per round: median over {args.rounds} rounds [min, max]. `reader µs` = "
+        "`ProvenanceReader.read` alone (median per image). `reader share` = reader µs / the off CPU per "
+        "image: the overhead measured in isolation, free of the run-to-run noise of the whole stage. Bytes "
+        f"per row: a shard of {args.shard_rows} rows (the corpus's rows repeated) in zstd Parquet, "
+        "schema v3 vs the same rows with v2's columns (the repeated rows compress far better than a real "
+        "shard's, so only the ADDED bytes are meaningful: the provenance columns of one corpus are "
+        "near-constant in a real shard too).",
         "",
-        "| corpus | verdicts | mean bytes | off ms/img | on ms/img | overhead % median [range] | reader µs/img | reader share % | v2 B/row | v3 B/row | added B/row |",
+        "| corpus | verdicts | mean bytes | off ms/img | on ms/img | overhead % median [range] | reader "
+        "µs/img | reader share % | v2 B/row | v3 B/row | added B/row |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         lo, hi = r["overhead_pct_range"]
         lines.append(
             f"| {name} | {', '.join(r['verdicts'])} | {r['mean_bytes']} | {r['off_cpu_ms_per_image']} | "
-            f"{r['on_cpu_ms_per_image']} | {r['overhead_pct_median']} [{lo}, {hi}] | {r['reader_us_per_image']} | "
-            f"{r['reader_share_pct']} | "
+            f"{r['on_cpu_ms_per_image']} | {r['overhead_pct_median']} [{lo}, {hi}] | "
+            f"{r['reader_us_per_image']} | {r['reader_share_pct']} | "
             f"{r['v2_bytes_per_row']} | {r['v3_bytes_per_row']} | {r['added']} |"
         )
     lines += [
         "",
         f"Headline: on images without metadata the read task's CPU grows by "
         f"{headline['no_metadata_overhead_pct']['plain_jpeg']} % (JPEG) and "
-        f"{headline['no_metadata_overhead_pct']['plain_png']} % (PNG), medians of the whole stage (target: at "
-        f"most 3 %); the reader alone is {headline['no_metadata_reader_share_pct']['plain_jpeg']} % / "
+        f"{headline['no_metadata_overhead_pct']['plain_png']} % (PNG), medians of the whole stage "
+        "(target: at most 3 %); the reader alone is "
+        f"{headline['no_metadata_reader_share_pct']['plain_jpeg']} % / "
         f"{headline['no_metadata_reader_share_pct']['plain_png']} % of the stage's CPU per image; an image "
         f"carrying a C2PA manifest costs {headline['c2pa_reader_ms_per_image']} ms to read and validate; the "
         f"provenance columns add {headline['schema_bytes_per_row_added_no_metadata']} bytes per row without "
         f"metadata and {headline['schema_bytes_per_row_added_c2pa']} with a C2PA manifest (zstd Parquet).",
         "",
-        f"Machine: {meta['cpus']} CPUs shared with other work (timings are CPU time, so less sensitive to load than "
-        f"wall time, but still noisy: see the ranges); Python {meta['python']}; wall {meta['wall_s']} s.",
+        f"Machine: {meta['cpus']} CPUs shared with other work (timings are CPU time, so less sensitive "
+        f"to load than wall time, but still noisy: see the ranges); Python {meta['python']}; wall "
+        f"{meta['wall_s']} s.",
         "",
     ]
     (out / "provenance.md").write_text("\n".join(lines))

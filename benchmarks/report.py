@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/report.py [--rows-per-date 200000 --dates 1,8] [--out results]
 
 A synthetic scan output in the real layout and schema (`pipeline.output.SCHEMA`, one Parquet file per shard,
-50 shards per date; every row `ok` with a random p_fake, 64-hex sha256, key, shard_url), then per case ONE fresh
-process (peak RSS = its `ru_maxrss`):
-- `report`: the real job (`jobs.report.main`, galleries off: `--gallery-size 0 --top-n 0`, so no shard is read);
+50 shards per date; every row `ok` with a random p_fake, 64-hex sha256, key, shard_url), then per case ONE
+fresh process (peak RSS = its `ru_maxrss`):
+- `report`: the real job (`jobs.report.main`, galleries off: `--gallery-size 0 --top-n 0`, so no shard is
+  read);
 - `load_all_columns`: the earlier way of loading (every report column of every date; today's column set, which
   adds run_id, source and sha256 to the earlier one), for comparison;
 - `load_day_plus_trend`: what it loads now (every report column of the report's date; status + is_fake of
@@ -160,9 +161,9 @@ def main() -> None:
         "",
         f"Synthetic scan, real layout and schema: {args.rows_per_date} rows per date, {SHARDS_PER_DATE} "
         "shards per date; each case in a fresh process, peak RSS = `ru_maxrss`. `report` is the real job "
-        "with galleries off (no shard reads); the two `load_*` rows isolate the scan loading: the earlier way "
-        "(every report column of every date, today's column set) and now (the report's date in full, other "
-        "dates status + is_fake).",
+        "with galleries off (no shard reads); the two `load_*` rows isolate the scan loading: the "
+        "earlier way (every report column of every date, today's column set) and now (the report's date in "
+        "full, other dates status + is_fake).",
         "",
         "| dates | rows | case | peak RSS (MB) | seconds |",
         "|---|---|---|---|---|",

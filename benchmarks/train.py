@@ -2,15 +2,18 @@
 steady training images/s, streaming (the product) vs the former in-memory loader (a baseline kept only here).
 
 Data: 256x256 JPEGs (q 90) written into a temp dir in the UnivFD layout (`bench/0_real`, `bench/1_fake`); the
-first 1,000 images are distinct, larger sets hard-link them under new names (decode work per image is the same).
+first 1,000 images are distinct, larger sets hard-link them under new names (decode work per image is the
+same).
 
-1. Peak RSS of the Ray Train worker process (/proc VmRSS, sampled from outside every 0.2 s over the whole job) for
-   `jobs/train_detector.py` (tiny-mole, 1 epoch, one CPU worker, head_init random) at 1k, 8k and 32k images,
-   next to the in-memory baseline at 1k and 8k (32k in memory would need ~15 GB on this shared machine).
+1. Peak RSS of the Ray Train worker process (/proc VmRSS, sampled from outside every 0.2 s over the whole job)
+   for `jobs/train_detector.py` (tiny-mole, 1 epoch, one CPU worker, head_init random) at 1k, 8k and 32k
+   images, next to the in-memory baseline at 1k and 8k (32k in memory would need ~15 GB on this shared
+   machine).
 2. Feed: images/s a consumer receives from the Ray Data read + decode + UnivFD augmentation stage
-   (`pipeline.engine.train_data.stream_dataset`, augmentation on, crop at the detector's input size) with 1 and 2 CPU
-   read tasks, against each model's own training step rate (forward + backward + AdamW on uint8 batches
-   normalised in the step, random init, CPU fp32, 1 thread as a training worker) for tiny-mole and vitb16-mole.
+   (`pipeline.engine.train_data.stream_dataset`, augmentation on, crop at the detector's input size) with 1
+   and 2 CPU read tasks, against each model's own training step rate (forward + backward + AdamW on uint8
+   batches normalised in the step, random init, CPU fp32, 1 thread as a training worker) for tiny-mole and
+   vitb16-mole.
 3. Steady training images/s (the epoch's training phase, `train_seconds` in metrics.jsonl), streaming vs
    in-memory, from the same runs as 1.
 
@@ -44,9 +47,10 @@ PY = sys.executable
 UNIQUE = 1000
 
 
-# ---- data ------------------------------------------------------------------------------------------------------
+# ---- data --------------------------------------------------------------------------------------------------
 def make_images(root: Path, n: int) -> Path:
-    """n 256x256 JPEGs, half real half fake, UnivFD layout; distinct for the first UNIQUE, hard links after."""
+    """n 256x256 JPEGs, half real half fake, UnivFD layout; distinct for the first UNIQUE, hard links
+    after."""
     from PIL import Image
 
     base = root / "unique"
@@ -72,7 +76,7 @@ def make_images(root: Path, n: int) -> Path:
     return data.parent
 
 
-# ---- RSS sampling from outside ---------------------------------------------------------------------------------
+# ---- RSS sampling from outside -----------------------------------------------------------------------------
 class TreeSampler:
     """Peak RSS of every Ray Train worker process below `pid` (and of the whole process tree)."""
 
@@ -218,10 +222,11 @@ def run_inmemory(data: Path, tmp: Path, n: int) -> dict[str, Any]:
     return res
 
 
-# ---- BASELINE (not product code): the former in-memory loader and loop, faithfully reduced --------------------
-# Every Ray Train worker decoded the WHOLE labelled set into PIL images (pipeline/train/data.py:load_train_data
-# before the streaming feed), kept its split, cached the normalised float tensors of all training images
-# (TrainData.train_pixels) and of the validation images, and indexed batches out of them.
+# ---- BASELINE (not product code): the former in-memory loader and loop, faithfully reduced -----------------
+# Every Ray Train worker decoded the WHOLE labelled set into PIL images
+# (pipeline/train/data.py:load_train_data before the streaming feed), kept its split, cached the normalised
+# float tensors of all training images (TrainData.train_pixels) and of the validation images, and indexed
+# batches out of them.
 def _inmemory_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
@@ -296,7 +301,7 @@ def inmemory_main(data: str, result: str) -> None:
         ).fit()
 
 
-# ---- feed vs model ---------------------------------------------------------------------------------------------
+# ---- feed vs model -----------------------------------------------------------------------------------------
 def feed_rates(data: Path, configs: list[str], tasks: list[int], max_images: int) -> list[dict[str, Any]]:
     import ray
 
@@ -388,21 +393,22 @@ def model_rate(config: str, batch: int, steps: int) -> dict[str, Any]:
     }
 
 
-# ---- report ----------------------------------------------------------------------------------------------------
+# ---- report ------------------------------------------------------------------------------------------------
 def render(res: dict[str, Any]) -> str:
     s = {r["n_images"]: r for r in res["streaming"]}
     m = {r["n_images"]: r for r in res["inmemory"]}
     lines = [
         "# Training at scale: streaming feed vs the former in-memory loader",
         "",
-        f"Measured {res['date']} on {res['machine']} in one run of `benchmarks/train.py` (shared machine: use the "
-        "ratios). tiny-mole, 1 epoch, one CPU Ray Train worker, 256x256 JPEGs (UnivFD layout), head_init random, "
-        "5 % validation. RSS sampled from outside (/proc VmRSS of the worker pid, every 0.2 s) over the whole job.",
+        f"Measured {res['date']} on {res['machine']} in one run of `benchmarks/train.py` (shared "
+        "machine: use the ratios). tiny-mole, 1 epoch, one CPU Ray Train worker, 256x256 JPEGs "
+        "(UnivFD layout), head_init random, 5 % validation. RSS sampled from outside (/proc VmRSS of the "
+        "worker pid, every 0.2 s) over the whole job.",
         "",
         "## Peak RSS of the training worker",
         "",
-        "| images | streaming worker RSS MB | (private) | in-memory worker RSS MB | (private) | streaming job tree MB "
-        "| in-memory job tree MB |",
+        "| images | streaming worker RSS MB | (private) | in-memory worker RSS MB | (private) | streaming "
+        "job tree MB | in-memory job tree MB |",
         "|---|---|---|---|---|---|---|",
     ]
     for n in sorted(set(s) | set(m)):
@@ -432,8 +438,8 @@ def render(res: dict[str, Any]) -> str:
         lines[-1] += f" In-memory baseline 8k vs 1k: RSS {r['inmem_8k_over_1k']:.2f}x."
     lines += [
         "RSS = VmRSS, which also counts the pages of Ray's shared-memory object store the worker has touched "
-        "(it maps the store and reads batches zero-copy); private = RssAnon, the worker's own memory. The job "
-        "tree includes the driver, Ray's own processes and the read tasks' workers.",
+        "(it maps the store and reads batches zero-copy); private = RssAnon, the worker's own "
+        "memory. The job tree includes the driver, Ray's own processes and the read tasks' workers.",
         "",
         "## Feed vs model (images/s)",
         "",
@@ -450,8 +456,8 @@ def render(res: dict[str, Any]) -> str:
     lines += [
         "",
         "Feed = read + decode + UnivFD augmentation (resize 256, blur/JPEG p=0.5, crop, flip) in CPU Ray "
-        "Data tasks, consumed by the benchmark process; on 2 cores the second task competes with the consumer. "
-        "Model = forward + backward + AdamW on one CPU thread (random init).",
+        "Data tasks, consumed by the benchmark process; on 2 cores the second task competes with "
+        "the consumer. Model = forward + backward + AdamW on one CPU thread (random init).",
         "",
         "## Steady training images/s (training phase of the epoch)",
         "",
@@ -470,25 +476,26 @@ def render(res: dict[str, Any]) -> str:
         lines.append(
             f"- In-memory, every worker holds the decoded set: +{per:.2f} MB per image here, so the ProGAN "
             f"4-class subset (144k) would need ~{per * 144:.0f} GB per worker. Streaming private memory "
-            "does not grow with the data; its RSS growth is in shared / file-backed pages (Ray's object store is "
-            "shared memory mapped into the worker), not in private memory."
+            "does not grow with the data; its RSS growth is in shared / file-backed pages (Ray's "
+            "object store is shared memory mapped into the worker), not in private memory."
         )
     tiny = next((x for x in res["model"] if x["config"] == "tiny-mole"), None)
     feed1 = {x["config"]: x["images_per_s"] for x in res["feed"] if x["read_tasks"] == 1}
     if tiny and "tiny-mole" in feed1:
         lines.append(
-            f"- tiny-mole is feed-bound on this 2-core machine (one read task {feed1['tiny-mole']:.0f} img/s vs "
-            f"the model's {tiny['images_per_s']:.0f} img/s; the training worker holds the other CPU), and the "
-            "in-memory loop decodes each image once for the whole run, so it trains faster per epoch here; "
-            "streaming pays the decode every epoch (it is what makes augmentation per epoch possible) and "
-            "scales with the CPUs given to read tasks."
+            "- tiny-mole is feed-bound on this 2-core machine (one read task "
+            f"{feed1['tiny-mole']:.0f} img/s vs the model's {tiny['images_per_s']:.0f} img/s; the training "
+            "worker holds the other CPU), and the in-memory loop decodes each image once for the whole run, "
+            "so it trains faster per epoch here; streaming pays the decode every epoch (it is what makes "
+            "augmentation per epoch possible) and scales with the CPUs given to read tasks."
         )
     b16 = next((x for x in res["model"] if x["config"] == "vitb16-mole"), None)
     if b16 and "vitb16-mole" in feed1:
         lines.append(
-            f"- vitb16-mole: the model's CPU step ({b16['images_per_s']:.1f} img/s) is far below one read task "
-            f"({feed1['vitb16-mole']:.0f} img/s): the feed is not the bottleneck. GPU rates were not measured "
-            "(no GPU here); a GPU worker needs ~(its img/s) / (img/s per read task) read-task CPUs."
+            f"- vitb16-mole: the model's CPU step ({b16['images_per_s']:.1f} img/s) is far below "
+            f"one read task ({feed1['vitb16-mole']:.0f} img/s): the feed is not the bottleneck. "
+            "GPU rates were not measured (no GPU here); a GPU worker needs ~(its img/s) / (img/s "
+            "per read task) read-task CPUs."
         )
     lines += [
         "- Streaming at 1k includes the read-task workers' start-up inside the epoch.",

@@ -1,5 +1,5 @@
-"""`python jobs/filter_shards.py …` (and `ray job submit -- python jobs/filter_shards.py …`) from a checkout: the job
-itself is `pipeline.cli.filter_shards` (console script `genscan-filter` once installed)."""
+"""`python jobs/filter_shards.py …` (and `ray job submit -- python jobs/filter_shards.py …`) from a checkout:
+the job itself is `pipeline.cli.filter_shards` (console script `genscan-filter` once installed)."""
 
 import sys
 from pathlib import Path

@@ -1,5 +1,6 @@
-"""`python jobs/import_detector.py …` (and `ray job submit -- python jobs/import_detector.py …`) from a checkout: the job
-itself is `pipeline.cli.import_detector` (console script `genscan-import-detector` once installed)."""
+"""`python jobs/import_detector.py …` (and `ray job submit -- python jobs/import_detector.py …`) from a
+checkout: the job itself is `pipeline.cli.import_detector` (console script `genscan-import-detector` once
+installed)."""
 
 import sys
 from pathlib import Path

@@ -1,5 +1,6 @@
-"""`python jobs/make_demo_data.py …` (and `ray job submit -- python jobs/make_demo_data.py …`) from a checkout: the job
-itself is `pipeline.cli.make_demo_data` (console script `genscan-make-demo-data` once installed)."""
+"""`python jobs/make_demo_data.py …` (and `ray job submit -- python jobs/make_demo_data.py …`) from a
+checkout: the job itself is `pipeline.cli.make_demo_data` (console script `genscan-make-demo-data` once
+installed)."""
 
 import sys
 from pathlib import Path

@@ -1,5 +1,5 @@
-"""`python jobs/train_detector.py …` (and `ray job submit -- python jobs/train_detector.py …`) from a checkout: the job
-itself is `pipeline.cli.train_detector` (console script `genscan-train` once installed)."""
+"""`python jobs/train_detector.py …` (and `ray job submit -- python jobs/train_detector.py …`) from a
+checkout: the job itself is `pipeline.cli.train_detector` (console script `genscan-train` once installed)."""
 
 import sys
 from pathlib import Path

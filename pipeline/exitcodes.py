@@ -61,6 +61,7 @@ class OperatorError(Exception):
 
 
 def one_line(exc: OperatorError, job: str) -> str:
-    """The console message for `exc` in job `job`: one line headed by its label; an operator error's message is
-    written for the console (never a traceback), and only a refusal listing several problems runs on below it."""
+    """The console message for `exc` in job `job`: one line headed by its label; an operator error's message
+    is written for the console (never a traceback), and only a refusal listing several problems runs on below
+    it."""
     return f"{exc.label or job + ' failed'}: {str(exc).strip()}"

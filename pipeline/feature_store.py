@@ -11,8 +11,8 @@ A part holds one row per scored image (status ok; rows with no image have no fea
 
 and, in its Parquet key-value metadata (`genscan.features`), the `FeatureSpec`: the feature kind, its size and
 precision, the frozen backbone's identity (architecture + weights: open_clip tag, weights file sha256 or the
-digest of the tensors stored in the checkpoint) and the preprocessing that made the pixels. A re-score compares
-that spec with the detector's (`pipeline.features.head`) and refuses any difference.
+digest of the tensors stored in the checkpoint) and the preprocessing that made the pixels. A re-score
+compares that spec with the detector's (`pipeline.features.head`) and refuses any difference.
 
 Precision and the error it causes (`logit_bound`): a float16 value is within 2^-11 of the float32 one
 relative (half a unit in the last place; 2^-25 absolute below float16's normal range), an int8 value within
@@ -76,7 +76,8 @@ class FeatureSpec(StrictModel):
     source_detector: str = Field(description="the detector whose backbone pass produced the features")
 
     def differences(self, stored: FeatureSpec) -> list[str]:
-        """What makes the `stored` features not the ones these (a detector's needs) describe; empty: the same."""
+        """What makes the `stored` features not the ones these (a detector's needs) describe; empty: the
+        same."""
         out = []
         if self.backbone.identity != stored.backbone.identity:
             out.append(f"backbone: stored {stored.backbone.identity}, detector {self.backbone.identity}")

@@ -1,8 +1,9 @@
 """structlog JSON logging, configured once per process (driver, Ray worker, test).
 
 JSON lines go to stderr unless a job sends them to its run log (`RunLog`): the jobs keep the console for one
-progress line and write every driver log line, plain JSON (no Ray prefix), to a file published beside the run's
-outputs (`_run/<date>/log.jsonl` for the scan, `_run/log.jsonl` for the filter, `<out>/log.jsonl` for training).
+progress line and write every driver log line, plain JSON (no Ray prefix), to a file published beside the
+run's outputs (`_run/<date>/log.jsonl` for the scan, `_run/log.jsonl` for the filter, `<out>/log.jsonl` for
+training).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ _SINK = _Sink()
 
 
 def configure(level: str | None = None) -> None:
-    """JSON lines on stderr (or the run log); `GENSCAN_LOG_LEVEL` overrides the level. Safe to call repeatedly."""
+    """JSON lines on stderr (or the run log); `GENSCAN_LOG_LEVEL` overrides the level. Safe to call
+    repeatedly."""
     global _CONFIGURED
     if _CONFIGURED:
         return
@@ -110,7 +112,8 @@ class RunLog:
             cls._current.destination = uri
 
     def discard(self) -> None:
-        """Nothing worth keeping happened (e.g. the run never started): remove the spool (and attached files)."""
+        """Nothing worth keeping happened (e.g. the run never started): remove the spool (and attached
+        files)."""
         self.destination = None
         self._done = True
         for path in [self.path, *self.attached.values()]:

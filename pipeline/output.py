@@ -2,8 +2,8 @@
 shards, and `open_scan()` for readers — the ONE place that spells out the layout (docs/schema.md) [ours].
 
     <out>/scan_date=<D>/<shard>.parquet        one file per shard, named by shard id (a retry overwrites)
-    <out>/_shards/<D>/<shard>.json             the shard's stats, written AFTER its Parquet = completion marker
-    <out>/_run/<D>/config.json versions.json detector.json run.json
+    <out>/_shards/<D>/<shard>.json             the shard's stats, written AFTER its Parquet = completion
+    marker <out>/_run/<D>/config.json versions.json detector.json run.json
     <out>/_features/scan_date=<D>/<shard>.parquet   the shard's stored backbone features (`--features`;
                                                pipeline.features), written with its Parquet, before its marker
 
@@ -15,7 +15,8 @@ Schema: change it only by bumping SCHEMA_VERSION and documenting the change; rea
 column. v2 = v1's columns, same names, types and order, plus four columns at the end (each detector's score
 when several detectors scan at once, and the fusion rule). v3 = v2's columns plus the provenance evidence at
 the end (`provenance_*`, `decided_by`; pipeline.scan.provenance). `open_scan` reads v1, v2 and v3 files
-together (a column a file lacks reads as null). The `scan_date` partition column is NOT in the files: it comes from the hive path `scan_date=YYYY-MM-DD/`.
+together (a column a file lacks reads as null). The `scan_date` partition column is NOT in the files: it comes
+from the hive path `scan_date=YYYY-MM-DD/`.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic
 SCHEMA_VERSION = 3
 
 # Row statuses: `ok` rows are scored; a sample error is a sample without a score (its bytes did not decode, it
-# had no image member, or the image was over the pixel limit); `shard_error` is the ONE row of a shard that could
-# not be read to its end. Which statuses count as errors (the error budget, the progress line, the filter's
-# error_action) is decided here and nowhere else.
+# had no image member, or the image was over the pixel limit); `shard_error` is the ONE row of a shard that
+# could not be read to its end. Which statuses count as errors (the error budget, the progress line, the
+# filter's error_action) is decided here and nowhere else.
 SAMPLE_ERROR_STATUSES = ("decode_error", "no_image", "too_large")
 SHARD_ERROR = "shard_error"
 ERROR_STATUSES = (*SAMPLE_ERROR_STATUSES, SHARD_ERROR)
@@ -92,7 +93,8 @@ SCHEMA = pa.schema(
         pa.field("provenance_codes", pa.list_(pa.string())),  # C2PA validation failure codes
         pa.field("provenance_ingredients", pa.int32()),  # C2PA: ingredients of the active manifest
         pa.field("provenance_error", pa.string()),  # why evidence could not be read
-        # who set is_fake / top_generator: "detector" or "provenance" (the run's provenance policy); null unless ok
+        # who set is_fake / top_generator: "detector" or "provenance" (the run's provenance policy); null
+        # unless ok
         pa.field("decided_by", pa.string()),
     ],
     metadata={"genscan.schema_version": str(SCHEMA_VERSION)},
@@ -114,8 +116,8 @@ PARTITION = "scan_date"  # hive partition column (from the path)
 DATA_PREFIX = f"{PARTITION}="
 MARKER_DIR = "_shards"
 RUN_DIR = "_run"
-# the feature store: its own hive dataset beside the scan rows; the leading '_' keeps it out of every reader of
-# the scan rows (open_scan, Arrow/Spark discovery of <out>) while `parquet_glob` never matched it anyway
+# the feature store: its own hive dataset beside the scan rows; the leading '_' keeps it out of every reader
+# of the scan rows (open_scan, Arrow/Spark discovery of <out>) while `parquet_glob` never matched it anyway
 FEATURES_DIR = "_features"
 
 
@@ -166,7 +168,8 @@ class RunPaths:
         return join(self.output, FEATURES_DIR, f"{DATA_PREFIX}{self.scan_date}")
 
     def features(self, shard: str) -> str:
-        """The shard's features part (one file per shard, like its Parquet: a shard's outputs are its files)."""
+        """The shard's features part (one file per shard, like its Parquet: a shard's outputs are its
+        files)."""
         return join(self.features_dir, f"{shard}.parquet")
 
     def marker(self, shard: str) -> str:
@@ -182,7 +185,8 @@ def parquet_glob(output: str) -> str:
 
 
 def features_glob(output: str) -> str:
-    """The one glob that reads every date's stored features (DuckDB, with hive partitioning; docs/queries.md)."""
+    """The one glob that reads every date's stored features (DuckDB, with hive partitioning;
+    docs/queries.md)."""
     return join(output, FEATURES_DIR, f"{DATA_PREFIX}*", "*.parquet")
 
 

@@ -2,10 +2,10 @@
 under every output, so that a missing bucket, rejected or missing credentials and a wrong endpoint end in ONE
 line naming the URI, what failed and what to check, with an exit code per kind (README, "Exit codes").
 
-The probe uses its own S3 client with a short connect timeout and no client retries (botocore and s3fs together
-retry a refused connection for 12-26 s otherwise); it retries only what looks transient (503 Slow Down, 5xx, a
-reset or dropped connection) a few times with a short backoff, and reports a refused connection, an unknown host
-or a connect timeout at once. The jobs' own clients keep their retries for the real work.
+The probe uses its own S3 client with a short connect timeout and no client retries (botocore and s3fs
+together retry a refused connection for 12-26 s otherwise); it retries only what looks transient (503 Slow
+Down, 5xx, a reset or dropped connection) a few times with a short backoff, and reports a refused connection,
+an unknown host or a connect timeout at once. The jobs' own clients keep their retries for the real work.
 Nothing is left behind: local outputs are probed in their nearest existing folder (an output folder that does
 not exist yet is not created here), S3 probes are deleted at once.
 """
@@ -266,7 +266,8 @@ def _fail(
 
 
 def probe_filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """A filesystem for `uri` that fails fast (S3: short connect timeout, no retries, not the shared instance)."""
+    """A filesystem for `uri` that fails fast (S3: short connect timeout, no retries, not the shared
+    instance)."""
     fs, path = storage.tuned_filesystem(uri, PROBE_S3_OPTIONS)
     if fsspec.core.split_protocol(uri)[0] in ("s3", "s3a"):
         fs.retries = 1  # s3fs's own retry loop around every call
@@ -274,8 +275,9 @@ def probe_filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def check_readable(loc: Location) -> None:
-    """List `loc`: a folder/prefix must exist, be listable and hold something; one object (`.tar`) must exist; a
-    brace pattern's FIRST shard must exist (a missing later shard is the scan's shard_error row, not a refusal)."""
+    """List `loc`: a folder/prefix must exist, be listable and hold something; one object (`.tar`) must exist;
+    a brace pattern's FIRST shard must exist (a missing later shard is the scan's shard_error row, not a
+    refusal)."""
     uri = loc.uri
     target = next(iter(braceexpand(uri))) if "{" in uri else uri
     fs, path = probe_filesystem(target)
@@ -305,7 +307,8 @@ def check_readable(loc: Location) -> None:
 
 
 def check_writable(loc: Location) -> None:
-    """Write and delete a probe object under `loc` (local: in its nearest existing folder; nothing is created)."""
+    """Write and delete a probe object under `loc` (local: in its nearest existing folder; nothing is
+    created)."""
     uri = loc.uri
     name = f".genscan-preflight-{uuid.uuid4().hex}"
     if not storage.is_remote(uri):

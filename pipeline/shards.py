@@ -9,19 +9,20 @@ Rules (docs/reliability.md) [ours where WebDataset is silent]:
   with the same key (WebDataset's `group_by_keys`). A key that appears again after other keys, or a member
   whose extension repeats inside the run, starts a NEW sample with the same key (`Sample.occurrence` counts
   them): nothing is merged across occurrences and nothing is dropped; the later occurrence carries a note.
-- Junk: directory entries, `__MACOSX/…` members and AppleDouble `._*` files are skipped, as are members without
-  an extension (WebDataset skips those too; this covers every dot-file such as `.DS_Store`) and non-regular
-  members (links, devices); each skip is listed with its reason, so they are counted but not samples.
+- Junk: directory entries, `__MACOSX/…` members and AppleDouble `._*` files are skipped, as are members
+  without an extension (WebDataset skips those too; this covers every dot-file such as `.DS_Store`) and
+  non-regular members (links, devices); each skip is listed with its reason, so they are counted but not
+  samples.
 - Member names that are not UTF-8 (tarfile decodes them with surrogateescape) become keys with the offending
-  bytes written as `\\xNN` (`backslashreplace`): printable, valid UTF-8 for Parquet, and distinct. The raw name
-  is kept (`Member.raw_name`, `Sample.raw_key`) so a copy writes the original bytes back.
-- Image member (`choose_image`): the first present extension in IMAGE_EXTENSIONS order (by the last dot-suffix,
-  case-insensitive) among the members not above `max_member_bytes`; other image members are named in the
-  note. A 0-byte image member is kept so decoding reports it; a member above the limit is never the image.
-  IMAGE_TYPES is the one list of image types (extension -> the Pillow format that reads it): the nine types of
-  earlier releases first, in their old order (a sample holding several members still picks the same one), then
-  the types Pillow 13 (pyproject: pillow>=13) also reads (AVIF, JPEG 2000, PGM/PNM/PBM, JFIF, APNG, ICO,
-  TGA). HEIC/HEIF (no decoder is installed, see docs/reliability.md) and every other type is not an image
+  bytes written as `\\xNN` (`backslashreplace`): printable, valid UTF-8 for Parquet, and distinct. The raw
+  name is kept (`Member.raw_name`, `Sample.raw_key`) so a copy writes the original bytes back.
+- Image member (`choose_image`): the first present extension in IMAGE_EXTENSIONS order (by the last
+  dot-suffix, case-insensitive) among the members not above `max_member_bytes`; other image members are named
+  in the note. A 0-byte image member is kept so decoding reports it; a member above the limit is never the
+  image. IMAGE_TYPES is the one list of image types (extension -> the Pillow format that reads it): the nine
+  types of earlier releases first, in their old order (a sample holding several members still picks the same
+  one), then the types Pillow 13 (pyproject: pillow>=13) also reads (AVIF, JPEG 2000, PGM/PNM/PBM, JFIF, APNG,
+  ICO, TGA). HEIC/HEIF (no decoder is installed, see docs/reliability.md) and every other type is not an image
   member; a sample with only such members has no image (its note names the members, and says so for the
   image types listed in UNREAD_IMAGE_EXTENSIONS).
 - Opening an image (`open_image`, `upright`): THE rule for every consumer that decodes pixels (scan decode,
@@ -84,9 +85,10 @@ IMAGE_TYPES: tuple[tuple[str, str], ...] = (
     ("tga", "TGA"),
 )
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ext for ext, _ in IMAGE_TYPES)
-# The Pillow formats an image member may hold, in the order Pillow tries them (whatever its extension says: the
-# `format` column reports the real one). MPO is Pillow's name for a JPEG with a multi-picture extension (many
-# camera files). TGA has no signature, so it comes last: a file with a real signature is never taken for one.
+# The Pillow formats an image member may hold, in the order Pillow tries them (whatever its extension says:
+# the `format` column reports the real one). MPO is Pillow's name for a JPEG with a multi-picture extension
+# (many camera files). TGA has no signature, so it comes last: a file with a real signature is never taken for
+# one.
 IMAGE_FORMATS: tuple[str, ...] = tuple(dict.fromkeys(["JPEG", "MPO", *(fmt for _, fmt in IMAGE_TYPES)]))
 # Image types seen in the wild that are NOT read (no decoder installed): named in the sample's note.
 UNREAD_IMAGE_EXTENSIONS: tuple[str, ...] = ("heic", "heif", "jxl", "svg")
@@ -148,7 +150,8 @@ def is_image_extension(ext: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- opening images
-# Pillow's own table in `ImageOps.exif_transpose`: EXIF orientation -> the transposition that displays the image
+# Pillow's own table in `ImageOps.exif_transpose`: EXIF orientation -> the transposition that displays the
+# image
 _TRANSPOSE: dict[int, Image.Transpose] = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -331,8 +334,8 @@ class _Grouper:
                 cur.notes.append(f"key {cur.key!r} occurrence {n} in this shard, kept as its own sample")
         if member.size > self.max_member_bytes:
             cur.notes.append(
-                f"member {member.name!r} is {member.size} bytes, above the {self.max_member_bytes}-byte limit; "
-                "not read"
+                f"member {member.name!r} is {member.size} bytes, above the "
+                f"{self.max_member_bytes}-byte limit; not read"
             )
         cur.members.append(member)
         return done
@@ -706,7 +709,8 @@ def read_shard(
 # ------------------------------------------------------------------------------------------- consumer: filter
 @dataclass
 class ShardIndex:
-    """The samples of a shard from its tar headers (no data read), and the members that belong to no sample."""
+    """The samples of a shard from its tar headers (no data read), and the members that belong to no
+    sample."""
 
     keys: list[str]
     non_sample_members: list[str]
@@ -714,8 +718,8 @@ class ShardIndex:
 
 
 def index_shard(shard_url: str) -> ShardIndex:
-    """Keys of a shard reading only tar headers. Raises ShardReadError when the shard cannot be read to its end
-    (the filter must not plan a copy of a broken shard)."""
+    """Keys of a shard reading only tar headers. Raises ShardReadError when the shard cannot be read to its
+    end (the filter must not plan a copy of a broken shard)."""
     listing = list_shard(shard_url, want=want_none)
     if listing.error:
         raise ShardReadError(f"{shard_url}: {listing.error}")

@@ -15,10 +15,11 @@ from tests.support.s3 import moto_s3_server, s3_env
 # Keep numerics single-threaded-ish and deterministic on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-# Tests write only in temp dirs: every cache the code or its libraries would put under $HOME goes to one folder
-# of the run instead. Set before any Ray head starts, so heads (and their workers) inherit it too. The process
-# that owns the run (the xdist controller, or a plain pytest) creates the folder; its xdist workers inherit the
-# variable and use the same folder, which also holds the run's shared cluster state (tests/support/shared.py).
+# Tests write only in temp dirs: every cache the code or its libraries would put under $HOME goes to one
+# folder of the run instead. Set before any Ray head starts, so heads (and their workers) inherit it too. The
+# process that owns the run (the xdist controller, or a plain pytest) creates the folder; its xdist workers
+# inherit the variable and use the same folder, which also holds the run's shared cluster state
+# (tests/support/shared.py).
 _OWNER = not os.environ.get(RUN_DIR_ENV)
 if _OWNER:
     os.environ[RUN_DIR_ENV] = tempfile.mkdtemp(prefix="genscan-tests-")
@@ -44,13 +45,13 @@ def _home_cache_entries() -> set[str]:
 _HOME_BEFORE = _home_cache_entries()
 
 
-# `make test` runs the modules on two pytest-xdist workers (`-n 2 --dist loadfile`: a module stays on one worker,
-# so its module fixtures are set up once). Most of the suite's time is a few modules that start Ray jobs; they
-# are collected first, longest first, so the two workers end together instead of one running a long module
-# alone (module times under the two workers, 2026-12-07: test_reliability_faults ~200 s, test_train_faults
-# ~200 s, test_train_ray ~120 s, test_multinode ~115 s, test_scan_job ~85 s, then 30-70 s each).
-# `--no-loadscope-reorder` keeps this order: by default xdist hands out the modules with the MOST TESTS first,
-# which put these few-test modules last and made the run's last minutes three Ray-heavy modules at once
+# `make test` runs the modules on two pytest-xdist workers (`-n 2 --dist loadfile`: a module stays on one
+# worker, so its module fixtures are set up once). Most of the suite's time is a few modules that start Ray
+# jobs; they are collected first, longest first, so the two workers end together instead of one running a long
+# module alone (module times under the two workers, 2026-12-07: test_reliability_faults ~200 s,
+# test_train_faults ~200 s, test_train_ray ~120 s, test_multinode ~115 s, test_scan_job ~85 s, then 30-70 s
+# each). `--no-loadscope-reorder` keeps this order: by default xdist hands out the modules with the MOST TESTS
+# first, which put these few-test modules last and made the run's last minutes three Ray-heavy modules at once
 # (measured: 17 min instead of 14).
 HEAVY_FIRST = (
     "test_train_faults",
@@ -80,8 +81,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """End the run's shared cluster (in the run's owner, after every worker finished); fail the run if any test
-    wrote into the user's genscan cache (~/.cache/genscan)."""
+    """End the run's shared cluster (in the run's owner, after every worker finished); fail the run if any
+    test wrote into the user's genscan cache (~/.cache/genscan)."""
     if _OWNER:
         from tests.support.shared import stop_shared_cluster
 
@@ -118,7 +119,8 @@ def _shared_s3_ray() -> dict:
 def shared_s3_ray(_shared_s3_ray: dict) -> Iterator[dict]:
     """The run's ONE moto S3 server and ONE real Ray head (tests/support/shared.py; workers with that S3
     endpoint), for every module that needs a plain head: started once for the whole run (both xdist workers),
-    shared. Each module writes its own buckets (names unique in the suite); AWS_* point at the shared server while
-    the module runs. Heads with special environments (fault proxy, canary secret, several nodes) start their own."""
+    shared. Each module writes its own buckets (names unique in the suite); AWS_* point at the shared server
+    while the module runs. Heads with special environments (fault proxy, canary secret, several nodes) start
+    their own."""
     with s3_env(_shared_s3_ray["env"]):
         yield _shared_s3_ray

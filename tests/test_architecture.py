@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "pipeline"
 
-# docs/architecture.md, "Packages and what each may import": a package may import its own layer's or lower ones
+# docs/architecture.md, "Packages and what each may import": a package may import its own layer's or lower
+# ones
 LAYERS = {
     "pipeline": 0,
     "pipeline.exitcodes": 0,

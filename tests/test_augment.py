@@ -1,4 +1,5 @@
-"""UnivFD augmentations and robustness transforms: numerics against references, sizes, probabilities, determinism."""
+"""UnivFD augmentations and robustness transforms: numerics against references, sizes, probabilities,
+determinism."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The jobs' quiet console: the scan job as a user runs it (a subprocess starting its own local Ray) prints a few
-lines and no traceback or ANSI code on stderr, exits 1 naming the counts when most shards are unreadable (the
-error budget), and leaves its JSON log in `_run/<scan_date>/` where every line parses."""
+"""The jobs' quiet console: the scan job as a user runs it (a subprocess starting its own local Ray) prints a
+few lines and no traceback or ANSI code on stderr, exits 1 naming the counts when most shards are unreadable
+(the error budget), and leaves its JSON log in `_run/<scan_date>/` where every line parses."""
 
 from __future__ import annotations
 
@@ -32,7 +32,11 @@ with Console(prefix="scan") as c:
     os.write(2, b"[E core_worker.cc:1] constructor arguments\\n")
     bar = c.shards("scan")
     for i in range(3):
-        bar(f"s{i}", {"rows": 4, "counts": {"ok": 3, "decode_error": 1}}, Progress(total=3, skipped=0, todo=3))
+        bar(
+            f"s{i}",
+            {"rows": 4, "counts": {"ok": 3, "decode_error": 1}},
+            Progress(total=3, skipped=0, todo=3),
+        )
     c.end_progress()
     c.line("scan succeeded")
     print(c.stderr_log)

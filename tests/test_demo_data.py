@@ -186,7 +186,7 @@ def test_generation_speed(tmp_path: Path) -> None:
     assert cpu < 20, f"{cpu:.1f} s of CPU for 200 images"
 
 
-# ---- learnability of the fingerprints ------------------------------------------------------------------------
+# ---- learnability of the fingerprints ----------------------------------------------------------------------
 N_SEP = 60
 
 
@@ -219,8 +219,8 @@ def _median(feats: np.ndarray, name: str) -> float:
 
 
 def test_families_leave_their_own_signature(features) -> None:
-    """Each family moves the statistic it is built to move, so held-out families test generalisation rather than
-    the same trace under another name."""
+    """Each family moves the statistic it is built to move, so held-out families test generalisation rather
+    than the same trace under another name."""
     sig = {}
     for fam, (real, fake) in features.items():
         sig[fam] = {n: _median(fake, n) - _median(real, n) for n in FEATURE_NAMES}
@@ -278,8 +278,8 @@ def test_fakes_share_the_real_content_distribution() -> None:
 
 @pytest.mark.slow
 def test_random_feature_probe_reads_the_upconv_trace() -> None:
-    """The frozen random-init tiny-mole backbone already exposes the checkerboard to a linear head, with centre
-    crops and with grid-aligned random crops + flips (held-out seed; 40 + 40 images)."""
+    """The frozen random-init tiny-mole backbone already exposes the checkerboard to a linear head, with
+    centre crops and with grid-aligned random crops + flips (held-out seed; 40 + 40 images)."""
     from pipeline.data.learnability import random_probe_ap
 
     ap = random_probe_ap("upconv", 40)

@@ -1,11 +1,13 @@
-"""The feature store, end to end on real scans (the scan job's config -> run_scan, in process) of a tiny open_clip
+"""The feature store, end to end on real scans (the scan job's config -> run_scan, in process) of a tiny
+open_clip
 backbone saved as a weights file:
 
 * a scan with --features keeps one feature per scored image (none for rows with no image), equal to an
-  independent open_clip reference within float16's bound, with the backbone's identity, kind and preprocessing;
+  independent open_clip reference within float16's bound, with the backbone's identity, kind and
+  preprocessing;
 * parity: jobs/rescore.py's logits equal the full scan's with the same detector within the precision's stated
-  bound (`pipeline.feature_store.logit_bound`), for a genscan linear and an imported ClipBased-SID detector, in
-  float16 and int8; every sample accounted for; the output is a normal scan partition;
+  bound (`pipeline.feature_store.logit_bound`), for a genscan linear and an imported ClipBased-SID detector,
+  in float16 and int8; every sample accounted for; the output is a normal scan partition;
 * refusals (one line, exit 2): MoLE, RINE, another backbone, another feature kind, another preprocessing;
   no stored features (exit 3); bad parts (truncated, missing, another backbone's) become shard_error rows;
 * a detector set keeps the shared backbone's features once.

@@ -1,7 +1,7 @@
 """The feature store on Ray: `ray job submit` of jobs/scan_bucket.py --features (the scorer actors keep the
-features, the writer actors write each shard's part before its marker) and of jobs/rescore.py --engine ray (one
-CPU task per shard) on the run's shared Ray head. The Ray re-score equals the in-process one row for row, and
-both equal the Ray scan's logits within float16's bound."""
+features, the writer actors write each shard's part before its marker) and of jobs/rescore.py --engine ray
+(one CPU task per shard) on the run's shared Ray head. The Ray re-score equals the in-process one row for row,
+and both equal the Ray scan's logits within float16's bound."""
 
 from __future__ import annotations
 

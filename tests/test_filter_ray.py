@@ -75,10 +75,10 @@ def test_ray_job_output_equals_local_engine(tmp_path_factory, tmp_path, capsys, 
 
 @pytest.mark.slow
 def test_ray_filter_stops_at_the_error_budget_before_planning_every_shard(tmp_path, shared_s3_ray) -> None:
-    """A Ray-mode filter over 24 shards of which 20 have a scan shard error (a truncated tar): the plans arrive
-    as their tasks finish (`ray_map` yields through `ray.wait`), so the error budget (at most half the shards
-    may fail) stops the run once 13 failures are in: exit 1, nothing written, and the shards not yet planned
-    are cancelled instead of run."""
+    """A Ray-mode filter over 24 shards of which 20 have a scan shard error (a truncated tar): the plans
+    arrive as their tasks finish (`ray_map` yields through `ray.wait`), so the error budget (at most half the
+    shards may fail) stops the run once 13 failures are in: exit 1, nothing written, and the shards not yet
+    planned are cancelled instead of run."""
     import torch
 
     from pipeline.models import DetectorConfig, create_detector, save_detector

@@ -1,6 +1,6 @@
 """`--decode-on gpu` routing (pipeline.scan.gpu_decode): which images are shipped encoded, and that the
-device decode (torchvision decode_jpeg on CPU here; nvjpeg on CUDA behind the gpu marker) gives exactly the CPU
-decoder's pixels and status rows; the scorer merges both kinds of rows."""
+device decode (torchvision decode_jpeg on CPU here; nvjpeg on CUDA behind the gpu marker) gives exactly the
+CPU decoder's pixels and status rows; the scorer merges both kinds of rows."""
 
 from __future__ import annotations
 

@@ -80,8 +80,9 @@ def _op_counts(det, x: torch.Tensor, autocast: bool) -> dict[str, int]:
 
 
 def test_fused_mole_keeps_fused_attention(det) -> None:
-    """Under autocast (the GPU dtypes) every block's attention is ONE scaled_dot_product_attention call (flash /
-    memory-efficient kernels on CUDA); without autocast, nn.MultiheadAttention's fused inference fast path."""
+    """Under autocast (the GPU dtypes) every block's attention is ONE scaled_dot_product_attention call (flash
+    / memory-efficient kernels on CUDA); without autocast, nn.MultiheadAttention's fused inference fast
+    path."""
     det.set_fused(True)
     depth = len(det.visual.transformer.resblocks)
     x = to_model_input(np.zeros((2, 96, 96, 3), np.uint8), det.config)

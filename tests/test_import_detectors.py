@@ -1,6 +1,7 @@
 """jobs/import_detector.py: the peers' released weight formats (torch zip pickles of OrderedDicts, storages
-tagged cuda:0, ClipBased's nestings and ``module.`` prefixes) imported into genscan checkpoints; strict key and
-shape checks; operator mistakes as one line + exit code; pickles that hold code refused without running it."""
+tagged cuda:0, ClipBased's nestings and ``module.`` prefixes) imported into genscan checkpoints; strict key
+and shape checks; operator mistakes as one line + exit code; pickles that hold code refused without running
+it."""
 
 from __future__ import annotations
 
@@ -260,7 +261,8 @@ def test_missing_file_and_existing_checkpoint(tiny_backbone, tmp_path: Path, cap
 
 
 def test_backbone_file_of_another_arch_is_refused(tmp_path: Path, capsys) -> None:
-    """A ViT-B/16 safetensors given for a tiny config: named at import time, before any weights are written."""
+    """A ViT-B/16 safetensors given for a tiny config: named at import time, before any weights are
+    written."""
     wrong = {"visual.conv1.weight": torch.zeros(768, 3, 16, 16), "visual.proj": torch.zeros(768, 512)}
     save_file(wrong, str(tmp_path / "b16.safetensors"))
     f = save_peer(tmp_path / "w.pth", peer_state("univfd"))

@@ -224,7 +224,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """The same CLI's main() in this process (torch is loaded here already: a subprocess would load it again)."""
+    """The same CLI's main() in this process (torch is loaded here already: a subprocess would load it
+    again)."""
     from pipeline.models.__main__ import main
 
     capsys.readouterr()
@@ -234,15 +235,16 @@ def _cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> str:
 
 @pytest.mark.slow
 def test_cli_list_describe_check_fused(capsys: pytest.CaptureFixture[str]) -> None:
-    # `python -m pipeline.models` as a user runs it: the subcommands that load no torch, and the exit code of a
-    # bad config name; the torch subcommands through the same main() in this process
+    # `python -m pipeline.models` as a user runs it: the subcommands that load no torch, and the exit code of
+    # a bad config name; the torch subcommands through the same main() in this process
     r = _cli("list")
     assert r.returncode == 0 and {line.split("\t")[0] for line in r.stdout.splitlines()} >= SHIPPED
     r = _cli("describe", "no-such-config", "--json")
     assert r.returncode == 2 and "unknown detector config" in r.stderr
 
     d = json.loads(_cli_in_process(capsys, "describe", "tiny-mole", "--json"))
-    # tiny-mole: last 2 blocks of width 128, shared r8 + 3 experts r8, router 128x3; heads on the 64-d embedding
+    # tiny-mole: last 2 blocks of width 128, shared r8 + 3 experts r8, router 128x3; heads on the 64-d
+    # embedding
     adapter = 2 * (2 * 128 * (8 + 24) + 128 * 3)
     assert d["adapter_params"] == adapter and d["head_params"] == 65 + 65
     assert d["trainable_params"] == adapter + 130

@@ -98,8 +98,8 @@ def test_round_trip_bit_exact(tmp_path: Path, config: str) -> None:
 
 
 def test_checkpoint_holds_only_adapters_and_heads_when_backbone_is_pretrained(tmp_path: Path) -> None:
-    """A pretrained backbone (here a local file) is not copied into the checkpoint; loading rebuilds it from the
-    recorded source and verifies its sha256."""
+    """A pretrained backbone (here a local file) is not copied into the checkpoint; loading rebuilds it from
+    the recorded source and verifies its sha256."""
     register_arch_configs()
     import open_clip
 
@@ -181,9 +181,9 @@ def test_pickles_are_refused(tmp_path: Path) -> None:
 def test_weights_header_is_read_without_torch_and_refuses_what_is_not_safetensors(
     s3fs_client, tmp_path: Path
 ) -> None:
-    """read_weights_header (what the scan's driver checks before any Ray work) lists the same tensors, dtypes and
-    shapes as safetensors' own reader, locally and on S3; a renamed pickle, a truncated file and a non-JSON header
-    are refused naming the file."""
+    """read_weights_header (what the scan's driver checks before any Ray work) lists the same tensors, dtypes
+    and shapes as safetensors' own reader, locally and on S3; a renamed pickle, a truncated file and a
+    non-JSON header are refused naming the file."""
     import pickle
 
     from safetensors import safe_open

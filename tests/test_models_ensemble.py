@@ -115,7 +115,8 @@ def test_mistakes(ckpts: dict[str, Path]) -> None:
 def test_two_mole_detectors_share_the_blocks_before_either_adapts(
     ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """No plain member: the prefix before the earliest adapted block is shared, each MoLE runs its own rest."""
+    """No plain member: the prefix before the earliest adapted block is shared, each MoLE runs its own
+    rest."""
     from pipeline.models import DetectorConfig
 
     root = tmp_path_factory.mktemp("mole3")

@@ -1,14 +1,14 @@
-"""Multi-node behaviour on one machine: a real Ray head started with 0 CPUs (the production shape: the driver of
-`ray job submit` runs there) plus two worker nodes (`ray start --address`, each its own process group, ports and
-temp dir; one with a custom resource), `ray job submit` of jobs/scan_bucket.py with the shipped
+"""Multi-node behaviour on one machine: a real Ray head started with 0 CPUs (the production shape: the driver
+of `ray job submit` runs there) plus two worker nodes (`ray start --address`, each its own process group,
+ports and temp dir; one with a custom resource), `ray job submit` of jobs/scan_bucket.py with the shipped
 infra/runtime_env.yaml (working_dir upload), shards on the local moto S3 server over HTTP.
 
-Asserts that BOTH worker nodes ran read+decode tasks of the scan (Ray's own task table, by node id), then loses
-one mid-run (SIGKILL of its process group: its raylet, object store and workers, with the read outputs held
-there) and checks that the scan still ends with every sample exactly once, every shard marked, each marker's
-`node_id` naming a worker node and its `writer_node` a worker node, never the head (the head wrote no Parquet).
-Recovery happens inside the same job if Ray re-executes the lost work, else by re-submitting with `--resume`;
-the test records which (`recovery` property).
+Asserts that BOTH worker nodes ran read+decode tasks of the scan (Ray's own task table, by node id), then
+loses one mid-run (SIGKILL of its process group: its raylet, object store and workers, with the read outputs
+held there) and checks that the scan still ends with every sample exactly once, every shard marked, each
+marker's `node_id` naming a worker node and its `writer_node` a worker node, never the head (the head wrote no
+Parquet). Recovery happens inside the same job if Ray re-executes the lost work, else by re-submitting with
+`--resume`; the test records which (`recovery` property).
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def _submit(head: RayHead, args: list[str]) -> str:
 def _markers(
     fs: Any, marker_dir: str, known: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """shard id -> marker JSON; markers already in `known` are not fetched again (markers are written once)."""
+    """shard id -> marker JSON; markers already in `known` are not fetched again (markers are written
+    once)."""
     found = dict(known or {})
     fs.invalidate_cache()
     if not fs.exists(marker_dir):
@@ -85,7 +86,8 @@ def _markers(
 
 
 def _finished_reads_by_node(head: RayHead) -> dict[str, int]:
-    """node id -> number of FINISHED read+decode tasks of the scan (Ray state API over the dashboard's HTTP)."""
+    """node id -> number of FINISHED read+decode tasks of the scan (Ray state API over the dashboard's
+    HTTP)."""
     import urllib.request
 
     url = f"{head.dashboard_url}/api/v0/tasks?limit=10000&detail=true"
@@ -119,9 +121,10 @@ def _nodes_of(marker: dict[str, Any]) -> set[str]:
 def test_two_nodes_share_the_scan_survive_losing_one_and_the_head_writes_nothing(
     s3_server: dict[str, str], record_property: Any
 ) -> None:
-    """A head started with 0 CPUs (the usual production shape: the driver of `ray job submit` runs there) and two
-    worker nodes. Both worker nodes read; one is lost mid-run; every shard is still read, scored AND written on a
-    worker node: each marker's `writer_node` is a worker, never the head, and the rows are complete."""
+    """A head started with 0 CPUs (the usual production shape: the driver of `ray job submit` runs there) and
+    two worker nodes. Both worker nodes read; one is lost mid-run; every shard is still read, scored AND
+    written on a worker node: each marker's `writer_node` is a worker, never the head, and the rows are
+    complete."""
     import s3fs
 
     from pipeline.models import create_detector, save_detector
@@ -158,10 +161,11 @@ def test_two_nodes_share_the_scan_survive_losing_one_and_the_head_writes_nothing
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["AWS_ENDPOINT_URL"]})
     marker_dir = f"{out}/_shards/{SCAN_DATE}".removeprefix("s3://")
 
-    # Shapes: head 0 CPUs, node A 1 CPU, node B 2 CPUs, scorer actor 0.5 CPU, read tasks 0.5 CPU, at most 4 reads
-    # at once (3 CPUs; whichever node is lost, the other still fits the actor and one read, ray#44687). Object reads go through a
-    # proxy that delays every GET by 0.3 s, so reads are the bottleneck and Ray Data runs several at once, on both
-    # nodes. The head notices a lost node within ~3 s instead of Ray's default ~15 s.
+    # Shapes: head 0 CPUs, node A 1 CPU, node B 2 CPUs, scorer actor 0.5 CPU, read tasks 0.5 CPU, at most 4
+    # reads at once (3 CPUs; whichever node is lost, the other still fits the actor and one read, ray#44687).
+    # Object reads go through a proxy that delays every GET by 0.3 s, so reads are the bottleneck and Ray Data
+    # runs several at once, on both nodes. The head notices a lost node within ~3 s instead of Ray's default
+    # ~15 s.
     slow = FaultPlan(every=1, kinds=("slow",), slow_s=0.3, max_faults=1_000_000, methods=("GET",))
     with (
         fault_proxy(s3_server["AWS_ENDPOINT_URL"], slow) as proxy,
@@ -185,8 +189,8 @@ def test_two_nodes_share_the_scan_survive_losing_one_and_the_head_writes_nothing
 
         sid = _submit(head, args)
         client = job_client(head)
-        # Lose a node as soon as BOTH worker nodes have finished read tasks of this scan (Ray's own task table),
-        # while the scan is still running: its read outputs, running tasks and actors die with it.
+        # Lose a node as soon as BOTH worker nodes have finished read tasks of this scan (Ray's own task
+        # table), while the scan is still running: its read outputs, running tasks and actors die with it.
         deadline = time.monotonic() + 240
         readers: dict[str, int] = {}
         writer_nodes: set[str] = set()
@@ -216,7 +220,8 @@ def test_two_nodes_share_the_scan_survive_losing_one_and_the_head_writes_nothing
         result = wait_job(head, sid, timeout_s=240)
         recovery = "same job"
         if result.status != "SUCCEEDED":
-            # the job could not finish without the lost node: continue the run; markers make it skip done shards
+            # the job could not finish without the lost node: continue the run; markers make it skip done
+            # shards
             recovery = f"--resume after {result.status}"
             result = wait_job(head, _submit(head, [*args, "--resume"]), timeout_s=240)
         assert result.status == "SUCCEEDED", result.logs[-4000:]
@@ -231,8 +236,8 @@ def test_two_nodes_share_the_scan_survive_losing_one_and_the_head_writes_nothing
     # Every shard has its marker; every sample is exactly one row (read back with pyarrow from S3).
     final = _markers(fs, marker_dir)
     assert len(final) == N_SHARDS == len(written)
-    # each marker names the nodes whose tasks read the shard: worker nodes only (the head has no CPU); the survivor
-    # read shards before the loss and whatever the lost node could not deliver
+    # each marker names the nodes whose tasks read the shard: worker nodes only (the head has no CPU); the
+    # survivor read shards before the loss and whatever the lost node could not deliver
     recorded = set().union(*(_nodes_of(m) for m in final.values()))
     assert recorded <= {node_a.node_id, node_b.node_id} and survivor.node_id in recorded, recorded
     # each shard's Parquet and marker were written by a writer actor on a worker node, never on the head

@@ -112,8 +112,9 @@ def test_wheel_installs_into_a_fresh_venv_and_scans_from_its_console_scripts(tmp
         "from pipeline.models import DetectorConfig, create_detector, save_detector\n"
         "from pipeline.models.meta import DetectorMeta\n"
         "torch.manual_seed(0)\n"
-        "det = create_detector(DetectorConfig.load('tiny-mole'), pretrained=None, generators=['upconv']).eval()\n"
-        "save_detector(det, 'detector', DetectorMeta(threshold=0.5, unknown_threshold=0.6))\n"
+        "det = create_detector(DetectorConfig.load('tiny-mole'), pretrained=None, "
+        "generators=['upconv']).eval()\nsave_detector(det, 'detector', DetectorMeta(threshold=0.5, "
+        "unknown_threshold=0.6))\n"
     )
     _run([str(py), "-c", make_detector], work, env)
     scan = _run(

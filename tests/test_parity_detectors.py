@@ -39,8 +39,8 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def peer_transform(mode: str, size: int) -> T.Compose:
-    """The peers' test transforms: UnivFD validate.py / RINE get_transforms (CenterCrop only), ClipBased main.py
-    'Clip224' (Resize(BICUBIC) + CenterCrop); then ToTensor + Normalize(CLIP mean/std)."""
+    """The peers' test transforms: UnivFD validate.py / RINE get_transforms (CenterCrop only), ClipBased
+    main.py 'Clip224' (Resize(BICUBIC) + CenterCrop); then ToTensor + Normalize(CLIP mean/std)."""
     steps: list = [T.CenterCrop(size)]
     if mode == "resize_crop":
         steps = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop((size, size))]
@@ -119,8 +119,8 @@ def ref_rine(model: nn.Module, sd: dict, x: torch.Tensor, nproj: int, dim: int) 
     trainable.load_state_dict(sd)
     trainable.eval()
     model.encode_image(x)
-    # open_clip runs batch-first; OpenAI clip (RINE's backbone) runs (L, N, D): restore that layout, then RINE's
-    # own expression torch.stack([h.output for h in hooks], dim=2)[0, :, :, :]
+    # open_clip runs batch-first; OpenAI clip (RINE's backbone) runs (L, N, D): restore that layout, then
+    # RINE's own expression torch.stack([h.output for h in hooks], dim=2)[0, :, :, :]
     g = torch.stack([h.output.transpose(0, 1) for h in hooks], dim=2)[0, :, :, :]
     g = trainable.proj1(g.float())
     z = torch.softmax(trainable.alpha, dim=1) * g

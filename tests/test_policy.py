@@ -65,8 +65,8 @@ def test_misspelled_rule_is_a_config_error_naming_the_known_labels(scanned, tmp_
     assert rc == 2, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0] == (
-        f"configuration error: generator_rules: 'upcnv' is not a label of the scan's detector {scanned['detector_id']} "
-        f"(scan_date={DAY}); known labels: real, famA, upconv, unknown"
+        "configuration error: generator_rules: 'upcnv' is not a label of the scan's detector "
+        f"{scanned['detector_id']} (scan_date={DAY}); known labels: real, famA, upconv, unknown"
     )
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"generator_rules": [{"generator": "famB", "action": "quarantine"}]}))

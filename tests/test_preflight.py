@@ -1,10 +1,11 @@
 """Storage preflight of the three jobs against a real moto S3 server: a missing input or output bucket, wrong
-credentials, no credentials and a wrong endpoint each end in ONE stderr line naming the URI, with the exit code
-of its kind (README, "Exit codes"), before any work: nothing is written anywhere.
+credentials, no credentials and a wrong endpoint each end in ONE stderr line naming the URI, with the exit
+code of its kind (README, "Exit codes"), before any work: nothing is written anywhere.
 
 One subprocess per case where the CLI itself is what is tested (exit status, one stderr line, no traceback;
 each job at least once, the cheapest to start where the job does not matter); every job x failure combination
-also calls each job's `main` in-process (same code path, no interpreter start). No Ray is started: every case fails in the preflight, before the job would connect to Ray."""
+also calls each job's `main` in-process (same code path, no interpreter start). No Ray is started: every case
+fails in the preflight, before the job would connect to Ray."""
 
 from __future__ import annotations
 
@@ -309,15 +310,16 @@ def counting_server() -> Iterator[dict[str, int]]:
 
 
 def test_probe_retries_are_few_and_a_refused_connection_none(monkeypatch) -> None:
-    """The jobs' own clients retry (botocore x s3fs: 30 connections and ~26 s against a server that drops every
-    connection, measured once by hand). The probe sends each request at most PROBE_ATTEMPTS times (aiohttp
-    itself re-sends an idempotent request once when the server drops the connection), and a refused connection
-    (a wrong endpoint) not even once more."""
+    """The jobs' own clients retry (botocore x s3fs: 30 connections and ~26 s against a server that drops
+    every connection, measured once by hand). The probe sends each request at most PROBE_ATTEMPTS times
+    (aiohttp itself re-sends an idempotent request once when the server drops the connection), and a refused
+    connection (a wrong endpoint) not even once more."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     pauses: list[float] = []
     # `preflight.time` is the time module: the patch is process-wide, so count (and skip) only this thread's
-    # pauses; other threads of the test process (a Ray client's, left by an earlier test) keep sleeping for real
+    # pauses; other threads of the test process (a Ray client's, left by an earlier test) keep sleeping for
+    # real
     real_sleep, this_thread = time.sleep, threading.current_thread()
 
     def pause(seconds: float) -> None:
@@ -405,8 +407,8 @@ def test_readme_exit_code_table_is_the_code_and_the_jobs_docs() -> None:
         if kind in words:
             assert words[kind] in table[code][0], (kind, code)
             assert table[code][1] == {"scan_bucket", "filter_shards", "report", "rescore"}
-    # THE table in code: every README row is the enum's code, and each job's column is its JOB_CODES, which its
-    # --help lists
+    # THE table in code: every README row is the enum's code, and each job's column is its JOB_CODES, which
+    # its --help lists
     from pipeline.exitcodes import JOB_CODES, ExitCode, help_epilog
 
     assert sorted(table) == [int(c) for c in ExitCode]

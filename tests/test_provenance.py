@@ -390,7 +390,8 @@ def test_v2_files_read_beside_v3(scanned, tmp_path: Path) -> None:
     assert old and all(r["provenance_verdict"] is None and r["decided_by"] is None for r in old)
     assert all(r["provenance_verdict"] is not None for r in both if r["scan_date"] == DAY)
     q = duckdb.connect().execute(
-        f"SELECT schema_version, count(provenance_verdict) FROM read_parquet('{output.parquet_glob(str(root))}',"
+        "SELECT schema_version, count(provenance_verdict) FROM "
+        f"read_parquet('{output.parquet_glob(str(root))}',"
         " hive_partitioning = true, union_by_name = true) GROUP BY ALL ORDER BY 1"
     )
     assert q.fetchall() == [(2, 0), (3, v3.num_rows)]
@@ -481,7 +482,8 @@ def test_documented_provenance_queries_on_a_corpus_with_evidence(scanned) -> Non
 @pytest.mark.slow
 def test_ray_scan_reads_the_same_evidence(scanned, shared_s3_ray) -> None:
     """The product's path: `ray job submit` of jobs/scan_bucket.py on a real Ray head; the read tasks (Ray
-    workers) read C2PA with c2pa-python and the writers apply the policy: the same rows as the in-process scan."""
+    workers) read C2PA with c2pa-python and the writers apply the policy: the same rows as the in-process
+    scan."""
     import sys
 
     from tests.support.ray_cluster import SMALL_SCAN, submit_job
@@ -530,9 +532,9 @@ print(json.dumps(seen))
 
 
 def test_damaged_signed_files_never_break_the_reader() -> None:
-    """300 damaged copies of signed JPEG / PNG / WebP files through the reader (c2pa's native code included), in
-    a child process so that a crash of native code would fail this test instead of the test run: every one gets
-    a verdict, none raises."""
+    """300 damaged copies of signed JPEG / PNG / WebP files through the reader (c2pa's native code included),
+    in a child process so that a crash of native code would fail this test instead of the test run: every one
+    gets a verdict, none raises."""
     import subprocess
     import sys
 

@@ -215,7 +215,8 @@ def test_s3_route_answers_like_the_local_files(scan, results, rows, s3fs_client)
 @pytest.mark.parametrize("precision", ["float16", "int8"])
 def test_more_like_this_over_stored_features(tmp_path, monkeypatch, precision) -> None:
     """The nearest-neighbour block on a real scan with stored features (a linear detector on a tiny backbone
-    file): its neighbours and similarities equal numpy's cosine similarities over the parts read by pyarrow."""
+    file): its neighbours and similarities equal numpy's cosine similarities over the parts read by
+    pyarrow."""
     from tests.support.features import feature_scan, genscan_detector, tiny_backbone_file
     from tests.support.shards import no_image_sample, write_shard, write_shards
 

@@ -218,8 +218,8 @@ def test_scan_survives_storage_faults_and_ends_missing_and_unreachable_shards_as
       503 / connection reset / a 1.5 s delay, at most 24 in all;
     - a shard whose every request fails (503);
     - a brace pattern naming a shard that does not exist.
-    The job succeeds in bounded time; the healthy shards' rows are exactly their samples, their sha256 the bytes
-    written; each bad shard is one shard_error row with its reason."""
+    The job succeeds in bounded time; the healthy shards' rows are exactly their samples, their sha256 the
+    bytes written; each bad shard is one shard_error row with its reason."""
     from tests.support.ray_cluster import submit_job
 
     proxy: FaultProxy = world["proxy"]
@@ -291,8 +291,8 @@ def _scorer_actors(head, submission_id: str) -> list:
 
 
 def _scan_actors_alive(head, submission_id: str) -> list:
-    """The job's scoring and shard-writer actors not yet DEAD (a killed driver's actors are ended by Ray a moment
-    after the driver; until then its writers may still make a shard durable)."""
+    """The job's scoring and shard-writer actors not yet DEAD (a killed driver's actors are ended by Ray a
+    moment after the driver; until then its writers may still make a shard durable)."""
     return [
         a
         for a in job_actors(head, submission_id=submission_id)
@@ -360,9 +360,9 @@ def test_killed_driver_then_resume_with_a_killed_scoring_actor_rows_exactly_once
     """Two faults, one after the other (one scan start-up fewer than a scan per fault; the suite's time):
     1. SIGKILL the job's driver process (no cleanup runs) after some shards are durable: the job fails with
        run.json still "running";
-    2. the same command with `--resume` skips the durable shards; once it has made a shard durable, SIGKILL its
-       scoring actor's process (a crash / OOM kill): Ray restarts the actor and retries its batches, the writers
-       drop re-delivered rows, and the resumed job succeeds.
+    2. the same command with `--resume` skips the durable shards; once it has made a shard durable, SIGKILL
+       its scoring actor's process (a crash / OOM kill): Ray restarts the actor and retries its batches, the
+       writers drop re-delivered rows, and the resumed job succeeds.
     The dataset holds every sample exactly once and the run records both attempts."""
     from ray.util.state import get_actor
 

@@ -411,8 +411,8 @@ def test_streaming_path_equals_in_memory_path(tmp_path: Path, variant: str) -> N
 
 @pytest.fixture(scope="module")
 def scan_world(tmp_path_factory, shared_s3_ray):
-    """moto S3 with the bad-input corpus and a tiny detector; a real Ray head with the S3 env (the run's shared
-    ones: tests/conftest.py)."""
+    """moto S3 with the bad-input corpus and a tiny detector; a real Ray head with the S3 env (the run's
+    shared ones: tests/conftest.py)."""
     import torch
 
     from pipeline.models import DetectorConfig, create_detector, save_detector

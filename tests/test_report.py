@@ -80,8 +80,9 @@ def test_report_numbers_match_duckdb_on_the_parquet(scan, tmp_path, capsys, day)
         scan,
         day,
         """
-        SELECT count(*), count(*) FILTER (WHERE status <> 'shard_error'), count(*) FILTER (WHERE status = 'ok'),
-               count(*) FILTER (WHERE is_fake), count(*) FILTER (WHERE status IN ('decode_error','no_image','too_large')),
+        SELECT count(*), count(*) FILTER (WHERE status <> 'shard_error'),
+               count(*) FILTER (WHERE status = 'ok'), count(*) FILTER (WHERE is_fake),
+               count(*) FILTER (WHERE status IN ('decode_error','no_image','too_large')),
                count(*) FILTER (WHERE status = 'shard_error'), count(DISTINCT shard) FROM SCAN""",
     )[0]
     t = s["totals"]
@@ -131,7 +132,8 @@ def test_report_numbers_match_duckdb_on_the_parquet(scan, tmp_path, capsys, day)
     assert float(page.metrics["threshold"]) == pytest.approx(thr, abs=1e-4)
     assert [d["scan_date"] for d in s["daily"]] == [DAY1, DAY2]
 
-    # plots: referenced by the page, present beside it, real non-blank PNGs (thumbnails: test_report_gallery.py)
+    # plots: referenced by the page, present beside it, real non-blank PNGs (thumbnails:
+    # test_report_gallery.py)
     plots = [i for i in page.images if not i.startswith("thumbs/")]
     assert set(plots) == {
         "score_distribution.png",

@@ -1,11 +1,11 @@
 """The report shows the images: galleries chosen from a real scan (checked against an independent selection in
-Python over the Parquet files), thumbnails read back from the shards (checked pixel-wise against the images the
-test wrote, each shard read once), url/caption from the .json sidecars, the last filter run's drops and
+Python over the Parquet files), thumbnails read back from the shards (checked pixel-wise against the images
+the test wrote, each shard read once), url/caption from the .json sidecars, the last filter run's drops and
 quarantines, and a real browser (headless Chromium) that loads every image of the page.
 
-The corpus is img2dataset-style (jpg + json {url, caption} + txt per sample) with a corrupt image, an image-less
-sample, a 600x400 image and a truncated shard; it is scanned in-process (the scan's local executor, no Ray) with
-a tiny detector whose scores spread over the images."""
+The corpus is img2dataset-style (jpg + json {url, caption} + txt per sample) with a corrupt image, an
+image-less sample, a 600x400 image and a truncated shard; it is scanned in-process (the scan's local executor,
+no Ray) with a tiny detector whose scores spread over the images."""
 
 from __future__ import annotations
 
@@ -246,8 +246,8 @@ def test_page_header_filter_section_and_safe_links(world, report) -> None:
 
 
 def test_changed_shard_never_shows_another_image(world, tmp_path) -> None:
-    """A shard rewritten after the scan (same keys, other pixels): its cards say so instead of showing an image
-    the scan did not score."""
+    """A shard rewritten after the scan (same keys, other pixels): its cards say so instead of showing an
+    image the scan did not score."""
     src = next(u for u in world["corpus"].shards if u.endswith("shard-000002.tar"))
     saved = Path(src).read_bytes()
     rng = np.random.default_rng(99)

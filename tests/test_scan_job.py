@@ -1,7 +1,7 @@
 """Integration tests of the scan job: shards in a bucket on a real moto S3 server (HTTP, 127.0.0.1), a real
 `ray start --head`, `ray job submit` of jobs/scan_bucket.py, output read back with pyarrow AND DuckDB.
-One S3 server, one detector and one Ray head are shared by the whole module. The head's AWS secret is the run's
-canary: the scan's outputs, its job logs, Ray's session logs and the state API must not hold it."""
+One S3 server, one detector and one Ray head are shared by the whole module. The head's AWS secret is the
+run's canary: the scan's outputs, its job logs, Ray's session logs and the state API must not hold it."""
 
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def test_scan_s3_end_to_end_accounts_for_every_sample(world):
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     n_trunc_salvaged = sum(1 for r in rows if r["shard"] == "shard-000004" and r["status"] == "ok")
     assert n_trunc_salvaged >= 1
-    # exact accounting: every sample of the good/mixed shards is one row; bad shards add one shard_error row each
+    # exact accounting: every sample of the good/mixed shards is one row; bad shards add one shard_error row
+    # each
     assert by_status == {"ok": 30 + 4 + n_trunc_salvaged, "decode_error": 1, "no_image": 1, "shard_error": 2}
     keys = [(r["shard"], r["key"]) for r in rows if r["key"] is not None]
     assert len(keys) == len(set(keys))
@@ -146,8 +147,8 @@ def test_scan_s3_end_to_end_accounts_for_every_sample(world):
     con.register_filesystem(fs)
     q = con.execute(
         f"SELECT scan_date, count(*), count(DISTINCT shard), sum((status = 'shard_error')::INT) "
-        f"FROM read_parquet('s3://{out.removeprefix('s3://')}/scan_date=*/*.parquet', hive_partitioning=true) "
-        "GROUP BY scan_date"
+        f"FROM read_parquet('s3://{out.removeprefix('s3://')}/scan_date=*/*.parquet', "
+        "hive_partitioning=true) GROUP BY scan_date"
     ).fetchall()
     assert [(str(d), n, s, e) for d, n, s, e in q] == [("2026-11-20", len(rows), 6, 2)]
 
@@ -161,8 +162,8 @@ def test_scan_s3_end_to_end_accounts_for_every_sample(world):
     assert cfg["input"] == f"{b}/shards/" and cfg["batch_size"] == 16
     marker = json.loads(fs.cat(f"{out}/_shards/2026-11-20/shard-000003.json"))
     assert marker["counts"]["ok"] == 4 and marker["rows"] == 6 and marker["infer_s"] > 0
-    # the head's AWS_SECRET_ACCESS_KEY is the run's canary (tests/support/shared.py): in no output object (Parquet
-    # decoded too: compression cannot hide it), not in the job's logs
+    # the head's AWS_SECRET_ACCESS_KEY is the run's canary (tests/support/shared.py): in no output object
+    # (Parquet decoded too: compression cannot hide it), not in the job's logs
     secret = world["env"]["AWS_SECRET_ACCESS_KEY"]
     assert secret.startswith(CANARY_PREFIX) and head.env["AWS_SECRET_ACCESS_KEY"] == secret
     objects = fs.find(out.removeprefix("s3://"))

@@ -1,8 +1,8 @@
-"""Several detectors in one scan (schema v2): a real Ray scan (`ray job submit` of jobs/scan_bucket.py) with an
-imported UnivFD, an imported RINE and a MoLE detector on ONE tiny backbone file. Each detector's column equals
-that detector's own single scan, the fused columns equal pipeline.models.fusion over them, row accounting is
-unchanged; detector.json lists the members; --resume refuses a changed set; v1 + v2 histories read together
-(pyarrow, DuckDB, the filter's and the report's readers)."""
+"""Several detectors in one scan (schema v2): a real Ray scan (`ray job submit` of jobs/scan_bucket.py) with
+an imported UnivFD, an imported RINE and a MoLE detector on ONE tiny backbone file. Each detector's column
+equals that detector's own single scan, the fused columns equal pipeline.models.fusion over them, row
+accounting is unchanged; detector.json lists the members; --resume refuses a changed set; v1 + v2 histories
+read together (pyarrow, DuckDB, the filter's and the report's readers)."""
 
 from __future__ import annotations
 

@@ -122,7 +122,8 @@ def test_table_schema_nulls_and_parquet_duckdb_round_trip(tmp_path):
     assert back.schema.equals(SCHEMA, check_metadata=False) and back.num_rows == 7
     con = duckdb.connect()
     q = con.execute(
-        "SELECT scan_date, status, count(*) FROM read_parquet(?, hive_partitioning=true) GROUP BY ALL ORDER BY 2",
+        "SELECT scan_date, status, count(*) FROM read_parquet(?, hive_partitioning=true) GROUP BY "
+        "ALL ORDER BY 2",
         [str(tmp_path / "out" / "scan_date=*" / "*.parquet")],
     ).fetchall()
     assert [(str(a), b, c) for a, b, c in q] == [("2026-11-24", "decode_error", 1), ("2026-11-24", "ok", 6)]

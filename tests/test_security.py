@@ -116,9 +116,9 @@ def test_pickle_checkpoint_is_refused_before_any_work(tmp_path) -> None:
 
 
 def test_pickle_disguised_as_safetensors_is_refused_before_any_work(tmp_path) -> None:
-    """A pickle renamed detector.safetensors, with detector.json's id forged to match its hash: the scan's driver
-    reads the weights file's header before any Ray work and refuses it with one configuration-error line naming
-    the file (exit 2); the pickle's side effect never happens and nothing is written."""
+    """A pickle renamed detector.safetensors, with detector.json's id forged to match its hash: the scan's
+    driver reads the weights file's header before any Ray work and refuses it with one configuration-error
+    line naming the file (exit 2); the pickle's side effect never happens and nothing is written."""
     import hashlib
 
     ckpt = tmp_path / "forged"

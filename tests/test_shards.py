@@ -1,6 +1,7 @@
-"""The shard layer (`pipeline.shards`): its three consumers — the scan (`read_shard`), the filter (`index_shard`,
-`iter_samples`) and the labelled sources (`load_labelled`) — see the same samples, keys and image members,
-including on the bad-input corpus; regression tests for the three ways they used to disagree."""
+"""The shard layer (`pipeline.shards`): its three consumers — the scan (`read_shard`), the filter
+(`index_shard`, `iter_samples`) and the labelled sources (`load_labelled`) — see the same samples, keys and
+image members, including on the bad-input corpus; regression tests for the three ways they used to
+disagree."""
 
 from __future__ import annotations
 
@@ -147,7 +148,8 @@ def test_the_three_consumers_see_the_same_samples_on_the_bad_input_corpus(tmp_pa
             assert index.keys == [k for k, _, _ in scan]
             assert _filter_view(url) == scan
             assert _labels_view(url) == scan
-            # the labelled source: every labelled sample is one of the scan's samples with the same image member
+            # the labelled source: every labelled sample is one of the scan's samples with the same image
+            # member
             try:
                 items = load_labelled(url, on_unlabelled="skip")
             except FileNotFoundError:

@@ -1,4 +1,5 @@
-"""Labelled sources over UnivFD/CNNDetection, GenImage and WebDataset layouts, local and on a real S3 server."""
+"""Labelled sources over UnivFD/CNNDetection, GenImage and WebDataset layouts, local and on a real S3
+server."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _demo(out: Path | str, **kw) -> None:
     generate(DemoConfig.parse(cfg))
 
 
-# ---- UnivFD / CNNDetection ------------------------------------------------------------------------------------
+# ---- UnivFD / CNNDetection ---------------------------------------------------------------------------------
 def test_univfd_demo_tree(tmp_path: Path) -> None:
     _demo(tmp_path)
     items = load_labelled(str(tmp_path))
@@ -121,7 +122,7 @@ def test_univfd_split_folder(tmp_path: Path) -> None:
         load_labelled(str(tmp_path), split="valid")
 
 
-# ---- GenImage -------------------------------------------------------------------------------------------------
+# ---- GenImage ----------------------------------------------------------------------------------------------
 def test_genimage_layout_and_split(tmp_path: Path) -> None:
     _touch(tmp_path, "sdv4/imagenet_ai_0419_sdv4/train/ai/a.png")
     _touch(tmp_path, "sdv4/imagenet_ai_0419_sdv4/train/nature/b.JPEG", fmt="JPEG")
@@ -154,7 +155,7 @@ def test_mixed_layouts_need_an_explicit_choice(tmp_path: Path) -> None:
     assert [Path(it.uri).name for it in load_labelled(str(tmp_path), layout="genimage")] == ["y.png"]
 
 
-# ---- errors ---------------------------------------------------------------------------------------------------
+# ---- errors ------------------------------------------------------------------------------------------------
 def test_clear_errors_for_missing_empty_unrecognised(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(FileNotFoundError, match=str(missing)):
@@ -180,7 +181,7 @@ def test_clear_errors_for_missing_empty_unrecognised(tmp_path: Path) -> None:
         load_labelled(str(tmp_path / "ok"), layout="genimage")
 
 
-# ---- WebDataset -----------------------------------------------------------------------------------------------
+# ---- WebDataset --------------------------------------------------------------------------------------------
 def test_shards_demo_shards(tmp_path: Path) -> None:
     import webdataset as wds
 
@@ -253,7 +254,7 @@ def test_shards_unlabelled_samples_error_or_skip(tmp_path: Path) -> None:
         load_labelled(str(not_tar))
 
 
-# ---- S3 -------------------------------------------------------------------------------------------------------
+# ---- S3 ----------------------------------------------------------------------------------------------------
 def test_sources_on_s3(s3_server: dict[str, str], s3fs_client) -> None:
     s3fs_client.mkdir("train-data")
     _demo("s3://train-data/univfd", families=["vqgan"], n_per_class=2)

@@ -94,9 +94,9 @@ def test_detector_whose_weights_do_not_match_its_id_is_refused(
 
 
 def test_markers_written_by_another_process_are_seen_after_a_listing(s3fs_client, s3_server) -> None:
-    """The driver lists a date's markers at the start (resume) and again at the end, while writer actors in other
-    processes write them: the second listing must not come from s3fs's cached folder listing (s3fs_client: a
-    client of THIS server, not one cached from an earlier test)."""
+    """The driver lists a date's markers at the start (resume) and again at the end, while writer actors in
+    other processes write them: the second listing must not come from s3fs's cached folder listing
+    (s3fs_client: a client of THIS server, not one cached from an earlier test)."""
     import boto3
 
     from pipeline.output import RunPaths, completed_shards

@@ -1,7 +1,8 @@
 """The test suite's own rules, checked on its source (ast, no imports of the modules): no test module imports
 another (shared code lives in tests/support/ or tests/conftest.py); a skip is only ever for a missing CUDA
 device (a skip on anything else would hide a rename or a missing tool); no assert on elapsed wall-clock time
-outside a polling loop (the machine is shared: assert bounded work, or let a pytest-timeout mark fail a hang)."""
+outside a polling loop (the machine is shared: assert bounded work, or let a pytest-timeout mark fail a
+hang)."""
 
 from __future__ import annotations
 

@@ -19,13 +19,14 @@ pytestmark = pytest.mark.slow
 
 FAMILY, HELD_OUT = "upconv", "vqgan"
 N_TRAIN, N_TEST = 120, 60
-# Measured bars (docs/training.md): random-init tiny backbone, simulated fingerprints. Few-shot linear on 7 images
-# per class gave AP 0.86 on the upconv test split; mole + texture masking at rho=0.3 gave AP 0.98 (docs run).
+# Measured bars (docs/training.md): random-init tiny backbone, simulated fingerprints. Few-shot linear on 7
+# images per class gave AP 0.86 on the upconv test split; mole + texture masking at rho=0.3 gave AP 0.98 (docs
+# run).
 LINEAR_FEWSHOT_MIN_AP = 0.75
 MASK_MIN_AP = 0.9
-# The MoLE runs train 10 epochs instead of the default 20 (half the suite's time for these two tests). Measured
-# on this corpus (2026-12-07), upconv test AP after 10 / 20 epochs: mole 0.992 / 0.995, mole + texture masking
-# 0.959 / 0.972: both above their bars at 10.
+# The MoLE runs train 10 epochs instead of the default 20 (half the suite's time for these two tests).
+# Measured on this corpus (2026-12-07), upconv test AP after 10 / 20 epochs: mole 0.992 / 0.995, mole +
+# texture masking 0.959 / 0.972: both above their bars at 10.
 MOLE_EPOCHS = "10"
 
 
@@ -134,7 +135,8 @@ def test_linear_full_and_few_shot_and_recalibration(
             "--resume",
         ]
     )
-    # the console says --resume had nothing to continue, and the linear method's progress line counts its one pass
+    # the console says --resume had nothing to continue, and the linear method's progress line counts its one
+    # pass
     err = capsys.readouterr().err
     assert "--resume found no earlier epoch" in err and "1/1" in err and "/20" not in err, err[-2000:]
     assert json.loads((few / "train_summary.json").read_text())["train_counts"] == {"real": 7, FAMILY: 7}

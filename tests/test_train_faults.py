@@ -1,7 +1,8 @@
-"""Ray Train at small scale, the real thing, on the run's shared Ray head (tests/conftest.py): the dataset that
-follows the epoch clock; the job's driver SIGKILLed mid-run (Ray ends its controller and workers), then the same
-command with `--resume`, whose training worker is SIGKILLed mid-run (Ray Train replaces it and continues from the
-last epoch checkpoint). Slow (Ray Train start-up). Two workers against one: tests/test_train_ray.py."""
+"""Ray Train at small scale, the real thing, on the run's shared Ray head (tests/conftest.py): the dataset
+that follows the epoch clock; the job's driver SIGKILLed mid-run (Ray ends its controller and workers), then
+the same command with `--resume`, whose training worker is SIGKILLed mid-run (Ray Train replaces it and
+continues from the last epoch checkpoint). Slow (Ray Train start-up). Two workers against one:
+tests/test_train_ray.py."""
 
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "jobs" / "train_detector.py")]
-# The kill test kills the driver once the first epoch checkpoint is registered, and a worker of the resumed job
-# once that job has registered one more; the job must still be running then. With 2 epochs only one ~0.5 s epoch was
-# left, and on a loaded machine (two test workers, load ~16 on 2 cores) the job once finished before the test's
-# kill: the epochs after those two are the margin.
+# The kill test kills the driver once the first epoch checkpoint is registered, and a worker of the resumed
+# job once that job has registered one more; the job must still be running then. With 2 epochs only one ~0.5 s
+# epoch was left, and on a loaded machine (two test workers, load ~16 on 2 cores) the job once finished before
+# the test's kill: the epochs after those two are the margin.
 KILL_EPOCHS = 6
 
 
@@ -52,7 +53,8 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _attached(head) -> dict[str, str]:
-    """The environment of a training job that attaches to `head` (the job's cluster.session reads RAY_ADDRESS)."""
+    """The environment of a training job that attaches to `head` (the job's cluster.session reads
+    RAY_ADDRESS)."""
     return {**head.env, "RAY_ADDRESS": head.address}
 
 
@@ -133,8 +135,8 @@ def test_killed_job_resumes_and_a_killed_worker_is_replaced(
     data: Path, tmp_path: Path, shared_s3_ray: dict
 ) -> None:
     """Two faults, one after the other (one Ray Train start-up fewer than a run per fault; the suite's time):
-    1. the job's driver SIGKILLed after the first epoch checkpoint (its pod or machine lost): Ray ends the job's
-       controller and workers with it;
+    1. the job's driver SIGKILLed after the first epoch checkpoint (its pod or machine lost): Ray ends the
+       job's controller and workers with it;
     2. the same command with `--resume` continues after the last registered epoch; once it has registered one
        more, a training worker is SIGKILLed: Ray Train replaces the worker group, which continues from that
        checkpoint, and the resumed job succeeds.
@@ -171,7 +173,8 @@ def test_killed_job_resumes_and_a_killed_worker_is_replaced(
         [*args, "--resume"], cwd=REPO, text=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        # default: Ray Train may be rewriting the snapshot just as it is read (_registered_epochs skips it then)
+        # default: Ray Train may be rewriting the snapshot just as it is read (_registered_epochs skips it
+        # then)
         _wait_for(
             resumed, lambda: max(_registered_epochs(out), default=0) > done, "a checkpoint of the resumed job"
         )

@@ -22,17 +22,17 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(REPO / "jobs" / "train_detector.py")]
 # Two workers see other batch compositions (each takes a disjoint half of every epoch, blocks are handed out
-# dynamically, so the two-worker run's batches differ from run to run), so metrics agree within a tolerance, not
-# bit for bit. The epoch's training loss is the mean over its 5 steps from a random start, which the batches'
-# composition moves: measured here (2 epochs, 80 train / 20 val images, --augment) 2.5 % apart in one run and 7.6 %
-# in another (epoch 1). Val AP is computed on 20 images (10 / 10): one swapped real/fake pair moves it by 0.02 to
-# 0.1; seen 0.007 apart in one run and more than 0.03 in another. Allowed: AP 0.1, loss 12 % relative; a
-# systematic fault (a rank on wrong labels, gradients not averaged, each rank on all data) shows in the counts and
-# effective batch asserted below or far beyond these bounds. Accuracy at
+# dynamically, so the two-worker run's batches differ from run to run), so metrics agree within a tolerance,
+# not bit for bit. The epoch's training loss is the mean over its 5 steps from a random start, which the
+# batches' composition moves: measured here (2 epochs, 80 train / 20 val images, --augment) 2.5 % apart in one
+# run and 7.6 % in another (epoch 1). Val AP is computed on 20 images (10 / 10): one swapped real/fake pair
+# moves it by 0.02 to 0.1; seen 0.007 apart in one run and more than 0.03 in another. Allowed: AP 0.1, loss 12
+# % relative; a systematic fault (a rank on wrong labels, gradients not averaged, each rank on all data) shows
+# in the counts and effective batch asserted below or far beyond these bounds. Accuracy at
 # logit 0 is not compared: after two epochs most of the 20 validation images sit next to that threshold, so a
-# tiny weight difference flips several of them (0.15 and 0.25 apart in two CI runs with AP equal); AP ranks the
-# same scores without a threshold. Augmentation is drawn per (seed, epoch, sample key): the same with any number
-# of workers.
+# tiny weight difference flips several of them (0.15 and 0.25 apart in two CI runs with AP equal); AP ranks
+# the same scores without a threshold. Augmentation is drawn per (seed, epoch, sample key): the same with any
+# number of workers.
 TOL = {"val_ap": 0.1}
 LOSS_RTOL = 0.12
 N_PER_CLASS = 50
@@ -115,7 +115,8 @@ def test_train_job_from_s3_bucket_on_ray_head(shared_s3_ray: dict, tmp_path: Pat
     assert s1["split"] == summary["split"]  # the same listing and split
     r1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(r1, epochs, strict=True):
-        # every training image seen once per epoch, split between the ranks (equal split may drop < world rows)
+        # every training image seen once per epoch, split between the ranks (equal split may drop < world
+        # rows)
         assert a["n_train"] - 2 < b["n_train"] <= a["n_train"] and b["steps_per_rank"] * 2 * 8 >= b["n_train"]
         for key, tol in TOL.items():
             assert abs(a[key] - b[key]) <= tol, (key, a, b)

@@ -1,7 +1,7 @@
 """Re-calibrate an existing detector checkpoint on held-out labelled data.
 
-    python jobs/calibrate.py --detector CKPT --data DIR_OR_URI [--target-fpr 0.05] [--unknown-quantile 0.05] \\
-        [--out CKPT2]
+    python jobs/calibrate.py --detector CKPT --data DIR_OR_URI [--target-fpr 0.05] \\
+        [--unknown-quantile 0.05] [--out CKPT2]
 
 Sets DetectorMeta.threshold (p_fake threshold with the target false-positive rate on the data's REAL images)
 and DetectorMeta.unknown_threshold (the quantile of the max generator probability of the data's fakes from the

@@ -4,9 +4,10 @@ Everything below `demo_dir` (default ./demo), each step skipped when its output 
   shards/    WebDataset demo shards (jobs/make_demo_data.py --layout wds, four simulated generator families,
              seed 0) plus one deliberately broken shard and one shard with a corrupt sample, so the summary
              shows error rows;
-  train/     a UnivFD-layout training set (jobs/make_demo_data.py --layout univfd, two of the families, seed 1);
-  detector/  a tiny MoLE detector trained by the project's own job on Ray Train (jobs/train_detector.py, defaults);
-  scan/      the scan of shards/ on a local Ray (local folder in and out: no S3 server needed, moto is a dev
+  train/     a UnivFD-layout training set (jobs/make_demo_data.py --layout univfd, two of the families, seed
+  1); detector/  a tiny MoLE detector trained by the project's own job on Ray Train (jobs/train_detector.py,
+  defaults); scan/      the scan of shards/ on a local Ray (local folder in and out: no S3 server needed, moto
+  is a dev
              dependency), resumed if a run of today is unfinished.
 Then a short summary read back from the Parquet with DuckDB. The figures are measured on SIMULATED demo
 fingerprints with a tiny random-init backbone: they show the pipeline works, not real-world accuracy.
@@ -28,7 +29,8 @@ from pipeline.scan.config import ScanConfig
 log = get_logger("pipeline.cli.demo")
 
 # the steps run this installation's jobs as modules (`python -m pipeline.cli.<job>`), so the demo works from a
-# checkout and from an installed wheel alike; PYTHONPATH makes the child import the same `pipeline` as this process
+# checkout and from an installed wheel alike; PYTHONPATH makes the child import the same `pipeline` as this
+# process
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 SCAN_FAMILIES = "upconv,diffusion,vqgan,gan_color"
 TRAIN_FAMILIES = "upconv,diffusion"
@@ -207,8 +209,9 @@ def summary(scan_dir: Path, shards: Path) -> str:
     )
     table(
         "flagged by TRUE generator (demo labels; simulated fingerprints, tiny model)",
-        "SELECT t.generator, count(*) AS n, avg(s.is_fake::INT) AS flagged_rate, avg(s.p_fake) AS mean_p_fake "
-        "FROM scan s JOIN truth t USING (shard, key) WHERE s.status = 'ok' GROUP BY ALL ORDER BY 1",
+        "SELECT t.generator, count(*) AS n, avg(s.is_fake::INT) AS flagged_rate, avg(s.p_fake) AS "
+        "mean_p_fake FROM scan s JOIN truth t USING (shard, key) WHERE s.status = 'ok' GROUP BY "
+        "ALL ORDER BY 1",
     )
     return "\n".join(out)
 

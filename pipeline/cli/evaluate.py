@@ -1,8 +1,8 @@
 """Evaluate a detector checkpoint in the UnivFD paper format: per-generator AP / accuracy / AUC table,
 robustness sweeps, attribution (closed-set accuracy, open-set AUROC).
 
-    python jobs/evaluate.py --data DIR_OR_URI --detector CKPT --json OUT.json [--markdown OUT.md] [--plots DIR] \\
-        [--jpeg 95,75,50] [--blur 1,2] [--resize 0.5,2] [--train-generators A,B]
+    python jobs/evaluate.py --data DIR_OR_URI --detector CKPT --json OUT.json [--markdown OUT.md] \\
+        [--plots DIR] [--jpeg 95,75,50] [--blur 1,2] [--resize 0.5,2] [--train-generators A,B]
 
 JSON: {"per_generator": {name: {ap, acc, acc_05, real_acc, fake_acc, auc, balanced_acc, n_real, n_fake}},
 "mean": {...}, "attribution": {...}, "robustness": {kind: {level: {"mean": {...}, "per_generator": {...}}}}}.

@@ -1,13 +1,16 @@
 """Nightly hygiene filter: drop / quarantine generated images from WebDataset shards using a scan.
 
     python jobs/filter_shards.py --scan out/scan --input data/shards --output data/clean \
-        [--policy policy.json | --threshold 0.7 --rule unknown=quarantine --rule upconv=drop@0.9 ...] [--dry-run]
-        [--rule verdict:ai_declared=drop]   # on the scan's provenance_verdict (docs/provenance.md), applied first
-        [--resume]   # keep shards already filtered with the same scan, input, scan date and policy
+        [--policy policy.json | --threshold 0.7 --rule unknown=quarantine --rule upconv=drop@0.9 ...]
+        [--dry-run]
+        # on the scan's provenance_verdict (docs/provenance.md), applied first
+        [--rule verdict:ai_declared=drop]
+        # keep shards already filtered with the same scan, input, scan date and policy
+        [--resume]
 
-Every FilterConfig and FilterPolicy field is a flag (see --help); `--rule` adds a generator rule; a policy file
-(`--policy`) excludes the inline policy flags. A rule naming a label the scan's detector does not have is a
-configuration error. Prints a JSON summary on stdout.
+Every FilterConfig and FilterPolicy field is a flag (see --help); `--rule` adds a generator rule; a policy
+file (`--policy`) excludes the inline policy flags. A rule naming a label the scan's detector does not have is
+a configuration error. Prints a JSON summary on stdout.
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """Command-line flags generated from a job's pydantic config [ours]: ONE declaration per setting (the model
 field: name, type, default, description) gives the flag, its type or choices and its --help; nothing is typed
-twice. Flags the user did not give stay unset (None), so a `--config-file`'s value is kept; flags given override
-it, and both go through the model's own validation (`StrictModel.parse`) together.
+twice. Flags the user did not give stay unset (None), so a `--config-file`'s value is kept; flags given
+override it, and both go through the model's own validation (`StrictModel.parse`) together.
 
     parser = argparse.ArgumentParser(...)
     fields = add_model_flags(parser, ScanConfig, repeat={"detector"})
     data = {**file_values, **given(args, fields)}
     cfg = ScanConfig.parse(data, source=...)
 
-Types: str / int / float -> `type=`; `Literal[...]` -> `choices=`; bool -> `--x`, `--x true|false`, `--no-x`; `list[str]` ->
-one comma-separated value (`--train-generators a,b`); `X | None` is X. A field in `repeat` may be given several
-times (`--detector A --detector B` == `--detector A,B`).
+Types: str / int / float -> `type=`; `Literal[...]` -> `choices=`; bool -> `--x`, `--x true|false`, `--no-x`;
+`list[str]` -> one comma-separated value (`--train-generators a,b`); `X | None` is X. A field in `repeat` may
+be given several times (`--detector A --detector B` == `--detector A,B`).
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def _help(field: FieldInfo) -> str:
 
 
 class ModelFlags:
-    """The flags `add_model_flags` added for one model: `given(args)` is what the user typed, by field name."""
+    """The flags `add_model_flags` added for one model: `given(args)` is what the user typed, by field
+    name."""
 
     def __init__(self, fields: list[str], repeat: set[str]) -> None:
         self.fields, self.repeat = fields, repeat

@@ -1,7 +1,8 @@
 """Import a published detector (UnivFD, ClipBased-SID / seed 001, RINE) into a genscan checkpoint.
 
     python jobs/import_detector.py --kind univfd|clipbased|rine --weights FILE --out CKPT \\
-        [--variant 1class|2class|4class|ldm] [--backbone-weights FILE.safetensors] [--config NAME_OR_JSON] [--force]
+        [--variant 1class|2class|4class|ldm] [--backbone-weights FILE.safetensors] [--config NAME_OR_JSON]
+        [--force]
 
 The weights file is the peer's released torch file; it is opened with torch.load(weights_only=True,
 map_location="cpu") (tensors and plain containers only) and every key and shape is checked. The output is a

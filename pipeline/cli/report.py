@@ -1,5 +1,5 @@
-"""HTML report over a scan dataset: report.html + PNG plots + thumbnail galleries (thumbs/) + summary.json in one
-folder (local or s3://).
+"""HTML report over a scan dataset: report.html + PNG plots + thumbnail galleries (thumbs/) + summary.json in
+one folder (local or s3://).
 
     python jobs/report.py --scan out/scan --output out/report [--scan-date YYYY-MM-DD] \
         [--filter-output data/clean] [--gallery-size 8] [--top-n 25] [--seed 0]

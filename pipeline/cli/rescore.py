@@ -3,10 +3,11 @@
     python jobs/rescore.py --scan s3://bucket/scan --detector ckpt/new-linear --output s3://bucket/rescore \
         [--scan-date D] [--engine ray [--ray-address ADDR] [--task-cpus 0.5]] [--resume]
 
-The scan must have kept its features (`scan_bucket.py --features embedding|pre_proj`); the detector's heads must
-read exactly those features (genscan linear, imported UnivFD or ClipBased-SID: same backbone weights, feature
-kind and preprocessing). Writes `<output>/scan_date=D/` in the scan schema (+ markers and `_run/D/`: config.json,
-detector.json, features.json, run.json) that filter_shards.py, report.py and docs/queries.md read unchanged.
+The scan must have kept its features (`scan_bucket.py --features embedding|pre_proj`); the detector's heads
+must read exactly those features (genscan linear, imported UnivFD or ClipBased-SID: same backbone weights,
+feature kind and preprocessing). Writes `<output>/scan_date=D/` in the scan schema (+ markers and `_run/D/`:
+config.json, detector.json, features.json, run.json) that filter_shards.py, report.py and docs/queries.md read
+unchanged.
 
 Every RescoreConfig field is a flag (see --help). Prints a JSON summary on stdout.
 """
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.console import Console
     from pipeline.logs import RunLog
 
-    # the JSON logs go to the run log (published as <output>/_run/<D>/log.jsonl); stderr shows the console only
+    # the JSON logs go to the run log (published as <output>/_run/<D>/log.jsonl); stderr shows the console
+    # only
     with Console(args.verbose, "rescore") as console, RunLog(tee=console.echo()) as runlog:
         runlog.attach(console.stderr_log, "driver-stderr.log")
         return _main(args, console, runlog)

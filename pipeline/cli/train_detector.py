@@ -3,9 +3,9 @@
     python jobs/train_detector.py --data DIR_OR_URI --config tiny-mole --method mole|linear \\
         [--mask texture --mask-ratio 0.4] --train-generators A,B --out CKPT
 
-CKPT is a checkpoint DIRECTORY (local or s3://) that will hold detector.safetensors + detector.json (weights and
-DetectorMeta: labels, calibrated threshold, unknown threshold) + train_config.json (the full TrainConfig) +
-metrics.jsonl (per-epoch metrics) + calibration.json + train_summary.json.
+CKPT is a checkpoint DIRECTORY (local or s3://) that will hold detector.safetensors + detector.json (weights
+and DetectorMeta: labels, calibrated threshold, unknown threshold) + train_config.json (the full TrainConfig)
++ metrics.jsonl (per-epoch metrics) + calibration.json + train_summary.json.
 
 --config-file reads a TrainConfig JSON (unknown fields are rejected, naming the field); flags given on the
 command line override the file's values, flags not given leave them alone. Runs under Ray Train's TorchTrainer
@@ -158,7 +158,8 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
 
 
 def _from_features(args: argparse.Namespace, console: Any, runlog: Any) -> int:
-    """`--features-from SCAN --labels FILE`: the linear heads from stored features (pipeline.features.train)."""
+    """`--features-from SCAN --labels FILE`: the linear heads from stored features
+    (pipeline.features.train)."""
     from pipeline.output import ScanOutputError
 
     runlog.discard()  # a few seconds of work: the console line and the checkpoint's notes say what happened

@@ -1,14 +1,15 @@
-"""UnivFD training augmentations and the robustness transforms the evaluator sweeps; plain functions on PIL images.
+"""UnivFD training augmentations and the robustness transforms the evaluator sweeps; plain functions on PIL
+images.
 
 Training recipe (METHODS.md, UnivFD / CNNDetection [code]): resize → Gaussian blur with p=0.5, σ ~ U[0, 3]
 (scipy ``gaussian_filter`` per channel, as the reference code) → JPEG with p=0.5, quality ~ U{30..100} →
 random crop → horizontal flip (p=0.5). The crop size is a parameter: the published recipe crops 224 after a
 256 resize; the tiny demo detector uses its own image size. [ours]: PIL is the only JPEG codec (the reference
 code also draws OpenCV's), the resize is "shorter side to N" (METHODS.md) and optional, an image smaller than
-the crop is first resized (shorter side) up to the crop size instead of failing, and ``crop_grid`` (default 1 =
-the published recipe) can snap crop offsets to a pixel grid: generator traces are periodic on the output pixel
-grid (period 2 for transposed convolutions, 8 for f8 autoencoders, JPEG's 8x8 blocks), and a small model that
-sees them through fixed 16-px patches learns them far more easily when every crop keeps the same phase.
+the crop is first resized (shorter side) up to the crop size instead of failing, and ``crop_grid`` (default 1
+= the published recipe) can snap crop offsets to a pixel grid: generator traces are periodic on the output
+pixel grid (period 2 for transposed convolutions, 8 for f8 autoencoders, JPEG's 8x8 blocks), and a small model
+that sees them through fixed 16-px patches learns them far more easily when every crop keeps the same phase.
 
 Every random choice comes from the `numpy.random.Generator` passed in, so a seeded generator reproduces the
 exact same augmented image. :meth:`UnivFDAugment.sample` draws the parameters and :meth:`UnivFDAugment.apply`
@@ -32,7 +33,7 @@ from pipeline.settings import StrictModel
 Resample = Image.Resampling
 
 
-# ---- deterministic transforms ---------------------------------------------------------------------------------
+# ---- deterministic transforms ------------------------------------------------------------------------------
 def _rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
@@ -97,7 +98,7 @@ def hflip(img: Image.Image) -> Image.Image:
     return _rgb(img).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
-# ---- training augmentation ------------------------------------------------------------------------------------
+# ---- training augmentation ---------------------------------------------------------------------------------
 class AugmentConfig(StrictModel):
     """UnivFD training augmentation; defaults are the published recipe except `crop_size` / `resize`."""
 
@@ -111,7 +112,8 @@ class AugmentConfig(StrictModel):
     crop_grid: int = Field(
         default=1,
         ge=1,
-        description="[ours] crop offsets are multiples of this (1 = UnivFD); 8 keeps 8-px-periodic traces in phase",
+        description="[ours] crop offsets are multiples of this (1 = UnivFD); 8 keeps 8-px-periodic "
+        "traces in phase",
     )
 
     @model_validator(mode="after")
@@ -178,10 +180,11 @@ class UnivFDAugment:
         return self.apply(img, self.sample(rng))
 
 
-# ---- robustness sweeps (evaluation) ---------------------------------------------------------------------------
+# ---- robustness sweeps (evaluation) ------------------------------------------------------------------------
 Perturbation = Literal["none", "jpeg", "blur", "resize"]
 
-# [ours] default sweep values (UnivFD/CNNDetection report JPEG-quality and blur-σ curves; these grids cover them)
+# [ours] default sweep values (UnivFD/CNNDetection report JPEG-quality and blur-σ curves; these grids cover
+# them)
 DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
     "jpeg": (95, 90, 75, 60, 45, 30),
     "blur": (0.5, 1.0, 2.0, 3.0),

@@ -1,11 +1,11 @@
 """How learnable is each simulated fingerprint? Two measurements on the demo data [ours].
 
-1. ``features``: 5-fold cross-validated ROC AUC of a logistic regression on `demo.fingerprint_features` (simple
-   high-pass / spectral / colour statistics of the centre crop).
-2. ``random_probe``: average precision, on a held-out seed, of a logistic regression on the frozen features of a
-   random-init detector (default ``tiny-mole``: what its heads read before any adapter is trained), trained on
-   centre crops and on grid-aligned random crops + flips (``UnivFDAugment(crop_grid=8)`` without blur/JPEG).
-   This bounds what the heads alone can do; MoLE adapters only add to it.
+1. ``features``: 5-fold cross-validated ROC AUC of a logistic regression on `demo.fingerprint_features`
+   (simple high-pass / spectral / colour statistics of the centre crop).
+2. ``random_probe``: average precision, on a held-out seed, of a logistic regression on the frozen features of
+   a random-init detector (default ``tiny-mole``: what its heads read before any adapter is trained), trained
+   on centre crops and on grid-aligned random crops + flips (``UnivFDAugment(crop_grid=8)`` without
+   blur/JPEG). This bounds what the heads alone can do; MoLE adapters only add to it.
 
     python -m pipeline.data.learnability --n 200 --out learnability.json
 

@@ -2,20 +2,23 @@
 
 Layouts (METHODS.md "Data layouts users have"):
 
-* ``univfd``   UnivFD / CNNDetection [code]: ``<root>/<generator>/[<class>/]0_real|1_fake/*.<image>`` (image types and junk rules: ``pipeline.shards``).
+* ``univfd``   UnivFD / CNNDetection [code]: ``<root>/<generator>/[<class>/]0_real|1_fake/*.<image>`` (image
+  types and junk rules: ``pipeline.shards``).
                ``<root>`` may also be one generator folder itself (``<root>/0_real``, generator = its name).
 * ``genimage`` GenImage [code]: ``<root>/<generator>/[<inner>/]train|val/ai|nature/*``.
 * ``wds``      WebDataset shards (``*.tar`` under a folder/prefix, one ``.tar``, or a brace pattern) whose
-               ``.json`` member carries ``{"label": 0|1, "generator": str}`` (the demo generator writes these).
+               ``.json`` member carries ``{"label": 0|1, "generator": str}`` (the demo generator writes
+               these).
 
-Labels come only from the exact folder names ``0_real``/``1_fake`` and ``nature``/``ai`` (and the JSON ``label``),
-never from substrings. Listing reads no image: for folders it is one recursive listing; for shards it reads the
-tar headers and the small JSON members and records each image member's byte range, so
+Labels come only from the exact folder names ``0_real``/``1_fake`` and ``nature``/``ai`` (and the JSON
+``label``), never from substrings. Listing reads no image: for folders it is one recursive listing; for shards
+it reads the tar headers and the small JSON members and records each image member's byte range, so
 :meth:`LabelledImage.read_bytes` is one ranged read.
 
-``generator`` [ours]: for folder layouts it is the top-level generator folder (the evaluation *subset*; reals in
-``<root>/progan/0_real`` have generator ``progan``); for shards it is the JSON value (``"real"`` for reals).
-:attr:`LabelledImage.attribution` is the attribution class: ``"real"`` for label 0, else ``generator``.
+``generator`` [ours]: for folder layouts it is the top-level generator folder (the evaluation *subset*; reals
+in ``<root>/progan/0_real`` have generator ``progan``); for shards it is the JSON value (``"real"`` for
+reals). :attr:`LabelledImage.attribution` is the attribution class: ``"real"`` for label 0, else
+``generator``.
 """
 
 from __future__ import annotations
@@ -81,14 +84,14 @@ class LabelledImage:
 
     def load(self) -> Image.Image:
         """The decoded image, opened and oriented by the shard layer's rule (`pipeline.shards.open_image` /
-        `upright`: the scan's formats; an unreadable EXIF block is no orientation), RGB, fully loaded (the file
-        is closed)."""
+        `upright`: the scan's formats; an unreadable EXIF block is no orientation), RGB, fully loaded (the
+        file is closed)."""
         with shard_layer.open_image(self.read_bytes()) as im:
             shown, _ = shard_layer.upright(im)
             return shown.convert("RGB")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def load_labelled(
     uri: str,
     *,
@@ -102,9 +105,11 @@ def load_labelled(
     layout: "auto" detects it (shards → wds; else the folder names decide; a mix is an error).
     split: GenImage "train"/"val"; for UnivFD an optional first-level folder (e.g. ``<root>/test/...``).
     generators: keep only these generators (unknown names are an error listing the available ones).
-    on_unlabelled: for shards, what to do with a sample lacking a valid JSON label ("error" names shard + key).
+    on_unlabelled: for shards, what to do with a sample lacking a valid JSON label ("error" names shard +
+    key).
 
-    Raises FileNotFoundError for a missing or empty root, ConfigError for an unrecognised layout or bad filters.
+    Raises FileNotFoundError for a missing or empty root, ConfigError for an unrecognised layout or bad
+    filters.
     """
     if layout not in ("auto", "univfd", "genimage", "wds"):
         raise ConfigError(f"layout: unknown layout {layout!r}; use auto, univfd, genimage or wds")
@@ -153,7 +158,7 @@ def summarize(items: list[LabelledImage]) -> dict[str, dict[str, int]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def _not_an_image_file(rel: str) -> bool:
     """The shard layer's member rules applied to a file path: macOS litter (`__MACOSX/`, `._*`), names without
     a WebDataset key (every dot-file: `.hidden.png`, `.DS_Store`) and non-image types."""
@@ -167,7 +172,8 @@ def _not_an_image_file(rel: str) -> bool:
 
 
 def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
-    """Relative path parts of every image file under uri (hidden files / __MACOSX skipped), and the root path."""
+    """Relative path parts of every image file under uri (hidden files / __MACOSX skipped), and the root
+    path."""
     fs, root = filesystem(uri)
     root = root.rstrip("/")
     if not fs.exists(root):
@@ -280,7 +286,7 @@ def _load_genimage(
     return items
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def _looks_like_shards(uri: str) -> bool:
     if "{" in uri or uri.rstrip("/").endswith(".tar"):
         return True

@@ -5,21 +5,23 @@ machine, so the demo corpus is built like this:
 
 * **Real** images are random crops (random scale, position, horizontal flip) of the photographs scikit-image
   ships (astronaut, coffee, chelsea, rocket, hubble, retina, cameraman, brick, grass, …) and procedural scenes
-  (gradients with anti-aliased shapes, 1/f noise textures), with mild camera-like noise on the procedural ones.
-* **Fake** images draw their *content* from exactly the same sampler (a detector cannot use the content) and then
-  pass through a simulated generator *family* that leaves the kind of trace the literature describes:
+  (gradients with anti-aliased shapes, 1/f noise textures), with mild camera-like noise on the procedural
+  ones.
+* **Fake** images draw their *content* from exactly the same sampler (a detector cannot use the content) and
+  then pass through a simulated generator *family* that leaves the kind of trace the literature describes:
 
   ``upconv``     transposed-convolution upsampling (Odena et al. 2016 "checkerboard artifacts"; Zhang et al.
                  2019 AutoGAN): the image is area-downsampled ×2 and upsampled by a stride-2 transposed conv
-                 with a fixed separable 4×4 kernel whose polyphase taps are unbalanced → period-2 checkerboard.
+                 with a fixed separable 4×4 kernel whose polyphase taps are unbalanced → period-2
+                 checkerboard.
   ``diffusion``  latent diffusion: a Butterworth roll-off of the high frequencies, a faint fixed period-8
-                 texture of an f8 autoencoder, a faint white noise floor (Corvi et al. 2023 report missing high
-                 frequencies and periodic spectral peaks for diffusion outputs).
+                 texture of an f8 autoencoder, a faint white noise floor (Corvi et al. 2023 report missing
+                 high frequencies and periodic spectral peaks for diffusion outputs).
   ``vqgan``      VQ autoencoder decoding (Esser et al. 2021): 8×8 patch latents quantised to a fixed codebook,
                  block-wise colour offsets and faint 8×8 decoder textures (shared + per codeword) → period 8.
   ``gan_color``  GAN colour statistics (McCloskey & Albright 2019): a tanh tone curve that avoids saturated /
-                 under-exposed pixels, chroma gain and channel cross-talk, a faint luma-neutral period-4 colour
-                 pattern and chroma noise from the RGB output layer.
+                 under-exposed pixels, chroma gain and channel cross-talk, a faint luma-neutral period-4
+                 colour pattern and chroma noise from the RGB output layer.
 
   The periodic traces are locked to the output pixel grid and made strong enough (a few grey levels) that a
   tiny random-init ViT can learn them from 96-px crops (docs/demo_data.md, `pipeline.data.learnability`).
@@ -30,8 +32,9 @@ machine, so the demo corpus is built like this:
 * Deterministic given the seed: every image has its own RNG seeded from (seed, family, class, index).
 
 Layouts (docs/architecture.md): UnivFD ``<out>/<family>/0_real|1_fake/<nnnnnn>.png`` and WebDataset
-``<out>/shard-000000.tar …`` with ``<key>.png`` + ``<key>.json`` ``{"label": 0|1, "generator": "real"|family}``,
-reals and fakes shuffled. ``<out>/demo_config.json`` records the config and counts beside the data.
+``<out>/shard-000000.tar …`` with ``<key>.png`` + ``<key>.json``
+``{"label": 0|1, "generator": "real"|family}``, reals and fakes shuffled. ``<out>/demo_config.json`` records
+the config and counts beside the data.
 """
 
 from __future__ import annotations
@@ -78,9 +81,9 @@ PHOTO_NAMES: tuple[str, ...] = (
 )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # content ("real-like" images)
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _photos() -> tuple[Array, ...]:
     """The skimage photographs as uint8 RGB arrays (grey ones replicated to 3 channels)."""
@@ -208,9 +211,9 @@ def sample_content(rng: np.random.Generator, size: int) -> Array:
     return np.clip(img, 0, 255).astype(np.float32)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # simulated generator families [ours]
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def _family_rng(family: str, salt: int = 0) -> np.random.Generator:
     """Fixed per family (a generator's "weights"); independent of the data seed."""
     return np.random.default_rng([zlib.crc32(family.encode()), 0x5EED, salt])
@@ -248,10 +251,10 @@ def _modulated(img: Array, pattern: Array) -> Array:
 
 @cache
 def _upconv_kernels() -> Array:
-    """Per-channel 4x4 transposed-conv kernels: separable bilinear ([1,3,3,1]/4, every output pixel has gain 1)
-    whose polyphase taps are unbalanced — rows by ±UPCONV_IMBALANCE, columns by half that — so output pixels
-    on even and odd rows/columns get different gains: the checkerboard. A fixed small random perturbation per
-    channel makes it look learned rather than designed."""
+    """Per-channel 4x4 transposed-conv kernels: separable bilinear ([1,3,3,1]/4, every output pixel has
+    gain 1) whose polyphase taps are unbalanced — rows by ±UPCONV_IMBALANCE, columns by half that — so
+    output pixels on even and odd rows/columns get different gains: the checkerboard. A fixed small random
+    perturbation per channel makes it look learned rather than designed."""
     r = _family_rng("upconv")
     k1 = np.array([1.0, 3.0, 3.0, 1.0]) / 4.0
     parity = np.array([1.0, -1.0, 1.0, -1.0])  # taps 0, 2 feed one output phase, taps 1, 3 the other
@@ -371,16 +374,16 @@ def list_families() -> list[str]:
     return list(FAMILIES)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # images
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def _image_rng(seed: int, family: str, label: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(family.encode()), label, index])
 
 
 def make_image(seed: int, family: str, label: int, index: int, image_size: int = 128) -> Array:
-    """One demo image as uint8 (S, S, 3). label 0: a real image (its content stream is tied to `family` only to
-    keep per-family folders independent); label 1: same content distribution + the family's fingerprint."""
+    """One demo image as uint8 (S, S, 3). label 0: a real image (its content stream is tied to `family` only
+    to keep per-family folders independent); label 1: same content distribution + the family's fingerprint."""
     if label == 1:
         return make_fake_pair(seed, family, index, image_size)[1]
     _check_family(family)
@@ -412,9 +415,9 @@ def encode(arr: Array, fmt: str, jpeg_quality: int) -> bytes:
     return buf.getvalue()
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # config + writers
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 class DemoConfig(StrictModel):
     """What `jobs/make_demo_data.py` builds; saved as `<out>/demo_config.json`."""
 
@@ -515,7 +518,8 @@ def generate(cfg: DemoConfig) -> dict:
         "config": cfg.model_dump(),
         "counts": counts,
         "n_images": n_images,
-        "note": "fingerprint simulation, not real generator output (pipeline/data/synthetic.py, docs/demo_data.md)",
+        "note": "fingerprint simulation, not real generator output (pipeline/data/synthetic.py, "
+        "docs/demo_data.md)",
     }
     write_bytes_atomic(join(cfg.out, "demo_config.json"), json.dumps(summary, indent=2).encode())
     summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -523,9 +527,9 @@ def generate(cfg: DemoConfig) -> dict:
     return summary
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # sanity check: hand-made forensic features [ours]
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 FEATURE_NAMES: tuple[str, ...] = (
     "log_mean_abs_laplacian",
     "laplacian_over_gradient",

@@ -1,8 +1,8 @@
 """Ray cluster attach / local start [ours]. The only place (with the other engine modules) that imports ray.
 
-Credentials: the S3 client settings (`AWS_*`: endpoint, region, profile) are passed through to every Ray worker
-via `runtime_env.env_vars`, BY NAME from the driver's environment; only the names are ever logged. The secrets
-themselves (SECRET_NAMES) are never passed that way (see below).
+Credentials: the S3 client settings (`AWS_*`: endpoint, region, profile) are passed through to every Ray
+worker via `runtime_env.env_vars`, BY NAME from the driver's environment; only the names are ever logged. The
+secrets themselves (SECRET_NAMES) are never passed that way (see below).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ PASS_THROUGH_NAMES = (
 )
 
 
-# Secrets are NEVER put in a runtime_env: Ray writes runtime_envs into its logs (runtime_env_agent.log) and shows
-# them through the dashboard / state API (tests/test_security.py plants a canary secret and greps Ray's logs).
-# Workers still get them: a local Ray's workers inherit the driver's environment, a cluster's workers that of
-# `ray start` (PLATFORM.md: set AWS_* before `ray start`) or an IAM role.
+# Secrets are NEVER put in a runtime_env: Ray writes runtime_envs into its logs (runtime_env_agent.log) and
+# shows them through the dashboard / state API (tests/test_security.py plants a canary secret and greps Ray's
+# logs). Workers still get them: a local Ray's workers inherit the driver's environment, a cluster's workers
+# that of `ray start` (PLATFORM.md: set AWS_* before `ray start`) or an IAM role.
 SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
@@ -95,7 +95,8 @@ def connect(
         _temp_dir=temp_dir,
         **quiet,
     )
-    # a local Ray serves no dashboard or job API on any interface (include_dashboard=False); the run log says so
+    # a local Ray serves no dashboard or job API on any interface (include_dashboard=False); the run log says
+    # so
     log.info("ray_started_local", dashboard=ctx.dashboard_url or None)
     return "local"
 

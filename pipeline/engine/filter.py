@@ -29,11 +29,12 @@ def ray_map(
     max_in_flight: int = 512,
 ) -> Iterator[tuple[int, R]]:
     """`pipeline.runner.MapFn` on Ray: `fn(x)` for each item as a Ray task, `(index, result)` yielded as each
-    task completes (`ray.wait`), so the caller's progress line and error budget see every shard when it is done.
-    At most `max_in_flight` tasks are in flight at once (more than a cluster runs at a time; Ray queues the
-    rest), so a run over a million shards neither holds a million task references nor waits on them all. Closing the iterator (a run stopped by its
-    error budget) cancels the tasks not finished. A task that fails after its retries raises here (the driver
-    exits non-zero). Shard writes are idempotent, so retries are safe."""
+    task completes (`ray.wait`), so the caller's progress line and error budget see every shard when it is
+    done. At most `max_in_flight` tasks are in flight at once (more than a cluster runs at a time; Ray queues
+    the rest), so a run over a million shards neither holds a million task references nor waits on them all.
+    Closing the iterator (a run stopped by its error budget) cancels the tasks not finished. A task that fails
+    after its retries raises here (the driver exits non-zero). Shard writes are idempotent, so retries are
+    safe."""
     if not items:
         return
     log = get_logger("engine.filter")

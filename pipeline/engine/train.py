@@ -5,8 +5,8 @@ The driver lists the source and makes the split (`pipeline.train.feed.make_plan`
 two listing tables in the object store once, and hands Ray Train lazily planned datasets:
 
 - `train` (split across the workers with `streaming_split(equal=True)`, so every rank gets a disjoint,
-  equal-sized part of each epoch and takes the same number of DDP steps), iterated once per epoch: chunk ids ->
-  the epoch's seeded permutation of the listing -> read + decode + UnivFD augmentation (`feed.DecodeStage`,
+  equal-sized part of each epoch and takes the same number of DDP steps), iterated once per epoch: chunk ids
+  -> the epoch's seeded permutation of the listing -> read + decode + UnivFD augmentation (`feed.DecodeStage`,
   per-sample randomness from seed, epoch and key) in CPU Ray Data tasks. The tasks read the epoch from a tiny
   `EpochClock` actor that rank 0 sets before it starts the epoch; Ray Data's split coordinator starts an epoch
   only when every rank has asked for it, so no task of epoch e runs before the clock says e. (One dataset, one
@@ -15,15 +15,16 @@ two listing tables in the object store once, and hands Ray Train lazily planned 
 
 Workers consume uint8 batches (`ray.train.get_dataset_shard`) and normalise them on their device. Each epoch,
 rank 0 hands the training state (`pipeline.train.state`) to `ray.train.report(checkpoint=...)`, stored under
-`<out>/_checkpoints/<run>/` (local or s3://); `FailureConfig(max_failures)` replaces a dead worker group and the
-loop resumes after the last reported epoch; `resume=True` (`--resume`) reopens the newest run under
+`<out>/_checkpoints/<run>/` (local or s3://); `FailureConfig(max_failures)` replaces a dead worker group and
+the loop resumes after the last reported epoch; `resume=True` (`--resume`) reopens the newest run under
 `<out>/_checkpoints/` so a killed job continues from its last epoch.
 
 Scaling is `ScalingConfig(num_workers, use_gpu)` from the TrainConfig (never from the driver's `torch.cuda`).
 Cluster: through `pipeline.engine.cluster.session` (the one attach/start place): attaches to `RAY_ADDRESS`
-when set or uses an initialised Ray; otherwise starts a private local Ray and shuts it down afterwards. A local Ray gets at least workers x cpus_per_worker + 1 CPUs,
-so the read tasks always have one. Non-secret AWS_*/GENSCAN_* settings reach the workers through the job's
-runtime_env (`pipeline.engine.cluster.runtime_env`, never secrets).
+when set or uses an initialised Ray; otherwise starts a private local Ray and shuts it down afterwards. A
+local Ray gets at least workers x cpus_per_worker + 1 CPUs, so the read tasks always have one. Non-secret
+AWS_*/GENSCAN_* settings reach the workers through the job's runtime_env
+(`pipeline.engine.cluster.runtime_env`, never secrets).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def build_datasets(cfg: TrainConfig, plan: TrainPlan, clock: Any) -> dict[str, r
     return datasets
 
 
-# ---- worker side -----------------------------------------------------------------------------------------------
+# ---- worker side -------------------------------------------------------------------------------------------
 class RayTrainHooks(TrainHooks):
     """The Ray Train side of the worker loop: rank/world from the train context, DDP via prepare_model, the
     streamed dataset shards, torch.distributed collectives, checkpoints through `ray.train.report`."""
@@ -158,7 +159,7 @@ def _ray_worker(config: dict[str, Any]) -> None:
         hooks.close()
 
 
-# ---- driver side -----------------------------------------------------------------------------------------------
+# ---- driver side -------------------------------------------------------------------------------------------
 def checkpoint_storage(out: str) -> tuple[str, Any]:
     """(storage_path, storage_filesystem) for Ray Train under `<out>/_checkpoints` (fsspec for s3://, so a
     custom endpoint from AWS_ENDPOINT_URL works as everywhere else)."""
@@ -195,7 +196,8 @@ def _watch_epochs(
     clock: Any, on_epoch: Callable[[int], None] | None, period_s: float = 1.0
 ) -> Iterator[None]:
     """While the block runs, call `on_epoch(done)` whenever the epoch clock moves (rank 0 sets it to the
-    0-based epoch it starts, i.e. the number of epochs done). A driver-side thread: the workers are untouched."""
+    0-based epoch it starts, i.e. the number of epochs done). A driver-side thread: the workers are
+    untouched."""
     if on_epoch is None:
         yield
         return

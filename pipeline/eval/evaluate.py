@@ -1,12 +1,12 @@
 """Paper-format evaluation of a detector checkpoint on labelled data (UnivFD protocol) [code + ours].
 
-Per generator: AP, AUC, accuracy at the checkpoint's calibrated threshold and at p_fake 0.5, real/fake accuracy,
-balanced accuracy, image counts, plus an unweighted `mean` row. Grouping [code: UnivFD]: in the UnivFD folder
-layout each generator folder is scored against ITS OWN reals (`<gen>/0_real`); where reals carry no folder
-(WebDataset shards), each generator is scored against all reals. Robustness sweeps re-run everything with the
-test images JPEG-compressed, blurred or resized before preprocessing. Attribution [ours]: closed-set accuracy
-over ["real", *known generators] and open-set AUROC (known-generator fakes vs held-out-generator fakes, score =
-max generator probability) when held-out generators are present.
+Per generator: AP, AUC, accuracy at the checkpoint's calibrated threshold and at p_fake 0.5, real/fake
+accuracy, balanced accuracy, image counts, plus an unweighted `mean` row. Grouping [code: UnivFD]: in the
+UnivFD folder layout each generator folder is scored against ITS OWN reals (`<gen>/0_real`); where reals carry
+no folder (WebDataset shards), each generator is scored against all reals. Robustness sweeps re-run everything
+with the test images JPEG-compressed, blurred or resized before preprocessing. Attribution [ours]: closed-set
+accuracy over ["real", *known generators] and open-set AUROC (known-generator fakes vs held-out-generator
+fakes, score = max generator probability) when held-out generators are present.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def _predict(
     skips: Any = None,
 ) -> dict[str, np.ndarray]:
     """Predict every listed image through the streaming feed's decode stage (`pipeline.train.feed`), one batch
-    in memory at a time, optionally perturbed before preprocessing -> p_fake / generator scores per listing row
-    (NaN rows: unreadable, counted in `skips`)."""
+    in memory at a time, optionally perturbed before preprocessing -> p_fake / generator scores per listing
+    row (NaN rows: unreadable, counted in `skips`)."""
     from pipeline.train.feed import predict_table
 
     pred = predict_table(predictor, table, det_cfg, batch_size=batch_size, perturb=perturb, skips=skips)
@@ -224,7 +224,8 @@ def _attribution(
         "unknown_threshold": unk,
         "known_called_unknown": float(np.mean(known_f < unk)) if known_f.size else float("nan"),
         "held_out_called_unknown": float(np.mean(held_f < unk)) if held_f.size else float("nan"),
-        "open_set_score": "max of the softmax over [real, *generators] (the Predictor's attribution confidence)",
+        "open_set_score": "max of the softmax over [real, *generators] (the Predictor's "
+        "attribution confidence)",
     }
 
 

@@ -32,8 +32,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     rows["**mean**"] = report["mean"]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {_f(r['ap'])} | {_f(r['auc'])} | {_f(r['acc'])} | {_f(r['acc_05'])} | {_f(r['real_acc'])} "
-            f"| {_f(r['fake_acc'])} | {_f(r['balanced_acc'])} | {r['n_real']} | {r['n_fake']} |"
+            f"| {name} | {_f(r['ap'])} | {_f(r['auc'])} | {_f(r['acc'])} | {_f(r['acc_05'])} | "
+            f"{_f(r['real_acc'])} | {_f(r['fake_acc'])} | {_f(r['balanced_acc'])} | {r['n_real']} | "
+            f"{r['n_fake']} |"
         )
     attr = report.get("attribution")
     if attr:
@@ -46,9 +47,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- closed-set accuracy over [real, known generators] (real and known fakes): "
             f"{_f(attr['closed_set_accuracy'])} % (n = {attr['n_closed_set']})",
             f"- open-set AUROC (known vs held-out fakes, score = max generator probability): "
-            f"{_f(attr['open_set_auroc'])} % (n known = {attr['n_known_fakes']}, n held-out = {attr['n_held_out_fakes']})",
+            f"{_f(attr['open_set_auroc'])} % (n known = {attr['n_known_fakes']}, n held-out = "
+            f"{attr['n_held_out_fakes']})",
             f"- unknown threshold {attr['unknown_threshold']:.4f}: held-out fakes called unknown "
-            f"{_f(attr['held_out_called_unknown'])} %, known fakes called unknown {_f(attr['known_called_unknown'])} %",
+            f"{_f(attr['held_out_called_unknown'])} %, known fakes called unknown "
+            f"{_f(attr['known_called_unknown'])} %",
         ]
     rob = report.get("robustness") or {}
     if rob:
@@ -65,7 +68,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             for level, res in levels.items():
                 r = res["mean"]
                 lines.append(
-                    f"| {kind} {level} | {_f(r['ap'])} | {_f(r['auc'])} | {_f(r['acc'])} | {_f(r['acc_05'])} |"
+                    f"| {kind} {level} | {_f(r['ap'])} | {_f(r['auc'])} | {_f(r['acc'])} | "
+                    f"{_f(r['acc_05'])} |"
                 )
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"- `{p}`" for p in report["plots"]]

@@ -1,4 +1,5 @@
-"""PNG plots of an evaluation (matplotlib, Agg backend): ROC and PR curves per generator, robustness curves."""
+"""PNG plots of an evaluation (matplotlib, Agg backend): ROC and PR curves per generator, robustness
+curves."""
 
 from __future__ import annotations
 

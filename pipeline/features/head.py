@@ -1,6 +1,6 @@
 """A detector's heads on stored features [ours]: what a re-score runs instead of the detector. Only detectors
-whose heads read ONE frozen feature per image qualify (genscan's linear method, imported UnivFD and ClipBased);
-the checkpoint's heads are read from its safetensors file, no backbone is built.
+whose heads read ONE frozen feature per image qualify (genscan's linear method, imported UnivFD and
+ClipBased); the checkpoint's heads are read from its safetensors file, no backbone is built.
 
 `FeatureHead.spec_needed()` is the detector's side of the store contract (backbone identity, feature kind,
 preprocessing); `check(spec)` refuses, in one line, a store whose features are not the ones its heads read.

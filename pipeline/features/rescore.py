@@ -1,15 +1,15 @@
 """Re-score a scan from its stored features [ours]: a detector whose heads read one frozen feature (genscan
 linear, imported UnivFD / ClipBased-SID) applied to `<scan>/_features/scan_date=D/`, written as a normal scan
-partition `<output>/scan_date=D/` (same schema, markers, run files) that the filter, the report and the queries
-read unchanged. No backbone pass, no image decode.
+partition `<output>/scan_date=D/` (same schema, markers, run files) that the filter, the report and the
+queries read unchanged. No backbone pass, no image decode.
 
-Per shard (`rescore_shard`, a plain function: run in process or as a Ray task by `pipeline.engine`): the source
-scan's rows of the shard are copied (every sample accounted for: rows with no image keep their status rows),
-the ok rows get the new detector's scores from the shard's features part, then Parquet and marker are written
-(`pipeline.runner.commit_shard`: marker LAST). A shard whose features part is missing, unreadable (truncated),
-of another backbone / kind / preprocessing, or lacks a scored key becomes ONE `shard_error` row naming the
-problem (counted by the error budget, never scored from wrong features). A store whose features the detector
-does not read is refused before any work (ConfigError, exit 2).
+Per shard (`rescore_shard`, a plain function: run in process or as a Ray task by `pipeline.engine`): the
+source scan's rows of the shard are copied (every sample accounted for: rows with no image keep their status
+rows), the ok rows get the new detector's scores from the shard's features part, then Parquet and marker are
+written (`pipeline.runner.commit_shard`: marker LAST). A shard whose features part is missing, unreadable
+(truncated), of another backbone / kind / preprocessing, or lacks a scored key becomes ONE `shard_error` row
+naming the problem (counted by the error budget, never scored from wrong features). A store whose features the
+detector does not read is refused before any work (ConfigError, exit 2).
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def _head(uri: str, detector_id: str) -> FeatureHead:
 
 
 def _source_rows(paths: RunPaths, shard: str) -> pa.Table:
-    """The source scan's rows of one shard in the CURRENT schema (columns an older file lacks read as null)."""
+    """The source scan's rows of one shard in the CURRENT schema (columns an older file lacks read as
+    null)."""
     fs, path = filesystem(paths.parquet(shard))
     return pads.dataset(path, filesystem=fs, format="parquet", schema=SCHEMA.remove_metadata()).to_table()
 
@@ -221,7 +222,8 @@ def _features(task: ShardTask, src: pa.Table, head: FeatureHead) -> tuple[dict[s
     if missing:
         return (
             {},
-            f"features part {uri} lacks {len(missing)} of the shard's {len(scored)} scored keys (e.g. {missing[0]!r})",
+            f"features part {uri} lacks {len(missing)} of the shard's {len(scored)} scored keys (e.g. "
+            f"{missing[0]!r})",
         )
     return have, None
 
@@ -304,7 +306,8 @@ def run_rescore(
     previous = RunFile.previous(target.run_file("run.json"))
     if has_output(target) and not cfg.resume:
         raise ConfigError(
-            f"output: {cfg.output} already has scan_date={date} (pass --resume to continue it, or another --output)"
+            f"output: {cfg.output} already has scan_date={date} (pass --resume to continue it, or "
+            "another --output)"
         )
     if cfg.resume and previous is not None:
         before = previous.get("config") or {}

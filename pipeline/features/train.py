@@ -2,13 +2,14 @@
 `train_detector.py --method linear --features-from SCAN --labels FILE` joins a labels file (shard, key, label,
 optional generator: rows an analyst picked in the report, rows whose provenance declares a generator) with the
 scan's stored features, fits the linear heads (`pipeline.train.linear`: scikit-learn, scaler folded into the
-weights) and writes a checkpoint on the STORE's backbone, so jobs/rescore.py accepts it. No image is decoded, no
-backbone pass runs.
+weights) and writes a checkpoint on the STORE's backbone, so jobs/rescore.py accepts it. No image is decoded,
+no backbone pass runs.
 
-The checkpoint's backbone: the store's open_clip tag or weights file (recorded, not copied), or, for a backbone
-stored in the scanning detector's checkpoint, that checkpoint's frozen tensors (found through the scan's
-`_run/<D>/detector.json`). Where the examples came from (scan, date, store spec, labels file and its sha256, the
-examples themselves up to EXAMPLES_KEPT) is in the checkpoint meta's `notes.trained_from_features`.
+The checkpoint's backbone: the store's open_clip tag or weights file (recorded, not copied), or, for a
+backbone stored in the scanning detector's checkpoint, that checkpoint's frozen tensors (found through the
+scan's `_run/<D>/detector.json`). Where the examples came from (scan, date, store spec, labels file and its
+sha256, the examples themselves up to EXAMPLES_KEPT) is in the checkpoint meta's
+`notes.trained_from_features`.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def read_labels(uri: str) -> pa.Table:
 
 
 def _backbone_tensors(paths: RunPaths, spec: FeatureSpec) -> dict[str, torch.Tensor]:
-    """The frozen tensors of a backbone stored in the scanning detector's checkpoint (spec.source_detector)."""
+    """The frozen tensors of a backbone stored in the scanning detector's checkpoint
+    (spec.source_detector)."""
     from pipeline.models.checkpoint import read_checkpoint
     from pipeline.models.detector import HEAD_PREFIXES
 
@@ -105,8 +107,9 @@ def _backbone_tensors(paths: RunPaths, spec: FeatureSpec) -> dict[str, torch.Ten
 
 
 def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
-    """Fit, check and write the checkpoint; returns the summary. ConfigError (exit 2) for a config that does not
-    read the stored feature, a labels file that matches no stored feature or lacks real or fake examples."""
+    """Fit, check and write the checkpoint; returns the summary. ConfigError (exit 2) for a config that does
+    not read the stored feature, a labels file that matches no stored feature or lacks real or fake
+    examples."""
     from pipeline.features.head import FeatureHead
     from pipeline.models import DetectorConfig, DetectorMeta
     from pipeline.models.checkpoint import write_checkpoint

@@ -202,8 +202,8 @@ def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
             return plan
         plan.problems.append(
             f"{spec.source}: the scan could not read this shard to its end ({plan.scan_shard_error}); "
-            "fix or remove the shard, or leave it out of the output with --on-shard-error skip (in a policy file: "
-            '"on_shard_error": "skip")'
+            "fix or remove the shard, or leave it out of the output with --on-shard-error skip (in a "
+            'policy file: "on_shard_error": "skip")'
         )
         return plan
     wrong = sorted({str(r["shard"]) for r in rows if r["shard"] != spec.shard_id})

@@ -21,8 +21,9 @@ class GeneratorRule(StrictModel):
     """Applies to `ok` rows whose `top_generator` equals `generator` (first matching rule wins).
 
     With `threshold` set, the row is flagged when `p_fake >= threshold`; without it the policy's base decision
-    (explicit threshold or the scan's calibrated `is_fake`) flags it. Flagged rows get `action`; others are kept.
-    Examples: quarantine everything attributed to `unknown` (`threshold: 0.0`), drop `upconv` above 0.9."""
+    (explicit threshold or the scan's calibrated `is_fake`) flags it. Flagged rows get `action`; others are
+    kept. Examples: quarantine everything attributed to `unknown` (`threshold: 0.0`), drop `upconv` above
+    0.9."""
 
     generator: str = Field(min_length=1)
     action: Action
@@ -30,10 +31,10 @@ class GeneratorRule(StrictModel):
 
 
 class ProvenanceRule(StrictModel):
-    """Applies to sample rows whose `provenance_verdict` (scan schema v3; docs/provenance.md) equals `verdict`,
-    whatever their score or status, BEFORE the generator rules and the base decision (first matching rule
-    wins). Inline: `--rule verdict:ai_declared=drop`. Example: drop every image that declares itself
-    generated, quarantine those whose C2PA manifest fails validation (`invalid`) for review."""
+    """Applies to sample rows whose `provenance_verdict` (scan schema v3; docs/provenance.md) equals
+    `verdict`, whatever their score or status, BEFORE the generator rules and the base decision (first
+    matching rule wins). Inline: `--rule verdict:ai_declared=drop`. Example: drop every image that declares
+    itself generated, quarantine those whose C2PA manifest fails validation (`invalid`) for review."""
 
     verdict: Literal[PROVENANCE_VERDICTS]  # type: ignore[valid-type]
     action: Action
@@ -52,8 +53,8 @@ class FilterPolicy(StrictModel):
     generator_rules: list[GeneratorRule] = Field(default_factory=list)
     provenance_rules: list[ProvenanceRule] = Field(
         default_factory=list,
-        description="rules on the scan's provenance_verdict, applied first (rows of scans older than schema v3 "
-        "have no verdict and match none)",
+        description="rules on the scan's provenance_verdict, applied first (rows of scans older "
+        "than schema v3 have no verdict and match none)",
     )
     error_action: Action = Field(
         default="keep",
@@ -61,7 +62,8 @@ class FilterPolicy(StrictModel):
     )
     on_shard_error: Literal["fail", "skip"] = Field(
         default="fail",
-        description="a shard the scan could not read to its end: refuse the run, or leave it out of the output",
+        description="a shard the scan could not read to its end: refuse the run, or leave it out "
+        "of the output",
     )
 
     @field_validator("provenance_rules")

@@ -378,8 +378,8 @@ def run_filter(
     ReconcileError.
 
     resume: shards whose marker matches today's plan are not rewritten (the output must have been written with
-    the same scan, input, scan date and policy: ResumeRefused otherwise). Either way, outputs of shards that are
-    no longer in the input are removed. on_shard / check: `pipeline.runner.run_shards` hooks."""
+    the same scan, input, scan date and policy: ResumeRefused otherwise). Either way, outputs of shards that
+    are no longer in the input are removed. on_shard / check: `pipeline.runner.run_shards` hooks."""
     log = get_logger("hygiene.filter")
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()

@@ -122,7 +122,8 @@ class _DropRandomInitWarning(logging.Filter):
 
 @contextlib.contextmanager
 def _no_random_init_warning() -> Any:
-    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (logged on the root logger)."""
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (logged on the root
+    logger)."""
     flt = _DropRandomInitWarning()
     root = logging.getLogger()
     root.addFilter(flt)
@@ -134,7 +135,8 @@ def _no_random_init_warning() -> Any:
 
 def read_checkpoint(uri: str | Path) -> tuple[DetectorMeta, dict[str, torch.Tensor]]:
     """A checkpoint's meta and tensors (local or s3:// via fetch_to_cache), the file hash checked against the
-    detector id; no model is built (`load_detector` builds one; a feature-store re-score needs only the heads)."""
+    detector id; no model is built (`load_detector` builds one; a feature-store re-score needs only the
+    heads)."""
     from safetensors.torch import load_file
 
     uri = str(uri)
@@ -163,8 +165,8 @@ def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
     meta, tensors = read_checkpoint(uri)
     assert meta.config is not None and meta.backbone is not None  # read_checkpoint checked them
     bb = meta.backbone
-    # a backbone stored in the checkpoint is built random-init and filled right below: open_clip's warning that
-    # it is "initialized randomly" would be false here (only here: a plain random-init build still warns)
+    # a backbone stored in the checkpoint is built random-init and filled right below: open_clip's warning
+    # that it is "initialized randomly" would be false here (only here: a plain random-init build still warns)
     quiet = _no_random_init_warning() if bb.stored_in_checkpoint else contextlib.nullcontext()
     with quiet:
         det = create_detector(meta.config, pretrained=None if bb.stored_in_checkpoint else bb.pretrained)

@@ -1,4 +1,5 @@
-"""Self-checks behind the CLI: parameter counts (``describe``) and fused-vs-unfused equality (``check-fused``)."""
+"""Self-checks behind the CLI: parameter counts (``describe``) and fused-vs-unfused equality
+(``check-fused``)."""
 
 from __future__ import annotations
 

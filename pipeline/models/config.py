@@ -83,8 +83,10 @@ class HeadConfig(StrictModel):
     """What the heads read. [ours] for MoLE: the final image embedding (after the projection);
     [code] for the linear detector: ln_post(CLS) before the projection, L2-normalised.
 
-    * ``embedding``: open_clip ``encode_image`` = ln_post(CLS) @ proj (UnivFD: 768-d for ViT-L/14, not normalised);
-    * ``pre_proj``: ln_post(CLS) with ``visual.proj = None`` (seed 001 / ClipBased: 1024-d, ``normalize=True``);
+    * ``embedding``: open_clip ``encode_image`` = ln_post(CLS) @ proj (UnivFD: 768-d for ViT-L/14, not
+      normalised);
+    * ``pre_proj``: ln_post(CLS) with ``visual.proj = None`` (seed 001 / ClipBased: 1024-d,
+      ``normalize=True``);
     * ``block_cls``: the CLS token of the OUTPUT of ``ln_2`` in every transformer block, (N, depth, width)
       (RINE); only for ``method: rine``, whose neck reduces it to one vector."""
 
@@ -94,9 +96,10 @@ class HeadConfig(StrictModel):
 
 class RineConfig(StrictModel):
     """RINE's trainable part [code, mever-team/rine src/models.py]: proj1 = Dropout + nproj x [Linear, ReLU,
-    Dropout] applied to every block's CLS token, a softmax over the block axis of ``alpha`` (1, depth, proj_dim)
-    weighting and summing the blocks, proj2 (same shape as proj1 on proj_dim), then a 3-layer head -> 1 logit.
-    Released variants: 1class nproj 4 / dim 1024, 2class 4 / 128, 4class 2 / 1024, ldm 4 / 1024."""
+    Dropout] applied to every block's CLS token, a softmax over the block axis of ``alpha`` (1, depth,
+    proj_dim) weighting and summing the blocks, proj2 (same shape as proj1 on proj_dim), then a 3-layer head
+    -> 1 logit. Released variants: 1class nproj 4 / dim 1024, 2class 4 / 128, 4class 2 / 1024, ldm 4 /
+    1024."""
 
     nproj: int = Field(ge=1, le=16)
     proj_dim: int = Field(ge=1, le=8192)
@@ -183,7 +186,8 @@ def check_arch_pretrained(arch: str, pretrained: str | None, *, field: str) -> N
     builds GELU in open_clip (only a warning), so it is an error here."""
     if pretrained == "openai" and not arch.endswith("-quickgelu"):
         raise ConfigError(
-            f"{field}: tag 'openai' needs a QuickGELU architecture; use arch '{arch}-quickgelu' instead of '{arch}'"
+            f"{field}: tag 'openai' needs a QuickGELU architecture; use arch '{arch}-quickgelu' "
+            f"instead of '{arch}'"
         )
 
 

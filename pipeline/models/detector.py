@@ -126,7 +126,8 @@ HEAD_PREFIXES = ("head_fake.", "head_gen.", "neck.")
 
 
 def _projection(in_dim: int, dim: int, n: int) -> nn.Sequential:
-    """Dropout, then n x [Linear, ReLU, Dropout] (RINE's proj1/proj2 layout: Linear layers at 1, 4, 7, ...)."""
+    """Dropout, then n x [Linear, ReLU, Dropout] (RINE's proj1/proj2 layout: Linear layers at 1, 4, 7,
+    ...)."""
     layers: list[nn.Module] = [nn.Dropout()]
     for i in range(n):
         layers += [nn.Linear(in_dim if i == 0 else dim, dim), nn.ReLU(), nn.Dropout()]
@@ -232,16 +233,17 @@ def run_blocks(
     return x
 
 
-# ---------------------------------------------------------------------------------------------- frozen features
-# The per-image features a frozen-feature linear head reads, which a scan can keep (`--features`): the projected
-# embedding (UnivFD: open_clip ``encode_image``, not normalised) or ln_post(CLS) before the projection,
-# L2-normalised (ClipBased-SID, genscan's linear method). `pipeline.features` stores them.
+# -------------------------------------------------------------------------------------------- frozen features
+# The per-image features a frozen-feature linear head reads, which a scan can keep (`--features`): the
+# projected embedding (UnivFD: open_clip ``encode_image``, not normalised) or ln_post(CLS) before the
+# projection, L2-normalised (ClipBased-SID, genscan's linear method). `pipeline.features` stores them.
 FEATURE_NORMALIZED = {"embedding": False, "pre_proj": True}
 FEATURE_KINDS = tuple(FEATURE_NORMALIZED)
 
 
 def frozen_feature(visual: nn.Module, tokens: torch.Tensor, kind: str) -> torch.Tensor:
-    """The ``kind`` feature (FEATURE_KINDS) from the last block's output tokens (N, L, D) of a frozen tower."""
+    """The ``kind`` feature (FEATURE_KINDS) from the last block's output tokens (N, L, D) of a frozen
+    tower."""
     if kind not in FEATURE_NORMALIZED:
         raise ValueError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
     pooled, _ = visual._pool(tokens)  # ln_post(CLS) for pool_type 'tok'
@@ -310,7 +312,8 @@ class Detector(nn.Module):
 
     def set_tap(self, kind: str | None) -> None:
         """Keep the frozen backbone's ``kind`` feature (FEATURE_KINDS) of every forward in ``tapped`` (None:
-        stop). Only for a detector that adapts no block: a MoLE tower's last tokens are not the frozen ones."""
+        stop). Only for a detector that adapts no block: a MoLE tower's last tokens are not the frozen
+        ones."""
         if kind is not None:
             if self.mole_blocks:
                 raise ConfigError(
@@ -419,8 +422,8 @@ class Detector(nn.Module):
     # ------------------------------------------------------------------ forward
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The features the heads read: the final image embedding, or ln_post(CLS) before the projection;
-        L2-normalised when ``head.normalize``. Uses open_clip's VisionTransformer stages (_embeds, transformer,
-        _pool) so both features come from one pass."""
+        L2-normalised when ``head.normalize``. Uses open_clip's VisionTransformer stages (_embeds,
+        transformer, _pool) so both features come from one pass."""
         v = self.visual
         for m in self.mole_modules():
             m.last_aux_loss = None
@@ -463,7 +466,8 @@ class Detector(nn.Module):
     def set_linear_head(
         self, coef: np.ndarray | torch.Tensor, intercept: np.ndarray | torch.Tensor | float
     ) -> None:
-        """Set the real/fake head from a binary scikit-learn linear model (``coef_`` (1, D), ``intercept_``)."""
+        """Set the real/fake head from a binary scikit-learn linear model (``coef_`` (1, D),
+        ``intercept_``)."""
         if not isinstance(self.head_fake, nn.Linear):
             raise ValueError(f"{self.config.name}: the real/fake head is not one linear layer")
         w = torch.as_tensor(np.asarray(coef), dtype=self.head_fake.weight.dtype).reshape(1, -1)
@@ -479,7 +483,8 @@ class Detector(nn.Module):
     def set_generator_head(
         self, coef: np.ndarray | torch.Tensor, intercept: np.ndarray | torch.Tensor
     ) -> None:
-        """Set the attribution head from a multinomial scikit-learn model; rows in ["real", *generators] order."""
+        """Set the attribution head from a multinomial scikit-learn model; rows in ["real", *generators]
+        order."""
         w = torch.as_tensor(np.asarray(coef), dtype=self.head_gen.weight.dtype)
         b = torch.as_tensor(np.asarray(intercept), dtype=self.head_gen.bias.dtype).reshape(-1)
         if w.shape != self.head_gen.weight.shape or b.shape != self.head_gen.bias.shape:

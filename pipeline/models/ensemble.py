@@ -4,14 +4,15 @@ Detectors whose backbone (architecture + weights identity), input size and norma
 *backbone group* and share the frozen computation for every image on which their preprocessed arrays agree
 (UnivFD's ``center_crop_pad`` and genscan's ``center_crop`` agree on every image at least S px on both
 sides; ``resize_crop`` agrees with them only when the shorter side is S): the patch embedding and every block
-before the first block any member adapts run once; members that adapt nothing (UnivFD, ClipBased, RINE, genscan linear)
-also share the remaining blocks (RINE's ln_2 CLS tokens are read off that same pass); each MoLE member runs
-only its own blocks from the first adapted one on. So UnivFD + RINE + vitl14-mole (MoLE on the last 5 of 24
-blocks) cost about 24 + 5 block passes instead of 3 x 24. The frozen modules the members share are also
-deduplicated in memory (one copy of the embedding and of every block no member adapts).
+before the first block any member adapts run once; members that adapt nothing (UnivFD, ClipBased, RINE,
+genscan linear) also share the remaining blocks (RINE's ln_2 CLS tokens are read off that same pass); each
+MoLE member runs only its own blocks from the first adapted one on. So UnivFD + RINE + vitl14-mole (MoLE on
+the last 5 of 24 blocks) cost about 24 + 5 block passes instead of 3 x 24. The frozen modules the members
+share are also deduplicated in memory (one copy of the embedding and of every block no member adapts).
 
 Each detector keeps its own threshold and decision rule; the fused score is one of the six ClipBased fusion
-rules (``pipeline.models.fusion``) over the members' logits, fake when the fused logit > logit(fused_threshold).
+rules (``pipeline.models.fusion``) over the members' logits, fake when the fused logit >
+logit(fused_threshold).
 
 Inputs: ``DetectorSet.inputs`` lists the distinct preprocessing inputs (``InputSpec``: image_size +
 preprocess, what the scan's decode needs); ``predict`` takes one uint8 (N, S, S, 3) batch per spec, the same
@@ -122,7 +123,8 @@ def _group_key(det: Detector) -> tuple[Any, ...]:
 
 
 def _share_frozen(primary: Detector, member: Detector) -> None:
-    """Point ``member``'s frozen modules at ``primary``'s (same weights by group identity): one copy in memory."""
+    """Point ``member``'s frozen modules at ``primary``'s (same weights by group identity): one copy in
+    memory."""
     pv, mv = primary.visual, member.visual
     for name in ("conv1", "ln_pre", "ln_post", "patch_dropout"):
         setattr(mv, name, getattr(pv, name))
@@ -219,9 +221,10 @@ class DetectorSet:
         }
 
     def set_tap(self, kind: str | None) -> Member | None:
-        """Also return the frozen backbone's ``kind`` feature from ``predict`` (``features``), ONCE for the set:
-        read off the pass of the first listed member that adapts no block (its backbone group's shared frozen
-        pass). ConfigError when every member adapts blocks (MoLE). Returns that member (None: tap off)."""
+        """Also return the frozen backbone's ``kind`` feature from ``predict`` (``features``), ONCE for the
+        set: read off the pass of the first listed member that adapts no block (its backbone group's shared
+        frozen pass). ConfigError when every member adapts blocks (MoLE). Returns that member (None: tap
+        off)."""
         if self.tap_member is not None:
             self.tap_member.det.set_tap(None)
             self.tap_member = None
@@ -238,7 +241,8 @@ class DetectorSet:
         return plain[0]
 
     def prepare(self, img: Image.Image) -> dict[InputSpec, np.ndarray]:
-        """One PIL image -> its uint8 array for every input (the decode rule of pipeline.models.preprocess)."""
+        """One PIL image -> its uint8 array for every input (the decode rule of
+        pipeline.models.preprocess)."""
         return {s: prepare_image(img, s) for s in self.inputs}  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ inference

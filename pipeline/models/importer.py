@@ -4,8 +4,9 @@ The three formats [code, read from the peers' released files and loaders]:
 
 * ``univfd`` (WisconsinAIVision/UniversalFakeDetect ``pretrained_weights/fc_weights.pth``): an OrderedDict
   ``weight`` (1, 768), ``bias`` (1,) for ``nn.Linear(768, 1)`` on OpenAI ViT-L/14 ``encode_image``;
-* ``clipbased`` (grip-unina/ClipBased-SyntheticImageDetection ``weights/clipdet_latent10k[_plus]/weights.pth``):
-  ``fc.weight`` (1, 1024), ``fc.bias`` (1,), nested like their ``load_weights`` reads it;
+* ``clipbased`` (grip-unina/ClipBased-SyntheticImageDetection
+  ``weights/clipdet_latent10k[_plus]/weights.pth``): ``fc.weight`` (1, 1024), ``fc.bias`` (1,), nested like
+  their ``load_weights`` reads it;
 * ``rine`` (mever-team/rine ``ckpt/model_<variant>_trainable.pth``): ``alpha`` (1, 24, D), ``proj1.*``,
   ``proj2.*``, ``head.*`` (23 tensors). RINE's own loader builds Python statements from the key names and
   ``exec``s them; here every key is matched against a fixed table instead.
@@ -100,8 +101,8 @@ KINDS: dict[str, Kind] = {
         names=(("weight", "head_fake.weight"), ("bias", "head_fake.bias")),
         origin="https://github.com/WisconsinAIVision/UniversalFakeDetect (pretrained_weights/fc_weights.pth)",
         licence="MIT",
-        paper="Ojha, Li, Lee. Towards Universal Fake Image Detectors that Generalize Across Generative Models. "
-        "CVPR 2023. arXiv:2302.10174",
+        paper="Ojha, Li, Lee. Towards Universal Fake Image Detectors that Generalize Across "
+        "Generative Models. CVPR 2023. arXiv:2302.10174",
         file_hint="pretrained_weights/fc_weights.pth (4,083 bytes)",
     ),
     "clipbased": Kind(

@@ -1,6 +1,7 @@
-"""The JSON half of a detector checkpoint (``detector.json``: DetectorMeta) and the checkpoint rules that need no
-weights: reading the meta, refusing pickles. No torch here: the scan's driver reads a detector's meta before any
-Ray work and never loads torch or open_clip (seconds of start-up); ``pipeline.models.checkpoint`` loads weights.
+"""The JSON half of a detector checkpoint (``detector.json``: DetectorMeta) and the checkpoint rules that need
+no weights: reading the meta, refusing pickles. No torch here: the scan's driver reads a detector's meta
+before any Ray work and never loads torch or open_clip (seconds of start-up); ``pipeline.models.checkpoint``
+loads weights.
 """
 
 from __future__ import annotations
@@ -80,15 +81,15 @@ class DetectorMeta(StrictModel):
         return ["real", *self.generators]
 
 
-# The safetensors format: an 8-byte little-endian header length, then a JSON header naming every tensor's dtype,
-# shape and byte range. safetensors itself refuses headers over 100 MB.
+# The safetensors format: an 8-byte little-endian header length, then a JSON header naming every tensor's
+# dtype, shape and byte range. safetensors itself refuses headers over 100 MB.
 _MAX_HEADER_BYTES = 100_000_000
 
 
 def read_weights_header(uri: str) -> dict[str, Any]:
-    """The JSON header of a ``.safetensors`` file (tensor name -> dtype, shape, data_offsets), read with two small
-    reads and no torch: lets the scan's driver refuse a file that is not safetensors (a renamed pickle, a truncated
-    download) before any Ray work. Raises CheckpointError naming the file and what is wrong."""
+    """The JSON header of a ``.safetensors`` file (tensor name -> dtype, shape, data_offsets), read with two
+    small reads and no torch: lets the scan's driver refuse a file that is not safetensors (a renamed pickle,
+    a truncated download) before any Ray work. Raises CheckpointError naming the file and what is wrong."""
     import struct
 
     fs, path = storage.filesystem(uri)

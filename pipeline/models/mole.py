@@ -13,13 +13,14 @@ scale = alpha / rank.
 Two numerically equivalent forward paths:
 
 * unfused (training, and the "naive" reference): the MLP, then each LoRA and expert in a Python loop;
-* fused [ours] (inference): ``c_fc`` concatenated with [A_shared; A_1..A_E; W_router] -> ONE GEMM yields the MLP
-  hidden, every adapter hidden and the router logits; the activation runs (in place) on the MLP part only, the
-  gate scales the expert columns (in place); ``[c_proj | s*B_shared | s_1*B_1 .. s_E*B_E]`` -> ONE GEMM over the
-  concatenated, gated hidden. An adapted block costs the same two GEMMs as a plain MLP with a slightly larger
-  inner size. The first GEMM's output is padded with zero rows to a multiple of ``FUSED_ALIGN`` columns; the
-  second GEMM reads the activated/gated hidden as a strided view of it (no concatenation copy; with autograd
-  on, a differentiable concatenation is used instead, so the fused path also trains). Fused weights are built from the current parameters and cached; the cache key is every source
+* fused [ours] (inference): ``c_fc`` concatenated with [A_shared; A_1..A_E; W_router] -> ONE GEMM yields the
+  MLP hidden, every adapter hidden and the router logits; the activation runs (in place) on the MLP part only,
+  the gate scales the expert columns (in place); ``[c_proj | s*B_shared | s_1*B_1 .. s_E*B_E]`` -> ONE GEMM
+  over the concatenated, gated hidden. An adapted block costs the same two GEMMs as a plain MLP with a
+  slightly larger inner size. The first GEMM's output is padded with zero rows to a multiple of
+  ``FUSED_ALIGN`` columns; the second GEMM reads the activated/gated hidden as a strided view of it (no
+  concatenation copy; with autograd on, a differentiable concatenation is used instead, so the fused path also
+  trains). Fused weights are built from the current parameters and cached; the cache key is every source
   tensor's (data_ptr, version), so an optimizer step, ``load_state_dict`` or ``.to()`` rebuilds them.
 """
 
@@ -172,8 +173,9 @@ class MoLEMLP(nn.Module):
         return w_in, b_in, w_out, b_out
 
     def fused_weights(self) -> tuple[torch.Tensor, ...]:
-        """(W_in, b_in, W_out, b_out) of the fused form (nn.Linear layout: out x in). Cached when grad is off (rebuilt whenever a
-        source tensor changed); rebuilt with autograd when grad is on, so the fused path also trains."""
+        """(W_in, b_in, W_out, b_out) of the fused form (nn.Linear layout: out x in). Cached when grad is off
+        (rebuilt whenever a source tensor changed); rebuilt with autograd when grad is on, so the fused path
+        also trains."""
         if torch.is_grad_enabled() and any(p.requires_grad for p in self._sources()):
             return self._build_fused()
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._sources())

@@ -3,14 +3,14 @@
 Device feed [ours]: on CPU the input path is the plain one (uint8 -> float32 -> normalise, fp32, one call per
 ``batch_size`` images). On CUDA the uint8 batch is split into ``batch_size`` chunks (default: the detector
 config's ``gpu_batch_size``); each chunk is copied into pinned host memory and sent with ``non_blocking`` on a
-separate copy stream while the previous chunk computes, converted to float and normalised ON the device, and run
-under autocast (bf16 where the GPU supports it natively, else fp16, when ``dtype="auto"``). Results stay on the
-device until the last chunk, then come back in one copy (one synchronisation per call). Inputs that already sit
-on the device (the scorer's GPU JPEG decode) skip the copy.
+separate copy stream while the previous chunk computes, converted to float and normalised ON the device, and
+run under autocast (bf16 where the GPU supports it natively, else fp16, when ``dtype="auto"``). Results stay
+on the device until the last chunk, then come back in one copy (one synchronisation per call). Inputs that
+already sit on the device (the scorer's GPU JPEG decode) skip the copy.
 
 Attention: open_clip 3.3's blocks use ``nn.MultiheadAttention(batch_first=True)`` called with
-``need_weights=False``. Without autocast (fp32) its inference fast path (``_native_multi_head_attention``) runs;
-under autocast the fast path is off and ``F.multi_head_attention_forward`` calls
+``need_weights=False``. Without autocast (fp32) its inference fast path (``_native_multi_head_attention``)
+runs; under autocast the fast path is off and ``F.multi_head_attention_forward`` calls
 ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA). MoLE wraps only the MLP, so the
 fused MoLE path keeps either attention path (tests/test_gpu_feed.py checks the SDPA op is in the trace).
 """
@@ -39,7 +39,8 @@ UNKNOWN = "unknown"
 
 def resolve_dtype(dtype: str, device: str | torch.device) -> str:
     """``auto`` -> ``bfloat16`` on a CUDA device with native bf16 (Ampere and newer), ``float16`` on older
-    GPUs, ``float32`` on CPU (bf16/fp16 autocast is several times slower than fp32 on the CPUs measured here)."""
+    GPUs, ``float32`` on CPU (bf16/fp16 autocast is several times slower than fp32 on the CPUs measured
+    here)."""
     if dtype != "auto":
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {['auto', *sorted(DTYPES)]}, got {dtype!r}")
@@ -60,8 +61,8 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
 
 
 class Predictor:
-    """Wraps a detector for inference: fused MoLE path, ``torch.inference_mode``, autocast to ``dtype`` when it
-    is not float32 (see the module docstring for the CUDA feed).
+    """Wraps a detector for inference: fused MoLE path, ``torch.inference_mode``, autocast to ``dtype`` when
+    it is not float32 (see the module docstring for the CUDA feed).
 
     ``top_generator``: the argmax of ``generator_scores`` over ["real", *generators]; "unknown" when the max
     probability is below ``meta.unknown_threshold`` [ours]. With no generators (a binary-only detector) it is

@@ -6,7 +6,8 @@
     the image is smaller than S;
   - ``center_crop_pad`` [code, UnivFD / RINE test transform]: torchvision ``CenterCrop(S)`` exactly — no
     resize; a side shorter than S is zero-padded (black, before normalisation) as torchvision pads;
-  - ``resize_crop`` [code, seed 001 / ClipBased]: ``Resize(S, BICUBIC)`` on the shorter side, then center crop.
+  - ``resize_crop`` [code, seed 001 / ClipBased]: ``Resize(S, BICUBIC)`` on the shorter side, then center
+    crop.
   The peers' loaders do not EXIF-transpose (``Image.open(p).convert("RGB")``); the results are identical for
   images without an orientation tag (the parity tests use such JPEGs).
 * ``to_model_input(uint8 NHWC, cfg)``: float32, /255, CLIP mean/std, NCHW.

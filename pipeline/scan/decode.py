@@ -11,9 +11,9 @@ Choices [ours]:
   `Image.open`) BEFORE any pixel data is decoded; more than `max_pixels` -> `too_large`. Pillow's own global
   `Image.MAX_IMAGE_PIXELS` check is also turned into `too_large` (this module never changes that global).
   Every frame of a multi-frame file is bounded by the same header size.
-- Orientation: `pipeline.shards.upright` (EXIF orientation as `ImageOps.exif_transpose` applies it); width/height
-  are reported AFTER it (as the image is displayed), before any crop/resize. A malformed EXIF block leaves the
-  image unrotated (noted, still scored).
+- Orientation: `pipeline.shards.upright` (EXIF orientation as `ImageOps.exif_transpose` applies it);
+  width/height are reported AFTER it (as the image is displayed), before any crop/resize. A malformed EXIF
+  block leaves the image unrotated (noted, still scored).
 - Colour: everything becomes 8-bit RGB. Alpha (RGBA, LA, PA, palette with transparency) is COMPOSITED ON
   WHITE, as a viewer on a white page shows it (dropping alpha would expose arbitrary colours hidden under
   transparent pixels). 16-bit / 32-bit integer grayscale is scaled to 8 bits (value >> 8 for 16-bit data,

@@ -1,8 +1,8 @@
 """The detectors of a scan, as the driver reads them (metas only, no weights) [ours].
 
-One checkpoint (`--detector CKPT`) or several (`--detector A,B,C --fusion RULE`): several detectors score every
-image in one scan (`pipeline.models.ensemble.DetectorSet`: one backbone pass per shared backbone), each keeps
-its own threshold and decision rule, and the row's p_fake / logit / is_fake are the fused ones
+One checkpoint (`--detector CKPT`) or several (`--detector A,B,C --fusion RULE`): several detectors score
+every image in one scan (`pipeline.models.ensemble.DetectorSet`: one backbone pass per shared backbone), each
+keeps its own threshold and decision rule, and the row's p_fake / logit / is_fake are the fused ones
 (`pipeline.models.fusion`, fake when the fused logit > 0, i.e. fused p_fake > FUSED_THRESHOLD). The row's
 detector_id is then the SET's id (`set_id`), and top_generator / generator_scores are those of the
 attributing detector (`attributor`: the first listed one that has generator labels, else the first listed);
@@ -37,8 +37,8 @@ class DetectorInfo:
 
 def detector_info(uri: str) -> DetectorInfo:
     """Read the checkpoint's meta and its weights file's header on the driver (cheap: no weights, no torch),
-    failing fast before any Ray work when the checkpoint is missing, its meta is invalid or its weights file is not
-    safetensors; gives the preprocessing constants the CPU decode stage needs.
+    failing fast before any Ray work when the checkpoint is missing, its meta is invalid or its weights file
+    is not safetensors; gives the preprocessing constants the CPU decode stage needs.
     The actors then load the weights, checking hash, keys and shapes (pipeline.models.load_detector)."""
     from pipeline.models import read_meta
     from pipeline.models.constants import WEIGHTS_FILE
@@ -52,7 +52,8 @@ def detector_info(uri: str) -> DetectorInfo:
         raise ConfigError(f"detector: cannot read checkpoint {uri}: {exc}") from exc
     if meta.config is None:
         raise ConfigError(f"detector: checkpoint {uri} has no config in its meta")
-    try:  # a missing, renamed-pickle or truncated weights file fails here, in one line, not in every scoring actor
+    # a missing, renamed-pickle or truncated weights file fails here, in one line, not in every scoring actor
+    try:
         read_weights_header(join(uri, WEIGHTS_FILE))
     except FileNotFoundError as exc:
         raise ConfigError(f"detector: checkpoint {uri} has no {WEIGHTS_FILE}") from exc

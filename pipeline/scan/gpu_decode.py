@@ -63,7 +63,8 @@ def needs_resampling(width: int, height: int, image_size: int, resize_mode: str)
 
 
 def center_crop_offsets(width: int, height: int, size: int) -> tuple[int, int]:
-    """(left, top) of the center crop, as `pipeline.models.preprocess` computes it (torchvision's rounding)."""
+    """(left, top) of the center crop, as `pipeline.models.preprocess` computes it (torchvision's
+    rounding)."""
     return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
 
 

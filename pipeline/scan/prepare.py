@@ -35,7 +35,8 @@ log = get_logger("pipeline.scan.prepare")
 
 Batch = dict[str, np.ndarray]
 
-# status of the one placeholder row an empty (but readable) shard produces: it completes the shard, is never written
+# status of the one placeholder row an empty (but readable) shard produces: it completes the shard, is never
+# written
 EMPTY_STATUS = "_empty"
 
 STR_COLS = ("shard", "shard_url", "key", "status", "error", "format", "sha256", *PROVENANCE_STR_COLS)

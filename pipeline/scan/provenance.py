@@ -1,8 +1,8 @@
 """Provenance evidence read from an image member's bytes, headers only (docs/provenance.md) [ours].
 
-`ProvenanceReader(trust_anchors_pem).read(data) -> Provenance`: the declared origin of one image, never raising.
-It walks the container's metadata segments (JPEG markers up to the first scan, PNG chunks, WebP RIFF chunks)
-without decoding a pixel, and only parses what it finds:
+`ProvenanceReader(trust_anchors_pem).read(data) -> Provenance`: the declared origin of one image, never
+raising. It walks the container's metadata segments (JPEG markers up to the first scan, PNG chunks, WebP RIFF
+chunks) without decoding a pixel, and only parses what it finds:
 - C2PA Content Credentials (JPEG APP11 JUMBF, PNG `caBX`, WebP `C2PA`): read and validated by c2pa-python
   (offline: no remote manifests, no OCSP). Kept: claim generator(s), signer, every `digitalSourceType` of the
   active manifest's actions, the number of ingredients, the validation state and failure codes.
@@ -12,18 +12,19 @@ without decoding a pixel, and only parses what it finds:
   EXIF `Software` of a known generator and the A1111 `parameters` in EXIF `UserComment` (JPEG / WebP).
   The generator and, where written, the model name are kept; prompts never are.
 
-The verdict (pipeline.output.PROVENANCE_VERDICTS) in this order: a readable C2PA manifest decides first (validation state Invalid ->
-`invalid`; else its source types), then XMP DigitalSourceType, then a known generator's own metadata; when none
-of them declares anything and some evidence could not be parsed -> `unreadable` (the reason in `error`), else
-`none`. Digital source types: `trainedAlgorithmicMedia` -> ai_declared, `compositeWithTrainedAlgorithmicMedia` ->
-ai_composite_declared, `digitalCapture` / film / print -> capture_declared (others, e.g. `algorithmicMedia` or
-`digitalCreation`, declare no verdict). Signature (`signature`): `trusted` only when the signer chains to the
-run's trust anchors; a good signature without that is `valid_untrusted`, never trusted.
+The verdict (pipeline.output.PROVENANCE_VERDICTS) in this order: a readable C2PA manifest decides first
+(validation state Invalid -> `invalid`; else its source types), then XMP DigitalSourceType, then a known
+generator's own metadata; when none of them declares anything and some evidence could not be parsed ->
+`unreadable` (the reason in `error`), else `none`. Digital source types: `trainedAlgorithmicMedia` ->
+ai_declared, `compositeWithTrainedAlgorithmicMedia` -> ai_composite_declared, `digitalCapture` / film / print
+-> capture_declared (others, e.g. `algorithmicMedia` or `digitalCreation`, declare no verdict). Signature
+(`signature`): `trusted` only when the signer chains to the run's trust anchors; a good signature without that
+is `valid_untrusted`, never trusted.
 
-Bounds (bad input never breaks the read task): XMP packets, EXIF blocks and text chunks larger than MAX_SEGMENT
-bytes, compressed text that inflates beyond it, and C2PA manifest stores larger than MAX_MANIFEST bytes are
-`unreadable` without being parsed; the segment walk stops at the first truncated or inconsistent segment.
-Formats other than JPEG, PNG and WebP are not read (verdict null).
+Bounds (bad input never breaks the read task): XMP packets, EXIF blocks and text chunks larger than
+MAX_SEGMENT bytes, compressed text that inflates beyond it, and C2PA manifest stores larger than MAX_MANIFEST
+bytes are `unreadable` without being parsed; the segment walk stops at the first truncated or inconsistent
+segment. Formats other than JPEG, PNG and WebP are not read (verdict null).
 """
 
 from __future__ import annotations
@@ -407,7 +408,8 @@ MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
 def _c2pa_settings(trust_anchors_pem: str | None) -> dict[str, Any]:
-    """Offline validation: no remote manifests, no OCSP; trust only in the given anchors (none: nothing is)."""
+    """Offline validation: no remote manifests, no OCSP; trust only in the given anchors (none: nothing
+    is)."""
     settings: dict[str, Any] = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
     if trust_anchors_pem:
         settings["trust"] = {"trust_anchors": trust_anchors_pem}

@@ -1,13 +1,14 @@
-"""The model stage of the scan: a callable class over dict batches wrapping `pipeline.models.Predictor` [ours].
+"""The model stage of the scan: a callable class over dict batches wrapping `pipeline.models.Predictor`
+[ours].
 
 Ray's batch-inference pattern: the detector is loaded ONCE in `__init__` (one per actor), `__call__` scores a
 batch. Only rows with status "ok" go through the model; the others pass through with NaN scores. The `pixels`
-column (and `encoded`, the JPEG bytes the read side shipped for device decode) is dropped from the output (large
-and no longer needed). No Ray here — tests call it directly.
+column (and `encoded`, the JPEG bytes the read side shipped for device decode) is dropped from the output
+(large and no longer needed). No Ray here — tests call it directly.
 
-Device decode (`decode_on="gpu"`, pipeline.scan.gpu_decode): ok rows with non-empty `encoded` bytes are decoded
-batched on the scorer's device and center-cropped there; a row the device cannot decode gets the CPU decoder's
-result (its status row, or its pixels). Their `_decode_s` gains the device decode time per row.
+Device decode (`decode_on="gpu"`, pipeline.scan.gpu_decode): ok rows with non-empty `encoded` bytes are
+decoded batched on the scorer's device and center-cropped there; a row the device cannot decode gets the CPU
+decoder's result (its status row, or its pixels). Their `_decode_s` gains the device decode time per row.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ DECODE_ON = ("cpu", "gpu")
 
 
 class SetPredictor:
-    """A `pipeline.models.ensemble.DetectorSet` behind the Predictor's interface: `predict(*inputs)` (one uint8
-    batch per input of the set, in `DetectorSet.inputs` order) -> the FUSED p_fake / logit / is_fake, the
-    attributing detector's (`pipeline.scan.detectors.attributor`) top_generator / generator_scores, and each
-    member's `member_logit` / `member_p_fake` / `member_is_fake` (N, K)."""
+    """A `pipeline.models.ensemble.DetectorSet` behind the Predictor's interface: `predict(*inputs)` (one
+    uint8 batch per input of the set, in `DetectorSet.inputs` order) -> the FUSED p_fake / logit / is_fake,
+    the attributing detector's (`pipeline.scan.detectors.attributor`) top_generator / generator_scores, and
+    each member's `member_logit` / `member_p_fake` / `member_is_fake` (N, K)."""
 
     def __init__(self, dset: Any) -> None:
         from pipeline.scan.detectors import attributor
@@ -64,7 +65,8 @@ class SetPredictor:
 class Scorer:
     """One detector (`detector="CKPT"`: `pipeline.models.Predictor`) or several (`"A,B,C"`: a DetectorSet, one
     backbone pass per shared backbone, fused by `fusion`). inputs: the (image_size, preprocess) list the read
-    stage decodes (the driver's `pipeline.scan.detectors.RunDetectors.inputs`); checked against the loaded set."""
+    stage decodes (the driver's `pipeline.scan.detectors.RunDetectors.inputs`); checked against the loaded
+    set."""
 
     def __init__(
         self,
@@ -176,7 +178,8 @@ class Scorer:
 
 def feature_spec(det: Any, meta: Any, inp: tuple[int, str], kind: str, precision: str) -> str:
     """The `pipeline.feature_store.FeatureSpec` (JSON) of the features a scorer keeps: `det`'s frozen
-    backbone, the feature kind, the preprocessing `inp` the read stage decodes with (and the config's mean/std)."""
+    backbone, the feature kind, the preprocessing `inp` the read stage decodes with (and the config's
+    mean/std)."""
     from pipeline.feature_store import BackboneId, FeatureSpec, Preprocessing
     from pipeline.models.detector import FEATURE_NORMALIZED
 
@@ -219,12 +222,12 @@ def score_batch(
     n_members: int = 1,
 ) -> dict[str, np.ndarray]:
     """Score the ok rows of a prepared batch; returns the batch without its inputs (`pixels`, `pixels_<i>`,
-    `encoded`), plus p_fake, logit, is_fake, top_generator ("" when not scored), generator_scores (N, n_labels;
-    NaN when not scored), each detector's `_det_logit` / `_det_p_fake` / `_det_is_fake` (N, n_members; a
-    single Predictor's own scores) and `_infer_s` (the call's model time shared among its ok rows). A set's
-    predictor (`SetPredictor`) takes `n_inputs` inputs (`pipeline.scan.prepare.input_column`). Rows shipped
-    encoded are decoded first by `decoder` (a `pipeline.scan.gpu_decode.DeviceDecoder`; one on the
-    predictor's device when None)."""
+    `encoded`), plus p_fake, logit, is_fake, top_generator ("" when not scored), generator_scores (N,
+    n_labels; NaN when not scored), each detector's `_det_logit` / `_det_p_fake` / `_det_is_fake` (N,
+    n_members; a single Predictor's own scores) and `_infer_s` (the call's model time shared among its ok
+    rows). A set's predictor (`SetPredictor`) takes `n_inputs` inputs (`pipeline.scan.prepare.input_column`).
+    Rows shipped encoded are decoded first by `decoder` (a `pipeline.scan.gpu_decode.DeviceDecoder`; one on
+    the predictor's device when None)."""
     from pipeline.scan.prepare import input_column
 
     extra_cols = [input_column(i) for i in range(1, n_inputs)]

@@ -1,6 +1,6 @@
 """Training (no Ray): `config` (TrainConfig), `feed` (the driver's listing + split plan and the streaming
-read/decode/augment stages), `data` (labelled records, split rule, class checks), `loop` (the worker loop: mole /
-linear, calibration, checkpoint; `LocalHooks` runs it in-process), `state` (per-epoch training state),
+read/decode/augment stages), `data` (labelled records, split rule, class checks), `loop` (the worker loop:
+mole / linear, calibration, checkpoint; `LocalHooks` runs it in-process), `state` (per-epoch training state),
 `linear` (scikit-learn heads), `masking` (texture-aware patch masking, MPFT reading), `calibrate` (FPR and
 unknown-generator thresholds), `recipes/` (shipped TrainConfig recipes, e.g. univfd.json).
 `pipeline.engine.train` runs the loop under Ray Train with Ray Data feeding it."""

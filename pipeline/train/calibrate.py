@@ -22,8 +22,8 @@ def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
     when `p_fake >= t`).
 
     With k = floor(target_fpr * n), t is just above the (k+1)-th largest real score (the next float32 after
-    it, capped at 1.0 for probabilities), so at most k reals reach it (fewer with ties). On the calibration set
-    the realised FPR is <= target_fpr, and within 1/n of it when scores are distinct."""
+    it, capped at 1.0 for probabilities), so at most k reals reach it (fewer with ties). On the calibration
+    set the realised FPR is <= target_fpr, and within 1/n of it when scores are distinct."""
     s = np.asarray(real_scores, dtype=np.float64).ravel()
     if s.size == 0:
         raise ValueError("cannot calibrate a threshold without any real images in the calibration split")
@@ -54,8 +54,8 @@ def max_generator_prob(generator_scores: np.ndarray) -> np.ndarray:
 
 def unknown_threshold(known_fake_max_prob: np.ndarray, quantile: float = 0.05) -> float:
     """The `quantile`-quantile of the max-generator probability of held-out fakes from KNOWN generators: about
-    `quantile` of known-generator fakes fall below it and would be called "unknown" [ours]. 0.0 (never unknown)
-    when there is no held-out fake."""
+    `quantile` of known-generator fakes fall below it and would be called "unknown" [ours]. 0.0 (never
+    unknown) when there is no held-out fake."""
     p = np.asarray(known_fake_max_prob, dtype=np.float64).ravel()
     if not 0.0 <= quantile < 1.0:
         raise ValueError(f"unknown quantile must be in [0, 1), got {quantile}")

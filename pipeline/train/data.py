@@ -1,8 +1,9 @@
 """Labelled sources for training and evaluation: records, the stratified split rule, the class checks.
 
 `load_records` lists a labelled source through `pipeline.data.sources.load_labelled` (UnivFD folders or
-WebDataset shards, local or s3://). Images are streamed by `pipeline.train.feed` (the train/validation plan, the
-read/decode/augment stages); nothing here holds a data set in memory unless `load_records(lazy=False)` is asked.
+WebDataset shards, local or s3://). Images are streamed by `pipeline.train.feed` (the train/validation plan,
+the read/decode/augment stages); nothing here holds a data set in memory unless `load_records(lazy=False)` is
+asked.
 """
 
 from __future__ import annotations

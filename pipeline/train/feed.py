@@ -1,19 +1,21 @@
 """Streaming feed of labelled images for training, calibration and evaluation (no Ray here).
 
 The driver LISTS the labelled source (`pipeline.data.sources.load_labelled`: UnivFD / GenImage folders or
-WebDataset shards, local or s3://) without decoding, keeps the training generators, makes the seeded stratified
-train/validation split and records it (`TrainPlan.split`). Images are read, decoded and augmented by the stage
-functions below, which work on plain `dict[str, np.ndarray]` batches:
+WebDataset shards, local or s3://) without decoding, keeps the training generators, makes the seeded
+stratified train/validation split and records it (`TrainPlan.split`). Images are read, decoded and augmented
+by the stage functions below, which work on plain `dict[str, np.ndarray]` batches:
 
 - `listing_chunk(table, chunk_ids, ...)`: chunk ids -> listing rows (an epoch's seeded permutation applied);
 - `DecodeStage(spec)(rows)`: read + decode + (UnivFD augmentation | centre crop | robustness perturbation) ->
   `{"image": uint8 (N, S, S, 3), "label", "cls", "row", "ok", "error"}`. An unreadable image is a row with
-  `ok=False` (zero pixels) and its error, never an exception: the consumer counts and reports it (`SkipCounter`).
+  `ok=False` (zero pixels) and its error, never an exception: the consumer counts and reports it
+  (`SkipCounter`).
 
 `pipeline.engine.train` runs these stages as CPU Ray Data tasks feeding `ray.train.get_dataset_shard(...)`;
 `iter_local` runs the very same stages in-process (a small thread pool) for `--engine local`, calibration and
-evaluation. Per-sample augmentation randomness is seeded from (run seed, epoch, sample key), so a run's images do
-not depend on which task or worker decoded them. Normalisation happens on the training device (`to_device`).
+evaluation. Per-sample augmentation randomness is seeded from (run seed, epoch, sample key), so a run's images
+do not depend on which task or worker decoded them. Normalisation happens on the training device
+(`to_device`).
 """
 
 from __future__ import annotations
@@ -88,10 +90,11 @@ def _row_image(row: dict[str, Any]) -> Any:
     )
 
 
-# ---- the train/validation plan --------------------------------------------------------------------------------
+# ---- the train/validation plan -----------------------------------------------------------------------------
 @dataclass
 class TrainPlan:
-    """What the driver decides before training: generators, the listing of each split, counts, split record."""
+    """What the driver decides before training: generators, the listing of each split, counts, split
+    record."""
 
     generators: list[str]
     train: pa.Table
@@ -155,7 +158,8 @@ def make_plan(cfg: Any) -> TrainPlan:
     split = {
         "seed": cfg.seed,
         "val_fraction": cfg.val_fraction,
-        "rule": "stratified by real / generator; pipeline.train.data.stratified_split over the sorted listing",
+        "rule": "stratified by real / generator; pipeline.train.data.stratified_split over the "
+        "sorted listing",
         "n_train": int(tr.size),
         "n_val": int(va.size),
         "train_keys_sha256": _digest(train.column("key").to_pylist()),
@@ -165,7 +169,7 @@ def make_plan(cfg: Any) -> TrainPlan:
     return TrainPlan(generators=gens, train=train, val=val, counts=counts, split=split)
 
 
-# ---- stage 1: listing rows of a chunk --------------------------------------------------------------------------
+# ---- stage 1: listing rows of a chunk ----------------------------------------------------------------------
 @lru_cache(maxsize=4)
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The training order of epoch `epoch` (a seeded permutation of range(n)); epoch < 0 = listing order."""
@@ -195,7 +199,7 @@ def listing_chunk(
     return out
 
 
-# ---- stage 2: read + decode + augment --------------------------------------------------------------------------
+# ---- stage 2: read + decode + augment ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class DecodeSpec:
     """How a stage turns listing rows into uint8 model-input images."""
@@ -230,10 +234,10 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
 
 
 def augment_image(img: Any, aug: Any, rng: np.random.Generator, *, crop_grid: str, patch: int) -> Any:
-    """UnivFD augmentation of one PIL image; with crop_grid="patch" [ours] the random crop offset is a multiple
-    of the backbone's patch size, so the ViT patch grid keeps its alignment with the pixel grid and pixel-periodic
-    generator traces (up-sampling checkerboards, 8x8 codebook blocks) keep their phase relative to the tokens.
-    "pixel" = the published recipe's free crop position."""
+    """UnivFD augmentation of one PIL image; with crop_grid="patch" [ours] the random crop offset is a
+    multiple of the backbone's patch size, so the ViT patch grid keeps its alignment with the pixel grid and
+    pixel-periodic generator traces (up-sampling checkerboards, 8x8 codebook blocks) keep their phase relative
+    to the tokens. "pixel" = the published recipe's free crop position."""
     params = aug.sample(rng)
     if crop_grid == "patch":
         c, resize = aug.config.crop_size, aug.config.resize
@@ -251,7 +255,8 @@ def augment_image(img: Any, aug: Any, rng: np.random.Generator, *, crop_grid: st
 
 
 class DecodeStage:
-    """Callable stage over listing-row batches (see module docstring). Picklable; builds its helpers lazily."""
+    """Callable stage over listing-row batches (see module docstring). Picklable; builds its helpers
+    lazily."""
 
     def __init__(self, spec: DecodeSpec) -> None:
         self.spec = spec
@@ -303,7 +308,7 @@ class DecodeStage:
         }
 
 
-# ---- local executor --------------------------------------------------------------------------------------------
+# ---- local executor ----------------------------------------------------------------------------------------
 def iter_local(
     table: pa.Table,
     stage: DecodeStage,
@@ -314,9 +319,9 @@ def iter_local(
     part: tuple[int, int] = (0, 1),
     threads: int = 2,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The same two stages in-process: chunks of `batch_size` rows of epoch `epoch`'s order, decoded by a small
-    thread pool (PIL and zlib release the GIL), in order. `part=(i, k)`: only chunks i, i+k, ... (a disjoint
-    part per worker)."""
+    """The same two stages in-process: chunks of `batch_size` rows of epoch `epoch`'s order, decoded by a
+    small thread pool (PIL and zlib release the GIL), in order. `part=(i, k)`: only chunks i, i+k, ... (a
+    disjoint part per worker)."""
     ids = list(range(part[0], n_chunks(table.num_rows, batch_size), part[1]))
 
     def work(c: int) -> dict[str, np.ndarray]:
@@ -338,7 +343,7 @@ def iter_local(
             yield out
 
 
-# ---- consumer side ---------------------------------------------------------------------------------------------
+# ---- consumer side -----------------------------------------------------------------------------------------
 @dataclass
 class SkipCounter:
     """Counts rows a stage could not read (ok=False) and keeps a few examples for the summary."""
@@ -392,8 +397,8 @@ def predict_table(
     skips: SkipCounter | None = None,
 ) -> dict[str, np.ndarray]:
     """Stream a listing through the decode stage (optionally perturbed) into `predictor.predict`, one batch in
-    memory at a time -> {"row", "p_fake", "generator_scores"} for the readable rows (listing order); unreadable
-    rows are counted in `skips` and left out."""
+    memory at a time -> {"row", "p_fake", "generator_scores"} for the readable rows (listing order);
+    unreadable rows are counted in `skips` and left out."""
     skips = skips if skips is not None else SkipCounter()
     stage = DecodeStage(DecodeSpec(det_cfg=det_cfg, perturb=perturb))
     rows, p_fake, gen = [], [], []

@@ -1,5 +1,5 @@
-"""The MoLE fine-tuning loop [paper + ours]: frozen backbone; adapters, routers and heads trained with AdamW on
-BCE-with-logits (real/fake) + cross-entropy attribution (+ the router load-balancing loss), lr /= 10 on a
+"""The MoLE fine-tuning loop [paper + ours]: frozen backbone; adapters, routers and heads trained with AdamW
+on BCE-with-logits (real/fake) + cross-entropy attribution (+ the router load-balancing loss), lr /= 10 on a
 validation plateau, optional texture-aware masking; every epoch's state handed to the runner."""
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ CHECKPOINTS_DIR = "_checkpoints"  # under --out: per-epoch training states (Ray 
 
 
 class TrainHooks:
-    """What the worker loop needs from its runner: rank, device, DDP, the data feed, collectives, checkpoints."""
+    """What the worker loop needs from its runner: rank, device, DDP, the data feed, collectives and
+    checkpoints."""
 
     world_rank: int = 0
     world_size: int = 1

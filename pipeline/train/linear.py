@@ -1,9 +1,9 @@
 """Few-shot linear detector on frozen features (seed 001, Cozzolino et al.) [code + ours].
 
 [code] frozen CLIP features, one linear layer, logit > 0 means synthetic, works from very few images.
-[ours] the trainer: scikit-learn LogisticRegression (or LinearSVC) on standardised features; the scaler is folded
-back into the weights so the detector's own linear head reproduces the sklearn decision function exactly
-(`w' = w / sigma`, `b' = b - sum(w * mu / sigma)`). The attribution head gets a multinomial logistic
+[ours] the trainer: scikit-learn LogisticRegression (or LinearSVC) on standardised features; the scaler is
+folded back into the weights so the detector's own linear head reproduces the sklearn decision function
+exactly (`w' = w / sigma`, `b' = b - sum(w * mu / sigma)`). The attribution head gets a multinomial logistic
 regression over ["real", *generators] the same way when there are >= 2 classes.
 """
 

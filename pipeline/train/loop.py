@@ -2,26 +2,28 @@
 (`pipeline.train.hooks`). Its parts: the worker's view of the run (`train.run`), the MoLE fine-tuning epochs
 (`train.fine_tune`), validation (`train.validate`); the in-process runner is `train.local`.
 
-Images arrive as uint8 batches from the streaming feed (`pipeline.train.feed`): the runner supplies them through
-`TrainHooks` — `pipeline.engine.train` from `ray.train.get_dataset_shard(...)` (read + decode + augmentation in
-CPU Ray Data tasks), `train.local.LocalHooks` from the same stage functions run in-process (`--engine local`). They are
-normalised on the training device. No worker holds the data set: memory does not grow with the number of images
-(the linear probe keeps one feature vector per training image).
+Images arrive as uint8 batches from the streaming feed (`pipeline.train.feed`): the runner supplies them
+through `TrainHooks` — `pipeline.engine.train` from `ray.train.get_dataset_shard(...)` (read + decode +
+augmentation in CPU Ray Data tasks), `train.local.LocalHooks` from the same stage functions run in-process
+(`--engine local`). They are normalised on the training device. No worker holds the data set: memory does not
+grow with the number of images (the linear probe keeps one feature vector per training image).
 
 Methods:
 - `mole` [paper + ours]: frozen backbone; MoLE adapters, routers and heads trained with AdamW on
   BCE-with-logits (real/fake) + cross-entropy attribution over ["real", *generators] (+ the router
   load-balancing loss when the detector provides one); UnivFD train augmentations; lr /= 10 when validation
-  accuracy has not improved for `plateau_patience` epochs; optional texture-aware masking of the top-ρ textured
-  patches (training only, both classes). Data parallel: each rank trains on a disjoint part of every epoch with
-  a per-rank batch of ceil(batch_size / world) (effective batch ≈ batch_size), gradients averaged by DDP.
+  accuracy has not improved for `plateau_patience` epochs; optional texture-aware masking of the top-ρ
+  textured patches (training only, both classes). Data parallel: each rank trains on a disjoint part of every
+  epoch with a per-rank batch of ceil(batch_size / world) (effective batch ≈ batch_size), gradients averaged
+  by DDP.
 - `linear` [code + ours]: frozen features (a streamed inference pass) -> scikit-learn classifier -> weights
   copied into the linear heads.
-Every epoch ends with a training state (`pipeline.train.state`) handed to the runner (Ray Train checkpoint);
-a restarted worker or a `--resume`d job continues after the last completed epoch. Both methods end with
+
+Every epoch ends with a training state (`pipeline.train.state`) handed to the runner (Ray Train checkpoint); a
+restarted worker or a `--resume`d job continues after the last completed epoch. Both methods end with
 calibration on the validation split and `save_detector` plus train_config.json, metrics.jsonl (one line per
-completed epoch, from the state's history), calibration.json and train_summary.json in the checkpoint directory.
-"""
+completed epoch, from the state's history), calibration.json and train_summary.json in the checkpoint
+directory."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Texture-aware patch masking — our documented reading of MPFT (METHODS.md §3) [ours].
 
 The MPFT abstract says only: fine-tune CLIP-ViT while masking textured areas, so the model cannot rely on
-generator-specific texture and must learn deviations from the real-image distribution. Everything concrete here
-is [ours]:
+generator-specific texture and must learn deviations from the real-image distribution. Everything concrete
+here is [ours]:
 - texture score of a patch (the backbone's patch size, so a masked patch is exactly one ViT token) = mean
   gradient magnitude (central differences of the luminance) inside the patch;
 - the top-ρ most textured patches of EACH image are masked (ties broken by patch index, lowest first);

@@ -1,6 +1,7 @@
-"""Real feature-store inputs for tests: a tiny open_clip backbone saved as a weights file, detectors on it in the
-peers' formats (genscan linear, a ClipBased-SID ``weights.pth`` imported with jobs/import_detector's code, UnivFD,
-MoLE, RINE), and scans that keep their features (the scan job's own config -> `run_scan`, in process)."""
+"""Real feature-store inputs for tests: a tiny open_clip backbone saved as a weights file, detectors on it in
+the peers' formats (genscan linear, a ClipBased-SID ``weights.pth`` imported with jobs/import_detector's code,
+UnivFD, MoLE, RINE), and scans that keep their features (the scan job's own config -> `run_scan`, in
+process)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ TINY = "ViT-Tiny-16-96"
 
 
 def tiny_backbone_file(path: Path, seed: int = 0) -> Path:
-    """A random-init tiny CLIP (LayerNorms perturbed so features are not trivial) as open_clip's own safetensors
-    files carry it (``visual.*`` keys)."""
+    """A random-init tiny CLIP (LayerNorms perturbed so features are not trivial) as open_clip's own
+    safetensors files carry it (``visual.*`` keys)."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -38,8 +39,8 @@ def tiny_backbone_file(path: Path, seed: int = 0) -> Path:
 def genscan_detector(
     out: Path, config: str, *, backbone: Path | None, seed: int = 0, scale: float = 20.0
 ) -> str:
-    """A genscan checkpoint of `config` on `backbone` (None: random init stored in the checkpoint) with a random
-    real/fake head scaled so logits spread over a few units."""
+    """A genscan checkpoint of `config` on `backbone` (None: random init stored in the checkpoint) with a
+    random real/fake head scaled so logits spread over a few units."""
     from pipeline.models import DetectorConfig, create_detector, save_detector
 
     torch.manual_seed(seed)

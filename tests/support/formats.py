@@ -1,5 +1,5 @@
-"""Images in every type the shard layer reads (`pipeline.shards.IMAGE_TYPES`), encoded by Pillow at test time, and a
-shard of mixed modern formats for end-to-end runs (scan, filter, report). Nothing binary is committed.
+"""Images in every type the shard layer reads (`pipeline.shards.IMAGE_TYPES`), encoded by Pillow at test time,
+and a shard of mixed modern formats for end-to-end runs (scan, filter, report). Nothing binary is committed.
 
 `encode(arr, ext)` writes an RGB array as the type an extension names, the way a producer of that type writes
 it (AVIF, JPEG 2000 in its .jp2 box and as a raw .j2k codestream, PGM gray, PBM 1-bit, ICO, TGA, …).

@@ -123,9 +123,9 @@ def make_detector(corpus: Corpus, ckpt_dir: str, seed: int = 0) -> str:
 
 
 def real_scans(corpus: Corpus, out: str, runs: list[tuple[str, str]]) -> None:
-    """The scan job's own flags -> config -> `run_scan`, once per (scan_date, detector), in THIS process with the
-    in-process executor (`pipeline.scan.execute.local_executor`): the real read / decode / score / write code
-    and output contract, without starting a Ray for every session (the Ray plan has its own tests:
+    """The scan job's own flags -> config -> `run_scan`, once per (scan_date, detector), in THIS process with
+    the in-process executor (`pipeline.scan.execute.local_executor`): the real read / decode / score / write
+    code and output contract, without starting a Ray for every session (the Ray plan has its own tests:
     tests/test_scan_job.py, tests/test_reliability_*.py, tests/test_multinode.py)."""
     import torch
 
@@ -159,7 +159,8 @@ def real_scans(corpus: Corpus, out: str, runs: list[tuple[str, str]]) -> None:
 
 
 def make_scans(corpus: Corpus, out: str, days: dict[str, int]) -> str:
-    """Real scans of `corpus` into `out`: one scan_date per entry, each with a spread tiny detector of that seed."""
+    """Real scans of `corpus` into `out`: one scan_date per entry, each with a spread tiny detector of that
+    seed."""
     runs = [
         (day, make_detector(corpus, f"{out.rstrip('/')}-detector-{seed}", seed=seed))
         for day, seed in days.items()
@@ -192,7 +193,8 @@ def shared_scans(tmp_path_factory) -> Shared:
 
 
 def write_corpus_index(root: str) -> Corpus:
-    """The Corpus of an already written `write_corpus(root, with_truncated=True)` (same seeds -> same samples)."""
+    """The Corpus of an already written `write_corpus(root, with_truncated=True)` (same seeds -> same
+    samples)."""
     return _corpus_samples(root, with_truncated=True)
 
 

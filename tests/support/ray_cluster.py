@@ -4,8 +4,8 @@
 Rules from ../shared/docs/PLATFORM.md: private short `--temp-dir` (unix sockets < 108 chars), free ports for
 every listener, `--dashboard-host 127.0.0.1`, `RAY_AUTH_MODE` set explicitly (same value for the head and for
 `ray job submit`), `RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0`, AWS env set before the head starts (workers take
-their environment at start). Teardown kills the head's process group by PID — never `ray stop`, which would kill
-every other Ray on this shared machine.
+their environment at start). Teardown kills the head's process group by PID — never `ray stop`, which would
+kill every other Ray on this shared machine.
 
 Usage::
 
@@ -35,9 +35,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 AUTH_MODE = "disabled"  # loopback-only test head; set identically for head, driver and `ray job submit`
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-# The resource shape of a scan of a small test corpus on a 2-CPU head: fractional CPUs for the scoring actor and
-# the read tasks (an actor pool that takes every CPU hangs, ray#44687), a stall bound, and ONE read process (each
-# extra Ray worker process costs 2-4 CPU-s on this machine; measured 49.3 -> 43.9 CPU-s for a 30-image scan).
+# The resource shape of a scan of a small test corpus on a 2-CPU head: fractional CPUs for the scoring actor
+# and the read tasks (an actor pool that takes every CPU hangs, ray#44687), a stall bound, and ONE read
+# process (each extra Ray worker process costs 2-4 CPU-s on this machine; measured 49.3 -> 43.9 CPU-s for a
+# 30-image scan).
 SMALL_SCAN = [
     "--actor-num-cpus",
     "0.5",
@@ -55,8 +56,8 @@ RAY_START_TIMED_OUT = "timed out during startup"
 
 
 def run_starting_local_ray(cmd: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
-    """`subprocess.run(cmd, capture_output=True, **kwargs)` for a command that starts its own local Ray, run once
-    more if Ray's fixed start-up wait passed (the machine's load, not the code under test)."""
+    """`subprocess.run(cmd, capture_output=True, **kwargs)` for a command that starts its own local Ray, run
+    once more if Ray's fixed start-up wait passed (the machine's load, not the code under test)."""
     res = subprocess.run(cmd, capture_output=True, **kwargs)
     err = res.stderr if isinstance(res.stderr, str) else res.stderr.decode(errors="replace")
     if res.returncode != 0 and RAY_START_TIMED_OUT in err:
@@ -129,10 +130,10 @@ def _node_args(
     temp_dir: str,
 ) -> list[str]:
     """`ray start` flags every node of a test cluster takes: its own free ports, CPUs, no GPU, a small object
-    store, a private short temp dir, no usage stats, no log monitor. Ray's log monitor tails every worker's log
-    file to stream it to the drivers; genscan's jobs run quiet (`pipeline.engine.cluster.connect`:
-    log_to_driver off), so nothing reads that stream, and on the run's shared head it cost about 35 CPU-s a run
-    (2 cores). Workers still write their log files (the security checks read them); `ray job logs` is the
+    store, a private short temp dir, no usage stats, no log monitor. Ray's log monitor tails every worker's
+    log file to stream it to the drivers; genscan's jobs run quiet (`pipeline.engine.cluster.connect`:
+    log_to_driver off), so nothing reads that stream, and on the run's shared head it cost about 35 CPU-s a
+    run (2 cores). Workers still write their log files (the security checks read them); `ray job logs` is the
     driver's own output either way."""
     return [
         "--node-manager-port",
@@ -168,7 +169,8 @@ def start_head(
     start_timeout_s: float = 60.0,
 ) -> RayHead:
     """Start `ray start --head --block` (own session / process group) and return once its dashboard answers;
-    `stop_head` ends it (by PID: the head may outlive the process that started it, see tests/support/shared.py)."""
+    `stop_head` ends it (by PID: the head may outlive the process that started it, see
+    tests/support/shared.py)."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
     (gcs, dash, client, nm, om, agent_http, agent_grpc, rt_agent, metrics) = _distinct_free_ports(9)
     env = head_env(extra_env)
@@ -252,7 +254,8 @@ def _wait_for_dashboard(head: RayHead, proc: subprocess.Popen, timeout_s: float)
 
 def stop_process_group(pid: int, timeout_s: float = 10.0) -> None:
     """SIGTERM the process group led by `pid` (a process started with start_new_session=True), wait for its
-    leader to exit, then SIGKILL whatever of the group is left; the leader need not be this process's child."""
+    leader to exit, then SIGKILL whatever of the group is left; the leader need not be this process's
+    child."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
@@ -437,8 +440,8 @@ def ray_worker_node(
 
 def job_actors(head: RayHead, *, driver_pid: int | None = None, submission_id: str | None = None) -> list:
     """Every actor (any state) of the job whose driver is the process `driver_pid`, or that `ray job submit`
-    started as `submission_id` (Ray's state API: the job, then its actors): other jobs on a shared head are left
-    out."""
+    started as `submission_id` (Ray's state API: the job, then its actors): other jobs on a shared head are
+    left out."""
     from ray.util.state import list_actors, list_jobs
 
     job_ids = [

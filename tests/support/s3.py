@@ -42,8 +42,8 @@ def s3_env(env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 @contextmanager
 def moto_s3_server(set_env: bool = True) -> Iterator[dict[str, str]]:
-    """Start moto's threaded server; yield the env vars a client (or a Ray worker) needs (set in this process's
-    environment while it runs, unless `set_env` is False: then use `s3_env`)."""
+    """Start moto's threaded server; yield the env vars a client (or a Ray worker) needs (set in this
+    process's environment while it runs, unless `set_env` is False: then use `s3_env`)."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()

@@ -3,15 +3,15 @@ first test that asks for it, whichever pytest-xdist worker runs that test, and u
 that needs a plain head; ended once, by the process that owns the run (the xdist controller, or the only
 process of a plain `pytest`), when the session finishes.
 
-Why processes and a lock instead of a session fixture per worker: a fixture is per worker process, so two xdist
-workers would start two heads (each ~20 CPU-s to start and ~0.08 of a core while idle on this 2-core machine).
-The state file in the run's folder (tests/conftest.py: `GENSCAN_TEST_RUN_DIR`, shared by the controller and its
-workers) says what runs; `fcntl.flock` makes the first caller the only starter.
+Why processes and a lock instead of a session fixture per worker: a fixture is per worker process, so two
+xdist workers would start two heads (each ~20 CPU-s to start and ~0.08 of a core while idle on this 2-core
+machine). The state file in the run's folder (tests/conftest.py: `GENSCAN_TEST_RUN_DIR`, shared by the
+controller and its workers) says what runs; `fcntl.flock` makes the first caller the only starter.
 
 The moto server is a separate process (`python -m moto.server`): moto keeps S3 state in process-wide backends,
-so an in-process shared server would be emptied by any per-test server (tests/support/s3.py resets on start and
-stop). Its buckets are named per module (no two modules share a bucket name), so modules on both workers use it
-at once.
+so an in-process shared server would be emptied by any per-test server (tests/support/s3.py resets on start
+and stop). Its buckets are named per module (no two modules share a bucket name), so modules on both workers
+use it at once.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from tests.support.ray_cluster import RayHead, start_head, stop_head, stop_proce
 from tests.support.s3 import free_port
 
 STATE = "shared-cluster.json"
-# The shared cluster's AWS secret is a recognisable canary (moto accepts any): tests/test_security.py checks that
-# no output object, job log, Ray log file or state API answer of the head holds it.
+# The shared cluster's AWS secret is a recognisable canary (moto accepts any): tests/test_security.py checks
+# that no output object, job log, Ray log file or state API answer of the head holds it.
 CANARY_PREFIX = "GENSCAN-CANARY-SECRET-"
-# Logical CPUs of the shared head: the two test workers' jobs run on it at once (as on two 2-CPU heads before),
-# each shaped for 2 CPUs (tests/support/ray_cluster.SMALL_SCAN).
+# Logical CPUs of the shared head: the two test workers' jobs run on it at once (as on two 2-CPU heads
+# before), each shaped for 2 CPUs (tests/support/ray_cluster.SMALL_SCAN).
 SHARED_HEAD_CPUS = 4
 
 
@@ -76,8 +76,8 @@ def _start_moto(run_dir: Path, timeout_s: float = 60.0) -> tuple[dict[str, str],
 
 
 def shared_cluster(run_dir: Path) -> dict:
-    """{"env": the S3 env, "head": RayHead}: started on the first call of the run, read back on later ones (from
-    any process of the run)."""
+    """{"env": the S3 env, "head": RayHead}: started on the first call of the run, read back on later ones
+    (from any process of the run)."""
     state = run_dir / STATE
     with open(run_dir / "shared-cluster.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others wait here and read what it wrote

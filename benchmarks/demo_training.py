@@ -98,8 +98,9 @@ def markdown(res: dict) -> str:
         "one run: the doc's commands (make_demo_data, train_detector, evaluate) run as jobs;",
         f"train {res['n_train']} real + {res['n_train']} `upconv` images (20 % validation),",
         f"test {res['n_test']}",
-        "real + fake per family (`vqgan` never seen in training). Rates in percent. A randomly initialised",
-        "tiny backbone on SIMULATED fingerprints: the code paths work and learn, nothing about real generators.",
+        "real + fake per family (`vqgan` never seen in training). Rates in percent.",
+        "A randomly initialised tiny backbone on SIMULATED fingerprints: the code paths work and learn,",
+        "nothing about real generators.",
         "",
         "| run | best epoch / epochs | upconv AP | upconv acc (calibrated thr.) | upconv acc@0.5 "
         "| vqgan AP (held out) | closed-set attribution acc | open-set AUROC | train command s "

@@ -149,6 +149,21 @@ def test_incremental_night_equals_a_full_rescan_local(tmp_path: Path, detector: 
         f"FROM read_parquet('{output.parquet_glob(out)}', hive_partitioning = true) WHERE scan_date = '{NIGHT2}'"
     ).fetchall()
     assert (n, carried_rows) == (12, 6)
+    # the report of the night says what was scanned and carried (and the filter's plan reads it unchanged)
+    from pipeline.hygiene.report import ReportConfig, build_report
+
+    summary = build_report(ReportConfig(scan=out, output=str(tmp_path / "report"), scan_date=NIGHT2))
+    assert summary["totals"]["rows"] == 12
+    assert summary["header"]["shards"] == {
+        "total": 4,
+        "scanned": 2,
+        "carried": 2,
+        "carried_from": NIGHT1,
+        "removed_since": 1,
+        "full_scan_reason": None,
+    }
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert f"2 scanned, 2 carried from {NIGHT1}, 1 removed since" in page
 
 
 def test_incremental_night_equals_a_full_rescan_on_s3(s3_server: dict[str, str], detector: str) -> None:
@@ -244,3 +259,33 @@ def test_resume_of_an_interrupted_incremental_night_finishes_it_once(tmp_path: P
     keys = rows.column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 15
     assert rows.column("run_id").to_pylist().count(night1["run_id"]) == 12
+
+
+@pytest.mark.slow
+def test_incremental_ray_job_carries_on_the_workers(shared_s3_ray: dict, detector: str) -> None:
+    """`ray job submit` of jobs/scan_bucket.py --incremental on the shared head, input and output on S3: night 2
+    carries the unchanged shards with Ray tasks (their markers name a Ray node, not the driver's host), scores
+    the added one, and the console says what it carried."""
+    import sys
+
+    from tests.support.ray_cluster import SMALL_SCAN, submit_job
+    from tests.support.shards import make_bucket
+
+    bucket = make_bucket("incremental-ray")
+    inp, out = f"{bucket}/in", f"{bucket}/out"
+    write_shards(inp, 3, 3)
+    scan = [sys.executable, str(Path(__file__).resolve().parents[1] / "jobs" / "scan_bucket.py")]
+    args = ["--input", inp, "--output", out, "--detector", detector, "--batch-size", "8", *SMALL_SCAN]
+    first = submit_job(shared_s3_ray["head"], [*scan, *args, "--incremental", "--scan-date", NIGHT1])
+    assert first.status == "SUCCEEDED", first.logs[-3000:]
+    write_shard(join(inp, "shard-000003.tar"), good_samples(3, seed=103, prefix="0003_"))
+    second = submit_job(shared_s3_ray["head"], [*scan, *args, "--incremental", "--scan-date", NIGHT2])
+    assert second.status == "SUCCEEDED", second.logs[-3000:]
+    assert f"carrying 3 unchanged shard(s) from {NIGHT1}, scanning 1" in second.logs
+    assert f"4 shards (1 scanned, 3 carried from {NIGHT1}, 0 removed since)" in second.logs
+    markers = _markers(out, NIGHT2)
+    carried = {s: m for s, m in markers.items() if m.get("carried_from")}
+    assert set(carried) == {"shard-000000", "shard-000001", "shard-000002"}
+    assert all(not m["writer_node"].startswith("host:") for m in carried.values())  # a Ray task wrote it
+    one, two = _rows(out, NIGHT1), _rows(out, NIGHT2)
+    assert {k: v for k, v in two.items() if k[0] != "shard-000003"} == one and len(two) == 12

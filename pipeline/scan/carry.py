@@ -270,10 +270,15 @@ def _parquet_rows(uri: str) -> int:
         return int(pq.read_metadata(f).num_rows)
 
 
-def carry_outputs(parts: Sequence[Part], marker_uri: str, marker: dict[str, Any]) -> None:
+def carry_outputs(
+    parts: Sequence[Part], marker_uri: str, marker: dict[str, Any], started: float | None = None
+) -> dict[str, Any]:
     """Copy a shard's outputs (server-side where the store can), check each copy's size and row count, then
     write its marker LAST: a marker implies complete, checked outputs. CarryError / OSError when a part fails
-    (no marker written: the shard is scanned instead, and the scan overwrites the part)."""
+    (no marker written: the shard is scanned instead, and the scan overwrites the part). `started`: a
+    perf_counter time; the marker records `copy_s`, the seconds from it to the checked copies. Returns the
+    marker written."""
+    t0 = time.perf_counter() if started is None else started
     for p in parts:
         copy_object(p.src, p.dst)
         size = stored_size(p.dst)
@@ -282,7 +287,9 @@ def carry_outputs(parts: Sequence[Part], marker_uri: str, marker: dict[str, Any]
         rows = _parquet_rows(p.dst)
         if rows != p.rows:
             raise CarryError(f"{p.dst}: {rows} rows, the source marker says {p.rows}")
-    write_json(marker_uri, marker)
+    written = {**marker, "copy_s": round(time.perf_counter() - t0, 6)}
+    write_json(marker_uri, written)
+    return written
 
 
 def _now_iso() -> str:
@@ -311,11 +318,10 @@ def carry_shard(item: CarryItem, writer_node: str | None = None) -> CarryResult:
             carried_at=_now_iso(),
             writer_node=writer_node or f"host:{socket.gethostname()}",
         )
-        marker["copy_s"] = round(time.perf_counter() - t0, 6)
-        carry_outputs(item.parts, item.marker, marker)
+        written = carry_outputs(item.parts, item.marker, marker, started=t0)
     except (OSError, CarryError, ValueError) as exc:  # ValueError: a part that is not Parquet any more
         return CarryResult(item.shard, item.url, None, f"{type(exc).__name__}: {exc}")
-    return CarryResult(item.shard, item.url, marker)
+    return CarryResult(item.shard, item.url, written)
 
 
 def carry_batch(items: Sequence[CarryItem], writer_node: str | None = None) -> list[CarryResult]:

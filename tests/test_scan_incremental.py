@@ -149,7 +149,13 @@ def test_incremental_night_equals_a_full_rescan_local(tmp_path: Path, detector: 
         f"FROM read_parquet('{output.parquet_glob(out)}', hive_partitioning = true) WHERE scan_date = '{NIGHT2}'"
     ).fetchall()
     assert (n, carried_rows) == (12, 6)
-    # the report of the night says what was scanned and carried (and the filter's plan reads it unchanged)
+    # the filter reads tonight's partition unchanged: every shard of tonight's input, every sample accounted for
+    from jobs.filter_shards import main as filter_main
+
+    clean = tmp_path / "clean"
+    assert filter_main(["--scan", out, "--scan-date", NIGHT2, "--input", inp, "--output", str(clean)]) == 0
+    assert sorted(p.name for p in clean.glob("*.tar")) == [f"shard-00000{i}.tar" for i in (0, 1, 3, 4)]
+    # the report of the night says what was scanned and carried
     from pipeline.hygiene.report import ReportConfig, build_report
 
     summary = build_report(ReportConfig(scan=out, output=str(tmp_path / "report"), scan_date=NIGHT2))

@@ -203,14 +203,16 @@ def test_what_cannot_be_trusted_is_scanned(tmp_path: Path, detector: str) -> Non
     m0 = Path(src.marker("shard-000000"))
     m0.write_text(json.dumps({k: v for k, v in json.loads(m0.read_text()).items() if k != "identity"}))
     Path(src.parquet("shard-000001")).unlink()
+    Path(src.marker("shard-000003")).write_text("{not json")  # a corrupt source marker: not trusted either
+    write_shard(join(inp, "shard-000003.tar"), good_samples(3, seed=103, prefix="0003_"))
     night3 = run_scan(_cfg(inp, out, detector, NIGHT3))
     inc = night3["incremental"]
     assert inc["source_scan_date"] == NIGHT1 and inc["source_run_id"] == night1["run_id"]
-    assert (inc["no_identity"], inc["source_missing"], inc["planned_carry"]) == (1, 1, 1)
+    assert (inc["no_identity"], inc["source_missing"], inc["planned_carry"]) == (2, 1, 1)
     markers = _markers(out, NIGHT3)
     assert [s for s, m in markers.items() if m.get("carried_from")] == ["shard-000002"]
     assert markers["shard-000000"]["run_id"] == night3["run_id"] and markers["shard-000000"]["identity"]
-    assert output.read_scan(out, scan_date=NIGHT3).num_rows == 9
+    assert output.read_scan(out, scan_date=NIGHT3).num_rows == 12
 
 
 def test_a_carry_whose_source_vanished_is_scanned(tmp_path: Path, detector: str) -> None:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from pipeline.logs import get_logger
 from pipeline.output import SCHEMA_VERSION, RunPaths, completed_shards, list_runs, read_json, write_json
+from pipeline.scan.completion import read_markers, same_uris
 from pipeline.storage import copy_object, filesystem, stored_size
 
 log = get_logger("pipeline.scan.carry")
@@ -139,12 +140,6 @@ def scoring_record(
     }
 
 
-def _same_input(a: object, b: object) -> bool:
-    return [u.strip().rstrip("/") for u in str(a).split(",")] == [
-        u.strip().rstrip("/") for u in str(b).split(",")
-    ]
-
-
 def _differs(prev: dict[str, Any], now: dict[str, Any]) -> str | None:
     for k, v in now.items():
         if prev.get(k) != v:
@@ -171,7 +166,7 @@ def find_source(
                 why or f"scan {date} is incomplete ({totals.get('shards_done')} of {run.get('shards_total')})"
             )
             continue
-        if not _same_input(run.get("source"), source):
+        if same_uris(run.get("source")) != same_uris(source):
             why = why or f"scan {date} scanned another input ({run.get('source')!r})"
             continue
         if run.get("scoring") is None:
@@ -219,8 +214,6 @@ def plan_carry(
     """Compare tonight's (url, shard, identity) listing with the source night: ONE listing of its markers and
     one of its Parquet parts, its markers read in batched concurrent requests. Keeps only what each carry needs.
     `skip`: shards already complete tonight (a resumed night): neither carried nor scanned again."""
-    from pipeline.scan.completion import read_markers
-
     src = RunPaths(output, source_date)
     plan = CarryPlan(source_date=source_date, source_run_id=source_run.get("run_id"))
     marked = completed_shards(src)
@@ -230,7 +223,7 @@ def plan_carry(
     by_id = {s: (u, i) for u, s, i in shards}
     candidates = [s for _, s, i in shards if s in marked and i is not None and s not in skip]
     carried: set[str] = set()
-    for shard, m in read_markers(src, candidates):
+    for shard, m in read_markers(src, candidates, strict=False):  # unreadable: no identity -> rescanned
         url, identity = by_id[shard]
         if not m.get("identity"):
             plan.no_identity += 1

@@ -52,7 +52,7 @@ class RunPlan:
     previous: dict[str, Any] | None  # the run.json being continued
 
 
-def _same_uris(value: object) -> list[str]:
+def same_uris(value: object) -> list[str]:
     """A URI or comma-separated list of URIs, compared without trailing slashes (p == p/)."""
     return [u.strip().rstrip("/") for u in str(value).split(",")]
 
@@ -82,7 +82,7 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
         prev_cfg = previous.get("config", {})
         for name in ("input", "detector"):
             before = prev_cfg.get(name)
-            if before is not None and _same_uris(before) != _same_uris(getattr(cfg, name)):  # p == p/
+            if before is not None and same_uris(before) != same_uris(getattr(cfg, name)):  # p == p/
                 raise RunRefused(
                     f"{name}: --resume of run {scan_date} with a different {name} "
                     f"({getattr(cfg, name)!r} != {prev_cfg.get(name)!r})"
@@ -171,13 +171,25 @@ class Totals:
         return {**self.t, "counts": dict(self.t["counts"])}
 
 
-def read_markers(paths: RunPaths, shards: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_markers(
+    paths: RunPaths, shards: list[str], *, strict: bool = True
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """(shard, marker) for each of `shards` that has one, read in batched concurrent requests
-    (`storage.read_many`), not one request per shard."""
+    (`storage.read_many`), not one request per shard. A marker that is not a JSON object raises ValueError, or
+    (strict=False) reads as {} (a caller that must not trust it: an incremental scan rescans that shard)."""
     uris = [paths.marker(s) for s in shards]
     for shard, (_, data) in zip(shards, read_many(uris), strict=True):
-        if data is not None:
-            yield shard, json.loads(data)
+        if data is None:
+            continue
+        try:
+            marker = json.loads(data)
+            if not isinstance(marker, dict):
+                raise ValueError(f"{paths.marker(shard)} is not a JSON object")
+        except ValueError:
+            if strict:
+                raise
+            marker = {}
+        yield shard, marker
 
 
 def aggregate(paths: RunPaths, shards: list[str] | None = None) -> Totals:

@@ -199,7 +199,7 @@ def run_scan(
         "resumed": plan.resumed,
         "shards_todo": len(todo) + len(carry),
         "shards_to_carry": len(carry),
-        "shards_skipped": len(done_before),
+        "shards_skipped": len(shards) - len(todo) - len(carry),
         "driver": {"host": socket.gethostname(), "pid": os.getpid()},
     }
     attempts.append(attempt)
@@ -230,7 +230,7 @@ def run_scan(
         shards=len(shards),
         todo=len(todo),
         carry=len(carry),
-        skipped=len(done_before),
+        skipped=len(shards) - len(todo) - len(carry),
         resumed=plan.resumed,
         detector_id=info.detector_id,
     )

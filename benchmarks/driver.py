@@ -439,8 +439,8 @@ def sweep(args: argparse.Namespace) -> int:
     lines = [
         SWEEP_HEADING,
         "",
-        f"Command: `.venv/bin/python benchmarks/driver.py --sweep --repeats {args.repeats}"
-        + (f" --ray-sweep {args.ray_sweep}" if args.ray_sweep else "")
+        f"Command: `.venv/bin/python benchmarks/driver.py --sweep --repeats {args.repeats} --markers {args.markers}"
+        + (f" --ray-sweep {args.ray_sweep} --ray-rows {args.ray_rows}" if args.ray_sweep else "")
         + f"` — {os.cpu_count()} shared cores, load average {os.getloadavg()[0]:.1f}; median of "
         f"{args.repeats} runs (range in brackets), each size in a fresh process.",
         "",

@@ -51,6 +51,7 @@ class ShardProgress:
         self.images = 0
         self.errors = 0
         self.rated = 0  # images after the first result (the rate's numerator)
+        self.carried = 0  # shards carried forward from an earlier night (incremental scan): not in the rate
         self.t0 = time.perf_counter()
 
     def __call__(self, shard: str, summary: dict[str, Any], progress: Any) -> None:
@@ -72,11 +73,17 @@ class ShardProgress:
             self.rated = -int(summary.get(self.images_key, 0))
         n = int(summary.get(self.images_key, 0))
         self.images += n
-        self.rated += n
         self.errors += shard_errors(summary)
+        if summary.get("carried_from"):
+            self.carried += 1
+            if self.rated < 0:  # a carried first result does not start the scan rate
+                self.rated += n
+        else:
+            self.rated += n
         elapsed = time.perf_counter() - self.t0
         rate = f"{self.rated / elapsed:.1f} img/s" if elapsed > 0 and self.rated > 0 else "… img/s"
-        self.bar.set_postfix_str(f"{rate}, {self.errors} errors", refresh=False)
+        carried = f", {self.carried} carried" if self.carried else ""
+        self.bar.set_postfix_str(f"{rate}, {self.errors} errors{carried}", refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:

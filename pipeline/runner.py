@@ -104,6 +104,13 @@ class ErrorTally:
             self.failed_samples + other.failed_samples,
         )
 
+    def add(self, other: ErrorTally) -> None:
+        """In place (a running total: constant work per shard)."""
+        self.shards += other.shards
+        self.failed_shards += other.failed_shards
+        self.samples += other.samples
+        self.failed_samples += other.failed_samples
+
 
 def _rate(n: int, of: int) -> float:
     return n / of if of else 0.0
@@ -155,12 +162,18 @@ class ErrorBudget:
         self, total_shards: int, prior: ErrorTally, tally_of: Callable[[dict[str, Any]], ErrorTally]
     ) -> Callable[[Progress], None]:
         """A `run_shards` check that stops the run as soon as the failed shards (earlier attempts' `prior` plus
-        this attempt's) are more than the budget allows of ALL `total_shards`: the end can no longer pass."""
+        this attempt's) are more than the budget allows of ALL `total_shards`: the end can no longer pass.
+        It keeps a running tally: each call adds the newest shard (`progress.last`) once, whatever the number of
+        shards already done."""
+        seen = ErrorTally() + prior
+        counted = 0  # progress.done when the tally was last updated
 
         def check(progress: Progress) -> None:
-            self.stop_if_hopeless(
-                sum((tally_of(s) for s in progress.summaries.values()), prior), total_shards
-            )
+            nonlocal counted
+            if progress.last is not None and progress.done > counted:
+                seen.add(tally_of(progress.last[1]))
+                counted = progress.done
+            self.stop_if_hopeless(seen, total_shards)
 
         return check
 
@@ -183,13 +196,18 @@ def commit_shard(outputs: Sequence[tuple[str, bytes]], marker_uri: str, summary:
 
 @dataclass
 class Progress:
-    """Where a run stands (passed to the progress callback and the run-level check)."""
+    """Where a run stands (passed to the progress callback and the run-level check). Per shard it keeps only the
+    id (`completed`); the summaries themselves only when the caller asked for them (`run_shards(keep=True)`):
+    a run's checks keep running totals (`ErrorBudget.guard`) from `last`, so the driver's memory and work per
+    shard stay constant."""
 
     total: int  # shards in the run
     skipped: int  # shards already complete (marker) before this attempt
     todo: int  # shards this attempt processes
     done: int = 0  # shards completed by this attempt
-    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard id -> summary (this attempt)
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard id -> summary (keep=True only)
+    completed: set[str] = field(default_factory=set)  # shard ids completed by this attempt
+    last: tuple[str, dict[str, Any]] | None = None  # the newest (shard id, summary)
 
 
 def run_shards(
@@ -199,10 +217,12 @@ def run_shards(
     execute: Callable[[list[str]], Iterable[tuple[str, dict[str, Any]]]],
     on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
     check: Callable[[Progress], None] | None = None,
+    keep: bool = True,
 ) -> Progress:
     """Process every shard of `shards` not in `done` through `execute`; returns the progress (with every
-    summary of this attempt). Raises IncompleteRun when a shard never completed or an unexpected one arrived;
-    a duplicate summary (a retried shard) is ignored."""
+    summary of this attempt when `keep`; a caller that keeps its own running totals passes keep=False). Raises
+    IncompleteRun when a shard never completed or an unexpected one arrived; a duplicate summary (a retried
+    shard) is ignored."""
     todo = [s for s in shards if s not in done]
     progress = Progress(total=len(shards), skipped=len(shards) - len(todo), todo=len(todo))
     wanted = set(todo)
@@ -212,9 +232,12 @@ def run_shards(
             for shard, summary in results:
                 if shard not in wanted:
                     raise IncompleteRun(f"received the result of an unexpected shard {shard!r}")
-                if shard in progress.summaries:
+                if shard in progress.completed:
                     continue
-                progress.summaries[shard] = summary
+                progress.completed.add(shard)
+                if keep:
+                    progress.summaries[shard] = summary
+                progress.last = (shard, summary)
                 progress.done += 1
                 if on_shard is not None:
                     on_shard(shard, summary, progress)
@@ -224,7 +247,7 @@ def run_shards(
             close = getattr(results, "close", None)
             if close is not None:
                 close()
-    missing = [s for s in todo if s not in progress.summaries]
+    missing = [s for s in todo if s not in progress.completed]
     if missing:
         raise IncompleteRun(f"{len(missing)} shard(s) never completed: {missing[:5]}")
     return progress

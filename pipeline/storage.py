@@ -12,7 +12,7 @@ import os
 import posixpath
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import fsspec
@@ -61,20 +61,65 @@ def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 def list_shards(source: str) -> list[str]:
     """Shard URIs for `source`: a brace pattern (`.../shard-{000000..000009}.tar`), one `.tar`,
-    or a folder/prefix searched recursively for `*.tar`. Sorted, de-duplicated; never empty."""
-    if "{" in source:
-        uris = sorted(set(braceexpand(source)))
-    elif source.endswith(SHARD_SUFFIXES):
-        uris = [source]
-    else:
-        fs, root = filesystem(source)
-        if not fs.exists(root):
-            raise FileNotFoundError(f"input not found: {source}")
-        found = [p for p in fs.find(root) if p.endswith(SHARD_SUFFIXES)]
-        uris = sorted(with_protocol(fs, p) for p in found)
-    if not uris:
+    or a folder/prefix searched recursively for `*.tar`. Sorted, de-duplicated; never empty. A brace pattern
+    or a single `.tar` is expanded without a request."""
+    if "{" in source or source.endswith(SHARD_SUFFIXES):
+        return sorted(set(braceexpand(source))) if "{" in source else [source]
+    return [uri for uri, _ in list_shard_objects(source)]
+
+
+def list_shard_objects(source: str) -> list[tuple[str, str | None]]:
+    """`list_shards` with each shard's stored identity (`object_identity`) from the same listing: a folder is
+    one recursive listing; a brace pattern or a single `.tar` lists its parent folder(s) once each. None where
+    the listing does not hold the object (a brace name that does not exist: it fails when read)."""
+    if "{" in source or source.endswith(SHARD_SUFFIXES):
+        uris = sorted(set(braceexpand(source))) if "{" in source else [source]
+        infos: dict[str, dict] = {}
+        fs = None
+        for parent in sorted({posixpath.dirname(filesystem(u)[1]) for u in uris}):
+            fs = fs or filesystem(uris[0])[0]
+            try:
+                infos.update({p.rstrip("/"): i for p, i in _ls_infos(fs, parent).items()})
+            except FileNotFoundError:
+                continue
+        return [(u, object_identity(infos.get(filesystem(u)[1].rstrip("/"), {}))) for u in uris]
+    fs, root = filesystem(source)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"input not found: {source}")
+    found = fs.find(root, detail=True)
+    objs = sorted(
+        (with_protocol(fs, p), object_identity(info))
+        for p, info in found.items()
+        if p.endswith(SHARD_SUFFIXES)
+    )
+    if not objs:
         raise FileNotFoundError(f"no .tar shards under {source}")
-    return uris
+    return objs
+
+
+def _ls_infos(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, dict]:
+    """path -> info of a folder's direct entries (one listing)."""
+    fs.invalidate_cache(folder)
+    return {str(i["name"]): i for i in fs.ls(folder, detail=True)}
+
+
+def object_identity(info: dict) -> str | None:
+    """THE identity of a stored object's bytes, from its listing / info entry (the detector cache and the
+    incremental scan both use it): S3 VersionId, else ETag (else md5), with the size; a local file's size and
+    modification time (ns). None when the entry says neither (nothing to compare: never trusted)."""
+    size = info.get("size")
+    if size is None:
+        return None
+    for k in ("VersionId", "ETag", "etag", "md5"):
+        v = info.get(k)
+        if v and str(v) != "null":
+            return f"{k.lower()}:{str(v).strip(chr(34))};size:{int(size)}"
+    when = info.get("LastModified") or info.get("mtime") or info.get("created")
+    if when is None:
+        return None
+    if isinstance(when, float):  # local: mtime (seconds, float) as integer ns
+        when = round(when * 1e9)
+    return f"mtime:{when};size:{int(size)}"
 
 
 def shard_id(shard_uri: str, source: str) -> str:
@@ -124,20 +169,65 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     os.replace(tmp, target)
 
 
+def read_many(uris: Sequence[str], chunk: int = 2048) -> Iterator[tuple[str, bytes | None]]:
+    """(uri, bytes) for each of `uris` (None where missing), read `chunk` at a time as ONE batched request per
+    chunk: s3fs fetches a list of paths concurrently (fsspec's async `cat`), a local filesystem reads them in
+    turn. All of `uris` on one filesystem."""
+    if not uris:
+        return
+    fs = filesystem(uris[0])[0]
+    for i in range(0, len(uris), chunk):
+        part = list(uris[i : i + chunk])
+        paths = [filesystem(u)[1] for u in part]
+        got = fs.cat(paths, on_error="omit") if len(paths) > 1 else _cat_one(fs, paths[0])
+        for uri, path in zip(part, paths, strict=True):
+            yield uri, got.get(path)
+
+
+def _cat_one(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, bytes]:
+    try:
+        return {path: fs.cat_file(path)}
+    except FileNotFoundError:
+        return {}
+
+
+def copy_object(src: str, dst: str) -> None:
+    """Copy one stored object; readers never see a partial `dst`. On one S3 store it is a server-side copy
+    (s3fs `copy`: CopyObject, no bytes through this process); locally a copy to a temp name + rename."""
+    fs, spath = filesystem(src)
+    dfs, dpath = filesystem(dst)
+    if is_remote(src) and is_remote(dst) and type(fs) is type(dfs):
+        fs.copy(spath, dpath)
+        return
+    if not is_remote(src) and not is_remote(dst):
+        target = Path(dpath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            shutil.copyfile(spath, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    write_bytes_atomic(dst, read_bytes(src))
+
+
+def stored_size(uri: str) -> int | None:
+    """The stored object's size (a fresh request, never a cached listing); None when it does not exist."""
+    fs, path = filesystem(uri)
+    fs.invalidate_cache(path)
+    try:
+        return int(fs.info(path)["size"])
+    except FileNotFoundError:
+        return None
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("GENSCAN_CACHE", Path.home() / ".cache" / "genscan"))
 
 
 class CacheError(OSError):
     """A download that does not match what it claims to be (after one re-fetch)."""
-
-
-def _object_version(info: dict) -> str:
-    """What identifies the stored bytes of an object: S3 VersionId, else ETag, else size + modification time."""
-    for k in ("VersionId", "ETag", "etag", "md5"):
-        if info.get(k):
-            return str(info[k]).strip('"')
-    return f"{info.get('size')}:{info.get('LastModified') or info.get('mtime') or info.get('created')}"
 
 
 def _remote_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
@@ -201,9 +291,7 @@ def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] | None = None)
         )  # (again after a mismatch: the object may have been replaced meanwhile)
         if not files:
             raise FileNotFoundError(f"nothing under {uri}")
-        ident = json.dumps(
-            [uri.rstrip("/"), sorted((r, _object_version(i), i.get("size")) for r, i in files.items())]
-        )
+        ident = json.dumps([uri.rstrip("/"), sorted((r, object_identity(i)) for r, i in files.items())])
         entry = cache_dir() / hashlib.sha256(ident.encode()).hexdigest()[:20]
         dest = entry / (posixpath.basename(path.rstrip("/")) or "object")
         if dest.exists():

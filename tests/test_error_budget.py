@@ -60,10 +60,26 @@ def test_guard_stops_a_run_once_the_shard_budget_cannot_be_met() -> None:
     assert seen == ["a", "b", "c", "d", "e"] and closed == [True]
     # earlier attempts' failures count: 3 failed before, one more now is already 4 of 6
     check = budget.guard(6, ErrorTally(3, 3, 0, 0), lambda st: tally[st["bad"]])
-    progress = Progress(total=6, skipped=3, todo=3, done=1, summaries={"d": {"bad": True}})
+    progress = Progress(total=6, skipped=3, todo=3, done=1, last=("d", {"bad": True}))
     with pytest.raises(ErrorBudgetExceeded, match="4 of 6"):
         check(progress)
-    check(Progress(total=6, skipped=3, todo=3, done=1, summaries={"d": {"bad": False}}))
+    check = budget.guard(6, ErrorTally(3, 3, 0, 0), lambda st: tally[st["bad"]])
+    check(Progress(total=6, skipped=3, todo=3, done=1, last=("d", {"bad": False})))
+
+
+def test_error_budget_guard_keeps_a_running_tally() -> None:
+    """Each shard is added once, when it arrives (the guard never re-sums what came before): a call that sees
+    no new shard adds nothing, and a run without kept summaries is judged the same."""
+    budget = ErrorBudget(max_shard_error_rate=0.5, max_sample_error_rate=1.0)
+    check = budget.guard(4, ErrorTally(), lambda st: ErrorTally(1, int(st["bad"]), 0, 0))
+    p = Progress(total=4, skipped=0, todo=4, done=1, last=("a", {"bad": True}))
+    check(p)
+    check(p)  # the same shard again: still 1 failed of 4
+    p.done, p.last = 2, ("b", {"bad": True})
+    check(p)  # 2 of 4 is not above 0.5
+    p.done, p.last = 3, ("c", {"bad": True})
+    with pytest.raises(ErrorBudgetExceeded, match="3 of 4 shards failed"):
+        check(p)
 
 
 @pytest.fixture(scope="module")

@@ -522,3 +522,51 @@ def test_stored_features_stay_out_of_the_scan_rows_readers(world) -> None:
         .fetchone()[0]
     )
     assert n == 23
+
+
+def test_an_incremental_night_carries_each_shards_features_with_it(world, tmp_path, capsys) -> None:
+    """Night 2 with --incremental (same detector, same --features): the unchanged shards are carried with their
+    features parts (byte-identical), the added shard is scanned and gets its own; the night re-scores like a
+    full night. A night keeping other features (int8) never carries from it: a full scan."""
+    corpus = tmp_path / "in"
+    shutil.copytree(world["corpus"], corpus)
+    scan = str(tmp_path / "scan")
+    night1 = feature_scan(str(corpus), scan, world["lin"], features="pre_proj", scan_date="2026-01-05")
+    assert night1["status"] == "succeeded"
+    write_shard(str(corpus / "shard-000009.tar"), good_samples(4, seed=19, prefix="9_", size=(100, 120)))
+    inc = ["--incremental"]
+    night2 = feature_scan(
+        str(corpus), scan, world["lin"], features="pre_proj", scan_date="2026-01-06", extra=inc
+    )
+    assert night2["incremental"]["source_scan_date"] == "2026-01-05", night2["incremental"]
+    day1, day2 = (
+        Path(scan) / "_features" / "scan_date=2026-01-05",
+        Path(scan) / "_features" / "scan_date=2026-01-06",
+    )
+    carried = {p.name for p in day1.glob("*.parquet")}
+    assert night2["totals"]["shards_carried"] == len(carried) > 0
+    assert {p.name for p in day2.glob("*.parquet")} == carried | {"shard-000009.parquet"}
+    for name in carried:
+        assert (day2 / name).read_bytes() == (day1 / name).read_bytes()
+    code, err = _rescore(
+        capsys,
+        "--scan",
+        scan,
+        "--scan-date",
+        "2026-01-06",
+        "--detector",
+        world["lin"],
+        "--output",
+        str(tmp_path / "re"),
+    )
+    assert code == 0, err
+    night3 = feature_scan(
+        str(corpus),
+        scan,
+        world["lin"],
+        features="pre_proj",
+        precision="int8",
+        scan_date="2026-01-07",
+        extra=inc,
+    )
+    assert night3["totals"]["shards_carried"] == 0 and night3["incremental"].get("full_scan_reason"), night3

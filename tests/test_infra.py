@@ -251,6 +251,13 @@ def test_rayjob_token_auth_from_secret_everywhere() -> None:
         assert tok["valueFrom"]["secretKeyRef"] == {"name": "genscan-ray-token", "key": "auth_token"}
 
 
+def _scan_cli() -> Any:
+    """What jobs/scan_bucket.py runs: its parser and build_config."""
+    from pipeline.cli import scan_bucket
+
+    return scan_bucket
+
+
 def test_rayjob_entrypoint_is_the_real_scan_cli() -> None:
     """The script exists and every flag the manifests pass is one `jobs/scan_bucket.py --help` lists."""
     script, flags = _entrypoint_flags(_rayjob()["spec"]["entrypoint"])
@@ -289,9 +296,22 @@ def test_rayjob_runtime_env_passes_rays_validation() -> None:
 
 
 def test_raycronjob_runs_exactly_the_rayjob() -> None:
+    """The nightly job is the RayJob's spec, its scan made incremental (`--incremental`, right after --resume)."""
     cron = yaml.safe_load(RAYCRON.read_text())
     assert (cron["apiVersion"], cron["kind"]) == ("ray.io/v1", "RayCronJob")
-    assert cron["spec"]["jobTemplate"] == _rayjob()["spec"]
+    template = dict(cron["spec"]["jobTemplate"])
+    nightly = shlex.split(template.pop("entrypoint"))
+    assert "--incremental" in nightly
+    nightly.remove("--incremental")
+    once = dict(_rayjob()["spec"])
+    assert nightly == shlex.split(once.pop("entrypoint")) and template == once
+    cli = _scan_cli()
+    argv = [
+        a.replace("$(date -u +%Y-%m-%d)", "2026-11-24")
+        for a in shlex.split(cron["spec"]["jobTemplate"]["entrypoint"])[2:]
+    ]
+    cfg = cli.build_config(cli.parse_args(argv))
+    assert cfg.incremental is True and cfg.resume is True
     fields = cron["spec"]["schedule"].split()
     assert len(fields) == 5 and fields[2:] == ["*", "*", "*"], "once a day"
     assert 0 <= int(fields[0]) < 60 and 0 <= int(fields[1]) < 24

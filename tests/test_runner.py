@@ -38,9 +38,12 @@ def test_run_shards_skips_marked_shards_reports_progress_and_checks() -> None:
     )
     assert seen == [["b", "c"]] and calls == [("b", 1, 2, 1), ("c", 2, 2, 1)]  # the duplicate "b" is ignored
     assert progress.summaries == {"b": {"rows": 2}, "c": {"rows": 3}}
+    assert progress.completed == {"b", "c"} and progress.last == ("c", {"rows": 3})
+    lean = runner.run_shards(["a", "b", "c"], done={"a"}, execute=execute, keep=False)
+    assert lean.summaries == {} and lean.completed == {"b", "c"} and lean.done == 2
 
     def budget(p: runner.Progress) -> None:
-        if sum(s["rows"] for s in p.summaries.values()) > 1:
+        if p.last is not None and p.last[1]["rows"] > 1:
             raise RuntimeError("over budget")
 
     with pytest.raises(RuntimeError, match="over budget"):

@@ -1,7 +1,8 @@
 """Scan WebDataset shards for AI-generated images -> Parquet (thin CLI over pipeline.scan.job).
 
     ray job submit -- python jobs/scan_bucket.py --input s3://bucket/shards/ --output s3://bucket/scan/ \
-        --detector s3://bucket/detectors/tiny-mole [--config-file scan.json] [--resume] [--scan-date D]
+        --detector s3://bucket/detectors/tiny-mole [--config-file scan.json] [--resume] [--scan-date D] \
+        [--incremental]    # nightly: carry the shards unchanged since the last scan, score the rest
     ... --detector ckpt/univfd,ckpt/rine,ckpt/mole --fusion soft_or_prob   # several detectors, one pass
     python jobs/scan_bucket.py --demo        # the README's `make demo`
 
@@ -109,11 +110,11 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     try:
         from pipeline.engine.scan import RayScanExecutor  # the one Ray-aware part: shards are scanned on Ray
 
-        run = run_scan(cfg, executor=RayScanExecutor(), on_shard=progress)
-    except ConfigError as exc:
+        run = run_scan(cfg, executor=RayScanExecutor(), on_shard=progress, announce=console.line)
+    except ConfigError as exc:  # found once the detector is read: one line
         console.end_progress()
-        console.line(f"configuration error: {exc}")
-        return 2
+        console.line(one_line(exc, "scan"))
+        return exc.exit_code
     except (
         Exception
     ) as exc:  # ScanFailed (run.json says why) or an unexpected error: one line, details in the log
@@ -127,8 +128,16 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     console.end_progress()
     totals = run.get("totals", {})
     counts = {k: v for k, v in (totals.get("counts") or {}).items() if v}
+    inc = run.get("incremental")
+    carried = (
+        f" ({totals.get('shards_done', 0) - totals.get('shards_carried', 0)} scanned, "
+        f"{totals.get('shards_carried', 0)} carried from {inc.get('source_scan_date')}, "
+        f"{inc.get('removed', 0)} removed since)"
+        if inc and inc.get("source_scan_date")
+        else ""
+    )
     console.line(
-        f"scan {run['status']}: {totals.get('shards_done')} shards, {totals.get('rows')} rows "
+        f"scan {run['status']}: {totals.get('shards_done')} shards{carried}, {totals.get('rows')} rows "
         f"{counts}, {totals.get('n_fake')} flagged fake; log: {runlog.publish()}"
     )
     print(
@@ -138,6 +147,7 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
                 "run_id": run["run_id"],
                 "scan_date": run["scan_date"],
                 "shards": totals.get("shards_done"),
+                "shards_carried": totals.get("shards_carried", 0),
                 "rows": totals.get("rows"),
                 "counts": totals.get("counts"),
             }

@@ -34,11 +34,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline.console import verbose
 from pipeline.engine import cluster
 from pipeline.logs import get_logger
+from pipeline.scan.carry import CarryItem, CarryResult, carried_then_rest, carry_batch
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.execute import ReportingScorer, ScanWork, provenance_kwargs, scorer_kwargs
 from pipeline.scan.prepare import prepare_batch
 from pipeline.scan.rows import RunContext
-from pipeline.scan.write import ShardSink
+from pipeline.scan.write import ShardSink, tag_identity
 
 log = get_logger("pipeline.engine.scan")
 
@@ -56,11 +57,16 @@ ROUTE_NUM_CPUS = 0.0
 
 def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: object) -> Iterator[dict[str, np.ndarray]]:
     """prepare_batch, tagging each row with the Ray node id of the task that read the shard (`_node`, kept in
-    the shard's stats as `node_id`: shows which node did the work, e.g. in tests/test_multinode.py)."""
+    the shard's stats as `node_id`: shows which node did the work, e.g. in tests/test_multinode.py) and with the
+    shard's stored identity from the driver's listing (the item's `identity`, recorded in its marker)."""
     node = ray.get_runtime_context().get_node_id()
-    for out in prepare_batch(batch, **kwargs):
-        out["_node"] = np.full(len(out["shard"]), node, dtype=object)
-        yield out
+    identities = batch.get("identity")
+    for i in range(len(batch["shard"])):
+        item = {k: v[i : i + 1] for k, v in batch.items() if k != "identity"}
+        for out in prepare_batch(item, **kwargs):
+            out["_node"] = np.full(len(out["shard"]), node, dtype=object)
+            tag_identity(out, str(identities[i]) if identities is not None else None)
+            yield out
 
 
 def build_dataset(
@@ -71,9 +77,11 @@ def build_dataset(
     resize_mode: str,
     scorer: type = ReportingScorer,
     also: list[tuple[int, str]] | None = None,
+    identities: dict[str, str | None] | None = None,
 ) -> ray.data.Dataset:
     """Read + decode -> score. shards: [(shard_url, shard_id)]; scorer: the actor class (a model-free one in
-    benchmarks/driver.py); also: the further inputs a detector set needs (`ScanWork.also`)."""
+    benchmarks/driver.py); also: the further inputs a detector set needs (`ScanWork.also`); identities: shard
+    id -> stored identity (`ScanWork.identities`), recorded in the markers."""
     also = list(also or [])
     ctx = DataContext.get_current()
     # Ray Data's own progress (bars, or a periodic dump when stderr is not a terminal) only for --verbose: the
@@ -85,7 +93,8 @@ def build_dataset(
         # read stage's reservation is --read-memory-mb, and the router's worker memory is the imported libraries
         ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     ctx.execution_options.preserve_order = False
-    items = [{"shard_url": url, "shard": sid} for url, sid in shards]
+    ids = identities or {}
+    items = [{"shard_url": url, "shard": sid, "identity": ids.get(sid) or ""} for url, sid in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         prepare_on_node,
@@ -172,7 +181,13 @@ class RayScanExecutor:
         tc = time.perf_counter()
         with cluster.session(cfg.ray_address, cfg.ray_num_cpus):
             timing["ray_connect_s"] = round(time.perf_counter() - tc, 3)
-            yield from self._run(todo, work)
+            todo = list(todo)
+            if work.carry:
+                t0 = time.perf_counter()
+                yield from carried_then_rest(carry_on_workers(work.carry), todo)
+                timing["carry_s"] = round(time.perf_counter() - t0, 3)
+            if todo:
+                yield from self._run(todo, work)
 
     def _run(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
         cfg, timing = work.cfg, work.timing
@@ -206,6 +221,7 @@ class RayScanExecutor:
                 resize_mode=work.resize_mode,
                 scorer=self.scorer,
                 also=work.also,
+                identities=work.identities,
             )
             # a bounded task pool: tiny CPU requests would otherwise let Ray start dozens of worker processes
             ds = ds.map_batches(
@@ -256,6 +272,33 @@ class RayScanExecutor:
         finally:
             for w in writers:
                 ray.kill(w)
+
+
+# Carry-forward copies run as Ray tasks on the workers, CARRY_BATCH shards per task and at most CARRY_IN_FLIGHT
+# tasks at once: the driver's work per carried shard is one small result, and a copy (server-side on S3) needs
+# no CPU of note, so the tasks reserve little and never crowd out the scan.
+CARRY_BATCH = 64
+CARRY_IN_FLIGHT = 16
+CARRY_NUM_CPUS = 0.05
+
+
+def _carry_task(items: list[CarryItem]) -> list[CarryResult]:
+    return carry_batch(items, writer_node=ray.get_runtime_context().get_node_id())
+
+
+def carry_on_workers(items: list[CarryItem]) -> Iterator[CarryResult]:
+    """`carry_batch` over `items` in Ray tasks; results as the tasks complete (bounded number in flight)."""
+    task = ray.remote(num_cpus=CARRY_NUM_CPUS, max_retries=3)(_carry_task)
+    batches = [items[i : i + CARRY_BATCH] for i in range(0, len(items), CARRY_BATCH)]
+    pending: list[Any] = []
+    nxt = 0
+    while nxt < len(batches) or pending:
+        while nxt < len(batches) and len(pending) < CARRY_IN_FLIGHT:
+            pending.append(task.remote(batches[nxt]))
+            nxt += 1
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            yield from ray.get(ref)
 
 
 def iter_scored(

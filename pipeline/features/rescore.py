@@ -364,16 +364,16 @@ def run_rescore(
             execute=map_shards(map_fn, rescore_shard, tasks, lambda st: st),
             on_shard=on_shard,
         )
-        totals = aggregate(target, shards)
+        totals = aggregate(target, shards).as_dict()
         record = budget.check(run_errors(totals, len(shards)))
     except ErrorBudgetExceeded as exc:
-        run.write(status="failed", error=str(exc), error_budget=exc.record, totals=aggregate(target, shards))
+        run.write(status="failed", error=str(exc), error_budget=exc.record, totals=aggregate(target, shards).as_dict())
         raise RescoreFailed(str(exc)) from exc
     except IncompleteRun as exc:
-        run.write(status="failed", error=str(exc), totals=aggregate(target, shards))
+        run.write(status="failed", error=str(exc), totals=aggregate(target, shards).as_dict())
         raise RescoreFailed(str(exc)) from exc
     except Exception as exc:
-        run.write(status="failed", error=f"{type(exc).__name__}: {exc}", totals=aggregate(target, shards))
+        run.write(status="failed", error=f"{type(exc).__name__}: {exc}", totals=aggregate(target, shards).as_dict())
         raise
     wall = time.perf_counter() - t0
     rows = int(totals["rows"])

@@ -364,6 +364,7 @@ def _header(summary: dict[str, Any]) -> str:
         f'<tr><th>threshold</th><td><span data-metric="threshold">{"—" if thr is None else f"{thr:.4f}"}</span>'
         f"{' (varies between rows)' if summary['threshold_varies'] else ''}</td></tr>"
         f'<tr><th>run status</th><td data-metric="header.run_status">{e(str(h.get("run_status") or "—"))}</td>'
+        f'</tr><tr><th>shards</th><td data-metric="header.shards">{e(_shards_line(h.get("shards")))}</td>'
         "</tr></table>"
     )
 
@@ -484,10 +485,34 @@ def run_header(scan: str, scan_date: str) -> dict[str, Any]:
     paths = output.RunPaths(scan, scan_date)
     det = output.read_json(paths.run_file("detector.json")) or {}
     run = output.read_json(paths.run_file("run.json")) or {}
+    totals, inc = run.get("totals") or {}, run.get("incremental")
+    shards = None
+    if totals:  # how many shards the run scored and how many it carried forward from an earlier night
+        shards = {
+            "total": totals.get("shards_done"),
+            "scanned": int(totals.get("shards_done") or 0) - int(totals.get("shards_carried") or 0),
+            "carried": int(totals.get("shards_carried") or 0),
+            "carried_from": (inc or {}).get("source_scan_date"),
+            "removed_since": (inc or {}).get("removed") if (inc or {}).get("source_scan_date") else None,
+            "full_scan_reason": (inc or {}).get("full_scan_reason"),
+        }
     return {
         "detector": {k: det.get(k) for k in ("uri", "detector_id", "labels", "threshold")} if det else None,
         "run_status": run.get("status"),
+        "shards": shards,
     }
+
+
+def _shards_line(sh: dict[str, Any] | None) -> str:
+    """'12 scanned, 88 carried from 2026-03-01, 3 removed since' (an incremental night) or '100 scanned'."""
+    if not sh:
+        return "—"
+    text = f"{sh['scanned']} scanned"
+    if sh.get("carried_from"):
+        text += f", {sh['carried']} carried from {sh['carried_from']}, {sh.get('removed_since') or 0} removed since"
+    elif sh.get("full_scan_reason"):
+        text += f" (incremental, full scan: {sh['full_scan_reason']})"
+    return text
 
 
 def filter_summary(filter_output: str, scan_date: str) -> dict[str, Any]:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import json
 import platform
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ from pipeline.output import (  # noqa: F401 - re-exported for the scan's callers
 )
 from pipeline.scan.config import ScanConfig, today_utc
 from pipeline.settings import ConfigError
-from pipeline.storage import write_bytes_atomic  # noqa: F401 - re-exported
+from pipeline.storage import read_many, write_bytes_atomic  # noqa: F401 - write_bytes_atomic re-exported
 
 log = get_logger("pipeline.scan.completion")
 
@@ -50,7 +52,7 @@ class RunPlan:
     previous: dict[str, Any] | None  # the run.json being continued
 
 
-def _same_uris(value: object) -> list[str]:
+def same_uris(value: object) -> list[str]:
     """A URI or comma-separated list of URIs, compared without trailing slashes (p == p/)."""
     return [u.strip().rstrip("/") for u in str(value).split(",")]
 
@@ -80,7 +82,7 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
         prev_cfg = previous.get("config", {})
         for name in ("input", "detector"):
             before = prev_cfg.get(name)
-            if before is not None and _same_uris(before) != _same_uris(getattr(cfg, name)):  # p == p/
+            if before is not None and same_uris(before) != same_uris(getattr(cfg, name)):  # p == p/
                 raise RunRefused(
                     f"{name}: --resume of run {scan_date} with a different {name} "
                     f"({getattr(cfg, name)!r} != {prev_cfg.get(name)!r})"
@@ -128,35 +130,78 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def aggregate(
-    paths: RunPaths, shards: list[str] | None = None, known: dict[str, dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """Sum the markers of `shards` (default: all markers of the run); `known` holds stats already in memory
-    (the shards this attempt wrote), so only the markers of earlier attempts are read back."""
-    names = shards if shards is not None else sorted(completed_shards(paths))
-    known = known or {}
-    done = completed_shards(paths) if len(known) < len(names) else set()
-    totals: dict[str, Any] = {
-        "shards_done": 0,
-        "rows": 0,
-        "samples": 0,
-        "n_fake": 0,
-        "bytes": 0,
-        "counts": {},
-        "read_s": 0.0,
-        "decode_s": 0.0,
-        "infer_s": 0.0,
-        "write_s": 0.0,
-    }
-    for shard in names:
-        m = known.get(shard) or (read_json(paths.marker(shard)) if shard in done else None)
-        if m is None:
-            continue
-        totals["shards_done"] += 1
-        for k in ("rows", "samples", "n_fake", "bytes"):
-            totals[k] += int(m.get(k, 0))
-        for k in ("read_s", "decode_s", "infer_s", "write_s"):
-            totals[k] += float(m.get(k, 0.0))
+_SUMS = ("rows", "samples", "n_fake", "bytes")
+_SECONDS = ("read_s", "decode_s", "infer_s", "write_s")
+
+
+class Totals:
+    """A run's running totals over shard markers (summaries): `add` one marker at a time, constant work and
+    memory per shard; `as_dict()` is run.json's `totals`. Carried shards (their marker has `carried_from`) are
+    counted as well under `shards_carried` / `rows_carried` (the rest were scanned by this run)."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, Any] = {
+            "shards_done": 0,
+            **{k: 0 for k in _SUMS},
+            "counts": {},
+            **{k: 0.0 for k in _SECONDS},
+            "shards_carried": 0,
+            "rows_carried": 0,
+        }
+
+    def add(self, m: dict[str, Any]) -> None:
+        t = self.t
+        t["shards_done"] += 1
+        for k in _SUMS:
+            t[k] += int(m.get(k, 0))
+        for k in _SECONDS:
+            t[k] += float(m.get(k, 0.0))
         for s, c in m.get("counts", {}).items():
-            totals["counts"][s] = totals["counts"].get(s, 0) + int(c)
+            t["counts"][s] = t["counts"].get(s, 0) + int(c)
+        if m.get("carried_from"):
+            t["shards_carried"] += 1
+            t["rows_carried"] += int(m.get("rows", 0))
+
+    def merge(self, other: Totals) -> Totals:
+        out = Totals()
+        for src in (self.t, other.t):
+            for k, v in src.items():
+                if k == "counts":
+                    for s, c in v.items():
+                        out.t["counts"][s] = out.t["counts"].get(s, 0) + c
+                else:
+                    out.t[k] += v
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.t, "counts": dict(self.t["counts"])}
+
+
+def read_markers(
+    paths: RunPaths, shards: list[str], *, strict: bool = True
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(shard, marker) for each of `shards` that has one, read in batched concurrent requests
+    (`storage.read_many`), not one request per shard. A marker that is not a JSON object raises ValueError, or
+    (strict=False) reads as {} (a caller that must not trust it: an incremental scan rescans that shard)."""
+    uris = [paths.marker(s) for s in shards]
+    for shard, (_, data) in zip(shards, read_many(uris), strict=True):
+        if data is None:
+            continue
+        try:
+            marker = json.loads(data)
+            if not isinstance(marker, dict):
+                raise ValueError(f"{paths.marker(shard)} is not a JSON object")
+        except ValueError:
+            if strict:
+                raise
+            marker = {}
+        yield shard, marker
+
+
+def aggregate(paths: RunPaths, shards: list[str] | None = None) -> Totals:
+    """The totals of the markers of `shards` (default: all markers of the run), read in one batched pass."""
+    names = shards if shards is not None else sorted(completed_shards(paths))
+    totals = Totals()
+    for _, m in read_markers(paths, names):
+        totals.add(m)
     return totals

@@ -77,6 +77,13 @@ class ScanConfig(StrictModel):
     resume: bool = Field(
         False, description="continue an unfinished run: only shards without a marker are scanned"
     )
+    incremental: bool = Field(
+        False,
+        description="nightly scans: carry the shards whose stored identity (S3 VersionId/ETag + size; local size "
+        "+ mtime) is unchanged since the latest complete, succeeded scan of this output with the same scoring "
+        "(detector/set + fusion, preprocessing, schema version): their Parquet is copied (server-side on S3), "
+        "only added or changed shards are scored; no such scan -> a full scan, saying why (docs/schema.md)",
+    )
     max_shards: int | None = Field(None, ge=1, description="scan only the first N listed shards (smoke runs)")
 
     # preprocessing (image size and crop mode come from the detector's config unless set here)

@@ -16,11 +16,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.scan.carry import CarryItem, carried_then_rest, carry_local
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.prepare import prepare_shard
 from pipeline.scan.rows import RunContext
 from pipeline.scan.score import Scorer
-from pipeline.scan.write import ShardSink
+from pipeline.scan.write import ShardSink, tag_identity
 
 
 @dataclass
@@ -35,6 +36,11 @@ class ScanWork:
     timing: dict[str, float] = field(default_factory=dict)
     # further (image_size, preprocess) inputs a detector set needs (the first is image_size/resize_mode)
     also: list[tuple[int, str]] = field(default_factory=list)
+    # shard id -> its stored identity from the listing (recorded in each marker; None: unknown)
+    identities: dict[str, str | None] = field(default_factory=dict)
+    # shards to carry forward from an earlier night (`--incremental`), before the scan; those that cannot be
+    # carried are scanned
+    carry: list[CarryItem] = field(default_factory=list)
 
     def scorer_kwargs(self) -> dict[str, Any]:
         return scorer_kwargs(self.cfg, [(self.image_size, self.resize_mode), *self.also])
@@ -94,7 +100,12 @@ class ReportingScorer(Scorer):
 
 
 def local_executor(todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Scan in this process (no Ray): one scorer, shards one after another, each written as soon as read."""
+    """Scan in this process (no Ray): carried shards first (a thread pool of copies), then one scorer, shards one
+    after another, each written as soon as read; no scorer is loaded when there is nothing to scan."""
+    todo = list(todo)
+    yield from carried_then_rest(carry_local(work.carry), todo)
+    if not todo:
+        return
     t0 = time.perf_counter()
     scorer = ReportingScorer(**work.scorer_kwargs())
     sink = ShardSink(work.ctx, work.cfg.output, work.scan_date)
@@ -103,6 +114,7 @@ def local_executor(todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tupl
     t_ready = time.perf_counter()
     for url, shard in todo:
         for batch in prepare_shard(url, shard, **work.prepare_kwargs()):
+            tag_identity(batch, work.identities.get(shard))
             work.timing.setdefault("first_rows_s", round(time.perf_counter() - t0, 3))
             for stats in sink.add(scorer(batch)):
                 rows += int(stats["rows"])

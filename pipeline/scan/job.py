@@ -34,13 +34,14 @@ from pipeline.runner import (
     RunFile,
     run_shards,
 )
-from pipeline.scan.completion import aggregate, now_iso, plan_run, versions
+from pipeline.scan.carry import CarryPlan, find_source, plan_carry, scoring_record
+from pipeline.scan.completion import RunPlan, Totals, aggregate, now_iso, plan_run, versions
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.detectors import DetectorInfo, detector_info, run_detectors  # noqa: F401 - re-exported
 from pipeline.scan.execute import ScanExecutor, ScanWork, local_executor
 from pipeline.scan.rows import RunContext
 from pipeline.settings import ConfigError
-from pipeline.storage import list_shards, shard_id
+from pipeline.storage import list_shard_objects, shard_id
 
 log = get_logger("pipeline.scan.job")
 
@@ -107,17 +108,43 @@ class _Watchdog:
 
 def list_input(cfg: ScanConfig) -> list[tuple[str, str]]:
     """[(shard_url, shard_id)] in listing order; shard ids must be unique (they name the output files)."""
+    return [(u, s) for u, s, _ in list_input_objects(cfg)]
+
+
+def list_input_objects(cfg: ScanConfig) -> list[tuple[str, str, str | None]]:
+    """[(shard_url, shard_id, identity)]: `list_input` with each shard's stored identity from the same listing
+    (`pipeline.storage.object_identity`; recorded in its marker, compared by an incremental scan)."""
     try:
-        urls = list_shards(cfg.input)
+        objs = list_shard_objects(cfg.input)
     except FileNotFoundError as exc:
         raise ConfigError(f"input: {exc}") from exc
     if cfg.max_shards:
-        urls = urls[: cfg.max_shards]
-    shards = [(u, shard_id(u, cfg.input)) for u in urls]
-    dup = [s for s, c in Counter(s for _, s in shards).items() if c > 1]
+        objs = objs[: cfg.max_shards]
+    shards = [(u, shard_id(u, cfg.input), i) for u, i in objs]
+    dup = [s for s, c in Counter(s for _, s, _ in shards).items() if c > 1]
     if dup:
         raise ConfigError(f"input: shard ids collide (they name the output files): {dup[:5]}")
     return shards
+
+
+def plan_incremental(
+    cfg: ScanConfig,
+    plan: RunPlan,
+    listing: list[tuple[str, str, str | None]],
+    done_before: set[str],
+    scoring: dict[str, Any],
+) -> CarryPlan:
+    """Which shards of an `--incremental` night are carried and which scanned. A resumed night keeps the source
+    its first attempt chose (or stays a full scan), so it finishes exactly the night that was started."""
+    remaining = [(u, s, i) for u, s, i in listing if s not in done_before]
+    before = (plan.previous or {}).get("incremental") if plan.resumed else None
+    if before is not None and before.get("source_scan_date") is None:
+        return CarryPlan(None, reason=before.get("full_scan_reason"), scan=[(u, s) for u, s, _ in remaining])
+    only = before.get("source_scan_date") if before is not None else None
+    date, source_run, why = find_source(cfg.output, plan.paths.scan_date, cfg.input, scoring, only=only)
+    if date is None or source_run is None:
+        return CarryPlan(None, reason=why, scan=[(u, s) for u, s, _ in remaining], added=len(remaining))
+    return plan_carry(cfg.output, plan.paths, listing, date, source_run, skip=done_before)
 
 
 def run_scan(
@@ -126,6 +153,7 @@ def run_scan(
     *,
     on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
     check: Callable[[Progress], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a scan; returns the run summary (also written to run.json). Raises ConfigError for bad
     configuration (nothing written) and ScanFailed for systemic failures (run.json says failed).
@@ -133,22 +161,54 @@ def run_scan(
     executor: how shards are processed (`pipeline.scan.execute.ScanExecutor`); the entry point passes the Ray
     one (`pipeline.engine.scan.RayScanExecutor`); None runs in this process (`local_executor`).
     on_shard / check: `pipeline.runner.run_shards` hooks (a progress line; a run-level check that raises to stop
-    the run, e.g. an error budget), called after each shard is durable."""
+    the run, e.g. an error budget), called after each shard is durable. announce: a console line (why an
+    incremental night scans everything, or what it carries)."""
     executor = executor or local_executor
     t_start = time.perf_counter()
     plan = plan_run(cfg)
-    shards = list_input(cfg)
+    listing = list_input_objects(cfg)
+    shards = [(u, s) for u, s, _ in listing]
     info = run_detectors(cfg)
     paths = plan.paths
     done_before = completed_shards(paths) if plan.resumed else set()
-    todo = [(u, s) for u, s in shards if s not in done_before]
+    scoring = scoring_record(
+        detector_id=info.detector_id,
+        member_ids=info.member_ids,
+        fusion=info.fusion,
+        inputs=info.inputs,
+        max_pixels=cfg.max_pixels,
+        decode_on=cfg.decode_on,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        features=cfg.features,
+        features_precision=cfg.features_precision,
+    )
+    carry_plan = plan_incremental(cfg, plan, listing, done_before, scoring) if cfg.incremental else None
+    if carry_plan is not None:
+        todo, carry = carry_plan.scan, carry_plan.carry
+        if carry_plan.source_date is None:
+            message = f"incremental: full scan: {carry_plan.reason}"
+            log.warning("incremental_full_scan", reason=carry_plan.reason)
+        else:
+            message = (
+                f"incremental: carrying {len(carry)} unchanged shard(s) from {carry_plan.source_date}, "
+                f"scanning {len(todo)} ({carry_plan.added} added, {carry_plan.changed} changed, "
+                f"{carry_plan.no_identity + carry_plan.source_missing} not verifiable), "
+                f"{carry_plan.removed} removed since"
+            )
+            log.info("incremental_plan", **carry_plan.record())
+        if announce is not None:
+            announce(message)
+    else:
+        todo, carry = [(u, s) for u, s, _ in listing if s not in done_before], []
     resolved = cfg.model_copy(update={"scan_date": paths.scan_date, "run_id": plan.run_id})
     attempts = list((plan.previous or {}).get("attempts", []))
     attempt = {
         "started_at": now_iso(),
         "resumed": plan.resumed,
-        "shards_todo": len(todo),
-        "shards_skipped": len(shards) - len(todo),
+        "shards_todo": len(todo) + len(carry),
+        "shards_to_carry": len(carry),
+        "shards_skipped": len(shards) - len(todo) - len(carry),
         "driver": {"host": socket.gethostname(), "pid": os.getpid()},
     }
     attempts.append(attempt)
@@ -162,6 +222,8 @@ def run_scan(
             "output": cfg.output,
             "detector_id": info.detector_id,
             "shards_total": len(shards),
+            "scoring": scoring,
+            **({"incremental": carry_plan.record()} if carry_plan is not None else {}),
             "config": resolved.model_dump(mode="json"),
             "attempts": attempts,
         },
@@ -176,7 +238,8 @@ def run_scan(
         scan_date=paths.scan_date,
         shards=len(shards),
         todo=len(todo),
-        skipped=len(shards) - len(todo),
+        carry=len(carry),
+        skipped=len(shards) - len(todo) - len(carry),
         resumed=plan.resumed,
         detector_id=info.detector_id,
     )
@@ -200,18 +263,18 @@ def run_scan(
         resize_mode=info.inputs[0][1],
         timing=timing,
         also=info.inputs[1:],
+        identities={s: i for u, s, i in listing if s not in done_before},
+        carry=carry,
     )
     progress: Progress | None = None
-    written: dict[str, dict[str, Any]] = {}
+    this = Totals()  # this attempt's running totals (one marker added per shard)
     budget = error_budget(cfg)
     extra: dict[str, Any] = {}
+    # earlier attempts' markers, read once (batched, concurrent): their totals count in the budget and the end
+    before = aggregate(paths, sorted(done_before)) if done_before else Totals()
     try:
         # stop early once the shard budget cannot be met any more (earlier attempts' failed shards count too)
-        prior = (
-            run_errors(aggregate(paths, sorted(done_before)), len(done_before))
-            if done_before
-            else ErrorTally()
-        )
+        prior = run_errors(before.as_dict(), len(done_before)) if done_before else ErrorTally()
         guard = budget.guard(len(shards), prior, shard_errors)
 
         def checks(p: Progress) -> None:
@@ -227,16 +290,14 @@ def run_scan(
             todo,
             executor,
             work,
-            written,
+            this,
             on_shard=on_shard,
             check=checks,
         )
         not_marked = sorted({s for _, s in shards} - completed_shards(paths))
         if not_marked:
             raise ScanFailed(f"{len(not_marked)} shard(s) have no completion marker: {not_marked[:5]}")
-        extra["error_budget"] = budget.check(
-            run_errors(aggregate(paths, [s for _, s in shards], known=written), len(shards))
-        )
+        extra["error_budget"] = budget.check(run_errors(before.merge(this).as_dict(), len(shards)))
     except BaseException as exc:
         if isinstance(exc, ErrorBudgetExceeded):
             extra["error_budget"] = exc.record
@@ -244,7 +305,7 @@ def run_scan(
         run.write(
             status="failed",
             error=f"{type(exc).__name__}: {exc}",
-            totals=aggregate(paths, [s for _, s in shards], known=written),
+            totals=before.merge(this).as_dict(),
             **extra,
         )
         log.error("scan_failed", run_id=plan.run_id, error=str(exc))
@@ -252,12 +313,15 @@ def run_scan(
             raise ScanFailed(str(exc)) from exc
         raise
     wall = time.perf_counter() - t_start
-    totals = aggregate(paths, [s for _, s in shards], known=written)
+    totals = before.merge(this).as_dict()
+    now = this.as_dict()
     attempt.update(
         finished_at=now_iso(),
         wall_s=round(wall, 3),
-        shards_written=progress.done,
-        rows_written=sum(st["rows"] for st in written.values()),
+        shards_written=progress.done - now["shards_carried"],
+        rows_written=now["rows"] - now["rows_carried"],
+        shards_carried=now["shards_carried"],
+        rows_carried=now["rows_carried"],
     )
     run.write(status="succeeded", totals=totals, finished_at=now_iso(), **extra)
     log.info(
@@ -266,6 +330,7 @@ def run_scan(
         shards=totals["shards_done"],
         rows=totals["rows"],
         counts=totals["counts"],
+        carried=totals["shards_carried"],
         wall_s=round(wall, 2),
     )
     return run.record
@@ -279,20 +344,23 @@ def _scan(
     todo: list[tuple[str, str]],
     executor: ScanExecutor,
     work: ScanWork,
-    written: dict[str, dict[str, Any]],
+    totals: Totals,
     *,
     on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
     check: Callable[[Progress], None] | None = None,
 ) -> Progress:
-    """The shards of `todo` through the executor (which writes them where the rows are) under the stall
-    watchdog; `written` receives each shard's summary. A shard whose summary was lost on the way (its writer
-    committed it, then the acknowledgement died with a retried task) counts by its marker."""
+    """The shards of `todo` (and `work.carry`) through the executor (which writes them where the rows are)
+    under the stall watchdog; `totals` adds each shard's summary (nothing per shard is kept but its id, in the
+    progress). A shard whose summary was lost on the way (its writer committed it, then the acknowledgement died
+    with a retried task) counts by its marker."""
     rows_total = 0
     t0 = time.perf_counter()
+    seen: list[Progress] = []  # the run's progress, once the first shard arrived
 
     def execute(ids: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         yield from executor(todo, work)
-        for shard in sorted((set(ids) - set(written)) & completed_shards(paths)):
+        got = seen[0].completed if seen else set()
+        for shard in sorted((set(ids) - got) & completed_shards(paths)):
             marker = read_json(paths.marker(shard))
             if marker is not None:
                 yield shard, marker
@@ -301,8 +369,11 @@ def _scan(
 
         def logged(shard: str, stats: dict[str, Any], progress: Progress) -> None:
             nonlocal rows_total
-            written[shard] = stats
-            rows_total += int(stats["rows"])
+            if not seen:
+                seen.append(progress)
+            totals.add(stats)
+            if not stats.get("carried_from"):  # the scan rate counts rows scored here
+                rows_total += int(stats["rows"])
             dog.progress()
             log.info(
                 "shard_done",
@@ -312,13 +383,16 @@ def _scan(
                 done=progress.done,
                 todo=progress.todo,
                 rows_total=rows_total,
+                carried=bool(stats.get("carried_from")),
                 images_per_s=round(rows_total / max(time.perf_counter() - t0, 1e-9), 1),
             )
             if on_shard is not None:
                 on_shard(shard, stats, progress)
 
         try:
-            return run_shards(shard_ids, done=done_before, execute=execute, on_shard=logged, check=check)
+            return run_shards(
+                shard_ids, done=done_before, execute=execute, on_shard=logged, check=check, keep=False
+            )
         except KeyboardInterrupt as exc:
             if dog.fired:
                 raise ScanFailed(f"no progress for {cfg.stall_timeout_s}s (stall_timeout_s)") from exc
@@ -331,6 +405,7 @@ __all__ = [
     "detector_info",
     "error_budget",
     "list_input",
+    "list_input_objects",
     "run_errors",
     "shard_errors",
 ]

@@ -23,6 +23,16 @@ from pipeline.scan.rows import RunContext, ShardCollector, shard_stats, to_table
 
 log = get_logger("pipeline.scan.write")
 
+# the batch column that carries the scanned shard's stored identity (`pipeline.storage.object_identity`, from the
+# driver's listing) from the read stage to the writer, which records it in the shard's marker
+IDENTITY_COL = "_identity"
+
+
+def tag_identity(batch: dict[str, np.ndarray], identity: str | None) -> dict[str, np.ndarray]:
+    """Add the shard's identity to each row of a prepared batch (the placeholder row of an empty shard too)."""
+    batch[IDENTITY_COL] = np.full(len(batch["shard"]), identity or "", dtype=object)
+    return batch
+
 
 def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -58,10 +68,16 @@ class ShardSink:
         self.writer_node = writer_node or f"host:{socket.gethostname()}"
         self.collector = ShardCollector()
         self.ready_at = float("inf")  # earliest scorer-ready wall time seen in the rows (throughput timing)
+        self.identity: dict[str, str] = {}  # pending shard -> its identity (from the rows' IDENTITY_COL)
 
     def add(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         if "_actor_ready" in batch and len(batch["_actor_ready"]):
             self.ready_at = min(self.ready_at, float(np.min(batch["_actor_ready"])))
+        if IDENTITY_COL in batch and len(batch[IDENTITY_COL]):
+            shards = np.asarray(batch["shard"], dtype=object)
+            for shard in dict.fromkeys(shards.tolist()):
+                if shard not in self.identity and shard not in self.collector.done:
+                    self.identity[shard] = str(batch[IDENTITY_COL][int(np.argmax(shards == shard))])
         done = []
         for shard, rows in self.collector.add(batch):
             done.append(self.write(shard, rows))
@@ -78,6 +94,7 @@ class ShardSink:
         stats.update(
             run_id=self.ctx.run_id,
             detector_id=",".join(detectors) or self.ctx.detector_id,
+            identity=self.identity.pop(shard, "") or None,  # what the next night compares (None: unknown)
             writer_node=self.writer_node,
             finished_at=_now_iso(),
             write_s=round(time.perf_counter() - t0, 6),

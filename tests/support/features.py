@@ -69,16 +69,31 @@ def clipbased_detector(out: Path, backbone: Path, *, seed: int = 3, width: int =
 
 
 def feature_scan(
-    input_: str, output: str, detector: str, *, features: str, precision: str = "float16", scan_date: str
+    input_: str,
+    output: str,
+    detector: str,
+    *,
+    features: str,
+    precision: str = "float16",
+    scan_date: str,
+    extra: list[str] | None = None,
 ) -> dict:
-    """The scan job's flags -> config -> `run_scan` in this process (the in-process executor)."""
+    """The scan job's flags (+ `extra`) -> config -> `run_scan` in this process (the in-process executor)."""
     from pipeline.cli.scan_bucket import build_config, parse_args
     from pipeline.scan.job import run_scan
 
     threads = torch.get_num_threads()
     try:
         args = ["--input", input_, "--output", output, "--detector", detector, "--scan-date", scan_date]
-        args += ["--features", features, "--features-precision", precision, "--batch-size", "16"]
+        args += [
+            "--features",
+            features,
+            "--features-precision",
+            precision,
+            "--batch-size",
+            "16",
+            *(extra or []),
+        ]
         return run_scan(build_config(parse_args(args)))
     finally:
         torch.set_num_threads(threads)  # the scorer sets torch's threads for its process

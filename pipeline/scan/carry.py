@@ -1,0 +1,367 @@
+"""Incremental scans: carry the shards that did not change since an earlier night forward [ours].
+
+A nightly scan (`--incremental`) compares tonight's listing with the latest complete, succeeded scan partition
+of the same output that used the same scoring (`scoring_record`: schema version, detector id or set id + fusion,
+members, preprocessing, pixel limit, decode device, dtype). A shard whose stored identity
+(`pipeline.storage.object_identity`, from tonight's listing) equals the identity recorded in that night's marker
+is CARRIED: its outputs (`shard_parts`) are copied into tonight's partition (server-side on S3), each copy is
+checked (size, Parquet row count), then its marker is written LAST with `carried_from` = {scan_date, run_id,
+identity}. Everything else is scanned as usual. What cannot be trusted is never carried: another scoring, a
+failed or unfinished night, a marker without identity, a source part that is gone or differs (then scanned).
+
+Carried rows are a byte copy: their `run_id` and `scanned_at` are those of the run that SCORED them (the marker
+keeps that run_id too, and `scored_on` = the date it was scored), so `WHERE run_id = <tonight>` selects the rows
+scored tonight. No Ray here: the executors run `carry_shard` on the workers (`pipeline.engine.scan`) or in a
+thread pool (`carry_local`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline.logs import get_logger
+from pipeline.output import SCHEMA_VERSION, RunPaths, completed_shards, list_runs, read_json, write_json
+from pipeline.scan.completion import read_markers, same_uris
+from pipeline.storage import copy_object, filesystem, stored_size
+
+log = get_logger("pipeline.scan.carry")
+
+# marker keys that describe the work of the run that wrote a marker, not the shard's rows: not carried
+_RUN_WORK = (
+    "read_s",
+    "decode_s",
+    "infer_s",
+    "write_s",
+    "writer_node",
+    "node_id",
+    "finished_at",
+    "carried_from",
+)
+
+
+class CarryError(RuntimeError):
+    """A carried part could not be copied or did not check out (the shard is scanned instead)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One output file of a shard to carry: source, destination, the source's size and its row count."""
+
+    src: str
+    dst: str
+    size: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class CarryItem:
+    """A shard to carry: tonight's url and identity, where it comes from, what to copy."""
+
+    shard: str
+    url: str
+    identity: str
+    source_date: str
+    source_run_id: str
+    source_marker: str
+    marker: str  # tonight's marker uri
+    parts: tuple[Part, ...]
+
+
+@dataclass
+class CarryResult:
+    shard: str
+    url: str
+    summary: dict[str, Any] | None  # the carried marker; None: not carried (`problem` says why)
+    problem: str | None = None
+
+
+@dataclass
+class CarryPlan:
+    """The outcome of comparing tonight's listing with the source night."""
+
+    source_date: str | None  # None: nothing carried (`reason` says why)
+    source_run_id: str | None = None
+    reason: str | None = None
+    carry: list[CarryItem] = field(default_factory=list)
+    scan: list[tuple[str, str]] = field(default_factory=list)  # (url, shard) to scan
+    removed: int = 0  # shards of the source night no longer in the input
+    changed: int = 0  # same shard id, other identity
+    added: int = 0  # not in the source night
+    no_identity: int = 0  # unchanged name but the source marker records no identity (rescanned)
+    source_missing: int = 0  # source marker present, its Parquet part gone (rescanned)
+
+    def record(self) -> dict[str, Any]:
+        """run.json's `incremental` (the planned counts; carried/scanned as done are in `totals`)."""
+        return {
+            "source_scan_date": self.source_date,
+            "source_run_id": self.source_run_id,
+            "full_scan_reason": self.reason,
+            "planned_carry": len(self.carry),
+            "planned_scan": len(self.scan),
+            "added": self.added,
+            "changed": self.changed,
+            "removed": self.removed,
+            "no_identity": self.no_identity,
+            "source_missing": self.source_missing,
+        }
+
+
+def scoring_record(
+    *,
+    detector_id: str,
+    member_ids: Sequence[str],
+    fusion: str | None,
+    inputs: Sequence[tuple[int, str]],
+    max_pixels: int,
+    decode_on: str,
+    dtype: str,
+    device: str,
+    features: str | None = None,
+    features_precision: str | None = None,
+) -> dict[str, Any]:
+    """What makes two nights' outputs of the same bytes equal: recorded in run.json (`scoring`) and compared.
+    The stored features' kind and precision are part of it: a night that keeps features carries only from a
+    night that kept the same ones (each carried shard brings its features part along)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "detector_id": detector_id,
+        "members": list(member_ids),
+        "fusion": fusion,
+        "inputs": [[int(s), str(p)] for s, p in inputs],
+        "max_pixels": int(max_pixels),
+        "decode_on": decode_on,
+        "dtype": dtype,
+        "device": device,
+        "features": features,
+        "features_precision": features_precision if features else None,
+    }
+
+
+def _differs(prev: dict[str, Any], now: dict[str, Any]) -> str | None:
+    for k, v in now.items():
+        if prev.get(k) != v:
+            return f"{k} {prev.get(k)!r} there, {v!r} tonight"
+    return None
+
+
+def find_source(
+    output: str, tonight: str, source: str, scoring: dict[str, Any], only: str | None = None
+) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """(date, run.json, None) of the latest earlier partition of `output` that succeeded, is complete and used
+    the same input and scoring; else (None, None, why not). `only`: that date or nothing (a resumed night
+    keeps the source its first attempt chose)."""
+    dates = [d for d in list_runs(output) if d < tonight] if only is None else [only]
+    why = None
+    for date in reversed(dates):
+        run = read_json(RunPaths(output, date).run_file("run.json"))
+        if run is None or run.get("status") != "succeeded":
+            why = why or f"scan {date} did not succeed (status {(run or {}).get('status')!r})"
+            continue
+        totals = run.get("totals") or {}
+        if totals.get("shards_done") != run.get("shards_total"):
+            why = (
+                why or f"scan {date} is incomplete ({totals.get('shards_done')} of {run.get('shards_total')})"
+            )
+            continue
+        if same_uris(run.get("source")) != same_uris(source):
+            why = why or f"scan {date} scanned another input ({run.get('source')!r})"
+            continue
+        if run.get("scoring") is None:
+            why = why or f"scan {date} records no scoring (written before incremental scans)"
+            continue
+        diff = _differs(run["scoring"], scoring)
+        if diff:
+            why = why or f"scan {date} used another scoring: {diff}"
+            continue
+        return date, run, None
+    return None, None, why or f"no earlier scan under {output}"
+
+
+def shard_parts(
+    src: RunPaths,
+    dst: RunPaths,
+    shard: str,
+    sizes: dict[str, int],
+    marker: dict[str, Any],
+    feature_sizes: dict[str, int] | None = None,
+) -> tuple[Part, ...] | None:
+    """A shard's output files to carry: its Parquet part, and its stored-features part when the source night
+    kept features (its marker says how many rows the part holds). None when a part is missing at the source
+    (the shard is then scanned)."""
+    uri = src.parquet(shard)
+    parts = [Part(uri, dst.parquet(shard), sizes[posixpath.basename(uri)], int(marker.get("rows", 0)))]
+    feats = marker.get("features")
+    if feats is not None:
+        f_uri = src.features(shard)
+        size = (feature_sizes or {}).get(posixpath.basename(f_uri))
+        if size is None:
+            return None
+        parts.append(Part(f_uri, dst.features(shard), size, int(feats.get("rows", 0))))
+    return tuple(parts)
+
+
+def _sizes(folder: str) -> dict[str, int]:
+    """file name -> size of a folder's files, from one listing (fresh: never a cached one)."""
+    fs, path = filesystem(folder)
+    fs.invalidate_cache(path)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {
+        posixpath.basename(str(e["name"]).rstrip("/")): int(e["size"])
+        for e in entries
+        if e.get("type") == "file" and e.get("size") is not None
+    }
+
+
+def plan_carry(
+    output: str,
+    tonight: RunPaths,
+    shards: Sequence[tuple[str, str, str | None]],
+    source_date: str,
+    source_run: dict[str, Any],
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> CarryPlan:
+    """Compare tonight's (url, shard, identity) listing with the source night: ONE listing of its markers and
+    one of its Parquet parts, its markers read in batched concurrent requests. Keeps only what each carry needs.
+    `skip`: shards already complete tonight (a resumed night): neither carried nor scanned again."""
+    src = RunPaths(output, source_date)
+    plan = CarryPlan(source_date=source_date, source_run_id=source_run.get("run_id"))
+    marked = completed_shards(src)
+    sizes = _sizes(src.data_dir)
+    feature_sizes = _sizes(src.features_dir)  # one listing; empty when the source night kept no features
+    tonight_ids = {s for _, s, _ in shards}
+    plan.removed = len(marked - tonight_ids)
+    by_id = {s: (u, i) for u, s, i in shards}
+    candidates = [s for _, s, i in shards if s in marked and i is not None and s not in skip]
+    carried: set[str] = set()
+    for shard, m in read_markers(src, candidates, strict=False):  # unreadable: no identity -> rescanned
+        url, identity = by_id[shard]
+        if not m.get("identity"):
+            plan.no_identity += 1
+        elif m["identity"] != identity:
+            plan.changed += 1
+        elif posixpath.basename(src.parquet(shard)) not in sizes:
+            plan.source_missing += 1
+        elif (parts := shard_parts(src, tonight, shard, sizes, m, feature_sizes)) is None:
+            plan.source_missing += 1
+        else:
+            plan.carry.append(
+                CarryItem(
+                    shard=shard,
+                    url=url,
+                    identity=identity,
+                    source_date=source_date,
+                    source_run_id=str(source_run.get("run_id")),
+                    source_marker=src.marker(shard),
+                    marker=tonight.marker(shard),
+                    parts=parts,
+                )
+            )
+            carried.add(shard)
+    for url, shard, identity in shards:
+        if shard in carried or shard in skip:
+            continue
+        plan.scan.append((url, shard))
+        if shard not in marked:
+            plan.added += 1
+        elif identity is None:
+            plan.changed += 1  # tonight's listing says nothing comparable: scanned
+    return plan
+
+
+def _parquet_rows(uri: str) -> int:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return int(pq.read_metadata(f).num_rows)
+
+
+def carry_outputs(
+    parts: Sequence[Part], marker_uri: str, marker: dict[str, Any], started: float | None = None
+) -> dict[str, Any]:
+    """Copy a shard's outputs (server-side where the store can), check each copy's size and row count, then
+    write its marker LAST: a marker implies complete, checked outputs. CarryError / OSError when a part fails
+    (no marker written: the shard is scanned instead, and the scan overwrites the part). `started`: a
+    perf_counter time; the marker records `copy_s`, the seconds from it to the checked copies. Returns the
+    marker written."""
+    t0 = time.perf_counter() if started is None else started
+    for p in parts:
+        copy_object(p.src, p.dst)
+        size = stored_size(p.dst)
+        if size != p.size:
+            raise CarryError(f"{p.dst}: copied {size} bytes, the source had {p.size}")
+        rows = _parquet_rows(p.dst)
+        if rows != p.rows:
+            raise CarryError(f"{p.dst}: {rows} rows, the source marker says {p.rows}")
+    written = {**marker, "copy_s": round(time.perf_counter() - t0, 6)}
+    write_json(marker_uri, written)
+    return written
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def carry_shard(item: CarryItem, writer_node: str | None = None) -> CarryResult:
+    """Carry one shard (runs on a worker): re-read its source marker (it must still record the identity
+    matched), copy and check its parts, write tonight's marker. Any failure -> a result with `problem`."""
+    t0 = time.perf_counter()
+    try:
+        src = read_json(item.source_marker)
+        if src is None or src.get("identity") != item.identity:
+            raise CarryError(
+                f"source marker {item.source_marker} is gone or no longer records {item.identity}"
+            )
+        marker = {k: v for k, v in src.items() if k not in _RUN_WORK}
+        marker.update(
+            identity=item.identity,
+            scored_on=src.get("scored_on") or item.source_date,
+            carried_from={
+                "scan_date": item.source_date,
+                "run_id": item.source_run_id,
+                "identity": item.identity,
+            },
+            carried_at=_now_iso(),
+            writer_node=writer_node or f"host:{socket.gethostname()}",
+        )
+        written = carry_outputs(item.parts, item.marker, marker, started=t0)
+    except (OSError, CarryError, ValueError) as exc:  # ValueError: a part that is not Parquet any more
+        return CarryResult(item.shard, item.url, None, f"{type(exc).__name__}: {exc}")
+    return CarryResult(item.shard, item.url, written)
+
+
+def carry_batch(items: Sequence[CarryItem], writer_node: str | None = None) -> list[CarryResult]:
+    """Several shards in one task (a Ray task per batch, not per shard)."""
+    return [carry_shard(i, writer_node) for i in items]
+
+
+def carry_local(items: Sequence[CarryItem], threads: int = 16) -> Iterator[CarryResult]:
+    """Carry in this process: copies are I/O-bound, so a thread pool; results as they complete."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="carry") as pool:
+        futures = [pool.submit(carry_shard, i) for i in items]
+        for f in as_completed(futures):
+            yield f.result()
+
+
+def carried_then_rest(
+    results: Iterator[CarryResult], todo: list[tuple[str, str]]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield each carried shard's summary; a shard that could not be carried is appended to `todo` (to scan)."""
+    for r in results:
+        if r.summary is not None:
+            yield r.shard, r.summary
+        else:
+            log.warning("carry_failed_scanning", shard=r.shard, problem=r.problem)
+            todo.append((r.url, r.shard))

@@ -93,7 +93,7 @@ if case == "report":
     rc = main(["--scan", scan, "--output", out, "--gallery-size", "0", "--top-n", "0"])
     assert rc == 0, rc
 else:
-    from pipeline.hygiene.report import COLUMNS, TREND_COLUMNS, load_scan
+    from pipeline.report.summary import COLUMNS, TREND_COLUMNS, load_scan
     from pipeline.output import resolve_scan_date
     if case == "load_all_columns":
         n = load_scan(scan).num_rows

@@ -8,7 +8,7 @@ shards, and `open_scan()` for readers — the ONE place that spells out the layo
                                                pipeline.features), written with its Parquet, before its marker
 
 Writers: the scan (`pipeline.scan.job` + the shard writers on the workers). Readers: the filter
-(`pipeline.hygiene.plan`), the report (`pipeline.hygiene.report`), the demo summary and the documented queries
+(`pipeline.hygiene.plan`), the report (`pipeline.report`), the demo summary and the documented queries
 (docs/queries.md: `read_parquet('<out>/scan_date=*/*.parquet', hive_partitioning = true)` = `parquet_glob`).
 
 Schema: change it only by bumping SCHEMA_VERSION and documenting the change; readers use the `schema_version`

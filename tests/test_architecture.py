@@ -29,6 +29,7 @@ LAYERS = {
     "pipeline.data": 2,
     "pipeline.scan": 3,
     "pipeline.hygiene": 3,
+    "pipeline.report": 3,
     "pipeline.train": 3,
     "pipeline.eval": 3,
     "pipeline.features": 3,

@@ -29,8 +29,8 @@ from pipeline import shards as shard_layer
 from pipeline.cli.filter_shards import main as filter_main
 from pipeline.cli.report import main as report_main
 from pipeline.data.sources import LabelledImage, load_labelled
-from pipeline.hygiene import gallery
 from pipeline.models.preprocess import prepare_image
+from pipeline.report import gallery
 from pipeline.scan.decode import decode_image
 from pipeline.scan.gpu_decode import device_decodable
 from tests.support import badinputs as bi

@@ -55,7 +55,9 @@ def test_wheel_installs_into_a_fresh_venv_and_scans_from_its_console_scripts(tmp
     _run(
         [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)],
         tmp_path,
-        {**os.environ},
+        # without PYTHONPATH: a checkout on it (with the genscan.egg-info the build leaves there) reads as
+        # "genscan already installed" and pip would install nothing
+        {k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     # the dependencies: the project environment's site-packages as a plain path entry (its .pth files, the
     # editable install of the checkout among them, are NOT processed that way)
@@ -141,3 +143,16 @@ def test_wheel_installs_into_a_fresh_venv_and_scans_from_its_console_scripts(tmp
 
     rows = pads.dataset(str(work / "scan"), format="parquet", partitioning="hive").to_table()
     assert rows.num_rows == 12 and set(rows.column("status").to_pylist()) == {"ok"}
+
+    # the report renders from the templates the wheel carries (package data), not the checkout's
+    assert (Path(where).parent / "report" / "templates" / "report.html.j2").is_file()
+    report = _run(
+        [str(venv / "bin" / "genscan-report"), "--scan", "scan", "--output", "report", "--gallery-size", "2"],
+        work,
+        env,
+    )
+    printed = json.loads(report.stdout.strip().splitlines()[-1])
+    assert printed["rows"] == 12 and printed["thumbnails"] > 0, printed
+    page = (work / "report" / "report.html").read_text()
+    assert 'data-metric="totals.rows">12<' in page and 'id="genscan-summary"' in page
+    assert 'data-metric="header.run_status">succeeded<' in page

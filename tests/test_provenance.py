@@ -344,7 +344,7 @@ def test_filter_rules_on_the_verdict(scanned, cases, capsys) -> None:
 
 
 def test_report_provenance_section_and_declared_gallery(scanned, cases) -> None:
-    from pipeline.hygiene.report import ReportConfig, build_report
+    from pipeline.report.build import ReportConfig, build_report
 
     out = scanned["tmp"] / "report"
     summary = build_report(ReportConfig(scan=str(scanned["scan"]), output=str(out), gallery_size=32))
@@ -395,7 +395,7 @@ def test_v2_files_read_beside_v3(scanned, tmp_path: Path) -> None:
         " hive_partitioning = true, union_by_name = true) GROUP BY ALL ORDER BY 1"
     )
     assert q.fetchall() == [(2, 0), (3, v3.num_rows)]
-    from pipeline.hygiene.report import ReportConfig, build_report
+    from pipeline.report.build import ReportConfig, build_report
 
     old_report = build_report(
         ReportConfig(scan=str(root), output=str(tmp_path / "report"), scan_date="2026-12-04", gallery_size=2)

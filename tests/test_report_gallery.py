@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 from collections import Counter, defaultdict
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ from PIL import Image
 
 from pipeline.cli.filter_shards import main as filter_main
 from pipeline.cli.report import main as report_main
-from pipeline.hygiene import gallery
+from pipeline.report import gallery
+from pipeline.report.render import render_html
 from tests.support.hygiene import (
     BIG,
     GALLERY_DAY,
@@ -243,6 +245,69 @@ def test_page_header_filter_section_and_safe_links(world, report) -> None:
     for k in ("kept", "dropped", "quarantined"):
         assert f'data-metric="filter.{k}">{stats["totals"][k]}<' in page
     assert [x["shard"] for x in f["skipped_shards"]] == ["shard-000009"]
+
+
+class Texts(HTMLParser):
+    """The text a reader sees in each data-metric cell and under each gallery's title, and the embedded JSON."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
+        self.titles: dict[str, str] = {}
+        self.blob = ""
+        self._into: tuple[dict, str] | None = None
+        self._section = ""
+
+    def handle_starttag(self, tag, attrs) -> None:
+        a, into = dict(attrs), None
+        if tag == "section":
+            self._section = a["id"]
+        if "data-metric" in a:
+            into = (self.metrics, a["data-metric"])
+        elif tag == "h3" and self._section:
+            into = (self.titles, self._section)
+        elif tag == "p" and a.get("class") == "note":
+            into = (self.notes, self._section)
+        elif tag == "script" and a.get("id") == "genscan-summary":
+            into = (self.__dict__, "blob")
+        if into:
+            self._into = into
+            into[0][into[1]] = ""
+
+    def handle_data(self, data) -> None:
+        if self._into:
+            self._into[0][self._into[1]] += data
+
+    def handle_endtag(self, tag) -> None:
+        if tag in ("td", "span", "h3", "p", "script"):
+            self._into = None
+        if tag == "section":
+            self._section = ""
+
+
+def test_page_escapes_what_came_from_data_and_explains_the_disagreeing_heads(report) -> None:
+    """Strings from the data (run ids, shard names, sidecar captions and URLs) reach the reader exactly as they
+    are, escaped (never as markup), and the embedded JSON round-trips; the gallery of images the binary head
+    flags but the attribution head calls 'real' says so in words."""
+    evil = "<script>alert('x\"y')</script> & </td>"
+    summary = json.loads(json.dumps(report["summary"]))
+    summary["run_ids"] = [evil]
+    summary["shards"][0]["shard"] = evil
+    cards = [gallery.Item(**it) for it in summary["top_flagged"][:2]]
+    cards[0].caption, cards[0].url = evil, "javascript:alert(1)"
+    cards[1].url = 'https://example.com/a"onmouseover="alert(1)'
+    page = render_html(summary, [], [gallery.fakes_gallery("real", cards)], cards)
+    assert "<script>alert" not in page and 'href="javascript' not in page and '"onmouseover' not in page
+    seen = Texts()
+    seen.feed(page)
+    assert seen.metrics["header.run_ids"] == evil and seen.metrics[f"shards.{evil}.samples"] == str(
+        summary["shards"][0]["samples"]
+    )
+    assert json.loads(seen.blob) == summary
+    section = "gallery-fakes:real"
+    assert seen.titles[section].startswith("Flagged fake, but attributed to no known generator")
+    assert "the two heads disagree" in seen.notes[section] and "look at them" in seen.notes[section]
 
 
 def test_changed_shard_never_shows_another_image(world, tmp_path) -> None:

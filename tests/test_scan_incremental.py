@@ -156,7 +156,7 @@ def test_incremental_night_equals_a_full_rescan_local(tmp_path: Path, detector: 
     assert filter_main(["--scan", out, "--scan-date", NIGHT2, "--input", inp, "--output", str(clean)]) == 0
     assert sorted(p.name for p in clean.glob("*.tar")) == [f"shard-00000{i}.tar" for i in (0, 1, 3, 4)]
     # the report of the night says what was scanned and carried
-    from pipeline.hygiene.report import ReportConfig, build_report
+    from pipeline.report.build import ReportConfig, build_report
 
     summary = build_report(ReportConfig(scan=out, output=str(tmp_path / "report"), scan_date=NIGHT2))
     assert summary["totals"]["rows"] == 12

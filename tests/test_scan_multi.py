@@ -182,7 +182,7 @@ def test_v1_and_v2_history_read_together(multi, singles, tmp_path: Path) -> None
     """A scan output whose older date was written in schema v1 (the v1 columns, version 1) and a newer one in
     v2: open_scan / read_scan, DuckDB's documented glob, the filter's and the report's readers."""
     from pipeline.hygiene.plan import SCAN_COLUMNS
-    from pipeline.hygiene.report import COLUMNS as REPORT_COLUMNS
+    from pipeline.report.summary import COLUMNS as REPORT_COLUMNS
 
     out = tmp_path / "scan"
     v2 = pq.read_table(next((multi["out"] / "scan_date=2026-12-01").glob("*.parquet")))

@@ -15,8 +15,8 @@ import sys
 from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
-from pipeline.hygiene.report import ReportConfig, build_report
 from pipeline.preflight import Location, check_storage
+from pipeline.report.build import ReportConfig, build_report
 
 
 @job_main("report", quiet=True)

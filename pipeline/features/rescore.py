@@ -367,13 +367,20 @@ def run_rescore(
         totals = aggregate(target, shards).as_dict()
         record = budget.check(run_errors(totals, len(shards)))
     except ErrorBudgetExceeded as exc:
-        run.write(status="failed", error=str(exc), error_budget=exc.record, totals=aggregate(target, shards).as_dict())
+        run.write(
+            status="failed",
+            error=str(exc),
+            error_budget=exc.record,
+            totals=aggregate(target, shards).as_dict(),
+        )
         raise RescoreFailed(str(exc)) from exc
     except IncompleteRun as exc:
         run.write(status="failed", error=str(exc), totals=aggregate(target, shards).as_dict())
         raise RescoreFailed(str(exc)) from exc
     except Exception as exc:
-        run.write(status="failed", error=f"{type(exc).__name__}: {exc}", totals=aggregate(target, shards).as_dict())
+        run.write(
+            status="failed", error=f"{type(exc).__name__}: {exc}", totals=aggregate(target, shards).as_dict()
+        )
         raise
     wall = time.perf_counter() - t0
     rows = int(totals["rows"])

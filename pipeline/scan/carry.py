@@ -251,9 +251,10 @@ def plan_carry(
             plan.no_identity += 1
         elif m["identity"] != identity:
             plan.changed += 1
-        elif posixpath.basename(src.parquet(shard)) not in sizes:
-            plan.source_missing += 1
-        elif (parts := shard_parts(src, tonight, shard, sizes, m, feature_sizes)) is None:
+        elif (
+            posixpath.basename(src.parquet(shard)) not in sizes
+            or (parts := shard_parts(src, tonight, shard, sizes, m, feature_sizes)) is None
+        ):
             plan.source_missing += 1
         else:
             plan.carry.append(

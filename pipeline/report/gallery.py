@@ -1,9 +1,10 @@
-"""Thumbnail galleries for the report [ours]: which scan rows an analyst should SEE, and their thumbnails read
+"""The report's thumbnail galleries [ours]: which scan rows an analyst should SEE, and their thumbnails read
 back from the shards through the project's shard layer (`pipeline.shards`, the same samples, keys and image
 members the scan scored).
 
 Galleries (each at most `size` cards, chosen deterministically):
-- `fakes:<generator>`: the most confident flagged images per top_generator (highest p_fake first);
+- `fakes:<generator>`: the most confident flagged images per top_generator (highest p_fake first); under
+  `fakes:real` the images the binary head flags but the attribution head calls real (the heads disagree);
 - `borderline`: scored images closest to their threshold, on both sides;
 - `kept`: a random sample (seeded, stable between runs) of scored images that were not flagged;
 - `errors`: one example per error status, with its message;
@@ -12,22 +13,22 @@ plus the top-N flagged rows as a table.
 Each shard is read ONCE, streamed sample by sample (memory: one sample at a time plus the wanted thumbnails);
 a card's image must have the sha256 the scan recorded, so a shard that changed since the scan never shows
 another image under the scanned key. Thumbnails are JPEGs of at most `THUMB_PX` px, written beside the page.
+The cards' HTML is the report's template (pipeline/report/templates/_galleries.html.j2).
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
 import io
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, NamedTuple
 
 import duckdb
 
 from pipeline import shards as shard_layer
 from pipeline import storage
+from pipeline.hygiene.policy import UNKNOWN_LABEL
 from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
 
@@ -72,6 +73,43 @@ class Item:
         return (self.shard_url, self.key, self.sha256)
 
 
+class Gallery(NamedTuple):
+    """One section of cards: `name` is its id on the page (`gallery-<name>`) and its key in summary.json."""
+
+    name: str
+    title: str
+    items: list[Item]
+    note: str = ""  # one sentence under the title: what the reader is looking at and what to do with it
+
+
+# the attribution head's label for "no generator" (pipeline.models: gen_logits over ["real", *generators])
+REAL_LABEL = "real"
+
+
+def fakes_gallery(generator: str, items: list[Item]) -> Gallery:
+    """The most confident fakes of one top_generator. Under 'real' the binary head flags the image but the
+    attribution head's top label is 'real': the two heads disagree, which is said on the page in words."""
+    if generator == REAL_LABEL:
+        return Gallery(
+            f"fakes:{generator}",
+            "Flagged fake, but attributed to no known generator ('real' is the attribution head's top label)",
+            items,
+            "The binary head says generated (p_fake at or above the threshold) while the attribution "
+            "head's top label is 'real': the two heads disagree. These are the borderline and "
+            "unknown-generator cases — look at them: a generator the detector was not trained on, or a "
+            "false positive.",
+        )
+    if generator == UNKNOWN_LABEL:
+        return Gallery(
+            f"fakes:{generator}",
+            "Flagged fake, generator not recognised",
+            items,
+            "The binary head says generated, but no known generator's attribution score passed the "
+            "detector's unknown threshold: a new generator, or one the detector confuses with another.",
+        )
+    return Gallery(f"fakes:{generator}", f"Most confident fakes attributed to {generator}", items)
+
+
 def _items(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[Item]:
     rel = con.execute(sql, params or [])
     cols = [d[0] for d in rel.description]
@@ -83,9 +121,9 @@ def _items(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = 
 
 
 def select(con: duckdb.DuckDBPyConnection, *, size: int, top_n: int, seed: int) -> dict[str, Any]:
-    """The galleries' rows from the `scan` view (one scan date): {"galleries": [(name, title, items)],
-    "top_flagged": items}."""
-    galleries: list[tuple[str, str, list[Item]]] = []
+    """The galleries' rows from the `scan` view (one scan date):
+    {"galleries": [Gallery], "top_flagged": items}."""
+    galleries: list[Gallery] = []
     if size > 0:
         fakes = _items(
             con,
@@ -100,10 +138,10 @@ def select(con: duckdb.DuckDBPyConnection, *, size: int, top_n: int, seed: int) 
         for it in fakes:
             by_gen[str(it.top_generator)].append(it)
         for gen in sorted(by_gen, key=lambda g: (-len(by_gen[g]), g)):
-            galleries.append((f"fakes:{gen}", f"Most confident fakes attributed to {gen}", by_gen[gen]))
+            galleries.append(fakes_gallery(gen, by_gen[gen]))
         declared = ", ".join(f"'{v}'" for v in DECLARED_VERDICTS)
         galleries.append(
-            (
+            Gallery(
                 "declared",
                 "Declared generated by their own provenance (C2PA, XMP, generator metadata), generator named",
                 _items(
@@ -116,7 +154,7 @@ def select(con: duckdb.DuckDBPyConnection, *, size: int, top_n: int, seed: int) 
             )
         )
         galleries.append(
-            (
+            Gallery(
                 "provenance-invalid",
                 "C2PA manifests that fail validation (what they claim is not believed)",
                 _items(
@@ -129,7 +167,7 @@ def select(con: duckdb.DuckDBPyConnection, *, size: int, top_n: int, seed: int) 
             )
         )
         galleries.append(
-            (
+            Gallery(
                 "borderline",
                 "Borderline: closest to the threshold (both sides)",
                 _items(
@@ -142,7 +180,7 @@ def select(con: duckdb.DuckDBPyConnection, *, size: int, top_n: int, seed: int) 
             )
         )
         galleries.append(
-            (
+            Gallery(
                 "kept",
                 "Random sample of what is kept (not flagged)",
                 _items(
@@ -155,7 +193,7 @@ def select(con: duckdb.DuckDBPyConnection, *, size: int, top_n: int, seed: int) 
             )
         )
         galleries.append(
-            (
+            Gallery(
                 "errors",
                 "One example per error status",
                 _items(
@@ -179,10 +217,11 @@ def select(con: duckdb.DuckDBPyConnection, *, size: int, top_n: int, seed: int) 
         if top_n > 0
         else []
     )
-    return {"galleries": [g for g in galleries if g[2]], "top_flagged": top}
+    return {"galleries": [g for g in galleries if g.items], "top_flagged": top}
 
 
-def _text(value: Any) -> str | None:
+def short_text(value: Any) -> str | None:
+    """`value` on one line (whitespace runs collapsed), cut to MAX_TEXT characters with an ellipsis."""
     if value is None:
         return None
     text = " ".join(str(value).split())
@@ -210,7 +249,7 @@ def thumb_name(item: Item) -> str:
 def fill(items: list[Item], output: str) -> dict[str, Any]:
     """Read each shard of `items` once; write a thumbnail per item beside the report and set url/caption from
     the sample's JSON sidecar. Items of error rows get their message as the note. Returns read statistics."""
-    log = get_logger("hygiene.gallery")
+    log = get_logger("report.gallery")
     wanted: dict[str, dict[str | None, list[Item]]] = defaultdict(lambda: defaultdict(list))
     for it in items:
         if it.key is None:
@@ -263,8 +302,8 @@ def _fill_one(
         return
     meta, _ = shard_layer.parse_meta(chosen.json_member())
     if meta:
-        it.url = _text(meta.get("url"))
-        it.caption = _text(meta.get("caption") or meta.get("text"))
+        it.url = short_text(meta.get("url"))
+        it.caption = short_text(meta.get("caption") or meta.get("text"))
     if it.status != "ok":
         it.note = it.error or it.status
         return
@@ -283,56 +322,9 @@ def _fill_one(
     it.thumb = name
 
 
-# ---------------------------------------------------------------------------------------------- HTML
-
-
-def _safe_href(url: str | None) -> str | None:
-    """Only http(s) links are clickable (a sidecar is untrusted: no javascript: or data: URLs)."""
-    if not url:
-        return None
-    return url if urlparse(url).scheme in ("http", "https") else None
-
-
-def _num(x: float | None) -> str:
-    return "—" if x is None else f"{x:.4f}"
-
-
-def card(it: Item, gallery: str) -> str:
-    e = html.escape
-    img = (
-        f'<img src="{e(it.thumb)}" alt="{e(str(it.key))}">'
-        if it.thumb
-        else f'<div class="noimg">{e(it.note if it.status == "ok" else "no image: " + it.status)}</div>'
-    )
-    href = _safe_href(it.url)
-    url = f'<a href="{e(href)}" rel="noreferrer nofollow">{e(it.url or "")}</a>' if href else e(it.url or "")
-    key = "(whole shard)" if it.key is None else it.key
-    if it.status == "ok":
-        side = " flagged" if it.is_fake else " kept"
-        lines = [
-            f'<b>{e(key)}</b> <span class="shard">{e(it.shard)}</span>',
-            f"p_fake {_num(it.p_fake)} · thr {_num(it.threshold)}{side} · {e(str(it.top_generator))}",
-        ]
-    else:
-        lines = [
-            f'<b>{e(key)}</b> <span class="shard">{e(it.shard)}</span>',
-            f'<span class="err">{e(it.status)}: {e(_text(it.error) or "")}</span>',
-        ]
-    declared = provenance_line(it)
-    if declared:
-        lines.append(f'<span class="prov">{e(declared)}</span>')
-    if it.url:
-        lines.append(f'<span class="url">{url}</span>')
-    if it.caption:
-        lines.append(f'<span class="cap">{e(it.caption)}</span>')
-    return (
-        f'<figure class="card" data-gallery="{e(gallery)}" data-shard="{e(it.shard)}" '
-        f'data-key="{e(key)}">{img}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
-    )
-
-
 def provenance_line(it: Item) -> str | None:
-    """ "declared ai_declared: ComfyUI (model …) · C2PA valid_untrusted" for a row with provenance evidence."""
+    """ "declared ai_declared: ComfyUI (model …) · C2PA signature valid_untrusted" for a row with
+    provenance evidence."""
     if it.provenance_verdict in (None, "none"):
         return None
     text = f"declared {it.provenance_verdict}"
@@ -343,36 +335,6 @@ def provenance_line(it: Item) -> str | None:
     if it.provenance_signature:
         text += f" · C2PA signature {it.provenance_signature}"
     return text
-
-
-def _mini(it: Item) -> str:
-    return f'<img class="mini" src="{html.escape(it.thumb)}" alt="thumbnail">' if it.thumb else ""
-
-
-def render(galleries: list[tuple[str, str, list[Item]]], top: list[Item]) -> str:
-    e = html.escape
-    parts = ["<h2>Galleries</h2>"]
-    if not galleries:
-        parts.append("<p>No galleries (none requested, or no rows to show).</p>")
-    for name, title, items in galleries:
-        parts.append(
-            f'<section class="gallery" id="gallery-{e(name)}"><h3>{e(title)} '
-            f'<small>({len(items)})</small></h3><div class="grid">'
-            + "".join(card(it, name) for it in items)
-            + "</div></section>"
-        )
-    rows = "".join(
-        f"<tr><td>{i}</td><td>{e(it.shard)}</td><td>{e(str(it.key))}</td><td>{_num(it.p_fake)}</td>"
-        f"<td>{e(str(it.top_generator))}</td>"
-        f"<td>{_mini(it)}</td>"
-        f"<td>{e(it.url or '')}</td><td>{e(it.caption or '')}</td></tr>"
-        for i, it in enumerate(top, 1)
-    )
-    parts.append(
-        f'<h2>Top {len(top)} flagged</h2><table class="top"><tr><th>#</th><th>shard</th><th>key</th>'
-        f"<th>p_fake</th><th>top_generator</th><th>image</th><th>url</th><th>caption</th></tr>{rows}</table>"
-    )
-    return "\n".join(parts)
 
 
 def as_json(items: list[Item]) -> list[dict[str, Any]]:

@@ -185,10 +185,39 @@ def test_filter_cli_over_budget_exits_1_naming_the_counts_and_writes_nothing(
     assert filter_shards.main([*args, "--output", str(root / "clean")]) == 1
     lines = capsys.readouterr().err.strip().splitlines()  # a status line, then the one-line verdict
     assert len(lines) == 2 and lines[0].startswith("filter: "), lines
-    assert lines[1].startswith("filter failed: error budget exceeded: 5 of 6 shards failed"), lines
+    # the plans arrive one by one: the 4th failed shard of 6 already breaks the 0.5 budget, the run stops there
+    assert lines[1].startswith(
+        "filter failed: error budget exceeded (run stopped early): 4 of 6 shards failed"
+    ), lines
     assert "--max-shard-error-rate 0.5" in lines[1] and "nothing was written" in lines[1]
     assert not (root / "clean").exists()
     assert filter_shards.main([*args, "--output", str(root / "clean2"), "--max-shard-error-rate", "0.9"]) == 0
     run = json.loads((root / "clean2" / "_run" / "run.json").read_text())
     assert run["error_budget"]["failed_shards"] == 5 and not run["error_budget"]["exceeded"]
     assert (root / "clean2" / "_SUCCESS").exists()
+
+
+def test_resume_with_nothing_to_continue_says_so_and_records_a_fresh_run(scan_world: dict[str, str]) -> None:
+    """--resume of a date with no earlier output: one console line says it starts fresh, and run.json records
+    `resumed: false` (it was not a resume); the work itself is the same as a plain run."""
+    import json
+
+    from pipeline.scan.config import ScanConfig
+    from pipeline.scan.job import run_scan
+
+    out = Path(scan_world["root"]) / "fresh-resume"
+    said: list[str] = []
+    cfg = ScanConfig(
+        input=scan_world["input"],
+        output=str(out),
+        detector=scan_world["detector"],
+        scan_date="2026-03-05",
+        batch_size=8,
+        resume=True,
+        max_shard_error_rate=1.0,
+    )
+    run = run_scan(cfg, announce=said.append)
+    assert run["status"] == "succeeded"
+    assert any("--resume: no earlier run of 2026-03-05" in s and "starting it fresh" in s for s in said), said
+    record = json.loads((out / "_run" / "2026-03-05" / "run.json").read_text())
+    assert record["attempts"][0]["resumed"] is False

@@ -102,7 +102,6 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         runlog.discard()
         console.line(one_line(exc, "scan"))
         return exc.exit_code
-    console.status(f"{cfg.input} -> {cfg.output}: starting Ray, loading the detector...")
     # torch and Ray load only now (seconds): the preflight above answers a storage mistake at once
     from pipeline.scan.job import ScanFailed, run_scan
 
@@ -110,7 +109,7 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     try:
         from pipeline.engine.scan import RayScanExecutor  # the one Ray-aware part: shards are scanned on Ray
 
-        run = run_scan(cfg, executor=RayScanExecutor(), on_shard=progress, announce=console.line)
+        run = run_scan(cfg, executor=RayScanExecutor(), on_shard=progress, announce=console.status)
     except ConfigError as exc:  # found once the detector is read: one line
         console.end_progress()
         console.line(one_line(exc, "scan"))

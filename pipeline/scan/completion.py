@@ -104,9 +104,13 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
                 f"run_id: run {scan_date} has run_id {previous.get('run_id')!r}, not {cfg.run_id!r}"
             )
         run_id = previous.get("run_id") or cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
-    else:
-        run_id = cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
-    return RunPlan(paths, run_id, resumed=True, previous=previous)
+        return RunPlan(paths, run_id, resumed=True, previous=previous)
+    if has_output(paths):  # markers or Parquet of an attempt that never wrote its run.json: continue them
+        return RunPlan(
+            paths, cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}", resumed=True, previous=None
+        )
+    # --resume with nothing to continue: a fresh run, recorded as such (run.json "resumed": false)
+    return RunPlan(paths, cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}", resumed=False, previous=None)
 
 
 def versions() -> dict[str, str]:

@@ -166,6 +166,10 @@ def run_scan(
     executor = executor or local_executor
     t_start = time.perf_counter()
     plan = plan_run(cfg)
+    if cfg.resume and not plan.resumed:
+        log.warning("resume_nothing_found", scan_date=plan.paths.scan_date, output=cfg.output)
+        if announce is not None:
+            announce(f"--resume: no earlier run of {plan.paths.scan_date} in {cfg.output}; starting it fresh")
     listing = list_input_objects(cfg)
     shards = [(u, s) for u, s, _ in listing]
     info = run_detectors(cfg)
@@ -201,6 +205,12 @@ def run_scan(
             announce(message)
     else:
         todo, carry = [(u, s) for u, s, _ in listing if s not in done_before], []
+    if announce is not None:  # the configuration, the listing and the detectors are checked: work starts now
+        announce(
+            f"{cfg.input} -> {cfg.output}: {len(todo)} shard(s) to scan"
+            + (f", {len(carry)} to carry" if carry else "")
+            + "; starting the workers, loading the detector..."
+        )
     resolved = cfg.model_copy(update={"scan_date": paths.scan_date, "run_id": plan.run_id})
     attempts = list((plan.previous or {}).get("attempts", []))
     attempt = {

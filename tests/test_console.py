@@ -16,7 +16,9 @@ import pytest
 from tests.support.ray_cluster import run_starting_local_ray
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_STDERR_LINES = 4  # "starting Ray…", the progress line, the result line (+1 spare)
+MAX_STDERR_LINES = (
+    4  # "N shard(s) to scan; starting the workers…", the progress line, the result line (+1 spare)
+)
 
 
 def test_console_shows_status_progress_and_counts_hides_ray_noise(tmp_path: Path) -> None:
@@ -108,7 +110,10 @@ def test_scan_job_console_is_quiet_and_its_log_parses(tmp_path: Path) -> None:
     lines = err.rstrip("\n").split("\n")  # tqdm redraws its one line with \r
     assert len(lines) <= MAX_STDERR_LINES, lines
     assert "Traceback" not in err and "\x1b[" not in err, err[-3000:]
-    assert lines[0].startswith("scan: ") and "starting Ray" in lines[0]
+    assert (
+        lines[0].startswith("scan: ")
+        and "shard(s) to scan; starting the workers, loading the detector" in lines[0]
+    )
     last = lines[-1]
     assert last.startswith("scan failed: error budget exceeded") and "of 6 shards failed" in last, last
     assert "--max-shard-error-rate 0.5" in last

@@ -4,25 +4,26 @@
 
 Real Ray (a local head started here), the real scan code (`pipeline.scan.job.run_scan` with
 `pipeline.engine.scan.RayScanExecutor`: read+decode tasks -> scorer actors -> writer actors), and a MODEL-FREE
-scorer (`NullScorer`: the real `score_batch` over a constant predictor) so rows arrive as fast as this machine can
-read and decode them. Measured: the driver process's CPU time (user+sys, all its threads: Ray's streaming
+scorer (`NullScorer`: the real `score_batch` over a constant predictor) so rows arrive as fast as this machine
+can read and decode them. Measured: the driver process's CPU time (user+sys, all its threads: Ray's streaming
 executor included) during `run_scan`, per scanned row.
 
 Baseline in the same run: the old design, where every scored row goes to the driver, which collects each shard
 and writes its Parquet + marker (`iter_scored` + the same `ShardSink`, on the driver).
 
-Prints the headline figure LAST as one JSON line: {"driver_cpu_us_per_row": ...}. Writes results/driver.json|md.
+Prints the headline figure LAST as one JSON line: {"driver_cpu_us_per_row": ...}. Writes
+results/driver.json|md.
 
     .venv/bin/python benchmarks/driver.py --sweep [--repeats 3] [--ray-sweep 100,1000]
 
 The shard-count sweep: the driver's work PER SHARD must not grow with the shards already done. (1) The scan
 driver's per-shard path Ray-free (`pipeline.scan.job._scan`: the run contract `runner.run_shards`, the error
 budget guard, running totals, the progress line and the shard log) over 100 -> 100,000 synthetic shards, each
-size in a fresh process: CPU per shard and peak RSS; the previous guard (re-summing every summary so far) as the
-baseline at the small sizes. (2) Earlier attempts' markers summed on the S3 server: one GET per marker (before)
-vs batched concurrent reads (`completion.aggregate`). (3) Optionally the real Ray scan at equal rows over a
-shard-count range (`--ray-sweep`): driver handling CPU per shard. Writes its own section of results/driver.md and
-the `sweep` key of results/driver.json (the per-row figures above are kept).
+size in a fresh process: CPU per shard and peak RSS; the previous guard (re-summing every summary so far) as
+the baseline at the small sizes. (2) Earlier attempts' markers summed on the S3 server: one GET per marker
+(before) vs batched concurrent reads (`completion.aggregate`). (3) Optionally the real Ray scan at equal rows
+over a shard-count range (`--ray-sweep`): driver handling CPU per shard. Writes its own section of
+results/driver.md and the `sweep` key of results/driver.json (the per-row figures above are kept).
 """
 
 from __future__ import annotations
@@ -193,7 +194,8 @@ SWEEP_HEADING = "## Driver work per shard: shard-count sweep"
 
 
 def _summary(i: int) -> dict[str, Any]:
-    """A shard summary as a writer sends it (same keys and sizes as a real marker); every 50th shard failed."""
+    """A shard summary as a writer sends it (same keys and sizes as a real marker); every 50th shard
+    failed."""
     bad = i % 50 == 0
     return {
         "shard": f"shard-{i:07d}",
@@ -223,7 +225,8 @@ def _summary(i: int) -> dict[str, Any]:
 
 
 def contract_child(n: int, old_guard: bool) -> dict[str, Any]:
-    """One size of the Ray-free sweep, in this (fresh) process: the scan driver's per-shard path over n shards."""
+    """One size of the Ray-free sweep, in this (fresh) process: the scan driver's per-shard path over n
+    shards."""
     import io
     import json as _json
 
@@ -350,7 +353,8 @@ def marker_reads(n: int, latency_ms: float) -> dict[str, Any]:
 
 
 def ray_sweep(sizes: list[int], rows: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The real Ray scan (model-free scorer) at equal rows over shard counts: driver handling CPU per shard."""
+    """The real Ray scan (model-free scorer) at equal rows over shard counts: driver handling CPU per
+    shard."""
     import ray
 
     out = []
@@ -411,7 +415,8 @@ def sweep(args: argparse.Namespace) -> int:
     rays = ray_sweep(ray_sizes, args.ray_rows, args) if ray_sizes else []
     per = [c["cpu_us_per_shard"]["median"] for c in contract]
     result = {
-        "what": "scan driver CPU and peak RSS per shard over shard counts (Ray-free run contract), marker reads",
+        "what": "scan driver CPU and peak RSS per shard over shard counts (Ray-free run contract), marker "
+        "reads",
         "cpus": os.cpu_count(),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "repeats": args.repeats,
@@ -439,18 +444,19 @@ def sweep(args: argparse.Namespace) -> int:
     lines = [
         SWEEP_HEADING,
         "",
-        f"Command: `.venv/bin/python benchmarks/driver.py --sweep --repeats {args.repeats} --markers {args.markers}"
+        f"Command: `.venv/bin/python benchmarks/driver.py --sweep --repeats {args.repeats} --markers "
+        f"{args.markers}"
         + (f" --ray-sweep {args.ray_sweep} --ray-rows {args.ray_rows}" if args.ray_sweep else "")
         + f"` — {os.cpu_count()} shared cores, load average {os.getloadavg()[0]:.1f}; median of "
         f"{args.repeats} runs (range in brackets), each size in a fresh process.",
         "",
         "**Run contract, Ray-free**: the scan driver's real per-shard path (`pipeline.scan.job._scan`: "
-        "`runner.run_shards`, the error-budget guard, running totals, the progress line, the shard log line to a "
-        "file) fed synthetic shard summaries (same keys as a marker, JSON-decoded as the Ray executor does). "
-        "**driver CPU / shard** = process CPU from the first shard's progress call to the last one's, per shard "
-        "(the per-shard cost: what must not grow); **incl. per-run setup** = the whole `_scan` call / shards "
-        "(adds the fixed cost of a run — watchdog thread, first progress bar, the final marker listing — "
-        "which only amortises). RSS = growth of the process's peak RSS from before the listing "
+        "`runner.run_shards`, the error-budget guard, running totals, the progress line, the shard log line "
+        "to a file) fed synthetic shard summaries (same keys as a marker, JSON-decoded as the Ray executor "
+        "does). **driver CPU / shard** = process CPU from the first shard's progress call to the last one's, "
+        "per shard (the per-shard cost: what must not grow); **incl. per-run setup** = the whole `_scan` "
+        "call / shards (adds the fixed cost of a run — watchdog thread, first progress bar, the final marker "
+        "listing — which only amortises). RSS = growth of the process's peak RSS from before the listing "
         "(the ids and urls of the shards) to the end.",
         "",
         "| shards | driver CPU µs / shard | incl. per-run setup, µs / shard | peak RSS growth MB |",
@@ -463,8 +469,8 @@ def sweep(args: argparse.Namespace) -> int:
         "",
         f"CPU per shard, largest / smallest median across 100 → 100,000 shards: "
         f"**{result['contract_flatness_max_over_min']}×** (target ≤ 1.5×). Peak RSS per 100,000 shards: "
-        f"**{big['peak_rss_growth_mb']['median']} MB** (the listing's ids and urls, the progress's completed set "
-        "and the allocator's high-water mark; no summary is kept).",
+        f"**{big['peak_rss_growth_mb']['median']} MB** (the listing's ids and urls, the progress's completed "
+        "set and the allocator's high-water mark; no summary is kept).",
         "",
         "Before (the guard re-summed every summary received so far on every shard, same path otherwise):",
         "",
@@ -473,12 +479,13 @@ def sweep(args: argparse.Namespace) -> int:
         *[f"| {c['shards']:,} | {mr(c['cpu_us_per_shard'])} |" for c in old],
         "",
         f"**Earlier attempts' markers** ({args.markers:,} on the moto S3 server, each request delayed "
-        f"{args.marker_latency_ms:g} ms by a threaded proxy — an object store's latency; summed as a resumed run "
-        "does at its start): one request at a time (`read_json` per marker, as before) "
+        f"{args.marker_latency_ms:g} ms by a threaded proxy — an object store's latency; summed as a resumed "
+        "run does at its start): one request at a time (`read_json` per marker, as before) "
         f"{mr(result['marker_reads']['serial_ms_per_marker'], ' ms')} per marker, batched concurrent reads "
         f"(`completion.aggregate` → `storage.read_many`: s3fs `cat` of a list) "
-        f"{mr(result['marker_reads']['batched_ms_per_marker'], ' ms')} per marker. The run now reads them once "
-        "(at the start) and adds this attempt's shards to running totals; before, it read them again at the end.",
+        f"{mr(result['marker_reads']['batched_ms_per_marker'], ' ms')} per marker. The run now reads them "
+        "once (at the start) and adds this attempt's shards to running totals; before, it read them again at "
+        "the end.",
         "",
     ]
     if rays:
@@ -607,30 +614,31 @@ def main() -> int:
 
     def row(name: str, f: dict[str, Any]) -> str:
         return (
-            f"| {name} | {f['rows']} | **{f['driver_handle_cpu_us_per_row']}** | {f['driver_stream_cpu_us_per_row']} | "
-            f"{f['driver_main_thread_cpu_us_per_row']} | {f['driver_process_cpu_us_per_row']} | "
-            f"{f['driver_process_cpu_cores']} | {f['wall_s']} |\n"
+            f"| {name} | {f['rows']} | **{f['driver_handle_cpu_us_per_row']}** | "
+            f"{f['driver_stream_cpu_us_per_row']} | {f['driver_main_thread_cpu_us_per_row']} | "
+            f"{f['driver_process_cpu_us_per_row']} | {f['driver_process_cpu_cores']} | {f['wall_s']} |\n"
         )
 
     (out / "driver.md").write_text(
         "# Scan driver cost per row (benchmarks/driver.py)\n\n"
-        f"Command: `.venv/bin/python benchmarks/driver.py --shards {args.shards} --per-shard {args.per_shard}` — "
+        f"Command: `.venv/bin/python benchmarks/driver.py --shards {args.shards} --per-shard "
+        f"{args.per_shard}` — "
         "real local Ray, real scan code (`run_scan` + `RayScanExecutor`), model-free scorer (the real "
         "`score_batch` over a constant predictor), 24×24 JPEGs, one run after a small warm-up scan.\n\n"
         f"Machine: {os.cpu_count()} cores, shared; load average before {load_before[0]:.1f}, after "
         f"{load_after[0]:.1f} (other engineers' jobs). Wall times are inflated by the load.\n\n"
-        "Driver figures (CPU, not wall): **handling** = CPU of the driver's main thread spent on what the plan "
-        "delivers (per batch and per shard: for the old design the collecting, Arrow table, Parquet and writes; "
-        "for this one a summary row per batch and the per-shard bookkeeping) — the work that grows with rows, "
-        "the headline; **streaming** = the same thread over the whole stream, i.e. handling plus Ray Data's "
-        "consumer loop (`get_output_blocking` wakes every ~10 ms: per second, not per row); **run_scan** = the "
-        "same thread over the whole `run_scan` (plus listing, run files, plan start: fixed per run); "
-        "**process** = user+sys of the whole driver process, all threads, which also holds Ray Data's streaming "
-        "executor and Ray's core-worker threads — a fraction of a core for as long as the dataset runs "
-        "(PLATFORM.md: 5–13 % of a core, independent of the row rate), so on this slow machine it dominates "
-        "per row and says little about a fast cluster.\n\n"
-        "| design | rows | handling µs / row | streaming µs / row | run_scan main thread µs / row | process µs / row "
-        "| process cores | wall s |\n|---|---|---|---|---|---|---|---|\n"
+        "Driver figures (CPU, not wall): **handling** = CPU of the driver's main thread spent on what the "
+        "plan delivers (per batch and per shard: for the old design the collecting, Arrow table, Parquet and "
+        "writes; for this one a summary row per batch and the per-shard bookkeeping) — the work that grows "
+        "with rows, the headline; **streaming** = the same thread over the whole stream, i.e. handling plus "
+        "Ray Data's consumer loop (`get_output_blocking` wakes every ~10 ms: per second, not per row); "
+        "**run_scan** = the same thread over the whole `run_scan` (plus listing, run files, plan start: "
+        "fixed per run); **process** = user+sys of the whole driver process, all threads, which also holds "
+        "Ray Data's streaming executor and Ray's core-worker threads — a fraction of a core for as long as "
+        "the dataset runs (PLATFORM.md: 5–13 % of a core, independent of the row rate), so on this slow "
+        "machine it dominates per row and says little about a fast cluster.\n\n"
+        "| design | rows | handling µs / row | streaming µs / row | run_scan main thread µs / row "
+        "| process µs / row | process cores | wall s |\n|---|---|---|---|---|---|---|---|\n"
         + row("writers on the workers (this design)", new)
         + (row("driver writes every row (old design, same plan and writer code)", old) if old else "")
         + (
@@ -640,12 +648,12 @@ def main() -> int:
             if old
             else ""
         )
-        + "\nReading: with writers on the workers the driver handles one small summary row per scored batch and "
-        "one summary per shard, so its handling cost is per batch, not per row (the ≤ 1 µs/row target is for "
-        "this figure). The rest of the driver's CPU is Ray Data's consumer loop and streaming executor, paid per "
-        "second of streaming and per block; on this slow, loaded machine (a few hundred rows/s) it dominates the "
-        "process figure in BOTH designs, which therefore does not reach 1 µs/row here and is not a per-row "
-        "cost.\n"
+        + "\nReading: with writers on the workers the driver handles one small summary row per scored batch "
+        "and one summary per shard, so its handling cost is per batch, not per row (the ≤ 1 µs/row target is "
+        "for this figure). The rest of the driver's CPU is Ray Data's consumer loop and streaming executor, "
+        "paid per second of streaming and per block; on this slow, loaded machine (a few hundred rows/s) it "
+        "dominates the process figure in BOTH designs, which therefore does not reach 1 µs/row here and is "
+        "not a per-row cost.\n"
     )
     print(json.dumps({"driver_cpu_us_per_row": result["driver_cpu_us_per_row"]}))
     return 0

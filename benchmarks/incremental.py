@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/incremental.py [--shards 100 --per-shard 40] [--repeats 3] [--out results]
 
-(1) The product path: real local Ray started once by this script (as a shared head: each night attaches, starts
-its actors and loads the detector — start-up included in the night's wall time), the real scan
-(`run_scan(incremental=True)` + `RayScanExecutor`), the real tiny-mole detector (random init) on CPU. Night 1 is a
-full scan of N shards; then 5 % of them change (half rewritten with new bytes, half added) and night 2 runs
-`--incremental` (`--repeats` times, each a new date carrying from the latest). Ratios night 2 / night 1: rows
-scored (model calls) and wall time.
+(1) The product path: real local Ray started once by this script (as a shared head: each night attaches,
+starts its actors and loads the detector — start-up included in the night's wall time), the real scan
+(`run_scan(incremental=True)` + `RayScanExecutor`), the real tiny-mole detector (random init) on CPU. Night 1
+is a full scan of N shards; then 5 % of them change (half rewritten with new bytes, half added) and night 2
+runs `--incremental` (`--repeats` times, each a new date carrying from the latest). Ratios night 2 / night 1:
+rows scored (model calls) and wall time.
 
 (2) The carry path at 100 and 5,000 shards, Ray-free (in-process executor: copies in a thread pool, the same
 `carry_shard` the Ray tasks run), local disk: carried shards/s and the driver's main-thread CPU per carried
@@ -276,27 +276,28 @@ def render(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"{r['load_avg_before'][0]:.1f} before, {r['load_avg_after'][0]:.1f} after: other engineers' jobs), "
         "every figure from this one run.\n\n"
         "## Night 2 vs night 1 (the product path)\n\n"
-        "Real local Ray started once by the script (each night attaches to it, starts its scorer actor, loads "
-        "the detector: start-up is in the wall time), the real scan (`run_scan` + `RayScanExecutor`), the real "
-        "tiny-mole detector (random init) on CPU, 24×24 JPEGs. Night 1: full scan. Before each night 2, 5 % of "
-        "the shards change (half rewritten with new bytes under the same name, half added); each night 2 "
-        "carries from the latest night.\n\n"
+        "Real local Ray started once by the script (each night attaches to it, starts its scorer actor, "
+        "loads the detector: start-up is in the wall time), the real scan (`run_scan` + `RayScanExecutor`), "
+        "the real tiny-mole detector (random init) on CPU, 24×24 JPEGs. Night 1: full scan. Before each "
+        "night 2, 5 % of the shards change (half rewritten with new bytes under the same name, half added); "
+        "each night 2 carries from the latest night.\n\n"
         "| night | shards added/changed | shards | carried | rows scored (model calls) | wall s |\n"
         "|---|---|---|---|---|---|\n"
         f"| night 1 (full) | — | {n1['shards']} | 0 | {n1['rows_scored']} | {n1['wall_s']} |\n" + rows + "\n"
-        f"Night 2 / night 1, median of {args.repeats} (range): rows scored {_fmt(p['rows_scored_ratio'], '×')} "
-        f"(target ≤ 0.06×), wall time {_fmt(p['wall_ratio'], '×')} (target ≤ 0.25×; start-up included).\n\n"
+        f"Night 2 / night 1, median of {args.repeats} (range): rows scored "
+        f"{_fmt(p['rows_scored_ratio'], '×')} (target ≤ 0.06×), wall time {_fmt(p['wall_ratio'], '×')} "
+        "(target ≤ 0.25×; start-up included).\n\n"
         "## Carrying at 100 and 5,000 shards (Ray-free carry path)\n\n"
-        "In-process executor: the copies run in a thread pool (the same `carry_shard` a Ray task runs), local "
-        "disk, 1 image per shard; 5 % changed before each night 2. A real 5,000-shard Ray scan takes too long "
-        "on this 2-core machine, so this is the carry path without Ray. **carried/s**: carried shards between the "
-        "first and the last carried summary per second; **driver CPU / carried shard**: the driver's main-thread "
-        "CPU over the same span per shard (receiving a result, the marker's totals, the guard, the progress, the "
-        "log line); **start → first carry CPU**: the driver's main-thread CPU before it (listing, detector meta, "
-        "finding the source night, the comparison: one marker listing, one Parquet listing, the markers read in "
-        "batches). Median of the nights (range).\n\n"
-        "| shards | carried per night | carried / s | driver CPU µs / carried shard | start → first carry CPU | "
-        "copy per shard (median) |\n|---|---|---|---|---|---|\n" + carry + "\n"
+        "In-process executor: the copies run in a thread pool (the same `carry_shard` a Ray task runs), "
+        "local disk, 1 image per shard; 5 % changed before each night 2. A real 5,000-shard Ray scan takes "
+        "too long on this 2-core machine, so this is the carry path without Ray. **carried/s**: carried "
+        "shards between the first and the last carried summary per second; **driver CPU / carried shard**: "
+        "the driver's main-thread CPU over the same span per shard (receiving a result, the marker's totals, "
+        "the guard, the progress, the log line); **start → first carry CPU**: the driver's main-thread CPU "
+        "before it (listing, detector meta, finding the source night, the comparison: one marker listing, "
+        "one Parquet listing, the markers read in batches). Median of the nights (range).\n\n"
+        "| shards | carried per night | carried / s | driver CPU µs / carried shard "
+        "| start → first carry CPU | copy per shard (median) |\n|---|---|---|---|---|---|\n" + carry + "\n"
         "## Copy cost per carried shard\n\n"
         "From the carried markers' `copy_s` (re-read of the source marker, the copy, the size and Parquet "
         "row-count checks, the marker write), median (min–max):\n\n"
@@ -309,17 +310,19 @@ def render(r: dict[str, Any], args: argparse.Namespace) -> str:
         "On a cluster the copies run as Ray tasks (64 shards a task, 16 tasks in flight: "
         "`pipeline.engine.scan.carry_on_workers`); the driver receives one small result per shard.\n\n"
         "## Reading\n\n"
-        "- Night 2's wall time is mostly fixed per-night start-up (the scorer actor's process start and model load, "
-        "Ray Data's plan start: several seconds on this machine whatever the night's size) plus 5 % of night 1's "
-        "scoring; carrying itself takes well under a second here. The wall ratio therefore depends on how long "
-        "night 1 is: it falls towards the rows ratio as nights grow (a real corpus's night is hours).\n"
-        "- The Ray-free carry path runs the copies in 16 threads of the driver's own process, so the driver's "
-        "main thread competes with them for the GIL and the cores; its CPU per carried shard is noisier there "
-        "than on a cluster, where the copies run in Ray tasks on the workers (`benchmarks/driver.py --sweep` "
-        "measures the same per-shard driver path without that contention: flat from 100 to 100,000 shards).\n"
-        "- moto is a single Python process on this 2-core machine: its CopyObject latency (hundreds of ms under "
-        "16 concurrent copies) says nothing about S3's; what it shows is that the copy is server-side (no bytes "
-        "through the worker) and checked.\n"
+        "- Night 2's wall time is mostly fixed per-night start-up (the scorer actor's process start and "
+        "model load, Ray Data's plan start: several seconds on this machine whatever the night's size) plus "
+        "5 % of night 1's scoring; carrying itself takes well under a second here. The wall ratio therefore "
+        "depends on how long night 1 is: it falls towards the rows ratio as nights grow (a real corpus's "
+        "night is hours).\n"
+        "- The Ray-free carry path runs the copies in 16 threads of the driver's own process, so the "
+        "driver's main thread competes with them for the GIL and the cores; its CPU per carried shard is "
+        "noisier there than on a cluster, where the copies run in Ray tasks on the workers "
+        "(`benchmarks/driver.py --sweep` measures the same per-shard driver path without that contention: "
+        "flat from 100 to 100,000 shards).\n"
+        "- moto is a single Python process on this 2-core machine: its CopyObject latency (hundreds of ms "
+        "under 16 concurrent copies) says nothing about S3's; what it shows is that the copy is server-side "
+        "(no bytes through the worker) and checked.\n"
     )
 
 

@@ -1,5 +1,5 @@
-"""`python jobs/scan_bucket.py …` (and `ray job submit -- python jobs/scan_bucket.py …`) from a checkout: the job
-itself is `pipeline.cli.scan_bucket` (console script `genscan-scan` once installed)."""
+"""`python jobs/scan_bucket.py …` (and `ray job submit -- python jobs/scan_bucket.py …`) from a checkout: the
+job itself is `pipeline.cli.scan_bucket` (console script `genscan-scan` once installed)."""
 
 import sys
 from pathlib import Path

@@ -1,10 +1,10 @@
 """The jobs' console [ours]: a few status lines and ONE progress line on the driver's stderr.
 
 Quiet (the default): the job's JSON logs go to its run log (`pipeline.logs.RunLog`), and whatever else writes
-to this process's stderr file descriptor (Ray's C++ core worker, Ray's and Ray Data's Python loggers, warnings)
-goes to a `driver-stderr.log` kept beside the spool: the console shows only what the console writes. Verbose
-(`--verbose`, or GENSCAN_VERBOSE=1): nothing is redirected, Ray's progress bars and worker log forwarding stay
-on (`pipeline.engine.cluster` reads `verbose()`).
+to this process's stderr file descriptor (Ray's C++ core worker, Ray's and Ray Data's Python loggers,
+warnings) goes to a `driver-stderr.log` kept beside the spool: the console shows only what the console writes.
+Verbose (`--verbose`, or GENSCAN_VERBOSE=1): nothing is redirected, Ray's progress bars and worker log
+forwarding stay on (`pipeline.engine.cluster` reads `verbose()`).
 
     with Console(verbose=args.verbose) as console:
         console.status("starting Ray, loading the detector…")

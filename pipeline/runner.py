@@ -13,8 +13,9 @@ content). `on_shard(shard_id, summary, progress)` is called for each (a progress
 run-level check called after each shard that may raise to stop the run (an error budget).
 
 The error budget (`ErrorBudget`) is THE run-level verdict of both jobs: each job says how to count its shards
-(`ErrorTally`), the budget decides and words the one-line reason. `budget.guard(...)` stops a run early once the
-shard budget is already broken whatever the remaining shards do; `budget.check(tally)` is the final verdict.
+(`ErrorTally`), the budget decides and words the one-line reason. `budget.guard(...)` stops a run early once
+the shard budget is already broken whatever the remaining shards do; `budget.check(tally)` is the final
+verdict.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # THE executor contract of the sharded jobs: `map_fn(fn, items)` applies `fn` to every item and yields
-# `(index, result)` pairs AS THEY COMPLETE, in any order, so progress lines and the error budget act during the
-# run; closing the iterator early (a run stopped by its budget) cancels what has not run yet. The in-process
-# executor is `local_map`; the Ray one is `pipeline.engine.filter.ray_map`.
+# `(index, result)` pairs AS THEY COMPLETE, in any order, so progress lines and the error budget act during
+# the run; closing the iterator early (a run stopped by its budget) cancels what has not run yet. The
+# in-process executor is `local_map`; the Ray one is `pipeline.engine.filter.ray_map`.
 MapFn = Callable[[Callable[[T], R], Sequence[T]], Iterator[tuple[int, R]]]
 
 
@@ -46,8 +47,8 @@ def local_map(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, R
 def map_ordered(
     map_fn: MapFn, fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[R], None] | None = None
 ) -> list[R]:
-    """Every result of `map_fn(fn, items)` in input order; `on_result` sees each as it completes (and may raise
-    to stop the run: the executor is closed, so what has not started is cancelled)."""
+    """Every result of `map_fn(fn, items)` in input order; `on_result` sees each as it completes (and may
+    raise to stop the run: the executor is closed, so what has not started is cancelled)."""
     out: list[Any] = [None] * len(items)
     got = [False] * len(items)
     results = map_fn(fn, items)
@@ -71,8 +72,8 @@ class IncompleteRun(RuntimeError):
 
 
 # Default budget of the scan and the filter: fail only on systemic breakage (more than half the shards
-# unreadable: a wrong prefix, a permission, a truncated sync; a quarter of the images undecodable: a wrong format
-# or a broken writer), which the odd corrupt object never trips. Tighten per corpus with the flags.
+# unreadable: a wrong prefix, a permission, a truncated sync; a quarter of the images undecodable: a wrong
+# format or a broken writer), which the odd corrupt object never trips. Tighten per corpus with the flags.
 DEFAULT_MAX_SHARD_ERROR_RATE = 0.5
 DEFAULT_MAX_SAMPLE_ERROR_RATE = 0.25
 
@@ -89,7 +90,8 @@ class ErrorBudgetExceeded(OperatorError, RuntimeError):
 
 @dataclass
 class ErrorTally:
-    """Errors of (part of) a run: shards that could not be processed as a whole, samples with an error status."""
+    """Errors of (part of) a run: shards that could not be processed as a whole, samples with an error
+    status."""
 
     shards: int = 0
     failed_shards: int = 0
@@ -118,7 +120,8 @@ def _rate(n: int, of: int) -> float:
 
 @dataclass(frozen=True)
 class ErrorBudget:
-    """The run fails when the share of failed shards or of failed samples is ABOVE its limit (1.0 disables)."""
+    """The run fails when the share of failed shards or of failed samples is ABOVE its limit (1.0
+    disables)."""
 
     max_shard_error_rate: float
     max_sample_error_rate: float
@@ -161,10 +164,10 @@ class ErrorBudget:
     def guard(
         self, total_shards: int, prior: ErrorTally, tally_of: Callable[[dict[str, Any]], ErrorTally]
     ) -> Callable[[Progress], None]:
-        """A `run_shards` check that stops the run as soon as the failed shards (earlier attempts' `prior` plus
-        this attempt's) are more than the budget allows of ALL `total_shards`: the end can no longer pass.
-        It keeps a running tally: each call adds the newest shard (`progress.last`) once, whatever the number of
-        shards already done."""
+        """A `run_shards` check that stops the run as soon as the failed shards (earlier attempts' `prior`
+        plus this attempt's) are more than the budget allows of ALL `total_shards`: the end can no longer
+        pass. It keeps a running tally: each call adds the newest shard (`progress.last`) once, whatever the
+        number of shards already done."""
         seen = ErrorTally() + prior
         counted = 0  # progress.done when the tally was last updated
 
@@ -178,8 +181,8 @@ class ErrorBudget:
         return check
 
     def stop_if_hopeless(self, seen: ErrorTally, total_shards: int) -> None:
-        """Raise ErrorBudgetExceeded ("run stopped early") once the failed shards `seen` so far are more than the
-        budget allows of ALL `total_shards`: whatever the remaining shards do, the end cannot pass."""
+        """Raise ErrorBudgetExceeded ("run stopped early") once the failed shards `seen` so far are more than
+        the budget allows of ALL `total_shards`: whatever the remaining shards do, the end cannot pass."""
         if seen.failed_shards > self.max_shard_error_rate * total_shards:
             self.check(
                 ErrorTally(total_shards, seen.failed_shards, seen.samples, seen.failed_samples), so_far=True
@@ -187,8 +190,8 @@ class ErrorBudget:
 
 
 def commit_shard(outputs: Sequence[tuple[str, bytes]], marker_uri: str, summary: dict[str, Any]) -> None:
-    """Write a shard's outputs (each atomically), then its marker LAST: a marker implies complete outputs, and a
-    retried shard overwrites the same deterministic names."""
+    """Write a shard's outputs (each atomically), then its marker LAST: a marker implies complete outputs, and
+    a retried shard overwrites the same deterministic names."""
     for uri, data in outputs:
         write_bytes_atomic(uri, data)
     write_bytes_atomic(marker_uri, json_bytes(summary))
@@ -196,10 +199,10 @@ def commit_shard(outputs: Sequence[tuple[str, bytes]], marker_uri: str, summary:
 
 @dataclass
 class Progress:
-    """Where a run stands (passed to the progress callback and the run-level check). Per shard it keeps only the
-    id (`completed`); the summaries themselves only when the caller asked for them (`run_shards(keep=True)`):
-    a run's checks keep running totals (`ErrorBudget.guard`) from `last`, so the driver's memory and work per
-    shard stay constant."""
+    """Where a run stands (passed to the progress callback and the run-level check). Per shard it keeps only
+    the id (`completed`); the summaries themselves only when the caller asked for them
+    (`run_shards(keep=True)`): a run's checks keep running totals (`ErrorBudget.guard`) from `last`, so the
+    driver's memory and work per shard stay constant."""
 
     total: int  # shards in the run
     skipped: int  # shards already complete (marker) before this attempt
@@ -243,7 +246,8 @@ def run_shards(
                     on_shard(shard, summary, progress)
                 if check is not None:
                     check(progress)
-        finally:  # a run stopped early releases the executor's resources now (not when the traceback is freed)
+        finally:
+            # a run stopped early releases the executor's resources now (not when the traceback is freed)
             close = getattr(results, "close", None)
             if close is not None:
                 close()
@@ -256,7 +260,8 @@ def run_shards(
 def map_shards(
     map_fn: MapFn, fn: Callable[[T], R], items: dict[str, T], summary: Callable[[R], dict[str, Any]]
 ) -> Callable[[list[str]], Iterator[tuple[str, dict[str, Any]]]]:
-    """An `execute` for `run_shards` from a per-shard function and an executor: `fn(items[id])` for each id."""
+    """An `execute` for `run_shards` from a per-shard function and an executor: `fn(items[id])` for each
+    id."""
 
     def execute(todo: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         results = map_fn(fn, [items[s] for s in todo])

@@ -1,7 +1,8 @@
 """Object-storage helpers over fsspec (local paths, `file://`, `s3://` through s3fs).
 
 Credentials and the S3 endpoint come only from the environment / the standard AWS chain
-(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, profiles); nothing here logs or stores them.
+(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, profiles); nothing here logs or stores
+them.
 """
 
 from __future__ import annotations
@@ -275,12 +276,12 @@ def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] | None = None)
     """A local path for `uri` (a file or a folder): local paths are returned as they are; remote objects are
     downloaded into the cache (GENSCAN_CACHE, default ~/.cache/genscan) and reused.
 
-    The cache is keyed by CONTENT, not by name: the key includes every object's VersionId / ETag and size, so an
-    object overwritten at the same URI is a new cache entry. Downloads land in a private temp folder and are
-    renamed into place (two processes on a node never read a half-written file; a killed download leaves only
-    a temp folder). Each entry is checked (sizes, and `verify` when given: e.g. a detector's weights against the
-    sha256 prefix in its `detector_id`, `pipeline.models.meta.check_detector_files`) when fetched and when
-    reused; a mismatch re-fetches once, then raises CacheError."""
+    The cache is keyed by CONTENT, not by name: the key includes every object's VersionId / ETag and size, so
+    an object overwritten at the same URI is a new cache entry. Downloads land in a private temp folder and
+    are renamed into place (two processes on a node never read a half-written file; a killed download leaves
+    only a temp folder). Each entry is checked (sizes, and `verify` when given: e.g. a detector's weights
+    against the sha256 prefix in its `detector_id`, `pipeline.models.meta.check_detector_files`) when fetched
+    and when reused; a mismatch re-fetches once, then raises CacheError."""
     if not is_remote(uri):
         return Path(uri.removeprefix("file://"))
     fs, path = filesystem(uri)

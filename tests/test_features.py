@@ -525,9 +525,9 @@ def test_stored_features_stay_out_of_the_scan_rows_readers(world) -> None:
 
 
 def test_an_incremental_night_carries_each_shards_features_with_it(world, tmp_path, capsys) -> None:
-    """Night 2 with --incremental (same detector, same --features): the unchanged shards are carried with their
-    features parts (byte-identical), the added shard is scanned and gets its own; the night re-scores like a
-    full night. A night keeping other features (int8) never carries from it: a full scan."""
+    """Night 2 with --incremental (same detector, same --features): the unchanged shards are carried with
+    their features parts (byte-identical), the added shard is scanned and gets its own; the night re-scores
+    like a full night. A night keeping other features (int8) never carries from it: a full scan."""
     corpus = tmp_path / "in"
     shutil.copytree(world["corpus"], corpus)
     scan = str(tmp_path / "scan")

@@ -271,8 +271,8 @@ def test_rayjob_entrypoint_is_the_real_scan_cli() -> None:
     offered = set(re.findall(r"--[a-z0-9][a-z0-9-]*", helptext))
     assert flags and set(flags) <= offered, f"flags not accepted by scan_bucket.py: {set(flags) - offered}"
     assert {"--input", "--output", "--detector", "--resume", "--scan-date"} <= set(flags)
-    # ... and the values validate as a ScanConfig through the script's own parser (the shell expands $(date) at
-    # submission; a fixed date stands in for it here)
+    # ... and the values validate as a ScanConfig through the script's own parser (the shell expands $(date)
+    # at submission; a fixed date stands in for it here)
     from pipeline.cli import scan_bucket as cli  # what the script runs
 
     argv = [
@@ -296,7 +296,8 @@ def test_rayjob_runtime_env_passes_rays_validation() -> None:
 
 
 def test_raycronjob_runs_exactly_the_rayjob() -> None:
-    """The nightly job is the RayJob's spec, its scan made incremental (`--incremental`, right after --resume)."""
+    """The nightly job is the RayJob's spec, its scan made incremental (`--incremental`, right after
+    --resume)."""
     cron = yaml.safe_load(RAYCRON.read_text())
     assert (cron["apiVersion"], cron["kind"]) == ("ray.io/v1", "RayCronJob")
     template = dict(cron["spec"]["jobTemplate"])
@@ -345,9 +346,10 @@ def _node_env_pod(pod: dict[str, Any]) -> dict[str, str]:
 
 
 def test_job_runtime_envs_merge_with_the_drivers_pass_through() -> None:
-    """Under `ray job submit` the driver's ray.init(runtime_env=...) (pipeline.engine.cluster: AWS_*/GENSCAN_* by
-    name) is merged by Ray with the job's runtime_env; a variable set on both sides makes Ray refuse the job.
-    Checked with Ray's own merge, for both deployments, with the node environment each one really sets."""
+    """Under `ray job submit` the driver's ray.init(runtime_env=...) (pipeline.engine.cluster: AWS_*/GENSCAN_*
+    by name) is merged by Ray with the job's runtime_env; a variable set on both sides makes Ray refuse the
+    job. Checked with Ray's own merge, for both deployments, with the node environment each one really
+    sets."""
     from ray.runtime_env.runtime_env import _merge_runtime_env
 
     from pipeline.engine.cluster import runtime_env as driver_runtime_env

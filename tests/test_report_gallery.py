@@ -248,7 +248,8 @@ def test_page_header_filter_section_and_safe_links(world, report) -> None:
 
 
 class Texts(HTMLParser):
-    """The text a reader sees in each data-metric cell and under each gallery's title, and the embedded JSON."""
+    """The text a reader sees in each data-metric cell and under each gallery's title, and the embedded
+    JSON."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -287,9 +288,9 @@ class Texts(HTMLParser):
 
 
 def test_page_escapes_what_came_from_data_and_explains_the_disagreeing_heads(report) -> None:
-    """Strings from the data (run ids, shard names, sidecar captions and URLs) reach the reader exactly as they
-    are, escaped (never as markup), and the embedded JSON round-trips; the gallery of images the binary head
-    flags but the attribution head calls 'real' says so in words."""
+    """Strings from the data (run ids, shard names, sidecar captions and URLs) reach the reader exactly as
+    they are, escaped (never as markup), and the embedded JSON round-trips; the gallery of images the binary
+    head flags but the attribution head calls 'real' says so in words."""
     evil = "<script>alert('x\"y')</script> & </td>"
     summary = json.loads(json.dumps(report["summary"]))
     summary["run_ids"] = [evil]

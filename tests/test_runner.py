@@ -1,6 +1,6 @@
-"""The sharded-run core (`pipeline.runner`), the scan-output contract's readers (`pipeline.output`) and the scan's
-shard writer (`pipeline.scan.write`): skip/complete/raise rules, marker LAST, rows carrying the detector the
-scoring actor loaded, and a local in-process scan whose every marker records its writer."""
+"""The sharded-run core (`pipeline.runner`), the scan-output contract's readers (`pipeline.output`) and the
+scan's shard writer (`pipeline.scan.write`): skip/complete/raise rules, marker LAST, rows carrying the
+detector the scoring actor loaded, and a local in-process scan whose every marker records its writer."""
 
 from __future__ import annotations
 

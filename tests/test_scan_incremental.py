@@ -1,7 +1,7 @@
 """Incremental nightly scans (`--incremental`): unchanged shards are carried forward from the latest complete,
 succeeded night with the same scoring, and tonight's partition equals a full rescan, row for row, for every
-scoring column — for added, modified (same name, new bytes), deleted and unchanged shards, on local disk and on
-the S3 server. What cannot be trusted is scanned instead, and a resumed incremental night finishes once."""
+scoring column — for added, modified (same name, new bytes), deleted and unchanged shards, on local disk and
+on the S3 server. What cannot be trusted is scanned instead, and a resumed incremental night finishes once."""
 
 from __future__ import annotations
 
@@ -146,10 +146,12 @@ def test_incremental_night_equals_a_full_rescan_local(tmp_path: Path, detector: 
     # the documented glob (docs/queries.md) reads tonight's partition like any other: DuckDB, hive partitions
     [(n, carried_rows)] = duckdb.sql(
         f"SELECT count(*), count(*) FILTER (WHERE run_id <> '{night2['run_id']}') "
-        f"FROM read_parquet('{output.parquet_glob(out)}', hive_partitioning = true) WHERE scan_date = '{NIGHT2}'"
+        f"FROM read_parquet('{output.parquet_glob(out)}', hive_partitioning = true) WHERE scan_date = "
+        f"'{NIGHT2}'"
     ).fetchall()
     assert (n, carried_rows) == (12, 6)
-    # the filter reads tonight's partition unchanged: every shard of tonight's input, every sample accounted for
+    # the filter reads tonight's partition unchanged: every shard of tonight's input, every sample accounted
+    # for
     from pipeline.cli.filter_shards import main as filter_main
 
     clean = tmp_path / "clean"
@@ -184,8 +186,8 @@ def test_incremental_night_equals_a_full_rescan_on_s3(s3_server: dict[str, str],
 
 
 def test_what_cannot_be_trusted_is_scanned(tmp_path: Path, detector: str) -> None:
-    """Other scoring -> full scan saying why; a failed night is never a source (an older good one is); a source
-    marker without identity or a source Parquet that is gone -> that shard is scanned."""
+    """Other scoring -> full scan saying why; a failed night is never a source (an older good one is); a
+    source marker without identity or a source Parquet that is gone -> that shard is scanned."""
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     write_shards(inp, 3, 3)
     night1 = run_scan(_cfg(inp, out, detector, NIGHT1))
@@ -271,9 +273,9 @@ def test_resume_of_an_interrupted_incremental_night_finishes_it_once(tmp_path: P
 
 @pytest.mark.slow
 def test_incremental_ray_job_carries_on_the_workers(shared_s3_ray: dict, detector: str) -> None:
-    """`ray job submit` of jobs/scan_bucket.py --incremental on the shared head, input and output on S3: night 2
-    carries the unchanged shards with Ray tasks (their markers name a Ray node, not the driver's host), scores
-    the added one, and the console says what it carried."""
+    """`ray job submit` of jobs/scan_bucket.py --incremental on the shared head, input and output on S3: night
+    2 carries the unchanged shards with Ray tasks (their markers name a Ray node, not the driver's host),
+    scores the added one, and the console says what it carried."""
     import sys
 
     from tests.support.ray_cluster import SMALL_SCAN, submit_job

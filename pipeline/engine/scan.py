@@ -4,7 +4,8 @@
       -> map_batches(prepare_batch)   CPU tasks: read_shard + decode_image, yields chunks of rows
       -> map_batches(Scorer)          actor pool, fractional num_cpus, num_gpus from config, fused detector
       -> map_batches(route_to_writers) small CPU tasks: each shard's rows go to ONE writer actor (by shard id)
-      -> writer actors                collect a shard's rows, write its Parquet, then its marker (on the workers)
+      -> writer actors                collect a shard's rows, write its Parquet, then its marker (on the
+                                      workers)
       -> iter_batches on the driver   one tiny row per scored batch: row count, scorer-ready time, and the
                                       summaries (= markers) of the shards that batch completed
 
@@ -12,9 +13,9 @@ The driver never holds rows (img2dataset / clip-retrieval pattern: workers write
 cost is per batch, not per row, and the head's memory does not grow with pending shards.
 
 The read and score stages have different compute strategies and resources, so Ray does not fuse them: decode
-never runs inside the model actors. Actor pools that take every CPU hang (ray#44687), hence fractional num_cpus.
-Writers and the routing tasks reserve no CPU (see WRITER_NUM_CPUS); writers are pinned to nodes with CPUs, so
-they never land on a head started with 0 CPUs.
+never runs inside the model actors. Actor pools that take every CPU hang (ray#44687), hence fractional
+num_cpus. Writers and the routing tasks reserve no CPU (see WRITER_NUM_CPUS); writers are pinned to nodes with
+CPUs, so they never land on a head started with 0 CPUs.
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ from pipeline.scan.write import ShardSink, tag_identity
 
 log = get_logger("pipeline.engine.scan")
 
-# Writers and routing tasks reserve no CPU: their work is small (µs per row, mostly waiting on storage), and any
-# reservation beside the scorer actors and read tasks can leave a node without room for a read task — the
+# Writers and routing tasks reserve no CPU: their work is small (µs per row, mostly waiting on storage), and
+# any reservation beside the scorer actors and read tasks can leave a node without room for a read task — the
 # actor-pool hang of ray#44687 (seen here on a 1-CPU node: 0.5 + 0.5 + 0.05 > 1). Writers are pinned (softly)
-# to nodes that HAVE CPUs, so a head started with 0 CPUs never writes. A writer reserves memory instead (it holds
-# a shard's pending rows): Ray places an actor that requests NO resource at all on a random node, ignoring a
-# soft node affinity, so without a reservation the pin would not hold. Nodes without CPUs are excluded by a
-# hard label selector as well, which also holds when a writer restarts after losing its node.
+# to nodes that HAVE CPUs, so a head started with 0 CPUs never writes. A writer reserves memory instead (it
+# holds a shard's pending rows): Ray places an actor that requests NO resource at all on a random node,
+# ignoring a soft node affinity, so without a reservation the pin would not hold. Nodes without CPUs are
+# excluded by a hard label selector as well, which also holds when a writer restarts after losing its node.
 WRITER_NUM_CPUS = 0.0
 WRITER_MEMORY_MB = 64
 ROUTE_NUM_CPUS = 0.0
@@ -57,8 +58,8 @@ ROUTE_NUM_CPUS = 0.0
 
 def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: object) -> Iterator[dict[str, np.ndarray]]:
     """prepare_batch, tagging each row with the Ray node id of the task that read the shard (`_node`, kept in
-    the shard's stats as `node_id`: shows which node did the work, e.g. in tests/test_multinode.py) and with the
-    shard's stored identity from the driver's listing (the item's `identity`, recorded in its marker)."""
+    the shard's stats as `node_id`: shows which node did the work, e.g. in tests/test_multinode.py) and with
+    the shard's stored identity from the driver's listing (the item's `identity`, recorded in its marker)."""
     node = ray.get_runtime_context().get_node_id()
     identities = batch.get("identity")
     for i in range(len(batch["shard"])):
@@ -89,8 +90,9 @@ def build_dataset(
     ctx.enable_progress_bars = verbose()
     ctx.enable_operator_progress_bars = verbose()
     if not verbose():
-        # Ray Data's high-memory advice names a code argument (`memory=` of a map call) the user cannot set; the
-        # read stage's reservation is --read-memory-mb, and the router's worker memory is the imported libraries
+        # Ray Data's high-memory advice names a code argument (`memory=` of a map call) the user cannot set;
+        # the read stage's reservation is --read-memory-mb, and the router's worker memory is the imported
+        # libraries
         ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     ctx.execution_options.preserve_order = False
     ids = identities or {}
@@ -274,9 +276,9 @@ class RayScanExecutor:
                 ray.kill(w)
 
 
-# Carry-forward copies run as Ray tasks on the workers, CARRY_BATCH shards per task and at most CARRY_IN_FLIGHT
-# tasks at once: the driver's work per carried shard is one small result, and a copy (server-side on S3) needs
-# no CPU of note, so the tasks reserve little and never crowd out the scan.
+# Carry-forward copies run as Ray tasks on the workers, CARRY_BATCH shards per task and at most
+# CARRY_IN_FLIGHT tasks at once: the driver's work per carried shard is one small result, and a copy
+# (server-side on S3) needs no CPU of note, so the tasks reserve little and never crowd out the scan.
 CARRY_BATCH = 64
 CARRY_IN_FLIGHT = 16
 CARRY_NUM_CPUS = 0.05

@@ -1,18 +1,19 @@
 """Incremental scans: carry the shards that did not change since an earlier night forward [ours].
 
 A nightly scan (`--incremental`) compares tonight's listing with the latest complete, succeeded scan partition
-of the same output that used the same scoring (`scoring_record`: schema version, detector id or set id + fusion,
-members, preprocessing, pixel limit, decode device, dtype). A shard whose stored identity
-(`pipeline.storage.object_identity`, from tonight's listing) equals the identity recorded in that night's marker
-is CARRIED: its outputs (`shard_parts`) are copied into tonight's partition (server-side on S3), each copy is
-checked (size, Parquet row count), then its marker is written LAST with `carried_from` = {scan_date, run_id,
-identity}. Everything else is scanned as usual. What cannot be trusted is never carried: another scoring, a
-failed or unfinished night, a marker without identity, a source part that is gone or differs (then scanned).
+of the same output that used the same scoring (`scoring_record`: schema version, detector id or set id +
+fusion, members, preprocessing, pixel limit, decode device, dtype). A shard whose stored identity
+(`pipeline.storage.object_identity`, from tonight's listing) equals the identity recorded in that night's
+marker is CARRIED: its outputs (`shard_parts`) are copied into tonight's partition (server-side on S3), each
+copy is checked (size, Parquet row count), then its marker is written LAST with `carried_from` = {scan_date,
+run_id, identity}. Everything else is scanned as usual. What cannot be trusted is never carried: another
+scoring, a failed or unfinished night, a marker without identity, a source part that is gone or differs (then
+scanned).
 
-Carried rows are a byte copy: their `run_id` and `scanned_at` are those of the run that SCORED them (the marker
-keeps that run_id too, and `scored_on` = the date it was scored), so `WHERE run_id = <tonight>` selects the rows
-scored tonight. No Ray here: the executors run `carry_shard` on the workers (`pipeline.engine.scan`) or in a
-thread pool (`carry_local`).
+Carried rows are a byte copy: their `run_id` and `scanned_at` are those of the run that SCORED them (the
+marker keeps that run_id too, and `scored_on` = the date it was scored), so `WHERE run_id = <tonight>` selects
+the rows scored tonight. No Ray here: the executors run `carry_shard` on the workers (`pipeline.engine.scan`)
+or in a thread pool (`carry_local`).
 """
 
 from __future__ import annotations
@@ -233,8 +234,8 @@ def plan_carry(
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> CarryPlan:
     """Compare tonight's (url, shard, identity) listing with the source night: ONE listing of its markers and
-    one of its Parquet parts, its markers read in batched concurrent requests. Keeps only what each carry needs.
-    `skip`: shards already complete tonight (a resumed night): neither carried nor scanned again."""
+    one of its Parquet parts, its markers read in batched concurrent requests. Keeps only what each carry
+    needs. `skip`: shards already complete tonight (a resumed night): neither carried nor scanned again."""
     src = RunPaths(output, source_date)
     plan = CarryPlan(source_date=source_date, source_run_id=source_run.get("run_id"))
     marked = completed_shards(src)
@@ -359,7 +360,8 @@ def carry_local(items: Sequence[CarryItem], threads: int = 16) -> Iterator[Carry
 def carried_then_rest(
     results: Iterator[CarryResult], todo: list[tuple[str, str]]
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield each carried shard's summary; a shard that could not be carried is appended to `todo` (to scan)."""
+    """Yield each carried shard's summary; a shard that could not be carried is appended to `todo` (to
+    scan)."""
     for r in results:
         if r.summary is not None:
             yield r.shard, r.summary

@@ -73,8 +73,8 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
     if not cfg.resume:
         if has_output(paths):
             raise RunRefused(
-                f"scan_date: the run {scan_date} already has output in {cfg.output} (run.json, markers or Parquet); "
-                "pass --resume to continue it, or choose another --scan-date. Nothing was deleted."
+                f"scan_date: the run {scan_date} already has output in {cfg.output} (run.json, markers or "
+                "Parquet); pass --resume to continue it, or choose another --scan-date. Nothing was deleted."
             )
         run_id = cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
         return RunPlan(paths, run_id, resumed=False, previous=None)

@@ -53,22 +53,24 @@ class ScanConfig(StrictModel):
     )
     fusion: Literal[FUSIONS] = Field(  # type: ignore[valid-type]
         DEFAULT_FUSION,
-        description="how several detectors' logits make the row's p_fake (pipeline.models.fusion); unused for "
-        "one detector",
+        description="how several detectors' logits make the row's p_fake (pipeline.models.fusion); unused "
+        "for one detector",
     )
 
     # the feature store (docs/schema.md "Stored features", pipeline.features)
     features: Literal["embedding", "pre_proj"] | None = Field(
         None,
         description="also keep the frozen backbone's per-image feature under <out>/_features/ so a linear "
-        "detector can re-score the corpus without a backbone pass (jobs/rescore.py): embedding = the projected "
-        "image embedding (UnivFD's), pre_proj = the L2-normalised CLS before the projection (ClipBased-SID's, "
-        "genscan linear's); needs a detector that adapts no backbone block (not MoLE alone). None: keep none",
+        "detector can re-score the corpus without a backbone pass (jobs/rescore.py): embedding = the "
+        "projected image embedding (UnivFD's), pre_proj = the L2-normalised CLS before the projection "
+        "(ClipBased-SID's, genscan linear's); needs a detector that adapts no backbone block (not MoLE "
+        "alone). None: keep none",
     )
     features_precision: Literal["float16", "int8"] = Field(
         "float16",
-        description="how stored features are rounded: float16 (2 bytes a value, logit error <= 2^-11 sum|w x|) "
-        "or int8 with a per-row scale (1 byte a value, logit error <= scale/2 sum|w|); results/features.md",
+        description="how stored features are rounded: float16 (2 bytes a value, logit error <= 2^-11 sum|w "
+        "x|) or int8 with a per-row scale (1 byte a value, logit error <= scale/2 sum|w|); "
+        "results/features.md",
     )
 
     # which run (see docs/schema.md, 'Runs and resume')
@@ -79,10 +81,11 @@ class ScanConfig(StrictModel):
     )
     incremental: bool = Field(
         False,
-        description="nightly scans: carry the shards whose stored identity (S3 VersionId/ETag + size; local size "
-        "+ mtime) is unchanged since the latest complete, succeeded scan of this output with the same scoring "
-        "(detector/set + fusion, preprocessing, schema version): their Parquet is copied (server-side on S3), "
-        "only added or changed shards are scored; no such scan -> a full scan, saying why (docs/schema.md)",
+        description="nightly scans: carry the shards whose stored identity (S3 VersionId/ETag + size; local "
+        "size + mtime) is unchanged since the latest complete, succeeded scan of this output with the same "
+        "scoring (detector/set + fusion, preprocessing, schema version): their Parquet is copied "
+        "(server-side on S3), only added or changed shards are scored; no such scan -> a full scan, saying "
+        "why (docs/schema.md)",
     )
     max_shards: int | None = Field(None, ge=1, description="scan only the first N listed shards (smoke runs)")
 
@@ -127,22 +130,24 @@ class ScanConfig(StrictModel):
     c2pa_trust_anchors: str | None = Field(
         None,
         description="local PEM file of the C2PA signing roots you trust (e.g. the C2PA conformance trust "
-        "list): a manifest whose signer chains to one is 'trusted'; without it no signer is trusted and a good "
-        "signature reads 'valid_untrusted'",
+        "list): a manifest whose signer chains to one is 'trusted'; without it no signer is trusted and a "
+        "good signature reads 'valid_untrusted'",
     )
     provenance_policy: Literal["declared", "signed", "trusted", "report"] = Field(
         "declared",
-        description="when an ai_declared verdict makes an ok row fake (is_fake, top_generator = the label the "
-        "declared generator maps to, else 'unknown'; the detectors' scores stay): declared = a C2PA manifest "
-        "whose signature validates, XMP DigitalSourceType or a known generator's metadata; signed = only a "
-        "validating C2PA manifest; trusted = only one whose signer chains to c2pa_trust_anchors; report = never "
-        "(evidence reported only). Invalid manifests, composites and capture claims never decide",
+        description="when an ai_declared verdict makes an ok row fake (is_fake, top_generator = the label "
+        "the declared generator maps to, else 'unknown'; the detectors' scores stay): declared = a C2PA "
+        "manifest whose signature validates, XMP DigitalSourceType or a known generator's metadata; signed = "
+        "only a validating C2PA manifest; trusted = only one whose signer chains to c2pa_trust_anchors; "
+        "report = never (evidence reported only). Invalid manifests, composites and capture claims never "
+        "decide",
     )
 
     # cluster and bounds
     ray_address: str | None = Field(
         None,
-        description="None: attach to RAY_ADDRESS if set (ray job submit) else start a local Ray; or an address",
+        description="None: attach to RAY_ADDRESS if set (ray job submit) else start a local Ray; or an "
+        "address",
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (default: all)")
     stall_timeout_s: float = Field(600.0, gt=0, description="fail if no shard progress for this long")
@@ -157,8 +162,8 @@ class ScanConfig(StrictModel):
         DEFAULT_MAX_SAMPLE_ERROR_RATE,
         ge=0,
         le=1,
-        description="fail the run when more than this share of its samples has an error status (decode_error, "
-        "no_image, too_large; 1: never)",
+        description="fail the run when more than this share of its samples has an error status "
+        "(decode_error, no_image, too_large; 1: never)",
     )
 
     @field_validator("scan_date")

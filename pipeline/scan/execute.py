@@ -2,9 +2,10 @@
 executor, and the scorer that reports which detector it loaded [ours]. No Ray here: the Ray executor is
 `pipeline.engine.scan.RayScanExecutor`, chosen by the entry point (jobs/scan_bucket.py) and passed in.
 
-An executor is `executor(todo, work) -> Iterator[(shard_id, summary)]`: it reads, decodes, scores and WRITES each
-shard of `todo` ([(shard_url, shard_id)]) where the rows are, and yields each shard's summary (= its marker) as
-it completes. `work.timing` receives the executor's timings (ray_connect_s, first_rows_s, model_ready_s, …).
+An executor is `executor(todo, work) -> Iterator[(shard_id, summary)]`: it reads, decodes, scores and WRITES
+each shard of `todo` ([(shard_url, shard_id)]) where the rows are, and yields each shard's summary (= its
+marker) as it completes. `work.timing` receives the executor's timings (ray_connect_s, first_rows_s,
+model_ready_s, …).
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ class ScanExecutor(Protocol):
 
 
 class ReportingScorer(Scorer):
-    """The scorer, tagging every row with the detector id and threshold of the checkpoint(s) THIS instance loaded
-    (`_detector_id`, `_threshold`; a set's id and fused threshold) and the members' ids (`_members`,
+    """The scorer, tagging every row with the detector id and threshold of the checkpoint(s) THIS instance
+    loaded (`_detector_id`, `_threshold`; a set's id and fused threshold) and the members' ids (`_members`,
     comma-joined: the keys of the per-detector columns), so rows carry what scored them even if the object at
     a detector URI changed since the driver read its meta."""
 
@@ -100,8 +101,8 @@ class ReportingScorer(Scorer):
 
 
 def local_executor(todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Scan in this process (no Ray): carried shards first (a thread pool of copies), then one scorer, shards one
-    after another, each written as soon as read; no scorer is loaded when there is nothing to scan."""
+    """Scan in this process (no Ray): carried shards first (a thread pool of copies), then one scorer, shards
+    one after another, each written as soon as read; no scorer is loaded when there is nothing to scan."""
     todo = list(todo)
     yield from carried_then_rest(carry_local(work.carry), todo)
     if not todo:

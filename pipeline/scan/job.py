@@ -55,8 +55,8 @@ def error_budget(cfg: ScanConfig) -> ErrorBudget:
 
 
 def shard_errors(stats: dict[str, Any]) -> ErrorTally:
-    """A shard's errors from its summary (= marker): a shard_error row means the shard could not be read to its
-    end; every other non-ok status is a failed sample."""
+    """A shard's errors from its summary (= marker): a shard_error row means the shard could not be read to
+    its end; every other non-ok status is a failed sample."""
     counts = stats.get("counts", {})
     return ErrorTally(
         shards=1,
@@ -134,8 +134,9 @@ def plan_incremental(
     done_before: set[str],
     scoring: dict[str, Any],
 ) -> CarryPlan:
-    """Which shards of an `--incremental` night are carried and which scanned. A resumed night keeps the source
-    its first attempt chose (or stays a full scan), so it finishes exactly the night that was started."""
+    """Which shards of an `--incremental` night are carried and which scanned. A resumed night keeps the
+    source its first attempt chose (or stays a full scan), so it finishes exactly the night that was
+    started."""
     remaining = [(u, s, i) for u, s, i in listing if s not in done_before]
     before = (plan.previous or {}).get("incremental") if plan.resumed else None
     if before is not None and before.get("source_scan_date") is None:
@@ -160,8 +161,8 @@ def run_scan(
 
     executor: how shards are processed (`pipeline.scan.execute.ScanExecutor`); the entry point passes the Ray
     one (`pipeline.engine.scan.RayScanExecutor`); None runs in this process (`local_executor`).
-    on_shard / check: `pipeline.runner.run_shards` hooks (a progress line; a run-level check that raises to stop
-    the run, e.g. an error budget), called after each shard is durable. announce: a console line (why an
+    on_shard / check: `pipeline.runner.run_shards` hooks (a progress line; a run-level check that raises to
+    stop the run, e.g. an error budget), called after each shard is durable. announce: a console line (why an
     incremental night scans everything, or what it carries)."""
     executor = executor or local_executor
     t_start = time.perf_counter()
@@ -361,8 +362,8 @@ def _scan(
 ) -> Progress:
     """The shards of `todo` (and `work.carry`) through the executor (which writes them where the rows are)
     under the stall watchdog; `totals` adds each shard's summary (nothing per shard is kept but its id, in the
-    progress). A shard whose summary was lost on the way (its writer committed it, then the acknowledgement died
-    with a retried task) counts by its marker."""
+    progress). A shard whose summary was lost on the way (its writer committed it, then the acknowledgement
+    died with a retried task) counts by its marker."""
     rows_total = 0
     t0 = time.perf_counter()
     seen: list[Progress] = []  # the run's progress, once the first shard arrived

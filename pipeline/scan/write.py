@@ -1,5 +1,5 @@
-"""The scan's shard writer [ours; img2dataset's worker-side writer]: collects a shard's scored rows, and when all
-have arrived writes its Parquet and then its marker (`pipeline.runner.commit_shard`: marker LAST).
+"""The scan's shard writer [ours; img2dataset's worker-side writer]: collects a shard's scored rows, and when
+all have arrived writes its Parquet and then its marker (`pipeline.runner.commit_shard`: marker LAST).
 
 It runs where the rows are — in a writer actor on a worker node (`pipeline.engine.scan`) or in-process for a
 local scan — so the driver never holds rows: it receives each shard's summary (= its marker). No Ray here.
@@ -23,13 +23,14 @@ from pipeline.scan.rows import RunContext, ShardCollector, shard_stats, to_table
 
 log = get_logger("pipeline.scan.write")
 
-# the batch column that carries the scanned shard's stored identity (`pipeline.storage.object_identity`, from the
-# driver's listing) from the read stage to the writer, which records it in the shard's marker
+# the batch column that carries the scanned shard's stored identity (`pipeline.storage.object_identity`, from
+# the driver's listing) from the read stage to the writer, which records it in the shard's marker
 IDENTITY_COL = "_identity"
 
 
 def tag_identity(batch: dict[str, np.ndarray], identity: str | None) -> dict[str, np.ndarray]:
-    """Add the shard's identity to each row of a prepared batch (the placeholder row of an empty shard too)."""
+    """Add the shard's identity to each row of a prepared batch (the placeholder row of an empty shard
+    too)."""
     batch[IDENTITY_COL] = np.full(len(batch["shard"]), identity or "", dtype=object)
     return batch
 
@@ -40,7 +41,8 @@ def _now_iso() -> str:
 
 def features_part(shard: str, rows: dict[str, np.ndarray]) -> tuple[bytes, dict[str, Any]] | None:
     """The shard's features part (`pipeline.feature_store`) from the scorer's `_feature` / `_feature_spec`
-    columns: one row per scored image (status ok), none for rows with no image; None when the run keeps none."""
+    columns: one row per scored image (status ok), none for rows with no image; None when the run keeps
+    none."""
     if not rows or "_feature_spec" not in rows:
         return None
     from pipeline.feature_store import FeatureSpec, encode_part

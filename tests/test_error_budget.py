@@ -185,7 +185,7 @@ def test_filter_cli_over_budget_exits_1_naming_the_counts_and_writes_nothing(
     assert filter_shards.main([*args, "--output", str(root / "clean")]) == 1
     lines = capsys.readouterr().err.strip().splitlines()  # a status line, then the one-line verdict
     assert len(lines) == 2 and lines[0].startswith("filter: "), lines
-    # the plans arrive one by one: the 4th failed shard of 6 already breaks the 0.5 budget, the run stops there
+    # the plans arrive one by one: the 4th failed shard of 6 already breaks the 0.5 budget, the run stops
     assert lines[1].startswith(
         "filter failed: error budget exceeded (run stopped early): 4 of 6 shards failed"
     ), lines

@@ -24,8 +24,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from pydantic import Field
+
 from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.output import json_bytes, read_json, write_json
+from pipeline.settings import StrictModel
 from pipeline.storage import write_bytes_atomic
 
 T = TypeVar("T")
@@ -86,6 +89,30 @@ class ErrorBudgetExceeded(OperatorError, RuntimeError):
     def __init__(self, message: str, record: dict[str, Any]) -> None:
         super().__init__(message)
         self.record = record
+
+
+class ErrorBudgetConfig(StrictModel):
+    """The error-budget settings of every sharded job (scan, filter, re-score): ONE declaration of the two
+    fields, their bounds, defaults and help (the jobs' flags are generated from it)."""
+
+    max_shard_error_rate: float = Field(
+        DEFAULT_MAX_SHARD_ERROR_RATE,
+        ge=0,
+        le=1,
+        description="fail the run (exit 1) when more than this share of its shards failed as a whole "
+        "(unreadable; for the filter and the re-score: the scan could not read them / no usable features; "
+        "1: never)",
+    )
+    max_sample_error_rate: float = Field(
+        DEFAULT_MAX_SAMPLE_ERROR_RATE,
+        ge=0,
+        le=1,
+        description="fail the run (exit 1) when more than this share of its samples has an error status "
+        "(decode_error, no_image, too_large; 1: never)",
+    )
+
+    def error_budget(self) -> ErrorBudget:
+        return ErrorBudget(self.max_shard_error_rate, self.max_sample_error_rate)
 
 
 @dataclass
@@ -296,6 +323,7 @@ __all__ = [
     "DEFAULT_MAX_SAMPLE_ERROR_RATE",
     "DEFAULT_MAX_SHARD_ERROR_RATE",
     "ErrorBudget",
+    "ErrorBudgetConfig",
     "ErrorBudgetExceeded",
     "ErrorTally",
     "IncompleteRun",

@@ -21,7 +21,7 @@ import json
 import sys
 from typing import Any
 
-from pipeline.cli.entry import job_main
+from pipeline.cli.entry import job_main, with_console
 from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
 from pipeline.features.config import RescoreConfig
@@ -57,14 +57,8 @@ def build_config(args: argparse.Namespace) -> RescoreConfig:
 @job_main("rescore")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from pipeline.console import Console
-    from pipeline.logs import RunLog
-
-    # the JSON logs go to the run log (published as <output>/_run/<D>/log.jsonl); stderr shows the console
-    # only
-    with Console(args.verbose, "rescore") as console, RunLog(tee=console.echo()) as runlog:
-        runlog.attach(console.stderr_log, "driver-stderr.log")
-        return _main(args, console, runlog)
+    # the JSON logs go to the run log, published beside the outputs; stderr shows the console only
+    return with_console("rescore", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 
 def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli.entry import job_main
+from pipeline.cli.entry import job_main, with_console
 from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
 from pipeline.logs import get_logger
@@ -66,13 +66,8 @@ def build_config(args: argparse.Namespace) -> ScanConfig:
 @job_main("scan")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from pipeline.console import Console
-    from pipeline.logs import RunLog
-
-    # the JSON logs go to the run log (published as _run/<scan_date>/log.jsonl); stderr shows the console only
-    with Console(args.verbose, "scan") as console, RunLog(tee=console.echo()) as runlog:
-        runlog.attach(console.stderr_log, "driver-stderr.log")  # Ray's own driver output, kept beside the log
-        return _main(args, console, runlog)
+    # the JSON logs go to the run log, published beside the outputs; stderr shows the console only
+    return with_console("scan", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 
 def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:

@@ -7,11 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.runner import DEFAULT_MAX_SAMPLE_ERROR_RATE, DEFAULT_MAX_SHARD_ERROR_RATE
-from pipeline.settings import StrictModel
+from pipeline.runner import ErrorBudgetConfig
 
 
-class RescoreConfig(StrictModel):
+class RescoreConfig(ErrorBudgetConfig):
     """The re-score job's configuration, saved as `<output>/_run/<D>/config.json`."""
 
     scan: str = Field(description="the scan output whose stored features are re-scored (local or s3://)")
@@ -32,15 +31,3 @@ class RescoreConfig(StrictModel):
         None, description="engine ray: an address; None: RAY_ADDRESS or a local Ray"
     )
     task_num_cpus: float = Field(0.5, gt=0, description="CPUs per Ray task (one shard each)")
-    max_shard_error_rate: float = Field(
-        DEFAULT_MAX_SHARD_ERROR_RATE,
-        ge=0,
-        le=1,
-        description="fail when more than this share of shards has no usable features",
-    )
-    max_sample_error_rate: float = Field(
-        DEFAULT_MAX_SAMPLE_ERROR_RATE,
-        ge=0,
-        le=1,
-        description="fail when more than this share of samples has an error status",
-    )

@@ -43,7 +43,6 @@ from pipeline.output import (
     write_json,
 )
 from pipeline.runner import (
-    ErrorBudget,
     ErrorBudgetExceeded,
     IncompleteRun,
     MapFn,
@@ -352,7 +351,7 @@ def run_rescore(
     run.write()
     RunLog.set_destination(target.run_file("log.jsonl"))  # this process's JSON log, when a job keeps one
     tasks = {s: ShardTask(s, source, target, cfg.detector, spec, run_id, head.detector_id) for s in shards}
-    budget = ErrorBudget(cfg.max_shard_error_rate, cfg.max_sample_error_rate)
+    budget = cfg.error_budget()
     t0 = time.perf_counter()
     try:
         from pipeline.scan.completion import aggregate

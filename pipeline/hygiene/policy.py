@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.output import PROVENANCE_VERDICTS
-from pipeline.runner import DEFAULT_MAX_SAMPLE_ERROR_RATE, DEFAULT_MAX_SHARD_ERROR_RATE
+from pipeline.runner import ErrorBudgetConfig
 from pipeline.settings import ConfigError, StrictModel
 
 Action = Literal["keep", "drop", "quarantine"]
@@ -98,7 +98,7 @@ class FilterPolicy(StrictModel):
             )
 
 
-class FilterConfig(StrictModel):
+class FilterConfig(ErrorBudgetConfig):
     """One filter run: inputs, outputs and the policy. Saved as `<output>/_run/config.json`."""
 
     scan: str = Field(min_length=1, description="scan output root (holds scan_date=*/ and _shards/)")
@@ -110,20 +110,6 @@ class FilterConfig(StrictModel):
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     task_num_cpus: float = Field(default=0.5, gt=0.0)
-    # error budget (pipeline.runner.ErrorBudget) over the shards and samples the filter is asked to clean:
-    # scan rows with an error status were never checked, yet error_action keep passes them into the output
-    max_shard_error_rate: float = Field(
-        DEFAULT_MAX_SHARD_ERROR_RATE,
-        ge=0,
-        le=1,
-        description="fail when more than this share of shards has a scan shard error",
-    )
-    max_sample_error_rate: float = Field(
-        DEFAULT_MAX_SAMPLE_ERROR_RATE,
-        ge=0,
-        le=1,
-        description="fail when more than this share of samples has an error status",
-    )
 
     @model_validator(mode="after")
     def _output_outside_input(self) -> FilterConfig:

@@ -38,7 +38,6 @@ from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
 from pipeline.output import SAMPLE_ERROR_STATUSES
 from pipeline.runner import (
-    ErrorBudget,
     ErrorTally,
     MapFn,
     Progress,
@@ -220,7 +219,7 @@ def plan_run(cfg: FilterConfig, map_fn: MapFn = local_map) -> tuple[str, list[Sh
     the whole run (the shards not planned yet are cancelled)."""
     scan_date = resolve_scan_date(cfg.scan, cfg.scan_date)
     specs = shard_specs(cfg, scan_date)
-    budget = ErrorBudget(cfg.max_shard_error_rate, cfg.max_sample_error_rate)
+    budget = cfg.error_budget()
     seen = ErrorTally()
 
     def arrived(plan: ShardPlan) -> None:  # as each plan completes: stop once the budget cannot be met
@@ -387,7 +386,7 @@ def run_filter(
     summary = summarize_plans(scan_date, plans)
     t_plan = time.perf_counter() - t0
     # the budget is known from the plans: above it the run fails before anything is written (exit 1)
-    budget = ErrorBudget(cfg.max_shard_error_rate, cfg.max_sample_error_rate).check(plan_errors(plans))
+    budget = cfg.error_budget().check(plan_errors(plans))
     if cfg.dry_run:
         log.info("dry_run", **summary["totals"], shards=len(plans))
         return {"dry_run": True, **summary}

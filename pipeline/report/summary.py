@@ -17,21 +17,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import output, storage
-from pipeline.hygiene.plan import PlanError
+from pipeline.hygiene.plan import SCAN_COLUMNS, PlanError
 
 COLUMNS = [
+    *SCAN_COLUMNS,  # what the filter decides from: the report shows the same rows
     "run_id",
     "source",
-    "shard",
     "shard_url",
-    "key",
-    "status",
-    "error",
-    "p_fake",
-    "is_fake",
-    "threshold",
-    "top_generator",
-    "sha256",
     "detector_id",
     # scan schema v3 (null in older scans): the provenance section and the declared gallery
     "provenance_verdict",

@@ -17,8 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.limits import MAX_PIXELS
 from pipeline.models.fusion import DEFAULT_FUSION, FUSIONS
-from pipeline.runner import DEFAULT_MAX_SAMPLE_ERROR_RATE, DEFAULT_MAX_SHARD_ERROR_RATE
-from pipeline.settings import StrictModel
+from pipeline.runner import ErrorBudgetConfig
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
@@ -41,7 +40,7 @@ def today_utc() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
 
 
-class ScanConfig(StrictModel):
+class ScanConfig(ErrorBudgetConfig):
     # what to scan, where to write, with which detector
     input: str = Field(
         description="s3://bucket/prefix/, a brace pattern …/shard-{000000..000099}.tar, or a folder"
@@ -151,20 +150,6 @@ class ScanConfig(StrictModel):
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (default: all)")
     stall_timeout_s: float = Field(600.0, gt=0, description="fail if no shard progress for this long")
-    # error budget (pipeline.runner.ErrorBudget): above either share the run is marked failed (exit 1)
-    max_shard_error_rate: float = Field(
-        DEFAULT_MAX_SHARD_ERROR_RATE,
-        ge=0,
-        le=1,
-        description="fail the run when more than this share of its shards is unreadable (1: never)",
-    )
-    max_sample_error_rate: float = Field(
-        DEFAULT_MAX_SAMPLE_ERROR_RATE,
-        ge=0,
-        le=1,
-        description="fail the run when more than this share of its samples has an error status "
-        "(decode_error, no_image, too_large; 1: never)",
-    )
 
     @field_validator("scan_date")
     @classmethod

@@ -51,7 +51,7 @@ class ScanFailed(RuntimeError):
 
 
 def error_budget(cfg: ScanConfig) -> ErrorBudget:
-    return ErrorBudget(cfg.max_shard_error_rate, cfg.max_sample_error_rate)
+    return cfg.error_budget()
 
 
 def shard_errors(stats: dict[str, Any]) -> ErrorTally:

@@ -12,25 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
-TINY = "ViT-Tiny-16-96"
-
 
 def tiny_backbone_file(path: Path, seed: int = 0) -> Path:
     """A random-init tiny CLIP (LayerNorms perturbed so features are not trivial) as open_clip's own
     safetensors files carry it (``visual.*`` keys)."""
-    import open_clip
     from safetensors.torch import save_file
 
-    from pipeline.models.config import register_arch_configs
+    from tests.support.peer_detectors import tiny_clip
 
-    register_arch_configs()
-    torch.manual_seed(seed)
-    model = open_clip.create_model(TINY, pretrained=None)
-    with torch.no_grad():
-        for m in model.visual.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.add_(0.2 * torch.randn_like(m.weight))
-                m.bias.add_(0.1 * torch.randn_like(m.bias))
+    model = tiny_clip(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({f"visual.{k}": v.contiguous() for k, v in model.visual.state_dict().items()}, str(path))
     return path

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.output import SCHEMA, STATUSES, check_table
-from pipeline.scan.completion import RunPaths, RunRefused, plan_run, write_json, write_shard
+from pipeline.output import SCHEMA, STATUSES, RunPaths, check_table, write_json, write_shard
+from pipeline.scan.completion import RunRefused, plan_run
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.decode import decode_image
 from pipeline.scan.prepare import prepare_shard
@@ -212,7 +212,7 @@ def test_plan_refuses_existing_run_and_resumes_latest_unfinished(tmp_path):
 
 
 def test_parquet_bytes_are_readable():
-    from pipeline.scan.completion import parquet_bytes
+    from pipeline.output import parquet_bytes
 
     t = SCHEMA.empty_table()
     assert pq.read_table(io.BytesIO(parquet_bytes(t))).schema.equals(SCHEMA, check_metadata=False)

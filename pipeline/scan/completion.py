@@ -23,19 +23,10 @@ from typing import Any
 
 import pipeline
 from pipeline.logs import get_logger
-from pipeline.output import (  # noqa: F401 - re-exported for the scan's callers
-    RunPaths,
-    completed_shards,
-    has_output,
-    list_runs,
-    parquet_bytes,
-    read_json,
-    write_json,
-    write_shard,
-)
+from pipeline.output import RunPaths, completed_shards, has_output, list_runs, read_json
 from pipeline.scan.config import ScanConfig, today_utc
 from pipeline.settings import ConfigError
-from pipeline.storage import read_many, write_bytes_atomic  # noqa: F401 - write_bytes_atomic re-exported
+from pipeline.storage import read_many
 
 log = get_logger("pipeline.scan.completion")
 

@@ -37,7 +37,7 @@ from pipeline.runner import (
 from pipeline.scan.carry import CarryPlan, find_source, plan_carry, scoring_record
 from pipeline.scan.completion import RunPlan, Totals, aggregate, now_iso, plan_run, versions
 from pipeline.scan.config import ScanConfig
-from pipeline.scan.detectors import DetectorInfo, detector_info, run_detectors  # noqa: F401 - re-exported
+from pipeline.scan.detectors import run_detectors
 from pipeline.scan.execute import ScanExecutor, ScanWork, local_executor
 from pipeline.scan.rows import RunContext
 from pipeline.settings import ConfigError
@@ -413,7 +413,6 @@ def _scan(
 __all__ = [
     "run_scan",
     "ScanFailed",
-    "detector_info",
     "error_budget",
     "list_input",
     "list_input_objects",

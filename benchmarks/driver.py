@@ -9,7 +9,8 @@ can read and decode them. Measured: the driver process's CPU time (user+sys, all
 executor included) during `run_scan`, per scanned row.
 
 Baseline in the same run: the old design, where every scored row goes to the driver, which collects each shard
-and writes its Parquet + marker (`iter_scored` + the same `ShardSink`, on the driver).
+and writes its Parquet + marker (the scan's own Ray Data plan pulled to the driver + the same `ShardSink`, on
+the driver).
 
 Prints the headline figure LAST as one JSON line: {"driver_cpu_us_per_row": ...}. Writes
 results/driver.json|md.
@@ -142,7 +143,7 @@ def scan_worker_writes(cfg: Any) -> dict[str, Any]:
 
 def scan_driver_writes(cfg: Any) -> dict[str, Any]:
     """The old design, same plan and same writer code, but every row comes to the driver, which writes."""
-    from pipeline.engine.scan import iter_scored
+    from pipeline.engine.scan import build_dataset
     from pipeline.models import read_meta
     from pipeline.scan.job import list_input
     from pipeline.scan.rows import RunContext
@@ -160,9 +161,11 @@ def scan_driver_writes(cfg: Any) -> dict[str, Any]:
     c0, m0, t0 = _cpu_s(), time.thread_time(), time.perf_counter()
     sink = ShardSink(ctx, cfg.output, "2026-01-01")
     rows = 0
-    stream = iter_scored(
+    # the scan's own Ray Data plan, its scored batches pulled to the driver instead of the writer actors
+    ds = build_dataset(
         shards, cfg, image_size=int(meta.config.image_size), resize_mode="center_crop", scorer=NullScorer
     )
+    stream = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
     s0, handle = time.thread_time(), 0.0
     for batch in stream:
         h0 = time.thread_time()

@@ -301,17 +301,3 @@ def carry_on_workers(items: list[CarryItem]) -> Iterator[CarryResult]:
         ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
             yield from ray.get(ref)
-
-
-def iter_scored(
-    shards: list[tuple[str, str]],
-    cfg: ScanConfig,
-    *,
-    image_size: int,
-    resize_mode: str,
-    scorer: type = ReportingScorer,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Scored row batches on the driver (no writers): for tools that want the rows themselves (and the
-    driver-writes baseline of benchmarks/driver.py)."""
-    ds = build_dataset(shards, cfg, image_size=image_size, resize_mode=resize_mode, scorer=scorer)
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.console import submitted_job, verbose
+from pipeline.console import Console, submitted_job, verbose
 from pipeline.exitcodes import OperatorError, one_line
 from pipeline.logs import RunLog
 
@@ -45,12 +45,10 @@ def job_main(job: str, *, quiet: bool = False) -> Callable[[Callable[..., int]],
     return wrap
 
 
-def with_console(job: str, verbose: bool, body: Callable[[Any, Any], int]) -> int:
+def with_console(job: str, loud: bool, body: Callable[[Any, Any], int]) -> int:
     """Run `body(console, runlog)` with the job's console (status lines and ONE progress line on stderr;
     `pipeline.console.Console`) and its run log (every JSON log line, published beside the job's outputs, with
     Ray's own driver output attached as driver-stderr.log): the scan, the filter and the re-score."""
-    from pipeline.console import Console
-
-    with Console(verbose, job) as console, RunLog(tee=console.echo()) as runlog:
+    with Console(loud, job) as console, RunLog(tee=console.echo()) as runlog:
         runlog.attach(console.stderr_log, "driver-stderr.log")
         return body(console, runlog)

@@ -41,6 +41,12 @@ JOB_CODES: dict[str, tuple[ExitCode, ...]] = {
     "filter_shards": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, ExitCode.WRITE_FAILED, *_STORAGE),
     "report": (ExitCode.OK, ExitCode.CONFIG, *_STORAGE),
     "rescore": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, *_STORAGE),
+    # the training side: 3 = stored features missing (train --features-from) / a weights file refused (import)
+    "train_detector": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, ExitCode.NOT_FOUND),
+    "import_detector": (ExitCode.OK, ExitCode.CONFIG, ExitCode.NOT_FOUND),
+    "calibrate": (ExitCode.OK, ExitCode.CONFIG),
+    "evaluate": (ExitCode.OK, ExitCode.CONFIG),
+    "make_demo_data": (ExitCode.OK, ExitCode.CONFIG),
 }
 
 

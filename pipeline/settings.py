@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -33,17 +34,32 @@ def read_json_object(path: str | Path, *, field: str) -> dict[str, Any]:
     return data
 
 
+def as_config_error(exc: Exception) -> ConfigError:
+    """A ValueError / FileNotFoundError raised while a job reads what the user named (a path, a value) as the
+    ConfigError the job reports: the same message, exit code 2."""
+    return exc if isinstance(exc, ConfigError) else ConfigError(str(exc))
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
 
     @classmethod
-    def parse(cls, data: dict[str, Any], *, source: str = "config") -> Self:
-        """Validate `data`, turning pydantic's error into a ConfigError that names each bad field."""
+    def parse(
+        cls, data: dict[str, Any], *, source: str = "config", names: Mapping[str, str] | None = None
+    ) -> Self:
+        """Validate `data`, turning pydantic's error into a ConfigError that names each bad setting as the
+        user gave it: `names` maps a field to what was typed for it (its flag, e.g. `--batch-size`); a field
+        not in `names` came from a file and is named as the field."""
+        names = names or {}
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+                f"{'.'.join([names.get(str(err['loc'][0]), str(err['loc'][0])), *map(str, err['loc'][1:])])}"
+                f": {err['msg']}"
+                if err["loc"]
+                else f"<root>: {err['msg']}"
+                for err in exc.errors()
             )
             raise ConfigError(f"invalid {cls.__name__} in {source}: {problems}") from exc
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.cli import import_detector as job
+from pipeline.exitcodes import ExitCode
 from pipeline.models import load_detector
 from pipeline.models.config import DetectorConfig
 from pipeline.models.constants import META_FILE, WEIGHTS_FILE
@@ -37,7 +38,9 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, 
 def run_job(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, list[str]]:
     rc = job.main(list(args))
     cap = capsys.readouterr()
-    errors = [ln for ln in cap.err.splitlines() if ln.startswith("error:")]
+    errors = [
+        ln for ln in cap.err.splitlines() if ln.startswith(("configuration error:", "weights file refused:"))
+    ]
     assert "Traceback" not in cap.err
     return rc, cap.out, errors
 
@@ -201,7 +204,7 @@ def test_wrong_kind_names_keys(tiny_backbone: tuple[nn.Module, Path], tmp_path: 
         capsys=capsys,
     )
     msg = _one_error(errors)
-    assert rc == job.EXIT_WEIGHTS
+    assert rc == ExitCode.NOT_FOUND
     assert "missing keys (2): fc.bias, fc.weight" in msg and "unexpected keys (2): bias, weight" in msg
     assert not (tmp_path / "c").exists()
 
@@ -222,7 +225,7 @@ def test_wrong_shape_and_variant_hint(tmp_path: Path, capsys) -> None:
         capsys=capsys,
     )
     msg = _one_error(errors)
-    assert rc == job.EXIT_WEIGHTS
+    assert rc == ExitCode.NOT_FOUND
     assert "alpha: expected (1, 24, 1024), got (1, 24, 128)" in msg
     assert "unexpected keys" in msg and "proj1.10.weight" in msg  # 2 projections expected, 4 found
     assert "fit --variant 2class" in msg
@@ -242,7 +245,7 @@ def test_wrong_shape_and_variant_hint(tmp_path: Path, capsys) -> None:
 def test_operator_mistakes_one_line_exit_2(args: list[str], needle: str, tmp_path: Path, capsys) -> None:
     f = save_peer(tmp_path / "w.pth", peer_state("univfd", embed=768))
     rc, _, errors = run_job(*args, "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys)
-    assert rc == job.EXIT_CONFIG
+    assert rc == ExitCode.CONFIG
     assert needle in _one_error(errors)
 
 
@@ -252,11 +255,11 @@ def test_missing_file_and_existing_checkpoint(tiny_backbone, tmp_path: Path, cap
     rc, _, errors = run_job(
         *base, "--weights", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "c"), capsys=capsys
     )
-    assert rc == job.EXIT_CONFIG and "--weights: no such file" in _one_error(errors)
+    assert rc == ExitCode.CONFIG and "--weights: no such file" in _one_error(errors)
     f = save_peer(tmp_path / "w.pth", peer_state("univfd"))
     assert run_job(*base, "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys)[0] == 0
     rc, _, errors = run_job(*base, "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys)
-    assert rc == job.EXIT_CONFIG and "pass --force" in _one_error(errors)
+    assert rc == ExitCode.CONFIG and "pass --force" in _one_error(errors)
     assert run_job(*base, "--weights", str(f), "--out", str(tmp_path / "c"), "--force", capsys=capsys)[0] == 0
 
 
@@ -280,7 +283,7 @@ def test_backbone_file_of_another_arch_is_refused(tmp_path: Path, capsys) -> Non
         capsys=capsys,
     )
     msg = _one_error(errors)
-    assert rc == job.EXIT_CONFIG and "conv1.weight: expected (128, 3, 16, 16), got (768, 3, 16, 16)" in msg
+    assert rc == ExitCode.CONFIG and "conv1.weight: expected (128, 3, 16, 16), got (768, 3, 16, 16)" in msg
     assert "missing keys" in msg and not (tmp_path / "c").exists()
 
 
@@ -311,7 +314,7 @@ def test_code_and_junk_are_refused_without_running(style: str, tmp_path: Path, c
         "--kind", "univfd", "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys
     )
     msg = _one_error(errors)
-    assert rc == job.EXIT_WEIGHTS and str(f) in msg
+    assert rc == ExitCode.NOT_FOUND and str(f) in msg
     assert not marker.exists() and not (tmp_path / "c").exists()
 
 

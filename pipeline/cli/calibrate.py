@@ -16,12 +16,13 @@ import sys
 
 from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser
-from pipeline.settings import ConfigError
+from pipeline.exitcodes import help_epilog
+from pipeline.settings import as_config_error
 
 
 @job_main("calibrate", quiet=True)
 def main(argv: list[str] | None = None) -> int:
-    ap = JobParser(description=__doc__, log_flag=True)
+    ap = JobParser(description=__doc__, epilog=help_epilog("calibrate"), log_flag=True)
     ap.add_argument("--detector", required=True, help="checkpoint directory (local or s3://)")
     ap.add_argument(
         "--data", required=True, help="held-out labelled data (UnivFD folder or WebDataset shards)"
@@ -36,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         calib = calibrate_checkpoint(
             a.detector, a.data, target_fpr=a.target_fpr, unknown_quantile=a.unknown_quantile, out=a.out
         )
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        raise as_config_error(exc) from exc
     print(json.dumps(calib, indent=2))
     return 0
 

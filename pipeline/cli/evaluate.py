@@ -17,7 +17,8 @@ import sys
 
 from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser
-from pipeline.settings import ConfigError
+from pipeline.exitcodes import help_epilog
+from pipeline.settings import ConfigError, as_config_error
 
 
 def _floats(text: str | None) -> list[float]:
@@ -27,7 +28,7 @@ def _floats(text: str | None) -> list[float]:
 def build_config(argv: list[str] | None = None):  # noqa: ANN201 - EvalConfig (import kept lazy)
     from pipeline.eval.evaluate import EvalConfig
 
-    ap = JobParser(description=__doc__, log_flag=True)
+    ap = JobParser(description=__doc__, epilog=help_epilog("evaluate"), log_flag=True)
     ap.add_argument("--data", required=True, help="labelled test data (UnivFD folder or WebDataset shards)")
     ap.add_argument("--detector", required=True, help="checkpoint directory (local or s3://)")
     ap.add_argument("--json", required=True, dest="json_out", help="report JSON path")
@@ -70,9 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(argv)
         report = evaluate(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        raise as_config_error(exc) from exc
     m = report["mean"]
     print(
         json.dumps(

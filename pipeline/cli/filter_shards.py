@@ -117,10 +117,17 @@ def build_config(argv: list[str] | None = None, args: argparse.Namespace | None 
         raise ConfigError(
             f"--policy and inline policy flags ({flags}) are exclusive: put everything in the policy file"
         )
+    typed = {**policy_flags.named(args), "generator_rules": "--rule", "provenance_rules": "--rule"}
     policy = (
-        FilterPolicy.from_file(args.policy) if args.policy else FilterPolicy.parse(inline, source="flags")
+        FilterPolicy.from_file(args.policy)
+        if args.policy
+        else FilterPolicy.parse(inline, source="command line", names=typed)
     )
-    return FilterConfig.parse({**run_flags.given(args), "policy": policy.model_dump()}, source="command line")
+    return FilterConfig.parse(
+        {**run_flags.given(args), "policy": policy.model_dump()},
+        source="command line",
+        names=run_flags.named(args),
+    )
 
 
 @job_main("filter")

@@ -96,8 +96,14 @@ class ModelFlags:
     """The flags `add_model_flags` added for one model: `given(args)` is what the user typed, by field
     name."""
 
-    def __init__(self, fields: list[str], repeat: set[str]) -> None:
-        self.fields, self.repeat = fields, repeat
+    def __init__(self, flags: dict[str, str], repeat: set[str]) -> None:
+        self.flags, self.repeat = flags, repeat  # field -> its flag ("--batch-size")
+        self.fields = list(flags)
+
+    def named(self, args: argparse.Namespace) -> dict[str, str]:
+        """field -> flag for the flags the user gave, so a validation error names the flag that was typed
+        (`StrictModel.parse(names=...)`), not the field."""
+        return {name: self.flags[name] for name in self.given(args)}
 
     def given(self, args: argparse.Namespace) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -121,7 +127,7 @@ def add_model_flags(
     field's flag (field -> flag name without the dashes)."""
     names = dict(names or {})
     skip, repeat = set(skip), set(repeat)
-    fields: list[str] = []
+    fields: dict[str, str] = {}
     for name, field in model.model_fields.items():
         if name in skip:
             continue
@@ -140,5 +146,5 @@ def add_model_flags(
         if name in repeat:
             kwargs["action"] = "append"
         parser.add_argument(flag, **kwargs)
-        fields.append(name)
+        fields[name] = flag
     return ModelFlags(fields, repeat)

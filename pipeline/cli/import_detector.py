@@ -23,14 +23,20 @@ import sys
 
 from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser
-from pipeline.settings import ConfigError
+from pipeline.exitcodes import ExitCode, OperatorError, help_epilog
+from pipeline.settings import as_config_error
 
-EXIT_OK, EXIT_CONFIG, EXIT_WEIGHTS = 0, 2, 3
+
+class WeightsRefused(OperatorError):
+    """The peer's weights file is unreadable, not plain tensors, or not the kind's keys and shapes."""
+
+    exit_code = ExitCode.NOT_FOUND  # "refused: the input is not what the job needs"
+    label = "weights file refused"
 
 
 @job_main("import", quiet=True)
 def main(argv: list[str] | None = None) -> int:
-    ap = JobParser(description=__doc__, log_flag=True)
+    ap = JobParser(description=__doc__, epilog=help_epilog("import_detector"), log_flag=True)
     ap.add_argument("--kind", required=True, help="univfd | clipbased | rine")
     ap.add_argument("--weights", required=True, help="the peer's released weights file (.pth)")
     ap.add_argument("--out", required=True, help="checkpoint directory to write (local or s3://)")
@@ -54,13 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             force=a.force,
         )
     except WeightsFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_WEIGHTS
-    except (ConfigError, CheckpointError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise WeightsRefused(str(exc)) from exc
+    except (CheckpointError, OSError, ValueError) as exc:
+        raise as_config_error(exc) from exc
     print(meta.to_json())
-    return EXIT_OK
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

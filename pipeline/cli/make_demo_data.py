@@ -16,11 +16,12 @@ import sys
 from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser
 from pipeline.data.synthetic import DemoConfig, generate, list_families
+from pipeline.exitcodes import help_epilog
 from pipeline.settings import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = JobParser(description=__doc__, log_flag=True)
+    p = JobParser(description=__doc__, epilog=help_epilog("make_demo_data"), log_flag=True)
     p.add_argument("--out", help="output folder or s3:// prefix")
     p.add_argument(
         "--layout", default="univfd", help="univfd (<out>/<family>/0_real|1_fake) or wds (tar shards)"
@@ -43,27 +44,22 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(list_families()))
         return 0
     if not args.out:
-        print("error: --out is required", file=sys.stderr)
-        return 2
-    try:
-        cfg = DemoConfig.parse(
-            {
-                "out": args.out,
-                "layout": args.layout,
-                "families": [f.strip() for f in args.families.split(",") if f.strip()],
-                "n_per_class": args.n_per_class,
-                "seed": args.seed,
-                "image_size": args.image_size,
-                "shard_size": args.shard_size,
-                "format": args.format,
-                "jpeg_quality": args.jpeg_quality,
-            },
-            source="command line",
-        )
-        summary = generate(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError("--out: required (the folder or s3:// prefix to write)")
+    given = {
+        "out": args.out,
+        "layout": args.layout,
+        "families": [f.strip() for f in args.families.split(",") if f.strip()],
+        "n_per_class": args.n_per_class,
+        "seed": args.seed,
+        "image_size": args.image_size,
+        "shard_size": args.shard_size,
+        "format": args.format,
+        "jpeg_quality": args.jpeg_quality,
+    }
+    # a bad value is named by the flag that gave it (every setting here is a flag of the same name)
+    flags = {k: "--" + k.replace("_", "-") for k in given}
+    cfg = DemoConfig.parse(given, source="command line", names=flags)
+    summary = generate(cfg)
     print(json.dumps({k: summary[k] for k in ("n_images", "counts", "seconds")}))
     return 0
 

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = add_model_flags(ap, ReportConfig)
     args = ap.parse_args(argv)
     try:
-        cfg = ReportConfig.parse(flags.given(args), source="command line")
+        cfg = ReportConfig.parse(flags.given(args), source="command line", names=flags.named(args))
         reads = [Location("scan output", cfg.scan)]
         if cfg.filter_output:
             reads.append(Location("filter output", cfg.filter_output))

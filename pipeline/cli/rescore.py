@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> RescoreConfig:
-    return RescoreConfig.parse(_parser()[1].given(args), source="command line")
+    flags = _parser()[1]
+    return RescoreConfig.parse(flags.given(args), source="command line", names=flags.named(args))
 
 
 @job_main("rescore")

@@ -59,8 +59,9 @@ def build_config(args: argparse.Namespace) -> ScanConfig:
         path = Path(args.config_file)
         data = read_json_object(path, field="--config-file")
         source = f"{path} + command line"
-    data.update(_parser()[1].given(args))
-    return ScanConfig.parse(data, source=source)
+    flags = _parser()[1]
+    data.update(flags.given(args))
+    return ScanConfig.parse(data, source=source, names=flags.named(args))
 
 
 @job_main("scan")

@@ -26,8 +26,8 @@ from typing import Any
 
 from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
-from pipeline.exitcodes import ExitCode, help_epilog
-from pipeline.settings import ConfigError, read_json_object
+from pipeline.exitcodes import ExitCode, help_epilog, one_line
+from pipeline.settings import ConfigError, as_config_error, read_json_object
 from pipeline.storage import is_remote
 from pipeline.train.config import TrainConfig
 
@@ -96,7 +96,8 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
             and (key in ("data", "out") or os.path.exists(value))
         ):
             data[key] = os.path.abspath(value.removeprefix("file://"))
-    return TrainConfig.parse(data, source=args.config_file or "command line"), args
+    source = f"{args.config_file} + command line" if args.config_file else "command line"
+    return TrainConfig.parse(data, source=source, names=flags.named(args)), args
 
 
 @job_main("train")
@@ -119,8 +120,8 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
         cfg, args = parse(argv)
     except ConfigError as exc:
         runlog.discard()
-        console.line(f"error: {exc}")
-        return 2
+        console.line(one_line(exc, "train"))
+        return ExitCode.CONFIG
     try:
         from pipeline.train.feed import make_plan
 
@@ -140,14 +141,14 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
             progress = console.epochs("train", cfg.passes, plan.n_train)
             summary = run_training(cfg, resume=args.resume, plan=plan, on_epoch=progress)
         console.end_progress()
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:
         runlog.discard()
-        console.line(f"error: {exc}")
-        return 2
+        console.line(one_line(as_config_error(exc), "train"))
+        return ExitCode.CONFIG
     except Exception as exc:  # the Ray wrapper re-raises worker errors as TrainingFailedError
         first = (str(exc).strip().splitlines() or [""])[0]
-        console.line(f"error: training failed: {type(exc).__name__}: {first} (log: {runlog.publish()})")
-        return 1
+        console.line(f"train failed: {type(exc).__name__}: {first} (log: {runlog.publish()})")
+        return ExitCode.RUN_FAILED
     if args.resume and not summary.get("resumes"):  # said where the user looks, not only in the log
         console.line(
             f"train: --resume found no earlier epoch under {cfg.out}/_checkpoints: trained from scratch"
@@ -183,12 +184,9 @@ def _from_features(args: argparse.Namespace, console: Any, runlog: Any) -> int:
             {k: v for k, v in given.items() if v is not None}, source="command line"
         )
         summary = train_from_features(cfg)
-    except ConfigError as exc:
-        console.line(f"error: {exc}")
-        return ExitCode.CONFIG
-    except ScanOutputError as exc:
-        console.line(f"not found: {exc}")
-        return ExitCode.NOT_FOUND
+    except (ConfigError, ScanOutputError) as exc:
+        console.line(one_line(exc, "train"))
+        return exc.exit_code
     console.line(
         f"train succeeded: {summary['checkpoint']} from {summary['examples']} stored features "
         f"({summary['skipped_without_feature']} labelled rows without one)"

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from pipeline.exitcodes import one_line
+from pipeline.logs import RunLog
 from pipeline.models.config import DetectorConfig, list_configs
 from pipeline.settings import ConfigError
 
@@ -33,14 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = DetectorConfig.load(args.config)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(one_line(exc, "models"), file=sys.stderr)
+        return int(exc.exit_code)
     from pipeline.models.checks import check_fused, describe
 
-    if args.cmd == "describe":
-        out = describe(cfg)
-    else:
-        out = check_fused(cfg, batch=args.batch, seed=args.seed, top_k=args.top_k)
+    # the JSON log lines (detector_created, ...) are kept off the console: the answer is on stdout
+    with RunLog(tee=None):
+        if args.cmd == "describe":
+            out = describe(cfg)
+        else:
+            out = check_fused(cfg, batch=args.batch, seed=args.seed, top_k=args.top_k)
     if args.json:
         print(json.dumps(out))
     else:

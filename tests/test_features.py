@@ -393,6 +393,20 @@ def test_train_from_features_refuses_what_it_cannot_use(world, tmp_path, capsys)
     assert not (tmp_path / "c").exists()
 
 
+def test_labels_keep_zero_padded_keys_as_written(tmp_path) -> None:
+    """webdataset keys are often all digits ("00000012"): the labels file's keys and shards are names, so they
+    must match the scan's keys as written, not as numbers."""
+    from pipeline.features.train import read_labels
+
+    labels = tmp_path / "l.csv"
+    labels.write_text("shard,key,label,generator\n000001,00000012,fake,7\n000001,00000013,0,\n")
+    t = read_labels(str(labels)).to_pylist()
+    assert [(r["shard"], r["key"], r["label"], r["generator"]) for r in t] == [
+        ("000001", "00000012", 1, "7"),
+        ("000001", "00000013", 0, None),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- benchmark
 def test_benchmark_runs_small_and_reports_within_bound(tmp_path) -> None:
     """benchmarks/features.py on the tiny backbone into a temp results dir: its files hold every figure the

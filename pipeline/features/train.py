@@ -54,6 +54,13 @@ class FeatureTrainConfig(StrictModel):
     seed: int = 0
 
 
+# shard and key are names, never numbers: a key such as "00000012" (webdataset's usual zero-padded keys) must
+# not be read as the integer 12
+_CSV_TYPES = pacsv.ConvertOptions(
+    column_types={"shard": pa.string(), "key": pa.string(), "generator": pa.string()}
+)
+
+
 def read_labels(uri: str) -> pa.Table:
     """The labels file as (shard, key, label int8, generator or null); ConfigError naming what is wrong."""
     try:
@@ -62,7 +69,9 @@ def read_labels(uri: str) -> pa.Table:
         raise ConfigError(f"labels: not found: {uri}") from exc
     try:
         table = (
-            pq.read_table(io.BytesIO(data)) if uri.endswith(".parquet") else pacsv.read_csv(io.BytesIO(data))
+            pq.read_table(io.BytesIO(data))
+            if uri.endswith(".parquet")
+            else pacsv.read_csv(io.BytesIO(data), convert_options=_CSV_TYPES)
         )
     except pa.ArrowException as exc:
         raise ConfigError(f"labels: {uri} is not a readable CSV / Parquet file ({exc})") from exc

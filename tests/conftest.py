@@ -58,7 +58,7 @@ HEAVY_FIRST = (
     "test_reliability_faults",
     "test_train_ray",
     "test_multinode",
-    "test_demo",  # ~75 s: the demo's data, Ray Train step and Ray scan
+    "test_docs_readme",  # the demo (data, Ray Train, Ray scan), then every README block
     "test_scan_job",
     "test_train_e2e",
     "test_filter_ray",

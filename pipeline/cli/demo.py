@@ -58,7 +58,7 @@ def _run(cmd: list[str], what: str, status: Callable[[str], None] | None = None)
         raise RuntimeError(f"demo step {what!r} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def _bad_shards(shards: Path) -> None:
+def add_bad_shards(shards: Path) -> None:
     """One shard that is not a tar and one with a corrupt image and an image-less sample (status rows)."""
     import io
     import tarfile
@@ -104,7 +104,7 @@ def prepare(
             "demo shards",
             status,
         )
-        _bad_shards(paths["shards"])
+        add_bad_shards(paths["shards"])
     if not paths["train"].exists():
         _run(
             [

@@ -42,6 +42,19 @@ def run_job(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, l
     return rc, cap.out, errors
 
 
+def import_args(
+    kind: str, weights: Path, out: Path, *extra: str, config: str | None = None, backbone: Path | None = None
+) -> list[str]:
+    """The import command line: a peer's weights file of `kind` into `out`; a tiny config needs its backbone
+    file (nothing is downloaded)."""
+    args = ["--kind", kind, "--weights", str(weights), "--out", str(out), *extra]
+    if config is not None:
+        args += ["--config", config]
+    if backbone is not None:
+        args += ["--backbone-weights", str(backbone)]
+    return args
+
+
 # ---------------------------------------------------------------------------------------------- round trips
 def test_cuda_tagged_file_needs_map_location(tmp_path: Path) -> None:
     """The test files really are in the released layout: without map_location a CPU host cannot read them."""
@@ -66,19 +79,7 @@ def test_import_round_trip_records_provenance(
     sd = peer_state(kind)
     f = save_peer(tmp_path / "weights.pth", sd)
     out = tmp_path / "ckpt"
-    rc, stdout, errors = run_job(
-        "--kind",
-        kind,
-        "--weights",
-        str(f),
-        "--out",
-        str(out),
-        "--config",
-        config,
-        "--backbone-weights",
-        str(bb),
-        capsys=capsys,
-    )
+    rc, stdout, errors = run_job(*import_args(kind, f, out, config=config, backbone=bb), capsys=capsys)
     assert rc == 0, errors
     printed = json.loads(stdout)
     meta_json = json.loads((out / META_FILE).read_text())
@@ -124,17 +125,7 @@ def test_clipbased_nestings(
     f = save_peer(tmp_path / "weights.pth", sd, nesting=nesting, module=module)
     out = tmp_path / "ckpt"
     rc, _, errors = run_job(
-        "--kind",
-        "clipbased",
-        "--weights",
-        str(f),
-        "--out",
-        str(out),
-        "--config",
-        "clipbased-tiny",
-        "--backbone-weights",
-        str(bb),
-        capsys=capsys,
+        *import_args("clipbased", f, out, config="clipbased-tiny", backbone=bb), capsys=capsys
     )
     assert rc == 0, errors
     meta = json.loads((out / META_FILE).read_text())
@@ -162,8 +153,8 @@ def test_vitl14_shaped_files_import_with_default_configs(
     else:
         sd = collections.OrderedDict((k, torch.randn(s)) for k, s in shapes.items())
     f = save_peer(tmp_path / "w.pth", sd)
-    args = ["--kind", kind, "--weights", str(f), "--out", str(tmp_path / "ckpt")]
-    rc, _, errors = run_job(*args, *(["--variant", variant] if variant else []), capsys=capsys)
+    args = import_args(kind, f, tmp_path / "ckpt", *(["--variant", variant] if variant else []))
+    rc, _, errors = run_job(*args, capsys=capsys)
     assert rc == 0, errors
     meta = json.loads((tmp_path / "ckpt" / META_FILE).read_text())
     expected_cfg = {"univfd": "univfd-vitl14", "clipbased": "clipbased-vitl14", "rine": "rine-vitl14-2class"}[
@@ -188,17 +179,7 @@ def test_wrong_kind_names_keys(tiny_backbone: tuple[nn.Module, Path], tmp_path: 
     _, bb = tiny_backbone
     f = save_peer(tmp_path / "fc_weights.pth", peer_state("univfd", embed=128))
     rc, _, errors = run_job(
-        "--kind",
-        "clipbased",
-        "--weights",
-        str(f),
-        "--out",
-        str(tmp_path / "c"),
-        "--config",
-        "clipbased-tiny",
-        "--backbone-weights",
-        str(bb),
-        capsys=capsys,
+        *import_args("clipbased", f, tmp_path / "c", config="clipbased-tiny", backbone=bb), capsys=capsys
     )
     msg = _one_error(errors)
     assert rc == job.EXIT_WEIGHTS
@@ -210,17 +191,7 @@ def test_wrong_shape_and_variant_hint(tmp_path: Path, capsys) -> None:
     f = save_peer(
         tmp_path / "model_2class_trainable.pth", peer_state("rine", width=1024, depth=24, nproj=4, dim=128)
     )
-    rc, _, errors = run_job(
-        "--kind",
-        "rine",
-        "--variant",
-        "4class",
-        "--weights",
-        str(f),
-        "--out",
-        str(tmp_path / "c"),
-        capsys=capsys,
-    )
+    rc, _, errors = run_job(*import_args("rine", f, tmp_path / "c", "--variant", "4class"), capsys=capsys)
     msg = _one_error(errors)
     assert rc == job.EXIT_WEIGHTS
     assert "alpha: expected (1, 24, 1024), got (1, 24, 128)" in msg
@@ -267,16 +238,9 @@ def test_backbone_file_of_another_arch_is_refused(tmp_path: Path, capsys) -> Non
     save_file(wrong, str(tmp_path / "b16.safetensors"))
     f = save_peer(tmp_path / "w.pth", peer_state("univfd"))
     rc, _, errors = run_job(
-        "--kind",
-        "univfd",
-        "--config",
-        "univfd-tiny",
-        "--backbone-weights",
-        str(tmp_path / "b16.safetensors"),
-        "--weights",
-        str(f),
-        "--out",
-        str(tmp_path / "c"),
+        *import_args(
+            "univfd", f, tmp_path / "c", config="univfd-tiny", backbone=tmp_path / "b16.safetensors"
+        ),
         capsys=capsys,
     )
     msg = _one_error(errors)
@@ -307,9 +271,7 @@ def test_code_and_junk_are_refused_without_running(style: str, tmp_path: Path, c
     else:
         torch.save([torch.zeros(1)], f)
     assert not marker.exists()
-    rc, _, errors = run_job(
-        "--kind", "univfd", "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys
-    )
+    rc, _, errors = run_job(*import_args("univfd", f, tmp_path / "c"), capsys=capsys)
     msg = _one_error(errors)
     assert rc == job.EXIT_WEIGHTS and str(f) in msg
     assert not marker.exists() and not (tmp_path / "c").exists()
@@ -393,22 +355,7 @@ def test_evaluate_and_calibrate_accept_an_imported_detector(
     _, bb = tiny_backbone
     f = save_peer(tmp_path / "model_2class_trainable.pth", peer_state("rine"))
     ckpt = tmp_path / "ckpt"
-    assert (
-        run_job(
-            "--kind",
-            "rine",
-            "--weights",
-            str(f),
-            "--out",
-            str(ckpt),
-            "--config",
-            "rine-tiny",
-            "--backbone-weights",
-            str(bb),
-            capsys=capsys,
-        )[0]
-        == 0
-    )
+    assert run_job(*import_args("rine", f, ckpt, config="rine-tiny", backbone=bb), capsys=capsys)[0] == 0
     rng = np.random.default_rng(0)
     for label in ("0_real", "1_fake"):
         d = tmp_path / "data" / "gan" / label

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from pipeline.cli import import_detector as job
 from pipeline.models import load_detector
@@ -29,9 +28,9 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
-    model = tiny_clip()
-    return model, save_backbone(model, tmp_path_factory.mktemp("bb") / "tiny.safetensors")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The weights file (safetensors) of a tiny CLIP visual tower, the backbone the tiny configs use."""
+    return save_backbone(tiny_clip(), tmp_path_factory.mktemp("bb") / "tiny.safetensors")
 
 
 def run_job(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, list[str]]:
@@ -71,15 +70,14 @@ def test_cuda_tagged_file_needs_map_location(tmp_path: Path) -> None:
 def test_import_round_trip_records_provenance(
     kind: str,
     config: str,
-    tiny_backbone: tuple[nn.Module, Path],
+    backbone: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, bb = tiny_backbone
     sd = peer_state(kind)
     f = save_peer(tmp_path / "weights.pth", sd)
     out = tmp_path / "ckpt"
-    rc, stdout, errors = run_job(*import_args(kind, f, out, config=config, backbone=bb), capsys=capsys)
+    rc, stdout, errors = run_job(*import_args(kind, f, out, config=config, backbone=backbone), capsys=capsys)
     assert rc == 0, errors
     printed = json.loads(stdout)
     meta_json = json.loads((out / META_FILE).read_text())
@@ -94,9 +92,9 @@ def test_import_round_trip_records_provenance(
     assert set(src["keys"]) == set(sd)
     assert meta_json["backbone"] == {
         "arch": TINY,
-        "pretrained": str(bb),
+        "pretrained": str(backbone),
         "kind": "file",
-        "sha256": sha256_file(bb),
+        "sha256": sha256_file(backbone),
         "stored_in_checkpoint": False,
     }
     stored = load_file(str(out / WEIGHTS_FILE))
@@ -116,16 +114,15 @@ def test_import_round_trip_records_provenance(
 def test_clipbased_nestings(
     nesting: str,
     module: bool,
-    tiny_backbone: tuple[nn.Module, Path],
+    backbone: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, bb = tiny_backbone
     sd = peer_state("clipbased")
     f = save_peer(tmp_path / "weights.pth", sd, nesting=nesting, module=module)
     out = tmp_path / "ckpt"
     rc, _, errors = run_job(
-        *import_args("clipbased", f, out, config="clipbased-tiny", backbone=bb), capsys=capsys
+        *import_args("clipbased", f, out, config="clipbased-tiny", backbone=backbone), capsys=capsys
     )
     assert rc == 0, errors
     meta = json.loads((out / META_FILE).read_text())
@@ -175,11 +172,11 @@ def _one_error(errors: list[str]) -> str:
     return errors[0]
 
 
-def test_wrong_kind_names_keys(tiny_backbone: tuple[nn.Module, Path], tmp_path: Path, capsys) -> None:
-    _, bb = tiny_backbone
+def test_wrong_kind_names_keys(backbone: Path, tmp_path: Path, capsys) -> None:
     f = save_peer(tmp_path / "fc_weights.pth", peer_state("univfd", embed=128))
     rc, _, errors = run_job(
-        *import_args("clipbased", f, tmp_path / "c", config="clipbased-tiny", backbone=bb), capsys=capsys
+        *import_args("clipbased", f, tmp_path / "c", config="clipbased-tiny", backbone=backbone),
+        capsys=capsys,
     )
     msg = _one_error(errors)
     assert rc == job.EXIT_WEIGHTS
@@ -217,9 +214,8 @@ def test_operator_mistakes_one_line_exit_2(args: list[str], needle: str, tmp_pat
     assert needle in _one_error(errors)
 
 
-def test_missing_file_and_existing_checkpoint(tiny_backbone, tmp_path: Path, capsys) -> None:
-    _, bb = tiny_backbone
-    base = ["--kind", "univfd", "--config", "univfd-tiny", "--backbone-weights", str(bb)]
+def test_missing_file_and_existing_checkpoint(backbone, tmp_path: Path, capsys) -> None:
+    base = ["--kind", "univfd", "--config", "univfd-tiny", "--backbone-weights", str(backbone)]
     rc, _, errors = run_job(
         *base, "--weights", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "c"), capsys=capsys
     )
@@ -343,7 +339,7 @@ def test_read_torch_file_is_the_only_torch_load() -> None:
 
 
 def test_evaluate_and_calibrate_accept_an_imported_detector(
-    tiny_backbone: tuple[nn.Module, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backbone: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The training helper's jobs, unchanged, on an imported RINE checkpoint (UnivFD folder layout data)."""
     import numpy as np
@@ -352,10 +348,11 @@ def test_evaluate_and_calibrate_accept_an_imported_detector(
     from pipeline.cli import calibrate as calibrate_job
     from pipeline.cli import evaluate as evaluate_job
 
-    _, bb = tiny_backbone
     f = save_peer(tmp_path / "model_2class_trainable.pth", peer_state("rine"))
     ckpt = tmp_path / "ckpt"
-    assert run_job(*import_args("rine", f, ckpt, config="rine-tiny", backbone=bb), capsys=capsys)[0] == 0
+    assert (
+        run_job(*import_args("rine", f, ckpt, config="rine-tiny", backbone=backbone), capsys=capsys)[0] == 0
+    )
     rng = np.random.default_rng(0)
     for label in ("0_real", "1_fake"):
         d = tmp_path / "data" / "gan" / label

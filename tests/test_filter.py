@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tests.support.hygiene import (
     shared_scans,
     tree_bytes,
 )
+from tests.support.subproc import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,13 +59,7 @@ def read_wds(path: str | Path) -> list[dict]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "filter_shards.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
+    return run_python(str(REPO / "jobs" / "filter_shards.py"), *args, timeout=300)
 
 
 def run_main(capsys, *args: str) -> tuple[int, str]:

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from benchmarks._common import write_results  # noqa: E402
 
 RUNS = {
     "mole": ["--config", "tiny-mole", "--method", "mole"],
@@ -137,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         n_train=n_train,
         n_test=n_test,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "demo_training.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "demo_training.md").write_text(markdown(res))
+    write_results(out, "demo_training", res, markdown(res))
     print(json.dumps({"out": str(out), "rows": len(res["rows"])}))
     return 0
 

@@ -25,7 +25,6 @@ Writes results/detectors.json and results/detectors.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -41,7 +40,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
+from benchmarks._common import md_table, write_results  # noqa: E402
 from pipeline.models import DetectorConfig, DetectorMeta, Predictor, create_detector  # noqa: E402
 from pipeline.models.checks import randomize_adapters  # noqa: E402
 from pipeline.models.ensemble import DetectorSet  # noqa: E402
@@ -177,21 +176,39 @@ def render_md(res: dict) -> str:
         "ratio = shared / separate: of median wall times, median of per-round paired wall ratios, median of "
         "per-round process-CPU-time ratios. Block passes: transformer blocks run per batch.",
         "",
-        "| backbone | device | batch | shared img/s | separate img/s | ratio (medians) | ratio (paired) | "
-        "cpu ratio | block passes shared / separate | max rel diff | params held shared / separate (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    header = [
+        *(
+            "backbone",
+            "device",
+            "batch",
+            "shared img/s",
+            "separate img/s",
+            "ratio (medians)",
+            "ratio (paired)",
+        ),
+        *(
+            "cpu ratio",
+            "block passes shared / separate",
+            "max rel diff",
+            "params held shared / separate (MiB)",
+        ),
+    ]
+    rows = []
     for r in res["runs"]:
         ips, bp, pb = r["images_per_s"], r["block_passes"], r["param_bytes"]
-        lines.append(
-            f"| {r['size']} ({r['arch']}, {r['shared_blocks']}/{r['depth']} blocks shared by all) | "
-            f"{r['device']} | {r['batch']} | {ips['shared']:.2f} | {ips['separate']:.2f} | "
-            f"{r['ratio_of_medians']:.3f} | {r['ratio_paired_median']:.3f} | "
-            f"{r['cpu_ratio_paired_median']:.3f} | {bp['shared']} / {bp['separate']} "
-            f"({r['block_pass_ratio']:.3f}) | {r['max_rel_diff_shared_vs_separate']:.1e} | "
-            f"{pb['shared'] / 2**20:.1f} / {pb['separate'] / 2**20:.1f} |"
+        rows.append(
+            [
+                f"{r['size']} ({r['arch']}, {r['shared_blocks']}/{r['depth']} blocks shared by all)",
+                *(r["device"], r["batch"], f"{ips['shared']:.2f}", f"{ips['separate']:.2f}"),
+                *(f"{r['ratio_of_medians']:.3f}", f"{r['ratio_paired_median']:.3f}"),
+                f"{r['cpu_ratio_paired_median']:.3f}",
+                f"{bp['shared']} / {bp['separate']} ({r['block_pass_ratio']:.3f})",
+                f"{r['max_rel_diff_shared_vs_separate']:.1e}",
+                f"{pb['shared'] / 2**20:.1f} / {pb['separate'] / 2**20:.1f}",
+            ]
         )
-    lines += ["", res.get("notes", "")]
+    lines += [*md_table(header, rows), "", res.get("notes", "")]
     return "\n".join(lines) + "\n"
 
 
@@ -238,10 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "notes": args.notes,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "detectors" if device.type == "cpu" else f"detectors.{device.type}"
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(render_md(res))
+    write_results(args.out, stem, res, render_md(res))
     print(f"wrote {args.out / (stem + '.md')} and {args.out / (stem + '.json')}")
     return 0
 

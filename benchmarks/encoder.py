@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
@@ -30,7 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
+from benchmarks._common import md_table, write_results  # noqa: E402
 from pipeline.models import DetectorConfig, create_detector  # noqa: E402
 from pipeline.models.checks import randomize_adapters, rel_err  # noqa: E402
 
@@ -137,25 +136,42 @@ def render_md(res: dict) -> str:
         "times, (paired) = median of per-round wall ratios, cpu = median of per-round "
         "process-CPU-time ratios (less sensitive to other processes on a shared machine).",
         "",
-        "| model | adapted blocks | device | dtype | batch | frozen img/s | naive img/s | fused img/s "
-        "| naive overhead: wall (paired) / cpu | fused overhead: wall (paired) / cpu | GFLOP/img frozen "
-        "| fused FLOP overhead | fused vs naive rel err |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    header = [
+        *(
+            "model",
+            "adapted blocks",
+            "device",
+            "dtype",
+            "batch",
+            "frozen img/s",
+            "naive img/s",
+            "fused img/s",
+        ),
+        *("naive overhead: wall (paired) / cpu", "fused overhead: wall (paired) / cpu", "GFLOP/img frozen"),
+        *("fused FLOP overhead", "fused vs naive rel err"),
+    ]
+    rows = []
     for r in res["runs"]:
         ips, ov, pr = r["images_per_s"], r["overhead_ratio_of_medians"], r["overhead_paired_median"]
         cp = r["overhead_cpu_time_paired_median"]
-        cells = [
+        overheads = [
             f"{ov[v] * 100:+.1f} % ({pr[v] * 100:+.1f} %) / {cp[v] * 100:+.1f} %"
             for v in ("unfused", "fused")
         ]
-        lines.append(
-            f"| {r['model']} ({r['arch']}) | {len(r['adapted_blocks'])}/{r['depth']} | {r['device']} | "
-            f"{r['dtype']} | {r['batch']} | {ips['disabled']:.2f} | {ips['unfused']:.2f} | "
-            f"{ips['fused']:.2f} | {cells[0]} | {cells[1]} | {r['gflop_per_image']['disabled']:.2f} "
-            f"| {r['flop_overhead']['fused'] * 100:+.2f} % | {r['fused_vs_naive_max_rel_err']:.1e} |"
+        rows.append(
+            [
+                f"{r['model']} ({r['arch']})",
+                f"{len(r['adapted_blocks'])}/{r['depth']}",
+                *(r["device"], r["dtype"], r["batch"]),
+                *(f"{ips[v]:.2f}" for v in ("disabled", "unfused", "fused")),
+                *overheads,
+                f"{r['gflop_per_image']['disabled']:.2f}",
+                f"{r['flop_overhead']['fused'] * 100:+.2f} %",
+                f"{r['fused_vs_naive_max_rel_err']:.1e}",
+            ]
         )
-    lines += ["", res.get("notes", "")]
+    lines += [*md_table(header, rows), "", res.get("notes", "")]
     return "\n".join(lines) + "\n"
 
 
@@ -219,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "notes": args.notes,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "encoder.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / "encoder.md").write_text(render_md(res))
+    write_results(args.out, "encoder", res, render_md(res))
     print(f"wrote {args.out / 'encoder.md'} and {args.out / 'encoder.json'}")
     return 0
 

@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(REPO):  # before benchmarks/ itself: benchmarks/pipeline.py would shadow the package
     sys.path.insert(0, str(REPO))
+from benchmarks._common import write_results  # noqa: E402
 
 
 def make_inputs(root: Path, arch: str, shards: int, per_shard: int) -> tuple[str, str]:
@@ -225,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rescore": round(1e9 / statistics.median(re_rps) / 3600, 0),
             },
         }
-        out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "features.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out_dir / "features.md").write_text(markdown(result))
+        write_results(args.out, "features", result, markdown(result))
         print(
             json.dumps(
                 {

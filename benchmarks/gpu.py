@@ -47,9 +47,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 import torch  # noqa: E402
 
+from benchmarks._common import write_results  # noqa: E402
 from pipeline.models import DetectorConfig, DetectorMeta, Predictor, create_detector, save_detector  # noqa: E402
 from pipeline.models.checks import randomize_adapters  # noqa: E402
 
@@ -579,8 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
     res["total_s"] = round(time.perf_counter() - t_all, 1)
-    (results / "gpu.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    (results / "gpu.md").write_text(render_md(res))
+    write_results(results, "gpu", res, render_md(res), default=str)
     print(json.dumps({"total_s": res["total_s"], "results": str(results / "gpu.md")}))
     return 0
 

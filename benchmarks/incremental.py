@@ -39,6 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 # the repository first: this folder (sys.path[0] for a script) holds benchmarks/pipeline.py, not the package
 sys.path[:] = [str(REPO), *(p for p in sys.path if p != str(REPO))]
+from benchmarks._common import write_results  # noqa: E402
 
 DATES = ["2026-04-01", "2026-04-02", "2026-04-03", "2026-04-04", "2026-04-05", "2026-04-06"]
 
@@ -260,10 +261,7 @@ def main() -> int:
         "carry": carry,
         "s3": s3,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "incremental.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "incremental.md").write_text(render(result, args))
+    write_results(args.out, "incremental", result, render(result, args))
     print(
         json.dumps(
             {

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -45,7 +44,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
+from benchmarks._common import md_table, write_results  # noqa: E402
 from benchmarks.detectors import SIZES, _build  # noqa: E402 - the same three detectors as the model-side bench
 from pipeline import output  # noqa: E402
 from pipeline.models import save_detector  # noqa: E402
@@ -185,21 +184,28 @@ def render_md(res: dict) -> str:
         "load-sensitive figure on a shared machine). Medians over rounds, after warm-up rounds that are "
         "not recorded.",
         "",
-        "| backbone | images | together wall s | separate wall s | wall ratio (paired median) | "
-        "together stream s | separate stream s | stream ratio (paired median) | CPU ratio | "
-        "rows (together / separate) | max rel. logit diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in res["results"]:
-        t, s = r["together"], r["separate"]
-        lines.append(
-            f"| {r['arch']} @ {r['image_size']} | {r['images']} | {t['wall_s']:.2f} | {s['wall_s']:.2f} | "
-            f"**{r['ratio_wall_median_paired']:.2f}x** | {t['stream_s']:.2f} | {s['stream_s']:.2f} | "
-            f"{r['ratio_stream_median_paired']:.2f}x | {r['ratio_cpu']:.2f}x | "
-            f"{r['rows_together']} / {r['rows_separate']} | "
-            f"{r['max_rel_logit_diff']:.1e} |"
-        )
+    header = [
+        *("backbone", "images", "together wall s", "separate wall s", "wall ratio (paired median)"),
+        *("together stream s", "separate stream s", "stream ratio (paired median)", "CPU ratio"),
+        *("rows (together / separate)", "max rel. logit diff"),
+    ]
+    rows = [
+        [
+            f"{r['arch']} @ {r['image_size']}",
+            r["images"],
+            *(f"{r[side]['wall_s']:.2f}" for side in ("together", "separate")),
+            f"**{r['ratio_wall_median_paired']:.2f}x**",
+            *(f"{r[side]['stream_s']:.2f}" for side in ("together", "separate")),
+            f"{r['ratio_stream_median_paired']:.2f}x",
+            f"{r['ratio_cpu']:.2f}x",
+            f"{r['rows_together']} / {r['rows_separate']}",
+            f"{r['max_rel_logit_diff']:.1e}",
+        ]
+        for r in res["results"]
+    ]
     lines += [
+        *md_table(header, rows),
         "",
         "Ratio = separate / together (> 1: the joint scan is cheaper). Wall and stream ratios are the median "
         "of per-round ratios (together and separate of the same round); CPU ratio = ratio of the median CPU "
@@ -242,10 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "results": results,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "multiscan.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "multiscan.md").write_text(render_md(res))
+    write_results(args.out, "multiscan", res, render_md(res))
     print(render_md(res))
     return 0
 

@@ -32,10 +32,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._common import write_results  # noqa: E402
 from pipeline.logs import get_logger  # noqa: E402
 
 log = get_logger("benchmarks.pipeline")
@@ -332,9 +332,7 @@ def main() -> int:
         },
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render_md(result))
+    write_results(out.parent, out.stem, result, render_md(result))
     print(json.dumps(result["median"] | result["ratios"]))
     return 0
 

@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # the repository first, and not this folder: benchmarks/pipeline.py would shadow the `pipeline` package
 sys.path[:] = [str(REPO), *(p for p in sys.path if p not in (str(REPO), str(Path(__file__).parent)))]
+from benchmarks._common import write_results  # noqa: E402
 
 IMAGE_SIZE = 224
 
@@ -177,11 +178,6 @@ def main() -> None:
         "image_size": IMAGE_SIZE,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "provenance.json").write_text(
-        json.dumps({"results": results, "headline": headline, "meta": meta}, indent=2) + "\n"
-    )
     lines = [
         "# Provenance reading cost (`benchmarks/provenance.py`)",
         "",
@@ -225,7 +221,8 @@ def main() -> None:
         f"{meta['wall_s']} s.",
         "",
     ]
-    (out / "provenance.md").write_text("\n".join(lines))
+    record = {"results": results, "headline": headline, "meta": meta}
+    write_results(args.out, "provenance", record, "\n".join(lines))
     print(json.dumps(headline))
 
 

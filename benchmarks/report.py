@@ -32,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+from benchmarks._common import write_results  # noqa: E402
 
 SHARDS_PER_DATE = 50
 
@@ -150,12 +151,7 @@ def main() -> None:
         ),
         "rows_per_date": args.rows_per_date,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    (out / "report.json").write_text(
-        json.dumps({"results": results, "headline": headline, "meta": meta}, indent=2) + "\n"
-    )
     lines = [
         "# Report memory vs scan history (`benchmarks/report.py`)",
         "",
@@ -179,7 +175,8 @@ def main() -> None:
         "RSS is not.",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    record = {"results": results, "headline": headline, "meta": meta}
+    write_results(args.out, "report", record, "\n".join(lines))
     print(json.dumps(headline))
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import write_results  # noqa: E402
 
 PY = sys.executable
 UNIQUE = 1000
@@ -184,35 +185,22 @@ def run_streaming(data: Path, tmp: Path, n: int) -> dict[str, Any]:
     cfg_file = tmp / "bench_cfg.json"
     cfg_file.write_text(json.dumps(BENCH_CFG))
     out = tmp / f"ckpt_stream_{n}"
-    res = _run_sampled(
-        [
-            PY,
-            "jobs/train_detector.py",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--config-file",
-            str(cfg_file),
-        ],
-        timeout=900,
-    )
-    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    res.update(
-        n_images=n,
-        n_train=row["n_train"],
-        train_seconds=row["train_seconds"],
-        train_images_per_s=row["n_train"] / row["train_seconds"],
-    )
-    return res
+    args = ["--data", str(data), "--out", str(out), "--config-file", str(cfg_file)]
+    return _run_timed([PY, "jobs/train_detector.py", *args], n, out / "metrics.jsonl")
 
 
 def run_inmemory(data: Path, tmp: Path, n: int) -> dict[str, Any]:
     result = tmp / f"inmem_{n}.json"
-    res = _run_sampled(
-        [PY, str(Path(__file__).resolve()), "--inmemory-worker", str(data), str(result)], timeout=900
+    return _run_timed(
+        [PY, str(Path(__file__).resolve()), "--inmemory-worker", str(data), str(result)], n, result
     )
-    row = json.loads(result.read_text())
+
+
+def _run_timed(cmd: list[str], n: int, record: Path) -> dict[str, Any]:
+    """`cmd` run under the CPU sampler, plus the training rate from the last JSON line of `record` (the
+    streaming job's metrics.jsonl, the baseline worker's one-line result)."""
+    res = _run_sampled(cmd, timeout=900)
+    row = json.loads(record.read_text().splitlines()[-1])
     res.update(
         n_images=n,
         n_train=row["n_train"],
@@ -556,10 +544,7 @@ def main() -> int:
     if 8000 in mm:
         res["ratios"]["inmem_8k_over_1k"] = mm[8000] / mm[1000]
     res["bench_wall_s"] = time.perf_counter() - t_start
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.json").write_text(json.dumps(res, indent=2))
-    (out / "train.md").write_text(render(res))
+    write_results(a.out, "train", res, render(res))
     print(render(res))
     return 0
 

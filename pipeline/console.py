@@ -41,6 +41,25 @@ def shard_errors(summary: dict[str, Any]) -> int:
     return sum(int(v) for k, v in counts.items() if k in ERROR_STATUSES)
 
 
+def progress_bar(stream: IO[str], desc: str, unit: str, total: int | None, initial: int) -> Any:
+    """THE progress line: one tqdm bar on `stream`, redrawn at most twice a second on a terminal; elsewhere (a
+    log file, `ray job submit`'s output) plain ASCII and at most every 10 s, so logs stay short."""
+    from tqdm import tqdm
+
+    tty = stream.isatty()
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        file=stream,
+        ascii=not tty,
+        dynamic_ncols=True,
+        leave=True,
+        mininterval=0.5 if tty else 10.0,
+    )
+
+
 class ShardProgress:
     """`on_shard(shard, summary, progress)` for `pipeline.runner.run_shards`: one tqdm line with shards done /
     total, images/s, errors so far and the ETA (tqdm's, from the shard rate)."""
@@ -55,20 +74,8 @@ class ShardProgress:
         self.t0 = time.perf_counter()
 
     def __call__(self, shard: str, summary: dict[str, Any], progress: Any) -> None:
-        from tqdm import tqdm
-
         if self.bar is None:
-            self.bar = tqdm(
-                total=progress.total,
-                initial=progress.skipped,
-                desc=self.desc,
-                unit="shard",
-                file=self.stream,
-                ascii=not self.stream.isatty(),
-                dynamic_ncols=True,
-                leave=True,
-                mininterval=0.5 if self.stream.isatty() else 10.0,
-            )
+            self.bar = progress_bar(self.stream, self.desc, "shard", progress.total, progress.skipped)
             self.t0 = time.perf_counter()  # rates from the first result on (not Ray's start-up)
             self.rated = -int(summary.get(self.images_key, 0))
         n = int(summary.get(self.images_key, 0))
@@ -103,20 +110,8 @@ class EpochProgress:
         self.t0 = time.perf_counter()
 
     def __call__(self, done: int) -> None:
-        from tqdm import tqdm
-
         if self.bar is None:
-            self.bar = tqdm(
-                total=self.total,
-                initial=done,
-                desc=self.desc,
-                unit="epoch",
-                file=self.stream,
-                ascii=not self.stream.isatty(),
-                dynamic_ncols=True,
-                leave=True,
-                mininterval=0.5 if self.stream.isatty() else 10.0,
-            )
+            self.bar = progress_bar(self.stream, self.desc, "epoch", self.total, done)
             self.first, self.t0 = done, time.perf_counter()
         if done <= self.bar.n:
             return

@@ -47,6 +47,15 @@ def local_map(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, R
         yield i, fn(x)
 
 
+def release(results: object) -> None:
+    """Close an executor's result iterator (one with a `close()`, e.g. a generator), so that a run stopped
+    early releases the executor's resources (tasks not finished are cancelled) now, not when the traceback
+    is freed."""
+    close = getattr(results, "close", None)
+    if close is not None:
+        close()
+
+
 def map_ordered(
     map_fn: MapFn, fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[R], None] | None = None
 ) -> list[R]:
@@ -61,9 +70,7 @@ def map_ordered(
             if on_result is not None:
                 on_result(result)
     finally:
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()
+        release(results)
     missing = got.count(False)
     if missing:
         raise IncompleteRun(f"{missing} of {len(items)} item(s) never completed")
@@ -274,10 +281,7 @@ def run_shards(
                 if check is not None:
                     check(progress)
         finally:
-            # a run stopped early releases the executor's resources now (not when the traceback is freed)
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()
+            release(results)
     missing = [s for s in todo if s not in progress.completed]
     if missing:
         raise IncompleteRun(f"{len(missing)} shard(s) never completed: {missing[:5]}")
@@ -296,9 +300,7 @@ def map_shards(
             for i, result in results:
                 yield todo[i], summary(result)
         finally:  # a run stopped early cancels the shards not yet started
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()
+            release(results)
 
     return execute
 

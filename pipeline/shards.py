@@ -50,7 +50,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypedDict, Unpack
 
 import fsspec
 from PIL import ExifTags, Image
@@ -675,26 +675,22 @@ def to_raw_sample(sample: Sample, max_member_bytes: int = DEFAULT_MAX_MEMBER) ->
     )
 
 
+class ReadOptions(TypedDict, total=False):
+    """`list_shard`'s I/O and retry options, for the readers that pass them on (the defaults are
+    `list_shard`'s)."""
+
+    max_in_memory_bytes: int
+    block_size: int
+    attempts: int
+    backoff_s: float
+    deadline_s: float
+
+
 def read_shard(
-    shard_url: str,
-    *,
-    max_in_memory_bytes: int = DEFAULT_MAX_IN_MEMORY,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    max_member_bytes: int = DEFAULT_MAX_MEMBER,
-    attempts: int = 3,
-    backoff_s: float = 0.5,
-    deadline_s: float = 300.0,
+    shard_url: str, *, max_member_bytes: int = DEFAULT_MAX_MEMBER, **options: Unpack[ReadOptions]
 ) -> ShardContents:
     """The scan's view: every sample with its image bytes and JSON meta, in tar order (see `list_shard`)."""
-    listing = list_shard(
-        shard_url,
-        max_in_memory_bytes=max_in_memory_bytes,
-        block_size=block_size,
-        max_member_bytes=max_member_bytes,
-        attempts=attempts,
-        backoff_s=backoff_s,
-        deadline_s=deadline_s,
-    )
+    listing = list_shard(shard_url, max_member_bytes=max_member_bytes, **options)
     return ShardContents(
         url=shard_url,
         samples=[to_raw_sample(s, max_member_bytes) for s in listing.samples],
@@ -794,6 +790,7 @@ __all__ = [
     "Listing",
     "Member",
     "RawSample",
+    "ReadOptions",
     "Sample",
     "ShardContents",
     "ShardIndex",

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tests.support.hygiene import (
     shared_scans,
     tree_bytes,
 )
+from tests.support.subproc import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,13 +59,7 @@ def read_wds(path: str | Path) -> list[dict]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "filter_shards.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
+    return run_python(str(REPO / "jobs" / "filter_shards.py"), *args, timeout=300)
 
 
 def run_main(capsys, *args: str) -> tuple[int, str]:
@@ -73,6 +67,15 @@ def run_main(capsys, *args: str) -> tuple[int, str]:
     capsys.readouterr()
     rc = filter_main(list(args))
     return rc, capsys.readouterr().err
+
+
+def cli_args(scan: str | Path, src: str | Path, out: str | Path, *extra: str) -> list[str]:
+    """The filter's command line: scan output, input shards, output folder, then any further flags."""
+    return ["--scan", str(scan), "--input", str(src), "--output", str(out), *extra]
+
+
+# a policy other than RULES: no generator rules, a stricter threshold
+OTHER_POLICY = ("--threshold", "0.95", "--on-shard-error", "skip")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def scanned(tmp_path_factory) -> tuple[Corpus, str]:
 def filtered(scanned, tmp_path_factory) -> tuple[Corpus, str, Path, subprocess.CompletedProcess]:
     corpus, scan = scanned
     out = tmp_path_factory.mktemp("hygout") / "clean"
-    proc = run_cli("--scan", scan, "--input", corpus.root, "--output", str(out), *RULES)
+    proc = run_cli(*cli_args(scan, corpus.root, out), *RULES)
     return corpus, scan, out, proc
 
 
@@ -184,10 +187,10 @@ def test_accounting_reconciles_and_run_config_is_saved(filtered) -> None:
 def test_rerun_is_byte_identical_and_deterministic_across_outputs(filtered, tmp_path) -> None:
     corpus, scan, out, _ = filtered
     before = tree_bytes(out)
-    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(out), *RULES]) == 0
+    assert filter_main(cli_args(scan, corpus.root, out, *RULES)) == 0
     assert tree_bytes(out) == before
     other = tmp_path / "again"
-    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(other), *RULES]) == 0
+    assert filter_main(cli_args(scan, corpus.root, other, *RULES)) == 0
     a, b = tree_bytes(out), tree_bytes(other, skip=(*RUN_RECORDS, "_run/config.json"))
     a.pop("_run/config.json")
     assert a == b
@@ -197,10 +200,7 @@ def test_rerun_is_byte_identical_and_deterministic_across_outputs(filtered, tmp_
 def test_dry_run_writes_nothing_and_predicts_the_counts(filtered, tmp_path, capsys) -> None:
     corpus, scan, out, _ = filtered
     target = tmp_path / "dry"
-    assert (
-        filter_main(["--scan", scan, "--input", corpus.root, "--output", str(target), *RULES, "--dry-run"])
-        == 0
-    )
+    assert filter_main(cli_args(scan, corpus.root, target, *RULES, "--dry-run")) == 0
     assert not target.exists()
     plan = json.loads(capsys.readouterr().out)
     stats = json.loads((out / "_run" / "stats.json").read_text())
@@ -224,7 +224,7 @@ def test_dry_run_writes_nothing_and_predicts_the_counts(filtered, tmp_path, caps
 def test_bad_policy_flags_fail_fast_naming_the_field(scanned, tmp_path, capsys, args, field) -> None:
     corpus, scan = scanned
     target = tmp_path / "never"
-    assert filter_main(["--scan", scan, "--input", corpus.root, "--output", str(target), *args]) == 2
+    assert filter_main(cli_args(scan, corpus.root, target, *args)) == 2
     assert field in capsys.readouterr().err
     assert not target.exists()
 
@@ -234,21 +234,11 @@ def test_bad_policy_file_names_the_unknown_field(scanned, tmp_path, capsys) -> N
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"threshold": 0.7, "generator_rule": []}))
     target = tmp_path / "never"
-    proc = run_cli("--scan", scan, "--input", corpus.root, "--output", str(target), "--policy", str(policy))
+    proc = run_cli(*cli_args(scan, corpus.root, target), "--policy", str(policy))
     assert proc.returncode == 2 and "generator_rule" in proc.stderr and "Extra inputs" in proc.stderr
     assert not target.exists()
     rc, err = run_main(
-        capsys,
-        "--scan",
-        scan,
-        "--input",
-        corpus.root,
-        "--output",
-        str(target),
-        "--policy",
-        str(policy),
-        "--threshold",
-        "0.6",
+        capsys, *cli_args(scan, corpus.root, target, "--policy", str(policy), "--threshold", "0.6")
     )
     assert rc == 2 and "exclusive" in err
 
@@ -264,7 +254,7 @@ def test_refuses_when_a_shard_is_not_covered_before_any_write(scanned, tmp_path,
     (partial / "scan_date=2026-11-23" / "shard-000001.parquet").unlink()
     (partial / "_shards" / "2026-11-23" / "shard-000001.json").unlink()
     target = tmp_path / "out"
-    rc, err = run_main(capsys, "--scan", str(partial), "--input", corpus.root, "--output", str(target))
+    rc, err = run_main(capsys, *cli_args(partial, corpus.root, target))
     assert rc == 3
     assert "shard-000001.tar: not covered by the scan" in err and "nothing was written" in err
     assert not target.exists()
@@ -275,7 +265,7 @@ def test_refuses_a_scan_without_completion_marker(scanned, tmp_path, capsys) -> 
     partial = _copy_scan(scan, tmp_path / "scan")
     (partial / "_shards" / "2026-11-23" / "part__shard-000002.json").unlink()
     target = tmp_path / "out"
-    rc, err = run_main(capsys, "--scan", str(partial), "--input", corpus.root, "--output", str(target))
+    rc, err = run_main(capsys, *cli_args(partial, corpus.root, target))
     assert rc == 3 and "no completion marker" in err
     assert not target.exists()
 
@@ -288,7 +278,7 @@ def test_refuses_partial_coverage_sample_count_mismatch(scanned, tmp_path, capsy
     keys = table.column("key").to_pylist()
     pq.write_table(table.slice(0, len(keys) - 1), f)  # the scan lost the shard's last row
     target = tmp_path / "out"
-    rc, err = run_main(capsys, "--scan", str(partial), "--input", corpus.root, "--output", str(target))
+    rc, err = run_main(capsys, *cli_args(partial, corpus.root, target))
     assert rc == 3
     assert "only partially" in err and f"{len(keys) - 1} scan rows vs {len(keys)} samples" in err
     assert repr(keys[-1]) in err
@@ -305,7 +295,7 @@ def test_refuses_when_the_source_gained_samples_after_the_scan(scanned, tmp_path
         info.size = len(payload)
         tf.addfile(info, io.BytesIO(payload))
     target = tmp_path / "out"
-    rc, err = run_main(capsys, "--scan", scan, "--input", str(src), "--output", str(target))
+    rc, err = run_main(capsys, *cli_args(scan, src, target))
     assert rc == 3 and "not in the scan: '01_late'" in err
     assert not target.exists()
 
@@ -313,41 +303,27 @@ def test_refuses_when_the_source_gained_samples_after_the_scan(scanned, tmp_path
 def test_missing_scan_and_bad_scan_date(scanned, tmp_path, capsys) -> None:
     corpus, scan = scanned
     target = tmp_path / "out"
-    rc, err = run_main(
-        capsys, "--scan", str(tmp_path / "nope"), "--input", corpus.root, "--output", str(target)
-    )
+    rc, err = run_main(capsys, *cli_args(tmp_path / "nope", corpus.root, target))
     assert rc == 3 and "scan output not found" in err
-    rc, err = run_main(
-        capsys, "--scan", scan, "--input", corpus.root, "--output", str(target), "--scan-date", "2026-01-01"
-    )
+    rc, err = run_main(capsys, *cli_args(scan, corpus.root, target), "--scan-date", "2026-01-01")
     assert rc == 3 and "scan_date=2026-01-01 not found" in err and "2026-11-23" in err
     assert not target.exists()
 
 
 def test_output_inside_input_is_a_config_error(scanned, capsys) -> None:
     corpus, scan = scanned
-    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", corpus.root + "/clean")
+    rc, err = run_main(capsys, *cli_args(scan, corpus.root, corpus.root + "/clean"))
     assert rc == 2 and "output must not be the input" in err
 
 
 def test_shard_error_refused_by_default_or_skipped_by_policy(scanned, tmp_path, capsys) -> None:
     corpus, scan = scanned
     target = tmp_path / "out"
-    rc, err = run_main(capsys, "--scan", scan, "--input", corpus.root, "--output", str(target))
+    rc, err = run_main(capsys, *cli_args(scan, corpus.root, target))
     assert rc == 3 and f"{BROKEN}.tar: the scan could not read this shard" in err
     assert not target.exists()
     rc, err = run_main(
-        capsys,
-        "--scan",
-        scan,
-        "--input",
-        corpus.root,
-        "--output",
-        str(target),
-        "--on-shard-error",
-        "skip",
-        "--error-action",
-        "drop",
+        capsys, *cli_args(scan, corpus.root, target, "--on-shard-error", "skip", "--error-action", "drop")
     )
     assert rc == 0, err
     stats = json.loads((target / "_run" / "stats.json").read_text())
@@ -369,23 +345,7 @@ def test_policy_change_rewrites_and_removes_stale_quarantine(filtered, tmp_path)
     target = tmp_path / "out"
     shutil.copytree(out, target)
     assert any((target / "_quarantine").rglob("*.tar"))
-    assert (
-        filter_main(
-            [
-                "--scan",
-                scan,
-                "--input",
-                corpus.root,
-                "--output",
-                str(target),
-                "--threshold",
-                "0.95",
-                "--on-shard-error",
-                "skip",
-            ]
-        )
-        == 0
-    )
+    assert filter_main(cli_args(scan, corpus.root, target, *OTHER_POLICY)) == 0
     assert not any((target / "_quarantine").rglob("*.tar"))
     stats = json.loads((target / "_run" / "stats.json").read_text())
     p = duckdb.sql(
@@ -435,7 +395,7 @@ def test_a_replaced_source_image_fails_the_run_without_committing_that_shard(
         for m, data in members:
             tf.addfile(m, io.BytesIO(data))
     target = tmp_path / "out"
-    rc, err = run_main(capsys, "--scan", scan, "--input", str(src), "--output", str(target), *RULES)
+    rc, err = run_main(capsys, *cli_args(scan, src, target), *RULES)
     assert rc == 4 and "'01_000003' is not the one the scan scored" in err
     assert (
         not (target / "shard-000001.tar").exists() and not (target / "_shards" / "shard-000001.json").exists()
@@ -489,7 +449,7 @@ def test_resume_rewrites_only_unfinished_shards_and_refuses_another_policy(
     markers[0].unlink()
     (target / "_SUCCESS").unlink()
     before = {k: v for k, v in _mtimes(target).items() if k != lost["quarantine"]}  # the lost shard's own
-    args = ["--scan", scan, "--input", corpus.root, "--output", str(target), *RULES]
+    args = cli_args(scan, corpus.root, target, *RULES)
     rc, err = run_main(capsys, *args, "--resume")
     assert rc == 0, err
     skip = (*RUN_RECORDS, "_run/config.json")  # config.json names the output folder
@@ -504,17 +464,7 @@ def test_resume_rewrites_only_unfinished_shards_and_refuses_another_policy(
     before = tree_bytes(target)
     rc, err = run_main(
         capsys,
-        "--scan",
-        scan,
-        "--input",
-        corpus.root,
-        "--output",
-        str(target),
-        "--threshold",
-        "0.95",
-        "--on-shard-error",
-        "skip",
-        "--resume",
+        *cli_args(scan, corpus.root, target, *OTHER_POLICY, "--resume"),
     )
     assert rc == 3 and "policy" in err and "Nothing was written" in err
     assert tree_bytes(target) == before
@@ -531,7 +481,7 @@ def test_outputs_of_shards_no_longer_in_the_input_are_removed(filtered, tmp_path
     shutil.copytree(src, smaller, ignore=lambda d, names: [n for n in names if Path(d, n) == Path(gone)])
     assert not (smaller / rel).exists()
     # the scan names shards by their path under the input root, unchanged by the copy
-    rc, err = run_main(capsys, "--scan", scan, "--input", str(smaller), "--output", str(target), *RULES)
+    rc, err = run_main(capsys, *cli_args(scan, smaller, target), *RULES)
     assert rc == 0, err
     sid = next(
         json.loads(m.read_text())["shard_id"]

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from pipeline.cli import import_detector as job
 from pipeline.exitcodes import ExitCode
@@ -30,9 +29,9 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
-    model = tiny_clip()
-    return model, save_backbone(model, tmp_path_factory.mktemp("bb") / "tiny.safetensors")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The weights file (safetensors) of a tiny CLIP visual tower, the backbone the tiny configs use."""
+    return save_backbone(tiny_clip(), tmp_path_factory.mktemp("bb") / "tiny.safetensors")
 
 
 def run_job(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, list[str]]:
@@ -43,6 +42,19 @@ def run_job(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, l
     ]
     assert "Traceback" not in cap.err
     return rc, cap.out, errors
+
+
+def import_args(
+    kind: str, weights: Path, out: Path, *extra: str, config: str | None = None, backbone: Path | None = None
+) -> list[str]:
+    """The import command line: a peer's weights file of `kind` into `out`; a tiny config needs its backbone
+    file (nothing is downloaded)."""
+    args = ["--kind", kind, "--weights", str(weights), "--out", str(out), *extra]
+    if config is not None:
+        args += ["--config", config]
+    if backbone is not None:
+        args += ["--backbone-weights", str(backbone)]
+    return args
 
 
 # ---------------------------------------------------------------------------------------------- round trips
@@ -61,27 +73,14 @@ def test_cuda_tagged_file_needs_map_location(tmp_path: Path) -> None:
 def test_import_round_trip_records_provenance(
     kind: str,
     config: str,
-    tiny_backbone: tuple[nn.Module, Path],
+    backbone: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, bb = tiny_backbone
     sd = peer_state(kind)
     f = save_peer(tmp_path / "weights.pth", sd)
     out = tmp_path / "ckpt"
-    rc, stdout, errors = run_job(
-        "--kind",
-        kind,
-        "--weights",
-        str(f),
-        "--out",
-        str(out),
-        "--config",
-        config,
-        "--backbone-weights",
-        str(bb),
-        capsys=capsys,
-    )
+    rc, stdout, errors = run_job(*import_args(kind, f, out, config=config, backbone=backbone), capsys=capsys)
     assert rc == 0, errors
     printed = json.loads(stdout)
     meta_json = json.loads((out / META_FILE).read_text())
@@ -96,9 +95,9 @@ def test_import_round_trip_records_provenance(
     assert set(src["keys"]) == set(sd)
     assert meta_json["backbone"] == {
         "arch": TINY,
-        "pretrained": str(bb),
+        "pretrained": str(backbone),
         "kind": "file",
-        "sha256": sha256_file(bb),
+        "sha256": sha256_file(backbone),
         "stored_in_checkpoint": False,
     }
     stored = load_file(str(out / WEIGHTS_FILE))
@@ -118,26 +117,15 @@ def test_import_round_trip_records_provenance(
 def test_clipbased_nestings(
     nesting: str,
     module: bool,
-    tiny_backbone: tuple[nn.Module, Path],
+    backbone: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, bb = tiny_backbone
     sd = peer_state("clipbased")
     f = save_peer(tmp_path / "weights.pth", sd, nesting=nesting, module=module)
     out = tmp_path / "ckpt"
     rc, _, errors = run_job(
-        "--kind",
-        "clipbased",
-        "--weights",
-        str(f),
-        "--out",
-        str(out),
-        "--config",
-        "clipbased-tiny",
-        "--backbone-weights",
-        str(bb),
-        capsys=capsys,
+        *import_args("clipbased", f, out, config="clipbased-tiny", backbone=backbone), capsys=capsys
     )
     assert rc == 0, errors
     meta = json.loads((out / META_FILE).read_text())
@@ -165,8 +153,8 @@ def test_vitl14_shaped_files_import_with_default_configs(
     else:
         sd = collections.OrderedDict((k, torch.randn(s)) for k, s in shapes.items())
     f = save_peer(tmp_path / "w.pth", sd)
-    args = ["--kind", kind, "--weights", str(f), "--out", str(tmp_path / "ckpt")]
-    rc, _, errors = run_job(*args, *(["--variant", variant] if variant else []), capsys=capsys)
+    args = import_args(kind, f, tmp_path / "ckpt", *(["--variant", variant] if variant else []))
+    rc, _, errors = run_job(*args, capsys=capsys)
     assert rc == 0, errors
     meta = json.loads((tmp_path / "ckpt" / META_FILE).read_text())
     expected_cfg = {"univfd": "univfd-vitl14", "clipbased": "clipbased-vitl14", "rine": "rine-vitl14-2class"}[
@@ -187,20 +175,10 @@ def _one_error(errors: list[str]) -> str:
     return errors[0]
 
 
-def test_wrong_kind_names_keys(tiny_backbone: tuple[nn.Module, Path], tmp_path: Path, capsys) -> None:
-    _, bb = tiny_backbone
+def test_wrong_kind_names_keys(backbone: Path, tmp_path: Path, capsys) -> None:
     f = save_peer(tmp_path / "fc_weights.pth", peer_state("univfd", embed=128))
     rc, _, errors = run_job(
-        "--kind",
-        "clipbased",
-        "--weights",
-        str(f),
-        "--out",
-        str(tmp_path / "c"),
-        "--config",
-        "clipbased-tiny",
-        "--backbone-weights",
-        str(bb),
+        *import_args("clipbased", f, tmp_path / "c", config="clipbased-tiny", backbone=backbone),
         capsys=capsys,
     )
     msg = _one_error(errors)
@@ -213,17 +191,7 @@ def test_wrong_shape_and_variant_hint(tmp_path: Path, capsys) -> None:
     f = save_peer(
         tmp_path / "model_2class_trainable.pth", peer_state("rine", width=1024, depth=24, nproj=4, dim=128)
     )
-    rc, _, errors = run_job(
-        "--kind",
-        "rine",
-        "--variant",
-        "4class",
-        "--weights",
-        str(f),
-        "--out",
-        str(tmp_path / "c"),
-        capsys=capsys,
-    )
+    rc, _, errors = run_job(*import_args("rine", f, tmp_path / "c", "--variant", "4class"), capsys=capsys)
     msg = _one_error(errors)
     assert rc == ExitCode.NOT_FOUND
     assert "alpha: expected (1, 24, 1024), got (1, 24, 128)" in msg
@@ -249,9 +217,8 @@ def test_operator_mistakes_one_line_exit_2(args: list[str], needle: str, tmp_pat
     assert needle in _one_error(errors)
 
 
-def test_missing_file_and_existing_checkpoint(tiny_backbone, tmp_path: Path, capsys) -> None:
-    _, bb = tiny_backbone
-    base = ["--kind", "univfd", "--config", "univfd-tiny", "--backbone-weights", str(bb)]
+def test_missing_file_and_existing_checkpoint(backbone, tmp_path: Path, capsys) -> None:
+    base = ["--kind", "univfd", "--config", "univfd-tiny", "--backbone-weights", str(backbone)]
     rc, _, errors = run_job(
         *base, "--weights", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "c"), capsys=capsys
     )
@@ -270,16 +237,9 @@ def test_backbone_file_of_another_arch_is_refused(tmp_path: Path, capsys) -> Non
     save_file(wrong, str(tmp_path / "b16.safetensors"))
     f = save_peer(tmp_path / "w.pth", peer_state("univfd"))
     rc, _, errors = run_job(
-        "--kind",
-        "univfd",
-        "--config",
-        "univfd-tiny",
-        "--backbone-weights",
-        str(tmp_path / "b16.safetensors"),
-        "--weights",
-        str(f),
-        "--out",
-        str(tmp_path / "c"),
+        *import_args(
+            "univfd", f, tmp_path / "c", config="univfd-tiny", backbone=tmp_path / "b16.safetensors"
+        ),
         capsys=capsys,
     )
     msg = _one_error(errors)
@@ -310,9 +270,7 @@ def test_code_and_junk_are_refused_without_running(style: str, tmp_path: Path, c
     else:
         torch.save([torch.zeros(1)], f)
     assert not marker.exists()
-    rc, _, errors = run_job(
-        "--kind", "univfd", "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys
-    )
+    rc, _, errors = run_job(*import_args("univfd", f, tmp_path / "c"), capsys=capsys)
     msg = _one_error(errors)
     assert rc == ExitCode.NOT_FOUND and str(f) in msg
     assert not marker.exists() and not (tmp_path / "c").exists()
@@ -384,7 +342,7 @@ def test_read_torch_file_is_the_only_torch_load() -> None:
 
 
 def test_evaluate_and_calibrate_accept_an_imported_detector(
-    tiny_backbone: tuple[nn.Module, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backbone: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The training helper's jobs, unchanged, on an imported RINE checkpoint (UnivFD folder layout data)."""
     import numpy as np
@@ -393,24 +351,10 @@ def test_evaluate_and_calibrate_accept_an_imported_detector(
     from pipeline.cli import calibrate as calibrate_job
     from pipeline.cli import evaluate as evaluate_job
 
-    _, bb = tiny_backbone
     f = save_peer(tmp_path / "model_2class_trainable.pth", peer_state("rine"))
     ckpt = tmp_path / "ckpt"
     assert (
-        run_job(
-            "--kind",
-            "rine",
-            "--weights",
-            str(f),
-            "--out",
-            str(ckpt),
-            "--config",
-            "rine-tiny",
-            "--backbone-weights",
-            str(bb),
-            capsys=capsys,
-        )[0]
-        == 0
+        run_job(*import_args("rine", f, ckpt, config="rine-tiny", backbone=backbone), capsys=capsys)[0] == 0
     )
     rng = np.random.default_rng(0)
     for label in ("0_real", "1_fake"):

@@ -12,7 +12,6 @@ import re
 import shlex
 import stat
 import subprocess
-import sys
 import tomllib
 import zipfile
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support.subproc import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "ray_cluster.yaml"
@@ -95,14 +96,7 @@ def _entrypoint_flags(entrypoint: str) -> tuple[str, list[str]]:
 
 
 def _scan_help() -> str:
-    out = subprocess.run(
-        [sys.executable, str(SCAN_JOB), "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    out = run_python(str(SCAN_JOB), "--help")
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -382,14 +376,7 @@ def test_job_runtime_envs_merge_with_the_drivers_pass_through() -> None:
 
 # ---------------------------------------------------------------------------------- token fetcher (SSM)
 def _fetch(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "infra" / "fetch_ray_token.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-    )
+    return run_python(str(ROOT / "infra" / "fetch_ray_token.py"), *args, env={**os.environ, **env})
 
 
 def test_fetch_ray_token_from_ssm(tmp_path: Path, s3_server: dict[str, str]) -> None:

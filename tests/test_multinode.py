@@ -24,7 +24,6 @@ import pytest
 
 from tests.support.faultproxy import FaultPlan, fault_proxy
 from tests.support.ray_cluster import (
-    RAY_BIN,
     REPO_ROOT,
     TERMINAL,
     RayHead,
@@ -33,6 +32,7 @@ from tests.support.ray_cluster import (
     job_result,
     ray_head,
     ray_worker_node,
+    submit_job,
     wait_job,
 )
 from tests.support.shards import make_bucket, write_shards
@@ -45,28 +45,11 @@ SCAN_DATE = "2026-01-01"
 
 
 def _submit(head: RayHead, args: list[str]) -> str:
-    import subprocess
-
-    sid = f"mn-{uuid.uuid4().hex[:8]}"
-    cmd = [
-        RAY_BIN,
-        "job",
-        "submit",
-        "--address",
-        head.dashboard_url,
-        "--submission-id",
-        sid,
-        "--no-wait",
-        "--runtime-env",
-        str(REPO_ROOT / "infra" / "runtime_env.yaml"),
-        "--",
-        sys.executable,
-        "jobs/scan_bucket.py",
-        *args,
-    ]
-    out = subprocess.run(cmd, env=head.env, cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, f"ray job submit failed: {out.stdout}\n{out.stderr}"
-    return sid
+    """`ray job submit` of the scan with the shipped runtime env (its working_dir uploaded to the nodes), not
+    waited for; returns the submission id."""
+    runtime_env = ["--runtime-env", str(REPO_ROOT / "infra" / "runtime_env.yaml")]
+    command = [sys.executable, "jobs/scan_bucket.py", *args]
+    return submit_job(head, command, wait=False, submit_flags=runtime_env).submission_id
 
 
 def _markers(

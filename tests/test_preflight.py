@@ -35,6 +35,7 @@ from pipeline.preflight import (
 )
 from tests.support.s3 import free_port
 from tests.support.shards import good_samples, tar_bytes
+from tests.support.subproc import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 SCAN = "s3://bkt/scan"
@@ -92,14 +93,7 @@ def no_credentials_env(tmp_path: Path) -> dict[str, str]:
 
 
 def run_job(job: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / job), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**(env or os.environ), "PYTHONPATH": str(REPO)},
-    )
+    return run_python(str(REPO / "jobs" / job), *args, env=env)
 
 
 def assert_one_line(stderr: str, code: int, rc: int, *needles: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from pipeline.scan.provenance import MAX_SEGMENT, ProvenanceReader, segments
 from pipeline.scan.provenance_policy import POLICIES, decides, label_for
 from tests.support import provenance_assets as pa_
 from tests.support.shards import Sample, tar_bytes, write_raw
+from tests.support.subproc import run_python
 
 GENERATORS = ("sdxl", "famA")
 DAY = "2026-12-05"
@@ -535,18 +535,7 @@ def test_damaged_signed_files_never_break_the_reader() -> None:
     """300 damaged copies of signed JPEG / PNG / WebP files through the reader (c2pa's native code included),
     in a child process so that a crash of native code would fail this test instead of the test run: every one
     gets a verdict, none raises."""
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
-    res = subprocess.run(
-        [sys.executable, "-c", FUZZ],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-    )
+    res = run_python("-c", FUZZ, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     seen = json.loads(res.stdout.strip().splitlines()[-1])
     assert sum(seen.values()) == 300 and seen.get("unreadable", 0) > 0 and seen.get("invalid", 0) > 0

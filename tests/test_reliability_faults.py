@@ -31,20 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCAN = [sys.executable, str(REPO / "jobs" / "scan_bucket.py")]
 BUCKET = "faults"
 N_LONG, PER_LONG = 8, 24  # the kills came at 1-3 durable shards in every run so far: >= 5 shards to go
-SLOW = [
-    "--batch-size",
-    "8",
-    "--chunk-rows",
-    "8",
-    "--read-concurrency",
-    "1",
-    "--actor-num-cpus",
-    "0.5",
-    "--read-num-cpus",
-    "0.5",
-    "--stall-timeout-s",
-    "120",
-]  # one shard at a time: markers come one by one
+SLOW = ["--batch-size", "8", "--chunk-rows", "8", *SMALL_SCAN]  # one shard at a time: markers come one by one
 FAST = ["--batch-size", "16", *SMALL_SCAN]
 
 

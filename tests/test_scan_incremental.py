@@ -21,26 +21,10 @@ from pipeline.storage import exists, join, list_shard_objects
 from tests.support.shards import good_samples, write_shard, write_shards
 
 NIGHT1, NIGHT2, NIGHT3 = "2026-03-01", "2026-03-02", "2026-03-03"
-SCORING_COLUMNS = [
-    "status",
-    "error",
-    "p_fake",
-    "logit",
-    "is_fake",
-    "threshold",
-    "top_generator",
-    "generator_scores",
-    "width",
-    "height",
-    "format",
-    "n_bytes",
-    "sha256",
-    "detector_id",
-    "detector_p_fake",
-    "detector_logit",
-    "detector_is_fake",
-    "fusion",
-]
+# every column the scan derives from an image and the detector(s): the output contract's columns less the
+# run's own (schema version, run id, time) and the row's address (source, shard, key)
+RUN_AND_ADDRESS = {"schema_version", "run_id", "scanned_at", "source", "shard", "shard_url", "key"}
+SCORING_COLUMNS = [c for c in output.COLUMNS if c not in RUN_AND_ADDRESS]
 
 
 @pytest.fixture(scope="module")

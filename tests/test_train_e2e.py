@@ -39,8 +39,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"train": root / "train", "test": root / "test", "fewshot": root / "fewshot"}
 
 
-def _train(args: list[str]) -> None:
-    assert train_main([*args, "--engine", "local"]) == 0
+def _train(data: Path, config: str | Path, method: str, out: Path, *extra: str) -> None:
+    """One local training run on FAMILY; `extra` holds the flags that differ between the tests."""
+    args = ["--data", str(data), "--config", str(config), "--method", method, "--train-generators", FAMILY]
+    assert train_main([*args, "--out", str(out), *extra, "--engine", "local"]) == 0
 
 
 def _evaluate(ckpt: Path, data: Path, out: Path) -> dict:
@@ -67,22 +69,7 @@ def _check_checkpoint(ckpt: Path, method: str) -> dict:
 
 def test_mole_trains_on_one_family(demo: dict[str, Path], tmp_path: Path) -> None:
     ckpt = tmp_path / "mole"
-    _train(
-        [
-            "--data",
-            str(demo["train"]),
-            "--config",
-            "tiny-mole",
-            "--method",
-            "mole",
-            "--train-generators",
-            FAMILY,
-            "--out",
-            str(ckpt),
-            "--epochs",
-            MOLE_EPOCHS,
-        ]
-    )
+    _train(demo["train"], "tiny-mole", "mole", ckpt, "--epochs", MOLE_EPOCHS)
     _check_checkpoint(ckpt, "mole")
     rows = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)) and all(
@@ -98,43 +85,14 @@ def test_linear_full_and_few_shot_and_recalibration(
     demo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ckpt = tmp_path / "linear"
-    _train(
-        [
-            "--data",
-            str(demo["train"]),
-            "--config",
-            "tiny-linear",
-            "--method",
-            "linear",
-            "--train-generators",
-            FAMILY,
-            "--out",
-            str(ckpt),
-        ]
-    )
+    _train(demo["train"], "tiny-linear", "linear", ckpt)
     _check_checkpoint(ckpt, "linear")
     rep = _evaluate(ckpt, demo["test"], tmp_path / "linear.json")
     assert rep["per_generator"][FAMILY]["ap"] >= 0.95, rep["per_generator"]
 
     few = tmp_path / "fewshot"  # 10 images per class (7 train + 3 validation)
     capsys.readouterr()
-    _train(
-        [
-            "--data",
-            str(demo["fewshot"]),
-            "--config",
-            "tiny-linear",
-            "--method",
-            "linear",
-            "--train-generators",
-            FAMILY,
-            "--out",
-            str(few),
-            "--val-fraction",
-            "0.3",
-            "--resume",
-        ]
-    )
+    _train(demo["fewshot"], "tiny-linear", "linear", few, "--val-fraction", "0.3", "--resume")
     # the console says --resume had nothing to continue, and the linear method's progress line counts its one
     # pass
     err = capsys.readouterr().err
@@ -162,24 +120,16 @@ def test_linear_full_and_few_shot_and_recalibration(
 def test_mole_with_texture_masking(demo: dict[str, Path], tmp_path: Path) -> None:
     ckpt = tmp_path / "mpft"
     _train(
-        [
-            "--data",
-            str(demo["train"]),
-            "--config",
-            "tiny-mole",
-            "--method",
-            "mole",
-            "--mask",
-            "texture",
-            "--mask-ratio",
-            "0.3",
-            "--train-generators",
-            FAMILY,
-            "--out",
-            str(ckpt),
-            "--epochs",
-            MOLE_EPOCHS,
-        ]
+        demo["train"],
+        "tiny-mole",
+        "mole",
+        ckpt,
+        "--mask",
+        "texture",
+        "--mask-ratio",
+        "0.3",
+        "--epochs",
+        MOLE_EPOCHS,
     )
     _check_checkpoint(ckpt, "mole")
     assert json.loads((ckpt / "train_config.json").read_text())["mask"] == "texture"
@@ -199,22 +149,7 @@ def test_router_balance_loss_and_config_json(demo: dict[str, Path], tmp_path: Pa
     det_json = tmp_path / "tiny-mole-lb.json"
     det_json.write_text(json.dumps(cfg))
     ckpt = tmp_path / "lb"
-    _train(
-        [
-            "--data",
-            str(demo["fewshot"]),
-            "--config",
-            str(det_json),
-            "--method",
-            "mole",
-            "--epochs",
-            "2",
-            "--train-generators",
-            FAMILY,
-            "--out",
-            str(ckpt),
-        ]
-    )
+    _train(demo["fewshot"], det_json, "mole", ckpt, "--epochs", "2")
     rows = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["aux"] > 0.5 for r in rows)  # Switch-style loss: 1.0 when balanced
     saved = TrainConfig.model_validate_json((ckpt / "train_config.json").read_text())

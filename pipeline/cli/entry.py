@@ -15,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from pipeline.console import Console, submitted_job, verbose
 from pipeline.exitcodes import OperatorError, one_line
 from pipeline.logs import RunLog
+
+if TYPE_CHECKING:
+    from pipeline.runner import MapFn
 
 
 def job_main(job: str, *, quiet: bool = False) -> Callable[[Callable[..., int]], Callable[..., int]]:
@@ -52,3 +55,20 @@ def with_console(job: str, loud: bool, body: Callable[[Any, Any], int]) -> int:
     with Console(loud, job) as console, RunLog(tee=console.echo()) as runlog:
         runlog.attach(console.stderr_log, "driver-stderr.log")
         return body(console, runlog)
+
+
+@contextlib.contextmanager
+def shard_map(engine: str, ray_address: str | None, task_num_cpus: float) -> Iterator[MapFn]:
+    """The executor a job of one task per shard (the filter, the re-score) runs its shards with: in process
+    (`local_map`), or for `engine="ray"` one Ray task of `task_num_cpus` CPUs per shard inside the job's
+    cluster session (attached or started here, the one Ray-aware part of these jobs)."""
+    if engine != "ray":
+        from pipeline.runner import local_map
+
+        yield local_map
+        return
+    from pipeline.engine import cluster
+    from pipeline.engine.filter import ray_map
+
+    with cluster.session(ray_address):
+        yield functools.partial(ray_map, num_cpus=task_num_cpus)

@@ -16,20 +16,18 @@ a configuration error. Prints a JSON summary on stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 from typing import Any
 
 from pipeline import storage
-from pipeline.cli.entry import job_main, with_console
+from pipeline.cli.entry import job_main, shard_map, with_console
 from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
 from pipeline.hygiene.plan import PlanError, check_filter_policy
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.hygiene.run import run_filter
 from pipeline.preflight import Location, check_storage
-from pipeline.runner import ErrorBudgetExceeded, MapFn, local_map
+from pipeline.runner import ErrorBudgetExceeded
 from pipeline.settings import ConfigError
 
 VERDICT_PREFIX = "verdict:"
@@ -159,14 +157,7 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     )
     progress = console.shards("filter", images_key="samples")
     try:
-        with contextlib.ExitStack() as stack:
-            map_fn: MapFn = local_map
-            if cfg.engine == "ray":  # the one Ray-aware part: shards filtered as Ray tasks
-                from pipeline.engine import cluster
-                from pipeline.engine.filter import ray_map
-
-                stack.enter_context(cluster.session(cfg.ray_address))
-                map_fn = functools.partial(ray_map, num_cpus=cfg.task_num_cpus)
+        with shard_map(cfg.engine, cfg.ray_address, cfg.task_num_cpus) as map_fn:
             stats = run_filter(cfg, map_fn, resume=resume, on_shard=progress)
     except (PlanError, ErrorBudgetExceeded) as exc:  # decided from the plans, before any write
         runlog.discard()  # the output stays untouched

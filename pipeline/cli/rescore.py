@@ -15,13 +15,11 @@ Every RescoreConfig field is a flag (see --help). Prints a JSON summary on stdou
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import sys
 from typing import Any
 
-from pipeline.cli.entry import job_main, with_console
+from pipeline.cli.entry import job_main, shard_map, with_console
 from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
 from pipeline.features.config import RescoreConfig
@@ -73,18 +71,10 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         console.line(one_line(exc, "rescore"))
         return exc.exit_code
     from pipeline.features.rescore import RescoreFailed, run_rescore
-    from pipeline.runner import MapFn, local_map
 
     progress = console.shards("rescore")
     try:
-        with contextlib.ExitStack() as stack:
-            map_fn: MapFn = local_map
-            if cfg.engine == "ray":  # the one Ray-aware part: one CPU task per shard
-                from pipeline.engine import cluster
-                from pipeline.engine.filter import ray_map
-
-                stack.enter_context(cluster.session(cfg.ray_address))
-                map_fn = functools.partial(ray_map, num_cpus=cfg.task_num_cpus)
+        with shard_map(cfg.engine, cfg.ray_address, cfg.task_num_cpus) as map_fn:
             run = run_rescore(cfg, map_fn, on_shard=progress)
     except (
         OperatorError

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
@@ -33,6 +33,10 @@ from pipeline.logs import get_logger
 from pipeline.output import SCHEMA_VERSION, RunPaths, completed_shards, list_runs, read_json, write_json
 from pipeline.scan.completion import read_markers, same_uris
 from pipeline.storage import copy_object, filesystem, stored_size
+
+if TYPE_CHECKING:
+    from pipeline.scan.config import ScanConfig
+    from pipeline.scan.detectors import RunDetectors
 
 log = get_logger("pipeline.scan.carry")
 
@@ -116,34 +120,22 @@ class CarryPlan:
         }
 
 
-def scoring_record(
-    *,
-    detector_id: str,
-    member_ids: Sequence[str],
-    fusion: str | None,
-    inputs: Sequence[tuple[int, str]],
-    max_pixels: int,
-    decode_on: str,
-    dtype: str,
-    device: str,
-    features: str | None = None,
-    features_precision: str | None = None,
-) -> dict[str, Any]:
+def scoring_record(cfg: ScanConfig, detectors: RunDetectors) -> dict[str, Any]:
     """What makes two nights' outputs of the same bytes equal: recorded in run.json (`scoring`) and compared.
     The stored features' kind and precision are part of it: a night that keeps features carries only from a
     night that kept the same ones (each carried shard brings its features part along)."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "detector_id": detector_id,
-        "members": list(member_ids),
-        "fusion": fusion,
-        "inputs": [[int(s), str(p)] for s, p in inputs],
-        "max_pixels": int(max_pixels),
-        "decode_on": decode_on,
-        "dtype": dtype,
-        "device": device,
-        "features": features,
-        "features_precision": features_precision if features else None,
+        "detector_id": detectors.detector_id,
+        "members": list(detectors.member_ids),
+        "fusion": detectors.fusion,
+        "inputs": [[int(s), str(p)] for s, p in detectors.inputs],
+        "max_pixels": int(cfg.max_pixels),
+        "decode_on": cfg.decode_on,
+        "dtype": cfg.dtype,
+        "device": cfg.device,
+        "features": cfg.features,
+        "features_precision": cfg.features_precision if cfg.features else None,
     }
 
 

@@ -176,18 +176,7 @@ def run_scan(
     info = run_detectors(cfg)
     paths = plan.paths
     done_before = completed_shards(paths) if plan.resumed else set()
-    scoring = scoring_record(
-        detector_id=info.detector_id,
-        member_ids=info.member_ids,
-        fusion=info.fusion,
-        inputs=info.inputs,
-        max_pixels=cfg.max_pixels,
-        decode_on=cfg.decode_on,
-        dtype=cfg.dtype,
-        device=cfg.device,
-        features=cfg.features,
-        features_precision=cfg.features_precision,
-    )
+    scoring = scoring_record(cfg, info)
     carry_plan = plan_incremental(cfg, plan, listing, done_before, scoring) if cfg.incremental else None
     if carry_plan is not None:
         todo, carry = carry_plan.scan, carry_plan.carry

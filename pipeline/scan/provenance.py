@@ -36,8 +36,11 @@ import struct
 import warnings
 import xml.etree.ElementTree as ET
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 KINDS = ("c2pa", "xmp", "png_text", "exif")
 SIGNATURES = ("trusted", "valid_untrusted", "invalid")
@@ -345,6 +348,18 @@ def _exif(raw: bytes) -> tuple[str | None, str | None]:
     return sw or None, comment if isinstance(comment, str) else None
 
 
+def _each_parsed(blocks: Iterable[bytes], parse: Callable[[bytes], T], errors: list[str]) -> Iterator[T]:
+    """`parse(block)` of each block in order; a block `parse` rejects (ValueError) adds its reason to `errors`
+    and is passed over, so one malformed block never hides the evidence in the others."""
+    for block in blocks:
+        try:
+            parsed = parse(block)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        yield parsed
+
+
 def _known_software(software: str | None) -> str | None:
     if not software:
         return None
@@ -530,12 +545,7 @@ class ProvenanceReader:
             if out.error:
                 errors.append(out.error)
         xmp_types: list[str] = []
-        for packet in seg.xmp:
-            try:
-                types, tool = _xmp(packet)
-            except ValueError as exc:
-                errors.append(str(exc))
-                continue
+        for types, tool in _each_parsed(seg.xmp, _xmp, errors):
             if types:
                 xmp_types += types
                 if "xmp" not in out.kinds:
@@ -548,12 +558,7 @@ class ProvenanceReader:
         declared_kind = "png_text" if declared else None
         if declared:
             out.kinds.append("png_text")
-        for raw in seg.exif:
-            try:
-                software, comment = _exif(raw)
-            except ValueError as exc:
-                errors.append(str(exc))
-                continue
+        for software, comment in _each_parsed(seg.exif, _exif, errors):
             from_exif = None
             if comment and _A1111_STEPS.search(comment):
                 m = _A1111_MODEL.search(comment)

@@ -222,33 +222,28 @@ def _ifd_entry(tag: int, typ: int, count: int, value: int) -> bytes:
     )
 
 
+EXIF_TIFF_LE = (
+    b"Exif\x00\x00II*\x00"  # APP1 EXIF header, then a little-endian TIFF header up to its IFD0 offset
+)
+ORIENTATION_6 = _ifd_entry(0x0112, 3, 1, 6)  # Orientation (SHORT) = 6: rotate 90 degrees
+WIDTH_80 = _ifd_entry(0x0100, 3, 1, 80)  # ImageWidth (SHORT) = 80
+
+
+def _exif_ifd0(declared: int, body: bytes) -> bytes:
+    """An EXIF block whose IFD0 (right after the TIFF header, at offset 8) declares `declared` entries and
+    holds `body` (its entries, whole or cut, and what follows them)."""
+    return EXIF_TIFF_LE + struct.pack("<I", 8) + struct.pack("<H", declared) + body
+
+
 # EXIF blocks a broken camera writes (APP1 payloads: "Exif\0\0" then a TIFF structure)
 EXIF_GARBAGE_HEADER = b"Exif\x00\x00" + b"\xff\xff\xff\xff" + bytes(range(7, 47))  # no II*\0 / MM\0*
-EXIF_CUT_IN_HEADER = b"Exif\x00\x00II*\x00\x08\x00"  # the IFD0 offset cut after 2 of its 4 bytes
+EXIF_CUT_IN_HEADER = EXIF_TIFF_LE + b"\x08\x00"  # the IFD0 offset cut after 2 of its 4 bytes
 # IFD0 declares 3 entries: ImageWidth (whole), then Orientation=6 cut after 6 of its 12 bytes
-EXIF_CUT_IN_IFD = (
-    b"Exif\x00\x00II*\x00"
-    + struct.pack("<I", 8)
-    + struct.pack("<H", 3)
-    + _ifd_entry(0x0100, 3, 1, 80)
-    + _ifd_entry(0x0112, 3, 1, 6)[:6]
-)
+EXIF_CUT_IN_IFD = _exif_ifd0(3, WIDTH_80 + ORIENTATION_6[:6])
 # IFD0 declares 3 entries: Orientation=6 (whole), then cut inside the second: the entries read whole count
-EXIF_CUT_AFTER_ORIENTATION = (
-    b"Exif\x00\x00II*\x00"
-    + struct.pack("<I", 8)
-    + struct.pack("<H", 3)
-    + _ifd_entry(0x0112, 3, 1, 6)
-    + _ifd_entry(0x0100, 3, 1, 80)[:5]
-)
+EXIF_CUT_AFTER_ORIENTATION = _exif_ifd0(3, ORIENTATION_6 + WIDTH_80[:5])
 # a valid block, as a camera held sideways writes it: IFD0 with Orientation=6 and no next IFD
-EXIF_ORIENTATION_6 = (
-    b"Exif\x00\x00II*\x00"
-    + struct.pack("<I", 8)
-    + struct.pack("<H", 1)
-    + _ifd_entry(0x0112, 3, 1, 6)
-    + struct.pack("<I", 0)
-)
+EXIF_ORIENTATION_6 = _exif_ifd0(1, ORIENTATION_6 + struct.pack("<I", 0))
 BROKEN_EXIF_BLOCKS = {
     "garbage_header": EXIF_GARBAGE_HEADER,
     "cut_in_header": EXIF_CUT_IN_HEADER,

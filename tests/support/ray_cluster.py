@@ -290,22 +290,14 @@ def submit_job(
     timeout_s: float = 300.0,
     submission_id: str | None = None,
     wait: bool = True,
+    submit_flags: Sequence[str] = (),
 ) -> JobResult:
-    """`ray job submit --no-wait --submission-id ID -- command...`; then (if `wait`) poll until the job is
-    terminal or `timeout_s` passes (then the job is stopped and status is "TIMEOUT")."""
+    """`ray job submit --no-wait --submission-id ID [submit_flags...] -- command...` (`submit_flags` are
+    `ray job submit`'s own, e.g. `--runtime-env FILE`); then (if `wait`) poll until the job is terminal or
+    `timeout_s` passes (then the job is stopped and status is "TIMEOUT")."""
     sid = submission_id or f"test-{uuid.uuid4().hex[:10]}"
-    cmd = [
-        RAY_BIN,
-        "job",
-        "submit",
-        "--address",
-        head.dashboard_url,
-        "--submission-id",
-        sid,
-        "--no-wait",
-        "--",
-        *command,
-    ]
+    submit = ["job", "submit", "--address", head.dashboard_url, "--submission-id", sid, "--no-wait"]
+    cmd = [RAY_BIN, *submit, *submit_flags, "--", *command]
     out = subprocess.run(cmd, env=head.env, cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"ray job submit failed ({out.returncode}): {out.stdout}\n{out.stderr}")

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.models import DetectorConfig, DetectorMeta, Predictor, create_detector
 from pipeline.models.checks import randomize_adapters
-from pipeline.models.predictor import resolve_dtype
+from pipeline.models.ensemble import resolve_dtype
 from pipeline.models.preprocess import to_model_input
 from pipeline.settings import ConfigError
 

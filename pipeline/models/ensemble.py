@@ -1,6 +1,6 @@
 """THE inference engine: ``DetectorSet`` (one detector or several, ``load_detector_set(uris, fusion=...)``);
-``pipeline.models.predictor.Predictor`` is its row view (the scan, evaluation, calibration, training
-validation and the linear method all score through it).
+``pipeline.models.predictor.Predictor`` is its row view. The scan, evaluation, calibration, training
+validation and the linear method all score through it.
 
 Detectors whose backbone (architecture + weights identity), input size and normalisation agree form one
 *backbone group* and share the frozen computation for every image on which their preprocessed arrays agree
@@ -61,11 +61,7 @@ from pipeline.settings import ConfigError
 log = get_logger("pipeline.models.ensemble")
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+DTYPES: dict[str, torch.dtype] = {n: getattr(torch, n) for n in ("float32", "float16", "bfloat16")}
 Images = np.ndarray | torch.Tensor  # uint8 (N, S, S, 3)
 
 
@@ -145,8 +141,9 @@ class BackboneGroup:
 
     @property
     def backbone(self) -> str:
-        """Identity of the frozen weights (computed when described: a stored backbone is hashed)."""
-        return backbone_identity(self.primary.det)
+        """Which frozen weights (`Detector.backbone_identity`; computed when described: a stored backbone is
+        hashed)."""
+        return self.primary.det.backbone_identity()
 
     @property
     def specs(self) -> list[InputSpec]:
@@ -165,15 +162,9 @@ class BackboneGroup:
         return _shared_blocks(self.members)
 
 
-def backbone_identity(det: Detector) -> str:
-    """Which frozen weights a detector runs on: the open_clip tag, the weights file's sha256, or (backbone
-    stored in the checkpoint) a digest of the frozen tensors themselves (`Detector.backbone_identity`)."""
-    return det.backbone_identity()
-
-
 def _group_key(det: Detector) -> tuple[Any, ...]:
     c = det.config
-    return (backbone_identity(det), c.image_size, tuple(c.mean), tuple(c.std))
+    return (det.backbone_identity(), c.image_size, tuple(c.mean), tuple(c.std))
 
 
 def _share_frozen(primary: Detector, member: Detector) -> None:
@@ -311,6 +302,8 @@ class DetectorSet:
     def _upload(self, chunk: Images) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
         """Start the host -> device copy of one uint8 chunk on the copy stream (pinned, non-blocking); returns
         (device tensor, copy-done event, the pinned source, kept alive until the chunk is consumed)."""
+        if not self.cuda:  # the plain path: to_model_input converts the chunk
+            return chunk, None, None  # type: ignore[return-value]
         if isinstance(chunk, torch.Tensor) and chunk.is_cuda:  # already on a GPU (the device JPEG decoder's
             return chunk.to(self.device), None, None  # output); "cuda:0" != "cuda", so test is_cuda
         host = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
@@ -331,17 +324,12 @@ class DetectorSet:
         if n == 0:
             return
         step = self.batch_size or n
-        if not self.cuda:
-            for lo in range(0, n, step):
-                chunk = [a[lo : lo + step] for a in inputs]
-                yield lo, chunk, chunk
-            return
-        compute = torch.cuda.current_stream(self.device)
+        compute = torch.cuda.current_stream(self.device) if self.cuda else None
         nxt = [self._upload(a[:step]) for a in inputs]
         for lo in range(0, n, step):
             cur = nxt
             for x_u8, done, _pinned in cur:
-                if done is not None:
+                if done is not None and compute is not None:
                     compute.wait_event(done)
                     x_u8.record_stream(compute)  # allocated on the copy stream, consumed on this one
             yield lo, [a[lo : lo + step] for a in inputs], [x for x, _, _ in cur]
@@ -467,9 +455,7 @@ class DetectorSet:
         if tap is not None:
             out["features"] = feats["tap"].cpu().numpy() if feats else np.zeros((n, 0), np.float32)
         if self.head_features:
-            out["head_features"] = {
-                i: heads[i].cpu().numpy() if i in heads else np.zeros((n, 0), np.float32) for i in ids
-            }
+            out["head_features"] = {i: t.cpu().numpy() for i, t in heads.items()}
         return out
 
 
@@ -486,24 +472,8 @@ def _put(
     acc[key][at] = value.float()
 
 
-def load_detector_set(
-    uris: Sequence[str],
-    *,
-    fusion: str = DEFAULT_FUSION,
-    fused_threshold: float = 0.5,
-    device: str | torch.device = "cpu",
-    dtype: DType = "float32",
-    share: bool = True,
-    batch_size: int | None = None,
-) -> DetectorSet:
-    """Load every checkpoint (load_detector: hashes, keys, shapes) and build the set."""
-    check_fusion(fusion)
-    return DetectorSet(
-        [load_detector(u) for u in uris],
-        fusion=fusion,
-        fused_threshold=fused_threshold,
-        device=device,
-        dtype=dtype,
-        share=share,
-        batch_size=batch_size,
-    )
+def load_detector_set(uris: Sequence[str], *, fusion: str = DEFAULT_FUSION, **kwargs: Any) -> DetectorSet:
+    """Load every checkpoint (load_detector: hashes, keys, shapes) and build the set (``kwargs``: the
+    ``DetectorSet`` keywords: fused_threshold, device, dtype, share, batch_size)."""
+    check_fusion(fusion)  # before any weights are read
+    return DetectorSet([load_detector(u) for u in uris], fusion=fusion, **kwargs)

@@ -75,15 +75,17 @@ def predict_stream(
                 out[k].append(np.asarray(b[k])[ok])
     finally:
         det.set_fused(was_fused)
-    logit = np.concatenate(out["logit"]) if out["logit"] else np.zeros(0, np.float32)
+
+    def cat(k: str, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate(out[k]) if out[k] else empty
+
+    logit = cat("logit", np.zeros(0, np.float32))
     return {
-        "label": np.concatenate(out["label"]).astype(np.int64) if out["label"] else np.zeros(0, np.int64),
-        "cls": np.concatenate(out["cls"]).astype(np.int64) if out["cls"] else np.zeros(0, np.int64),
-        "row": np.concatenate(out["row"]).astype(np.int64) if out["row"] else np.zeros(0, np.int64),
+        **{k: cat(k, np.zeros(0)).astype(np.int64) for k in ("label", "cls", "row")},
         "logit": logit,
         "p_fake": sigmoid(logit),  # the p_fake rule of every model call (pipeline.models.decision)
-        "generator_scores": np.concatenate(out["gen"]) if out["gen"] else np.zeros((0, 1), np.float32),
-        "features": np.concatenate(out["feat"]) if out["feat"] else np.zeros((0, 0), np.float32),
+        "generator_scores": cat("gen", np.zeros((0, 1), np.float32)),
+        "features": cat("feat", np.zeros((0, 0), np.float32)),
     }
 
 

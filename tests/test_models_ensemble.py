@@ -176,6 +176,16 @@ def test_single_predictor_is_a_one_member_set_and_matches_a_plain_forward(
     assert np.array_equal(out["is_fake"], raw["is_fake"][:, 0])
     assert not any(k.startswith("member_") for k in out)  # the single detector's documented keys only
     assert ref_logit.std() > 0
+    if not det.mole_blocks:  # a tap set on the detector after the Predictor was built: its features come too
+        from pipeline.models.detector import frozen_feature
+
+        pred = Predictor(det, meta)
+        det.set_tap("pre_proj")
+        with torch.inference_mode():
+            v = det.visual
+            ref_feat = frozen_feature(v, v.transformer(v._embeds(to_model_input(x, det.config))), "pre_proj")
+        np.testing.assert_allclose(pred.predict(x)["features"], ref_feat.numpy(), rtol=1e-5, atol=1e-6)
+        det.set_tap(None)
 
 
 def test_set_rows_carry_each_members_own_predictor_scores(ckpts: dict[str, Path]) -> None:

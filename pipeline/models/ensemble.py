@@ -230,8 +230,6 @@ class DetectorSet:
             key = _group_key(m.det) if share and len(self.members) > 1 else (m.detector_id,)
             groups.setdefault(key, BackboneGroup()).members.append(m)
         self.groups = list(groups.values())
-        # whose frozen features predict also returns (set_tap; a member's own tap counts)
-        self.tap_member = next((m for m in self.members if m.det.tap is not None), None)
         for g in self.groups:
             for m in g.members:
                 if m is not g.primary:
@@ -273,14 +271,19 @@ class DetectorSet:
             ],
         }
 
+    @property
+    def tap_member(self) -> Member | None:
+        """Whose frozen features ``predict`` also returns: the first member with a tap (``set_tap``, or the
+        detector's own ``Detector.set_tap``)."""
+        return next((m for m in self.members if m.det.tap is not None), None)
+
     def set_tap(self, kind: str | None) -> Member | None:
         """Also return the frozen backbone's ``kind`` feature from ``predict`` (``features``), ONCE for the
         set: read off the pass of the first listed member that adapts no block (its backbone group's shared
         frozen pass). ConfigError when every member adapts blocks (MoLE). Returns that member (None: tap
         off)."""
-        if self.tap_member is not None:
-            self.tap_member.det.set_tap(None)
-            self.tap_member = None
+        for m in self.members:
+            m.det.set_tap(None)
         if kind is None:
             return None
         plain = [m for m in self.members if not m.det.mole_blocks]
@@ -290,7 +293,6 @@ class DetectorSet:
                 "backbone's features needs a linear, UnivFD, ClipBased or RINE member"
             )
         plain[0].det.set_tap(kind)
-        self.tap_member = plain[0]
         return plain[0]
 
     def prepare(self, img: Image.Image) -> dict[InputSpec, np.ndarray]:

@@ -1,5 +1,6 @@
-"""The scorer's device feed (pipeline.models.predictor): CPU results unchanged, dtype resolution, the fused
-attention path under autocast, and (behind the gpu marker) the CUDA feed against CPU fp32."""
+"""The engine's device feed (pipeline.models.ensemble.DetectorSet, also through pipeline.models.Predictor):
+CPU results unchanged, dtype resolution, the fused attention path under autocast, a set's chunked feed, and
+(behind the gpu marker) the CUDA feed of one detector and of a set against CPU fp32."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from pipeline.models import DetectorConfig, DetectorMeta, Predictor, create_detector
 from pipeline.models.checks import randomize_adapters
-from pipeline.models.predictor import resolve_dtype
+from pipeline.models.ensemble import DetectorSet, resolve_dtype
 from pipeline.models.preprocess import to_model_input
 from pipeline.settings import ConfigError
 
@@ -107,6 +108,44 @@ def test_cuda_feed_matches_cpu_fp32(det) -> None:
         np.testing.assert_allclose(out["p_fake"], cpu["p_fake"], atol=3e-2)
     f32 = Predictor(cuda_det, DetectorMeta(generators=GENS), device="cuda", dtype="float32").predict(imgs)
     np.testing.assert_allclose(f32["logit"], cpu["logit"], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_chunked_feed_of_a_set_matches_one_cpu_call(det, device) -> None:
+    """Two members, two preprocessings (rows where their inputs agree share a pass, the others do not), fed
+    in chunks of 4 rows (on CUDA: pinned uploads one chunk ahead): per-member and fused scores equal one
+    unchunked fp32 CPU call."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    torch.manual_seed(4)
+    base = DetectorConfig.load("tiny-linear")
+    lin = create_detector(
+        DetectorConfig.parse({**base.model_dump(), "preprocess": "resize_crop"}), pretrained=None
+    )
+    frozen = {k.replace(".base_mlp", ""): v for k, v in det.visual.state_dict().items()}
+    lin.visual.load_state_dict({k: frozen[k] for k in lin.visual.state_dict()})  # det's backbone: one group
+
+    def members() -> list:
+        out = []
+        for d in (det, lin):
+            c = create_detector(d.config, pretrained=None)
+            c.load_state_dict(d.state_dict())
+            out.append((c, DetectorMeta(generators=list(d.config.generators))))
+        return out
+
+    rng = np.random.default_rng(4)
+    imgs = rng.integers(0, 256, (21, 96, 96, 3), dtype=np.uint8)
+    other = imgs.copy()
+    other[::3] = rng.integers(0, 256, (7, 96, 96, 3), dtype=np.uint8)  # rows where the inputs differ
+    ref_set = DetectorSet(members())
+    ref = ref_set.predict(dict(zip(ref_set.inputs, (imgs, other), strict=True)))
+    fed = DetectorSet(members(), device=device, dtype="float32", batch_size=4)
+    assert [len(g.members) for g in fed.groups] == [2] and len(fed.inputs) == 2
+    got = fed.predict(dict(zip(fed.inputs, (imgs, other), strict=True)))
+    tol = 1e-5 if device == "cpu" else 1e-3
+    np.testing.assert_allclose(got["logit"], ref["logit"], rtol=tol, atol=tol)
+    np.testing.assert_allclose(got["fused_logit"], ref["fused_logit"], rtol=tol, atol=tol)
+    assert ref["logit"].std(axis=0).min() > 0
 
 
 def test_predictor_applies_the_detector_decision_rule(det) -> None:

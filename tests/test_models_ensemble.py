@@ -138,3 +138,112 @@ def test_two_mole_detectors_share_the_blocks_before_either_adapts(
     for j, path in enumerate([ckpts["mole"], root / "mole3"]):
         ref = _alone(path, images)
         assert rel_err(torch.from_numpy(res["logit"][:, j]), torch.from_numpy(ref)) <= 1e-5
+
+
+# ------------------------------------------------------------------------------ the one engine, its row view
+def _prepared(images: list, spec) -> np.ndarray:
+    return np.stack([prepare_image(im, spec) for im in images])
+
+
+@pytest.mark.parametrize("name", ["mole", "rine"])
+def test_single_predictor_is_a_one_member_set_and_matches_a_plain_forward(
+    ckpts: dict[str, Path], name: str
+) -> None:
+    """Bit-for-bit on CPU fp32: Predictor(det, meta) == the one-member set's member output == det(x) with
+    the logistic / softmax computed here."""
+    from pipeline.models import Predictor
+    from pipeline.models.ensemble import DetectorSet
+    from pipeline.models.preprocess import to_model_input
+
+    det, meta = load_detector(ckpts[name])
+    x = _prepared(_images(), det.config)
+    det.set_fused(True)  # the inference path (the unfused one agrees to fp32 rounding: test_models_mole)
+    with torch.inference_mode():
+        ref = det(to_model_input(x, det.config))
+    ref_logit = ref.logit.float().numpy()
+    ref_scores = ref.gen_logits.float().softmax(dim=-1).numpy()
+    ref_p = 1.0 / (1.0 + np.exp(-ref_logit.astype(np.float64)))
+
+    out = Predictor(det, meta).predict(x)
+    raw = DetectorSet([(det, meta)]).predict({InputSpec(96, det.config.preprocess): x})
+    did = raw["detector_ids"][0]
+    assert np.array_equal(out["logit"], ref_logit) and out["logit"].dtype == np.float32
+    assert np.array_equal(raw["logit"][:, 0], ref_logit)
+    assert np.array_equal(out["generator_scores"], ref_scores)
+    assert np.array_equal(raw["generator_scores"][did], ref_scores)
+    np.testing.assert_allclose(out["p_fake"], ref_p, rtol=1e-6)
+    assert np.array_equal(out["p_fake"], raw["p_fake"][:, 0])
+    assert np.array_equal(out["is_fake"], raw["is_fake"][:, 0])
+    assert not any(k.startswith("member_") for k in out)  # the single detector's documented keys only
+    assert ref_logit.std() > 0
+    if not det.mole_blocks:  # a tap set on the detector after the Predictor was built: its features come too
+        from pipeline.models.detector import frozen_feature
+
+        pred = Predictor(det, meta)
+        det.set_tap("pre_proj")
+        with torch.inference_mode():
+            v = det.visual
+            ref_feat = frozen_feature(v, v.transformer(v._embeds(to_model_input(x, det.config))), "pre_proj")
+        np.testing.assert_allclose(pred.predict(x)["features"], ref_feat.numpy(), rtol=1e-5, atol=1e-6)
+        det.set_tap(None)
+
+
+def test_set_rows_carry_each_members_own_predictor_scores(ckpts: dict[str, Path]) -> None:
+    """A set's member_* columns are what each member's own single Predictor gives; its row p_fake / logit /
+    is_fake are the fusion of those; its attribution is the attributing member's."""
+    from pipeline.models import Predictor
+    from pipeline.models.fusion import attributor
+
+    names = ["univfd", "mole", "clipbased"]
+    images = _images()
+    pset = Predictor.load([str(ckpts[n]) for n in names], fusion="mean_logit")
+    out = pset.predict(*(_prepared(images, s) for s in pset.engine.inputs))
+    singles = [Predictor.load([str(ckpts[n])]) for n in names]
+    for j, single in enumerate(singles):
+        own = single.predict(_prepared(images, single.engine.inputs[0]))
+        np.testing.assert_allclose(out["member_logit"][:, j], own["logit"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out["member_p_fake"][:, j], own["p_fake"], rtol=1e-5, atol=1e-7)
+        assert np.array_equal(out["member_is_fake"][:, j], own["is_fake"])
+    np.testing.assert_allclose(out["logit"], out["member_logit"].mean(axis=1), rtol=1e-6, atol=1e-6)
+    assert np.array_equal(out["is_fake"], out["logit"] > 0)
+    first = singles[attributor([s.labels for s in singles])]
+    own = first.predict(_prepared(images, first.engine.inputs[0]))
+    np.testing.assert_allclose(out["generator_scores"], own["generator_scores"], rtol=1e-5, atol=1e-6)
+    assert pset.meta.detector_id == first.meta.detector_id
+
+
+def test_training_validation_runs_the_engine_and_leaves_the_training_forward(ckpts: dict[str, Path]) -> None:
+    """predict_stream (training validation, the linear fit) scores through the engine's fused inference path:
+    it equals the unfused training forward to fp32 rounding, applies the texture mask to the model input, and
+    leaves the model's MoLE mode as it found it."""
+    from pipeline.models.preprocess import to_model_input
+    from pipeline.train.feed import SkipCounter
+    from pipeline.train.masking import mask_textured
+    from pipeline.train.validate import predict_stream
+
+    det, _ = load_detector(ckpts["mole"])
+    det.set_fused(False)  # as training runs it
+    x = _prepared(_images(6), det.config)
+    batch = {
+        "image": x,
+        "label": np.arange(6) % 2,
+        "cls": np.zeros(6, np.int64),
+        "row": np.arange(6),
+        "ok": np.array([True, True, False, True, True, True]),
+        "error": np.array(["", "", "unreadable", "", "", ""], dtype=object),
+    }
+    keep = batch["ok"]
+    for mask in (None, (16, 0.5)):
+        with torch.no_grad():
+            xin = to_model_input(x[keep], det.config)
+            ref = det(xin if mask is None else mask_textured(xin, *mask))
+        got = predict_stream(det, [batch], torch.device("cpu"), SkipCounter(), features=True, mask=mask)
+        assert not det.fused  # the training forward is still the unfused one
+        assert got["row"].tolist() == [0, 1, 3, 4, 5]
+        np.testing.assert_allclose(got["logit"], ref.logit.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got["features"], ref.features.numpy(), rtol=1e-5, atol=1e-5)
+        sm = ref.gen_logits.softmax(-1).numpy()
+        np.testing.assert_allclose(got["generator_scores"], sm, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(
+        got["logit"], predict_stream(det, [batch], torch.device("cpu"), SkipCounter())["logit"]
+    )

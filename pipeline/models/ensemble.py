@@ -1,4 +1,6 @@
-"""Several detectors in one pass: ``load_detector_set(uris, fusion=...)`` -> ``DetectorSet``.
+"""THE inference engine: ``DetectorSet`` (one detector or several, ``load_detector_set(uris, fusion=...)``);
+``pipeline.models.predictor.Predictor`` is its row view. The scan, evaluation, calibration, training
+validation and the linear method all score through it.
 
 Detectors whose backbone (architecture + weights identity), input size and normalisation agree form one
 *backbone group* and share the frozen computation for every image on which their preprocessed arrays agree
@@ -16,14 +18,32 @@ logit(fused_threshold).
 
 Inputs: ``DetectorSet.inputs`` lists the distinct preprocessing inputs (``InputSpec``: image_size +
 preprocess, what the scan's decode needs); ``predict`` takes one uint8 (N, S, S, 3) batch per spec, the same
-N images in the same order in each.
+N images in the same order in each (numpy, or a tensor on the CPU or already on the set's device).
+
+Precision (``resolve_dtype`` / ``autocast``, the one rule of every model call): fp32 without autocast, else
+torch.autocast to the dtype; ``auto`` = bf16 on GPUs with native bf16, fp16 on older ones, fp32 on CPU.
+
+Device feed [ours] (``DetectorSet._feed``): on CPU the input path is the plain one (uint8 -> float32 ->
+normalise, one call per ``batch_size`` images; None = the whole call at once). On CUDA every input is split
+into ``batch_size`` chunks (default: the smallest ``gpu_batch_size`` of the members' configs); each chunk is
+copied into pinned host memory and sent with ``non_blocking`` on a separate copy stream while the previous
+chunk computes, converted to float and normalised ON the device. Results stay on the device until the last
+chunk, then come back in one copy (one synchronisation per call). Inputs that already sit on the device (the
+scorer's GPU JPEG decode) skip the copy.
+
+Attention: open_clip 3.3's blocks use ``nn.MultiheadAttention(batch_first=True)`` called with
+``need_weights=False``. Without autocast (fp32) its inference fast path (``_native_multi_head_attention``)
+runs; under autocast the fast path is off and ``F.multi_head_attention_forward`` calls
+``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA). MoLE wraps only the MLP, so the
+fused MoLE path keeps either attention path (tests/test_gpu_feed.py checks the SDPA op is in the trace).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,11 +55,37 @@ from pipeline.models.decision import is_fake, logit_of, sigmoid
 from pipeline.models.detector import Detector, DetectorOutput, run_blocks
 from pipeline.models.fusion import DEFAULT_FUSION, check_fusion, fuse
 from pipeline.models.meta import DetectorMeta
-from pipeline.models.predictor import DType, autocast, resolve_dtype
 from pipeline.models.preprocess import prepare_image, to_model_input
 from pipeline.settings import ConfigError
 
 log = get_logger("pipeline.models.ensemble")
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+DTYPES: dict[str, torch.dtype] = {n: getattr(torch, n) for n in ("float32", "float16", "bfloat16")}
+Images = np.ndarray | torch.Tensor  # uint8 (N, S, S, 3)
+
+
+def resolve_dtype(dtype: str, device: str | torch.device) -> str:
+    """``auto`` -> ``bfloat16`` on a CUDA device with native bf16 (Ampere and newer), ``float16`` on older
+    GPUs, ``float32`` on CPU (bf16/fp16 autocast is several times slower than fp32 on the CPUs measured
+    here)."""
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {['auto', *sorted(DTYPES)]}, got {dtype!r}")
+        return dtype
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
+    return "float32"
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
+    """THE inference precision rule of every model call (scan, evaluation, calibration, training validation):
+    no autocast for float32, else torch.autocast to `dtype` on `device`."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
 @dataclass(frozen=True)
@@ -91,8 +137,13 @@ class BackboneGroup:
     for every image on which their preprocessed arrays are identical (for those two modes: every image at
     least S px on both sides); the other images run once per preprocessing."""
 
-    backbone: str  # identity of the frozen weights
     members: list[Member] = field(default_factory=list)
+
+    @property
+    def backbone(self) -> str:
+        """Which frozen weights (`Detector.backbone_identity`; computed when described: a stored backbone is
+        hashed)."""
+        return self.primary.det.backbone_identity()
 
     @property
     def specs(self) -> list[InputSpec]:
@@ -111,15 +162,9 @@ class BackboneGroup:
         return _shared_blocks(self.members)
 
 
-def backbone_identity(det: Detector) -> str:
-    """Which frozen weights a detector runs on: the open_clip tag, the weights file's sha256, or (backbone
-    stored in the checkpoint) a digest of the frozen tensors themselves (`Detector.backbone_identity`)."""
-    return det.backbone_identity()
-
-
 def _group_key(det: Detector) -> tuple[Any, ...]:
     c = det.config
-    return (backbone_identity(det), c.image_size, tuple(c.mean), tuple(c.std))
+    return (det.backbone_identity(), c.image_size, tuple(c.mean), tuple(c.std))
 
 
 def _share_frozen(primary: Detector, member: Detector) -> None:
@@ -137,7 +182,8 @@ def _share_frozen(primary: Detector, member: Detector) -> None:
 
 
 class DetectorSet:
-    """N detectors, one pass per backbone group, per-detector and fused scores."""
+    """N detectors (N = 1: the single-detector case), one pass per backbone group, per-detector and fused
+    scores."""
 
     def __init__(
         self,
@@ -149,7 +195,11 @@ class DetectorSet:
         dtype: DType = "float32",
         share: bool = True,
         batch_size: int | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        head_features: bool = False,
     ) -> None:
+        """``transform``: applied to every normalised model input (training's texture mask, ``None`` in the
+        scan); ``head_features``: ``predict`` also returns each member's head input (``head_features``)."""
         if not members:
             raise ConfigError("detector set: no detectors given")
         self.fusion = check_fusion(fusion)
@@ -157,11 +207,14 @@ class DetectorSet:
             raise ConfigError(f"fused_threshold must be in (0, 1), got {fused_threshold}")
         self.fused_threshold = fused_threshold
         self.device = torch.device(device)
-        self.dtype = resolve_dtype(
-            dtype, self.device
-        )  # "auto": bf16/fp16 on CUDA, fp32 on CPU (as the Predictor)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.cuda = self.device.type == "cuda"
+        # CPU: None = the whole call at once; CUDA: the members' per-GPU batch
+        self.batch_size = batch_size or (
+            min(d.config.gpu_batch_size for d, _ in members) if self.cuda else None
+        )
         self.share = share
-        self.batch_size = batch_size
+        self.transform, self.head_features = transform, head_features
         self.members: list[Member] = []
         for det, meta in members:
             did = meta.detector_id or det.config.name
@@ -170,22 +223,20 @@ class DetectorSet:
             if meta.generators != det.config.generators:
                 raise ValueError(f"{did}: meta.generators {meta.generators} != detector labels")
             det = det.to(self.device).eval()
-            det.set_fused(True)  # as the Predictor: the fused MoLE inference path
+            det.set_fused(True)  # the fused MoLE inference path
             self.members.append(Member(did, det, meta))
         groups: dict[tuple[Any, ...], BackboneGroup] = {}
         for m in self.members:
-            key = _group_key(m.det) if share else (m.detector_id,)
-            if key not in groups:
-                groups[key] = BackboneGroup(backbone=backbone_identity(m.det))
-            groups[key].members.append(m)
+            key = _group_key(m.det) if share and len(self.members) > 1 else (m.detector_id,)
+            groups.setdefault(key, BackboneGroup()).members.append(m)
         self.groups = list(groups.values())
-        self.tap_member: Member | None = None  # set_tap: whose frozen features predict also returns
-        if share:
-            for g in self.groups:
-                for m in g.members:
-                    if m is not g.primary:
-                        _share_frozen(g.primary.det, m.det)
-        log.info("detector_set", **self.describe())
+        for g in self.groups:
+            for m in g.members:
+                if m is not g.primary:
+                    _share_frozen(g.primary.det, m.det)
+        self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
+        if len(self.members) > 1:
+            log.info("detector_set", **self.describe())
 
     # ------------------------------------------------------------------ description
     @property
@@ -220,14 +271,19 @@ class DetectorSet:
             ],
         }
 
+    @property
+    def tap_member(self) -> Member | None:
+        """Whose frozen features ``predict`` also returns: the first member with a tap (``set_tap``, or the
+        detector's own ``Detector.set_tap``)."""
+        return next((m for m in self.members if m.det.tap is not None), None)
+
     def set_tap(self, kind: str | None) -> Member | None:
         """Also return the frozen backbone's ``kind`` feature from ``predict`` (``features``), ONCE for the
         set: read off the pass of the first listed member that adapts no block (its backbone group's shared
         frozen pass). ConfigError when every member adapts blocks (MoLE). Returns that member (None: tap
         off)."""
-        if self.tap_member is not None:
-            self.tap_member.det.set_tap(None)
-            self.tap_member = None
+        for m in self.members:
+            m.det.set_tap(None)
         if kind is None:
             return None
         plain = [m for m in self.members if not m.det.mole_blocks]
@@ -237,7 +293,6 @@ class DetectorSet:
                 "backbone's features needs a linear, UnivFD, ClipBased or RINE member"
             )
         plain[0].det.set_tap(kind)
-        self.tap_member = plain[0]
         return plain[0]
 
     def prepare(self, img: Image.Image) -> dict[InputSpec, np.ndarray]:
@@ -245,11 +300,51 @@ class DetectorSet:
         pipeline.models.preprocess)."""
         return {s: prepare_image(img, s) for s in self.inputs}  # type: ignore[arg-type]
 
+    # ------------------------------------------------------------------ device feed
+    def _upload(self, chunk: Images) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+        """Start the host -> device copy of one uint8 chunk on the copy stream (pinned, non-blocking); returns
+        (device tensor, copy-done event, the pinned source, kept alive until the chunk is consumed)."""
+        if not self.cuda:  # the plain path: to_model_input converts the chunk
+            return chunk, None, None  # type: ignore[return-value]
+        if isinstance(chunk, torch.Tensor) and chunk.is_cuda:  # already on a GPU (the device JPEG decoder's
+            return chunk.to(self.device), None, None  # output); "cuda:0" != "cuda", so test is_cuda
+        host = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
+        pinned = host.contiguous().pin_memory()
+        assert self._copy_stream is not None
+        with torch.cuda.stream(self._copy_stream):
+            dev = pinned.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._copy_stream)
+        return dev, done, pinned
+
+    def _feed(self, inputs: list[Images]) -> Iterator[tuple[int, list[Images], list[Images]]]:
+        """Per ``batch_size`` rows: (first row, every input's chunk as given, the same chunk for the model).
+        CPU: the chunk itself (``to_model_input`` converts it). CUDA: a uint8 tensor on the device, uploaded
+        one chunk ahead: chunk k+1's copy is started when the generator resumes, i.e. once the caller has
+        queued chunk k's kernels, so the copy overlaps that compute."""
+        n = len(inputs[0])
+        if n == 0:
+            return
+        step = self.batch_size or n
+        compute = torch.cuda.current_stream(self.device) if self.cuda else None
+        nxt = [self._upload(a[:step]) for a in inputs]
+        for lo in range(0, n, step):
+            cur = nxt
+            for x_u8, done, _pinned in cur:
+                if done is not None and compute is not None:
+                    compute.wait_event(done)
+                    x_u8.record_stream(compute)  # allocated on the copy stream, consumed on this one
+            yield lo, [a[lo : lo + step] for a in inputs], [x for x, _, _ in cur]
+            if lo + step < n:  # queued behind chunk k's kernels: the copy overlaps its compute
+                nxt = [self._upload(a[lo + step : lo + 2 * step]) for a in inputs]
+
     # ------------------------------------------------------------------ inference
-    def _forward(self, members: Sequence[Member], images: np.ndarray) -> dict[str, DetectorOutput]:
+    def _forward(self, members: Sequence[Member], images: Images) -> dict[str, DetectorOutput]:
         """One shared pass of ``members`` (same backbone group) over one preprocessed uint8 batch."""
         p = _primary(members).det
-        x = to_model_input(images, p.config, device=self.device)
+        x = to_model_input(images, p.config, device=self.device)  # float + mean/std on the device
+        if self.transform is not None:
+            x = self.transform(x)
         if not self.share or len(members) == 1:
             return {m.detector_id: m.det(x) for m in members}
         pv = p.visual
@@ -271,107 +366,116 @@ class DetectorSet:
         return outs
 
     def _group_outputs(
-        self, g: BackboneGroup, arrays: dict[InputSpec, np.ndarray]
-    ) -> list[tuple[np.ndarray, dict[str, DetectorOutput]]]:
-        """(row indices, outputs) pieces covering every row of the batch for every member of ``g``: rows on
-        which several preprocessings gave identical arrays run those members in one pass."""
+        self, g: BackboneGroup, given: dict[InputSpec, Images], model_in: dict[InputSpec, Images]
+    ) -> list[tuple[slice | np.ndarray, dict[str, DetectorOutput]]]:
+        """(rows of the chunk, outputs) pieces covering every row of the chunk for every member of ``g``: rows
+        on which several preprocessings gave identical arrays (compared on the inputs as given, before the
+        upload) run those members in one pass."""
         specs = g.specs
-        n = len(arrays[specs[0]])
+        n = len(given[specs[0]])
         if len(specs) == 1:
-            return [(np.arange(n), self._forward(g.members, arrays[specs[0]]))]
+            return [(slice(0, n), self._forward(g.members, model_in[specs[0]]))]
+        host = {s: _host(given[s]) for s in specs}
         # label[r, j] = the first spec whose array equals spec j's on row r
         label = np.tile(np.arange(len(specs)), (n, 1))
         for j in range(1, len(specs)):
             for i in range(j):
-                eq = (arrays[specs[i]] == arrays[specs[j]]).reshape(n, -1).all(axis=1)
+                eq = (host[specs[i]] == host[specs[j]]).reshape(n, -1).all(axis=1)
                 take = eq & (label[:, j] == j)
                 label[take, j] = label[take, i]
-        pieces = []
+        pieces: list[tuple[slice | np.ndarray, dict[str, DetectorOutput]]] = []
         for sig in np.unique(label, axis=0):
             rows = np.flatnonzero((label == sig).all(axis=1))
             for cls in np.unique(sig):
                 wanted = {specs[j] for j in np.flatnonzero(sig == cls)}
                 mem = [m for m in g.members if m.spec in wanted]
-                pieces.append((rows, self._forward(mem, arrays[specs[cls]][rows])))
+                x = model_in[specs[cls]]
+                sel = torch.as_tensor(rows, device=x.device) if isinstance(x, torch.Tensor) else rows
+                pieces.append((rows, self._forward(mem, x[sel])))
         return pieces
 
-    def predict(self, batches: Mapping[InputSpec | str, np.ndarray]) -> dict[str, Any]:
-        """``batches``: one uint8 (N, S, S, 3) array per ``InputSpec`` (or its ``key``) in ``inputs``.
+    def predict(self, batches: Mapping[InputSpec | str, Images]) -> dict[str, Any]:
+        """``batches``: one uint8 (N, S, S, 3) batch per ``InputSpec`` (or its ``key``) in ``inputs``.
 
         Returns ``detector_ids``; ``logit``/``p_fake`` float32 and ``is_fake`` bool, each (N, K) in
         detector_ids order (each detector's own threshold and decision rule); ``generator_scores``
-        {detector_id: (N, 1+G)}; ``fused_logit``/``fused_p_fake`` float32 and ``fused_is_fake`` bool (N,)."""
-        arrays: dict[InputSpec, np.ndarray] = {}
+        {detector_id: (N, 1+G)}; ``fused_logit``/``fused_p_fake`` float32 and ``fused_is_fake`` bool (N,);
+        ``features`` (N, D) when a member is tapped (``set_tap``); ``head_features`` {detector_id: (N, F)}
+        when the set was built with ``head_features``."""
+        arrays: list[Images] = []
         for spec in self.inputs:
             arr = batches.get(spec, batches.get(spec.key))  # type: ignore[call-overload]
             if arr is None:
                 raise ValueError(
                     f"predict: no batch for input {spec.key} (needs {[s.key for s in self.inputs]})"
                 )
-            arrays[spec] = arr
-        sizes = {len(a) for a in arrays.values()}
+            arrays.append(arr)
+        sizes = {len(a) for a in arrays}
         if len(sizes) != 1:
             raise ValueError(f"predict: batches differ in length {sorted(sizes)}")
-        n = sizes.pop()
-        step = self.batch_size or max(n, 1)
-        ids = self.detector_ids
-        logits = np.zeros((n, len(ids)), np.float32)
-        gen = {i: np.zeros((n, len(self.labels[i])), np.float32) for i in ids}
-        tap = self.tap_member
-        feats: np.ndarray | None = None
-        with torch.inference_mode(), autocast(self.device, self.dtype):
-            for lo in range(0, n, step):
-                chunk = {sp: a[lo : lo + step] for sp, a in arrays.items()}
+        n, ids, dev, tap = sizes.pop(), self.detector_ids, self.device, self.tap_member
+        # results stay on the device until every chunk is done, then come back in one copy each
+        logits = torch.zeros((n, len(ids)), dtype=torch.float32, device=dev)
+        gen = {i: torch.zeros((n, len(self.labels[i])), dtype=torch.float32, device=dev) for i in ids}
+        heads: dict[str, torch.Tensor] = {}
+        feats: dict[str, torch.Tensor] = {}
+        with torch.inference_mode(), autocast(dev, self.dtype):
+            for lo, given, model_in in self._feed(arrays):
+                pair = (
+                    dict(zip(self.inputs, given, strict=True)),
+                    dict(zip(self.inputs, model_in, strict=True)),
+                )
                 for g in self.groups:
-                    for rows, outs in self._group_outputs(g, chunk):
+                    for rows, outs in self._group_outputs(g, *pair):
+                        at = (
+                            slice(lo + rows.start, lo + rows.stop)
+                            if isinstance(rows, slice)
+                            else torch.as_tensor(lo + rows, device=dev)
+                        )
                         for did, out in outs.items():
-                            j = ids.index(did)
-                            logits[lo + rows, j] = out.logit.float().cpu().numpy()
-                            gen[did][lo + rows] = out.gen_logits.float().softmax(dim=-1).cpu().numpy()
+                            logits[at, ids.index(did)] = out.logit.float()
+                            gen[did][at] = out.gen_logits.float().softmax(dim=-1)
+                            if self.head_features:
+                                _put(heads, did, at, out.features, n)
                         if tap is not None and tap.detector_id in outs and tap.det.tapped is not None:
-                            f = tap.det.tapped.float().cpu().numpy()
-                            if feats is None:
-                                feats = np.full((n, f.shape[1]), np.nan, np.float32)
-                            feats[lo + rows] = f
-        p_fake = sigmoid(logits)
+                            _put(feats, "tap", at, tap.det.tapped, n)
+        logit = logits.cpu().numpy()
         decided = np.zeros((n, len(ids)), bool)
         for j, m in enumerate(self.members):
-            decided[:, j] = is_fake(logits[:, j], m.meta.threshold, m.det.config.decision)
-        fused = fuse(logits, self.fusion, axis=1) if n else np.zeros(0)
-        extra = (
-            {} if tap is None else {"features": feats if feats is not None else np.zeros((n, 0), np.float32)}
-        )
-        return {
-            **extra,
+            decided[:, j] = is_fake(logit[:, j], m.meta.threshold, m.det.config.decision)
+        fused = fuse(logit, self.fusion, axis=1) if n else np.zeros(0)
+        out: dict[str, Any] = {
             "detector_ids": ids,
-            "logit": logits,
-            "p_fake": p_fake,
+            "logit": logit,
+            "p_fake": sigmoid(logit),
             "is_fake": decided,
-            "generator_scores": gen,
+            "generator_scores": {i: s.cpu().numpy() for i, s in gen.items()},
             "fused_logit": fused.astype(np.float32),
             "fused_p_fake": sigmoid(fused),
             "fused_is_fake": fused > logit_of(self.fused_threshold),
         }
+        if tap is not None:
+            out["features"] = feats["tap"].cpu().numpy() if feats else np.zeros((n, 0), np.float32)
+        if self.head_features:
+            out["head_features"] = {i: t.cpu().numpy() for i, t in heads.items()}
+        return out
 
 
-def load_detector_set(
-    uris: Sequence[str],
-    *,
-    fusion: str = DEFAULT_FUSION,
-    fused_threshold: float = 0.5,
-    device: str | torch.device = "cpu",
-    dtype: DType = "float32",
-    share: bool = True,
-    batch_size: int | None = None,
-) -> DetectorSet:
-    """Load every checkpoint (load_detector: hashes, keys, shapes) and build the set."""
-    check_fusion(fusion)
-    return DetectorSet(
-        [load_detector(u) for u in uris],
-        fusion=fusion,
-        fused_threshold=fused_threshold,
-        device=device,
-        dtype=dtype,
-        share=share,
-        batch_size=batch_size,
-    )
+def _host(images: Images) -> np.ndarray:
+    return images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+
+
+def _put(
+    acc: dict[str, torch.Tensor], key: str, at: slice | torch.Tensor, value: torch.Tensor, n: int
+) -> None:
+    """Write ``value`` (rows ``at``) into the (n, D) float32 accumulator ``acc[key]`` (NaN until written)."""
+    if key not in acc:
+        acc[key] = torch.full((n, value.shape[1]), float("nan"), dtype=torch.float32, device=value.device)
+    acc[key][at] = value.float()
+
+
+def load_detector_set(uris: Sequence[str], *, fusion: str = DEFAULT_FUSION, **kwargs: Any) -> DetectorSet:
+    """Load every checkpoint (load_detector: hashes, keys, shapes) and build the set (``kwargs``: the
+    ``DetectorSet`` keywords: fused_threshold, device, dtype, share, batch_size)."""
+    check_fusion(fusion)  # before any weights are read
+    return DetectorSet([load_detector(u) for u in uris], fusion=fusion, **kwargs)

@@ -69,3 +69,9 @@ def fuse(logits: np.ndarray, rule: str = DEFAULT_FUSION, axis: int = -1) -> np.n
         neg_log_none = np.exp(big_l)
         log_or = np.where(big_l < -30.0, big_l, np.log(-np.expm1(-neg_log_none)))
     return log_or + neg_log_none
+
+
+def attributor(labels: list[list[str]]) -> int:
+    """Which member's top_generator / generator_scores a set's rows carry: the first with generator labels
+    (["real", *generators] longer than ["real"]), else the first."""
+    return next((i for i, lab in enumerate(labels) if len(lab) > 1), 0)

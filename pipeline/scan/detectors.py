@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.models.fusion import attributor
 from pipeline.scan.config import ScanConfig
 from pipeline.settings import ConfigError
 
@@ -67,12 +68,6 @@ def detector_info(uri: str) -> DetectorInfo:
         resize_mode=str(meta.config.preprocess),
         meta=meta.model_dump(mode="json"),
     )
-
-
-def attributor(labels: list[list[str]]) -> int:
-    """Which member's top_generator / generator_scores a set's rows carry: the first with generator labels
-    (["real", *generators] longer than ["real"]), else the first."""
-    return next((i for i, lab in enumerate(labels) if len(lab) > 1), 0)
 
 
 def set_id(member_ids: list[str], fusion: str) -> str:

@@ -1,5 +1,5 @@
-"""The model stage of the scan: a callable class over dict batches wrapping `pipeline.models.Predictor`
-[ours].
+"""The model stage of the scan: a callable class over dict batches wrapping `pipeline.models.Predictor` (one
+detector or a set) [ours].
 
 Ray's batch-inference pattern: the detector is loaded ONCE in `__init__` (one per actor), `__call__` scores a
 batch. Only rows with status "ok" go through the model; the others pass through with NaN scores. The `pixels`
@@ -27,45 +27,10 @@ log = get_logger("pipeline.scan.score")
 DECODE_ON = ("cpu", "gpu")
 
 
-class SetPredictor:
-    """A `pipeline.models.ensemble.DetectorSet` behind the Predictor's interface: `predict(*inputs)` (one
-    uint8 batch per input of the set, in `DetectorSet.inputs` order) -> the FUSED p_fake / logit / is_fake,
-    the attributing detector's (`pipeline.scan.detectors.attributor`) top_generator / generator_scores, and
-    each member's `member_logit` / `member_p_fake` / `member_is_fake` (N, K)."""
-
-    def __init__(self, dset: Any) -> None:
-        from pipeline.scan.detectors import attributor
-
-        self.dset = dset
-        self.device = dset.device
-        self.dtype = dset.dtype
-        self.batch_size = dset.batch_size
-        self.first = dset.members[attributor([list(m.meta.labels) for m in dset.members])]
-        self.cfg = self.first.det.config
-
-    def predict(self, *inputs: Any) -> dict[str, Any]:
-        from pipeline.models.predictor import top_generators
-
-        res = self.dset.predict(dict(zip(self.dset.inputs, inputs, strict=True)))
-        is_fake = np.asarray(res["fused_is_fake"], bool)
-        scores = np.asarray(res["generator_scores"][self.first.detector_id], np.float32)
-        return {
-            "p_fake": np.asarray(res["fused_p_fake"], np.float32),
-            "logit": np.asarray(res["fused_logit"], np.float32),
-            "is_fake": is_fake,
-            "top_generator": top_generators(scores, is_fake, self.first.meta),
-            "generator_scores": scores,
-            "member_logit": np.asarray(res["logit"], np.float32),
-            "member_p_fake": np.asarray(res["p_fake"], np.float32),
-            "member_is_fake": np.asarray(res["is_fake"], bool),
-            **({"features": res["features"]} if "features" in res else {}),
-        }
-
-
 class Scorer:
-    """One detector (`detector="CKPT"`: `pipeline.models.Predictor`) or several (`"A,B,C"`: a DetectorSet, one
-    backbone pass per shared backbone, fused by `fusion`). inputs: the (image_size, preprocess) list the read
-    stage decodes (the driver's `pipeline.scan.detectors.RunDetectors.inputs`); checked against the loaded
+    """One detector (`detector="CKPT"`) or several (`"A,B,C"`: one backbone pass per shared backbone, fused by
+    `fusion`), scored by one `pipeline.models.Predictor`. inputs: the (image_size, preprocess) list the read
+    stage decodes (the driver's `pipeline.scan.detectors.RunDetectors.inputs`); checked against a loaded
     set."""
 
     def __init__(
@@ -83,50 +48,34 @@ class Scorer:
     ) -> None:
         import torch
 
-        from pipeline.models import Predictor, load_detector
+        from pipeline.models.predictor import Predictor
+        from pipeline.scan.detectors import FUSED_THRESHOLD, set_id
 
         if decode_on not in DECODE_ON:
             raise ValueError(f"decode_on must be one of {DECODE_ON}, got {decode_on!r}")
         if torch_threads and device == "cpu":
             torch.set_num_threads(torch_threads)
-        uris = detector.split(",")
-        tapped: tuple[Any, Any, tuple[int, str]] | None = None  # whose frozen features are kept, and inputs
-        self.predictor: Any
-        if len(uris) == 1:
-            det, meta = load_detector(detector)
-            self.predictor = Predictor(det, meta, device=device, dtype=dtype)
-            self.member_ids = [str(meta.detector_id)]
-            self.fusion: str | None = None
-            self.detector_id, self.threshold = str(meta.detector_id), float(meta.threshold)
-            self.n_inputs = 1
-            tapped = (det, meta, (inputs or [(det.config.image_size, det.config.preprocess)])[0])
-            if features is not None:
-                det.set_tap(features)
-        else:
-            from pipeline.models.ensemble import load_detector_set
-            from pipeline.scan.detectors import FUSED_THRESHOLD, set_id
-
-            dset = load_detector_set(
-                uris, fusion=fusion, fused_threshold=FUSED_THRESHOLD, device=device, dtype=dtype
-            )
-            loaded = [(sp.image_size, sp.preprocess) for sp in dset.inputs]
-            if inputs is not None and [tuple(i) for i in inputs] != loaded:
-                raise ValueError(
-                    f"the detectors loaded need inputs {loaded}, the read stage decodes {inputs} "
-                    "(a checkpoint changed since the driver read it)"
-                )
-            self.predictor = SetPredictor(dset)
-            meta = self.predictor.first.meta
-            self.member_ids = list(dset.detector_ids)
-            self.fusion = dset.fusion
-            self.detector_id, self.threshold = set_id(self.member_ids, dset.fusion), FUSED_THRESHOLD
-            self.n_inputs = len(loaded)
-            src = dset.set_tap(features) if features is not None else None
-            tapped = (src.det, src.meta, (src.spec.image_size, src.spec.preprocess)) if src else None
-        # the stored features' spec (pipeline.feature_store.FeatureSpec as JSON), tagged on every row
-        self.feature_spec = (
-            feature_spec(*tapped, features, features_precision) if features is not None and tapped else None
+        self.predictor = Predictor.load(
+            detector.split(","), fusion=fusion, fused_threshold=FUSED_THRESHOLD, device=device, dtype=dtype
         )
+        dset, meta = self.predictor.engine, self.predictor.meta
+        loaded = [(sp.image_size, sp.preprocess) for sp in dset.inputs]
+        several = len(dset.members) > 1
+        # one detector: the read stage may decode with the scan's resize_mode instead of the checkpoint's
+        if several and inputs is not None and [tuple(i) for i in inputs] != loaded:
+            raise ValueError(
+                f"the detectors loaded need inputs {loaded}, the read stage decodes {inputs} "
+                "(a checkpoint changed since the driver read it)"
+            )
+        self.member_ids = list(dset.detector_ids) if several else [str(meta.detector_id)]
+        self.fusion: str | None = dset.fusion if several else None
+        self.detector_id = set_id(self.member_ids, dset.fusion) if several else str(meta.detector_id)
+        self.threshold = FUSED_THRESHOLD if several else float(meta.threshold)
+        self.n_inputs = len(loaded)
+        src = dset.set_tap(features) if features is not None else None  # whose frozen features are kept
+        tapped = (src.det, src.meta, (inputs or loaded)[dset.inputs.index(src.spec)]) if src else None
+        # the stored features' spec (pipeline.feature_store.FeatureSpec as JSON), tagged on every row
+        self.feature_spec = feature_spec(*tapped, features, features_precision) if tapped else None
         self.feature_dim = json.loads(self.feature_spec)["dim"] if self.feature_spec else 0
         self.meta = meta  # the (attributing) detector's: its labels are the rows' generator_scores keys
         self.labels = ["real", *meta.generators]
@@ -225,7 +174,7 @@ def score_batch(
     `encoded`), plus p_fake, logit, is_fake, top_generator ("" when not scored), generator_scores (N,
     n_labels; NaN when not scored), each detector's `_det_logit` / `_det_p_fake` / `_det_is_fake` (N,
     n_members; a single Predictor's own scores) and `_infer_s` (the call's model time shared among its ok
-    rows). A set's predictor (`SetPredictor`) takes `n_inputs` inputs (`pipeline.scan.prepare.input_column`).
+    rows). A set's predictor takes `n_inputs` inputs (`pipeline.scan.prepare.input_column`).
     Rows shipped encoded are decoded first by `decoder` (a `pipeline.scan.gpu_decode.DeviceDecoder`; one on
     the predictor's device when None)."""
     from pipeline.scan.prepare import input_column

@@ -105,7 +105,7 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
     if not rank0:
         return None
 
-    pred = predict_stream(det, hooks.eval_batches("val"), run.det_cfg, run.device, run.eval_skips)
+    pred = predict_stream(det, hooks.eval_batches("val"), run.device, run.eval_skips)
     if pred["label"].size and np.any(pred["label"] == 0):
         calib = calibrate_from_scores(
             pred["label"],

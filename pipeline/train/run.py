@@ -43,9 +43,7 @@ class WorkerRun:
         val: dict[str, float] = {}
         if self.hooks.world_rank == 0 and self.plan["n_val"]:
             val = val_metrics(
-                predict_stream(
-                    det, self.hooks.eval_batches("val"), self.det_cfg, self.device, self.eval_skips
-                )
+                predict_stream(det, self.hooks.eval_batches("val"), self.device, self.eval_skips)
             )
         return self.hooks.broadcast(val)
 
@@ -58,7 +56,6 @@ class WorkerRun:
         pred = predict_stream(
             det,
             self.hooks.eval_batches("train"),
-            self.det_cfg,
             self.device,
             self.eval_skips,
             features=True,

@@ -7,9 +7,30 @@ run as a script, sys.path[0] is this folder, whose pipeline.py would shadow the 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed_job(name: str, *args: str) -> float:
+    """Run `python jobs/<name>.py args` as a user runs it (a fresh process); returns its wall seconds (fails
+    loudly, with the job's stderr, on a non-zero exit)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return time.perf_counter() - t0
 
 
 def write_results(

@@ -15,16 +15,14 @@ import argparse
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import timed_job, write_results  # noqa: E402
 
 RUNS = {
     "mole": ["--config", "tiny-mole", "--method", "mole"],
@@ -36,34 +34,20 @@ RUNS = {
 }
 
 
-def _job(name: str, *args: str) -> float:
-    """Run `python jobs/<name>.py args`; returns its wall seconds (fails loudly on a non-zero exit)."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / f"{name}.py"), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return time.perf_counter() - t0
-
-
 def measure(work: Path, *, n_train: int, n_test: int, ray: bool) -> dict:
     engine = [] if ray else ["--engine", "local"]
     seconds: dict[str, float] = {}
     data = {"train": ("upconv", n_train, "0"), "test": ("upconv,vqgan", n_test, "1")}
     for split, (families, n, seed) in data.items():
         args = ["--out", str(work / split), "--families", families, "--n-per-class", str(n), "--seed", seed]
-        seconds[f"make_demo_data {split}"] = _job("make_demo_data", *args)
+        seconds[f"make_demo_data {split}"] = timed_job("make_demo_data", *args)
     rows = []
     for label, args in RUNS.items():
         ckpt = work / "ckpt" / f"run{len(rows)}"
         data_args = ["--data", str(work / "train"), "--train-generators", "upconv", "--out", str(ckpt)]
-        train_s = _job("train_detector", *data_args, *args, *engine)
+        train_s = timed_job("train_detector", *data_args, *args, *engine)
         report = work / f"eval{len(rows)}.json"
-        eval_s = _job(
+        eval_s = timed_job(
             "evaluate", "--data", str(work / "test"), "--detector", str(ckpt), "--json", str(report)
         )
         rep = json.loads(report.read_text())

@@ -26,6 +26,12 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (`file://` dropped); a remote URI unchanged. Ray workers do not share the
+    driver's working directory, so a job resolves the local paths it was given before they travel to them."""
+    return uri if is_remote(uri) else os.path.abspath(uri.removeprefix("file://"))
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path-within-it) for a URI or local path."""
     fs, path = fsspec.core.url_to_fs(uri)

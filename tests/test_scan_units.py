@@ -274,3 +274,19 @@ def test_scorer_gpu_fp16_matches_cpu_fp32(tmp_path):
     cpu = Scorer(str(tmp_path / "det"))(batch)
     gpu = Scorer(str(tmp_path / "det"), device="cuda", dtype="float16")(batch)
     np.testing.assert_allclose(gpu["p_fake"], cpu["p_fake"], atol=2e-2)
+
+
+def test_local_paths_given_relatively_travel_as_absolute_ones(tmp_path, monkeypatch) -> None:
+    """Ray workers do not share the driver's working directory: the jobs resolve a relative local path before
+    it reaches them (each member of --detector A,B too); remote URIs are kept as written."""
+    from pipeline.cli import rescore, scan_bucket
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--input", "shards/", "--output", "s3://b/scan", "--detector", "ckpt/a,s3://b/d,file://ckpt/c"]
+    cfg = scan_bucket.build_config(scan_bucket.parse_args(args))
+    assert cfg.input == str(tmp_path / "shards") and cfg.output == "s3://b/scan"
+    assert cfg.detector.split(",") == [str(tmp_path / "ckpt" / "a"), "s3://b/d", str(tmp_path / "ckpt" / "c")]
+    re_cfg = rescore.build_config(rescore.parse_args(["--scan", "scan", "--detector", "d", "--output", "o"]))
+    assert (re_cfg.scan, re_cfg.detector, re_cfg.output) == tuple(
+        str(tmp_path / n) for n in ("scan", "d", "o")
+    )

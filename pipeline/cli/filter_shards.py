@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline import storage
 from pipeline.cli.entry import job_main, shard_map, with_console
-from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
+from pipeline.cli.flags import JobParser, ModelFlags, absolute_paths, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
 from pipeline.hygiene.plan import PlanError, check_filter_policy
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
@@ -121,8 +121,10 @@ def build_config(argv: list[str] | None = None, args: argparse.Namespace | None 
         if args.policy
         else FilterPolicy.parse(inline, source="command line", names=typed)
     )
+    data = run_flags.given(args)
+    absolute_paths(data, ("scan", "input", "output"))
     return FilterConfig.parse(
-        {**run_flags.given(args), "policy": policy.model_dump()},
+        {**data, "policy": policy.model_dump()},
         source="command line",
         names=run_flags.named(args),
     )

@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from pipeline.settings import ConfigError
+from pipeline.storage import absolute
 
 
 class JobParser(argparse.ArgumentParser):
@@ -113,6 +114,17 @@ class ModelFlags:
                 continue
             out[name] = ",".join(value) if name in self.repeat else value
         return out
+
+
+def absolute_paths(data: dict[str, Any], keys: Iterable[str], *, lists: Iterable[str] = ()) -> None:
+    """Make the local paths among `data[key]` absolute in place (`pipeline.storage.absolute`); a key in
+    `lists` holds a comma-separated list of them (`--detector A,B`)."""
+    lists = set(lists)
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            parts = value.split(",") if key in lists else [value]
+            data[key] = ",".join(absolute(p) for p in parts)
 
 
 def add_model_flags(

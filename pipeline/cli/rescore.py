@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from pipeline.cli.entry import job_main, shard_map, with_console
-from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
+from pipeline.cli.flags import JobParser, ModelFlags, absolute_paths, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
 from pipeline.features.config import RescoreConfig
 from pipeline.logs import get_logger
@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> RescoreConfig:
     flags = _parser()[1]
-    return RescoreConfig.parse(flags.given(args), source="command line", names=flags.named(args))
+    data = flags.given(args)
+    absolute_paths(data, ("scan", "detector", "output"))
+    return RescoreConfig.parse(data, source="command line", names=flags.named(args))
 
 
 @job_main("rescore")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli.entry import job_main, with_console
-from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
+from pipeline.cli.flags import JobParser, ModelFlags, absolute_paths, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
 from pipeline.logs import get_logger
 from pipeline.scan.config import ScanConfig
@@ -61,6 +61,7 @@ def build_config(args: argparse.Namespace) -> ScanConfig:
         source = f"{path} + command line"
     flags = _parser()[1]
     data.update(flags.given(args))
+    absolute_paths(data, ("input", "output", "detector"), lists=("detector",))
     return ScanConfig.parse(data, source=source, names=flags.named(args))
 
 

@@ -28,7 +28,7 @@ from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
 from pipeline.exitcodes import ExitCode, help_epilog, one_line
 from pipeline.settings import ConfigError, as_config_error, read_json_object
-from pipeline.storage import is_remote
+from pipeline.storage import absolute, is_remote
 from pipeline.train.config import TrainConfig
 
 
@@ -95,7 +95,7 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
             and not is_remote(value)
             and (key in ("data", "out") or os.path.exists(value))
         ):
-            data[key] = os.path.abspath(value.removeprefix("file://"))
+            data[key] = absolute(value)
     source = f"{args.config_file} + command line" if args.config_file else "command line"
     return TrainConfig.parse(data, source=source, names=flags.named(args)), args
 

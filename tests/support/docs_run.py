@@ -20,7 +20,8 @@ The substitutions, the only differences from what the doc says (SUBSTITUTIONS be
   * `.venv/bin/python` and `python` are this test run's interpreter (a wrapper first on PATH);
   * `s3://NAME/` is `s3://<prefix>-NAME/` on the run's moto S3 server (bucket names unique per module);
   * `/tmp/` is the workspace's tmp/ (tests write only in their temp dirs);
-  * sizes a doc gives for its own data (`--n-per-class`) are the `sizes` a module passes (small);
+  * sizes a doc gives for its own data (`--n-per-class`) are the `sizes` a module passes (small), and a
+    module may append flags to a job's commands (`extra`: e.g. fewer training epochs than the default 20);
   * `vitl14-linear` is `tiny-linear`: the corpus here is scanned with random-init tiny backbones, and a linear
     head trained from stored features must be on the scanning backbone.
 """
@@ -112,13 +113,16 @@ class Workspace:
     env: dict[str, str]
     bucket_prefix: str
     sizes: dict[str, str]
+    extra: dict[str, str] = field(default_factory=dict)  # job script -> flags appended to its commands
     shell: list[str] = field(default_factory=list)  # the assignments of blocks run so far (`DAY=...`)
 
     def bucket(self, name: str) -> str:
         return f"{self.bucket_prefix}-{name}"
 
 
-def workspace(root: Path, shared: dict, bucket_prefix: str, sizes: dict[str, str]) -> Workspace:
+def workspace(
+    root: Path, shared: dict, bucket_prefix: str, sizes: dict[str, str], extra: dict[str, str] | None = None
+) -> Workspace:
     """A workspace under `root` attached to the run's shared S3 server and Ray head (`shared_s3_ray`)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "jobs").symlink_to(REPO / "jobs")
@@ -136,7 +140,7 @@ def workspace(root: Path, shared: dict, bucket_prefix: str, sizes: dict[str, str
         "PYTHONPATH": str(REPO),
         "OMP_NUM_THREADS": "2",
     }
-    return Workspace(root, env, bucket_prefix, sizes)
+    return Workspace(root, env, bucket_prefix, sizes, extra or {})
 
 
 def substitute(text: str, ws: Workspace) -> str:
@@ -149,6 +153,10 @@ def substitute(text: str, ws: Workspace) -> str:
     text = text.replace("vitl14-linear", "tiny-linear")
     for flag, value in ws.sizes.items():
         text = re.sub(rf"({re.escape(flag)}[ =])\S+", rf"\g<1>{value}", text)
+    for job, flags in ws.extra.items():  # appended before a trailing comment
+        text = re.sub(
+            rf"^([^#\n]*\b{re.escape(job)}\b[^#\n]*?)(\s*#.*)?$", rf"\g<1> {flags}\g<2>", text, flags=re.M
+        )
     return text
 
 
@@ -162,9 +170,11 @@ def run_block(block: Block, ws: Workspace, timeout_s: float = 600.0) -> subproce
         "\n".join(["set -euo pipefail", *ws.shell, "PS4='+ ${EPOCHREALTIME} '", "set -x", text])
     )
     ws.shell += [ln for ln in text.splitlines() if re.match(r"^[A-Z_][A-Z0-9_]*=", ln)]
-    return subprocess.run(
+    proc = subprocess.run(
         ["bash", str(script)], cwd=ws.root, env=ws.env, capture_output=True, text=True, timeout=timeout_s
     )
+    script.with_suffix(".log").write_text(proc.stderr)  # each command's start time (PS4) and its console
+    return proc
 
 
 def run_sql(block: Block, ws: Workspace) -> subprocess.CompletedProcess:

@@ -40,6 +40,20 @@ def as_config_error(exc: Exception) -> ConfigError:
     return exc if isinstance(exc, ConfigError) else ConfigError(str(exc))
 
 
+def _where(loc: tuple[Any, ...], names: Mapping[str, str]) -> str:
+    """A pydantic error location as the user gave it: `generator_rules.0.action` from a file, `--rule #1
+    action` from the command line (the flag that was typed, then which of its values)."""
+    if not loc:
+        return "<root>"
+    head, rest = str(loc[0]), list(loc[1:])
+    if head in names:
+        head = names[head]
+        if rest and isinstance(rest[0], int):
+            head, rest = f"{head} #{rest[0] + 1}", rest[1:]
+        return " ".join([head, ".".join(map(str, rest))]) if rest else head
+    return ".".join([head, *map(str, rest)])
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
 
@@ -54,13 +68,7 @@ class StrictModel(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join([names.get(str(err['loc'][0]), str(err['loc'][0])), *map(str, err['loc'][1:])])}"
-                f": {err['msg']}"
-                if err["loc"]
-                else f"<root>: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = "; ".join(f"{_where(err['loc'], names)}: {err['msg']}" for err in exc.errors())
             raise ConfigError(f"invalid {cls.__name__} in {source}: {problems}") from exc
 
     @classmethod

@@ -58,7 +58,8 @@ HEAVY_FIRST = (
     "test_reliability_faults",
     "test_train_ray",
     "test_multinode",
-    "test_docs_readme",  # the demo (data, Ray Train, Ray scan), then every README block
+    "test_docs_readme",  # ~175 s: the demo (data, Ray Train, Ray scan), then the README's, hygiene's blocks
+    "test_docs_training",  # the training walkthrough: three Ray Train runs, calibrate, evaluate
     "test_scan_job",
     "test_train_e2e",
     "test_filter_ray",
@@ -72,6 +73,7 @@ HEAVY_FIRST = (
     "test_report_gallery",
     "test_security",
     "test_filter",
+    "test_docs_guides",
 )
 
 

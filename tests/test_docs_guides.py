@@ -23,10 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory, shared_s3_ray: dict) -> Workspace:
-    import s3fs
-
     ws = workspace(tmp_path_factory.mktemp("guides"), shared_s3_ray, "docs-guides", {"--n-per-class": "6"})
-    s3fs.S3FileSystem().mkdir(ws.bucket("bucket"))
+    ws.fs().mkdir(ws.bucket("bucket"))
     write_corpus(f"s3://{ws.bucket('bucket')}/shards")
     bb = tiny_backbone_file(ws.root / "backbone.safetensors")
     genscan_detector(ws.root / "ckpt" / "univfd", "univfd-tiny", backbone=bb)
@@ -47,14 +45,12 @@ def test_every_guide_block_runs(ran: dict[str, object], block: Block) -> None:
 
 
 def test_what_the_guide_blocks_wrote(ws: Workspace, ran: dict[str, object]) -> None:
-    import s3fs
-
     assert len(ran) == len(BLOCKS) and all(p.returncode == 0 for p in ran.values())  # type: ignore[attr-defined]
     # demo_data.md: the UnivFD layout (6 per class and family) and WebDataset shards on S3
     for family in ("upconv", "diffusion"):
         for cls in ("0_real", "1_fake"):
             assert len(list((ws.root / "data" / "demo" / family / cls).glob("*.png"))) == 6
-    fs = s3fs.S3FileSystem()
+    fs = ws.fs()
     assert fs.glob(f"{ws.bucket('bucket')}/demo/wds/shard-*.tar")
     families = ran[f"demo_data.md:{BLOCKS[0].line}"].stdout.split()  # type: ignore[attr-defined]
     assert {"upconv", "diffusion", "vqgan"} <= set(families)

@@ -51,31 +51,26 @@ def _mtimes(*dirs: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for d in dirs for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def _rows(scan: Path | str) -> pa.Table:
+def _rows(scan: Path | str, ws: Workspace | None = None) -> pa.Table:
+    """Every row of a scan output (local, or s3:// on the workspace's server)."""
     import pyarrow.dataset as ds
 
-    return ds.dataset(str(scan).removeprefix("s3://"), filesystem=_fs(scan), format="parquet").to_table()
-
-
-def _fs(uri: Path | str):
-    import s3fs
-
-    return s3fs.S3FileSystem() if str(uri).startswith("s3://") else None
+    remote = str(scan).startswith("s3://")
+    fs = ws.fs() if remote and ws is not None else None
+    return ds.dataset(str(scan).removeprefix("s3://"), filesystem=fs, format="parquet").to_table()
 
 
 @pytest.fixture(scope="module")
 def readme(tmp_path_factory: pytest.TempPathFactory, shared_s3_ray: dict) -> tuple[Workspace, int, str]:
     """The workspace after `make demo`'s call (the Ray scan executor; the training job on Ray Train), attached
     to the run's shared Ray head (RAY_ADDRESS, as on a cluster), with what the README's blocks assume."""
-    import s3fs
-
     ws = workspace(tmp_path_factory.mktemp("readme"), shared_s3_ray, "docs-readme", {"--n-per-class": "6"})
     demo_dir = ws.root / "demo"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_ADDRESS", shared_s3_ray["head"].address)
         code, text = run_demo(demo_dir, executor=RayScanExecutor(), size=SMALL)
 
-    fs = s3fs.S3FileSystem()
+    fs = ws.fs()
     bucket = ws.bucket("bucket")
     fs.mkdir(bucket)
     for tar in sorted((demo_dir / "shards").glob("shard-0*.tar")):
@@ -173,13 +168,13 @@ def test_what_the_readme_blocks_wrote(readme: tuple[Workspace, int, str], ran: d
 
     # the cluster scan and the set scan: one ok row per sample of the uploaded shards
     for scan, members in (("scan", 1), ("scan-set", 2)):
-        rows = _rows(f"{bucket}/{scan}").to_pylist()
+        rows = _rows(f"{bucket}/{scan}", ws).to_pylist()
         assert {(r["shard"], r["key"]) for r in rows if r["status"] == "ok"} == picked, scan
         assert len(rows) == len(picked)
         assert all(len(r["detector_p_fake"] or {}) == members for r in rows) if members > 1 else True
     # the stored features, the linear detector trained from them and the re-score of every row
     assert (ws.root / "ckpt" / "new-linear" / "detector.safetensors").is_file()
-    rescored = _rows(f"{bucket}/rescore").to_pylist()
+    rescored = _rows(f"{bucket}/rescore", ws).to_pylist()
     assert {(r["shard"], r["key"]) for r in rescored if r["status"] == "ok"} == picked
 
     # the detector core's contract: describe's parameter count and check-fused's error, as JSON lines
@@ -197,7 +192,7 @@ def test_what_the_readme_blocks_wrote(readme: tuple[Workspace, int, str], ran: d
     # docs/hygiene.md: tonight's scan covers every demo shard (the unreadable one as a shard_error row); the
     # filter left that shard out (--on-shard-error skip) and wrote the others; the quarantine was listed
     corpus = f"s3://{ws.bucket('corpus')}"
-    rows = _rows(f"{corpus}/scan").to_pylist()
+    rows = _rows(f"{corpus}/scan", ws).to_pylist()
     assert len({r["shard"] for r in rows}) == len(list((ws.root / "demo" / "shards").glob("*.tar")))
     assert [r["shard"] for r in rows if r["status"] == "shard_error"] == ["shard-900000"]
     (quarantine,) = [b for b in BLOCKS if "_quarantine" in b.text]

@@ -216,9 +216,9 @@ def test_dry_run_writes_nothing_and_predicts_the_counts(filtered, tmp_path, caps
     ("args", "field"),
     [
         (["--threshold", "1.5"], "threshold"),
-        (["--rule", "upconv=explode"], "generator_rules.0.action"),
+        (["--rule", "upconv=explode"], "--rule #1 action"),
         (["--error-action", "ignore"], "--error-action"),
-        (["--rule", "famA=drop@2"], "generator_rules.0.threshold"),
+        (["--rule", "famA=drop@2"], "--rule #1 threshold"),
     ],
 )
 def test_bad_policy_flags_fail_fast_naming_the_field(scanned, tmp_path, capsys, args, field) -> None:

@@ -305,3 +305,26 @@ def test_openai_tag_needs_quickgelu_and_the_right_open_clip_call(monkeypatch: py
         "resize_crop",
     )
     assert lin.head.feature == "pre_proj" and lin.head.normalize
+
+
+def test_the_same_weights_always_get_the_same_detector_id(tmp_path) -> None:
+    """The id is the sha256 of the weights file: saving the same tensors again (a recalibration, a copy) gives
+    the same bytes. safetensors writes its `__metadata__` in hash-map order, which changes between saves; the
+    header is written with sorted keys and the file still reads back through safetensors."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from pipeline.models import DetectorConfig, create_detector, save_detector
+
+    torch.manual_seed(0)
+    det = create_detector(DetectorConfig.load("tiny-linear"), pretrained=None)
+    ids = {save_detector(det, tmp_path / f"c{i}").detector_id for i in range(8)}
+    assert len(ids) == 1
+    blob = (tmp_path / "c0" / "detector.safetensors").read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == ["detector", "format"]
+    back = load_file(str(tmp_path / "c0" / "detector.safetensors"))
+    state = det.state_dict()
+    assert back and all(torch.equal(v, state[k]) for k, v in back.items())

@@ -305,10 +305,10 @@ def test_trust_anchor_flag_mistakes_are_config_errors(tmp_path: Path) -> None:
     from pipeline.settings import ConfigError
 
     base = ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--detector", str(tmp_path)]
-    with pytest.raises(ConfigError, match="c2pa_trust_anchors: .*cannot read"):
+    with pytest.raises(ConfigError, match="--c2pa-trust-anchors: .*cannot read"):
         build_config(parse_args([*base, "--c2pa-trust-anchors", str(tmp_path / "missing.pem")]))
     (tmp_path / "empty.pem").write_text("not a certificate")
-    with pytest.raises(ConfigError, match="c2pa_trust_anchors: .*no PEM certificate"):
+    with pytest.raises(ConfigError, match="--c2pa-trust-anchors: .*no PEM certificate"):
         build_config(parse_args([*base, "--c2pa-trust-anchors", str(tmp_path / "empty.pem")]))
     with pytest.raises(ConfigError, match="--provenance-policy: invalid choice"):
         build_config(parse_args([*base, "--provenance-policy", "believe_everything"]))
@@ -340,7 +340,7 @@ def test_filter_rules_on_the_verdict(scanned, cases, capsys) -> None:
     # the existing rule syntax still works beside it, and a bad verdict is a config error (exit 2)
     assert filter_main([*args[:-1], str(scanned["tmp"] / "c2"), "--rule", "unknown=keep", *rules]) == 0
     assert filter_main([*args[:-1], str(scanned["tmp"] / "c3"), "--rule", "verdict:fake=drop"]) == 2
-    assert "provenance_rules" in capsys.readouterr().err
+    assert "--rule #1 verdict" in capsys.readouterr().err
 
 
 def test_report_provenance_section_and_declared_gallery(scanned, cases) -> None:

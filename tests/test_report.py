@@ -154,7 +154,7 @@ def test_report_days_differ_and_missing_scan_fails(scan, tmp_path, capsys) -> No
     assert "scan output not found" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
     assert report_main(["--scan", scan, "--output", str(tmp_path / "r"), "--scan-date", "yesterday"]) == 2
-    assert "scan_date" in capsys.readouterr().err
+    assert "--scan-date" in capsys.readouterr().err
 
 
 def test_report_on_s3(scan, s3fs_client, tmp_path, capsys) -> None:

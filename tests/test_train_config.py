@@ -35,9 +35,9 @@ def test_unknown_field_in_config_file_is_named(tmp_path: Path) -> None:
     ("argv", "field"),
     [
         (["--data", "d"], "out"),
-        (["--data", "d", "--out", "o", "--mask-ratio", "1.5"], "mask_ratio"),
+        (["--data", "d", "--out", "o", "--mask-ratio", "1.5"], "--mask-ratio"),
         (["--data", "d", "--out", "o", "--method", "linear", "--mask", "texture"], "mask"),
-        (["--data", "d", "--out", "o", "--train-generators", "real"], "train_generators"),
+        (["--data", "d", "--out", "o", "--train-generators", "real"], "--train-generators"),
     ],
 )
 def test_bad_values_fail_fast_naming_the_field(

@@ -81,7 +81,7 @@ def test_train_job_from_s3_bucket_on_ray_head(shared_s3_ray: dict, tmp_path: Pat
     bad = submit_job(
         head, [*TRAIN, "--data", f"{bucket}/data/train", "--out", ckpt, "--mask-ratio", "3"], timeout_s=120
     )
-    assert bad.status == "FAILED" and "mask_ratio" in bad.logs
+    assert bad.status == "FAILED" and "--mask-ratio" in bad.logs
     one = (
         tmp_path / "one"
     )  # the same run on one worker, in this process (AWS_* point at the shared S3 server)

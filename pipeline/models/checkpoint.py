@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +58,19 @@ def save_detector(det: Detector, ckpt_dir: str | Path, meta: DetectorMeta | None
     return write_checkpoint(tensors, det.config, backbone, ckpt_dir, meta)
 
 
+def canonical_header(blob: bytes) -> bytes:
+    """The safetensors file with its JSON header's keys sorted. safetensors writes `__metadata__` from a hash
+    map whose order changes from one save to the next, so the same tensors gave different bytes, and so a
+    different `detector_id` (the file's sha256), about every other save; sorted, the id names the weights.
+    The header keeps its length (reordering a JSON object changes no byte count), so the data offsets hold."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    if len(text) > n:  # never expected: keep what safetensors wrote rather than break the offsets
+        return blob
+    return blob[:8] + text.ljust(n, b" ") + blob[8 + n :]
+
+
 def write_checkpoint(
     tensors: dict[str, torch.Tensor],
     cfg: DetectorConfig,
@@ -73,9 +87,11 @@ def write_checkpoint(
         raise ValueError(
             f"meta.generators {meta.generators} differ from the detector's head labels {cfg.generators}"
         )
-    blob = save(
-        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-        metadata={"format": "pt", "detector": cfg.name},
+    blob = canonical_header(
+        save(
+            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+            metadata={"format": "pt", "detector": cfg.name},
+        )
     )
     digest = hashlib.sha256(blob).hexdigest()
     meta = meta.model_copy(

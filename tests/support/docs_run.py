@@ -119,11 +119,20 @@ class Workspace:
     def bucket(self, name: str) -> str:
         return f"{self.bucket_prefix}-{name}"
 
+    def fs(self):  # noqa: ANN201 - s3fs is imported lazily
+        """An S3 filesystem on the workspace's endpoint (never a cached one of an earlier test's server)."""
+        import s3fs
+
+        return s3fs.S3FileSystem(endpoint_url=self.env["AWS_ENDPOINT_URL"], skip_instance_cache=True)
+
 
 def workspace(
     root: Path, shared: dict, bucket_prefix: str, sizes: dict[str, str], extra: dict[str, str] | None = None
 ) -> Workspace:
     """A workspace under `root` attached to the run's shared S3 server and Ray head (`shared_s3_ray`)."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # this process's product code opens s3:// on the shared server
     root.mkdir(parents=True, exist_ok=True)
     (root / "jobs").symlink_to(REPO / "jobs")
     (root / "tmp").mkdir()
@@ -181,10 +190,9 @@ def run_sql(block: Block, ws: Workspace) -> subprocess.CompletedProcess:
     """A sql block's statements in order on one DuckDB connection (s3fs registered for s3:// paths, with the
     workspace's endpoint); stdout holds each statement's rows."""
     import duckdb
-    import s3fs
 
     con = duckdb.connect()
-    con.register_filesystem(s3fs.S3FileSystem(endpoint_url=ws.env["AWS_ENDPOINT_URL"]))
+    con.register_filesystem(ws.fs())
     text = "\n".join(ln for ln in substitute(block.text, ws).splitlines() if not ln.lstrip().startswith("--"))
     out = []
     try:

@@ -73,7 +73,7 @@ def measure(work: Path, size: demo.DemoSize, runs: int) -> dict[str, list[float]
     ]
     for key in (
         "scan_bucket (local Ray)",
-        "  of it: Ray start-up",
+        "  of it: ray.init (the local Ray start)",
         "filter_shards --dry-run",
         "filter_shards",
     ):
@@ -88,7 +88,7 @@ def measure(work: Path, size: demo.DemoSize, runs: int) -> dict[str, list[float]
         )
         start = _ray_start_s(scan)
         if start is not None:
-            out["  of it: Ray start-up"].append(start)
+            out["  of it: ray.init (the local Ray start)"].append(start)
         flow = ["--scan", str(scan), "--input", str(shards), "--output", str(clean)]
         flow += ["--rule", "unknown=quarantine", "--on-shard-error", "skip"]
         out["filter_shards --dry-run"].append(timed_job("filter_shards", *flow, "--dry-run"))
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "# How long each job takes at the demo's size",
         "",
         f"Measured {when} on {os.cpu_count()} cores, no GPU, by `benchmarks/demo_jobs.py` (1-minute load "
-        f"average {load:.1f} before the run: other work shared the machine). Sizes: `make demo`'s "
+        f"average {load:.1f} just before the run). Sizes: `make demo`'s "
         f"(`DemoSize` {vars(size)}). Each job is a fresh `python jobs/<job>.py` process, as a user runs it; "
         "the scan starts its own local Ray. Wall seconds, the median of the runs with their range.",
         "",

@@ -7,11 +7,12 @@ MoLE-layout detectors on one tiny backbone file). Each block exits 0, and what i
 from __future__ import annotations
 
 import json
+from subprocess import CompletedProcess
 
 import pyarrow.dataset as ds
 import pytest
 
-from tests.support.docs_run import REPO, Block, Workspace, check, run_doc, runnable, workspace
+from tests.support.docs_run import REPO, Block, Workspace, all_ran, check, run_doc, runnable, workspace
 from tests.support.features import genscan_detector, tiny_backbone_file
 from tests.support.hygiene import write_corpus
 
@@ -34,25 +35,24 @@ def ws(tmp_path_factory: pytest.TempPathFactory, shared_s3_ray: dict) -> Workspa
 
 
 @pytest.fixture(scope="module")
-def ran(ws: Workspace) -> dict[str, object]:
+def ran(ws: Workspace) -> dict[str, CompletedProcess]:
     return {k: v for doc in DOCS for k, v in run_doc(doc, ws).items()}
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.where for b in BLOCKS])
-def test_every_guide_block_runs(ran: dict[str, object], block: Block) -> None:
-    assert block.where in ran, f"{block.where} not reached: an earlier block failed"
-    check(ran[block.where], block)  # type: ignore[arg-type]
+def test_every_guide_block_runs(ran: dict[str, CompletedProcess], block: Block) -> None:
+    check(ran, block)
 
 
-def test_what_the_guide_blocks_wrote(ws: Workspace, ran: dict[str, object]) -> None:
-    assert len(ran) == len(BLOCKS) and all(p.returncode == 0 for p in ran.values())  # type: ignore[attr-defined]
+def test_what_the_guide_blocks_wrote(ws: Workspace, ran: dict[str, CompletedProcess]) -> None:
+    assert all_ran(ran, BLOCKS)
     # demo_data.md: the UnivFD layout (6 per class and family) and WebDataset shards on S3
     for family in ("upconv", "diffusion"):
         for cls in ("0_real", "1_fake"):
             assert len(list((ws.root / "data" / "demo" / family / cls).glob("*.png"))) == 6
     fs = ws.fs()
     assert fs.glob(f"{ws.bucket('bucket')}/demo/wds/shard-*.tar")
-    families = ran[f"demo_data.md:{BLOCKS[0].line}"].stdout.split()  # type: ignore[attr-defined]
+    families = ran[f"demo_data.md:{BLOCKS[0].line}"].stdout.split()
     assert {"upconv", "diffusion", "vqgan"} <= set(families)
 
     # detectors.md: one scan with three detectors; every row keeps each one's score and the fused one

@@ -24,13 +24,14 @@ import re
 import tarfile
 from collections import Counter
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pyarrow as pa
 import pytest
 
 from pipeline.cli.demo import DemoSize, labels_table, run_demo
 from pipeline.engine.scan import RayScanExecutor
-from tests.support.docs_run import REPO, Block, Workspace, check, run_doc, runnable, workspace
+from tests.support.docs_run import REPO, Block, Workspace, all_ran, check, run_doc, runnable, workspace
 from tests.support.features import genscan_detector
 
 # 4 families x (4 reals + 4 fakes) = 32 samples in 4 shards of 8; 2 families x 8 x 2 training images; 1 epoch
@@ -97,7 +98,7 @@ def readme(tmp_path_factory: pytest.TempPathFactory, shared_s3_ray: dict) -> tup
 
 
 @pytest.fixture(scope="module")
-def ran(readme: tuple[Workspace, int, str]) -> dict[str, object]:
+def ran(readme: tuple[Workspace, int, str]) -> dict[str, CompletedProcess]:
     """The README's blocks, then docs/hygiene.md's and docs/schema.md's, in one workspace; a doc stops at its
     first failing block."""
     return {k: v for doc in DOCS for k, v in run_doc(doc, readme[0]).items()}
@@ -154,14 +155,15 @@ def test_a_second_demo_run_reuses_every_step(readme: tuple[Workspace, int, str])
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.where for b in BLOCKS])
-def test_every_readme_block_runs(ran: dict[str, object], block: Block) -> None:
-    assert block.where in ran, f"{block.where} not reached: an earlier block failed"
-    check(ran[block.where], block)  # type: ignore[arg-type]
+def test_every_readme_block_runs(ran: dict[str, CompletedProcess], block: Block) -> None:
+    check(ran, block)
 
 
-def test_what_the_readme_blocks_wrote(readme: tuple[Workspace, int, str], ran: dict[str, object]) -> None:
+def test_what_the_readme_blocks_wrote(
+    readme: tuple[Workspace, int, str], ran: dict[str, CompletedProcess]
+) -> None:
     ws = readme[0]
-    assert all(p.returncode == 0 for p in ran.values()) and len(ran) == len(BLOCKS)  # type: ignore[attr-defined]
+    assert all_ran(ran, BLOCKS)
     bucket = f"s3://{ws.bucket('bucket')}"
     with open(ws.root / "picked.csv") as f:
         picked = {(r["shard"], r["key"]) for r in csv.DictReader(f)}
@@ -179,7 +181,7 @@ def test_what_the_readme_blocks_wrote(readme: tuple[Workspace, int, str], ran: d
 
     # the detector core's contract: describe's parameter count and check-fused's error, as JSON lines
     (core,) = [b for b in BLOCKS if "check-fused" in b.text]
-    described, fused = (json.loads(ln) for ln in ran[core.where].stdout.splitlines())  # type: ignore[attr-defined]
+    described, fused = (json.loads(ln) for ln in ran[core.where].stdout.splitlines())
     assert described["config"] == "vitl14-mole" and 0 < described["trainable_pct_total"] < 0.1
     assert fused["max_rel_err"] < 1e-4
     # the demo's nightly flow: a cleaned copy of every readable demo shard, and its report
@@ -196,7 +198,7 @@ def test_what_the_readme_blocks_wrote(readme: tuple[Workspace, int, str], ran: d
     assert len({r["shard"] for r in rows}) == len(list((ws.root / "demo" / "shards").glob("*.tar")))
     assert [r["shard"] for r in rows if r["status"] == "shard_error"] == ["shard-900000"]
     (quarantine,) = [b for b in BLOCKS if "_quarantine" in b.text]
-    assert ".json" in ran[quarantine.where].stdout  # type: ignore[attr-defined]
+    assert ".json" in ran[quarantine.where].stdout
     # docs/schema.md's queries: the first counts the README scan's rows by status
     (sql,) = [b for b in BLOCKS if b.doc == "schema.md"]
-    assert "'ok', 32" in ran[sql.where].stdout.replace("\n", " ")  # type: ignore[attr-defined]
+    assert "'ok', 32" in ran[sql.where].stdout.replace("\n", " ")

@@ -219,8 +219,15 @@ def run_doc(doc: Path, ws: Workspace) -> dict[str, subprocess.CompletedProcess]:
     return out
 
 
-def check(proc: subprocess.CompletedProcess, block: Block) -> None:
+def check(ran: dict[str, subprocess.CompletedProcess], block: Block) -> None:
+    """`block` was reached (no earlier block of its doc failed) and exited 0."""
+    assert block.where in ran, f"{block.where} not reached: an earlier block failed"
+    proc = ran[block.where]
     assert proc.returncode == 0, (
         f"{block.where} exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
         f"--- stderr (bash -x)\n{proc.stderr[-6000:]}"
     )
+
+
+def all_ran(ran: dict[str, subprocess.CompletedProcess], blocks: list[Block]) -> bool:
+    return len(ran) == len(blocks) and all(p.returncode == 0 for p in ran.values())

@@ -16,52 +16,21 @@ import json
 import sys
 
 from pipeline.cli.entry import job_main
-from pipeline.cli.flags import JobParser
+from pipeline.cli.flags import JobParser, add_model_flags
 from pipeline.exitcodes import help_epilog
-from pipeline.settings import ConfigError, as_config_error
-
-
-def _floats(text: str | None) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()] if text else []
+from pipeline.settings import as_config_error
 
 
 def build_config(argv: list[str] | None = None):  # noqa: ANN201 - EvalConfig (import kept lazy)
     from pipeline.eval.evaluate import EvalConfig
 
     ap = JobParser(description=__doc__, epilog=help_epilog("evaluate"), log_flag=True)
-    ap.add_argument("--data", required=True, help="labelled test data (UnivFD folder or WebDataset shards)")
-    ap.add_argument("--detector", required=True, help="checkpoint directory (local or s3://)")
-    ap.add_argument("--json", required=True, dest="json_out", help="report JSON path")
-    ap.add_argument("--markdown", help="report Markdown path")
-    ap.add_argument("--plots", help="folder for ROC/PR and robustness PNGs")
-    ap.add_argument("--train-generators", help="known generators [the checkpoint's meta.generators]")
-    ap.add_argument("--jpeg", help="JPEG qualities, e.g. 95,75,50")
-    ap.add_argument("--blur", help="Gaussian blur sigmas, e.g. 1,2")
-    ap.add_argument("--resize", help="resize factors, e.g. 0.5,2")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-per-class", type=int, help="cap per generator and class (UnivFD uses 1000)")
-    ap.add_argument("--device", default="cpu")
-    a = ap.parse_args(argv)
-    try:
-        data = {
-            "data": a.data,
-            "detector": a.detector,
-            "json_out": a.json_out,
-            "markdown": a.markdown,
-            "plots": a.plots,
-            "train_generators": [g for g in a.train_generators.split(",") if g]
-            if a.train_generators
-            else None,
-            "jpeg": [int(q) for q in _floats(a.jpeg)],
-            "blur": _floats(a.blur),
-            "resize": _floats(a.resize),
-            "batch_size": a.batch_size,
-            "max_per_class": a.max_per_class,
-            "device": a.device,
-        }
-    except ValueError as exc:
-        raise ConfigError(f"robustness levels must be comma-separated numbers: {exc}") from exc
-    return EvalConfig.parse(data, source="command line")
+    flags = add_model_flags(
+        ap.add_argument_group("settings (EvalConfig)"), EvalConfig, names={"json_out": "json"}
+    )
+    args = ap.parse_args(argv)
+    # every setting is a flag: a missing or bad one is named by its flag
+    return EvalConfig.parse(flags.given(args), source="command line", names=flags.flags)
 
 
 @job_main("evaluate", quiet=True)

@@ -421,14 +421,16 @@ def encode(arr: Array, fmt: str, jpeg_quality: int) -> bytes:
 class DemoConfig(StrictModel):
     """What `jobs/make_demo_data.py` builds; saved as `<out>/demo_config.json`."""
 
-    out: str
-    layout: Literal["univfd", "wds"] = "univfd"
-    families: list[str] = Field(default_factory=list_families)
-    n_per_class: int = Field(default=100, ge=1, le=1_000_000)
+    out: str = Field(description="output folder or s3:// prefix")
+    layout: Literal["univfd", "wds"] = Field(
+        "univfd", description="univfd (<out>/<family>/0_real|1_fake) or wds (tar shards)"
+    )
+    families: list[str] = Field(default_factory=list_families, description="family names")
+    n_per_class: int = Field(default=100, ge=1, le=1_000_000, description="reals and fakes per family (each)")
     seed: int = Field(default=0, ge=0)
-    image_size: int = Field(default=128, ge=32, le=1024)
-    shard_size: int = Field(default=256, ge=1, description="samples per WebDataset shard")
-    format: Literal["png", "jpeg"] = "png"
+    image_size: int = Field(default=128, ge=32, le=1024, description="image side in pixels (a multiple of 8)")
+    shard_size: int = Field(default=256, ge=1, description="samples per WebDataset shard (wds layout)")
+    format: Literal["png", "jpeg"] = Field("png", description="the same for both classes")
     jpeg_quality: int = Field(default=95, ge=1, le=100, description="used for BOTH classes when format=jpeg")
 
     @field_validator("families")

@@ -31,11 +31,11 @@ log = get_logger(__name__)
 
 
 class EvalConfig(StrictModel):
-    data: str
-    detector: str
-    json_out: str
-    markdown: str | None = None
-    plots: str | None = None
+    data: str = Field(description="labelled test data (UnivFD folder or WebDataset shards)")
+    detector: str = Field(description="checkpoint directory (local or s3://)")
+    json_out: str = Field(description="report JSON path")
+    markdown: str | None = Field(None, description="report Markdown path")
+    plots: str | None = Field(None, description="folder for ROC/PR and robustness PNGs")
     train_generators: list[str] | None = Field(
         None, description="known generators; default: the checkpoint's meta.generators"
     )
@@ -44,9 +44,9 @@ class EvalConfig(StrictModel):
         default_factory=list, description="Gaussian blur sigmas for the robustness sweep"
     )
     resize: list[float] = Field(default_factory=list, description="resize factors for the robustness sweep")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="images per forward")
     max_per_class: int | None = Field(None, ge=1, description="cap per generator and class (UnivFD: 1000)")
-    device: str = "cpu"
+    device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1)")
 
 
 def group_records(records: Sequence[LabelledRecord]) -> dict[str, list[int]]:

@@ -15,28 +15,22 @@ import json
 import sys
 
 from pipeline.cli.entry import job_main
-from pipeline.cli.flags import JobParser
+from pipeline.cli.flags import JobParser, add_model_flags
 from pipeline.exitcodes import help_epilog
 from pipeline.settings import as_config_error
 
 
 @job_main("calibrate", quiet=True)
 def main(argv: list[str] | None = None) -> int:
-    ap = JobParser(description=__doc__, epilog=help_epilog("calibrate"), log_flag=True)
-    ap.add_argument("--detector", required=True, help="checkpoint directory (local or s3://)")
-    ap.add_argument(
-        "--data", required=True, help="held-out labelled data (UnivFD folder or WebDataset shards)"
-    )
-    ap.add_argument("--target-fpr", type=float, default=0.05)
-    ap.add_argument("--unknown-quantile", type=float, default=0.05)
-    ap.add_argument("--out", help="write the calibrated checkpoint here instead of in place")
-    a = ap.parse_args(argv)
-    from pipeline.train.calibrate import calibrate_checkpoint
+    from pipeline.train.calibrate import CalibrateConfig, calibrate_checkpoint
 
+    ap = JobParser(description=__doc__, epilog=help_epilog("calibrate"), log_flag=True)
+    flags = add_model_flags(ap.add_argument_group("settings (CalibrateConfig)"), CalibrateConfig)
+    args = ap.parse_args(argv)
+    # every setting is a flag: a missing or bad one is named by its flag
+    cfg = CalibrateConfig.parse(flags.given(args), source="command line", names=flags.flags)
     try:
-        calib = calibrate_checkpoint(
-            a.detector, a.data, target_fpr=a.target_fpr, unknown_quantile=a.unknown_quantile, out=a.out
-        )
+        calib = calibrate_checkpoint(**cfg.model_dump())
     except (FileNotFoundError, ValueError) as exc:
         raise as_config_error(exc) from exc
     print(json.dumps(calib, indent=2))

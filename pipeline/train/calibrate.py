@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from pipeline.logs import get_logger
+from pipeline.settings import StrictModel
 
 log = get_logger(__name__)
 
@@ -95,6 +97,19 @@ def calibrate_from_scores(
     }
     log.info("calibrated", **out)
     return out
+
+
+class CalibrateConfig(StrictModel):
+    """What `jobs/calibrate.py` re-calibrates, and on what (its flags are these fields)."""
+
+    detector: str = Field(description="checkpoint directory (local or s3://)")
+    data: str = Field(description="held-out labelled data (UnivFD folder or WebDataset shards)")
+    target_fpr: float = Field(0.05, gt=0, lt=1, description="false-positive rate on the data's reals")
+    unknown_quantile: float = Field(
+        0.05, ge=0, le=1, description="quantile of the known fakes' max generator probability"
+    )
+    out: str | None = Field(None, description="write the calibrated checkpoint here instead of in place")
+    batch_size: int = Field(32, ge=1, description="images per forward")
 
 
 def calibrate_checkpoint(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,6 +28,12 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv_and_scans_from_its_console_scripts(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
+    # built from a copy of what the wheel is made of: setuptools writes build/ and *.egg-info beside the
+    # sources, and a test writes only in its tmp dir
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "pipeline", src / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     build = subprocess.run(
         [
             sys.executable,
@@ -37,7 +44,7 @@ def test_wheel_installs_into_a_fresh_venv_and_scans_from_its_console_scripts(tmp
             "--no-build-isolation",
             "-w",
             str(wheels),
-            str(REPO),
+            str(src),
         ],
         capture_output=True,
         text=True,

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli.entry import job_main
-from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
+from pipeline.cli.flags import JobParser, ModelFlags, absolute_paths, add_model_flags
 from pipeline.exitcodes import ExitCode, help_epilog, one_line
 from pipeline.settings import ConfigError, as_config_error, read_json_object
-from pipeline.storage import absolute, is_remote
 from pipeline.train.config import TrainConfig
 
 
@@ -87,15 +86,10 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
     for required in ("data", "out"):
         if required not in data:
             raise ConfigError(f"{required}: required (--{required} or in --config-file)")
-    # Ray workers do not share the driver's working directory: make local paths absolute
-    for key in ("data", "out", "config", "pretrained"):
-        value = data.get(key)
-        if (
-            isinstance(value, str)
-            and not is_remote(value)
-            and (key in ("data", "out") or os.path.exists(value))
-        ):
-            data[key] = absolute(value)
+    # Ray workers do not share the driver's working directory: make local paths absolute; a config or
+    # pretrained value is a path only when that file exists (else a shipped name or an open_clip tag)
+    absolute_paths(data, ("data", "out"))
+    absolute_paths(data, [k for k in ("config", "pretrained") if os.path.exists(str(data.get(k) or ""))])
     source = f"{args.config_file} + command line" if args.config_file else "command line"
     return TrainConfig.parse(data, source=source, names=flags.named(args)), args
 

@@ -14,7 +14,6 @@ committed figures). Sizes are `pipeline.cli.demo.DemoSize()`'s, the ones `make d
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from benchmarks._common import timed_job, write_results  # noqa: E402
+from benchmarks._common import parser, results_dir, timed_job, write_results  # noqa: E402
 from pipeline.cli import demo  # noqa: E402
 
 
@@ -100,12 +99,10 @@ def measure(work: Path, size: demo.DemoSize, runs: int) -> dict[str, list[float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=None, help="results folder (default results/, --quick: results/tmp/)")
+    ap = parser(__doc__, quick="a small demo (smoke run)")
     ap.add_argument("--runs", type=int, default=3, help="runs of the scan, filter and report")
-    ap.add_argument("--quick", action="store_true", help="a small demo (smoke run)")
     a = ap.parse_args(argv)
-    out_dir = Path(a.out or (REPO / "results" / ("tmp" if a.quick else "")))
+    out_dir = results_dir(a.out, a.quick)
     out_dir.mkdir(parents=True, exist_ok=True)
     size = (
         demo.DemoSize(scan_per_class=4, shard_size=8, train_per_class=8, epochs=1)

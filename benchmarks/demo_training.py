@@ -11,7 +11,6 @@ on this machine, with the date; they are for a randomly initialised tiny backbon
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from benchmarks._common import timed_job, write_results  # noqa: E402
+from benchmarks._common import parser, results_dir, timed_job, write_results  # noqa: E402
 
 RUNS = {
     "mole": ["--config", "tiny-mole", "--method", "mole"],
@@ -106,14 +105,12 @@ def markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=None, help="results folder (default results/; --quick: results/tmp/)")
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 20 images per class")
+    ap = parser(__doc__, quick="a smoke run: 20 images per class")
     ap.add_argument(
         "--ray", action="store_true", help="train on a private local Ray (as the doc's commands do)"
     )
     args = ap.parse_args(argv)
-    out = Path(args.out or (REPO / "results" / ("tmp" if args.quick else "")))
+    out = results_dir(args.out, args.quick)
     n_train, n_test = (20, 10) if args.quick else (120, 100)
     with tempfile.TemporaryDirectory(prefix="genscan-demo-training-") as tmp:
         res = measure(Path(tmp), n_train=n_train, n_test=n_test, ray=args.ray)

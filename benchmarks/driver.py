@@ -46,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 # the repository first: this folder (sys.path[0] for a script) holds benchmarks/pipeline.py, not the package
 sys.path[:] = [str(REPO), *(p for p in sys.path if p != str(REPO))]
+from benchmarks._common import parser  # noqa: E402
 
 
 class _ConstPredictor:
@@ -523,7 +524,7 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--contract-child":
         print(json.dumps(contract_child(int(sys.argv[2]), "--old-guard" in sys.argv)))
         return 0
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--shards", type=int, default=48)
     ap.add_argument("--per-shard", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -572,6 +573,11 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
+
+    def ratio(key: str, digits: int) -> float | None:
+        """old / new of one per-row figure (None when the old design was not run: --skip-baseline)."""
+        return round(old[key] / new[key], digits) if old else None
+
     result = {
         "what": "driver CPU (user+sys, all threads of the job driver) per scanned row, model-free scorer",
         "rows": new["rows"],
@@ -587,27 +593,11 @@ def main() -> int:
         "ray": ray.__version__,
         "writers_on_workers": new,
         "driver_writes_baseline": old,
-        "ratio_main_thread_old_over_new": (
-            round(old["driver_main_thread_cpu_us_per_row"] / new["driver_main_thread_cpu_us_per_row"], 1)
-            if old
-            else None
-        ),
-        "ratio_process_old_over_new": (
-            round(old["driver_process_cpu_us_per_row"] / new["driver_process_cpu_us_per_row"], 2)
-            if old
-            else None
-        ),
+        "ratio_main_thread_old_over_new": ratio("driver_main_thread_cpu_us_per_row", 1),
+        "ratio_process_old_over_new": ratio("driver_process_cpu_us_per_row", 2),
         "driver_process_cpu_us_per_row": new["driver_process_cpu_us_per_row"],
-        "ratio_stream_old_over_new": (
-            round(old["driver_stream_cpu_us_per_row"] / new["driver_stream_cpu_us_per_row"], 1)
-            if old
-            else None
-        ),
-        "ratio_handle_old_over_new": (
-            round(old["driver_handle_cpu_us_per_row"] / new["driver_handle_cpu_us_per_row"], 1)
-            if old
-            else None
-        ),
+        "ratio_stream_old_over_new": ratio("driver_stream_cpu_us_per_row", 1),
+        "ratio_handle_old_over_new": ratio("driver_handle_cpu_us_per_row", 1),
         "driver_stream_cpu_us_per_row": new["driver_stream_cpu_us_per_row"],
         "driver_cpu_us_per_row": new["driver_handle_cpu_us_per_row"],
     }

@@ -23,7 +23,6 @@ Derived (labelled so in the report): CPU decode cores one GPU needs = encoder im
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import io
@@ -49,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import parser, progress, write_results  # noqa: E402
 from pipeline.models import DetectorConfig, DetectorMeta, Predictor, create_detector, save_detector  # noqa: E402
 from pipeline.models.checks import randomize_adapters  # noqa: E402
 
@@ -216,7 +215,7 @@ def bench_encoders(p: dict[str, Any], device: torch.device, gpu: GpuSampler) -> 
                             "gpu": gpu.window(t0, time.time()),
                         }
                     )
-                    print(f"encoder {name} {dtype} b{batch} {LABEL[v]}: {batch / med:.1f} img/s", flush=True)
+                    progress(f"encoder {name} {dtype} b{batch} {LABEL[v]}: {batch / med:.1f} img/s")
                 del x
         # the scorer's feed: uint8 in host memory -> scores, chunks of gpu_batch_size, default dtype
         det.set_mole_mode("fused")
@@ -240,7 +239,7 @@ def bench_encoders(p: dict[str, Any], device: torch.device, gpu: GpuSampler) -> 
                 "gpu": gpu.window(t0, time.time()),
             }
         )
-        print(f"predictor feed {name} {pred.dtype}: {n / med:.1f} img/s", flush=True)
+        progress(f"predictor feed {name} {pred.dtype}: {n / med:.1f} img/s")
         del det, pred
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -315,11 +314,10 @@ def bench_decode(p: dict[str, Any], device: torch.device, image_size: int) -> di
         pixels_max_abs_diff=int(diff.max()),
         pixels_differing_share=float((diff > 0).mean()),
     )
-    print(
+    progress(
         f"decode: cpu {out['cpu_decode_images_per_s_per_core']:.0f} img/s/core, {device} "
         f"{out['device_decode_images_per_s']:.0f} img/s using {out['device_decode_cpu_cores']:.2f} cores, "
-        f"bit-equal {out['pixels_bit_equal_images']}/{len(jpegs)}, max diff {out['pixels_max_abs_diff']}",
-        flush=True,
+        f"bit-equal {out['pixels_bit_equal_images']}/{len(jpegs)}, max diff {out['pixels_max_abs_diff']}"
     )
     return out
 
@@ -404,10 +402,7 @@ def run_scan(
         gpu=gpu.window(t0, t1),
         device_decode_seen="device_decode_active" in proc.stdout + proc.stderr,
     )
-    print(
-        f"scan decode_on={decode_on}: {res['steady_images_per_s']} img/s steady, rows {res['rows']}",
-        flush=True,
-    )
+    progress(f"scan decode_on={decode_on}: {res['steady_images_per_s']} img/s steady, rows {res['rows']}")
     return res
 
 
@@ -502,7 +497,7 @@ def default_results_dir(smoke: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument(
         "--smoke", action="store_true", help="CPU, tiny model, a few images: checks the benchmark"
     )

@@ -39,7 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 # the repository first: this folder (sys.path[0] for a script) holds benchmarks/pipeline.py, not the package
 sys.path[:] = [str(REPO), *(p for p in sys.path if p != str(REPO))]
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import parser, write_results  # noqa: E402
 
 DATES = ["2026-04-01", "2026-04-02", "2026-04-03", "2026-04-04", "2026-04-05", "2026-04-06"]
 
@@ -225,7 +225,7 @@ def s3_path(det: str, n: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--shards", type=int, default=100)
     ap.add_argument("--per-shard", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)

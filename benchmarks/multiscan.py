@@ -27,7 +27,6 @@ Writes results/multiscan.json and results/multiscan.md.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import platform
@@ -44,7 +43,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import md_table, write_results  # noqa: E402
+from benchmarks._common import md_table, parser, write_results  # noqa: E402
 from benchmarks.detectors import SIZES, _build  # noqa: E402 - the same three detectors as the model-side bench
 from pipeline import output  # noqa: E402
 from pipeline.models import save_detector  # noqa: E402
@@ -225,7 +224,7 @@ def render_md(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--sizes", default="tiny,B/16")
     p.add_argument("--images", type=int, default=0, help="images per corpus (default: 256 tiny, 32 others)")
     p.add_argument("--rounds", type=int, default=3)

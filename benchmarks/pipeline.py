@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import parser, write_results  # noqa: E402
 from pipeline.logs import get_logger  # noqa: E402
 
 log = get_logger("benchmarks.pipeline")
@@ -261,7 +261,7 @@ def render_md(r: dict) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--config", default="vitb32-mole")
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--shard-size", type=int, default=32)

@@ -16,7 +16,6 @@ Writes results/provenance.json|md; prints the headline LAST as one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -28,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # the repository first, and not this folder: benchmarks/pipeline.py would shadow the `pipeline` package
 sys.path[:] = [str(REPO), *(p for p in sys.path if p not in (str(REPO), str(Path(__file__).parent)))]
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import parser, progress, write_headline  # noqa: E402
 
 IMAGE_SIZE = 224
 
@@ -111,7 +110,7 @@ def bytes_per_row(batches: list[dict], shard_rows: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--images", type=int, default=256, help="images per corpus")
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--size", type=int, default=512, help="image side in pixels")
@@ -157,7 +156,7 @@ def main() -> None:
                 "reader_share_pct": round(100 * reader_us(images[name]) / 1e3 / statistics.median(off_ms), 2),
                 **bytes_per_row(on_batches, args.shard_rows),
             }
-            print(json.dumps({name: results[name]}), flush=True)
+            progress(json.dumps({name: results[name]}))
     headline = {
         "no_metadata_overhead_pct": {
             k: results[k]["overhead_pct_median"] for k in ("plain_jpeg", "plain_png")
@@ -221,9 +220,7 @@ def main() -> None:
         f"{meta['wall_s']} s.",
         "",
     ]
-    record = {"results": results, "headline": headline, "meta": meta}
-    write_results(args.out, "provenance", record, "\n".join(lines))
-    print(json.dumps(headline))
+    write_headline(args.out, "provenance", results, headline, meta, lines)
 
 
 if __name__ == "__main__":

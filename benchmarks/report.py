@@ -17,7 +17,6 @@ Writes results/report.json|md; prints the headline LAST as one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import parser, progress, write_headline  # noqa: E402
 
 SHARDS_PER_DATE = 50
 
@@ -120,7 +119,7 @@ def run_case(case: str, scan: Path, out: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--rows-per-date", type=int, default=200_000)
     ap.add_argument("--dates", default="1,8", help="history lengths to measure")
     ap.add_argument("--out", default=str(REPO / "results"))
@@ -137,8 +136,8 @@ def main() -> None:
             for case in ("report", "load_all_columns", "load_day_plus_trend"):
                 r = run_case(case, scan, Path(tmp) / f"out-{n_dates}-{case}")
                 results.append({"dates": n_dates, "rows": n_dates * args.rows_per_date, "case": case, **r})
-                print(json.dumps(results[-1]), flush=True)
-            print(json.dumps({"dates": n_dates, "synthetic_scan_written_s": write_s}), flush=True)
+                progress(json.dumps(results[-1]))
+            progress(json.dumps({"dates": n_dates, "synthetic_scan_written_s": write_s}))
     by = {(r["dates"], r["case"]): r for r in results}
     lo, hi = histories[0], histories[-1]
     headline = {
@@ -175,9 +174,7 @@ def main() -> None:
         "RSS is not.",
         "",
     ]
-    record = {"results": results, "headline": headline, "meta": meta}
-    write_results(args.out, "report", record, "\n".join(lines))
-    print(json.dumps(headline))
+    write_headline(args.out, "report", results, headline, meta, lines)
 
 
 if __name__ == "__main__":

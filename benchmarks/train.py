@@ -42,7 +42,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import parser, results_dir, write_results  # noqa: E402
 
 PY = sys.executable
 UNIQUE = 1000
@@ -494,15 +494,11 @@ def render(res: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    ap = parser(__doc__, quick="1k / 4k streaming, 1k in-memory, short feed runs")
     ap.add_argument("--inmemory-worker", nargs=2, metavar=("DATA", "RESULT"), help=argparse.SUPPRESS)
-    ap.add_argument(
-        "--out", default=None, help="default results/; --quick: results/tmp/ (never the committed files)"
-    )
     ap.add_argument("--render", action="store_true", help="re-render OUT/train.md from OUT/train.json only")
     a = ap.parse_args()
-    a.out = a.out or str(ROOT / "results" / "tmp" if a.quick else ROOT / "results")
+    a.out = results_dir(a.out, a.quick)
     if a.render:
         res = json.loads((Path(a.out) / "train.json").read_text())
         (Path(a.out) / "train.md").write_text(render(res))

@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from pipeline.engine.train_data import EpochClock, stream_dataset
 from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import DecodeSpec, TrainPlan, make_plan, train_spec
-from pipeline.train.hooks import CHECKPOINTS_DIR, TrainHooks
+from pipeline.train.hooks import CHECKPOINTS_DIR, OnEpoch, TrainHooks
 from pipeline.train.loop import per_rank_batch, read_summary, train_worker
 
 log = get_logger(__name__)
@@ -192,9 +192,7 @@ def run_name(out: str, resume: bool) -> str:
 
 
 @contextmanager
-def _watch_epochs(
-    clock: Any, on_epoch: Callable[[int], None] | None, period_s: float = 1.0
-) -> Iterator[None]:
+def _watch_epochs(clock: Any, on_epoch: OnEpoch | None, period_s: float = 1.0) -> Iterator[None]:
     """While the block runs, call `on_epoch(done)` whenever the epoch clock moves (rank 0 sets it to the
     0-based epoch it starts, i.e. the number of epochs done). A driver-side thread: the workers are
     untouched."""
@@ -224,11 +222,7 @@ def _watch_epochs(
 
 
 def run_training(
-    cfg: TrainConfig,
-    *,
-    resume: bool = False,
-    plan: TrainPlan | None = None,
-    on_epoch: Callable[[int], None] | None = None,
+    cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None, on_epoch: OnEpoch | None = None
 ) -> dict[str, Any]:
     """Train with Ray Train and return the run summary (also in `<out>/train_summary.json`). `plan`: the
     driver's listing + split (made here when not given). `on_epoch(done)`: progress, called from a driver
@@ -261,15 +255,8 @@ def run_training(
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
         )
-        log.info(
-            "ray_train_start",
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            out=cfg.out,
-            run=name,
-            n_train=plan.n_train,
-            n_val=plan.n_val,
-        )
+        run = {"out": cfg.out, "run": name, "n_train": plan.n_train, "n_val": plan.n_val}
+        log.info("ray_train_start", num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, **run)
         with _watch_epochs(clock, on_epoch):
             trainer.fit()
     if on_epoch is not None:

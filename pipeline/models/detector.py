@@ -154,15 +154,8 @@ class RineNeck(nn.Module):
 
 def rine_head(dim: int) -> nn.Sequential:
     """RINE's head [code]: [Linear, ReLU, Dropout] x 2, Linear -> 1 (Linear layers at 0, 3, 6)."""
-    return nn.Sequential(
-        nn.Linear(dim, dim),
-        nn.ReLU(),
-        nn.Dropout(),
-        nn.Linear(dim, dim),
-        nn.ReLU(),
-        nn.Dropout(),
-        nn.Linear(dim, 1),
-    )
+    blocks = [m for _ in range(2) for m in (nn.Linear(dim, dim), nn.ReLU(), nn.Dropout())]
+    return nn.Sequential(*blocks, nn.Linear(dim, 1))
 
 
 def build_heads(
@@ -568,13 +561,6 @@ def create_detector(
         _load_visual_weights(visual, local, cfg.pretrained or "")
     det = Detector(cfg, visual, source, clip_params)
     det.eval()
-    log.info(
-        "detector_created",
-        config=cfg.name,
-        arch=cfg.arch,
-        pretrained=source.pretrained,
-        kind=source.kind,
-        method=cfg.method,
-        adapted_blocks=det.mole_blocks,
-    )
+    made = {"config": cfg.name, "arch": cfg.arch, "pretrained": source.pretrained, "kind": source.kind}
+    log.info("detector_created", **made, method=cfg.method, adapted_blocks=det.mole_blocks)
     return det

@@ -45,14 +45,8 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(
-        fmt=fmt,
-        num=num,
-        safe_href=safe_href,
-        short=short_text,
-        provenance_line=provenance_line,
-        shards_line=_shards_line,
-    )
+    named = (fmt, num, safe_href, provenance_line)  # filters under their function's name
+    env.filters.update({f.__name__: f for f in named}, short=short_text, shards_line=_shards_line)
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": str}
     return env
 

@@ -6,7 +6,7 @@ knows nothing else about where it runs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,9 @@ import numpy as np
 import torch
 
 CHECKPOINTS_DIR = "_checkpoints"  # under --out: per-epoch training states (Ray Train's storage)
+
+# a runner's progress callback (driver side): `on_epoch(done)` as each epoch starts, once more at the end
+OnEpoch = Callable[[int], None]
 
 
 class TrainHooks:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import DecodeSpec, TrainPlan, iter_local, train_spec
-from pipeline.train.hooks import CHECKPOINTS_DIR, TrainHooks
+from pipeline.train.hooks import CHECKPOINTS_DIR, OnEpoch, TrainHooks
 from pipeline.train.loop import train_worker
 
 
@@ -29,7 +29,7 @@ class LocalHooks(TrainHooks):
         plan: TrainPlan,
         *,
         resume: bool = False,
-        on_epoch: Callable[[int], None] | None = None,
+        on_epoch: OnEpoch | None = None,
     ) -> None:
         from pipeline.models import DetectorConfig
         from pipeline.train.data import patch_size
@@ -80,11 +80,7 @@ class LocalHooks(TrainHooks):
 
 
 def train_local(
-    cfg: TrainConfig,
-    *,
-    resume: bool = False,
-    plan: TrainPlan | None = None,
-    on_epoch: Callable[[int], None] | None = None,
+    cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None, on_epoch: OnEpoch | None = None
 ) -> dict[str, Any]:
     """In-process training without Ray (one worker), through the same streaming stages; same outputs.
     `on_epoch(done)` is called as each epoch starts and once more when training ends (progress line)."""

@@ -43,7 +43,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import md_table, parser, write_results  # noqa: E402
+from benchmarks._common import load_average, md_page, parser, write_results  # noqa: E402
 from benchmarks.detectors import SIZES, _build  # noqa: E402 - the same three detectors as the model-side bench
 from pipeline import output  # noqa: E402
 from pipeline.models import save_detector  # noqa: E402
@@ -167,13 +167,10 @@ def bench(name: str, n_images: int, rounds: int, batch: int, tmp: Path, warmup: 
 
 
 def render_md(res: dict) -> str:
-    lines = [
-        "# Three detectors in one scan vs three scans (real scan code, CPU)",
-        "",
+    intro = [
         f"Measured {res['when']} by `benchmarks/multiscan.py` on {res['machine']} "
         f"(load average before {res['load_before']}, after {res['load_after']}; the machine is shared with "
         "other jobs, so absolute times are noisy: the ratios are paired per round).",
-        "",
         "UnivFD-layout + RINE-layout (2class) + MoLE on one random-init backbone file; JPEG shards "
         "larger than the crop (the set shares one backbone pass). `together` = one `run_scan` with "
         "`--detector A,B,C`; `separate` = three `run_scan`s (sum). In-process executor (the Ray executor "
@@ -182,7 +179,6 @@ def render_md(res: dict) -> str:
         "(its model load, then read + decode + score + write). CPU = this process's CPU time (the least "
         "load-sensitive figure on a shared machine). Medians over rounds, after warm-up rounds that are "
         "not recorded.",
-        "",
     ]
     header = [
         *("backbone", "images", "together wall s", "separate wall s", "wall ratio (paired median)"),
@@ -203,9 +199,7 @@ def render_md(res: dict) -> str:
         ]
         for r in res["results"]
     ]
-    lines += [
-        *md_table(header, rows),
-        "",
+    notes = [
         "Ratio = separate / together (> 1: the joint scan is cheaper). Wall and stream ratios are the median "
         "of per-round ratios (together and separate of the same round); CPU ratio = ratio of the median CPU "
         "times. None can exceed 3 as work: the joint scan reads, decodes and runs at least what any one of "
@@ -218,9 +212,9 @@ def render_md(res: dict) -> str:
     ]
     for r in res["results"]:
         rr = {key: ", ".join(f"{x:.2f}" for x in xs) for key, xs in r["ratios_per_round"].items()}
-        lines.append(f"- {r['arch']}: wall {rr['wall_s']}; stream {rr['stream_s']}; CPU {rr['cpu_s']}")
-    lines.append("")
-    return "\n".join(lines)
+        notes.append(f"- {r['arch']}: wall {rr['wall_s']}; stream {rr['stream_s']}; CPU {rr['cpu_s']}")
+    title = "Three detectors in one scan vs three scans (real scan code, CPU)"
+    return md_page(title, intro, header, rows, notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = load_average()
     results = []
     with tempfile.TemporaryDirectory(prefix="multiscan-") as tmp:
         os.environ.setdefault("GENSCAN_CACHE", str(Path(tmp) / "cache"))
@@ -244,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, 1 torch thread",
         "load_before": load_before,
-        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "load_after": load_average(),
         "results": results,
     }
     write_results(args.out, "multiscan", res, render_md(res))

@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -88,9 +88,9 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """One preprocessing input: what decode must produce for a detector."""
+class InputSpec(NamedTuple):
+    """One preprocessing input: what decode must produce for a detector (the scan's `(image_size,
+    preprocess)` pair, named)."""
 
     image_size: int
     preprocess: str

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,85 +52,81 @@ class WeightsFileError(CheckpointError):
     """The peer's weights file cannot be read or does not match the detector kind."""
 
 
+def _rename(key: str, names: Iterable[tuple[str, str]], prefixes: Iterable[tuple[str, str]]) -> str | None:
+    """`key` under the first (from, to) name pair it equals, else the first (from, to) prefix it starts with;
+    None when no pair applies."""
+    for a, b in names:
+        if key == a:
+            return b
+    for a, b in prefixes:
+        if key.startswith(a):
+            return b + key[len(a) :]
+    return None
+
+
+def _flip(pairs: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    return [(b, a) for a, b in pairs]
+
+
 @dataclass(frozen=True)
 class Kind:
-    """One peer format: which genscan config it lands in and how its keys map to genscan parameter names."""
+    """One peer format: which genscan config it lands in (that config's method, head feature and normalisation
+    are what the weights need) and how its keys map to genscan parameter names."""
 
     name: str
-    method: str  # the config method this kind needs
-    feature: str  # the head feature this kind needs
-    normalize: bool
-    prefixes: tuple[tuple[str, str], ...]  # (source prefix, genscan prefix); "" matches whole names below
     names: tuple[tuple[str, str], ...]  # exact (source name, genscan name)
     origin: str
+    file_hint: str
     licence: str
     paper: str
-    file_hint: str
+    prefixes: tuple[tuple[str, str], ...] = ()  # (source prefix, genscan prefix), tried after `names`
 
     def default_config(self, variant: str | None) -> str:
         if self.name == "rine":
             return f"rine-vitl14-{variant or '2class'}"
         return f"{self.name}-vitl14"
 
+    def needs(self) -> tuple[str, str, bool]:
+        """(method, head feature, normalize) a config must have to hold this kind: its default config's."""
+        cfg = DetectorConfig.load(self.default_config(None))
+        return cfg.method, cfg.head.feature, cfg.head.normalize
+
     def to_genscan(self, key: str) -> str | None:
-        for src, dst in self.names:
-            if key == src:
-                return dst
-        for src, dst in self.prefixes:
-            if key.startswith(src):
-                return dst + key[len(src) :]
-        return None
+        return _rename(key, self.names, self.prefixes)
 
     def to_source(self, key: str) -> str | None:
-        for src, dst in self.names:
-            if key == dst:
-                return src
-        for src, dst in self.prefixes:
-            if key.startswith(dst):
-                return src + key[len(dst) :]
-        return None
+        return _rename(key, _flip(self.names), _flip(self.prefixes))
 
 
 KINDS: dict[str, Kind] = {
     "univfd": Kind(
         name="univfd",
-        method="linear",
-        feature="embedding",
-        normalize=False,
-        prefixes=(),
         names=(("weight", "head_fake.weight"), ("bias", "head_fake.bias")),
         origin="https://github.com/WisconsinAIVision/UniversalFakeDetect (pretrained_weights/fc_weights.pth)",
+        file_hint="pretrained_weights/fc_weights.pth (4,083 bytes)",
         licence="MIT",
         paper="Ojha, Li, Lee. Towards Universal Fake Image Detectors that Generalize Across "
         "Generative Models. CVPR 2023. arXiv:2302.10174",
-        file_hint="pretrained_weights/fc_weights.pth (4,083 bytes)",
     ),
     "clipbased": Kind(
         name="clipbased",
-        method="linear",
-        feature="pre_proj",
-        normalize=True,
-        prefixes=(),
         names=(("fc.weight", "head_fake.weight"), ("fc.bias", "head_fake.bias")),
         origin="https://github.com/grip-unina/ClipBased-SyntheticImageDetection "
         "(weights/clipdet_latent10k[_plus]/weights.pth)",
+        file_hint="weights/clipdet_latent10k_plus/weights.pth",
         licence="Apache-2.0",
         paper="Cozzolino, Poggi, Corvi, Niessner, Verdoliva. Raising the Bar of AI-generated Image Detection "
         "with CLIP. CVPRW 2024. arXiv:2312.00195",
-        file_hint="weights/clipdet_latent10k_plus/weights.pth",
     ),
     "rine": Kind(
         name="rine",
-        method="rine",
-        feature="block_cls",
-        normalize=False,
-        prefixes=(("proj1.", "neck.proj1."), ("proj2.", "neck.proj2."), ("head.", "head_fake.")),
         names=(("alpha", "neck.alpha"),),
+        prefixes=(("proj1.", "neck.proj1."), ("proj2.", "neck.proj2."), ("head.", "head_fake.")),
         origin="https://github.com/mever-team/rine (ckpt/model_<variant>_trainable.pth)",
+        file_hint="ckpt/model_2class_trainable.pth (1,139,686 bytes)",
         licence="Apache-2.0",
         paper="Koutlis, Papadopoulos. Leveraging Representations from Intermediate Encoder-blocks for "
         "Synthetic Image Detection (title and authors as in the repository README)",
-        file_hint="ckpt/model_2class_trainable.pth (1,139,686 bytes)",
     ),
 }
 
@@ -176,11 +172,12 @@ def unwrap_state_dict(dat: Any, path: Path) -> tuple[dict[str, torch.Tensor], st
 
 # ---------------------------------------------------------------------------------------------- checks
 def _check_config(kind: Kind, cfg: DetectorConfig) -> None:
-    if cfg.method != kind.method or cfg.head.feature != kind.feature or cfg.head.normalize != kind.normalize:
+    method, feature, normalize = kind.needs()
+    if (cfg.method, cfg.head.feature, cfg.head.normalize) != (method, feature, normalize):
         raise ConfigError(
             f"config {cfg.name}: method {cfg.method} / feature {cfg.head.feature} / normalize "
-            f"{cfg.head.normalize} does not express a {kind.name} detector (needs {kind.method} / "
-            f"{kind.feature} / {kind.normalize}); use {kind.default_config(None)} or a config like it"
+            f"{cfg.head.normalize} does not express a {kind.name} detector (needs {method} / {feature} / "
+            f"{normalize}); use {kind.default_config(None)} or a config like it"
         )
     if cfg.generators:
         raise ConfigError(f"config {cfg.name}: imported detectors are binary; generators must be empty")

@@ -12,6 +12,7 @@ import json
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -92,22 +93,13 @@ def write_shard(uri: str, samples: Sequence[Sample]) -> str:
 
 
 def write_shards(
-    root: str,
-    n_shards: int,
-    per_shard: int,
-    seed: int = 0,
-    name: str = "shard-{:06d}.tar",
-    size: tuple[int, int] = (48, 40),
-    fmt: str = "png",
-    generators: Sequence[str] = ("real", "famA"),
+    root: str, n_shards: int, per_shard: int, seed: int = 0, name: str = "shard-{:06d}.tar", **images: Any
 ) -> list[tuple[str, int]]:
-    """`n_shards` shards of `per_shard` good samples under `root` (local dir or s3:// prefix).
-    Returns [(uri, n_samples)]; keys are globally unique."""
+    """`n_shards` shards of `per_shard` good samples under `root` (local dir or s3:// prefix); `images`:
+    good_samples' size, fmt and generators. Returns [(uri, n_samples)]; keys are globally unique."""
     out = []
     for i in range(n_shards):
-        samples = good_samples(
-            per_shard, seed=seed + i, prefix=f"{i:04d}_", size=size, fmt=fmt, generators=generators
-        )
+        samples = good_samples(per_shard, seed=seed + i, prefix=f"{i:04d}_", **images)
         uri = join(root, name.format(i))
         write_shard(uri, samples)
         out.append((uri, per_shard))

@@ -126,6 +126,34 @@ def test_filtered_shards_hold_exactly_the_kept_samples_byte_identical(filtered) 
             assert not qpath.exists()
 
 
+def test_written_shards_are_the_bytes_webdataset_tarwriter_writes(filtered, tmp_path) -> None:
+    """The copy writes tars with tarfile itself; webdataset's own TarWriter (PAX, mtime 0, its owner and mode)
+    is the reference: the same samples, a non-UTF-8 member name among them, give the same bytes."""
+    from pipeline.hygiene.copy import ShardWriter
+    from pipeline.shards import iter_samples
+
+    _, _, out, _ = filtered
+    src = next(p for p in sorted(out.rglob("*.tar")) if "_quarantine" not in p.parts)
+    odd = tmp_path / "odd.tar"
+    with tarfile.open(odd, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in ((b"caf\xe9.jpg", b"jpeg"), (b"caf\xe9.json", b"{}"), (b"b.txt", b"x")):
+            info = tarfile.TarInfo(name.decode("utf-8", "surrogateescape"))
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    for shard in (src, odd):
+        samples = list(iter_samples(str(shard)))
+        ours = tmp_path / f"ours-{shard.name}"
+        writer = ShardWriter(str(ours))
+        for sample in samples:
+            writer.write(sample)
+        writer.commit()
+        ref = io.BytesIO()
+        with wds.TarWriter(ref, encoder=False, mtime=0, format="PAX_FORMAT") as sink:
+            for sample in samples:
+                sink.write({"__key__": sample.raw_key, **{m.ext: m.data for m in sample.members}})
+        assert ours.read_bytes() == ref.getvalue(), shard
+
+
 def test_manifest_lists_every_removed_key_with_reason(filtered) -> None:
     corpus, scan, out, proc = filtered
     expected = expected_actions(scan)

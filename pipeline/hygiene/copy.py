@@ -3,23 +3,27 @@
 Samples come from the shard layer (`pipeline.shards.iter_samples`: the scan's grouping, every member's bytes,
 sidecars included), so the filter's samples line up one to one with the scan's rows. Kept members are copied
 under their original names (raw bytes, non-UTF-8 included) with their original bytes. Output tars are written
-with `webdataset.TarWriter` at a fixed mtime, owner and mode, members sorted within each sample, so the same
-input and decisions always give byte-identical shards.
+the way `webdataset.TarWriter` writes them (PAX headers, a fixed mtime, owner `bigdata` and mode 0444, members
+sorted within each sample), so the same input and decisions always give byte-identical shards. They are
+written with `tarfile` itself: importing `webdataset` imports torch (~2 CPU-s and ~600 MB per filter process
+and per Ray worker running filter tasks) for what is one `addfile` per member.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 import tempfile
 import uuid
 from pathlib import Path
-
-from webdataset import TarWriter
 
 from pipeline import storage
 from pipeline.shards import Sample
 
 FIXED_MTIME = 0
+OWNER = "bigdata"  # webdataset.TarWriter's defaults, kept so output bytes stay what they were
+MODE = 0o444
 
 
 class ShardWriter:
@@ -37,24 +41,29 @@ class ShardWriter:
             target = Path(target_uri.removeprefix("file://"))
             target.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-        self._writer = TarWriter(self._file, encoder=False, mtime=FIXED_MTIME, format="PAX_FORMAT")
+        # both closed in commit/abort
+        self._file = open(self._tmp, "wb")  # noqa: SIM115
+        self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
 
     def write(self, sample: Sample) -> None:
         hidden = [m.ext for m in sample.members if m.ext.startswith("_")]
-        if hidden:  # TarWriter would silently skip these members
+        if hidden:  # webdataset's readers and writers treat "_" members as metadata, not data
             raise ValueError(
                 f"sample {sample.key!r}: member extension(s) {hidden} start with '_' (cannot copy)"
             )
         missing = [m.name for m in sample.members if m.data is None]
         if missing:
             raise ValueError(f"sample {sample.key!r}: members {missing} were not read (cannot copy)")
-        self._writer.write({"__key__": sample.raw_key, **{m.ext: m.data for m in sample.members}})
+        for member in sorted(sample.members, key=lambda m: m.ext):
+            info = tarfile.TarInfo(f"{sample.raw_key}.{member.ext}")
+            info.size, info.mtime, info.mode = len(member.data), FIXED_MTIME, MODE
+            info.uname = info.gname = OWNER
+            self._tar.addfile(info, io.BytesIO(member.data))
         self.count += 1
 
     def _close(self) -> None:
         if not self._file.closed:
-            self._writer.close()
+            self._tar.close()
             self._file.close()
 
     def commit(self) -> None:

@@ -25,5 +25,5 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/encoder.py
-	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/scan_pipeline.py
 	$(PY) benchmarks/driver.py

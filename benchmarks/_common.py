@@ -2,7 +2,7 @@
 tables the README links), side by side; the tables are written by one helper.
 
 Import it after the benchmark has put the repository first on sys.path (`from benchmarks._common import ...`):
-run as a script, sys.path[0] is this folder, whose pipeline.py would shadow the package."""
+run as a script, sys.path[0] is this folder, not the repository."""
 
 from __future__ import annotations
 

@@ -19,8 +19,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # the checkout's pipeline package and benchmarks._common
 from benchmarks._common import parser, results_dir, timed_job, write_results  # noqa: E402
 
 RUNS = {

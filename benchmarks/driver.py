@@ -44,8 +44,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# the repository first: this folder (sys.path[0] for a script) holds benchmarks/pipeline.py, not the package
-sys.path[:] = [str(REPO), *(p for p in sys.path if p != str(REPO))]
+sys.path.insert(0, str(REPO))  # the checkout's pipeline package and benchmarks._common
 from benchmarks._common import parser  # noqa: E402
 
 

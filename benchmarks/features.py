@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if sys.path[0] != str(REPO):  # before benchmarks/ itself: benchmarks/pipeline.py would shadow the package
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # the checkout's pipeline package and benchmarks._common
 from benchmarks._common import write_results  # noqa: E402
 
 

@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-# the repository first: this folder (sys.path[0] for a script) holds benchmarks/pipeline.py, not the package
-sys.path[:] = [str(REPO), *(p for p in sys.path if p != str(REPO))]
+sys.path.insert(0, str(REPO))  # the checkout's pipeline package and benchmarks._common
 from benchmarks._common import parser, write_results  # noqa: E402
 
 DATES = ["2026-04-01", "2026-04-02", "2026-04-03", "2026-04-04", "2026-04-05", "2026-04-06"]

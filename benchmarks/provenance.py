@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# the repository first, and not this folder: benchmarks/pipeline.py would shadow the `pipeline` package
-sys.path[:] = [str(REPO), *(p for p in sys.path if p not in (str(REPO), str(Path(__file__).parent)))]
+sys.path.insert(0, str(REPO))  # the checkout's pipeline package and benchmarks._common
 from benchmarks._common import parser, progress, write_headline  # noqa: E402
 
 IMAGE_SIZE = 224

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # the checkout's pipeline package and benchmarks._common
 from benchmarks._common import parser, progress, write_headline  # noqa: E402
 
 SHARDS_PER_DATE = 50
@@ -79,7 +78,11 @@ def write_scan(root: Path, dates: list[str], rows_per_date: int, seed: int = 0) 
                     pa.timestamp("ms", tz="UTC")
                 ),
             }
-            table = pa.table(cols).cast(output.SCHEMA)
+            # the columns a plain single-detector scan leaves empty (the other detectors', provenance)
+            cols.update({f.name: pa.nulls(per, f.type) for f in output.SCHEMA if f.name not in cols})
+            table = pa.table([cols[f.name] for f in output.SCHEMA], names=output.SCHEMA.names).cast(
+                output.SCHEMA
+            )
             output.write_shard(paths, shard, table, {"rows": per})
 
 

@@ -168,3 +168,31 @@ def test_report_on_s3(scan, s3fs_client, tmp_path, capsys) -> None:
     assert report_main(["--scan", scan, "--output", str(tmp_path / "local")]) == 0
     assert remote == json.loads((tmp_path / "local" / "summary.json").read_text())
     assert {Path(p).name for p in fs.find("bkt/report")} >= {"report.html", "score_distribution.png"}
+
+
+def test_report_memory_benchmark_runs_as_a_script(tmp_path: Path) -> None:
+    """benchmarks/report.py as a user runs it (a script: its folder first on sys.path, the checkout also on
+    PYTHONPATH) at a tiny size: the synthetic scan it writes is one the real report job reads, and its results
+    files hold a row per (history, case) with the peak RSS."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    args = ["--rows-per-date", "200", "--dates", "1,2", "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "report.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    headline = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(headline["report_peak_rss_mb"]) == {"1", "2"}
+    record = json.loads((tmp_path / "report.json").read_text())
+    cases = {(r["dates"], r["case"]) for r in record["results"]}
+    assert cases == {(n, c) for n in (1, 2) for c in ("report", "load_all_columns", "load_day_plus_trend")}
+    assert all(r["peak_rss_mb"] > 0 for r in record["results"])
+    assert "Report memory vs scan history" in (tmp_path / "report.md").read_text()

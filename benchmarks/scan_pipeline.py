@@ -13,7 +13,7 @@ model is decode-bound on 2 cores and says little about the pipeline. Every mode 
 count. GPU: wherever CUDA is present the same script runs the GPU variant (model on cuda, fp16, decode stays
 in CPU tasks, larger batch) — code path only on this CPU machine.
 
-    python benchmarks/pipeline.py [--images 256] [--batch-size 16] [--config vitb32-mole]
+    python benchmarks/scan_pipeline.py [--images 256] [--batch-size 16] [--config vitb32-mole]
 Writes results/pipeline.json and results/pipeline.md; scratch data under results/tmp/ (git-ignored).
 """
 
@@ -30,15 +30,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # the checkout's pipeline package and benchmarks._common
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._common import parser, write_results  # noqa: E402
 from pipeline.logs import get_logger  # noqa: E402
 
-log = get_logger("benchmarks.pipeline")
+log = get_logger("benchmarks.scan_pipeline")
 STEADY_TARGET = 0.93  # scan steady / encoder-only
 TMP = REPO / "results" / "tmp" / "pipeline"
 
@@ -193,7 +192,7 @@ def render_md(r: dict) -> str:
 
     scans = r["scan"]
     lines = [
-        "# Scan pipeline throughput (benchmarks/pipeline.py)",
+        "# Scan pipeline throughput (benchmarks/scan_pipeline.py)",
         "",
         f"One run, same {r['images']} images in {r['shards']} WebDataset shards (256 px JPEG, demo "
         f"generator), detector `{r['config']}` (random init), device {r['device']}, dtype "

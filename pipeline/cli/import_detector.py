@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 
 from pipeline.cli.entry import job_main
-from pipeline.cli.flags import JobParser
+from pipeline.cli.flags import JobParser, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog
 from pipeline.settings import as_config_error
 
@@ -36,29 +36,16 @@ class WeightsRefused(OperatorError):
 
 @job_main("import", quiet=True)
 def main(argv: list[str] | None = None) -> int:
-    ap = JobParser(description=__doc__, epilog=help_epilog("import_detector"), log_flag=True)
-    ap.add_argument("--kind", required=True, help="univfd | clipbased | rine")
-    ap.add_argument("--weights", required=True, help="the peer's released weights file (.pth)")
-    ap.add_argument("--out", required=True, help="checkpoint directory to write (local or s3://)")
-    ap.add_argument("--variant", help="RINE checkpoint: 1class | 2class | 4class | ldm (default 2class)")
-    ap.add_argument("--backbone-weights", help="local .safetensors of the CLIP backbone (default: the tag)")
-    ap.add_argument("--config", help="detector config name or JSON (default: the kind's shipped config)")
-    ap.add_argument("--force", action="store_true", help="overwrite an existing checkpoint at --out")
-    a = ap.parse_args(argv)
-
-    from pipeline.models.importer import WeightsFileError, import_detector
+    from pipeline.models.importer import ImportConfig, WeightsFileError, import_detector
     from pipeline.models.meta import CheckpointError
 
+    ap = JobParser(description=__doc__, epilog=help_epilog("import_detector"), log_flag=True)
+    flags = add_model_flags(ap.add_argument_group("settings (ImportConfig)"), ImportConfig)
+    args = ap.parse_args(argv)
+    # every setting is a flag: a missing or bad one is named by its flag
+    cfg = ImportConfig.parse(flags.given(args), source="command line", names=flags.flags)
     try:
-        meta = import_detector(
-            a.kind,
-            a.weights,
-            a.out,
-            variant=a.variant,
-            config=a.config,
-            backbone_weights=a.backbone_weights,
-            force=a.force,
-        )
+        meta = import_detector(**cfg.model_dump())
     except WeightsFileError as exc:
         raise WeightsRefused(str(exc)) from exc
     except (CheckpointError, OSError, ValueError) as exc:

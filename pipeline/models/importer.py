@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from pipeline import storage
 from pipeline.logs import get_logger
@@ -40,7 +41,7 @@ from pipeline.models.detector import (
     sha256_file,
 )
 from pipeline.models.meta import BackboneMeta, CheckpointError, DetectorMeta, ImportedFrom
-from pipeline.settings import ConfigError
+from pipeline.settings import ConfigError, StrictModel
 
 log = get_logger("pipeline.models.importer")
 
@@ -231,6 +232,25 @@ def _check_backbone_file(cfg: DetectorConfig, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- import
+class ImportConfig(StrictModel):
+    """What `jobs/import_detector.py` imports, and where to (its flags are these fields). Kind and variant are
+    checked by `import_detector`, which names the allowed values."""
+
+    kind: str = Field(description="univfd | clipbased | rine")
+    weights: str = Field(description="the peer's released weights file (.pth)")
+    out: str = Field(description="checkpoint directory to write (local or s3://)")
+    variant: str | None = Field(
+        None, description="RINE checkpoint: 1class | 2class | 4class | ldm (default 2class)"
+    )
+    backbone_weights: str | None = Field(
+        None, description="local .safetensors of the CLIP backbone (default: the tag)"
+    )
+    config: str | None = Field(
+        None, description="detector config name or JSON (default: the kind's shipped config)"
+    )
+    force: bool = Field(False, description="overwrite an existing checkpoint at --out")
+
+
 def import_detector(
     kind: str,
     weights: str | Path,

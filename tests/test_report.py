@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.cli.report import main as report_main
 from tests.support.hygiene import DAY1, DAY2, shared_scans
+from tests.support.subproc import run_python
 
 
 class Page(HTMLParser):
@@ -171,23 +172,11 @@ def test_report_on_s3(scan, s3fs_client, tmp_path, capsys) -> None:
 
 
 def test_report_memory_benchmark_runs_as_a_script(tmp_path: Path) -> None:
-    """benchmarks/report.py as a user runs it (a script: its folder first on sys.path, the checkout also on
-    PYTHONPATH) at a tiny size: the synthetic scan it writes is one the real report job reads, and its results
-    files hold a row per (history, case) with the peak RSS."""
-    import os
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
+    """benchmarks/report.py as a user runs it (a script from the repository root: its folder first on
+    sys.path, the checkout on PYTHONPATH) at a tiny size: the synthetic scan it writes is one the real report
+    job reads, and its results files hold a row per (history, case) with the peak RSS."""
     args = ["--rows-per-date", "200", "--dates", "1,2", "--out", str(tmp_path)]
-    proc = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "report.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    proc = run_python("benchmarks/report.py", *args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     headline = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(headline["report_peak_rss_mb"]) == {"1", "2"}

@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -62,19 +63,27 @@ def torch_host(**more: Any) -> dict[str, Any]:
     }
 
 
-def timed_job(name: str, *args: str) -> float:
-    """Run `python jobs/<name>.py args` as a user runs it (a fresh process); returns its wall seconds (fails
-    loudly, with the job's stderr, on a non-zero exit)."""
+def run_job(name: str, *args: str) -> tuple[float, float]:
+    """Run `python jobs/<name>.py args` as a user runs it (a fresh process); returns its wall seconds and the
+    job process's own peak RSS in MB (`wait4`'s ru_maxrss: the job's process, not the Ray processes it
+    starts). Fails loudly, with the job's stderr, on a non-zero exit."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / f"{name}.py"), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return time.perf_counter() - t0
+    with tempfile.TemporaryFile("w+") as err:
+        cmd = [sys.executable, str(REPO / "jobs" / f"{name}.py"), *args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{name} {' '.join(args)} failed ({proc.returncode}): {err.read()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def timed_job(name: str, *args: str) -> float:
+    """`run_job`'s wall seconds."""
+    return run_job(name, *args)[0]
 
 
 def write_results(

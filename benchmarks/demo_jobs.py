@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's pipeline package and benchmarks._common
-from benchmarks._common import parser, results_dir, timed_job, write_results  # noqa: E402
+from benchmarks._common import parser, results_dir, run_job, write_results  # noqa: E402
 from pipeline.cli import demo  # noqa: E402
 
 
@@ -42,15 +42,26 @@ def _ray_start_s(scan: Path) -> float | None:
     return (ts["ray_started_local"] - ts["ray_start_local"]).total_seconds()
 
 
-def measure(work: Path, size: demo.DemoSize, runs: int) -> dict[str, list[float]]:
+def measure(
+    work: Path, size: demo.DemoSize, runs: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall seconds per job (and the local Ray start inside the scan); each job process's peak RSS, MB."""
     root = work / "demo"
     shards, train, det = root / "shards", root / "train", root / "detector"
     out: dict[str, list[float]] = {}
+    rss: dict[str, list[float]] = {}
+
+    def timed_job(name: str, *args: str, key: str) -> float:
+        seconds, peak = run_job(name, *args)
+        rss.setdefault(key, []).append(peak)
+        return seconds
+
     out["make_demo_data (demo shards)"] = [
         timed_job(
             "make_demo_data",
             *("--out", str(shards), "--layout", "wds", "--families", demo.SCAN_FAMILIES),
             *("--n-per-class", str(size.scan_per_class), "--seed", "0", "--shard-size", str(size.shard_size)),
+            key="make_demo_data (demo shards)",
         )
     ]
     demo.add_bad_shards(shards)
@@ -59,6 +70,7 @@ def measure(work: Path, size: demo.DemoSize, runs: int) -> dict[str, list[float]
             "make_demo_data",
             *("--out", str(train), "--layout", "univfd", "--families", demo.TRAIN_FAMILIES),
             *("--n-per-class", str(size.train_per_class), "--seed", "1"),
+            key="make_demo_data (training set)",
         )
     ]
     out["train_detector (tiny-mole, Ray Train)"] = [
@@ -67,6 +79,7 @@ def measure(work: Path, size: demo.DemoSize, runs: int) -> dict[str, list[float]
             *("--data", str(train), "--config", "tiny-mole", "--method", "mole"),
             *("--train-generators", demo.TRAIN_FAMILIES, "--out", str(det)),
             *(["--epochs", str(size.epochs)] if size.epochs else []),
+            key="train_detector (tiny-mole, Ray Train)",
         )
     ]
     for key in (
@@ -81,20 +94,21 @@ def measure(work: Path, size: demo.DemoSize, runs: int) -> dict[str, list[float]
         scan, clean, report = root / "scan", root / "clean", root / "report"
         for d in (scan, clean, report):
             shutil.rmtree(d, ignore_errors=True)
+        scan_args = ("--input", str(shards), "--output", str(scan), "--detector", str(det))
         out["scan_bucket (local Ray)"].append(
-            timed_job("scan_bucket", "--input", str(shards), "--output", str(scan), "--detector", str(det))
+            timed_job("scan_bucket", *scan_args, key="scan_bucket (local Ray)")
         )
         start = _ray_start_s(scan)
         if start is not None:
             out["  of it: ray.init (the local Ray start)"].append(start)
         flow = ["--scan", str(scan), "--input", str(shards), "--output", str(clean)]
         flow += ["--rule", "unknown=quarantine", "--on-shard-error", "skip"]
-        out["filter_shards --dry-run"].append(timed_job("filter_shards", *flow, "--dry-run"))
-        out["filter_shards"].append(timed_job("filter_shards", *flow))
-        out["report"].append(
-            timed_job("report", "--scan", str(scan), "--output", str(report), "--filter-output", str(clean))
-        )
-    return out
+        dry = "filter_shards --dry-run"
+        out[dry].append(timed_job("filter_shards", *flow, "--dry-run", key=dry))
+        out["filter_shards"].append(timed_job("filter_shards", *flow, key="filter_shards"))
+        report_args = ("--scan", str(scan), "--output", str(report), "--filter-output", str(clean))
+        out["report"].append(timed_job("report", *report_args, key="report"))
+    return out, rss
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,11 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="demo-jobs-") as tmp:
-        seconds = measure(Path(tmp), size, 1 if a.quick else a.runs)
+        seconds, rss = measure(Path(tmp), size, 1 if a.quick else a.runs)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = {
         k: {"median_s": round(statistics.median(v), 1), "min_s": round(min(v), 1), "max_s": round(max(v), 1)}
         | {"runs": len(v)}
+        | ({"peak_rss_mb": round(statistics.median(rss[k]), 1)} if k in rss else {})
         for k, v in seconds.items()
         if v
     }
@@ -125,12 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         f"Measured {when} on {os.cpu_count()} cores, no GPU, by `benchmarks/demo_jobs.py` (1-minute load "
         f"average {load:.1f} just before the run). Sizes: `make demo`'s "
         f"(`DemoSize` {vars(size)}). Each job is a fresh `python jobs/<job>.py` process, as a user runs it; "
-        "the scan starts its own local Ray. Wall seconds, the median of the runs with their range.",
+        "the scan starts its own local Ray. Wall seconds, the median of the runs with their range; peak RSS "
+        "of the job's own process (`wait4`: not the Ray processes a job starts), the median of the runs.",
         "",
-        "| job | median s | range s | runs |",
-        "|---|---|---|---|",
+        "| job | median s | range s | runs | peak RSS MB |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {k} | {r['median_s']} | {r['min_s']}–{r['max_s']} | {r['runs']} |" for k, r in rows.items()]
+    lines += [
+        f"| {k} | {r['median_s']} | {r['min_s']}–{r['max_s']} | {r['runs']} | {r.get('peak_rss_mb', '')} |"
+        for k, r in rows.items()
+    ]
     write_results(out_dir, "demo_jobs", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

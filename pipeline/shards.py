@@ -456,6 +456,24 @@ def iter_tar(
     yield End(error, n_members)
 
 
+# ------------------------------------------------------------------------------------------- writing
+TAR_OWNER, TAR_MODE, TAR_MTIME = "bigdata", 0o444, 0  # webdataset.TarWriter's owner and mode, a fixed mtime
+
+
+def write_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:
+    """Add one sample to `tar`: a member `key.ext` per entry, sorted by extension, written the way
+    webdataset's TarWriter writes them at a fixed mtime, so the same samples always give the same bytes.
+    tarfile itself, not TarWriter: importing webdataset imports torch (~2 CPU-s and ~600 MB in a process
+    that runs no model). `key` may hold surrogate escapes (a non-UTF-8 name read by tarfile): written back
+    as its bytes."""
+    for ext in sorted(members):
+        data = members[ext]
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(data), TAR_MTIME, TAR_MODE
+        info.uname = info.gname = TAR_OWNER
+        tar.addfile(info, io.BytesIO(data))
+
+
 # ------------------------------------------------------------------------------------------- I/O
 class ShardReadError(RuntimeError):
     """A shard that could not be read to its end (strict consumers: the filter's copy)."""

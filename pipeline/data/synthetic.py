@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -54,6 +55,7 @@ from scipy import ndimage
 
 from pipeline.logs import get_logger
 from pipeline.settings import ConfigError, StrictModel
+from pipeline.shards import write_sample
 from pipeline.storage import join, write_bytes_atomic
 
 log = get_logger("pipeline.data.synthetic")
@@ -478,8 +480,6 @@ def _write_univfd(cfg: DemoConfig) -> dict[str, dict[str, int]]:
 
 
 def _write_wds(cfg: DemoConfig) -> dict[str, int]:
-    import webdataset as wds
-
     order = list(iter_samples(cfg))
     perm = np.random.default_rng([cfg.seed, 0xD5]).permutation(len(order))
     ext = _ext(cfg)
@@ -487,18 +487,13 @@ def _write_wds(cfg: DemoConfig) -> dict[str, int]:
     n_shards = (len(order) + cfg.shard_size - 1) // cfg.shard_size
     for s in range(n_shards):
         buf = io.BytesIO()
-        with wds.TarWriter(buf, encoder=False, mtime=0.0) as sink:
+        with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as sink:
             for pos in range(s * cfg.shard_size, min((s + 1) * cfg.shard_size, len(order))):
                 fam, label, i = order[int(perm[pos])]
                 arr = make_image(cfg.seed, fam, label, i, cfg.image_size)
                 meta = {"label": label, "generator": "real" if label == 0 else fam}
-                sink.write(
-                    {
-                        "__key__": f"{pos:08d}",
-                        ext: encode(arr, cfg.format, cfg.jpeg_quality),
-                        "json": json.dumps(meta).encode(),
-                    }
-                )
+                image = encode(arr, cfg.format, cfg.jpeg_quality)
+                write_sample(sink, f"{pos:08d}", {ext: image, "json": json.dumps(meta).encode()})
                 counts[meta["generator"]] = counts.get(meta["generator"], 0) + 1
         write_bytes_atomic(join(cfg.out, f"shard-{s:06d}.tar"), buf.getvalue())
     return counts

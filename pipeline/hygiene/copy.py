@@ -3,15 +3,12 @@
 Samples come from the shard layer (`pipeline.shards.iter_samples`: the scan's grouping, every member's bytes,
 sidecars included), so the filter's samples line up one to one with the scan's rows. Kept members are copied
 under their original names (raw bytes, non-UTF-8 included) with their original bytes. Output tars are written
-the way `webdataset.TarWriter` writes them (PAX headers, a fixed mtime, owner `bigdata` and mode 0444, members
-sorted within each sample), so the same input and decisions always give byte-identical shards. They are
-written with `tarfile` itself: importing `webdataset` imports torch (~2 CPU-s and ~600 MB per filter process
-and per Ray worker running filter tasks) for what is one `addfile` per member.
+by `pipeline.shards.write_sample` (webdataset's TarWriter layout: PAX headers, a fixed mtime, owner and mode,
+members sorted within each sample), so the same input and decisions always give byte-identical shards.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 import tempfile
@@ -19,11 +16,7 @@ import uuid
 from pathlib import Path
 
 from pipeline import storage
-from pipeline.shards import Sample
-
-FIXED_MTIME = 0
-OWNER = "bigdata"  # webdataset.TarWriter's defaults, kept so output bytes stay what they were
-MODE = 0o444
+from pipeline.shards import Sample, write_sample
 
 
 class ShardWriter:
@@ -54,11 +47,7 @@ class ShardWriter:
         missing = [m.name for m in sample.members if m.data is None]
         if missing:
             raise ValueError(f"sample {sample.key!r}: members {missing} were not read (cannot copy)")
-        for member in sorted(sample.members, key=lambda m: m.ext):
-            info = tarfile.TarInfo(f"{sample.raw_key}.{member.ext}")
-            info.size, info.mtime, info.mode = len(member.data), FIXED_MTIME, MODE
-            info.uname = info.gname = OWNER
-            self._tar.addfile(info, io.BytesIO(member.data))
+        write_sample(self._tar, sample.raw_key, {m.ext: m.data for m in sample.members})
         self.count += 1
 
     def _close(self) -> None:

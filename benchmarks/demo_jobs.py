@@ -45,70 +45,63 @@ def _ray_start_s(scan: Path) -> float | None:
 def measure(
     work: Path, size: demo.DemoSize, runs: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall seconds per job (and the local Ray start inside the scan); each job process's peak RSS, MB."""
+    """Wall seconds per job (and the local Ray start inside the scan); each job process's peak RSS, MB. Keyed
+    by the row of the table, in the table's order."""
     root = work / "demo"
     shards, train, det = root / "shards", root / "train", root / "detector"
-    out: dict[str, list[float]] = {}
+    seconds: dict[str, list[float]] = {}
     rss: dict[str, list[float]] = {}
 
-    def timed_job(name: str, *args: str, key: str) -> float:
-        seconds, peak = run_job(name, *args)
-        rss.setdefault(key, []).append(peak)
-        return seconds
+    def record(row: str, name: str, *args: str) -> None:
+        wall, peak = run_job(name, *args)
+        seconds.setdefault(row, []).append(wall)
+        rss.setdefault(row, []).append(peak)
 
-    out["make_demo_data (demo shards)"] = [
-        timed_job(
-            "make_demo_data",
-            *("--out", str(shards), "--layout", "wds", "--families", demo.SCAN_FAMILIES),
-            *("--n-per-class", str(size.scan_per_class), "--seed", "0", "--shard-size", str(size.shard_size)),
-            key="make_demo_data (demo shards)",
-        )
-    ]
+    record(
+        "make_demo_data (demo shards)",
+        "make_demo_data",
+        *("--out", str(shards), "--layout", "wds", "--families", demo.SCAN_FAMILIES),
+        *("--n-per-class", str(size.scan_per_class), "--seed", "0", "--shard-size", str(size.shard_size)),
+    )
     demo.add_bad_shards(shards)
-    out["make_demo_data (training set)"] = [
-        timed_job(
-            "make_demo_data",
-            *("--out", str(train), "--layout", "univfd", "--families", demo.TRAIN_FAMILIES),
-            *("--n-per-class", str(size.train_per_class), "--seed", "1"),
-            key="make_demo_data (training set)",
-        )
-    ]
-    out["train_detector (tiny-mole, Ray Train)"] = [
-        timed_job(
-            "train_detector",
-            *("--data", str(train), "--config", "tiny-mole", "--method", "mole"),
-            *("--train-generators", demo.TRAIN_FAMILIES, "--out", str(det)),
-            *(["--epochs", str(size.epochs)] if size.epochs else []),
-            key="train_detector (tiny-mole, Ray Train)",
-        )
-    ]
-    for key in (
-        "scan_bucket (local Ray)",
-        "  of it: ray.init (the local Ray start)",
-        "filter_shards --dry-run",
-        "filter_shards",
-    ):
-        out[key] = []
-    out["report"] = []
+    record(
+        "make_demo_data (training set)",
+        "make_demo_data",
+        *("--out", str(train), "--layout", "univfd", "--families", demo.TRAIN_FAMILIES),
+        *("--n-per-class", str(size.train_per_class), "--seed", "1"),
+    )
+    record(
+        "train_detector (tiny-mole, Ray Train)",
+        "train_detector",
+        *("--data", str(train), "--config", "tiny-mole", "--method", "mole"),
+        *("--train-generators", demo.TRAIN_FAMILIES, "--out", str(det)),
+        *(["--epochs", str(size.epochs)] if size.epochs else []),
+    )
     for _ in range(runs):
         scan, clean, report = root / "scan", root / "clean", root / "report"
         for d in (scan, clean, report):
             shutil.rmtree(d, ignore_errors=True)
-        scan_args = ("--input", str(shards), "--output", str(scan), "--detector", str(det))
-        out["scan_bucket (local Ray)"].append(
-            timed_job("scan_bucket", *scan_args, key="scan_bucket (local Ray)")
+        record(
+            "scan_bucket (local Ray)",
+            "scan_bucket",
+            "--input",
+            str(shards),
+            "--output",
+            str(scan),
+            "--detector",
+            str(det),
         )
         start = _ray_start_s(scan)
         if start is not None:
-            out["  of it: ray.init (the local Ray start)"].append(start)
+            seconds.setdefault("  of it: ray.init (the local Ray start)", []).append(start)
         flow = ["--scan", str(scan), "--input", str(shards), "--output", str(clean)]
         flow += ["--rule", "unknown=quarantine", "--on-shard-error", "skip"]
-        dry = "filter_shards --dry-run"
-        out[dry].append(timed_job("filter_shards", *flow, "--dry-run", key=dry))
-        out["filter_shards"].append(timed_job("filter_shards", *flow, key="filter_shards"))
-        report_args = ("--scan", str(scan), "--output", str(report), "--filter-output", str(clean))
-        out["report"].append(timed_job("report", *report_args, key="report"))
-    return out, rss
+        record("filter_shards --dry-run", "filter_shards", *flow, "--dry-run")
+        record("filter_shards", "filter_shards", *flow)
+        record(
+            "report", "report", "--scan", str(scan), "--output", str(report), "--filter-output", str(clean)
+        )
+    return seconds, rss
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,7 @@ import json
 import sys
 
 from pipeline.cli.entry import job_main
-from pipeline.cli.flags import JobParser, add_model_flags
-from pipeline.exitcodes import help_epilog
+from pipeline.cli.flags import config_from_flags
 from pipeline.settings import as_config_error
 
 
@@ -24,11 +23,7 @@ from pipeline.settings import as_config_error
 def main(argv: list[str] | None = None) -> int:
     from pipeline.train.calibrate import CalibrateConfig, calibrate_checkpoint
 
-    ap = JobParser(description=__doc__, epilog=help_epilog("calibrate"), log_flag=True)
-    flags = add_model_flags(ap.add_argument_group("settings (CalibrateConfig)"), CalibrateConfig)
-    args = ap.parse_args(argv)
-    # every setting is a flag: a missing or bad one is named by its flag
-    cfg = CalibrateConfig.parse(flags.given(args), source="command line", names=flags.flags)
+    cfg = config_from_flags(CalibrateConfig, argv, doc=__doc__, job="calibrate")
     try:
         calib = calibrate_checkpoint(**cfg.model_dump())
     except (FileNotFoundError, ValueError) as exc:

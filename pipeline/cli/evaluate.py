@@ -16,21 +16,14 @@ import json
 import sys
 
 from pipeline.cli.entry import job_main
-from pipeline.cli.flags import JobParser, add_model_flags
-from pipeline.exitcodes import help_epilog
+from pipeline.cli.flags import config_from_flags
 from pipeline.settings import as_config_error
 
 
 def build_config(argv: list[str] | None = None):  # noqa: ANN201 - EvalConfig (import kept lazy)
     from pipeline.eval.evaluate import EvalConfig
 
-    ap = JobParser(description=__doc__, epilog=help_epilog("evaluate"), log_flag=True)
-    flags = add_model_flags(
-        ap.add_argument_group("settings (EvalConfig)"), EvalConfig, names={"json_out": "json"}
-    )
-    args = ap.parse_args(argv)
-    # every setting is a flag: a missing or bad one is named by its flag
-    return EvalConfig.parse(flags.given(args), source="command line", names=flags.flags)
+    return config_from_flags(EvalConfig, argv, doc=__doc__, job="evaluate", names={"json_out": "json"})
 
 
 @job_main("evaluate", quiet=True)

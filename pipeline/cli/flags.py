@@ -19,14 +19,17 @@ import argparse
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from pipeline.settings import ConfigError
+from pipeline.exitcodes import help_epilog
+from pipeline.settings import ConfigError, StrictModel
 from pipeline.storage import absolute
+
+M = TypeVar("M", bound=StrictModel)
 
 
 class JobParser(argparse.ArgumentParser):
@@ -160,3 +163,16 @@ def add_model_flags(
         parser.add_argument(flag, **kwargs)
         fields[name] = flag
     return ModelFlags(fields, repeat)
+
+
+def config_from_flags(
+    model: type[M], argv: list[str] | None, *, doc: str | None, job: str, **options: Any
+) -> M:
+    """A job whose every setting is a flag (its JSON log kept off the console: `--verbose`): its parser (`doc`
+    as the description, `job`'s exit codes as the epilog), `model`'s fields as flags in one argument group
+    (`add_model_flags(**options)`), `argv` parsed, and the model validated from the flags given, so a missing
+    or bad value is named by its flag."""
+    parser = JobParser(description=doc, epilog=help_epilog(job), log_flag=True)
+    flags = add_model_flags(parser.add_argument_group(f"settings ({model.__name__})"), model, **options)
+    args = parser.parse_args(argv)
+    return model.parse(flags.given(args), source="command line", names=flags.flags)

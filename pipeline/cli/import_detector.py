@@ -22,8 +22,8 @@ from __future__ import annotations
 import sys
 
 from pipeline.cli.entry import job_main
-from pipeline.cli.flags import JobParser, add_model_flags
-from pipeline.exitcodes import ExitCode, OperatorError, help_epilog
+from pipeline.cli.flags import config_from_flags
+from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.settings import as_config_error
 
 
@@ -39,11 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.models.importer import ImportConfig, WeightsFileError, import_detector
     from pipeline.models.meta import CheckpointError
 
-    ap = JobParser(description=__doc__, epilog=help_epilog("import_detector"), log_flag=True)
-    flags = add_model_flags(ap.add_argument_group("settings (ImportConfig)"), ImportConfig)
-    args = ap.parse_args(argv)
-    # every setting is a flag: a missing or bad one is named by its flag
-    cfg = ImportConfig.parse(flags.given(args), source="command line", names=flags.flags)
+    cfg = config_from_flags(ImportConfig, argv, doc=__doc__, job="import_detector")
     try:
         meta = import_detector(**cfg.model_dump())
     except WeightsFileError as exc:

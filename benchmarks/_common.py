@@ -71,7 +71,7 @@ def run_job(name: str, *args: str) -> tuple[float, float]:
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         cmd = [sys.executable, str(REPO / "jobs" / f"{name}.py"), *args]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)

@@ -460,6 +460,12 @@ def iter_tar(
 TAR_OWNER, TAR_MODE, TAR_MTIME = "bigdata", 0o444, 0  # webdataset.TarWriter's owner and mode, a fixed mtime
 
 
+def tar_writer(fileobj: IO[bytes]) -> tarfile.TarFile:
+    """A tar stream written to `fileobj` (not closed with it) in the layout `write_sample` fills: PAX format
+    (a non-UTF-8 or long member name is kept exactly), plain ustar headers for short ASCII names."""
+    return tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)
+
+
 def write_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:
     """Add one sample to `tar`: a member `key.ext` per entry, sorted by extension, written the way
     webdataset's TarWriter writes them at a fixed mtime, so the same samples always give the same bytes.

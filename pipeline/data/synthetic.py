@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -55,7 +54,7 @@ from scipy import ndimage
 
 from pipeline.logs import get_logger
 from pipeline.settings import ConfigError, StrictModel
-from pipeline.shards import write_sample
+from pipeline.shards import tar_writer, write_sample
 from pipeline.storage import join, write_bytes_atomic
 
 log = get_logger("pipeline.data.synthetic")
@@ -487,7 +486,7 @@ def _write_wds(cfg: DemoConfig) -> dict[str, int]:
     n_shards = (len(order) + cfg.shard_size - 1) // cfg.shard_size
     for s in range(n_shards):
         buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as sink:
+        with tar_writer(buf) as sink:
             for pos in range(s * cfg.shard_size, min((s + 1) * cfg.shard_size, len(order))):
                 fam, label, i = order[int(perm[pos])]
                 arr = make_image(cfg.seed, fam, label, i, cfg.image_size)

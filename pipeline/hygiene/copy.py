@@ -10,13 +10,12 @@ members sorted within each sample), so the same input and decisions always give 
 from __future__ import annotations
 
 import os
-import tarfile
 import tempfile
 import uuid
 from pathlib import Path
 
 from pipeline import storage
-from pipeline.shards import Sample, write_sample
+from pipeline.shards import Sample, tar_writer, write_sample
 
 
 class ShardWriter:
@@ -36,7 +35,7 @@ class ShardWriter:
             self._tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         # both closed in commit/abort
         self._file = open(self._tmp, "wb")  # noqa: SIM115
-        self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self._tar = tar_writer(self._file)
 
     def write(self, sample: Sample) -> None:
         hidden = [m.ext for m in sample.members if m.ext.startswith("_")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -176,7 +177,9 @@ def test_report_memory_benchmark_runs_as_a_script(tmp_path: Path) -> None:
     sys.path, the checkout on PYTHONPATH) at a tiny size: the synthetic scan it writes is one the real report
     job reads, and its results files hold a row per (history, case) with the peak RSS."""
     args = ["--rows-per-date", "200", "--dates", "1,2", "--out", str(tmp_path)]
-    proc = run_python("benchmarks/report.py", *args, timeout=600)
+    # its synthetic scans go to a TemporaryDirectory: under this test's tmp dir too
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = run_python("benchmarks/report.py", *args, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     headline = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(headline["report_peak_rss_mb"]) == {"1", "2"}

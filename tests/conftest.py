@@ -14,6 +14,11 @@ from tests.support.s3 import moto_s3_server, s3_env
 
 # Keep numerics single-threaded-ish and deterministic on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# No Ray usage telemetry from the test processes (as in infra/ and ray_cluster.yaml). Besides phoning home,
+# its collector threads in a driver log failed Prometheus queries with tracebacks, and formatting a traceback
+# runs ast.parse (caret anchors); CPython 3.11 keeps ast.parse's recursion depth per interpreter, not per
+# thread, so that races a test's own ast.parse ("AST constructor recursion depth mismatch", gh-106905).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # Tests write only in temp dirs: every cache the code or its libraries would put under $HOME goes to one
 # folder of the run instead. Set before any Ray head starts, so heads (and their workers) inherit it too. The

@@ -16,8 +16,12 @@ MODULES = sorted(TESTS.glob("test_*.py"))
 CLOCKS = {"monotonic", "perf_counter", "time", "monotonic_ns", "perf_counter_ns", "time_ns"}
 
 
+# Parsed at collection, on the main thread before any test starts a thread (see conftest.py on gh-106905).
+TREES = {path: ast.parse(path.read_text(), filename=str(path)) for path in MODULES}
+
+
 def _tree(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
+    return TREES[path]
 
 
 def _imported_test_modules(tree: ast.Module) -> list[str]:

@@ -6,10 +6,9 @@ and two heads on the configured feature — a real/fake logit and attribution lo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,25 +64,21 @@ def check_state_dict(expected: dict[str, torch.Size], got: dict[str, torch.Tenso
         for k in set(expected) & set(got)
         if tuple(got[k].shape) != tuple(expected[k])
     )
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(_clip(missing))}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(_clip(unexpected))}")
-        if wrong:
-            parts.append(f"wrong shapes ({len(wrong)}): {'; '.join(_clip(wrong))}")
+    parts = [
+        f"{label} ({len(items)}): {sep.join(_clip(items))}"
+        for label, items, sep in (
+            ("missing keys", missing, ", "),
+            ("unexpected keys", unexpected, ", "),
+            ("wrong shapes", wrong, "; "),
+        )
+        if items
+    ]
+    if parts:
         raise CheckpointError(f"{what} does not match the detector: " + " | ".join(parts))
 
 
 def _clip(items: list[str], n: int = 12) -> list[str]:
     return items if len(items) <= n else [*items[:n], f"... (+{len(items) - n} more)"]
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path), device="cpu")
 
 
 def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneSource, Path | None]:
@@ -113,7 +108,9 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneSourc
 
 def _load_visual_weights(visual: nn.Module, path: Path, source: str) -> None:
     """Load a safetensors state dict (whole CLIP with ``visual.`` keys, or the vision tower alone)."""
-    sd = _load_safetensors(path)
+    from safetensors.torch import load_file
+
+    sd = load_file(str(path), device="cpu")
     if any(k.startswith("visual.") for k in sd):
         sd = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
     expected = {k: v.shape for k, v in visual.state_dict().items()}
@@ -178,12 +175,7 @@ def build_heads(
 def head_shapes(cfg: DetectorConfig) -> dict[str, torch.Size]:
     """Shapes of every head/neck parameter of ``cfg``'s detector, from the open_clip architecture config
     alone (no backbone is built)."""
-    import open_clip
-
-    register_arch_configs()
-    mc = open_clip.get_model_config(cfg.arch)
-    if mc is None:
-        raise ConfigError(f"arch: unknown open_clip architecture {cfg.arch!r}")
+    mc = _model_config(cfg.arch)
     try:
         vc = mc["vision_cfg"]
         dims = {"width": int(vc["width"]), "depth": int(vc["layers"]), "embed_dim": int(mc["embed_dim"])}
@@ -234,14 +226,17 @@ FEATURE_NORMALIZED = {"embedding": False, "pre_proj": True}
 FEATURE_KINDS = tuple(FEATURE_NORMALIZED)
 
 
-def frozen_feature(visual: nn.Module, tokens: torch.Tensor, kind: str) -> torch.Tensor:
+def frozen_feature(
+    visual: nn.Module, tokens: torch.Tensor, kind: str, normalize: bool | None = None
+) -> torch.Tensor:
     """The ``kind`` feature (FEATURE_KINDS) from the last block's output tokens (N, L, D) of a frozen
-    tower."""
+    tower; L2-normalised when ``normalize`` (default: as FEATURE_NORMALIZED stores the kind)."""
     if kind not in FEATURE_NORMALIZED:
         raise ValueError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
     pooled, _ = visual._pool(tokens)  # ln_post(CLS) for pool_type 'tok'
     feat = pooled @ visual.proj if kind == "embedding" else pooled
-    return torch.nn.functional.normalize(feat, dim=-1) if FEATURE_NORMALIZED[kind] else feat
+    normalize = FEATURE_NORMALIZED[kind] if normalize is None else normalize
+    return torch.nn.functional.normalize(feat, dim=-1) if normalize else feat
 
 
 def tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -284,14 +279,7 @@ class Detector(nn.Module):
             blocks = visual.transformer.resblocks
             self.mole_blocks = cfg.mole.block_indices(len(blocks))
             for i in self.mole_blocks:
-                blocks[i].mlp = MoLEMLP(
-                    blocks[i].mlp,
-                    shared_rank=cfg.mole.shared_rank,
-                    expert_ranks=list(cfg.mole.expert_ranks),
-                    lora_alpha=cfg.mole.lora_alpha,
-                    top_k=cfg.mole.top_k,
-                    load_balance=cfg.mole.load_balance,
-                )
+                blocks[i].mlp = MoLEMLP(blocks[i].mlp, **cfg.mole.model_dump(exclude={"blocks"}))
         neck, self.head_fake, self.head_gen = build_heads(
             cfg,
             width=int(visual.ln_post.normalized_shape[0]),
@@ -325,9 +313,6 @@ class Detector(nn.Module):
         )
 
     # ------------------------------------------------------------------ structure
-    def _feature_dim(self) -> int:
-        return int(self.head_gen.in_features)
-
     def mole_modules(self) -> list[MoLEMLP]:
         return [m for m in self.visual.modules() if isinstance(m, MoLEMLP)]
 
@@ -379,10 +364,10 @@ class Detector(nn.Module):
             "trainable_pct_total": 100.0 * trainable / total,
             "trainable_pct_visual": 100.0 * trainable / visual,
             "adapted_blocks": self.mole_blocks,
-            "depth": len(self.visual.transformer.resblocks),
+            "depth": self.depth,
             "width": int(self.visual.ln_post.normalized_shape[0]),
             "image_size": self.config.image_size,
-            "feature_dim": self._feature_dim(),
+            "feature_dim": int(self.head_gen.in_features),
             "generators": list(self.config.generators),
         }
 
@@ -403,7 +388,7 @@ class Detector(nn.Module):
 
     @property
     def fused(self) -> bool:
-        return getattr(self, "_mode", "unfused") == "fused"
+        return self._mode == "fused"
 
     def aux_loss(self) -> torch.Tensor:
         """Mean load-balancing loss of the last forward over the adapted blocks (0 when disabled)."""
@@ -439,12 +424,7 @@ class Detector(nn.Module):
                     f"{self.config.name}: needs the ln_2 CLS token of all {self.depth} blocks, got {got}"
                 )
             return self.neck(torch.stack(block_cls, dim=1))
-        v = self.visual
-        pooled, _ = v._pool(tokens)  # ln_post(CLS) for pool_type 'tok'
-        feat = pooled if self.config.head.feature == "pre_proj" else pooled @ v.proj
-        if self.config.head.normalize:
-            feat = torch.nn.functional.normalize(feat, dim=-1)
-        return feat
+        return frozen_feature(self.visual, tokens, self.config.head.feature, self.config.head.normalize)
 
     def heads(self, feat: torch.Tensor) -> DetectorOutput:
         return DetectorOutput(
@@ -505,25 +485,22 @@ def _check_visual(visual: nn.Module, cfg: DetectorConfig) -> None:
         raise ConfigError(f"image_size: {cfg.image_size} but {cfg.arch} expects {size}")
 
 
-class _DropRandomInitWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("No pretrained weights loaded")
+def _model_config(arch: str) -> dict[str, Any]:
+    """open_clip's config of ``arch`` (genscan's own archs registered first); ConfigError when unknown."""
+    import open_clip
+
+    register_arch_configs()
+    mc = open_clip.get_model_config(arch)
+    if mc is None:
+        raise ConfigError(f"arch: unknown open_clip architecture {arch!r}")
+    return mc
 
 
-@contextlib.contextmanager
-def _quiet_random_init(active: bool) -> Iterator[None]:
+def _not_random_init_warning(record: logging.LogRecord) -> bool:
     """open_clip warns on the root logger when it builds a model without a pretrained tag; here that is asked
     for (random init, or weights from a local file loaded right after), and the detector's own
     `detector_created` log line says which: the warning would only mislead a reader of the console."""
-    if not active:
-        yield
-        return
-    root, flt = logging.getLogger(), _DropRandomInitWarning()
-    root.addFilter(flt)
-    try:
-        yield
-    finally:
-        root.removeFilter(flt)
+    return not record.getMessage().startswith("No pretrained weights loaded")
 
 
 def create_detector(
@@ -546,13 +523,16 @@ def create_detector(
         update["generators"] = list(generators)
     if update:
         cfg = DetectorConfig.parse({**cfg.model_dump(), **update}, source=f"config {cfg.name}")
-    register_arch_configs()
-    if open_clip.get_model_config(cfg.arch) is None:
-        raise ConfigError(f"arch: unknown open_clip architecture {cfg.arch!r}")
+    _model_config(cfg.arch)
     source, local = resolve_pretrained(cfg.arch, cfg.pretrained)
     tag = cfg.pretrained if source.kind == "tag" else None
-    with _quiet_random_init(tag is None):
+    root = logging.getLogger()
+    if tag is None:
+        root.addFilter(_not_random_init_warning)
+    try:
         model = open_clip.create_model(cfg.arch, pretrained=tag, device="cpu")
+    finally:
+        root.removeFilter(_not_random_init_warning)
     clip_params = sum(p.numel() for p in model.parameters())
     visual = model.visual
     del model  # drop the text tower

@@ -111,25 +111,6 @@ class Member:
         return InputSpec(self.det.config.image_size, self.det.config.preprocess)
 
 
-def _primary(members: Sequence[Member]) -> Member:
-    """The member whose frozen modules the pass uses: one that adapts nothing when there is one."""
-    return min(members, key=lambda m: len(m.det.mole_blocks))
-
-
-def _shared_blocks(members: Sequence[Member]) -> int:
-    """Blocks computed once for every member (before the first adapted block of any member)."""
-    return min(m.det.first_adapted_block for m in members)
-
-
-def distinct_specs(members: list[Member]) -> list[InputSpec]:
-    """The members' preprocessing inputs, each once, in first-use order."""
-    out: list[InputSpec] = []
-    for m in members:
-        if m.spec not in out:
-            out.append(m.spec)
-    return out
-
-
 @dataclass
 class BackboneGroup:
     """Members on the same frozen backbone, input size and normalisation. Members whose preprocessing
@@ -147,11 +128,13 @@ class BackboneGroup:
 
     @property
     def specs(self) -> list[InputSpec]:
-        return distinct_specs(self.members)
+        """The members' preprocessing inputs, each once, in first-use order."""
+        return list(dict.fromkeys(m.spec for m in self.members))
 
     @property
     def primary(self) -> Member:
-        return _primary(self.members)
+        """The member whose frozen modules the pass uses: one that adapts nothing when there is one."""
+        return min(self.members, key=lambda m: len(m.det.mole_blocks))
 
     @property
     def depth(self) -> int:
@@ -159,7 +142,8 @@ class BackboneGroup:
 
     @property
     def shared_blocks(self) -> int:
-        return _shared_blocks(self.members)
+        """Blocks computed once for every member (before the first adapted block of any member)."""
+        return min(m.det.first_adapted_block for m in self.members)
 
 
 def _group_key(det: Detector) -> tuple[Any, ...]:
@@ -171,9 +155,8 @@ def _share_frozen(primary: Detector, member: Detector) -> None:
     """Point ``member``'s frozen modules at ``primary``'s (same weights by group identity): one copy in
     memory."""
     pv, mv = primary.visual, member.visual
-    for name in ("conv1", "ln_pre", "ln_post", "patch_dropout"):
-        setattr(mv, name, getattr(pv, name))
-    for name in ("class_embedding", "positional_embedding", "proj"):
+    modules = ("conv1", "ln_pre", "ln_post", "patch_dropout")
+    for name in (*modules, "class_embedding", "positional_embedding", "proj"):
         setattr(mv, name, getattr(pv, name))
     adapted = set(primary.mole_blocks) | set(member.mole_blocks)
     for i in range(member.depth):
@@ -251,7 +234,7 @@ class DetectorSet:
     @property
     def inputs(self) -> list[InputSpec]:
         """The distinct preprocessing inputs ``predict`` needs, in first-use order."""
-        return distinct_specs(self.members)
+        return list(dict.fromkeys(m.spec for m in self.members))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -339,16 +322,16 @@ class DetectorSet:
                 nxt = [self._upload(a[lo + step : lo + 2 * step]) for a in inputs]
 
     # ------------------------------------------------------------------ inference
-    def _forward(self, members: Sequence[Member], images: Images) -> dict[str, DetectorOutput]:
-        """One shared pass of ``members`` (same backbone group) over one preprocessed uint8 batch."""
-        p = _primary(members).det
+    def _forward(self, group: BackboneGroup, images: Images) -> dict[str, DetectorOutput]:
+        """One shared pass of ``group``'s members over one preprocessed uint8 batch."""
+        members, p = group.members, group.primary.det
         x = to_model_input(images, p.config, device=self.device)  # float + mean/std on the device
         if self.transform is not None:
             x = self.transform(x)
         if not self.share or len(members) == 1:
             return {m.detector_id: m.det(x) for m in members}
         pv = p.visual
-        k, depth = _shared_blocks(members), p.depth
+        k, depth = group.shared_blocks, p.depth
         need_cls = any(m.det.neck is not None for m in members)
         cls: list[torch.Tensor] | None = [] if need_cls else None
         tokens = run_blocks(pv.transformer, pv._embeds(x), 0, k, cls)
@@ -374,7 +357,7 @@ class DetectorSet:
         specs = g.specs
         n = len(given[specs[0]])
         if len(specs) == 1:
-            return [(slice(0, n), self._forward(g.members, model_in[specs[0]]))]
+            return [(slice(0, n), self._forward(g, model_in[specs[0]]))]
         host = {s: _host(given[s]) for s in specs}
         # label[r, j] = the first spec whose array equals spec j's on row r
         label = np.tile(np.arange(len(specs)), (n, 1))
@@ -391,7 +374,7 @@ class DetectorSet:
                 mem = [m for m in g.members if m.spec in wanted]
                 x = model_in[specs[cls]]
                 sel = torch.as_tensor(rows, device=x.device) if isinstance(x, torch.Tensor) else rows
-                pieces.append((rows, self._forward(mem, x[sel])))
+                pieces.append((rows, self._forward(BackboneGroup(mem), x[sel])))
         return pieces
 
     def predict(self, batches: Mapping[InputSpec | str, Images]) -> dict[str, Any]:

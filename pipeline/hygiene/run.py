@@ -28,15 +28,14 @@ from functools import partial
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import __version__, storage
 from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.hygiene.copy import ShardWriter
-from pipeline.hygiene.plan import Decision, PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
+from pipeline.hygiene.plan import PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
-from pipeline.output import SAMPLE_ERROR_STATUSES
+from pipeline.output import SAMPLE_ERROR_STATUSES, parquet_bytes
 from pipeline.runner import (
     ErrorTally,
     MapFn,
@@ -99,23 +98,15 @@ def _dumps(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _manifest_row(plan: ShardPlan, d: Decision) -> dict[str, Any]:
-    return {
-        "shard": plan.spec.shard_id,
-        "source": plan.spec.source,
-        "key": d.key,
-        "action": d.action,
-        "reason": d.reason,
-        "status": d.status,
-        "error": d.error,
-        "p_fake": d.p_fake,
-        "top_generator": d.top_generator,
-        "threshold": d.threshold,
-    }
-
-
 def manifest_rows(plan: ShardPlan) -> list[dict[str, Any]]:
-    return [_manifest_row(plan, d) for d in plan.decisions if d.action != "keep" or d.reason]
+    """One shard's manifest rows: every sample not plainly kept, its Decision's MANIFEST_SCHEMA fields."""
+    where = {"shard": plan.spec.shard_id, "source": plan.spec.source}
+    fields = MANIFEST_SCHEMA.names[len(where) :]
+    return [
+        {**where, **{f: getattr(d, f) for f in fields}}
+        for d in plan.decisions
+        if d.action != "keep" or d.reason
+    ]
 
 
 def filter_shard(plan: ShardPlan) -> ShardResult:
@@ -178,9 +169,7 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
         quar_w.commit()
     else:
         quar_w.abort()
-        if storage.exists(spec.quarantine):  # left by an earlier run with another policy
-            fs, path = storage.filesystem(spec.quarantine)
-            fs.rm(path)
+        _remove(spec.quarantine)  # left by an earlier run with another policy
     rows = manifest_rows(plan)
     storage.write_bytes_atomic(
         spec.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
@@ -263,14 +252,10 @@ def summarize_plans(scan_date: str, plans: list[ShardPlan]) -> dict[str, Any]:
                 "reasons": dict(sorted(reasons.items())),
             }
         )
-    totals = Counter()
-    for s in shards:
-        for k in ("samples", "keep", "drop", "quarantine"):
-            totals[k] += s[k]
     return {
         "scan_date": scan_date,
         "shards": shards,
-        "totals": dict(totals),
+        "totals": {k: sum(s[k] for s in shards) for k in ("samples", "keep", "drop", "quarantine")},
         "skipped_shards": [s["shard"] for s in shards if s["skipped"]],
     }
 
@@ -302,6 +287,12 @@ class ResumeRefused(PlanError):
 RESUME_FIELDS = ("scan", "input", "scan_date", "policy")
 
 
+def _remove(uri: str) -> None:
+    if storage.exists(uri):
+        fs, path = storage.filesystem(uri)
+        fs.rm(path)
+
+
 def _markers(output: str) -> dict[str, dict[str, Any]]:
     """The filter's shard markers under `output` (shard id -> its ShardResult)."""
     fs, path = storage.filesystem(storage.join(output, "_shards"))
@@ -309,11 +300,10 @@ def _markers(output: str) -> dict[str, dict[str, Any]]:
         names = [p for p in fs.ls(path, detail=False) if p.endswith(".json")] if fs.exists(path) else []
     except FileNotFoundError:
         names = []
-    out = {}
-    for name in names:
-        sid = posixpath.basename(name).removesuffix(".json")
-        out[sid] = json.loads(storage.read_bytes(storage.join(output, "_shards", f"{sid}.json")))
-    return out
+    sids = [posixpath.basename(name).removesuffix(".json") for name in names]
+    return {
+        sid: json.loads(storage.read_bytes(storage.join(output, "_shards", f"{sid}.json"))) for sid in sids
+    }
 
 
 def _check_resume(cfg: FilterConfig, scan_date: str) -> None:
@@ -342,27 +332,22 @@ def _remove_stale(cfg: FilterConfig, plans: list[ShardPlan], markers: dict[str, 
         if sid in current:
             continue
         for rel in (m.get("output"), m.get("quarantine"), f"_manifest/{sid}.jsonl", f"_shards/{sid}.json"):
-            if not rel:
-                continue
-            uri = storage.join(cfg.output, *str(rel).split("/"))
-            if storage.exists(uri):
-                fs, path = storage.filesystem(uri)
-                fs.rm(path)
+            if rel:
+                _remove(storage.join(cfg.output, *str(rel).split("/")))
         removed.append(sid)
     return removed
 
 
 def _still_valid(plan: ShardPlan, marker: dict[str, Any] | None) -> bool:
     """A marker of an earlier attempt counts only if it matches today's plan of the shard."""
-    if marker is None:
-        return False
     c = plan.counts()
-    return (marker.get("samples"), marker.get("kept"), marker.get("dropped"), marker.get("quarantined")) == (
-        c["samples"],
-        c["keep"],
-        c["drop"],
-        c["quarantine"],
-    )
+    counts = {
+        "samples": c["samples"],
+        "kept": c["keep"],
+        "dropped": c["drop"],
+        "quarantined": c["quarantine"],
+    }
+    return marker is not None and all(marker.get(k) == v for k, v in counts.items())
 
 
 def run_filter(
@@ -393,9 +378,7 @@ def run_filter(
     if resume:
         _check_resume(cfg, scan_date)
     success = storage.join(cfg.output, "_SUCCESS")
-    if storage.exists(success):  # a rerun is not successful until it reconciles again
-        fs, path = storage.filesystem(success)
-        fs.rm(path)
+    _remove(success)  # a rerun is not successful until it reconciles again
     markers = _markers(cfg.output)
     stale = _remove_stale(cfg, plans, markers)
     run_dir = storage.join(cfg.output, "_run")
@@ -417,20 +400,12 @@ def run_filter(
     t_filter = time.perf_counter() - t0 - t_plan
     problems = reconcile(plans, results)
     by_id = {r.shard_id: r for r in results}
-    totals = Counter()
-    for r in results:
-        totals.update(
-            samples=r.samples,
-            kept=r.kept,
-            dropped=r.dropped,
-            quarantined=r.quarantined,
-            kept_error_rows=r.kept_error_rows,
-        )
+    counted = ("samples", "kept", "dropped", "quarantined", "kept_error_rows")
     stats = {
         "scan_date": scan_date,
         "reconciled": not problems,
         "problems": problems,
-        "totals": {k: totals[k] for k in ("samples", "kept", "dropped", "quarantined", "kept_error_rows")},
+        "totals": {k: sum(getattr(r, k) for r in results) for k in counted},
         "shards": [asdict(by_id[p.spec.shard_id]) for p in plans if p.spec.shard_id in by_id],
         "skipped_shards": [
             {"shard": p.spec.shard_id, "source": p.spec.source, "scan_error": p.scan_shard_error}
@@ -440,9 +415,7 @@ def run_filter(
     }
     rows = [row for p in todo for row in manifest_rows(p)]
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.write_bytes_atomic(storage.join(cfg.output, "manifest.parquet"), sink.getvalue().to_pybytes())
+    storage.write_bytes_atomic(storage.join(cfg.output, "manifest.parquet"), parquet_bytes(table))
     storage.write_bytes_atomic(storage.join(run_dir, "stats.json"), _dumps(stats))
     run_info = {
         "started_at": started.isoformat(),

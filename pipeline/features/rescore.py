@@ -33,6 +33,7 @@ from pipeline.logs import RunLog, get_logger
 from pipeline.output import (
     SCHEMA,
     SCHEMA_VERSION,
+    STATUSES,
     RunPaths,
     ScanOutputError,
     completed_shards,
@@ -56,24 +57,6 @@ from pipeline.settings import ConfigError
 from pipeline.storage import filesystem
 
 log = get_logger("pipeline.features.rescore")
-
-# the scan columns a re-score replaces; every other column (the image's facts) is copied from the source rows
-SCORE_COLUMNS = (
-    "schema_version",
-    "run_id",
-    "p_fake",
-    "logit",
-    "is_fake",
-    "threshold",
-    "top_generator",
-    "generator_scores",
-    "detector_id",
-    "scanned_at",
-    "detector_p_fake",
-    "detector_logit",
-    "detector_is_fake",
-    "fusion",
-)
 
 
 class RescoreFailed(RuntimeError):
@@ -115,15 +98,13 @@ def _source_rows(paths: RunPaths, shard: str) -> pa.Table:
     return pads.dataset(path, filesystem=fs, format="parquet", schema=SCHEMA.remove_metadata()).to_table()
 
 
-def _shard_error_table(
-    shard: str, url: str, source: str, message: str, task: ShardTask, head: FeatureHead
-) -> pa.Table:
+def _shard_error_table(task: ShardTask, head: FeatureHead, url: str, source: str, message: str) -> pa.Table:
     row = {name: None for name in SCHEMA.names}
     row.update(
         schema_version=SCHEMA_VERSION,
         run_id=task.run_id,
         source=source,
-        shard=shard,
+        shard=task.shard,
         shard_url=url,
         status="shard_error",
         error=message,
@@ -134,8 +115,9 @@ def _shard_error_table(
     return pa.Table.from_pylist([row], schema=SCHEMA)
 
 
-def _map(keys: list[str], values: np.ndarray, typ: pa.DataType, valid: np.ndarray) -> pa.Array:
-    """A map column with the same `keys` in every row, null where not `valid`."""
+def _map(column: str, keys: list[str], values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """The map `column` of SCHEMA with the same `keys` in every row, null where not `valid`."""
+    typ = SCHEMA.field(column).type
     n, k = values.shape
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * k, pa.int32())
     return pa.MapArray.from_arrays(
@@ -164,14 +146,14 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
     is_fake = np.zeros(n, bool)
     top = np.full(n, None, dtype=object)
     scores = np.zeros((n, len(labels)), np.float32)
-    p_fake[idx], logit[idx], is_fake[idx], scores[idx] = (
-        res["p_fake"],
-        res["logit"],
-        res["is_fake"],
-        res["generator_scores"],
-    )
+    p_fake[idx] = res["p_fake"]
+    logit[idx] = res["logit"]
+    is_fake[idx] = res["is_fake"]
+    scores[idx] = res["generator_scores"]
     top[idx] = res["top_generator"]
     mask = ~ok
+    per_detector = {"detector_p_fake": p_fake, "detector_logit": logit, "detector_is_fake": is_fake}
+    # the scan columns a re-score replaces; every other column (the image's facts) is copied from `src`
     cols = {
         "schema_version": pa.array(np.full(n, SCHEMA_VERSION, np.int16), pa.int16()),
         "run_id": pa.array([run_id] * n, pa.string()),
@@ -180,16 +162,10 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
         "is_fake": pa.array(is_fake, pa.bool_(), mask=mask),
         "threshold": pa.array(np.full(n, head.meta.threshold, np.float32), pa.float32()),
         "top_generator": pa.array(top.tolist(), pa.string()),
-        "generator_scores": _map(labels, scores, SCHEMA.field("generator_scores").type, ok),
+        "generator_scores": _map("generator_scores", labels, scores, ok),
         "detector_id": pa.array([head.detector_id] * n, pa.string()),
         "scanned_at": pa.array([dt.datetime.now(dt.UTC)] * n, pa.timestamp("ms", tz="UTC")),
-        "detector_p_fake": _map(
-            [head.detector_id], p_fake[:, None], SCHEMA.field("detector_p_fake").type, ok
-        ),
-        "detector_logit": _map([head.detector_id], logit[:, None], SCHEMA.field("detector_logit").type, ok),
-        "detector_is_fake": _map(
-            [head.detector_id], is_fake[:, None], SCHEMA.field("detector_is_fake").type, ok
-        ),
+        **{c: _map(c, [head.detector_id], v[:, None], ok) for c, v in per_detector.items()},
         "fusion": pa.nulls(n, pa.string()),
     }
     arrays = [cols[f.name] if f.name in cols else src.column(f.name).combine_chunks() for f in SCHEMA]
@@ -198,11 +174,7 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
 
 def _features(task: ShardTask, src: pa.Table, head: FeatureHead) -> tuple[dict[str, np.ndarray], str | None]:
     """The shard's features by key, or the reason it has none usable (the shard's error row says it)."""
-    scored = [
-        k
-        for k, s in zip(src.column("key").to_pylist(), src.column("status").to_pylist(), strict=True)
-        if s == "ok"
-    ]
+    scored = src.filter(pc.equal(src.column("status"), "ok")).column("key").to_pylist()
     if not scored:
         return {}, None
     uri = task.source.features(task.shard)
@@ -239,9 +211,9 @@ def rescore_shard(task: ShardTask) -> dict[str, Any]:
         table = score_table(src, feats, head, task.run_id)
     else:
         log.warning("shard_features_unusable", shard=task.shard, error=problem)
-        table = _shard_error_table(task.shard, url, source, problem, task, head)
+        table = _shard_error_table(task, head, url, source, problem)
     status = table.column("status").to_pylist()
-    counts = {s: status.count(s) for s in ("ok", "decode_error", "no_image", "too_large", "shard_error")}
+    counts = {s: status.count(s) for s in STATUSES}
     ok_fake = pc.and_(pc.equal(table.column("status"), "ok"), pc.fill_null(table.column("is_fake"), False))
     data = parquet_bytes(table)
     stats = {
@@ -365,16 +337,11 @@ def run_rescore(
         )
         totals = aggregate(target, shards).as_dict()
         record = budget.check(run_errors(totals, len(shards)))
-    except ErrorBudgetExceeded as exc:
+    except (ErrorBudgetExceeded, IncompleteRun) as exc:
+        budget_record = {"error_budget": exc.record} if isinstance(exc, ErrorBudgetExceeded) else {}
         run.write(
-            status="failed",
-            error=str(exc),
-            error_budget=exc.record,
-            totals=aggregate(target, shards).as_dict(),
+            status="failed", error=str(exc), **budget_record, totals=aggregate(target, shards).as_dict()
         )
-        raise RescoreFailed(str(exc)) from exc
-    except IncompleteRun as exc:
-        run.write(status="failed", error=str(exc), totals=aggregate(target, shards).as_dict())
         raise RescoreFailed(str(exc)) from exc
     except Exception as exc:
         run.write(

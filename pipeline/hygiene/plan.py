@@ -236,12 +236,9 @@ def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
         return plan
     # Pair the i-th occurrence of a key in the source with its i-th scan row (keys are normally unique).
     by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in sample_rows:
+    for r in reversed(sample_rows):
         by_key[r["key"]].append(r)
-    seen: Counter[str] = Counter()
-    for key in index.keys:
-        plan.decisions.append(decide(by_key[key][seen[key]], policy))
-        seen[key] += 1
+    plan.decisions = [decide(by_key[key].pop(), policy) for key in index.keys]
     return plan
 
 

@@ -9,6 +9,7 @@ Everything here is plain data (the `summary` dict): `pipeline.report.render` tur
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import duckdb
@@ -33,11 +34,7 @@ COLUMNS = [
     "decided_by",
 ]
 MAX_FILTER_ROWS = 50
-
-
 N_BINS = 10
-
-
 TREND_COLUMNS = ["status", "is_fake"]  # all the day-over-day trend needs from the other dates
 
 
@@ -119,7 +116,9 @@ def summarize(
         con,
         """
         SELECT string_agg(DISTINCT detector_id, ',' ORDER BY detector_id) AS detectors,
-               min(threshold) AS threshold_min, max(threshold) AS threshold_max FROM scan""",
+               min(threshold) AS threshold_min, max(threshold) AS threshold_max,
+               string_agg(DISTINCT run_id, ',' ORDER BY run_id) AS run_ids,
+               string_agg(DISTINCT source, '\n' ORDER BY source) AS inputs FROM scan""",
     )[0]
     daily = _rows(
         con,
@@ -136,23 +135,17 @@ def summarize(
         SELECT status, any_value(error) AS example FROM scan WHERE status <> 'ok'
         GROUP BY status ORDER BY status""",
     )
-    runs = _rows(
-        con,
-        """
-        SELECT string_agg(DISTINCT run_id, ',' ORDER BY run_id) AS run_ids,
-               string_agg(DISTINCT source, '\n' ORDER BY source) AS inputs FROM scan""",
-    )[0]
     return {
         "provenance": provenance_summary(con),
-        "run_ids": (runs["run_ids"] or "").split(",") if runs["run_ids"] else [],
-        "inputs": (runs["inputs"] or "").split("\n") if runs["inputs"] else [],
+        "run_ids": meta["run_ids"].split(",") if meta["run_ids"] else [],
+        "inputs": meta["inputs"].split("\n") if meta["inputs"] else [],
         "scan_date": scan_date,
         "totals": totals,
         "status": status,
         "generators": generators,
         "shards": shards,
         "histogram": histogram,
-        "detectors": (meta["detectors"] or "").split(",") if meta["detectors"] else [],
+        "detectors": meta["detectors"].split(",") if meta["detectors"] else [],
         "threshold": None if meta["threshold_min"] is None else round(float(meta["threshold_min"]), 4),
         "threshold_varies": meta["threshold_min"] != meta["threshold_max"],
         "daily": daily,
@@ -198,16 +191,17 @@ def run_header(scan: str, scan_date: str) -> dict[str, Any]:
     paths = output.RunPaths(scan, scan_date)
     det = output.read_json(paths.run_file("detector.json")) or {}
     run = output.read_json(paths.run_file("run.json")) or {}
-    totals, inc = run.get("totals") or {}, run.get("incremental")
+    totals, inc = run.get("totals") or {}, run.get("incremental") or {}
     shards = None
     if totals:  # how many shards the run scored and how many it carried forward from an earlier night
+        carried = int(totals.get("shards_carried") or 0)
         shards = {
             "total": totals.get("shards_done"),
-            "scanned": int(totals.get("shards_done") or 0) - int(totals.get("shards_carried") or 0),
-            "carried": int(totals.get("shards_carried") or 0),
-            "carried_from": (inc or {}).get("source_scan_date"),
-            "removed_since": (inc or {}).get("removed") if (inc or {}).get("source_scan_date") else None,
-            "full_scan_reason": (inc or {}).get("full_scan_reason"),
+            "scanned": int(totals.get("shards_done") or 0) - carried,
+            "carried": carried,
+            "carried_from": inc.get("source_scan_date"),
+            "removed_since": inc.get("removed") if inc.get("source_scan_date") else None,
+            "full_scan_reason": inc.get("full_scan_reason"),
         }
     return {
         "detector": {k: det.get(k) for k in ("uri", "detector_id", "labels", "threshold")} if det else None,
@@ -244,19 +238,8 @@ def filter_summary(filter_output: str, scan_date: str) -> dict[str, Any]:
     if storage.exists(manifest):
         fs, path = storage.filesystem(manifest)
         rows = pq.read_table(path, filesystem=fs).to_pylist()
-    con = duckdb.connect()
-    con.register(
-        "manifest", pa.Table.from_pylist(rows) if rows else pa.table({"action": pa.array([], pa.string())})
-    )
-    by_reason = (
-        _rows(
-            con,
-            """SELECT action, reason, count(*) AS samples FROM manifest
-                              GROUP BY ALL ORDER BY action, reason""",
-        )
-        if rows
-        else []
-    )
+    counted = Counter((r["action"], r["reason"]) for r in rows)
+    by_reason = [{"action": a, "reason": why, "samples": n} for (a, why), n in sorted(counted.items())]
     removed = sorted(
         (r for r in rows if r["action"] != "keep"),
         key=lambda r: (-(r["p_fake"] if r["p_fake"] is not None else -1.0), r["shard"], r["key"]),

@@ -247,7 +247,7 @@ def _remote_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
     return {"": fs.info(path)}
 
 
-def sha256_file(path: Path, chunk: int = 8 * 2**20) -> str:
+def sha256_file(path: str | Path, chunk: int = 8 * 2**20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -19,7 +19,7 @@ from pipeline.exitcodes import ExitCode
 from pipeline.models import load_detector
 from pipeline.models.config import DetectorConfig
 from pipeline.models.constants import META_FILE, WEIGHTS_FILE
-from pipeline.models.detector import sha256_file
+from pipeline.storage import sha256_file
 from tests.support.peer_detectors import TINY, peer_state, save_backbone, save_peer, tiny_clip
 
 

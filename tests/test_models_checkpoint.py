@@ -20,8 +20,8 @@ from pipeline.models import (
 )
 from pipeline.models.checks import randomize_adapters
 from pipeline.models.config import register_arch_configs
-from pipeline.models.detector import sha256_file
 from pipeline.settings import ConfigError
+from pipeline.storage import sha256_file
 
 GENS = ["gan", "diffusion"]
 

@@ -22,7 +22,7 @@ from pipeline import storage
 from pipeline.logs import get_logger
 from pipeline.models.config import DetectorConfig
 from pipeline.models.constants import META_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
-from pipeline.models.detector import Detector, check_state_dict, create_detector, sha256_file
+from pipeline.models.detector import Detector, check_state_dict, create_detector
 from pipeline.models.meta import (
     BackboneMeta,
     CheckpointError,
@@ -163,7 +163,7 @@ def read_checkpoint(uri: str | Path) -> tuple[DetectorMeta, dict[str, torch.Tens
         raise CheckpointError(str(exc)) from exc
     if meta.config is None or meta.backbone is None:
         raise CheckpointError(f"{uri}/{META_FILE}: config and backbone are required")
-    digest = sha256_file(local / WEIGHTS_FILE)
+    digest = storage.sha256_file(local / WEIGHTS_FILE)
     if meta.detector_id and not meta.detector_id.endswith("@" + digest[:12]):
         raise CheckpointError(
             f"{uri}: {WEIGHTS_FILE} (sha256 {digest[:12]}) does not match detector_id {meta.detector_id} "

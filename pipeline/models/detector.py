@@ -47,14 +47,6 @@ class BackboneSource:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_state_dict(expected: dict[str, torch.Size], got: dict[str, torch.Tensor], *, what: str) -> None:
     """Raise a CheckpointError naming every missing key, unexpected key and wrong shape."""
     missing = sorted(set(expected) - set(got))
@@ -94,7 +86,7 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneSourc
         local = storage.fetch_to_cache(pretrained)
         if not local.is_file():
             raise ConfigError(f"pretrained: weights file not found: {pretrained}")
-        return BackboneSource(arch, pretrained, "file", sha256_file(local)), local
+        return BackboneSource(arch, pretrained, "file", storage.sha256_file(local)), local
     import open_clip
 
     if not open_clip.get_pretrained_cfg(arch, pretrained):
@@ -435,38 +427,30 @@ class Detector(nn.Module):
         return self.heads(self.features(pixels))
 
     # ------------------------------------------------------------------ heads from scikit-learn
-    @torch.no_grad()
-    def set_linear_head(
-        self, coef: np.ndarray | torch.Tensor, intercept: np.ndarray | torch.Tensor | float
-    ) -> None:
+    def set_linear_head(self, coef: Any, intercept: Any) -> None:
         """Set the real/fake head from a binary scikit-learn linear model (``coef_`` (1, D),
         ``intercept_``)."""
         if not isinstance(self.head_fake, nn.Linear):
             raise ValueError(f"{self.config.name}: the real/fake head is not one linear layer")
-        w = torch.as_tensor(np.asarray(coef), dtype=self.head_fake.weight.dtype).reshape(1, -1)
-        b = torch.as_tensor(np.asarray(intercept), dtype=self.head_fake.bias.dtype).reshape(1)
-        if w.shape != self.head_fake.weight.shape:
-            raise ValueError(
-                f"coef has shape {tuple(w.shape)}, the head expects {tuple(self.head_fake.weight.shape)}"
-            )
-        self.head_fake.weight.copy_(w)
-        self.head_fake.bias.copy_(b)
+        _set_linear(self.head_fake, np.asarray(coef).reshape(1, -1), np.asarray(intercept).reshape(-1))
 
-    @torch.no_grad()
-    def set_generator_head(
-        self, coef: np.ndarray | torch.Tensor, intercept: np.ndarray | torch.Tensor
-    ) -> None:
+    def set_generator_head(self, coef: Any, intercept: Any) -> None:
         """Set the attribution head from a multinomial scikit-learn model; rows in ["real", *generators]
         order."""
-        w = torch.as_tensor(np.asarray(coef), dtype=self.head_gen.weight.dtype)
-        b = torch.as_tensor(np.asarray(intercept), dtype=self.head_gen.bias.dtype).reshape(-1)
-        if w.shape != self.head_gen.weight.shape or b.shape != self.head_gen.bias.shape:
-            raise ValueError(
-                f"coef/intercept have shapes {tuple(w.shape)}/{tuple(b.shape)}, the head expects "
-                f"{tuple(self.head_gen.weight.shape)}/{tuple(self.head_gen.bias.shape)}"
-            )
-        self.head_gen.weight.copy_(w)
-        self.head_gen.bias.copy_(b)
+        _set_linear(self.head_gen, np.asarray(coef), np.asarray(intercept).reshape(-1))
+
+
+@torch.no_grad()
+def _set_linear(layer: nn.Linear, coef: np.ndarray, intercept: np.ndarray) -> None:
+    w = torch.as_tensor(coef, dtype=layer.weight.dtype)
+    b = torch.as_tensor(intercept, dtype=layer.bias.dtype)
+    if w.shape != layer.weight.shape or b.shape != layer.bias.shape:
+        raise ValueError(
+            f"coef/intercept have shapes {tuple(w.shape)}/{tuple(b.shape)}, the head expects "
+            f"{tuple(layer.weight.shape)}/{tuple(layer.bias.shape)}"
+        )
+    layer.weight.copy_(w)
+    layer.bias.copy_(b)
 
 
 # ---------------------------------------------------------------------------------------------- factory

@@ -38,7 +38,6 @@ from pipeline.models.detector import (
     check_state_dict,
     head_shapes,
     resolve_pretrained,
-    sha256_file,
 )
 from pipeline.models.meta import BackboneMeta, CheckpointError, DetectorMeta, ImportedFrom
 from pipeline.settings import ConfigError, StrictModel
@@ -319,7 +318,7 @@ def import_detector(
         kind=kind,
         variant=variant if kind == "rine" else None,
         file=str(weights),
-        sha256=sha256_file(path),
+        sha256=storage.sha256_file(path),
         bytes=os.path.getsize(path),
         nesting=nesting,
         keys=keymap,

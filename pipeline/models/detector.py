@@ -385,9 +385,7 @@ class Detector(nn.Module):
     def aux_loss(self) -> torch.Tensor:
         """Mean load-balancing loss of the last forward over the adapted blocks (0 when disabled)."""
         losses = [m.last_aux_loss for m in self.mole_modules() if m.last_aux_loss is not None]
-        if not losses:
-            return torch.zeros(())
-        return torch.stack(losses).mean()
+        return torch.stack(losses).mean() if losses else torch.zeros(())
 
     # ------------------------------------------------------------------ forward
     def features(self, pixels: torch.Tensor) -> torch.Tensor:

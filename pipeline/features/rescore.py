@@ -71,7 +71,6 @@ class ShardTask:
     source: RunPaths
     target: RunPaths
     detector: str
-    spec: FeatureSpec  # the store's spec the driver checked the detector against
     run_id: str
     detector_id: str  # the checkpoint the driver checked: a changed one at the same URI is refused
 
@@ -322,7 +321,7 @@ def run_rescore(
     write_json(target.run_file("features.json"), provenance)
     run.write()
     RunLog.set_destination(target.run_file("log.jsonl"))  # this process's JSON log, when a job keeps one
-    tasks = {s: ShardTask(s, source, target, cfg.detector, spec, run_id, head.detector_id) for s in shards}
+    tasks = {s: ShardTask(s, source, target, cfg.detector, run_id, head.detector_id) for s in shards}
     budget = cfg.error_budget()
     t0 = time.perf_counter()
     try:

@@ -57,7 +57,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     if day_rows.num_rows == 0:
         raise PlanError(f"scan {cfg.scan} has no rows for scan_date={day}")
     con = connect(day_rows, load_scan(cfg.scan, columns=TREND_COLUMNS))
-    summary = summarize(day_rows, day, con)
+    summary = summarize(con, day)
     summary["header"] = run_header(cfg.scan, day)
     if cfg.filter_output:
         summary["filter"] = filter_summary(cfg.filter_output, day)

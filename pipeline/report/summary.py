@@ -14,7 +14,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import output, storage
@@ -58,11 +57,8 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
     return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
 
 
-def summarize(
-    table: pa.Table, scan_date: str, con: duckdb.DuckDBPyConnection | None = None
-) -> dict[str, Any]:
-    """The report's numbers for `scan_date` (and the trend over every date in `table`)."""
-    con = con or connect(table.filter(pc.field("scan_date") == scan_date), table)
+def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
+    """The report's numbers for `scan_date`, the date of `con`'s `scan` (and the trend over `scan_all`)."""
     totals = _rows(
         con,
         """

@@ -165,7 +165,8 @@ _TRANSPOSE: dict[int, Image.Transpose] = {
 _EXIF_INFO_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """An exception in one line: `Type: message`, or the type alone when the message is empty."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -199,7 +200,7 @@ def exif_orientation(im: Image.Image) -> tuple[int, str | None]:
             value = im.getexif().get(ExifTags.Base.Orientation, 1)
         notes += sorted({f"EXIF block damaged: {str(w.message).strip()}" for w in caught})
     except Exception as exc:  # Pillow raises SyntaxError, struct.error, ValueError, … for broken blocks
-        return 1, f"EXIF block unreadable, orientation ignored: {_describe(exc)}"
+        return 1, f"EXIF block unreadable, orientation ignored: {describe(exc)}"
     if not isinstance(value, int) or not 1 <= value <= 8:
         notes.append(f"EXIF orientation {value!r} is not 1-8; ignored")
         value = 1

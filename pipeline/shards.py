@@ -50,9 +50,8 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, TypedDict, Unpack
+from typing import IO, Any, Generic, NoReturn, TypedDict, TypeVar, Unpack
 
-import fsspec
 from PIL import ExifTags, Image
 
 from pipeline import storage
@@ -114,12 +113,9 @@ _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 
 # ------------------------------------------------------------------------------------------- the key rules
 def safe_name(name: str) -> str:
-    """A tar member name as valid UTF-8: surrogate-escaped raw bytes become `\\xNN` text. [ours]"""
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A tar member name as valid UTF-8: surrogate-escaped raw bytes become `\\xNN` text (a name that is
+    valid UTF-8 comes back unchanged). [ours]"""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def split_key(name: str) -> tuple[str, str] | None:
@@ -165,7 +161,8 @@ _TRANSPOSE: dict[int, Image.Transpose] = {
 _EXIF_INFO_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """An exception in one line: `Type: message`, or the type alone when the message is empty."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -199,7 +196,7 @@ def exif_orientation(im: Image.Image) -> tuple[int, str | None]:
             value = im.getexif().get(ExifTags.Base.Orientation, 1)
         notes += sorted({f"EXIF block damaged: {str(w.message).strip()}" for w in caught})
     except Exception as exc:  # Pillow raises SyntaxError, struct.error, ValueError, … for broken blocks
-        return 1, f"EXIF block unreadable, orientation ignored: {_describe(exc)}"
+        return 1, f"EXIF block unreadable, orientation ignored: {describe(exc)}"
     if not isinstance(value, int) or not 1 <= value <= 8:
         notes.append(f"EXIF orientation {value!r} is not 1-8; ignored")
         value = 1
@@ -247,10 +244,6 @@ class Sample:
     members: list[Member] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def note(self) -> str | None:
-        return "; ".join(self.notes) or None
-
     def image_member(self, max_member_bytes: int = DEFAULT_MAX_MEMBER) -> Member | None:
         return choose_image(self.members, max_member_bytes)
 
@@ -261,12 +254,12 @@ class Sample:
 def choose_image(members: list[Member], max_member_bytes: int = DEFAULT_MAX_MEMBER) -> Member | None:
     """THE image-member rule: first present extension in IMAGE_EXTENSIONS order among members not above
     `max_member_bytes` (a member above the limit is never read, so never the image)."""
-    ranked = sorted(
-        (IMAGE_EXTENSIONS.index(last_suffix(m.ext)), i, m)
-        for i, m in enumerate(members)
-        if is_image_extension(m.ext) and m.size <= max_member_bytes
-    )
-    return ranked[0][2] if ranked else None
+    eligible = [m for m in members if is_image_extension(m.ext) and m.size <= max_member_bytes]
+    return min(eligible, key=_image_rank, default=None)  # the first of equal rank: tar order
+
+
+def _image_rank(member: Member) -> int:
+    return IMAGE_EXTENSIONS.index(last_suffix(member.ext))
 
 
 def parse_meta(member: Member | None) -> tuple[dict[str, Any] | None, str | None]:
@@ -284,10 +277,6 @@ def parse_meta(member: Member | None) -> tuple[dict[str, Any] | None, str | None
 
 # What a listing reads: all member data, none, or only some (by extension and size).
 WantData = Callable[[str, int], bool]
-
-
-def want_all(max_member_bytes: int) -> WantData:
-    return lambda ext, size: size <= max_member_bytes
 
 
 def want_none(ext: str, size: int) -> bool:
@@ -309,7 +298,6 @@ class End:
     """The last item of `iter_tar`: `error` says why the shard could not be read to its end (None: it was)."""
 
     error: str | None
-    n_members: int = 0
 
 
 class _Grouper:
@@ -355,11 +343,7 @@ class _Grouper:
         images = [m for m in s.members if is_image_extension(m.ext)]
         chosen = choose_image(s.members, self.max_member_bytes)
         if chosen is not None:
-            others = [
-                m.name
-                for m in sorted(images, key=lambda m: IMAGE_EXTENSIONS.index(last_suffix(m.ext)))
-                if m is not chosen
-            ]
+            others = [m.name for m in sorted(images, key=_image_rank) if m is not chosen]
             if others:
                 s.notes.append(f"{len(images)} image members; used {chosen.name!r}, ignored {others!r}")
         elif not images:
@@ -453,7 +437,7 @@ def iter_tar(
     done = grouper.flush()
     if done is not None:
         yield done
-    yield End(error, n_members)
+    yield End(error)
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -489,11 +473,6 @@ class _TransientReadError(Exception):
     """An I/O failure that is worth retrying the whole shard for."""
 
 
-def open_fs(shard_url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec filesystem + path for a shard, with the bounded S3 timeouts/retries above."""
-    return storage.tuned_filesystem(shard_url, S3_STORAGE_OPTIONS)
-
-
 def is_missing(exc: BaseException) -> bool:
     if isinstance(exc, FileNotFoundError):
         return True
@@ -505,62 +484,60 @@ def _is_permanent(exc: BaseException) -> bool:
     return is_missing(exc) or isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError)
 
 
-@dataclass
-class _Opened:
-    fileobj: IO[bytes] | None
-    n_bytes: int | None
-    error: str | None = None  # a data error found before reading (empty object)
+def _retry_or_raise(exc: Exception, what: str) -> NoReturn:
+    """Raise `exc` itself when it is permanent (or already transient), else as a _TransientReadError."""
+    if isinstance(exc, _TransientReadError) or _is_permanent(exc):
+        raise exc
+    raise _TransientReadError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _open(shard_url: str, *, max_in_memory_bytes: int, block_size: int, whole: bool) -> _Opened:
-    """Open the shard for reading: ONE GET into memory when `whole` and small enough, else fsspec's read-ahead
-    block cache. Raises _TransientReadError for I/O failures worth a retry and the original exception for
-    permanent ones (missing object, permissions, a directory)."""
-    fs, path = open_fs(shard_url)
+_EMPTY = "empty shard (0 bytes)"
+
+
+def _open(
+    shard_url: str, *, max_in_memory_bytes: int, block_size: int, whole: bool
+) -> tuple[IO[bytes] | None, int | None]:
+    """(the shard open for reading, its size when known); no file for an empty object (`_EMPTY`). ONE GET into
+    memory when `whole` and small enough, else fsspec's read-ahead block cache, with the bounded S3
+    timeouts/retries above. Raises _TransientReadError for I/O failures worth a retry and the original
+    exception for permanent ones (missing object, permissions, a directory)."""
+    fs, path = storage.tuned_filesystem(shard_url, S3_STORAGE_OPTIONS)
     try:
         info = fs.info(path)
     except Exception as exc:
-        if _is_permanent(exc):
-            raise
-        raise _TransientReadError(f"stat failed: {type(exc).__name__}: {exc}") from exc
+        _retry_or_raise(exc, "stat")
     if info.get("type") == "directory":
         raise IsADirectoryError(f"{shard_url} is a directory")
     size = info.get("size")
     n_bytes = int(size) if size is not None else None
     if n_bytes == 0:
-        return _Opened(None, 0, "empty shard (0 bytes)")
+        return None, 0
     try:
         if whole and n_bytes is not None and n_bytes <= max_in_memory_bytes:
             data = fs.cat_file(path)
             if len(data) != n_bytes:
                 raise _TransientReadError(f"short read: {len(data)} of {n_bytes} bytes")
-            return _Opened(io.BytesIO(data), n_bytes)
-        return _Opened(fs.open(path, "rb", block_size=block_size, cache_type="readahead"), n_bytes)
-    except _TransientReadError:
-        raise
+            return io.BytesIO(data), n_bytes
+        return fs.open(path, "rb", block_size=block_size, cache_type="readahead"), n_bytes
     except Exception as exc:
-        if _is_permanent(exc):
-            raise
-        raise _TransientReadError(f"read failed: {type(exc).__name__}: {exc}") from exc
+        _retry_or_raise(exc, "read")
 
 
-def _wrap_io(exc: Exception) -> Exception:
-    if isinstance(exc, _TransientReadError) or _is_permanent(exc):
-        return exc
-    return _TransientReadError(f"read failed: {type(exc).__name__}: {exc}")
+S = TypeVar("S")
 
 
 @dataclass
-class Listing:
-    """One attempt's (or the best attempt's) view of a shard."""
+class Listing(Generic[S]):
+    """What a read of a shard found, in tar order (`Sample`s; `RawSample`s in the scan's `ShardContents`).
+    `error` is set when the shard could not be read to its end."""
 
     url: str
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[S] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (member name, reason), not samples
     error: str | None = None
-    n_bytes: int | None = None
-    attempts: int = 0
-    read_s: float = 0.0
+    n_bytes: int | None = None  # object size when known
+    attempts: int = 0  # whole-shard read attempts made
+    read_s: float = 0.0  # wall time spent reading, retries and backoff included
 
 
 def _list_once(
@@ -571,14 +548,15 @@ def _list_once(
     max_in_memory_bytes: int,
     block_size: int,
     whole: bool,
-    out: Listing,
+    out: Listing[Sample],
 ) -> str | None:
-    opened = _open(shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, whole=whole)
-    out.n_bytes = opened.n_bytes
-    if opened.fileobj is None:
-        return opened.error
+    fileobj, out.n_bytes = _open(
+        shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, whole=whole
+    )
+    if fileobj is None:
+        return _EMPTY
     try:
-        with opened.fileobj as f:
+        with fileobj as f:
             for item in iter_tar(f, want=want, max_member_bytes=max_member_bytes):
                 if isinstance(item, Sample):
                     out.samples.append(item)
@@ -587,7 +565,7 @@ def _list_once(
                 else:
                     return item.error
     except Exception as exc:
-        raise _wrap_io(exc) from exc
+        _retry_or_raise(exc, "read")
     return None
 
 
@@ -601,22 +579,22 @@ def list_shard(
     attempts: int = 3,
     backoff_s: float = 0.5,
     deadline_s: float = 300.0,
-) -> Listing:
+) -> Listing[Sample]:
     """Every sample of the shard at `shard_url` in tar order, reading the member data `want` asks for
     (default: every member up to `max_member_bytes`). Never raises for bad data or storage failures: `error`
     says why the shard could not be read to its end, and the samples read before that are kept. Transient
     failures are retried (whole shard, at most `attempts` times, backoff `backoff_s * 2**i`, no new attempt
     after `deadline_s`); if every attempt fails the longest partial read is kept. [ours]"""
-    want = want or want_all(max_member_bytes)
+    want = want or (lambda ext, size: size <= max_member_bytes)
     whole = want is not want_none and want is not want_json
     start = time.monotonic()
-    best: Listing | None = None
+    best: Listing[Sample] | None = None
     error: str | None = None
     n_bytes: int | None = None
     n_attempts = 0
     for attempt in range(attempts):
         n_attempts = attempt + 1
-        listing = Listing(url=shard_url)
+        listing: Listing[Sample] = Listing(url=shard_url)
         try:
             error = _list_once(
                 shard_url,
@@ -647,7 +625,7 @@ def list_shard(
             break
         log.warning("shard_read_retry", shard_url=shard_url, attempt=attempt + 1, error=error, pause_s=pause)
         time.sleep(pause)
-    result = best or Listing(url=shard_url)
+    result: Listing[Sample] = best or Listing(url=shard_url)
     result.error, result.attempts, result.n_bytes = error, n_attempts, n_bytes
     result.read_s = time.monotonic() - start
     if result.error:
@@ -673,35 +651,17 @@ class RawSample:
     note: str | None = None
 
 
-@dataclass
-class ShardContents:
-    """What `read_shard` could read. `error` is set when the shard could not be read to its end."""
-
-    url: str
-    samples: list[RawSample] = field(default_factory=list)
-    error: str | None = None
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (member name, reason), not samples
-    n_bytes: int | None = None  # object size when known
-    attempts: int = 0  # whole-shard read attempts made
-    read_s: float = 0.0  # wall time spent reading, retries and backoff included
+ShardContents = Listing[RawSample]  # what `read_shard` could read
 
 
-def to_raw_sample(sample: Sample, max_member_bytes: int = DEFAULT_MAX_MEMBER) -> RawSample:
-    image = sample.image_member(max_member_bytes)
+def _meta_and_note(sample: Sample) -> tuple[dict[str, Any] | None, str | None]:
+    """The sample's parsed JSON meta, and its notes with why that meta is unusable (if it is)."""
     meta, why = parse_meta(sample.json_member())
-    notes = [*sample.notes, *([why] if why else [])]
-    return RawSample(
-        sample.key,
-        image.name if image else None,
-        image.data if image else None,
-        meta,
-        "; ".join(notes) or None,
-    )
+    return meta, "; ".join([*sample.notes, *([why] if why else [])]) or None
 
 
 class ReadOptions(TypedDict, total=False):
-    """`list_shard`'s I/O and retry options, for the readers that pass them on (the defaults are
-    `list_shard`'s)."""
+    """`list_shard`'s I/O and retry options (its defaults), passed on by `read_shard`."""
 
     max_in_memory_bytes: int
     block_size: int
@@ -715,15 +675,11 @@ def read_shard(
 ) -> ShardContents:
     """The scan's view: every sample with its image bytes and JSON meta, in tar order (see `list_shard`)."""
     listing = list_shard(shard_url, max_member_bytes=max_member_bytes, **options)
-    return ShardContents(
-        url=shard_url,
-        samples=[to_raw_sample(s, max_member_bytes) for s in listing.samples],
-        error=listing.error,
-        skipped=listing.skipped,
-        n_bytes=listing.n_bytes,
-        attempts=listing.attempts,
-        read_s=listing.read_s,
-    )
+    samples = []
+    for s in listing.samples:
+        image = s.image_member(max_member_bytes)
+        samples.append(RawSample(s.key, image and image.name, image and image.data, *_meta_and_note(s)))
+    return ShardContents(**{**vars(listing), "samples": samples})
 
 
 # ------------------------------------------------------------------------------------------- consumer: filter
@@ -734,7 +690,6 @@ class ShardIndex:
 
     keys: list[str]
     non_sample_members: list[str]
-    samples: list[Sample] = field(default_factory=list)
 
 
 def index_shard(shard_url: str) -> ShardIndex:
@@ -744,9 +699,7 @@ def index_shard(shard_url: str) -> ShardIndex:
     if listing.error:
         raise ShardReadError(f"{shard_url}: {listing.error}")
     return ShardIndex(
-        keys=[s.key for s in listing.samples],
-        non_sample_members=[n for n, _ in listing.skipped],
-        samples=listing.samples,
+        keys=[s.key for s in listing.samples], non_sample_members=[n for n, _ in listing.skipped]
     )
 
 
@@ -755,12 +708,12 @@ def iter_samples(shard_url: str, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Ite
     streamed (one pass, the read-ahead block cache), for a byte-exact copy. Raises ShardReadError when the
     shard cannot be read to its end, after yielding the samples before the failure."""
     try:
-        opened = _open(shard_url, max_in_memory_bytes=0, block_size=block_size, whole=False)
+        fileobj, _ = _open(shard_url, max_in_memory_bytes=0, block_size=block_size, whole=False)
     except Exception as exc:
         raise ShardReadError(f"{shard_url}: cannot read shard: {type(exc).__name__}: {exc}") from exc
-    if opened.fileobj is None:
-        raise ShardReadError(f"{shard_url}: {opened.error}")
-    with opened.fileobj as f:
+    if fileobj is None:
+        raise ShardReadError(f"{shard_url}: {_EMPTY}")
+    with fileobj as f:
         for item in iter_tar(f, want=lambda ext, size: True, max_member_bytes=DEFAULT_MAX_MEMBER):
             if isinstance(item, Sample):
                 yield item
@@ -789,47 +742,6 @@ def labelled_samples(shard_url: str) -> list[LabelledSample]:
         if listing.error.startswith("shard not found"):
             raise FileNotFoundError(listing.error)
         raise ShardReadError(f"{shard_url}: {listing.error}")
-    out = []
-    for s in listing.samples:
-        meta, why = parse_meta(s.json_member())
-        out.append(
-            LabelledSample(
-                s.key,
-                s.occurrence,
-                s.image_member(),
-                meta,
-                "; ".join([*s.notes, *([why] if why else [])]) or None,
-            )
-        )
-    return out
-
-
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "IMAGE_FORMATS",
-    "IMAGE_TYPES",
-    "UNREAD_IMAGE_EXTENSIONS",
-    "End",
-    "LabelledSample",
-    "Listing",
-    "Member",
-    "RawSample",
-    "ReadOptions",
-    "Sample",
-    "ShardContents",
-    "ShardIndex",
-    "ShardReadError",
-    "Skipped",
-    "choose_image",
-    "exif_orientation",
-    "index_shard",
-    "iter_samples",
-    "iter_tar",
-    "labelled_samples",
-    "list_shard",
-    "open_image",
-    "read_shard",
-    "safe_name",
-    "split_key",
-    "upright",
-]
+    return [
+        LabelledSample(s.key, s.occurrence, s.image_member(), *_meta_and_note(s)) for s in listing.samples
+    ]

@@ -12,9 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.sources import LabelledImage, load_labelled, summarize
+from pipeline.data.sources import LabelledImage, load_labelled
 from pipeline.data.synthetic import DemoConfig, generate
 from pipeline.settings import ConfigError
+
+
+def summarize(items: list[LabelledImage]) -> dict[str, dict[str, int]]:
+    """{generator: {"real": n, "fake": n}}."""
+    out: dict[str, dict[str, int]] = {}
+    for it in items:
+        out.setdefault(it.generator, {"real": 0, "fake": 0})["fake" if it.label else "real"] += 1
+    return out
 
 
 def _img_bytes(value: int, fmt: str = "PNG", size: int = 8) -> bytes:

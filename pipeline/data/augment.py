@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -29,8 +30,6 @@ from pydantic import Field, model_validator
 from scipy import ndimage
 
 from pipeline.settings import StrictModel
-
-Resample = Image.Resampling
 
 
 # ---- deterministic transforms ------------------------------------------------------------------------------
@@ -69,7 +68,7 @@ def resize(img: Image.Image, factor: float) -> Image.Image:
         raise ValueError(f"factor must be > 0, got {factor}")
     w, h = img.size
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    return _rgb(img).resize(size, Resample.BICUBIC)
+    return _rgb(img).resize(size, Image.Resampling.BICUBIC)
 
 
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
@@ -78,7 +77,9 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     scale = size / min(w, h)
     if scale == 1:
         return _rgb(img)
-    return _rgb(img).resize((max(size, round(w * scale)), max(size, round(h * scale))), Resample.BICUBIC)
+    return _rgb(img).resize(
+        (max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC
+    )
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -88,14 +89,6 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
         w, h = img.size
     x, y = (w - size) // 2, (h - size) // 2
     return _rgb(img).crop((x, y, x + size, y + size))
-
-
-def crop_at(img: Image.Image, size: int, x: int, y: int) -> Image.Image:
-    return _rgb(img).crop((x, y, x + size, y + size))
-
-
-def hflip(img: Image.Image) -> Image.Image:
-    return _rgb(img).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
 # ---- training augmentation ---------------------------------------------------------------------------------
@@ -143,8 +136,7 @@ class UnivFDAugment:
 
     def __init__(self, config: AugmentConfig | None = None, **overrides: object) -> None:
         base = (config or AugmentConfig()).model_dump()
-        base.update(overrides)
-        self.config = AugmentConfig.parse(base, source="augmentation")
+        self.config = AugmentConfig.parse({**base, **overrides}, source="augmentation")
 
     def sample(self, rng: np.random.Generator) -> AugmentParams:
         c = self.config
@@ -173,8 +165,8 @@ class UnivFDAugment:
         g = c.crop_grid
         x = min(int(p.crop_u * ((w - c.crop_size) // g + 1)), (w - c.crop_size) // g) * g
         y = min(int(p.crop_v * ((h - c.crop_size) // g + 1)), (h - c.crop_size) // g) * g
-        img = crop_at(img, c.crop_size, x, y)
-        return hflip(img) if p.flip else img
+        img = img.crop((x, y, x + c.crop_size, y + c.crop_size))
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if p.flip else img
 
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         return self.apply(img, self.sample(rng))
@@ -182,14 +174,6 @@ class UnivFDAugment:
 
 # ---- robustness sweeps (evaluation) ------------------------------------------------------------------------
 Perturbation = Literal["none", "jpeg", "blur", "resize"]
-
-# [ours] default sweep values (UnivFD/CNNDetection report JPEG-quality and blur-σ curves; these grids cover
-# them)
-DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
-    "jpeg": (95, 90, 75, 60, 45, 30),
-    "blur": (0.5, 1.0, 2.0, 3.0),
-    "resize": (0.5, 0.75, 1.5),
-}
 
 
 def perturbation(kind: Perturbation, value: float | None = None) -> Callable[[Image.Image], Image.Image]:
@@ -199,12 +183,9 @@ def perturbation(kind: Perturbation, value: float | None = None) -> Callable[[Im
     if value is None:
         raise ValueError(f"perturbation {kind!r} needs a value")
     if kind == "jpeg":
-        q = int(value)
-        return lambda img: jpeg(img, q)
+        return partial(jpeg, quality=int(value))
     if kind == "blur":
-        s = float(value)
-        return lambda img: blur(img, s)
+        return partial(blur, sigma=float(value))
     if kind == "resize":
-        f = float(value)
-        return lambda img: resize(img, f)
+        return partial(resize, factor=float(value))
     raise ValueError(f"unknown perturbation {kind!r}; use none, jpeg, blur or resize")

@@ -38,8 +38,6 @@ from pipeline.storage import filesystem, list_shards, with_protocol
 
 log = get_logger("pipeline.data.sources")
 
-# the shard layer's image types (pipeline.shards), for image files in folders too
-IMAGE_EXTENSIONS = tuple(f".{ext}" for ext in shard_layer.IMAGE_EXTENSIONS)
 UNIVFD_CLASSES = {"0_real": 0, "1_fake": 1}
 GENIMAGE_CLASSES = {"nature": 0, "ai": 1}
 GENIMAGE_SPLITS = ("train", "val")
@@ -118,7 +116,7 @@ def load_labelled(
             raise ConfigError(
                 f"split: WebDataset sources have no split folders ({uri}); point at the split's shards"
             )
-        items = _load_wds(uri, on_unlabelled=on_unlabelled)
+        items = [it for shard in list_shards(uri) for it in _list_shard(shard, on_unlabelled=on_unlabelled)]
         source = "wds"
     else:
         files, root = _list_files(uri)
@@ -149,15 +147,6 @@ def load_labelled(
     return items
 
 
-def summarize(items: list[LabelledImage]) -> dict[str, dict[str, int]]:
-    """{generator: {"real": n, "fake": n}} — handy for logs and checks."""
-    out: dict[str, dict[str, int]] = {}
-    for it in items:
-        d = out.setdefault(it.generator, {"real": 0, "fake": 0})
-        d["fake" if it.label else "real"] += 1
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------------
 def _not_an_image_file(rel: str) -> bool:
     """The shard layer's member rules applied to a file path: macOS litter (`__MACOSX/`, `._*`), names without
@@ -180,14 +169,14 @@ def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
         raise FileNotFoundError(f"data source not found: {uri}")
     if not fs.isdir(root):
         raise ConfigError(f"data source {uri} is a file, not a folder of generator folders or shards")
-    paths = fs.find(root)
     rels = []
-    for p in paths:
+    for p in fs.find(root):
         rel = posixpath.relpath(p, root) if not p.startswith(root + "/") else p[len(root) + 1 :]
         if not _not_an_image_file(rel):
             rels.append(tuple(rel.split("/")))
     if not rels:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {uri}")
+        types = ", ".join(f".{ext}" for ext in shard_layer.IMAGE_EXTENSIONS)
+        raise FileNotFoundError(f"no image files ({types}) under {uri}")
     return rels, with_protocol(fs, root)
 
 
@@ -220,10 +209,6 @@ def _detect(files: list[tuple[str, ...]], root: str, uri: str) -> Literal["univf
     )
 
 
-def _basename(root: str) -> str:
-    return posixpath.basename(root.rstrip("/")) or root
-
-
 def _load_univfd(files: list[tuple[str, ...]], root: str, uri: str, split: str | None) -> list[LabelledImage]:
     if split is not None:
         files = [p[1:] for p in files if p[0] == split and len(p) > 1]
@@ -237,7 +222,7 @@ def _load_univfd(files: list[tuple[str, ...]], root: str, uri: str, split: str |
             continue
         full = "/".join(((split,) if split else ()) + parts)
         if len(parts) == 2:  # root is itself a generator folder
-            generator, category = _basename(root), None
+            generator, category = posixpath.basename(root.rstrip("/")) or root, None
         else:
             generator = parts[0]
             category = "/".join(parts[1:-2]) or None
@@ -299,13 +284,6 @@ def _looks_like_shards(uri: str) -> bool:
     return any(n.endswith(".tar") for n in names) and not any(
         n in UNIVFD_CLASSES or n in GENIMAGE_SPLITS for n in names
     )
-
-
-def _load_wds(uri: str, *, on_unlabelled: str) -> list[LabelledImage]:
-    items: list[LabelledImage] = []
-    for shard in list_shards(uri):
-        items.extend(_list_shard(shard, on_unlabelled=on_unlabelled))
-    return items
 
 
 def _list_shard(shard: str, *, on_unlabelled: str) -> list[LabelledImage]:

@@ -40,6 +40,7 @@ the config and counts beside the data.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import time
 import zlib
@@ -82,9 +83,7 @@ PHOTO_NAMES: tuple[str, ...] = (
 )
 
 
-# ------------------------------------------------------------------------------------------------------------
-# content ("real-like" images)
-# ------------------------------------------------------------------------------------------------------------
+# ---- content ("real-like" images) --------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _photos() -> tuple[Array, ...]:
     """The skimage photographs as uint8 RGB arrays (grey ones replicated to 3 channels)."""
@@ -212,9 +211,7 @@ def sample_content(rng: np.random.Generator, size: int) -> Array:
     return np.clip(img, 0, 255).astype(np.float32)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# simulated generator families [ours]
-# ------------------------------------------------------------------------------------------------------------
+# ---- simulated generator families [ours] -------------------------------------------------------------------
 def _family_rng(family: str, salt: int = 0) -> np.random.Generator:
     """Fixed per family (a generator's "weights"); independent of the data seed."""
     return np.random.default_rng([zlib.crc32(family.encode()), 0x5EED, salt])
@@ -375,9 +372,7 @@ def list_families() -> list[str]:
     return list(FAMILIES)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# images
-# ------------------------------------------------------------------------------------------------------------
+# ---- images ------------------------------------------------------------------------------------------------
 def _image_rng(seed: int, family: str, label: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(family.encode()), label, index])
 
@@ -416,9 +411,7 @@ def encode(arr: Array, fmt: str, jpeg_quality: int) -> bytes:
     return buf.getvalue()
 
 
-# ------------------------------------------------------------------------------------------------------------
-# config + writers
-# ------------------------------------------------------------------------------------------------------------
+# ---- config + writers --------------------------------------------------------------------------------------
 class DemoConfig(StrictModel):
     """What `jobs/make_demo_data.py` builds; saved as `<out>/demo_config.json`."""
 
@@ -459,10 +452,7 @@ def _ext(cfg: DemoConfig) -> str:
 
 def iter_samples(cfg: DemoConfig) -> Iterator[tuple[str, int, int]]:
     """(family, label, index) for every image, family by family, reals then fakes."""
-    for fam in cfg.families:
-        for label in (0, 1):
-            for i in range(cfg.n_per_class):
-                yield fam, label, i
+    return itertools.product(cfg.families, (0, 1), range(cfg.n_per_class))
 
 
 def _write_univfd(cfg: DemoConfig) -> dict[str, dict[str, int]]:
@@ -523,9 +513,7 @@ def generate(cfg: DemoConfig) -> dict:
     return summary
 
 
-# ------------------------------------------------------------------------------------------------------------
-# sanity check: hand-made forensic features [ours]
-# ------------------------------------------------------------------------------------------------------------
+# ---- sanity check: hand-made forensic features [ours] ------------------------------------------------------
 FEATURE_NAMES: tuple[str, ...] = (
     "log_mean_abs_laplacian",
     "laplacian_over_gradient",

@@ -4,8 +4,8 @@ Contract (docs/architecture.md): `decode_image(data, image_size=S, resize_mode=.
 DecodeResult(status ok | decode_error | too_large, error, pixels uint8 (S,S,3), width, height, format).
 
 Choices [ours]:
-- Formats: only the shard layer's image formats are opened (ALLOWED_FORMATS = `pipeline.shards.IMAGE_FORMATS`,
-  through `pipeline.shards.open_image`). Others (EPS, which runs Ghostscript; PDF; PSD; …) are `decode_error`,
+- Formats: only the shard layer's image formats are opened (`pipeline.shards.IMAGE_FORMATS`, through
+  `pipeline.shards.open_image`). Others (EPS, which runs Ghostscript; PDF; PSD; …) are `decode_error`,
   which also shrinks the decoder attack surface. `format` is the format Pillow found, whatever the extension.
 - Decompression bombs: the pixel count is checked from the header (Pillow reads only the header in
   `Image.open`) BEFORE any pixel data is decoded; more than `max_pixels` -> `too_large`. Pillow's own global
@@ -42,11 +42,9 @@ from pipeline.limits import MAX_PIXELS
 from pipeline.models.constants import PREPROCESS_MODES
 from pipeline.models.constants import PreprocessMode as ResizeMode
 from pipeline.models.preprocess import prepare_image
-from pipeline.shards import IMAGE_FORMATS, open_image, upright
+from pipeline.shards import IMAGE_FORMATS, describe, open_image, upright
 
 Status = Literal["ok", "decode_error", "too_large"]
-
-ALLOWED_FORMATS: tuple[str, ...] = IMAGE_FORMATS
 
 
 @dataclass
@@ -63,17 +61,6 @@ class DecodeResult:
     encoded: bytes | None = None
     # the same image for each of `decode_image`'s `also` inputs (several detectors in one scan), in that order
     also: list[np.ndarray] | None = None
-
-
-def _open_formats() -> list[str]:
-    """ALLOWED_FORMATS that this Pillow build can open (plugins registered first)."""
-    Image.init()
-    return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -128,7 +115,7 @@ def decode_image(
     if data is None or len(data) == 0:
         return DecodeResult("decode_error", "empty image data (0 bytes)")
     try:
-        im = open_image(data, _open_formats())
+        im = open_image(data)
     except Image.DecompressionBombError as exc:
         return DecodeResult("too_large", f"declared size exceeds Pillow's pixel limit: {exc}")
     except UnidentifiedImageError:
@@ -136,25 +123,21 @@ def decode_image(
         return DecodeResult(
             "decode_error",
             f"not a recognised image ({len(data)} bytes, starts with {head!r}; allowed formats: "
-            f"{', '.join(ALLOWED_FORMATS)})",
+            f"{', '.join(IMAGE_FORMATS)})",
         )
     except Exception as exc:  # Pillow raises many types on a bad header (SyntaxError, ValueError, OSError…)
-        return DecodeResult("decode_error", f"bad image header: {_describe(exc)}")
-    original = im
-    fmt = im.format
-    w, h = im.size
+        return DecodeResult("decode_error", f"bad image header: {describe(exc)}")
+    original, fmt, (w, h) = im, im.format, im.size
     result = DecodeResult("decode_error", format=fmt, width=w, height=h)
-    if w <= 0 or h <= 0:
-        original.close()
-        result.error = f"image declares size {w}x{h}"
-        return result
-    if w * h > max_pixels:
-        original.close()
-        result.status = "too_large"
-        result.error = f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels} (not decoded)"
-        return result
     notes: list[str] = []
     try:
+        if w <= 0 or h <= 0:
+            result.error = f"image declares size {w}x{h}"
+            return result
+        if w * h > max_pixels:
+            result.status = "too_large"
+            result.error = f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels} (not decoded)"
+            return result
         n_frames = int(getattr(im, "n_frames", 1) or 1)
         if n_frames > 1:
             im.seek(0)
@@ -174,7 +157,7 @@ def decode_image(
         result.error = f"out of memory decoding {w}x{h} {fmt}"
         return result
     except Exception as exc:
-        result.error = f"cannot decode {fmt} {w}x{h}: {_describe(exc)}"
+        result.error = f"cannot decode {fmt} {w}x{h}: {describe(exc)}"
         return result
     finally:
         original.close()

@@ -48,6 +48,11 @@ def _new_columns() -> dict[str, list[Any]]:
     return {c: [] for c in (*STR_COLS, *INT_COLS, *FLOAT_COLS)}
 
 
+def _append(cols: dict[str, list[Any]], row: dict[str, Any]) -> None:
+    for name, value in row.items():
+        cols[name].append(value)
+
+
 def input_column(i: int) -> str:
     """The batch column holding input `i` of the run's inputs: `pixels` for the first (the only one of a
     single-detector scan), `pixels_<i>` for the further preprocessings a detector set needs."""
@@ -62,9 +67,9 @@ def _to_batch(
     cols: dict[str, list[Any]],
     pixels: list[np.ndarray],
     image_size: int,
-    encoded: list[bytes] | None = None,
-    also: list[list[np.ndarray]] | None = None,
-    also_sizes: Sequence[int] = (),
+    encoded: list[bytes] | None,
+    also: list[list[np.ndarray]],
+    also_sizes: Sequence[int],
 ) -> Batch:
     n = len(cols["key"])
     batch: Batch = {c: np.asarray(cols[c], dtype=object) for c in STR_COLS}
@@ -72,12 +77,16 @@ def _to_batch(
         batch[c] = np.asarray(cols[c], dtype=np.int64)
     for c in FLOAT_COLS:
         batch[c] = np.asarray(cols[c], dtype=np.float64)
-    batch["pixels"] = _stack(pixels, image_size) if n else _stack([], image_size)
+    batch["pixels"] = _stack(pixels, image_size)
     for i, size in enumerate(also_sizes, start=1):
-        batch[input_column(i)] = _stack((also or [])[i - 1], size) if n else _stack([], size)
+        batch[input_column(i)] = _stack(also[i - 1], size)
     if encoded is not None:  # decode_on gpu: JPEG bytes for the scorer's device decode (b"" = decoded here)
         batch["encoded"] = np.asarray(encoded + [b""] * (n - len(encoded)), dtype=object)
     return batch
+
+
+def _int(v: int | None) -> int:
+    return -1 if v is None else int(v)
 
 
 def prepare_shard(
@@ -104,6 +113,7 @@ def prepare_shard(
     also = [(int(size), str(mode)) for size, mode in also]
     also_sizes = [size for size, _ in also]
     reader = provenance_reader(provenance, trust_anchors_pem)
+    blank = np.zeros((image_size, image_size, 3), np.uint8)
     blanks = [np.zeros((size, size, 3), np.uint8) for size in also_sizes]
     t0 = time.perf_counter()
     contents = read_shard(shard_url)
@@ -111,12 +121,21 @@ def prepare_shard(
     n_samples = len(contents.samples)
     expected = n_samples + (1 if contents.error else 0)
     log.info("shard_read", shard=shard, samples=n_samples, error=contents.error, read_s=round(read_s, 3))
-    blank = np.zeros((image_size, image_size, 3), np.uint8)
-    per_row_read = read_s / max(expected, 1)
+    # a row's values before its sample is looked at: this shard's, and the sentinels of "no image"
+    base: dict[str, Any] = {
+        "shard": shard,
+        "shard_url": shard_url,
+        **dict.fromkeys(("key", "error", "format", "sha256"), ""),
+        **dict.fromkeys(("width", "height", "n_bytes"), -1),
+        "_expected": expected,
+        "_read_s": read_s / max(expected, 1),
+        "_decode_s": 0.0,
+        **NO_PROVENANCE,
+    }
 
     if expected == 0:
         cols = _new_columns()
-        _append(cols, shard, shard_url, "", EMPTY_STATUS, "", -1, -1, "", -1, "", 0, 0, read_s, 0.0)
+        _append(cols, {**base, "status": EMPTY_STATUS, "_idx": 0})
         yield _to_batch(
             cols, [blank], image_size, [] if decode_on == "gpu" else None, [[b] for b in blanks], also_sizes
         )
@@ -126,22 +145,15 @@ def prepare_shard(
     extra: list[list[np.ndarray]] = [[] for _ in also]
     encoded: list[bytes] | None = [] if decode_on == "gpu" else None
     for idx, sample in enumerate(contents.samples):
-        shipped, r, prov = b"", None, NO_PROVENANCE
+        row = {**base, "key": sample.key, "_idx": idx}
+        shipped, r, px = b"", None, blank
         t1 = time.perf_counter()
         if sample.image is None:
-            status, error, w, h, fmt, n_bytes, sha, px = (
-                "no_image",
-                sample.note or "no image member",
-                -1,
-                -1,
-                "",
-                -1,
-                "",
-                blank,
-            )
+            row.update(status="no_image", error=sample.note or "no image member")
         else:
-            n_bytes, sha = len(sample.image), hashlib.sha256(sample.image).hexdigest()
+            row.update(n_bytes=len(sample.image), sha256=hashlib.sha256(sample.image).hexdigest())
             prov, image = provenance_values(reader, sample.image)
+            row.update(prov)
             try:
                 if decode_on == "gpu":
                     r = decode_or_ship(
@@ -160,49 +172,21 @@ def prepare_shard(
                         also=also,
                     )
                 shipped = r.encoded or b""
-                status, error, px = (
-                    r.status,
-                    r.error or "",
-                    (r.pixels if r.status == "ok" and not shipped else blank),
-                )
-                w, h, fmt = _int(r.width), _int(r.height), r.format or ""
+                row.update(status=r.status, error=r.error or "", format=r.format or "")
+                row.update(width=_int(r.width), height=_int(r.height))
+                px = r.pixels if r.status == "ok" and not shipped else blank
             except Exception as exc:  # decode_image should not raise; if it does, the sample still gets a row
-                status, error, w, h, fmt, px = (
-                    "decode_error",
-                    f"{type(exc).__name__}: {exc}",
-                    -1,
-                    -1,
-                    "",
-                    blank,
-                )
-            if status == "ok" and (px is None or px.shape != (image_size, image_size, 3)):
-                status, error, px = (
-                    "decode_error",
-                    f"decoder returned shape {getattr(px, 'shape', None)}",
-                    blank,
-                )
-        decode_s = time.perf_counter() - t1
-        _append(
-            cols,
-            shard,
-            shard_url,
-            sample.key,
-            status,
-            error,
-            w,
-            h,
-            fmt,
-            n_bytes,
-            sha,
-            idx,
-            expected,
-            per_row_read,
-            decode_s,
-            prov,
-        )
+                row.update(status="decode_error", error=f"{type(exc).__name__}: {exc}")
+                row.update(width=-1, height=-1, format="")  # px is still blank: its assignment ends the try
+            if row["status"] == "ok" and (px is None or px.shape != (image_size, image_size, 3)):
+                shape = getattr(px, "shape", None)
+                row.update(status="decode_error", error=f"decoder returned shape {shape}")
+                px = blank
+        row["_decode_s"] = time.perf_counter() - t1
+        _append(cols, row)
         pixels.append(px)
         for i, col in enumerate(extra):
-            col.append(r.also[i] if status == "ok" and r is not None and r.also else blanks[i])
+            col.append(r.also[i] if row["status"] == "ok" and r is not None and r.also else blanks[i])
         if encoded is not None:
             encoded.append(shipped)
         if len(pixels) >= chunk_rows:
@@ -210,70 +194,12 @@ def prepare_shard(
             cols, pixels, extra = _new_columns(), [], [[] for _ in also]
             encoded = [] if encoded is not None else None
     if contents.error:
-        _append(
-            cols,
-            shard,
-            shard_url,
-            "",
-            "shard_error",
-            contents.error,
-            -1,
-            -1,
-            "",
-            -1,
-            "",
-            n_samples,
-            expected,
-            per_row_read,
-            0.0,
-        )
+        _append(cols, {**base, "status": "shard_error", "error": contents.error, "_idx": n_samples})
         pixels.append(blank)
         for i, col in enumerate(extra):
             col.append(blanks[i])
     if pixels:
         yield _to_batch(cols, pixels, image_size, encoded, extra, also_sizes)
-
-
-def _int(v: int | None) -> int:
-    return -1 if v is None else int(v)
-
-
-def _append(
-    cols: dict[str, list[Any]],
-    shard: str,
-    shard_url: str,
-    key: str,
-    status: str,
-    error: str,
-    w: int,
-    h: int,
-    fmt: str,
-    n_bytes: int,
-    sha: str,
-    idx: int,
-    expected: int,
-    read_s: float,
-    decode_s: float,
-    prov: dict[str, Any] | None = None,
-) -> None:
-    for name, value in (
-        ("shard", shard),
-        ("shard_url", shard_url),
-        ("key", key),
-        ("status", status),
-        ("error", error),
-        ("width", w),
-        ("height", h),
-        ("format", fmt),
-        ("n_bytes", n_bytes),
-        ("sha256", sha),
-        ("_idx", idx),
-        ("_expected", expected),
-        ("_read_s", read_s),
-        ("_decode_s", decode_s),
-        *(prov or NO_PROVENANCE).items(),
-    ):
-        cols[name].append(value)
 
 
 def prepare_batch(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[Batch]:

@@ -131,16 +131,14 @@ def _local_checkpoint_dir(uri: str) -> Path:
     return local
 
 
-class _DropRandomInitWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
-
-
 @contextlib.contextmanager
 def _no_random_init_warning() -> Any:
     """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (logged on the root
     logger)."""
-    flt = _DropRandomInitWarning()
+
+    def flt(record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
     root = logging.getLogger()
     root.addFilter(flt)
     try:

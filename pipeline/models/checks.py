@@ -30,7 +30,7 @@ def randomize_adapters(det: Detector, seed: int = 0, router_scale: float = 3.0) 
     g = torch.Generator().manual_seed(seed)
     for m in det.mole_modules():
         d = m.router.in_features
-        for lora in ([m.shared] if m.shared is not None else []) + list(m.experts):
+        for lora in m.loras:
             lora.up.weight.copy_(torch.randn(lora.up.weight.shape, generator=g) * 0.05)
             lora.down.weight.copy_(torch.randn(lora.down.weight.shape, generator=g) / math.sqrt(d))
         m.router.weight.copy_(torch.randn(m.router.weight.shape, generator=g) * router_scale / math.sqrt(d))

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from pipeline.models.constants import CLIP_MEAN, CLIP_STD, DecisionRule, PreprocessMode
 from pipeline.settings import ConfigError, StrictModel
@@ -31,19 +31,12 @@ class MoLEConfig(StrictModel):
         3, description="int N: the last N blocks; list: explicit block indices (negative counts from the end)"
     )
     shared_rank: int = Field(8, ge=0, description="rank of the shared LoRA (0 = none)")
-    expert_ranks: list[int] = Field(default_factory=lambda: [8, 8, 8], min_length=1)
+    expert_ranks: list[PositiveInt] = Field(default_factory=lambda: [8, 8, 8], min_length=1)
     lora_alpha: float | None = Field(None, gt=0, description="LoRA scale = alpha/rank; None -> scale 1")
     top_k: int | None = Field(
         None, ge=1, description="keep the k largest router logits per token (None = dense)"
     )
     load_balance: bool = Field(False, description="compute the Switch-style load-balancing auxiliary loss")
-
-    @field_validator("expert_ranks")
-    @classmethod
-    def _positive_ranks(cls, v: list[int]) -> list[int]:
-        if any(r < 1 for r in v):
-            raise ValueError("every expert rank must be >= 1")
-        return v
 
     @field_validator("blocks")
     @classmethod
@@ -116,7 +109,7 @@ class DetectorConfig(StrictModel):
     image_size: int = Field(ge=16, le=1024)
     preprocess: PreprocessMode = "center_crop"
     mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = CLIP_STD
     mole: MoLEConfig | None = None
     head: HeadConfig = Field(default_factory=HeadConfig)
     rine: RineConfig | None = Field(None, description="RINE neck + head (method 'rine' only)")
@@ -128,13 +121,6 @@ class DetectorConfig(StrictModel):
     gpu_batch_size: int = Field(
         256, ge=1, le=4096, description="images per forward on one GPU (the Predictor's CUDA chunk size)"
     )
-
-    @field_validator("std")
-    @classmethod
-    def _std_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(s <= 0 for s in v):
-            raise ValueError("std values must be > 0")
-        return v
 
     @field_validator("generators")
     @classmethod

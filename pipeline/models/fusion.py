@@ -26,6 +26,7 @@ FUSIONS: tuple[str, ...] = (
     "soft_or_prob",
 )
 DEFAULT_FUSION = "soft_or_prob"
+_REDUCE = {"mean_logit": np.mean, "max_logit": np.max, "median_logit": np.median}
 
 
 def _log_sigmoid(x: np.ndarray) -> np.ndarray:
@@ -50,12 +51,8 @@ def fuse(logits: np.ndarray, rule: str = DEFAULT_FUSION, axis: int = -1) -> np.n
     x = np.asarray(logits, dtype=np.float64)
     if x.shape[axis] == 0:
         raise ValueError("fuse: no detectors to fuse (empty axis)")
-    if rule == "mean_logit":
-        return np.mean(x, axis=axis)
-    if rule == "max_logit":
-        return np.max(x, axis=axis)
-    if rule == "median_logit":
-        return np.median(x, axis=axis)
+    if rule in _REDUCE:
+        return _REDUCE[rule](x, axis=axis)
     if rule == "lse_logit":
         return _logsumexp(x, axis)
     if rule == "mean_prob":

@@ -107,6 +107,11 @@ class MoLEMLP(nn.Module):
     def num_experts(self) -> int:
         return len(self.experts)
 
+    @property
+    def loras(self) -> list[LoRA]:
+        """The shared LoRA (when there is one), then the experts: the fused weights' column order."""
+        return ([self.shared] if self.shared is not None else []) + list(self.experts)
+
     def gates(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-token gates from router logits (..., E): softmax, or softmax over the top-k logits."""
         logits = logits.float()
@@ -152,14 +157,11 @@ class MoLEMLP(nn.Module):
         fc, proj = self.base_mlp.c_fc, self.base_mlp.c_proj
         t = [fc.weight, proj.weight, self.router.weight]
         t += [b for b in (fc.bias, proj.bias) if b is not None]
-        for lora in ([self.shared] if self.shared is not None else []) + list(self.experts):
-            t += [lora.down.weight, lora.up.weight]
-        return t
+        return t + [w for lora in self.loras for w in (lora.down.weight, lora.up.weight)]
 
     def _build_fused(self) -> tuple[torch.Tensor, ...]:
         fc, proj = self.base_mlp.c_fc, self.base_mlp.c_proj
-        loras = ([self.shared] if self.shared is not None else []) + list(self.experts)
-        rows = [fc.weight, *(lo.down.weight for lo in loras), self.router.weight]
+        rows = [fc.weight, *(lo.down.weight for lo in self.loras), self.router.weight]
         n_rows = sum(r.shape[0] for r in rows)
         pad = -n_rows % FUSED_ALIGN  # zero rows: aligned row stride for the 2nd GEMM
         if pad:
@@ -168,7 +170,7 @@ class MoLEMLP(nn.Module):
         zeros_in = fc.weight.new_zeros(w_in.shape[0] - fc.out_features)
         b_fc = fc.bias if fc.bias is not None else fc.weight.new_zeros(fc.out_features)
         b_in = torch.cat([b_fc, zeros_in])
-        w_out = torch.cat([proj.weight, *(lo.up.weight * lo.scale for lo in loras)], dim=1)
+        w_out = torch.cat([proj.weight, *(lo.up.weight * lo.scale for lo in self.loras)], dim=1)
         b_out = proj.bias if proj.bias is not None else proj.weight.new_zeros(proj.out_features)
         return w_in, b_in, w_out, b_out
 

@@ -39,10 +39,13 @@ def _resize_shorter(img: Image.Image, size: int) -> Image.Image:
     return img.resize(new, Image.Resampling.BICUBIC)
 
 
+def center_crop_offsets(width: int, height: int, size: int) -> tuple[int, int]:
+    """(left, top) of the center crop, with torchvision's rounding (the GPU decoder cuts the same window)."""
+    return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+
+
 def _center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    left = int(round((w - size) / 2.0))
-    top = int(round((h - size) / 2.0))
+    left, top = center_crop_offsets(*img.size, size)
     return img.crop((left, top, left + size, top + size))
 
 
@@ -70,11 +73,7 @@ def prepare_image(img: Image.Image, cfg: DetectorConfig) -> np.ndarray:
         img = _pad_to(img, size)
     elif mode == "resize_crop" or min(img.size) < size:
         img = _resize_shorter(img, size)
-    img = _center_crop(img, size)
-    arr = np.asarray(img, dtype=np.uint8)
-    if arr.shape != (size, size, 3):  # defensive: PIL modes that do not map to HWC uint8
-        raise ValueError(f"prepared image has shape {arr.shape}, expected {(size, size, 3)}")
-    return arr
+    return np.asarray(_center_crop(img, size), dtype=np.uint8)
 
 
 def to_model_input(

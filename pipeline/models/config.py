@@ -8,6 +8,7 @@ method (``mole`` or ``linear``), the MoLE adapter layout and the heads. ``config
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Literal, Self
@@ -19,7 +20,6 @@ from pipeline.settings import ConfigError, StrictModel
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _ARCH_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
-_registered = False
 
 
 class MoLEConfig(StrictModel):
@@ -190,14 +190,11 @@ def list_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json") if not _is_arch_file(p))
 
 
+@functools.cache
 def register_arch_configs() -> None:
     """Register the shipped open_clip architecture configs (the tiny backbones) with open_clip, once."""
-    global _registered
-    if _registered:
-        return
     import open_clip
 
     for p in sorted(CONFIG_DIR.glob("*.json")):
         if _is_arch_file(p):
             open_clip.add_model_config(p)
-    _registered = True

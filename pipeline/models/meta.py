@@ -47,9 +47,8 @@ class ImportedFrom(StrictModel):
     file: str  # the path given on the command line
     sha256: str  # of that file's bytes
     bytes: int
-    nesting: (
-        str  # where the state dict sat: "raw" | "model" | "model (module. stripped)" | "state_dict" | "net"
-    )
+    # where the state dict sat: "raw" | "model" | "model (module. stripped)" | "state_dict" | "net"
+    nesting: str
     keys: dict[str, str] = Field(default_factory=dict, description="source key -> genscan parameter name")
     origin: str  # repository / download address
     licence: str

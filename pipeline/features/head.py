@@ -54,7 +54,7 @@ class FeatureHead:
             raise ConfigError(
                 f"detector {meta.detector_id}: head feature {cfg.head.feature} is not a stored kind"
             )
-        shapes = {k: v for k, v in head_shapes(cfg).items()}
+        shapes = head_shapes(cfg)
         heads = {k: v for k, v in tensors.items() if k.startswith(HEAD_PREFIXES)}
         wrong = sorted(k for k in shapes if k not in heads or tuple(heads[k].shape) != tuple(shapes[k]))
         if wrong or set(heads) != set(shapes):

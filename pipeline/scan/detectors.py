@@ -16,7 +16,7 @@ member and the fusion rule, and a `--resume` with a different detector list or f
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipeline.models.fusion import attributor
@@ -94,8 +94,12 @@ class RunDetectors:
         return self.members[0].threshold if self.fusion is None else FUSED_THRESHOLD
 
     @property
+    def attributing(self) -> DetectorInfo:
+        return self.members[attributor([m.labels for m in self.members])]
+
+    @property
     def labels(self) -> list[str]:
-        return self.members[attributor([m.labels for m in self.members])].labels
+        return self.attributing.labels
 
     @property
     def member_ids(self) -> list[str]:
@@ -105,7 +109,6 @@ class RunDetectors:
         """`_run/<date>/detector.json`: the v1 keys (uri, detector_id, threshold, labels, image_size,
         resize_mode, meta — of the one detector, or of the set / its attributing member), every member, the
         fusion."""
-        first = self.members[attributor([m.labels for m in self.members])]
         return {
             "uri": ",".join(self.uris),
             "detector_id": self.detector_id,
@@ -113,21 +116,10 @@ class RunDetectors:
             "labels": self.labels,
             "image_size": self.inputs[0][0],
             "resize_mode": self.inputs[0][1],
-            "meta": first.meta,
+            "meta": self.attributing.meta,
             "fusion": self.fusion,
             "inputs": [{"image_size": s, "preprocess": p} for s, p in self.inputs],
-            "members": [
-                {
-                    "uri": u,
-                    "detector_id": m.detector_id,
-                    "threshold": m.threshold,
-                    "labels": m.labels,
-                    "image_size": m.image_size,
-                    "resize_mode": m.resize_mode,
-                    "meta": m.meta,
-                }
-                for u, m in zip(self.uris, self.members, strict=True)
-            ],
+            "members": [{"uri": u, **asdict(m)} for u, m in zip(self.uris, self.members, strict=True)],
         }
 
 

@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.models.preprocess import center_crop_offsets
 from pipeline.scan.decode import DecodeResult, decode_image
 from pipeline.shards import exif_orientation, open_image
 
 if TYPE_CHECKING:
     import torch
 
-DecodeOn = str  # "cpu" | "gpu"
 JPEG_SOI = b"\xff\xd8\xff"
 JPEG_EOI = b"\xff\xd9"
 ELIGIBLE_MODES = ("RGB", "L")
@@ -60,12 +60,6 @@ def needs_resampling(width: int, height: int, image_size: int, resize_mode: str)
     if resize_mode == "resize_crop":
         return short != image_size
     return True  # an unknown mode is never assumed to be a window
-
-
-def center_crop_offsets(width: int, height: int, size: int) -> tuple[int, int]:
-    """(left, top) of the center crop, as `pipeline.models.preprocess` computes it (torchvision's
-    rounding)."""
-    return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
 
 
 def device_decodable(
@@ -97,7 +91,7 @@ def decode_or_ship(
     image_size: int,
     resize_mode: str = "center_crop",
     max_pixels: int,
-    decode_on: DecodeOn = "cpu",
+    decode_on: str = "cpu",
 ) -> DecodeResult:
     """The read task's per-image step: ship the bytes (`encoded`) when `decode_on == "gpu"` and the image is
     device-decodable, else decode on CPU (`decode_image`, unchanged)."""
@@ -116,9 +110,8 @@ def decode_or_ship(
 class DeviceDecoded:
     pixels: torch.Tensor  # uint8 (n_ok, S, S, 3) on the decoder's device, rows in `ok` order
     ok: np.ndarray  # indices (into the input list) of the rows in `pixels`
-    fallback: dict[
-        int, DecodeResult
-    ]  # index -> the CPU decoder's result for inputs the device did not decode
+    # index -> the CPU decoder's result for inputs that neither the device nor the CPU decoder decoded
+    fallback: dict[int, DecodeResult]
     seconds: float
 
 
@@ -183,21 +176,19 @@ class DeviceDecoder:
                     failed.append(i)
                 else:
                     crops[i] = crop
-        fallback = {
-            i: decode_image(items[i], image_size=self.size, resize_mode="center_crop", max_pixels=2**62)
-            for i in failed
-        }
-        # a CPU result that decoded after all is scored from its pixels: uploaded and merged in input order
-        for i, r in fallback.items():
-            if r.status == "ok" and r.pixels is not None:
+        fallback: dict[int, DecodeResult] = {}
+        for i in failed:
+            r = decode_image(items[i], image_size=self.size, resize_mode="center_crop", max_pixels=2**62)
+            if r.status == "ok" and r.pixels is not None:  # decoded after all: scored from the CPU pixels
                 crops[i] = torch.from_numpy(r.pixels).to(self.device)
+            else:
+                fallback[i] = r
         ok = np.asarray(sorted(crops), dtype=np.int64)
         pixels = (
             torch.stack([crops[int(i)] for i in ok])
             if len(ok)
             else torch.zeros((0, self.size, self.size, 3), dtype=torch.uint8, device=self.device)
         )
-        fallback = {i: r for i, r in fallback.items() if not (r.status == "ok" and r.pixels is not None)}
         return DeviceDecoded(pixels=pixels, ok=ok, fallback=fallback, seconds=time.perf_counter() - t0)
 
 
@@ -206,15 +197,12 @@ def _groups(items: list[bytes], sizes: list[tuple[int, int]] | None, budget: int
     if sizes is None:
         return [list(range(len(items)))] if items else []
     groups: list[list[int]] = []
-    cur: list[int] = []
     used = 0
     for i, (w, h) in enumerate(sizes):
         px = max(int(w), 1) * max(int(h), 1)
-        if cur and used + px > budget:
-            groups.append(cur)
-            cur, used = [], 0
-        cur.append(i)
+        if not groups or used + px > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
         used += px
-    if cur:
-        groups.append(cur)
     return groups

@@ -72,15 +72,9 @@ def output_arrays(rows: dict[str, np.ndarray], n: int, schema: pa.Schema) -> dic
         elif col in PROVENANCE_INT_COLS:
             arr = np.asarray(rows[col], np.int64)
             out[name] = pa.array(arr, typ, mask=arr < 0)
-        elif col in LIST_COLS:
-            verdict = rows["prov_verdict"]
-            out[name] = pa.array(
-                [
-                    (str(v).split(SEP) if v else []) if verdict[i] else None
-                    for i, v in enumerate(rows[col].tolist())
-                ],
-                typ,
-            )
+        elif col in LIST_COLS:  # null where the row has no verdict (no evidence read), else the list
+            pairs = zip(rows[col].tolist(), rows["prov_verdict"], strict=True)
+            out[name] = pa.array([(str(v).split(SEP) if v else []) if ok else None for v, ok in pairs], typ)
         else:
             out[name] = pa.array([str(v) if v else None for v in rows[col].tolist()], typ)
     return out

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 import numpy as np
 
 POLICIES = ("declared", "signed", "trusted", "report")
-DEFAULT_POLICY = "declared"
 UNKNOWN = "unknown"  # the same word as pipeline.models.predictor.UNKNOWN (a fake of no known label)
 
 

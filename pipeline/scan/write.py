@@ -28,15 +28,10 @@ log = get_logger("pipeline.scan.write")
 IDENTITY_COL = "_identity"
 
 
-def tag_identity(batch: dict[str, np.ndarray], identity: str | None) -> dict[str, np.ndarray]:
+def tag_identity(batch: dict[str, np.ndarray], identity: str | None) -> None:
     """Add the shard's identity to each row of a prepared batch (the placeholder row of an empty shard
     too)."""
     batch[IDENTITY_COL] = np.full(len(batch["shard"]), identity or "", dtype=object)
-    return batch
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def features_part(shard: str, rows: dict[str, np.ndarray]) -> tuple[bytes, dict[str, Any]] | None:
@@ -69,21 +64,15 @@ class ShardSink:
         self.paths = RunPaths(output, scan_date)
         self.writer_node = writer_node or f"host:{socket.gethostname()}"
         self.collector = ShardCollector()
-        self.ready_at = float("inf")  # earliest scorer-ready wall time seen in the rows (throughput timing)
         self.identity: dict[str, str] = {}  # pending shard -> its identity (from the rows' IDENTITY_COL)
 
     def add(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        if "_actor_ready" in batch and len(batch["_actor_ready"]):
-            self.ready_at = min(self.ready_at, float(np.min(batch["_actor_ready"])))
         if IDENTITY_COL in batch and len(batch[IDENTITY_COL]):
             shards = np.asarray(batch["shard"], dtype=object)
             for shard in dict.fromkeys(shards.tolist()):
                 if shard not in self.identity and shard not in self.collector.done:
                     self.identity[shard] = str(batch[IDENTITY_COL][int(np.argmax(shards == shard))])
-        done = []
-        for shard, rows in self.collector.add(batch):
-            done.append(self.write(shard, rows))
-        return done
+        return [self.write(shard, rows) for shard, rows in self.collector.add(batch)]
 
     def write(self, shard: str, rows: dict[str, np.ndarray]) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -98,7 +87,7 @@ class ShardSink:
             detector_id=",".join(detectors) or self.ctx.detector_id,
             identity=self.identity.pop(shard, "") or None,  # what the next night compares (None: unknown)
             writer_node=self.writer_node,
-            finished_at=_now_iso(),
+            finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             write_s=round(time.perf_counter() - t0, 6),
         )
         if not url:  # an empty shard: its url is not in any row

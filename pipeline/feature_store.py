@@ -35,7 +35,6 @@ from pipeline.settings import StrictModel
 from pipeline.storage import filesystem, read_bytes
 
 PRECISIONS = ("float16", "int8")
-DEFAULT_PRECISION = "float16"
 META_KEY = b"genscan.features"
 FORMAT_VERSION = 1
 _F16_REL = 2.0**-11 / (1 - 2.0**-11)  # |x - fp16(x)| <= this * |fp16(x)| in float16's normal range
@@ -124,25 +123,17 @@ def quantize(feats: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray 
     return np.clip(np.rint(x / safe), -127, 127).astype(np.int8), scale
 
 
-def dequantize(values: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
-    """The stored values back to float32 (N, D)."""
-    x = np.asarray(values).astype(np.float32)
-    return x if scale is None else x * np.asarray(scale, np.float32)[:, None]
-
-
-def element_bound(decoded: np.ndarray, scale: np.ndarray | None, precision: str) -> np.ndarray:
-    """Per element, how far the stored value may be from the float32 feature (N, D)."""
-    if precision == "float16":
-        return _F16_REL * np.abs(decoded) + _F16_ABS
-    assert scale is not None
-    return np.broadcast_to(np.asarray(scale, np.float64)[:, None] / 2.0, decoded.shape)
-
-
 def logit_bound(
     weight: np.ndarray, decoded: np.ndarray, scale: np.ndarray | None, precision: str
 ) -> np.ndarray:
-    """Per row, the most a linear head's logit (weight (D,)) can move because of the storage precision."""
-    return element_bound(decoded, scale, precision) @ np.abs(np.asarray(weight, np.float64))
+    """Per row, the most a linear head's logit (weight (D,)) can move because of the storage precision: the
+    per-element bound (module docstring) of the stored values against the float32 feature, times |w|."""
+    if precision == "float16":
+        bound = _F16_REL * np.abs(decoded) + _F16_ABS
+    else:
+        assert scale is not None
+        bound = np.broadcast_to(np.asarray(scale, np.float64)[:, None] / 2.0, decoded.shape)
+    return bound @ np.abs(np.asarray(weight, np.float64))
 
 
 def encode_part(shard: str, keys: list[str], feats: np.ndarray, spec: FeatureSpec) -> bytes:
@@ -175,7 +166,14 @@ class Part:
         self.scale = table.column("scale").to_numpy() if spec.precision == "int8" else None
 
     def features(self) -> np.ndarray:
-        return dequantize(self.values, self.scale)
+        """The stored values back to float32 (N, D)."""
+        x = np.asarray(self.values).astype(np.float32)
+        return x if self.scale is None else x * np.asarray(self.scale, np.float32)[:, None]
+
+
+def _unreadable(uri: str, exc: Exception, size: str = "") -> FeaturePartError:
+    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    return FeaturePartError(f"features part unreadable: {uri} ({size}truncated or not Parquet: {first})")
 
 
 def read_spec(schema: pa.Schema, uri: str) -> FeatureSpec:
@@ -197,10 +195,7 @@ def read_part_spec(uri: str) -> FeatureSpec:
     except FileNotFoundError as exc:
         raise FeaturePartError(f"features part missing: {uri}") from exc
     except (pa.ArrowException, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise FeaturePartError(
-            f"features part unreadable: {uri} (truncated or not Parquet: {first})"
-        ) from exc
+        raise _unreadable(uri, exc) from exc
     return read_spec(schema, uri)
 
 
@@ -213,10 +208,7 @@ def read_part(uri: str) -> Part:
     try:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise FeaturePartError(
-            f"features part unreadable: {uri} ({len(data)} bytes; truncated or not Parquet: {first})"
-        ) from exc
+        raise _unreadable(uri, exc, f"{len(data)} bytes; ") from exc
     spec = read_spec(table.schema, uri)
     if not table.schema.remove_metadata().equals(part_schema(spec).remove_metadata()):
         raise FeaturePartError(

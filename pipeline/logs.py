@@ -115,10 +115,7 @@ class RunLog:
         """Nothing worth keeping happened (e.g. the run never started): remove the spool (and attached
         files)."""
         self.destination = None
-        self._done = True
-        for path in [self.path, *self.attached.values()]:
-            with contextlib.suppress(OSError):
-                os.remove(path)
+        self._remove_local()
 
     def publish(self) -> str | None:
         """Copy the spool to `destination`; returns where the log is now (the destination, else the spool)."""
@@ -136,8 +133,11 @@ class RunLog:
                     write_bytes_atomic(f"{folder}/{name}", f.read())
         except OSError:
             return self.path
-        for path in [self.path, *self.attached.values()]:  # published: the local copies are no longer needed
+        self._remove_local()  # published: the local copies are no longer needed
+        return self.destination
+
+    def _remove_local(self) -> None:
+        self._done = True
+        for path in [self.path, *self.attached.values()]:
             with contextlib.suppress(OSError):
                 os.remove(path)
-        self._done = True
-        return self.destination

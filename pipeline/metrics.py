@@ -7,17 +7,17 @@ same scale as the scores: an image is called fake when `score >= threshold` (the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+Labels = Sequence[int] | np.ndarray
+Scores = Sequence[float] | np.ndarray
 DETECTION_KEYS = ("ap", "auc", "acc", "acc_05", "real_acc", "fake_acc", "balanced_acc", "n_real", "n_fake")
 
 
-def _as_arrays(
-    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _as_arrays(labels: Labels, scores: Scores) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels).astype(np.int64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:
@@ -30,25 +30,22 @@ def _as_arrays(
     return y, s
 
 
-def average_precision(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+def _two_class(metric: Callable[..., float], labels: Labels, scores: Scores) -> float:
+    y, s = _as_arrays(labels, scores)
+    return float("nan") if y.min(initial=1) == y.max(initial=0) else float(metric(y, s))
+
+
+def average_precision(labels: Labels, scores: Scores) -> float:
     """AP with fake as the positive class; NaN when only one class is present."""
-    y, s = _as_arrays(labels, scores)
-    if y.min(initial=1) == y.max(initial=0):
-        return float("nan")
-    return float(average_precision_score(y, s))
+    return _two_class(average_precision_score, labels, scores)
 
 
-def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+def roc_auc(labels: Labels, scores: Scores) -> float:
     """ROC AUC with fake as the positive class; NaN when only one class is present."""
-    y, s = _as_arrays(labels, scores)
-    if y.min(initial=1) == y.max(initial=0):
-        return float("nan")
-    return float(roc_auc_score(y, s))
+    return _two_class(roc_auc_score, labels, scores)
 
 
-def class_accuracies(
-    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float
-) -> dict[str, float]:
+def class_accuracies(labels: Labels, scores: Scores, threshold: float) -> dict[str, float]:
     """acc (over all images), real_acc (reals called real), fake_acc (fakes called fake), balanced_acc
     (mean of the two) at `score >= threshold`. A class with no images gives NaN for its accuracy."""
     y, s = _as_arrays(labels, scores)
@@ -62,29 +59,17 @@ def class_accuracies(
 
 
 def detection_metrics(
-    labels: Sequence[int] | np.ndarray,
-    scores: Sequence[float] | np.ndarray,
-    threshold: float,
-    *,
-    default_threshold: float = 0.5,
+    labels: Labels, scores: Scores, threshold: float, *, default_threshold: float = 0.5
 ) -> dict[str, float | int]:
     """The per-generator row of the evaluation table: AP, AUC, accuracies at the calibrated `threshold`
     (acc, real_acc, fake_acc, balanced_acc) and plain accuracy at `default_threshold` (acc_05, UnivFD's 0.5 on
     p_fake)."""
     y, s = _as_arrays(labels, scores)
-    at_t = class_accuracies(y, s, threshold)
-    at_05 = class_accuracies(y, s, default_threshold)
-    return {
-        "ap": average_precision(y, s),
-        "auc": roc_auc(y, s),
-        "acc": at_t["acc"],
-        "acc_05": at_05["acc"],
-        "real_acc": at_t["real_acc"],
-        "fake_acc": at_t["fake_acc"],
-        "balanced_acc": at_t["balanced_acc"],
-        "n_real": int(np.sum(y == 0)),
-        "n_fake": int(np.sum(y == 1)),
-    }
+    row = {**class_accuracies(y, s, threshold), "acc_05": class_accuracies(y, s, default_threshold)["acc"]}
+    row.update(
+        ap=average_precision(y, s), auc=roc_auc(y, s), n_real=int(np.sum(y == 0)), n_fake=int(np.sum(y == 1))
+    )
+    return {k: row[k] for k in DETECTION_KEYS}
 
 
 def mean_row(rows: dict[str, dict[str, float | int]]) -> dict[str, float | int]:

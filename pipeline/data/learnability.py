@@ -39,14 +39,13 @@ def _clf():
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
 
 
-def feature_auc(family: str, n: int, seed: int = 0, crop: int = 96, image_size: int = 128) -> float:
-    x = np.stack(
-        [
-            fingerprint_features(make_image(seed, family, lab, i, image_size), crop)
-            for lab in (0, 1)
-            for i in range(n)
-        ]
-    )
+def _images(seed: int, family: str, n: int) -> list[tuple[np.ndarray, int]]:
+    """n real then n generated demo images (128 px) of `family`, each with its label."""
+    return [(make_image(seed, family, lab, i, 128), lab) for lab in (0, 1) for i in range(n)]
+
+
+def feature_auc(family: str, n: int) -> float:
+    x = np.stack([fingerprint_features(a, 96) for a, _ in _images(0, family, n)])
     y = np.repeat([0, 1], n)
     p = cross_val_predict(
         _clf(), x, y, cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba"
@@ -54,16 +53,7 @@ def feature_auc(family: str, n: int, seed: int = 0, crop: int = 96, image_size: 
     return float(roc_auc_score(y, p[:, 1]))
 
 
-def random_probe_ap(
-    family: str,
-    n: int,
-    *,
-    config: str = "tiny-mole",
-    views: int = 3,
-    train_seed: int = 0,
-    test_seed: int = 1,
-    image_size: int = 128,
-) -> dict[str, float]:
+def random_probe_ap(family: str, n: int, *, config: str = "tiny-mole", views: int = 3) -> dict[str, float]:
     import torch
 
     from pipeline.models import DetectorConfig, create_detector
@@ -85,22 +75,20 @@ def random_probe_ap(
     def centre(a: np.ndarray) -> np.ndarray:
         return np.asarray(center_crop(Image.fromarray(a), s))
 
-    train = [(make_image(train_seed, family, lab, i, image_size), lab) for lab in (0, 1) for i in range(n)]
-    test = [(make_image(test_seed, family, lab, i, image_size), lab) for lab in (0, 1) for i in range(n)]
+    train, test = _images(0, family, n), _images(1, family, n)
     y_test = np.array([lab for _, lab in test])
     x_test = feats([centre(a) for a, _ in test])
+
+    def held_out_ap(x: np.ndarray, y: np.ndarray) -> float:
+        return float(average_precision_score(y_test, _clf().fit(x, y).decision_function(x_test)))
+
     aug = UnivFDAugment(crop_size=s, blur_prob=0.0, jpeg_prob=0.0, crop_grid=8)
     rng = np.random.default_rng(0)
     x_aug = feats([np.asarray(aug(Image.fromarray(a), rng)) for a, _ in train for _ in range(views)])
     y_aug = np.repeat([lab for _, lab in train], views)
     x_ctr = feats([centre(a) for a, _ in train])
     y_ctr = np.array([lab for _, lab in train])
-    return {
-        "centre": float(average_precision_score(y_test, _clf().fit(x_ctr, y_ctr).decision_function(x_test))),
-        "grid8_flip": float(
-            average_precision_score(y_test, _clf().fit(x_aug, y_aug).decision_function(x_test))
-        ),
-    }
+    return {"centre": held_out_ap(x_ctr, y_ctr), "grid8_flip": held_out_ap(x_aug, y_aug)}
 
 
 def main(argv: list[str] | None = None) -> int:

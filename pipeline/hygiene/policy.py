@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.output import PROVENANCE_VERDICTS
 from pipeline.runner import ErrorBudgetConfig
@@ -66,23 +66,14 @@ class FilterPolicy(StrictModel):
         "of the output",
     )
 
-    @field_validator("provenance_rules")
+    @field_validator("provenance_rules", "generator_rules")
     @classmethod
-    def _unique_verdicts(cls, rules: list[ProvenanceRule]) -> list[ProvenanceRule]:
-        verdicts = [r.verdict for r in rules]
-        dup = sorted({v for v in verdicts if verdicts.count(v) > 1})
+    def _one_rule_each(cls, rules: list, info: ValidationInfo) -> list:
+        key = "verdict" if info.field_name == "provenance_rules" else "generator"
+        values = [getattr(r, key) for r in rules]
+        dup = sorted({v for v in values if values.count(v) > 1})
         if dup:
-            raise ValueError(f"two rules for verdict {dup[0]!r}")
-        return rules
-
-    @field_validator("generator_rules")
-    @classmethod
-    def _unique_generators(cls, rules: list[GeneratorRule]) -> list[GeneratorRule]:
-        seen: set[str] = set()
-        for rule in rules:
-            if rule.generator in seen:
-                raise ValueError(f"two rules for generator {rule.generator!r}")
-            seen.add(rule.generator)
+            raise ValueError(f"two rules for {key} {dup[0]!r}")
         return rules
 
     def check_labels(self, labels: Sequence[str], *, where: str) -> None:

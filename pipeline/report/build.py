@@ -17,14 +17,7 @@ from pipeline.logs import get_logger
 from pipeline.report import gallery
 from pipeline.report.plots import plots
 from pipeline.report.render import render_html
-from pipeline.report.summary import (
-    TREND_COLUMNS,
-    connect,
-    filter_summary,
-    load_scan,
-    run_header,
-    summarize,
-)
+from pipeline.report.summary import TREND_COLUMNS, connect, filter_summary, load_scan, run_header, summarize
 from pipeline.settings import StrictModel
 
 
@@ -67,17 +60,16 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     summary["galleries"] = {g.name: gallery.as_json(g.items) for g in chosen["galleries"]}
     summary["top_flagged"] = gallery.as_json(chosen["top_flagged"])
     images = plots(summary)
-    for name, data in images.items():
+    files = {
+        **images,
+        "summary.json": (json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n").encode(),
+        "report_config.json": (cfg.to_json() + "\n").encode(),
+        "report.html": render_html(
+            summary, list(images), chosen["galleries"], chosen["top_flagged"]
+        ).encode(),
+    }
+    for name, data in files.items():  # the page last
         storage.write_bytes_atomic(storage.join(cfg.output, name), data)
-    storage.write_bytes_atomic(
-        storage.join(cfg.output, "summary.json"),
-        (json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n").encode(),
-    )
-    storage.write_bytes_atomic(
-        storage.join(cfg.output, "report_config.json"), (cfg.to_json() + "\n").encode()
-    )
-    page = render_html(summary, list(images), chosen["galleries"], chosen["top_flagged"])
-    storage.write_bytes_atomic(storage.join(cfg.output, "report.html"), page.encode())
     log.info(
         "report_written",
         output=cfg.output,

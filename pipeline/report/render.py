@@ -56,7 +56,7 @@ def render_html(
 ) -> str:
     """The page for `summary` (pipeline.report.summary), its plot files `images` (names beside the page) and
     the chosen galleries / top-flagged rows (pipeline.report.gallery, thumbnails already filled)."""
-    page = (
+    return (
         environment()
         .get_template("report.html.j2")
         .render(
@@ -67,4 +67,3 @@ def render_html(
             max_filter_rows=MAX_FILTER_ROWS,
         )
     )
-    return page

@@ -89,8 +89,6 @@ def read_weights_header(uri: str) -> dict[str, Any]:
     """The JSON header of a ``.safetensors`` file (tensor name -> dtype, shape, data_offsets), read with two
     small reads and no torch: lets the scan's driver refuse a file that is not safetensors (a renamed pickle,
     a truncated download) before any Ray work. Raises CheckpointError naming the file and what is wrong."""
-    import struct
-
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as f:
         size = fs.size(path)
@@ -99,7 +97,7 @@ def read_weights_header(uri: str) -> dict[str, Any]:
             raise CheckpointError(
                 f"{uri} is not a safetensors file: {size} bytes, shorter than its 8-byte header"
             )
-        (n,) = struct.unpack("<Q", head)
+        n = int.from_bytes(head, "little")
         if n > min(_MAX_HEADER_BYTES, size - 8):
             raise CheckpointError(
                 f"{uri} is not a safetensors file: its first 8 bytes give a header of {n} bytes in a file of "

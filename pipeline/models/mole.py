@@ -153,12 +153,6 @@ class MoLEMLP(nn.Module):
         return out
 
     # fused ------------------------------------------------------------
-    def _sources(self) -> list[torch.Tensor]:
-        fc, proj = self.base_mlp.c_fc, self.base_mlp.c_proj
-        t = [fc.weight, proj.weight, self.router.weight]
-        t += [b for b in (fc.bias, proj.bias) if b is not None]
-        return t + [w for lora in self.loras for w in (lora.down.weight, lora.up.weight)]
-
     def _build_fused(self) -> tuple[torch.Tensor, ...]:
         fc, proj = self.base_mlp.c_fc, self.base_mlp.c_proj
         rows = [fc.weight, *(lo.down.weight for lo in self.loras), self.router.weight]
@@ -178,9 +172,10 @@ class MoLEMLP(nn.Module):
         """(W_in, b_in, W_out, b_out) of the fused form (nn.Linear layout: out x in). Cached when grad is off
         (rebuilt whenever a source tensor changed); rebuilt with autograd when grad is on, so the fused path
         also trains."""
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self._sources()):
+        sources = list(self.parameters())  # the MLP's, the router's and every LoRA's
+        if torch.is_grad_enabled() and any(p.requires_grad for p in sources):
             return self._build_fused()
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._sources())
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
         if self._fused is None or key != self._fused_key:
             with torch.no_grad():
                 self._fused = tuple(w.contiguous() for w in self._build_fused())

@@ -74,7 +74,7 @@ class ScanConfig(ErrorBudgetConfig):
         None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="partition YYYY-MM-DD; default: today (UTC)"
     )
     run_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9._-]{1,80}$", description="run id; default <scan_date>-<random>"
+        None, pattern=r"^[A-Za-z0-9._-]{1,80}$", description="free-form run id; default <scan_date>-<random>"
     )
     resume: bool = Field(
         False, description="continue an unfinished run: only shards without a marker are scanned"

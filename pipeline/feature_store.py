@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from pipeline.output import parquet_bytes
 from pipeline.settings import StrictModel
 from pipeline.storage import filesystem, read_bytes
 
@@ -147,10 +148,7 @@ def encode_part(shard: str, keys: list[str], feats: np.ndarray, spec: FeatureSpe
     ]
     if scale is not None:
         cols.append(pa.array(scale, pa.float32()))
-    table = pa.Table.from_arrays(cols, schema=part_schema(spec))
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
+    return parquet_bytes(pa.Table.from_arrays(cols, schema=part_schema(spec)))
 
 
 class Part:

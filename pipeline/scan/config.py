@@ -9,6 +9,7 @@ S3 access comes from the environment / the standard AWS chain only. The validate
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,8 @@ from pipeline.limits import MAX_PIXELS
 from pipeline.models.fusion import DEFAULT_FUSION, FUSIONS
 from pipeline.runner import ErrorBudgetConfig
 
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
 # storage the scan may touch: local paths and S3(-compatible); anything else (http, ftp, sftp, ...) is refused
 ALLOWED_SCHEMES = ("file", "s3")
 
@@ -70,12 +73,8 @@ class ScanConfig(ErrorBudgetConfig):
     )
 
     # which run (see docs/schema.md, 'Runs and resume')
-    scan_date: str | None = Field(
-        None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="partition YYYY-MM-DD; default: today (UTC)"
-    )
-    run_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9._-]{1,80}$", description="free-form run id; default <scan_date>-<random>"
-    )
+    scan_date: str | None = Field(None, description="partition YYYY-MM-DD; default: today (UTC)")
+    run_id: str | None = Field(None, description="free-form run id; default <scan_date>-<random>")
     resume: bool = Field(
         False, description="continue an unfinished run: only shards without a marker are scanned"
     )
@@ -155,8 +154,18 @@ class ScanConfig(ErrorBudgetConfig):
     @field_validator("scan_date")
     @classmethod
     def _check_date(cls, v: str | None) -> str | None:
-        if v is not None:
-            dt.date.fromisoformat(v)  # a real day (the pattern checked the form)
+        if v is None:
+            return v
+        if not _DATE.match(v):
+            raise ValueError("must be YYYY-MM-DD")
+        dt.date.fromisoformat(v)
+        return v
+
+    @field_validator("run_id")
+    @classmethod
+    def _check_run_id(cls, v: str | None) -> str | None:
+        if v is not None and not _RUN_ID.match(v):
+            raise ValueError("only letters, digits, '.', '_' and '-' (at most 80)")
         return v
 
     @field_validator("detector", mode="before")

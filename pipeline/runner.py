@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from pydantic import Field
 
 from pipeline.exitcodes import ExitCode, OperatorError
-from pipeline.output import json_bytes, read_json, write_json
+from pipeline.output import write_json
 from pipeline.settings import StrictModel
 from pipeline.storage import write_bytes_atomic
 
@@ -133,23 +133,12 @@ class ErrorTally:
     failed_samples: int = 0
 
     def __add__(self, other: ErrorTally) -> ErrorTally:
-        return ErrorTally(
-            self.shards + other.shards,
-            self.failed_shards + other.failed_shards,
-            self.samples + other.samples,
-            self.failed_samples + other.failed_samples,
-        )
+        return ErrorTally(**{k: v + getattr(other, k) for k, v in vars(self).items()})
 
     def add(self, other: ErrorTally) -> None:
         """In place (a running total: constant work per shard)."""
-        self.shards += other.shards
-        self.failed_shards += other.failed_shards
-        self.samples += other.samples
-        self.failed_samples += other.failed_samples
-
-
-def _rate(n: int, of: int) -> float:
-    return n / of if of else 0.0
+        for k, v in vars(other).items():
+            setattr(self, k, getattr(self, k) + v)
 
 
 @dataclass(frozen=True)
@@ -162,8 +151,8 @@ class ErrorBudget:
 
     def record(self, tally: ErrorTally) -> dict[str, Any]:
         """The budget, the counts and the verdict (for run.json)."""
-        shard_rate = _rate(tally.failed_shards, tally.shards)
-        sample_rate = _rate(tally.failed_samples, tally.samples)
+        shard_rate = tally.failed_shards / tally.shards if tally.shards else 0.0
+        sample_rate = tally.failed_samples / tally.samples if tally.samples else 0.0
         return {
             "max_shard_error_rate": self.max_shard_error_rate,
             "max_sample_error_rate": self.max_sample_error_rate,
@@ -181,17 +170,12 @@ class ErrorBudget:
         rec = self.record(tally)
         if not rec["exceeded"]:
             return rec
-        broke = []
-        if rec["shard_error_rate"] > self.max_shard_error_rate:
-            broke.append(
-                f"{tally.failed_shards} of {tally.shards} shards failed ({rec['shard_error_rate']:.1%} > "
-                f"--max-shard-error-rate {self.max_shard_error_rate:g})"
-            )
-        if rec["sample_error_rate"] > self.max_sample_error_rate:
-            broke.append(
-                f"{tally.failed_samples} of {tally.samples} samples failed ({rec['sample_error_rate']:.1%} > "
-                f"--max-sample-error-rate {self.max_sample_error_rate:g})"
-            )
+        broke = [
+            f"{rec[f'failed_{unit}s']} of {rec[f'{unit}s']} {unit}s failed ({rate:.1%} > "
+            f"--max-{unit}-error-rate {limit:g})"
+            for unit in ("shard", "sample")
+            if (rate := rec[f"{unit}_error_rate"]) > (limit := getattr(self, f"max_{unit}_error_rate"))
+        ]
         when = " (run stopped early)" if so_far else ""
         raise ErrorBudgetExceeded("error budget exceeded" + when + ": " + "; ".join(broke), rec)
 
@@ -228,7 +212,7 @@ def commit_shard(outputs: Sequence[tuple[str, bytes]], marker_uri: str, summary:
     a retried shard overwrites the same deterministic names."""
     for uri, data in outputs:
         write_bytes_atomic(uri, data)
-    write_bytes_atomic(marker_uri, json_bytes(summary))
+    write_json(marker_uri, summary)
 
 
 @dataclass
@@ -312,29 +296,6 @@ class RunFile:
         self.uri = uri
         self.record = record
 
-    @staticmethod
-    def previous(uri: str) -> dict[str, Any] | None:
-        return read_json(uri)
-
     def write(self, **update: Any) -> None:
         self.record.update(update)
         write_json(self.uri, self.record)
-
-
-__all__ = [
-    "DEFAULT_MAX_SAMPLE_ERROR_RATE",
-    "DEFAULT_MAX_SHARD_ERROR_RATE",
-    "ErrorBudget",
-    "ErrorBudgetConfig",
-    "ErrorBudgetExceeded",
-    "ErrorTally",
-    "IncompleteRun",
-    "MapFn",
-    "Progress",
-    "RunFile",
-    "commit_shard",
-    "local_map",
-    "map_ordered",
-    "map_shards",
-    "run_shards",
-]

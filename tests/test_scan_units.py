@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.output import SCHEMA, STATUSES, RunPaths, check_table, write_json, write_shard
+from pipeline.output import SCHEMA, STATUSES, RunPaths, check_table, parquet_bytes, write_json
+from pipeline.runner import commit_shard
 from pipeline.scan.completion import RunRefused, plan_run
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.decode import decode_image
@@ -117,7 +118,7 @@ def test_table_schema_nulls_and_parquet_duckdb_round_trip(tmp_path):
     # round trip through a real Parquet file under a hive partition, read back by pyarrow and DuckDB
     paths = RunPaths(str(tmp_path / "out"), "2026-11-24")
     stats = shard_stats("a", "u", rows)
-    write_shard(paths, "a", table, stats)
+    commit_shard([(paths.parquet("a"), parquet_bytes(table))], paths.marker("a"), stats)
     back = pq.read_table(paths.parquet("a"))
     assert back.schema.equals(SCHEMA, check_metadata=False) and back.num_rows == 7
     con = duckdb.connect()

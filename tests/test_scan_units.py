@@ -246,17 +246,17 @@ def test_scorer_with_real_tiny_detector_matches_direct_forward(tmp_path):
 
 
 def test_list_input_folder_brace_and_missing(tmp_path):
-    from pipeline.scan.job import list_input
+    from pipeline.scan.job import list_input_objects
 
     for i in range(3):
         write_tar(str(tmp_path / "in" / f"shard-{i:06d}.tar"), good_samples(1, seed=i))
-    folder = list_input(_cfg(tmp_path))
-    assert [s for _, s in folder] == ["shard-000000", "shard-000001", "shard-000002"]
-    brace = list_input(_cfg(tmp_path, input=str(tmp_path / "in" / "shard-{000001..000002}.tar")))
-    assert [s for _, s in brace] == ["shard-000001", "shard-000002"]
-    assert len(list_input(_cfg(tmp_path, max_shards=2))) == 2
+    folder = list_input_objects(_cfg(tmp_path))
+    assert [s for _, s, _ in folder] == ["shard-000000", "shard-000001", "shard-000002"]
+    brace = list_input_objects(_cfg(tmp_path, input=str(tmp_path / "in" / "shard-{000001..000002}.tar")))
+    assert [s for _, s, _ in brace] == ["shard-000001", "shard-000002"]
+    assert len(list_input_objects(_cfg(tmp_path, max_shards=2))) == 2
     with pytest.raises(ConfigError, match="input"):
-        list_input(_cfg(tmp_path, input=str(tmp_path / "nowhere")))
+        list_input_objects(_cfg(tmp_path, input=str(tmp_path / "nowhere")))
 
 
 @pytest.mark.gpu

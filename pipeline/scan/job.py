@@ -96,14 +96,10 @@ class _Watchdog:
                 return
 
 
-def list_input(cfg: ScanConfig) -> list[tuple[str, str]]:
-    """[(shard_url, shard_id)] in listing order; shard ids must be unique (they name the output files)."""
-    return [(u, s) for u, s, _ in list_input_objects(cfg)]
-
-
 def list_input_objects(cfg: ScanConfig) -> list[tuple[str, str, str | None]]:
-    """[(shard_url, shard_id, identity)]: `list_input` with each shard's stored identity from the same listing
-    (`pipeline.storage.object_identity`; recorded in its marker, compared by an incremental scan)."""
+    """[(shard_url, shard_id, identity)] in listing order; shard ids must be unique (they name the output
+    files). Each shard's stored identity comes from the same listing (`pipeline.storage.object_identity`;
+    recorded in its marker, compared by an incremental scan)."""
     try:
         objs = list_shard_objects(cfg.input)
     except FileNotFoundError as exc:

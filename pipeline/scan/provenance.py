@@ -557,8 +557,6 @@ class ProvenanceReader:
         if verdict is None and declared:
             verdict, out.basis = "ai_declared", declared_kind
             out.generator, out.model = declared
-        if verdict is None:
-            verdict = "unreadable" if errors else "none"
-        out.verdict = verdict
+        out.verdict = verdict or ("unreadable" if errors else "none")
         out.error = "; ".join(errors)[:500] if errors else None
         return out

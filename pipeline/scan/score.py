@@ -77,7 +77,7 @@ class Scorer:
         # the stored features' spec (pipeline.feature_store.FeatureSpec as JSON), tagged on every row
         self.feature_spec = feature_spec(*tapped, features, features_precision) if tapped else None
         self.feature_dim = json.loads(self.feature_spec)["dim"] if self.feature_spec else 0
-        self.meta = meta  # the (attributing) detector's: its labels are the rows' generator_scores keys
+        # the (attributing) detector's labels: the rows' generator_scores keys
         self.labels = ["real", *meta.generators]
         self.batch_size = batch_size
         self.decoder = None

@@ -217,11 +217,9 @@ def plan_carry(
     marked = completed_shards(src)
     # one listing each; the features folder is empty when the source night kept no features
     sizes = {**_sizes(src.data_dir), **_sizes(src.features_dir)}
-    tonight_ids = {s for _, s, _ in shards}
-    plan.removed = len(marked - tonight_ids)
+    plan.removed = len(marked - {s for _, s, _ in shards})
     by_id = {s: (u, i) for u, s, i in shards}
     candidates = [s for _, s, i in shards if s in marked and i is not None and s not in skip]
-    carried: set[str] = set()
     for shard, m in read_markers(src, candidates, strict=False):  # unreadable: no identity -> rescanned
         url, identity = by_id[shard]
         if not m.get("identity"):
@@ -243,7 +241,7 @@ def plan_carry(
                     parts=parts,
                 )
             )
-            carried.add(shard)
+    carried = {c.shard for c in plan.carry}
     for url, shard, identity in shards:
         if shard in carried or shard in skip:
             continue

@@ -61,20 +61,18 @@ def map_ordered(
 ) -> list[R]:
     """Every result of `map_fn(fn, items)` in input order; `on_result` sees each as it completes (and may
     raise to stop the run: the executor is closed, so what has not started is cancelled)."""
-    out: list[Any] = [None] * len(items)
-    got = [False] * len(items)
+    got: dict[int, R] = {}
     results = map_fn(fn, items)
     try:
         for i, result in results:
-            out[i], got[i] = result, True
+            got[i] = result
             if on_result is not None:
                 on_result(result)
     finally:
         release(results)
-    missing = got.count(False)
-    if missing:
-        raise IncompleteRun(f"{missing} of {len(items)} item(s) never completed")
-    return out
+    if len(got) < len(items):
+        raise IncompleteRun(f"{len(items) - len(got)} of {len(items)} item(s) never completed")
+    return [got[i] for i in range(len(items))]
 
 
 class IncompleteRun(RuntimeError):

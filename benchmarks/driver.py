@@ -145,7 +145,7 @@ def scan_driver_writes(cfg: Any) -> dict[str, Any]:
     """The old design, same plan and same writer code, but every row comes to the driver, which writes."""
     from pipeline.engine.scan import build_dataset
     from pipeline.models import read_meta
-    from pipeline.scan.job import list_input
+    from pipeline.scan.job import list_input_objects
     from pipeline.scan.rows import RunContext
     from pipeline.scan.write import ShardSink
 
@@ -157,7 +157,7 @@ def scan_driver_writes(cfg: Any) -> dict[str, Any]:
         threshold=float(meta.threshold),
         labels=["real", *meta.generators],
     )
-    shards = list_input(cfg)
+    shards = [(u, s) for u, s, _ in list_input_objects(cfg)]
     c0, m0, t0 = _cpu_s(), time.thread_time(), time.perf_counter()
     sink = ShardSink(ctx, cfg.output, "2026-01-01")
     rows = 0

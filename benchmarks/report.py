@@ -39,6 +39,7 @@ def write_scan(root: Path, dates: list[str], rows_per_date: int, seed: int = 0) 
     import pyarrow as pa
 
     from pipeline import output
+    from pipeline.runner import commit_shard
 
     rng = np.random.default_rng(seed)
     per = rows_per_date // SHARDS_PER_DATE
@@ -83,7 +84,9 @@ def write_scan(root: Path, dates: list[str], rows_per_date: int, seed: int = 0) 
             table = pa.table([cols[f.name] for f in output.SCHEMA], names=output.SCHEMA.names).cast(
                 output.SCHEMA
             )
-            output.write_shard(paths, shard, table, {"rows": per})
+            commit_shard(
+                [(paths.parquet(shard), output.parquet_bytes(table))], paths.marker(shard), {"rows": per}
+            )
 
 
 CHILD = r"""

@@ -60,9 +60,8 @@ SCHEMA = pa.schema(
         pa.field("is_fake", pa.bool_()),  # p_fake >= threshold
         pa.field("threshold", pa.float32()),  # the checkpoint's calibrated p_fake threshold
         pa.field("top_generator", pa.string()),  # "real", a known generator, or "unknown"
-        pa.field(
-            "generator_scores", pa.map_(pa.string(), pa.float32())
-        ),  # softmax over ["real", *generators]
+        # softmax over ["real", *generators]
+        pa.field("generator_scores", pa.map_(pa.string(), pa.float32())),
         pa.field("width", pa.int32()),  # original image size
         pa.field("height", pa.int32()),
         pa.field("format", pa.string()),  # PIL format name, e.g. JPEG / PNG
@@ -79,13 +78,11 @@ SCHEMA = pa.schema(
         # v3: provenance evidence read from the member's bytes (pipeline.scan.provenance; docs/provenance.md);
         # null when not read (reading off, no image bytes, a format other than JPEG / PNG / WebP)
         pa.field("provenance_verdict", pa.string()),  # one of PROVENANCE_VERDICTS
-        pa.field(
-            "provenance_basis", pa.string()
-        ),  # the evidence kind that gave the verdict (c2pa xmp png_text exif)
+        # the evidence kind that gave the verdict (c2pa xmp png_text exif)
+        pa.field("provenance_basis", pa.string()),
         pa.field("provenance_kinds", pa.list_(pa.string())),  # every evidence kind found
-        pa.field(
-            "provenance_generator", pa.string()
-        ),  # declared generator (claim generator, front-end, Software)
+        # declared generator (claim generator, front-end, Software)
+        pa.field("provenance_generator", pa.string()),
         pa.field("provenance_model", pa.string()),  # model name, where the front-end writes it
         pa.field("provenance_signer", pa.string()),  # C2PA signing certificate "<issuer> / <common name>"
         pa.field("provenance_source_types", pa.list_(pa.string())),  # IPTC digital source type IRIs
@@ -184,12 +181,6 @@ def parquet_glob(output: str) -> str:
     return join(output, f"{DATA_PREFIX}*", "*.parquet")
 
 
-def features_glob(output: str) -> str:
-    """The one glob that reads every date's stored features (DuckDB, with hive partitioning;
-    docs/queries.md)."""
-    return join(output, FEATURES_DIR, f"{DATA_PREFIX}*", "*.parquet")
-
-
 # ------------------------------------------------------------------------------------------- JSON files
 def read_json(uri: str) -> dict[str, Any] | None:
     try:
@@ -275,12 +266,6 @@ def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
-
-
-def write_shard(paths: RunPaths, shard: str, table: pa.Table, stats: dict[str, Any]) -> None:
-    """Parquet first, marker (stats) LAST: a marker implies a complete Parquet file."""
-    write_bytes_atomic(paths.parquet(shard), parquet_bytes(table))
-    write_json(paths.marker(shard), stats)
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from pydantic import Field
 
 from pipeline.exitcodes import ExitCode, OperatorError
-from pipeline.output import json_bytes, read_json, write_json
+from pipeline.output import write_json
 from pipeline.settings import StrictModel
 from pipeline.storage import write_bytes_atomic
 
@@ -61,20 +61,18 @@ def map_ordered(
 ) -> list[R]:
     """Every result of `map_fn(fn, items)` in input order; `on_result` sees each as it completes (and may
     raise to stop the run: the executor is closed, so what has not started is cancelled)."""
-    out: list[Any] = [None] * len(items)
-    got = [False] * len(items)
+    got: dict[int, R] = {}
     results = map_fn(fn, items)
     try:
         for i, result in results:
-            out[i], got[i] = result, True
+            got[i] = result
             if on_result is not None:
                 on_result(result)
     finally:
         release(results)
-    missing = got.count(False)
-    if missing:
-        raise IncompleteRun(f"{missing} of {len(items)} item(s) never completed")
-    return out
+    if len(got) < len(items):
+        raise IncompleteRun(f"{len(items) - len(got)} of {len(items)} item(s) never completed")
+    return [got[i] for i in range(len(items))]
 
 
 class IncompleteRun(RuntimeError):
@@ -133,23 +131,12 @@ class ErrorTally:
     failed_samples: int = 0
 
     def __add__(self, other: ErrorTally) -> ErrorTally:
-        return ErrorTally(
-            self.shards + other.shards,
-            self.failed_shards + other.failed_shards,
-            self.samples + other.samples,
-            self.failed_samples + other.failed_samples,
-        )
+        return ErrorTally(**{k: v + getattr(other, k) for k, v in vars(self).items()})
 
     def add(self, other: ErrorTally) -> None:
         """In place (a running total: constant work per shard)."""
-        self.shards += other.shards
-        self.failed_shards += other.failed_shards
-        self.samples += other.samples
-        self.failed_samples += other.failed_samples
-
-
-def _rate(n: int, of: int) -> float:
-    return n / of if of else 0.0
+        for k, v in vars(other).items():
+            setattr(self, k, getattr(self, k) + v)
 
 
 @dataclass(frozen=True)
@@ -162,8 +149,8 @@ class ErrorBudget:
 
     def record(self, tally: ErrorTally) -> dict[str, Any]:
         """The budget, the counts and the verdict (for run.json)."""
-        shard_rate = _rate(tally.failed_shards, tally.shards)
-        sample_rate = _rate(tally.failed_samples, tally.samples)
+        shard_rate = tally.failed_shards / tally.shards if tally.shards else 0.0
+        sample_rate = tally.failed_samples / tally.samples if tally.samples else 0.0
         return {
             "max_shard_error_rate": self.max_shard_error_rate,
             "max_sample_error_rate": self.max_sample_error_rate,
@@ -181,17 +168,12 @@ class ErrorBudget:
         rec = self.record(tally)
         if not rec["exceeded"]:
             return rec
-        broke = []
-        if rec["shard_error_rate"] > self.max_shard_error_rate:
-            broke.append(
-                f"{tally.failed_shards} of {tally.shards} shards failed ({rec['shard_error_rate']:.1%} > "
-                f"--max-shard-error-rate {self.max_shard_error_rate:g})"
-            )
-        if rec["sample_error_rate"] > self.max_sample_error_rate:
-            broke.append(
-                f"{tally.failed_samples} of {tally.samples} samples failed ({rec['sample_error_rate']:.1%} > "
-                f"--max-sample-error-rate {self.max_sample_error_rate:g})"
-            )
+        broke = [
+            f"{rec[f'failed_{unit}s']} of {rec[f'{unit}s']} {unit}s failed ({rate:.1%} > "
+            f"--max-{unit}-error-rate {limit:g})"
+            for unit in ("shard", "sample")
+            if (rate := rec[f"{unit}_error_rate"]) > (limit := getattr(self, f"max_{unit}_error_rate"))
+        ]
         when = " (run stopped early)" if so_far else ""
         raise ErrorBudgetExceeded("error budget exceeded" + when + ": " + "; ".join(broke), rec)
 
@@ -228,7 +210,7 @@ def commit_shard(outputs: Sequence[tuple[str, bytes]], marker_uri: str, summary:
     a retried shard overwrites the same deterministic names."""
     for uri, data in outputs:
         write_bytes_atomic(uri, data)
-    write_bytes_atomic(marker_uri, json_bytes(summary))
+    write_json(marker_uri, summary)
 
 
 @dataclass
@@ -312,29 +294,6 @@ class RunFile:
         self.uri = uri
         self.record = record
 
-    @staticmethod
-    def previous(uri: str) -> dict[str, Any] | None:
-        return read_json(uri)
-
     def write(self, **update: Any) -> None:
         self.record.update(update)
         write_json(self.uri, self.record)
-
-
-__all__ = [
-    "DEFAULT_MAX_SAMPLE_ERROR_RATE",
-    "DEFAULT_MAX_SHARD_ERROR_RATE",
-    "ErrorBudget",
-    "ErrorBudgetConfig",
-    "ErrorBudgetExceeded",
-    "ErrorTally",
-    "IncompleteRun",
-    "MapFn",
-    "Progress",
-    "RunFile",
-    "commit_shard",
-    "local_map",
-    "map_ordered",
-    "map_shards",
-    "run_shards",
-]

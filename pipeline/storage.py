@@ -34,8 +34,7 @@ def absolute(uri: str) -> str:
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path-within-it) for a URI or local path."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    return fs, path
+    return fsspec.core.url_to_fs(uri)
 
 
 def tuned_filesystem(uri: str, s3_options: dict) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -66,27 +65,32 @@ def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{protocol}://{path}"
 
 
+def _named(source: str) -> list[str] | None:
+    """The shard URIs a brace pattern or a single `.tar` names (no request); None for a folder/prefix."""
+    if "{" in source:
+        return sorted(set(braceexpand(source)))
+    return [source] if source.endswith(SHARD_SUFFIXES) else None
+
+
 def list_shards(source: str) -> list[str]:
     """Shard URIs for `source`: a brace pattern (`.../shard-{000000..000009}.tar`), one `.tar`,
     or a folder/prefix searched recursively for `*.tar`. Sorted, de-duplicated; never empty. A brace pattern
     or a single `.tar` is expanded without a request."""
-    if "{" in source or source.endswith(SHARD_SUFFIXES):
-        return sorted(set(braceexpand(source))) if "{" in source else [source]
-    return [uri for uri, _ in list_shard_objects(source)]
+    return _named(source) or [uri for uri, _ in list_shard_objects(source)]
 
 
 def list_shard_objects(source: str) -> list[tuple[str, str | None]]:
     """`list_shards` with each shard's stored identity (`object_identity`) from the same listing: a folder is
     one recursive listing; a brace pattern or a single `.tar` lists its parent folder(s) once each. None where
     the listing does not hold the object (a brace name that does not exist: it fails when read)."""
-    if "{" in source or source.endswith(SHARD_SUFFIXES):
-        uris = sorted(set(braceexpand(source))) if "{" in source else [source]
+    uris = _named(source)
+    if uris is not None:
         infos: dict[str, dict] = {}
-        fs = None
+        fs = filesystem(uris[0])[0]
         for parent in sorted({posixpath.dirname(filesystem(u)[1]) for u in uris}):
-            fs = fs or filesystem(uris[0])[0]
+            fs.invalidate_cache(parent)  # one fresh listing of each parent folder
             try:
-                infos.update({p.rstrip("/"): i for p, i in _ls_infos(fs, parent).items()})
+                infos.update({str(i["name"]).rstrip("/"): i for i in fs.ls(parent, detail=True)})
             except FileNotFoundError:
                 continue
         return [(u, object_identity(infos.get(filesystem(u)[1].rstrip("/"), {}))) for u in uris]
@@ -102,12 +106,6 @@ def list_shard_objects(source: str) -> list[tuple[str, str | None]]:
     if not objs:
         raise FileNotFoundError(f"no .tar shards under {source}")
     return objs
-
-
-def _ls_infos(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, dict]:
-    """path -> info of a folder's direct entries (one listing)."""
-    fs.invalidate_cache(folder)
-    return {str(i["name"]): i for i in fs.ls(folder, detail=True)}
 
 
 def object_identity(info: dict) -> str | None:
@@ -132,18 +130,12 @@ def object_identity(info: dict) -> str | None:
 def shard_id(shard_uri: str, source: str) -> str:
     """Stable id of a shard: its path relative to the input root without `.tar`, `/` → `__`.
     Output files are named by it, so a retry overwrites instead of duplicating."""
-    rel = shard_uri
-    if "{" not in source and not source.endswith(SHARD_SUFFIXES):
-        root = source.rstrip("/") + "/"
-        _, root_path = filesystem(root)
-        _, shard_path = filesystem(shard_uri)
-        rel = (
-            shard_path[len(root_path.rstrip("/")) + 1 :]
-            if shard_path.startswith(root_path.rstrip("/"))
-            else shard_path
-        )
+    shard_path = filesystem(shard_uri)[1]
+    if "{" in source or source.endswith(SHARD_SUFFIXES):  # named shards: no root folder
+        rel = posixpath.basename(shard_path)
     else:
-        rel = posixpath.basename(filesystem(shard_uri)[1])
+        root = filesystem(source.rstrip("/") + "/")[1].rstrip("/")
+        rel = shard_path[len(root) + 1 :] if shard_path.startswith(root) else shard_path
     for suffix in SHARD_SUFFIXES:
         rel = rel.removesuffix(suffix)
     safe = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in rel.replace("/", "__"))
@@ -274,10 +266,6 @@ def _sizes_match(local: Path, files: dict[str, dict]) -> bool:
     return True
 
 
-def _verify(verify: Callable[[Path], str | None] | None, local: Path) -> str | None:
-    return None if verify is None else verify(local)
-
-
 def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] | None = None) -> Path:
     """A local path for `uri` (a file or a folder): local paths are returned as they are; remote objects are
     downloaded into the cache (GENSCAN_CACHE, default ~/.cache/genscan) and reused.
@@ -291,18 +279,18 @@ def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] | None = None)
     if not is_remote(uri):
         return Path(uri.removeprefix("file://"))
     fs, path = filesystem(uri)
+    check = verify or (lambda local: None)
     problem = None
     for _fetch in range(3):  # reuse or fetch; one re-fetch on a mismatch; a last look at what is in place
-        files = _remote_files(
-            fs, path
-        )  # (again after a mismatch: the object may have been replaced meanwhile)
+        # (listed again after a mismatch: the object may have been replaced meanwhile)
+        files = _remote_files(fs, path)
         if not files:
             raise FileNotFoundError(f"nothing under {uri}")
         ident = json.dumps([uri.rstrip("/"), sorted((r, object_identity(i)) for r, i in files.items())])
         entry = cache_dir() / hashlib.sha256(ident.encode()).hexdigest()[:20]
         dest = entry / (posixpath.basename(path.rstrip("/")) or "object")
         if dest.exists():
-            if _sizes_match(dest, files) and (problem := _verify(verify, dest)) is None:
+            if _sizes_match(dest, files) and (problem := check(dest)) is None:
                 return dest
             problem = problem or "sizes differ from the stored objects"
             shutil.rmtree(dest, ignore_errors=True) if dest.is_dir() else dest.unlink(missing_ok=True)
@@ -313,7 +301,7 @@ def fetch_to_cache(uri: str, verify: Callable[[Path], str | None] | None = None)
             _download(fs, path, files, tmp)
             if not _sizes_match(tmp, files):
                 problem = "download is shorter than the stored objects"
-            elif (problem := _verify(verify, tmp)) is None:
+            elif (problem := check(tmp)) is None:
                 try:
                     os.rename(tmp, dest)  # atomic; fails if another process put a complete entry first
                 except OSError:

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.output import SCHEMA, STATUSES, RunPaths, check_table, write_json, write_shard
+from pipeline.output import SCHEMA, STATUSES, RunPaths, check_table, parquet_bytes, write_json
+from pipeline.runner import commit_shard
 from pipeline.scan.completion import RunRefused, plan_run
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.decode import decode_image
@@ -117,7 +118,7 @@ def test_table_schema_nulls_and_parquet_duckdb_round_trip(tmp_path):
     # round trip through a real Parquet file under a hive partition, read back by pyarrow and DuckDB
     paths = RunPaths(str(tmp_path / "out"), "2026-11-24")
     stats = shard_stats("a", "u", rows)
-    write_shard(paths, "a", table, stats)
+    commit_shard([(paths.parquet("a"), parquet_bytes(table))], paths.marker("a"), stats)
     back = pq.read_table(paths.parquet("a"))
     assert back.schema.equals(SCHEMA, check_metadata=False) and back.num_rows == 7
     con = duckdb.connect()
@@ -245,17 +246,17 @@ def test_scorer_with_real_tiny_detector_matches_direct_forward(tmp_path):
 
 
 def test_list_input_folder_brace_and_missing(tmp_path):
-    from pipeline.scan.job import list_input
+    from pipeline.scan.job import list_input_objects
 
     for i in range(3):
         write_tar(str(tmp_path / "in" / f"shard-{i:06d}.tar"), good_samples(1, seed=i))
-    folder = list_input(_cfg(tmp_path))
-    assert [s for _, s in folder] == ["shard-000000", "shard-000001", "shard-000002"]
-    brace = list_input(_cfg(tmp_path, input=str(tmp_path / "in" / "shard-{000001..000002}.tar")))
-    assert [s for _, s in brace] == ["shard-000001", "shard-000002"]
-    assert len(list_input(_cfg(tmp_path, max_shards=2))) == 2
+    folder = list_input_objects(_cfg(tmp_path))
+    assert [s for _, s, _ in folder] == ["shard-000000", "shard-000001", "shard-000002"]
+    brace = list_input_objects(_cfg(tmp_path, input=str(tmp_path / "in" / "shard-{000001..000002}.tar")))
+    assert [s for _, s, _ in brace] == ["shard-000001", "shard-000002"]
+    assert len(list_input_objects(_cfg(tmp_path, max_shards=2))) == 2
     with pytest.raises(ConfigError, match="input"):
-        list_input(_cfg(tmp_path, input=str(tmp_path / "nowhere")))
+        list_input_objects(_cfg(tmp_path, input=str(tmp_path / "nowhere")))
 
 
 @pytest.mark.gpu

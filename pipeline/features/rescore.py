@@ -40,6 +40,7 @@ from pipeline.output import (
     feature_shards,
     has_output,
     parquet_bytes,
+    read_json,
     resolve_scan_date,
     write_json,
 )
@@ -273,7 +274,7 @@ def run_rescore(
     spec = store_spec(source, shards)
     head.check(spec, f"{cfg.scan}/_features (scan_date={date})")
     target = RunPaths(cfg.output, date)
-    previous = RunFile.previous(target.run_file("run.json"))
+    previous = read_json(target.run_file("run.json"))
     if has_output(target) and not cfg.resume:
         raise ConfigError(
             f"output: {cfg.output} already has scan_date={date} (pass --resume to continue it, or "

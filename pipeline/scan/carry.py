@@ -18,7 +18,6 @@ or in a thread pool (`carry_local`).
 
 from __future__ import annotations
 
-import datetime as dt
 import posixpath
 import socket
 import time
@@ -31,8 +30,8 @@ import pyarrow.parquet as pq
 
 from pipeline.logs import get_logger
 from pipeline.output import SCHEMA_VERSION, RunPaths, completed_shards, list_runs, read_json, write_json
-from pipeline.scan.completion import read_markers, same_uris
-from pipeline.storage import copy_object, filesystem, stored_size
+from pipeline.scan.completion import now_iso, read_markers, same_uris
+from pipeline.storage import copy_object, filesystem, join, stored_size
 
 if TYPE_CHECKING:
     from pipeline.scan.config import ScanConfig
@@ -139,10 +138,20 @@ def scoring_record(cfg: ScanConfig, detectors: RunDetectors) -> dict[str, Any]:
     }
 
 
-def _differs(prev: dict[str, Any], now: dict[str, Any]) -> str | None:
-    for k, v in now.items():
-        if prev.get(k) != v:
-            return f"{k} {prev.get(k)!r} there, {v!r} tonight"
+def _refusal(date: str, run: dict[str, Any] | None, source: str, scoring: dict[str, Any]) -> str | None:
+    """Why the scan of `date` (its run.json `run`) cannot be tonight's source; None when it can."""
+    if run is None or run.get("status") != "succeeded":
+        return f"scan {date} did not succeed (status {(run or {}).get('status')!r})"
+    totals = run.get("totals") or {}
+    if totals.get("shards_done") != run.get("shards_total"):
+        return f"scan {date} is incomplete ({totals.get('shards_done')} of {run.get('shards_total')})"
+    if same_uris(run.get("source")) != same_uris(source):
+        return f"scan {date} scanned another input ({run.get('source')!r})"
+    if run.get("scoring") is None:
+        return f"scan {date} records no scoring (written before incremental scans)"
+    for k, v in scoring.items():
+        if run["scoring"].get(k) != v:
+            return f"scan {date} used another scoring: {k} {run['scoring'].get(k)!r} there, {v!r} tonight"
     return None
 
 
@@ -156,54 +165,29 @@ def find_source(
     why = None
     for date in reversed(dates):
         run = read_json(RunPaths(output, date).run_file("run.json"))
-        if run is None or run.get("status") != "succeeded":
-            why = why or f"scan {date} did not succeed (status {(run or {}).get('status')!r})"
-            continue
-        totals = run.get("totals") or {}
-        if totals.get("shards_done") != run.get("shards_total"):
-            why = (
-                why or f"scan {date} is incomplete ({totals.get('shards_done')} of {run.get('shards_total')})"
-            )
-            continue
-        if same_uris(run.get("source")) != same_uris(source):
-            why = why or f"scan {date} scanned another input ({run.get('source')!r})"
-            continue
-        if run.get("scoring") is None:
-            why = why or f"scan {date} records no scoring (written before incremental scans)"
-            continue
-        diff = _differs(run["scoring"], scoring)
-        if diff:
-            why = why or f"scan {date} used another scoring: {diff}"
-            continue
-        return date, run, None
+        refusal = _refusal(date, run, source, scoring)
+        if refusal is None:
+            return date, run, None
+        why = why or refusal
     return None, None, why or f"no earlier scan under {output}"
 
 
 def shard_parts(
-    src: RunPaths,
-    dst: RunPaths,
-    shard: str,
-    sizes: dict[str, int],
-    marker: dict[str, Any],
-    feature_sizes: dict[str, int] | None = None,
+    src: RunPaths, dst: RunPaths, shard: str, sizes: dict[str, int], marker: dict[str, Any]
 ) -> tuple[Part, ...] | None:
     """A shard's output files to carry: its Parquet part, and its stored-features part when the source night
-    kept features (its marker says how many rows the part holds). None when a part is missing at the source
-    (the shard is then scanned)."""
-    uri = src.parquet(shard)
-    parts = [Part(uri, dst.parquet(shard), sizes[posixpath.basename(uri)], int(marker.get("rows", 0)))]
-    feats = marker.get("features")
-    if feats is not None:
-        f_uri = src.features(shard)
-        size = (feature_sizes or {}).get(posixpath.basename(f_uri))
-        if size is None:
-            return None
-        parts.append(Part(f_uri, dst.features(shard), size, int(feats.get("rows", 0))))
-    return tuple(parts)
+    kept features (its marker says how many rows each part holds). `sizes`: uri -> size of the source night's
+    files (`_sizes`). None when a part is missing at the source (the shard is then scanned)."""
+    wanted = [(src.parquet(shard), dst.parquet(shard), marker.get("rows", 0))]
+    if (feats := marker.get("features")) is not None:
+        wanted.append((src.features(shard), dst.features(shard), feats.get("rows", 0)))
+    if any(uri not in sizes for uri, _, _ in wanted):
+        return None
+    return tuple(Part(uri, to, sizes[uri], int(rows)) for uri, to, rows in wanted)
 
 
 def _sizes(folder: str) -> dict[str, int]:
-    """file name -> size of a folder's files, from one listing (fresh: never a cached one)."""
+    """uri -> size of a folder's files, from one listing (fresh: never a cached one)."""
     fs, path = filesystem(folder)
     fs.invalidate_cache(path)
     try:
@@ -211,7 +195,7 @@ def _sizes(folder: str) -> dict[str, int]:
     except FileNotFoundError:
         return {}
     return {
-        posixpath.basename(str(e["name"]).rstrip("/")): int(e["size"])
+        join(folder, posixpath.basename(str(e["name"]).rstrip("/"))): int(e["size"])
         for e in entries
         if e.get("type") == "file" and e.get("size") is not None
     }
@@ -231,23 +215,18 @@ def plan_carry(
     src = RunPaths(output, source_date)
     plan = CarryPlan(source_date=source_date, source_run_id=source_run.get("run_id"))
     marked = completed_shards(src)
-    sizes = _sizes(src.data_dir)
-    feature_sizes = _sizes(src.features_dir)  # one listing; empty when the source night kept no features
-    tonight_ids = {s for _, s, _ in shards}
-    plan.removed = len(marked - tonight_ids)
+    # one listing each; the features folder is empty when the source night kept no features
+    sizes = {**_sizes(src.data_dir), **_sizes(src.features_dir)}
+    plan.removed = len(marked - {s for _, s, _ in shards})
     by_id = {s: (u, i) for u, s, i in shards}
     candidates = [s for _, s, i in shards if s in marked and i is not None and s not in skip]
-    carried: set[str] = set()
     for shard, m in read_markers(src, candidates, strict=False):  # unreadable: no identity -> rescanned
         url, identity = by_id[shard]
         if not m.get("identity"):
             plan.no_identity += 1
         elif m["identity"] != identity:
             plan.changed += 1
-        elif (
-            posixpath.basename(src.parquet(shard)) not in sizes
-            or (parts := shard_parts(src, tonight, shard, sizes, m, feature_sizes)) is None
-        ):
+        elif (parts := shard_parts(src, tonight, shard, sizes, m)) is None:
             plan.source_missing += 1
         else:
             plan.carry.append(
@@ -262,7 +241,7 @@ def plan_carry(
                     parts=parts,
                 )
             )
-            carried.add(shard)
+    carried = {c.shard for c in plan.carry}
     for url, shard, identity in shards:
         if shard in carried or shard in skip:
             continue
@@ -280,35 +259,12 @@ def _parquet_rows(uri: str) -> int:
         return int(pq.read_metadata(f).num_rows)
 
 
-def carry_outputs(
-    parts: Sequence[Part], marker_uri: str, marker: dict[str, Any], started: float | None = None
-) -> dict[str, Any]:
-    """Copy a shard's outputs (server-side where the store can), check each copy's size and row count, then
-    write its marker LAST: a marker implies complete, checked outputs. CarryError / OSError when a part fails
-    (no marker written: the shard is scanned instead, and the scan overwrites the part). `started`: a
-    perf_counter time; the marker records `copy_s`, the seconds from it to the checked copies. Returns the
-    marker written."""
-    t0 = time.perf_counter() if started is None else started
-    for p in parts:
-        copy_object(p.src, p.dst)
-        size = stored_size(p.dst)
-        if size != p.size:
-            raise CarryError(f"{p.dst}: copied {size} bytes, the source had {p.size}")
-        rows = _parquet_rows(p.dst)
-        if rows != p.rows:
-            raise CarryError(f"{p.dst}: {rows} rows, the source marker says {p.rows}")
-    written = {**marker, "copy_s": round(time.perf_counter() - t0, 6)}
-    write_json(marker_uri, written)
-    return written
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 def carry_shard(item: CarryItem, writer_node: str | None = None) -> CarryResult:
     """Carry one shard (runs on a worker): re-read its source marker (it must still record the identity
-    matched), copy and check its parts, write tonight's marker. Any failure -> a result with `problem`."""
+    matched), copy its parts (server-side where the store can), check each copy's size and row count, then
+    write tonight's marker LAST (with `copy_s`, the seconds to the checked copies): a marker implies complete,
+    checked outputs. Any failure -> a result with `problem` and no marker (the shard is scanned instead, and
+    the scan overwrites the part)."""
     t0 = time.perf_counter()
     try:
         src = read_json(item.source_marker)
@@ -325,10 +281,17 @@ def carry_shard(item: CarryItem, writer_node: str | None = None) -> CarryResult:
                 "run_id": item.source_run_id,
                 "identity": item.identity,
             },
-            carried_at=_now_iso(),
+            carried_at=now_iso(),
             writer_node=writer_node or f"host:{socket.gethostname()}",
         )
-        written = carry_outputs(item.parts, item.marker, marker, started=t0)
+        for p in item.parts:
+            copy_object(p.src, p.dst)
+            if (size := stored_size(p.dst)) != p.size:
+                raise CarryError(f"{p.dst}: copied {size} bytes, the source had {p.size}")
+            if (rows := _parquet_rows(p.dst)) != p.rows:
+                raise CarryError(f"{p.dst}: {rows} rows, the source marker says {p.rows}")
+        written = {**marker, "copy_s": round(time.perf_counter() - t0, 6)}
+        write_json(item.marker, written)
     except (OSError, CarryError, ValueError) as exc:  # ValueError: a part that is not Parquet any more
         return CarryResult(item.shard, item.url, None, f"{type(exc).__name__}: {exc}")
     return CarryResult(item.shard, item.url, written)

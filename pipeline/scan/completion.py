@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import platform
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,47 +62,39 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
     scan_date = scan_date or today_utc()
     paths = RunPaths(cfg.output, scan_date)
     previous = read_json(paths.run_file("run.json"))
+    new_id = cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
     if not cfg.resume:
         if has_output(paths):
             raise RunRefused(
                 f"scan_date: the run {scan_date} already has output in {cfg.output} (run.json, markers or "
                 "Parquet); pass --resume to continue it, or choose another --scan-date. Nothing was deleted."
             )
-        run_id = cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
-        return RunPlan(paths, run_id, resumed=False, previous=None)
-    if previous is not None:
-        prev_cfg = previous.get("config", {})
-        for name in ("input", "detector"):
-            before = prev_cfg.get(name)
-            if before is not None and same_uris(before) != same_uris(getattr(cfg, name)):  # p == p/
-                raise RunRefused(
-                    f"{name}: --resume of run {scan_date} with a different {name} "
-                    f"({getattr(cfg, name)!r} != {prev_cfg.get(name)!r})"
-                )
-        before_fusion = prev_cfg.get("fusion")
-        if len(cfg.detectors) > 1 and before_fusion is not None and before_fusion != cfg.fusion:
-            raise RunRefused(
-                f"fusion: --resume of run {scan_date} with a different fusion "
-                f"({cfg.fusion!r} != {before_fusion!r})"
-            )
-        for name in ("features", "features_precision"):  # a store's parts must all be the same features
-            if name in prev_cfg and prev_cfg[name] != getattr(cfg, name):
-                raise RunRefused(
-                    f"{name}: --resume of run {scan_date} with a different {name} "
-                    f"({getattr(cfg, name)!r} != {prev_cfg[name]!r})"
-                )
-        if cfg.run_id and previous.get("run_id") not in (None, cfg.run_id):
-            raise RunRefused(
-                f"run_id: run {scan_date} has run_id {previous.get('run_id')!r}, not {cfg.run_id!r}"
-            )
-        run_id = previous.get("run_id") or cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
-        return RunPlan(paths, run_id, resumed=True, previous=previous)
-    if has_output(paths):  # markers or Parquet of an attempt that never wrote its run.json: continue them
-        return RunPlan(
-            paths, cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}", resumed=True, previous=None
+        return RunPlan(paths, new_id, resumed=False, previous=None)
+    if previous is None:
+        # markers or Parquet of an attempt that never wrote its run.json: continue them; nothing at all: a
+        # fresh run, recorded as such (run.json "resumed": false)
+        return RunPlan(paths, new_id, resumed=has_output(paths), previous=None)
+    prev_cfg = previous.get("config", {})
+
+    def refuse(name: str, before: Any) -> RunRefused:
+        return RunRefused(
+            f"{name}: --resume of run {scan_date} with a different {name} "
+            f"({getattr(cfg, name)!r} != {before!r})"
         )
-    # --resume with nothing to continue: a fresh run, recorded as such (run.json "resumed": false)
-    return RunPlan(paths, cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}", resumed=False, previous=None)
+
+    for name in ("input", "detector"):
+        before = prev_cfg.get(name)
+        if before is not None and same_uris(before) != same_uris(getattr(cfg, name)):  # p == p/
+            raise refuse(name, before)
+    before_fusion = prev_cfg.get("fusion")
+    if len(cfg.detectors) > 1 and before_fusion is not None and before_fusion != cfg.fusion:
+        raise refuse("fusion", before_fusion)
+    for name in ("features", "features_precision"):  # a store's parts must all be the same features
+        if name in prev_cfg and prev_cfg[name] != getattr(cfg, name):
+            raise refuse(name, prev_cfg[name])
+    if cfg.run_id and previous.get("run_id") not in (None, cfg.run_id):
+        raise RunRefused(f"run_id: run {scan_date} has run_id {previous.get('run_id')!r}, not {cfg.run_id!r}")
+    return RunPlan(paths, previous.get("run_id") or new_id, resumed=True, previous=previous)
 
 
 def versions() -> dict[str, str]:
@@ -138,7 +131,7 @@ class Totals:
         self.t: dict[str, Any] = {
             "shards_done": 0,
             **{k: 0 for k in _SUMS},
-            "counts": {},
+            "counts": Counter(),  # update() keeps the statuses counted 0 (every marker lists them all)
             **{k: 0.0 for k in _SECONDS},
             "shards_carried": 0,
             "rows_carried": 0,
@@ -151,8 +144,7 @@ class Totals:
             t[k] += int(m.get(k, 0))
         for k in _SECONDS:
             t[k] += float(m.get(k, 0.0))
-        for s, c in m.get("counts", {}).items():
-            t["counts"][s] = t["counts"].get(s, 0) + int(c)
+        t["counts"].update({s: int(c) for s, c in m.get("counts", {}).items()})
         if m.get("carried_from"):
             t["shards_carried"] += 1
             t["rows_carried"] += int(m.get("rows", 0))
@@ -162,8 +154,7 @@ class Totals:
         for src in (self.t, other.t):
             for k, v in src.items():
                 if k == "counts":
-                    for s, c in v.items():
-                        out.t["counts"][s] = out.t["counts"].get(s, 0) + c
+                    out.t["counts"].update(v)
                 else:
                     out.t[k] += v
         return out

@@ -26,7 +26,6 @@ from pipeline.output import (
     write_json,
 )
 from pipeline.runner import (
-    ErrorBudget,
     ErrorBudgetExceeded,
     ErrorTally,
     IncompleteRun,
@@ -50,24 +49,10 @@ class ScanFailed(RuntimeError):
     """A systemic failure: the run is marked failed and the job exits non-zero."""
 
 
-def error_budget(cfg: ScanConfig) -> ErrorBudget:
-    return cfg.error_budget()
-
-
-def shard_errors(stats: dict[str, Any]) -> ErrorTally:
-    """A shard's errors from its summary (= marker): a shard_error row means the shard could not be read to
-    its end; every other non-ok status is a failed sample."""
-    counts = stats.get("counts", {})
-    return ErrorTally(
-        shards=1,
-        failed_shards=int(counts.get(SHARD_ERROR, 0) > 0),
-        samples=int(stats.get("samples", 0)),
-        failed_samples=sum(int(counts.get(s, 0)) for s in SAMPLE_ERROR_STATUSES),
-    )
-
-
 def run_errors(totals: dict[str, Any], n_shards: int) -> ErrorTally:
-    """The whole run's errors from `aggregate`'s totals (one shard_error row per failed shard)."""
+    """The errors of `n_shards` shards from their summed markers (`aggregate`'s totals, or one shard's
+    summary): a shard_error row (one per failed shard) means the shard could not be read to its end; every
+    other non-ok status is a failed sample."""
     counts = totals.get("counts", {})
     return ErrorTally(
         shards=n_shards,
@@ -75,6 +60,11 @@ def run_errors(totals: dict[str, Any], n_shards: int) -> ErrorTally:
         samples=int(totals.get("samples", 0)),
         failed_samples=sum(int(counts.get(s, 0)) for s in SAMPLE_ERROR_STATUSES),
     )
+
+
+def shard_errors(stats: dict[str, Any]) -> ErrorTally:
+    """One shard's errors from its summary (= marker)."""
+    return run_errors(stats, 1)
 
 
 class _Watchdog:
@@ -106,14 +96,10 @@ class _Watchdog:
                 return
 
 
-def list_input(cfg: ScanConfig) -> list[tuple[str, str]]:
-    """[(shard_url, shard_id)] in listing order; shard ids must be unique (they name the output files)."""
-    return [(u, s) for u, s, _ in list_input_objects(cfg)]
-
-
 def list_input_objects(cfg: ScanConfig) -> list[tuple[str, str, str | None]]:
-    """[(shard_url, shard_id, identity)]: `list_input` with each shard's stored identity from the same listing
-    (`pipeline.storage.object_identity`; recorded in its marker, compared by an incremental scan)."""
+    """[(shard_url, shard_id, identity)] in listing order; shard ids must be unique (they name the output
+    files). Each shard's stored identity comes from the same listing (`pipeline.storage.object_identity`;
+    recorded in its marker, compared by an incremental scan)."""
     try:
         objs = list_shard_objects(cfg.input)
     except FileNotFoundError as exc:
@@ -165,14 +151,14 @@ def run_scan(
     stop the run, e.g. an error budget), called after each shard is durable. announce: a console line (why an
     incremental night scans everything, or what it carries)."""
     executor = executor or local_executor
+    announce = announce or (lambda line: None)
     t_start = time.perf_counter()
     plan = plan_run(cfg)
     if cfg.resume and not plan.resumed:
         log.warning("resume_nothing_found", scan_date=plan.paths.scan_date, output=cfg.output)
-        if announce is not None:
-            announce(f"--resume: no earlier run of {plan.paths.scan_date} in {cfg.output}; starting it fresh")
+        announce(f"--resume: no earlier run of {plan.paths.scan_date} in {cfg.output}; starting it fresh")
     listing = list_input_objects(cfg)
-    shards = [(u, s) for u, s, _ in listing]
+    shards = [s for _, s, _ in listing]
     info = run_detectors(cfg)
     paths = plan.paths
     done_before = completed_shards(paths) if plan.resumed else set()
@@ -191,16 +177,16 @@ def run_scan(
                 f"{carry_plan.removed} removed since"
             )
             log.info("incremental_plan", **carry_plan.record())
-        if announce is not None:
-            announce(message)
+        announce(message)
     else:
         todo, carry = [(u, s) for u, s, _ in listing if s not in done_before], []
-    if announce is not None:  # the configuration, the listing and the detectors are checked: work starts now
-        announce(
-            f"{cfg.input} -> {cfg.output}: {len(todo)} shard(s) to scan"
-            + (f", {len(carry)} to carry" if carry else "")
-            + "; starting the workers, loading the detector..."
-        )
+    skipped = len(shards) - len(todo) - len(carry)
+    # the configuration, the listing and the detectors are checked: work starts now
+    announce(
+        f"{cfg.input} -> {cfg.output}: {len(todo)} shard(s) to scan"
+        + (f", {len(carry)} to carry" if carry else "")
+        + "; starting the workers, loading the detector..."
+    )
     resolved = cfg.model_copy(update={"scan_date": paths.scan_date, "run_id": plan.run_id})
     attempts = list((plan.previous or {}).get("attempts", []))
     attempt = {
@@ -208,7 +194,7 @@ def run_scan(
         "resumed": plan.resumed,
         "shards_todo": len(todo) + len(carry),
         "shards_to_carry": len(carry),
-        "shards_skipped": len(shards) - len(todo) - len(carry),
+        "shards_skipped": skipped,
         "driver": {"host": socket.gethostname(), "pid": os.getpid()},
     }
     attempts.append(attempt)
@@ -239,7 +225,7 @@ def run_scan(
         shards=len(shards),
         todo=len(todo),
         carry=len(carry),
-        skipped=len(shards) - len(todo) - len(carry),
+        skipped=skipped,
         resumed=plan.resumed,
         detector_id=info.detector_id,
     )
@@ -266,16 +252,14 @@ def run_scan(
         identities={s: i for u, s, i in listing if s not in done_before},
         carry=carry,
     )
-    progress: Progress | None = None
     this = Totals()  # this attempt's running totals (one marker added per shard)
-    budget = error_budget(cfg)
+    budget = cfg.error_budget()
     extra: dict[str, Any] = {}
     # earlier attempts' markers, read once (batched, concurrent): their totals count in the budget and the end
-    before = aggregate(paths, sorted(done_before)) if done_before else Totals()
+    before = aggregate(paths, sorted(done_before))
     try:
         # stop early once the shard budget cannot be met any more (earlier attempts' failed shards count too)
-        prior = run_errors(before.as_dict(), len(done_before)) if done_before else ErrorTally()
-        guard = budget.guard(len(shards), prior, shard_errors)
+        guard = budget.guard(len(shards), run_errors(before.as_dict(), len(done_before)), shard_errors)
 
         def checks(p: Progress) -> None:
             guard(p)
@@ -285,7 +269,7 @@ def run_scan(
         progress = _scan(
             cfg,
             paths,
-            [s for _, s in shards],
+            shards,
             done_before,
             todo,
             executor,
@@ -294,7 +278,7 @@ def run_scan(
             on_shard=on_shard,
             check=checks,
         )
-        not_marked = sorted({s for _, s in shards} - completed_shards(paths))
+        not_marked = sorted(set(shards) - completed_shards(paths))
         if not_marked:
             raise ScanFailed(f"{len(not_marked)} shard(s) have no completion marker: {not_marked[:5]}")
         extra["error_budget"] = budget.check(run_errors(before.merge(this).as_dict(), len(shards)))
@@ -397,14 +381,3 @@ def _scan(
             if dog.fired:
                 raise ScanFailed(f"no progress for {cfg.stall_timeout_s}s (stall_timeout_s)") from exc
             raise
-
-
-__all__ = [
-    "run_scan",
-    "ScanFailed",
-    "error_budget",
-    "list_input",
-    "list_input_objects",
-    "run_errors",
-    "shard_errors",
-]

@@ -53,6 +53,11 @@ MAX_TEXT_CHUNKS = 256  # PNG text chunks looked at per image
 AI_TYPES = frozenset({"trainedAlgorithmicMedia"})
 COMPOSITE_TYPES = frozenset({"compositeWithTrainedAlgorithmicMedia"})
 CAPTURE_TYPES = frozenset({"digitalCapture", "negativeFilm", "positiveFilm", "print"})
+_TYPE_VERDICTS = (
+    (AI_TYPES, "ai_declared"),
+    (COMPOSITE_TYPES, "ai_composite_declared"),
+    (CAPTURE_TYPES, "capture_declared"),
+)
 
 # EXIF / PNG `Software` values written by image generators: (pattern, generator name)
 KNOWN_SOFTWARE: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -83,9 +88,8 @@ _XMP_DST_ATTR = re.compile(rb"DigitalSourceType\s*=\s*[\"']([^\"']{1,300})[\"']"
 class Provenance:
     """What one image declares about its origin (null fields: not declared / not applicable)."""
 
-    verdict: str | None = (
-        None  # one of PROVENANCE_VERDICTS; None: not read (format not read, no bytes, reading off)
-    )
+    # one of PROVENANCE_VERDICTS; None: not read (format not read, no bytes, reading off)
+    verdict: str | None = None
     kinds: list[str] = field(default_factory=list)  # the kinds of evidence found (KINDS), in that order
     basis: str | None = None  # the kind (KINDS) that gave the verdict; None for none / unreadable / not read
     generator: str | None = None  # claim generator / front-end / Software naming the generator
@@ -275,13 +279,7 @@ def _short(iri: str) -> str:
 
 def _verdict_of(source_types: list[str]) -> str | None:
     short = {_short(t) for t in source_types}
-    if short & AI_TYPES:
-        return "ai_declared"
-    if short & COMPOSITE_TYPES:
-        return "ai_composite_declared"
-    if short & CAPTURE_TYPES:
-        return "capture_declared"
-    return None
+    return next((v for types, v in _TYPE_VERDICTS if short & types), None)
 
 
 def _xmp(packet: bytes) -> tuple[list[str], str | None]:
@@ -396,12 +394,18 @@ def _invoke_model(texts: dict[str, str]) -> str | None:
     return None
 
 
+def _a1111(text: str | None) -> tuple[str, str | None] | None:
+    """("AUTOMATIC1111", model) when `text` is A1111's generation parameters; else None."""
+    if not text or not _A1111_STEPS.search(text):
+        return None
+    m = _A1111_MODEL.search(text)
+    return "AUTOMATIC1111", m.group(1).strip() if m else None
+
+
 def generator_metadata(texts: dict[str, str]) -> tuple[str, str | None] | None:
     """(generator, model) declared by a known front-end's PNG text chunks; None when there is none."""
-    params = texts.get("parameters")
-    if params and _A1111_STEPS.search(params):
-        m = _A1111_MODEL.search(params)
-        return "AUTOMATIC1111", m.group(1).strip() if m else None
+    if a1111 := _a1111(texts.get("parameters")):
+        return a1111
     prompt = _json(texts["prompt"]) if "prompt" in texts else None
     workflow = _json(texts["workflow"]) if "workflow" in texts else None
     comfy_prompt = isinstance(prompt, dict) and any(
@@ -419,18 +423,6 @@ def generator_metadata(texts: dict[str, str]) -> tuple[str, str | None] | None:
 
 
 # ------------------------------------------------------------------------------------------- C2PA
-MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-
-
-def _c2pa_settings(trust_anchors_pem: str | None) -> dict[str, Any]:
-    """Offline validation: no remote manifests, no OCSP; trust only in the given anchors (none: nothing
-    is)."""
-    settings: dict[str, Any] = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
-    if trust_anchors_pem:
-        settings["trust"] = {"trust_anchors": trust_anchors_pem}
-    return settings
-
-
 def _signer(info: Any) -> str | None:
     if not isinstance(info, dict):
         return None
@@ -480,7 +472,11 @@ class ProvenanceReader:
         import c2pa
 
         if self._context is None:
-            self._context = c2pa.Context(c2pa.Settings.from_dict(_c2pa_settings(self.trust_anchors_pem)))
+            # offline validation: no remote manifests, no OCSP; trust only the given anchors (none: none is)
+            settings: dict[str, Any] = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
+            if self.trust_anchors_pem:
+                settings["trust"] = {"trust_anchors": self.trust_anchors_pem}
+            self._context = c2pa.Context(c2pa.Settings.from_dict(settings))
         return c2pa.Reader(mime, io.BytesIO(data), context=self._context)
 
     def _c2pa(self, fmt: str, data: bytes, seg: _Segments, out: Provenance) -> str | None:
@@ -492,7 +488,7 @@ class ProvenanceReader:
             out.error = f"C2PA manifest store of {size} bytes exceeds {MAX_MANIFEST}"
             return None
         try:
-            with self._reader(MIME[fmt], data) as reader:  # frees the native reader at once
+            with self._reader(f"image/{fmt.lower()}", data) as reader:  # frees the native reader at once
                 store = json.loads(reader.json())
         except c2pa.C2paError.ManifestNotFound:
             return None  # a JUMBF box that is no C2PA manifest store
@@ -513,15 +509,10 @@ class ProvenanceReader:
         failures = [f.get("code") for f in results.get("failure") or [] if isinstance(f, dict)]
         failures += [s.get("code") for s in store.get("validation_status") or [] if isinstance(s, dict)]
         out.codes = list(dict.fromkeys(str(c) for c in failures if c))
+        # Invalid (or a state this version does not know): nothing it claims is believed
         state = str(store.get("validation_state") or "")
-        if state == "Trusted":
-            out.signature = "trusted"
-        elif state == "Valid":
-            out.signature = "valid_untrusted"
-        else:  # Invalid (or a state this version does not know): nothing it claims is believed
-            out.signature = "invalid"
-            return "invalid"
-        return _verdict_of(out.source_types)
+        out.signature = {"Trusted": "trusted", "Valid": "valid_untrusted"}.get(state, "invalid")
+        return "invalid" if out.signature == "invalid" else _verdict_of(out.source_types)
 
     def read(self, data: bytes | None) -> Provenance:
         """The image's provenance; never raises (an unexpected failure is verdict `unreadable`)."""
@@ -544,10 +535,8 @@ class ProvenanceReader:
             out.basis = "c2pa" if verdict else None
             if out.error:
                 errors.append(out.error)
-        xmp_types: list[str] = []
         for types, tool in _each_parsed(seg.xmp, _xmp, errors):
             if types:
-                xmp_types += types
                 if "xmp" not in out.kinds:
                     out.kinds.append("xmp")
                 if verdict is None and _verdict_of(types):
@@ -559,12 +548,8 @@ class ProvenanceReader:
         if declared:
             out.kinds.append("png_text")
         for software, comment in _each_parsed(seg.exif, _exif, errors):
-            from_exif = None
-            if comment and _A1111_STEPS.search(comment):
-                m = _A1111_MODEL.search(comment)
-                from_exif = ("AUTOMATIC1111", m.group(1).strip() if m else None)
-            elif _known_software(software):
-                from_exif = (_known_software(software), None)
+            known = _known_software(software)
+            from_exif = _a1111(comment) or ((known, None) if known else None)
             if from_exif:
                 out.kinds.append("exif")
                 if not declared:
@@ -572,8 +557,6 @@ class ProvenanceReader:
         if verdict is None and declared:
             verdict, out.basis = "ai_declared", declared_kind
             out.generator, out.model = declared
-        if verdict is None:
-            verdict = "unreadable" if errors else "none"
-        out.verdict = verdict
+        out.verdict = verdict or ("unreadable" if errors else "none")
         out.error = "; ".join(errors)[:500] if errors else None
         return out

@@ -107,11 +107,15 @@ def _nullable_int(values: np.ndarray, typ: pa.DataType) -> pa.Array:
     return pa.array(arr, typ, mask=arr < 0)
 
 
-def _nullable_float(values: np.ndarray, mask: np.ndarray) -> pa.Array:
-    return pa.array(np.asarray(values, np.float32), pa.float32(), mask=mask)
+def _map(keys: list[list[str]], values: np.ndarray, typ: pa.DataType, not_ok: np.ndarray) -> pa.Array:
+    """A map column: row i maps keys[i] to values[i], null unless ok."""
+    offsets = pa.array(np.concatenate([[0], np.cumsum([len(k) for k in keys])]).astype(np.int32), pa.int32())
+    flat = pa.array([k for row in keys for k in row], pa.string())
+    items = pa.array(values.reshape(-1), typ.item_type)
+    return pa.MapArray.from_arrays(offsets, flat, items, type=typ, mask=pa.array(not_ok, pa.bool_()))
 
 
-def _member_map(rows: Batch, ctx: RunContext, name: str, typ: pa.DataType, not_ok: np.ndarray) -> pa.Array:
+def _member_map(rows: Batch, ctx: RunContext, name: str, not_ok: np.ndarray) -> pa.Array:
     """A detector_* map column: {member detector_id: value} per row, null unless ok. The keys are the members
     the scoring actor loaded (`_members`), else the driver's (ctx.member_ids)."""
     n = len(not_ok)
@@ -128,10 +132,7 @@ def _member_map(rows: Batch, ctx: RunContext, name: str, typ: pa.DataType, not_o
         raise ValueError(
             f"{name}: {values.shape[1]} scores per row, detectors per row {sorted(set(k.tolist()))}"
         )
-    offsets = pa.array(np.concatenate([[0], np.cumsum(k)]).astype(np.int32), pa.int32())
-    keys = pa.array([d for m in members for d in m], pa.string())
-    items = pa.array(values.reshape(-1), typ.item_type)
-    return pa.MapArray.from_arrays(offsets, keys, items, type=typ, mask=pa.array(not_ok, pa.bool_()))
+    return _map(members, values, SCHEMA.field(f"detector_{name}").type, not_ok)
 
 
 def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None) -> pa.Table:
@@ -147,13 +148,6 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
     scores = np.asarray(rows["generator_scores"], np.float32).reshape(n, -1)
     if scores.shape[1] != len(labels):
         raise ValueError(f"generator_scores has {scores.shape[1]} columns, labels {len(labels)}")
-    g = len(labels)
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * g, pa.int32())
-    keys = pa.array(labels * n, pa.string())
-    items = pa.array(scores.reshape(-1), pa.float32())
-    gen_map = pa.MapArray.from_arrays(
-        offsets, keys, items, type=SCHEMA.field("generator_scores").type, mask=pa.array(not_ok, pa.bool_())
-    )
     # the detector that scored each row, as the scoring actor reported it (ReportingScorer); the driver's
     # reading of the checkpoint only for rows without that report
     if "_detector_id" in rows:
@@ -171,12 +165,12 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "key": _nullable_str(np.where(status == "shard_error", "", rows["key"])),
         "status": pa.array([str(s) for s in status.tolist()], pa.string()),
         "error": _nullable_str(rows["error"]),
-        "p_fake": _nullable_float(rows["p_fake"], not_ok),
-        "logit": _nullable_float(rows["logit"], not_ok),
+        "p_fake": pa.array(np.asarray(rows["p_fake"], np.float32), pa.float32(), mask=not_ok),
+        "logit": pa.array(np.asarray(rows["logit"], np.float32), pa.float32(), mask=not_ok),
         "is_fake": pa.array(np.asarray(rows["is_fake"], bool), pa.bool_(), mask=not_ok),
         "threshold": pa.array(threshold, pa.float32()),
         "top_generator": _nullable_str(np.where(not_ok, "", rows["top_generator"])),
-        "generator_scores": gen_map,
+        "generator_scores": _map([labels] * n, scores, SCHEMA.field("generator_scores").type, not_ok),
         "width": _nullable_int(rows["width"], pa.int32()),
         "height": _nullable_int(rows["height"], pa.int32()),
         "format": _nullable_str(rows["format"]),
@@ -184,9 +178,9 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "sha256": _nullable_str(rows["sha256"]),
         "detector_id": detector_ids,
         "scanned_at": pa.array([when] * n, pa.timestamp("ms", tz="UTC")),
-        "detector_p_fake": _member_map(rows, ctx, "p_fake", SCHEMA.field("detector_p_fake").type, not_ok),
-        "detector_logit": _member_map(rows, ctx, "logit", SCHEMA.field("detector_logit").type, not_ok),
-        "detector_is_fake": _member_map(rows, ctx, "is_fake", SCHEMA.field("detector_is_fake").type, not_ok),
+        "detector_p_fake": _member_map(rows, ctx, "p_fake", not_ok),
+        "detector_logit": _member_map(rows, ctx, "logit", not_ok),
+        "detector_is_fake": _member_map(rows, ctx, "is_fake", not_ok),
         "fusion": pa.array([ctx.fusion] * n, pa.string()),
         **output_arrays(rows, n, SCHEMA),
         "decided_by": _nullable_str(rows["_decided_by"])

@@ -77,7 +77,7 @@ class Scorer:
         # the stored features' spec (pipeline.feature_store.FeatureSpec as JSON), tagged on every row
         self.feature_spec = feature_spec(*tapped, features, features_precision) if tapped else None
         self.feature_dim = json.loads(self.feature_spec)["dim"] if self.feature_spec else 0
-        self.meta = meta  # the (attributing) detector's: its labels are the rows' generator_scores keys
+        # the (attributing) detector's labels: the rows' generator_scores keys
         self.labels = ["real", *meta.generators]
         self.batch_size = batch_size
         self.decoder = None
@@ -212,15 +212,13 @@ def score_batch(
         host = ok
     if len(host):
         parts.insert(0, (host, np.ascontiguousarray(batch["pixels"][host])))
-    p_fake = np.full(n, np.nan, np.float32)
-    logit = np.full(n, np.nan, np.float32)
-    is_fake = np.zeros(n, bool)
-    top = np.full(n, "", dtype=object)
-    scores = np.full((n, n_labels), np.nan, np.float32)
-    infer_s = np.zeros(n, np.float64)
-    det_logit = np.full((n, n_members), np.nan, np.float32)
-    det_p_fake = np.full((n, n_members), np.nan, np.float32)
-    det_is_fake = np.zeros((n, n_members), bool)
+    # each score and each detector's (one Predictor's own: its score as one member); NaN / False: not scored
+    kinds = {"p_fake": (np.float32, np.nan), "logit": (np.float32, np.nan), "is_fake": (bool, False)}
+    cols = {k: np.full(n, fill, t) for k, (t, fill) in kinds.items()}
+    cols["top_generator"] = np.full(n, "", dtype=object)
+    cols["generator_scores"] = scores = np.full((n, n_labels), np.nan, np.float32)
+    cols.update({f"_det_{k}": np.full((n, n_members), fill, t) for k, (t, fill) in kinds.items()})
+    cols["_infer_s"] = infer_s = np.zeros(n, np.float64)
     feats: np.ndarray | None = None  # the frozen features, when the predictor keeps them (NaN: not scored)
     t0 = time.perf_counter()
     for rows, pixels in parts:
@@ -228,13 +226,10 @@ def score_batch(
         for start in range(0, len(rows), step):
             sel = rows[start : start + step]
             pred = predictor.predict(pixels[start : start + step], *(batch[c][sel] for c in extra_cols))
-            p_fake[sel] = np.asarray(pred["p_fake"], np.float32)
-            logit[sel] = np.asarray(pred["logit"], np.float32)
-            is_fake[sel] = np.asarray(pred["is_fake"], bool)
-            det_logit[sel] = np.asarray(pred.get("member_logit", logit[sel, None]), np.float32)
-            det_p_fake[sel] = np.asarray(pred.get("member_p_fake", p_fake[sel, None]), np.float32)
-            det_is_fake[sel] = np.asarray(pred.get("member_is_fake", is_fake[sel, None]), bool)
-            top[sel] = np.asarray(list(pred["top_generator"]), dtype=object)
+            for k, (t, _) in kinds.items():
+                cols[k][sel] = np.asarray(pred[k], t)
+                cols[f"_det_{k}"][sel] = np.asarray(pred.get(f"member_{k}", cols[k][sel, None]), t)
+            cols["top_generator"][sel] = np.asarray(list(pred["top_generator"]), dtype=object)
             gs = np.asarray(pred["generator_scores"], np.float32)
             if gs.shape != (len(sel), n_labels):
                 raise ValueError(f"generator_scores shape {gs.shape} != ({len(sel)}, {n_labels})")
@@ -246,17 +241,7 @@ def score_batch(
                 feats[sel] = f
     if len(ok):
         infer_s[ok] = (time.perf_counter() - t0) / len(ok)
-    out.update(
-        p_fake=p_fake,
-        logit=logit,
-        is_fake=is_fake,
-        top_generator=top,
-        generator_scores=scores,
-        _det_logit=det_logit,
-        _det_p_fake=det_p_fake,
-        _det_is_fake=det_is_fake,
-        _infer_s=infer_s,
-    )
+    out.update(cols)
     if feats is not None:
         out["_feature"] = feats
     return out

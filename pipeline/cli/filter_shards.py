@@ -55,10 +55,7 @@ def parse_rule(text: str) -> dict[str, Any]:
 
 
 def _parser() -> tuple[JobParser, ModelFlags, ModelFlags]:
-    ap = JobParser(
-        description=__doc__,
-        epilog=help_epilog("filter_shards"),
-    )
+    ap = JobParser(description=__doc__, epilog=help_epilog("filter_shards"))
     ap.add_argument(
         "--policy", default=None, help="FilterPolicy JSON file (exclusive with the inline policy flags)"
     )

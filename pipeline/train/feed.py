@@ -288,9 +288,8 @@ class DecodeStage:
         images = np.zeros((n, s, s, 3), dtype=np.uint8)
         ok = np.ones(n, dtype=bool)
         errors = np.full(n, "", dtype=object)
-        names = list(batch)
         for i in range(n):
-            row = {k: batch[k][i] for k in names}
+            row = {k: v[i] for k, v in batch.items()}
             try:
                 images[i] = self._one(row)
             except Exception as exc:  # noqa: BLE001 - an unreadable image is a counted skip, never a crash

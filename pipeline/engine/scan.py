@@ -192,18 +192,13 @@ class RayScanExecutor:
         # never on a node without CPUs (a head started with 0 CPUs), also not when a writer restarts after its
         # node was lost: the soft pin then no longer applies and Ray would pick any node with memory
         never = {"label_selector": {NODE_ID_LABEL_KEY: f"!in({','.join(no_cpu)})"}} if no_cpu else {}
-        writers = []
-        for i in range(n_writers):
-            strategy: Any = (
-                NodeAffinitySchedulingStrategy(node_id=cpu_nodes[i % len(cpu_nodes)], soft=True)
-                if cpu_nodes
-                else "SPREAD"
+        pins = [NodeAffinitySchedulingStrategy(node_id=n, soft=True) for n in cpu_nodes] or ["SPREAD"]
+        writers = [
+            actor.options(scheduling_strategy=pins[i % len(pins)], **never).remote(
+                work.ctx, cfg.output, work.scan_date
             )
-            writers.append(
-                actor.options(scheduling_strategy=strategy, **never).remote(
-                    work.ctx, cfg.output, work.scan_date
-                )
-            )
+            for i in range(n_writers)
+        ]
         try:
             ds = build_dataset(
                 todo,

@@ -158,11 +158,8 @@ def summary(scan_dir: Path, shards: Path) -> str:
 
     def table(title: str, sql: str) -> None:
         res = con.execute(sql)
-        cols = [d[0] for d in res.description]
-        rows = res.fetchall()
-        out.append(f"\n{title}")
-        out.append("  " + " | ".join(cols))
-        out.extend("  " + " | ".join(_fmt(v) for v in r) for r in rows)
+        out.extend([f"\n{title}", "  " + " | ".join(d[0] for d in res.description)])
+        out.extend("  " + " | ".join(_fmt(v) for v in r) for r in res.fetchall())
 
     table("rows by status", "SELECT status, count(*) AS n FROM scan GROUP BY status ORDER BY n DESC")
     table(

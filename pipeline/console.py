@@ -60,14 +60,23 @@ def progress_bar(stream: IO[str], desc: str, unit: str, total: int | None, initi
     )
 
 
-class ShardProgress:
+class _Bar:
+    """A progress line: its tqdm bar exists from the first result on."""
+
+    bar: Any = None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class ShardProgress(_Bar):
     """`on_shard(shard, summary, progress)` for `pipeline.runner.run_shards`: one tqdm line with shards done /
     total, images/s, errors so far and the ETA (tqdm's, from the shard rate)."""
 
     def __init__(self, stream: IO[str], desc: str, images_key: str) -> None:
         self.stream, self.desc, self.images_key = stream, desc, images_key
-        self.bar: Any = None
-        self.images = 0
         self.errors = 0
         self.rated = 0  # images after the first result (the rate's numerator)
         self.carried = 0  # shards carried forward from an earlier night (incremental scan): not in the rate
@@ -79,13 +88,10 @@ class ShardProgress:
             self.t0 = time.perf_counter()  # rates from the first result on (not Ray's start-up)
             self.rated = -int(summary.get(self.images_key, 0))
         n = int(summary.get(self.images_key, 0))
-        self.images += n
         self.errors += shard_errors(summary)
-        if summary.get("carried_from"):
-            self.carried += 1
-            if self.rated < 0:  # a carried first result does not start the scan rate
-                self.rated += n
-        else:
+        carried_now = bool(summary.get("carried_from"))
+        self.carried += carried_now
+        if not carried_now or self.rated < 0:  # a carried first result does not start the scan rate
             self.rated += n
         elapsed = time.perf_counter() - self.t0
         rate = f"{self.rated / elapsed:.1f} img/s" if elapsed > 0 and self.rated > 0 else "… img/s"
@@ -93,19 +99,13 @@ class ShardProgress:
         self.bar.set_postfix_str(f"{rate}, {self.errors} errors{carried}", refresh=False)
         self.bar.update(1)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
-
-class EpochProgress:
+class EpochProgress(_Bar):
     """`on_epoch(done)` for training: one tqdm line with epochs done / total, images/s (training images of the
     epochs finished since the first call) and the ETA (tqdm's, from the epoch rate)."""
 
     def __init__(self, stream: IO[str], desc: str, total: int, images_per_epoch: int) -> None:
         self.stream, self.desc, self.total, self.images_per_epoch = stream, desc, total, images_per_epoch
-        self.bar: Any = None
         self.first = 0
         self.t0 = time.perf_counter()
 
@@ -120,11 +120,6 @@ class EpochProgress:
         self.bar.set_postfix_str(f"{images / elapsed:.1f} img/s" if elapsed > 0 else "… img/s", refresh=False)
         self.bar.update(done - self.bar.n)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
 
 class Console:
     """The console of one job run (see the module doc)."""
@@ -135,7 +130,7 @@ class Console:
         self.stream: IO[str] = sys.stderr
         self.stderr_log: str | None = None
         self._saved_fd: int | None = None
-        self._bars: list[ShardProgress | EpochProgress] = []
+        self._bars: list[_Bar] = []
 
     def __enter__(self) -> Console:
         if self.verbose:
@@ -159,8 +154,7 @@ class Console:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for bar in self._bars:
-            bar.close()
+        self.end_progress()
         if self._saved_fd is not None:
             sys.stderr.flush()
             os.dup2(self._saved_fd, 2)

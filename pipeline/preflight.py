@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import fsspec
 from braceexpand import braceexpand
@@ -87,14 +87,7 @@ class StorageError(OperatorError, RuntimeError):
     label = "storage error"
 
     def __init__(self, kind: Kind, role: str, uri: str, operation: str, detail: str, hint: str) -> None:
-        self.kind, self.role, self.uri, self.operation, self.detail, self.hint = (
-            kind,
-            role,
-            uri,
-            operation,
-            detail,
-            hint,
-        )
+        self.kind = kind
         super().__init__(f"{role} {WHAT[kind]}: {uri} ({operation}: {detail}); check {hint}")
 
     @property
@@ -119,34 +112,28 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def classify(exc: BaseException) -> Kind:
     """The kind of a storage failure, from botocore's error (anywhere in the chain) or the OS error."""
-    try:
-        from botocore import exceptions as bexc
-    except ImportError:  # pragma: no cover - botocore comes with s3fs
-        bexc = None
+    from botocore import exceptions as bexc  # comes with s3fs
+
     for e in _chain(exc):
-        if bexc is not None:
-            if isinstance(e, bexc.NoCredentialsError | bexc.PartialCredentialsError):
-                return "no_credentials"
-            if isinstance(
-                e,
-                bexc.EndpointConnectionError
-                | bexc.ConnectTimeoutError
-                | bexc.ProxyConnectionError
-                | bexc.ConnectionClosedError
-                | bexc.ReadTimeoutError,
-            ):
+        if isinstance(e, bexc.NoCredentialsError | bexc.PartialCredentialsError):
+            return "no_credentials"
+        if isinstance(
+            e,
+            bexc.EndpointConnectionError
+            | bexc.ConnectTimeoutError
+            | bexc.ProxyConnectionError
+            | bexc.ConnectionClosedError
+            | bexc.ReadTimeoutError,
+        ):
+            return "cannot_connect"
+        if isinstance(e, bexc.ClientError):
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in NOT_FOUND_CODES:
+                return "not_found"
+            if code in DENIED_CODES:
+                return "access_denied"
+            if _overloaded(e):
                 return "cannot_connect"
-            if isinstance(e, bexc.ClientError):
-                code = str(e.response.get("Error", {}).get("Code", ""))
-                if code in NOT_FOUND_CODES:
-                    return "not_found"
-                if code in DENIED_CODES:
-                    return "access_denied"
-                if (
-                    code in TRANSIENT_CODES
-                    or int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) >= 500
-                ):
-                    return "cannot_connect"  # the store answers but keeps failing (503 Slow Down, 5xx)
     for e in _chain(exc):
         if isinstance(e, FileNotFoundError):
             return "not_found"
@@ -160,21 +147,23 @@ def classify(exc: BaseException) -> Kind:
     return "unusable"
 
 
+def _overloaded(e: Any) -> bool:
+    """A ClientError saying the store answers but keeps failing (503 Slow Down, 5xx)."""
+    status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return str(e.response.get("Error", {}).get("Code", "")) in TRANSIENT_CODES or status >= 500
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth another probe attempt: a 5xx / Slow Down answer or a connection that was reset or dropped. Not: a
     refused connection, an unknown host or a connect timeout (a wrong endpoint), nor any 4xx."""
-    try:
-        from botocore import exceptions as bexc
-    except ImportError:  # pragma: no cover
-        return False
+    from botocore import exceptions as bexc
+
     chain = list(_chain(exc))
     if any(isinstance(e, ConnectionRefusedError) or type(e).__name__ == "gaierror" for e in chain):
         return False
     for e in chain:
         if isinstance(e, bexc.ClientError):
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            return code in TRANSIENT_CODES or status >= 500
+            return _overloaded(e)
         if isinstance(e, bexc.ConnectTimeoutError):
             return False
         if isinstance(
@@ -201,17 +190,15 @@ def _attempt(fn, *args, **kwargs):  # noqa: ANN001, ANN202 - a thin retry wrappe
 
 def _detail(exc: BaseException) -> str:
     """A short single-line reason: the S3 error code + message, or the OS error."""
-    try:
-        from botocore.exceptions import ClientError, EndpointConnectionError
-    except ImportError:  # pragma: no cover
-        ClientError = EndpointConnectionError = ()  # type: ignore[assignment,misc]  # noqa: N806
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
     text = f"{type(exc).__name__}: {exc}"
     chain = list(_chain(exc))
-    client = next((e for e in chain if ClientError and isinstance(e, ClientError)), None)
+    client = next((e for e in chain if isinstance(e, ClientError)), None)
     if client is not None:
         err = client.response.get("Error", {})
         text = f"{err.get('Code', '?')}: {err.get('Message', '') or client}"
-    elif any(EndpointConnectionError and isinstance(e, EndpointConnectionError) for e in chain):
+    elif any(isinstance(e, EndpointConnectionError) for e in chain):
         text = f"could not connect to {_endpoint()}"
     else:
         oserr = next(

@@ -1,14 +1,14 @@
 """`make demo` = `python jobs/scan_bucket.py --demo` [ours].
 
 Everything below `demo_dir` (default ./demo), each step skipped when its output already exists:
-  shards/    WebDataset demo shards (jobs/make_demo_data.py --layout wds, four simulated generator families,
-             seed 0) plus one deliberately broken shard and one shard with a corrupt sample, so the summary
-             shows error rows;
-  train/     a UnivFD-layout training set (jobs/make_demo_data.py --layout univfd, two of the families, seed
-  1); detector/  a tiny MoLE detector trained by the project's own job on Ray Train (jobs/train_detector.py,
-  defaults); scan/      the scan of shards/ on a local Ray (local folder in and out: no S3 server needed, moto
-  is a dev
-             dependency), resumed if a run of today is unfinished.
+- shards/: WebDataset demo shards (jobs/make_demo_data.py --layout wds, four simulated generator families,
+  seed 0) plus one deliberately broken shard and one shard with a corrupt sample, so the summary shows error
+  rows;
+- train/: a UnivFD-layout training set (jobs/make_demo_data.py --layout univfd, two of the families, seed 1);
+- detector/: a tiny MoLE detector trained by the project's own job on Ray Train (jobs/train_detector.py,
+  defaults);
+- scan/: the scan of shards/ on a local Ray (local folder in and out: no S3 server needed, moto is a dev
+  dependency), resumed if a run of today is unfinished.
 Then a short summary read back from the Parquet with DuckDB. The figures are measured on SIMULATED demo
 fingerprints with a tiny random-init backbone: they show the pipeline works, not real-world accuracy.
 """
@@ -46,7 +46,10 @@ class DemoSize:
     epochs: int | None = None  # None: the training job's default
 
 
-def _run(cmd: list[str], what: str, status: Callable[[str], None] | None = None) -> None:
+def _job(module: str, what: str, status: Callable[[str], None] | None, **flags: object) -> None:
+    """Run `python -m pipeline.cli.<module> --flag value ...` (a flag per keyword not None, `_` as `-`)."""
+    args = [a for k, v in flags.items() if v is not None for a in (f"--{k.replace('_', '-')}", str(v))]
+    cmd = [sys.executable, "-m", f"pipeline.cli.{module}", *args]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
@@ -80,71 +83,42 @@ def add_bad_shards(shards: Path) -> None:
 def prepare(
     demo_dir: Path, status: Callable[[str], None] | None = None, size: DemoSize = DemoSize()
 ) -> dict[str, Path]:
-    py = sys.executable
     paths = {k: demo_dir / k for k in ("shards", "train", "detector", "scan")}
     if not any(paths["shards"].glob("shard-0*.tar")):
-        _run(
-            [
-                py,
-                "-m",
-                "pipeline.cli.make_demo_data",
-                "--out",
-                str(paths["shards"]),
-                "--layout",
-                "wds",
-                "--families",
-                SCAN_FAMILIES,
-                "--n-per-class",
-                str(size.scan_per_class),
-                "--seed",
-                "0",
-                "--shard-size",
-                str(size.shard_size),
-            ],
+        _job(
+            "make_demo_data",
             "demo shards",
             status,
+            out=paths["shards"],
+            layout="wds",
+            families=SCAN_FAMILIES,
+            n_per_class=size.scan_per_class,
+            seed=0,
+            shard_size=size.shard_size,
         )
         add_bad_shards(paths["shards"])
     if not paths["train"].exists():
-        _run(
-            [
-                py,
-                "-m",
-                "pipeline.cli.make_demo_data",
-                "--out",
-                str(paths["train"]),
-                "--layout",
-                "univfd",
-                "--families",
-                TRAIN_FAMILIES,
-                "--n-per-class",
-                str(size.train_per_class),
-                "--seed",
-                "1",
-            ],
+        _job(
+            "make_demo_data",
             "training set",
             status,
+            out=paths["train"],
+            layout="univfd",
+            families=TRAIN_FAMILIES,
+            n_per_class=size.train_per_class,
+            seed=1,
         )
     if not (paths["detector"] / "detector.safetensors").exists():
-        _run(
-            [
-                py,
-                "-m",
-                "pipeline.cli.train_detector",
-                "--data",
-                str(paths["train"]),
-                "--config",
-                "tiny-mole",
-                "--method",
-                "mole",
-                "--train-generators",
-                TRAIN_FAMILIES,
-                "--out",
-                str(paths["detector"]),
-                *(["--epochs", str(size.epochs)] if size.epochs is not None else []),
-            ],
+        _job(
+            "train_detector",
             "train detector (Ray Train, one CPU worker)",
             status,
+            data=paths["train"],
+            config="tiny-mole",
+            method="mole",
+            train_generators=TRAIN_FAMILIES,
+            out=paths["detector"],
+            epochs=size.epochs,
         )
     return paths
 
@@ -156,16 +130,15 @@ def labels_table(shards: Path) -> Any:
     from pipeline.shards import read_shard
     from pipeline.storage import shard_id
 
-    rows = []
-    for tar in sorted(shards.glob("*.tar")):
-        for s in read_shard(str(tar)).samples:
-            rows.append(
-                {
-                    "shard": shard_id(str(tar), str(shards)),
-                    "key": s.key,
-                    "generator": (s.meta or {}).get("generator", "?"),
-                }
-            )
+    rows = [
+        {
+            "shard": shard_id(str(tar), str(shards)),
+            "key": s.key,
+            "generator": (s.meta or {}).get("generator", "?"),
+        }
+        for tar in sorted(shards.glob("*.tar"))
+        for s in read_shard(str(tar)).samples
+    ]
     return pa.Table.from_pylist(
         rows, schema=pa.schema([("shard", pa.string()), ("key", pa.string()), ("generator", pa.string())])
     )
@@ -185,11 +158,8 @@ def summary(scan_dir: Path, shards: Path) -> str:
 
     def table(title: str, sql: str) -> None:
         res = con.execute(sql)
-        cols = [d[0] for d in res.description]
-        rows = res.fetchall()
-        out.append(f"\n{title}")
-        out.append("  " + " | ".join(cols))
-        out.extend("  " + " | ".join(_fmt(v) for v in r) for r in rows)
+        out.extend([f"\n{title}", "  " + " | ".join(d[0] for d in res.description)])
+        out.extend("  " + " | ".join(_fmt(v) for v in r) for r in res.fetchall())
 
     table("rows by status", "SELECT status, count(*) AS n FROM scan GROUP BY status ORDER BY n DESC")
     table(

@@ -55,10 +55,7 @@ def parse_rule(text: str) -> dict[str, Any]:
 
 
 def _parser() -> tuple[JobParser, ModelFlags, ModelFlags]:
-    ap = JobParser(
-        description=__doc__,
-        epilog=help_epilog("filter_shards"),
-    )
+    ap = JobParser(description=__doc__, epilog=help_epilog("filter_shards"))
     ap.add_argument(
         "--policy", default=None, help="FilterPolicy JSON file (exclusive with the inline policy flags)"
     )
@@ -109,9 +106,7 @@ def build_config(argv: list[str] | None = None, args: argparse.Namespace | None 
         if provenance_rules := [r for r in rules if "verdict" in r]:
             inline["provenance_rules"] = provenance_rules
     if args.policy and inline:
-        flags = ", ".join(
-            sorted({"--rule" if k.endswith("_rules") else "--" + k.replace("_", "-") for k in inline})
-        )
+        flags = ", ".join(sorted({policy_flags.flags.get(k, "--rule") for k in inline}))
         raise ConfigError(
             f"--policy and inline policy flags ({flags}) are exclusive: put everything in the policy file"
         )

@@ -102,7 +102,6 @@ class ModelFlags:
 
     def __init__(self, flags: dict[str, str], repeat: set[str]) -> None:
         self.flags, self.repeat = flags, repeat  # field -> its flag ("--batch-size")
-        self.fields = list(flags)
 
     def named(self, args: argparse.Namespace) -> dict[str, str]:
         """field -> flag for the flags the user gave, so a validation error names the flag that was typed
@@ -110,13 +109,8 @@ class ModelFlags:
         return {name: self.flags[name] for name in self.given(args)}
 
     def given(self, args: argparse.Namespace) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in self.fields:
-            value = getattr(args, name, None)
-            if value is None:
-                continue
-            out[name] = ",".join(value) if name in self.repeat else value
-        return out
+        values = {name: getattr(args, name, None) for name in self.flags}
+        return {n: ",".join(v) if n in self.repeat else v for n, v in values.items() if v is not None}
 
 
 def absolute_paths(data: dict[str, Any], keys: Iterable[str], *, lists: Iterable[str] = ()) -> None:

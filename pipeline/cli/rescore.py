@@ -78,18 +78,16 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     try:
         with shard_map(cfg.engine, cfg.ray_address, cfg.task_num_cpus) as map_fn:
             run = run_rescore(cfg, map_fn, on_shard=progress)
-    except (
-        OperatorError
-    ) as exc:  # refused before any write: a detector that does not read the store, no store
+    # refused before any write: a detector that does not read the store, no store
+    except OperatorError as exc:
         runlog.discard()
         console.line(one_line(exc, "rescore"))
         return exc.exit_code
     except RescoreFailed as exc:
         console.line(f"rescore failed: {exc} (log: {runlog.publish()})")
         return ExitCode.RUN_FAILED
-    except (
-        Exception
-    ) as exc:  # an unexpected error (a Ray task's, a storage fault): one line, details in the log
+    # an unexpected error (a Ray task's, a storage fault): one line, details in the log
+    except Exception as exc:
         log.exception("rescore_crashed")
         first = (str(exc).strip().splitlines() or [""])[0]
         console.line(f"rescore failed: {type(exc).__name__}: {first} (log: {runlog.publish()})")

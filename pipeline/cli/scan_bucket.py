@@ -28,10 +28,7 @@ log = get_logger("jobs.scan_bucket")
 
 
 def _parser() -> tuple[JobParser, ModelFlags]:
-    p = JobParser(
-        description=__doc__,
-        epilog=help_epilog("scan_bucket"),
-    )
+    p = JobParser(description=__doc__, epilog=help_epilog("scan_bucket"))
     p.add_argument("--config-file", help="JSON file with ScanConfig fields (flags given override its values)")
     p.add_argument("--demo", action="store_true", help="generate demo data, train a tiny detector, scan it")
     p.add_argument("--demo-dir", default="demo", help="where --demo keeps its data (default ./demo)")
@@ -111,9 +108,8 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         console.end_progress()
         console.line(one_line(exc, "scan"))
         return exc.exit_code
-    except (
-        Exception
-    ) as exc:  # ScanFailed (run.json says why) or an unexpected error: one line, details in the log
+    # ScanFailed (run.json says why) or an unexpected error: one line, details in the log
+    except Exception as exc:
         console.end_progress()
         first = (str(exc).strip().splitlines() or [""])[0]
         if not isinstance(exc, ScanFailed):

@@ -57,10 +57,6 @@ def _parser() -> tuple[JobParser, ModelFlags]:
     return ap, flags
 
 
-def build_parser() -> JobParser:
-    return _parser()[0]
-
-
 RECIPES = Path(__file__).resolve().parents[1] / "train" / "recipes"
 
 
@@ -107,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parser()[0].parse_args(argv)
     if args.features_from is not None or args.labels is not None:
         return _from_features(args, console, runlog)
     try:
@@ -123,17 +119,15 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
         plan = make_plan(cfg)  # lists + splits; bad data fails here, with exit code 2, before Ray starts
         runlog.destination = f"{cfg.out.rstrip('/')}/log.jsonl"
         if args.engine == "local":
-            from pipeline.train.local import train_local
+            from pipeline.train.local import train_local as train
 
             console.status("training in this process...")
-            progress = console.epochs("train", cfg.passes, plan.n_train)
-            summary = train_local(cfg, resume=args.resume, plan=plan, on_epoch=progress)
         else:
-            from pipeline.engine.train import run_training
+            from pipeline.engine.train import run_training as train
 
             console.status("starting Ray Train, then training (per-epoch metrics in the log)...")
-            progress = console.epochs("train", cfg.passes, plan.n_train)
-            summary = run_training(cfg, resume=args.resume, plan=plan, on_epoch=progress)
+        progress = console.epochs("train", cfg.passes, plan.n_train)
+        summary = train(cfg, resume=args.resume, plan=plan, on_epoch=progress)
         console.end_progress()
     except (FileNotFoundError, ValueError) as exc:
         runlog.discard()

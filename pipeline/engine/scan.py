@@ -117,7 +117,7 @@ def build_dataset(
         # a task map into the next actor map when their resource args match (e.g. equal num_cpus).
         memory=cfg.read_memory_mb * 2**20,
     )
-    ds = ds.map_batches(
+    return ds.map_batches(
         scorer,
         batch_size=cfg.batch_size,
         batch_format="numpy",
@@ -126,23 +126,13 @@ def build_dataset(
         num_cpus=cfg.actor_num_cpus,
         num_gpus=cfg.actor_num_gpus,
     )
-    return ds
 
 
-class ShardWriterActor:
+class ShardWriterActor(ShardSink):
     """A `ShardSink` in an actor on a worker node; records its node id in every marker it writes."""
 
     def __init__(self, ctx: RunContext, output: str, scan_date: str) -> None:
-        self.sink = ShardSink(ctx, output, scan_date, writer_node=ray.get_runtime_context().get_node_id())
-
-    def add(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        return self.sink.add(batch)
-
-    def pending(self) -> dict[str, tuple[int, int]]:
-        return self.sink.pending()
-
-    def duplicates(self) -> int:
-        return self.sink.duplicates()
+        super().__init__(ctx, output, scan_date, writer_node=ray.get_runtime_context().get_node_id())
 
 
 def writer_index(shard: str, n_writers: int) -> int:
@@ -174,8 +164,7 @@ class RayScanExecutor:
     """The scan on Ray (`pipeline.scan.execute.ScanExecutor`): attaches to / starts Ray through
     `cluster.session`, runs the plan, yields each shard's summary as its writer commits it."""
 
-    def __init__(self, writer_num_cpus: float = WRITER_NUM_CPUS, scorer: type = ReportingScorer) -> None:
-        self.writer_num_cpus = writer_num_cpus
+    def __init__(self, scorer: type = ReportingScorer) -> None:
         self.scorer = scorer
 
     def __call__(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -194,7 +183,7 @@ class RayScanExecutor:
     def _run(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
         cfg, timing = work.cfg, work.timing
         n_writers = max(1, min(cfg.num_actors, len(todo)))
-        actor = ray.remote(num_cpus=self.writer_num_cpus, memory=WRITER_MEMORY_MB * 2**20, max_restarts=3)(
+        actor = ray.remote(num_cpus=WRITER_NUM_CPUS, memory=WRITER_MEMORY_MB * 2**20, max_restarts=3)(
             ShardWriterActor
         )
         alive = [n for n in ray.nodes() if n.get("Alive")]
@@ -203,18 +192,13 @@ class RayScanExecutor:
         # never on a node without CPUs (a head started with 0 CPUs), also not when a writer restarts after its
         # node was lost: the soft pin then no longer applies and Ray would pick any node with memory
         never = {"label_selector": {NODE_ID_LABEL_KEY: f"!in({','.join(no_cpu)})"}} if no_cpu else {}
-        writers = []
-        for i in range(n_writers):
-            strategy: Any = (
-                NodeAffinitySchedulingStrategy(node_id=cpu_nodes[i % len(cpu_nodes)], soft=True)
-                if cpu_nodes
-                else "SPREAD"
+        pins = [NodeAffinitySchedulingStrategy(node_id=n, soft=True) for n in cpu_nodes] or ["SPREAD"]
+        writers = [
+            actor.options(scheduling_strategy=pins[i % len(pins)], **never).remote(
+                work.ctx, cfg.output, work.scan_date
             )
-            writers.append(
-                actor.options(scheduling_strategy=strategy, **never).remote(
-                    work.ctx, cfg.output, work.scan_date
-                )
-            )
+            for i in range(n_writers)
+        ]
         try:
             ds = build_dataset(
                 todo,

@@ -154,13 +154,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     robustness: dict[str, dict[str, Any]] = {}
     for kind, levels in (("jpeg", cfg.jpeg), ("blur", cfg.blur), ("resize", cfg.resize)):
-        if not levels:
-            continue
-        robustness[kind] = {}
         for level in levels:
             pred = _predict(predictor, det_cfg, table, cfg.batch_size, (kind, float(level)), SkipCounter())
             p, m = _detection_table(records, groups, pred["p_fake"], threshold)
-            robustness[kind][str(level)] = {
+            robustness.setdefault(kind, {})[str(level)] = {
                 "per_generator": {g: {"ap": v["ap"], "acc": v["acc"]} for g, v in p.items()},
                 "mean": m,
             }

@@ -5,13 +5,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipeline.metrics import DETECTION_KEYS
 
-def _f(v: Any, pct: bool = True) -> str:
+
+def _f(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, int):
         return str(v)
-    return f"{100 * v:.2f}" if pct else f"{v:.4f}"
+    return f"{100 * v:.2f}"
+
+
+def _cells(r: dict[str, Any], keys: tuple[str, ...] = ("ap", "auc", "acc", "acc_05")) -> str:
+    return " | ".join(_f(r[k]) for k in keys)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -31,11 +37,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     rows = dict(report["per_generator"])
     rows["**mean**"] = report["mean"]
     for name, r in rows.items():
-        lines.append(
-            f"| {name} | {_f(r['ap'])} | {_f(r['auc'])} | {_f(r['acc'])} | {_f(r['acc_05'])} | "
-            f"{_f(r['real_acc'])} | {_f(r['fake_acc'])} | {_f(r['balanced_acc'])} | {r['n_real']} | "
-            f"{r['n_fake']} |"
-        )
+        lines.append(f"| {name} | {_cells(r, DETECTION_KEYS[:7])} | {r['n_real']} | {r['n_fake']} |")
     attr = report.get("attribution")
     if attr:
         lines += [
@@ -62,15 +64,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             "| perturbation | AP | AUC | acc | acc@0.5 |",
             "|---|---|---|---|---|",
         ]
-        m = report["mean"]
-        lines.append(f"| clean | {_f(m['ap'])} | {_f(m['auc'])} | {_f(m['acc'])} | {_f(m['acc_05'])} |")
+        lines.append(f"| clean | {_cells(report['mean'])} |")
         for kind, levels in rob.items():
-            for level, res in levels.items():
-                r = res["mean"]
-                lines.append(
-                    f"| {kind} {level} | {_f(r['ap'])} | {_f(r['auc'])} | {_f(r['acc'])} | "
-                    f"{_f(r['acc_05'])} |"
-                )
+            lines += [f"| {kind} {level} | {_cells(res['mean'])} |" for level, res in levels.items()]
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"- `{p}`" for p in report["plots"]]
     return "\n".join(lines) + "\n"

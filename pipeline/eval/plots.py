@@ -44,16 +44,13 @@ def plot_robustness(
     robustness: dict[str, dict[str, Any]],
     clean_mean: dict[str, Any],
     out_dir: Path,
-    clean_per_generator: dict[str, dict[str, Any]] | None = None,
+    clean_per_generator: dict[str, dict[str, Any]],
 ) -> list[Path]:
     """One PNG per perturbation kind: AP per generator and mean accuracy vs the perturbation level (dotted:
     the clean values)."""
-    clean_per_generator = clean_per_generator or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     for kind, levels in robustness.items():
-        if not levels:
-            continue
         xs = list(levels.keys())
         fig, ax = plt.subplots(figsize=(5, 3.5))
         gens = sorted(levels[xs[0]].get("per_generator", {}))
@@ -63,7 +60,7 @@ def plot_robustness(
             if gen in clean_per_generator:
                 ax.axhline(clean_per_generator[gen]["ap"], color=line.get_color(), ls=":", lw=0.8)
         ys = [levels[x]["mean"]["acc"] for x in xs]
-        line = ax.plot(range(len(xs)), ys, marker="s", ls="--", color="k", label="mean acc")[0]
+        ax.plot(range(len(xs)), ys, marker="s", ls="--", color="k", label="mean acc")
         ax.axhline(clean_mean["acc"], color="k", ls=":", lw=0.8)
         ax.set_xticks(range(len(xs)), xs)
         ax.set(xlabel=kind, ylabel="score", ylim=(0, 1.02), title=f"robustness: {kind} (dotted = clean)")

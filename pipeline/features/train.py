@@ -129,16 +129,13 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
     date = resolve_scan_date(cfg.features_from, cfg.scan_date)
     paths = RunPaths(cfg.features_from, date)
     labels = read_labels(cfg.labels)
-    shards = sorted(set(labels.column("shard").to_pylist()))
     stored = feature_shards(paths)
     if not stored:
         raise ScanOutputError(f"no stored features under {paths.features_dir} (scan with --features)")
     feats: dict[tuple[str, str], np.ndarray] = {}
     spec: FeatureSpec | None = None
     unreadable: dict[str, str] = {}
-    for shard in shards:
-        if shard not in stored:
-            continue
+    for shard in sorted(stored.intersection(labels.column("shard").to_pylist())):
         try:
             part = read_part(paths.features(shard))
         except FeaturePartError as exc:
@@ -187,8 +184,7 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
             ),
         }
     )
-    diff = needed.differences(spec)
-    if diff:
+    if diff := needed.differences(spec):
         raise ConfigError(f"config {det_cfg.name} does not read the stored features: {'; '.join(diff)}")
     x = np.stack([feats[(r["shard"], r["key"])] for r in used])
     w, b = fit_binary(x, y, classifier=cfg.linear_classifier, c=cfg.linear_c, seed=cfg.seed)

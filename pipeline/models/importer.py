@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,22 +52,6 @@ class WeightsFileError(CheckpointError):
     """The peer's weights file cannot be read or does not match the detector kind."""
 
 
-def _rename(key: str, names: Iterable[tuple[str, str]], prefixes: Iterable[tuple[str, str]]) -> str | None:
-    """`key` under the first (from, to) name pair it equals, else the first (from, to) prefix it starts with;
-    None when no pair applies."""
-    for a, b in names:
-        if key == a:
-            return b
-    for a, b in prefixes:
-        if key.startswith(a):
-            return b + key[len(a) :]
-    return None
-
-
-def _flip(pairs: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-    return [(b, a) for a, b in pairs]
-
-
 @dataclass(frozen=True)
 class Kind:
     """One peer format: which genscan config it lands in (that config's method, head feature and normalisation
@@ -91,11 +75,16 @@ class Kind:
         cfg = DetectorConfig.load(self.default_config(None))
         return cfg.method, cfg.head.feature, cfg.head.normalize
 
-    def to_genscan(self, key: str) -> str | None:
-        return _rename(key, self.names, self.prefixes)
-
     def to_source(self, key: str) -> str | None:
-        return _rename(key, _flip(self.names), _flip(self.prefixes))
+        """The peer's name of genscan parameter `key`: the first name pair it equals, else the first prefix
+        pair it starts with; None when no pair applies."""
+        for src, dst in self.names:
+            if key == dst:
+                return src
+        for src, dst in self.prefixes:
+            if key.startswith(dst):
+                return src + key[len(dst) :]
+        return None
 
 
 KINDS: dict[str, Kind] = {
@@ -183,7 +172,8 @@ def _check_config(kind: Kind, cfg: DetectorConfig) -> None:
         raise ConfigError(f"config {cfg.name}: imported detectors are binary; generators must be empty")
 
 
-def _expected_source(kind: Kind, cfg: DetectorConfig) -> dict[str, torch.Size]:
+def _expected_source(kind: Kind, cfg: DetectorConfig) -> dict[str, tuple[str, torch.Size]]:
+    """The peer's key of every head parameter but the attribution head's -> (genscan name, shape)."""
     out = {}
     for name, shape in head_shapes(cfg).items():
         if name.startswith("head_gen."):
@@ -191,7 +181,7 @@ def _expected_source(kind: Kind, cfg: DetectorConfig) -> dict[str, torch.Size]:
         src = kind.to_source(name)
         if src is None:  # a config/kind mismatch that _check_config let through: a bug, not an operator error
             raise RuntimeError(f"{kind.name}: no source key for {name}")
-        out[src] = shape
+        out[src] = (name, shape)
     return out
 
 
@@ -199,7 +189,7 @@ def _variant_hint(sd: dict[str, torch.Tensor]) -> str:
     fits = []
     for v in RINE_VARIANTS:
         exp = _expected_source(KINDS["rine"], DetectorConfig.load(f"rine-vitl14-{v}"))
-        if set(exp) == set(sd) and all(tuple(sd[k].shape) == tuple(s) for k, s in exp.items()):
+        if set(exp) == set(sd) and all(tuple(sd[k].shape) == tuple(s) for k, (_, s) in exp.items()):
             fits.append(v)
     return f"; the file's shapes fit --variant {' or '.join(fits)}" if fits else ""
 
@@ -298,18 +288,13 @@ def import_detector(
     sd, nesting = unwrap_state_dict(read_torch_file(path), path)
     expected = _expected_source(k, cfg)
     try:
-        check_state_dict(expected, sd, what=f"{kind} weights {path}")
+        check_state_dict({s: shape for s, (_, shape) in expected.items()}, sd, what=f"{kind} weights {path}")
     except CheckpointError as exc:
         hint = _variant_hint(sd) if kind == "rine" and config is None else ""
         raise WeightsFileError(f"{exc}{hint}") from exc
 
-    tensors: dict[str, torch.Tensor] = {}
-    keymap = {}
-    for src, t in sd.items():
-        dst = k.to_genscan(src)
-        assert dst is not None  # every source key was checked against the expected table above
-        tensors[dst] = t.detach().to(torch.float32)
-        keymap[src] = dst
+    keymap = {src: expected[src][0] for src in sd}  # sd's keys are the expected ones (checked above)
+    tensors = {dst: sd[src].detach().to(torch.float32) for src, dst in keymap.items()}
     # binary detectors: the attribution head over ["real"] is a constant (softmax of one logit = 1)
     for name, shape in head_shapes(cfg).items():
         if name.startswith("head_gen."):

@@ -39,9 +39,7 @@ class LabelledRecord:
         return self.source.load()
 
 
-def load_records(
-    uri: str, *, generators: list[str] | None = None, lazy: bool = False
-) -> list[LabelledRecord]:
+def load_records(uri: str, *, lazy: bool = False) -> list[LabelledRecord]:
     """Every labelled image of `uri` (via `pipeline.data.sources.load_labelled`: UnivFD / GenImage folders or
     WebDataset shards, local or s3://) decoded to RGB PIL images. `generator` is the attribution class ("real"
     or the generator); `group` the source's generator folder (None for shards). Missing or empty sources raise
@@ -49,21 +47,17 @@ def load_records(
     `record.load()` is called (evaluation of large test sets)."""
     from pipeline.data.sources import load_labelled
 
-    items = load_labelled(uri)
-    if generators is not None:
-        items = [it for it in items if it.attribution == "real" or it.generator in set(generators)]
-    out: list[LabelledRecord] = []
-    for it in items:
-        out.append(
-            LabelledRecord(
-                image=None if lazy else it.load(),
-                label=int(it.label),
-                generator=it.attribution,
-                group=None if it.source == "wds" else it.generator,
-                key=it.name,
-                source=it,
-            )
+    out = [
+        LabelledRecord(
+            image=None if lazy else it.load(),
+            label=int(it.label),
+            generator=it.attribution,
+            group=None if it.source == "wds" else it.generator,
+            key=it.name,
+            source=it,
         )
+        for it in load_labelled(uri)
+    ]
     if not out:
         raise FileNotFoundError(f"no labelled images found in {uri}")
     return out

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -122,11 +122,7 @@ class TrainPlan:
 
 
 def _digest(keys: Iterable[str]) -> str:
-    h = hashlib.sha256()
-    for k in keys:
-        h.update(k.encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    return hashlib.sha256("".join(f"{k}\n" for k in keys).encode()).hexdigest()
 
 
 def make_plan(cfg: Any) -> TrainPlan:
@@ -254,14 +250,24 @@ def augment_image(img: Any, aug: Any, rng: np.random.Generator, *, crop_grid: st
     return aug.apply(img, params)
 
 
+@dataclass(eq=False)
 class DecodeStage:
     """Callable stage over listing-row batches (see module docstring). Picklable; builds its helpers
     lazily."""
 
-    def __init__(self, spec: DecodeSpec) -> None:
-        self.spec = spec
-        self._aug: Any = None
-        self._perturb: Any = None
+    spec: DecodeSpec
+
+    @cached_property
+    def _perturb(self) -> Any:
+        from pipeline.data.augment import perturbation
+
+        return perturbation(*self.spec.perturb)  # type: ignore[misc]
+
+    @cached_property
+    def _aug(self) -> Any:
+        from pipeline.data.augment import UnivFDAugment
+
+        return UnivFDAugment(**self.spec.augment)  # type: ignore[arg-type]
 
     def _one(self, row: dict[str, Any]) -> np.ndarray:
         from pipeline.models.preprocess import prepare_image
@@ -269,17 +275,9 @@ class DecodeStage:
         spec = self.spec
         img = _row_image(row).load()
         if spec.perturb is not None:
-            if self._perturb is None:
-                from pipeline.data.augment import perturbation
-
-                self._perturb = perturbation(spec.perturb[0], spec.perturb[1])  # type: ignore[arg-type]
             img = self._perturb(img)
         if spec.augment is None:
             return prepare_image(img, spec.det_cfg)
-        if self._aug is None:
-            from pipeline.data.augment import UnivFDAugment
-
-            self._aug = UnivFDAugment(**spec.augment)
         rng = sample_rng(spec.seed, int(row.get("epoch", 0)), str(row["key"]))
         out = np.asarray(augment_image(img, self._aug, rng, crop_grid=spec.crop_grid, patch=spec.patch_size))
         return out.astype(np.uint8, copy=False)
@@ -290,9 +288,8 @@ class DecodeStage:
         images = np.zeros((n, s, s, 3), dtype=np.uint8)
         ok = np.ones(n, dtype=bool)
         errors = np.full(n, "", dtype=object)
-        names = list(batch)
         for i in range(n):
-            row = {k: batch[k][i] for k in names}
+            row = {k: v[i] for k, v in batch.items()}
             try:
                 images[i] = self._one(row)
             except Exception as exc:  # noqa: BLE001 - an unreadable image is a counted skip, never a crash
@@ -317,30 +314,24 @@ def iter_local(
     seed: int = 0,
     epoch: int = -1,
     part: tuple[int, int] = (0, 1),
-    threads: int = 2,
 ) -> Iterator[dict[str, np.ndarray]]:
     """The same two stages in-process: chunks of `batch_size` rows of epoch `epoch`'s order, decoded by a
     small thread pool (PIL and zlib release the GIL), in order. `part=(i, k)`: only chunks i, i+k, ... (a
     disjoint part per worker)."""
-    ids = list(range(part[0], n_chunks(table.num_rows, batch_size), part[1]))
+    ids = range(part[0], n_chunks(table.num_rows, batch_size), part[1])
 
     def work(c: int) -> dict[str, np.ndarray]:
-        rows = listing_chunk(table, np.array([c]), chunk_rows=batch_size, seed=seed, epoch=epoch)
-        return stage(rows)
+        return stage(listing_chunk(table, np.array([c]), chunk_rows=batch_size, seed=seed, epoch=epoch))
 
-    if threads <= 1:
-        yield from (work(c) for c in ids)
-        return
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feed") as pool:
-        window = threads + 1  # bounded read-ahead: memory stays a few batches, whatever the listing size
-        futures = [pool.submit(work, c) for c in ids[:window]]
-        nxt = window
-        while futures:
-            out = futures.pop(0).result()
-            if nxt < len(ids):
-                futures.append(pool.submit(work, ids[nxt]))
-                nxt += 1
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="feed") as pool:
+        # bounded read-ahead of 3 chunks: memory stays a few batches, whatever the listing size
+        futures = deque(pool.submit(work, c) for c in ids[:3])
+        for c in ids[3:]:
+            out = futures.popleft().result()
+            futures.append(pool.submit(work, c))
             yield out
+        while futures:
+            yield futures.popleft().result()
 
 
 # ---- consumer side -----------------------------------------------------------------------------------------
@@ -356,8 +347,7 @@ class SkipCounter:
         bad = np.flatnonzero(~ok)
         if bad.size:
             self.n += int(bad.size)
-            for i in bad[: max(0, 5 - len(self.examples))]:
-                self.examples.append(str(batch["error"][i]))
+            self.examples += [str(batch["error"][i]) for i in bad[: 5 - len(self.examples)]]
             log.warning("unreadable_images_skipped", n=int(bad.size), example=str(batch["error"][bad[0]]))
         return ok
 
@@ -378,15 +368,6 @@ def to_device(images: np.ndarray, det_cfg: Any, device: torch.device) -> torch.T
     return to_model_input(x, det_cfg, device)
 
 
-def concat(batches: Iterable[dict[str, np.ndarray]], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Concatenate the given (small) columns of a stream of batches."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    for b in batches:
-        for k in keys:
-            parts[k].append(np.asarray(b[k]))
-    return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
-
-
 def predict_table(
     predictor: Any,
     table: pa.Table,
@@ -401,19 +382,13 @@ def predict_table(
     unreadable rows are counted in `skips` and left out."""
     skips = skips if skips is not None else SkipCounter()
     stage = DecodeStage(DecodeSpec(det_cfg=det_cfg, perturb=perturb))
-    rows, p_fake, gen = [], [], []
+    parts: dict[str, list[np.ndarray]] = {"row": [], "p_fake": [], "generator_scores": []}
     for b in iter_local(table, stage, batch_size=batch_size):
-        ok = skips.add(b)
-        if not ok.any():
-            continue
-        res = predictor.predict(np.ascontiguousarray(b["image"][ok]))
-        rows.append(b["row"][ok])
-        p_fake.append(np.asarray(res["p_fake"], np.float64))
-        gen.append(np.asarray(res["generator_scores"], np.float64))
-    if not rows:
+        if (ok := skips.add(b)).any():
+            res = predictor.predict(np.ascontiguousarray(b["image"][ok]))
+            parts["row"].append(b["row"][ok])
+            parts["p_fake"].append(np.asarray(res["p_fake"], np.float64))
+            parts["generator_scores"].append(np.asarray(res["generator_scores"], np.float64))
+    if not parts["row"]:
         return {"row": np.zeros(0, np.int64), "p_fake": np.zeros(0), "generator_scores": np.zeros((0, 1))}
-    return {
-        "row": np.concatenate(rows),
-        "p_fake": np.concatenate(p_fake),
-        "generator_scores": np.concatenate(gen),
-    }
+    return {k: np.concatenate(v) for k, v in parts.items()}

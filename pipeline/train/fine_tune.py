@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import torch
@@ -32,9 +32,6 @@ class EpochTotals:
     aux: float = 0.0
     samples: float = 0.0
     steps: float = 0.0
-
-    def as_list(self) -> list[float]:
-        return [self.loss, self.bce, self.attr_ce, self.aux, self.samples, self.steps]
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -118,7 +115,7 @@ def train_mole(run: WorkerRun, det: torch.nn.Module, resumed: TrainState | None)
             tot.samples += n
             tot.steps += 1
         train_s = time.perf_counter() - t0
-        tot = EpochTotals(*hooks.all_sum(tot.as_list()))
+        tot = EpochTotals(*hooks.all_sum(list(astuple(tot))))
         seen = max(tot.samples, 1.0)
         val = run.validate(core)
         score = val.get("val_acc", -tot.loss / seen)

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.train.config import TrainConfig
-from pipeline.train.feed import DecodeSpec, TrainPlan, iter_local, train_spec
+from pipeline.train.feed import DecodeSpec, DecodeStage, TrainPlan, iter_local, train_spec
 from pipeline.train.hooks import CHECKPOINTS_DIR, OnEpoch, TrainHooks
 from pipeline.train.loop import train_worker
 
@@ -42,8 +42,6 @@ class LocalHooks(TrainHooks):
         self._tmp: Path | None = None
 
     def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]:
-        from pipeline.train.feed import DecodeStage
-
         if self.on_epoch is not None:  # `epoch` (0-based) is starting: that many are done
             self.on_epoch(epoch)
         return iter_local(
@@ -55,8 +53,6 @@ class LocalHooks(TrainHooks):
         )
 
     def eval_batches(self, split: str) -> Iterable[dict[str, np.ndarray]]:
-        from pipeline.train.feed import DecodeStage
-
         table = self.plan.val if split == "val" else self.plan.train
         return iter_local(table, DecodeStage(self.plain_stage), batch_size=64)
 

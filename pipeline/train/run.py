@@ -34,10 +34,6 @@ class WorkerRun:
         self.device = hooks.device()
         self.train_skips, self.eval_skips = SkipCounter(), SkipCounter()
 
-    @property
-    def n_classes(self) -> int:
-        return 1 + len(self.generators)
-
     def validate(self, det: torch.nn.Module) -> dict[str, float]:
         """Validation metrics computed on rank 0 over the whole streamed validation split, shared with all."""
         val: dict[str, float] = {}
@@ -65,7 +61,7 @@ class WorkerRun:
         w, b = fit_binary(feats, labels, classifier=self.cfg.linear_classifier, c=c, seed=self.cfg.seed)
         det.set_linear_head(w, b)
         if self.generators:
-            gw, gb = fit_multiclass(feats, pred["cls"], self.n_classes, c=c, seed=self.cfg.seed)
+            gw, gb = fit_multiclass(feats, pred["cls"], 1 + len(self.generators), c=c, seed=self.cfg.seed)
             det.set_generator_head(gw, gb)
 
 

@@ -39,9 +39,8 @@ class TrainState:
 
 def capture_rng() -> tuple[dict[str, Any], torch.Tensor]:
     py = random.getstate()
-    npy = np.random.get_state(
-        legacy=False
-    )  # MT19937: {"bit_generator", "state": {"key": uint32[624], "pos"}, ...}
+    # MT19937: {"bit_generator", "state": {"key": uint32[624], "pos"}, ...}
+    npy = np.random.get_state(legacy=False)
     npy = {**npy, "state": {"key": npy["state"]["key"].tolist(), "pos": int(npy["state"]["pos"])}}
     return {"python": [py[0], list(py[1]), py[2]], "numpy": npy}, torch.get_rng_state()
 

@@ -168,12 +168,14 @@ class ErrorBudget:
         rec = self.record(tally)
         if not rec["exceeded"]:
             return rec
-        broke = [
-            f"{rec[f'failed_{unit}s']} of {rec[f'{unit}s']} {unit}s failed ({rate:.1%} > "
-            f"--max-{unit}-error-rate {limit:g})"
-            for unit in ("shard", "sample")
-            if (rate := rec[f"{unit}_error_rate"]) > (limit := getattr(self, f"max_{unit}_error_rate"))
-        ]
+        broke = []
+        for unit in ("shard", "sample"):
+            rate, limit = rec[f"{unit}_error_rate"], getattr(self, f"max_{unit}_error_rate")
+            if rate > limit:
+                broke.append(
+                    f"{rec[f'failed_{unit}s']} of {rec[f'{unit}s']} {unit}s failed ({rate:.1%} > "
+                    f"--max-{unit}-error-rate {limit:g})"
+                )
         when = " (run stopped early)" if so_far else ""
         raise ErrorBudgetExceeded("error budget exceeded" + when + ": " + "; ".join(broke), rec)
 

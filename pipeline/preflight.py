@@ -268,7 +268,7 @@ def check_readable(loc: Location) -> None:
     uri = loc.uri
     target = next(iter(braceexpand(uri))) if "{" in uri else uri
     fs, path = probe_filesystem(target)
-    single = "{" in uri or uri.rstrip("/").endswith(storage.SHARD_SUFFIXES)
+    single = storage.names_shards(uri.rstrip("/"))
     try:
         if single:
             info = _attempt(fs.info, path)

@@ -65,11 +65,17 @@ def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{protocol}://{path}"
 
 
+def names_shards(source: str) -> bool:
+    """THE rule for an input: a brace pattern or a single `.tar` names its shards; anything else is a
+    folder/prefix whose `.tar` files are the shards."""
+    return "{" in source or source.endswith(SHARD_SUFFIXES)
+
+
 def _named(source: str) -> list[str] | None:
     """The shard URIs a brace pattern or a single `.tar` names (no request); None for a folder/prefix."""
-    if "{" in source:
-        return sorted(set(braceexpand(source)))
-    return [source] if source.endswith(SHARD_SUFFIXES) else None
+    if not names_shards(source):
+        return None
+    return sorted(set(braceexpand(source))) if "{" in source else [source]
 
 
 def list_shards(source: str) -> list[str]:
@@ -127,15 +133,19 @@ def object_identity(info: dict) -> str | None:
     return f"mtime:{when};size:{int(size)}"
 
 
+def relative_name(shard_uri: str, source: str) -> str:
+    """The shard's path relative to the input root (its basename for named shards: no root folder)."""
+    path = filesystem(shard_uri)[1]
+    if names_shards(source):
+        return posixpath.basename(path)
+    root = filesystem(source.rstrip("/") + "/")[1].rstrip("/")
+    return path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
+
+
 def shard_id(shard_uri: str, source: str) -> str:
     """Stable id of a shard: its path relative to the input root without `.tar`, `/` → `__`.
     Output files are named by it, so a retry overwrites instead of duplicating."""
-    shard_path = filesystem(shard_uri)[1]
-    if "{" in source or source.endswith(SHARD_SUFFIXES):  # named shards: no root folder
-        rel = posixpath.basename(shard_path)
-    else:
-        root = filesystem(source.rstrip("/") + "/")[1].rstrip("/")
-        rel = shard_path[len(root) + 1 :] if shard_path.startswith(root) else shard_path
+    rel = relative_name(shard_uri, source)
     for suffix in SHARD_SUFFIXES:
         rel = rel.removesuffix(suffix)
     safe = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in rel.replace("/", "__"))

@@ -34,7 +34,7 @@ from pipeline import shards as shard_layer
 from pipeline.logs import get_logger
 from pipeline.settings import ConfigError
 from pipeline.shards import ShardReadError, labelled_samples
-from pipeline.storage import filesystem, list_shards, with_protocol
+from pipeline.storage import filesystem, list_shards, names_shards, with_protocol
 
 log = get_logger("pipeline.data.sources")
 
@@ -273,7 +273,7 @@ def _load_genimage(
 
 # ------------------------------------------------------------------------------------------------------------
 def _looks_like_shards(uri: str) -> bool:
-    if "{" in uri or uri.rstrip("/").endswith(".tar"):
+    if names_shards(uri.rstrip("/")):
         return True
     fs, root = filesystem(uri)
     if not fs.exists(root):

@@ -5,7 +5,6 @@ nothing here writes, so every coverage problem is reported before the first outp
 from __future__ import annotations
 
 import math
-import posixpath
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,22 +90,12 @@ def resolve_scan_date(scan_root: str, requested: str | None) -> str:
         raise PlanError(str(exc)) from exc
 
 
-def relative_name(shard_uri: str, source: str) -> str:
-    """The shard's path relative to the input root (its basename for a pattern or a single .tar)."""
-    if "{" in source or source.endswith(storage.SHARD_SUFFIXES):
-        return posixpath.basename(storage.filesystem(shard_uri)[1])
-    _, root = storage.filesystem(source.rstrip("/") + "/")
-    _, path = storage.filesystem(shard_uri)
-    root = root.rstrip("/")
-    return path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
-
-
 def shard_specs(cfg: FilterConfig, scan_date: str) -> list[ShardSpec]:
     specs = []
     scan = output.RunPaths(cfg.scan, scan_date)
     for uri in storage.list_shards(cfg.input):
         sid = storage.shard_id(uri, cfg.input)
-        name = relative_name(uri, cfg.input)
+        name = storage.relative_name(uri, cfg.input)
         specs.append(
             ShardSpec(
                 source=uri,

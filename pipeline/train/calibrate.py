@@ -136,7 +136,7 @@ def calibrate_checkpoint(
     det, meta = load_detector(detector)
     cfg = det.config
     known = set(meta.generators)
-    records = [r for r in load_records(data, lazy=True) if r.label == 0 or not known or r.generator in known]
+    records = [r for r in load_records(data) if r.label == 0 or not known or r.generator in known]
     if not any(r.label == 0 for r in records):
         raise ValueError(f"{data} holds no real images: the FPR threshold needs held-out reals")
     predictor = Predictor(det, meta, device="cpu", dtype="float32")

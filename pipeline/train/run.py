@@ -10,14 +10,11 @@ from typing import Any
 
 import torch
 
-from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import SkipCounter
 from pipeline.train.hooks import TrainHooks
 from pipeline.train.state import TrainState, write_state
 from pipeline.train.validate import predict_stream, val_metrics
-
-log = get_logger("pipeline.train.loop")
 
 
 class WorkerRun:

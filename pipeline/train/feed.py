@@ -313,12 +313,10 @@ def iter_local(
     batch_size: int,
     seed: int = 0,
     epoch: int = -1,
-    part: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, np.ndarray]]:
     """The same two stages in-process: chunks of `batch_size` rows of epoch `epoch`'s order, decoded by a
-    small thread pool (PIL and zlib release the GIL), in order. `part=(i, k)`: only chunks i, i+k, ... (a
-    disjoint part per worker)."""
-    ids = range(part[0], n_chunks(table.num_rows, batch_size), part[1])
+    small thread pool (PIL and zlib release the GIL), in order."""
+    ids = range(n_chunks(table.num_rows, batch_size))
 
     def work(c: int) -> dict[str, np.ndarray]:
         return stage(listing_chunk(table, np.array([c]), chunk_rows=batch_size, seed=seed, epoch=epoch))

@@ -2,7 +2,7 @@
 whose heads read ONE frozen feature per image qualify (genscan's linear method, imported UnivFD and
 ClipBased); the checkpoint's heads are read from its safetensors file, no backbone is built.
 
-`FeatureHead.spec_needed()` is the detector's side of the store contract (backbone identity, feature kind,
+`FeatureHead.differences(spec)` is the detector's side of the store contract (backbone identity, feature kind,
 preprocessing); `check(spec)` refuses, in one line, a store whose features are not the ones its heads read.
 """
 
@@ -84,40 +84,38 @@ class FeatureHead:
     def labels(self) -> list[str]:
         return ["real", *self.meta.generators]
 
-    def spec_needed(self, precision: str = "float16") -> FeatureSpec:
+    def differences(self, stored: FeatureSpec) -> list[str]:
+        """What makes the `stored` features not the ones these heads read (any precision); empty: the same."""
         c = self.cfg
-        return FeatureSpec(
+        needed = FeatureSpec(
             kind=c.head.feature,  # type: ignore[arg-type]  # checked in __init__
             normalized=c.head.normalize,
             dim=int(self.w_fake.shape[0]),
-            precision=precision,  # type: ignore[arg-type]
+            precision=stored.precision,
             backbone=self.backbone,
             preprocessing=Preprocessing(
                 image_size=c.image_size, preprocess=c.preprocess, mean=c.mean, std=c.std
             ),
             source_detector=self.detector_id,
         )
+        return needed.differences(stored)
 
     def check(self, spec: FeatureSpec, where: str) -> None:
         """ConfigError (one line) unless `spec`'s features are exactly what these heads read."""
-        diff = self.spec_needed(spec.precision).differences(spec)
+        diff = self.differences(spec)
         if diff:
             raise ConfigError(
                 f"detector {self.detector_id} does not read the features stored in {where}: {'; '.join(diff)}"
             )
 
-    def logits(self, feats: np.ndarray) -> np.ndarray:
-        """The real/fake logit of each feature row, float32 as the scan's head computes it."""
-        x = torch.from_numpy(np.ascontiguousarray(feats, np.float32))
-        w = torch.from_numpy(self.w_fake).reshape(1, -1)
-        with torch.inference_mode():
-            return torch.nn.functional.linear(x, w, torch.tensor([self.b_fake])).squeeze(-1).numpy()
-
     def predict(self, feats: np.ndarray) -> dict[str, Any]:
-        """The scan's per-row results (`pipeline.models.predictor.score_results`) from (N, D) features."""
+        """The scan's per-row results (`pipeline.models.predictor.score_results`) from (N, D) features, the
+        logits float32 as the scan's head computes them."""
         feats = np.asarray(feats, np.float32).reshape(-1, self.w_fake.shape[0])
         x = torch.from_numpy(np.ascontiguousarray(feats))
+        w_fake = torch.from_numpy(self.w_fake).reshape(1, -1)
         with torch.inference_mode():
+            logits = torch.nn.functional.linear(x, w_fake, torch.tensor([self.b_fake])).squeeze(-1).numpy()
             gen = torch.nn.functional.linear(x, torch.from_numpy(self.w_gen), torch.from_numpy(self.b_gen))
             scores = gen.softmax(dim=-1).numpy()
-        return score_results(self.logits(feats), scores, self.cfg, self.meta)
+        return score_results(logits, scores, self.cfg, self.meta)

@@ -183,7 +183,7 @@ def _features(task: ShardTask, src: pa.Table, head: FeatureHead) -> tuple[dict[s
     except FeaturePartError as exc:
         hint = " (scan the shard again with --features)" if "missing" in str(exc) else ""
         return {}, f"{exc}{hint}"
-    diff = head.spec_needed(part.spec.precision).differences(part.spec)
+    diff = head.differences(part.spec)
     if diff:  # a part of another scan copied in, or a store mixed across backbones: never scored
         return {}, f"features part {uri} is not what detector {head.detector_id} reads: {'; '.join(diff)}"
     if part.shards - {task.shard}:

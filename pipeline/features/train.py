@@ -29,7 +29,7 @@ from pipeline.feature_store import FeaturePartError, FeatureSpec, Preprocessing,
 from pipeline.logs import get_logger
 from pipeline.output import RunPaths, ScanOutputError, feature_shards, read_json, resolve_scan_date
 from pipeline.settings import ConfigError, StrictModel
-from pipeline.storage import read_bytes
+from pipeline.storage import join, read_bytes, write_bytes_atomic
 
 log = get_logger("pipeline.features.train")
 
@@ -192,10 +192,8 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
     cls = np.array(
         [0 if r["label"] == 0 else labels_all.index(r["generator"]) if r["generator"] else 0 for r in used]
     )
-    if generators:
-        gw, gb = fit_multiclass(x, cls, len(labels_all), c=cfg.linear_c, seed=cfg.seed)
-    else:  # binary: the attribution head over ["real"] is a constant (softmax of one logit = 1)
-        gw, gb = np.zeros((1, x.shape[1]), np.float32), np.zeros(1, np.float32)
+    # binary (no generator): one class, so zero weights and bias, a constant head (softmax of one logit = 1)
+    gw, gb = fit_multiclass(x, cls, len(labels_all), c=cfg.linear_c, seed=cfg.seed)
     tensors = {
         "head_fake.weight": torch.from_numpy(np.asarray(w, np.float32).reshape(1, -1)),
         "head_fake.bias": torch.tensor([b], dtype=torch.float32),
@@ -231,8 +229,6 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
         arch=bb.arch, pretrained=bb.pretrained, kind=bb.kind, sha256=bb.sha256, stored_in_checkpoint=stored_in
     )
     meta = write_checkpoint(tensors, det_cfg, backbone, cfg.out, meta)
-    from pipeline.storage import join, write_bytes_atomic
-
     write_bytes_atomic(join(cfg.out, "train_config.json"), cfg.to_json().encode())
     FeatureHead(cfg.out).check(spec, paths.features_dir)  # the checkpoint re-scores this store: or fail now
     log.info("trained_from_features", examples=len(used), skipped=skipped, detector_id=meta.detector_id)

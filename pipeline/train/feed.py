@@ -278,7 +278,7 @@ class DecodeStage:
             img = self._perturb(img)
         if spec.augment is None:
             return prepare_image(img, spec.det_cfg)
-        rng = sample_rng(spec.seed, int(row.get("epoch", 0)), str(row["key"]))
+        rng = sample_rng(spec.seed, int(row["epoch"]), str(row["key"]))
         out = np.asarray(augment_image(img, self._aug, rng, crop_grid=spec.crop_grid, patch=spec.patch_size))
         return out.astype(np.uint8, copy=False)
 
@@ -299,7 +299,7 @@ class DecodeStage:
             "image": images,
             "label": np.asarray(batch["label"], dtype=np.int64),
             "cls": np.asarray(batch["cls"], dtype=np.int64),
-            "row": np.asarray(batch.get("row", np.arange(n)), dtype=np.int64),
+            "row": np.asarray(batch["row"], dtype=np.int64),
             "ok": ok,
             "error": errors.astype(str),
         }

@@ -98,7 +98,7 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
         state = train_mole(run, det, resumed)
         history = state.history
     else:
-        if cfg.num_workers > 1 and not rank0:  # one fit is enough; report once like rank 0 does
+        if not rank0:  # one fit is enough; report once like rank 0 does
             hooks.report({"epoch": 1, "idle_rank": hooks.world_rank})
             return None
         history = [_train_linear(run, det)]

@@ -238,7 +238,7 @@ def store_spec(paths: RunPaths, shards: list[str]) -> FeatureSpec:
     """The store's spec, from the footer of its first readable part (by shard order): what the detector is
     checked against before any work. Each shard's task checks its own part again (a truncated or foreign part
     becomes that shard's error row)."""
-    have = [s for s in shards if s in feature_shards(paths)]
+    have = sorted(feature_shards(paths).intersection(shards))
     if not have:
         raise ScanOutputError(
             f"no stored features under {paths.features_dir}: the scan of {paths.scan_date} ran without "

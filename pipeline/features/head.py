@@ -2,8 +2,9 @@
 whose heads read ONE frozen feature per image qualify (genscan's linear method, imported UnivFD and
 ClipBased); the checkpoint's heads are read from its safetensors file, no backbone is built.
 
-`FeatureHead.differences(spec)` is the detector's side of the store contract (backbone identity, feature kind,
-preprocessing); `check(spec)` refuses, in one line, a store whose features are not the ones its heads read.
+`spec_differences` is the detector's side of the store contract (backbone identity, feature kind,
+preprocessing); `FeatureHead.check(spec)` refuses, in one line, a store whose features are not the ones its
+heads read.
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ REFUSED = {
     "the frozen backbone's stored ones",
     "rine": "RINE reads the CLS token of every block (block_cls), the store keeps one feature per image",
 }
+
+
+def spec_differences(cfg: Any, dim: int, backbone: BackboneId, stored: FeatureSpec) -> list[str]:
+    """What makes the `stored` features (any precision) not the ones a linear head of detector config `cfg`
+    reads (`dim` inputs, on `backbone`); empty: the same."""
+    needed = FeatureSpec(
+        kind=cfg.head.feature,
+        normalized=cfg.head.normalize,
+        dim=dim,
+        precision=stored.precision,
+        backbone=backbone,
+        preprocessing=Preprocessing(
+            image_size=cfg.image_size, preprocess=cfg.preprocess, mean=cfg.mean, std=cfg.std
+        ),
+        source_detector=stored.source_detector,
+    )
+    return needed.differences(stored)
 
 
 class FeatureHead:
@@ -85,20 +103,8 @@ class FeatureHead:
         return ["real", *self.meta.generators]
 
     def differences(self, stored: FeatureSpec) -> list[str]:
-        """What makes the `stored` features not the ones these heads read (any precision); empty: the same."""
-        c = self.cfg
-        needed = FeatureSpec(
-            kind=c.head.feature,  # type: ignore[arg-type]  # checked in __init__
-            normalized=c.head.normalize,
-            dim=int(self.w_fake.shape[0]),
-            precision=stored.precision,
-            backbone=self.backbone,
-            preprocessing=Preprocessing(
-                image_size=c.image_size, preprocess=c.preprocess, mean=c.mean, std=c.std
-            ),
-            source_detector=self.detector_id,
-        )
-        return needed.differences(stored)
+        """What makes the `stored` features not the ones these heads read; empty: the same."""
+        return spec_differences(self.cfg, int(self.w_fake.shape[0]), self.backbone, stored)
 
     def check(self, spec: FeatureSpec, where: str) -> None:
         """ConfigError (one line) unless `spec`'s features are exactly what these heads read."""

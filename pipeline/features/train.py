@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 
-from pipeline.feature_store import FeaturePartError, FeatureSpec, Preprocessing, read_part
+from pipeline.feature_store import FeaturePartError, FeatureSpec, read_part
 from pipeline.logs import get_logger
 from pipeline.output import RunPaths, ScanOutputError, feature_shards, read_json, resolve_scan_date
 from pipeline.settings import ConfigError, StrictModel
@@ -119,7 +119,7 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
     """Fit, check and write the checkpoint; returns the summary. ConfigError (exit 2) for a config that does
     not read the stored feature, a labels file that matches no stored feature or lacks real or fake
     examples."""
-    from pipeline.features.head import FeatureHead
+    from pipeline.features.head import FeatureHead, spec_differences
     from pipeline.models import DetectorConfig, DetectorMeta
     from pipeline.models.checkpoint import write_checkpoint
     from pipeline.models.detector import head_shapes
@@ -170,21 +170,8 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
         raise ConfigError(
             f"config: {det_cfg.name} is method {det_cfg.method}; training from features is linear"
         )
-    shapes = head_shapes(det_cfg)
-    needed = spec.model_copy(
-        update={
-            "kind": det_cfg.head.feature,
-            "normalized": det_cfg.head.normalize,
-            "dim": int(shapes["head_fake.weight"][1]),
-            "preprocessing": Preprocessing(
-                image_size=det_cfg.image_size,
-                preprocess=det_cfg.preprocess,
-                mean=det_cfg.mean,
-                std=det_cfg.std,
-            ),
-        }
-    )
-    if diff := needed.differences(spec):
+    dim = int(head_shapes(det_cfg)["head_fake.weight"][1])
+    if diff := spec_differences(det_cfg, dim, spec.backbone, spec):
         raise ConfigError(f"config {det_cfg.name} does not read the stored features: {'; '.join(diff)}")
     x = np.stack([feats[(r["shard"], r["key"])] for r in used])
     w, b = fit_binary(x, y, classifier=cfg.linear_classifier, c=cfg.linear_c, seed=cfg.seed)

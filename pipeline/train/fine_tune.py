@@ -1,6 +1,8 @@
 """The MoLE fine-tuning loop [paper + ours]: frozen backbone; adapters, routers and heads trained with AdamW
-on BCE-with-logits (real/fake) + cross-entropy attribution (+ the router load-balancing loss), lr /= 10 on a
-validation plateau, optional texture-aware masking; every epoch's state handed to the runner."""
+on BCE-with-logits (real/fake) + cross-entropy attribution over ["real", *generators] (+ the router
+load-balancing loss when the detector has one); lr /= 10 when validation accuracy has not improved for
+`plateau_patience` epochs; optional texture-aware masking of the top-ρ textured patches (training only, both
+classes); every epoch's state handed to the runner."""
 
 from __future__ import annotations
 

@@ -9,15 +9,11 @@ augmentation in CPU Ray Data tasks), `train.local.LocalHooks` from the same stag
 grow with the number of images (the linear probe keeps one feature vector per training image).
 
 Methods:
-- `mole` [paper + ours]: frozen backbone; MoLE adapters, routers and heads trained with AdamW on
-  BCE-with-logits (real/fake) + cross-entropy attribution over ["real", *generators] (+ the router
-  load-balancing loss when the detector provides one); UnivFD train augmentations; lr /= 10 when validation
-  accuracy has not improved for `plateau_patience` epochs; optional texture-aware masking of the top-ρ
-  textured patches (training only, both classes). Data parallel: each rank trains on a disjoint part of every
-  epoch with a per-rank batch of ceil(batch_size / world) (effective batch ≈ batch_size), gradients averaged
-  by DDP.
-- `linear` [code + ours]: frozen features (a streamed inference pass) -> scikit-learn classifier -> weights
-  copied into the linear heads.
+- `mole` [paper + ours]: the MoLE fine-tuning epochs of `train.fine_tune`, with UnivFD train augmentations.
+  Data parallel: each rank trains on a disjoint part of every epoch with a per-rank batch of
+  ceil(batch_size / world) (effective batch ≈ batch_size), gradients averaged by DDP.
+- `linear` [code + ours]: frozen features (a streamed inference pass) -> scikit-learn classifier
+  (`train.linear`) -> weights copied into the linear heads.
 
 Every epoch ends with a training state (`pipeline.train.state`) handed to the runner (Ray Train checkpoint); a
 restarted worker or a `--resume`d job continues after the last completed epoch. Both methods end with

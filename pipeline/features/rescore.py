@@ -262,7 +262,7 @@ def run_rescore(
     """Re-score one scan date; returns run.json's record. ScanOutputError (exit 3): no scan / partition /
     stored features; ConfigError (exit 2): a detector that does not read these features, or output already
     there; RescoreFailed (exit 1): the error budget or shards that never completed."""
-    from pipeline.scan.completion import now_iso, versions
+    from pipeline.scan.completion import aggregate, now_iso, versions
     from pipeline.scan.detectors import RunDetectors, detector_info
 
     date = resolve_scan_date(cfg.scan, cfg.scan_date)
@@ -326,7 +326,6 @@ def run_rescore(
     budget = cfg.error_budget()
     t0 = time.perf_counter()
     try:
-        from pipeline.scan.completion import aggregate
         from pipeline.scan.job import run_errors  # the scan's error tally: the same budget rule
 
         progress = run_shards(

@@ -50,7 +50,6 @@ LISTING_SCHEMA = pa.schema(
         ("generator", pa.string()),  # LabelledImage.generator (folder / JSON value)
         ("label", pa.int64()),  # 0 real, 1 fake
         ("cls", pa.int64()),  # attribution class index into ["real", *generators] (0 for reals and unknowns)
-        ("group", pa.string()),  # UnivFD generator folder (null for WebDataset samples)
     ]
 )
 
@@ -70,7 +69,6 @@ def listing_table(items: list[Any], classes: list[str] | None = None) -> pa.Tabl
         cols["generator"].append(it.generator)
         cols["label"].append(int(it.label))
         cols["cls"].append(index.get(it.attribution, 0) if it.label == 1 else 0)
-        cols["group"].append(None if it.source == "wds" else it.generator)
     return pa.table(cols, schema=LISTING_SCHEMA)
 
 

@@ -151,8 +151,7 @@ def encode_part(shard: str, keys: list[str], feats: np.ndarray, spec: FeatureSpe
 class Part:
     """A features part read back: its spec, keys, stored values (and int8 scales)."""
 
-    def __init__(self, uri: str, spec: FeatureSpec, table: pa.Table) -> None:
-        self.uri = uri
+    def __init__(self, spec: FeatureSpec, table: pa.Table) -> None:
         self.spec = spec
         self.keys: list[str] = table.column("key").to_pylist()
         self.shards: set[str] = set(table.column("shard").to_pylist())
@@ -212,4 +211,4 @@ def read_part(uri: str) -> Part:
     keys = table.column("key").to_pylist()
     if len(set(keys)) != len(keys):
         raise FeaturePartError(f"{uri}: a key appears twice")
-    return Part(uri, spec, table)
+    return Part(spec, table)

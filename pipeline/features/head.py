@@ -79,7 +79,6 @@ class FeatureHead:
             raise ConfigError(
                 f"detector {uri}: head tensors do not match its config ({', '.join(wrong) or 'extra'})"
             )
-        self.uri = uri
         self.meta: DetectorMeta = meta
         self.cfg = cfg
         self.w_fake = heads["head_fake.weight"].to(torch.float32).numpy().reshape(-1)

@@ -369,14 +369,13 @@ def predict_table(
     table: pa.Table,
     det_cfg: Any,
     *,
-    batch_size: int = 32,
+    batch_size: int,
+    skips: SkipCounter,
     perturb: tuple[str, float] | None = None,
-    skips: SkipCounter | None = None,
 ) -> dict[str, np.ndarray]:
     """Stream a listing through the decode stage (optionally perturbed) into `predictor.predict`, one batch in
     memory at a time -> {"row", "p_fake", "generator_scores"} for the readable rows (listing order);
     unreadable rows are counted in `skips` and left out."""
-    skips = skips if skips is not None else SkipCounter()
     stage = DecodeStage(DecodeSpec(det_cfg=det_cfg, perturb=perturb))
     parts: dict[str, list[np.ndarray]] = {"row": [], "p_fake": [], "generator_scores": []}
     for b in iter_local(table, stage, batch_size=batch_size):

@@ -2,8 +2,8 @@
 the "unknown generator" threshold on held-out fakes of known generators. Both are stored in the checkpoint's
 DetectorMeta (`threshold`, `unknown_threshold`).
 
-Pure functions over scores; `calibrate_checkpoint` runs a saved detector over a labelled folder and rewrites
-its metadata (used by `jobs/calibrate.py` and by training on its validation split).
+Pure functions over scores (training calibrates on its validation split with `calibrate_from_scores`);
+`calibrate_checkpoint` runs a saved detector over labelled data and rewrites its metadata (jobs/calibrate.py).
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -132,8 +131,8 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
         notes=notes,
     )
     det.cpu()
-    work = Path(tempfile.mkdtemp(prefix="genscan-ckpt-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="genscan-ckpt-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
         meta = save_detector(det, str(work), meta)
         (work / "train_config.json").write_text(cfg.to_json())
         (work / "calibration.json").write_text(json.dumps(calib, indent=2))
@@ -170,8 +169,6 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
             )
         (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
         storage.publish_dir(work, cfg.out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.info("checkpoint_written", out=cfg.out, seconds=summary["seconds"], threshold=calib["threshold"])
     return summary
 

@@ -35,7 +35,6 @@ from pipeline.output import parquet_bytes
 from pipeline.settings import StrictModel
 from pipeline.storage import filesystem, read_bytes
 
-PRECISIONS = ("float16", "int8")
 META_KEY = b"genscan.features"
 FORMAT_VERSION = 1
 _F16_REL = 2.0**-11 / (1 - 2.0**-11)  # |x - fp16(x)| <= this * |fp16(x)| in float16's normal range
@@ -117,8 +116,6 @@ def quantize(feats: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray 
     x = np.asarray(feats, np.float32)
     if precision == "float16":
         return x.astype(np.float16), None
-    if precision != "int8":
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     scale = (np.abs(x).max(axis=1) / 127.0).astype(np.float32) if len(x) else np.zeros(0, np.float32)
     safe = np.where(scale > 0, scale, 1.0)[:, None]
     return np.clip(np.rint(x / safe), -127, 127).astype(np.int8), scale
@@ -154,8 +151,7 @@ def encode_part(shard: str, keys: list[str], feats: np.ndarray, spec: FeatureSpe
 class Part:
     """A features part read back: its spec, keys, stored values (and int8 scales)."""
 
-    def __init__(self, uri: str, spec: FeatureSpec, table: pa.Table) -> None:
-        self.uri = uri
+    def __init__(self, spec: FeatureSpec, table: pa.Table) -> None:
         self.spec = spec
         self.keys: list[str] = table.column("key").to_pylist()
         self.shards: set[str] = set(table.column("shard").to_pylist())
@@ -215,4 +211,4 @@ def read_part(uri: str) -> Part:
     keys = table.column("key").to_pylist()
     if len(set(keys)) != len(keys):
         raise FeaturePartError(f"{uri}: a key appears twice")
-    return Part(uri, spec, table)
+    return Part(spec, table)

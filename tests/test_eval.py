@@ -43,7 +43,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _rec(label: int, gen: str, group: str | None) -> LabelledRecord:
-    return LabelledRecord(image=Image.new("RGB", (4, 4)), label=label, generator=gen, group=group)
+    return LabelledRecord(label=label, generator=gen, group=group)
 
 
 def test_grouping_follows_univfd_protocol() -> None:

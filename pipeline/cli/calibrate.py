@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = config_from_flags(CalibrateConfig, argv, doc=__doc__, job="calibrate")
     try:
-        calib = calibrate_checkpoint(**cfg.model_dump())
+        calib = calibrate_checkpoint(cfg)
     except (FileNotFoundError, ValueError) as exc:
         raise as_config_error(exc) from exc
     print(json.dumps(calib, indent=2))

@@ -121,7 +121,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     predictor = Predictor(det, meta, device=cfg.device, dtype="float32")
     from pipeline.train.feed import SkipCounter, listing_table
 
-    records = _cap(load_records(cfg.data, lazy=True), cfg.max_per_class)
+    records = _cap(load_records(cfg.data), cfg.max_per_class)
     if not records:
         raise ValueError(f"no labelled images found in {cfg.data}")
     threshold = float(meta.threshold)

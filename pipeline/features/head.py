@@ -2,8 +2,9 @@
 whose heads read ONE frozen feature per image qualify (genscan's linear method, imported UnivFD and
 ClipBased); the checkpoint's heads are read from its safetensors file, no backbone is built.
 
-`FeatureHead.spec_needed()` is the detector's side of the store contract (backbone identity, feature kind,
-preprocessing); `check(spec)` refuses, in one line, a store whose features are not the ones its heads read.
+`spec_differences` is the detector's side of the store contract (backbone identity, feature kind,
+preprocessing); `FeatureHead.check(spec)` refuses, in one line, a store whose features are not the ones its
+heads read.
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ REFUSED = {
     "the frozen backbone's stored ones",
     "rine": "RINE reads the CLS token of every block (block_cls), the store keeps one feature per image",
 }
+
+
+def spec_differences(cfg: Any, dim: int, backbone: BackboneId, stored: FeatureSpec) -> list[str]:
+    """What makes the `stored` features (any precision) not the ones a linear head of detector config `cfg`
+    reads (`dim` inputs, on `backbone`); empty: the same."""
+    needed = FeatureSpec(
+        kind=cfg.head.feature,
+        normalized=cfg.head.normalize,
+        dim=dim,
+        precision=stored.precision,
+        backbone=backbone,
+        preprocessing=Preprocessing(
+            image_size=cfg.image_size, preprocess=cfg.preprocess, mean=cfg.mean, std=cfg.std
+        ),
+        source_detector=stored.source_detector,
+    )
+    return needed.differences(stored)
 
 
 class FeatureHead:
@@ -61,7 +79,6 @@ class FeatureHead:
             raise ConfigError(
                 f"detector {uri}: head tensors do not match its config ({', '.join(wrong) or 'extra'})"
             )
-        self.uri = uri
         self.meta: DetectorMeta = meta
         self.cfg = cfg
         self.w_fake = heads["head_fake.weight"].to(torch.float32).numpy().reshape(-1)
@@ -84,40 +101,26 @@ class FeatureHead:
     def labels(self) -> list[str]:
         return ["real", *self.meta.generators]
 
-    def spec_needed(self, precision: str = "float16") -> FeatureSpec:
-        c = self.cfg
-        return FeatureSpec(
-            kind=c.head.feature,  # type: ignore[arg-type]  # checked in __init__
-            normalized=c.head.normalize,
-            dim=int(self.w_fake.shape[0]),
-            precision=precision,  # type: ignore[arg-type]
-            backbone=self.backbone,
-            preprocessing=Preprocessing(
-                image_size=c.image_size, preprocess=c.preprocess, mean=c.mean, std=c.std
-            ),
-            source_detector=self.detector_id,
-        )
+    def differences(self, stored: FeatureSpec) -> list[str]:
+        """What makes the `stored` features not the ones these heads read; empty: the same."""
+        return spec_differences(self.cfg, int(self.w_fake.shape[0]), self.backbone, stored)
 
     def check(self, spec: FeatureSpec, where: str) -> None:
         """ConfigError (one line) unless `spec`'s features are exactly what these heads read."""
-        diff = self.spec_needed(spec.precision).differences(spec)
+        diff = self.differences(spec)
         if diff:
             raise ConfigError(
                 f"detector {self.detector_id} does not read the features stored in {where}: {'; '.join(diff)}"
             )
 
-    def logits(self, feats: np.ndarray) -> np.ndarray:
-        """The real/fake logit of each feature row, float32 as the scan's head computes it."""
-        x = torch.from_numpy(np.ascontiguousarray(feats, np.float32))
-        w = torch.from_numpy(self.w_fake).reshape(1, -1)
-        with torch.inference_mode():
-            return torch.nn.functional.linear(x, w, torch.tensor([self.b_fake])).squeeze(-1).numpy()
-
     def predict(self, feats: np.ndarray) -> dict[str, Any]:
-        """The scan's per-row results (`pipeline.models.predictor.score_results`) from (N, D) features."""
+        """The scan's per-row results (`pipeline.models.predictor.score_results`) from (N, D) features, the
+        logits float32 as the scan's head computes them."""
         feats = np.asarray(feats, np.float32).reshape(-1, self.w_fake.shape[0])
         x = torch.from_numpy(np.ascontiguousarray(feats))
+        w_fake = torch.from_numpy(self.w_fake).reshape(1, -1)
         with torch.inference_mode():
+            logits = torch.nn.functional.linear(x, w_fake, torch.tensor([self.b_fake])).squeeze(-1).numpy()
             gen = torch.nn.functional.linear(x, torch.from_numpy(self.w_gen), torch.from_numpy(self.b_gen))
             scores = gen.softmax(dim=-1).numpy()
-        return score_results(self.logits(feats), scores, self.cfg, self.meta)
+        return score_results(logits, scores, self.cfg, self.meta)

@@ -183,7 +183,7 @@ def _features(task: ShardTask, src: pa.Table, head: FeatureHead) -> tuple[dict[s
     except FeaturePartError as exc:
         hint = " (scan the shard again with --features)" if "missing" in str(exc) else ""
         return {}, f"{exc}{hint}"
-    diff = head.spec_needed(part.spec.precision).differences(part.spec)
+    diff = head.differences(part.spec)
     if diff:  # a part of another scan copied in, or a store mixed across backbones: never scored
         return {}, f"features part {uri} is not what detector {head.detector_id} reads: {'; '.join(diff)}"
     if part.shards - {task.shard}:
@@ -238,7 +238,7 @@ def store_spec(paths: RunPaths, shards: list[str]) -> FeatureSpec:
     """The store's spec, from the footer of its first readable part (by shard order): what the detector is
     checked against before any work. Each shard's task checks its own part again (a truncated or foreign part
     becomes that shard's error row)."""
-    have = [s for s in shards if s in feature_shards(paths)]
+    have = sorted(feature_shards(paths).intersection(shards))
     if not have:
         raise ScanOutputError(
             f"no stored features under {paths.features_dir}: the scan of {paths.scan_date} ran without "
@@ -262,7 +262,7 @@ def run_rescore(
     """Re-score one scan date; returns run.json's record. ScanOutputError (exit 3): no scan / partition /
     stored features; ConfigError (exit 2): a detector that does not read these features, or output already
     there; RescoreFailed (exit 1): the error budget or shards that never completed."""
-    from pipeline.scan.completion import now_iso, versions
+    from pipeline.scan.completion import aggregate, now_iso, versions
     from pipeline.scan.detectors import RunDetectors, detector_info
 
     date = resolve_scan_date(cfg.scan, cfg.scan_date)
@@ -326,7 +326,6 @@ def run_rescore(
     budget = cfg.error_budget()
     t0 = time.perf_counter()
     try:
-        from pipeline.scan.completion import aggregate
         from pipeline.scan.job import run_errors  # the scan's error tally: the same budget rule
 
         progress = run_shards(

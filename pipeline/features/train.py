@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 
-from pipeline.feature_store import FeaturePartError, FeatureSpec, Preprocessing, read_part
+from pipeline.feature_store import FeaturePartError, FeatureSpec, read_part
 from pipeline.logs import get_logger
 from pipeline.output import RunPaths, ScanOutputError, feature_shards, read_json, resolve_scan_date
 from pipeline.settings import ConfigError, StrictModel
-from pipeline.storage import read_bytes
+from pipeline.storage import join, read_bytes, write_bytes_atomic
 
 log = get_logger("pipeline.features.train")
 
@@ -119,7 +119,7 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
     """Fit, check and write the checkpoint; returns the summary. ConfigError (exit 2) for a config that does
     not read the stored feature, a labels file that matches no stored feature or lacks real or fake
     examples."""
-    from pipeline.features.head import FeatureHead
+    from pipeline.features.head import FeatureHead, spec_differences
     from pipeline.models import DetectorConfig, DetectorMeta
     from pipeline.models.checkpoint import write_checkpoint
     from pipeline.models.detector import head_shapes
@@ -170,21 +170,8 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
         raise ConfigError(
             f"config: {det_cfg.name} is method {det_cfg.method}; training from features is linear"
         )
-    shapes = head_shapes(det_cfg)
-    needed = spec.model_copy(
-        update={
-            "kind": det_cfg.head.feature,
-            "normalized": det_cfg.head.normalize,
-            "dim": int(shapes["head_fake.weight"][1]),
-            "preprocessing": Preprocessing(
-                image_size=det_cfg.image_size,
-                preprocess=det_cfg.preprocess,
-                mean=det_cfg.mean,
-                std=det_cfg.std,
-            ),
-        }
-    )
-    if diff := needed.differences(spec):
+    dim = int(head_shapes(det_cfg)["head_fake.weight"][1])
+    if diff := spec_differences(det_cfg, dim, spec.backbone, spec):
         raise ConfigError(f"config {det_cfg.name} does not read the stored features: {'; '.join(diff)}")
     x = np.stack([feats[(r["shard"], r["key"])] for r in used])
     w, b = fit_binary(x, y, classifier=cfg.linear_classifier, c=cfg.linear_c, seed=cfg.seed)
@@ -192,10 +179,8 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
     cls = np.array(
         [0 if r["label"] == 0 else labels_all.index(r["generator"]) if r["generator"] else 0 for r in used]
     )
-    if generators:
-        gw, gb = fit_multiclass(x, cls, len(labels_all), c=cfg.linear_c, seed=cfg.seed)
-    else:  # binary: the attribution head over ["real"] is a constant (softmax of one logit = 1)
-        gw, gb = np.zeros((1, x.shape[1]), np.float32), np.zeros(1, np.float32)
+    # binary (no generator): one class, so zero weights and bias, a constant head (softmax of one logit = 1)
+    gw, gb = fit_multiclass(x, cls, len(labels_all), c=cfg.linear_c, seed=cfg.seed)
     tensors = {
         "head_fake.weight": torch.from_numpy(np.asarray(w, np.float32).reshape(1, -1)),
         "head_fake.bias": torch.tensor([b], dtype=torch.float32),
@@ -231,8 +216,6 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
         arch=bb.arch, pretrained=bb.pretrained, kind=bb.kind, sha256=bb.sha256, stored_in_checkpoint=stored_in
     )
     meta = write_checkpoint(tensors, det_cfg, backbone, cfg.out, meta)
-    from pipeline.storage import join, write_bytes_atomic
-
     write_bytes_atomic(join(cfg.out, "train_config.json"), cfg.to_json().encode())
     FeatureHead(cfg.out).check(spec, paths.features_dir)  # the checkpoint re-scores this store: or fail now
     log.info("trained_from_features", examples=len(used), skipped=skipped, detector_id=meta.detector_id)

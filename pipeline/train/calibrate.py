@@ -2,8 +2,8 @@
 the "unknown generator" threshold on held-out fakes of known generators. Both are stored in the checkpoint's
 DetectorMeta (`threshold`, `unknown_threshold`).
 
-Pure functions over scores; `calibrate_checkpoint` runs a saved detector over a labelled folder and rewrites
-its metadata (used by `jobs/calibrate.py` and by training on its validation split).
+Pure functions over scores (training calibrates on its validation split with `calibrate_from_scores`);
+`calibrate_checkpoint` runs a saved detector over labelled data and rewrites its metadata (jobs/calibrate.py).
 """
 
 from __future__ import annotations
@@ -112,18 +112,11 @@ class CalibrateConfig(StrictModel):
     batch_size: int = Field(32, ge=1, description="images per forward")
 
 
-def calibrate_checkpoint(
-    detector: str,
-    data: str,
-    *,
-    target_fpr: float = 0.05,
-    unknown_quantile: float = 0.05,
-    out: str | None = None,
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """Re-calibrate a saved detector on held-out labelled data and write its metadata back (to `out`, default
-    the checkpoint itself). Reals set the FPR threshold; fakes of the checkpoint's known generators set the
-    unknown threshold (fakes of other generators are ignored for it). Writes calibration.json beside it."""
+def calibrate_checkpoint(cfg: CalibrateConfig) -> dict[str, Any]:
+    """Re-calibrate a saved detector on held-out labelled data and write its metadata back (to `cfg.out`,
+    default the checkpoint itself). Reals set the FPR threshold; fakes of the checkpoint's known generators
+    set the unknown threshold (fakes of other generators are ignored for it). Writes calibration.json beside
+    it."""
     import json
     import tempfile
     from pathlib import Path
@@ -133,43 +126,41 @@ def calibrate_checkpoint(
     from pipeline.train.data import load_records
     from pipeline.train.feed import SkipCounter, listing_table, predict_table
 
-    det, meta = load_detector(detector)
-    cfg = det.config
+    det, meta = load_detector(cfg.detector)
     known = set(meta.generators)
-    records = [r for r in load_records(data, lazy=True) if r.label == 0 or not known or r.generator in known]
+    records = [r for r in load_records(cfg.data) if r.label == 0 or not known or r.generator in known]
     if not any(r.label == 0 for r in records):
-        raise ValueError(f"{data} holds no real images: the FPR threshold needs held-out reals")
+        raise ValueError(f"{cfg.data} holds no real images: the FPR threshold needs held-out reals")
     predictor = Predictor(det, meta, device="cpu", dtype="float32")
     skips = SkipCounter()
     # streamed: one batch of images in memory at a time; unreadable images are counted and left out
-    pred = predict_table(
-        predictor, listing_table([r.source for r in records]), cfg, batch_size=batch_size, skips=skips
-    )
+    table = listing_table([r.source for r in records])
+    pred = predict_table(predictor, table, det.config, batch_size=cfg.batch_size, skips=skips)
     labels = np.array([records[i].label for i in pred["row"]])
     if not np.any(labels == 0):
-        raise ValueError(f"{data}: none of its real images could be read; nothing to calibrate on")
+        raise ValueError(f"{cfg.data}: none of its real images could be read; nothing to calibrate on")
     calib = calibrate_from_scores(
         labels,
         pred["p_fake"],
         pred["generator_scores"],
-        target_fpr=target_fpr,
-        unknown_quantile=unknown_quantile,
+        target_fpr=cfg.target_fpr,
+        unknown_quantile=cfg.unknown_quantile,
         n_generators=len(meta.generators),
     )
     calib["skipped"] = skips.record()
-    calib["data"] = data
+    calib["data"] = cfg.data
     new_meta = meta.model_copy(
         update={"threshold": calib["threshold"], "unknown_threshold": calib["unknown_threshold"]}
     )
-    dest = out or detector
+    dest = cfg.out or cfg.detector
     with tempfile.TemporaryDirectory(prefix="genscan-calib-") as tmp:
         save_detector(det, tmp, new_meta)
         (Path(tmp) / "calibration.json").write_text(json.dumps(calib, indent=2))
-        if out and out != detector:  # carry the training record along
+        if cfg.out and cfg.out != cfg.detector:  # carry the training record along
             for name in ("train_config.json", "metrics.jsonl", "train_summary.json"):
-                src = storage.join(detector, name)
+                src = storage.join(cfg.detector, name)
                 if storage.exists(src):
                     (Path(tmp) / name).write_bytes(storage.read_bytes(src))
         storage.publish_dir(Path(tmp), dest)
-    log.info("checkpoint_recalibrated", detector=detector, out=dest, threshold=calib["threshold"])
+    log.info("checkpoint_recalibrated", detector=cfg.detector, out=dest, threshold=calib["threshold"])
     return calib

@@ -1,9 +1,8 @@
 """Labelled sources for training and evaluation: records, the stratified split rule, the class checks.
 
 `load_records` lists a labelled source through `pipeline.data.sources.load_labelled` (UnivFD folders or
-WebDataset shards, local or s3://). Images are streamed by `pipeline.train.feed` (the train/validation plan,
-the read/decode/augment stages); nothing here holds a data set in memory unless `load_records(lazy=False)` is
-asked.
+WebDataset shards, local or s3://) without reading an image. Images are streamed by `pipeline.train.feed` (the
+train/validation plan, the read/decode/augment stages); nothing here holds a data set in memory.
 """
 
 from __future__ import annotations
@@ -12,55 +11,35 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from pipeline.logs import get_logger
 from pipeline.settings import ConfigError
 from pipeline.train.config import TrainConfig
-
-log = get_logger(__name__)
 
 
 @dataclass
 class LabelledRecord:
-    image: Image.Image | None  # decoded RGB at original size; None when loaded lazily (see `load`)
     label: int  # 0 real, 1 fake
     generator: str  # "real" or the generator / family name
     group: str | None  # UnivFD folder the image came from (None for WebDataset samples)
-    key: str = ""
-    source: Any = None  # the pipeline.data.sources.LabelledImage it came from
-
-    def load(self) -> Image.Image:
-        """The decoded image (kept in memory when loaded eagerly, re-read from storage when lazy)."""
-        if self.image is not None:
-            return self.image
-        if self.source is None:
-            raise ValueError(f"record {self.key!r} has neither an image nor a source to read it from")
-        return self.source.load()
+    source: Any = None  # the pipeline.data.sources.LabelledImage it came from (read with `source.load()`)
 
 
-def load_records(uri: str, *, lazy: bool = False) -> list[LabelledRecord]:
+def load_records(uri: str) -> list[LabelledRecord]:
     """Every labelled image of `uri` (via `pipeline.data.sources.load_labelled`: UnivFD / GenImage folders or
-    WebDataset shards, local or s3://) decoded to RGB PIL images. `generator` is the attribution class ("real"
-    or the generator); `group` the source's generator folder (None for shards). Missing or empty sources raise
-    FileNotFoundError, bad layouts ConfigError (both name the URI). `lazy`: list only; images are read when
-    `record.load()` is called (evaluation of large test sets)."""
+    WebDataset shards, local or s3://), listed, not read. `generator` is the attribution class ("real" or the
+    generator); `group` the source's generator folder (None for shards). Missing or empty sources raise
+    FileNotFoundError, bad layouts ConfigError (both name the URI)."""
     from pipeline.data.sources import load_labelled
 
-    out = [
+    return [
         LabelledRecord(
-            image=None if lazy else it.load(),
             label=int(it.label),
             generator=it.attribution,
             group=None if it.source == "wds" else it.generator,
-            key=it.name,
             source=it,
         )
         for it in load_labelled(uri)
     ]
-    if not out:
-        raise FileNotFoundError(f"no labelled images found in {uri}")
-    return out
 
 
 def stratified_split(strata: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -50,7 +50,6 @@ LISTING_SCHEMA = pa.schema(
         ("generator", pa.string()),  # LabelledImage.generator (folder / JSON value)
         ("label", pa.int64()),  # 0 real, 1 fake
         ("cls", pa.int64()),  # attribution class index into ["real", *generators] (0 for reals and unknowns)
-        ("group", pa.string()),  # UnivFD generator folder (null for WebDataset samples)
     ]
 )
 
@@ -70,7 +69,6 @@ def listing_table(items: list[Any], classes: list[str] | None = None) -> pa.Tabl
         cols["generator"].append(it.generator)
         cols["label"].append(int(it.label))
         cols["cls"].append(index.get(it.attribution, 0) if it.label == 1 else 0)
-        cols["group"].append(None if it.source == "wds" else it.generator)
     return pa.table(cols, schema=LISTING_SCHEMA)
 
 
@@ -278,7 +276,7 @@ class DecodeStage:
             img = self._perturb(img)
         if spec.augment is None:
             return prepare_image(img, spec.det_cfg)
-        rng = sample_rng(spec.seed, int(row.get("epoch", 0)), str(row["key"]))
+        rng = sample_rng(spec.seed, int(row["epoch"]), str(row["key"]))
         out = np.asarray(augment_image(img, self._aug, rng, crop_grid=spec.crop_grid, patch=spec.patch_size))
         return out.astype(np.uint8, copy=False)
 
@@ -299,7 +297,7 @@ class DecodeStage:
             "image": images,
             "label": np.asarray(batch["label"], dtype=np.int64),
             "cls": np.asarray(batch["cls"], dtype=np.int64),
-            "row": np.asarray(batch.get("row", np.arange(n)), dtype=np.int64),
+            "row": np.asarray(batch["row"], dtype=np.int64),
             "ok": ok,
             "error": errors.astype(str),
         }
@@ -313,12 +311,10 @@ def iter_local(
     batch_size: int,
     seed: int = 0,
     epoch: int = -1,
-    part: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, np.ndarray]]:
     """The same two stages in-process: chunks of `batch_size` rows of epoch `epoch`'s order, decoded by a
-    small thread pool (PIL and zlib release the GIL), in order. `part=(i, k)`: only chunks i, i+k, ... (a
-    disjoint part per worker)."""
-    ids = range(part[0], n_chunks(table.num_rows, batch_size), part[1])
+    small thread pool (PIL and zlib release the GIL), in order."""
+    ids = range(n_chunks(table.num_rows, batch_size))
 
     def work(c: int) -> dict[str, np.ndarray]:
         return stage(listing_chunk(table, np.array([c]), chunk_rows=batch_size, seed=seed, epoch=epoch))
@@ -373,14 +369,13 @@ def predict_table(
     table: pa.Table,
     det_cfg: Any,
     *,
-    batch_size: int = 32,
+    batch_size: int,
+    skips: SkipCounter,
     perturb: tuple[str, float] | None = None,
-    skips: SkipCounter | None = None,
 ) -> dict[str, np.ndarray]:
     """Stream a listing through the decode stage (optionally perturbed) into `predictor.predict`, one batch in
     memory at a time -> {"row", "p_fake", "generator_scores"} for the readable rows (listing order);
     unreadable rows are counted in `skips` and left out."""
-    skips = skips if skips is not None else SkipCounter()
     stage = DecodeStage(DecodeSpec(det_cfg=det_cfg, perturb=perturb))
     parts: dict[str, list[np.ndarray]] = {"row": [], "p_fake": [], "generator_scores": []}
     for b in iter_local(table, stage, batch_size=batch_size):

@@ -1,6 +1,8 @@
 """The MoLE fine-tuning loop [paper + ours]: frozen backbone; adapters, routers and heads trained with AdamW
-on BCE-with-logits (real/fake) + cross-entropy attribution (+ the router load-balancing loss), lr /= 10 on a
-validation plateau, optional texture-aware masking; every epoch's state handed to the runner."""
+on BCE-with-logits (real/fake) + cross-entropy attribution over ["real", *generators] (+ the router
+load-balancing loss when the detector has one); lr /= 10 when validation accuracy has not improved for
+`plateau_patience` epochs; optional texture-aware masking of the top-ρ textured patches (training only, both
+classes); every epoch's state handed to the runner."""
 
 from __future__ import annotations
 
@@ -101,8 +103,8 @@ def train_mole(run: WorkerRun, det: torch.nn.Module, resumed: TrainState | None)
             if cfg.attribution_weight > 0 and run.generators:
                 ce = (F.cross_entropy(out.gen_logits.float(), c, reduction="none") * w).sum() / n_ok
                 loss = loss + cfg.attribution_weight * ce
-            aux = core.aux_loss() if hasattr(core, "aux_loss") else None
-            if aux is not None and cfg.aux_loss_weight > 0:
+            aux = core.aux_loss()  # 0 when the detector has no router load-balancing loss
+            if cfg.aux_loss_weight > 0:
                 loss = loss + cfg.aux_loss_weight * aux.to(device).float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -111,7 +113,7 @@ def train_mole(run: WorkerRun, det: torch.nn.Module, resumed: TrainState | None)
             tot.loss += loss.item() * n
             tot.bce += bce.item() * n
             tot.attr_ce += ce.item() * n
-            tot.aux += aux.item() * n if aux is not None else 0.0
+            tot.aux += aux.item() * n
             tot.samples += n
             tot.steps += 1
         train_s = time.perf_counter() - t0

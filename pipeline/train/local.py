@@ -23,14 +23,7 @@ class LocalHooks(TrainHooks):
     """One in-process worker: the feed's stage functions run in a small thread pool (`feed.iter_local`); the
     per-epoch training state goes to `<out>/_checkpoints/local/epoch_NNNN/` (the last one is resumed from)."""
 
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        plan: TrainPlan,
-        *,
-        resume: bool = False,
-        on_epoch: OnEpoch | None = None,
-    ) -> None:
+    def __init__(self, cfg: TrainConfig, plan: TrainPlan, *, resume: bool, on_epoch: OnEpoch) -> None:
         from pipeline.models import DetectorConfig
         from pipeline.train.data import patch_size
 
@@ -42,8 +35,7 @@ class LocalHooks(TrainHooks):
         self._tmp: Path | None = None
 
     def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]:
-        if self.on_epoch is not None:  # `epoch` (0-based) is starting: that many are done
-            self.on_epoch(epoch)
+        self.on_epoch(epoch)  # `epoch` (0-based) is starting: that many are done
         return iter_local(
             self.plan.train,
             DecodeStage(self.train_stage),
@@ -75,15 +67,11 @@ class LocalHooks(TrainHooks):
         return self._tmp
 
 
-def train_local(
-    cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None, on_epoch: OnEpoch | None = None
-) -> dict[str, Any]:
-    """In-process training without Ray (one worker), through the same streaming stages; same outputs.
-    `on_epoch(done)` is called as each epoch starts and once more when training ends (progress line)."""
-    from pipeline.train.feed import make_plan
-
+def train_local(cfg: TrainConfig, *, resume: bool, plan: TrainPlan, on_epoch: OnEpoch) -> dict[str, Any]:
+    """In-process training without Ray (one worker) of the driver's `plan`, through the same streaming stages;
+    same outputs. `on_epoch(done)` is called as each epoch starts and once more when training ends (progress
+    line)."""
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.torch_threads))
-    plan = plan or make_plan(cfg)
     hooks = LocalHooks(cfg, plan, resume=resume, on_epoch=on_epoch)
     try:
         summary = train_worker(cfg, plan.meta(), hooks)
@@ -91,6 +79,5 @@ def train_local(
         if hooks._tmp is not None:
             shutil.rmtree(hooks._tmp, ignore_errors=True)
     assert summary is not None  # rank 0 always returns
-    if on_epoch is not None:
-        on_epoch(cfg.passes)
+    on_epoch(cfg.passes)
     return summary

@@ -9,15 +9,11 @@ augmentation in CPU Ray Data tasks), `train.local.LocalHooks` from the same stag
 grow with the number of images (the linear probe keeps one feature vector per training image).
 
 Methods:
-- `mole` [paper + ours]: frozen backbone; MoLE adapters, routers and heads trained with AdamW on
-  BCE-with-logits (real/fake) + cross-entropy attribution over ["real", *generators] (+ the router
-  load-balancing loss when the detector provides one); UnivFD train augmentations; lr /= 10 when validation
-  accuracy has not improved for `plateau_patience` epochs; optional texture-aware masking of the top-ρ
-  textured patches (training only, both classes). Data parallel: each rank trains on a disjoint part of every
-  epoch with a per-rank batch of ceil(batch_size / world) (effective batch ≈ batch_size), gradients averaged
-  by DDP.
-- `linear` [code + ours]: frozen features (a streamed inference pass) -> scikit-learn classifier -> weights
-  copied into the linear heads.
+- `mole` [paper + ours]: the MoLE fine-tuning epochs of `train.fine_tune`, with UnivFD train augmentations.
+  Data parallel: each rank trains on a disjoint part of every epoch with a per-rank batch of
+  ceil(batch_size / world) (effective batch ≈ batch_size), gradients averaged by DDP.
+- `linear` [code + ours]: frozen features (a streamed inference pass) -> scikit-learn classifier
+  (`train.linear`) -> weights copied into the linear heads.
 
 Every epoch ends with a training state (`pipeline.train.state`) handed to the runner (Ray Train checkpoint); a
 restarted worker or a `--resume`d job continues after the last completed epoch. Both methods end with
@@ -29,7 +25,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -98,7 +93,7 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
         state = train_mole(run, det, resumed)
         history = state.history
     else:
-        if cfg.num_workers > 1 and not rank0:  # one fit is enough; report once like rank 0 does
+        if not rank0:  # one fit is enough; report once like rank 0 does
             hooks.report({"epoch": 1, "idle_rank": hooks.world_rank})
             return None
         history = [_train_linear(run, det)]
@@ -136,8 +131,8 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
         notes=notes,
     )
     det.cpu()
-    work = Path(tempfile.mkdtemp(prefix="genscan-ckpt-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="genscan-ckpt-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
         meta = save_detector(det, str(work), meta)
         (work / "train_config.json").write_text(cfg.to_json())
         (work / "calibration.json").write_text(json.dumps(calib, indent=2))
@@ -174,8 +169,6 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
             )
         (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
         storage.publish_dir(work, cfg.out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.info("checkpoint_written", out=cfg.out, seconds=summary["seconds"], threshold=calib["threshold"])
     return summary
 

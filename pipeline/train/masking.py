@@ -58,16 +58,16 @@ def texture_mask(pixels: torch.Tensor, patch: int, ratio: float) -> torch.Tensor
     return mask.view(n, gh, gw)
 
 
-def apply_patch_mask(pixels: torch.Tensor, mask: torch.Tensor, patch: int, fill: float = 0.0) -> torch.Tensor:
-    """Return a copy of `pixels` with every masked patch set to `fill` (0 = the dataset mean after CLIP
-    normalisation) in all channels."""
+def apply_patch_mask(pixels: torch.Tensor, mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """Return a copy of `pixels` with every masked patch set to 0 (the dataset mean after CLIP normalisation)
+    in all channels."""
     n, _, h, w = pixels.shape
     if mask.shape != (n, h // patch, w // patch):
         raise ValueError(
             f"mask shape {tuple(mask.shape)} does not match images {tuple(pixels.shape)} / patch {patch}"
         )
     full = mask.repeat_interleave(patch, dim=1).repeat_interleave(patch, dim=2).unsqueeze(1)
-    return torch.where(full, torch.full_like(pixels, fill), pixels)
+    return torch.where(full, torch.zeros_like(pixels), pixels)
 
 
 def mask_textured(pixels: torch.Tensor, patch: int, ratio: float) -> torch.Tensor:

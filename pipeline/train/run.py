@@ -3,21 +3,17 @@ counters, validation and the linear-probe fit, and the per-epoch state handed to
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import SkipCounter
 from pipeline.train.hooks import TrainHooks
 from pipeline.train.state import TrainState, write_state
 from pipeline.train.validate import predict_stream, val_metrics
-
-log = get_logger("pipeline.train.loop")
 
 
 class WorkerRun:
@@ -81,9 +77,6 @@ def hand_off_epoch(
     state.optimizer = opt.state_dict()
     state.scheduler = sched.state_dict()
     state.skipped = run.train_skips.record()
-    tmp = Path(tempfile.mkdtemp(prefix="genscan-state-"))
-    try:
-        write_state(tmp, state)
-        run.hooks.report(row, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="genscan-state-", ignore_cleanup_errors=True) as tmp:
+        write_state(Path(tmp), state)
+        run.hooks.report(row, Path(tmp))

@@ -34,7 +34,6 @@ class TrainState:
     split: dict[str, Any]
     resumes: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, Any] = field(default_factory=dict)
-    rng: dict[str, Any] = field(default_factory=dict)
 
 
 def capture_rng() -> tuple[dict[str, Any], torch.Tensor]:

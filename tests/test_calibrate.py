@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from pipeline.cli.calibrate import main as calibrate_main
 from pipeline.train.calibrate import (
     calibrate_from_scores,
     max_generator_prob,
@@ -63,3 +66,15 @@ def test_calibrate_from_scores_record() -> None:
     assert np.mean(conf < rec["unknown_threshold"]) == pytest.approx(0.05, abs=0.002)
     none = calibrate_from_scores(y, p, None, target_fpr=0.05, n_generators=0)
     assert none["unknown_threshold"] == 0.0
+
+
+@pytest.mark.parametrize("flag", ["--unknown-quantile", "--target-fpr"])
+def test_calibrate_refuses_a_quantile_of_one_naming_the_flag(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A share of 1 would call every known fake 'unknown' (or every real fake): refused as the job's
+    configuration error (exit 2, one line naming the flag) before any checkpoint or data is read."""
+    args = ["--detector", str(tmp_path / "none"), "--data", str(tmp_path / "none"), flag, "1"]
+    assert calibrate_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("configuration error: ") and flag in err[0], err

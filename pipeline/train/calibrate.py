@@ -106,7 +106,7 @@ class CalibrateConfig(StrictModel):
     data: str = Field(description="held-out labelled data (UnivFD folder or WebDataset shards)")
     target_fpr: float = Field(0.05, gt=0, lt=1, description="false-positive rate on the data's reals")
     unknown_quantile: float = Field(
-        0.05, ge=0, le=1, description="quantile of the known fakes' max generator probability"
+        0.05, ge=0, lt=1, description="quantile of the known fakes' max generator probability"
     )
     out: str | None = Field(None, description="write the calibrated checkpoint here instead of in place")
     batch_size: int = Field(32, ge=1, description="images per forward")

@@ -35,7 +35,7 @@ from pipeline.hygiene.copy import ShardWriter
 from pipeline.hygiene.plan import PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
-from pipeline.output import SAMPLE_ERROR_STATUSES, parquet_bytes
+from pipeline.output import SAMPLE_ERROR_STATUSES, parquet_bytes, read_json, write_json
 from pipeline.runner import (
     ErrorTally,
     MapFn,
@@ -92,10 +92,6 @@ class ShardResult:
     errors_by_status: dict[str, int]
     kept_error_rows: int
     non_sample_members: int
-
-
-def _dumps(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
 def manifest_rows(plan: ShardPlan) -> list[dict[str, Any]]:
@@ -191,7 +187,7 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
         ),
         non_sample_members=plan.non_sample_members,
     )
-    storage.write_bytes_atomic(spec.marker, _dumps(asdict(result)))
+    write_json(spec.marker, asdict(result))
     log.info(
         "shard_filtered",
         kept=result.kept,
@@ -309,12 +305,13 @@ def _markers(output: str) -> dict[str, dict[str, Any]]:
 def _check_resume(cfg: FilterConfig, scan_date: str) -> None:
     """Refuse to continue an output written from another scan, input, scan date or policy."""
     cfg_uri = storage.join(cfg.output, "_run", "config.json")
-    if not storage.exists(cfg_uri):
+    before = read_json(cfg_uri)
+    if before is None:
         return  # nothing to continue: a fresh run
-    before, now = json.loads(storage.read_bytes(cfg_uri)), cfg.model_dump(mode="json")
+    now = cfg.model_dump(mode="json")
     differ = [f for f in RESUME_FIELDS if f != "scan_date" and before.get(f) != now.get(f)]
-    run_uri = storage.join(cfg.output, "_run", "run.json")
-    prev_date = json.loads(storage.read_bytes(run_uri)).get("scan_date") if storage.exists(run_uri) else None
+    previous_run = read_json(storage.join(cfg.output, "_run", "run.json")) or {}
+    prev_date = previous_run.get("scan_date")
     if prev_date not in (None, scan_date):
         differ.append(f"scan_date ({prev_date} != {scan_date})")
     if differ:
@@ -382,10 +379,8 @@ def run_filter(
     markers = _markers(cfg.output)
     stale = _remove_stale(cfg, plans, markers)
     run_dir = storage.join(cfg.output, "_run")
-    storage.write_bytes_atomic(storage.join(run_dir, "config.json"), _dumps(cfg.model_dump(mode="json")))
-    storage.write_bytes_atomic(
-        storage.join(run_dir, "policy.json"), _dumps(cfg.policy.model_dump(mode="json"))
-    )
+    write_json(storage.join(run_dir, "config.json"), cfg.model_dump(mode="json"))
+    write_json(storage.join(run_dir, "policy.json"), cfg.policy.model_dump(mode="json"))
     todo = [p for p in plans if not p.skip]
     by_plan = {p.spec.shard_id: p for p in todo}
     done = {sid for sid, p in by_plan.items() if resume and _still_valid(p, markers.get(sid))}
@@ -416,7 +411,7 @@ def run_filter(
     rows = [row for p in todo for row in manifest_rows(p)]
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     storage.write_bytes_atomic(storage.join(cfg.output, "manifest.parquet"), parquet_bytes(table))
-    storage.write_bytes_atomic(storage.join(run_dir, "stats.json"), _dumps(stats))
+    write_json(storage.join(run_dir, "stats.json"), stats)
     run_info = {
         "started_at": started.isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
@@ -429,7 +424,7 @@ def run_filter(
         "error_budget": budget,
         "versions": {"genscan": __version__, "python": platform.python_version(), "pyarrow": pa.__version__},
     }
-    storage.write_bytes_atomic(storage.join(run_dir, "run.json"), _dumps(run_info))
+    write_json(storage.join(run_dir, "run.json"), run_info)
     if problems:
         log.error("not_reconciled", problems=problems)
         raise ReconcileError("accounting does not reconcile:\n  " + "\n  ".join(problems))

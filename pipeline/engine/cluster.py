@@ -101,11 +101,6 @@ def connect(
     return "local"
 
 
-def shutdown() -> None:
-    if ray.is_initialized():
-        ray.shutdown()
-
-
 @contextlib.contextmanager
 def session(
     address: str | None = None, num_cpus: int | None = None, *, extra_env: dict[str, str] | None = None

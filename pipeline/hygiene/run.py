@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import json
 import platform
-import posixpath
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -291,14 +290,10 @@ def _remove(uri: str) -> None:
 
 def _markers(output: str) -> dict[str, dict[str, Any]]:
     """The filter's shard markers under `output` (shard id -> its ShardResult)."""
-    fs, path = storage.filesystem(storage.join(output, "_shards"))
-    try:
-        names = [p for p in fs.ls(path, detail=False) if p.endswith(".json")] if fs.exists(path) else []
-    except FileNotFoundError:
-        names = []
-    sids = [posixpath.basename(name).removesuffix(".json") for name in names]
+    marker_dir = storage.join(output, "_shards")
     return {
-        sid: json.loads(storage.read_bytes(storage.join(output, "_shards", f"{sid}.json"))) for sid in sids
+        name.removesuffix(".json"): json.loads(storage.read_bytes(storage.join(marker_dir, name)))
+        for name in storage.list_names(marker_dir, ".json")
     }
 
 

@@ -207,8 +207,7 @@ def plan_run(cfg: FilterConfig, map_fn: MapFn = local_map) -> tuple[str, list[Sh
     seen = ErrorTally()
 
     def arrived(plan: ShardPlan) -> None:  # as each plan completes: stop once the budget cannot be met
-        nonlocal seen
-        seen = seen + plan_errors([plan])
+        seen.add(plan_errors([plan]))
         budget.stop_if_hopeless(seen, len(specs))
 
     plans = map_ordered(map_fn, partial(plan_shard, policy=cfg.policy), specs, on_result=arrived)

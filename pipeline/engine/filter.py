@@ -57,6 +57,3 @@ def ray_map(
             log.info("tasks_cancelled", tasks=len(pending), submitted=submitted, items=len(items))
             for ref in pending:
                 ray.cancel(ref)
-
-
-__all__ = ["ray_map"]

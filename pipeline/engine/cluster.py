@@ -60,7 +60,8 @@ def connect(
     extra_env: dict[str, str] | None = None,
     temp_dir: str | None = None,
 ) -> str:
-    """Attach to a cluster or start a local one; returns how ("attached" | "local").
+    """Attach to a cluster or start a local one; returns how ("attached" | "local"). Called by `session` only
+    while this process has no Ray connection yet.
 
     address None: attach to `RAY_ADDRESS` when set (the case under `ray job submit`), else start a NEW local
     Ray (`address="local"`: never auto-attach to some other `ray start` registered on this machine) with
@@ -70,8 +71,6 @@ def connect(
     Quiet unless the job runs verbose (`pipeline.console.verbose()`): workers' output is not forwarded to the
     driver (it stays in Ray's log folder; the shards' events reach the driver in their summaries) and Ray's
     own INFO lines are off. A local Ray keeps Ray's default token authentication, without its warning."""
-    if ray.is_initialized():
-        return "attached"
     renv = runtime_env()
     for k, v in (extra_env or {}).items():
         renv["env_vars"].setdefault(k, v)

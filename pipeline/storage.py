@@ -267,12 +267,9 @@ def _remote_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
     return {"": fs.info(path)}
 
 
-def sha256_file(path: str | Path, chunk: int = 8 * 2**20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _download(fs: fsspec.AbstractFileSystem, path: str, files: dict[str, dict], dest: Path) -> None:

@@ -277,8 +277,9 @@ class ResumeRefused(PlanError):
     """`--resume` of an output written with another scan, input, scan date or policy (nothing was written)."""
 
 
-# config fields that must match for --resume to continue an output (the rest is how the run executes)
-RESUME_FIELDS = ("scan", "input", "scan_date", "policy")
+# config fields that must match for --resume to continue an output (the rest is how the run executes); the
+# scan date must match too, compared as resolved (run.json's), not as configured (None: the latest)
+RESUME_FIELDS = ("scan", "input", "policy")
 
 
 def _remove(uri: str) -> None:
@@ -303,7 +304,7 @@ def _check_resume(cfg: FilterConfig, scan_date: str) -> None:
     if before is None:
         return  # nothing to continue: a fresh run
     now = cfg.model_dump(mode="json")
-    differ = [f for f in RESUME_FIELDS if f != "scan_date" and before.get(f) != now.get(f)]
+    differ = [f for f in RESUME_FIELDS if before.get(f) != now.get(f)]
     previous_run = read_json(storage.join(cfg.output, "_run", "run.json")) or {}
     prev_date = previous_run.get("scan_date")
     if prev_date not in (None, scan_date):

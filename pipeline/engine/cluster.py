@@ -38,19 +38,11 @@ PASS_THROUGH_NAMES = (
 SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
-def passthrough_env_names(environ: dict[str, str] | None = None) -> list[str]:
-    env = os.environ if environ is None else environ
-    return sorted(
-        k
-        for k in env
-        if (k.startswith(PASS_THROUGH_PREFIXES) or k in PASS_THROUGH_NAMES) and k not in SECRET_NAMES
-    )
-
-
 def runtime_env(environ: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """`runtime_env` carrying the pass-through variables (values from the environment, never logged)."""
     env = os.environ if environ is None else environ
-    return {"env_vars": {k: env[k] for k in passthrough_env_names(env)}}
+    passed = (k for k in env if k.startswith(PASS_THROUGH_PREFIXES) or k in PASS_THROUGH_NAMES)
+    return {"env_vars": {k: env[k] for k in sorted(passed) if k not in SECRET_NAMES}}
 
 
 def connect(

@@ -529,7 +529,6 @@ class Listing(Generic[S]):
     """What a read of a shard found, in tar order (`Sample`s; `RawSample`s in the scan's `ShardContents`).
     `error` is set when the shard could not be read to its end."""
 
-    url: str
     samples: list[S] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (member name, reason), not samples
     error: str | None = None
@@ -587,7 +586,7 @@ def list_shard(
     n_attempts = 0
     for attempt in range(attempts):
         n_attempts = attempt + 1
-        listing: Listing[Sample] = Listing(url=shard_url)
+        listing: Listing[Sample] = Listing()
         try:
             error = _list_once(
                 shard_url,
@@ -617,7 +616,7 @@ def list_shard(
             break
         log.warning("shard_read_retry", shard_url=shard_url, attempt=attempt + 1, error=error, pause_s=pause)
         time.sleep(pause)
-    result: Listing[Sample] = best or Listing(url=shard_url)
+    result: Listing[Sample] = best or Listing()
     result.error, result.attempts = error, n_attempts
     if result.error:
         log.warning(

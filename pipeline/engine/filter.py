@@ -23,7 +23,7 @@ def _apply(fn: Callable[[T], R], item: T) -> R:
     return fn(item)
 
 
-def ray_map(fn: Callable[[T], R], items: Sequence[T], *, num_cpus: float = 0.5) -> Iterator[tuple[int, R]]:
+def ray_map(fn: Callable[[T], R], items: Sequence[T], *, num_cpus: float) -> Iterator[tuple[int, R]]:
     """`pipeline.runner.MapFn` on Ray: `fn(x)` for each item as a Ray task, `(index, result)` yielded as each
     task completes (`ray.wait`), so the caller's progress line and error budget see every shard when it is
     done. At most MAX_IN_FLIGHT tasks are in flight at once (more than a cluster runs at a time; Ray queues

@@ -42,13 +42,13 @@ class _Sink:
 _SINK = _Sink()
 
 
-def configure(level: str | None = None) -> None:
-    """JSON lines on stderr (or the run log); `GENSCAN_LOG_LEVEL` overrides the level. Safe to call
+def configure() -> None:
+    """JSON lines on stderr (or the run log) at level `GENSCAN_LOG_LEVEL` (default INFO). Safe to call
     repeatedly."""
     global _CONFIGURED
     if _CONFIGURED:
         return
-    lvl = getattr(logging, (level or os.environ.get("GENSCAN_LOG_LEVEL", "INFO")).upper(), logging.INFO)
+    lvl = getattr(logging, os.environ.get("GENSCAN_LOG_LEVEL", "INFO").upper(), logging.INFO)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -58,14 +58,12 @@ def class_accuracies(labels: Labels, scores: Scores, threshold: float) -> dict[s
     return {"acc": acc, "real_acc": real_acc, "fake_acc": fake_acc, "balanced_acc": balanced}
 
 
-def detection_metrics(
-    labels: Labels, scores: Scores, threshold: float, *, default_threshold: float = 0.5
-) -> dict[str, float | int]:
+def detection_metrics(labels: Labels, scores: Scores, threshold: float) -> dict[str, float | int]:
     """The per-generator row of the evaluation table: AP, AUC, accuracies at the calibrated `threshold`
-    (acc, real_acc, fake_acc, balanced_acc) and plain accuracy at `default_threshold` (acc_05, UnivFD's 0.5 on
+    (acc, real_acc, fake_acc, balanced_acc) and plain accuracy at 0.5 (acc_05, UnivFD's threshold on
     p_fake)."""
     y, s = _as_arrays(labels, scores)
-    row = {**class_accuracies(y, s, threshold), "acc_05": class_accuracies(y, s, default_threshold)["acc"]}
+    row = {**class_accuracies(y, s, threshold), "acc_05": class_accuracies(y, s, 0.5)["acc"]}
     row.update(
         ap=average_precision(y, s), auc=roc_auc(y, s), n_real=int(np.sum(y == 0)), n_fake=int(np.sum(y == 1))
     )

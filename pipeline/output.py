@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipeline.exitcodes import ExitCode, OperatorError
-from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic
+from pipeline.storage import filesystem, join, list_names, read_bytes, write_bytes_atomic
 
 SCHEMA_VERSION = 3
 
@@ -198,46 +197,29 @@ def write_json(uri: str, obj: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------- listing
-def _names(uri: str, suffix: str = "") -> list[str]:
-    fs, path = filesystem(uri)
-    # never from a cached listing: markers and Parquet are written by other processes (the writer actors), and
-    # s3fs keeps a folder's listing from the first look, e.g. the resume check at the start of a run
-    fs.invalidate_cache(path)
-    try:
-        if not fs.exists(path):
-            return []
-        return sorted(
-            posixpath.basename(p.rstrip("/"))
-            for p in fs.ls(path, detail=False)
-            if p.rstrip("/").endswith(suffix)
-        )
-    except FileNotFoundError:
-        return []
-
-
 def list_dates(output: str) -> list[str]:
     """Scan dates that have a data partition (`scan_date=D/`), oldest first."""
-    return sorted(n.removeprefix(DATA_PREFIX) for n in _names(output) if n.startswith(DATA_PREFIX))
+    return sorted(n.removeprefix(DATA_PREFIX) for n in list_names(output) if n.startswith(DATA_PREFIX))
 
 
 def list_runs(output: str) -> list[str]:
     """Scan dates that have a run folder (`_run/D/`), oldest first."""
-    return _names(join(output, RUN_DIR))
+    return list_names(join(output, RUN_DIR))
 
 
 def feature_shards(paths: RunPaths) -> set[str]:
     """Shard ids of the date that have a features part."""
-    return {name.removesuffix(".parquet") for name in _names(paths.features_dir, ".parquet")}
+    return {name.removesuffix(".parquet") for name in list_names(paths.features_dir, ".parquet")}
 
 
 def completed_shards(paths: RunPaths) -> set[str]:
     """Shard ids of the date that have a completion marker."""
-    return {name.removesuffix(".json") for name in _names(paths.marker_dir, ".json")}
+    return {name.removesuffix(".json") for name in list_names(paths.marker_dir, ".json")}
 
 
 def data_shards(paths: RunPaths) -> set[str]:
     """Shard ids of the date that have a Parquet file (complete or not: only a marker says complete)."""
-    return {name.removesuffix(".parquet") for name in _names(paths.data_dir, ".parquet")}
+    return {name.removesuffix(".parquet") for name in list_names(paths.data_dir, ".parquet")}
 
 
 def has_output(paths: RunPaths) -> bool:

@@ -57,7 +57,7 @@ def release(results: object) -> None:
 
 
 def map_ordered(
-    map_fn: MapFn, fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[R], None] | None = None
+    map_fn: MapFn, fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[R], None]
 ) -> list[R]:
     """Every result of `map_fn(fn, items)` in input order; `on_result` sees each as it completes (and may
     raise to stop the run: the executor is closed, so what has not started is cancelled)."""
@@ -66,8 +66,7 @@ def map_ordered(
     try:
         for i, result in results:
             got[i] = result
-            if on_result is not None:
-                on_result(result)
+            on_result(result)
     finally:
         release(results)
     if len(got) < len(items):

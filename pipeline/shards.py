@@ -494,13 +494,11 @@ def _retry_or_raise(exc: Exception, what: str) -> NoReturn:
 _EMPTY = "empty shard (0 bytes)"
 
 
-def _open(
-    shard_url: str, *, max_in_memory_bytes: int, block_size: int, whole: bool
-) -> tuple[IO[bytes] | None, int | None]:
-    """(the shard open for reading, its size when known); no file for an empty object (`_EMPTY`). ONE GET into
-    memory when `whole` and small enough, else fsspec's read-ahead block cache, with the bounded S3
-    timeouts/retries above. Raises _TransientReadError for I/O failures worth a retry and the original
-    exception for permanent ones (missing object, permissions, a directory)."""
+def _open(shard_url: str, *, max_in_memory_bytes: int, block_size: int, whole: bool) -> IO[bytes] | None:
+    """The shard open for reading; None for an empty object (`_EMPTY`). ONE GET into memory when `whole` and
+    small enough, else fsspec's read-ahead block cache, with the bounded S3 timeouts/retries above. Raises
+    _TransientReadError for I/O failures worth a retry and the original exception for permanent ones (missing
+    object, permissions, a directory)."""
     fs, path = storage.tuned_filesystem(shard_url, S3_STORAGE_OPTIONS)
     try:
         info = fs.info(path)
@@ -511,14 +509,14 @@ def _open(
     size = info.get("size")
     n_bytes = int(size) if size is not None else None
     if n_bytes == 0:
-        return None, 0
+        return None
     try:
         if whole and n_bytes is not None and n_bytes <= max_in_memory_bytes:
             data = fs.cat_file(path)
             if len(data) != n_bytes:
                 raise _TransientReadError(f"short read: {len(data)} of {n_bytes} bytes")
-            return io.BytesIO(data), n_bytes
-        return fs.open(path, "rb", block_size=block_size, cache_type="readahead"), n_bytes
+            return io.BytesIO(data)
+        return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
     except Exception as exc:
         _retry_or_raise(exc, "read")
 
@@ -531,13 +529,10 @@ class Listing(Generic[S]):
     """What a read of a shard found, in tar order (`Sample`s; `RawSample`s in the scan's `ShardContents`).
     `error` is set when the shard could not be read to its end."""
 
-    url: str
     samples: list[S] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (member name, reason), not samples
     error: str | None = None
-    n_bytes: int | None = None  # object size when known
     attempts: int = 0  # whole-shard read attempts made
-    read_s: float = 0.0  # wall time spent reading, retries and backoff included
 
 
 def _list_once(
@@ -550,9 +545,7 @@ def _list_once(
     whole: bool,
     out: Listing[Sample],
 ) -> str | None:
-    fileobj, out.n_bytes = _open(
-        shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, whole=whole
-    )
+    fileobj = _open(shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, whole=whole)
     if fileobj is None:
         return _EMPTY
     try:
@@ -590,11 +583,10 @@ def list_shard(
     start = time.monotonic()
     best: Listing[Sample] | None = None
     error: str | None = None
-    n_bytes: int | None = None
     n_attempts = 0
     for attempt in range(attempts):
         n_attempts = attempt + 1
-        listing: Listing[Sample] = Listing(url=shard_url)
+        listing: Listing[Sample] = Listing()
         try:
             error = _list_once(
                 shard_url,
@@ -605,11 +597,10 @@ def list_shard(
                 whole=whole,
                 out=listing,
             )
-            best, n_bytes = listing, listing.n_bytes
+            best = listing
             break
         except _TransientReadError as exc:
             error = f"read failed after {attempt + 1} attempt(s): {exc}"
-            n_bytes = listing.n_bytes if listing.n_bytes is not None else n_bytes
             if best is None or len(listing.samples) > len(best.samples):
                 best = listing
         except Exception as exc:  # permanent: missing object, permission, a directory, a bad URL
@@ -625,9 +616,8 @@ def list_shard(
             break
         log.warning("shard_read_retry", shard_url=shard_url, attempt=attempt + 1, error=error, pause_s=pause)
         time.sleep(pause)
-    result: Listing[Sample] = best or Listing(url=shard_url)
-    result.error, result.attempts, result.n_bytes = error, n_attempts, n_bytes
-    result.read_s = time.monotonic() - start
+    result: Listing[Sample] = best or Listing()
+    result.error, result.attempts = error, n_attempts
     if result.error:
         log.warning(
             "shard_read_error",
@@ -708,7 +698,7 @@ def iter_samples(shard_url: str, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Ite
     streamed (one pass, the read-ahead block cache), for a byte-exact copy. Raises ShardReadError when the
     shard cannot be read to its end, after yielding the samples before the failure."""
     try:
-        fileobj, _ = _open(shard_url, max_in_memory_bytes=0, block_size=block_size, whole=False)
+        fileobj = _open(shard_url, max_in_memory_bytes=0, block_size=block_size, whole=False)
     except Exception as exc:
         raise ShardReadError(f"{shard_url}: cannot read shard: {type(exc).__name__}: {exc}") from exc
     if fileobj is None:

@@ -163,6 +163,24 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def list_names(uri: str, suffix: str = "") -> list[str]:
+    """The names (not paths) in the folder `uri` ending with `suffix`, sorted; [] when there is no folder."""
+    fs, path = filesystem(uri)
+    # never from a cached listing: markers and Parquet are written by other processes (the writer actors), and
+    # s3fs keeps a folder's listing from the first look, e.g. the resume check at the start of a run
+    fs.invalidate_cache(path)
+    try:
+        if not fs.exists(path):
+            return []
+        return sorted(
+            posixpath.basename(p.rstrip("/"))
+            for p in fs.ls(path, detail=False)
+            if p.rstrip("/").endswith(suffix)
+        )
+    except FileNotFoundError:
+        return []
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Readers never see a half-written file: local files go through a temp name + rename;
     an S3 PUT is atomic by itself."""
@@ -249,12 +267,9 @@ def _remote_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
     return {"": fs.info(path)}
 
 
-def sha256_file(path: str | Path, chunk: int = 8 * 2**20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _download(fs: fsspec.AbstractFileSystem, path: str, files: dict[str, dict], dest: Path) -> None:

@@ -38,19 +38,11 @@ PASS_THROUGH_NAMES = (
 SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
-def passthrough_env_names(environ: dict[str, str] | None = None) -> list[str]:
-    env = os.environ if environ is None else environ
-    return sorted(
-        k
-        for k in env
-        if (k.startswith(PASS_THROUGH_PREFIXES) or k in PASS_THROUGH_NAMES) and k not in SECRET_NAMES
-    )
-
-
 def runtime_env(environ: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """`runtime_env` carrying the pass-through variables (values from the environment, never logged)."""
     env = os.environ if environ is None else environ
-    return {"env_vars": {k: env[k] for k in passthrough_env_names(env)}}
+    passed = (k for k in env if k.startswith(PASS_THROUGH_PREFIXES) or k in PASS_THROUGH_NAMES)
+    return {"env_vars": {k: env[k] for k in sorted(passed) if k not in SECRET_NAMES}}
 
 
 def connect(
@@ -60,7 +52,8 @@ def connect(
     extra_env: dict[str, str] | None = None,
     temp_dir: str | None = None,
 ) -> str:
-    """Attach to a cluster or start a local one; returns how ("attached" | "local").
+    """Attach to a cluster or start a local one; returns how ("attached" | "local"). Called by `session` only
+    while this process has no Ray connection yet.
 
     address None: attach to `RAY_ADDRESS` when set (the case under `ray job submit`), else start a NEW local
     Ray (`address="local"`: never auto-attach to some other `ray start` registered on this machine) with
@@ -70,8 +63,6 @@ def connect(
     Quiet unless the job runs verbose (`pipeline.console.verbose()`): workers' output is not forwarded to the
     driver (it stays in Ray's log folder; the shards' events reach the driver in their summaries) and Ray's
     own INFO lines are off. A local Ray keeps Ray's default token authentication, without its warning."""
-    if ray.is_initialized():
-        return "attached"
     renv = runtime_env()
     for k, v in (extra_env or {}).items():
         renv["env_vars"].setdefault(k, v)
@@ -99,11 +90,6 @@ def connect(
     # so
     log.info("ray_started_local", dashboard=ctx.dashboard_url or None)
     return "local"
-
-
-def shutdown() -> None:
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 @contextlib.contextmanager

@@ -175,13 +175,7 @@ def checkpoint_storage(out: str) -> tuple[str, Any]:
 def run_name(out: str, resume: bool) -> str:
     """A fresh `run-<UTC time>` name, or with `resume` the newest existing run under `<out>/_checkpoints/`."""
     if resume:
-        fs, root = storage.filesystem(storage.join(out, CHECKPOINTS_DIR))
-        runs = (
-            sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-            if fs.exists(root)
-            else []
-        )
-        runs = [r for r in runs if r.startswith("run-")]
+        runs = [r for r in storage.list_names(storage.join(out, CHECKPOINTS_DIR)) if r.startswith("run-")]
         if runs:
             log.info("ray_train_resume", run=runs[-1], out=out)
             return runs[-1]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import ray
 
 from pipeline.train.feed import DecodeSpec, DecodeStage, listing_chunk, n_chunks
@@ -45,7 +44,7 @@ def _read_chunks(
     """Ray Data task body: chunk ids -> listing rows (the listing table comes from the object store) -> the
     decode stage. `table` is a one-element list so Ray passes the ObjectRef itself, not its value; with a
     `clock` the epoch comes from it."""
-    tab = table[0] if isinstance(table[0], pa.Table) else ray.get(table[0])
+    tab = ray.get(table[0])
     if clock is not None:
         epoch = ray.get(clock.get.remote())
     return stage(listing_chunk(tab, batch["id"], chunk_rows=chunk_rows, seed=seed, epoch=epoch))

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pipeline.output import PROVENANCE_VERDICTS
 from pipeline.runner import ErrorBudgetConfig
 from pipeline.settings import ConfigError, StrictModel
+from pipeline.storage import names_shards
 
 Action = Literal["keep", "drop", "quarantine"]
 # besides the detector's labels ("real", *generators), the scan writes top_generator "unknown" when no known
@@ -105,7 +106,7 @@ class FilterConfig(ErrorBudgetConfig):
     @model_validator(mode="after")
     def _output_outside_input(self) -> FilterConfig:
         src = self.input.rstrip("/")
-        if "{" in src or src.endswith(".tar"):  # a pattern or one shard: its folder holds the sources
+        if names_shards(src):  # a pattern or one shard: its folder holds the sources
             src = src.rsplit("/", 1)[0] if "/" in src else "."
             same_folder = self.output.rstrip("/") == src
         else:

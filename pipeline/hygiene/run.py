@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import json
 import platform
-import posixpath
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from pipeline.hygiene.copy import ShardWriter
 from pipeline.hygiene.plan import PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
-from pipeline.output import SAMPLE_ERROR_STATUSES, parquet_bytes
+from pipeline.output import SAMPLE_ERROR_STATUSES, parquet_bytes, read_json, write_json
 from pipeline.runner import (
     ErrorTally,
     MapFn,
@@ -94,10 +93,6 @@ class ShardResult:
     non_sample_members: int
 
 
-def _dumps(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-
 def manifest_rows(plan: ShardPlan) -> list[dict[str, Any]]:
     """One shard's manifest rows: every sample not plainly kept, its Decision's MANIFEST_SCHEMA fields."""
     where = {"shard": plan.spec.shard_id, "source": plan.spec.source}
@@ -111,8 +106,9 @@ def manifest_rows(plan: ShardPlan) -> list[dict[str, Any]]:
 
 def filter_shard(plan: ShardPlan) -> ShardResult:
     """Rewrite one shard by its plan: kept samples -> cleaned shard, quarantined -> quarantine shard.
-    Commits (rename / upload) only after every sample was read and the shard's counts reconcile; the marker
-    is written last. Raises on any mismatch (the source changed since planning, a broken tar)."""
+    Commits (rename / upload) only after exactly the planned samples were read, each written or dropped by its
+    decision; the marker is written last. Raises on any mismatch (the source changed since planning, a broken
+    tar)."""
     spec = plan.spec
     log = get_logger("hygiene.filter", shard=spec.shard_id)
     t0 = time.perf_counter()
@@ -152,12 +148,6 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
                 f"{spec.source}: read {read} samples, planned {plan.samples}; "
                 "the source changed after planning"
             )
-        if counts["keep"] + counts["drop"] + counts["quarantine"] != plan.samples:
-            raise ReconcileError(f"{spec.source}: counts {dict(counts)} do not add up to {plan.samples}")
-        if kept_w.count != counts["keep"] or quar_w.count != counts["quarantine"]:
-            raise ReconcileError(
-                f"{spec.source}: wrote {kept_w.count}/{quar_w.count}, decided {dict(counts)}"
-            )
     except BaseException as exc:
         kept_w.abort()
         quar_w.abort()
@@ -191,7 +181,7 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
         ),
         non_sample_members=plan.non_sample_members,
     )
-    storage.write_bytes_atomic(spec.marker, _dumps(asdict(result)))
+    write_json(spec.marker, asdict(result))
     log.info(
         "shard_filtered",
         kept=result.kept,
@@ -212,8 +202,7 @@ def plan_run(cfg: FilterConfig, map_fn: MapFn = local_map) -> tuple[str, list[Sh
     seen = ErrorTally()
 
     def arrived(plan: ShardPlan) -> None:  # as each plan completes: stop once the budget cannot be met
-        nonlocal seen
-        seen = seen + plan_errors([plan])
+        seen.add(plan_errors([plan]))
         budget.stop_if_hopeless(seen, len(specs))
 
     plans = map_ordered(map_fn, partial(plan_shard, policy=cfg.policy), specs, on_result=arrived)
@@ -283,8 +272,9 @@ class ResumeRefused(PlanError):
     """`--resume` of an output written with another scan, input, scan date or policy (nothing was written)."""
 
 
-# config fields that must match for --resume to continue an output (the rest is how the run executes)
-RESUME_FIELDS = ("scan", "input", "scan_date", "policy")
+# config fields that must match for --resume to continue an output (the rest is how the run executes); the
+# scan date must match too, compared as resolved (run.json's), not as configured (None: the latest)
+RESUME_FIELDS = ("scan", "input", "policy")
 
 
 def _remove(uri: str) -> None:
@@ -295,26 +285,23 @@ def _remove(uri: str) -> None:
 
 def _markers(output: str) -> dict[str, dict[str, Any]]:
     """The filter's shard markers under `output` (shard id -> its ShardResult)."""
-    fs, path = storage.filesystem(storage.join(output, "_shards"))
-    try:
-        names = [p for p in fs.ls(path, detail=False) if p.endswith(".json")] if fs.exists(path) else []
-    except FileNotFoundError:
-        names = []
-    sids = [posixpath.basename(name).removesuffix(".json") for name in names]
+    marker_dir = storage.join(output, "_shards")
     return {
-        sid: json.loads(storage.read_bytes(storage.join(output, "_shards", f"{sid}.json"))) for sid in sids
+        name.removesuffix(".json"): json.loads(storage.read_bytes(storage.join(marker_dir, name)))
+        for name in storage.list_names(marker_dir, ".json")
     }
 
 
 def _check_resume(cfg: FilterConfig, scan_date: str) -> None:
     """Refuse to continue an output written from another scan, input, scan date or policy."""
     cfg_uri = storage.join(cfg.output, "_run", "config.json")
-    if not storage.exists(cfg_uri):
+    before = read_json(cfg_uri)
+    if before is None:
         return  # nothing to continue: a fresh run
-    before, now = json.loads(storage.read_bytes(cfg_uri)), cfg.model_dump(mode="json")
-    differ = [f for f in RESUME_FIELDS if f != "scan_date" and before.get(f) != now.get(f)]
-    run_uri = storage.join(cfg.output, "_run", "run.json")
-    prev_date = json.loads(storage.read_bytes(run_uri)).get("scan_date") if storage.exists(run_uri) else None
+    now = cfg.model_dump(mode="json")
+    differ = [f for f in RESUME_FIELDS if before.get(f) != now.get(f)]
+    previous_run = read_json(storage.join(cfg.output, "_run", "run.json")) or {}
+    prev_date = previous_run.get("scan_date")
     if prev_date not in (None, scan_date):
         differ.append(f"scan_date ({prev_date} != {scan_date})")
     if differ:
@@ -382,10 +369,8 @@ def run_filter(
     markers = _markers(cfg.output)
     stale = _remove_stale(cfg, plans, markers)
     run_dir = storage.join(cfg.output, "_run")
-    storage.write_bytes_atomic(storage.join(run_dir, "config.json"), _dumps(cfg.model_dump(mode="json")))
-    storage.write_bytes_atomic(
-        storage.join(run_dir, "policy.json"), _dumps(cfg.policy.model_dump(mode="json"))
-    )
+    write_json(storage.join(run_dir, "config.json"), cfg.model_dump(mode="json"))
+    write_json(storage.join(run_dir, "policy.json"), cfg.policy.model_dump(mode="json"))
     todo = [p for p in plans if not p.skip]
     by_plan = {p.spec.shard_id: p for p in todo}
     done = {sid for sid, p in by_plan.items() if resume and _still_valid(p, markers.get(sid))}
@@ -416,7 +401,7 @@ def run_filter(
     rows = [row for p in todo for row in manifest_rows(p)]
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     storage.write_bytes_atomic(storage.join(cfg.output, "manifest.parquet"), parquet_bytes(table))
-    storage.write_bytes_atomic(storage.join(run_dir, "stats.json"), _dumps(stats))
+    write_json(storage.join(run_dir, "stats.json"), stats)
     run_info = {
         "started_at": started.isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
@@ -429,7 +414,7 @@ def run_filter(
         "error_budget": budget,
         "versions": {"genscan": __version__, "python": platform.python_version(), "pyarrow": pa.__version__},
     }
-    storage.write_bytes_atomic(storage.join(run_dir, "run.json"), _dumps(run_info))
+    write_json(storage.join(run_dir, "run.json"), run_info)
     if problems:
         log.error("not_reconciled", problems=problems)
         raise ReconcileError("accounting does not reconcile:\n  " + "\n  ".join(problems))

@@ -56,14 +56,12 @@ class LocalHooks(TrainHooks):
         if not self.resume:
             return None
         fs, root = storage.filesystem(self.root)
-        if not fs.exists(root):
-            return None
-        done = sorted(p for p in fs.ls(root, detail=False) if fs.exists(f"{p}/state.json"))
+        done = [n for n in storage.list_names(self.root) if fs.exists(f"{root}/{n}/state.json")]
         if not done:
             return None
         self._tmp = Path(tempfile.mkdtemp(prefix="genscan-resume-"))
         for name in ("state.json", "state.safetensors"):
-            (self._tmp / name).write_bytes(fs.cat_file(f"{done[-1]}/{name}"))
+            (self._tmp / name).write_bytes(fs.cat_file(f"{root}/{done[-1]}/{name}"))
         return self._tmp
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -92,9 +93,10 @@ def decode_or_ship(
     resize_mode: str = "center_crop",
     max_pixels: int,
     decode_on: str = "cpu",
+    also: Sequence[tuple[int, str]] = (),
 ) -> DecodeResult:
     """The read task's per-image step: ship the bytes (`encoded`) when `decode_on == "gpu"` and the image is
-    device-decodable, else decode on CPU (`decode_image`, unchanged)."""
+    device-decodable, else decode on CPU (`decode_image`, unchanged, with its `also` inputs)."""
     if decode_on == "gpu":
         size = device_decodable(data, image_size=image_size, resize_mode=resize_mode, max_pixels=max_pixels)
         if size is not None:
@@ -103,7 +105,13 @@ def decode_or_ship(
             )
     elif decode_on != "cpu":
         raise ValueError(f"decode_on must be 'cpu' or 'gpu', got {decode_on!r}")
-    return decode_image(data, image_size=image_size, resize_mode=resize_mode, max_pixels=max_pixels)  # type: ignore[arg-type]
+    return decode_image(
+        data,
+        image_size=image_size,
+        resize_mode=resize_mode,  # type: ignore[arg-type]
+        max_pixels=max_pixels,
+        also=also,
+    )
 
 
 @dataclass

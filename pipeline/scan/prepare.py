@@ -20,7 +20,6 @@ import numpy as np
 
 from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
-from pipeline.scan.decode import decode_image
 from pipeline.scan.gpu_decode import decode_or_ship
 from pipeline.scan.provenance_columns import (
     NO_PROVENANCE,
@@ -155,27 +154,19 @@ def prepare_shard(
             prov, image = provenance_values(reader, sample.image)
             row.update(prov)
             try:
-                if decode_on == "gpu":
-                    r = decode_or_ship(
-                        image,
-                        image_size=image_size,
-                        resize_mode=resize_mode,
-                        max_pixels=max_pixels,
-                        decode_on=decode_on,
-                    )
-                else:
-                    r = decode_image(
-                        image,
-                        image_size=image_size,
-                        resize_mode=resize_mode,  # type: ignore[arg-type]
-                        max_pixels=max_pixels,
-                        also=also,
-                    )
+                r = decode_or_ship(
+                    image,
+                    image_size=image_size,
+                    resize_mode=resize_mode,
+                    max_pixels=max_pixels,
+                    decode_on=decode_on,
+                    also=also,
+                )
                 shipped = r.encoded or b""
                 row.update(status=r.status, error=r.error or "", format=r.format or "")
                 row.update(width=_int(r.width), height=_int(r.height))
                 px = r.pixels if r.status == "ok" and not shipped else blank
-            except Exception as exc:  # decode_image should not raise; if it does, the sample still gets a row
+            except Exception as exc:  # the decoder should not raise; if it does, the sample still gets a row
                 row.update(status="decode_error", error=f"{type(exc).__name__}: {exc}")
                 row.update(width=-1, height=-1, format="")  # px is still blank: its assignment ends the try
             if row["status"] == "ok" and (px is None or px.shape != (image_size, image_size, 3)):

@@ -158,7 +158,7 @@ class DeviceDecoder:
         left, top = center_crop_offsets(w, h, s)
         return img[:, top : top + s, left : left + s].permute(1, 2, 0)
 
-    def decode(self, items: list[bytes], sizes: list[tuple[int, int]] | None = None) -> DeviceDecoded:
+    def decode(self, items: list[bytes], sizes: list[tuple[int, int]]) -> DeviceDecoded:
         """Decode `items` (encoded JPEGs). `sizes` (w, h) from the read side group the calls by pixel budget.
         A call that fails is retried one image at a time; an image that still fails (or decodes to an
         unexpected shape) is decoded by the CPU decoder instead, whose result is returned in `fallback`."""
@@ -167,7 +167,7 @@ class DeviceDecoder:
         t0 = time.perf_counter()
         crops: dict[int, torch.Tensor] = {}
         failed: list[int] = []
-        for group in _groups(items, sizes, self.max_batch_pixels):
+        for group in _groups(sizes, self.max_batch_pixels):
             tensors = [torch.frombuffer(bytearray(items[i]), dtype=torch.uint8) for i in group]
             try:
                 decoded = self._decode(tensors)
@@ -200,10 +200,8 @@ class DeviceDecoder:
         return DeviceDecoded(pixels=pixels, ok=ok, fallback=fallback, seconds=time.perf_counter() - t0)
 
 
-def _groups(items: list[bytes], sizes: list[tuple[int, int]] | None, budget: int) -> list[list[int]]:
+def _groups(sizes: list[tuple[int, int]], budget: int) -> list[list[int]]:
     """Consecutive index groups whose summed pixel count stays within `budget` (at least one item each)."""
-    if sizes is None:
-        return [list(range(len(items)))] if items else []
     groups: list[list[int]] = []
     used = 0
     for i, (w, h) in enumerate(sizes):

@@ -24,8 +24,6 @@ from pipeline.models.fusion import DEFAULT_FUSION
 
 log = get_logger("pipeline.scan.score")
 
-DECODE_ON = ("cpu", "gpu")
-
 
 class Scorer:
     """One detector (`detector="CKPT"`) or several (`"A,B,C"`: one backbone pass per shared backbone, fused by
@@ -51,8 +49,6 @@ class Scorer:
         from pipeline.models.predictor import Predictor
         from pipeline.scan.detectors import FUSED_THRESHOLD, set_id
 
-        if decode_on not in DECODE_ON:
-            raise ValueError(f"decode_on must be one of {DECODE_ON}, got {decode_on!r}")
         if torch_threads and device == "cpu":
             torch.set_num_threads(torch_threads)
         self.predictor = Predictor.load(
@@ -84,8 +80,6 @@ class Scorer:
         if decode_on == "gpu":
             from pipeline.scan.gpu_decode import DeviceDecoder
 
-            if self.n_inputs > 1:
-                raise ValueError("decode_on gpu supports detectors that share one preprocessing")
             self.decoder = DeviceDecoder(self.predictor.device, int(self.predictor.cfg.image_size))
         self._device_decode_seen = False
         self.ready_at = time.time()  # wall clock: the driver measures throughput from model-ready on
@@ -175,8 +169,8 @@ def score_batch(
     n_labels; NaN when not scored), each detector's `_det_logit` / `_det_p_fake` / `_det_is_fake` (N,
     n_members; a single Predictor's own scores) and `_infer_s` (the call's model time shared among its ok
     rows). A set's predictor takes `n_inputs` inputs (`pipeline.scan.prepare.input_column`).
-    Rows shipped encoded are decoded first by `decoder` (a `pipeline.scan.gpu_decode.DeviceDecoder`; one on
-    the predictor's device when None)."""
+    Rows shipped encoded (only by a decode_on gpu read stage) are decoded first by `decoder` (the scorer's
+    `pipeline.scan.gpu_decode.DeviceDecoder`)."""
     from pipeline.scan.prepare import input_column
 
     extra_cols = [input_column(i) for i in range(1, n_inputs)]
@@ -187,13 +181,7 @@ def score_batch(
     parts: list[tuple[np.ndarray, Any]] = []  # (row indices, uint8 NHWC images: numpy or a device tensor)
     shipped = _shipped_rows(batch, ok)
     if len(shipped):
-        if decoder is None:
-            from pipeline.scan.gpu_decode import DeviceDecoder
-
-            decoder = DeviceDecoder(predictor.device, int(predictor.cfg.image_size))
-        sizes = (
-            [(int(batch["width"][i]), int(batch["height"][i])) for i in shipped] if "width" in batch else None
-        )
+        sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in shipped]
         dec = decoder.decode([bytes(batch["encoded"][i]) for i in shipped], sizes)
         if dec.fallback:  # the CPU decoder's status row for what the device could not decode
             status, error = status.copy(), np.asarray(out["error"], dtype=object).copy()

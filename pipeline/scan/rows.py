@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from pipeline.output import SCHEMA, SCHEMA_VERSION, STATUSES
 from pipeline.scan.prepare import EMPTY_STATUS
-from pipeline.scan.provenance_columns import output_arrays
+from pipeline.scan.provenance_columns import LIST_COLS, OUTPUT, PROVENANCE_INT_COLS, SEP
 
 Batch = dict[str, np.ndarray]
 
@@ -135,6 +135,24 @@ def _member_map(rows: Batch, ctx: RunContext, name: str, not_ok: np.ndarray) -> 
     return _map(members, values, SCHEMA.field(f"detector_{name}").type, not_ok)
 
 
+def _provenance(rows: Batch, n: int) -> dict[str, pa.Array]:
+    """The `provenance_*` output columns (nulls where the rows have no such column: reading off, or rows made
+    before it existed)."""
+    out: dict[str, pa.Array] = {}
+    for col, name in OUTPUT.items():
+        typ = SCHEMA.field(name).type
+        if col not in rows:
+            out[name] = pa.nulls(n, typ)
+        elif col in PROVENANCE_INT_COLS:
+            out[name] = _nullable_int(rows[col], typ)
+        elif col in LIST_COLS:  # null where the row has no verdict (no evidence read), else the list
+            pairs = zip(rows[col].tolist(), rows["prov_verdict"], strict=True)
+            out[name] = pa.array([(str(v).split(SEP) if v else []) if ok else None for v, ok in pairs], typ)
+        else:
+            out[name] = _nullable_str(rows[col])
+    return out
+
+
 def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None) -> pa.Table:
     """Arrow table in SCHEMA for one shard's rows (as collected by ShardCollector). An empty `rows` gives an
     empty table with the schema."""
@@ -182,7 +200,7 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "detector_logit": _member_map(rows, ctx, "logit", not_ok),
         "detector_is_fake": _member_map(rows, ctx, "is_fake", not_ok),
         "fusion": pa.array([ctx.fusion] * n, pa.string()),
-        **output_arrays(rows, n, SCHEMA),
+        **_provenance(rows, n),
         "decided_by": _nullable_str(rows["_decided_by"])
         if "_decided_by" in rows
         else pa.array(np.where(not_ok, None, "detector"), pa.string()),

@@ -21,11 +21,11 @@ import numpy as np
 from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
 from pipeline.scan.gpu_decode import decode_or_ship
+from pipeline.scan.provenance import ProvenanceReader
 from pipeline.scan.provenance_columns import (
     NO_PROVENANCE,
     PROVENANCE_INT_COLS,
     PROVENANCE_STR_COLS,
-    provenance_reader,
     provenance_values,
 )
 from pipeline.shards import read_shard
@@ -111,7 +111,7 @@ def prepare_shard(
         raise ValueError("decode_on gpu supports one input preprocessing; got several (also=...)")
     also = [(int(size), str(mode)) for size, mode in also]
     also_sizes = [size for size, _ in also]
-    reader = provenance_reader(provenance, trust_anchors_pem)
+    reader = ProvenanceReader(trust_anchors_pem) if provenance else None
     blank = np.zeros((image_size, image_size, 3), np.uint8)
     blanks = [np.zeros((size, size, 3), np.uint8) for size in also_sizes]
     t0 = time.perf_counter()

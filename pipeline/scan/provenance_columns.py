@@ -28,10 +28,6 @@ OUTPUT = {c: "provenance_" + c.removeprefix("prov_") for c in (*PROVENANCE_STR_C
 NO_PROVENANCE: dict[str, Any] = {**{c: "" for c in PROVENANCE_STR_COLS}, "prov_ingredients": -1}
 
 
-def provenance_reader(enabled: bool, trust_anchors_pem: str | None = None) -> ProvenanceReader | None:
-    return ProvenanceReader(trust_anchors_pem) if enabled else None
-
-
 def provenance_values(
     reader: ProvenanceReader | None, data: bytes | None
 ) -> tuple[dict[str, Any], bytes | None]:

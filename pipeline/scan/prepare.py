@@ -131,15 +131,6 @@ def prepare_shard(
         "_decode_s": 0.0,
         **NO_PROVENANCE,
     }
-
-    if expected == 0:
-        cols = _new_columns()
-        _append(cols, {**base, "status": EMPTY_STATUS, "_idx": 0})
-        yield _to_batch(
-            cols, [blank], image_size, [] if decode_on == "gpu" else None, [[b] for b in blanks], also_sizes
-        )
-        return
-
     cols, pixels = _new_columns(), []
     extra: list[list[np.ndarray]] = [[] for _ in also]
     encoded: list[bytes] | None = [] if decode_on == "gpu" else None
@@ -184,8 +175,9 @@ def prepare_shard(
             yield _to_batch(cols, pixels, image_size, encoded, extra, also_sizes)
             cols, pixels, extra = _new_columns(), [], [[] for _ in also]
             encoded = [] if encoded is not None else None
-    if contents.error:
-        _append(cols, {**base, "status": "shard_error", "error": contents.error, "_idx": n_samples})
+    if contents.error or n_samples == 0:  # one shard_error row, or the placeholder row of an empty shard
+        status = "shard_error" if contents.error else EMPTY_STATUS
+        _append(cols, {**base, "status": status, "error": contents.error or "", "_idx": n_samples})
         pixels.append(blank)
         for i, col in enumerate(extra):
             col.append(blanks[i])

@@ -58,29 +58,19 @@ def input_column(i: int) -> str:
     return "pixels" if i == 0 else f"pixels_{i}"
 
 
-def _stack(arrays: list[np.ndarray], size: int) -> np.ndarray:
-    return np.stack(arrays).astype(np.uint8, copy=False) if arrays else np.zeros((0, size, size, 3), np.uint8)
-
-
 def _to_batch(
-    cols: dict[str, list[Any]],
-    pixels: list[np.ndarray],
-    image_size: int,
-    encoded: list[bytes] | None,
-    also: list[list[np.ndarray]],
-    also_sizes: Sequence[int],
+    cols: dict[str, list[Any]], inputs: list[list[np.ndarray]], encoded: list[bytes] | None
 ) -> Batch:
-    n = len(cols["key"])
+    """The rows gathered so far (at least one) as a numpy batch; `inputs[i]`: their images for input i."""
     batch: Batch = {c: np.asarray(cols[c], dtype=object) for c in STR_COLS}
     for c in INT_COLS:
         batch[c] = np.asarray(cols[c], dtype=np.int64)
     for c in FLOAT_COLS:
         batch[c] = np.asarray(cols[c], dtype=np.float64)
-    batch["pixels"] = _stack(pixels, image_size)
-    for i, size in enumerate(also_sizes, start=1):
-        batch[input_column(i)] = _stack(also[i - 1], size)
+    for i, images in enumerate(inputs):
+        batch[input_column(i)] = np.stack(images).astype(np.uint8, copy=False)
     if encoded is not None:  # decode_on gpu: JPEG bytes for the scorer's device decode (b"" = decoded here)
-        batch["encoded"] = np.asarray(encoded + [b""] * (n - len(encoded)), dtype=object)
+        batch["encoded"] = np.asarray(encoded, dtype=object)
     return batch
 
 
@@ -110,10 +100,11 @@ def prepare_shard(
     if also and decode_on == "gpu":
         raise ValueError("decode_on gpu supports one input preprocessing; got several (also=...)")
     also = [(int(size), str(mode)) for size, mode in also]
-    also_sizes = [size for size, _ in also]
     reader = ProvenanceReader(trust_anchors_pem) if provenance else None
-    blank = np.zeros((image_size, image_size, 3), np.uint8)
-    blanks = [np.zeros((size, size, 3), np.uint8) for size in also_sizes]
+    # the image of a row that has none, for each input (the first is the detector's, then `also`'s)
+    sizes = [image_size, *(size for size, _ in also)]
+    blanks = [np.zeros((size, size, 3), np.uint8) for size in sizes]
+    blank = blanks[0]
     t0 = time.perf_counter()
     contents = read_shard(shard_url)
     read_s = time.perf_counter() - t0
@@ -131,8 +122,7 @@ def prepare_shard(
         "_decode_s": 0.0,
         **NO_PROVENANCE,
     }
-    cols, pixels = _new_columns(), []
-    extra: list[list[np.ndarray]] = [[] for _ in also]
+    cols, inputs = _new_columns(), [[] for _ in blanks]
     encoded: list[bytes] | None = [] if decode_on == "gpu" else None
     for idx, sample in enumerate(contents.samples):
         row = {**base, "key": sample.key, "_idx": idx}
@@ -166,23 +156,24 @@ def prepare_shard(
                 px = blank
         row["_decode_s"] = time.perf_counter() - t1
         _append(cols, row)
-        pixels.append(px)
-        for i, col in enumerate(extra):
-            col.append(r.also[i] if row["status"] == "ok" and r is not None and r.also else blanks[i])
+        further = r.also if row["status"] == "ok" and r is not None and r.also else blanks[1:]
+        for images, image in zip(inputs, [px, *further], strict=True):
+            images.append(image)
         if encoded is not None:
             encoded.append(shipped)
-        if len(pixels) >= chunk_rows:
-            yield _to_batch(cols, pixels, image_size, encoded, extra, also_sizes)
-            cols, pixels, extra = _new_columns(), [], [[] for _ in also]
+        if len(cols["key"]) >= chunk_rows:
+            yield _to_batch(cols, inputs, encoded)
+            cols, inputs = _new_columns(), [[] for _ in blanks]
             encoded = [] if encoded is not None else None
     if contents.error or n_samples == 0:  # one shard_error row, or the placeholder row of an empty shard
         status = "shard_error" if contents.error else EMPTY_STATUS
         _append(cols, {**base, "status": status, "error": contents.error or "", "_idx": n_samples})
-        pixels.append(blank)
-        for i, col in enumerate(extra):
-            col.append(blanks[i])
-    if pixels:
-        yield _to_batch(cols, pixels, image_size, encoded, extra, also_sizes)
+        for images, image in zip(inputs, blanks, strict=True):
+            images.append(image)
+        if encoded is not None:
+            encoded.append(b"")
+    if cols["key"]:
+        yield _to_batch(cols, inputs, encoded)
 
 
 def prepare_batch(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[Batch]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
+from pipeline.output import SHARD_ERROR
 from pipeline.scan.gpu_decode import decode_or_ship
 from pipeline.scan.provenance import ProvenanceReader
 from pipeline.scan.provenance_columns import (
@@ -166,7 +167,7 @@ def prepare_shard(
             cols, inputs = _new_columns(), [[] for _ in blanks]
             encoded = [] if encoded is not None else None
     if contents.error or n_samples == 0:  # one shard_error row, or the placeholder row of an empty shard
-        status = "shard_error" if contents.error else EMPTY_STATUS
+        status = SHARD_ERROR if contents.error else EMPTY_STATUS
         _append(cols, {**base, "status": status, "error": contents.error or "", "_idx": n_samples})
         for images, image in zip(inputs, blanks, strict=True):
             images.append(image)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.output import SCHEMA, SCHEMA_VERSION, STATUSES
+from pipeline.output import SCHEMA, SCHEMA_VERSION, SHARD_ERROR, STATUSES
 from pipeline.scan.prepare import EMPTY_STATUS
 from pipeline.scan.provenance_columns import LIST_COLS, OUTPUT, PROVENANCE_INT_COLS, SEP
 
@@ -180,7 +180,7 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "source": pa.array([ctx.source] * n, pa.string()),
         "shard": pa.array([str(s) for s in rows["shard"].tolist()], pa.string()),
         "shard_url": pa.array([str(s) for s in rows["shard_url"].tolist()], pa.string()),
-        "key": _nullable_str(np.where(status == "shard_error", "", rows["key"])),
+        "key": _nullable_str(np.where(status == SHARD_ERROR, "", rows["key"])),
         "status": pa.array([str(s) for s in status.tolist()], pa.string()),
         "error": _nullable_str(rows["error"]),
         "p_fake": pa.array(np.asarray(rows["p_fake"], np.float32), pa.float32(), mask=not_ok),
@@ -218,7 +218,7 @@ def shard_stats(shard: str, shard_url: str, rows: Batch) -> dict[str, Any]:
         "shard": shard,
         "shard_url": shard_url,
         "rows": len(status),
-        "samples": len(status) - counts.get("shard_error", 0),
+        "samples": len(status) - counts.get(SHARD_ERROR, 0),
         "counts": {s: counts.get(s, 0) for s in STATUSES},
         "n_fake": int(np.asarray(rows["is_fake"], bool)[ok].sum()) if rows else 0,
         "bytes": int(n_bytes[n_bytes > 0].sum()),

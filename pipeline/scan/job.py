@@ -267,7 +267,6 @@ def run_scan(
                 check(p)
 
         progress = _scan(
-            cfg,
             paths,
             shards,
             done_before,
@@ -321,7 +320,6 @@ def run_scan(
 
 
 def _scan(
-    cfg: ScanConfig,
     paths: RunPaths,
     shard_ids: list[str],
     done_before: set[str],
@@ -349,7 +347,7 @@ def _scan(
             if marker is not None:
                 yield shard, marker
 
-    with _Watchdog(cfg.stall_timeout_s) as dog:
+    with _Watchdog(work.cfg.stall_timeout_s) as dog:
 
         def logged(shard: str, stats: dict[str, Any], progress: Progress) -> None:
             nonlocal rows_total
@@ -379,5 +377,5 @@ def _scan(
             )
         except KeyboardInterrupt as exc:
             if dog.fired:
-                raise ScanFailed(f"no progress for {cfg.stall_timeout_s}s (stall_timeout_s)") from exc
+                raise ScanFailed(f"no progress for {work.cfg.stall_timeout_s}s (stall_timeout_s)") from exc
             raise

@@ -37,7 +37,6 @@ class Scorer:
         device: str = "cpu",
         dtype: str = "float32",
         torch_threads: int | None = 1,
-        batch_size: int | None = None,
         decode_on: str = "cpu",
         fusion: str = DEFAULT_FUSION,
         inputs: list[tuple[int, str]] | None = None,
@@ -75,7 +74,6 @@ class Scorer:
         self.feature_dim = json.loads(self.feature_spec)["dim"] if self.feature_spec else 0
         # the (attributing) detector's labels: the rows' generator_scores keys
         self.labels = ["real", *meta.generators]
-        self.batch_size = batch_size
         self.decoder = None
         if decode_on == "gpu":
             from pipeline.scan.gpu_decode import DeviceDecoder
@@ -105,7 +103,6 @@ class Scorer:
             self.predictor,
             batch,
             n_labels=len(self.labels),
-            batch_size=self.batch_size,
             decoder=self.decoder,
             n_inputs=self.n_inputs,
             n_members=len(self.member_ids),
@@ -159,7 +156,6 @@ def score_batch(
     predictor: Any,
     batch: dict[str, np.ndarray],
     n_labels: int,
-    batch_size: int | None = None,
     decoder: Any = None,
     n_inputs: int = 1,
     n_members: int = 1,
@@ -209,24 +205,21 @@ def score_batch(
     cols["_infer_s"] = infer_s = np.zeros(n, np.float64)
     feats: np.ndarray | None = None  # the frozen features, when the predictor keeps them (NaN: not scored)
     t0 = time.perf_counter()
-    for rows, pixels in parts:
-        step = batch_size or len(rows)
-        for start in range(0, len(rows), step):
-            sel = rows[start : start + step]
-            pred = predictor.predict(pixels[start : start + step], *(batch[c][sel] for c in extra_cols))
-            for k, (t, _) in kinds.items():
-                cols[k][sel] = np.asarray(pred[k], t)
-                cols[f"_det_{k}"][sel] = np.asarray(pred.get(f"member_{k}", cols[k][sel, None]), t)
-            cols["top_generator"][sel] = np.asarray(list(pred["top_generator"]), dtype=object)
-            gs = np.asarray(pred["generator_scores"], np.float32)
-            if gs.shape != (len(sel), n_labels):
-                raise ValueError(f"generator_scores shape {gs.shape} != ({len(sel)}, {n_labels})")
-            scores[sel] = gs
-            if "features" in pred:
-                f = np.asarray(pred["features"], np.float32)
-                if feats is None:
-                    feats = np.full((n, f.shape[1]), np.nan, np.float32)
-                feats[sel] = f
+    for sel, pixels in parts:
+        pred = predictor.predict(pixels, *(batch[c][sel] for c in extra_cols))
+        for k, (t, _) in kinds.items():
+            cols[k][sel] = np.asarray(pred[k], t)
+            cols[f"_det_{k}"][sel] = np.asarray(pred.get(f"member_{k}", cols[k][sel, None]), t)
+        cols["top_generator"][sel] = np.asarray(list(pred["top_generator"]), dtype=object)
+        gs = np.asarray(pred["generator_scores"], np.float32)
+        if gs.shape != (len(sel), n_labels):
+            raise ValueError(f"generator_scores shape {gs.shape} != ({len(sel)}, {n_labels})")
+        scores[sel] = gs
+        if "features" in pred:
+            f = np.asarray(pred["features"], np.float32)
+            if feats is None:
+                feats = np.full((n, f.shape[1]), np.nan, np.float32)
+            feats[sel] = f
     if len(ok):
         infer_s[ok] = (time.perf_counter() - t0) / len(ok)
     out.update(cols)

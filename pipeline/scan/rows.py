@@ -124,10 +124,7 @@ def _member_map(rows: Batch, ctx: RunContext, name: str, not_ok: np.ndarray) -> 
     else:
         members = [list(ctx.member_ids or [ctx.detector_id])] * n
     k = np.asarray([len(m) for m in members], np.int32)
-    if f"_det_{name}" in rows:
-        values = np.asarray(rows[f"_det_{name}"]).reshape(n, -1)
-    else:  # rows scored before per-detector outputs existed: the row's own score is its one detector's
-        values = np.asarray(rows[name]).reshape(n, 1)
+    values = np.asarray(rows[f"_det_{name}"]).reshape(n, -1)
     if (k != values.shape[1]).any():
         raise ValueError(
             f"{name}: {values.shape[1]} scores per row, detectors per row {sorted(set(k.tolist()))}"

@@ -284,13 +284,9 @@ def run_scan(
     except BaseException as exc:
         if isinstance(exc, ErrorBudgetExceeded):
             extra["error_budget"] = exc.record
-        attempt.update(finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}")
-        run.write(
-            status="failed",
-            error=f"{type(exc).__name__}: {exc}",
-            totals=before.merge(this).as_dict(),
-            **extra,
-        )
+        error = f"{type(exc).__name__}: {exc}"
+        attempt.update(finished_at=now_iso(), error=error)
+        run.write(status="failed", error=error, totals=before.merge(this).as_dict(), **extra)
         log.error("scan_failed", run_id=plan.run_id, error=str(exc))
         if isinstance(exc, IncompleteRun | ErrorBudgetExceeded):
             raise ScanFailed(str(exc)) from exc

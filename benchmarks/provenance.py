@@ -96,6 +96,10 @@ def bytes_per_row(batches: list[dict], shard_rows: int) -> dict[str, float]:
         top_generator=np.full(n, "real", dtype=object),
         generator_scores=np.full((n, 1), 1.0, np.float32),
         _infer_s=np.zeros(n),
+        # the one detector's own scores, as score_batch reports them
+        _det_p_fake=np.full((n, 1), 0.25, np.float32),
+        _det_logit=np.zeros((n, 1), np.float32),
+        _det_is_fake=np.zeros((n, 1), bool),
     )
     ctx = RunContext(run_id="bench", source="bench", detector_id="d@0", threshold=0.5, labels=["real"])
     table = to_table(apply_policy(rows, ctx.labels, "declared"), ctx)

@@ -73,9 +73,9 @@ def test_prepare_bad_shards_give_one_error_row(tmp_path):
 def test_score_batch_scores_only_ok_rows(tmp_path):
     batch = prepared(tmp_path)
     pred = MeanPredictor()
-    out = score_batch(pred, batch, n_labels=3, batch_size=4)
+    out = score_batch(pred, batch, n_labels=3)
     assert "pixels" not in out
-    assert pred.calls == [4, 2]  # 6 ok rows in calls of batch_size, the corrupt one never reaches the model
+    assert pred.calls == [6]  # the 6 ok rows in one call, the corrupt one never reaches the model
     ref = batch["pixels"][:6].reshape(6, -1).mean(1) / 255.0
     np.testing.assert_allclose(out["p_fake"][:6], ref, rtol=1e-6)
     assert np.isnan(out["p_fake"][6]) and np.isnan(out["generator_scores"][6]).all()
@@ -234,7 +234,7 @@ def test_scorer_with_real_tiny_detector_matches_direct_forward(tmp_path):
     samples = good_samples(5, size=(120, 110)) + [corrupt_image_sample("bad")]
     url = write_tar(str(tmp_path / "a.tar"), samples)
     batch = concat_all(prepare_shard(url, "a", image_size=cfg.image_size))
-    scorer = Scorer(str(tmp_path / "det"), torch_threads=1, batch_size=2)
+    scorer = Scorer(str(tmp_path / "det"), torch_threads=1)
     out = scorer(batch)
     with torch.inference_mode():
         det.eval().set_fused(False)  # the unfused reference path

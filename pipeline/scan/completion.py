@@ -24,7 +24,7 @@ from typing import Any
 
 import pipeline
 from pipeline.logs import get_logger
-from pipeline.output import RunPaths, completed_shards, has_output, list_runs, read_json
+from pipeline.output import RunPaths, has_output, list_runs, read_json
 from pipeline.scan.config import ScanConfig, today_utc
 from pipeline.settings import ConfigError
 from pipeline.storage import read_many
@@ -184,10 +184,9 @@ def read_markers(
         yield shard, marker
 
 
-def aggregate(paths: RunPaths, shards: list[str] | None = None) -> Totals:
-    """The totals of the markers of `shards` (default: all markers of the run), read in one batched pass."""
-    names = shards if shards is not None else sorted(completed_shards(paths))
+def aggregate(paths: RunPaths, shards: list[str]) -> Totals:
+    """The totals of the markers of `shards`, read in one batched pass."""
     totals = Totals()
-    for _, m in read_markers(paths, names):
+    for _, m in read_markers(paths, shards):
         totals.add(m)
     return totals

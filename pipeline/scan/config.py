@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.limits import MAX_PIXELS
 from pipeline.models.fusion import DEFAULT_FUSION, FUSIONS
 from pipeline.runner import ErrorBudgetConfig
+from pipeline.scan.provenance_policy import POLICIES
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
@@ -132,7 +133,7 @@ class ScanConfig(ErrorBudgetConfig):
         "list): a manifest whose signer chains to one is 'trusted'; without it no signer is trusted and a "
         "good signature reads 'valid_untrusted'",
     )
-    provenance_policy: Literal["declared", "signed", "trusted", "report"] = Field(
+    provenance_policy: Literal[POLICIES] = Field(  # type: ignore[valid-type]
         "declared",
         description="when an ai_declared verdict makes an ok row fake (is_fake, top_generator = the label "
         "the declared generator maps to, else 'unknown'; the detectors' scores stay): declared = a C2PA "

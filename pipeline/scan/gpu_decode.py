@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -92,9 +93,10 @@ def decode_or_ship(
     resize_mode: str = "center_crop",
     max_pixels: int,
     decode_on: str = "cpu",
+    also: Sequence[tuple[int, str]] = (),
 ) -> DecodeResult:
     """The read task's per-image step: ship the bytes (`encoded`) when `decode_on == "gpu"` and the image is
-    device-decodable, else decode on CPU (`decode_image`, unchanged)."""
+    device-decodable, else decode on CPU (`decode_image`, unchanged, with its `also` inputs)."""
     if decode_on == "gpu":
         size = device_decodable(data, image_size=image_size, resize_mode=resize_mode, max_pixels=max_pixels)
         if size is not None:
@@ -103,7 +105,13 @@ def decode_or_ship(
             )
     elif decode_on != "cpu":
         raise ValueError(f"decode_on must be 'cpu' or 'gpu', got {decode_on!r}")
-    return decode_image(data, image_size=image_size, resize_mode=resize_mode, max_pixels=max_pixels)  # type: ignore[arg-type]
+    return decode_image(
+        data,
+        image_size=image_size,
+        resize_mode=resize_mode,  # type: ignore[arg-type]
+        max_pixels=max_pixels,
+        also=also,
+    )
 
 
 @dataclass
@@ -150,7 +158,7 @@ class DeviceDecoder:
         left, top = center_crop_offsets(w, h, s)
         return img[:, top : top + s, left : left + s].permute(1, 2, 0)
 
-    def decode(self, items: list[bytes], sizes: list[tuple[int, int]] | None = None) -> DeviceDecoded:
+    def decode(self, items: list[bytes], sizes: list[tuple[int, int]]) -> DeviceDecoded:
         """Decode `items` (encoded JPEGs). `sizes` (w, h) from the read side group the calls by pixel budget.
         A call that fails is retried one image at a time; an image that still fails (or decodes to an
         unexpected shape) is decoded by the CPU decoder instead, whose result is returned in `fallback`."""
@@ -159,7 +167,7 @@ class DeviceDecoder:
         t0 = time.perf_counter()
         crops: dict[int, torch.Tensor] = {}
         failed: list[int] = []
-        for group in _groups(items, sizes, self.max_batch_pixels):
+        for group in _groups(sizes, self.max_batch_pixels):
             tensors = [torch.frombuffer(bytearray(items[i]), dtype=torch.uint8) for i in group]
             try:
                 decoded = self._decode(tensors)
@@ -192,10 +200,8 @@ class DeviceDecoder:
         return DeviceDecoded(pixels=pixels, ok=ok, fallback=fallback, seconds=time.perf_counter() - t0)
 
 
-def _groups(items: list[bytes], sizes: list[tuple[int, int]] | None, budget: int) -> list[list[int]]:
+def _groups(sizes: list[tuple[int, int]], budget: int) -> list[list[int]]:
     """Consecutive index groups whose summed pixel count stays within `budget` (at least one item each)."""
-    if sizes is None:
-        return [list(range(len(items)))] if items else []
     groups: list[list[int]] = []
     used = 0
     for i, (w, h) in enumerate(sizes):

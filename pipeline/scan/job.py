@@ -267,7 +267,6 @@ def run_scan(
                 check(p)
 
         progress = _scan(
-            cfg,
             paths,
             shards,
             done_before,
@@ -285,13 +284,9 @@ def run_scan(
     except BaseException as exc:
         if isinstance(exc, ErrorBudgetExceeded):
             extra["error_budget"] = exc.record
-        attempt.update(finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}")
-        run.write(
-            status="failed",
-            error=f"{type(exc).__name__}: {exc}",
-            totals=before.merge(this).as_dict(),
-            **extra,
-        )
+        error = f"{type(exc).__name__}: {exc}"
+        attempt.update(finished_at=now_iso(), error=error)
+        run.write(status="failed", error=error, totals=before.merge(this).as_dict(), **extra)
         log.error("scan_failed", run_id=plan.run_id, error=str(exc))
         if isinstance(exc, IncompleteRun | ErrorBudgetExceeded):
             raise ScanFailed(str(exc)) from exc
@@ -321,7 +316,6 @@ def run_scan(
 
 
 def _scan(
-    cfg: ScanConfig,
     paths: RunPaths,
     shard_ids: list[str],
     done_before: set[str],
@@ -349,7 +343,7 @@ def _scan(
             if marker is not None:
                 yield shard, marker
 
-    with _Watchdog(cfg.stall_timeout_s) as dog:
+    with _Watchdog(work.cfg.stall_timeout_s) as dog:
 
         def logged(shard: str, stats: dict[str, Any], progress: Progress) -> None:
             nonlocal rows_total
@@ -379,5 +373,5 @@ def _scan(
             )
         except KeyboardInterrupt as exc:
             if dog.fired:
-                raise ScanFailed(f"no progress for {cfg.stall_timeout_s}s (stall_timeout_s)") from exc
+                raise ScanFailed(f"no progress for {work.cfg.stall_timeout_s}s (stall_timeout_s)") from exc
             raise

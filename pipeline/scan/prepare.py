@@ -20,13 +20,13 @@ import numpy as np
 
 from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
-from pipeline.scan.decode import decode_image
+from pipeline.output import SHARD_ERROR
 from pipeline.scan.gpu_decode import decode_or_ship
+from pipeline.scan.provenance import ProvenanceReader
 from pipeline.scan.provenance_columns import (
     NO_PROVENANCE,
     PROVENANCE_INT_COLS,
     PROVENANCE_STR_COLS,
-    provenance_reader,
     provenance_values,
 )
 from pipeline.shards import read_shard
@@ -59,29 +59,19 @@ def input_column(i: int) -> str:
     return "pixels" if i == 0 else f"pixels_{i}"
 
 
-def _stack(arrays: list[np.ndarray], size: int) -> np.ndarray:
-    return np.stack(arrays).astype(np.uint8, copy=False) if arrays else np.zeros((0, size, size, 3), np.uint8)
-
-
 def _to_batch(
-    cols: dict[str, list[Any]],
-    pixels: list[np.ndarray],
-    image_size: int,
-    encoded: list[bytes] | None,
-    also: list[list[np.ndarray]],
-    also_sizes: Sequence[int],
+    cols: dict[str, list[Any]], inputs: list[list[np.ndarray]], encoded: list[bytes] | None
 ) -> Batch:
-    n = len(cols["key"])
+    """The rows gathered so far (at least one) as a numpy batch; `inputs[i]`: their images for input i."""
     batch: Batch = {c: np.asarray(cols[c], dtype=object) for c in STR_COLS}
     for c in INT_COLS:
         batch[c] = np.asarray(cols[c], dtype=np.int64)
     for c in FLOAT_COLS:
         batch[c] = np.asarray(cols[c], dtype=np.float64)
-    batch["pixels"] = _stack(pixels, image_size)
-    for i, size in enumerate(also_sizes, start=1):
-        batch[input_column(i)] = _stack(also[i - 1], size)
+    for i, images in enumerate(inputs):
+        batch[input_column(i)] = np.stack(images).astype(np.uint8, copy=False)
     if encoded is not None:  # decode_on gpu: JPEG bytes for the scorer's device decode (b"" = decoded here)
-        batch["encoded"] = np.asarray(encoded + [b""] * (n - len(encoded)), dtype=object)
+        batch["encoded"] = np.asarray(encoded, dtype=object)
     return batch
 
 
@@ -111,10 +101,11 @@ def prepare_shard(
     if also and decode_on == "gpu":
         raise ValueError("decode_on gpu supports one input preprocessing; got several (also=...)")
     also = [(int(size), str(mode)) for size, mode in also]
-    also_sizes = [size for size, _ in also]
-    reader = provenance_reader(provenance, trust_anchors_pem)
-    blank = np.zeros((image_size, image_size, 3), np.uint8)
-    blanks = [np.zeros((size, size, 3), np.uint8) for size in also_sizes]
+    reader = ProvenanceReader(trust_anchors_pem) if provenance else None
+    # the image of a row that has none, for each input (the first is the detector's, then `also`'s)
+    sizes = [image_size, *(size for size, _ in also)]
+    blanks = [np.zeros((size, size, 3), np.uint8) for size in sizes]
+    blank = blanks[0]
     t0 = time.perf_counter()
     contents = read_shard(shard_url)
     read_s = time.perf_counter() - t0
@@ -132,17 +123,7 @@ def prepare_shard(
         "_decode_s": 0.0,
         **NO_PROVENANCE,
     }
-
-    if expected == 0:
-        cols = _new_columns()
-        _append(cols, {**base, "status": EMPTY_STATUS, "_idx": 0})
-        yield _to_batch(
-            cols, [blank], image_size, [] if decode_on == "gpu" else None, [[b] for b in blanks], also_sizes
-        )
-        return
-
-    cols, pixels = _new_columns(), []
-    extra: list[list[np.ndarray]] = [[] for _ in also]
+    cols, inputs = _new_columns(), [[] for _ in blanks]
     encoded: list[bytes] | None = [] if decode_on == "gpu" else None
     for idx, sample in enumerate(contents.samples):
         row = {**base, "key": sample.key, "_idx": idx}
@@ -155,27 +136,19 @@ def prepare_shard(
             prov, image = provenance_values(reader, sample.image)
             row.update(prov)
             try:
-                if decode_on == "gpu":
-                    r = decode_or_ship(
-                        image,
-                        image_size=image_size,
-                        resize_mode=resize_mode,
-                        max_pixels=max_pixels,
-                        decode_on=decode_on,
-                    )
-                else:
-                    r = decode_image(
-                        image,
-                        image_size=image_size,
-                        resize_mode=resize_mode,  # type: ignore[arg-type]
-                        max_pixels=max_pixels,
-                        also=also,
-                    )
+                r = decode_or_ship(
+                    image,
+                    image_size=image_size,
+                    resize_mode=resize_mode,
+                    max_pixels=max_pixels,
+                    decode_on=decode_on,
+                    also=also,
+                )
                 shipped = r.encoded or b""
                 row.update(status=r.status, error=r.error or "", format=r.format or "")
                 row.update(width=_int(r.width), height=_int(r.height))
                 px = r.pixels if r.status == "ok" and not shipped else blank
-            except Exception as exc:  # decode_image should not raise; if it does, the sample still gets a row
+            except Exception as exc:  # the decoder should not raise; if it does, the sample still gets a row
                 row.update(status="decode_error", error=f"{type(exc).__name__}: {exc}")
                 row.update(width=-1, height=-1, format="")  # px is still blank: its assignment ends the try
             if row["status"] == "ok" and (px is None or px.shape != (image_size, image_size, 3)):
@@ -184,22 +157,24 @@ def prepare_shard(
                 px = blank
         row["_decode_s"] = time.perf_counter() - t1
         _append(cols, row)
-        pixels.append(px)
-        for i, col in enumerate(extra):
-            col.append(r.also[i] if row["status"] == "ok" and r is not None and r.also else blanks[i])
+        further = r.also if row["status"] == "ok" and r is not None and r.also else blanks[1:]
+        for images, image in zip(inputs, [px, *further], strict=True):
+            images.append(image)
         if encoded is not None:
             encoded.append(shipped)
-        if len(pixels) >= chunk_rows:
-            yield _to_batch(cols, pixels, image_size, encoded, extra, also_sizes)
-            cols, pixels, extra = _new_columns(), [], [[] for _ in also]
+        if len(cols["key"]) >= chunk_rows:
+            yield _to_batch(cols, inputs, encoded)
+            cols, inputs = _new_columns(), [[] for _ in blanks]
             encoded = [] if encoded is not None else None
-    if contents.error:
-        _append(cols, {**base, "status": "shard_error", "error": contents.error, "_idx": n_samples})
-        pixels.append(blank)
-        for i, col in enumerate(extra):
-            col.append(blanks[i])
-    if pixels:
-        yield _to_batch(cols, pixels, image_size, encoded, extra, also_sizes)
+    if contents.error or n_samples == 0:  # one shard_error row, or the placeholder row of an empty shard
+        status = SHARD_ERROR if contents.error else EMPTY_STATUS
+        _append(cols, {**base, "status": status, "error": contents.error or "", "_idx": n_samples})
+        for images, image in zip(inputs, blanks, strict=True):
+            images.append(image)
+        if encoded is not None:
+            encoded.append(b"")
+    if cols["key"]:
+        yield _to_batch(cols, inputs, encoded)
 
 
 def prepare_batch(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[Batch]:

@@ -81,7 +81,6 @@ _TEXT_KEYS = frozenset({"parameters", "prompt", "workflow", "Software", "Source"
 _XMP_KEY = "XML:com.adobe.xmp"
 _A1111_STEPS = re.compile(r"(?:^|\n|, )Steps: \d+")
 _A1111_MODEL = re.compile(r"(?:^|\n|, )Model: ([^,\n]{1,200})")
-_XMP_DST_ATTR = re.compile(rb"DigitalSourceType\s*=\s*[\"']([^\"']{1,300})[\"']")
 
 
 @dataclass

@@ -1,13 +1,10 @@
 """The provenance evidence as row columns: the read stage's internal `prov_*` columns (numpy sentinels: "" for
-null, lists joined by newlines, -1 for a missing count) and their schema-v3 output columns
-(`pipeline.output.SCHEMA`: `provenance_*`) [ours]."""
+null, lists joined by newlines, -1 for a missing count) and the names of their schema-v3 output columns
+(`pipeline.output.SCHEMA`: `provenance_*`, built by `pipeline.scan.rows`) [ours]."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import numpy as np
-import pyarrow as pa
 
 from pipeline.scan.provenance import Provenance, ProvenanceReader, without_text_chunks
 
@@ -29,10 +26,6 @@ PROVENANCE_INT_COLS = ("prov_ingredients",)
 LIST_COLS = frozenset({"prov_kinds", "prov_source_types", "prov_codes"})
 OUTPUT = {c: "provenance_" + c.removeprefix("prov_") for c in (*PROVENANCE_STR_COLS, *PROVENANCE_INT_COLS)}
 NO_PROVENANCE: dict[str, Any] = {**{c: "" for c in PROVENANCE_STR_COLS}, "prov_ingredients": -1}
-
-
-def provenance_reader(enabled: bool, trust_anchors_pem: str | None = None) -> ProvenanceReader | None:
-    return ProvenanceReader(trust_anchors_pem) if enabled else None
 
 
 def provenance_values(
@@ -59,22 +52,3 @@ def to_values(p: Provenance) -> dict[str, Any]:
         values[col] = SEP.join(v) if col in LIST_COLS else (v or "")
     values["prov_ingredients"] = -1 if p.ingredients is None else int(p.ingredients)
     return values
-
-
-def output_arrays(rows: dict[str, np.ndarray], n: int, schema: pa.Schema) -> dict[str, pa.Array]:
-    """The `provenance_*` output columns of `n` rows (nulls where the rows have no such column: reading off,
-    or rows made before it existed)."""
-    out: dict[str, pa.Array] = {}
-    for col, name in OUTPUT.items():
-        typ = schema.field(name).type
-        if col not in rows:
-            out[name] = pa.nulls(n, typ)
-        elif col in PROVENANCE_INT_COLS:
-            arr = np.asarray(rows[col], np.int64)
-            out[name] = pa.array(arr, typ, mask=arr < 0)
-        elif col in LIST_COLS:  # null where the row has no verdict (no evidence read), else the list
-            pairs = zip(rows[col].tolist(), rows["prov_verdict"], strict=True)
-            out[name] = pa.array([(str(v).split(SEP) if v else []) if ok else None for v, ok in pairs], typ)
-        else:
-            out[name] = pa.array([str(v) if v else None for v in rows[col].tolist()], typ)
-    return out

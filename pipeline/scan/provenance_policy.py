@@ -61,10 +61,10 @@ def label_for(generator: str, model: str, labels: Sequence[str]) -> str:
 
 
 def apply_policy(rows: dict[str, np.ndarray], labels: Sequence[str], policy: str) -> dict[str, np.ndarray]:
-    """`rows` with is_fake / top_generator set by the evidence where `policy` decides (ok rows only) and
-    `_decided_by` ("detector" / "provenance"; "" for rows not ok). Rows without provenance columns (reading
-    off) keep the detectors' decision."""
-    if not rows or "prov_verdict" not in rows or "is_fake" not in rows:
+    """`rows` (scored) with is_fake / top_generator set by the evidence where `policy` decides (ok rows only)
+    and `_decided_by` ("detector" / "provenance"; "" for rows not ok). Rows whose evidence was not read (the
+    read stage's empty verdict: reading off) keep the detectors' decision."""
+    if not rows:  # an empty shard
         return rows
     status = np.asarray(rows["status"], dtype=object)
     decided = np.where(status == "ok", "detector", "").astype(object)

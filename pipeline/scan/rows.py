@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.output import SCHEMA, SCHEMA_VERSION, STATUSES
+from pipeline.output import SCHEMA, SCHEMA_VERSION, SHARD_ERROR, STATUSES
 from pipeline.scan.prepare import EMPTY_STATUS
-from pipeline.scan.provenance_columns import output_arrays
+from pipeline.scan.provenance_columns import LIST_COLS, OUTPUT, PROVENANCE_INT_COLS, SEP
 
 Batch = dict[str, np.ndarray]
 
@@ -124,15 +124,30 @@ def _member_map(rows: Batch, ctx: RunContext, name: str, not_ok: np.ndarray) -> 
     else:
         members = [list(ctx.member_ids or [ctx.detector_id])] * n
     k = np.asarray([len(m) for m in members], np.int32)
-    if f"_det_{name}" in rows:
-        values = np.asarray(rows[f"_det_{name}"]).reshape(n, -1)
-    else:  # rows scored before per-detector outputs existed: the row's own score is its one detector's
-        values = np.asarray(rows[name]).reshape(n, 1)
+    values = np.asarray(rows[f"_det_{name}"]).reshape(n, -1)
     if (k != values.shape[1]).any():
         raise ValueError(
             f"{name}: {values.shape[1]} scores per row, detectors per row {sorted(set(k.tolist()))}"
         )
     return _map(members, values, SCHEMA.field(f"detector_{name}").type, not_ok)
+
+
+def _provenance(rows: Batch, n: int) -> dict[str, pa.Array]:
+    """The `provenance_*` output columns (nulls where the rows have no such column: reading off, or rows made
+    before it existed)."""
+    out: dict[str, pa.Array] = {}
+    for col, name in OUTPUT.items():
+        typ = SCHEMA.field(name).type
+        if col not in rows:
+            out[name] = pa.nulls(n, typ)
+        elif col in PROVENANCE_INT_COLS:
+            out[name] = _nullable_int(rows[col], typ)
+        elif col in LIST_COLS:  # null where the row has no verdict (no evidence read), else the list
+            pairs = zip(rows[col].tolist(), rows["prov_verdict"], strict=True)
+            out[name] = pa.array([(str(v).split(SEP) if v else []) if ok else None for v, ok in pairs], typ)
+        else:
+            out[name] = _nullable_str(rows[col])
+    return out
 
 
 def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None) -> pa.Table:
@@ -162,7 +177,7 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "source": pa.array([ctx.source] * n, pa.string()),
         "shard": pa.array([str(s) for s in rows["shard"].tolist()], pa.string()),
         "shard_url": pa.array([str(s) for s in rows["shard_url"].tolist()], pa.string()),
-        "key": _nullable_str(np.where(status == "shard_error", "", rows["key"])),
+        "key": _nullable_str(np.where(status == SHARD_ERROR, "", rows["key"])),
         "status": pa.array([str(s) for s in status.tolist()], pa.string()),
         "error": _nullable_str(rows["error"]),
         "p_fake": pa.array(np.asarray(rows["p_fake"], np.float32), pa.float32(), mask=not_ok),
@@ -182,7 +197,7 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "detector_logit": _member_map(rows, ctx, "logit", not_ok),
         "detector_is_fake": _member_map(rows, ctx, "is_fake", not_ok),
         "fusion": pa.array([ctx.fusion] * n, pa.string()),
-        **output_arrays(rows, n, SCHEMA),
+        **_provenance(rows, n),
         "decided_by": _nullable_str(rows["_decided_by"])
         if "_decided_by" in rows
         else pa.array(np.where(not_ok, None, "detector"), pa.string()),
@@ -200,7 +215,7 @@ def shard_stats(shard: str, shard_url: str, rows: Batch) -> dict[str, Any]:
         "shard": shard,
         "shard_url": shard_url,
         "rows": len(status),
-        "samples": len(status) - counts.get("shard_error", 0),
+        "samples": len(status) - counts.get(SHARD_ERROR, 0),
         "counts": {s: counts.get(s, 0) for s in STATUSES},
         "n_fake": int(np.asarray(rows["is_fake"], bool)[ok].sum()) if rows else 0,
         "bytes": int(n_bytes[n_bytes > 0].sum()),

@@ -24,8 +24,6 @@ from pipeline.models.fusion import DEFAULT_FUSION
 
 log = get_logger("pipeline.scan.score")
 
-DECODE_ON = ("cpu", "gpu")
-
 
 class Scorer:
     """One detector (`detector="CKPT"`) or several (`"A,B,C"`: one backbone pass per shared backbone, fused by
@@ -39,7 +37,6 @@ class Scorer:
         device: str = "cpu",
         dtype: str = "float32",
         torch_threads: int | None = 1,
-        batch_size: int | None = None,
         decode_on: str = "cpu",
         fusion: str = DEFAULT_FUSION,
         inputs: list[tuple[int, str]] | None = None,
@@ -51,8 +48,6 @@ class Scorer:
         from pipeline.models.predictor import Predictor
         from pipeline.scan.detectors import FUSED_THRESHOLD, set_id
 
-        if decode_on not in DECODE_ON:
-            raise ValueError(f"decode_on must be one of {DECODE_ON}, got {decode_on!r}")
         if torch_threads and device == "cpu":
             torch.set_num_threads(torch_threads)
         self.predictor = Predictor.load(
@@ -79,13 +74,10 @@ class Scorer:
         self.feature_dim = json.loads(self.feature_spec)["dim"] if self.feature_spec else 0
         # the (attributing) detector's labels: the rows' generator_scores keys
         self.labels = ["real", *meta.generators]
-        self.batch_size = batch_size
         self.decoder = None
         if decode_on == "gpu":
             from pipeline.scan.gpu_decode import DeviceDecoder
 
-            if self.n_inputs > 1:
-                raise ValueError("decode_on gpu supports detectors that share one preprocessing")
             self.decoder = DeviceDecoder(self.predictor.device, int(self.predictor.cfg.image_size))
         self._device_decode_seen = False
         self.ready_at = time.time()  # wall clock: the driver measures throughput from model-ready on
@@ -111,7 +103,6 @@ class Scorer:
             self.predictor,
             batch,
             n_labels=len(self.labels),
-            batch_size=self.batch_size,
             decoder=self.decoder,
             n_inputs=self.n_inputs,
             n_members=len(self.member_ids),
@@ -165,7 +156,6 @@ def score_batch(
     predictor: Any,
     batch: dict[str, np.ndarray],
     n_labels: int,
-    batch_size: int | None = None,
     decoder: Any = None,
     n_inputs: int = 1,
     n_members: int = 1,
@@ -175,8 +165,8 @@ def score_batch(
     n_labels; NaN when not scored), each detector's `_det_logit` / `_det_p_fake` / `_det_is_fake` (N,
     n_members; a single Predictor's own scores) and `_infer_s` (the call's model time shared among its ok
     rows). A set's predictor takes `n_inputs` inputs (`pipeline.scan.prepare.input_column`).
-    Rows shipped encoded are decoded first by `decoder` (a `pipeline.scan.gpu_decode.DeviceDecoder`; one on
-    the predictor's device when None)."""
+    Rows shipped encoded (only by a decode_on gpu read stage) are decoded first by `decoder` (the scorer's
+    `pipeline.scan.gpu_decode.DeviceDecoder`)."""
     from pipeline.scan.prepare import input_column
 
     extra_cols = [input_column(i) for i in range(1, n_inputs)]
@@ -187,13 +177,7 @@ def score_batch(
     parts: list[tuple[np.ndarray, Any]] = []  # (row indices, uint8 NHWC images: numpy or a device tensor)
     shipped = _shipped_rows(batch, ok)
     if len(shipped):
-        if decoder is None:
-            from pipeline.scan.gpu_decode import DeviceDecoder
-
-            decoder = DeviceDecoder(predictor.device, int(predictor.cfg.image_size))
-        sizes = (
-            [(int(batch["width"][i]), int(batch["height"][i])) for i in shipped] if "width" in batch else None
-        )
+        sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in shipped]
         dec = decoder.decode([bytes(batch["encoded"][i]) for i in shipped], sizes)
         if dec.fallback:  # the CPU decoder's status row for what the device could not decode
             status, error = status.copy(), np.asarray(out["error"], dtype=object).copy()
@@ -221,24 +205,21 @@ def score_batch(
     cols["_infer_s"] = infer_s = np.zeros(n, np.float64)
     feats: np.ndarray | None = None  # the frozen features, when the predictor keeps them (NaN: not scored)
     t0 = time.perf_counter()
-    for rows, pixels in parts:
-        step = batch_size or len(rows)
-        for start in range(0, len(rows), step):
-            sel = rows[start : start + step]
-            pred = predictor.predict(pixels[start : start + step], *(batch[c][sel] for c in extra_cols))
-            for k, (t, _) in kinds.items():
-                cols[k][sel] = np.asarray(pred[k], t)
-                cols[f"_det_{k}"][sel] = np.asarray(pred.get(f"member_{k}", cols[k][sel, None]), t)
-            cols["top_generator"][sel] = np.asarray(list(pred["top_generator"]), dtype=object)
-            gs = np.asarray(pred["generator_scores"], np.float32)
-            if gs.shape != (len(sel), n_labels):
-                raise ValueError(f"generator_scores shape {gs.shape} != ({len(sel)}, {n_labels})")
-            scores[sel] = gs
-            if "features" in pred:
-                f = np.asarray(pred["features"], np.float32)
-                if feats is None:
-                    feats = np.full((n, f.shape[1]), np.nan, np.float32)
-                feats[sel] = f
+    for sel, pixels in parts:
+        pred = predictor.predict(pixels, *(batch[c][sel] for c in extra_cols))
+        for k, (t, _) in kinds.items():
+            cols[k][sel] = np.asarray(pred[k], t)
+            cols[f"_det_{k}"][sel] = np.asarray(pred.get(f"member_{k}", cols[k][sel, None]), t)
+        cols["top_generator"][sel] = np.asarray(list(pred["top_generator"]), dtype=object)
+        gs = np.asarray(pred["generator_scores"], np.float32)
+        if gs.shape != (len(sel), n_labels):
+            raise ValueError(f"generator_scores shape {gs.shape} != ({len(sel)}, {n_labels})")
+        scores[sel] = gs
+        if "features" in pred:
+            f = np.asarray(pred["features"], np.float32)
+            if feats is None:
+                feats = np.full((n, f.shape[1]), np.nan, np.float32)
+            feats[sel] = f
     if len(ok):
         infer_s[ok] = (time.perf_counter() - t0) / len(ok)
     out.update(cols)

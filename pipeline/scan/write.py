@@ -8,7 +8,6 @@ Rows of a shard may arrive in any order and more than once (task retries): `Shar
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 import time
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 from pipeline.logs import get_logger
 from pipeline.output import RunPaths, parquet_bytes
 from pipeline.runner import commit_shard
+from pipeline.scan.completion import now_iso
 from pipeline.scan.provenance_policy import apply_policy
 from pipeline.scan.rows import RunContext, ShardCollector, shard_stats, to_table
 
@@ -87,7 +87,7 @@ class ShardSink:
             detector_id=",".join(detectors) or self.ctx.detector_id,
             identity=self.identity.pop(shard, "") or None,  # what the next night compares (None: unknown)
             writer_node=self.writer_node,
-            finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            finished_at=now_iso(),
             write_s=round(time.perf_counter() - t0, 6),
         )
         if not url:  # an empty shard: its url is not in any row

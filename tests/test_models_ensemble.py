@@ -247,3 +247,27 @@ def test_training_validation_runs_the_engine_and_leaves_the_training_forward(ckp
     assert not np.allclose(
         got["logit"], predict_stream(det, [batch], torch.device("cpu"), SkipCounter())["logit"]
     )
+
+
+def test_a_set_with_several_preprocessings_taps_each_rows_own_features(ckpts: dict[str, Path]) -> None:
+    """The set's frozen features (`set_tap`) are, row for row, the tapped member's own: also when the members'
+    preprocessings agree on some rows and not on others, so a chunk runs as several passes (each pass's tap
+    belongs to its rows only)."""
+    from pipeline.models.detector import frozen_feature
+    from pipeline.models.preprocess import to_model_input
+
+    dset = load_detector_set([str(ckpts["univfd"]), str(ckpts["mole"])], fusion="mean_prob")
+    assert len(dset.inputs) == 2  # center_crop_pad and center_crop: they differ below 96 px, agree at 96
+    images = [jpeg(96, 150, seed=1), jpeg(80, 120, seed=2), jpeg(130, 96, seed=3), jpeg(70, 140, seed=4)]
+    batches = {s: _prepared(images, s) for s in dset.inputs}
+    tapped = dset.set_tap("embedding")
+    assert tapped is not None and tapped.detector_id == dset.detector_ids[0]  # univfd adapts no block
+    res = dset.predict(batches)
+
+    det, _ = load_detector(ckpts["univfd"])
+    with torch.inference_mode():
+        v = det.visual
+        x = to_model_input(_prepared(images, det.config), det.config)
+        ref = frozen_feature(v, v.transformer(v._embeds(x)), "embedding").numpy()
+    np.testing.assert_allclose(res["features"], ref, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ref[0], ref[1])  # the rows' features differ: a row given another's would show

@@ -22,6 +22,7 @@ from pipeline.scan.completion import RunRefused, plan_run
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.detectors import set_id
 from pipeline.scan.job import run_scan
+from tests.support.features import read_features
 from tests.support.peer_detectors import imported_set
 from tests.support.ray_cluster import SMALL_SCAN, submit_job
 from tests.support.shards import corrupt_image_sample, good_samples, no_image_sample, write_shard
@@ -52,7 +53,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _single(corpus: Path, ckpt: Path, out: Path) -> dict[tuple[str, str | None], dict]:
+def _single(corpus: Path, ckpt: Path, out: Path, **extra: str) -> dict[tuple[str, str | None], dict]:
     """One detector's own scan (in-process executor: the same read/decode/score/write code)."""
     cfg = ScanConfig.parse(
         {
@@ -61,6 +62,7 @@ def _single(corpus: Path, ckpt: Path, out: Path) -> dict[tuple[str, str | None],
             "detector": str(ckpt),
             "scan_date": "2026-12-01",
             "batch_size": 8,
+            **extra,
         }
     )
     assert run_scan(cfg)["status"] == "succeeded"
@@ -69,9 +71,15 @@ def _single(corpus: Path, ckpt: Path, out: Path) -> dict[tuple[str, str | None],
 
 
 @pytest.fixture(scope="module")
-def singles(corpus: Path, ckpts: dict[str, Path], tmp_path_factory) -> dict[str, dict]:  # noqa: F811
-    base = tmp_path_factory.mktemp("singles")
-    return {n: _single(corpus, ckpts[n], base / n) for n in NAMES}
+def singles_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("singles")
+
+
+@pytest.fixture(scope="module")
+def singles(corpus: Path, ckpts: dict[str, Path], singles_dir: Path) -> dict[str, dict]:  # noqa: F811
+    # UnivFD's own scan keeps its frozen features: the set's, tapped from its pass, must be the same
+    features = {ATTR: {"features": "embedding"}}
+    return {n: _single(corpus, ckpts[n], singles_dir / n, **features.get(n, {})) for n in NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +101,8 @@ def multi(corpus: Path, ckpts: dict[str, Path], shared_s3_ray, tmp_path_factory)
         "mean_prob",
         "--scan-date",
         "2026-12-01",
+        "--features",
+        "embedding",
         *FAST,
     ]
     res = submit_job(shared_s3_ray["head"], args, timeout_s=300)
@@ -163,8 +173,19 @@ def test_each_detector_equals_its_own_scan_and_fusion_is_the_rule(multi, singles
     ]
 
 
+def test_the_sets_stored_features_are_its_univfd_members_own(multi, singles, singles_dir: Path) -> None:
+    """`--features` on a set keeps the frozen features of its first member that adapts no block (UnivFD),
+    row for row as UnivFD's own scan stores them: the corpus has rows where the members' preprocessings agree
+    and rows where they differ, so its chunks run as several passes."""
+    got, own = read_features(str(multi["out"])), read_features(str(singles_dir / ATTR))
+    assert got.keys() == own.keys() == {(r["shard"], r["key"]) for r in multi["rows"] if r["status"] == "ok"}
+    for k in own:
+        np.testing.assert_allclose(got[k], own[k], rtol=2e-3, atol=1e-3, err_msg=str(k))  # float16 storage
+
+
 def test_resume_refuses_a_changed_detector_set(multi, corpus: Path) -> None:
     base = {"input": str(corpus), "output": str(multi["out"]), "scan_date": "2026-12-01", "resume": True}
+    base["features"] = "embedding"  # as the set's scan kept them
     uris = multi["uris"]
     same = ScanConfig.parse({**base, "detector": ",".join(u + "/" for u in uris), "fusion": "mean_prob"})
     assert plan_run(same).resumed

@@ -350,14 +350,16 @@ class DetectorSet:
 
     def _group_outputs(
         self, g: BackboneGroup, given: dict[InputSpec, Images], model_in: dict[InputSpec, Images]
-    ) -> list[tuple[slice | np.ndarray, dict[str, DetectorOutput]]]:
+    ) -> Iterator[tuple[slice | np.ndarray, dict[str, DetectorOutput]]]:
         """(rows of the chunk, outputs) pieces covering every row of the chunk for every member of ``g``: rows
         on which several preprocessings gave identical arrays (compared on the inputs as given, before the
-        upload) run those members in one pass."""
+        upload) run those members in one pass. Yielded as each pass ends: a tapped member's ``tapped`` holds
+        that pass's rows only until the next pass."""
         specs = g.specs
         n = len(given[specs[0]])
         if len(specs) == 1:
-            return [(slice(0, n), self._forward(g, model_in[specs[0]]))]
+            yield slice(0, n), self._forward(g, model_in[specs[0]])
+            return
         host = {s: _host(given[s]) for s in specs}
         # label[r, j] = the first spec whose array equals spec j's on row r
         label = np.tile(np.arange(len(specs)), (n, 1))
@@ -366,7 +368,6 @@ class DetectorSet:
                 eq = (host[specs[i]] == host[specs[j]]).reshape(n, -1).all(axis=1)
                 take = eq & (label[:, j] == j)
                 label[take, j] = label[take, i]
-        pieces: list[tuple[slice | np.ndarray, dict[str, DetectorOutput]]] = []
         for sig in np.unique(label, axis=0):
             rows = np.flatnonzero((label == sig).all(axis=1))
             for cls in np.unique(sig):
@@ -374,8 +375,7 @@ class DetectorSet:
                 mem = [m for m in g.members if m.spec in wanted]
                 x = model_in[specs[cls]]
                 sel = torch.as_tensor(rows, device=x.device) if isinstance(x, torch.Tensor) else rows
-                pieces.append((rows, self._forward(BackboneGroup(mem), x[sel])))
-        return pieces
+                yield rows, self._forward(BackboneGroup(mem), x[sel])
 
     def predict(self, batches: Mapping[InputSpec | str, Images]) -> dict[str, Any]:
         """``batches``: one uint8 (N, S, S, 3) batch per ``InputSpec`` (or its ``key``) in ``inputs``.

@@ -51,7 +51,7 @@ def job_main(job: str, *, quiet: bool = False) -> Callable[[Callable[..., int]],
 def with_console(job: str, loud: bool, body: Callable[[Any, Any], int]) -> int:
     """Run `body(console, runlog)` with the job's console (status lines and ONE progress line on stderr;
     `pipeline.console.Console`) and its run log (every JSON log line, published beside the job's outputs, with
-    Ray's own driver output attached as driver-stderr.log): the scan, the filter and the re-score."""
+    Ray's own driver output attached as driver-stderr.log): the scan, the filter, the re-score, training."""
     with Console(loud, job) as console, RunLog(tee=console.echo()) as runlog:
         runlog.attach(console.stderr_log, "driver-stderr.log")
         return body(console, runlog)

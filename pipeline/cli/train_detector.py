@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli.entry import job_main
+from pipeline.cli.entry import job_main, with_console
 from pipeline.cli.flags import JobParser, ModelFlags, absolute_paths, add_model_flags
 from pipeline.exitcodes import ExitCode, help_epilog, one_line
 from pipeline.settings import ConfigError, as_config_error, read_json_object
@@ -67,11 +67,6 @@ def recipe_path(name: str) -> Path:
     return Path(name)
 
 
-def build_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
-    cfg, args = parse(argv)
-    return cfg, args.engine
-
-
 def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     parser, flags = _parser()
     args = parser.parse_args(argv)
@@ -92,14 +87,9 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
 
 @job_main("train")
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.console import Console
-    from pipeline.logs import RunLog
-
     loud = "--verbose" in (sys.argv[1:] if argv is None else argv)
     # the JSON logs go to the run log (published as <out>/log.jsonl); stderr shows the console only
-    with Console(loud, "train") as console, RunLog(tee=console.echo()) as runlog:
-        runlog.attach(console.stderr_log, "driver-stderr.log")  # Ray's own driver output, kept beside the log
-        return _main(argv, console, runlog)
+    return with_console("train", loud, lambda console, runlog: _main(argv, console, runlog))
 
 
 def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:

@@ -95,8 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return _parser()[0].parse_args(argv)
 
 
-def build_config(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> FilterConfig:
-    args = args if args is not None else parse_args(argv)
+def build_config(args: argparse.Namespace) -> FilterConfig:
     _, run_flags, policy_flags = _parser()
     inline = policy_flags.given(args)
     if args.rule:
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     resume = bool(args.resume)  # how to run, not what: not part of the saved config
     try:
-        cfg = build_config(args=args)
+        cfg = build_config(args)
         # before any work: every location reachable, the rules name the scan's labels
         check_storage(
             [Location("scan output", cfg.scan), Location("input", cfg.input)],

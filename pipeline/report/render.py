@@ -17,15 +17,10 @@ from pipeline.report.summary import MAX_FILTER_ROWS, _shards_line
 
 
 def fmt(value: Any) -> str:
-    """A table cell's text: "—" for none, a float with 4 decimals, anything else as str()."""
+    """A table cell's or a card's text: "—" for none, a float with 4 decimals, anything else as str()."""
     if value is None:
         return "—"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def num(x: float | None) -> str:
-    """A score on a card: "—" for none, else 4 decimals."""
-    return "—" if x is None else f"{x:.4f}"
 
 
 def safe_href(url: str | None) -> str | None:
@@ -45,7 +40,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    named = (fmt, num, safe_href, provenance_line)  # filters under their function's name
+    named = (fmt, safe_href, provenance_line)  # filters under their function's name
     env.filters.update({f.__name__: f for f in named}, short=short_text, shards_line=_shards_line)
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": str}
     return env

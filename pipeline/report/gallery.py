@@ -31,6 +31,7 @@ from pipeline import storage
 from pipeline.hygiene.policy import UNKNOWN_LABEL
 from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
+from pipeline.report.summary import query_rows
 
 THUMB_PX = 256
 THUMB_DIR = "thumbs"
@@ -107,9 +108,7 @@ def fakes_gallery(generator: str, items: list[Item]) -> Gallery:
 
 def _items(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[Item]:
     """The Items of `sql`, a query that selects ITEM_COLUMNS."""
-    rel = con.execute(sql, params)
-    cols = [d[0] for d in rel.description]
-    return [Item(**dict(zip(cols, row, strict=True))) for row in rel.fetchall()]
+    return [Item(**row) for row in query_rows(con, sql, params)]
 
 
 def _scan_items(con: duckdb.DuckDBPyConnection, where_order: str, params: list[Any]) -> list[Item]:

@@ -51,7 +51,9 @@ def connect(day: pa.Table, every: pa.Table) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+def query_rows(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> list[dict[str, Any]]:
     rel = con.execute(sql, params or [])
     cols = [d[0] for d in rel.description]
     return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
@@ -59,7 +61,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
 
 def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
     """The report's numbers for `scan_date`, the date of `con`'s `scan` (and the trend over `scan_all`)."""
-    totals = _rows(
+    totals = query_rows(
         con,
         """
         SELECT count(*)                                            AS rows,
@@ -72,16 +74,16 @@ def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
         FROM scan""",
     )[0]
     totals["fake_rate"] = round(totals["flagged"] / totals["scored"], 4) if totals["scored"] else None
-    status = _rows(
+    status = query_rows(
         con, "SELECT status, count(*) AS rows FROM scan GROUP BY status ORDER BY rows DESC, status"
     )
-    generators = _rows(
+    generators = query_rows(
         con,
         """
         SELECT top_generator AS generator, count(*) AS flagged FROM scan
         WHERE status = 'ok' AND is_fake GROUP BY top_generator ORDER BY flagged DESC, generator""",
     )
-    shards = _rows(
+    shards = query_rows(
         con,
         """
         SELECT shard, count(*) FILTER (WHERE status <> 'shard_error') AS samples,
@@ -91,7 +93,7 @@ def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
     )
     for s in shards:
         s["fake_rate"] = round(s["flagged"] / s["scored"], 4) if s["scored"] else None
-    hist = _rows(
+    hist = query_rows(
         con,
         f"""
         SELECT CAST(least(floor(p_fake * {N_BINS}), {N_BINS - 1}) AS INTEGER) AS bin,
@@ -108,7 +110,7 @@ def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
         }
         for i in range(N_BINS)
     ]
-    meta = _rows(
+    meta = query_rows(
         con,
         """
         SELECT string_agg(DISTINCT detector_id, ',' ORDER BY detector_id) AS detectors,
@@ -116,7 +118,7 @@ def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
                string_agg(DISTINCT run_id, ',' ORDER BY run_id) AS run_ids,
                string_agg(DISTINCT source, '\n' ORDER BY source) AS inputs FROM scan""",
     )[0]
-    daily = _rows(
+    daily = query_rows(
         con,
         """
         SELECT scan_date, count(*) FILTER (WHERE status = 'ok') AS scored,
@@ -125,7 +127,7 @@ def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
     )
     for d in daily:
         d["fake_rate"] = round(d["flagged"] / d["scored"], 4) if d["scored"] else None
-    errors = _rows(
+    errors = query_rows(
         con,
         """
         SELECT status, any_value(error) AS example FROM scan WHERE status <> 'ok'
@@ -154,7 +156,7 @@ def provenance_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     declared labels: its own decision (p_fake >= threshold, whatever the provenance policy made of is_fake)
     on the scored rows of each verdict. On `ai_declared` rows its flag rate is its recall on the corpus's own
     declared fakes; on `capture_declared` rows it is its false-positive rate on declared camera captures."""
-    verdicts = _rows(
+    verdicts = query_rows(
         con,
         """
         SELECT provenance_verdict AS verdict, count(*) AS rows,
@@ -165,7 +167,7 @@ def provenance_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     )
     for v in verdicts:
         v["detector_flag_rate"] = round(v["detector_flagged"] / v["scored"], 4) if v["scored"] else None
-    generators = _rows(
+    generators = query_rows(
         con,
         """
         SELECT provenance_generator AS generator, provenance_verdict AS verdict, count(*) AS rows,

@@ -288,20 +288,5 @@ def _fill_one(
     it.thumb = name
 
 
-def provenance_line(it: Item) -> str | None:
-    """ "declared ai_declared: ComfyUI (model …) · C2PA signature valid_untrusted" for a row with
-    provenance evidence."""
-    if it.provenance_verdict in (None, "none"):
-        return None
-    text = f"declared {it.provenance_verdict}"
-    if it.provenance_generator:
-        text += f": {it.provenance_generator}"
-    if it.provenance_model:
-        text += f" (model {it.provenance_model})"
-    if it.provenance_signature:
-        text += f" · C2PA signature {it.provenance_signature}"
-    return text
-
-
 def as_json(items: list[Item]) -> list[dict[str, Any]]:
     return [asdict(it) for it in items]

@@ -208,19 +208,6 @@ def run_header(scan: str, scan_date: str) -> dict[str, Any]:
     }
 
 
-def _shards_line(sh: dict[str, Any] | None) -> str:
-    """'12 scanned, 88 carried from 2026-03-01, 3 removed since' (an incremental night) or '100 scanned'."""
-    if not sh:
-        return "—"
-    text = f"{sh['scanned']} scanned"
-    if sh.get("carried_from"):
-        removed = sh.get("removed_since") or 0
-        text += f", {sh['carried']} carried from {sh['carried_from']}, {removed} removed since"
-    elif sh.get("full_scan_reason"):
-        text += f" (incremental, full scan: {sh['full_scan_reason']})"
-    return text
-
-
 def filter_summary(filter_output: str, scan_date: str) -> dict[str, Any]:
     """What a filter run did (its `_run/stats.json`, `_run/config.json`, `manifest.parquet`, `_SUCCESS`)."""
     run_dir = storage.join(filter_output, "_run")

@@ -51,7 +51,8 @@ def job_main(job: str, *, quiet: bool = False) -> Callable[[Callable[..., int]],
 def with_console(job: str, loud: bool, body: Callable[[Any, Any], int]) -> int:
     """Run `body(console, runlog)` with the job's console (status lines and ONE progress line on stderr;
     `pipeline.console.Console`) and its run log (every JSON log line, published beside the job's outputs, with
-    Ray's own driver output attached as driver-stderr.log): the scan, the filter, the re-score, training."""
+    Ray's own driver output attached as driver-stderr.log; dropped at the end when the job never set where it
+    goes, e.g. refused before starting): the scan, the filter, the re-score, training."""
     with Console(loud, job) as console, RunLog(tee=console.echo()) as runlog:
         runlog.attach(console.stderr_log, "driver-stderr.log")
         return body(console, runlog)

@@ -165,9 +165,7 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         return exc.exit_code
     finally:
         console.end_progress()
-    if cfg.dry_run:
-        runlog.discard()
-    else:
+    if not cfg.dry_run:
         t = stats["totals"]
         console.line(
             f"filter succeeded: {len(stats['shards'])} shards, {t['samples']} samples: kept {t['kept']}, "

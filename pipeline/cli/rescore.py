@@ -69,7 +69,6 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         cfg = build_config(args)
         check_storage([Location("scan output", cfg.scan)], [Location("output", cfg.output)])
     except OperatorError as exc:
-        runlog.discard()
         console.line(one_line(exc, "rescore"))
         return exc.exit_code
     from pipeline.features.rescore import RescoreFailed, run_rescore

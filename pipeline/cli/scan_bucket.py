@@ -93,7 +93,6 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         cfg = build_config(args)
         check_storage([Location("input", cfg.input)], [Location("output", cfg.output)])
     except OperatorError as exc:  # a flag, a config field or a storage location: one line, nothing started
-        runlog.discard()
         console.line(one_line(exc, "scan"))
         return exc.exit_code
     # torch and Ray load only now (seconds): the preflight above answers a storage mistake at once

@@ -95,11 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
     args = _parser()[0].parse_args(argv)
     if args.features_from is not None or args.labels is not None:
-        return _from_features(args, console, runlog)
+        return _from_features(args, console)
     try:
         cfg, args = parse(argv)
     except ConfigError as exc:
-        runlog.discard()
         console.line(one_line(exc, "train"))
         return ExitCode.CONFIG
     try:
@@ -136,12 +135,11 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
     return 0
 
 
-def _from_features(args: argparse.Namespace, console: Any, runlog: Any) -> int:
+def _from_features(args: argparse.Namespace, console: Any) -> int:
     """`--features-from SCAN --labels FILE`: the linear heads from stored features
     (pipeline.features.train)."""
     from pipeline.output import ScanOutputError
 
-    runlog.discard()  # a few seconds of work: the console line and the checkpoint's notes say what happened
     try:
         if args.method != "linear":
             raise ConfigError("--features-from: only --method linear trains from stored features")

@@ -7,6 +7,7 @@ pipeline.report.gallery and the page from the templates (pipeline.report.render)
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import Field
@@ -57,8 +58,8 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     chosen = gallery.select(con, size=cfg.gallery_size, top_n=cfg.top_n, seed=cfg.seed)
     items = [it for g in chosen["galleries"] for it in g.items] + chosen["top_flagged"]
     summary["thumbnails"] = gallery.fill(items, cfg.output)
-    summary["galleries"] = {g.name: gallery.as_json(g.items) for g in chosen["galleries"]}
-    summary["top_flagged"] = gallery.as_json(chosen["top_flagged"])
+    summary["galleries"] = {g.name: [asdict(it) for it in g.items] for g in chosen["galleries"]}
+    summary["top_flagged"] = [asdict(it) for it in chosen["top_flagged"]]
     images = plots(summary)
     files = {
         **images,

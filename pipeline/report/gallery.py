@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import duckdb
@@ -286,7 +286,3 @@ def _fill_one(
         written.add(name)
         stats["thumbnails"] += 1
     it.thumb = name
-
-
-def as_json(items: list[Item]) -> list[dict[str, Any]]:
-    return [asdict(it) for it in items]

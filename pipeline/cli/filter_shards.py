@@ -127,7 +127,6 @@ def build_config(args: argparse.Namespace) -> FilterConfig:
 @job_main("filter")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # the JSON logs go to the run log, published beside the outputs; stderr shows the console only
     return with_console("filter", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 

@@ -58,7 +58,6 @@ def build_config(args: argparse.Namespace) -> RescoreConfig:
 @job_main("rescore")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # the JSON logs go to the run log, published beside the outputs; stderr shows the console only
     return with_console("rescore", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 

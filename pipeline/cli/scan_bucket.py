@@ -65,7 +65,6 @@ def build_config(args: argparse.Namespace) -> ScanConfig:
 @job_main("scan")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # the JSON logs go to the run log, published beside the outputs; stderr shows the console only
     return with_console("scan", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 

@@ -88,7 +88,6 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
 @job_main("train")
 def main(argv: list[str] | None = None) -> int:
     loud = "--verbose" in (sys.argv[1:] if argv is None else argv)
-    # the JSON logs go to the run log (published as <out>/log.jsonl); stderr shows the console only
     return with_console("train", loud, lambda console, runlog: _main(argv, console, runlog))
 
 

@@ -12,13 +12,13 @@ from typing import Any
 
 from pydantic import Field
 
-from pipeline import storage
+from pipeline import output, storage
 from pipeline.hygiene.plan import PlanError, resolve_scan_date
 from pipeline.logs import get_logger
 from pipeline.report import gallery
 from pipeline.report.plots import plots
 from pipeline.report.render import render_html
-from pipeline.report.summary import TREND_COLUMNS, connect, filter_summary, load_scan, run_header, summarize
+from pipeline.report.summary import COLUMNS, TREND_COLUMNS, connect, filter_summary, run_header, summarize
 from pipeline.settings import StrictModel
 
 
@@ -47,10 +47,10 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     log = get_logger("report")
     day = resolve_scan_date(cfg.scan, cfg.scan_date)
     # the report's date with every report column; the other dates only with what the trend needs (memory)
-    day_rows = load_scan(cfg.scan, day)
+    day_rows = output.read_scan(cfg.scan, scan_date=day, columns=COLUMNS)
     if day_rows.num_rows == 0:
         raise PlanError(f"scan {cfg.scan} has no rows for scan_date={day}")
-    con = connect(day_rows, load_scan(cfg.scan, columns=TREND_COLUMNS))
+    con = connect(day_rows, output.read_scan(cfg.scan, columns=TREND_COLUMNS))
     summary = summarize(con, day)
     summary["header"] = run_header(cfg.scan, day)
     if cfg.filter_output:

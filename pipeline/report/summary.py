@@ -37,11 +37,6 @@ N_BINS = 10
 TREND_COLUMNS = ["status", "is_fake"]  # all the day-over-day trend needs from the other dates
 
 
-def load_scan(scan: str, scan_date: str | None = None, columns: list[str] | None = None) -> pa.Table:
-    """The rows of one date (None: every date) with a string `scan_date` column."""
-    return output.read_scan(scan, scan_date=scan_date, columns=columns or COLUMNS)
-
-
 def connect(day: pa.Table, every: pa.Table) -> duckdb.DuckDBPyConnection:
     """DuckDB with `scan` (the report's date, all report columns) and `scan_all` (every date, at least
     TREND_COLUMNS) over Arrow tables."""

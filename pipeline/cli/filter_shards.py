@@ -98,12 +98,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> FilterConfig:
     _, run_flags, policy_flags = _parser()
     inline = policy_flags.given(args)
-    if args.rule:
-        rules = [parse_rule(r) for r in args.rule]
-        if generator_rules := [r for r in rules if "generator" in r]:
-            inline["generator_rules"] = generator_rules
-        if provenance_rules := [r for r in rules if "verdict" in r]:
-            inline["provenance_rules"] = provenance_rules
+    rules = [parse_rule(r) for r in args.rule]
+    if generator_rules := [r for r in rules if "generator" in r]:
+        inline["generator_rules"] = generator_rules
+    if provenance_rules := [r for r in rules if "verdict" in r]:
+        inline["provenance_rules"] = provenance_rules
     if args.policy and inline:
         flags = ", ".join(sorted({policy_flags.flags.get(k, "--rule") for k in inline}))
         raise ConfigError(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import duckdb
@@ -36,10 +36,6 @@ from pipeline.report.summary import query_rows
 THUMB_PX = 256
 THUMB_DIR = "thumbs"
 MAX_TEXT = 240
-ITEM_COLUMNS = (
-    "shard, shard_url, key, status, error, p_fake, is_fake, threshold, top_generator, sha256, "
-    "provenance_verdict, provenance_generator, provenance_model, provenance_signature"
-)
 # verdicts shown in the "declared" gallery (pipeline.output.PROVENANCE_VERDICTS)
 DECLARED_VERDICTS = ("ai_declared", "ai_composite_declared")
 
@@ -67,6 +63,10 @@ class Item:
     provenance_generator: str | None = None
     provenance_model: str | None = None
     provenance_signature: str | None = None
+
+
+# the fields `fill` finds in the shard; every other Item field is a column of the scan
+ITEM_COLUMNS = ", ".join(f.name for f in fields(Item) if f.name not in ("thumb", "url", "caption", "note"))
 
 
 class Gallery(NamedTuple):

@@ -1,8 +1,5 @@
 """One report [ours]: `<output>/report.html` with its PNG plots, thumbnails (thumbs/), `summary.json` and
-`report_config.json`, from a scan output (local or s3://) and optionally the last filter run's output.
-
-The numbers come from pipeline.report.summary, the plots from pipeline.report.plots, the galleries from
-pipeline.report.gallery and the page from the templates (pipeline.report.render)."""
+`report_config.json`, from a scan output (local or s3://) and optionally the last filter run's output."""
 
 from __future__ import annotations
 

@@ -74,19 +74,11 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render_html(
-    summary: dict[str, Any], images: list[str], galleries: list[Gallery] = (), top: list[Item] = ()
-) -> str:
+def render_html(summary: dict[str, Any], images: list[str], galleries: list[Gallery], top: list[Item]) -> str:
     """The page for `summary` (pipeline.report.summary), its plot files `images` (names beside the page) and
     the chosen galleries / top-flagged rows (pipeline.report.gallery, thumbnails already filled)."""
     return (
         environment()
         .get_template("report.html.j2")
-        .render(
-            summary=summary,
-            images=list(images),
-            galleries=list(galleries),
-            top=list(top),
-            max_filter_rows=MAX_FILTER_ROWS,
-        )
+        .render(summary=summary, images=images, galleries=galleries, top=top, max_filter_rows=MAX_FILTER_ROWS)
     )

@@ -121,7 +121,7 @@ def load_labelled(
     else:
         files, root = _list_files(uri)
         if layout == "auto":
-            layout = _detect(files, root, uri)
+            layout = _detect(files, uri)
         if layout == "univfd":
             items = _load_univfd(files, root, uri, split)
         else:
@@ -186,7 +186,7 @@ def _genimage_label(parts: tuple[str, ...]) -> int | None:
     return None
 
 
-def _detect(files: list[tuple[str, ...]], root: str, uri: str) -> Literal["univfd", "genimage"]:
+def _detect(files: list[tuple[str, ...]], uri: str) -> Literal["univfd", "genimage"]:
     n_u = sum(_univfd_label(p) is not None for p in files)
     n_g = sum(_genimage_label(p) is not None for p in files)
     if n_u and n_g:

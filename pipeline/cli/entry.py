@@ -33,12 +33,12 @@ def job_main(job: str, *, quiet: bool = False) -> Callable[[Callable[..., int]],
 
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
-        def run(argv: list[str] | None = None, *args: Any, **kwargs: Any) -> int:
+        def run(argv: list[str] | None = None) -> int:
             loud = verbose() or "--verbose" in (sys.argv[1:] if argv is None else argv) or submitted_job()
             logs = RunLog(tee=sys.stderr if loud else None) if quiet else contextlib.nullcontext()
             with logs:
                 try:
-                    return int(main(argv, *args, **kwargs))
+                    return int(main(argv))
                 except OperatorError as exc:
                     sys.stderr.write(one_line(exc, job) + "\n")
                     return int(exc.exit_code)

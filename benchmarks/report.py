@@ -99,13 +99,14 @@ if case == "report":
     rc = main(["--scan", scan, "--output", out, "--gallery-size", "0", "--top-n", "0"])
     assert rc == 0, rc
 else:
-    from pipeline.report.summary import COLUMNS, TREND_COLUMNS, load_scan
-    from pipeline.output import resolve_scan_date
+    from pipeline.report.summary import COLUMNS, TREND_COLUMNS
+    from pipeline.output import read_scan, resolve_scan_date
     if case == "load_all_columns":
-        n = load_scan(scan).num_rows
+        n = read_scan(scan, columns=COLUMNS).num_rows
     else:
         day = resolve_scan_date(scan)
-        n = load_scan(scan, day).num_rows + load_scan(scan, columns=TREND_COLUMNS).num_rows
+        day_rows = read_scan(scan, scan_date=day, columns=COLUMNS)
+        n = day_rows.num_rows + read_scan(scan, columns=TREND_COLUMNS).num_rows
 print(json.dumps({{"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                   "seconds": round(time.perf_counter() - t, 2)}}))
 """

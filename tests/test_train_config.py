@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli.train_detector import build_config, main
+from pipeline.cli.train_detector import main, parse
 from pipeline.settings import ConfigError
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import stratified_split
@@ -17,18 +17,18 @@ from pipeline.train.data import stratified_split
 def test_cli_overrides_only_explicit_flags(tmp_path: Path) -> None:
     f = tmp_path / "train.json"
     f.write_text(json.dumps({"data": "d", "out": "o", "epochs": 7, "lr": 0.5, "mask": "texture"}))
-    cfg, engine = build_config(["--config-file", str(f), "--lr", "0.1", "--train-generators", "a,b"])
+    cfg, args = parse(["--config-file", str(f), "--lr", "0.1", "--train-generators", "a,b"])
     assert (cfg.epochs, cfg.lr, cfg.mask) == (7, 0.1, "texture")  # file kept, flag overrode
     assert cfg.train_generators == ["a", "b"]
     assert cfg.batch_size == TrainConfig.model_fields["batch_size"].default  # untouched default
-    assert engine == "ray"
+    assert args.engine == "ray"
 
 
 def test_unknown_field_in_config_file_is_named(tmp_path: Path) -> None:
     f = tmp_path / "train.json"
     f.write_text(json.dumps({"data": "d", "out": "o", "epoch": 3}))
     with pytest.raises(ConfigError, match="epoch"):
-        build_config(["--config-file", str(f)])
+        parse(["--config-file", str(f)])
 
 
 @pytest.mark.parametrize(
@@ -88,8 +88,6 @@ def test_data_problems_fail_before_training(tmp_path: Path, capsys: pytest.Captu
 def test_shipped_univfd_recipe_is_the_paper_protocol() -> None:
     """`--config-file univfd` names the recipe shipped in the package: UnivFD's batch, lr, augmentation and
     patience; flags still override it."""
-    from pipeline.cli.train_detector import parse
-
     cfg, _ = parse(
         ["--config-file", "univfd", "--data", "s3://b/train", "--out", "s3://b/ckpt", "--epochs", "3"]
     )

@@ -33,12 +33,12 @@ def job_main(job: str, *, quiet: bool = False) -> Callable[[Callable[..., int]],
 
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
-        def run(argv: list[str] | None = None, *args: Any, **kwargs: Any) -> int:
+        def run(argv: list[str] | None = None) -> int:
             loud = verbose() or "--verbose" in (sys.argv[1:] if argv is None else argv) or submitted_job()
             logs = RunLog(tee=sys.stderr if loud else None) if quiet else contextlib.nullcontext()
             with logs:
                 try:
-                    return int(main(argv, *args, **kwargs))
+                    return int(main(argv))
                 except OperatorError as exc:
                     sys.stderr.write(one_line(exc, job) + "\n")
                     return int(exc.exit_code)
@@ -51,7 +51,8 @@ def job_main(job: str, *, quiet: bool = False) -> Callable[[Callable[..., int]],
 def with_console(job: str, loud: bool, body: Callable[[Any, Any], int]) -> int:
     """Run `body(console, runlog)` with the job's console (status lines and ONE progress line on stderr;
     `pipeline.console.Console`) and its run log (every JSON log line, published beside the job's outputs, with
-    Ray's own driver output attached as driver-stderr.log): the scan, the filter and the re-score."""
+    Ray's own driver output attached as driver-stderr.log; dropped at the end when the job never set where it
+    goes, e.g. refused before starting): the scan, the filter, the re-score, training."""
     with Console(loud, job) as console, RunLog(tee=console.echo()) as runlog:
         runlog.attach(console.stderr_log, "driver-stderr.log")
         return body(console, runlog)

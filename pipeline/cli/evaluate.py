@@ -20,18 +20,12 @@ from pipeline.cli.flags import config_from_flags
 from pipeline.settings import as_config_error
 
 
-def build_config(argv: list[str] | None = None):  # noqa: ANN201 - EvalConfig (import kept lazy)
-    from pipeline.eval.evaluate import EvalConfig
-
-    return config_from_flags(EvalConfig, argv, doc=__doc__, job="evaluate", names={"json_out": "json"})
-
-
 @job_main("evaluate", quiet=True)
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.eval.evaluate import evaluate
+    from pipeline.eval.evaluate import EvalConfig, evaluate
 
     try:
-        cfg = build_config(argv)
+        cfg = config_from_flags(EvalConfig, argv, doc=__doc__, job="evaluate", names={"json_out": "json"})
         report = evaluate(cfg)
     except (FileNotFoundError, ValueError) as exc:
         raise as_config_error(exc) from exc

@@ -95,16 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return _parser()[0].parse_args(argv)
 
 
-def build_config(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> FilterConfig:
-    args = args if args is not None else parse_args(argv)
+def build_config(args: argparse.Namespace) -> FilterConfig:
     _, run_flags, policy_flags = _parser()
     inline = policy_flags.given(args)
-    if args.rule:
-        rules = [parse_rule(r) for r in args.rule]
-        if generator_rules := [r for r in rules if "generator" in r]:
-            inline["generator_rules"] = generator_rules
-        if provenance_rules := [r for r in rules if "verdict" in r]:
-            inline["provenance_rules"] = provenance_rules
+    rules = [parse_rule(r) for r in args.rule]
+    if generator_rules := [r for r in rules if "generator" in r]:
+        inline["generator_rules"] = generator_rules
+    if provenance_rules := [r for r in rules if "verdict" in r]:
+        inline["provenance_rules"] = provenance_rules
     if args.policy and inline:
         flags = ", ".join(sorted({policy_flags.flags.get(k, "--rule") for k in inline}))
         raise ConfigError(
@@ -128,14 +126,13 @@ def build_config(argv: list[str] | None = None, args: argparse.Namespace | None 
 @job_main("filter")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # the JSON logs go to the run log, published beside the outputs; stderr shows the console only
     return with_console("filter", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 
 def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     resume = bool(args.resume)  # how to run, not what: not part of the saved config
     try:
-        cfg = build_config(args=args)
+        cfg = build_config(args)
         # before any work: every location reachable, the rules name the scan's labels
         check_storage(
             [Location("scan output", cfg.scan), Location("input", cfg.input)],
@@ -166,9 +163,7 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         return exc.exit_code
     finally:
         console.end_progress()
-    if cfg.dry_run:
-        runlog.discard()
-    else:
+    if not cfg.dry_run:
         t = stats["totals"]
         console.line(
             f"filter succeeded: {len(stats['shards'])} shards, {t['samples']} samples: kept {t['kept']}, "

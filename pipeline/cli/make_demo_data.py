@@ -9,26 +9,21 @@ Exit code 0 on success, 2 on a configuration error (the message names the field)
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from pipeline.cli.entry import job_main
-from pipeline.cli.flags import JobParser, ModelFlags, add_model_flags
+from pipeline.cli.flags import JobParser, add_model_flags
 from pipeline.data.synthetic import DemoConfig, generate, list_families
 from pipeline.exitcodes import help_epilog
 from pipeline.settings import ConfigError
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, ModelFlags]:
-    p = JobParser(description=__doc__, epilog=help_epilog("make_demo_data"), log_flag=True)
-    p.add_argument("--list-families", action="store_true", help="print the family names and exit")
-    return p, add_model_flags(p.add_argument_group("demo data settings (DemoConfig)"), DemoConfig)
-
-
 @job_main("make_demo_data", quiet=True)
 def main(argv: list[str] | None = None) -> int:
-    parser, flags = build_parser()
+    parser = JobParser(description=__doc__, epilog=help_epilog("make_demo_data"), log_flag=True)
+    parser.add_argument("--list-families", action="store_true", help="print the family names and exit")
+    flags = add_model_flags(parser.add_argument_group("demo data settings (DemoConfig)"), DemoConfig)
     args = parser.parse_args(argv)
     if args.list_families:
         print("\n".join(list_families()))

@@ -58,7 +58,6 @@ def build_config(args: argparse.Namespace) -> RescoreConfig:
 @job_main("rescore")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # the JSON logs go to the run log, published beside the outputs; stderr shows the console only
     return with_console("rescore", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 
@@ -69,7 +68,6 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         cfg = build_config(args)
         check_storage([Location("scan output", cfg.scan)], [Location("output", cfg.output)])
     except OperatorError as exc:
-        runlog.discard()
         console.line(one_line(exc, "rescore"))
         return exc.exit_code
     from pipeline.features.rescore import RescoreFailed, run_rescore

@@ -65,7 +65,6 @@ def build_config(args: argparse.Namespace) -> ScanConfig:
 @job_main("scan")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # the JSON logs go to the run log, published beside the outputs; stderr shows the console only
     return with_console("scan", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 
@@ -93,7 +92,6 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         cfg = build_config(args)
         check_storage([Location("input", cfg.input)], [Location("output", cfg.output)])
     except OperatorError as exc:  # a flag, a config field or a storage location: one line, nothing started
-        runlog.discard()
         console.line(one_line(exc, "scan"))
         return exc.exit_code
     # torch and Ray load only now (seconds): the preflight above answers a storage mistake at once

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli.entry import job_main
+from pipeline.cli.entry import job_main, with_console
 from pipeline.cli.flags import JobParser, ModelFlags, absolute_paths, add_model_flags
 from pipeline.exitcodes import ExitCode, help_epilog, one_line
 from pipeline.settings import ConfigError, as_config_error, read_json_object
@@ -67,11 +67,6 @@ def recipe_path(name: str) -> Path:
     return Path(name)
 
 
-def build_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
-    cfg, args = parse(argv)
-    return cfg, args.engine
-
-
 def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     parser, flags = _parser()
     args = parser.parse_args(argv)
@@ -92,24 +87,17 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
 
 @job_main("train")
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.console import Console
-    from pipeline.logs import RunLog
-
     loud = "--verbose" in (sys.argv[1:] if argv is None else argv)
-    # the JSON logs go to the run log (published as <out>/log.jsonl); stderr shows the console only
-    with Console(loud, "train") as console, RunLog(tee=console.echo()) as runlog:
-        runlog.attach(console.stderr_log, "driver-stderr.log")  # Ray's own driver output, kept beside the log
-        return _main(argv, console, runlog)
+    return with_console("train", loud, lambda console, runlog: _main(argv, console, runlog))
 
 
 def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
     args = _parser()[0].parse_args(argv)
     if args.features_from is not None or args.labels is not None:
-        return _from_features(args, console, runlog)
+        return _from_features(args, console)
     try:
         cfg, args = parse(argv)
     except ConfigError as exc:
-        runlog.discard()
         console.line(one_line(exc, "train"))
         return ExitCode.CONFIG
     try:
@@ -146,12 +134,11 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
     return 0
 
 
-def _from_features(args: argparse.Namespace, console: Any, runlog: Any) -> int:
+def _from_features(args: argparse.Namespace, console: Any) -> int:
     """`--features-from SCAN --labels FILE`: the linear heads from stored features
     (pipeline.features.train)."""
     from pipeline.output import ScanOutputError
 
-    runlog.discard()  # a few seconds of work: the console line and the checkpoint's notes say what happened
     try:
         if args.method != "linear":
             raise ConfigError("--features-from: only --method linear trains from stored features")

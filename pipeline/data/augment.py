@@ -134,9 +134,8 @@ class AugmentParams:
 class UnivFDAugment:
     """Callable `aug(img, rng) -> PIL.Image` (crop_size × crop_size RGB)."""
 
-    def __init__(self, config: AugmentConfig | None = None, **overrides: object) -> None:
-        base = (config or AugmentConfig()).model_dump()
-        self.config = AugmentConfig.parse({**base, **overrides}, source="augmentation")
+    def __init__(self, **settings: object) -> None:
+        self.config = AugmentConfig.parse(settings, source="augmentation")
 
     def sample(self, rng: np.random.Generator) -> AugmentParams:
         c = self.config

@@ -121,7 +121,7 @@ def load_labelled(
     else:
         files, root = _list_files(uri)
         if layout == "auto":
-            layout = _detect(files, root, uri)
+            layout = _detect(files, uri)
         if layout == "univfd":
             items = _load_univfd(files, root, uri, split)
         else:
@@ -148,16 +148,12 @@ def load_labelled(
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _not_an_image_file(rel: str) -> bool:
-    """The shard layer's member rules applied to a file path: macOS litter (`__MACOSX/`, `._*`), names without
-    a WebDataset key (every dot-file: `.hidden.png`, `.DS_Store`) and non-image types."""
-    base = rel.rsplit("/", 1)[-1]
-    split = shard_layer.split_key(base)
-    return (
-        shard_layer.junk_reason(rel) is not None
-        or split is None
-        or not shard_layer.is_image_extension(split[1])
-    )
+def _is_image_file(rel: str) -> bool:
+    """The shard layer's member rules applied to a file path: an image type under a WebDataset key (never a
+    dot-file: `.hidden.png`, `.DS_Store`), and no macOS litter (`__MACOSX/`, `._*`)."""
+    split = shard_layer.split_key(rel.rsplit("/", 1)[-1])
+    is_image = split is not None and shard_layer.is_image_extension(split[1])
+    return is_image and shard_layer.junk_reason(rel) is None
 
 
 def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
@@ -172,7 +168,7 @@ def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
     rels = []
     for p in fs.find(root):
         rel = posixpath.relpath(p, root) if not p.startswith(root + "/") else p[len(root) + 1 :]
-        if not _not_an_image_file(rel):
+        if _is_image_file(rel):
             rels.append(tuple(rel.split("/")))
     if not rels:
         types = ", ".join(f".{ext}" for ext in shard_layer.IMAGE_EXTENSIONS)
@@ -190,7 +186,7 @@ def _genimage_label(parts: tuple[str, ...]) -> int | None:
     return None
 
 
-def _detect(files: list[tuple[str, ...]], root: str, uri: str) -> Literal["univfd", "genimage"]:
+def _detect(files: list[tuple[str, ...]], uri: str) -> Literal["univfd", "genimage"]:
     n_u = sum(_univfd_label(p) is not None for p in files)
     n_g = sum(_genimage_label(p) is not None for p in files)
     if n_u and n_g:

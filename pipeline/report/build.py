@@ -1,23 +1,21 @@
 """One report [ours]: `<output>/report.html` with its PNG plots, thumbnails (thumbs/), `summary.json` and
-`report_config.json`, from a scan output (local or s3://) and optionally the last filter run's output.
-
-The numbers come from pipeline.report.summary, the plots from pipeline.report.plots, the galleries from
-pipeline.report.gallery and the page from the templates (pipeline.report.render)."""
+`report_config.json`, from a scan output (local or s3://) and optionally the last filter run's output."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import Field
 
-from pipeline import storage
+from pipeline import output, storage
 from pipeline.hygiene.plan import PlanError, resolve_scan_date
 from pipeline.logs import get_logger
 from pipeline.report import gallery
 from pipeline.report.plots import plots
 from pipeline.report.render import render_html
-from pipeline.report.summary import TREND_COLUMNS, connect, filter_summary, load_scan, run_header, summarize
+from pipeline.report.summary import COLUMNS, TREND_COLUMNS, connect, filter_summary, run_header, summarize
 from pipeline.settings import StrictModel
 
 
@@ -46,10 +44,10 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     log = get_logger("report")
     day = resolve_scan_date(cfg.scan, cfg.scan_date)
     # the report's date with every report column; the other dates only with what the trend needs (memory)
-    day_rows = load_scan(cfg.scan, day)
+    day_rows = output.read_scan(cfg.scan, scan_date=day, columns=COLUMNS)
     if day_rows.num_rows == 0:
         raise PlanError(f"scan {cfg.scan} has no rows for scan_date={day}")
-    con = connect(day_rows, load_scan(cfg.scan, columns=TREND_COLUMNS))
+    con = connect(day_rows, output.read_scan(cfg.scan, columns=TREND_COLUMNS))
     summary = summarize(con, day)
     summary["header"] = run_header(cfg.scan, day)
     if cfg.filter_output:
@@ -57,8 +55,8 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     chosen = gallery.select(con, size=cfg.gallery_size, top_n=cfg.top_n, seed=cfg.seed)
     items = [it for g in chosen["galleries"] for it in g.items] + chosen["top_flagged"]
     summary["thumbnails"] = gallery.fill(items, cfg.output)
-    summary["galleries"] = {g.name: gallery.as_json(g.items) for g in chosen["galleries"]}
-    summary["top_flagged"] = gallery.as_json(chosen["top_flagged"])
+    summary["galleries"] = {g.name: [asdict(it) for it in g.items] for g in chosen["galleries"]}
+    summary["top_flagged"] = [asdict(it) for it in chosen["top_flagged"]]
     images = plots(summary)
     files = {
         **images,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import duckdb
@@ -31,14 +31,11 @@ from pipeline import storage
 from pipeline.hygiene.policy import UNKNOWN_LABEL
 from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
+from pipeline.report.summary import query_rows
 
 THUMB_PX = 256
 THUMB_DIR = "thumbs"
 MAX_TEXT = 240
-ITEM_COLUMNS = (
-    "shard, shard_url, key, status, error, p_fake, is_fake, threshold, top_generator, sha256, "
-    "provenance_verdict, provenance_generator, provenance_model, provenance_signature"
-)
 # verdicts shown in the "declared" gallery (pipeline.output.PROVENANCE_VERDICTS)
 DECLARED_VERDICTS = ("ai_declared", "ai_composite_declared")
 
@@ -66,6 +63,10 @@ class Item:
     provenance_generator: str | None = None
     provenance_model: str | None = None
     provenance_signature: str | None = None
+
+
+# the fields `fill` finds in the shard; every other Item field is a column of the scan
+ITEM_COLUMNS = ", ".join(f.name for f in fields(Item) if f.name not in ("thumb", "url", "caption", "note"))
 
 
 class Gallery(NamedTuple):
@@ -107,9 +108,7 @@ def fakes_gallery(generator: str, items: list[Item]) -> Gallery:
 
 def _items(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[Item]:
     """The Items of `sql`, a query that selects ITEM_COLUMNS."""
-    rel = con.execute(sql, params)
-    cols = [d[0] for d in rel.description]
-    return [Item(**dict(zip(cols, row, strict=True))) for row in rel.fetchall()]
+    return [Item(**row) for row in query_rows(con, sql, params)]
 
 
 def _scan_items(con: duckdb.DuckDBPyConnection, where_order: str, params: list[Any]) -> list[Item]:
@@ -287,22 +286,3 @@ def _fill_one(
         written.add(name)
         stats["thumbnails"] += 1
     it.thumb = name
-
-
-def provenance_line(it: Item) -> str | None:
-    """ "declared ai_declared: ComfyUI (model …) · C2PA signature valid_untrusted" for a row with
-    provenance evidence."""
-    if it.provenance_verdict in (None, "none"):
-        return None
-    text = f"declared {it.provenance_verdict}"
-    if it.provenance_generator:
-        text += f": {it.provenance_generator}"
-    if it.provenance_model:
-        text += f" (model {it.provenance_model})"
-    if it.provenance_signature:
-        text += f" · C2PA signature {it.provenance_signature}"
-    return text
-
-
-def as_json(items: list[Item]) -> list[dict[str, Any]]:
-    return [asdict(it) for it in items]

@@ -37,11 +37,6 @@ N_BINS = 10
 TREND_COLUMNS = ["status", "is_fake"]  # all the day-over-day trend needs from the other dates
 
 
-def load_scan(scan: str, scan_date: str | None = None, columns: list[str] | None = None) -> pa.Table:
-    """The rows of one date (None: every date) with a string `scan_date` column."""
-    return output.read_scan(scan, scan_date=scan_date, columns=columns or COLUMNS)
-
-
 def connect(day: pa.Table, every: pa.Table) -> duckdb.DuckDBPyConnection:
     """DuckDB with `scan` (the report's date, all report columns) and `scan_all` (every date, at least
     TREND_COLUMNS) over Arrow tables."""
@@ -51,7 +46,9 @@ def connect(day: pa.Table, every: pa.Table) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+def query_rows(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> list[dict[str, Any]]:
     rel = con.execute(sql, params or [])
     cols = [d[0] for d in rel.description]
     return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
@@ -59,7 +56,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
 
 def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
     """The report's numbers for `scan_date`, the date of `con`'s `scan` (and the trend over `scan_all`)."""
-    totals = _rows(
+    totals = query_rows(
         con,
         """
         SELECT count(*)                                            AS rows,
@@ -72,16 +69,16 @@ def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
         FROM scan""",
     )[0]
     totals["fake_rate"] = round(totals["flagged"] / totals["scored"], 4) if totals["scored"] else None
-    status = _rows(
+    status = query_rows(
         con, "SELECT status, count(*) AS rows FROM scan GROUP BY status ORDER BY rows DESC, status"
     )
-    generators = _rows(
+    generators = query_rows(
         con,
         """
         SELECT top_generator AS generator, count(*) AS flagged FROM scan
         WHERE status = 'ok' AND is_fake GROUP BY top_generator ORDER BY flagged DESC, generator""",
     )
-    shards = _rows(
+    shards = query_rows(
         con,
         """
         SELECT shard, count(*) FILTER (WHERE status <> 'shard_error') AS samples,
@@ -91,7 +88,7 @@ def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
     )
     for s in shards:
         s["fake_rate"] = round(s["flagged"] / s["scored"], 4) if s["scored"] else None
-    hist = _rows(
+    hist = query_rows(
         con,
         f"""
         SELECT CAST(least(floor(p_fake * {N_BINS}), {N_BINS - 1}) AS INTEGER) AS bin,
@@ -108,7 +105,7 @@ def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
         }
         for i in range(N_BINS)
     ]
-    meta = _rows(
+    meta = query_rows(
         con,
         """
         SELECT string_agg(DISTINCT detector_id, ',' ORDER BY detector_id) AS detectors,
@@ -116,7 +113,7 @@ def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
                string_agg(DISTINCT run_id, ',' ORDER BY run_id) AS run_ids,
                string_agg(DISTINCT source, '\n' ORDER BY source) AS inputs FROM scan""",
     )[0]
-    daily = _rows(
+    daily = query_rows(
         con,
         """
         SELECT scan_date, count(*) FILTER (WHERE status = 'ok') AS scored,
@@ -125,7 +122,7 @@ def summarize(con: duckdb.DuckDBPyConnection, scan_date: str) -> dict[str, Any]:
     )
     for d in daily:
         d["fake_rate"] = round(d["flagged"] / d["scored"], 4) if d["scored"] else None
-    errors = _rows(
+    errors = query_rows(
         con,
         """
         SELECT status, any_value(error) AS example FROM scan WHERE status <> 'ok'
@@ -154,7 +151,7 @@ def provenance_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     declared labels: its own decision (p_fake >= threshold, whatever the provenance policy made of is_fake)
     on the scored rows of each verdict. On `ai_declared` rows its flag rate is its recall on the corpus's own
     declared fakes; on `capture_declared` rows it is its false-positive rate on declared camera captures."""
-    verdicts = _rows(
+    verdicts = query_rows(
         con,
         """
         SELECT provenance_verdict AS verdict, count(*) AS rows,
@@ -165,7 +162,7 @@ def provenance_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     )
     for v in verdicts:
         v["detector_flag_rate"] = round(v["detector_flagged"] / v["scored"], 4) if v["scored"] else None
-    generators = _rows(
+    generators = query_rows(
         con,
         """
         SELECT provenance_generator AS generator, provenance_verdict AS verdict, count(*) AS rows,
@@ -204,19 +201,6 @@ def run_header(scan: str, scan_date: str) -> dict[str, Any]:
         "run_status": run.get("status"),
         "shards": shards,
     }
-
-
-def _shards_line(sh: dict[str, Any] | None) -> str:
-    """'12 scanned, 88 carried from 2026-03-01, 3 removed since' (an incremental night) or '100 scanned'."""
-    if not sh:
-        return "—"
-    text = f"{sh['scanned']} scanned"
-    if sh.get("carried_from"):
-        removed = sh.get("removed_since") or 0
-        text += f", {sh['carried']} carried from {sh['carried_from']}, {removed} removed since"
-    elif sh.get("full_scan_reason"):
-        text += f" (incremental, full scan: {sh['full_scan_reason']})"
-    return text
 
 
 def filter_summary(filter_output: str, scan_date: str) -> dict[str, Any]:

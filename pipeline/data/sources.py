@@ -192,7 +192,7 @@ def _detect(files: list[tuple[str, ...]], uri: str) -> Literal["univfd", "genima
     if n_u and n_g:
         raise ConfigError(
             f"layout: {uri} mixes UnivFD (0_real/1_fake: {n_u} files) and GenImage (train|val/ai|nature: "
-            f"{n_g} files) folders; pass layout= explicitly"
+            f"{n_g} files) folders; point it at a folder of one layout"
         )
     if n_u:
         return "univfd"
@@ -319,7 +319,7 @@ def _list_shard(shard: str, *, on_unlabelled: str) -> list[LabelledImage]:
         if on_unlabelled == "error":
             raise ConfigError(
                 f"{shard}: {len(problems)} sample(s) without a valid label, e.g. {problems[:3]}; "
-                "pass on_unlabelled='skip' to drop them"
+                "give each sample a json label or leave it out of the data"
             )
         log.warning("unlabelled_samples_skipped", shard=shard, n=len(problems), examples=problems[:3])
     return items

@@ -47,7 +47,6 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pipeline.logs import get_logger
 from pipeline.models.checkpoint import load_detector
@@ -55,7 +54,7 @@ from pipeline.models.decision import is_fake, logit_of, sigmoid
 from pipeline.models.detector import Detector, DetectorOutput, run_blocks
 from pipeline.models.fusion import DEFAULT_FUSION, check_fusion, fuse
 from pipeline.models.meta import DetectorMeta
-from pipeline.models.preprocess import prepare_image, to_model_input
+from pipeline.models.preprocess import to_model_input
 from pipeline.settings import ConfigError
 
 log = get_logger("pipeline.models.ensemble")
@@ -277,11 +276,6 @@ class DetectorSet:
             )
         plain[0].det.set_tap(kind)
         return plain[0]
-
-    def prepare(self, img: Image.Image) -> dict[InputSpec, np.ndarray]:
-        """One PIL image -> its uint8 array for every input (the decode rule of
-        pipeline.models.preprocess)."""
-        return {s: prepare_image(img, s) for s in self.inputs}  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ device feed
     def _upload(self, chunk: Images) -> tuple[torch.Tensor, Any, torch.Tensor | None]:

@@ -53,10 +53,6 @@ class MoLEConfig(StrictModel):
             raise ValueError(f"top_k={self.top_k} exceeds the number of experts ({len(self.expert_ranks)})")
         return self
 
-    @property
-    def num_experts(self) -> int:
-        return len(self.expert_ranks)
-
     def block_indices(self, depth: int) -> list[int]:
         """Resolved, sorted block indices for a transformer of `depth` blocks."""
         if isinstance(self.blocks, int):
@@ -160,11 +156,6 @@ class DetectorConfig(StrictModel):
                 f"unknown detector config {name_or_path!r}; shipped: {', '.join(list_configs())}"
             )
         return cls.from_file(shipped)
-
-    @property
-    def labels(self) -> list[str]:
-        """Attribution classes: ["real", *generators]."""
-        return ["real", *self.generators]
 
 
 def check_arch_pretrained(arch: str, pretrained: str | None, *, field: str) -> None:

@@ -32,13 +32,9 @@ from pydantic import Field
 from pipeline import storage
 from pipeline.logs import get_logger
 from pipeline.models.checkpoint import write_checkpoint
-from pipeline.models.config import DetectorConfig
+from pipeline.models.config import DetectorConfig, register_arch_configs
 from pipeline.models.constants import META_FILE, WEIGHTS_FILE
-from pipeline.models.detector import (
-    check_state_dict,
-    head_shapes,
-    resolve_pretrained,
-)
+from pipeline.models.detector import check_state_dict, head_shapes, resolve_pretrained
 from pipeline.models.meta import BackboneMeta, CheckpointError, DetectorMeta, ImportedFrom
 from pipeline.settings import ConfigError, StrictModel
 
@@ -200,8 +196,6 @@ def _check_backbone_file(cfg: DetectorConfig, path: Path) -> None:
     import open_clip
     from safetensors import safe_open
 
-    from pipeline.models.config import register_arch_configs
-
     register_arch_configs()
     with torch.device("meta"):
         visual = open_clip.create_model(cfg.arch, pretrained=None, device="meta").visual
@@ -301,7 +295,7 @@ def import_detector(
             tensors[name] = torch.zeros(shape)
     provenance = ImportedFrom(
         kind=kind,
-        variant=variant if kind == "rine" else None,
+        variant=variant,  # None unless --kind rine (checked above)
         file=str(weights),
         sha256=storage.sha256_file(path),
         bytes=os.path.getsize(path),

@@ -45,13 +45,7 @@ def save_detector(det: Detector, ckpt_dir: str | Path, meta: DetectorMeta | None
     stored = det.backbone.kind == "none"
     state = det.state_dict()
     tensors = {k: state[k] for k in checkpoint_keys(det, with_backbone=stored)}
-    backbone = BackboneMeta(
-        arch=det.backbone.arch,
-        pretrained=det.backbone.pretrained,
-        kind=det.backbone.kind,
-        sha256=det.backbone.sha256,
-        stored_in_checkpoint=stored,
-    )
+    backbone = det.backbone.model_copy(update={"stored_in_checkpoint": stored})
     return write_checkpoint(tensors, det.config, backbone, ckpt_dir, meta)
 
 

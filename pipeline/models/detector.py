@@ -20,7 +20,7 @@ from torch import nn
 from pipeline import storage
 from pipeline.logs import get_logger
 from pipeline.models.config import DetectorConfig, check_arch_pretrained, register_arch_configs
-from pipeline.models.meta import CheckpointError, refuse_pickle
+from pipeline.models.meta import BackboneMeta, CheckpointError, refuse_pickle
 from pipeline.models.mole import Mode, MoLEMLP
 from pipeline.settings import ConfigError
 
@@ -34,16 +34,6 @@ class DetectorOutput:
     logit: torch.Tensor  # (N,)   > 0 means generated
     gen_logits: torch.Tensor  # (N, 1+G) over ["real", *generators]
     features: torch.Tensor  # (N, D) what the heads read
-
-
-@dataclass(frozen=True)
-class BackboneSource:
-    """Where the frozen backbone's weights came from (recorded in DetectorMeta)."""
-
-    arch: str
-    pretrained: str | None  # open_clip tag | local path | URI | None (random init)
-    kind: str  # "none" | "tag" | "file"
-    sha256: str | None = None  # of the weights file, when kind == "file"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -73,12 +63,13 @@ def _clip(items: list[str], n: int = 12) -> list[str]:
     return items if len(items) <= n else [*items[:n], f"... (+{len(items) - n} more)"]
 
 
-def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneSource, Path | None]:
+def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneMeta, Path | None]:
     """Classify a pretrained source: None, an open_clip tag, a local ``.safetensors`` file, or a remote URI
-    (fetched once into the local cache via pipeline.storage.fetch_to_cache)."""
+    (fetched once into the local cache via pipeline.storage.fetch_to_cache); the backbone as DetectorMeta
+    records it."""
     check_arch_pretrained(arch, pretrained, field="pretrained")
     if pretrained is None:
-        return BackboneSource(arch, None, "none"), None
+        return BackboneMeta(arch=arch, pretrained=None, kind="none"), None
     if storage.is_remote(pretrained) or pretrained.startswith("file://") or Path(pretrained).suffix:
         refuse_pickle(pretrained)
         if not pretrained.endswith(".safetensors"):
@@ -86,7 +77,10 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneSourc
         local = storage.fetch_to_cache(pretrained)
         if not local.is_file():
             raise ConfigError(f"pretrained: weights file not found: {pretrained}")
-        return BackboneSource(arch, pretrained, "file", storage.sha256_file(local)), local
+        backbone = BackboneMeta(
+            arch=arch, pretrained=pretrained, kind="file", sha256=storage.sha256_file(local)
+        )
+        return backbone, local
     import open_clip
 
     if not open_clip.get_pretrained_cfg(arch, pretrained):
@@ -95,7 +89,7 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneSourc
             f"pretrained: {pretrained!r} is neither an existing .safetensors file nor an open_clip tag of "
             f"{arch} (tags: {', '.join(tags) or 'none'})"
         )
-    return BackboneSource(arch, pretrained, "tag"), None
+    return BackboneMeta(arch=arch, pretrained=pretrained, kind="tag"), None
 
 
 def _load_visual_weights(visual: nn.Module, path: Path, source: str) -> None:
@@ -241,7 +235,7 @@ def tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()[:16]
 
 
-def source_identity(src: BackboneSource | Any, digest: Callable[[], str]) -> str:
+def source_identity(src: BackboneMeta, digest: Callable[[], str]) -> str:
     """Which frozen weights a backbone is: ``<arch>:tag:<open_clip tag>``, ``<arch>:sha256:<weights file>``
     or (stored in the checkpoint) ``<arch>:tensors:<tensor_digest>``; ``digest`` is called only then."""
     if src.kind == "tag":
@@ -256,7 +250,7 @@ class Detector(nn.Module):
     """Frozen CLIP vision tower (+ MoLE adapters) + real/fake head + attribution head."""
 
     def __init__(
-        self, cfg: DetectorConfig, visual: nn.Module, backbone: BackboneSource, clip_params: int
+        self, cfg: DetectorConfig, visual: nn.Module, backbone: BackboneMeta, clip_params: int
     ) -> None:
         super().__init__()
         self.config = cfg

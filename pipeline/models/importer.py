@@ -35,7 +35,7 @@ from pipeline.models.checkpoint import write_checkpoint
 from pipeline.models.config import DetectorConfig, register_arch_configs
 from pipeline.models.constants import META_FILE, WEIGHTS_FILE
 from pipeline.models.detector import check_state_dict, head_shapes, resolve_pretrained
-from pipeline.models.meta import BackboneMeta, CheckpointError, DetectorMeta, ImportedFrom
+from pipeline.models.meta import CheckpointError, DetectorMeta, ImportedFrom
 from pipeline.settings import ConfigError, StrictModel
 
 log = get_logger("pipeline.models.importer")
@@ -305,11 +305,8 @@ def import_detector(
         licence=k.licence,
         paper=k.paper,
     )
-    backbone = BackboneMeta(
-        arch=source.arch, pretrained=source.pretrained, kind=source.kind, sha256=source.sha256
-    )
     meta = DetectorMeta(threshold=0.5, imported_from=provenance)
-    meta = write_checkpoint(tensors, cfg, backbone, out_s, meta)
+    meta = write_checkpoint(tensors, cfg, source, out_s, meta)
     log.info(
         "detector_imported",
         kind=kind,

@@ -32,6 +32,8 @@ def refuse_pickle(path: str) -> None:
 
 
 class BackboneMeta(StrictModel):
+    """Where a detector's frozen backbone weights came from (``Detector.backbone``, saved in the meta)."""
+
     arch: str
     pretrained: str | None = None  # open_clip tag | weights file path/URI | None (random init)
     kind: str = "none"  # "none" | "tag" | "file"

@@ -145,8 +145,6 @@ def check_detector_files(local: Path) -> str | None:
         return None
     expected = detector_id.rsplit("@", 1)[1]
     digest = storage.sha256_file(weights)
-    return (
-        None
-        if digest.startswith(expected)
-        else f"{WEIGHTS_FILE} has sha256 {digest[:12]}, {detector_id} says {expected}"
-    )
+    if digest.startswith(expected):
+        return None
+    return f"{WEIGHTS_FILE} has sha256 {digest[:12]}, {detector_id} says {expected}"

@@ -140,7 +140,13 @@ class DetectorConfig(StrictModel):
             raise ValueError("head.feature: 'block_cls' goes with method 'rine' (and method 'rine' with it)")
         if self.head.feature == "block_cls" and self.head.normalize:
             raise ValueError("head.normalize: not supported with feature 'block_cls'")
-        check_arch_pretrained(self.arch, self.pretrained, field="pretrained")
+        # OpenAI weights need the QuickGELU architectures (METHODS.md): plain ViT-L-14 + openai silently
+        # builds GELU in open_clip (only a warning), so it is an error here
+        if self.pretrained == "openai" and not self.arch.endswith("-quickgelu"):
+            raise ValueError(
+                f"pretrained: tag 'openai' needs a QuickGELU architecture; use arch '{self.arch}-quickgelu' "
+                f"instead of '{self.arch}'"
+            )
         return self
 
     # ------------------------------------------------------------------ loading
@@ -156,16 +162,6 @@ class DetectorConfig(StrictModel):
                 f"unknown detector config {name_or_path!r}; shipped: {', '.join(list_configs())}"
             )
         return cls.from_file(shipped)
-
-
-def check_arch_pretrained(arch: str, pretrained: str | None, *, field: str) -> None:
-    """OpenAI weights need the QuickGELU architectures (METHODS.md): plain ``ViT-L-14`` + ``openai`` silently
-    builds GELU in open_clip (only a warning), so it is an error here."""
-    if pretrained == "openai" and not arch.endswith("-quickgelu"):
-        raise ConfigError(
-            f"{field}: tag 'openai' needs a QuickGELU architecture; use arch '{arch}-quickgelu' "
-            f"instead of '{arch}'"
-        )
 
 
 def _is_arch_file(path: Path) -> bool:

@@ -19,7 +19,7 @@ from torch import nn
 
 from pipeline import storage
 from pipeline.logs import get_logger
-from pipeline.models.config import DetectorConfig, check_arch_pretrained, register_arch_configs
+from pipeline.models.config import DetectorConfig, register_arch_configs
 from pipeline.models.meta import BackboneMeta, CheckpointError, refuse_pickle
 from pipeline.models.mole import Mode, MoLEMLP
 from pipeline.settings import ConfigError
@@ -67,7 +67,6 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneMeta,
     """Classify a pretrained source: None, an open_clip tag, a local ``.safetensors`` file, or a remote URI
     (fetched once into the local cache via pipeline.storage.fetch_to_cache); the backbone as DetectorMeta
     records it."""
-    check_arch_pretrained(arch, pretrained, field="pretrained")
     if pretrained is None:
         return BackboneMeta(arch=arch, pretrained=None, kind="none"), None
     if storage.is_remote(pretrained) or pretrained.startswith("file://") or Path(pretrained).suffix:

@@ -91,13 +91,19 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneMeta,
     return BackboneMeta(arch=arch, pretrained=pretrained, kind="tag"), None
 
 
+def visual_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Vision-tower parameter name -> key, in a backbone weights file that holds a whole CLIP (its
+    ``visual.*`` keys) or the vision tower alone (every key)."""
+    keys = list(keys)
+    whole_clip = any(k.startswith("visual.") for k in keys)
+    return {k.removeprefix("visual."): k for k in keys if not whole_clip or k.startswith("visual.")}
+
+
 def _load_visual_weights(visual: nn.Module, path: Path, source: str) -> None:
-    """Load a safetensors state dict (whole CLIP with ``visual.`` keys, or the vision tower alone)."""
     from safetensors.torch import load_file
 
     sd = load_file(str(path), device="cpu")
-    if any(k.startswith("visual.") for k in sd):
-        sd = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
+    sd = {name: sd[key] for name, key in visual_keys(sd).items()}
     expected = {k: v.shape for k, v in visual.state_dict().items()}
     check_state_dict(expected, sd, what=f"pretrained weights {source}")
     visual.load_state_dict(sd, strict=True)

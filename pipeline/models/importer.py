@@ -34,7 +34,7 @@ from pipeline.logs import get_logger
 from pipeline.models.checkpoint import write_checkpoint
 from pipeline.models.config import DetectorConfig, register_arch_configs
 from pipeline.models.constants import META_FILE, WEIGHTS_FILE
-from pipeline.models.detector import check_state_dict, head_shapes, resolve_pretrained
+from pipeline.models.detector import check_state_dict, head_shapes, resolve_pretrained, visual_keys
 from pipeline.models.meta import CheckpointError, DetectorMeta, ImportedFrom
 from pipeline.settings import ConfigError, StrictModel
 
@@ -202,12 +202,9 @@ def _check_backbone_file(cfg: DetectorConfig, path: Path) -> None:
     expected = {k: v.shape for k, v in visual.state_dict().items()}
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            has_visual = any(k.startswith("visual.") for k in keys)
             got = {
-                k.removeprefix("visual."): torch.empty(f.get_slice(k).get_shape(), device="meta")
-                for k in keys
-                if not has_visual or k.startswith("visual.")
+                name: torch.empty(f.get_slice(key).get_shape(), device="meta")
+                for name, key in visual_keys(f.keys()).items()
             }
     except Exception as exc:  # safetensors raises its own error types for a malformed header
         raise ConfigError(f"--backbone-weights {path}: not a readable .safetensors file ({exc})") from exc

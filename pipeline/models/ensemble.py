@@ -195,7 +195,6 @@ class DetectorSet:
         self.batch_size = batch_size or (
             min(d.config.gpu_batch_size for d, _ in members) if self.cuda else None
         )
-        self.share = share
         self.transform, self.head_features = transform, head_features
         self.members: list[Member] = []
         for det, meta in members:
@@ -322,7 +321,7 @@ class DetectorSet:
         x = to_model_input(images, p.config, device=self.device)  # float + mean/std on the device
         if self.transform is not None:
             x = self.transform(x)
-        if not self.share or len(members) == 1:
+        if len(members) == 1:  # also every group of a set built with share=False
             return {m.detector_id: m.det(x) for m in members}
         pv = p.visual
         k, depth = group.shared_blocks, p.depth

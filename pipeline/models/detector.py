@@ -185,24 +185,20 @@ def run_blocks(
     block_cls: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run ``transformer.resblocks[start:stop]`` on batch-first tokens (N, L, D), as open_clip's
-    ``Transformer.forward`` does (LND inside when the transformer is not batch-first). With ``block_cls``,
-    append the CLS token of each block's ``ln_2`` output, (N, D), read by a forward hook on ``ln_2``."""
-    batch_first = getattr(transformer, "batch_first", True)
+    ``Transformer.forward`` does (open_clip 3.3 always builds a vision tower's transformer batch-first). With
+    ``block_cls``, append the CLS token of each block's ``ln_2`` output, (N, D), read by a forward hook on
+    ``ln_2``."""
     blocks = list(transformer.resblocks)[start:stop]
     handles = []
     if block_cls is not None:
 
         def grab(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            block_cls.append(out[:, 0] if batch_first else out[0])
+            block_cls.append(out[:, 0])
 
         handles = [b.ln_2.register_forward_hook(grab) for b in blocks]
     try:
-        if not batch_first:
-            x = x.transpose(0, 1)
         for b in blocks:
             x = b(x, attn_mask=None)
-        if not batch_first:
-            x = x.transpose(0, 1)
     finally:
         for h in handles:
             h.remove()

@@ -128,7 +128,6 @@ class RineNeck(nn.Module):
 
     def __init__(self, depth: int, width: int, nproj: int, proj_dim: int) -> None:
         super().__init__()
-        self.proj_dim = proj_dim
         self.alpha = nn.Parameter(torch.zeros(1, depth, proj_dim))
         self.proj1 = _projection(width, proj_dim, nproj)
         self.proj2 = _projection(proj_dim, proj_dim, nproj)

@@ -1,7 +1,8 @@
 """The detector module and its one factory, ``create_detector``.
 
-Both methods share this code: open_clip's vision tower (frozen), optional MoLE adapters in the deeper blocks,
-and two heads on the configured feature — a real/fake logit and attribution logits over ["real", *generators].
+Every method (mole, linear, rine) shares this code: open_clip's vision tower (frozen), optional MoLE adapters
+in the deeper blocks or RINE's neck, and two heads on the configured feature — a real/fake logit and
+attribution logits over ["real", *generators].
 """
 
 from __future__ import annotations

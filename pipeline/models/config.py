@@ -156,12 +156,11 @@ class DetectorConfig(StrictModel):
         p = Path(name_or_path)
         if p.suffix == ".json" or p.exists():
             return cls.from_file(p)
-        shipped = CONFIG_DIR / f"{name_or_path}.json"
-        if not shipped.is_file() or str(name_or_path) not in list_configs():
+        if str(name_or_path) not in list_configs():
             raise ConfigError(
                 f"unknown detector config {name_or_path!r}; shipped: {', '.join(list_configs())}"
             )
-        return cls.from_file(shipped)
+        return cls.from_file(CONFIG_DIR / f"{name_or_path}.json")
 
 
 def _is_arch_file(path: Path) -> bool:

@@ -397,12 +397,10 @@ class DetectorSet:
         feats: dict[str, torch.Tensor] = {}
         with torch.inference_mode(), autocast(dev, self.dtype):
             for lo, given, model_in in self._feed(arrays):
-                pair = (
-                    dict(zip(self.inputs, given, strict=True)),
-                    dict(zip(self.inputs, model_in, strict=True)),
-                )
+                given_by_spec = dict(zip(self.inputs, given, strict=True))
+                model_in_by_spec = dict(zip(self.inputs, model_in, strict=True))
                 for g in self.groups:
-                    for rows, outs in self._group_outputs(g, *pair):
+                    for rows, outs in self._group_outputs(g, given_by_spec, model_in_by_spec):
                         at = (
                             slice(lo + rows.start, lo + rows.stop)
                             if isinstance(rows, slice)

@@ -23,7 +23,7 @@ class CheckpointError(ValueError):
 
 
 def refuse_pickle(path: str) -> None:
-    if any(str(path).lower().endswith(s) for s in PICKLE_SUFFIXES):
+    if str(path).lower().endswith(PICKLE_SUFFIXES):
         raise CheckpointError(
             f"refusing to load {path}: '{Path(str(path)).suffix}' files are Python pickles and are never "
             "unpickled here (arbitrary code execution); convert the weights to .safetensors "

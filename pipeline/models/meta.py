@@ -38,7 +38,7 @@ class BackboneMeta(StrictModel):
     pretrained: str | None = None  # open_clip tag | weights file path/URI | None (random init)
     kind: str = "none"  # "none" | "tag" | "file"
     sha256: str | None = None  # of the pretrained weights file (kind == "file")
-    stored_in_checkpoint: bool = False  # the frozen backbone is inside detector.safetensors
+    stored_in_checkpoint: bool = False  # the frozen backbone is inside detector.safetensors (set on save)
 
 
 class ImportedFrom(StrictModel):

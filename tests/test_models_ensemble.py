@@ -54,8 +54,6 @@ def test_shared_pass_equals_each_detector_alone(ckpts: dict[str, Path]) -> None:
     assert desc["groups"][0]["shared_blocks"] == 2 and desc["groups"][0]["depth"] == 4
     images = _images()
     batches = {s: np.stack([prepare_image(im, s) for im in images]) for s in dset.inputs}
-    first = dset.prepare(images[0])
-    assert all(np.array_equal(batches[s][0], first[s]) for s in dset.inputs)
     res = dset.predict(batches)
     assert res["logit"].shape == (5, 4) and res["detector_ids"] == dset.detector_ids
     for j, n in enumerate(names):
@@ -206,7 +204,7 @@ def test_set_rows_carry_each_members_own_predictor_scores(ckpts: dict[str, Path]
         assert np.array_equal(out["member_is_fake"][:, j], own["is_fake"])
     np.testing.assert_allclose(out["logit"], out["member_logit"].mean(axis=1), rtol=1e-6, atol=1e-6)
     assert np.array_equal(out["is_fake"], out["logit"] > 0)
-    first = singles[attributor([s.labels for s in singles])]
+    first = singles[attributor([s.meta.labels for s in singles])]
     own = first.predict(_prepared(images, first.engine.inputs[0]))
     np.testing.assert_allclose(out["generator_scores"], own["generator_scores"], rtol=1e-5, atol=1e-6)
     assert pset.meta.detector_id == first.meta.detector_id

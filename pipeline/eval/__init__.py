@@ -1,2 +1,2 @@
-"""Evaluation (issue 3), no Ray: `metrics` (AP/AUC via scikit-learn, accuracies, attribution), `evaluate`
-(UnivFD-format per-generator table, robustness sweeps, attribution), `report` (Markdown), `plots` (PNG)."""
+"""Evaluation, no Ray: `evaluate` (UnivFD-format per-generator table, robustness sweeps, attribution; the
+metrics are `pipeline.metrics`), `markdown` (the report as Markdown), `plots` (PNG)."""

@@ -83,19 +83,14 @@ def _cap(records: list[LabelledRecord], per_class: int | None) -> list[LabelledR
 
 
 def _predict(
-    predictor: Any,
-    det_cfg: Any,
-    table: Any,
-    batch_size: int,
-    perturb: tuple[str, float] | None = None,
-    skips: Any = None,
+    predictor: Any, table: Any, batch_size: int, perturb: tuple[str, float] | None = None, skips: Any = None
 ) -> dict[str, np.ndarray]:
     """Predict every listed image through the streaming feed's decode stage (`pipeline.train.feed`), one batch
     in memory at a time, optionally perturbed before preprocessing -> p_fake / generator scores per listing
     row (NaN rows: unreadable, counted in `skips`)."""
     from pipeline.train.feed import predict_table
 
-    pred = predict_table(predictor, table, det_cfg, batch_size=batch_size, perturb=perturb, skips=skips)
+    pred = predict_table(predictor, table, predictor.cfg, batch_size=batch_size, perturb=perturb, skips=skips)
     n = table.num_rows
     width = pred["generator_scores"].shape[1] if pred["row"].size else 1
     p_fake, gen = np.full(n, np.nan), np.full((n, width), np.nan)
@@ -117,7 +112,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from pipeline.models import Predictor, load_detector
 
     det, meta = load_detector(cfg.detector)
-    det_cfg = getattr(det, "config", None) or meta.config
     predictor = Predictor(det, meta, device=cfg.device, dtype="float32")
     from pipeline.train.feed import SkipCounter, listing_table
 
@@ -128,7 +122,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     log.info("eval_start", detector=meta.detector_id, n_images=len(records))
     table = listing_table([r.source for r in records])
     skips = SkipCounter()
-    clean = _predict(predictor, det_cfg, table, cfg.batch_size, skips=skips)
+    clean = _predict(predictor, table, cfg.batch_size, skips=skips)
     readable = np.flatnonzero(np.isfinite(clean["p_fake"]))
     if readable.size < len(records):  # unreadable images: counted, reported, left out of every metric
         records = [records[i] for i in readable]
@@ -155,7 +149,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     robustness: dict[str, dict[str, Any]] = {}
     for kind, levels in (("jpeg", cfg.jpeg), ("blur", cfg.blur), ("resize", cfg.resize)):
         for level in levels:
-            pred = _predict(predictor, det_cfg, table, cfg.batch_size, (kind, float(level)), SkipCounter())
+            pred = _predict(predictor, table, cfg.batch_size, (kind, float(level)))
             p, m = _detection_table(records, groups, pred["p_fake"], threshold)
             robustness.setdefault(kind, {})[str(level)] = {
                 "per_generator": {g: {"ap": v["ap"], "acc": v["acc"]} for g, v in p.items()},
@@ -180,15 +174,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         from pipeline.eval.markdown import render_markdown
 
         storage.write_bytes_atomic(cfg.markdown, render_markdown(report).encode())
-    storage.write_bytes_atomic(
-        storage.join(
-            str(Path(cfg.json_out).parent)
-            if not storage.is_remote(cfg.json_out)
-            else cfg.json_out.rsplit("/", 1)[0],
-            "eval_config.json",
-        ),
-        cfg.to_json().encode(),
-    )
+    if storage.is_remote(cfg.json_out):
+        out_dir = cfg.json_out.rsplit("/", 1)[0]
+    else:
+        out_dir = str(Path(cfg.json_out).parent)
+    storage.write_bytes_atomic(storage.join(out_dir, "eval_config.json"), cfg.to_json().encode())
     log.info("eval_done", mean_ap=mean["ap"], mean_acc=mean["acc"], json=cfg.json_out)
     return report
 

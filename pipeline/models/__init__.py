@@ -9,24 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_EXPORTS = {
-    "DetectorMeta": "pipeline.models.meta",
-    "load_detector": "pipeline.models.checkpoint",
-    "read_meta": "pipeline.models.meta",
-    "save_detector": "pipeline.models.checkpoint",
-    "DetectorConfig": "pipeline.models.config",
-    "HeadConfig": "pipeline.models.config",
-    "MoLEConfig": "pipeline.models.config",
-    "list_configs": "pipeline.models.config",
-    "CheckpointError": "pipeline.models.meta",
-    "Detector": "pipeline.models.detector",
-    "DetectorOutput": "pipeline.models.detector",
-    "create_detector": "pipeline.models.detector",
-    "Predictor": "pipeline.models.predictor",
-    "DetectorSet": "pipeline.models.ensemble",
-    "load_detector_set": "pipeline.models.ensemble",
-    "FUSIONS": "pipeline.models.fusion",
-    "fuse": "pipeline.models.fusion",
+_EXPORTS = {  # module -> the names it exports here
+    "pipeline.models.checkpoint": ("load_detector", "save_detector"),
+    "pipeline.models.config": ("DetectorConfig", "HeadConfig", "MoLEConfig", "list_configs"),
+    "pipeline.models.detector": ("Detector", "DetectorOutput", "create_detector"),
+    "pipeline.models.ensemble": ("DetectorSet", "load_detector_set"),
+    "pipeline.models.fusion": ("FUSIONS", "fuse"),
+    "pipeline.models.meta": ("CheckpointError", "DetectorMeta", "read_meta"),
+    "pipeline.models.predictor": ("Predictor",),
 }
 
 __all__ = [
@@ -60,8 +50,9 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
+    for module, names in _EXPORTS.items():
+        if name in names:
+            value = getattr(importlib.import_module(module), name)
+            globals()[name] = value
+            return value
     raise AttributeError(f"module 'pipeline.models' has no attribute {name!r}")

@@ -7,13 +7,10 @@ rebuilt from its recorded source (open_clip tag, or a weights file whose sha256 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -48,13 +45,7 @@ def save_detector(det: Detector, ckpt_dir: str | Path, meta: DetectorMeta | None
     stored = det.backbone.kind == "none"
     state = det.state_dict()
     tensors = {k: state[k] for k in checkpoint_keys(det, with_backbone=stored)}
-    backbone = BackboneMeta(
-        arch=det.backbone.arch,
-        pretrained=det.backbone.pretrained,
-        kind=det.backbone.kind,
-        sha256=det.backbone.sha256,
-        stored_in_checkpoint=stored,
-    )
+    backbone = det.backbone.model_copy(update={"stored_in_checkpoint": stored})
     return write_checkpoint(tensors, det.config, backbone, ckpt_dir, meta)
 
 
@@ -131,22 +122,6 @@ def _local_checkpoint_dir(uri: str) -> Path:
     return local
 
 
-@contextlib.contextmanager
-def _no_random_init_warning() -> Any:
-    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (logged on the root
-    logger)."""
-
-    def flt(record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
-
-    root = logging.getLogger()
-    root.addFilter(flt)
-    try:
-        yield
-    finally:
-        root.removeFilter(flt)
-
-
 def read_checkpoint(uri: str | Path) -> tuple[DetectorMeta, dict[str, torch.Tensor]]:
     """A checkpoint's meta and tensors (local or s3:// via fetch_to_cache), the file hash checked against the
     detector id; no model is built (`load_detector` builds one; a feature-store re-score needs only the
@@ -179,11 +154,8 @@ def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
     meta, tensors = read_checkpoint(uri)
     assert meta.config is not None and meta.backbone is not None  # read_checkpoint checked them
     bb = meta.backbone
-    # a backbone stored in the checkpoint is built random-init and filled right below: open_clip's warning
-    # that it is "initialized randomly" would be false here (only here: a plain random-init build still warns)
-    quiet = _no_random_init_warning() if bb.stored_in_checkpoint else contextlib.nullcontext()
-    with quiet:
-        det = create_detector(meta.config, pretrained=None if bb.stored_in_checkpoint else bb.pretrained)
+    # a stored backbone is built random-init and filled right below
+    det = create_detector(meta.config, pretrained=None if bb.stored_in_checkpoint else bb.pretrained)
     if bb.kind == "file" and not bb.stored_in_checkpoint and det.backbone.sha256 != bb.sha256:
         raise CheckpointError(
             f"{uri}: backbone weights {bb.pretrained} have sha256 {det.backbone.sha256}, "

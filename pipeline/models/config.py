@@ -53,10 +53,6 @@ class MoLEConfig(StrictModel):
             raise ValueError(f"top_k={self.top_k} exceeds the number of experts ({len(self.expert_ranks)})")
         return self
 
-    @property
-    def num_experts(self) -> int:
-        return len(self.expert_ranks)
-
     def block_indices(self, depth: int) -> list[int]:
         """Resolved, sorted block indices for a transformer of `depth` blocks."""
         if isinstance(self.blocks, int):
@@ -144,7 +140,13 @@ class DetectorConfig(StrictModel):
             raise ValueError("head.feature: 'block_cls' goes with method 'rine' (and method 'rine' with it)")
         if self.head.feature == "block_cls" and self.head.normalize:
             raise ValueError("head.normalize: not supported with feature 'block_cls'")
-        check_arch_pretrained(self.arch, self.pretrained, field="pretrained")
+        # OpenAI weights need the QuickGELU architectures (METHODS.md): plain ViT-L-14 + openai silently
+        # builds GELU in open_clip (only a warning), so it is an error here
+        if self.pretrained == "openai" and not self.arch.endswith("-quickgelu"):
+            raise ValueError(
+                f"pretrained: tag 'openai' needs a QuickGELU architecture; use arch '{self.arch}-quickgelu' "
+                f"instead of '{self.arch}'"
+            )
         return self
 
     # ------------------------------------------------------------------ loading
@@ -154,27 +156,11 @@ class DetectorConfig(StrictModel):
         p = Path(name_or_path)
         if p.suffix == ".json" or p.exists():
             return cls.from_file(p)
-        shipped = CONFIG_DIR / f"{name_or_path}.json"
-        if not shipped.is_file() or str(name_or_path) not in list_configs():
+        if str(name_or_path) not in list_configs():
             raise ConfigError(
                 f"unknown detector config {name_or_path!r}; shipped: {', '.join(list_configs())}"
             )
-        return cls.from_file(shipped)
-
-    @property
-    def labels(self) -> list[str]:
-        """Attribution classes: ["real", *generators]."""
-        return ["real", *self.generators]
-
-
-def check_arch_pretrained(arch: str, pretrained: str | None, *, field: str) -> None:
-    """OpenAI weights need the QuickGELU architectures (METHODS.md): plain ``ViT-L-14`` + ``openai`` silently
-    builds GELU in open_clip (only a warning), so it is an error here."""
-    if pretrained == "openai" and not arch.endswith("-quickgelu"):
-        raise ConfigError(
-            f"{field}: tag 'openai' needs a QuickGELU architecture; use arch '{arch}-quickgelu' "
-            f"instead of '{arch}'"
-        )
+        return cls.from_file(CONFIG_DIR / f"{name_or_path}.json")
 
 
 def _is_arch_file(path: Path) -> bool:

@@ -1,7 +1,8 @@
 """The detector module and its one factory, ``create_detector``.
 
-Both methods share this code: open_clip's vision tower (frozen), optional MoLE adapters in the deeper blocks,
-and two heads on the configured feature — a real/fake logit and attribution logits over ["real", *generators].
+Every method (mole, linear, rine) shares this code: open_clip's vision tower (frozen), optional MoLE adapters
+in the deeper blocks or RINE's neck, and two heads on the configured feature — a real/fake logit and
+attribution logits over ["real", *generators].
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from torch import nn
 
 from pipeline import storage
 from pipeline.logs import get_logger
-from pipeline.models.config import DetectorConfig, check_arch_pretrained, register_arch_configs
-from pipeline.models.meta import CheckpointError, refuse_pickle
+from pipeline.models.config import DetectorConfig, register_arch_configs
+from pipeline.models.meta import BackboneMeta, CheckpointError, refuse_pickle
 from pipeline.models.mole import Mode, MoLEMLP
 from pipeline.settings import ConfigError
 
@@ -34,16 +35,6 @@ class DetectorOutput:
     logit: torch.Tensor  # (N,)   > 0 means generated
     gen_logits: torch.Tensor  # (N, 1+G) over ["real", *generators]
     features: torch.Tensor  # (N, D) what the heads read
-
-
-@dataclass(frozen=True)
-class BackboneSource:
-    """Where the frozen backbone's weights came from (recorded in DetectorMeta)."""
-
-    arch: str
-    pretrained: str | None  # open_clip tag | local path | URI | None (random init)
-    kind: str  # "none" | "tag" | "file"
-    sha256: str | None = None  # of the weights file, when kind == "file"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -73,12 +64,12 @@ def _clip(items: list[str], n: int = 12) -> list[str]:
     return items if len(items) <= n else [*items[:n], f"... (+{len(items) - n} more)"]
 
 
-def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneSource, Path | None]:
+def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneMeta, Path | None]:
     """Classify a pretrained source: None, an open_clip tag, a local ``.safetensors`` file, or a remote URI
-    (fetched once into the local cache via pipeline.storage.fetch_to_cache)."""
-    check_arch_pretrained(arch, pretrained, field="pretrained")
+    (fetched once into the local cache via pipeline.storage.fetch_to_cache); the backbone as DetectorMeta
+    records it."""
     if pretrained is None:
-        return BackboneSource(arch, None, "none"), None
+        return BackboneMeta(arch=arch, pretrained=None, kind="none"), None
     if storage.is_remote(pretrained) or pretrained.startswith("file://") or Path(pretrained).suffix:
         refuse_pickle(pretrained)
         if not pretrained.endswith(".safetensors"):
@@ -86,7 +77,10 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneSourc
         local = storage.fetch_to_cache(pretrained)
         if not local.is_file():
             raise ConfigError(f"pretrained: weights file not found: {pretrained}")
-        return BackboneSource(arch, pretrained, "file", storage.sha256_file(local)), local
+        backbone = BackboneMeta(
+            arch=arch, pretrained=pretrained, kind="file", sha256=storage.sha256_file(local)
+        )
+        return backbone, local
     import open_clip
 
     if not open_clip.get_pretrained_cfg(arch, pretrained):
@@ -95,16 +89,22 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneSourc
             f"pretrained: {pretrained!r} is neither an existing .safetensors file nor an open_clip tag of "
             f"{arch} (tags: {', '.join(tags) or 'none'})"
         )
-    return BackboneSource(arch, pretrained, "tag"), None
+    return BackboneMeta(arch=arch, pretrained=pretrained, kind="tag"), None
+
+
+def visual_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Vision-tower parameter name -> key, in a backbone weights file that holds a whole CLIP (its
+    ``visual.*`` keys) or the vision tower alone (every key)."""
+    keys = list(keys)
+    whole_clip = any(k.startswith("visual.") for k in keys)
+    return {k.removeprefix("visual."): k for k in keys if not whole_clip or k.startswith("visual.")}
 
 
 def _load_visual_weights(visual: nn.Module, path: Path, source: str) -> None:
-    """Load a safetensors state dict (whole CLIP with ``visual.`` keys, or the vision tower alone)."""
     from safetensors.torch import load_file
 
     sd = load_file(str(path), device="cpu")
-    if any(k.startswith("visual.") for k in sd):
-        sd = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
+    sd = {name: sd[key] for name, key in visual_keys(sd).items()}
     expected = {k: v.shape for k, v in visual.state_dict().items()}
     check_state_dict(expected, sd, what=f"pretrained weights {source}")
     visual.load_state_dict(sd, strict=True)
@@ -129,7 +129,6 @@ class RineNeck(nn.Module):
 
     def __init__(self, depth: int, width: int, nproj: int, proj_dim: int) -> None:
         super().__init__()
-        self.proj_dim = proj_dim
         self.alpha = nn.Parameter(torch.zeros(1, depth, proj_dim))
         self.proj1 = _projection(width, proj_dim, nproj)
         self.proj2 = _projection(proj_dim, proj_dim, nproj)
@@ -186,24 +185,20 @@ def run_blocks(
     block_cls: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run ``transformer.resblocks[start:stop]`` on batch-first tokens (N, L, D), as open_clip's
-    ``Transformer.forward`` does (LND inside when the transformer is not batch-first). With ``block_cls``,
-    append the CLS token of each block's ``ln_2`` output, (N, D), read by a forward hook on ``ln_2``."""
-    batch_first = getattr(transformer, "batch_first", True)
+    ``Transformer.forward`` does (open_clip 3.3 always builds a vision tower's transformer batch-first). With
+    ``block_cls``, append the CLS token of each block's ``ln_2`` output, (N, D), read by a forward hook on
+    ``ln_2``."""
     blocks = list(transformer.resblocks)[start:stop]
     handles = []
     if block_cls is not None:
 
         def grab(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            block_cls.append(out[:, 0] if batch_first else out[0])
+            block_cls.append(out[:, 0])
 
         handles = [b.ln_2.register_forward_hook(grab) for b in blocks]
     try:
-        if not batch_first:
-            x = x.transpose(0, 1)
         for b in blocks:
             x = b(x, attn_mask=None)
-        if not batch_first:
-            x = x.transpose(0, 1)
     finally:
         for h in handles:
             h.remove()
@@ -241,7 +236,7 @@ def tensor_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()[:16]
 
 
-def source_identity(src: BackboneSource | Any, digest: Callable[[], str]) -> str:
+def source_identity(src: BackboneMeta, digest: Callable[[], str]) -> str:
     """Which frozen weights a backbone is: ``<arch>:tag:<open_clip tag>``, ``<arch>:sha256:<weights file>``
     or (stored in the checkpoint) ``<arch>:tensors:<tensor_digest>``; ``digest`` is called only then."""
     if src.kind == "tag":
@@ -256,7 +251,7 @@ class Detector(nn.Module):
     """Frozen CLIP vision tower (+ MoLE adapters) + real/fake head + attribution head."""
 
     def __init__(
-        self, cfg: DetectorConfig, visual: nn.Module, backbone: BackboneSource, clip_params: int
+        self, cfg: DetectorConfig, visual: nn.Module, backbone: BackboneMeta, clip_params: int
     ) -> None:
         super().__init__()
         self.config = cfg

@@ -47,7 +47,6 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pipeline.logs import get_logger
 from pipeline.models.checkpoint import load_detector
@@ -55,7 +54,7 @@ from pipeline.models.decision import is_fake, logit_of, sigmoid
 from pipeline.models.detector import Detector, DetectorOutput, run_blocks
 from pipeline.models.fusion import DEFAULT_FUSION, check_fusion, fuse
 from pipeline.models.meta import DetectorMeta
-from pipeline.models.preprocess import prepare_image, to_model_input
+from pipeline.models.preprocess import to_model_input
 from pipeline.settings import ConfigError
 
 log = get_logger("pipeline.models.ensemble")
@@ -196,7 +195,6 @@ class DetectorSet:
         self.batch_size = batch_size or (
             min(d.config.gpu_batch_size for d, _ in members) if self.cuda else None
         )
-        self.share = share
         self.transform, self.head_features = transform, head_features
         self.members: list[Member] = []
         for det, meta in members:
@@ -278,11 +276,6 @@ class DetectorSet:
         plain[0].det.set_tap(kind)
         return plain[0]
 
-    def prepare(self, img: Image.Image) -> dict[InputSpec, np.ndarray]:
-        """One PIL image -> its uint8 array for every input (the decode rule of
-        pipeline.models.preprocess)."""
-        return {s: prepare_image(img, s) for s in self.inputs}  # type: ignore[arg-type]
-
     # ------------------------------------------------------------------ device feed
     def _upload(self, chunk: Images) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
         """Start the host -> device copy of one uint8 chunk on the copy stream (pinned, non-blocking); returns
@@ -328,7 +321,7 @@ class DetectorSet:
         x = to_model_input(images, p.config, device=self.device)  # float + mean/std on the device
         if self.transform is not None:
             x = self.transform(x)
-        if not self.share or len(members) == 1:
+        if len(members) == 1:  # also every group of a set built with share=False
             return {m.detector_id: m.det(x) for m in members}
         pv = p.visual
         k, depth = group.shared_blocks, p.depth
@@ -404,12 +397,10 @@ class DetectorSet:
         feats: dict[str, torch.Tensor] = {}
         with torch.inference_mode(), autocast(dev, self.dtype):
             for lo, given, model_in in self._feed(arrays):
-                pair = (
-                    dict(zip(self.inputs, given, strict=True)),
-                    dict(zip(self.inputs, model_in, strict=True)),
-                )
+                given_by_spec = dict(zip(self.inputs, given, strict=True))
+                model_in_by_spec = dict(zip(self.inputs, model_in, strict=True))
                 for g in self.groups:
-                    for rows, outs in self._group_outputs(g, *pair):
+                    for rows, outs in self._group_outputs(g, given_by_spec, model_in_by_spec):
                         at = (
                             slice(lo + rows.start, lo + rows.stop)
                             if isinstance(rows, slice)

@@ -32,14 +32,10 @@ from pydantic import Field
 from pipeline import storage
 from pipeline.logs import get_logger
 from pipeline.models.checkpoint import write_checkpoint
-from pipeline.models.config import DetectorConfig
+from pipeline.models.config import DetectorConfig, register_arch_configs
 from pipeline.models.constants import META_FILE, WEIGHTS_FILE
-from pipeline.models.detector import (
-    check_state_dict,
-    head_shapes,
-    resolve_pretrained,
-)
-from pipeline.models.meta import BackboneMeta, CheckpointError, DetectorMeta, ImportedFrom
+from pipeline.models.detector import check_state_dict, head_shapes, resolve_pretrained, visual_keys
+from pipeline.models.meta import CheckpointError, DetectorMeta, ImportedFrom
 from pipeline.settings import ConfigError, StrictModel
 
 log = get_logger("pipeline.models.importer")
@@ -200,20 +196,15 @@ def _check_backbone_file(cfg: DetectorConfig, path: Path) -> None:
     import open_clip
     from safetensors import safe_open
 
-    from pipeline.models.config import register_arch_configs
-
     register_arch_configs()
     with torch.device("meta"):
         visual = open_clip.create_model(cfg.arch, pretrained=None, device="meta").visual
     expected = {k: v.shape for k, v in visual.state_dict().items()}
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            has_visual = any(k.startswith("visual.") for k in keys)
             got = {
-                k.removeprefix("visual."): torch.empty(f.get_slice(k).get_shape(), device="meta")
-                for k in keys
-                if not has_visual or k.startswith("visual.")
+                name: torch.empty(f.get_slice(key).get_shape(), device="meta")
+                for name, key in visual_keys(f.keys()).items()
             }
     except Exception as exc:  # safetensors raises its own error types for a malformed header
         raise ConfigError(f"--backbone-weights {path}: not a readable .safetensors file ({exc})") from exc
@@ -301,7 +292,7 @@ def import_detector(
             tensors[name] = torch.zeros(shape)
     provenance = ImportedFrom(
         kind=kind,
-        variant=variant if kind == "rine" else None,
+        variant=variant,  # None unless --kind rine (checked above)
         file=str(weights),
         sha256=storage.sha256_file(path),
         bytes=os.path.getsize(path),
@@ -311,11 +302,8 @@ def import_detector(
         licence=k.licence,
         paper=k.paper,
     )
-    backbone = BackboneMeta(
-        arch=source.arch, pretrained=source.pretrained, kind=source.kind, sha256=source.sha256
-    )
     meta = DetectorMeta(threshold=0.5, imported_from=provenance)
-    meta = write_checkpoint(tensors, cfg, backbone, out_s, meta)
+    meta = write_checkpoint(tensors, cfg, source, out_s, meta)
     log.info(
         "detector_imported",
         kind=kind,

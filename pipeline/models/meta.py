@@ -23,7 +23,7 @@ class CheckpointError(ValueError):
 
 
 def refuse_pickle(path: str) -> None:
-    if any(str(path).lower().endswith(s) for s in PICKLE_SUFFIXES):
+    if str(path).lower().endswith(PICKLE_SUFFIXES):
         raise CheckpointError(
             f"refusing to load {path}: '{Path(str(path)).suffix}' files are Python pickles and are never "
             "unpickled here (arbitrary code execution); convert the weights to .safetensors "
@@ -32,11 +32,13 @@ def refuse_pickle(path: str) -> None:
 
 
 class BackboneMeta(StrictModel):
+    """Where a detector's frozen backbone weights came from (``Detector.backbone``, saved in the meta)."""
+
     arch: str
     pretrained: str | None = None  # open_clip tag | weights file path/URI | None (random init)
     kind: str = "none"  # "none" | "tag" | "file"
     sha256: str | None = None  # of the pretrained weights file (kind == "file")
-    stored_in_checkpoint: bool = False  # the frozen backbone is inside detector.safetensors
+    stored_in_checkpoint: bool = False  # the frozen backbone is inside detector.safetensors (set on save)
 
 
 class ImportedFrom(StrictModel):
@@ -143,8 +145,6 @@ def check_detector_files(local: Path) -> str | None:
         return None
     expected = detector_id.rsplit("@", 1)[1]
     digest = storage.sha256_file(weights)
-    return (
-        None
-        if digest.startswith(expected)
-        else f"{WEIGHTS_FILE} has sha256 {digest[:12]}, {detector_id} says {expected}"
-    )
+    if digest.startswith(expected):
+        return None
+    return f"{WEIGHTS_FILE} has sha256 {digest[:12]}, {detector_id} says {expected}"

@@ -104,10 +104,6 @@ class MoLEMLP(nn.Module):
 
     # ------------------------------------------------------------------ routing
     @property
-    def num_experts(self) -> int:
-        return len(self.experts)
-
-    @property
     def loras(self) -> list[LoRA]:
         """The shared LoRA (when there is one), then the experts: the fused weights' column order."""
         return ([self.shared] if self.shared is not None else []) + list(self.experts)
@@ -195,7 +191,7 @@ class MoLEMLP(nn.Module):
         z = torch.addmm(b_in.to(y2.dtype), y2, w_in.to(y2.dtype).t())  # [MLP hidden | adapters | router]
         h = z[:, :hidden]
         a_experts = z[:, hidden + r_shared : hidden + r_total]
-        g = self.gates(z[:, hidden + r_total : hidden + r_total + self.num_experts]).to(z.dtype)
+        g = self.gates(z[:, hidden + r_total : hidden + r_total + len(self.experts)]).to(z.dtype)
         gcols = g.index_select(1, self._col_expert)
         if z.requires_grad:
             act = _act_module(self.base_mlp)(h)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.models import decision
+from pipeline.models.config import DetectorConfig
 from pipeline.models.detector import Detector
 from pipeline.models.ensemble import DetectorSet, DType, Images, load_detector_set
 from pipeline.models.fusion import attributor
@@ -56,9 +57,8 @@ class Predictor:
     def _bind(self, engine: DetectorSet) -> None:
         self.engine = engine
         self.device, self.dtype, self.batch_size = engine.device, engine.dtype, engine.batch_size
-        self.attributing = engine.members[attributor([list(m.meta.labels) for m in engine.members])]
+        self.attributing = engine.members[attributor([m.meta.labels for m in engine.members])]
         self.meta, self.cfg = self.attributing.meta, self.attributing.det.config
-        self.labels = ["real", *self.meta.generators]
 
     def predict(self, *inputs: Images) -> dict[str, Any]:
         """One uint8 (N, S, S, 3) batch per input of the set (``DetectorSet.inputs`` order; numpy, or a
@@ -85,12 +85,14 @@ class Predictor:
         return {**out, **{k: res[k] for k in ("features", "head_features") if k in res}}
 
 
-def score_results(logit: np.ndarray, scores: np.ndarray, cfg: Any, meta: DetectorMeta) -> dict[str, Any]:
+def score_results(
+    logit: np.ndarray, scores: np.ndarray, cfg: DetectorConfig, meta: DetectorMeta
+) -> dict[str, Any]:
     """A detector's logits (N,) and attribution softmax (N, 1+G) -> the scan's per-row results (p_fake, logit,
     is_fake by the config's decision rule and the meta's threshold, top_generator, generator_scores): the one
     rule for the Predictor and a feature-store re-score (`pipeline.features.head`); the detector set applies
     the same `pipeline.models.decision` functions per member."""
-    is_fake = decision.is_fake(logit, meta.threshold, getattr(cfg, "decision", "p_fake_ge"))
+    is_fake = decision.is_fake(logit, meta.threshold, cfg.decision)
     return {
         "p_fake": decision.sigmoid(logit),
         "logit": logit.astype(np.float32),
@@ -104,7 +106,7 @@ def top_generators(scores: np.ndarray, is_fake: np.ndarray, meta: DetectorMeta) 
     """The attribution label per image: the most likely of ["real", *generators] ("unknown" below the
     checkpoint's unknown_threshold); for a detector without generators "unknown" when fake, else "real"."""
     if meta.generators:
-        labels = ["real", *meta.generators]
+        labels = meta.labels
         best = scores.argmax(axis=1)
         conf = scores.max(axis=1)
         return [UNKNOWN if c < meta.unknown_threshold else labels[b] for b, c in zip(best, conf, strict=True)]

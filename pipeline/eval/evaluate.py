@@ -83,14 +83,14 @@ def _cap(records: list[LabelledRecord], per_class: int | None) -> list[LabelledR
 
 
 def _predict(
-    predictor: Any, table: Any, batch_size: int, perturb: tuple[str, float] | None = None, skips: Any = None
+    predictor: Any, table: Any, batch_size: int, skips: Any, perturb: tuple[str, float] | None = None
 ) -> dict[str, np.ndarray]:
     """Predict every listed image through the streaming feed's decode stage (`pipeline.train.feed`), one batch
     in memory at a time, optionally perturbed before preprocessing -> p_fake / generator scores per listing
     row (NaN rows: unreadable, counted in `skips`)."""
     from pipeline.train.feed import predict_table
 
-    pred = predict_table(predictor, table, predictor.cfg, batch_size=batch_size, perturb=perturb, skips=skips)
+    pred = predict_table(predictor, table, batch_size=batch_size, perturb=perturb, skips=skips)
     n = table.num_rows
     width = pred["generator_scores"].shape[1] if pred["row"].size else 1
     p_fake, gen = np.full(n, np.nan), np.full((n, width), np.nan)
@@ -122,7 +122,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     log.info("eval_start", detector=meta.detector_id, n_images=len(records))
     table = listing_table([r.source for r in records])
     skips = SkipCounter()
-    clean = _predict(predictor, table, cfg.batch_size, skips=skips)
+    clean = _predict(predictor, table, cfg.batch_size, skips)
     readable = np.flatnonzero(np.isfinite(clean["p_fake"]))
     if readable.size < len(records):  # unreadable images: counted, reported, left out of every metric
         records = [records[i] for i in readable]
@@ -149,7 +149,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     robustness: dict[str, dict[str, Any]] = {}
     for kind, levels in (("jpeg", cfg.jpeg), ("blur", cfg.blur), ("resize", cfg.resize)):
         for level in levels:
-            pred = _predict(predictor, table, cfg.batch_size, (kind, float(level)))
+            # the readable images only (the clean pass counted the others): a counter of its own
+            pred = _predict(predictor, table, cfg.batch_size, SkipCounter(), (kind, float(level)))
             p, m = _detection_table(records, groups, pred["p_fake"], threshold)
             robustness.setdefault(kind, {})[str(level)] = {
                 "per_generator": {g: {"ap": v["ap"], "acc": v["acc"]} for g, v in p.items()},

@@ -135,7 +135,7 @@ def calibrate_checkpoint(cfg: CalibrateConfig) -> dict[str, Any]:
     skips = SkipCounter()
     # streamed: one batch of images in memory at a time; unreadable images are counted and left out
     table = listing_table([r.source for r in records])
-    pred = predict_table(predictor, table, det.config, batch_size=cfg.batch_size, skips=skips)
+    pred = predict_table(predictor, table, batch_size=cfg.batch_size, skips=skips)
     labels = np.array([records[i].label for i in pred["row"]])
     if not np.any(labels == 0):
         raise ValueError(f"{cfg.data}: none of its real images could be read; nothing to calibrate on")

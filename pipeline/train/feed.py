@@ -367,7 +367,6 @@ def to_device(images: np.ndarray, det_cfg: Any, device: torch.device) -> torch.T
 def predict_table(
     predictor: Any,
     table: pa.Table,
-    det_cfg: Any,
     *,
     batch_size: int,
     skips: SkipCounter,
@@ -376,7 +375,7 @@ def predict_table(
     """Stream a listing through the decode stage (optionally perturbed) into `predictor.predict`, one batch in
     memory at a time -> {"row", "p_fake", "generator_scores"} for the readable rows (listing order);
     unreadable rows are counted in `skips` and left out."""
-    stage = DecodeStage(DecodeSpec(det_cfg=det_cfg, perturb=perturb))
+    stage = DecodeStage(DecodeSpec(det_cfg=predictor.cfg, perturb=perturb))
     parts: dict[str, list[np.ndarray]] = {"row": [], "p_fake": [], "generator_scores": []}
     for b in iter_local(table, stage, batch_size=batch_size):
         if (ok := skips.add(b)).any():

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from pipeline.cli.filter_shards import main as filter_main
-from pipeline.hygiene.policy import UNKNOWN_LABEL, FilterPolicy
+from pipeline.hygiene.policy import FilterPolicy
 from pipeline.settings import ConfigError
 from tests.support.hygiene import GALLERY_DAY as DAY
 from tests.support.hygiene import make_detector, scan_in_process, write_sidecar_corpus
@@ -45,12 +45,6 @@ def test_check_labels_accepts_the_detectors_labels_and_unknown() -> None:
     msg = str(info.value)
     assert msg.startswith("generator_rules: 'upcnv', 'Real' are not labels of the detector")
     assert msg.endswith("known labels: real, famA, upconv, unknown")
-
-
-def test_unknown_label_is_the_predictors() -> None:
-    from pipeline.models.predictor import UNKNOWN
-
-    assert UNKNOWN_LABEL == UNKNOWN
 
 
 def run(capsys, *args: str) -> tuple[int, str]:

@@ -99,7 +99,7 @@ class FeatureHead:
 
     @property
     def labels(self) -> list[str]:
-        return ["real", *self.meta.generators]
+        return self.meta.labels
 
     def differences(self, stored: FeatureSpec) -> list[str]:
         """What makes the `stored` features not the ones these heads read; empty: the same."""

@@ -7,15 +7,13 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from pipeline.models.constants import UNKNOWN_LABEL
 from pipeline.output import PROVENANCE_VERDICTS
 from pipeline.runner import ErrorBudgetConfig
 from pipeline.settings import ConfigError, StrictModel
 from pipeline.storage import names_shards
 
 Action = Literal["keep", "drop", "quarantine"]
-# besides the detector's labels ("real", *generators), the scan writes top_generator "unknown" when no known
-# generator is confident enough (pipeline.models.predictor.UNKNOWN; not imported: it pulls in torch)
-UNKNOWN_LABEL = "unknown"
 
 
 class GeneratorRule(StrictModel):

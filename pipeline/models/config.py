@@ -15,7 +15,14 @@ from typing import Literal, Self
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from pipeline.models.constants import CLIP_MEAN, CLIP_STD, DecisionRule, PreprocessMode
+from pipeline.models.constants import (
+    CLIP_MEAN,
+    CLIP_STD,
+    REAL_LABEL,
+    UNKNOWN_LABEL,
+    DecisionRule,
+    PreprocessMode,
+)
 from pipeline.settings import ConfigError, StrictModel
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -124,7 +131,7 @@ class DetectorConfig(StrictModel):
         if len(set(v)) != len(v):
             raise ValueError("generators: duplicate labels")
         for g in v:
-            if not g or g in ("real", "unknown"):
+            if not g or g in (REAL_LABEL, UNKNOWN_LABEL):
                 raise ValueError(f"generators: {g!r} is reserved or empty")
         return v
 

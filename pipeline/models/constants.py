@@ -8,6 +8,12 @@ from typing import Literal, get_args
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
+# The attribution labels that name no generator: the head's class 0 (gen_logits over ["real", *generators]),
+# and a fake of no known label (its attribution confidence under the checkpoint's unknown threshold, or a
+# declared generator that maps to none of the detector's labels). Neither may be a generator's name.
+REAL_LABEL = "real"
+UNKNOWN_LABEL = "unknown"
+
 # Checkpoint files written by save_detector.
 WEIGHTS_FILE = "detector.safetensors"
 META_FILE = "detector.json"

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from pipeline import storage
 from pipeline.models.config import DetectorConfig
-from pipeline.models.constants import META_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE
+from pipeline.models.constants import META_FILE, PICKLE_SUFFIXES, REAL_LABEL, WEIGHTS_FILE
 from pipeline.settings import StrictModel
 
 
@@ -79,7 +79,7 @@ class DetectorMeta(StrictModel):
 
     @property
     def labels(self) -> list[str]:
-        return ["real", *self.generators]
+        return [REAL_LABEL, *self.generators]
 
 
 # The safetensors format: an 8-byte little-endian header length, then a JSON header naming every tensor's

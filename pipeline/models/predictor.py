@@ -16,12 +16,11 @@ import torch
 
 from pipeline.models import decision
 from pipeline.models.config import DetectorConfig
+from pipeline.models.constants import REAL_LABEL, UNKNOWN_LABEL
 from pipeline.models.detector import Detector
 from pipeline.models.ensemble import DetectorSet, DType, Images, load_detector_set
 from pipeline.models.fusion import attributor
 from pipeline.models.meta import DetectorMeta
-
-UNKNOWN = "unknown"
 
 
 class Predictor:
@@ -109,5 +108,8 @@ def top_generators(scores: np.ndarray, is_fake: np.ndarray, meta: DetectorMeta) 
         labels = meta.labels
         best = scores.argmax(axis=1)
         conf = scores.max(axis=1)
-        return [UNKNOWN if c < meta.unknown_threshold else labels[b] for b, c in zip(best, conf, strict=True)]
-    return [UNKNOWN if f else "real" for f in is_fake]
+        return [
+            UNKNOWN_LABEL if c < meta.unknown_threshold else labels[b]
+            for b, c in zip(best, conf, strict=True)
+        ]
+    return [UNKNOWN_LABEL if f else REAL_LABEL for f in is_fake]

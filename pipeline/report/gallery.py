@@ -28,9 +28,9 @@ import duckdb
 
 from pipeline import shards as shard_layer
 from pipeline import storage
-from pipeline.hygiene.policy import UNKNOWN_LABEL
 from pipeline.limits import MAX_PIXELS
 from pipeline.logs import get_logger
+from pipeline.models.constants import REAL_LABEL, UNKNOWN_LABEL
 from pipeline.report.summary import query_rows
 
 THUMB_PX = 256
@@ -76,10 +76,6 @@ class Gallery(NamedTuple):
     title: str
     items: list[Item]
     note: str = ""  # one sentence under the title: what the reader is looking at and what to do with it
-
-
-# the attribution head's label for "no generator" (pipeline.models: gen_logits over ["real", *generators])
-REAL_LABEL = "real"
 
 
 def fakes_gallery(generator: str, items: list[Item]) -> Gallery:

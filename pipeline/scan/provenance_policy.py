@@ -26,8 +26,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.models.constants import UNKNOWN_LABEL
+
 POLICIES = ("declared", "signed", "trusted", "report")
-UNKNOWN = "unknown"  # the same word as pipeline.models.predictor.UNKNOWN (a fake of no known label)
 
 
 def decides(policy: str, verdict: str, basis: str, signature: str) -> bool:
@@ -57,7 +58,7 @@ def label_for(generator: str, model: str, labels: Sequence[str]) -> str:
         key = _norm(label)
         if key and any(key in name for name in names):
             return label
-    return UNKNOWN
+    return UNKNOWN_LABEL
 
 
 def apply_policy(rows: dict[str, np.ndarray], labels: Sequence[str], policy: str) -> dict[str, np.ndarray]:

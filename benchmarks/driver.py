@@ -145,6 +145,7 @@ def scan_driver_writes(cfg: Any) -> dict[str, Any]:
     """The old design, same plan and same writer code, but every row comes to the driver, which writes."""
     from pipeline.engine.scan import build_dataset
     from pipeline.models import read_meta
+    from pipeline.scan.execute import ScanWork
     from pipeline.scan.job import list_input_objects
     from pipeline.scan.rows import RunContext
     from pipeline.scan.write import ShardSink
@@ -162,9 +163,8 @@ def scan_driver_writes(cfg: Any) -> dict[str, Any]:
     sink = ShardSink(ctx, cfg.output, "2026-01-01")
     rows = 0
     # the scan's own Ray Data plan, its scored batches pulled to the driver instead of the writer actors
-    ds = build_dataset(
-        shards, cfg, image_size=int(meta.config.image_size), resize_mode="center_crop", scorer=NullScorer
-    )
+    work = ScanWork(cfg, ctx, "2026-01-01", image_size=int(meta.config.image_size), resize_mode="center_crop")
+    ds = build_dataset(shards, work, NullScorer)
     stream = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
     s0, handle = time.thread_time(), 0.0
     for batch in stream:

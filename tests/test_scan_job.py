@@ -265,13 +265,17 @@ def test_plan_keeps_decode_out_of_the_model_actors(world):
 
     from pipeline.engine.scan import build_dataset
     from pipeline.scan.config import ScanConfig
+    from pipeline.scan.execute import ScanWork
+    from pipeline.scan.rows import RunContext
 
     cfg = ScanConfig.parse(
         {"input": "x", "output": "y", "detector": "z", "read_num_cpus": 0.5, "actor_num_cpus": 0.5}
     )
+    ctx = RunContext(run_id="r", source="x", detector_id="d", threshold=0.5, labels=["real"])
+    work = ScanWork(cfg, ctx, "2026-01-01", image_size=96, resize_mode="center_crop")
     ray.init(address=world["head"].address)
     try:
-        ds = build_dataset([("s3://b/a.tar", "a")], cfg, image_size=96, resize_mode="center_crop")
+        ds = build_dataset([("s3://b/a.tar", "a")], work)
         op, names = get_execution_plan(ds._logical_plan)[0].dag, []
         while op is not None:
             names.append(type(op).__name__)

@@ -1,7 +1,7 @@
 """THE Ray Data plan of the scan — the only place with from_items / map_batches [ours].
 
     from_items(shard list, one block per shard)
-      -> map_batches(prepare_batch)   CPU tasks: read_shard + decode_image, yields chunks of rows
+      -> map_batches(prepare_on_node) CPU tasks: read_shard + decode_image, yields chunks of rows
       -> map_batches(Scorer)          actor pool, fractional num_cpus, num_gpus from config, fused detector
       -> map_batches(route_to_writers) small CPU tasks: each shard's rows go to ONE writer actor (by shard id)
       -> writer actors                collect a shard's rows, write its Parquet, then its marker (on the
@@ -36,9 +36,8 @@ from pipeline.console import verbose
 from pipeline.engine import cluster
 from pipeline.logs import get_logger
 from pipeline.scan.carry import CarryItem, CarryResult, carried_then_rest, carry_batch
-from pipeline.scan.config import ScanConfig
-from pipeline.scan.execute import ReportingScorer, ScanWork, provenance_kwargs, scorer_kwargs
-from pipeline.scan.prepare import prepare_batch
+from pipeline.scan.execute import ReportingScorer, ScanWork
+from pipeline.scan.prepare import prepare_shard
 from pipeline.scan.rows import RunContext
 from pipeline.scan.write import ShardSink, tag_identity
 
@@ -56,34 +55,26 @@ WRITER_MEMORY_MB = 64
 ROUTE_NUM_CPUS = 0.0
 
 
-def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: object) -> Iterator[dict[str, np.ndarray]]:
-    """prepare_batch, tagging each row with the Ray node id of the task that read the shard (`_node`, kept in
-    the shard's stats as `node_id`: shows which node did the work, e.g. in tests/test_multinode.py) and with
-    the shard's stored identity from the driver's listing (the item's `identity`, recorded in its marker)."""
+def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
+    """prepare_shard of each shard item, tagging each row with the Ray node id of the task that read the shard
+    (`_node`, kept in the shard's stats as `node_id`: shows which node did the work, e.g. in
+    tests/test_multinode.py) and with the shard's stored identity from the driver's listing (the item's
+    `identity`, recorded in its marker)."""
     node = ray.get_runtime_context().get_node_id()
-    identities = batch.get("identity")
-    for i in range(len(batch["shard"])):
-        item = {k: v[i : i + 1] for k, v in batch.items() if k != "identity"}
-        for out in prepare_batch(item, **kwargs):
+    for url, shard, identity in zip(batch["shard_url"], batch["shard"], batch["identity"], strict=True):
+        for out in prepare_shard(str(url), str(shard), **kwargs):
             out["_node"] = np.full(len(out["shard"]), node, dtype=object)
-            tag_identity(out, str(identities[i]) if identities is not None else None)
+            tag_identity(out, str(identity))
             yield out
 
 
 def build_dataset(
-    shards: list[tuple[str, str]],
-    cfg: ScanConfig,
-    *,
-    image_size: int,
-    resize_mode: str,
-    scorer: type = ReportingScorer,
-    also: list[tuple[int, str]] | None = None,
-    identities: dict[str, str | None] | None = None,
+    shards: list[tuple[str, str]], work: ScanWork, scorer: type = ReportingScorer
 ) -> ray.data.Dataset:
-    """Read + decode -> score. shards: [(shard_url, shard_id)]; scorer: the actor class (a model-free one in
-    benchmarks/driver.py); also: the further inputs a detector set needs (`ScanWork.also`); identities: shard
-    id -> stored identity (`ScanWork.identities`), recorded in the markers."""
-    also = list(also or [])
+    """Read + decode -> score. shards: [(shard_url, shard_id)]; work: the run's read and score settings (the
+    same as the local executor's) and each shard's stored identity, recorded in its marker; scorer: the actor
+    class (a model-free one in benchmarks/driver.py)."""
+    cfg = work.cfg
     ctx = DataContext.get_current()
     # Ray Data's own progress (bars, or a periodic dump when stderr is not a terminal) only for --verbose: the
     # job's console has its one progress line (pipeline.console)
@@ -95,22 +86,15 @@ def build_dataset(
         # libraries
         ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     ctx.execution_options.preserve_order = False
-    ids = identities or {}
-    items = [{"shard_url": url, "shard": sid, "identity": ids.get(sid) or ""} for url, sid in shards]
+    items = [
+        {"shard_url": url, "shard": sid, "identity": work.identities.get(sid) or ""} for url, sid in shards
+    ]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         prepare_on_node,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={
-            "image_size": image_size,
-            "resize_mode": resize_mode,
-            "max_pixels": cfg.max_pixels,
-            "chunk_rows": cfg.chunk_rows,
-            "decode_on": cfg.decode_on,
-            "also": also,
-            **provenance_kwargs(cfg),
-        },
+        fn_kwargs=work.prepare_kwargs(),
         compute=TaskPoolStrategy(size=cfg.read_concurrency) if cfg.read_concurrency else None,
         num_cpus=cfg.read_num_cpus,
         # A memory reservation for the shard held in memory. It also keeps decode out of the actors: Ray fuses
@@ -121,7 +105,7 @@ def build_dataset(
         scorer,
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        fn_constructor_kwargs=scorer_kwargs(cfg, [(image_size, resize_mode), *also]),
+        fn_constructor_kwargs=work.scorer_kwargs(),
         compute=ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.actor_num_cpus,
         num_gpus=cfg.actor_num_gpus,
@@ -200,15 +184,7 @@ class RayScanExecutor:
             for i in range(n_writers)
         ]
         try:
-            ds = build_dataset(
-                todo,
-                cfg,
-                image_size=work.image_size,
-                resize_mode=work.resize_mode,
-                scorer=self.scorer,
-                also=work.also,
-                identities=work.identities,
-            )
+            ds = build_dataset(todo, work, self.scorer)
             # a bounded task pool: tiny CPU requests would otherwise let Ray start dozens of worker processes
             ds = ds.map_batches(
                 route_to_writers,

@@ -44,9 +44,22 @@ class ScanWork:
     carry: list[CarryItem] = field(default_factory=list)
 
     def scorer_kwargs(self) -> dict[str, Any]:
-        return scorer_kwargs(self.cfg, [(self.image_size, self.resize_mode), *self.also])
+        """The scorer's constructor arguments (the local and the Ray executor alike)."""
+        cfg = self.cfg
+        return {
+            "detector": cfg.detector,
+            "device": cfg.device,
+            "dtype": cfg.dtype,
+            "torch_threads": cfg.torch_threads,
+            "decode_on": cfg.decode_on,
+            "fusion": cfg.fusion,
+            "inputs": [(self.image_size, self.resize_mode), *self.also],
+            "features": cfg.features,
+            "features_precision": cfg.features_precision,
+        }
 
     def prepare_kwargs(self) -> dict[str, Any]:
+        """The read stage's arguments (`prepare_shard`; the local and the Ray executor alike)."""
         cfg = self.cfg
         return {
             "image_size": self.image_size,
@@ -55,28 +68,9 @@ class ScanWork:
             "chunk_rows": cfg.chunk_rows,
             "decode_on": cfg.decode_on,
             "also": list(self.also),
-            **provenance_kwargs(cfg),
+            "provenance": cfg.provenance,
+            "trust_anchors_pem": cfg.trust_anchors_pem,
         }
-
-
-def provenance_kwargs(cfg: ScanConfig) -> dict[str, Any]:
-    """The read stage's provenance arguments for a run (the local and the Ray executor alike)."""
-    return {"provenance": cfg.provenance, "trust_anchors_pem": cfg.trust_anchors_pem}
-
-
-def scorer_kwargs(cfg: ScanConfig, inputs: list[tuple[int, str]]) -> dict[str, Any]:
-    """The scorer's constructor arguments for a run (the local and the Ray executor alike)."""
-    return {
-        "detector": cfg.detector,
-        "device": cfg.device,
-        "dtype": cfg.dtype,
-        "torch_threads": cfg.torch_threads,
-        "decode_on": cfg.decode_on,
-        "fusion": cfg.fusion,
-        "inputs": inputs,
-        "features": cfg.features,
-        "features_precision": cfg.features_precision,
-    }
 
 
 class ScanExecutor(Protocol):

@@ -175,9 +175,3 @@ def prepare_shard(
             encoded.append(b"")
     if cols["key"]:
         yield _to_batch(cols, inputs, encoded)
-
-
-def prepare_batch(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[Batch]:
-    """Adapter for a batch of shard items {"shard_url", "shard"} (the engine feeds one shard per call)."""
-    for url, shard in zip(batch["shard_url"], batch["shard"], strict=True):
-        yield from prepare_shard(str(url), str(shard), **kwargs)

@@ -21,6 +21,7 @@ from the hive path `scan_date=YYYY-MM-DD/`.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from dataclasses import dataclass
@@ -186,6 +187,11 @@ def read_json(uri: str) -> dict[str, Any] | None:
         return json.loads(read_bytes(uri))
     except FileNotFoundError:
         return None
+
+
+def now_iso() -> str:
+    """The time stamp of every run file, marker and checkpoint: UTC, ISO 8601, whole seconds."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def json_bytes(obj: Any) -> bytes:

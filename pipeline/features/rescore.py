@@ -39,6 +39,7 @@ from pipeline.output import (
     completed_shards,
     feature_shards,
     has_output,
+    now_iso,
     parquet_bytes,
     read_json,
     resolve_scan_date,
@@ -227,7 +228,7 @@ def rescore_shard(task: ShardTask) -> dict[str, Any]:
         "run_id": task.run_id,
         "detector_id": head.detector_id,
         "features_rows": len(feats),
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "finished_at": now_iso(),
         "infer_s": round(time.perf_counter() - t0, 6),
     }
     commit_shard([(task.target.parquet(task.shard), data)], task.target.marker(task.shard), stats)
@@ -262,7 +263,7 @@ def run_rescore(
     """Re-score one scan date; returns run.json's record. ScanOutputError (exit 3): no scan / partition /
     stored features; ConfigError (exit 2): a detector that does not read these features, or output already
     there; RescoreFailed (exit 1): the error budget or shards that never completed."""
-    from pipeline.scan.completion import aggregate, now_iso, versions
+    from pipeline.scan.completion import aggregate, versions
     from pipeline.scan.detectors import RunDetectors, detector_info
 
     date = resolve_scan_date(cfg.scan, cfg.scan_date)

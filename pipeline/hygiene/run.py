@@ -15,7 +15,6 @@ Output layout under `<output>/`:
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import platform
@@ -34,7 +33,7 @@ from pipeline.hygiene.copy import ShardWriter
 from pipeline.hygiene.plan import PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
-from pipeline.output import SAMPLE_ERROR_STATUSES, parquet_bytes, read_json, write_json
+from pipeline.output import SAMPLE_ERROR_STATUSES, now_iso, parquet_bytes, read_json, write_json
 from pipeline.runner import (
     ErrorTally,
     MapFn,
@@ -352,7 +351,7 @@ def run_filter(
     the same scan, input, scan date and policy: ResumeRefused otherwise). Either way, outputs of shards that
     are no longer in the input are removed. on_shard / check: `pipeline.runner.run_shards` hooks."""
     log = get_logger("hygiene.filter")
-    started = dt.datetime.now(dt.UTC)
+    started = now_iso()
     t0 = time.perf_counter()
     scan_date, plans = plan_run(cfg, map_fn)
     summary = summarize_plans(scan_date, plans)
@@ -403,8 +402,8 @@ def run_filter(
     storage.write_bytes_atomic(storage.join(cfg.output, "manifest.parquet"), parquet_bytes(table))
     write_json(storage.join(run_dir, "stats.json"), stats)
     run_info = {
-        "started_at": started.isoformat(),
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        "started_at": started,
+        "finished_at": now_iso(),
         "seconds": {"plan": round(t_plan, 3), "filter": round(t_filter, 3)},
         "engine": cfg.engine,
         "scan_date": scan_date,

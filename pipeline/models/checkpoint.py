@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from pipeline.models.meta import (
     check_detector_files,
     refuse_pickle,
 )
+from pipeline.output import now_iso
 from pipeline.settings import ConfigError
 
 log = get_logger("pipeline.models.checkpoint")
@@ -91,7 +91,7 @@ def write_checkpoint(
             "generators": list(cfg.generators),
             "backbone": backbone,
             "project_version": pipeline.__version__,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_at": now_iso(),
             "detector_id": f"{cfg.name}@{digest[:12]}",
         }
     )

@@ -29,8 +29,16 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from pipeline.logs import get_logger
-from pipeline.output import SCHEMA_VERSION, RunPaths, completed_shards, list_runs, read_json, write_json
-from pipeline.scan.completion import now_iso, read_markers, same_uris
+from pipeline.output import (
+    SCHEMA_VERSION,
+    RunPaths,
+    completed_shards,
+    list_runs,
+    now_iso,
+    read_json,
+    write_json,
+)
+from pipeline.scan.completion import read_markers, same_uris
 from pipeline.storage import copy_object, filesystem, join, stored_size
 
 if TYPE_CHECKING:

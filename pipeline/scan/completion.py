@@ -12,7 +12,6 @@ exactly one row.
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib.metadata
 import json
 import platform
@@ -112,10 +111,6 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
             out[name] = "not installed"
     return out
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 _SUMS = ("rows", "samples", "n_fake", "bytes")

@@ -22,6 +22,7 @@ from pipeline.output import (
     SHARD_ERROR,
     RunPaths,
     completed_shards,
+    now_iso,
     read_json,
     write_json,
 )
@@ -34,7 +35,7 @@ from pipeline.runner import (
     run_shards,
 )
 from pipeline.scan.carry import CarryPlan, find_source, plan_carry, scoring_record
-from pipeline.scan.completion import RunPlan, Totals, aggregate, now_iso, plan_run, versions
+from pipeline.scan.completion import RunPlan, Totals, aggregate, plan_run, versions
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.detectors import run_detectors
 from pipeline.scan.execute import ScanExecutor, ScanWork, local_executor

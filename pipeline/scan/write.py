@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.logs import get_logger
-from pipeline.output import RunPaths, parquet_bytes
+from pipeline.output import RunPaths, now_iso, parquet_bytes
 from pipeline.runner import commit_shard
-from pipeline.scan.completion import now_iso
 from pipeline.scan.provenance_policy import apply_policy
 from pipeline.scan.rows import RunContext, ShardCollector, shard_stats, to_table
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Any
 
@@ -60,7 +59,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     images = plots(summary)
     files = {
         **images,
-        "summary.json": (json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n").encode(),
+        "summary.json": output.json_bytes(summary),
         "report_config.json": (cfg.to_json() + "\n").encode(),
         "report.html": render_html(
             summary, list(images), chosen["galleries"], chosen["top_flagged"]

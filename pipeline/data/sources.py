@@ -34,7 +34,7 @@ from pipeline import shards as shard_layer
 from pipeline.logs import get_logger
 from pipeline.settings import ConfigError
 from pipeline.shards import ShardReadError, labelled_samples
-from pipeline.storage import filesystem, list_shards, names_shards, with_protocol
+from pipeline.storage import filesystem, list_names, list_shards, names_shards, with_protocol
 
 log = get_logger("pipeline.data.sources")
 
@@ -276,7 +276,7 @@ def _looks_like_shards(uri: str) -> bool:
         raise FileNotFoundError(f"data source not found: {uri}")
     if not fs.isdir(root):
         return False
-    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+    names = list_names(uri)
     return any(n.endswith(".tar") for n in names) and not any(
         n in UNIVFD_CLASSES or n in GENIMAGE_SPLITS for n in names
     )

@@ -38,6 +38,7 @@ def test_unknown_field_in_config_file_is_named(tmp_path: Path) -> None:
         (["--data", "d", "--out", "o", "--mask-ratio", "1.5"], "--mask-ratio"),
         (["--data", "d", "--out", "o", "--method", "linear", "--mask", "texture"], "mask"),
         (["--data", "d", "--out", "o", "--train-generators", "real"], "--train-generators"),
+        (["--data", "d", "--out", "o", "--train-generators", "a,unknown"], "--train-generators"),
     ],
 )
 def test_bad_values_fail_fast_naming_the_field(

@@ -27,6 +27,7 @@ from pydantic import Field
 
 from pipeline.feature_store import FeaturePartError, FeatureSpec, read_part
 from pipeline.logs import get_logger
+from pipeline.models.constants import REAL_LABEL
 from pipeline.output import RunPaths, ScanOutputError, feature_shards, read_json, resolve_scan_date
 from pipeline.settings import ConfigError, StrictModel
 from pipeline.storage import join, read_bytes, write_bytes_atomic
@@ -175,7 +176,7 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
         raise ConfigError(f"config {det_cfg.name} does not read the stored features: {'; '.join(diff)}")
     x = np.stack([feats[(r["shard"], r["key"])] for r in used])
     w, b = fit_binary(x, y, classifier=cfg.linear_classifier, c=cfg.linear_c, seed=cfg.seed)
-    labels_all = ["real", *generators]
+    labels_all = [REAL_LABEL, *generators]
     cls = np.array(
         [0 if r["label"] == 0 else labels_all.index(r["generator"]) if r["generator"] else 0 for r in used]
     )

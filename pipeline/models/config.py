@@ -15,14 +15,7 @@ from typing import Literal, Self
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from pipeline.models.constants import (
-    CLIP_MEAN,
-    CLIP_STD,
-    REAL_LABEL,
-    UNKNOWN_LABEL,
-    DecisionRule,
-    PreprocessMode,
-)
+from pipeline.models.constants import CLIP_MEAN, CLIP_STD, RESERVED_LABELS, DecisionRule, PreprocessMode
 from pipeline.settings import ConfigError, StrictModel
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -131,7 +124,7 @@ class DetectorConfig(StrictModel):
         if len(set(v)) != len(v):
             raise ValueError("generators: duplicate labels")
         for g in v:
-            if not g or g in (REAL_LABEL, UNKNOWN_LABEL):
+            if not g or g in RESERVED_LABELS:
                 raise ValueError(f"generators: {g!r} is reserved or empty")
         return v
 

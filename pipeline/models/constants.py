@@ -13,6 +13,7 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 # declared generator that maps to none of the detector's labels). Neither may be a generator's name.
 REAL_LABEL = "real"
 UNKNOWN_LABEL = "unknown"
+RESERVED_LABELS = (REAL_LABEL, UNKNOWN_LABEL)
 
 # Checkpoint files written by save_detector.
 WEIGHTS_FILE = "detector.safetensors"

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.models.constants import RESERVED_LABELS
 from pipeline.settings import StrictModel
 
 
@@ -105,8 +106,8 @@ class TrainConfig(StrictModel):
         v = [g.strip() for g in v if g.strip()]
         if not v:
             raise ValueError("must name at least one generator")
-        if "real" in v:
-            raise ValueError("'real' is not a generator")
+        if reserved := [g for g in v if g in RESERVED_LABELS]:
+            raise ValueError(f"{reserved[0]!r} is not a generator (a reserved attribution label)")
         if len(set(v)) != len(v):
             raise ValueError("generators are listed twice")
         return v

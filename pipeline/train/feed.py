@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.logs import get_logger
+from pipeline.models.constants import REAL_LABEL
 
 if TYPE_CHECKING:
     import torch
@@ -144,9 +145,9 @@ def make_plan(cfg: Any) -> TrainPlan:
         return True
 
     kept = [it for it in items if keep(it)]
-    strata = [it.generator if it.label == 1 else "real" for it in kept]
+    strata = [it.generator if it.label == 1 else REAL_LABEL for it in kept]
     tr, va = stratified_split(strata, cfg.val_fraction, cfg.seed)
-    table = listing_table(kept, ["real", *gens])
+    table = listing_table(kept, [REAL_LABEL, *gens])
     train, val = table.take(pa.array(tr)), table.take(pa.array(va))
     counts = {"train": dict(Counter(strata[i] for i in tr)), "val": dict(Counter(strata[i] for i in va))}
     split = {

@@ -257,8 +257,19 @@ def test_cli_list_describe_check_fused(capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-mole", "tiny-linear", "vitb32-mole"])
+def test_describe_counts_what_a_built_detector_holds(name: str) -> None:
+    """describe builds on the meta device (no weights): its counts are those of the detector built for
+    real."""
+    from pipeline.models.checks import describe
+
+    cfg = DetectorConfig.load(name)
+    built = create_detector(cfg, pretrained=None).param_counts()
+    assert {k: v for k, v in describe(cfg).items() if k in built} == built
+
+
 def test_vitl14_mole_trains_0_08_percent() -> None:
-    """Real ViT-L-14 (QuickGELU) at random init (~2 GB, a few seconds)."""
+    """The real ViT-L-14 (QuickGELU) architecture, counted on the meta device (describe)."""
     from pipeline.models.checks import describe
 
     d = describe(DetectorConfig.load("vitl14-mole"))

@@ -13,9 +13,11 @@ from pipeline.models.detector import Detector, create_detector
 
 
 def describe(cfg: DetectorConfig) -> dict[str, Any]:
-    """Parameter counts of `cfg` built at random init (no download). total = whole CLIP (text tower included)
+    """Parameter counts of `cfg`'s architecture (no download; built on the meta device: shapes without
+    weights, so a ViT-L/14 is counted without allocating its 1.7 GB). total = whole CLIP (text tower included)
     + adapters + heads; visual = vision tower + adapters + heads."""
-    det = create_detector(cfg, pretrained=None)
+    with torch.device("meta"):
+        det = create_detector(cfg, pretrained=None, device="meta")
     out = det.param_counts()
     out["pretrained_default"] = cfg.pretrained
     out["preprocess"] = cfg.preprocess

@@ -485,10 +485,12 @@ def create_detector(
     pretrained: Any = _USE_CONFIG,
     *,
     generators: list[str] | None = None,
+    device: str = "cpu",
 ) -> Detector:
     """Build a detector. ``pretrained``: an open_clip tag, a local ``.safetensors`` file, an ``s3://`` (any
     fsspec) URI, or None for random init; by default the config's ``pretrained``. ``generators`` overrides the
-    config's attribution labels (the head is sized from them)."""
+    config's attribution labels (the head is sized from them). ``device`` "meta" (inside
+    ``torch.device("meta")``, random init): the architecture without its weights, for counting parameters."""
     import open_clip
 
     if isinstance(cfg, str):
@@ -507,7 +509,7 @@ def create_detector(
     if tag is None:
         root.addFilter(_not_random_init_warning)
     try:
-        model = open_clip.create_model(cfg.arch, pretrained=tag, device="cpu")
+        model = open_clip.create_model(cfg.arch, pretrained=tag, device=device)
     finally:
         root.removeFilter(_not_random_init_warning)
     clip_params = sum(p.numel() for p in model.parameters())

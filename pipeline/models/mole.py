@@ -98,7 +98,9 @@ class MoLEMLP(nn.Module):
         # column -> expert index for the gated adapter columns (shared columns are not gated)
         self.register_buffer(
             "_col_expert",
-            torch.repeat_interleave(torch.arange(len(expert_ranks)), torch.tensor(expert_ranks)),
+            torch.repeat_interleave(
+                torch.arange(len(expert_ranks)), torch.tensor(expert_ranks), output_size=sum(expert_ranks)
+            ),
             persistent=False,
         )
 

@@ -44,32 +44,28 @@ class ScanWork:
     carry: list[CarryItem] = field(default_factory=list)
 
     def scorer_kwargs(self) -> dict[str, Any]:
-        """The scorer's constructor arguments (the local and the Ray executor alike)."""
-        cfg = self.cfg
-        return {
-            "detector": cfg.detector,
-            "device": cfg.device,
-            "dtype": cfg.dtype,
-            "torch_threads": cfg.torch_threads,
-            "decode_on": cfg.decode_on,
-            "fusion": cfg.fusion,
-            "inputs": [(self.image_size, self.resize_mode), *self.also],
-            "features": cfg.features,
-            "features_precision": cfg.features_precision,
+        """The scorer's constructor arguments (the local and the Ray executor alike): the config's fields of
+        those names, the device and every input the detectors read."""
+        fields = {
+            "detector",
+            "dtype",
+            "torch_threads",
+            "decode_on",
+            "fusion",
+            "features",
+            "features_precision",
         }
+        inputs = [(self.image_size, self.resize_mode), *self.also]
+        return {**self.cfg.model_dump(include=fields), "device": self.cfg.device, "inputs": inputs}
 
     def prepare_kwargs(self) -> dict[str, Any]:
         """The read stage's arguments (`prepare_shard`; the local and the Ray executor alike)."""
-        cfg = self.cfg
         return {
+            **self.cfg.model_dump(include={"max_pixels", "chunk_rows", "decode_on", "provenance"}),
             "image_size": self.image_size,
             "resize_mode": self.resize_mode,
-            "max_pixels": cfg.max_pixels,
-            "chunk_rows": cfg.chunk_rows,
-            "decode_on": cfg.decode_on,
             "also": list(self.also),
-            "provenance": cfg.provenance,
-            "trust_anchors_pem": cfg.trust_anchors_pem,
+            "trust_anchors_pem": self.cfg.trust_anchors_pem,
         }
 
 

@@ -106,10 +106,11 @@ class TrainConfig(StrictModel):
         v = [g.strip() for g in v if g.strip()]
         if not v:
             raise ValueError("must name at least one generator")
-        if reserved := [g for g in v if g in RESERVED_LABELS]:
-            raise ValueError(f"{reserved[0]!r} is not a generator (a reserved attribution label)")
         if len(set(v)) != len(v):
             raise ValueError("generators are listed twice")
+        for g in v:
+            if g in RESERVED_LABELS:
+                raise ValueError(f"{g!r} is not a generator (a reserved attribution label)")
         return v
 
     @model_validator(mode="after")

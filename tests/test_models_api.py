@@ -257,7 +257,7 @@ def test_cli_list_describe_check_fused(capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny-mole", "tiny-linear", "vitb32-mole"])
+@pytest.mark.parametrize("name", ["tiny-mole", "tiny-linear", "rine-tiny", "clipbased-tiny", "vitb32-mole"])
 def test_describe_counts_what_a_built_detector_holds(name: str) -> None:
     """describe builds on the meta device (no weights): its counts are those of the detector built for
     real."""

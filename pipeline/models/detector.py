@@ -35,6 +35,7 @@ class DetectorOutput:
     logit: torch.Tensor  # (N,)   > 0 means generated
     gen_logits: torch.Tensor  # (N, 1+G) over ["real", *generators]
     features: torch.Tensor  # (N, D) what the heads read
+    tapped: torch.Tensor | None = None  # (N, D') the frozen backbone feature kept by ``Detector.set_tap``
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -274,12 +275,11 @@ class Detector(nn.Module):
             embed_dim=int(visual.proj.shape[1]),
         )
         self.neck: RineNeck | None = neck
-        self.tap: str | None = None  # set_tap: also keep this frozen feature of every forward
-        self.tapped: torch.Tensor | None = None
+        self.tap: str | None = None  # set_tap: every output also carries this frozen feature
         self.set_fused(cfg.fused)
 
     def set_tap(self, kind: str | None) -> None:
-        """Keep the frozen backbone's ``kind`` feature (FEATURE_KINDS) of every forward in ``tapped`` (None:
+        """Carry the frozen backbone's ``kind`` feature (FEATURE_KINDS) in every output's ``tapped`` (None:
         stop). Only for a detector that adapts no block: a MoLE tower's last tokens are not the frozen
         ones."""
         if kind is not None:
@@ -290,7 +290,7 @@ class Detector(nn.Module):
                 )
             if kind not in FEATURE_KINDS:
                 raise ConfigError(f"feature kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
-        self.tap, self.tapped = kind, None
+        self.tap = kind
 
     def backbone_identity(self) -> str:
         """Which frozen weights this detector runs on (`source_identity`)."""
@@ -383,25 +383,26 @@ class Detector(nn.Module):
         return torch.stack(losses).mean() if losses else torch.zeros(())
 
     # ------------------------------------------------------------------ forward
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The features the heads read: the final image embedding, or ln_post(CLS) before the projection;
-        L2-normalised when ``head.normalize``. Uses open_clip's VisionTransformer stages (_embeds,
-        transformer, _pool) so both features come from one pass."""
+    def _tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The last block's output tokens and, for RINE, the ln_2 CLS token of every block. Uses open_clip's
+        VisionTransformer stages (_embeds, transformer) so every feature comes from one pass."""
         v = self.visual
         for m in self.mole_modules():
             m.last_aux_loss = None
         x = v._embeds(pixels)
         if self.neck is None:
-            return self.features_from(v.transformer(x), None)
+            return v.transformer(x), None
         block_cls: list[torch.Tensor] = []
-        x = run_blocks(v.transformer, x, 0, self.depth, block_cls)
-        return self.features_from(x, block_cls)
+        return run_blocks(v.transformer, x, 0, self.depth, block_cls), block_cls
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The features the heads read: the final image embedding, or ln_post(CLS) before the projection;
+        L2-normalised when ``head.normalize``."""
+        return self.features_from(*self._tokens(pixels))
 
     def features_from(self, tokens: torch.Tensor, block_cls: list[torch.Tensor] | None) -> torch.Tensor:
         """The head features from the last block's output tokens (N, L, D) or, for RINE, from the ln_2 CLS
-        tokens of every block (a list of depth (N, width) tensors). Shared-pass runners call this directly."""
-        if self.tap is not None:
-            self.tapped = frozen_feature(self.visual, tokens, self.tap)
+        tokens of every block (a list of depth (N, width) tensors)."""
         if self.neck is not None:
             if block_cls is None or len(block_cls) != self.depth:
                 got = "none" if block_cls is None else len(block_cls)
@@ -411,13 +412,21 @@ class Detector(nn.Module):
             return self.neck(torch.stack(block_cls, dim=1))
         return frozen_feature(self.visual, tokens, self.config.head.feature, self.config.head.normalize)
 
+    def output_from(self, tokens: torch.Tensor, block_cls: list[torch.Tensor] | None) -> DetectorOutput:
+        """Both heads' outputs from a pass's tokens (as ``features_from``), with the tapped frozen feature of
+        the same rows. Shared-pass runners call this directly."""
+        out = self.heads(self.features_from(tokens, block_cls))
+        if self.tap is not None:
+            out.tapped = frozen_feature(self.visual, tokens, self.tap)
+        return out
+
     def heads(self, feat: torch.Tensor) -> DetectorOutput:
         return DetectorOutput(
             logit=self.head_fake(feat).squeeze(-1), gen_logits=self.head_gen(feat), features=feat
         )
 
     def forward(self, pixels: torch.Tensor) -> DetectorOutput:
-        return self.heads(self.features(pixels))
+        return self.output_from(*self._tokens(pixels))
 
     # ------------------------------------------------------------------ heads from scikit-learn
     def set_linear_head(self, coef: Any, intercept: Any) -> None:

@@ -334,11 +334,11 @@ class DetectorSet:
             cls_all = list(cls) if cls is not None else None
             tail = run_blocks(pv.transformer, tokens, k, depth, cls_all)
             for m in plain:
-                outs[m.detector_id] = m.det.heads(m.det.features_from(tail, cls_all))
+                outs[m.detector_id] = m.det.output_from(tail, cls_all)
         for m in members:
             if m.det.mole_blocks:
                 own = run_blocks(m.det.visual.transformer, tokens, k, depth, None)
-                outs[m.detector_id] = m.det.heads(m.det.features_from(own, None))
+                outs[m.detector_id] = m.det.output_from(own, None)
         return outs
 
     def _group_outputs(
@@ -346,8 +346,7 @@ class DetectorSet:
     ) -> Iterator[tuple[slice | np.ndarray, dict[str, DetectorOutput]]]:
         """(rows of the chunk, outputs) pieces covering every row of the chunk for every member of ``g``: rows
         on which several preprocessings gave identical arrays (compared on the inputs as given, before the
-        upload) run those members in one pass. Yielded as each pass ends: a tapped member's ``tapped`` holds
-        that pass's rows only until the next pass."""
+        upload) run those members in one pass."""
         specs = g.specs
         n = len(given[specs[0]])
         if len(specs) == 1:
@@ -411,8 +410,13 @@ class DetectorSet:
                             gen[did][at] = out.gen_logits.float().softmax(dim=-1)
                             if self.head_features:
                                 _put(heads, did, at, out.features, n)
-                        if tap is not None and tap.detector_id in outs and tap.det.tapped is not None:
-                            _put(feats, "tap", at, tap.det.tapped, n)
+                        tapped = (
+                            outs[tap.detector_id].tapped
+                            if tap is not None and tap.detector_id in outs
+                            else None
+                        )
+                        if tapped is not None:
+                            _put(feats, "tap", at, tapped, n)
         logit = logits.cpu().numpy()
         decided = np.zeros((n, len(ids)), bool)
         for j, m in enumerate(self.members):

@@ -38,7 +38,7 @@ from pipeline.output import (
     read_json,
     write_json,
 )
-from pipeline.scan.completion import read_markers, same_uris
+from pipeline.scan.completion import PHASE_SECONDS, read_markers, same_uris
 from pipeline.storage import copy_object, filesystem, join, stored_size
 
 if TYPE_CHECKING:
@@ -48,16 +48,7 @@ if TYPE_CHECKING:
 log = get_logger("pipeline.scan.carry")
 
 # marker keys that describe the work of the run that wrote a marker, not the shard's rows: not carried
-_RUN_WORK = (
-    "read_s",
-    "decode_s",
-    "infer_s",
-    "write_s",
-    "writer_node",
-    "node_id",
-    "finished_at",
-    "carried_from",
-)
+_RUN_WORK = (*PHASE_SECONDS, "writer_node", "node_id", "finished_at", "carried_from")
 
 
 class CarryError(RuntimeError):

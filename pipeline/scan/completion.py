@@ -114,7 +114,8 @@ def versions() -> dict[str, str]:
 
 
 _SUMS = ("rows", "samples", "n_fake", "bytes")
-_SECONDS = ("read_s", "decode_s", "infer_s", "write_s")
+# a marker's seconds per phase of the shard's work (summed over the run; not carried with a shard)
+PHASE_SECONDS = ("read_s", "decode_s", "infer_s", "write_s")
 
 
 class Totals:
@@ -127,7 +128,7 @@ class Totals:
             "shards_done": 0,
             **{k: 0 for k in _SUMS},
             "counts": Counter(),  # update() keeps the statuses counted 0 (every marker lists them all)
-            **{k: 0.0 for k in _SECONDS},
+            **{k: 0.0 for k in PHASE_SECONDS},
             "shards_carried": 0,
             "rows_carried": 0,
         }
@@ -137,7 +138,7 @@ class Totals:
         t["shards_done"] += 1
         for k in _SUMS:
             t[k] += int(m.get(k, 0))
-        for k in _SECONDS:
+        for k in PHASE_SECONDS:
             t[k] += float(m.get(k, 0.0))
         t["counts"].update({s: int(c) for s, c in m.get("counts", {}).items()})
         if m.get("carried_from"):

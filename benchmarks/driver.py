@@ -163,7 +163,7 @@ def scan_driver_writes(cfg: Any) -> dict[str, Any]:
     sink = ShardSink(ctx, cfg.output, "2026-01-01")
     rows = 0
     # the scan's own Ray Data plan, its scored batches pulled to the driver instead of the writer actors
-    work = ScanWork(cfg, ctx, "2026-01-01", image_size=int(meta.config.image_size), resize_mode="center_crop")
+    work = ScanWork(cfg, ctx, "2026-01-01", inputs=[(int(meta.config.image_size), "center_crop")])
     ds = build_dataset(shards, work, NullScorer)
     stream = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
     s0, handle = time.thread_time(), 0.0

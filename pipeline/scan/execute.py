@@ -32,11 +32,10 @@ class ScanWork:
     cfg: ScanConfig
     ctx: RunContext  # run id, source, detector id / threshold / labels read by the driver (fallbacks)
     scan_date: str
-    image_size: int
-    resize_mode: str
+    # the (image_size, preprocess) inputs the read stage decodes (`RunDetectors.inputs`): the detector's
+    # first, then the further ones a detector set needs
+    inputs: list[tuple[int, str]]
     timing: dict[str, float] = field(default_factory=dict)
-    # further (image_size, preprocess) inputs a detector set needs (the first is image_size/resize_mode)
-    also: list[tuple[int, str]] = field(default_factory=list)
     # shard id -> its stored identity from the listing (recorded in each marker; None: unknown)
     identities: dict[str, str | None] = field(default_factory=dict)
     # shards to carry forward from an earlier night (`--incremental`), before the scan; those that cannot be
@@ -55,16 +54,16 @@ class ScanWork:
             "features",
             "features_precision",
         }
-        inputs = [(self.image_size, self.resize_mode), *self.also]
-        return {**self.cfg.model_dump(include=fields), "device": self.cfg.device, "inputs": inputs}
+        return {**self.cfg.model_dump(include=fields), "device": self.cfg.device, "inputs": self.inputs}
 
     def prepare_kwargs(self) -> dict[str, Any]:
         """The read stage's arguments (`prepare_shard`; the local and the Ray executor alike)."""
+        (image_size, resize_mode), *also = self.inputs
         return {
             **self.cfg.model_dump(include={"max_pixels", "chunk_rows", "decode_on", "provenance"}),
-            "image_size": self.image_size,
-            "resize_mode": self.resize_mode,
-            "also": list(self.also),
+            "image_size": image_size,
+            "resize_mode": resize_mode,
+            "also": also,
             "trust_anchors_pem": self.cfg.trust_anchors_pem,
         }
 

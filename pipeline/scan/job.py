@@ -246,10 +246,8 @@ def run_scan(
             provenance_policy=cfg.provenance_policy,
         ),
         scan_date=paths.scan_date,
-        image_size=info.inputs[0][0],
-        resize_mode=info.inputs[0][1],
+        inputs=info.inputs,
         timing=timing,
-        also=info.inputs[1:],
         identities={s: i for u, s, i in listing if s not in done_before},
         carry=carry,
     )

@@ -44,34 +44,25 @@ INT_COLS = ("width", "height", "n_bytes", "_idx", "_expected", *PROVENANCE_INT_C
 FLOAT_COLS = ("_read_s", "_decode_s")
 
 
-def _new_columns() -> dict[str, list[Any]]:
-    return {c: [] for c in (*STR_COLS, *INT_COLS, *FLOAT_COLS)}
-
-
-def _append(cols: dict[str, list[Any]], row: dict[str, Any]) -> None:
-    for name, value in row.items():
-        cols[name].append(value)
-
-
 def input_column(i: int) -> str:
     """The batch column holding input `i` of the run's inputs: `pixels` for the first (the only one of a
     single-detector scan), `pixels_<i>` for the further preprocessings a detector set needs."""
     return "pixels" if i == 0 else f"pixels_{i}"
 
 
-def _to_batch(
-    cols: dict[str, list[Any]], inputs: list[list[np.ndarray]], encoded: list[bytes] | None
-) -> Batch:
-    """The rows gathered so far (at least one) as a numpy batch; `inputs[i]`: their images for input i."""
-    batch: Batch = {c: np.asarray(cols[c], dtype=object) for c in STR_COLS}
+def _to_batch(rows: list[dict[str, Any]], ship: bool) -> Batch:
+    """Rows (at least one) as a numpy batch: each row's `_images` (its image for each input) in the input
+    columns; when the read stage ships JPEGs for the scorer's device decode (`ship`: decode_on gpu), each
+    row's `encoded` bytes (b"" = decoded here)."""
+    batch: Batch = {c: np.asarray([r[c] for r in rows], dtype=object) for c in STR_COLS}
     for c in INT_COLS:
-        batch[c] = np.asarray(cols[c], dtype=np.int64)
+        batch[c] = np.asarray([r[c] for r in rows], dtype=np.int64)
     for c in FLOAT_COLS:
-        batch[c] = np.asarray(cols[c], dtype=np.float64)
-    for i, images in enumerate(inputs):
-        batch[input_column(i)] = np.stack(images).astype(np.uint8, copy=False)
-    if encoded is not None:  # decode_on gpu: JPEG bytes for the scorer's device decode (b"" = decoded here)
-        batch["encoded"] = np.asarray(encoded, dtype=object)
+        batch[c] = np.asarray([r[c] for r in rows], dtype=np.float64)
+    for i in range(len(rows[0]["_images"])):
+        batch[input_column(i)] = np.stack([r["_images"][i] for r in rows]).astype(np.uint8, copy=False)
+    if ship:
+        batch["encoded"] = np.asarray([r["encoded"] for r in rows], dtype=object)
     return batch
 
 
@@ -122,9 +113,11 @@ def prepare_shard(
         "_read_s": read_s / max(expected, 1),
         "_decode_s": 0.0,
         **NO_PROVENANCE,
+        "_images": blanks,
+        "encoded": b"",
     }
-    cols, inputs = _new_columns(), [[] for _ in blanks]
-    encoded: list[bytes] | None = [] if decode_on == "gpu" else None
+    ship = decode_on == "gpu"
+    rows: list[dict[str, Any]] = []
     for idx, sample in enumerate(contents.samples):
         row = {**base, "key": sample.key, "_idx": idx}
         shipped, r, px = b"", None, blank
@@ -156,22 +149,13 @@ def prepare_shard(
                 row.update(status="decode_error", error=f"decoder returned shape {shape}")
                 px = blank
         row["_decode_s"] = time.perf_counter() - t1
-        _append(cols, row)
         further = r.also if row["status"] == "ok" and r is not None and r.also else blanks[1:]
-        for images, image in zip(inputs, [px, *further], strict=True):
-            images.append(image)
-        if encoded is not None:
-            encoded.append(shipped)
-        if len(cols["key"]) >= chunk_rows:
-            yield _to_batch(cols, inputs, encoded)
-            cols, inputs = _new_columns(), [[] for _ in blanks]
-            encoded = [] if encoded is not None else None
+        rows.append({**row, "_images": [px, *further], "encoded": shipped})
+        if len(rows) >= chunk_rows:
+            yield _to_batch(rows, ship)
+            rows = []
     if contents.error or n_samples == 0:  # one shard_error row, or the placeholder row of an empty shard
         status = SHARD_ERROR if contents.error else EMPTY_STATUS
-        _append(cols, {**base, "status": status, "error": contents.error or "", "_idx": n_samples})
-        for images, image in zip(inputs, blanks, strict=True):
-            images.append(image)
-        if encoded is not None:
-            encoded.append(b"")
-    if cols["key"]:
-        yield _to_batch(cols, inputs, encoded)
+        rows.append({**base, "status": status, "error": contents.error or "", "_idx": n_samples})
+    if rows:
+        yield _to_batch(rows, ship)

@@ -201,17 +201,16 @@ def _sizes(folder: str) -> dict[str, int]:
 
 
 def plan_carry(
-    output: str,
     tonight: RunPaths,
     shards: Sequence[tuple[str, str, str | None]],
     source_date: str,
     source_run: dict[str, Any],
-    skip: set[str] | frozenset[str] = frozenset(),
+    skip: set[str],
 ) -> CarryPlan:
     """Compare tonight's (url, shard, identity) listing with the source night: ONE listing of its markers and
     one of its Parquet parts, its markers read in batched concurrent requests. Keeps only what each carry
     needs. `skip`: shards already complete tonight (a resumed night): neither carried nor scanned again."""
-    src = RunPaths(output, source_date)
+    src = RunPaths(tonight.output, source_date)
     plan = CarryPlan(source_date=source_date, source_run_id=source_run.get("run_id"))
     marked = completed_shards(src)
     # one listing each; the features folder is empty when the source night kept no features

@@ -132,7 +132,7 @@ def plan_incremental(
     date, source_run, why = find_source(cfg.output, plan.paths.scan_date, cfg.input, scoring, only=only)
     if date is None or source_run is None:
         return CarryPlan(None, reason=why, scan=[(u, s) for u, s, _ in remaining], added=len(remaining))
-    return plan_carry(cfg.output, plan.paths, listing, date, source_run, skip=done_before)
+    return plan_carry(plan.paths, listing, date, source_run, skip=done_before)
 
 
 def run_scan(

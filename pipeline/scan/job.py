@@ -124,14 +124,14 @@ def plan_incremental(
     """Which shards of an `--incremental` night are carried and which scanned. A resumed night keeps the
     source its first attempt chose (or stays a full scan), so it finishes exactly the night that was
     started."""
-    remaining = [(u, s, i) for u, s, i in listing if s not in done_before]
+    remaining = [(u, s) for u, s, _ in listing if s not in done_before]
     before = (plan.previous or {}).get("incremental") if plan.resumed else None
     if before is not None and before.get("source_scan_date") is None:
-        return CarryPlan(None, reason=before.get("full_scan_reason"), scan=[(u, s) for u, s, _ in remaining])
+        return CarryPlan(None, reason=before.get("full_scan_reason"), scan=remaining)
     only = before.get("source_scan_date") if before is not None else None
     date, source_run, why = find_source(cfg.output, plan.paths.scan_date, cfg.input, scoring, only=only)
     if date is None or source_run is None:
-        return CarryPlan(None, reason=why, scan=[(u, s) for u, s, _ in remaining], added=len(remaining))
+        return CarryPlan(None, reason=why, scan=remaining, added=len(remaining))
     return plan_carry(plan.paths, listing, date, source_run, skip=done_before)
 
 

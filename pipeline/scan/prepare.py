@@ -3,7 +3,7 @@
 A plain generator over columnar dict batches, no Ray: `pipeline.engine.scan` runs it in CPU tasks, separate
 from the detector actors. Every sample of the shard becomes exactly one row; a shard that could not be read to
 its end adds ONE `shard_error` row. Each row carries `_idx` (its position in the shard) and `_expected` (the
-shard's row count) so the driver knows when a shard is complete and can drop duplicates from task retries.
+shard's row count) so the writer knows when a shard is complete and can drop duplicates from task retries.
 
 Internal columns use sentinels instead of nulls (numpy batches): "" for a missing string, -1 for a missing
 integer; `pipeline.scan.rows` turns them back into nulls.

@@ -1,10 +1,10 @@
 """Turning read/decode/score results into output rows [ours].
 
-`ShardCollector` gathers scored batches on the driver (rows of many shards arrive interleaved, in any order),
-drops duplicates (by the row's position `_idx` in its shard — a retried task may deliver rows twice) and hands
-back a shard as soon as all its `_expected` rows are there. `to_table` builds the shard's Arrow table in the
-versioned schema (sentinels -> nulls, generator scores -> map). `shard_stats` summarises a shard for its
-marker.
+`ShardCollector` gathers scored batches in the shard writer (`pipeline.scan.write`; rows of many shards arrive
+interleaved, in any order), drops duplicates (by the row's position `_idx` in its shard — a retried task may
+deliver rows twice) and hands back a shard as soon as all its `_expected` rows are there. `to_table` builds
+the shard's Arrow table in the versioned schema (sentinels -> nulls, generator scores -> map). `shard_stats`
+summarises a shard for its marker.
 """
 
 from __future__ import annotations

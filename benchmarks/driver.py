@@ -239,7 +239,7 @@ def contract_child(n: int, old_guard: bool) -> dict[str, Any]:
     from pipeline.runner import ErrorBudget, ErrorTally
     from pipeline.scan.completion import Totals
     from pipeline.scan.config import ScanConfig
-    from pipeline.scan.job import _scan, shard_errors
+    from pipeline.scan.job import _scan, run_errors
 
     tmp = Path(tempfile.mkdtemp(prefix="genscan-sweep-"))
     cfg = ScanConfig(input=str(tmp / "in"), output=str(tmp / "out"), detector=str(tmp / "det"))
@@ -258,12 +258,12 @@ def contract_child(n: int, old_guard: bool) -> dict[str, Any]:
 
         def check(p: Any) -> None:
             kept.append(p.last[1])
-            seen = sum((shard_errors(st) for st in kept), ErrorTally())
+            seen = sum((run_errors(st) for st in kept), ErrorTally())
             if seen.failed_shards > budget.max_shard_error_rate * n:
                 raise RuntimeError("over budget")
 
     else:
-        check = budget.guard(n, ErrorTally(), shard_errors)
+        check = budget.guard(n, ErrorTally(), run_errors)
     bar = ShardProgress(io.StringIO(), "scan", "rows")
     totals = Totals()
     marks: list[float] = []  # process CPU at the first and at the latest shard (the per-shard, marginal cost)

@@ -50,10 +50,10 @@ class ScanFailed(RuntimeError):
     """A systemic failure: the run is marked failed and the job exits non-zero."""
 
 
-def run_errors(totals: dict[str, Any], n_shards: int) -> ErrorTally:
-    """The errors of `n_shards` shards from their summed markers (`aggregate`'s totals, or one shard's
-    summary): a shard_error row (one per failed shard) means the shard could not be read to its end; every
-    other non-ok status is a failed sample."""
+def run_errors(totals: dict[str, Any], n_shards: int = 1) -> ErrorTally:
+    """The errors of `n_shards` shards from their summed markers (`aggregate`'s totals), or of one shard from
+    its summary (= marker): a shard_error row (one per failed shard) means the shard could not be read to its
+    end; every other non-ok status is a failed sample."""
     counts = totals.get("counts", {})
     return ErrorTally(
         shards=n_shards,
@@ -61,11 +61,6 @@ def run_errors(totals: dict[str, Any], n_shards: int) -> ErrorTally:
         samples=int(totals.get("samples", 0)),
         failed_samples=sum(int(counts.get(s, 0)) for s in SAMPLE_ERROR_STATUSES),
     )
-
-
-def shard_errors(stats: dict[str, Any]) -> ErrorTally:
-    """One shard's errors from its summary (= marker)."""
-    return run_errors(stats, 1)
 
 
 class _Watchdog:
@@ -258,7 +253,7 @@ def run_scan(
     before = aggregate(paths, sorted(done_before))
     try:
         # stop early once the shard budget cannot be met any more (earlier attempts' failed shards count too)
-        guard = budget.guard(len(shards), run_errors(before.as_dict(), len(done_before)), shard_errors)
+        guard = budget.guard(len(shards), run_errors(before.as_dict(), len(done_before)), run_errors)
 
         def checks(p: Progress) -> None:
             guard(p)

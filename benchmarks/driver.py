@@ -239,11 +239,16 @@ def contract_child(n: int, old_guard: bool) -> dict[str, Any]:
     from pipeline.runner import ErrorBudget, ErrorTally
     from pipeline.scan.completion import Totals
     from pipeline.scan.config import ScanConfig
+    from pipeline.scan.execute import ScanWork
     from pipeline.scan.job import _scan, run_errors
+    from pipeline.scan.rows import RunContext
 
     tmp = Path(tempfile.mkdtemp(prefix="genscan-sweep-"))
     cfg = ScanConfig(input=str(tmp / "in"), output=str(tmp / "out"), detector=str(tmp / "det"))
     paths = RunPaths(cfg.output, "2026-01-01")
+    ctx = RunContext(run_id="bench", source=cfg.input, detector_id="d@0", threshold=0.5, labels=["real"])
+    # _scan reads the stall timeout from the run's work; the executor below reads none of it
+    work = ScanWork(cfg, ctx, "2026-01-01", inputs=[(224, "center_crop")])
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the listing: the run holds it too
     ids = [f"shard-{i:07d}" for i in range(n)]
     todo = [(f"s3://bucket/corpus/{s}.tar", s) for s in ids]
@@ -277,7 +282,7 @@ def contract_child(n: int, old_guard: bool) -> dict[str, Any]:
 
     with RunLog(tee=None):  # the shard log lines go to the run log's spool file, as in the job
         c0 = time.process_time()
-        progress = _scan(cfg, paths, ids, set(), todo, executor, None, totals, on_shard=on_shard, check=check)
+        progress = _scan(paths, ids, set(), todo, executor, work, totals, on_shard=on_shard, check=check)
         cpu = time.process_time() - c0
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     shutil.rmtree(tmp, ignore_errors=True)

@@ -184,10 +184,9 @@ def score_batch(
             for i, r in dec.fallback.items():
                 status[shipped[i]], error[shipped[i]] = r.status, r.error or ""
             out["status"], out["error"] = status, error
-        if "_decode_s" in out:
-            decode_s = np.asarray(out["_decode_s"], np.float64).copy()
-            decode_s[shipped] += dec.seconds / len(shipped)
-            out["_decode_s"] = decode_s
+        decode_s = np.asarray(out["_decode_s"], np.float64).copy()
+        decode_s[shipped] += dec.seconds / len(shipped)
+        out["_decode_s"] = decode_s
         if len(dec.ok):
             parts.append((shipped[dec.ok], dec.pixels))
         host = np.setdiff1d(ok, shipped, assume_unique=True)

@@ -120,12 +120,6 @@ class BackboneGroup:
     members: list[Member] = field(default_factory=list)
 
     @property
-    def backbone(self) -> str:
-        """Which frozen weights (`Detector.backbone_identity`; computed when described: a stored backbone is
-        hashed)."""
-        return self.primary.det.backbone_identity()
-
-    @property
     def specs(self) -> list[InputSpec]:
         """The members' preprocessing inputs, each once, in first-use order."""
         return list(dict.fromkeys(m.spec for m in self.members))
@@ -134,10 +128,6 @@ class BackboneGroup:
     def primary(self) -> Member:
         """The member whose frozen modules the pass uses: one that adapts nothing when there is one."""
         return min(self.members, key=lambda m: len(m.det.mole_blocks))
-
-    @property
-    def depth(self) -> int:
-        return self.primary.det.depth
 
     @property
     def shared_blocks(self) -> int:
@@ -225,11 +215,6 @@ class DetectorSet:
         return [m.detector_id for m in self.members]
 
     @property
-    def labels(self) -> dict[str, list[str]]:
-        """Each detector's attribution labels (["real", *generators])."""
-        return {m.detector_id: list(m.meta.labels) for m in self.members}
-
-    @property
     def inputs(self) -> list[InputSpec]:
         """The distinct preprocessing inputs ``predict`` needs, in first-use order."""
         return list(dict.fromkeys(m.spec for m in self.members))
@@ -242,11 +227,11 @@ class DetectorSet:
             "inputs": [s.key for s in self.inputs],
             "groups": [
                 {
-                    "backbone": g.backbone,
+                    "backbone": g.primary.det.backbone_identity(),  # a stored backbone is hashed here
                     "inputs": [sp.key for sp in g.specs],
                     "detectors": [m.detector_id for m in g.members],
                     "shared_blocks": g.shared_blocks,
-                    "depth": g.depth,
+                    "depth": g.primary.det.depth,
                 }
                 for g in self.groups
             ],
@@ -369,8 +354,8 @@ class DetectorSet:
                 sel = torch.as_tensor(rows, device=x.device) if isinstance(x, torch.Tensor) else rows
                 yield rows, self._forward(BackboneGroup(mem), x[sel])
 
-    def predict(self, batches: Mapping[InputSpec | str, Images]) -> dict[str, Any]:
-        """``batches``: one uint8 (N, S, S, 3) batch per ``InputSpec`` (or its ``key``) in ``inputs``.
+    def predict(self, batches: Mapping[InputSpec, Images]) -> dict[str, Any]:
+        """``batches``: one uint8 (N, S, S, 3) batch per ``InputSpec`` in ``inputs``.
 
         Returns ``detector_ids``; ``logit``/``p_fake`` float32 and ``is_fake`` bool, each (N, K) in
         detector_ids order (each detector's own threshold and decision rule); ``generator_scores``
@@ -379,7 +364,7 @@ class DetectorSet:
         when the set was built with ``head_features``."""
         arrays: list[Images] = []
         for spec in self.inputs:
-            arr = batches.get(spec, batches.get(spec.key))  # type: ignore[call-overload]
+            arr = batches.get(spec)
             if arr is None:
                 raise ValueError(
                     f"predict: no batch for input {spec.key} (needs {[s.key for s in self.inputs]})"
@@ -391,7 +376,10 @@ class DetectorSet:
         n, ids, dev, tap = sizes.pop(), self.detector_ids, self.device, self.tap_member
         # results stay on the device until every chunk is done, then come back in one copy each
         logits = torch.zeros((n, len(ids)), dtype=torch.float32, device=dev)
-        gen = {i: torch.zeros((n, len(self.labels[i])), dtype=torch.float32, device=dev) for i in ids}
+        gen = {
+            m.detector_id: torch.zeros((n, len(m.meta.labels)), dtype=torch.float32, device=dev)
+            for m in self.members
+        }
         heads: dict[str, torch.Tensor] = {}
         feats: dict[str, torch.Tensor] = {}
         with torch.inference_mode(), autocast(dev, self.dtype):

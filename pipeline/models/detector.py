@@ -384,16 +384,13 @@ class Detector(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """The last block's output tokens and, for RINE, the ln_2 CLS token of every block. Uses open_clip's
-        VisionTransformer stages (_embeds, transformer) so every feature comes from one pass."""
-        v = self.visual
+        """The last block's output tokens and, for RINE, the ln_2 CLS token of every block, from one pass
+        (open_clip's patch embedding, then every block)."""
         for m in self.mole_modules():
             m.last_aux_loss = None
-        x = v._embeds(pixels)
-        if self.neck is None:
-            return v.transformer(x), None
-        block_cls: list[torch.Tensor] = []
-        return run_blocks(v.transformer, x, 0, self.depth, block_cls), block_cls
+        block_cls: list[torch.Tensor] | None = [] if self.neck is not None else None
+        tokens = run_blocks(self.visual.transformer, self.visual._embeds(pixels), 0, self.depth, block_cls)
+        return tokens, block_cls
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The features the heads read: the final image embedding, or ln_post(CLS) before the projection;
@@ -415,14 +412,13 @@ class Detector(nn.Module):
     def output_from(self, tokens: torch.Tensor, block_cls: list[torch.Tensor] | None) -> DetectorOutput:
         """Both heads' outputs from a pass's tokens (as ``features_from``), with the tapped frozen feature of
         the same rows. Shared-pass runners call this directly."""
-        out = self.heads(self.features_from(tokens, block_cls))
-        if self.tap is not None:
-            out.tapped = frozen_feature(self.visual, tokens, self.tap)
-        return out
-
-    def heads(self, feat: torch.Tensor) -> DetectorOutput:
+        feat = self.features_from(tokens, block_cls)
+        tapped = frozen_feature(self.visual, tokens, self.tap) if self.tap is not None else None
         return DetectorOutput(
-            logit=self.head_fake(feat).squeeze(-1), gen_logits=self.head_gen(feat), features=feat
+            logit=self.head_fake(feat).squeeze(-1),
+            gen_logits=self.head_gen(feat),
+            features=feat,
+            tapped=tapped,
         )
 
     def forward(self, pixels: torch.Tensor) -> DetectorOutput:

@@ -26,6 +26,7 @@ from pipeline.metrics import closed_set_accuracy, detection_metrics, mean_row, o
 from pipeline.settings import StrictModel
 from pipeline.train.calibrate import max_generator_prob
 from pipeline.train.data import LabelledRecord, load_records
+from pipeline.train.feed import SkipCounter, listing_table, predict_table
 
 log = get_logger(__name__)
 
@@ -88,8 +89,6 @@ def _predict(
     """Predict every listed image through the streaming feed's decode stage (`pipeline.train.feed`), one batch
     in memory at a time, optionally perturbed before preprocessing -> p_fake / generator scores per listing
     row (NaN rows: unreadable, counted in `skips`)."""
-    from pipeline.train.feed import predict_table
-
     pred = predict_table(predictor, table, batch_size=batch_size, perturb=perturb, skips=skips)
     n = table.num_rows
     width = pred["generator_scores"].shape[1] if pred["row"].size else 1
@@ -113,8 +112,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     det, meta = load_detector(cfg.detector)
     predictor = Predictor(det, meta, device=cfg.device, dtype="float32")
-    from pipeline.train.feed import SkipCounter, listing_table
-
     records = _cap(load_records(cfg.data), cfg.max_per_class)
     if not records:
         raise ValueError(f"no labelled images found in {cfg.data}")
@@ -143,8 +140,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "per_generator": per,
         "mean": mean,
         "skipped": skips.record(),
+        "attribution": _attribution(records, clean["generator_scores"], meta, cfg.train_generators),
     }
-    report["attribution"] = _attribution(records, clean["generator_scores"], meta, cfg.train_generators)
 
     robustness: dict[str, dict[str, Any]] = {}
     for kind, levels in (("jpeg", cfg.jpeg), ("blur", cfg.blur), ("resize", cfg.resize)):

@@ -217,10 +217,9 @@ FEATURE_KINDS = tuple(FEATURE_NORMALIZED)
 def frozen_feature(
     visual: nn.Module, tokens: torch.Tensor, kind: str, normalize: bool | None = None
 ) -> torch.Tensor:
-    """The ``kind`` feature (FEATURE_KINDS) from the last block's output tokens (N, L, D) of a frozen
-    tower; L2-normalised when ``normalize`` (default: as FEATURE_NORMALIZED stores the kind)."""
-    if kind not in FEATURE_NORMALIZED:
-        raise ValueError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
+    """The ``kind`` feature from the last block's output tokens (N, L, D) of a frozen tower; L2-normalised
+    when ``normalize`` (default: as FEATURE_NORMALIZED stores the kind). ``kind`` is one of FEATURE_KINDS:
+    DetectorConfig checks a head's feature, ``Detector.set_tap`` a tap's."""
     pooled, _ = visual._pool(tokens)  # ln_post(CLS) for pool_type 'tok'
     feat = pooled @ visual.proj if kind == "embedding" else pooled
     normalize = FEATURE_NORMALIZED[kind] if normalize is None else normalize

@@ -398,13 +398,8 @@ class DetectorSet:
                             gen[did][at] = out.gen_logits.float().softmax(dim=-1)
                             if self.head_features:
                                 _put(heads, did, at, out.features, n)
-                        tapped = (
-                            outs[tap.detector_id].tapped
-                            if tap is not None and tap.detector_id in outs
-                            else None
-                        )
-                        if tapped is not None:
-                            _put(feats, "tap", at, tapped, n)
+                        if tap is not None and tap.detector_id in outs:  # its tap fills .tapped
+                            _put(feats, "tap", at, outs[tap.detector_id].tapped, n)
         logit = logits.cpu().numpy()
         decided = np.zeros((n, len(ids)), bool)
         for j, m in enumerate(self.members):

@@ -237,12 +237,6 @@ class DetectorSet:
             ],
         }
 
-    @property
-    def tap_member(self) -> Member | None:
-        """Whose frozen features ``predict`` also returns: the first member with a tap (``set_tap``, or the
-        detector's own ``Detector.set_tap``)."""
-        return next((m for m in self.members if m.det.tap is not None), None)
-
     def set_tap(self, kind: str | None) -> Member | None:
         """Also return the frozen backbone's ``kind`` feature from ``predict`` (``features``), ONCE for the
         set: read off the pass of the first listed member that adapts no block (its backbone group's shared
@@ -373,7 +367,9 @@ class DetectorSet:
         sizes = {len(a) for a in arrays}
         if len(sizes) != 1:
             raise ValueError(f"predict: batches differ in length {sorted(sizes)}")
-        n, ids, dev, tap = sizes.pop(), self.detector_ids, self.device, self.tap_member
+        n, ids, dev = sizes.pop(), self.detector_ids, self.device
+        # whose frozen features are returned: the first member with a tap (set_tap, or Detector.set_tap)
+        tap = next((m for m in self.members if m.det.tap is not None), None)
         # results stay on the device until every chunk is done, then come back in one copy each
         logits = torch.zeros((n, len(ids)), dtype=torch.float32, device=dev)
         gen = {

@@ -84,15 +84,14 @@ def _cap(records: list[LabelledRecord], per_class: int | None) -> list[LabelledR
 
 
 def _predict(
-    predictor: Any, table: Any, batch_size: int, skips: Any, perturb: tuple[str, float] | None = None
+    predictor: Any, table: Any, batch_size: int, skips: SkipCounter, perturb: tuple[str, float] | None = None
 ) -> dict[str, np.ndarray]:
     """Predict every listed image through the streaming feed's decode stage (`pipeline.train.feed`), one batch
     in memory at a time, optionally perturbed before preprocessing -> p_fake / generator scores per listing
     row (NaN rows: unreadable, counted in `skips`)."""
     pred = predict_table(predictor, table, batch_size=batch_size, perturb=perturb, skips=skips)
     n = table.num_rows
-    width = pred["generator_scores"].shape[1] if pred["row"].size else 1
-    p_fake, gen = np.full(n, np.nan), np.full((n, width), np.nan)
+    p_fake, gen = np.full(n, np.nan), np.full((n, pred["generator_scores"].shape[1]), np.nan)
     p_fake[pred["row"]] = pred["p_fake"]
     gen[pred["row"]] = pred["generator_scores"]
     return {"p_fake": p_fake, "generator_scores": gen}

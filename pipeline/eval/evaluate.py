@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline import storage
+from pipeline.eval.markdown import render_markdown
 from pipeline.logs import get_logger
 from pipeline.metrics import closed_set_accuracy, detection_metrics, mean_row, open_set_auroc
 from pipeline.settings import StrictModel
@@ -168,8 +169,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     storage.write_bytes_atomic(cfg.json_out, json.dumps(_clean_nans(report), indent=2).encode())
     if cfg.markdown:
-        from pipeline.eval.markdown import render_markdown
-
         storage.write_bytes_atomic(cfg.markdown, render_markdown(report).encode())
     if storage.is_remote(cfg.json_out):
         out_dir = cfg.json_out.rsplit("/", 1)[0]

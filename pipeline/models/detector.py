@@ -460,8 +460,7 @@ def _check_visual(visual: nn.Module, cfg: DetectorConfig) -> None:
         )
     if visual.attn_pool is not None or visual.pool_type != "tok" or visual.final_ln_after_pool:
         raise ConfigError(f"arch: {cfg.arch} does not pool the CLS token after ln_post (unsupported)")
-    size = visual.image_size
-    size = size[0] if isinstance(size, tuple | list) else size
+    size = visual.image_size[0]  # open_clip keeps it as a (height, width) pair
     if size != cfg.image_size:
         raise ConfigError(f"image_size: {cfg.image_size} but {cfg.arch} expects {size}")
 

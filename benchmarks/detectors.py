@@ -125,7 +125,7 @@ def bench(name: str, device: torch.device, batch: int, repeats: int, warmup: int
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
     g = dset.groups[0]
-    depth, k = g.depth, g.shared_blocks
+    depth, k = g.primary.det.depth, g.shared_blocks
     passes_shared = depth + (depth - k)  # plain members share all blocks; MoLE runs its own from k on
     med = {key: statistics.median(v) for key, v in wall.items()}
     return {

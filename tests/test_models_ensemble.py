@@ -88,7 +88,7 @@ def test_blocks_run_once_per_group_and_frozen_modules_are_shared(ckpts: dict[str
     ]
     try:
         big = [jpeg(130, 110, seed=1), jpeg(100, 160, seed=2)]  # >= 96 px on both sides: one pass for all
-        shared.predict({sp.key: np.stack([prepare_image(im, sp) for im in big]) for sp in shared.inputs})
+        shared.predict({sp: np.stack([prepare_image(im, sp) for im in big]) for sp in shared.inputs})
     finally:
         for h in hooks:
             h.remove()

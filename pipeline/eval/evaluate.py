@@ -21,11 +21,13 @@ import numpy as np
 from pydantic import Field
 
 from pipeline import storage
+from pipeline.eval.markdown import render_markdown
 from pipeline.logs import get_logger
 from pipeline.metrics import closed_set_accuracy, detection_metrics, mean_row, open_set_auroc
 from pipeline.settings import StrictModel
 from pipeline.train.calibrate import max_generator_prob
 from pipeline.train.data import LabelledRecord, load_records
+from pipeline.train.feed import SkipCounter, listing_table, predict_table
 
 log = get_logger(__name__)
 
@@ -83,17 +85,14 @@ def _cap(records: list[LabelledRecord], per_class: int | None) -> list[LabelledR
 
 
 def _predict(
-    predictor: Any, table: Any, batch_size: int, skips: Any, perturb: tuple[str, float] | None = None
+    predictor: Any, table: Any, batch_size: int, skips: SkipCounter, perturb: tuple[str, float] | None = None
 ) -> dict[str, np.ndarray]:
     """Predict every listed image through the streaming feed's decode stage (`pipeline.train.feed`), one batch
     in memory at a time, optionally perturbed before preprocessing -> p_fake / generator scores per listing
     row (NaN rows: unreadable, counted in `skips`)."""
-    from pipeline.train.feed import predict_table
-
     pred = predict_table(predictor, table, batch_size=batch_size, perturb=perturb, skips=skips)
     n = table.num_rows
-    width = pred["generator_scores"].shape[1] if pred["row"].size else 1
-    p_fake, gen = np.full(n, np.nan), np.full((n, width), np.nan)
+    p_fake, gen = np.full(n, np.nan), np.full((n, pred["generator_scores"].shape[1]), np.nan)
     p_fake[pred["row"]] = pred["p_fake"]
     gen[pred["row"]] = pred["generator_scores"]
     return {"p_fake": p_fake, "generator_scores": gen}
@@ -113,8 +112,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     det, meta = load_detector(cfg.detector)
     predictor = Predictor(det, meta, device=cfg.device, dtype="float32")
-    from pipeline.train.feed import SkipCounter, listing_table
-
     records = _cap(load_records(cfg.data), cfg.max_per_class)
     if not records:
         raise ValueError(f"no labelled images found in {cfg.data}")
@@ -143,8 +140,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "per_generator": per,
         "mean": mean,
         "skipped": skips.record(),
+        "attribution": _attribution(records, clean["generator_scores"], meta, cfg.train_generators),
     }
-    report["attribution"] = _attribution(records, clean["generator_scores"], meta, cfg.train_generators)
 
     robustness: dict[str, dict[str, Any]] = {}
     for kind, levels in (("jpeg", cfg.jpeg), ("blur", cfg.blur), ("resize", cfg.resize)):
@@ -172,8 +169,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     storage.write_bytes_atomic(cfg.json_out, json.dumps(_clean_nans(report), indent=2).encode())
     if cfg.markdown:
-        from pipeline.eval.markdown import render_markdown
-
         storage.write_bytes_atomic(cfg.markdown, render_markdown(report).encode())
     if storage.is_remote(cfg.json_out):
         out_dir = cfg.json_out.rsplit("/", 1)[0]

@@ -167,7 +167,5 @@ def load_detector(uri: str | Path) -> tuple[Detector, DetectorMeta]:
     with torch.no_grad():
         for k, v in tensors.items():
             state[k].copy_(v)
-    det.set_fused(meta.config.fused)
-    det.eval()
     log.info("detector_loaded", uri=uri, detector_id=meta.detector_id, tensors=len(tensors))
     return det, meta

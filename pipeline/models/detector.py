@@ -217,10 +217,9 @@ FEATURE_KINDS = tuple(FEATURE_NORMALIZED)
 def frozen_feature(
     visual: nn.Module, tokens: torch.Tensor, kind: str, normalize: bool | None = None
 ) -> torch.Tensor:
-    """The ``kind`` feature (FEATURE_KINDS) from the last block's output tokens (N, L, D) of a frozen
-    tower; L2-normalised when ``normalize`` (default: as FEATURE_NORMALIZED stores the kind)."""
-    if kind not in FEATURE_NORMALIZED:
-        raise ValueError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
+    """The ``kind`` feature from the last block's output tokens (N, L, D) of a frozen tower; L2-normalised
+    when ``normalize`` (default: as FEATURE_NORMALIZED stores the kind). ``kind`` is one of FEATURE_KINDS:
+    DetectorConfig checks a head's feature, ``Detector.set_tap`` a tap's."""
     pooled, _ = visual._pool(tokens)  # ln_post(CLS) for pool_type 'tok'
     feat = pooled @ visual.proj if kind == "embedding" else pooled
     normalize = FEATURE_NORMALIZED[kind] if normalize is None else normalize
@@ -384,16 +383,13 @@ class Detector(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """The last block's output tokens and, for RINE, the ln_2 CLS token of every block. Uses open_clip's
-        VisionTransformer stages (_embeds, transformer) so every feature comes from one pass."""
-        v = self.visual
+        """The last block's output tokens and, for RINE, the ln_2 CLS token of every block, from one pass
+        (open_clip's patch embedding, then every block)."""
         for m in self.mole_modules():
             m.last_aux_loss = None
-        x = v._embeds(pixels)
-        if self.neck is None:
-            return v.transformer(x), None
-        block_cls: list[torch.Tensor] = []
-        return run_blocks(v.transformer, x, 0, self.depth, block_cls), block_cls
+        block_cls: list[torch.Tensor] | None = [] if self.neck is not None else None
+        tokens = run_blocks(self.visual.transformer, self.visual._embeds(pixels), 0, self.depth, block_cls)
+        return tokens, block_cls
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The features the heads read: the final image embedding, or ln_post(CLS) before the projection;
@@ -415,14 +411,13 @@ class Detector(nn.Module):
     def output_from(self, tokens: torch.Tensor, block_cls: list[torch.Tensor] | None) -> DetectorOutput:
         """Both heads' outputs from a pass's tokens (as ``features_from``), with the tapped frozen feature of
         the same rows. Shared-pass runners call this directly."""
-        out = self.heads(self.features_from(tokens, block_cls))
-        if self.tap is not None:
-            out.tapped = frozen_feature(self.visual, tokens, self.tap)
-        return out
-
-    def heads(self, feat: torch.Tensor) -> DetectorOutput:
+        feat = self.features_from(tokens, block_cls)
+        tapped = frozen_feature(self.visual, tokens, self.tap) if self.tap is not None else None
         return DetectorOutput(
-            logit=self.head_fake(feat).squeeze(-1), gen_logits=self.head_gen(feat), features=feat
+            logit=self.head_fake(feat).squeeze(-1),
+            gen_logits=self.head_gen(feat),
+            features=feat,
+            tapped=tapped,
         )
 
     def forward(self, pixels: torch.Tensor) -> DetectorOutput:
@@ -465,8 +460,7 @@ def _check_visual(visual: nn.Module, cfg: DetectorConfig) -> None:
         )
     if visual.attn_pool is not None or visual.pool_type != "tok" or visual.final_ln_after_pool:
         raise ConfigError(f"arch: {cfg.arch} does not pool the CLS token after ln_post (unsupported)")
-    size = visual.image_size
-    size = size[0] if isinstance(size, tuple | list) else size
+    size = visual.image_size[0]  # open_clip keeps it as a (height, width) pair
     if size != cfg.image_size:
         raise ConfigError(f"image_size: {cfg.image_size} but {cfg.arch} expects {size}")
 

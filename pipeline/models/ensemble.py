@@ -120,12 +120,6 @@ class BackboneGroup:
     members: list[Member] = field(default_factory=list)
 
     @property
-    def backbone(self) -> str:
-        """Which frozen weights (`Detector.backbone_identity`; computed when described: a stored backbone is
-        hashed)."""
-        return self.primary.det.backbone_identity()
-
-    @property
     def specs(self) -> list[InputSpec]:
         """The members' preprocessing inputs, each once, in first-use order."""
         return list(dict.fromkeys(m.spec for m in self.members))
@@ -134,10 +128,6 @@ class BackboneGroup:
     def primary(self) -> Member:
         """The member whose frozen modules the pass uses: one that adapts nothing when there is one."""
         return min(self.members, key=lambda m: len(m.det.mole_blocks))
-
-    @property
-    def depth(self) -> int:
-        return self.primary.det.depth
 
     @property
     def shared_blocks(self) -> int:
@@ -225,11 +215,6 @@ class DetectorSet:
         return [m.detector_id for m in self.members]
 
     @property
-    def labels(self) -> dict[str, list[str]]:
-        """Each detector's attribution labels (["real", *generators])."""
-        return {m.detector_id: list(m.meta.labels) for m in self.members}
-
-    @property
     def inputs(self) -> list[InputSpec]:
         """The distinct preprocessing inputs ``predict`` needs, in first-use order."""
         return list(dict.fromkeys(m.spec for m in self.members))
@@ -242,21 +227,15 @@ class DetectorSet:
             "inputs": [s.key for s in self.inputs],
             "groups": [
                 {
-                    "backbone": g.backbone,
+                    "backbone": g.primary.det.backbone_identity(),  # a stored backbone is hashed here
                     "inputs": [sp.key for sp in g.specs],
                     "detectors": [m.detector_id for m in g.members],
                     "shared_blocks": g.shared_blocks,
-                    "depth": g.depth,
+                    "depth": g.primary.det.depth,
                 }
                 for g in self.groups
             ],
         }
-
-    @property
-    def tap_member(self) -> Member | None:
-        """Whose frozen features ``predict`` also returns: the first member with a tap (``set_tap``, or the
-        detector's own ``Detector.set_tap``)."""
-        return next((m for m in self.members if m.det.tap is not None), None)
 
     def set_tap(self, kind: str | None) -> Member | None:
         """Also return the frozen backbone's ``kind`` feature from ``predict`` (``features``), ONCE for the
@@ -369,8 +348,8 @@ class DetectorSet:
                 sel = torch.as_tensor(rows, device=x.device) if isinstance(x, torch.Tensor) else rows
                 yield rows, self._forward(BackboneGroup(mem), x[sel])
 
-    def predict(self, batches: Mapping[InputSpec | str, Images]) -> dict[str, Any]:
-        """``batches``: one uint8 (N, S, S, 3) batch per ``InputSpec`` (or its ``key``) in ``inputs``.
+    def predict(self, batches: Mapping[InputSpec, Images]) -> dict[str, Any]:
+        """``batches``: one uint8 (N, S, S, 3) batch per ``InputSpec`` in ``inputs``.
 
         Returns ``detector_ids``; ``logit``/``p_fake`` float32 and ``is_fake`` bool, each (N, K) in
         detector_ids order (each detector's own threshold and decision rule); ``generator_scores``
@@ -379,7 +358,7 @@ class DetectorSet:
         when the set was built with ``head_features``."""
         arrays: list[Images] = []
         for spec in self.inputs:
-            arr = batches.get(spec, batches.get(spec.key))  # type: ignore[call-overload]
+            arr = batches.get(spec)
             if arr is None:
                 raise ValueError(
                     f"predict: no batch for input {spec.key} (needs {[s.key for s in self.inputs]})"
@@ -388,10 +367,15 @@ class DetectorSet:
         sizes = {len(a) for a in arrays}
         if len(sizes) != 1:
             raise ValueError(f"predict: batches differ in length {sorted(sizes)}")
-        n, ids, dev, tap = sizes.pop(), self.detector_ids, self.device, self.tap_member
+        n, ids, dev = sizes.pop(), self.detector_ids, self.device
+        # whose frozen features are returned: the first member with a tap (set_tap, or Detector.set_tap)
+        tap = next((m for m in self.members if m.det.tap is not None), None)
         # results stay on the device until every chunk is done, then come back in one copy each
         logits = torch.zeros((n, len(ids)), dtype=torch.float32, device=dev)
-        gen = {i: torch.zeros((n, len(self.labels[i])), dtype=torch.float32, device=dev) for i in ids}
+        gen = {
+            m.detector_id: torch.zeros((n, len(m.meta.labels)), dtype=torch.float32, device=dev)
+            for m in self.members
+        }
         heads: dict[str, torch.Tensor] = {}
         feats: dict[str, torch.Tensor] = {}
         with torch.inference_mode(), autocast(dev, self.dtype):
@@ -410,13 +394,8 @@ class DetectorSet:
                             gen[did][at] = out.gen_logits.float().softmax(dim=-1)
                             if self.head_features:
                                 _put(heads, did, at, out.features, n)
-                        tapped = (
-                            outs[tap.detector_id].tapped
-                            if tap is not None and tap.detector_id in outs
-                            else None
-                        )
-                        if tapped is not None:
-                            _put(feats, "tap", at, tapped, n)
+                        if tap is not None and tap.detector_id in outs:  # its tap fills .tapped
+                            _put(feats, "tap", at, outs[tap.detector_id].tapped, n)
         logit = logits.cpu().numpy()
         decided = np.zeros((n, len(ids)), bool)
         for j, m in enumerate(self.members):

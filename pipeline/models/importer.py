@@ -66,11 +66,6 @@ class Kind:
             return f"rine-vitl14-{variant or '2class'}"
         return f"{self.name}-vitl14"
 
-    def needs(self) -> tuple[str, str, bool]:
-        """(method, head feature, normalize) a config must have to hold this kind: its default config's."""
-        cfg = DetectorConfig.load(self.default_config(None))
-        return cfg.method, cfg.head.feature, cfg.head.normalize
-
     def to_source(self, key: str) -> str | None:
         """The peer's name of genscan parameter `key`: the first name pair it equals, else the first prefix
         pair it starts with; None when no pair applies."""
@@ -157,7 +152,8 @@ def unwrap_state_dict(dat: Any, path: Path) -> tuple[dict[str, torch.Tensor], st
 
 # ---------------------------------------------------------------------------------------------- checks
 def _check_config(kind: Kind, cfg: DetectorConfig) -> None:
-    method, feature, normalize = kind.needs()
+    default = DetectorConfig.load(kind.default_config(None))
+    method, feature, normalize = default.method, default.head.feature, default.head.normalize
     if (cfg.method, cfg.head.feature, cfg.head.normalize) != (method, feature, normalize):
         raise ConfigError(
             f"config {cfg.name}: method {cfg.method} / feature {cfg.head.feature} / normalize "

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from pipeline.models.constants import PREPROCESS_MODES
 from pipeline.shards import upright
 
 if TYPE_CHECKING:
@@ -61,11 +60,10 @@ def _pad_to(img: Image.Image, size: int) -> Image.Image:
 
 def prepare_image(img: Image.Image, cfg: DetectorConfig) -> np.ndarray:
     """A PIL image -> np.uint8 (S, S, 3) following ``cfg.preprocess`` (any object with ``image_size`` and
-    ``preprocess`` will do: the scan's decode passes just those two)."""
+    ``preprocess`` will do: the scan's decode passes just those two, after checking the mode is one of
+    PREPROCESS_MODES; a DetectorConfig's is one by its type)."""
     size = cfg.image_size
     mode = cfg.preprocess
-    if mode not in PREPROCESS_MODES:
-        raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {mode!r}")
     img, _ = upright(img)
     if img.mode != "RGB":
         img = img.convert("RGB")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.logs import get_logger
-from pipeline.train.feed import to_device
+from pipeline.train.feed import SkipCounter, to_device
 from pipeline.train.masking import mask_textured
 from pipeline.train.run import WorkerRun, hand_off_epoch
 from pipeline.train.state import TrainState
@@ -71,8 +71,7 @@ def train_mole(run: WorkerRun, det: torch.nn.Module, resumed: TrainState | None)
         sched.load_state_dict(resumed.scheduler)
         state = resumed
         state.resumes = [*resumed.resumes, {"after_epoch": resumed.epoch, "world_size": hooks.world_size}]
-        run.train_skips.n = int(resumed.skipped.get("n", 0))
-        run.train_skips.examples = list(resumed.skipped.get("examples", []))
+        run.train_skips = SkipCounter(**resumed.skipped)
         log.info("training_resumed", after_epoch=resumed.epoch, rank=hooks.world_rank)
     elif cfg.keep_best and run.plan["n_val"]:
         v0 = run.validate(core)

@@ -101,7 +101,7 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
         return None
 
     pred = predict_stream(det, hooks.eval_batches("val"), run.device, run.eval_skips)
-    if pred["label"].size and np.any(pred["label"] == 0):
+    if np.any(pred["label"] == 0):
         calib = calibrate_from_scores(
             pred["label"],
             pred["p_fake"],
@@ -149,8 +149,8 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
             "val_counts": plan["counts"]["val"],
             "split": plan["split"],
             "epochs": len(history),
-            "best_epoch": history[-1].get("best_epoch") if history else None,
-            "final": history[-1] if history else {},
+            "best_epoch": history[-1].get("best_epoch"),
+            "final": history[-1],
             "calibration": calib,
             "skipped": skipped,
             "resumes": state.resumes if state is not None else [],

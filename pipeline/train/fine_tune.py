@@ -36,10 +36,6 @@ class EpochTotals:
     steps: float = 0.0
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def train_mole(run: WorkerRun, det: torch.nn.Module, resumed: TrainState | None) -> TrainState:
     cfg, hooks, device = run.cfg, run.hooks, run.device
     rank0 = hooks.world_rank == 0
@@ -57,7 +53,7 @@ def train_mole(run: WorkerRun, det: torch.nn.Module, resumed: TrainState | None)
         # (on masked inputs when masking); DDP's start-up broadcast hands rank 0's heads to the other ranks
         run.fit_linear_heads(det, masked=cfg.mask == "texture", c=cfg.probe_c)
     model = hooks.prepare_model(det)
-    core = _unwrap(model)
+    core = model.module if hasattr(model, "module") else model  # under DDP, the detector it wraps
     trainable = {n: p for n, p in core.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(

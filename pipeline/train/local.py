@@ -20,8 +20,7 @@ from pipeline.train.loop import train_worker
 
 
 class LocalHooks(TrainHooks):
-    """One in-process worker: the feed's stage functions run in a small thread pool (`feed.iter_local`); the
-    per-epoch training state goes to `<out>/_checkpoints/local/epoch_NNNN/` (the last one is resumed from)."""
+    """One in-process worker; `--resume` continues from the last `<out>/_checkpoints/local/epoch_NNNN/`."""
 
     def __init__(self, cfg: TrainConfig, plan: TrainPlan, *, resume: bool, on_epoch: OnEpoch) -> None:
         from pipeline.models import DetectorConfig

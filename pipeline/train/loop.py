@@ -2,11 +2,9 @@
 (`pipeline.train.hooks`). Its parts: the worker's view of the run (`train.run`), the MoLE fine-tuning epochs
 (`train.fine_tune`), validation (`train.validate`); the in-process runner is `train.local`.
 
-Images arrive as uint8 batches from the streaming feed (`pipeline.train.feed`): the runner supplies them
-through `TrainHooks` — `pipeline.engine.train` from `ray.train.get_dataset_shard(...)` (read + decode +
-augmentation in CPU Ray Data tasks), `train.local.LocalHooks` from the same stage functions run in-process
-(`--engine local`). They are normalised on the training device. No worker holds the data set: memory does not
-grow with the number of images (the linear probe keeps one feature vector per training image).
+Images arrive as uint8 batches of the streaming feed (`pipeline.train.feed`, whichever runner runs its stages)
+and are normalised on the training device. No worker holds the data set: memory does not grow with the number
+of images (the linear probe keeps one feature vector per training image).
 
 Methods:
 - `mole` [paper + ours]: the MoLE fine-tuning epochs of `train.fine_tune`, with UnivFD train augmentations.

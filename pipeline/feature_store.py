@@ -116,7 +116,7 @@ def quantize(feats: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray 
     x = np.asarray(feats, np.float32)
     if precision == "float16":
         return x.astype(np.float16), None
-    scale = (np.abs(x).max(axis=1) / 127.0).astype(np.float32) if len(x) else np.zeros(0, np.float32)
+    scale = (np.abs(x).max(axis=1) / 127.0).astype(np.float32)
     safe = np.where(scale > 0, scale, 1.0)[:, None]
     return np.clip(np.rint(x / safe), -127, 127).astype(np.int8), scale
 

@@ -97,10 +97,6 @@ class FeatureHead:
     def detector_id(self) -> str:
         return str(self.meta.detector_id)
 
-    @property
-    def labels(self) -> list[str]:
-        return self.meta.labels
-
     def differences(self, stored: FeatureSpec) -> list[str]:
         """What makes the `stored` features not the ones these heads read; empty: the same."""
         return spec_differences(self.cfg, int(self.w_fake.shape[0]), self.backbone, stored)

@@ -33,6 +33,7 @@ from pipeline.logs import RunLog, get_logger
 from pipeline.output import (
     SCHEMA,
     SCHEMA_VERSION,
+    SHARD_ERROR,
     STATUSES,
     RunPaths,
     ScanOutputError,
@@ -107,7 +108,7 @@ def _shard_error_table(task: ShardTask, head: FeatureHead, url: str, source: str
         source=source,
         shard=task.shard,
         shard_url=url,
-        status="shard_error",
+        status=SHARD_ERROR,
         error=message,
         threshold=float(head.meta.threshold),
         detector_id=head.detector_id,
@@ -141,7 +142,7 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
     dim = int(head.w_fake.shape[0])
     x = np.stack([feats[keys[i]] for i in idx]) if len(idx) else np.zeros((0, dim), np.float32)
     res = head.predict(x)
-    labels = head.labels
+    labels = head.meta.labels
     p_fake = np.zeros(n, np.float32)
     logit = np.zeros(n, np.float32)
     is_fake = np.zeros(n, bool)
@@ -221,7 +222,7 @@ def rescore_shard(task: ShardTask) -> dict[str, Any]:
         "shard": task.shard,
         "shard_url": url,
         "rows": table.num_rows,
-        "samples": table.num_rows - counts["shard_error"],
+        "samples": table.num_rows - counts[SHARD_ERROR],
         "counts": counts,
         "n_fake": int(pc.sum(ok_fake).as_py() or 0),
         "bytes": int(pc.sum(pc.fill_null(table.column("n_bytes"), 0)).as_py() or 0),

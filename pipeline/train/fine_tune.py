@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.logs import get_logger
-from pipeline.train.feed import to_device
+from pipeline.train.feed import SkipCounter, to_device
 from pipeline.train.masking import mask_textured
 from pipeline.train.run import WorkerRun, hand_off_epoch
 from pipeline.train.state import TrainState
@@ -36,10 +36,6 @@ class EpochTotals:
     steps: float = 0.0
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def train_mole(run: WorkerRun, det: torch.nn.Module, resumed: TrainState | None) -> TrainState:
     cfg, hooks, device = run.cfg, run.hooks, run.device
     rank0 = hooks.world_rank == 0
@@ -57,7 +53,7 @@ def train_mole(run: WorkerRun, det: torch.nn.Module, resumed: TrainState | None)
         # (on masked inputs when masking); DDP's start-up broadcast hands rank 0's heads to the other ranks
         run.fit_linear_heads(det, masked=cfg.mask == "texture", c=cfg.probe_c)
     model = hooks.prepare_model(det)
-    core = _unwrap(model)
+    core = model.module if hasattr(model, "module") else model  # under DDP, the detector it wraps
     trainable = {n: p for n, p in core.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -71,8 +67,7 @@ def train_mole(run: WorkerRun, det: torch.nn.Module, resumed: TrainState | None)
         sched.load_state_dict(resumed.scheduler)
         state = resumed
         state.resumes = [*resumed.resumes, {"after_epoch": resumed.epoch, "world_size": hooks.world_size}]
-        run.train_skips.n = int(resumed.skipped.get("n", 0))
-        run.train_skips.examples = list(resumed.skipped.get("examples", []))
+        run.train_skips = SkipCounter(**resumed.skipped)
         log.info("training_resumed", after_epoch=resumed.epoch, rank=hooks.world_rank)
     elif cfg.keep_best and run.plan["n_val"]:
         v0 = run.validate(core)

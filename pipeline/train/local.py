@@ -20,8 +20,7 @@ from pipeline.train.loop import train_worker
 
 
 class LocalHooks(TrainHooks):
-    """One in-process worker: the feed's stage functions run in a small thread pool (`feed.iter_local`); the
-    per-epoch training state goes to `<out>/_checkpoints/local/epoch_NNNN/` (the last one is resumed from)."""
+    """One in-process worker; `--resume` continues from the last `<out>/_checkpoints/local/epoch_NNNN/`."""
 
     def __init__(self, cfg: TrainConfig, plan: TrainPlan, *, resume: bool, on_epoch: OnEpoch) -> None:
         from pipeline.models import DetectorConfig
@@ -29,8 +28,8 @@ class LocalHooks(TrainHooks):
 
         self.cfg, self.plan, self.resume, self.on_epoch = cfg, plan, resume, on_epoch
         det_cfg = DetectorConfig.load(cfg.config).model_copy(update={"generators": plan.generators})
-        self.train_stage = train_spec(cfg, det_cfg, patch_size(det_cfg))
-        self.plain_stage = DecodeSpec(det_cfg=det_cfg)
+        self.train_stage = DecodeStage(train_spec(cfg, det_cfg, patch_size(det_cfg)))
+        self.plain_stage = DecodeStage(DecodeSpec(det_cfg=det_cfg))
         self.root = storage.join(cfg.out, CHECKPOINTS_DIR, "local")
         self._tmp: Path | None = None
 
@@ -38,7 +37,7 @@ class LocalHooks(TrainHooks):
         self.on_epoch(epoch)  # `epoch` (0-based) is starting: that many are done
         return iter_local(
             self.plan.train,
-            DecodeStage(self.train_stage),
+            self.train_stage,
             batch_size=self.cfg.batch_size,
             seed=self.cfg.seed,
             epoch=epoch,
@@ -46,7 +45,7 @@ class LocalHooks(TrainHooks):
 
     def eval_batches(self, split: str) -> Iterable[dict[str, np.ndarray]]:
         table = self.plan.val if split == "val" else self.plan.train
-        return iter_local(table, DecodeStage(self.plain_stage), batch_size=64)
+        return iter_local(table, self.plain_stage, batch_size=64)
 
     def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:
         if state_dir is not None:

@@ -2,11 +2,9 @@
 (`pipeline.train.hooks`). Its parts: the worker's view of the run (`train.run`), the MoLE fine-tuning epochs
 (`train.fine_tune`), validation (`train.validate`); the in-process runner is `train.local`.
 
-Images arrive as uint8 batches from the streaming feed (`pipeline.train.feed`): the runner supplies them
-through `TrainHooks` — `pipeline.engine.train` from `ray.train.get_dataset_shard(...)` (read + decode +
-augmentation in CPU Ray Data tasks), `train.local.LocalHooks` from the same stage functions run in-process
-(`--engine local`). They are normalised on the training device. No worker holds the data set: memory does not
-grow with the number of images (the linear probe keeps one feature vector per training image).
+Images arrive as uint8 batches of the streaming feed (`pipeline.train.feed`, whichever runner runs its stages)
+and are normalised on the training device. No worker holds the data set: memory does not grow with the number
+of images (the linear probe keeps one feature vector per training image).
 
 Methods:
 - `mole` [paper + ours]: the MoLE fine-tuning epochs of `train.fine_tune`, with UnivFD train augmentations.
@@ -101,7 +99,7 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
         return None
 
     pred = predict_stream(det, hooks.eval_batches("val"), run.device, run.eval_skips)
-    if pred["label"].size and np.any(pred["label"] == 0):
+    if np.any(pred["label"] == 0):
         calib = calibrate_from_scores(
             pred["label"],
             pred["p_fake"],
@@ -149,8 +147,8 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
             "val_counts": plan["counts"]["val"],
             "split": plan["split"],
             "epochs": len(history),
-            "best_epoch": history[-1].get("best_epoch") if history else None,
-            "final": history[-1] if history else {},
+            "best_epoch": history[-1].get("best_epoch"),
+            "final": history[-1],
             "calibration": calib,
             "skipped": skipped,
             "resumes": state.resumes if state is not None else [],

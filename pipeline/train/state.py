@@ -44,16 +44,13 @@ def capture_rng() -> tuple[dict[str, Any], torch.Tensor]:
     return {"python": [py[0], list(py[1]), py[2]], "numpy": npy}, torch.get_rng_state()
 
 
-def restore_rng(rng: dict[str, Any], torch_state: torch.Tensor | None) -> None:
-    if "python" in rng:
-        v, st, g = rng["python"]
-        random.setstate((v, tuple(st), g))
-    if "numpy" in rng:
-        npy = rng["numpy"]
-        key = np.asarray(npy["state"]["key"], dtype=np.uint32)
-        np.random.set_state({**npy, "state": {"key": key, "pos": int(npy["state"]["pos"])}})
-    if torch_state is not None:
-        torch.set_rng_state(torch_state)
+def restore_rng(rng: dict[str, Any], torch_state: torch.Tensor) -> None:
+    v, st, g = rng["python"]
+    random.setstate((v, tuple(st), g))
+    npy = rng["numpy"]
+    key = np.asarray(npy["state"]["key"], dtype=np.uint32)
+    np.random.set_state({**npy, "state": {"key": key, "pos": int(npy["state"]["pos"])}})
+    torch.set_rng_state(torch_state)
 
 
 def write_state(path: Path, state: TrainState) -> None:
@@ -105,7 +102,7 @@ def read_state(path: Path) -> TrainState:
             opt_state.setdefault(int(idx), {})[name] = v
     for idx, scalars in doc["optimizer"]["scalars"].items():
         opt_state.setdefault(int(idx), {}).update(scalars)
-    restore_rng(doc.get("rng", {}), tensors.get("rng/torch"))
+    restore_rng(doc["rng"], tensors["rng/torch"])
     return TrainState(
         epoch=int(doc["epoch"]),
         history=doc["history"],
@@ -114,6 +111,6 @@ def read_state(path: Path) -> TrainState:
         optimizer={"state": opt_state, "param_groups": doc["optimizer"]["param_groups"]},
         scheduler=doc["scheduler"],
         split=doc["split"],
-        resumes=doc.get("resumes", []),
-        skipped=doc.get("skipped", {}),
+        resumes=doc["resumes"],
+        skipped=doc["skipped"],
     )

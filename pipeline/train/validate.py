@@ -94,14 +94,13 @@ def val_metrics(pred: dict[str, np.ndarray]) -> dict[str, float]:
     if labels.size == 0:
         return {}
     acc = class_accuracies(labels, pred["logit"], 0.0)
-    out = {
+    return {
         "val_acc": acc["acc"],
         "val_real_acc": acc["real_acc"],
         "val_fake_acc": acc["fake_acc"],
         "val_ap": average_precision(labels, pred["logit"]),
         "val_attr_acc": float(np.mean(np.argmax(pred["generator_scores"], 1) == pred["cls"])),
     }
-    return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}
 
 
 def val_key(val: dict[str, float]) -> tuple[float, float]:

@@ -342,14 +342,13 @@ def run_filter(
     *,
     resume: bool = False,
     on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
-    check: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
     """The whole run; returns the stats. Raises PlanError or ErrorBudgetExceeded (before any write) or
     ReconcileError.
 
     resume: shards whose marker matches today's plan are not rewritten (the output must have been written with
     the same scan, input, scan date and policy: ResumeRefused otherwise). Either way, outputs of shards that
-    are no longer in the input are removed. on_shard / check: `pipeline.runner.run_shards` hooks."""
+    are no longer in the input are removed. on_shard: `pipeline.runner.run_shards`'s hook."""
     log = get_logger("hygiene.filter")
     started = now_iso()
     t0 = time.perf_counter()
@@ -378,7 +377,6 @@ def run_filter(
         done=done,
         execute=map_shards(map_fn, filter_shard, by_plan, asdict),
         on_shard=on_shard,
-        check=check,
     )
     results = [ShardResult(**(progress.summaries.get(sid) or markers[sid])) for sid in by_plan]
     t_filter = time.perf_counter() - t0 - t_plan

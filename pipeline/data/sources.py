@@ -128,11 +128,9 @@ def _is_image_file(rel: str) -> bool:
 
 def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
     """Relative path parts of every image file under uri (hidden files / __MACOSX skipped), and the root
-    path."""
+    path. The root exists (`_looks_like_shards` looked first)."""
     fs, root = filesystem(uri)
     root = root.rstrip("/")
-    if not fs.exists(root):
-        raise FileNotFoundError(f"data source not found: {uri}")
     if not fs.isdir(root):
         raise ConfigError(f"data source {uri} is a file, not a folder of generator folders or shards")
     rels = []

@@ -34,15 +34,7 @@ from pipeline.hygiene.plan import PlanError, ShardPlan, plan_shard, resolve_scan
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
 from pipeline.output import SAMPLE_ERROR_STATUSES, now_iso, parquet_bytes, read_json, write_json
-from pipeline.runner import (
-    ErrorTally,
-    MapFn,
-    Progress,
-    local_map,
-    map_ordered,
-    map_shards,
-    run_shards,
-)
+from pipeline.runner import ErrorTally, MapFn, Progress, map_ordered, map_shards, run_shards
 from pipeline.shards import ShardReadError, iter_samples
 
 MANIFEST_SCHEMA = pa.schema(
@@ -191,7 +183,7 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
     return result
 
 
-def plan_run(cfg: FilterConfig, map_fn: MapFn = local_map) -> tuple[str, list[ShardPlan]]:
+def plan_run(cfg: FilterConfig, map_fn: MapFn) -> tuple[str, list[ShardPlan]]:
     """Plan every shard; raise PlanError listing every problem (nothing has been written yet), or
     ErrorBudgetExceeded as soon as the plans that arrived show more failed shards than the budget allows of
     the whole run (the shards not planned yet are cancelled)."""
@@ -338,7 +330,7 @@ def _still_valid(plan: ShardPlan, marker: dict[str, Any] | None) -> bool:
 
 def run_filter(
     cfg: FilterConfig,
-    map_fn: MapFn = local_map,
+    map_fn: MapFn,
     *,
     resume: bool = False,
     on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,

@@ -437,7 +437,8 @@ def test_job_checks_accounting_itself_before_reporting_success(scanned, tmp_path
     makes the run fail: ReconcileError, stats.json says why, no _SUCCESS."""
     from dataclasses import replace
 
-    from pipeline.hygiene.run import ReconcileError, ShardResult, local_map, run_filter
+    from pipeline.hygiene.run import ReconcileError, ShardResult, run_filter
+    from pipeline.runner import local_map
 
     def lossy_map(fn, items):
         for i, result in local_map(fn, items):

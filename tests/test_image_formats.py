@@ -274,7 +274,7 @@ def test_scan_scores_every_modern_format(world) -> None:
         assert r["sha256"] == hashlib.sha256(data).hexdigest() and r["n_bytes"] == len(data)
     # the same image bytes through the sources (the shard layer's rule), decoded to the scan's pixels
     url = str(world["base"] / "in" / "shard-000000.tar")
-    items = {it.key: it for it in load_labelled(url, on_unlabelled="skip")}
+    items = {it.key: it for it in load_labelled(url)}
     assert set(items) == {s.key for s in world["shards"]["shard-000000"]} - {"m_heic"}
     for key, it in items.items():
         decoded = decode_image(it.read_bytes(), image_size=S)

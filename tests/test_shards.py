@@ -14,6 +14,7 @@ import pytest
 from pipeline import shards as shard_layer
 from pipeline.data.sources import load_labelled
 from pipeline.hygiene.copy import ShardWriter
+from pipeline.settings import ConfigError
 from tests.support import badinputs as bi
 
 
@@ -93,7 +94,7 @@ def test_sources_know_every_image_type_and_the_same_junk_as_the_scan(tmp_path: P
     (tmp_path / "fam" / "1_fake" / ".hidden.png").write_bytes(bi.png_bytes())
     (tmp_path / "fam" / "0_real").mkdir()
     (tmp_path / "fam" / "0_real" / "r.TIFF").write_bytes(bi.png_bytes())
-    folder = load_labelled(str(tmp_path / "fam"), layout="univfd")
+    folder = load_labelled(str(tmp_path / "fam"))
     assert sorted(Path(it.uri).name for it in folder) == sorted(
         [f"i.{e}" for e in shard_layer.IMAGE_EXTENSIONS] + ["r.TIFF"]
     )
@@ -149,18 +150,24 @@ def test_the_three_consumers_see_the_same_samples_on_the_bad_input_corpus(tmp_pa
             assert _filter_view(url) == scan
             assert _labels_view(url) == scan
             # the labelled source: every labelled sample is one of the scan's samples with the same image
-            # member
-            try:
-                items = load_labelled(url, on_unlabelled="skip")
-            except FileNotFoundError:
-                items = []
-            scan_members = {(k, name) for k, name, _ in scan if name is not None}
-            assert {(it.key, it.member) for it in items} <= scan_members
-            assert len(items) == sum(
-                1
-                for s in shard_layer.labelled_samples(url)
-                if s.image is not None and s.meta is not None and s.meta.get("label") in (0, 1)
-            )
+            # member; a shard with image samples that carry no valid label is refused, naming how many and
+            # the first of them
+            images = [s for s in shard_layer.labelled_samples(url) if s.image is not None]
+            unlabelled = [s.key for s in images if s.meta is None or s.meta.get("label") not in (0, 1)]
+            labelled = len(images) - len(unlabelled)
+            if unlabelled:
+                count = rf"{len(unlabelled)} sample\(s\) without a valid label"
+                with pytest.raises(ConfigError, match=count) as refused:
+                    load_labelled(url)
+                assert all(f"{key}: " in str(refused.value) for key in unlabelled[:3]), case.name
+            else:
+                try:
+                    items = load_labelled(url)
+                except FileNotFoundError:
+                    items = []
+                scan_members = {(k, name) for k, name, _ in scan if name is not None}
+                assert {(it.key, it.member) for it in items} <= scan_members
+                assert len(items) == labelled
             checked_readable += 1
         else:
             # strict consumers refuse a broken shard (the filter must not copy half a shard)

@@ -62,10 +62,8 @@ def test_univfd_demo_tree(tmp_path: Path) -> None:
     img = fake.load()
     assert img.mode == "RGB" and img.size == (64, 64)
     assert np.array_equal(np.asarray(img), np.asarray(Image.open(fake.uri).convert("RGB")))
-    # deterministic order; generator filter
+    # deterministic order
     assert [it.uri for it in load_labelled(str(tmp_path))] == [it.uri for it in items]
-    only = load_labelled(str(tmp_path), generators=["diffusion"])
-    assert len(only) == 6 and {it.generator for it in only} == {"diffusion"}
 
 
 def test_cnndetection_class_level_and_formats(tmp_path: Path) -> None:
@@ -76,7 +74,7 @@ def test_cnndetection_class_level_and_formats(tmp_path: Path) -> None:
     _touch(tmp_path, "stylegan/0_real/e.webp", fmt="WEBP")
     _touch(tmp_path, "stylegan/1_fake/f.png")
     (tmp_path / "progan/cat/1_fake/notes.txt").write_text("not an image")
-    items = load_labelled(str(tmp_path), layout="univfd")
+    items = load_labelled(str(tmp_path))
     by_name = {Path(it.uri).name: it for it in items}
     assert set(by_name) == {"a.png", "b.png", "c.jpg", "d.JPEG", "e.webp", "f.png"}
     assert by_name["b.png"].category == "airplane" and by_name["b.png"].generator == "progan"
@@ -115,23 +113,23 @@ def test_root_can_be_one_generator_folder_and_hidden_files_are_skipped(tmp_path:
     ]
 
 
-def test_univfd_split_folder(tmp_path: Path) -> None:
+def test_univfd_split_folder_is_its_own_source(tmp_path: Path) -> None:
     _touch(tmp_path, "train/progan/0_real/a.png")
     _touch(tmp_path, "train/progan/1_fake/b.png")
     _touch(tmp_path, "test/progan/0_real/c.png")
     _touch(tmp_path, "test/dalle/1_fake/d.png")
-    test = load_labelled(str(tmp_path), split="test")
-    assert sorted((it.generator, Path(it.uri).name, it.split) for it in test) == [
-        ("dalle", "d.png", "test"),
-        ("progan", "c.png", "test"),
+    test = load_labelled(str(tmp_path / "test"))
+    assert sorted((it.generator, Path(it.uri).name) for it in test) == [
+        ("dalle", "d.png"),
+        ("progan", "c.png"),
     ]
     assert Path(test[0].uri).exists()
     with pytest.raises(FileNotFoundError, match="valid"):
-        load_labelled(str(tmp_path), split="valid")
+        load_labelled(str(tmp_path / "valid"))
 
 
 # ---- GenImage ----------------------------------------------------------------------------------------------
-def test_genimage_layout_and_split(tmp_path: Path) -> None:
+def test_genimage_layout(tmp_path: Path) -> None:
     _touch(tmp_path, "sdv4/imagenet_ai_0419_sdv4/train/ai/a.png")
     _touch(tmp_path, "sdv4/imagenet_ai_0419_sdv4/train/nature/b.JPEG", fmt="JPEG")
     _touch(tmp_path, "sdv4/imagenet_ai_0419_sdv4/val/ai/c.png")
@@ -148,19 +146,13 @@ def test_genimage_layout_and_split(tmp_path: Path) -> None:
         ("sdv4", "train", "b.JPEG", 0),
         ("sdv4", "val", "c.png", 1),
     ]
-    val = load_labelled(str(tmp_path), split="val")
-    assert sorted(Path(it.uri).name for it in val) == ["c.png", "d.png", "e.png"]
-    with pytest.raises(ConfigError, match="split"):
-        load_labelled(str(tmp_path), split="test")
 
 
-def test_mixed_layouts_need_an_explicit_choice(tmp_path: Path) -> None:
+def test_mixed_layouts_are_an_error(tmp_path: Path) -> None:
     _touch(tmp_path, "a/0_real/x.png")
     _touch(tmp_path, "b/train/ai/y.png")
     with pytest.raises(ConfigError, match="mixes"):
         load_labelled(str(tmp_path))
-    assert [Path(it.uri).name for it in load_labelled(str(tmp_path), layout="univfd")] == ["x.png"]
-    assert [Path(it.uri).name for it in load_labelled(str(tmp_path), layout="genimage")] == ["y.png"]
 
 
 # ---- errors ------------------------------------------------------------------------------------------------
@@ -180,13 +172,10 @@ def test_clear_errors_for_missing_empty_unrecognised(tmp_path: Path) -> None:
     _touch(flat, "img1.png")
     with pytest.raises(ConfigError, match="cannot recognise.*flat"):
         load_labelled(str(flat))
-    _touch(tmp_path / "ok", "gan/0_real/a.png")
-    with pytest.raises(ConfigError, match=r"generators: \['stylegan'\].*available: \['gan'\]"):
-        load_labelled(str(tmp_path / "ok"), generators=["stylegan"])
-    with pytest.raises(ConfigError, match="layout"):
-        load_labelled(str(tmp_path / "ok"), layout="imagefolder")  # type: ignore[arg-type]
+    _touch(tmp_path / "no_split_folder", "gen/ai/a.png")  # GenImage class folders need <generator>/train|val
+    _touch(tmp_path / "no_split_folder", "train/ai/b.png")
     with pytest.raises(FileNotFoundError, match="no labelled images"):
-        load_labelled(str(tmp_path / "ok"), layout="genimage")
+        load_labelled(str(tmp_path / "no_split_folder"))
 
 
 # ---- WebDataset --------------------------------------------------------------------------------------------
@@ -217,8 +206,6 @@ def test_shards_demo_shards(tmp_path: Path) -> None:
     # one shard, or a brace pattern
     assert len(load_labelled(str(tmp_path / "shard-000000.tar"))) == 5
     assert len(load_labelled(str(tmp_path / "shard-{000000..000001}.tar"))) == 10
-    with pytest.raises(ConfigError, match="split"):
-        load_labelled(str(tmp_path), split="train")
 
 
 def _write_tar(path: Path, members: dict[str, bytes]) -> None:
@@ -229,7 +216,7 @@ def _write_tar(path: Path, members: dict[str, bytes]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_shards_unlabelled_samples_error_or_skip(tmp_path: Path) -> None:
+def test_shards_unlabelled_samples_are_an_error(tmp_path: Path) -> None:
     shard = tmp_path / "s" / "shard-000000.tar"
     shard.parent.mkdir()
     good = json.dumps({"label": 1, "generator": "sd"}).encode()
@@ -252,7 +239,19 @@ def test_shards_unlabelled_samples_error_or_skip(tmp_path: Path) -> None:
         ConfigError, match=r"shard-000000\.tar: 3 sample\(s\) without a valid label.*b: no \.json"
     ):
         load_labelled(str(shard.parent))
-    items = load_labelled(str(shard.parent), on_unlabelled="skip")
+    labelled = tmp_path / "labelled" / "shard-000000.tar"
+    labelled.parent.mkdir()
+    _write_tar(
+        labelled,
+        {
+            "dir/a.png": _img_bytes(1),
+            "dir/a.json": good,
+            "e.png": _img_bytes(5),
+            "e.json": json.dumps({"label": 0, "generator": "real"}).encode(),
+            "f.txt": b"no image here",
+        },
+    )
+    items = load_labelled(str(labelled.parent))
     assert [(it.key, it.label, it.generator) for it in items] == [("e", 0, "real"), ("dir/a", 1, "sd")]
     assert items[1].read_bytes() == _img_bytes(1)
     not_tar = tmp_path / "bad" / "x.tar"
@@ -281,7 +280,7 @@ def test_sources_on_s3(s3_server: dict[str, str], s3fs_client) -> None:
     for it in shards:
         assert isinstance(it, LabelledImage) and it.load().size == (64, 64)
 
-    gi = load_labelled("s3://train-data/genimage", split="train")
+    gi = load_labelled("s3://train-data/genimage")
     assert [(it.label, np.asarray(it.load())[0, 0, 0]) for it in gi] == [(0, 8), (1, 7)]
 
     with pytest.raises(FileNotFoundError, match="s3://train-data/missing"):

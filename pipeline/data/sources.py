@@ -41,7 +41,6 @@ log = get_logger("pipeline.data.sources")
 UNIVFD_CLASSES = {"0_real": 0, "1_fake": 1}
 GENIMAGE_CLASSES = {"nature": 0, "ai": 1}
 GENIMAGE_SPLITS = ("train", "val")
-Layout = Literal["auto", "univfd", "genimage", "wds"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class LabelledImage:
     label: int  # 0 real, 1 generated
     generator: str  # generator folder / JSON generator (see module docstring)
     source: str  # layout: "univfd" | "genimage" | "wds"
-    split: str | None = None  # "train"/"val" for GenImage, the split folder for UnivFD if one was chosen
+    split: str | None = None  # GenImage: "train" or "val"
     category: str | None = None  # CNNDetection's optional <class> folder (e.g. "airplane")
     member: str | None = None  # wds: image member name inside the tar
     offset: int | None = None  # wds: byte offset of the member's data in the tar
@@ -90,51 +89,22 @@ class LabelledImage:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def load_labelled(
-    uri: str,
-    *,
-    layout: Layout = "auto",
-    split: str | None = None,
-    generators: list[str] | None = None,
-    on_unlabelled: Literal["error", "skip"] = "error",
-) -> list[LabelledImage]:
-    """List the labelled images under `uri` (sorted, deterministic).
+def load_labelled(uri: str) -> list[LabelledImage]:
+    """List the labelled images under `uri` (sorted, deterministic). The layout is detected: shards → wds;
+    else the folder names decide; a mix is an error. A shard sample without a valid JSON label is an error
+    naming shard + key.
 
-    layout: "auto" detects it (shards → wds; else the folder names decide; a mix is an error).
-    split: GenImage "train"/"val"; for UnivFD an optional first-level folder (e.g. ``<root>/test/...``).
-    generators: keep only these generators (unknown names are an error listing the available ones).
-    on_unlabelled: for shards, what to do with a sample lacking a valid JSON label ("error" names shard +
-    key).
-
-    Raises FileNotFoundError for a missing or empty root, ConfigError for an unrecognised layout or bad
-    filters.
+    Raises FileNotFoundError for a missing or empty root, ConfigError for an unrecognised layout.
     """
-    if layout not in ("auto", "univfd", "genimage", "wds"):
-        raise ConfigError(f"layout: unknown layout {layout!r}; use auto, univfd, genimage or wds")
-    if layout == "wds" or (layout == "auto" and _looks_like_shards(uri)):
-        if split is not None:
-            raise ConfigError(
-                f"split: WebDataset sources have no split folders ({uri}); point at the split's shards"
-            )
-        items = [it for shard in list_shards(uri) for it in _list_shard(shard, on_unlabelled=on_unlabelled)]
+    if _looks_like_shards(uri):
+        items = [it for shard in list_shards(uri) for it in _list_shard(shard)]
         source = "wds"
     else:
         files, root = _list_files(uri)
-        if layout == "auto":
-            layout = _detect(files, uri)
-        if layout == "univfd":
-            items = _load_univfd(files, root, uri, split)
-        else:
-            items = _load_genimage(files, root, uri, split)
-        source = layout
+        source = _detect(files, uri)
+        items = _load_univfd(files, root, uri) if source == "univfd" else _load_genimage(files, root, uri)
     if not items:
-        raise FileNotFoundError(f"no labelled images under {uri} (layout {source}, split {split!r})")
-    if generators is not None:
-        available = sorted({it.generator for it in items})
-        missing = sorted(set(generators) - set(available))
-        if missing:
-            raise ConfigError(f"generators: {missing} not found under {uri}; available: {available}")
-        items = [it for it in items if it.generator in set(generators)]
+        raise FileNotFoundError(f"no labelled images under {uri} (layout {source}, split None)")
     items.sort(key=lambda it: (it.generator, it.label, it.name))
     counts = Counter((it.generator, it.label) for it in items)
     log.info(
@@ -158,11 +128,9 @@ def _is_image_file(rel: str) -> bool:
 
 def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
     """Relative path parts of every image file under uri (hidden files / __MACOSX skipped), and the root
-    path."""
+    path. The root exists (`_looks_like_shards` looked first)."""
     fs, root = filesystem(uri)
     root = root.rstrip("/")
-    if not fs.exists(root):
-        raise FileNotFoundError(f"data source not found: {uri}")
     if not fs.isdir(root):
         raise ConfigError(f"data source {uri} is a file, not a folder of generator folders or shards")
     rels = []
@@ -205,18 +173,13 @@ def _detect(files: list[tuple[str, ...]], uri: str) -> Literal["univfd", "genima
     )
 
 
-def _load_univfd(files: list[tuple[str, ...]], root: str, uri: str, split: str | None) -> list[LabelledImage]:
-    if split is not None:
-        files = [p[1:] for p in files if p[0] == split and len(p) > 1]
-        if not files:
-            raise FileNotFoundError(f"split: no folder {split!r} with images under {uri}")
+def _load_univfd(files: list[tuple[str, ...]], root: str, uri: str) -> list[LabelledImage]:
     items, ignored = [], 0
     for parts in files:
         label = _univfd_label(parts)
         if label is None:
             ignored += 1
             continue
-        full = "/".join(((split,) if split else ()) + parts)
         if len(parts) == 2:  # root is itself a generator folder
             generator, category = posixpath.basename(root.rstrip("/")) or root, None
         else:
@@ -224,11 +187,10 @@ def _load_univfd(files: list[tuple[str, ...]], root: str, uri: str, split: str |
             category = "/".join(parts[1:-2]) or None
         items.append(
             LabelledImage(
-                uri=f"{root}/{full}",
+                uri=f"{root}/{'/'.join(parts)}",
                 label=label,
                 generator=generator,
                 source="univfd",
-                split=split,
                 category=category,
             )
         )
@@ -239,19 +201,12 @@ def _load_univfd(files: list[tuple[str, ...]], root: str, uri: str, split: str |
     return items
 
 
-def _load_genimage(
-    files: list[tuple[str, ...]], root: str, uri: str, split: str | None
-) -> list[LabelledImage]:
-    if split is not None and split not in GENIMAGE_SPLITS:
-        raise ConfigError(f"split: GenImage splits are {GENIMAGE_SPLITS}, got {split!r}")
+def _load_genimage(files: list[tuple[str, ...]], root: str, uri: str) -> list[LabelledImage]:
     items, ignored = [], 0
     for parts in files:
         label = _genimage_label(parts)
         if label is None or len(parts) < 4:
             ignored += 1
-            continue
-        this_split = parts[-3]
-        if split is not None and this_split != split:
             continue
         items.append(
             LabelledImage(
@@ -259,7 +214,7 @@ def _load_genimage(
                 label=label,
                 generator=parts[0],
                 source="genimage",
-                split=this_split,
+                split=parts[-3],
             )
         )
     if ignored:
@@ -282,7 +237,7 @@ def _looks_like_shards(uri: str) -> bool:
     )
 
 
-def _list_shard(shard: str, *, on_unlabelled: str) -> list[LabelledImage]:
+def _list_shard(shard: str) -> list[LabelledImage]:
     """The shard's labelled images by the shard layer's rules (`pipeline.shards`): the same samples, keys and
     image members as the scan; each sample's label comes from ITS OWN JSON member (a key repeated later in the
     shard is another sample, with its own label). Samples without an image member are not images; they are
@@ -316,12 +271,10 @@ def _list_shard(shard: str, *, on_unlabelled: str) -> list[LabelledImage]:
     if no_image:
         log.info("samples_without_image", shard=shard, n=no_image)
     if problems:
-        if on_unlabelled == "error":
-            raise ConfigError(
-                f"{shard}: {len(problems)} sample(s) without a valid label, e.g. {problems[:3]}; "
-                "give each sample a json label or leave it out of the data"
-            )
-        log.warning("unlabelled_samples_skipped", shard=shard, n=len(problems), examples=problems[:3])
+        raise ConfigError(
+            f"{shard}: {len(problems)} sample(s) without a valid label, e.g. {problems[:3]}; "
+            "give each sample a json label or leave it out of the data"
+        )
     return items
 
 

@@ -34,15 +34,7 @@ from pipeline.hygiene.plan import PlanError, ShardPlan, plan_shard, resolve_scan
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
 from pipeline.output import SAMPLE_ERROR_STATUSES, now_iso, parquet_bytes, read_json, write_json
-from pipeline.runner import (
-    ErrorTally,
-    MapFn,
-    Progress,
-    local_map,
-    map_ordered,
-    map_shards,
-    run_shards,
-)
+from pipeline.runner import ErrorTally, MapFn, Progress, map_ordered, map_shards, run_shards
 from pipeline.shards import ShardReadError, iter_samples
 
 MANIFEST_SCHEMA = pa.schema(
@@ -191,7 +183,7 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
     return result
 
 
-def plan_run(cfg: FilterConfig, map_fn: MapFn = local_map) -> tuple[str, list[ShardPlan]]:
+def plan_run(cfg: FilterConfig, map_fn: MapFn) -> tuple[str, list[ShardPlan]]:
     """Plan every shard; raise PlanError listing every problem (nothing has been written yet), or
     ErrorBudgetExceeded as soon as the plans that arrived show more failed shards than the budget allows of
     the whole run (the shards not planned yet are cancelled)."""
@@ -338,18 +330,17 @@ def _still_valid(plan: ShardPlan, marker: dict[str, Any] | None) -> bool:
 
 def run_filter(
     cfg: FilterConfig,
-    map_fn: MapFn = local_map,
+    map_fn: MapFn,
     *,
     resume: bool = False,
     on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
-    check: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
     """The whole run; returns the stats. Raises PlanError or ErrorBudgetExceeded (before any write) or
     ReconcileError.
 
     resume: shards whose marker matches today's plan are not rewritten (the output must have been written with
     the same scan, input, scan date and policy: ResumeRefused otherwise). Either way, outputs of shards that
-    are no longer in the input are removed. on_shard / check: `pipeline.runner.run_shards` hooks."""
+    are no longer in the input are removed. on_shard: `pipeline.runner.run_shards`'s hook."""
     log = get_logger("hygiene.filter")
     started = now_iso()
     t0 = time.perf_counter()
@@ -378,7 +369,6 @@ def run_filter(
         done=done,
         execute=map_shards(map_fn, filter_shard, by_plan, asdict),
         on_shard=on_shard,
-        check=check,
     )
     results = [ShardResult(**(progress.summaries.get(sid) or markers[sid])) for sid in by_plan]
     t_filter = time.perf_counter() - t0 - t_plan

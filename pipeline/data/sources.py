@@ -104,7 +104,7 @@ def load_labelled(uri: str) -> list[LabelledImage]:
         source = _detect(files, uri)
         items = _load_univfd(files, root, uri) if source == "univfd" else _load_genimage(files, root, uri)
     if not items:
-        raise FileNotFoundError(f"no labelled images under {uri} (layout {source}, split None)")
+        raise FileNotFoundError(f"no labelled images under {uri} (layout {source})")
     items.sort(key=lambda it: (it.generator, it.label, it.name))
     counts = Counter((it.generator, it.label) for it in items)
     log.info(

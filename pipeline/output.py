@@ -27,6 +27,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -123,6 +124,20 @@ class ScanOutputError(OperatorError, FileNotFoundError):
 
     exit_code = ExitCode.NOT_FOUND
     label = "refused"
+
+
+def map_column(column: str, keys: list[list[str]], values: np.ndarray, null: np.ndarray) -> pa.Array:
+    """SCHEMA's map ``column``: row i maps ``keys[i]`` to its values (``values`` in row order, flat or one row
+    per row), null where ``null``."""
+    typ = SCHEMA.field(column).type
+    offsets = np.concatenate([[0], np.cumsum([len(k) for k in keys])]).astype(np.int32)
+    return pa.MapArray.from_arrays(
+        pa.array(offsets, pa.int32()),
+        pa.array([k for row in keys for k in row], pa.string()),
+        pa.array(np.asarray(values).reshape(-1), typ.item_type),
+        type=typ,
+        mask=pa.array(null, pa.bool_()),
+    )
 
 
 def check_table(table: pa.Table) -> None:

@@ -40,6 +40,7 @@ from pipeline.output import (
     completed_shards,
     feature_shards,
     has_output,
+    map_column,
     now_iso,
     parquet_bytes,
     read_json,
@@ -117,20 +118,6 @@ def _shard_error_table(task: ShardTask, head: FeatureHead, url: str, source: str
     return pa.Table.from_pylist([row], schema=SCHEMA)
 
 
-def _map(column: str, keys: list[str], values: np.ndarray, valid: np.ndarray) -> pa.Array:
-    """The map `column` of SCHEMA with the same `keys` in every row, null where not `valid`."""
-    typ = SCHEMA.field(column).type
-    n, k = values.shape
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * k, pa.int32())
-    return pa.MapArray.from_arrays(
-        offsets,
-        pa.array(keys * n, pa.string()),
-        pa.array(values.reshape(-1), typ.item_type),
-        type=typ,
-        mask=pa.array(~valid),
-    )
-
-
 def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, run_id: str) -> pa.Table:
     """`src` (one shard's rows) with the score columns replaced: the ok rows scored by `head` from `feats`
     (key -> feature), every other row unscored (its status row copied)."""
@@ -164,10 +151,10 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
         "is_fake": pa.array(is_fake, pa.bool_(), mask=mask),
         "threshold": pa.array(np.full(n, head.meta.threshold, np.float32), pa.float32()),
         "top_generator": pa.array(top.tolist(), pa.string()),
-        "generator_scores": _map("generator_scores", labels, scores, ok),
+        "generator_scores": map_column("generator_scores", [labels] * n, scores, ~ok),
         "detector_id": pa.array([head.detector_id] * n, pa.string()),
         "scanned_at": pa.array([dt.datetime.now(dt.UTC)] * n, pa.timestamp("ms", tz="UTC")),
-        **{c: _map(c, [head.detector_id], v[:, None], ok) for c, v in per_detector.items()},
+        **{c: map_column(c, [[head.detector_id]] * n, v, ~ok) for c, v in per_detector.items()},
         "fusion": pa.nulls(n, pa.string()),
     }
     arrays = [cols[f.name] if f.name in cols else src.column(f.name).combine_chunks() for f in SCHEMA]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.output import SCHEMA, SCHEMA_VERSION, SHARD_ERROR, STATUSES
+from pipeline.output import SCHEMA, SCHEMA_VERSION, SHARD_ERROR, STATUSES, map_column
 from pipeline.scan.prepare import EMPTY_STATUS
 from pipeline.scan.provenance_columns import LIST_COLS, OUTPUT, PROVENANCE_INT_COLS, SEP
 
@@ -107,14 +107,6 @@ def _nullable_int(values: np.ndarray, typ: pa.DataType) -> pa.Array:
     return pa.array(arr, typ, mask=arr < 0)
 
 
-def _map(keys: list[list[str]], values: np.ndarray, typ: pa.DataType, not_ok: np.ndarray) -> pa.Array:
-    """A map column: row i maps keys[i] to values[i], null unless ok."""
-    offsets = pa.array(np.concatenate([[0], np.cumsum([len(k) for k in keys])]).astype(np.int32), pa.int32())
-    flat = pa.array([k for row in keys for k in row], pa.string())
-    items = pa.array(values.reshape(-1), typ.item_type)
-    return pa.MapArray.from_arrays(offsets, flat, items, type=typ, mask=pa.array(not_ok, pa.bool_()))
-
-
 def _member_map(rows: Batch, ctx: RunContext, name: str, not_ok: np.ndarray) -> pa.Array:
     """A detector_* map column: {member detector_id: value} per row, null unless ok. The keys are the members
     the scoring actor loaded (`_members`), else the driver's (ctx.member_ids)."""
@@ -129,7 +121,7 @@ def _member_map(rows: Batch, ctx: RunContext, name: str, not_ok: np.ndarray) -> 
         raise ValueError(
             f"{name}: {values.shape[1]} scores per row, detectors per row {sorted(set(k.tolist()))}"
         )
-    return _map(members, values, SCHEMA.field(f"detector_{name}").type, not_ok)
+    return map_column(f"detector_{name}", members, values, not_ok)
 
 
 def _provenance(rows: Batch, n: int) -> dict[str, pa.Array]:
@@ -185,7 +177,7 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "is_fake": pa.array(np.asarray(rows["is_fake"], bool), pa.bool_(), mask=not_ok),
         "threshold": pa.array(threshold, pa.float32()),
         "top_generator": _nullable_str(np.where(not_ok, "", rows["top_generator"])),
-        "generator_scores": _map([labels] * n, scores, SCHEMA.field("generator_scores").type, not_ok),
+        "generator_scores": map_column("generator_scores", [labels] * n, scores, not_ok),
         "width": _nullable_int(rows["width"], pa.int32()),
         "height": _nullable_int(rows["height"], pa.int32()),
         "format": _nullable_str(rows["format"]),

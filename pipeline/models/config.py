@@ -184,3 +184,14 @@ def register_arch_configs() -> None:
     for p in sorted(CONFIG_DIR.glob("*.json")):
         if _is_arch_file(p):
             open_clip.add_model_config(p)
+
+
+def arch_config(arch: str) -> dict:
+    """open_clip's config of ``arch`` (genscan's own archs registered first); ConfigError when unknown."""
+    import open_clip
+
+    register_arch_configs()
+    mc = open_clip.get_model_config(arch)
+    if mc is None:
+        raise ConfigError(f"arch: unknown open_clip architecture {arch!r}")
+    return mc

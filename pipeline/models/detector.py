@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline import storage
 from pipeline.logs import get_logger
-from pipeline.models.config import DetectorConfig, register_arch_configs
+from pipeline.models.config import DetectorConfig, arch_config
 from pipeline.models.meta import BackboneMeta, CheckpointError, refuse_pickle
 from pipeline.models.mole import Mode, MoLEMLP
 from pipeline.settings import ConfigError
@@ -167,7 +167,7 @@ def build_heads(
 def head_shapes(cfg: DetectorConfig) -> dict[str, torch.Size]:
     """Shapes of every head/neck parameter of ``cfg``'s detector, from the open_clip architecture config
     alone (no backbone is built)."""
-    mc = _model_config(cfg.arch)
+    mc = arch_config(cfg.arch)
     try:
         vc = mc["vision_cfg"]
         dims = {"width": int(vc["width"]), "depth": int(vc["layers"]), "embed_dim": int(mc["embed_dim"])}
@@ -465,17 +465,6 @@ def _check_visual(visual: nn.Module, cfg: DetectorConfig) -> None:
         raise ConfigError(f"image_size: {cfg.image_size} but {cfg.arch} expects {size}")
 
 
-def _model_config(arch: str) -> dict[str, Any]:
-    """open_clip's config of ``arch`` (genscan's own archs registered first); ConfigError when unknown."""
-    import open_clip
-
-    register_arch_configs()
-    mc = open_clip.get_model_config(arch)
-    if mc is None:
-        raise ConfigError(f"arch: unknown open_clip architecture {arch!r}")
-    return mc
-
-
 def _not_random_init_warning(record: logging.LogRecord) -> bool:
     """open_clip warns on the root logger when it builds a model without a pretrained tag; here that is asked
     for (random init, or weights from a local file loaded right after), and the detector's own
@@ -505,7 +494,7 @@ def create_detector(
         update["generators"] = list(generators)
     if update:
         cfg = DetectorConfig.parse({**cfg.model_dump(), **update}, source=f"config {cfg.name}")
-    _model_config(cfg.arch)
+    arch_config(cfg.arch)
     source, local = resolve_pretrained(cfg.arch, cfg.pretrained)
     tag = cfg.pretrained if source.kind == "tag" else None
     root = logging.getLogger()

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.models.config import arch_config
 from pipeline.settings import ConfigError
 from pipeline.train.config import TrainConfig
 
@@ -62,15 +63,7 @@ def stratified_split(strata: list[str], fraction: float, seed: int) -> tuple[np.
 
 def patch_size(det_cfg: Any) -> int:
     """The backbone's patch size from its open_clip architecture config (the masking unit = one ViT token)."""
-    import open_clip
-
-    from pipeline.models.config import register_arch_configs
-
-    register_arch_configs()
-    arch = open_clip.get_model_config(det_cfg.arch)
-    if arch is None:
-        raise ConfigError(f"arch: unknown open_clip architecture {det_cfg.arch!r}")
-    return int(arch["vision_cfg"]["patch_size"])
+    return int(arch_config(det_cfg.arch)["vision_cfg"]["patch_size"])
 
 
 def check_classes(cfg: TrainConfig, labelled: list[tuple[int, str]]) -> list[str]:

@@ -131,17 +131,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     resume = bool(args.resume)  # how to run, not what: not part of the saved config
-    try:
-        cfg = build_config(args)
-        # before any work: every location reachable, the rules name the scan's labels
-        check_storage(
-            [Location("scan output", cfg.scan), Location("input", cfg.input)],
-            [] if cfg.dry_run else [Location("output", cfg.output)],
-        )
-        check_filter_policy(cfg.scan, cfg.scan_date, cfg.policy)
-    except OperatorError as exc:
-        console.line(one_line(exc, "filter"))
-        return exc.exit_code
+    cfg = build_config(args)
+    # before any work: every location reachable, the rules name the scan's labels
+    check_storage(
+        [Location("scan output", cfg.scan), Location("input", cfg.input)],
+        [] if cfg.dry_run else [Location("output", cfg.output)],
+    )
+    check_filter_policy(cfg.scan, cfg.scan_date, cfg.policy)
     if not cfg.dry_run:
         runlog.destination = storage.join(cfg.output, "_run", "log.jsonl")
     console.status(

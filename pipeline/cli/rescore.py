@@ -64,12 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     from pipeline.preflight import Location, check_storage
 
-    try:
-        cfg = build_config(args)
-        check_storage([Location("scan output", cfg.scan)], [Location("output", cfg.output)])
-    except OperatorError as exc:
-        console.line(one_line(exc, "rescore"))
-        return exc.exit_code
+    cfg = build_config(args)
+    check_storage([Location("scan output", cfg.scan)], [Location("output", cfg.output)])
     from pipeline.features.rescore import RescoreFailed, run_rescore
 
     progress = console.shards("rescore")

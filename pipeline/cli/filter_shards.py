@@ -91,10 +91,6 @@ def _parser() -> tuple[JobParser, ModelFlags, ModelFlags]:
     return ap, run, policy
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return _parser()[0].parse_args(argv)
-
-
 def build_config(args: argparse.Namespace) -> FilterConfig:
     _, run_flags, policy_flags = _parser()
     inline = policy_flags.given(args)
@@ -125,7 +121,7 @@ def build_config(args: argparse.Namespace) -> FilterConfig:
 
 @job_main("filter")
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = _parser()[0].parse_args(argv)
     return with_console("filter", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 

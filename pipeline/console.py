@@ -140,8 +140,7 @@ class Console:
             own_fd = sys.stderr.fileno() == 2
         except (AttributeError, ValueError, OSError):
             own_fd = False
-        if not own_fd:
-            self.stream = sys.stderr
+        if not own_fd:  # self.stream stays sys.stderr
             return self
         sys.stderr.flush()
         import tempfile

@@ -9,6 +9,7 @@ training).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -16,8 +17,6 @@ import tempfile
 from typing import IO
 
 import structlog
-
-_CONFIGURED = False
 
 
 class _Sink:
@@ -42,12 +41,10 @@ class _Sink:
 _SINK = _Sink()
 
 
+@functools.cache  # once per process: later calls return at once
 def configure() -> None:
     """JSON lines on stderr (or the run log) at level `GENSCAN_LOG_LEVEL` (default INFO). Safe to call
     repeatedly."""
-    global _CONFIGURED
-    if _CONFIGURED:
-        return
     lvl = getattr(logging, os.environ.get("GENSCAN_LOG_LEVEL", "INFO").upper(), logging.INFO)
     structlog.configure(
         processors=[
@@ -61,7 +58,6 @@ def configure() -> None:
         logger_factory=structlog.PrintLoggerFactory(file=_SINK),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    _CONFIGURED = True
 
 
 def get_logger(name: str, **bound: object) -> structlog.typing.FilteringBoundLogger:

@@ -88,11 +88,8 @@ class StorageError(OperatorError, RuntimeError):
 
     def __init__(self, kind: Kind, role: str, uri: str, operation: str, detail: str, hint: str) -> None:
         self.kind = kind
+        self.exit_code = EXIT_CODES[kind]
         super().__init__(f"{role} {WHAT[kind]}: {uri} ({operation}: {detail}); check {hint}")
-
-    @property
-    def exit_code(self) -> ExitCode:  # type: ignore[override]
-        return EXIT_CODES[self.kind]
 
 
 @dataclass(frozen=True)

@@ -78,13 +78,6 @@ class IncompleteRun(RuntimeError):
     """Some shards of the run never completed (or arrived that were not asked for)."""
 
 
-# Default budget of the scan and the filter: fail only on systemic breakage (more than half the shards
-# unreadable: a wrong prefix, a permission, a truncated sync; a quarter of the images undecodable: a wrong
-# format or a broken writer), which the odd corrupt object never trips. Tighten per corpus with the flags.
-DEFAULT_MAX_SHARD_ERROR_RATE = 0.5
-DEFAULT_MAX_SAMPLE_ERROR_RATE = 0.25
-
-
 class ErrorBudgetExceeded(OperatorError, RuntimeError):
     """Too many shards or samples failed: the run is marked failed (exit 1); what was written stays valid."""
 
@@ -99,8 +92,11 @@ class ErrorBudgetConfig(StrictModel):
     """The error-budget settings of every sharded job (scan, filter, re-score): ONE declaration of the two
     fields, their bounds, defaults and help (the jobs' flags are generated from it)."""
 
+    # The defaults fail a run only on systemic breakage (more than half the shards unreadable: a wrong prefix,
+    # a permission, a truncated sync; a quarter of the images undecodable: a wrong format or a broken writer),
+    # which the odd corrupt object never trips. Tighten per corpus with the flags.
     max_shard_error_rate: float = Field(
-        DEFAULT_MAX_SHARD_ERROR_RATE,
+        0.5,
         ge=0,
         le=1,
         description="fail the run (exit 1) when more than this share of its shards failed as a whole "
@@ -108,7 +104,7 @@ class ErrorBudgetConfig(StrictModel):
         "1: never)",
     )
     max_sample_error_rate: float = Field(
-        DEFAULT_MAX_SAMPLE_ERROR_RATE,
+        0.25,
         ge=0,
         le=1,
         description="fail the run (exit 1) when more than this share of its samples has an error status "

@@ -37,7 +37,7 @@ Rules (docs/reliability.md) [ours where WebDataset is silent]:
 - I/O: objects up to `max_in_memory_bytes` are fetched in ONE request; larger ones are read through fsspec's
   read-ahead block cache (`block_size`) — never small unbuffered reads (PLATFORM.md: ~92 requests/shard, 17x
   slower). s3fs retries transient errors itself (botocore standard retry mode + s3fs's retry loop); on top,
-  `read_shard` retries the whole shard `attempts` times with bounded backoff and an overall `deadline_s`.
+  `list_shard` retries the whole shard `attempts` times with bounded backoff and an overall `deadline_s`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Generic, NoReturn, TypedDict, TypeVar, Unpack
+from typing import IO, Any, Generic, NoReturn, TypeVar
 
 from PIL import ExifTags, Image
 
@@ -650,21 +650,9 @@ def _meta_and_note(sample: Sample) -> tuple[dict[str, Any] | None, str | None]:
     return meta, "; ".join([*sample.notes, *([why] if why else [])]) or None
 
 
-class ReadOptions(TypedDict, total=False):
-    """`list_shard`'s I/O and retry options (its defaults), passed on by `read_shard`."""
-
-    max_in_memory_bytes: int
-    block_size: int
-    attempts: int
-    backoff_s: float
-    deadline_s: float
-
-
-def read_shard(
-    shard_url: str, *, max_member_bytes: int = DEFAULT_MAX_MEMBER, **options: Unpack[ReadOptions]
-) -> ShardContents:
+def read_shard(shard_url: str, *, max_member_bytes: int = DEFAULT_MAX_MEMBER) -> ShardContents:
     """The scan's view: every sample with its image bytes and JSON meta, in tar order (see `list_shard`)."""
-    listing = list_shard(shard_url, max_member_bytes=max_member_bytes, **options)
+    listing = list_shard(shard_url, max_member_bytes=max_member_bytes)
     samples = []
     for s in listing.samples:
         image = s.image_member(max_member_bytes)
@@ -693,12 +681,12 @@ def index_shard(shard_url: str) -> ShardIndex:
     )
 
 
-def iter_samples(shard_url: str, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[Sample]:
+def iter_samples(shard_url: str) -> Iterator[Sample]:
     """Samples with EVERY member's bytes (sidecars and members above the image limit too), in tar order,
     streamed (one pass, the read-ahead block cache), for a byte-exact copy. Raises ShardReadError when the
     shard cannot be read to its end, after yielding the samples before the failure."""
     try:
-        fileobj = _open(shard_url, max_in_memory_bytes=0, block_size=block_size, whole=False)
+        fileobj = _open(shard_url, max_in_memory_bytes=0, block_size=DEFAULT_BLOCK_SIZE, whole=False)
     except Exception as exc:
         raise ShardReadError(f"{shard_url}: cannot read shard: {type(exc).__name__}: {exc}") from exc
     if fileobj is None:

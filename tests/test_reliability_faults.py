@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline.shards import read_shard
+from pipeline.shards import list_shard, read_shard
 from tests.support import badinputs as bi
 from tests.support.faultproxy import FaultPlan, FaultProxy, fault_proxy
 from tests.support.ray_cluster import SMALL_SCAN, job_actors
@@ -71,7 +71,7 @@ def test_reads_are_buffered(proxied_s3) -> None:
     assert proxy.stats.requests["GET"] == 1 and proxy.stats.requests["HEAD"] <= 2
     proxy.set_plan(FaultPlan())
     block = 64 * 1024
-    c = read_shard("s3://faults/buf.tar", max_in_memory_bytes=1000, block_size=block)
+    c = list_shard("s3://faults/buf.tar", max_in_memory_bytes=1000, block_size=block)
     assert c.error is None and len(c.samples) == 40
     assert proxy.stats.requests["GET"] <= len(data) // block + 2
 
@@ -86,7 +86,7 @@ def test_transient_faults_are_retried_to_the_exact_samples(proxied_s3) -> None:
     expected = [(n.split(".")[0], p) for n, p in members if n.endswith(".png")]
 
     def read():
-        return read_shard("s3://faults/t.tar", max_in_memory_bytes=20_000, block_size=32 * 1024)  # streamed
+        return list_shard("s3://faults/t.tar", max_in_memory_bytes=20_000, block_size=32 * 1024)  # streamed
 
     proxy.set_plan(FaultPlan())  # no faults
     assert read().error is None
@@ -100,7 +100,7 @@ def test_transient_faults_are_retried_to_the_exact_samples(proxied_s3) -> None:
         proxy.set_plan(plan)
         c = read()
         assert c.error is None, (plan, c.error)
-        assert [(s.key, s.image) for s in c.samples] == expected
+        assert [(s.key, s.image_member().data) for s in c.samples] == expected
         faults = sum(proxy.stats.faults.values())
         assert faults >= min(plan.max_faults, 2), proxy.stats
         assert sum(proxy.stats.requests.values()) <= clean + 2 * faults, (plan, proxy.stats)
@@ -139,7 +139,7 @@ def test_a_shard_that_never_answers_fails_in_bounded_time(proxied_s3) -> None:
     proxy, direct = proxied_s3
     direct.pipe("faults/dead.tar", bi.tar_bytes(bi.good_members(2)))
     proxy.set_plan(FaultPlan(every=1, kinds=("503", "reset"), max_faults=10**6, paths=("dead.tar",)))
-    c = read_shard("s3://faults/dead.tar", attempts=2, backoff_s=0.1)
+    c = list_shard("s3://faults/dead.tar", attempts=2, backoff_s=0.1)
     assert c.samples == [] and c.error and "after 2 attempt(s)" in c.error and c.attempts == 2
     assert 2 <= sum(proxy.stats.requests.values()) <= 2 * 16, proxy.stats
     missing = read_shard("s3://faults/missing.tar")  # permanent: no retry, quick (no faults on this path)

@@ -91,10 +91,6 @@ def _parser() -> tuple[JobParser, ModelFlags, ModelFlags]:
     return ap, run, policy
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return _parser()[0].parse_args(argv)
-
-
 def build_config(args: argparse.Namespace) -> FilterConfig:
     _, run_flags, policy_flags = _parser()
     inline = policy_flags.given(args)
@@ -125,23 +121,19 @@ def build_config(args: argparse.Namespace) -> FilterConfig:
 
 @job_main("filter")
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = _parser()[0].parse_args(argv)
     return with_console("filter", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 
 def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     resume = bool(args.resume)  # how to run, not what: not part of the saved config
-    try:
-        cfg = build_config(args)
-        # before any work: every location reachable, the rules name the scan's labels
-        check_storage(
-            [Location("scan output", cfg.scan), Location("input", cfg.input)],
-            [] if cfg.dry_run else [Location("output", cfg.output)],
-        )
-        check_filter_policy(cfg.scan, cfg.scan_date, cfg.policy)
-    except OperatorError as exc:
-        console.line(one_line(exc, "filter"))
-        return exc.exit_code
+    cfg = build_config(args)
+    # before any work: every location reachable, the rules name the scan's labels
+    check_storage(
+        [Location("scan output", cfg.scan), Location("input", cfg.input)],
+        [] if cfg.dry_run else [Location("output", cfg.output)],
+    )
+    check_filter_policy(cfg.scan, cfg.scan_date, cfg.policy)
     if not cfg.dry_run:
         runlog.destination = storage.join(cfg.output, "_run", "log.jsonl")
     console.status(

@@ -14,7 +14,7 @@ import sys
 
 from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser, add_model_flags
-from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
+from pipeline.exitcodes import ExitCode, help_epilog
 from pipeline.preflight import Location, check_storage
 from pipeline.report.build import ReportConfig, build_report
 
@@ -31,9 +31,6 @@ def main(argv: list[str] | None = None) -> int:
             reads.append(Location("filter output", cfg.filter_output))
         check_storage(reads, [Location("output", cfg.output)])
         summary = build_report(cfg)
-    except OperatorError as exc:
-        print(one_line(exc, "report"), file=sys.stderr)
-        return exc.exit_code
     except FileNotFoundError as exc:  # a scan or filter output that vanished or lacks what the report reads
         print(f"refused: {exc}", file=sys.stderr)
         return ExitCode.NOT_FOUND

@@ -44,10 +44,6 @@ def _parser() -> tuple[JobParser, ModelFlags]:
     return ap, flags
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return _parser()[0].parse_args(argv)
-
-
 def build_config(args: argparse.Namespace) -> RescoreConfig:
     flags = _parser()[1]
     data = flags.given(args)
@@ -57,19 +53,15 @@ def build_config(args: argparse.Namespace) -> RescoreConfig:
 
 @job_main("rescore")
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = _parser()[0].parse_args(argv)
     return with_console("rescore", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 
 def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     from pipeline.preflight import Location, check_storage
 
-    try:
-        cfg = build_config(args)
-        check_storage([Location("scan output", cfg.scan)], [Location("output", cfg.output)])
-    except OperatorError as exc:
-        console.line(one_line(exc, "rescore"))
-        return exc.exit_code
+    cfg = build_config(args)
+    check_storage([Location("scan output", cfg.scan)], [Location("output", cfg.output)])
     from pipeline.features.rescore import RescoreFailed, run_rescore
 
     progress = console.shards("rescore")

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.cli.entry import job_main, with_console
 from pipeline.cli.flags import JobParser, ModelFlags, absolute_paths, add_model_flags
-from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
+from pipeline.exitcodes import ExitCode, help_epilog
 from pipeline.logs import get_logger
 from pipeline.scan.config import ScanConfig
 from pipeline.settings import ConfigError, read_json_object
@@ -88,12 +88,9 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         return code
     from pipeline.preflight import Location, check_storage
 
-    try:
-        cfg = build_config(args)
-        check_storage([Location("input", cfg.input)], [Location("output", cfg.output)])
-    except OperatorError as exc:  # a flag, a config field or a storage location: one line, nothing started
-        console.line(one_line(exc, "scan"))
-        return exc.exit_code
+    # a flag, a config field or a storage location: one line through job_main, nothing started
+    cfg = build_config(args)
+    check_storage([Location("input", cfg.input)], [Location("output", cfg.output)])
     # torch and Ray load only now (seconds): the preflight above answers a storage mistake at once
     from pipeline.scan.job import ScanFailed, run_scan
 
@@ -102,10 +99,8 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
         from pipeline.engine.scan import RayScanExecutor  # the one Ray-aware part: shards are scanned on Ray
 
         run = run_scan(cfg, executor=RayScanExecutor(), on_shard=progress, announce=console.status)
-    except ConfigError as exc:  # found once the detector is read: one line
-        console.end_progress()
-        console.line(one_line(exc, "scan"))
-        return exc.exit_code
+    except ConfigError:  # found once the detector is read: one line through job_main
+        raise
     # ScanFailed (run.json says why) or an unexpected error: one line, details in the log
     except Exception as exc:
         console.end_progress()

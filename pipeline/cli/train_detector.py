@@ -95,11 +95,7 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
     args = _parser()[0].parse_args(argv)
     if args.features_from is not None or args.labels is not None:
         return _from_features(args, console)
-    try:
-        cfg, args = parse(argv)
-    except ConfigError as exc:
-        console.line(one_line(exc, "train"))
-        return ExitCode.CONFIG
+    cfg, args = parse(argv)
     try:
         from pipeline.train.feed import make_plan
 
@@ -137,31 +133,23 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
 def _from_features(args: argparse.Namespace, console: Any) -> int:
     """`--features-from SCAN --labels FILE`: the linear heads from stored features
     (pipeline.features.train)."""
-    from pipeline.output import ScanOutputError
+    if args.method != "linear":
+        raise ConfigError("--features-from: only --method linear trains from stored features")
+    if args.features_from is None or args.labels is None or args.out is None:
+        raise ConfigError("--features-from, --labels and --out go together")
+    from pipeline.features.train import FeatureTrainConfig, train_from_features
 
-    try:
-        if args.method != "linear":
-            raise ConfigError("--features-from: only --method linear trains from stored features")
-        if args.features_from is None or args.labels is None or args.out is None:
-            raise ConfigError("--features-from, --labels and --out go together")
-        from pipeline.features.train import FeatureTrainConfig, train_from_features
-
-        given = {
-            "features_from": args.features_from,
-            "scan_date": args.features_date,
-            "labels": args.labels,
-            "config": args.config,
-            "out": args.out,
-            "linear_classifier": args.linear_classifier,
-            "seed": args.seed,
-        }
-        cfg = FeatureTrainConfig.parse(
-            {k: v for k, v in given.items() if v is not None}, source="command line"
-        )
-        summary = train_from_features(cfg)
-    except (ConfigError, ScanOutputError) as exc:
-        console.line(one_line(exc, "train"))
-        return exc.exit_code
+    given = {
+        "features_from": args.features_from,
+        "scan_date": args.features_date,
+        "labels": args.labels,
+        "config": args.config,
+        "out": args.out,
+        "linear_classifier": args.linear_classifier,
+        "seed": args.seed,
+    }
+    cfg = FeatureTrainConfig.parse({k: v for k, v in given.items() if v is not None}, source="command line")
+    summary = train_from_features(cfg)  # a bad label file or scan: one line through job_main
     console.line(
         f"train succeeded: {summary['checkpoint']} from {summary['examples']} stored features "
         f"({summary['skipped_without_feature']} labelled rows without one)"

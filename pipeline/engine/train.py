@@ -52,7 +52,7 @@ from pipeline.engine import cluster
 from pipeline.engine.train_data import EpochClock, stream_dataset
 from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
-from pipeline.train.feed import DecodeSpec, TrainPlan, make_plan, train_spec
+from pipeline.train.feed import DecodeSpec, TrainPlan, train_spec
 from pipeline.train.hooks import CHECKPOINTS_DIR, OnEpoch, TrainHooks
 from pipeline.train.loop import per_rank_batch, read_summary, train_worker
 
@@ -186,13 +186,10 @@ def run_name(out: str, resume: bool) -> str:
 
 
 @contextmanager
-def _watch_epochs(clock: Any, on_epoch: OnEpoch | None, period_s: float = 1.0) -> Iterator[None]:
+def _watch_epochs(clock: Any, on_epoch: OnEpoch, period_s: float = 1.0) -> Iterator[None]:
     """While the block runs, call `on_epoch(done)` whenever the epoch clock moves (rank 0 sets it to the
     0-based epoch it starts, i.e. the number of epochs done). A driver-side thread: the workers are
     untouched."""
-    if on_epoch is None:
-        yield
-        return
     stop = threading.Event()
 
     def poll() -> None:
@@ -215,15 +212,12 @@ def _watch_epochs(clock: Any, on_epoch: OnEpoch | None, period_s: float = 1.0) -
         thread.join(timeout=15)
 
 
-def run_training(
-    cfg: TrainConfig, *, resume: bool = False, plan: TrainPlan | None = None, on_epoch: OnEpoch | None = None
-) -> dict[str, Any]:
+def run_training(cfg: TrainConfig, *, resume: bool, plan: TrainPlan, on_epoch: OnEpoch) -> dict[str, Any]:
     """Train with Ray Train and return the run summary (also in `<out>/train_summary.json`). `plan`: the
-    driver's listing + split (made here when not given). `on_epoch(done)`: progress, called from a driver
-    thread as epochs start and once when training ends.
+    driver's listing + split. `on_epoch(done)`: progress, called from a driver thread as epochs start and once
+    when training ends.
 
     Raises the worker's error (wrapped by Ray as TrainingFailedError) when training fails."""
-    plan = plan or make_plan(cfg)
     storage_path, storage_fs = checkpoint_storage(cfg.out)
     name = run_name(cfg.out, resume)
     need = cfg.num_workers * cfg.cpus_per_worker + 1  # at least one CPU left for the read/decode tasks
@@ -253,8 +247,7 @@ def run_training(
         log.info("ray_train_start", num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, **run)
         with _watch_epochs(clock, on_epoch):
             trainer.fit()
-    if on_epoch is not None:
-        on_epoch(cfg.passes)
+    on_epoch(cfg.passes)
     summary = read_summary(cfg.out)
     log.info(
         "ray_train_done", out=cfg.out, **{k: v for k, v in summary.items() if not isinstance(v, dict | list)}

@@ -64,13 +64,11 @@ def stream_dataset(
     listing order, no augmentation randomness needed) or, with `clock`, for whatever epoch it says."""
     n = max(n_chunks(n_rows, chunk_rows), 1)
     ds = ray.data.range(n, override_num_blocks=n) if n_rows else ray.data.range(0)
-    kwargs: dict[str, Any] = {}
-    if read_tasks is not None:
-        kwargs["compute"] = ray.data.TaskPoolStrategy(size=read_tasks)
     return ds.map_batches(
         _read_chunks,
         batch_size=1,
         batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=read_tasks) if read_tasks is not None else None,
         num_cpus=1,
         fn_kwargs={
             "table": [table_ref],
@@ -80,5 +78,4 @@ def stream_dataset(
             "stage": DecodeStage(spec),
             "clock": clock,
         },
-        **kwargs,
     )

@@ -185,6 +185,27 @@ def test_cli_merges_file_and_flags(tmp_path):
         build_config(parse_args(["--config-file", str(f)]))
 
 
+@pytest.mark.parametrize(
+    ("flags", "resume"),
+    [([], False), (["--resume"], True), (["--resume", "false"], False), (["--resume=yes"], True)]
+    + [(["--no-resume"], False), (["--resume", "maybe"], None), (["--no-resume", "true"], None)],
+)
+def test_bool_flag_forms_and_a_bad_value_is_one_configuration_line(flags, resume, capsys) -> None:
+    """A bool field as `--x`, `--x true|false` or `--no-x`; a value that is neither (or one after `--no-x`)
+    is the parser's one configuration-error line with exit code 2, never a traceback."""
+    from pipeline.cli.scan_bucket import build_config, main, parse_args
+
+    argv = ["--input", "a", "--output", "b", "--detector", "c", *flags]
+    if resume is not None:
+        assert build_config(parse_args(argv)).resume is resume
+        return
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("configuration error: argument --resume/--no-resume: ") and len(err.splitlines()) == 1
+    )
+
+
 def test_plan_refuses_existing_run_and_resumes_latest_unfinished(tmp_path):
     cfg = _cfg(tmp_path, scan_date="2026-11-20")
     plan = plan_run(cfg)

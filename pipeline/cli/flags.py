@@ -61,7 +61,8 @@ class _BoolFlag(argparse.Action):
 
     def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
         negated = ["--no-" + s[2:] for s in option_strings if s.startswith("--")]
-        super().__init__([*option_strings, *negated], dest, nargs="?", const=None, **kwargs)
+        # type=: argparse turns _truth's ArgumentTypeError into the parser's one-line error
+        super().__init__([*option_strings, *negated], dest, nargs="?", const=None, type=_truth, **kwargs)
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
         if option_string is not None and option_string.startswith("--no-"):
@@ -69,7 +70,7 @@ class _BoolFlag(argparse.Action):
                 raise argparse.ArgumentError(self, f"{option_string} takes no value")
             setattr(namespace, self.dest, False)
         else:
-            setattr(namespace, self.dest, True if values is None else _truth(values))
+            setattr(namespace, self.dest, True if values is None else values)
 
 
 def _unwrap(annotation: Any) -> Any:

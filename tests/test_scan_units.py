@@ -206,6 +206,39 @@ def test_bool_flag_forms_and_a_bad_value_is_one_configuration_line(flags, resume
     )
 
 
+@pytest.mark.parametrize(
+    ("job", "required"),
+    [
+        ("scan_bucket", ["--input", "--output", "--detector"]),
+        ("rescore", ["--scan", "--detector", "--output"]),
+        ("report", ["--scan", "--output"]),
+        ("filter_shards", ["--scan", "--input", "--output"]),
+        ("calibrate", ["--detector", "--data"]),
+    ],
+)
+def test_a_missing_setting_is_named_by_its_flag(job, required, capsys) -> None:
+    """Every job names a required setting nobody gave by the flag that gives it, as it names a bad flag."""
+    import importlib
+
+    assert importlib.import_module(f"pipeline.cli.{job}").main([]) == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    assert err.startswith("configuration error: ") and all(
+        f"{flag}: Field required" in err for flag in required
+    )
+
+
+def test_a_setting_from_the_config_file_is_named_as_its_field(tmp_path, capsys) -> None:
+    from pipeline.cli.scan_bucket import main
+
+    f = tmp_path / "scan.json"
+    f.write_text(json.dumps({"input": "a", "batch_size": 0}))
+    assert main(["--config-file", str(f), "--output", "b"]) == 2
+    err = capsys.readouterr().err
+    assert "--detector: Field required" in err and "batch_size: Input should be greater" in err
+    assert main(["--config-file", str(f), "--output", "b", "--detector", "d", "--batch-size", "0"]) == 2
+    assert "--batch-size: Input should be greater" in capsys.readouterr().err  # the flag overrode the file
+
+
 def test_plan_refuses_existing_run_and_resumes_latest_unfinished(tmp_path):
     cfg = _cfg(tmp_path, scan_date="2026-11-20")
     plan = plan_run(cfg)

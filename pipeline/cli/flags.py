@@ -104,10 +104,12 @@ class ModelFlags:
     def __init__(self, flags: dict[str, str], repeat: set[str]) -> None:
         self.flags, self.repeat = flags, repeat  # field -> its flag ("--batch-size")
 
-    def named(self, args: argparse.Namespace) -> dict[str, str]:
-        """field -> flag for the flags the user gave, so a validation error names the flag that was typed
-        (`StrictModel.parse(names=...)`), not the field."""
-        return {name: self.flags[name] for name in self.given(args)}
+    def named(self, args: argparse.Namespace, file: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """field -> flag, so a validation error names each setting as the user gives it
+        (`StrictModel.parse(names=...)`): by its flag, a missing one too, except a field whose value came
+        from ``file`` (a --config-file), named as the field."""
+        given = self.given(args)
+        return {name: flag for name, flag in self.flags.items() if name in given or name not in (file or {})}
 
     def given(self, args: argparse.Namespace) -> dict[str, Any]:
         values = {name: getattr(args, name, None) for name in self.flags}

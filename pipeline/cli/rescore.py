@@ -44,6 +44,10 @@ def _parser() -> tuple[JobParser, ModelFlags]:
     return ap, flags
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return _parser()[0].parse_args(argv)
+
+
 def build_config(args: argparse.Namespace) -> RescoreConfig:
     flags = _parser()[1]
     data = flags.given(args)
@@ -53,7 +57,7 @@ def build_config(args: argparse.Namespace) -> RescoreConfig:
 
 @job_main("rescore")
 def main(argv: list[str] | None = None) -> int:
-    args = _parser()[0].parse_args(argv)
+    args = parse_args(argv)
     return with_console("rescore", args.verbose, lambda console, runlog: _main(args, console, runlog))
 
 

@@ -50,16 +50,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> ScanConfig:
-    data: dict[str, Any] = {}
+    file: dict[str, Any] = {}
     source = "command line"
     if args.config_file:
         path = Path(args.config_file)
-        data = read_json_object(path, field="--config-file")
+        file = read_json_object(path, field="--config-file")
         source = f"{path} + command line"
     flags = _parser()[1]
-    data.update(flags.given(args))
+    data = {**file, **flags.given(args)}
     absolute_paths(data, ("input", "output", "detector"), lists=("detector",))
-    return ScanConfig.parse(data, source=source, names=flags.named(args))
+    return ScanConfig.parse(data, source=source, names=flags.named(args, file))
 
 
 @job_main("scan")

@@ -70,10 +70,10 @@ def recipe_path(name: str) -> Path:
 def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     parser, flags = _parser()
     args = parser.parse_args(argv)
-    data: dict[str, Any] = {}
+    file: dict[str, Any] = {}
     if args.config_file:
-        data = read_json_object(recipe_path(args.config_file), field="--config-file")
-    data.update(flags.given(args))
+        file = read_json_object(recipe_path(args.config_file), field="--config-file")
+    data = {**file, **flags.given(args)}
     for required in ("data", "out"):
         if required not in data:
             raise ConfigError(f"{required}: required (--{required} or in --config-file)")
@@ -82,7 +82,7 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
     absolute_paths(data, ("data", "out"))
     absolute_paths(data, [k for k in ("config", "pretrained") if os.path.exists(str(data.get(k) or ""))])
     source = f"{args.config_file} + command line" if args.config_file else "command line"
-    return TrainConfig.parse(data, source=source, names=flags.named(args)), args
+    return TrainConfig.parse(data, source=source, names=flags.named(args, file)), args
 
 
 @job_main("train")

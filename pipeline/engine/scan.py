@@ -36,9 +36,10 @@ from pipeline.console import verbose
 from pipeline.engine import cluster
 from pipeline.logs import get_logger
 from pipeline.scan.carry import CarryItem, CarryResult, carried_then_rest, carry_batch
-from pipeline.scan.execute import ReportingScorer, ScanWork
+from pipeline.scan.execute import ScanWork
 from pipeline.scan.prepare import prepare_shard
 from pipeline.scan.rows import RunContext
+from pipeline.scan.score import Scorer
 from pipeline.scan.write import ShardSink, tag_identity
 
 log = get_logger("pipeline.engine.scan")
@@ -68,9 +69,7 @@ def prepare_on_node(batch: dict[str, np.ndarray], **kwargs: Any) -> Iterator[dic
             yield out
 
 
-def build_dataset(
-    shards: list[tuple[str, str]], work: ScanWork, scorer: type = ReportingScorer
-) -> ray.data.Dataset:
+def build_dataset(shards: list[tuple[str, str]], work: ScanWork, scorer: type = Scorer) -> ray.data.Dataset:
     """Read + decode -> score. shards: [(shard_url, shard_id)]; work: the run's read and score settings (the
     same as the local executor's) and each shard's stored identity, recorded in its marker; scorer: the actor
     class (a model-free one in benchmarks/driver.py)."""
@@ -148,7 +147,7 @@ class RayScanExecutor:
     """The scan on Ray (`pipeline.scan.execute.ScanExecutor`): attaches to / starts Ray through
     `cluster.session`, runs the plan, yields each shard's summary as its writer commits it."""
 
-    def __init__(self, scorer: type = ReportingScorer) -> None:
+    def __init__(self, scorer: type = Scorer) -> None:
         self.scorer = scorer
 
     def __call__(self, todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:

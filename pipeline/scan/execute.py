@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
 from pipeline.scan.carry import CarryItem, carried_then_rest, carry_local
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.prepare import prepare_shard
@@ -74,21 +72,6 @@ class ScanExecutor(Protocol):
     ) -> Iterator[tuple[str, dict[str, Any]]]: ...
 
 
-class ReportingScorer(Scorer):
-    """The scorer, tagging every row with the detector id and threshold of the checkpoint(s) THIS instance
-    loaded (`_detector_id`, `_threshold`; a set's id and fused threshold) and the members' ids (`_members`,
-    comma-joined: the keys of the per-detector columns), so rows carry what scored them even if the object at
-    a detector URI changed since the driver read its meta."""
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = super().__call__(batch)
-        n = len(out["status"])
-        out["_detector_id"] = np.full(n, self.detector_id, dtype=object)
-        out["_threshold"] = np.full(n, self.threshold, np.float32)
-        out["_members"] = np.full(n, ",".join(self.member_ids), dtype=object)
-        return out
-
-
 def local_executor(todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tuple[str, dict[str, Any]]]:
     """Scan in this process (no Ray): carried shards first (a thread pool of copies), then one scorer, shards
     one after another, each written as soon as read; no scorer is loaded when there is nothing to scan."""
@@ -97,7 +80,7 @@ def local_executor(todo: list[tuple[str, str]], work: ScanWork) -> Iterator[tupl
     if not todo:
         return
     t0 = time.perf_counter()
-    scorer = ReportingScorer(**work.scorer_kwargs())
+    scorer = Scorer(**work.scorer_kwargs())
     sink = ShardSink(work.ctx, work.cfg.output, work.scan_date)
     work.timing["model_ready_s"] = round(time.perf_counter() - t0, 3)
     rows = 0

@@ -155,7 +155,7 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
     scores = np.asarray(rows["generator_scores"], np.float32).reshape(n, -1)
     if scores.shape[1] != len(labels):
         raise ValueError(f"generator_scores has {scores.shape[1]} columns, labels {len(labels)}")
-    # the detector that scored each row, as the scoring actor reported it (ReportingScorer); the driver's
+    # the detector that scored each row, as the scoring actor reported it (Scorer); the driver's
     # reading of the checkpoint only for rows without that report
     if "_detector_id" in rows:
         detector_ids = pa.array([str(d) for d in rows["_detector_id"].tolist()], pa.string())

@@ -107,12 +107,17 @@ class Scorer:
             n_inputs=self.n_inputs,
             n_members=len(self.member_ids),
         )
-        out["_actor_ready"] = np.full(len(out["status"]), self.ready_at, np.float64)
+        n = len(out["status"])
+        out["_actor_ready"] = np.full(n, self.ready_at, np.float64)
+        # what THIS instance loaded scored the rows, even if the object at a detector URI changed since the
+        # driver read its meta: the (set's) id and (fused) threshold, and the members (the per-detector keys)
+        out["_detector_id"] = np.full(n, self.detector_id, dtype=object)
+        out["_threshold"] = np.full(n, self.threshold, np.float32)
+        out["_members"] = np.full(n, ",".join(self.member_ids), dtype=object)
         if self.feature_spec is not None:
-            n = len(out["status"])
             if "_feature" not in out or out["_feature"].shape != (n, self.feature_dim):  # no row scored
                 out["_feature"] = np.full((n, self.feature_dim), np.nan, np.float32)
-            out["_feature_spec"] = np.full(len(out["status"]), self.feature_spec, dtype=object)
+            out["_feature_spec"] = np.full(n, self.feature_spec, dtype=object)
         return out
 
 

@@ -112,7 +112,7 @@ def bytes_per_row(batches: list[dict], shard_rows: int) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = parser(__doc__)
     ap.add_argument("--images", type=int, default=256, help="images per corpus")
     ap.add_argument("--rounds", type=int, default=21)
@@ -121,7 +121,7 @@ def main() -> None:
         "--shard-rows", type=int, default=1000, help="rows per shard for the bytes-per-row figure"
     )
     ap.add_argument("--out", default=str(REPO / "results"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
     images = corpora(args.images, args.size)

@@ -14,7 +14,8 @@ count. GPU: wherever CUDA is present the same script runs the GPU variant (model
 in CPU tasks, larger batch) — code path only on this CPU machine.
 
     python benchmarks/scan_pipeline.py [--images 256] [--batch-size 16] [--config vitb32-mole]
-Writes results/pipeline.json and results/pipeline.md; scratch data under results/tmp/ (git-ignored).
+Writes results/pipeline.json and results/pipeline.md (`--out DIR/STEM`: DIR/STEM.json|md); scratch data under
+results/tmp/pipeline/ (git-ignored; `--scratch DIR` puts it elsewhere).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ STEADY_TARGET = 0.93  # scan steady / encoder-only
 TMP = REPO / "results" / "tmp" / "pipeline"
 
 
-def make_data(n_images: int, shard_size: int, image_size: int) -> Path:
-    out = TMP / f"shards-{n_images}-{shard_size}-{image_size}"
+def make_data(n_images: int, shard_size: int, image_size: int, scratch: Path = TMP) -> Path:
+    out = scratch / f"shards-{n_images}-{shard_size}-{image_size}"
     if not any(out.glob("*.tar")):
         fams = ["upconv", "diffusion", "vqgan", "gan_color"]
         per_class = max(1, n_images // (2 * len(fams)))
@@ -76,10 +77,10 @@ def make_data(n_images: int, shard_size: int, image_size: int) -> Path:
     return out
 
 
-def make_detector(config: str) -> Path:
+def make_detector(config: str, scratch: Path = TMP) -> Path:
     from pipeline.models import DetectorConfig, create_detector, save_detector
 
-    out = TMP / f"det-{config}"
+    out = scratch / f"det-{config}"
     if not (out / "detector.safetensors").exists():
         torch.manual_seed(0)
         save_detector(create_detector(DetectorConfig.load(config), pretrained=None), out)
@@ -148,7 +149,7 @@ def bench_scan(shards_dir: Path, det: Path, run: int, args: argparse.Namespace, 
     from pipeline.scan.config import ScanConfig
     from pipeline.scan.job import run_scan
 
-    out = TMP / f"scan-{os.getpid()}-{run}"
+    out = Path(args.scratch) / f"scan-{os.getpid()}-{run}"
     cfg = ScanConfig(
         input=str(shards_dir),
         output=str(out),
@@ -269,6 +270,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads for every mode")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default=str(REPO / "results" / "pipeline"))
+    p.add_argument("--scratch", default=str(TMP), help="scratch data: shards, detector, scan outputs")
     p.add_argument("--report-only", action="store_true", help="re-render <out>.md from <out>.json")
     args = p.parse_args()
     if args.report_only:
@@ -283,9 +285,9 @@ def main() -> int:
         args.batch_size = max(args.batch_size, 128)
     torch.set_num_threads(args.threads)
     cfg = DetectorConfig.load(args.config)
-    shards_dir = make_data(args.images, args.shard_size, args.source_size)
+    shards_dir = make_data(args.images, args.shard_size, args.source_size, Path(args.scratch))
     shards = sorted(str(s) for s in shards_dir.glob("*.tar"))
-    det_dir = make_detector(args.config)
+    det_dir = make_detector(args.config, Path(args.scratch))
     det, meta = load_detector(str(det_dir))
     pred = Predictor(det, meta, device="cuda" if gpu else "cpu", dtype="float16" if gpu else "float32")
     pixels = decode_all(shards, cfg.image_size)

@@ -215,18 +215,15 @@ def _run_timed(cmd: list[str], n: int, record: Path) -> dict[str, Any]:
 # (pipeline/train/data.py:load_train_data before the streaming feed), kept its split, cached the normalised
 # float tensors of all training images (TrainData.train_pixels) and of the validation images, and indexed
 # batches out of them.
-def _inmemory_worker(config: dict[str, Any]) -> None:
-    import ray.train
-    import torch
-    import torch.nn.functional as F
-
-    from pipeline.models import DetectorConfig, create_detector
+def inmemory_data(data: str) -> dict[str, Any]:
+    """The baseline's data: every labelled image decoded, split, prepared and held as normalised float
+    tensors (train and validation), with the training labels, generator classes and the config used."""
+    from pipeline.models import DetectorConfig
     from pipeline.models.preprocess import prepare_image, to_model_input
     from pipeline.train.config import TrainConfig
     from pipeline.train.data import load_records, stratified_split
 
-    cfg = TrainConfig.parse({**BENCH_CFG, "data": config["data"], "out": "unused"})
-    torch.set_num_threads(cfg.torch_threads)
+    cfg = TrainConfig.parse({**BENCH_CFG, "data": data, "out": "unused"})
     det_cfg = DetectorConfig.load(cfg.config)
     records = load_records(cfg.data)
     gens = sorted({r.generator for r in records if r.label == 1})
@@ -235,20 +232,38 @@ def _inmemory_worker(config: dict[str, Any]) -> None:
     tr, va = stratified_split(strata, cfg.val_fraction, cfg.seed)
     train_images = [records[i].source.load() for i in tr]  # every image decoded and held
     val_images = [records[i].source.load() for i in va]
-    labels = np.array([records[i].label for i in tr], dtype=np.int64)
-    classes = np.array([1 + gens.index(records[i].generator) if records[i].label else 0 for i in tr])
 
-    def prepared(images: list[Any]) -> torch.Tensor:
+    def prepared(images: list[Any]) -> Any:
         return to_model_input(np.stack([prepare_image(im, det_cfg) for im in images]), det_cfg)
 
-    train_pixels, val_pixels = prepared(train_images), prepared(val_images)
+    return {
+        "cfg": cfg,
+        "det_cfg": det_cfg,
+        "train_pixels": prepared(train_images),
+        "val_pixels": prepared(val_images),
+        "labels": np.array([records[i].label for i in tr], dtype=np.int64),
+        "classes": np.array([1 + gens.index(records[i].generator) if records[i].label else 0 for i in tr]),
+    }
+
+
+def _inmemory_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.models import create_detector
+
+    d = inmemory_data(config["data"])
+    cfg, det_cfg, labels, classes = d["cfg"], d["det_cfg"], d["labels"], d["classes"]
+    train_pixels, val_pixels = d["train_pixels"], d["val_pixels"]
+    torch.set_num_threads(cfg.torch_threads)
     det = create_detector(det_cfg, pretrained=None)
     core = det
     params = [p for p in core.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     ctx = ray.train.get_context()
-    idx_all = np.arange(len(tr))[ctx.get_world_rank() :: ctx.get_world_size()]
+    idx_all = np.arange(len(labels))[ctx.get_world_rank() :: ctx.get_world_size()]
     det.train()
     t0 = time.perf_counter()
     order = rng.permutation(idx_all)

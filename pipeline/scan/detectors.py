@@ -87,7 +87,7 @@ class RunDetectors:
     def detector_id(self) -> str:
         if self.fusion is None:
             return self.members[0].detector_id
-        return set_id([m.detector_id for m in self.members], self.fusion)
+        return set_id(self.member_ids, self.fusion)
 
     @property
     def threshold(self) -> float:

@@ -19,7 +19,6 @@ or in a thread pool (`carry_local`).
 from __future__ import annotations
 
 import posixpath
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -39,6 +38,7 @@ from pipeline.output import (
     write_json,
 )
 from pipeline.scan.completion import PHASE_SECONDS, read_markers, same_uris
+from pipeline.scan.write import LOCAL_WRITER
 from pipeline.storage import copy_object, filesystem, join, stored_size
 
 if TYPE_CHECKING:
@@ -280,7 +280,7 @@ def carry_shard(item: CarryItem, writer_node: str | None = None) -> CarryResult:
                 "identity": item.identity,
             },
             carried_at=now_iso(),
-            writer_node=writer_node or f"host:{socket.gethostname()}",
+            writer_node=writer_node or LOCAL_WRITER,
         )
         for p in item.parts:
             copy_object(p.src, p.dst)

@@ -155,7 +155,7 @@ def _refusal(date: str, run: dict[str, Any] | None, source: str, scoring: dict[s
 
 
 def find_source(
-    output: str, tonight: str, source: str, scoring: dict[str, Any], only: str | None = None
+    output: str, tonight: str, source: str, scoring: dict[str, Any], only: str | None
 ) -> tuple[str | None, dict[str, Any] | None, str | None]:
     """(date, run.json, None) of the latest earlier partition of `output` that succeeded, is complete and used
     the same input and scoring; else (None, None, why not). `only`: that date or nothing (a resumed night
@@ -300,11 +300,11 @@ def carry_batch(items: Sequence[CarryItem], writer_node: str | None = None) -> l
     return [carry_shard(i, writer_node) for i in items]
 
 
-def carry_local(items: Sequence[CarryItem], threads: int = 16) -> Iterator[CarryResult]:
-    """Carry in this process: copies are I/O-bound, so a thread pool; results as they complete."""
+def carry_local(items: Sequence[CarryItem]) -> Iterator[CarryResult]:
+    """Carry in this process: copies are I/O-bound, so up to 16 threads; results as they complete."""
     if not items:
         return
-    with ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="carry") as pool:
+    with ThreadPoolExecutor(max_workers=min(16, len(items)), thread_name_prefix="carry") as pool:
         futures = [pool.submit(carry_shard, i) for i in items]
         for f in as_completed(futures):
             yield f.result()

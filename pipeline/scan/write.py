@@ -82,7 +82,7 @@ class ShardSink:
         table = to_table(rows, self.ctx)
         stats = shard_stats(shard, url, rows)
         data = parquet_bytes(table)
-        detectors = sorted({str(d) for d in rows["_detector_id"]}) if rows and "_detector_id" in rows else []
+        detectors = sorted({str(d) for d in rows["_detector_id"]}) if "_detector_id" in rows else []
         stats.update(
             run_id=self.ctx.run_id,
             detector_id=",".join(detectors) or self.ctx.detector_id,

@@ -63,7 +63,7 @@ def detector_info(uri: str) -> DetectorInfo:
     return DetectorInfo(
         detector_id=str(meta.detector_id),
         threshold=float(meta.threshold),
-        labels=["real", *meta.generators],
+        labels=meta.labels,
         image_size=int(meta.config.image_size),
         resize_mode=str(meta.config.preprocess),
         meta=meta.model_dump(mode="json"),

@@ -73,7 +73,7 @@ class Scorer:
         self.feature_spec = feature_spec(*tapped, features, features_precision) if tapped else None
         self.feature_dim = json.loads(self.feature_spec)["dim"] if self.feature_spec else 0
         # the (attributing) detector's labels: the rows' generator_scores keys
-        self.labels = ["real", *meta.generators]
+        self.labels = meta.labels
         self.decoder = None
         if decode_on == "gpu":
             from pipeline.scan.gpu_decode import DeviceDecoder

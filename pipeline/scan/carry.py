@@ -19,7 +19,6 @@ or in a thread pool (`carry_local`).
 from __future__ import annotations
 
 import posixpath
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -39,6 +38,7 @@ from pipeline.output import (
     write_json,
 )
 from pipeline.scan.completion import PHASE_SECONDS, read_markers, same_uris
+from pipeline.scan.write import LOCAL_WRITER
 from pipeline.storage import copy_object, filesystem, join, stored_size
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def _refusal(date: str, run: dict[str, Any] | None, source: str, scoring: dict[s
 
 
 def find_source(
-    output: str, tonight: str, source: str, scoring: dict[str, Any], only: str | None = None
+    output: str, tonight: str, source: str, scoring: dict[str, Any], only: str | None
 ) -> tuple[str | None, dict[str, Any] | None, str | None]:
     """(date, run.json, None) of the latest earlier partition of `output` that succeeded, is complete and used
     the same input and scoring; else (None, None, why not). `only`: that date or nothing (a resumed night
@@ -280,7 +280,7 @@ def carry_shard(item: CarryItem, writer_node: str | None = None) -> CarryResult:
                 "identity": item.identity,
             },
             carried_at=now_iso(),
-            writer_node=writer_node or f"host:{socket.gethostname()}",
+            writer_node=writer_node or LOCAL_WRITER,
         )
         for p in item.parts:
             copy_object(p.src, p.dst)
@@ -300,11 +300,11 @@ def carry_batch(items: Sequence[CarryItem], writer_node: str | None = None) -> l
     return [carry_shard(i, writer_node) for i in items]
 
 
-def carry_local(items: Sequence[CarryItem], threads: int = 16) -> Iterator[CarryResult]:
-    """Carry in this process: copies are I/O-bound, so a thread pool; results as they complete."""
+def carry_local(items: Sequence[CarryItem]) -> Iterator[CarryResult]:
+    """Carry in this process: copies are I/O-bound, so up to 16 threads; results as they complete."""
     if not items:
         return
-    with ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="carry") as pool:
+    with ThreadPoolExecutor(max_workers=min(16, len(items)), thread_name_prefix="carry") as pool:
         futures = [pool.submit(carry_shard, i) for i in items]
         for f in as_completed(futures):
             yield f.result()

@@ -63,7 +63,7 @@ def detector_info(uri: str) -> DetectorInfo:
     return DetectorInfo(
         detector_id=str(meta.detector_id),
         threshold=float(meta.threshold),
-        labels=["real", *meta.generators],
+        labels=meta.labels,
         image_size=int(meta.config.image_size),
         resize_mode=str(meta.config.preprocess),
         meta=meta.model_dump(mode="json"),
@@ -87,7 +87,7 @@ class RunDetectors:
     def detector_id(self) -> str:
         if self.fusion is None:
             return self.members[0].detector_id
-        return set_id([m.detector_id for m in self.members], self.fusion)
+        return set_id(self.member_ids, self.fusion)
 
     @property
     def threshold(self) -> float:

@@ -1,6 +1,6 @@
-"""How a scan's shards get processed: the work description the driver hands to an executor, the in-process
-executor, and the scorer that reports which detector it loaded [ours]. No Ray here: the Ray executor is
-`pipeline.engine.scan.RayScanExecutor`, chosen by the entry point (jobs/scan_bucket.py) and passed in.
+"""How a scan's shards get processed: the work description the driver hands to an executor and the
+in-process executor [ours]. No Ray here: the Ray executor is `pipeline.engine.scan.RayScanExecutor`, chosen
+by the entry point (jobs/scan_bucket.py) and passed in.
 
 An executor is `executor(todo, work) -> Iterator[(shard_id, summary)]`: it reads, decodes, scores and WRITES
 each shard of `todo` ([(shard_url, shard_id)]) where the rows are, and yields each shard's summary (= its

@@ -39,12 +39,12 @@ import numpy as np
 
 from pipeline.models.preprocess import center_crop_offsets
 from pipeline.scan.decode import DecodeResult, decode_image
+from pipeline.scan.provenance import sniff
 from pipeline.shards import exif_orientation, open_image
 
 if TYPE_CHECKING:
     import torch
 
-JPEG_SOI = b"\xff\xd8\xff"
 JPEG_EOI = b"\xff\xd9"
 ELIGIBLE_MODES = ("RGB", "L")
 _TRANSPOSING = frozenset(range(2, 9))  # EXIF orientations pipeline.shards.upright applies
@@ -68,7 +68,7 @@ def device_decodable(
 ) -> tuple[int, int] | None:
     """(width, height) when decoding `data` on the device and cutting the center window gives exactly the CPU
     decoder's pixels (see the module docstring); None otherwise. Reads the header only."""
-    if not data or not data.startswith(JPEG_SOI) or not data.endswith(JPEG_EOI):
+    if not data or sniff(data) != "JPEG" or not data.endswith(JPEG_EOI):
         return None
     try:
         im = open_image(data, formats=["JPEG"])  # Pillow's warnings silenced there

@@ -42,9 +42,6 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-KINDS = ("c2pa", "xmp", "png_text", "exif")
-SIGNATURES = ("trusted", "valid_untrusted", "invalid")
-
 MAX_SEGMENT = 1 << 20  # bytes of one XMP packet / EXIF block / text chunk (decompressed)
 MAX_MANIFEST = 16 << 20  # bytes of a C2PA manifest store (all its JUMBF segments)
 MAX_TEXT_CHUNKS = 256  # PNG text chunks looked at per image
@@ -89,13 +86,14 @@ class Provenance:
 
     # one of PROVENANCE_VERDICTS; None: not read (format not read, no bytes, reading off)
     verdict: str | None = None
-    kinds: list[str] = field(default_factory=list)  # the kinds of evidence found (KINDS), in that order
-    basis: str | None = None  # the kind (KINDS) that gave the verdict; None for none / unreadable / not read
+    # the kinds of evidence found, in this order: "c2pa", "xmp", "png_text", "exif"
+    kinds: list[str] = field(default_factory=list)
+    basis: str | None = None  # the kind that gave the verdict; None for none / unreadable / not read
     generator: str | None = None  # claim generator / front-end / Software naming the generator
     model: str | None = None  # the model name, where the front-end writes it
     signer: str | None = None  # C2PA signing certificate: "<issuer> / <common name>"
     source_types: list[str] = field(default_factory=list)  # IPTC digital source type IRIs, as written
-    signature: str | None = None  # C2PA: one of SIGNATURES
+    signature: str | None = None  # C2PA: "trusted", "valid_untrusted" or "invalid"
     codes: list[str] = field(default_factory=list)  # C2PA validation failure codes
     ingredients: int | None = None  # C2PA: ingredients of the active manifest
     error: str | None = None  # why evidence could not be read (also when another kind decided)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.models.constants import UNKNOWN_LABEL
+from pipeline.models.constants import REAL_LABEL, UNKNOWN_LABEL
 
 POLICIES = ("declared", "signed", "trusted", "report")
 
@@ -54,7 +54,7 @@ def label_for(generator: str, model: str, labels: Sequence[str]) -> str:
     declared generator or model name, the longest such label first; "unknown" when none does. E.g. label
     `sdxl` for model `sd_xl_base_1.0.safetensors`, `midjourney` for Software `Midjourney`."""
     names = (_norm(generator or ""), _norm(model or ""))
-    for label in sorted((x for x in labels if x != "real"), key=len, reverse=True):
+    for label in sorted((x for x in labels if x != REAL_LABEL), key=len, reverse=True):
         key = _norm(label)
         if key and any(key in name for name in names):
             return label

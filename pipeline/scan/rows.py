@@ -215,5 +215,5 @@ def shard_stats(shard: str, shard_url: str, rows: Batch) -> dict[str, Any]:
         "decode_s": float(np.sum(rows["_decode_s"])) if rows else 0.0,
         "infer_s": float(np.sum(rows["_infer_s"])) if rows else 0.0,
         # Ray node(s) whose read task produced the rows (set by pipeline.engine.scan; several after a retry)
-        "node_id": ",".join(sorted({str(n) for n in rows["_node"]})) if rows and "_node" in rows else None,
+        "node_id": ",".join(sorted({str(n) for n in rows["_node"]})) if "_node" in rows else None,
     }

@@ -36,7 +36,7 @@ class Scorer:
         detector: str,
         device: str = "cpu",
         dtype: str = "float32",
-        torch_threads: int | None = 1,
+        torch_threads: int = 1,
         decode_on: str = "cpu",
         fusion: str = DEFAULT_FUSION,
         inputs: list[tuple[int, str]] | None = None,
@@ -48,7 +48,7 @@ class Scorer:
         from pipeline.models.predictor import Predictor
         from pipeline.scan.detectors import FUSED_THRESHOLD, set_id
 
-        if torch_threads and device == "cpu":
+        if device == "cpu":
             torch.set_num_threads(torch_threads)
         self.predictor = Predictor.load(
             detector.split(","), fusion=fusion, fused_threshold=FUSED_THRESHOLD, device=device, dtype=dtype
@@ -73,7 +73,7 @@ class Scorer:
         self.feature_spec = feature_spec(*tapped, features, features_precision) if tapped else None
         self.feature_dim = json.loads(self.feature_spec)["dim"] if self.feature_spec else 0
         # the (attributing) detector's labels: the rows' generator_scores keys
-        self.labels = ["real", *meta.generators]
+        self.labels = meta.labels
         self.decoder = None
         if decode_on == "gpu":
             from pipeline.scan.gpu_decode import DeviceDecoder

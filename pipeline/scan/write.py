@@ -25,6 +25,8 @@ log = get_logger("pipeline.scan.write")
 # the batch column that carries the scanned shard's stored identity (`pipeline.storage.object_identity`, from
 # the driver's listing) from the read stage to the writer, which records it in the shard's marker
 IDENTITY_COL = "_identity"
+# a marker's `writer_node` when no Ray node id is given: this host (an in-process scan or carry)
+LOCAL_WRITER = f"host:{socket.gethostname()}"
 
 
 def tag_identity(batch: dict[str, np.ndarray], identity: str | None) -> None:
@@ -61,7 +63,7 @@ class ShardSink:
     def __init__(self, ctx: RunContext, output: str, scan_date: str, writer_node: str | None = None) -> None:
         self.ctx = ctx
         self.paths = RunPaths(output, scan_date)
-        self.writer_node = writer_node or f"host:{socket.gethostname()}"
+        self.writer_node = writer_node or LOCAL_WRITER
         self.collector = ShardCollector()
         self.identity: dict[str, str] = {}  # pending shard -> its identity (from the rows' IDENTITY_COL)
 
@@ -80,7 +82,7 @@ class ShardSink:
         table = to_table(rows, self.ctx)
         stats = shard_stats(shard, url, rows)
         data = parquet_bytes(table)
-        detectors = sorted({str(d) for d in rows["_detector_id"]}) if rows and "_detector_id" in rows else []
+        detectors = sorted({str(d) for d in rows["_detector_id"]}) if "_detector_id" in rows else []
         stats.update(
             run_id=self.ctx.run_id,
             detector_id=",".join(detectors) or self.ctx.detector_id,

@@ -237,15 +237,12 @@ class DetectorSet:
             ],
         }
 
-    def set_tap(self, kind: str | None) -> Member | None:
+    def set_tap(self, kind: str) -> Member:
         """Also return the frozen backbone's ``kind`` feature from ``predict`` (``features``), ONCE for the
         set: read off the pass of the first listed member that adapts no block (its backbone group's shared
-        frozen pass). ConfigError when every member adapts blocks (MoLE). Returns that member (None: tap
-        off)."""
+        frozen pass). ConfigError when every member adapts blocks (MoLE). Returns that member."""
         for m in self.members:
             m.det.set_tap(None)
-        if kind is None:
-            return None
         plain = [m for m in self.members if not m.det.mole_blocks]
         if not plain:
             raise ConfigError(

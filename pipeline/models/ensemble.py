@@ -301,16 +301,15 @@ class DetectorSet:
             return {m.detector_id: m.det(x) for m in members}
         pv = p.visual
         k, depth = group.shared_blocks, p.depth
-        need_cls = any(m.det.neck is not None for m in members)
-        cls: list[torch.Tensor] | None = [] if need_cls else None
+        # RINE members read the ln_2 CLS token of every block
+        cls: list[torch.Tensor] | None = [] if any(m.det.neck is not None for m in members) else None
         tokens = run_blocks(pv.transformer, pv._embeds(x), 0, k, cls)
         outs: dict[str, DetectorOutput] = {}
         plain = [m for m in members if not m.det.mole_blocks]
         if plain:  # the primary adapts nothing here, so its blocks k.. are the frozen ones
-            cls_all = list(cls) if cls is not None else None
-            tail = run_blocks(pv.transformer, tokens, k, depth, cls_all)
+            tail = run_blocks(pv.transformer, tokens, k, depth, cls)  # appends blocks k.. to the CLS list
             for m in plain:
-                outs[m.detector_id] = m.det.output_from(tail, cls_all)
+                outs[m.detector_id] = m.det.output_from(tail, cls)
         for m in members:
             if m.det.mole_blocks:
                 own = run_blocks(m.det.visual.transformer, tokens, k, depth, None)

@@ -391,14 +391,10 @@ class Detector(nn.Module):
         tokens = run_blocks(self.visual.transformer, self.visual._embeds(pixels), 0, self.depth, block_cls)
         return tokens, block_cls
 
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The features the heads read: the final image embedding, or ln_post(CLS) before the projection;
-        L2-normalised when ``head.normalize``."""
-        return self.features_from(*self._tokens(pixels))
-
     def features_from(self, tokens: torch.Tensor, block_cls: list[torch.Tensor] | None) -> torch.Tensor:
-        """The head features from the last block's output tokens (N, L, D) or, for RINE, from the ln_2 CLS
-        tokens of every block (a list of depth (N, width) tensors)."""
+        """The features the heads read (the final image embedding, or ln_post(CLS) before the projection,
+        L2-normalised when ``head.normalize``) from the last block's output tokens (N, L, D) or, for RINE,
+        from the ln_2 CLS tokens of every block (a list of depth (N, width) tensors)."""
         if self.neck is not None:
             if block_cls is None or len(block_cls) != self.depth:
                 got = "none" if block_cls is None else len(block_cls)

@@ -319,12 +319,6 @@ class Detector(nn.Module):
     def depth(self) -> int:
         return len(self.visual.transformer.resblocks)
 
-    @property
-    def first_adapted_block(self) -> int:
-        """Index of the first block whose weights differ from the frozen backbone (depth when none): every
-        block before it can be shared with another detector on the same backbone."""
-        return min(self.mole_blocks) if self.mole_blocks else self.depth
-
     def backbone_param_names(self) -> list[str]:
         added = set(self.adapter_param_names()) | set(self.head_param_names())
         return [n for n in self.state_dict() if n not in added]

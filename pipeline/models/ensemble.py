@@ -131,8 +131,10 @@ class BackboneGroup:
 
     @property
     def shared_blocks(self) -> int:
-        """Blocks computed once for every member (before the first adapted block of any member)."""
-        return min(m.det.first_adapted_block for m in self.members)
+        """Blocks computed once for every member: those before the first block any member adapts (the depth
+        when none adapts one)."""
+        first_adapted = [min(m.det.mole_blocks, default=m.det.depth) for m in self.members]
+        return min(first_adapted)
 
 
 def _group_key(det: Detector) -> tuple[Any, ...]:

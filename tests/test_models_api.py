@@ -123,13 +123,13 @@ def test_features_match_open_clip_forward() -> None:
     mole = create_detector("tiny-mole")
     lin = create_detector("tiny-linear")
     with torch.no_grad():
-        assert torch.allclose(mole.features(x), mole.visual(x), atol=1e-6)  # fresh adapters: B = 0
+        assert torch.allclose(mole(x).features, mole.visual(x), atol=1e-6)  # fresh adapters: B = 0
         proj = lin.visual.proj
         lin.visual.proj = None
         pooled = lin.visual(x)
         lin.visual.proj = proj
         ref = torch.nn.functional.normalize(pooled, dim=-1)
-        feat = lin.features(x)
+        feat = lin(x).features
     assert feat.shape == (2, 128) and torch.allclose(feat, ref, atol=1e-6)
     assert torch.allclose(feat.norm(dim=-1), torch.ones(2), atol=1e-6)
 
@@ -141,7 +141,7 @@ def test_linear_head_from_sklearn() -> None:
     det = create_detector("tiny-linear", generators=["a", "b"])
     x = torch.randn(40, 3, 96, 96)
     with torch.no_grad():
-        f = det.features(x).numpy()
+        f = det(x).features.numpy()
     y = (f[:, 0] > np.median(f[:, 0])).astype(int)
     clf = LogisticRegression(C=10.0).fit(f, y)
     det.set_linear_head(clf.coef_, clf.intercept_)

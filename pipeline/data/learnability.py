@@ -69,7 +69,7 @@ def random_probe_ap(family: str, n: int, *, config: str = "tiny-mole", views: in
         with torch.no_grad():
             for i in range(0, len(images), 64):
                 batch = np.ascontiguousarray(np.stack(images[i : i + 64]))
-                out.append(det.features(to_model_input(batch, cfg)).numpy())
+                out.append(det(to_model_input(batch, cfg)).features.numpy())
         return np.concatenate(out)
 
     def centre(a: np.ndarray) -> np.ndarray:

@@ -43,9 +43,7 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def check_fused(
-    cfg: DetectorConfig, *, batch: int = 2, seed: int = 0, top_k: int | None = None
-) -> dict[str, Any]:
+def check_fused(cfg: DetectorConfig, *, batch: int, seed: int, top_k: int | None) -> dict[str, Any]:
     """max relative error (inf-norm) between fused and unfused outputs on fresh random inputs, random
     non-zero adapter and router weights."""
     if cfg.method != "mole" or cfg.mole is None:

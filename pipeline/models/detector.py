@@ -319,12 +319,6 @@ class Detector(nn.Module):
     def depth(self) -> int:
         return len(self.visual.transformer.resblocks)
 
-    @property
-    def first_adapted_block(self) -> int:
-        """Index of the first block whose weights differ from the frozen backbone (depth when none): every
-        block before it can be shared with another detector on the same backbone."""
-        return min(self.mole_blocks) if self.mole_blocks else self.depth
-
     def backbone_param_names(self) -> list[str]:
         added = set(self.adapter_param_names()) | set(self.head_param_names())
         return [n for n in self.state_dict() if n not in added]
@@ -382,23 +376,10 @@ class Detector(nn.Module):
         return torch.stack(losses).mean() if losses else torch.zeros(())
 
     # ------------------------------------------------------------------ forward
-    def _tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """The last block's output tokens and, for RINE, the ln_2 CLS token of every block, from one pass
-        (open_clip's patch embedding, then every block)."""
-        for m in self.mole_modules():
-            m.last_aux_loss = None
-        block_cls: list[torch.Tensor] | None = [] if self.neck is not None else None
-        tokens = run_blocks(self.visual.transformer, self.visual._embeds(pixels), 0, self.depth, block_cls)
-        return tokens, block_cls
-
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The features the heads read: the final image embedding, or ln_post(CLS) before the projection;
-        L2-normalised when ``head.normalize``."""
-        return self.features_from(*self._tokens(pixels))
-
     def features_from(self, tokens: torch.Tensor, block_cls: list[torch.Tensor] | None) -> torch.Tensor:
-        """The head features from the last block's output tokens (N, L, D) or, for RINE, from the ln_2 CLS
-        tokens of every block (a list of depth (N, width) tensors)."""
+        """The features the heads read (the final image embedding, or ln_post(CLS) before the projection,
+        L2-normalised when ``head.normalize``) from the last block's output tokens (N, L, D) or, for RINE,
+        from the ln_2 CLS tokens of every block (a list of depth (N, width) tensors)."""
         if self.neck is not None:
             if block_cls is None or len(block_cls) != self.depth:
                 got = "none" if block_cls is None else len(block_cls)
@@ -421,7 +402,13 @@ class Detector(nn.Module):
         )
 
     def forward(self, pixels: torch.Tensor) -> DetectorOutput:
-        return self.output_from(*self._tokens(pixels))
+        """One pass (open_clip's patch embedding, then every block; for RINE also the ln_2 CLS token of every
+        block) -> both heads' outputs."""
+        for m in self.mole_modules():
+            m.last_aux_loss = None
+        block_cls: list[torch.Tensor] | None = [] if self.neck is not None else None
+        tokens = run_blocks(self.visual.transformer, self.visual._embeds(pixels), 0, self.depth, block_cls)
+        return self.output_from(tokens, block_cls)
 
     # ------------------------------------------------------------------ heads from scikit-learn
     def set_linear_head(self, coef: Any, intercept: Any) -> None:

@@ -131,8 +131,10 @@ class BackboneGroup:
 
     @property
     def shared_blocks(self) -> int:
-        """Blocks computed once for every member (before the first adapted block of any member)."""
-        return min(m.det.first_adapted_block for m in self.members)
+        """Blocks computed once for every member: those before the first block any member adapts (the depth
+        when none adapts one)."""
+        first_adapted = [min(m.det.mole_blocks, default=m.det.depth) for m in self.members]
+        return min(first_adapted)
 
 
 def _group_key(det: Detector) -> tuple[Any, ...]:
@@ -237,15 +239,12 @@ class DetectorSet:
             ],
         }
 
-    def set_tap(self, kind: str | None) -> Member | None:
+    def set_tap(self, kind: str) -> Member:
         """Also return the frozen backbone's ``kind`` feature from ``predict`` (``features``), ONCE for the
         set: read off the pass of the first listed member that adapts no block (its backbone group's shared
-        frozen pass). ConfigError when every member adapts blocks (MoLE). Returns that member (None: tap
-        off)."""
+        frozen pass). ConfigError when every member adapts blocks (MoLE). Returns that member."""
         for m in self.members:
             m.det.set_tap(None)
-        if kind is None:
-            return None
         plain = [m for m in self.members if not m.det.mole_blocks]
         if not plain:
             raise ConfigError(
@@ -304,16 +303,15 @@ class DetectorSet:
             return {m.detector_id: m.det(x) for m in members}
         pv = p.visual
         k, depth = group.shared_blocks, p.depth
-        need_cls = any(m.det.neck is not None for m in members)
-        cls: list[torch.Tensor] | None = [] if need_cls else None
+        # RINE members read the ln_2 CLS token of every block
+        cls: list[torch.Tensor] | None = [] if any(m.det.neck is not None for m in members) else None
         tokens = run_blocks(pv.transformer, pv._embeds(x), 0, k, cls)
         outs: dict[str, DetectorOutput] = {}
         plain = [m for m in members if not m.det.mole_blocks]
         if plain:  # the primary adapts nothing here, so its blocks k.. are the frozen ones
-            cls_all = list(cls) if cls is not None else None
-            tail = run_blocks(pv.transformer, tokens, k, depth, cls_all)
+            tail = run_blocks(pv.transformer, tokens, k, depth, cls)  # appends blocks k.. to the CLS list
             for m in plain:
-                outs[m.detector_id] = m.det.output_from(tail, cls_all)
+                outs[m.detector_id] = m.det.output_from(tail, cls)
         for m in members:
             if m.det.mole_blocks:
                 own = run_blocks(m.det.visual.transformer, tokens, k, depth, None)

@@ -2,9 +2,9 @@
 docstring has the device feed and the precision rule) -> plain numpy results, the scanner's model call.
 
 ``Predictor(det, meta, device=, dtype=, batch_size=)`` is a one-member set: the single-detector case.
-``Predictor.load(uris, fusion=...)`` / ``Predictor.of(dset)`` view a loaded set: its rows carry the FUSED
-scores, the attributing member's attribution (``pipeline.models.fusion.attributor``) and every member's own
-scores (``member_*`` columns)."""
+``Predictor.load(uris, fusion=...)`` views a loaded set: its rows carry the FUSED scores, the attributing
+member's attribution (``pipeline.models.fusion.attributor``) and every member's own scores (``member_*``
+columns)."""
 
 from __future__ import annotations
 
@@ -42,16 +42,12 @@ class Predictor:
         self._bind(DetectorSet([(det, meta)], device=device, dtype=dtype, batch_size=batch_size))
 
     @classmethod
-    def of(cls, engine: DetectorSet) -> Predictor:
-        """The row view of a built set (one member: that detector's own rows)."""
-        pred = cls.__new__(cls)
-        pred._bind(engine)
-        return pred
-
-    @classmethod
     def load(cls, uris: Sequence[str], **kwargs: Any) -> Predictor:
-        """Load the checkpoints as one set (``load_detector_set``: fusion, device, dtype, ...)."""
-        return cls.of(load_detector_set(uris, **kwargs))
+        """Load the checkpoints as one set (``load_detector_set``: fusion, device, dtype, ...) and view its
+        rows (one member: that detector's own rows)."""
+        pred = cls.__new__(cls)
+        pred._bind(load_detector_set(uris, **kwargs))
+        return pred
 
     def _bind(self, engine: DetectorSet) -> None:
         self.engine = engine

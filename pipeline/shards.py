@@ -42,6 +42,7 @@ Rules (docs/reliability.md) [ours where WebDataset is silent]:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -246,6 +247,12 @@ class Sample:
 
     def image_member(self, max_member_bytes: int = DEFAULT_MAX_MEMBER) -> Member | None:
         return choose_image(self.members, max_member_bytes)
+
+    def image_sha256(self) -> str | None:
+        """The hex sha256 of the image member's bytes (what the scan records as `sha256`); None when there is
+        no image member or its bytes were not read."""
+        image = self.image_member()
+        return None if image is None or image.data is None else hashlib.sha256(image.data).hexdigest()
 
     def json_member(self) -> Member | None:
         return next((m for m in self.members if last_suffix(m.ext) in JSON_EXTENSIONS), None)

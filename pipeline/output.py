@@ -140,18 +140,6 @@ def map_column(column: str, keys: list[list[str]], values: np.ndarray, null: np.
     )
 
 
-def check_table(table: pa.Table) -> None:
-    """Raise ValueError unless `table` has exactly SCHEMA (names, types, order) and valid statuses."""
-    if not table.schema.equals(SCHEMA, check_metadata=False):
-        raise ValueError(f"table schema differs from scan schema v{SCHEMA_VERSION}:\n{table.schema}")
-    bad = set(table.column("status").to_pylist()) - set(STATUSES)
-    if bad:
-        raise ValueError(f"unknown status values: {sorted(bad)}")
-    bad = set(table.column("provenance_verdict").drop_null().to_pylist()) - set(PROVENANCE_VERDICTS)
-    if bad:
-        raise ValueError(f"unknown provenance_verdict values: {sorted(bad)}")
-
-
 # ------------------------------------------------------------------------------------------- paths
 @dataclass(frozen=True)
 class RunPaths:

@@ -21,7 +21,7 @@ verdict.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from pydantic import Field
@@ -125,9 +125,6 @@ class ErrorTally:
     samples: int = 0
     failed_samples: int = 0
 
-    def __add__(self, other: ErrorTally) -> ErrorTally:
-        return ErrorTally(**{k: v + getattr(other, k) for k, v in vars(self).items()})
-
     def add(self, other: ErrorTally) -> None:
         """In place (a running total: constant work per shard)."""
         for k, v in vars(other).items():
@@ -181,7 +178,7 @@ class ErrorBudget:
         plus this attempt's) are more than the budget allows of ALL `total_shards`: the end can no longer
         pass. It keeps a running tally: each call adds the newest shard (`progress.last`) once, whatever the
         number of shards already done."""
-        seen = ErrorTally() + prior
+        seen = replace(prior)  # a copy: the running total starts at the earlier attempts' errors
         counted = 0  # progress.done when the tally was last updated
 
         def check(progress: Progress) -> None:

@@ -42,6 +42,7 @@ Rules (docs/reliability.md) [ours where WebDataset is silent]:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -246,6 +247,12 @@ class Sample:
 
     def image_member(self, max_member_bytes: int = DEFAULT_MAX_MEMBER) -> Member | None:
         return choose_image(self.members, max_member_bytes)
+
+    def image_sha256(self) -> str | None:
+        """The hex sha256 of the image member's bytes (what the scan records as `sha256`); None when there is
+        no image member or its bytes were not read."""
+        image = self.image_member()
+        return None if image is None or image.data is None else hashlib.sha256(image.data).hexdigest()
 
     def json_member(self) -> Member | None:
         return next((m for m in self.members if last_suffix(m.ext) in JSON_EXTENSIONS), None)
@@ -661,24 +668,14 @@ def read_shard(shard_url: str, *, max_member_bytes: int = DEFAULT_MAX_MEMBER) ->
 
 
 # ------------------------------------------------------------------------------------------- consumer: filter
-@dataclass
-class ShardIndex:
-    """The samples of a shard from its tar headers (no data read), and the members that belong to no
-    sample."""
-
-    keys: list[str]
-    non_sample_members: list[str]
-
-
-def index_shard(shard_url: str) -> ShardIndex:
-    """Keys of a shard reading only tar headers. Raises ShardReadError when the shard cannot be read to its
-    end (the filter must not plan a copy of a broken shard)."""
+def index_shard(shard_url: str) -> Listing[Sample]:
+    """The samples of a shard (and the members that belong to no sample) from its tar headers alone: no member
+    data is read. Raises ShardReadError when the shard cannot be read to its end (the filter must not plan a
+    copy of a broken shard)."""
     listing = list_shard(shard_url, want=want_none)
     if listing.error:
         raise ShardReadError(f"{shard_url}: {listing.error}")
-    return ShardIndex(
-        keys=[s.key for s in listing.samples], non_sample_members=[n for n, _ in listing.skipped]
-    )
+    return listing
 
 
 def iter_samples(shard_url: str) -> Iterator[Sample]:

@@ -31,7 +31,7 @@ from PIL import Image
 from pipeline.cli.rescore import main as rescore_main
 from pipeline.feature_store import FeatureSpec, logit_bound, read_part
 from pipeline.features.rescore import RescoreConfig
-from pipeline.output import check_table, read_json
+from pipeline.output import read_json
 from pipeline.settings import ConfigError
 from tests.support.features import (
     clipbased_detector,
@@ -41,6 +41,7 @@ from tests.support.features import (
     read_rows,
     tiny_backbone_file,
 )
+from tests.support.scan_batches import check_table
 from tests.support.shards import corrupt_image_sample, good_samples, no_image_sample, write_shard
 
 DAY = "2026-01-05"

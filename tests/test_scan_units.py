@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.output import SCHEMA, STATUSES, RunPaths, check_table, parquet_bytes, write_json
+from pipeline.output import SCHEMA, STATUSES, RunPaths, parquet_bytes, write_json
 from pipeline.runner import commit_shard
 from pipeline.scan.completion import RunRefused, plan_run
 from pipeline.scan.config import ScanConfig
@@ -24,7 +24,15 @@ from pipeline.scan.prepare import prepare_shard
 from pipeline.scan.rows import ShardCollector, concat, shard_stats, to_table
 from pipeline.scan.score import score_batch
 from pipeline.settings import ConfigError
-from tests.support.scan_batches import IMAGE_SIZE, LABELS, MeanPredictor, concat_all, prepared, run_context
+from tests.support.scan_batches import (
+    IMAGE_SIZE,
+    LABELS,
+    MeanPredictor,
+    check_table,
+    concat_all,
+    prepared,
+    run_context,
+)
 from tests.support.shards import (
     corrupt_image_sample,
     good_samples,

@@ -146,7 +146,7 @@ def test_the_three_consumers_see_the_same_samples_on_the_bad_input_corpus(tmp_pa
         assert (error is not None) == case.shard_error, case.name
         if error is None:
             index = shard_layer.index_shard(url)
-            assert index.keys == [k for k, _, _ in scan]
+            assert [s.key for s in index.samples] == [k for k, _, _ in scan]
             assert _filter_view(url) == scan
             assert _labels_view(url) == scan
             # the labelled source: every labelled sample is one of the scan's samples with the same image

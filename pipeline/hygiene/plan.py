@@ -206,10 +206,10 @@ def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
     except Exception as exc:  # noqa: BLE001 - any read failure is a planning problem, reported with the shard
         plan.problems.append(f"{spec.source}: source shard cannot be read ({type(exc).__name__}: {exc})")
         return plan
-    plan.samples = len(index.keys)
-    plan.non_sample_members = len(index.non_sample_members)
+    plan.samples = len(index.samples)
+    plan.non_sample_members = len(index.skipped)
     scan_keys = Counter(r["key"] for r in sample_rows)
-    source_keys = Counter(index.keys)
+    source_keys = Counter(sample.key for sample in index.samples)
     if scan_keys != source_keys:
         not_scanned = sorted((source_keys - scan_keys).elements())
         not_in_source = sorted(str(k) for k in (scan_keys - source_keys).elements())
@@ -227,7 +227,7 @@ def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
     by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in reversed(sample_rows):
         by_key[r["key"]].append(r)
-    plan.decisions = [decide(by_key[key].pop(), policy) for key in index.keys]
+    plan.decisions = [decide(by_key[sample.key].pop(), policy) for sample in index.samples]
     return plan
 
 

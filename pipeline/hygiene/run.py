@@ -15,7 +15,6 @@ Output layout under `<output>/`:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -116,17 +115,11 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
                     "the source changed after planning"
                 )
             decision = plan.decisions[read]
-            if decision.sha256 is not None:
-                image = sample.image_member()
-                if (
-                    image is None
-                    or image.data is None
-                    or hashlib.sha256(image.data).hexdigest() != decision.sha256
-                ):
-                    raise SourceChangedError(
-                        f"{spec.source}: the image of sample {sample.key!r} is not the one the scan scored "
-                        "(sha256 differs); rescan the shard"
-                    )
+            if decision.sha256 is not None and sample.image_sha256() != decision.sha256:
+                raise SourceChangedError(
+                    f"{spec.source}: the image of sample {sample.key!r} is not the one the scan scored "
+                    "(sha256 differs); rescan the shard"
+                )
             action = decision.action
             if action == "keep":
                 kept_w.write(sample)

@@ -251,13 +251,7 @@ def _fill_one(
         it.note = f"sample not found in its shard{f' ({read_error})' if read_error else ''}"
         stats["missing"] += 1
         return
-    chosen, image = None, None
-    for s in samples:
-        member = s.image_member()
-        data = member.data if member is not None else None
-        if it.sha256 is None or (data is not None and hashlib.sha256(data).hexdigest() == it.sha256):
-            chosen, image = s, data
-            break
+    chosen = next((s for s in samples if it.sha256 is None or s.image_sha256() == it.sha256), None)
     if chosen is None:
         it.note = "the shard changed since the scan (no sample with the scanned image's sha256)"
         stats["missing"] += 1
@@ -269,13 +263,14 @@ def _fill_one(
     if it.status != "ok":
         it.note = it.error or it.status
         return
-    if image is None:
+    image = chosen.image_member()
+    if image is None or image.data is None:
         it.note = "no image member"
         return
     name = thumb_name(it)
     if name not in written:
         try:
-            storage.write_bytes_atomic(storage.join(output, *name.split("/")), thumbnail(image))
+            storage.write_bytes_atomic(storage.join(output, *name.split("/")), thumbnail(image.data))
         except Exception as exc:  # noqa: BLE001 - one bad image must not fail the report
             it.note = f"no thumbnail: {type(exc).__name__}: {exc}"
             return

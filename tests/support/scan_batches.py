@@ -1,11 +1,13 @@
 """Scan stage inputs without a model, for the scan's and the runner's unit tests: prepared batches of a
 small written shard (`prepare_shard` over it), a deterministic stand-in with `Predictor.predict`'s output
-contract, and the run context the rows are written under."""
+contract, the run context the rows are written under, and `check_table`, what a written scan table must be."""
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
+from pipeline.output import PROVENANCE_VERDICTS, SCHEMA, SCHEMA_VERSION, STATUSES
 from pipeline.scan.prepare import prepare_shard
 from pipeline.scan.rows import RunContext, concat
 from tests.support.shards import corrupt_image_sample, good_samples, write_shard
@@ -47,3 +49,15 @@ def prepared(tmp_path, name: str = "a", n: int = 6) -> dict:
 
 def run_context() -> RunContext:
     return RunContext(run_id="r1", source="s3://b/p/", detector_id="tiny@abc", threshold=0.4, labels=LABELS)
+
+
+def check_table(table: pa.Table) -> None:
+    """Raise ValueError unless `table` has exactly SCHEMA (names, types, order) and valid statuses."""
+    if not table.schema.equals(SCHEMA, check_metadata=False):
+        raise ValueError(f"table schema differs from scan schema v{SCHEMA_VERSION}:\n{table.schema}")
+    bad = set(table.column("status").to_pylist()) - set(STATUSES)
+    if bad:
+        raise ValueError(f"unknown status values: {sorted(bad)}")
+    bad = set(table.column("provenance_verdict").drop_null().to_pylist()) - set(PROVENANCE_VERDICTS)
+    if bad:
+        raise ValueError(f"unknown provenance_verdict values: {sorted(bad)}")

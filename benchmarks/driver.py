@@ -263,7 +263,9 @@ def contract_child(n: int, old_guard: bool) -> dict[str, Any]:
 
         def check(p: Any) -> None:
             kept.append(p.last[1])
-            seen = sum((run_errors(st) for st in kept), ErrorTally())
+            seen = ErrorTally()
+            for st in kept:
+                seen.add(run_errors(st))
             if seen.failed_shards > budget.max_shard_error_rate * n:
                 raise RuntimeError("over budget")
 

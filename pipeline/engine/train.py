@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -95,7 +93,6 @@ class RayTrainHooks(TrainHooks):
         self.cfg, self.clock = cfg, clock
         self.world_rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
-        self._tmp: Path | None = None
         log.info("train_worker_start", rank=self.world_rank, world=self.world_size, pid=os.getpid())
 
     def device(self) -> torch.device:
@@ -134,29 +131,20 @@ class RayTrainHooks(TrainHooks):
         torch.distributed.all_reduce(t)
         return t.cpu().tolist()
 
-    def latest_state(self) -> Path | None:
+    def latest_state(self, into: Path) -> Path | None:
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
-        self._tmp = Path(tempfile.mkdtemp(prefix="genscan-resume-"))
-        return Path(ckpt.to_directory(str(self._tmp)))
+        return Path(ckpt.to_directory(str(into)))
 
     def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:
         clean = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
         ray.train.report(clean, checkpoint=Checkpoint.from_directory(str(state_dir)) if state_dir else None)
 
-    def close(self) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-
 
 def _ray_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.parse(config["cfg"], source="train config")
-    hooks = RayTrainHooks(cfg, config["clock"])
-    try:
-        train_worker(cfg, config["plan"], hooks)
-    finally:
-        hooks.close()
+    train_worker(cfg, config["plan"], RayTrainHooks(cfg, config["clock"]))
 
 
 # ---- driver side -------------------------------------------------------------------------------------------

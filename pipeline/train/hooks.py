@@ -46,8 +46,9 @@ class TrainHooks:
     def all_sum(self, values: list[float]) -> list[float]:
         return values
 
-    def latest_state(self) -> Path | None:
-        """A local directory holding the last epoch's training state to resume from, or None."""
+    def latest_state(self, into: Path) -> Path | None:
+        """The last epoch's training state to resume from, fetched into the local directory `into` (the loop
+        deletes it once read): the directory holding it, or None."""
         return None
 
     def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:

@@ -51,13 +51,10 @@ from pipeline.engine.train_data import EpochClock, stream_dataset
 from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import DecodeSpec, TrainPlan, train_spec
-from pipeline.train.hooks import CHECKPOINTS_DIR, OnEpoch, TrainHooks
+from pipeline.train.hooks import CHECKPOINTS_DIR, EVAL_BATCH, OnEpoch, TrainHooks
 from pipeline.train.loop import per_rank_batch, read_summary, train_worker
 
 log = get_logger(__name__)
-
-EVAL_BATCH = 64
-
 
 # thread cap for the training workers and read tasks of a Ray this job starts (a driver value wins)
 WORKER_ENV_DEFAULTS = {"OMP_NUM_THREADS": "1"}

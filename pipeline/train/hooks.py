@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 CHECKPOINTS_DIR = "_checkpoints"  # under --out: per-epoch training states (Ray Train's storage)
+EVAL_BATCH = 64  # images per batch of `eval_batches`, whichever runner
 
 # a runner's progress callback (driver side): `on_epoch(done)` as each epoch starts, once more at the end
 OnEpoch = Callable[[int], None]

@@ -13,7 +13,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import DecodeSpec, DecodeStage, TrainPlan, iter_local, train_spec
-from pipeline.train.hooks import CHECKPOINTS_DIR, OnEpoch, TrainHooks
+from pipeline.train.hooks import CHECKPOINTS_DIR, EVAL_BATCH, OnEpoch, TrainHooks
 from pipeline.train.loop import train_worker
 
 
@@ -42,7 +42,7 @@ class LocalHooks(TrainHooks):
 
     def eval_batches(self, split: str) -> Iterable[dict[str, np.ndarray]]:
         table = self.plan.val if split == "val" else self.plan.train
-        return iter_local(table, self.plain_stage, batch_size=64)
+        return iter_local(table, self.plain_stage, batch_size=EVAL_BATCH)
 
     def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:
         if state_dir is not None:

@@ -220,21 +220,22 @@ def _inmemory_worker(config: dict[str, Any]) -> None:
     import torch
     import torch.nn.functional as F
 
+    from pipeline.data.sources import load_labelled
     from pipeline.models import DetectorConfig, create_detector
     from pipeline.models.preprocess import prepare_image, to_model_input
     from pipeline.train.config import TrainConfig
-    from pipeline.train.data import load_records, stratified_split
+    from pipeline.train.data import stratified_split
 
     cfg = TrainConfig.parse({**BENCH_CFG, "data": config["data"], "out": "unused"})
     torch.set_num_threads(cfg.torch_threads)
     det_cfg = DetectorConfig.load(cfg.config)
-    records = load_records(cfg.data)
+    records = load_labelled(cfg.data)
     gens = sorted({r.generator for r in records if r.label == 1})
     det_cfg = det_cfg.model_copy(update={"generators": gens})
     strata = [r.generator if r.label == 1 else "real" for r in records]
     tr, va = stratified_split(strata, cfg.val_fraction, cfg.seed)
-    train_images = [records[i].source.load() for i in tr]  # every image decoded and held
-    val_images = [records[i].source.load() for i in va]
+    train_images = [records[i].load() for i in tr]  # every image decoded and held
+    val_images = [records[i].load() for i in va]
     labels = np.array([records[i].label for i in tr], dtype=np.int64)
     classes = np.array([1 + gens.index(records[i].generator) if records[i].label else 0 for i in tr])
 

@@ -298,7 +298,6 @@ def feed_rates(data: Path, configs: list[str], tasks: list[int], max_images: int
     from pipeline.engine.train_data import stream_dataset
     from pipeline.models import DetectorConfig
     from pipeline.train.config import TrainConfig
-    from pipeline.train.data import patch_size
     from pipeline.train.feed import make_plan, train_spec
 
     rows = []
@@ -319,7 +318,7 @@ def feed_rates(data: Path, configs: list[str], tasks: list[int], max_images: int
             det_cfg = DetectorConfig.load(config)
             plan = make_plan(cfg)
             ref = ray.put(plan.train)
-            spec = train_spec(cfg, det_cfg, patch_size(det_cfg))
+            spec = train_spec(cfg, det_cfg)
             for k in tasks:
                 ds = stream_dataset(
                     ref, min(plan.n_train, max_images), spec, epoch=0, chunk_rows=cfg.read_chunk, read_tasks=k

@@ -63,12 +63,11 @@ WORKER_ENV_DEFAULTS = {"OMP_NUM_THREADS": "1"}
 # ---- datasets (the read side: pipeline.engine.train_data) -------------------------------------------------
 def build_datasets(cfg: TrainConfig, plan: TrainPlan, clock: Any) -> dict[str, ray.data.Dataset]:
     from pipeline.models import DetectorConfig
-    from pipeline.train.data import patch_size
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # structured logs instead
     det_cfg = DetectorConfig.load(cfg.config).model_copy(update={"generators": plan.generators})
     train_ref, val_ref = ray.put(plan.train), ray.put(plan.val)
-    aug = train_spec(cfg, det_cfg, patch_size(det_cfg))
+    aug = train_spec(cfg, det_cfg)
     plain = DecodeSpec(det_cfg=det_cfg, seed=cfg.seed)
     opts = {"chunk_rows": cfg.read_chunk, "read_tasks": cfg.read_tasks}
     datasets = {

@@ -22,11 +22,10 @@ class LocalHooks(TrainHooks):
 
     def __init__(self, cfg: TrainConfig, plan: TrainPlan, *, resume: bool, on_epoch: OnEpoch) -> None:
         from pipeline.models import DetectorConfig
-        from pipeline.train.data import patch_size
 
         self.cfg, self.plan, self.resume, self.on_epoch = cfg, plan, resume, on_epoch
         det_cfg = DetectorConfig.load(cfg.config).model_copy(update={"generators": plan.generators})
-        self.train_stage = DecodeStage(train_spec(cfg, det_cfg, patch_size(det_cfg)))
+        self.train_stage = DecodeStage(train_spec(cfg, det_cfg))
         self.plain_stage = DecodeStage(DecodeSpec(det_cfg=det_cfg))
         self.root = storage.join(cfg.out, CHECKPOINTS_DIR, "local")
 

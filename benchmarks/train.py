@@ -218,20 +218,21 @@ def _run_timed(cmd: list[str], n: int, record: Path) -> dict[str, Any]:
 def inmemory_data(data: str) -> dict[str, Any]:
     """The baseline's data: every labelled image decoded, split, prepared and held as normalised float
     tensors (train and validation), with the training labels, generator classes and the config used."""
+    from pipeline.data.sources import load_labelled
     from pipeline.models import DetectorConfig
     from pipeline.models.preprocess import prepare_image, to_model_input
     from pipeline.train.config import TrainConfig
-    from pipeline.train.data import load_records, stratified_split
+    from pipeline.train.data import stratified_split
 
     cfg = TrainConfig.parse({**BENCH_CFG, "data": data, "out": "unused"})
     det_cfg = DetectorConfig.load(cfg.config)
-    records = load_records(cfg.data)
+    records = load_labelled(cfg.data)
     gens = sorted({r.generator for r in records if r.label == 1})
     det_cfg = det_cfg.model_copy(update={"generators": gens})
     strata = [r.generator if r.label == 1 else "real" for r in records]
     tr, va = stratified_split(strata, cfg.val_fraction, cfg.seed)
-    train_images = [records[i].source.load() for i in tr]  # every image decoded and held
-    val_images = [records[i].source.load() for i in va]
+    train_images = [records[i].load() for i in tr]  # every image decoded and held
+    val_images = [records[i].load() for i in va]
 
     def prepared(images: list[Any]) -> Any:
         return to_model_input(np.stack([prepare_image(im, det_cfg) for im in images]), det_cfg)
@@ -312,7 +313,6 @@ def feed_rates(data: Path, configs: list[str], tasks: list[int], max_images: int
     from pipeline.engine.train_data import stream_dataset
     from pipeline.models import DetectorConfig
     from pipeline.train.config import TrainConfig
-    from pipeline.train.data import patch_size
     from pipeline.train.feed import make_plan, train_spec
 
     rows = []
@@ -333,7 +333,7 @@ def feed_rates(data: Path, configs: list[str], tasks: list[int], max_images: int
             det_cfg = DetectorConfig.load(config)
             plan = make_plan(cfg)
             ref = ray.put(plan.train)
-            spec = train_spec(cfg, det_cfg, patch_size(det_cfg))
+            spec = train_spec(cfg, det_cfg)
             for k in tasks:
                 ds = stream_dataset(
                     ref, min(plan.n_train, max_images), spec, epoch=0, chunk_rows=cfg.read_chunk, read_tasks=k

@@ -12,11 +12,11 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipeline.cli.evaluate import main as evaluate_main
+from pipeline.data.sources import LabelledImage
 from pipeline.data.synthetic import DemoConfig, generate
 from pipeline.eval.evaluate import group_records
 from pipeline.models import DetectorMeta, Predictor, create_detector, load_detector, save_detector
 from pipeline.models.preprocess import prepare_image
-from pipeline.train.data import LabelledRecord
 
 N = 6  # per class and family
 
@@ -42,8 +42,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "univfd": root / "univfd", "wds": root / "wds", "ckpt": root / "ckpt"}
 
 
-def _rec(label: int, gen: str, group: str | None) -> LabelledRecord:
-    return LabelledRecord(label=label, generator=gen, group=group)
+def _rec(label: int, gen: str, group: str | None) -> LabelledImage:
+    """A listed image: a fake of `gen`, or a real of folder `group` (None: a shard's real, no folder)."""
+    source = "wds" if group is None else "univfd"
+    generator = gen if label == 1 else group or "real"
+    return LabelledImage(uri=f"{source}/{generator}/{label}", label=label, generator=generator, source=source)
 
 
 def test_grouping_follows_univfd_protocol() -> None:

@@ -54,7 +54,7 @@ def test_decode_stage_counts_unreadable_images_and_seeds_augmentation_per_sample
     cfg = _cfg(corpus, augment=True, augment_blur_prob=0.5, augment_jpeg_prob=0.5)
     det_cfg = DetectorConfig.load("tiny-mole")
     plan = make_plan(cfg)
-    stage = DecodeStage(train_spec(cfg, det_cfg, 16))
+    stage = DecodeStage(train_spec(cfg, det_cfg))
     n = plan.n_train
     rows = listing_chunk(plan.train, np.array([0]), chunk_rows=n, seed=cfg.seed, epoch=0)
     out = stage(rows)

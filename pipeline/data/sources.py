@@ -64,6 +64,11 @@ class LabelledImage:
         return "real" if self.label == 0 else self.generator
 
     @property
+    def group(self) -> str | None:
+        """The generator folder an evaluation scores the image in (None for shards: no folder)."""
+        return None if self.source == "wds" else self.generator
+
+    @property
     def name(self) -> str:
         """A stable, unique-per-source identifier (file URI, or shard URI + '#' + key)."""
         if self.member is None:

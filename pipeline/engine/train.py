@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -53,13 +51,10 @@ from pipeline.engine.train_data import EpochClock, stream_dataset
 from pipeline.logs import get_logger
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import DecodeSpec, TrainPlan, train_spec
-from pipeline.train.hooks import CHECKPOINTS_DIR, OnEpoch, TrainHooks
+from pipeline.train.hooks import CHECKPOINTS_DIR, EVAL_BATCH, OnEpoch, TrainHooks
 from pipeline.train.loop import per_rank_batch, read_summary, train_worker
 
 log = get_logger(__name__)
-
-EVAL_BATCH = 64
-
 
 # thread cap for the training workers and read tasks of a Ray this job starts (a driver value wins)
 WORKER_ENV_DEFAULTS = {"OMP_NUM_THREADS": "1"}
@@ -68,12 +63,11 @@ WORKER_ENV_DEFAULTS = {"OMP_NUM_THREADS": "1"}
 # ---- datasets (the read side: pipeline.engine.train_data) -------------------------------------------------
 def build_datasets(cfg: TrainConfig, plan: TrainPlan, clock: Any) -> dict[str, ray.data.Dataset]:
     from pipeline.models import DetectorConfig
-    from pipeline.train.data import patch_size
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # structured logs instead
     det_cfg = DetectorConfig.load(cfg.config).model_copy(update={"generators": plan.generators})
     train_ref, val_ref = ray.put(plan.train), ray.put(plan.val)
-    aug = train_spec(cfg, det_cfg, patch_size(det_cfg))
+    aug = train_spec(cfg, det_cfg)
     plain = DecodeSpec(det_cfg=det_cfg, seed=cfg.seed)
     opts = {"chunk_rows": cfg.read_chunk, "read_tasks": cfg.read_tasks}
     datasets = {
@@ -95,7 +89,6 @@ class RayTrainHooks(TrainHooks):
         self.cfg, self.clock = cfg, clock
         self.world_rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
-        self._tmp: Path | None = None
         log.info("train_worker_start", rank=self.world_rank, world=self.world_size, pid=os.getpid())
 
     def device(self) -> torch.device:
@@ -134,29 +127,20 @@ class RayTrainHooks(TrainHooks):
         torch.distributed.all_reduce(t)
         return t.cpu().tolist()
 
-    def latest_state(self) -> Path | None:
+    def latest_state(self, into: Path) -> Path | None:
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
-        self._tmp = Path(tempfile.mkdtemp(prefix="genscan-resume-"))
-        return Path(ckpt.to_directory(str(self._tmp)))
+        return Path(ckpt.to_directory(str(into)))
 
     def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:
         clean = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
         ray.train.report(clean, checkpoint=Checkpoint.from_directory(str(state_dir)) if state_dir else None)
 
-    def close(self) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-
 
 def _ray_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.parse(config["cfg"], source="train config")
-    hooks = RayTrainHooks(cfg, config["clock"])
-    try:
-        train_worker(cfg, config["plan"], hooks)
-    finally:
-        hooks.close()
+    train_worker(cfg, config["plan"], RayTrainHooks(cfg, config["clock"]))
 
 
 # ---- driver side -------------------------------------------------------------------------------------------

@@ -21,12 +21,12 @@ import numpy as np
 from pydantic import Field
 
 from pipeline import storage
+from pipeline.data.sources import LabelledImage, load_labelled
 from pipeline.eval.markdown import render_markdown
 from pipeline.logs import get_logger
 from pipeline.metrics import closed_set_accuracy, detection_metrics, mean_row, open_set_auroc
 from pipeline.settings import StrictModel
 from pipeline.train.calibrate import max_generator_prob
-from pipeline.train.data import LabelledRecord, load_records
 from pipeline.train.feed import SkipCounter, listing_table, predict_table
 
 log = get_logger(__name__)
@@ -51,7 +51,7 @@ class EvalConfig(StrictModel):
     device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1)")
 
 
-def group_records(records: Sequence[LabelledRecord]) -> dict[str, list[int]]:
+def group_records(records: Sequence[LabelledImage]) -> dict[str, list[int]]:
     """generator name -> indices of the records it is scored on (its fakes + the matching reals)."""
     fakes: dict[str, list[int]] = defaultdict(list)
     reals_by_group: dict[str, list[int]] = defaultdict(list)
@@ -71,13 +71,13 @@ def group_records(records: Sequence[LabelledRecord]) -> dict[str, list[int]]:
     return groups
 
 
-def _cap(records: list[LabelledRecord], per_class: int | None) -> list[LabelledRecord]:
+def _cap(records: list[LabelledImage], per_class: int | None) -> list[LabelledImage]:
     if per_class is None:
         return records
     seen: dict[tuple[str, int], int] = defaultdict(int)
     out = []
     for r in records:
-        key = (r.group or r.generator, r.label)
+        key = (r.group or r.attribution, r.label)
         if seen[key] < per_class:
             seen[key] += 1
             out.append(r)
@@ -99,7 +99,7 @@ def _predict(
 
 
 def _detection_table(
-    records: Sequence[LabelledRecord], groups: dict[str, list[int]], p_fake: np.ndarray, threshold: float
+    records: Sequence[LabelledImage], groups: dict[str, list[int]], p_fake: np.ndarray, threshold: float
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     labels = np.array([r.label for r in records])
     per = {g: detection_metrics(labels[idx], p_fake[idx], threshold) for g, idx in groups.items() if idx}
@@ -112,12 +112,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     det, meta = load_detector(cfg.detector)
     predictor = Predictor(det, meta, device=cfg.device, dtype="float32")
-    records = _cap(load_records(cfg.data), cfg.max_per_class)
+    records = _cap(load_labelled(cfg.data), cfg.max_per_class)
     if not records:
         raise ValueError(f"no labelled images found in {cfg.data}")
     threshold = float(meta.threshold)
     log.info("eval_start", detector=meta.detector_id, n_images=len(records))
-    table = listing_table([r.source for r in records])
+    table = listing_table(records)
     skips = SkipCounter()
     clean = _predict(predictor, table, cfg.batch_size, skips)
     readable = np.flatnonzero(np.isfinite(clean["p_fake"]))
@@ -180,7 +180,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def _attribution(
-    records: Sequence[LabelledRecord], gen_scores: np.ndarray, meta: Any, train_generators: list[str] | None
+    records: Sequence[LabelledImage], gen_scores: np.ndarray, meta: Any, train_generators: list[str] | None
 ) -> dict[str, Any] | None:
     labels = list(meta.generators)
     if not labels:

@@ -122,19 +122,19 @@ def calibrate_checkpoint(cfg: CalibrateConfig) -> dict[str, Any]:
     from pathlib import Path
 
     from pipeline import storage
+    from pipeline.data.sources import load_labelled
     from pipeline.models import Predictor, load_detector, save_detector
-    from pipeline.train.data import load_records
     from pipeline.train.feed import SkipCounter, listing_table, predict_table
 
     det, meta = load_detector(cfg.detector)
     known = set(meta.generators)
-    records = [r for r in load_records(cfg.data) if r.label == 0 or not known or r.generator in known]
+    records = [r for r in load_labelled(cfg.data) if r.label == 0 or not known or r.generator in known]
     if not any(r.label == 0 for r in records):
         raise ValueError(f"{cfg.data} holds no real images: the FPR threshold needs held-out reals")
     predictor = Predictor(det, meta, device="cpu", dtype="float32")
     skips = SkipCounter()
     # streamed: one batch of images in memory at a time; unreadable images are counted and left out
-    table = listing_table([r.source for r in records])
+    table = listing_table(records)
     pred = predict_table(predictor, table, batch_size=cfg.batch_size, skips=skips)
     labels = np.array([records[i].label for i in pred["row"]])
     if not np.any(labels == 0):

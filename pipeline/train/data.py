@@ -1,13 +1,10 @@
-"""Labelled sources for training and evaluation: records, the stratified split rule, the class checks.
-
-`load_records` lists a labelled source through `pipeline.data.sources.load_labelled` (UnivFD folders or
-WebDataset shards, local or s3://) without reading an image. Images are streamed by `pipeline.train.feed` (the
-train/validation plan, the read/decode/augment stages); nothing here holds a data set in memory.
+"""Rules over a training run's labelled source (listed by `pipeline.data.sources.load_labelled`): the
+stratified split, the backbone's patch size, the class checks. Images are streamed by `pipeline.train.feed`
+(the train/validation plan, the read/decode/augment stages); nothing here holds a data set in memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,32 +12,6 @@ import numpy as np
 from pipeline.models.config import arch_config
 from pipeline.settings import ConfigError
 from pipeline.train.config import TrainConfig
-
-
-@dataclass
-class LabelledRecord:
-    label: int  # 0 real, 1 fake
-    generator: str  # "real" or the generator / family name
-    group: str | None  # UnivFD folder the image came from (None for WebDataset samples)
-    source: Any = None  # the pipeline.data.sources.LabelledImage it came from (read with `source.load()`)
-
-
-def load_records(uri: str) -> list[LabelledRecord]:
-    """Every labelled image of `uri` (via `pipeline.data.sources.load_labelled`: UnivFD / GenImage folders or
-    WebDataset shards, local or s3://), listed, not read. `generator` is the attribution class ("real" or the
-    generator); `group` the source's generator folder (None for shards). Missing or empty sources raise
-    FileNotFoundError, bad layouts ConfigError (both name the URI)."""
-    from pipeline.data.sources import load_labelled
-
-    return [
-        LabelledRecord(
-            label=int(it.label),
-            generator=it.attribution,
-            group=None if it.source == "wds" else it.generator,
-            source=it,
-        )
-        for it in load_labelled(uri)
-    ]
 
 
 def stratified_split(strata: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

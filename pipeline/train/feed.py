@@ -207,8 +207,11 @@ class DecodeSpec:
     perturb: tuple[str, float] | None = None  # evaluation robustness transform before preprocessing
 
 
-def train_spec(cfg: Any, det_cfg: Any, patch_size: int) -> DecodeSpec:
-    """The training stage of a TrainConfig: UnivFD augmentation with its parameters when `cfg.augment`."""
+def train_spec(cfg: Any, det_cfg: Any) -> DecodeSpec:
+    """The training stage of a TrainConfig: UnivFD augmentation with its parameters when `cfg.augment`, crop
+    offsets on the grid of the backbone's patches."""
+    from pipeline.train.data import patch_size
+
     aug = None
     if cfg.augment:
         aug = {
@@ -218,7 +221,7 @@ def train_spec(cfg: Any, det_cfg: Any, patch_size: int) -> DecodeSpec:
             "jpeg_prob": cfg.augment_jpeg_prob,
         }
     return DecodeSpec(
-        det_cfg=det_cfg, augment=aug, crop_grid=cfg.crop_grid, patch_size=patch_size, seed=cfg.seed
+        det_cfg=det_cfg, augment=aug, crop_grid=cfg.crop_grid, patch_size=patch_size(det_cfg), seed=cfg.seed
     )
 
 

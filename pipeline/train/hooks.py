@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 CHECKPOINTS_DIR = "_checkpoints"  # under --out: per-epoch training states (Ray Train's storage)
+EVAL_BATCH = 64  # images per batch of `eval_batches`, whichever runner
 
 # a runner's progress callback (driver side): `on_epoch(done)` as each epoch starts, once more at the end
 OnEpoch = Callable[[int], None]
@@ -46,8 +47,9 @@ class TrainHooks:
     def all_sum(self, values: list[float]) -> list[float]:
         return values
 
-    def latest_state(self) -> Path | None:
-        """A local directory holding the last epoch's training state to resume from, or None."""
+    def latest_state(self, into: Path) -> Path | None:
+        """The last epoch's training state to resume from, fetched into the local directory `into` (the loop
+        deletes it once read): the directory holding it, or None."""
         return None
 
     def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:

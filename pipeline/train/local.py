@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.train.config import TrainConfig
 from pipeline.train.feed import DecodeSpec, DecodeStage, TrainPlan, iter_local, train_spec
-from pipeline.train.hooks import CHECKPOINTS_DIR, OnEpoch, TrainHooks
+from pipeline.train.hooks import CHECKPOINTS_DIR, EVAL_BATCH, OnEpoch, TrainHooks
 from pipeline.train.loop import train_worker
 
 
@@ -24,14 +22,12 @@ class LocalHooks(TrainHooks):
 
     def __init__(self, cfg: TrainConfig, plan: TrainPlan, *, resume: bool, on_epoch: OnEpoch) -> None:
         from pipeline.models import DetectorConfig
-        from pipeline.train.data import patch_size
 
         self.cfg, self.plan, self.resume, self.on_epoch = cfg, plan, resume, on_epoch
         det_cfg = DetectorConfig.load(cfg.config).model_copy(update={"generators": plan.generators})
-        self.train_stage = DecodeStage(train_spec(cfg, det_cfg, patch_size(det_cfg)))
+        self.train_stage = DecodeStage(train_spec(cfg, det_cfg))
         self.plain_stage = DecodeStage(DecodeSpec(det_cfg=det_cfg))
         self.root = storage.join(cfg.out, CHECKPOINTS_DIR, "local")
-        self._tmp: Path | None = None
 
     def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]:
         self.on_epoch(epoch)  # `epoch` (0-based) is starting: that many are done
@@ -45,23 +41,22 @@ class LocalHooks(TrainHooks):
 
     def eval_batches(self, split: str) -> Iterable[dict[str, np.ndarray]]:
         table = self.plan.val if split == "val" else self.plan.train
-        return iter_local(table, self.plain_stage, batch_size=64)
+        return iter_local(table, self.plain_stage, batch_size=EVAL_BATCH)
 
     def report(self, metrics: dict[str, Any], state_dir: Path | None = None) -> None:
         if state_dir is not None:
             storage.publish_dir(state_dir, storage.join(self.root, f"epoch_{int(metrics['epoch']):04d}"))
 
-    def latest_state(self) -> Path | None:
+    def latest_state(self, into: Path) -> Path | None:
         if not self.resume:
             return None
         fs, root = storage.filesystem(self.root)
         done = [n for n in storage.list_names(self.root) if fs.exists(f"{root}/{n}/state.json")]
         if not done:
             return None
-        self._tmp = Path(tempfile.mkdtemp(prefix="genscan-resume-"))
         for name in ("state.json", "state.safetensors"):
-            (self._tmp / name).write_bytes(fs.cat_file(f"{root}/{done[-1]}/{name}"))
-        return self._tmp
+            (into / name).write_bytes(fs.cat_file(f"{root}/{done[-1]}/{name}"))
+        return into
 
 
 def train_local(cfg: TrainConfig, *, resume: bool, plan: TrainPlan, on_epoch: OnEpoch) -> dict[str, Any]:
@@ -69,12 +64,7 @@ def train_local(cfg: TrainConfig, *, resume: bool, plan: TrainPlan, on_epoch: On
     same outputs. `on_epoch(done)` is called as each epoch starts and once more when training ends (progress
     line)."""
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.torch_threads))
-    hooks = LocalHooks(cfg, plan, resume=resume, on_epoch=on_epoch)
-    try:
-        summary = train_worker(cfg, plan.meta(), hooks)
-    finally:
-        if hooks._tmp is not None:
-            shutil.rmtree(hooks._tmp, ignore_errors=True)
+    summary = train_worker(cfg, plan.meta(), LocalHooks(cfg, plan, resume=resume, on_epoch=on_epoch))
     assert summary is not None  # rank 0 always returns
     on_epoch(cfg.passes)
     return summary

@@ -80,8 +80,9 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
 
     state: TrainState | None = None
     if cfg.method == "mole":
-        resume_dir = hooks.latest_state()
-        resumed = read_state(resume_dir) if resume_dir is not None else None
+        with tempfile.TemporaryDirectory(prefix="genscan-resume-", ignore_cleanup_errors=True) as tmp:
+            resume_dir = hooks.latest_state(Path(tmp))
+            resumed = read_state(resume_dir) if resume_dir is not None else None
         if resumed is not None and resumed.split != plan["split"]:
             raise ValueError(
                 f"cannot resume: the checkpoint's train/validation split ({resumed.split.get('n_train')} + "

@@ -160,6 +160,36 @@ def test_missing_data_or_checkpoint_fail_clearly(
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "named"),
+    [
+        ("--jpeg", "500", "--jpeg #1: Input should be less than or equal to 100"),
+        ("--blur", "1,-1", "--blur #2: Input should be greater than or equal to 0"),
+        ("--resize", "0", "--resize #1: Input should be greater than 0"),
+        ("--resize", "nan", "--resize #1: Input should be a finite number"),
+        ("--device", "bogus", "--device: Value error, not a torch device: 'bogus'"),
+    ],
+)
+def test_a_bad_sweep_level_or_device_is_the_flags_one_line(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, flag: str, value: str, named: str
+) -> None:
+    """Checked before any image is read: a level the perturbation refuses made every image of its sweep a
+    skip and ended in "scores contain NaN or inf" (or, blur -1, in a silent success); an unknown device was
+    torch's traceback."""
+    argv = [
+        "--data",
+        str(corpus["univfd"]),
+        "--detector",
+        str(corpus["ckpt"]),
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
+    assert evaluate_main([*argv, flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("configuration error: ") and named in err
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_unreadable_image_is_a_counted_skip(corpus: dict[str, Path], tmp_path: Path) -> None:
     """A corrupt file in the test set: evaluation and re-calibration stream on, count it, leave it out."""
     import shutil

@@ -27,8 +27,10 @@ def read_json_object(path: str | Path, *, field: str) -> dict[str, Any]:
         data = json.loads(p.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"{field}: not found: {p}") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{field}: {p} is not valid JSON: {exc}") from exc
+    except OSError as exc:  # a folder, or a file this user may not read
+        raise ConfigError(f"{field}: cannot read {p}: {exc.strerror or exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{field}: {p} must hold a JSON object")
     return data

@@ -32,6 +32,13 @@ def absolute(uri: str) -> str:
     return uri if is_remote(uri) else os.path.abspath(uri.removeprefix("file://"))
 
 
+def within(uri: str, folder: str) -> bool:
+    """`uri` is `folder` or somewhere under it (local paths compared made absolute): an output there would
+    write into what the job reads."""
+    inner, outer = absolute(uri).rstrip("/"), absolute(folder).rstrip("/")
+    return inner == outer or inner.startswith(outer + "/")
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path-within-it) for a URI or local path."""
     return fsspec.core.url_to_fs(uri)

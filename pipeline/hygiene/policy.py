@@ -11,7 +11,7 @@ from pipeline.models.constants import UNKNOWN_LABEL
 from pipeline.output import PROVENANCE_VERDICTS
 from pipeline.runner import ErrorBudgetConfig
 from pipeline.settings import ConfigError, StrictModel
-from pipeline.storage import names_shards
+from pipeline.storage import names_shards, within
 
 Action = Literal["keep", "drop", "quarantine"]
 
@@ -108,8 +108,7 @@ class FilterConfig(ErrorBudgetConfig):
             src = src.rsplit("/", 1)[0] if "/" in src else "."
             same_folder = self.output.rstrip("/") == src
         else:
-            out = self.output.rstrip("/")
-            same_folder = out == src or out.startswith(src + "/")
+            same_folder = within(self.output, src)
         if same_folder:
             raise ValueError(
                 "output must not be the input folder or inside it (cleaned shards would overwrite or "

@@ -47,6 +47,14 @@ class JobParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
+def positive_int(text: str) -> int:
+    """`type=` of a plain (not model-generated) flag that counts something: 1 or more."""
+    value = int(text)  # argparse reports a ValueError as "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def _truth(text: str) -> bool:
     low = text.lower()
     if low in ("true", "1", "yes", "on"):

@@ -168,6 +168,7 @@ def test_missing_data_or_checkpoint_fail_clearly(
         ("--resize", "0", "--resize #1: Input should be greater than 0"),
         ("--resize", "nan", "--resize #1: Input should be a finite number"),
         ("--device", "bogus", "--device: Value error, not a torch device: 'bogus'"),
+        ("--markdown", "{tmp}", "--markdown: Value error, {tmp} is a folder; name the file to write"),
     ],
 )
 def test_a_bad_sweep_level_or_device_is_the_flags_one_line(
@@ -184,6 +185,7 @@ def test_a_bad_sweep_level_or_device_is_the_flags_one_line(
         "--json",
         str(tmp_path / "r.json"),
     ]
+    value, named = value.format(tmp=tmp_path), named.format(tmp=tmp_path)  # a folder where a file goes
     assert evaluate_main([*argv, flag, value]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("configuration error: ") and named in err

@@ -56,6 +56,14 @@ class EvalConfig(StrictModel):
     max_per_class: int | None = Field(None, ge=1, description="cap per generator and class (UnivFD: 1000)")
     device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1)")
 
+    @field_validator("json_out", "markdown")
+    @classmethod
+    def _a_file_not_a_folder(cls, value: str | None) -> str | None:
+        """The report files are written whole at the end: a folder there would fail only after the work."""
+        if value and not storage.is_remote(value) and Path(value).is_dir():
+            raise ValueError(f"{value} is a folder; name the file to write")
+        return value
+
     @field_validator("device")
     @classmethod
     def _usable_device(cls, value: str) -> str:

@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 import sys
 
-from pipeline.cli.entry import job_main
-from pipeline.cli.flags import JobParser, positive_int
+from pipeline.exitcodes import OperatorError, one_line
 from pipeline.logs import RunLog
 from pipeline.models.config import DetectorConfig, list_configs
+from pipeline.settings import JobParser, positive_int
 
 
-@job_main("models")
 def main(argv: list[str] | None = None) -> int:
+    """An operator error is ONE stderr line and its exit code, as in every job (pipeline.cli.entry.job_main,
+    a layer above the models)."""
+    try:
+        return _main(argv)
+    except OperatorError as exc:
+        print(one_line(exc, "models"), file=sys.stderr)
+        return int(exc.exit_code)
+
+
+def _main(argv: list[str] | None) -> int:
     # JobParser: a usage mistake (no or unknown subcommand, a bad --batch) is the one configuration-error line
     ap = JobParser(prog="python -m pipeline.models", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)

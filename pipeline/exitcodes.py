@@ -42,11 +42,12 @@ JOB_CODES: dict[str, tuple[ExitCode, ...]] = {
     "report": (ExitCode.OK, ExitCode.CONFIG, *_STORAGE),
     "rescore": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, *_STORAGE),
     # the training side: 3 = stored features missing (train --features-from) / a weights file refused (import)
-    "train_detector": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, ExitCode.NOT_FOUND),
+    "train_detector": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, *_STORAGE),
     "import_detector": (ExitCode.OK, ExitCode.CONFIG, ExitCode.NOT_FOUND),
-    "calibrate": (ExitCode.OK, ExitCode.CONFIG),
-    "evaluate": (ExitCode.OK, ExitCode.CONFIG),
-    "make_demo_data": (ExitCode.OK, ExitCode.CONFIG),
+    # storage preflight (s3:// inputs, every output): 3 = an output that cannot be a folder, 5-7 the store
+    "calibrate": (ExitCode.OK, ExitCode.CONFIG, *_STORAGE),
+    "evaluate": (ExitCode.OK, ExitCode.CONFIG, *_STORAGE),
+    "make_demo_data": (ExitCode.OK, ExitCode.CONFIG, *_STORAGE),
 }
 
 

@@ -320,9 +320,14 @@ def check_writable(loc: Location) -> None:
         raise _fail(exc, loc, step, "write and delete objects in") from exc
 
 
-def check_storage(reads: Iterable[Location] = (), writes: Iterable[Location] = ()) -> None:
-    """Every read location first (in order), then every write location; the first failure raises."""
+def check_storage(
+    reads: Iterable[Location] = (), writes: Iterable[Location] = (), *, local_reads: bool = True
+) -> None:
+    """Every read location first (in order), then every write location; the first failure raises.
+    `local_reads=False`: only the s3:// reads are probed; the job's own reader names a missing local input by
+    its flag (the training side's "configuration error: data source not found: …", exit 2)."""
     for loc in reads:
-        check_readable(loc)
+        if local_reads or storage.is_remote(loc.uri):
+            check_readable(loc)
     for loc in writes:
         check_writable(loc)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -27,8 +29,10 @@ def read_json_object(path: str | Path, *, field: str) -> dict[str, Any]:
         data = json.loads(p.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"{field}: not found: {p}") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{field}: {p} is not valid JSON: {exc}") from exc
+    except OSError as exc:  # a folder, or a file this user may not read
+        raise ConfigError(f"{field}: cannot read {p}: {exc.strerror or exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{field}: {p} must hold a JSON object")
     return data
@@ -78,3 +82,26 @@ class StrictModel(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+class JobParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake (unknown flag, bad number, value not among the choices) raised as a
+    ConfigError: ONE line and exit code 2 through `pipeline.cli.entry.job_main`, like every other
+    configuration error."""
+
+    def __init__(self, *args: Any, log_flag: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        if log_flag:  # the jobs whose JSON logs stay off the console (pipeline.cli.entry.job_main quiet=True)
+            self.add_argument("--verbose", action="store_true", help="also show the JSON log lines on stderr")
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    """`type=` of a plain (not model-generated) flag that counts something: 1 or more."""
+    value = int(text)  # argparse reports a ValueError as "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value

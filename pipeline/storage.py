@@ -32,6 +32,24 @@ def absolute(uri: str) -> str:
     return uri if is_remote(uri) else os.path.abspath(uri.removeprefix("file://"))
 
 
+def within(uri: str, folder: str) -> bool:
+    """`uri` is `folder` or somewhere under it (local paths compared made absolute): an output there would
+    write into what the job reads."""
+    inner, outer = absolute(uri).rstrip("/"), absolute(folder).rstrip("/")
+    return inner == outer or inner.startswith(outer + "/")
+
+
+def writes_into_sources(output: str, source: str) -> bool:
+    """An output that is the shard source's folder or (a folder source) inside it: what a job writes there
+    would sit among, overwrite or be listed with the shards it reads. A brace pattern or one shard: its
+    folder holds the sources."""
+    src = source.rstrip("/")
+    if names_shards(src):
+        src = src.rsplit("/", 1)[0] if "/" in src else "."
+        return absolute(output).rstrip("/") == absolute(src).rstrip("/")
+    return within(output, src)
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path-within-it) for a URI or local path."""
     return fsspec.core.url_to_fs(uri)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -166,6 +167,30 @@ def test_cli_contract(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2 and "families" in bad.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_storage_line(tmp_path: Path) -> None:
+    """The storage preflight (README "Exit codes"): a file where the output folder goes is 3, an s3:// output
+    behind an endpoint nobody answers is 7; both were a traceback (NotADirectoryError /
+    EndpointConnectionError) with exit 1, and nothing is written."""
+    from tests.support.s3 import free_port
+
+    cli = [sys.executable, str(ROOT / "jobs" / "make_demo_data.py"), "--n-per-class", "1", "--out"]
+    (tmp_path / "a-file").write_text("x")
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens: refused
+    }
+    for out, code, says in [
+        (str(tmp_path / "a-file"), 3, "output not usable: " + str(tmp_path / "a-file")),
+        ("s3://bkt/demo", 7, "output unreachable (cannot connect): s3://bkt/demo"),
+    ]:
+        done = subprocess.run([*cli, out], capture_output=True, text=True, env=env)
+        assert done.returncode == code, done.stderr
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("storage error: " + says), done.stderr
+    assert (tmp_path / "a-file").read_text() == "x" and sorted(tmp_path.iterdir()) == [tmp_path / "a-file"]
 
 
 def test_generation_speed(tmp_path: Path) -> None:

@@ -163,6 +163,73 @@ def test_missing_data_or_checkpoint_fail_clearly(
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "named"),
+    [
+        ("--jpeg", "500", "--jpeg #1: Input should be less than or equal to 100"),
+        ("--blur", "1,-1", "--blur #2: Input should be greater than or equal to 0"),
+        ("--resize", "0", "--resize #1: Input should be greater than 0"),
+        ("--resize", "nan", "--resize #1: Input should be a finite number"),
+        ("--device", "bogus", "--device: Value error, not a torch device: 'bogus'"),
+        ("--markdown", "{tmp}", "--markdown: Value error, {tmp} is a folder; name the file to write"),
+    ],
+)
+def test_a_bad_sweep_level_or_device_is_the_flags_one_line(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, flag: str, value: str, named: str
+) -> None:
+    """Checked before any image is read: a level the perturbation refuses made every image of its sweep a
+    skip and ended in "scores contain NaN or inf" (or, blur -1, in a silent success); an unknown device was
+    torch's traceback."""
+    argv = [
+        "--data",
+        str(corpus["univfd"]),
+        "--detector",
+        str(corpus["ckpt"]),
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
+    value, named = value.format(tmp=tmp_path), named.format(tmp=tmp_path)  # a folder where a file goes
+    assert evaluate_main([*argv, flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("configuration error: ") and named in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_outputs_and_s3_inputs_are_checked_before_any_work(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage preflight of calibrate and evaluate (README "Exit codes"): a file where an output folder
+    goes is 3, an s3:// input behind an endpoint nobody answers 7, one line each; they were tracebacks
+    (FileExistsError, EndpointConnectionError) with exit 1. A missing LOCAL input keeps its configuration
+    error (2, test_missing_data_or_checkpoint_fail_clearly)."""
+    from pipeline.cli.calibrate import main as calibrate_main
+    from tests.support.s3 import free_port
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens: refused
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    data, ckpt = str(corpus["univfd"]), str(corpus["ckpt"])
+    report = ["--json", str(tmp_path / "r.json")]
+    cases = [
+        (calibrate_main, ["--detector", ckpt, "--data", data, "--out", str(blocker)], 3, "output not usable"),
+        (calibrate_main, ["--detector", ckpt, "--data", "s3://bkt/held-out"], 7, "data unreachable"),
+        (
+            evaluate_main,
+            ["--detector", ckpt, "--data", data, *report, "--plots", str(blocker)],
+            3,
+            "plots not",
+        ),
+        (evaluate_main, ["--detector", "s3://bkt/ckpt", "--data", data, *report], 7, "detector unreachable"),
+    ]
+    for main, argv, code, says in cases:
+        assert main(argv) == code, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"storage error: {says}"), err
+    assert blocker.read_text() == "x" and sorted(tmp_path.iterdir()) == [blocker]
+
+
 def test_unreadable_image_is_a_counted_skip(corpus: dict[str, Path], tmp_path: Path) -> None:
     """A corrupt file in the test set: evaluation and re-calibration stream on, count it, leave it out."""
     import shutil

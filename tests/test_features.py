@@ -461,6 +461,18 @@ def test_rescore_output_is_read_by_the_filter_and_the_report(world, tmp_path, ca
     assert plan["totals"]["samples"] == 23 and plan["skipped_shards"] == []
 
 
+def test_rescore_into_its_own_scan_is_a_config_error(tmp_path, capsys) -> None:
+    """Checked before anything is read: into the scan itself with --resume, the scan's own markers were taken
+    for finished re-score shards and the run "succeeded" re-scoring nothing (exit 0)."""
+    scan = tmp_path / "scan"
+    for output in (scan, scan / "rescore"):
+        argv = ["--scan", str(scan), "--detector", str(tmp_path / "det"), "--output", str(output), "--resume"]
+        assert rescore_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "output must not be the scan folder or inside it" in err, err
+    assert not scan.exists()
+
+
 def test_resume_with_other_features_is_refused(world, tmp_path) -> None:
     out = str(tmp_path / "scan")
     feature_scan(world["corpus"], out, world["lin"], features="pre_proj", scan_date=DAY)

@@ -271,6 +271,34 @@ def test_bad_policy_file_names_the_unknown_field(scanned, tmp_path, capsys) -> N
     assert rc == 2 and "exclusive" in err
 
 
+def test_a_policy_file_that_cannot_be_read_is_one_config_line(scanned, tmp_path, capsys) -> None:
+    """A folder or a binary file given as --policy (read by settings.read_json_object, as every config file
+    is) was IsADirectoryError / UnicodeDecodeError's traceback with exit 1."""
+    corpus, scan = scanned
+    binary = tmp_path / "policy.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xf1\xff")
+    target = tmp_path / "never"
+    for policy, says in [(tmp_path, "cannot read"), (binary, "is not valid JSON")]:
+        rc, err = run_main(capsys, *cli_args(scan, corpus.root, target, "--policy", str(policy)))
+        assert rc == 2 and err.count("\n") == 1, err
+        assert err.startswith("configuration error: config file: ") and str(policy) in err and says in err
+    assert not target.exists()
+
+
+def test_an_input_without_shards_is_refused_in_one_line(scanned, tmp_path, capsys) -> None:
+    """A folder with no .tar under it (e.g. a UnivFD image folder) was storage.list_shards' FileNotFoundError
+    traceback with exit 1; it is the plan's refusal (3), nothing written."""
+    corpus, scan = scanned
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"not a shard")
+    target = tmp_path / "out"
+    rc, err = run_main(capsys, *cli_args(scan, images, target))
+    refusal = [line for line in err.splitlines() if not line.startswith("filter: ")]  # status lines aside
+    assert rc == 3 and refusal == [f"refused: input: no .tar shards under {images}"], err
+    assert not target.exists()
+
+
 def _copy_scan(scan: str, dest: Path) -> Path:
     shutil.copytree(scan, dest)
     return dest

@@ -233,6 +233,28 @@ def _cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ([], "the following arguments are required: cmd"),
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["check-fused", "tiny-mole", "--batch", "0"], "argument --batch: expected an integer >= 1, got '0'"),
+        (["check-fused", "tiny-mole", "--top-k", "-1"], "argument --top-k: expected an integer >= 1"),
+        (["check-fused", "tiny-linear"], "tiny-linear: check-fused needs a MoLE config"),
+    ],
+)
+def test_cli_usage_mistakes_are_one_config_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    """argparse's usage + error (two lines), a reshape traceback (--batch 0) and a ValueError traceback (a
+    non-MoLE config) were what `python -m pipeline.models` printed for these."""
+    from pipeline.models.__main__ import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("configuration error: ") and says in err, err
+
+
 @pytest.mark.slow
 def test_cli_list_describe_check_fused(capsys: pytest.CaptureFixture[str]) -> None:
     # `python -m pipeline.models` as a user runs it: the subcommands that load no torch, and the exit code of

@@ -159,6 +159,21 @@ def test_report_days_differ_and_missing_scan_fails(scan, tmp_path, capsys) -> No
     assert "--scan-date" in capsys.readouterr().err
 
 
+def test_report_inside_its_scan_or_filter_output_is_a_config_error(tmp_path, capsys) -> None:
+    """Checked before anything is read or written: a report written inside the scan output left report.html,
+    PNGs and thumbs/ there with exit 0, and the next read of that scan failed on them as Parquet."""
+    scan, clean = tmp_path / "scan", tmp_path / "clean"
+    for argv, flag in [
+        (["--output", str(scan)], "scan"),
+        (["--output", str(scan / "report")], "scan"),
+        (["--filter-output", str(clean), "--output", str(clean / "report")], "filter_output"),
+    ]:
+        assert report_main(["--scan", str(scan), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"output must not be the {flag} folder or inside it" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_report_on_s3(scan, s3fs_client, tmp_path, capsys) -> None:
     fs = s3fs_client
     fs.mkdir("bkt")

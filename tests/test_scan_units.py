@@ -179,6 +179,31 @@ def test_config_errors_name_the_field(tmp_path):
     assert _cfg(tmp_path, actor_num_gpus=1, dtype="float16").device == "cuda"
 
 
+def test_output_in_the_input_folder_is_a_config_error(tmp_path, capsys):
+    """It was a silent success that wrote the Parquet, markers and run records among the corpus' shards; the
+    rule is the filter's (storage.writes_into_sources): the folder, inside it, or a pattern's folder."""
+    from pipeline.cli.scan_bucket import main
+
+    inp = tmp_path / "in"
+    for kw in [
+        {"output": str(inp)},
+        {"output": str(inp / "scan")},
+        {"input": str(inp / "shard-{000000..000003}.tar"), "output": str(inp)},
+        {"input": "s3://b/shards/", "output": "s3://b/shards/scan/"},
+    ]:
+        with pytest.raises(ConfigError, match="output must not be the input folder or inside it"):
+            _cfg(tmp_path, **kw)
+    assert _cfg(
+        tmp_path, input=str(inp / "shard-000000.tar"), output=str(inp / "scan")
+    ).output  # not the folder
+    assert _cfg(tmp_path, input="s3://b/shards/", output="s3://b/shards-scan/").output  # a sibling prefix
+    argv = ["--input", str(inp), "--output", str(inp), "--detector", str(tmp_path / "det")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "output must not be the input folder" in err
+    assert not inp.exists()
+
+
 def test_cli_merges_file_and_flags(tmp_path):
     from pipeline.cli.scan_bucket import build_config, parse_args
 

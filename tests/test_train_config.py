@@ -58,6 +58,39 @@ def test_empty_and_missing_data_give_clear_errors(tmp_path: Path, capsys: pytest
     assert not (tmp_path / "ck").exists()
 
 
+def test_outputs_and_s3_data_are_checked_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage preflight (README "Exit codes"): a file where --out goes is 3, an s3:// --data or --out
+    behind an endpoint nobody answers 7, one line each, before the data is listed; they were "train failed:
+    FileExistsError" (exit 1) and a 200-line NoCredentialsError traceback."""
+    from pipeline.data.synthetic import DemoConfig, generate
+    from tests.support.s3 import free_port
+
+    data = tmp_path / "data"
+    generate(DemoConfig(out=str(data), families=["upconv"], n_per_class=2, image_size=32))
+    capsys.readouterr()  # generate's own JSON log lines
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens: refused
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    quick = ["--engine", "local", "--config", "tiny-linear", "--method", "linear", "--pretrained", "none"]
+    for io, code, says in [
+        (["--data", str(data), "--out", str(blocker)], 3, "output not usable: " + str(blocker)),
+        (["--data", "s3://bkt/data", "--out", str(tmp_path / "ck")], 7, "data unreachable"),
+        (
+            ["--data", str(data), "--out", "s3://bkt/ck"],
+            7,
+            "output unreachable (cannot connect): s3://bkt/ck",
+        ),
+    ]:
+        assert main([*io, *quick]) == code, io
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"storage error: {says}"), err
+    assert blocker.read_text() == "x" and not (tmp_path / "ck").exists()
+
+
 def test_stratified_split_keeps_class_shares() -> None:
     strata = ["real"] * 50 + ["a"] * 30 + ["b"] * 20
     tr, va = stratified_split(strata, 0.2, seed=3)

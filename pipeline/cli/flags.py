@@ -26,25 +26,13 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from pipeline.exitcodes import help_epilog
-from pipeline.settings import ConfigError, StrictModel
+from pipeline.settings import (
+    JobParser,
+    StrictModel,
+)  # JobParser lives with ConfigError (python -m pipeline.models uses it too)
 from pipeline.storage import absolute
 
 M = TypeVar("M", bound=StrictModel)
-
-
-class JobParser(argparse.ArgumentParser):
-    """argparse, with a usage mistake (unknown flag, bad number, value not among the choices) raised as a
-    ConfigError: ONE line and exit code 2 through `pipeline.cli.entry.job_main`, like every other
-    configuration error."""
-
-    def __init__(self, *args: Any, log_flag: bool = False, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        super().__init__(*args, **kwargs)
-        if log_flag:  # the jobs whose JSON logs stay off the console (pipeline.cli.entry.job_main quiet=True)
-            self.add_argument("--verbose", action="store_true", help="also show the JSON log lines on stderr")
-
-    def error(self, message: str) -> typing.NoReturn:
-        raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
 def _truth(text: str) -> bool:

@@ -4,7 +4,8 @@
       --n-per-class 100 --seed 0 [--image-size 128] [--shard-size 256] [--format png|jpeg] [--jpeg-quality 95]
   python jobs/make_demo_data.py --list-families
 
-Exit code 0 on success, 2 on a configuration error (the message names the field).
+Exit code 0 on success, 2 on a configuration error (the message names the field); 3, 5, 6, 7 when the output
+cannot be written (README.md, "Exit codes").
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pipeline.cli.entry import job_main
 from pipeline.cli.flags import JobParser, add_model_flags
 from pipeline.data.synthetic import DemoConfig, generate, list_families
 from pipeline.exitcodes import help_epilog
+from pipeline.preflight import Location, check_storage
 from pipeline.settings import ConfigError
 
 
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out:
         raise ConfigError("--out: required (the folder or s3:// prefix to write)")
     cfg = DemoConfig.parse(flags.given(args), source="command line", names=flags.flags)
+    check_storage(writes=[Location("output", cfg.out)])
     summary = generate(cfg)
     print(json.dumps({k: summary[k] for k in ("n_images", "counts", "seconds")}))
     return 0

@@ -12,7 +12,8 @@ command line override the file's values, flags not given leave them alone. Runs 
 (one CPU worker by default; --num-workers/--use-gpu scale it); attaches to RAY_ADDRESS when set, else starts a
 private local Ray. --engine local trains in-process without Ray (debugging).
 
-Exit codes: 0 success, 2 bad configuration or data, 1 training failed. Prints a JSON summary on stdout.
+Exit codes: 0 success, 2 bad configuration or data, 1 training failed, 3 no stored features / an output that
+cannot be a folder, 5, 6, 7 the store (README.md, "Exit codes"). Prints a JSON summary on stdout.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from pipeline.cli.entry import job_main, with_console
 from pipeline.cli.flags import JobParser, ModelFlags, absolute_paths, add_model_flags
 from pipeline.exitcodes import ExitCode, help_epilog, one_line
+from pipeline.preflight import Location, check_storage
 from pipeline.settings import ConfigError, as_config_error, read_json_object
 from pipeline.train.config import TrainConfig
 
@@ -96,6 +98,8 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
     if args.features_from is not None or args.labels is not None:
         return _from_features(args, console)
     cfg, args = parse(argv)
+    # before any work, as every job: an s3:// --data the store refuses, an --out that cannot be written
+    check_storage([Location("data", cfg.data)], [Location("output", cfg.out)], local_reads=False)
     try:
         from pipeline.train.feed import make_plan
 
@@ -149,6 +153,9 @@ def _from_features(args: argparse.Namespace, console: Any) -> int:
         "seed": args.seed,
     }
     cfg = FeatureTrainConfig.parse({k: v for k, v in given.items() if v is not None}, source="command line")
+    check_storage(
+        [Location("scan output", cfg.features_from)], [Location("output", cfg.out)], local_reads=False
+    )
     summary = train_from_features(cfg)  # a bad label file or scan: one line through job_main
     console.line(
         f"train succeeded: {summary['checkpoint']} from {summary['examples']} stored features "

@@ -15,10 +15,10 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline import storage
 from pipeline.data.sources import LabelledImage, load_labelled
@@ -41,14 +41,44 @@ class EvalConfig(StrictModel):
     train_generators: list[str] | None = Field(
         None, description="known generators; default: the checkpoint's meta.generators"
     )
-    jpeg: list[int] = Field(default_factory=list, description="JPEG qualities for the robustness sweep")
-    blur: list[float] = Field(
-        default_factory=list, description="Gaussian blur sigmas for the robustness sweep"
+    # each level is checked here, before any image is read: a level the perturbation refuses would otherwise
+    # make every image of that sweep unreadable and end in "scores contain NaN" without naming the flag
+    jpeg: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=list, description="JPEG qualities (1..100) for the robustness sweep"
     )
-    resize: list[float] = Field(default_factory=list, description="resize factors for the robustness sweep")
+    blur: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=list, description="Gaussian blur sigmas (px, >= 0) for the robustness sweep"
+    )
+    resize: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=list, description="resize factors (> 0) for the robustness sweep"
+    )
     batch_size: int = Field(32, ge=1, description="images per forward")
     max_per_class: int | None = Field(None, ge=1, description="cap per generator and class (UnivFD: 1000)")
     device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1)")
+
+    @field_validator("json_out", "markdown")
+    @classmethod
+    def _a_file_not_a_folder(cls, value: str | None) -> str | None:
+        """The report files are written whole at the end: a folder there would fail only after the work."""
+        if value and not storage.is_remote(value) and Path(value).is_dir():
+            raise ValueError(f"{value} is a folder; name the file to write")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _usable_device(cls, value: str) -> str:
+        """A device torch can name and this machine has, so a typo or a missing GPU is the flag's one line."""
+        import torch
+
+        try:
+            dev = torch.device(value)
+        except RuntimeError as exc:
+            raise ValueError(f"not a torch device: {value!r} (cpu, cuda, cuda:1)") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{value}: no CUDA device on this machine; use cpu")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{value}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return value
 
 
 def group_records(records: Sequence[LabelledImage]) -> dict[str, list[int]]:

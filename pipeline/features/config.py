@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.runner import ErrorBudgetConfig
+from pipeline.storage import within
 
 
 class RescoreConfig(ErrorBudgetConfig):
@@ -31,3 +32,11 @@ class RescoreConfig(ErrorBudgetConfig):
         None, description="engine ray: an address; None: RAY_ADDRESS or a local Ray"
     )
     task_num_cpus: float = Field(0.5, gt=0, description="CPUs per Ray task (one shard each)")
+
+    @model_validator(mode="after")
+    def _output_outside_scan(self) -> RescoreConfig:
+        # into the scan itself, --resume took the scan's own markers for finished re-score shards and
+        # "succeeded" re-scoring nothing; without it, the partition would be the scan's
+        if within(self.output, self.scan):
+            raise ValueError("output must not be the scan folder or inside it (write the re-score elsewhere)")
+        return self

@@ -93,7 +93,11 @@ def resolve_scan_date(scan_root: str, requested: str | None) -> str:
 def shard_specs(cfg: FilterConfig, scan_date: str) -> list[ShardSpec]:
     specs = []
     scan = output.RunPaths(cfg.scan, scan_date)
-    for uri in storage.list_shards(cfg.input):
+    try:
+        uris = storage.list_shards(cfg.input)
+    except FileNotFoundError as exc:  # no input, or no .tar under it: nothing the scan could cover
+        raise PlanError(f"input: {exc}") from exc
+    for uri in uris:
         sid = storage.shard_id(uri, cfg.input)
         name = storage.relative_name(uri, cfg.input)
         specs.append(

@@ -11,7 +11,7 @@ from pipeline.models.constants import UNKNOWN_LABEL
 from pipeline.output import PROVENANCE_VERDICTS
 from pipeline.runner import ErrorBudgetConfig
 from pipeline.settings import ConfigError, StrictModel
-from pipeline.storage import names_shards
+from pipeline.storage import writes_into_sources
 
 Action = Literal["keep", "drop", "quarantine"]
 
@@ -103,14 +103,7 @@ class FilterConfig(ErrorBudgetConfig):
 
     @model_validator(mode="after")
     def _output_outside_input(self) -> FilterConfig:
-        src = self.input.rstrip("/")
-        if names_shards(src):  # a pattern or one shard: its folder holds the sources
-            src = src.rsplit("/", 1)[0] if "/" in src else "."
-            same_folder = self.output.rstrip("/") == src
-        else:
-            out = self.output.rstrip("/")
-            same_folder = out == src or out.startswith(src + "/")
-        if same_folder:
+        if writes_into_sources(self.output, self.input):
             raise ValueError(
                 "output must not be the input folder or inside it (cleaned shards would overwrite or "
                 "be re-read as sources)"

@@ -10,6 +10,7 @@ import torch
 
 from pipeline.models.config import DetectorConfig
 from pipeline.models.detector import Detector, create_detector
+from pipeline.settings import ConfigError
 
 
 def describe(cfg: DetectorConfig) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def check_fused(cfg: DetectorConfig, *, batch: int, seed: int, top_k: int | None
     """max relative error (inf-norm) between fused and unfused outputs on fresh random inputs, random
     non-zero adapter and router weights."""
     if cfg.method != "mole" or cfg.mole is None:
-        raise ValueError(f"{cfg.name}: check-fused needs a MoLE config")
+        raise ConfigError(f"{cfg.name}: check-fused needs a MoLE config (method mole; this is {cfg.method})")
     if top_k is not None:
         cfg = DetectorConfig.parse(
             {**cfg.model_dump(), "mole": {**cfg.mole.model_dump(), "top_k": top_k}}, source="check-fused"

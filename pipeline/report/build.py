@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline import output, storage
 from pipeline.hygiene.plan import PlanError, resolve_scan_date
@@ -35,6 +35,14 @@ class ReportConfig(StrictModel):
     )
     top_n: int = Field(default=25, ge=0, le=500, description="rows of the top-flagged table")
     seed: int = Field(default=0, description="seed of the random sample of kept images")
+
+    @model_validator(mode="after")
+    def _output_outside_inputs(self) -> ReportConfig:
+        # report.html, its PNGs and thumbs/ inside a scan output are read back as Parquet by the next read
+        for flag, source in (("scan", self.scan), ("filter_output", self.filter_output)):
+            if source and storage.within(self.output, source):
+                raise ValueError(f"output must not be the {flag} folder or inside it (read back as its data)")
+        return self
 
 
 def build_report(cfg: ReportConfig) -> dict[str, Any]:

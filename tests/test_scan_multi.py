@@ -264,7 +264,7 @@ def test_detector_list_and_fusion_operator_mistakes(ckpts: dict[str, Path], tmp_
     from pipeline.scan.detectors import run_detectors
     from pipeline.settings import ConfigError
 
-    base = {"input": str(tmp_path), "output": str(tmp_path / "out")}
+    base = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}
     a, b = str(ckpts["univfd"]), str(ckpts["mole"])
     assert ScanConfig.parse({**base, "detector": [a, b]}).detector == f"{a},{b}"  # config-file list form
     assert ScanConfig.parse({**base, "detector": f" {a} , {b}"}).detectors == [a, b]

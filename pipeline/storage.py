@@ -50,6 +50,13 @@ def writes_into_sources(output: str, source: str) -> bool:
     return within(output, src)
 
 
+def check_output_outside(output: str, source: str, why: str) -> None:
+    """A config validator's ValueError when ``output`` writes into the shard source (`writes_into_sources`);
+    ``why`` says what would go wrong there."""
+    if writes_into_sources(output, source):
+        raise ValueError(f"output must not be the input folder or inside it ({why})")
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path-within-it) for a URI or local path."""
     return fsspec.core.url_to_fs(uri)

@@ -42,6 +42,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "univfd": root / "univfd", "wds": root / "wds", "ckpt": root / "ckpt"}
 
 
+def _evaluate_args(corpus: dict[str, Path], json_out: Path) -> list[str]:
+    """evaluate's required flags on the corpus's UnivFD folder and checkpoint."""
+    return ["--data", str(corpus["univfd"]), "--detector", str(corpus["ckpt"]), "--json", str(json_out)]
+
+
 def _rec(label: int, gen: str, group: str | None) -> LabelledImage:
     """A listed image: a fake of `gen`, or a real of folder `group` (None: a shard's real, no folder)."""
     source = "wds" if group is None else "univfd"
@@ -66,12 +71,7 @@ def test_report_matches_independent_computation(corpus: dict[str, Path], tmp_pat
     out = tmp_path / "rep"
     rc = evaluate_main(
         [
-            "--data",
-            str(corpus["univfd"]),
-            "--detector",
-            str(corpus["ckpt"]),
-            "--json",
-            str(out / "r.json"),
+            *_evaluate_args(corpus, out / "r.json"),
             "--markdown",
             str(out / "r.md"),
             "--plots",
@@ -180,14 +180,7 @@ def test_a_bad_sweep_level_or_device_is_the_flags_one_line(
     """Checked before any image is read: a level the perturbation refuses made every image of its sweep a
     skip and ended in "scores contain NaN or inf" (or, blur -1, in a silent success); an unknown device was
     torch's traceback."""
-    argv = [
-        "--data",
-        str(corpus["univfd"]),
-        "--detector",
-        str(corpus["ckpt"]),
-        "--json",
-        str(tmp_path / "r.json"),
-    ]
+    argv = _evaluate_args(corpus, tmp_path / "r.json")
     value, named = value.format(tmp=tmp_path), named.format(tmp=tmp_path)  # a folder where a file goes
     assert evaluate_main([*argv, flag, value]) == 2
     err = capsys.readouterr().err

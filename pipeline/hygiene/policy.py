@@ -11,7 +11,7 @@ from pipeline.models.constants import UNKNOWN_LABEL
 from pipeline.output import PROVENANCE_VERDICTS
 from pipeline.runner import ErrorBudgetConfig
 from pipeline.settings import ConfigError, StrictModel
-from pipeline.storage import writes_into_sources
+from pipeline.storage import check_output_outside
 
 Action = Literal["keep", "drop", "quarantine"]
 
@@ -103,9 +103,7 @@ class FilterConfig(ErrorBudgetConfig):
 
     @model_validator(mode="after")
     def _output_outside_input(self) -> FilterConfig:
-        if writes_into_sources(self.output, self.input):
-            raise ValueError(
-                "output must not be the input folder or inside it (cleaned shards would overwrite or "
-                "be re-read as sources)"
-            )
+        check_output_outside(
+            self.output, self.input, "cleaned shards would overwrite or be re-read as sources"
+        )
         return self

@@ -19,7 +19,7 @@ from pipeline.limits import MAX_PIXELS
 from pipeline.models.fusion import DEFAULT_FUSION, FUSIONS
 from pipeline.runner import ErrorBudgetConfig
 from pipeline.scan.provenance_policy import POLICIES
-from pipeline.storage import writes_into_sources
+from pipeline.storage import check_output_outside
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
@@ -205,11 +205,11 @@ class ScanConfig(ErrorBudgetConfig):
 
     @model_validator(mode="after")
     def _output_outside_input(self) -> ScanConfig:
-        if writes_into_sources(self.output, self.input):
-            raise ValueError(
-                "output must not be the input folder or inside it (the scan's Parquet, markers and run "
-                "records would be written among the shards it reads)"
-            )
+        check_output_outside(
+            self.output,
+            self.input,
+            "the scan's Parquet, markers and run records would be written among the shards it reads",
+        )
         return self
 
     @model_validator(mode="after")

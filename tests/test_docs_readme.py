@@ -140,12 +140,18 @@ def _run_id(text: str) -> str:
     return match.group(1)
 
 
-def test_a_second_demo_run_reuses_every_step(readme: tuple[Workspace, int, str]) -> None:
+def test_a_second_demo_run_reuses_every_step(
+    readme: tuple[Workspace, int, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     ws, code, text = readme
     demo_dir = ws.root / "demo"
     assert code == 0
     steps = _mtimes(*(demo_dir / name for name in ("shards", "train", "detector")))
     parquet = _mtimes(*(demo_dir / "scan").glob("scan_date=*"))
+    # the same day as the first run (the suite may cross midnight UTC in between: a new day is a new scan)
+    day = re.match(r"demo scan \w+: run \S+ \((\d{4}-\d{2}-\d{2})\)", text)
+    assert day, text[:200]
+    monkeypatch.setattr("pipeline.scan.completion.today_utc", lambda: day.group(1))
     again, text2 = run_demo(demo_dir, size=SMALL)  # in-process scan: nothing is left to run
     assert again == 0
     assert _mtimes(*(demo_dir / name for name in ("shards", "train", "detector"))) == steps  # nothing redone

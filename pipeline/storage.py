@@ -45,8 +45,7 @@ def writes_into_sources(output: str, source: str) -> bool:
     folder holds the sources."""
     src = source.rstrip("/")
     if names_shards(src):
-        src = src.rsplit("/", 1)[0] if "/" in src else "."
-        return absolute(output).rstrip("/") == absolute(src).rstrip("/")
+        return absolute(output).rstrip("/") == absolute(parent(src)).rstrip("/")
     return within(output, src)
 
 
@@ -74,6 +73,13 @@ def tuned_filesystem(uri: str, s3_options: dict) -> tuple[fsspec.AbstractFileSys
     if endpoint:
         options["client_kwargs"] = {"endpoint_url": endpoint}
     return fsspec.core.url_to_fs(uri, **options)
+
+
+def parent(uri: str) -> str:
+    """The folder holding ``uri``: a remote URI's prefix, a local path's parent ("." for a bare name)."""
+    if is_remote(uri):
+        return posixpath.dirname(uri.rstrip("/"))
+    return str(Path(uri.removeprefix("file://")).parent)
 
 
 def join(uri: str, *parts: str) -> str:

@@ -21,6 +21,7 @@ from pipeline.cli.entry import job_main
 from pipeline.cli.flags import config_from_flags
 from pipeline.preflight import Location, check_storage
 from pipeline.settings import as_config_error
+from pipeline.storage import parent
 
 if TYPE_CHECKING:
     from pipeline.eval.evaluate import EvalConfig
@@ -29,9 +30,7 @@ if TYPE_CHECKING:
 def _outputs(cfg: EvalConfig) -> list[tuple[str, str]]:
     """The folders the evaluation writes in: the JSON's and the Markdown's, and --plots."""
     files = [("json", cfg.json_out), ("markdown", cfg.markdown)]
-    folders = [
-        (f"{role} folder", path.rsplit("/", 1)[0] if "/" in path else ".") for role, path in files if path
-    ]
+    folders = [(f"{role} folder", parent(path)) for role, path in files if path]
     return folders + ([("plots", cfg.plots)] if cfg.plots else [])
 
 

@@ -200,11 +200,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     storage.write_bytes_atomic(cfg.json_out, json.dumps(_clean_nans(report), indent=2).encode())
     if cfg.markdown:
         storage.write_bytes_atomic(cfg.markdown, render_markdown(report).encode())
-    if storage.is_remote(cfg.json_out):
-        out_dir = cfg.json_out.rsplit("/", 1)[0]
-    else:
-        out_dir = str(Path(cfg.json_out).parent)
-    storage.write_bytes_atomic(storage.join(out_dir, "eval_config.json"), cfg.to_json().encode())
+    storage.write_bytes_atomic(
+        storage.join(storage.parent(cfg.json_out), "eval_config.json"), cfg.to_json().encode()
+    )
     log.info("eval_done", mean_ap=mean["ap"], mean_acc=mean["acc"], json=cfg.json_out)
     return report
 

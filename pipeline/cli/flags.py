@@ -26,10 +26,9 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from pipeline.exitcodes import help_epilog
-from pipeline.settings import (
-    JobParser,
-    StrictModel,
-)  # JobParser lives with ConfigError (python -m pipeline.models uses it too)
+
+# JobParser lives beside ConfigError in settings: `python -m pipeline.models` parses with it too
+from pipeline.settings import JobParser, StrictModel
 from pipeline.storage import absolute
 
 M = TypeVar("M", bound=StrictModel)

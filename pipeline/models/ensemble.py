@@ -13,8 +13,8 @@ the last 5 of 24 blocks) cost about 24 + 5 block passes instead of 3 x 24. The f
 share are also deduplicated in memory (one copy of the embedding and of every block no member adapts).
 
 Each detector keeps its own threshold and decision rule; the fused score is one of the six ClipBased fusion
-rules (``pipeline.models.fusion``) over the members' logits, fake when the fused logit >
-logit(fused_threshold).
+rules (``pipeline.models.fusion``) over the members' logits, fake when the fused p_fake > ``FUSED_THRESHOLD``
+(fused logit > 0).
 
 Inputs: ``DetectorSet.inputs`` lists the distinct preprocessing inputs (``InputSpec``: image_size +
 preprocess, what the scan's decode needs); ``predict`` takes one uint8 (N, S, S, 3) batch per spec, the same
@@ -52,7 +52,7 @@ from pipeline.logs import get_logger
 from pipeline.models.checkpoint import load_detector
 from pipeline.models.decision import is_fake, logit_of, sigmoid
 from pipeline.models.detector import Detector, DetectorOutput, run_blocks
-from pipeline.models.fusion import DEFAULT_FUSION, check_fusion, fuse
+from pipeline.models.fusion import DEFAULT_FUSION, FUSED_THRESHOLD, check_fusion, fuse
 from pipeline.models.meta import DetectorMeta
 from pipeline.models.preprocess import to_model_input
 from pipeline.settings import ConfigError
@@ -164,7 +164,6 @@ class DetectorSet:
         members: Sequence[tuple[Detector, DetectorMeta]],
         *,
         fusion: str = DEFAULT_FUSION,
-        fused_threshold: float = 0.5,
         device: str | torch.device = "cpu",
         dtype: DType = "float32",
         share: bool = True,
@@ -177,9 +176,6 @@ class DetectorSet:
         if not members:
             raise ConfigError("detector set: no detectors given")
         self.fusion = check_fusion(fusion)
-        if not 0.0 < fused_threshold < 1.0:
-            raise ConfigError(f"fused_threshold must be in (0, 1), got {fused_threshold}")
-        self.fused_threshold = fused_threshold
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.cuda = self.device.type == "cuda"
@@ -225,7 +221,7 @@ class DetectorSet:
         return {
             "detectors": self.detector_ids,
             "fusion": self.fusion,
-            "fused_threshold": self.fused_threshold,
+            "fused_threshold": FUSED_THRESHOLD,
             "inputs": [s.key for s in self.inputs],
             "groups": [
                 {
@@ -407,7 +403,7 @@ class DetectorSet:
             "generator_scores": {i: s.cpu().numpy() for i, s in gen.items()},
             "fused_logit": fused.astype(np.float32),
             "fused_p_fake": sigmoid(fused),
-            "fused_is_fake": fused > logit_of(self.fused_threshold),
+            "fused_is_fake": fused > logit_of(FUSED_THRESHOLD),
         }
         if tap is not None:
             out["features"] = feats["tap"].cpu().numpy() if feats else np.zeros((n, 0), np.float32)
@@ -431,6 +427,6 @@ def _put(
 
 def load_detector_set(uris: Sequence[str], *, fusion: str = DEFAULT_FUSION, **kwargs: Any) -> DetectorSet:
     """Load every checkpoint (load_detector: hashes, keys, shapes) and build the set (``kwargs``: the
-    ``DetectorSet`` keywords: fused_threshold, device, dtype, share, batch_size)."""
+    ``DetectorSet`` keywords: device, dtype, share, batch_size)."""
     check_fusion(fusion)  # before any weights are read
     return DetectorSet([load_detector(u) for u in uris], fusion=fusion, **kwargs)

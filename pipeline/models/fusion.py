@@ -26,6 +26,7 @@ FUSIONS: tuple[str, ...] = (
     "soft_or_prob",
 )
 DEFAULT_FUSION = "soft_or_prob"
+FUSED_THRESHOLD = 0.5  # a set's fused p_fake above this (fused logit > 0) is fake
 _REDUCE = {"mean_logit": np.mean, "max_logit": np.max, "median_logit": np.median}
 
 

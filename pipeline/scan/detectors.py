@@ -19,11 +19,9 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipeline.models.fusion import attributor
+from pipeline.models.fusion import FUSED_THRESHOLD, attributor
 from pipeline.scan.config import ScanConfig
 from pipeline.settings import ConfigError
-
-FUSED_THRESHOLD = 0.5  # fused p_fake above this (fused logit > 0) is fake (DetectorSet's default)
 
 
 @dataclass(frozen=True)

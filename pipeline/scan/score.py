@@ -50,9 +50,7 @@ class Scorer:
 
         if device == "cpu":
             torch.set_num_threads(torch_threads)
-        self.predictor = Predictor.load(
-            detector.split(","), fusion=fusion, fused_threshold=FUSED_THRESHOLD, device=device, dtype=dtype
-        )
+        self.predictor = Predictor.load(detector.split(","), fusion=fusion, device=device, dtype=dtype)
         dset, meta = self.predictor.engine, self.predictor.meta
         loaded = [(sp.image_size, sp.preprocess) for sp in dset.inputs]
         several = len(dset.members) > 1

@@ -166,7 +166,6 @@ class DetectorSet:
         fusion: str = DEFAULT_FUSION,
         device: str | torch.device = "cpu",
         dtype: DType = "float32",
-        share: bool = True,
         batch_size: int | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         head_features: bool = False,
@@ -196,7 +195,7 @@ class DetectorSet:
             self.members.append(Member(did, det, meta))
         groups: dict[tuple[Any, ...], BackboneGroup] = {}
         for m in self.members:
-            key = _group_key(m.det) if share and len(self.members) > 1 else (m.detector_id,)
+            key = _group_key(m.det) if len(self.members) > 1 else (m.detector_id,)
             groups.setdefault(key, BackboneGroup()).members.append(m)
         self.groups = list(groups.values())
         for g in self.groups:
@@ -295,7 +294,7 @@ class DetectorSet:
         x = to_model_input(images, p.config, device=self.device)  # float + mean/std on the device
         if self.transform is not None:
             x = self.transform(x)
-        if len(members) == 1:  # also every group of a set built with share=False
+        if len(members) == 1:
             return {m.detector_id: m.det(x) for m in members}
         pv = p.visual
         k, depth = group.shared_blocks, p.depth
@@ -427,6 +426,6 @@ def _put(
 
 def load_detector_set(uris: Sequence[str], *, fusion: str = DEFAULT_FUSION, **kwargs: Any) -> DetectorSet:
     """Load every checkpoint (load_detector: hashes, keys, shapes) and build the set (``kwargs``: the
-    ``DetectorSet`` keywords: device, dtype, share, batch_size)."""
+    ``DetectorSet`` keywords: device, dtype, batch_size)."""
     check_fusion(fusion)  # before any weights are read
     return DetectorSet([load_detector(u) for u in uris], fusion=fusion, **kwargs)

@@ -43,11 +43,6 @@ def center_crop_offsets(width: int, height: int, size: int) -> tuple[int, int]:
     return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
 
 
-def _center_crop(img: Image.Image, size: int) -> Image.Image:
-    left, top = center_crop_offsets(*img.size, size)
-    return img.crop((left, top, left + size, top + size))
-
-
 def _pad_to(img: Image.Image, size: int) -> Image.Image:
     """torchvision ``F.center_crop``'s padding: (S - side) // 2 before, the rest after, fill 0."""
     w, h = img.size
@@ -71,7 +66,8 @@ def prepare_image(img: Image.Image, cfg: DetectorConfig) -> np.ndarray:
         img = _pad_to(img, size)
     elif mode == "resize_crop" or min(img.size) < size:
         img = _resize_shorter(img, size)
-    return np.asarray(_center_crop(img, size), dtype=np.uint8)
+    left, top = center_crop_offsets(*img.size, size)
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def to_model_input(

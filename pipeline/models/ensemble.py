@@ -193,6 +193,9 @@ class DetectorSet:
             det = det.to(self.device).eval()
             det.set_fused(True)  # the fused MoLE inference path
             self.members.append(Member(did, det, meta))
+        self.detector_ids = [m.detector_id for m in self.members]
+        # the distinct preprocessing inputs ``predict`` needs, in first-use order
+        self.inputs: list[InputSpec] = list(dict.fromkeys(m.spec for m in self.members))
         groups: dict[tuple[Any, ...], BackboneGroup] = {}
         for m in self.members:
             key = _group_key(m.det) if len(self.members) > 1 else (m.detector_id,)
@@ -207,15 +210,6 @@ class DetectorSet:
             log.info("detector_set", **self.describe())
 
     # ------------------------------------------------------------------ description
-    @property
-    def detector_ids(self) -> list[str]:
-        return [m.detector_id for m in self.members]
-
-    @property
-    def inputs(self) -> list[InputSpec]:
-        """The distinct preprocessing inputs ``predict`` needs, in first-use order."""
-        return list(dict.fromkeys(m.spec for m in self.members))
-
     def describe(self) -> dict[str, Any]:
         return {
             "detectors": self.detector_ids,

@@ -129,9 +129,8 @@ def _predict(
 
 
 def _detection_table(
-    records: Sequence[LabelledImage], groups: dict[str, list[int]], p_fake: np.ndarray, threshold: float
+    labels: np.ndarray, groups: dict[str, list[int]], p_fake: np.ndarray, threshold: float
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    labels = np.array([r.label for r in records])
     per = {g: detection_metrics(labels[idx], p_fake[idx], threshold) for g, idx in groups.items() if idx}
     return per, mean_row(per)
 
@@ -158,7 +157,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         if not records:
             raise ValueError(f"none of the images in {cfg.data} could be read (e.g. {skips.examples[:1]})")
     groups = group_records(records)
-    per, mean = _detection_table(records, groups, clean["p_fake"], threshold)
+    labels = np.array([r.label for r in records])
+    per, mean = _detection_table(labels, groups, clean["p_fake"], threshold)
 
     report: dict[str, Any] = {
         "detector": cfg.detector,
@@ -178,7 +178,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         for level in levels:
             # the readable images only (the clean pass counted the others): a counter of its own
             pred = _predict(predictor, table, cfg.batch_size, SkipCounter(), (kind, float(level)))
-            p, m = _detection_table(records, groups, pred["p_fake"], threshold)
+            p, m = _detection_table(labels, groups, pred["p_fake"], threshold)
             robustness.setdefault(kind, {})[str(level)] = {
                 "per_generator": {g: {"ap": v["ap"], "acc": v["acc"]} for g, v in p.items()},
                 "mean": m,
@@ -190,7 +190,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.plots:
         from pipeline.eval.plots import plot_curves, plot_robustness
 
-        labels = np.array([r.label for r in records])
         curves = {g: (labels[idx], clean["p_fake"][idx]) for g, idx in groups.items() if idx}
         out_dir = Path(cfg.plots)
         plots += [str(p) for p in plot_curves(curves, out_dir)]

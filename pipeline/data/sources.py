@@ -31,6 +31,7 @@ from typing import Literal
 from PIL import Image
 
 from pipeline import shards as shard_layer
+from pipeline import storage
 from pipeline.logs import get_logger
 from pipeline.settings import ConfigError
 from pipeline.shards import ShardReadError, labelled_samples
@@ -76,12 +77,11 @@ class LabelledImage:
         return f"{self.uri}#{self.key}" + (f"#{self.occurrence}" if self.occurrence > 1 else "")
 
     def read_bytes(self) -> bytes:
-        fs, path = filesystem(self.uri)
         if self.member is None:
-            with fs.open(path, "rb") as f:
-                return f.read()
+            return storage.read_bytes(self.uri)
         if self.offset is None or self.size is None:
             raise ValueError(f"{self.name}: a tar member needs offset and size")
+        fs, path = filesystem(self.uri)
         return fs.cat_file(path, start=self.offset, end=self.offset + self.size)
 
     def load(self) -> Image.Image:

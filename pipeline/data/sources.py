@@ -133,11 +133,9 @@ def _is_image_file(rel: str) -> bool:
 
 def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
     """Relative path parts of every image file under uri (hidden files / __MACOSX skipped), and the root
-    path. The root exists (`_looks_like_shards` looked first)."""
+    path. The root is a folder (`_looks_like_shards` looked first)."""
     fs, root = filesystem(uri)
     root = root.rstrip("/")
-    if not fs.isdir(root):
-        raise ConfigError(f"data source {uri} is a file, not a folder of generator folders or shards")
     rels = []
     for p in fs.find(root):
         rel = posixpath.relpath(p, root) if not p.startswith(root + "/") else p[len(root) + 1 :]
@@ -229,13 +227,14 @@ def _load_genimage(files: list[tuple[str, ...]], root: str, uri: str) -> list[La
 
 # ------------------------------------------------------------------------------------------------------------
 def _looks_like_shards(uri: str) -> bool:
+    """Shards (a name or pattern, a folder of .tar without label folders) or else a folder; nothing else."""
     if names_shards(uri.rstrip("/")):
         return True
     fs, root = filesystem(uri)
     if not fs.exists(root):
         raise FileNotFoundError(f"data source not found: {uri}")
     if not fs.isdir(root):
-        return False
+        raise ConfigError(f"data source {uri} is a file, not a folder of generator folders or shards")
     names = list_names(uri)
     return any(n.endswith(".tar") for n in names) and not any(
         n in UNIVFD_CLASSES or n in GENIMAGE_SPLITS for n in names

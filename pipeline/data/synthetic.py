@@ -474,11 +474,10 @@ def _write_wds(cfg: DemoConfig) -> dict[str, int]:
     perm = np.random.default_rng([cfg.seed, 0xD5]).permutation(len(order))
     ext = _ext(cfg)
     counts: dict[str, int] = {}
-    n_shards = (len(order) + cfg.shard_size - 1) // cfg.shard_size
-    for s in range(n_shards):
+    for s, start in enumerate(range(0, len(order), cfg.shard_size)):
         buf = io.BytesIO()
         with tar_writer(buf) as sink:
-            for pos in range(s * cfg.shard_size, min((s + 1) * cfg.shard_size, len(order))):
+            for pos in range(start, min(start + cfg.shard_size, len(order))):
                 fam, label, i = order[int(perm[pos])]
                 arr = make_image(cfg.seed, fam, label, i, cfg.image_size)
                 meta = {"label": label, "generator": "real" if label == 0 else fam}

@@ -31,6 +31,7 @@ from typing import Literal
 from PIL import Image
 
 from pipeline import shards as shard_layer
+from pipeline import storage
 from pipeline.logs import get_logger
 from pipeline.settings import ConfigError
 from pipeline.shards import ShardReadError, labelled_samples
@@ -76,12 +77,11 @@ class LabelledImage:
         return f"{self.uri}#{self.key}" + (f"#{self.occurrence}" if self.occurrence > 1 else "")
 
     def read_bytes(self) -> bytes:
-        fs, path = filesystem(self.uri)
         if self.member is None:
-            with fs.open(path, "rb") as f:
-                return f.read()
+            return storage.read_bytes(self.uri)
         if self.offset is None or self.size is None:
             raise ValueError(f"{self.name}: a tar member needs offset and size")
+        fs, path = filesystem(self.uri)
         return fs.cat_file(path, start=self.offset, end=self.offset + self.size)
 
     def load(self) -> Image.Image:
@@ -133,11 +133,9 @@ def _is_image_file(rel: str) -> bool:
 
 def _list_files(uri: str) -> tuple[list[tuple[str, ...]], str]:
     """Relative path parts of every image file under uri (hidden files / __MACOSX skipped), and the root
-    path. The root exists (`_looks_like_shards` looked first)."""
+    path. The root is a folder (`_looks_like_shards` looked first)."""
     fs, root = filesystem(uri)
     root = root.rstrip("/")
-    if not fs.isdir(root):
-        raise ConfigError(f"data source {uri} is a file, not a folder of generator folders or shards")
     rels = []
     for p in fs.find(root):
         rel = posixpath.relpath(p, root) if not p.startswith(root + "/") else p[len(root) + 1 :]
@@ -229,13 +227,14 @@ def _load_genimage(files: list[tuple[str, ...]], root: str, uri: str) -> list[La
 
 # ------------------------------------------------------------------------------------------------------------
 def _looks_like_shards(uri: str) -> bool:
+    """Shards (a name or pattern, a folder of .tar without label folders) or else a folder; nothing else."""
     if names_shards(uri.rstrip("/")):
         return True
     fs, root = filesystem(uri)
     if not fs.exists(root):
         raise FileNotFoundError(f"data source not found: {uri}")
     if not fs.isdir(root):
-        return False
+        raise ConfigError(f"data source {uri} is a file, not a folder of generator folders or shards")
     names = list_names(uri)
     return any(n.endswith(".tar") for n in names) and not any(
         n in UNIVFD_CLASSES or n in GENIMAGE_SPLITS for n in names

@@ -247,6 +247,10 @@ def _modulated(img: Array, pattern: Array) -> Array:
     return pattern * (0.4 + img / 255.0)
 
 
+# separable bilinear upsampling taps of a stride-2 transposed conv: every output pixel has gain 1
+_BILINEAR_TAPS = np.array([1.0, 3.0, 3.0, 1.0]) / 4.0
+
+
 @cache
 def _upconv_kernels() -> Array:
     """Per-channel 4x4 transposed-conv kernels: separable bilinear ([1,3,3,1]/4, every output pixel has
@@ -254,13 +258,12 @@ def _upconv_kernels() -> Array:
     output pixels on even and odd rows/columns get different gains: the checkerboard. A fixed small random
     perturbation per channel makes it look learned rather than designed."""
     r = _family_rng("upconv")
-    k1 = np.array([1.0, 3.0, 3.0, 1.0]) / 4.0
     parity = np.array([1.0, -1.0, 1.0, -1.0])  # taps 0, 2 feed one output phase, taps 1, 3 the other
     ks = []
     for _ in range(3):
         dy = UPCONV_IMBALANCE * (1.0 + 0.1 * r.standard_normal())
         dx = 0.5 * UPCONV_IMBALANCE * (1.0 + 0.1 * r.standard_normal())
-        k = np.outer(k1 * (1.0 + dy * parity), k1 * (1.0 + dx * parity))
+        k = np.outer(_BILINEAR_TAPS * (1.0 + dy * parity), _BILINEAR_TAPS * (1.0 + dx * parity))
         k = k * (1.0 + 0.02 * r.standard_normal((4, 4)))
         ks.append(k / k.sum() * 4.0)  # overall gain 4 = 4 outputs per input pixel -> mean gain 1
     return np.stack(ks).astype(np.float32)
@@ -272,19 +275,16 @@ UPCONV_IMBALANCE = 0.03
 def fp_upconv(img: Array, rng: np.random.Generator) -> Array:
     s = img.shape[0]
     h = s // 2
-    down = img[: 2 * h, : 2 * h].reshape(h, 2, h, 2, 3).mean(axis=(1, 3))
+    down = img.reshape(h, 2, h, 2, 3).mean(axis=(1, 3))
     kernels = _upconv_kernels()
     strength = rng.uniform(0.7, 1.3)
-    k1 = np.array([1.0, 3.0, 3.0, 1.0]) / 4.0
-    bil = np.outer(k1, k1)  # balanced bilinear kernel: every output pixel has gain 1
-    out = np.empty((2 * h, 2 * h, 3), np.float32)
+    bil = np.outer(_BILINEAR_TAPS, _BILINEAR_TAPS)  # the balanced kernel
+    out = np.empty((s, s, 3), np.float32)
     for c in range(3):
-        up = np.zeros((2 * h, 2 * h), np.float32)
+        up = np.zeros((s, s), np.float32)
         up[::2, ::2] = down[:, :, c]
         k = bil + strength * (kernels[c] - bil)
         out[:, :, c] = ndimage.convolve(up, k, mode="reflect")
-    if out.shape[0] != s:
-        out = np.pad(out, ((0, s - out.shape[0]), (0, s - out.shape[1]), (0, 0)), mode="edge")
     return out + rng.normal(0.0, 0.5, size=out.shape)
 
 
@@ -318,11 +318,11 @@ def _vq_codebook() -> tuple[Array, Array]:
     return codebook, atoms
 
 
-def fp_vqgan(img: Array, rng: np.random.Generator, block: int = 8) -> Array:
+def fp_vqgan(img: Array, rng: np.random.Generator) -> Array:
     s = img.shape[0]
+    block = 8  # the autoencoder's patch; a demo image's side is a multiple of it (DemoConfig)
     nb = s // block
-    core = img[: nb * block, : nb * block]
-    blocks = core.reshape(nb, block, nb, block, 3)
+    blocks = img.reshape(nb, block, nb, block, 3)
     latent = blocks.mean(axis=(1, 3))  # (nb, nb, 3)
     codebook, atoms = _vq_codebook()
     d = ((latent.reshape(-1, 1, 3) - codebook[None]) ** 2).sum(-1)
@@ -335,9 +335,7 @@ def fp_vqgan(img: Array, rng: np.random.Generator, block: int = 8) -> Array:
     dec = quant[:, None, :, None, :] + keep * detail
     tex = atoms[idx].reshape(nb, nb, block, block, 3).transpose(0, 2, 1, 3, 4)
     dec = dec + amp * tex * (0.4 + dec / 255.0)
-    out = img.copy()
-    out[: nb * block, : nb * block] = dec.reshape(nb * block, nb * block, 3)
-    return out
+    return dec.reshape(s, s, 3)
 
 
 def fp_gan_color(img: Array, rng: np.random.Generator) -> Array:
@@ -378,13 +376,13 @@ def _image_rng(seed: int, family: str, label: int, index: int) -> np.random.Gene
 
 
 def make_image(seed: int, family: str, label: int, index: int, image_size: int = 128) -> Array:
-    """One demo image as uint8 (S, S, 3). label 0: a real image (its content stream is tied to `family` only
-    to keep per-family folders independent); label 1: same content distribution + the family's fingerprint."""
+    """One demo image as uint8 (S, S, 3), S a multiple of 8 (`DemoConfig` checks it). label 0: a real image
+    (its content stream is tied to `family` only to keep per-family folders independent); label 1: same
+    content distribution + the family's fingerprint."""
     if label == 1:
         return make_fake_pair(seed, family, index, image_size)[1]
     _check_family(family)
-    img = sample_content(_image_rng(seed, family, 0, index), image_size)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return _to_uint8(sample_content(_image_rng(seed, family, 0, index), image_size))
 
 
 def make_fake_pair(seed: int, family: str, index: int, image_size: int = 128) -> tuple[Array, Array]:
@@ -393,8 +391,11 @@ def make_fake_pair(seed: int, family: str, index: int, image_size: int = 128) ->
     rng = _image_rng(seed, family, 1, index)
     content = sample_content(rng, image_size)
     fake = FAMILIES[family](content.copy(), rng)
-    as_u8 = lambda a: np.clip(np.rint(a), 0, 255).astype(np.uint8)  # noqa: E731
-    return as_u8(content), as_u8(fake)
+    return _to_uint8(content), _to_uint8(fake)
+
+
+def _to_uint8(img: Array) -> Array:
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 def _check_family(family: str) -> None:
@@ -473,11 +474,10 @@ def _write_wds(cfg: DemoConfig) -> dict[str, int]:
     perm = np.random.default_rng([cfg.seed, 0xD5]).permutation(len(order))
     ext = _ext(cfg)
     counts: dict[str, int] = {}
-    n_shards = (len(order) + cfg.shard_size - 1) // cfg.shard_size
-    for s in range(n_shards):
+    for s, start in enumerate(range(0, len(order), cfg.shard_size)):
         buf = io.BytesIO()
         with tar_writer(buf) as sink:
-            for pos in range(s * cfg.shard_size, min((s + 1) * cfg.shard_size, len(order))):
+            for pos in range(start, min(start + cfg.shard_size, len(order))):
                 fam, label, i = order[int(perm[pos])]
                 arr = make_image(cfg.seed, fam, label, i, cfg.image_size)
                 meta = {"label": label, "generator": "real" if label == 0 else fam}

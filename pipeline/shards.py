@@ -315,12 +315,11 @@ class _Grouper:
         self.current: Sample | None = None
         self._seen: dict[str, int] = {}
 
-    def add(self, member: Member) -> Sample | None:
-        """Add a member; returns the sample it completed (if any)."""
-        key, ext = split_key(member.raw_name) or ("", "")
+    def add(self, key: str, member: Member) -> Sample | None:
+        """Add a member with its raw `key` (`split_key`); returns the sample it completed (if any)."""
         done = None
         cur = self.current
-        if cur is None or cur.raw_key != key or any(m.ext == ext for m in cur.members):
+        if cur is None or cur.raw_key != key or any(m.ext == member.ext for m in cur.members):
             done = self.flush()
             n = self._seen.get(key, 0) + 1
             self._seen[key] = n
@@ -335,10 +334,9 @@ class _Grouper:
         cur.members.append(member)
         return done
 
-    def mark_incomplete(self, raw_name: str, name: str) -> None:
-        """The shard ended inside member `name`: the pending sample (if it is `name`'s) lacks that member."""
-        split = split_key(raw_name)
-        if split is not None and self.current is not None and split[0] == self.current.raw_key:
+    def mark_incomplete(self, key: str, name: str) -> None:
+        """The shard ended inside member `name`: the pending sample (if it is `key`'s) lacks that member."""
+        if self.current is not None and key == self.current.raw_key:
             self.current.notes.append(
                 f"member {name!r} truncated (shard ended inside it); sample may be incomplete"
             )
@@ -407,7 +405,7 @@ def iter_tar(
             if reason is not None:
                 yield Skipped(name, reason)
                 continue
-            ext = split[1]  # type: ignore[index]
+            key, ext = split  # type: ignore[misc]
             member = Member(name=name, raw_name=info.name, ext=ext, size=info.size, offset=info.offset_data)
             if want(ext, info.size):
                 extracted = tf.extractfile(info)
@@ -418,7 +416,7 @@ def iter_tar(
                 else:
                     detail = ""
                 if detail or len(data) != info.size:
-                    grouper.mark_incomplete(info.name, name)
+                    grouper.mark_incomplete(key, name)
                     error = (
                         f"tar truncated inside member {name!r} "
                         f"({detail or f'{len(data)} of {info.size} bytes'}) "
@@ -426,7 +424,7 @@ def iter_tar(
                     )
                     break
                 member.data = data
-            done = grouper.add(member)
+            done = grouper.add(key, member)
             if done is not None:
                 yield done
             last = repr(name)

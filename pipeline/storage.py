@@ -396,4 +396,4 @@ def publish_dir(local: Path, dest: str) -> None:
     """Copy every file of `local` into `dest` (local dir or s3:// prefix), each written atomically."""
     for path in sorted(local.iterdir()):
         if path.is_file():
-            write_bytes_atomic(join(dest, path.name), path.read_bytes())
+            copy_object(str(path), join(dest, path.name))

@@ -499,11 +499,11 @@ def _retry_or_raise(exc: Exception, what: str) -> NoReturn:
 _EMPTY = "empty shard (0 bytes)"
 
 
-def _open(shard_url: str, *, max_in_memory_bytes: int, block_size: int, whole: bool) -> IO[bytes] | None:
-    """The shard open for reading; None for an empty object (`_EMPTY`). ONE GET into memory when `whole` and
-    small enough, else fsspec's read-ahead block cache, with the bounded S3 timeouts/retries above. Raises
-    _TransientReadError for I/O failures worth a retry and the original exception for permanent ones (missing
-    object, permissions, a directory)."""
+def _open(shard_url: str, *, max_in_memory_bytes: int, block_size: int) -> IO[bytes] | None:
+    """The shard open for reading; None for an empty object (`_EMPTY`). ONE GET into memory when it is at most
+    `max_in_memory_bytes` (0: never), else fsspec's read-ahead block cache, with the bounded S3
+    timeouts/retries above. Raises _TransientReadError for I/O failures worth a retry and the original
+    exception for permanent ones (missing object, permissions, a directory)."""
     fs, path = storage.tuned_filesystem(shard_url, S3_STORAGE_OPTIONS)
     try:
         info = fs.info(path)
@@ -516,7 +516,7 @@ def _open(shard_url: str, *, max_in_memory_bytes: int, block_size: int, whole: b
     if n_bytes == 0:
         return None
     try:
-        if whole and n_bytes is not None and n_bytes <= max_in_memory_bytes:
+        if n_bytes is not None and n_bytes <= max_in_memory_bytes:
             data = fs.cat_file(path)
             if len(data) != n_bytes:
                 raise _TransientReadError(f"short read: {len(data)} of {n_bytes} bytes")
@@ -547,10 +547,9 @@ def _list_once(
     max_member_bytes: int,
     max_in_memory_bytes: int,
     block_size: int,
-    whole: bool,
     out: Listing[Sample],
 ) -> str | None:
-    fileobj = _open(shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, whole=whole)
+    fileobj = _open(shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size)
     if fileobj is None:
         return _EMPTY
     try:
@@ -584,7 +583,8 @@ def list_shard(
     failures are retried (whole shard, at most `attempts` times, backoff `backoff_s * 2**i`, no new attempt
     after `deadline_s`); if every attempt fails the longest partial read is kept. [ours]"""
     want = want or (lambda ext, size: size <= max_member_bytes)
-    whole = want is not want_none and want is not want_json
+    if want is want_none or want is want_json:
+        max_in_memory_bytes = 0  # headers or JSON members alone: streamed, never the whole shard fetched
     start = time.monotonic()
     best: Listing[Sample] | None = None
     error: str | None = None
@@ -599,7 +599,6 @@ def list_shard(
                 max_member_bytes=max_member_bytes,
                 max_in_memory_bytes=max_in_memory_bytes,
                 block_size=block_size,
-                whole=whole,
                 out=listing,
             )
             best = listing
@@ -681,7 +680,7 @@ def iter_samples(shard_url: str) -> Iterator[Sample]:
     streamed (one pass, the read-ahead block cache), for a byte-exact copy. Raises ShardReadError when the
     shard cannot be read to its end, after yielding the samples before the failure."""
     try:
-        fileobj = _open(shard_url, max_in_memory_bytes=0, block_size=DEFAULT_BLOCK_SIZE, whole=False)
+        fileobj = _open(shard_url, max_in_memory_bytes=0, block_size=DEFAULT_BLOCK_SIZE)
     except Exception as exc:
         raise ShardReadError(f"{shard_url}: cannot read shard: {type(exc).__name__}: {exc}") from exc
     if fileobj is None:

@@ -125,10 +125,10 @@ def list_shard_objects(source: str) -> list[tuple[str, str | None]]:
     if uris is not None:
         infos: dict[str, dict] = {}
         fs = filesystem(uris[0])[0]
-        for parent in sorted({posixpath.dirname(filesystem(u)[1]) for u in uris}):
-            fs.invalidate_cache(parent)  # one fresh listing of each parent folder
+        for folder in sorted({posixpath.dirname(filesystem(u)[1]) for u in uris}):
+            fs.invalidate_cache(folder)  # one fresh listing of each parent folder
             try:
-                infos.update({str(i["name"]).rstrip("/"): i for i in fs.ls(parent, detail=True)})
+                infos.update({str(i["name"]).rstrip("/"): i for i in fs.ls(folder, detail=True)})
             except FileNotFoundError:
                 continue
         return [(u, object_identity(infos.get(filesystem(u)[1].rstrip("/"), {}))) for u in uris]

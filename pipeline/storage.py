@@ -214,9 +214,8 @@ def list_names(uri: str, suffix: str = "") -> list[str]:
 
 
 def staging_path(uri: str) -> Path:
-    """THE private local file that `uri`'s content is written to before `publish` makes it visible: for a
-    local target a hidden name in the target's own folder (created if needed), so the rename is atomic; for
-    a remote one a file in the system's temp folder."""
+    """THE private local file `uri`'s content is written to before `publish` makes it visible: a hidden name
+    in a local target's own folder (created if needed; the rename is atomic), a temp file for a remote one."""
     if is_remote(uri):
         fd, name = tempfile.mkstemp(prefix="genscan-", suffix=".tmp")
         os.close(fd)
@@ -227,9 +226,8 @@ def staging_path(uri: str) -> Path:
 
 
 def publish(staged: Path, uri: str) -> None:
-    """Make the complete file `staged` (from `staging_path`) the object at `uri`, so readers never see a
-    half-written one: a rename over a local target, one upload to a remote one. `staged` is gone afterwards,
-    also when this fails."""
+    """Make the complete file `staged` (`staging_path`) the object at `uri`, never seen half-written: a rename
+    over a local target, one upload to a remote one. `staged` is gone afterwards, also when this fails."""
     try:
         if is_remote(uri):
             fs, path = filesystem(uri)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from typing import IO, Any
 
@@ -143,8 +144,6 @@ class Console:
         if not own_fd:  # self.stream stays sys.stderr
             return self
         sys.stderr.flush()
-        import tempfile
-
         fd, self.stderr_log = tempfile.mkstemp(prefix="genscan-", suffix=".driver-stderr.log")
         self._saved_fd = os.dup(2)
         os.dup2(fd, 2)  # C++ and Python writes to fd 2 land in the file

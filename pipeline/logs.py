@@ -118,15 +118,13 @@ class RunLog:
         self._file.flush()
         if self.destination is None:
             return self.path
-        from pipeline.storage import write_bytes_atomic
+        from pipeline import storage
 
         try:
-            with open(self.path, "rb") as f:
-                write_bytes_atomic(self.destination, f.read())
-            folder = self.destination.rsplit("/", 1)[0]
+            storage.copy_object(self.path, self.destination)
+            folder = storage.parent(self.destination)
             for name, path in self.attached.items():
-                with open(path, "rb") as f:
-                    write_bytes_atomic(f"{folder}/{name}", f.read())
+                storage.copy_object(path, storage.join(folder, name))
         except OSError:
             return self.path
         self._remove_local()  # published: the local copies are no longer needed

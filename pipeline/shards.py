@@ -315,12 +315,11 @@ class _Grouper:
         self.current: Sample | None = None
         self._seen: dict[str, int] = {}
 
-    def add(self, member: Member) -> Sample | None:
-        """Add a member; returns the sample it completed (if any)."""
-        key, ext = split_key(member.raw_name) or ("", "")
+    def add(self, key: str, member: Member) -> Sample | None:
+        """Add a member with its raw `key` (`split_key`); returns the sample it completed (if any)."""
         done = None
         cur = self.current
-        if cur is None or cur.raw_key != key or any(m.ext == ext for m in cur.members):
+        if cur is None or cur.raw_key != key or any(m.ext == member.ext for m in cur.members):
             done = self.flush()
             n = self._seen.get(key, 0) + 1
             self._seen[key] = n
@@ -335,10 +334,9 @@ class _Grouper:
         cur.members.append(member)
         return done
 
-    def mark_incomplete(self, raw_name: str, name: str) -> None:
-        """The shard ended inside member `name`: the pending sample (if it is `name`'s) lacks that member."""
-        split = split_key(raw_name)
-        if split is not None and self.current is not None and split[0] == self.current.raw_key:
+    def mark_incomplete(self, key: str, name: str) -> None:
+        """The shard ended inside member `name`: the pending sample (if it is `key`'s) lacks that member."""
+        if self.current is not None and key == self.current.raw_key:
             self.current.notes.append(
                 f"member {name!r} truncated (shard ended inside it); sample may be incomplete"
             )
@@ -407,7 +405,7 @@ def iter_tar(
             if reason is not None:
                 yield Skipped(name, reason)
                 continue
-            ext = split[1]  # type: ignore[index]
+            key, ext = split  # type: ignore[misc]
             member = Member(name=name, raw_name=info.name, ext=ext, size=info.size, offset=info.offset_data)
             if want(ext, info.size):
                 extracted = tf.extractfile(info)
@@ -418,7 +416,7 @@ def iter_tar(
                 else:
                     detail = ""
                 if detail or len(data) != info.size:
-                    grouper.mark_incomplete(info.name, name)
+                    grouper.mark_incomplete(key, name)
                     error = (
                         f"tar truncated inside member {name!r} "
                         f"({detail or f'{len(data)} of {info.size} bytes'}) "
@@ -426,7 +424,7 @@ def iter_tar(
                     )
                     break
                 member.data = data
-            done = grouper.add(member)
+            done = grouper.add(key, member)
             if done is not None:
                 yield done
             last = repr(name)
@@ -501,11 +499,11 @@ def _retry_or_raise(exc: Exception, what: str) -> NoReturn:
 _EMPTY = "empty shard (0 bytes)"
 
 
-def _open(shard_url: str, *, max_in_memory_bytes: int, block_size: int, whole: bool) -> IO[bytes] | None:
-    """The shard open for reading; None for an empty object (`_EMPTY`). ONE GET into memory when `whole` and
-    small enough, else fsspec's read-ahead block cache, with the bounded S3 timeouts/retries above. Raises
-    _TransientReadError for I/O failures worth a retry and the original exception for permanent ones (missing
-    object, permissions, a directory)."""
+def _open(shard_url: str, *, max_in_memory_bytes: int, block_size: int) -> IO[bytes] | None:
+    """The shard open for reading; None for an empty object (`_EMPTY`). ONE GET into memory when it is at most
+    `max_in_memory_bytes` (0: never), else fsspec's read-ahead block cache, with the bounded S3
+    timeouts/retries above. Raises _TransientReadError for I/O failures worth a retry and the original
+    exception for permanent ones (missing object, permissions, a directory)."""
     fs, path = storage.tuned_filesystem(shard_url, S3_STORAGE_OPTIONS)
     try:
         info = fs.info(path)
@@ -518,7 +516,7 @@ def _open(shard_url: str, *, max_in_memory_bytes: int, block_size: int, whole: b
     if n_bytes == 0:
         return None
     try:
-        if whole and n_bytes is not None and n_bytes <= max_in_memory_bytes:
+        if n_bytes is not None and n_bytes <= max_in_memory_bytes:
             data = fs.cat_file(path)
             if len(data) != n_bytes:
                 raise _TransientReadError(f"short read: {len(data)} of {n_bytes} bytes")
@@ -549,10 +547,9 @@ def _list_once(
     max_member_bytes: int,
     max_in_memory_bytes: int,
     block_size: int,
-    whole: bool,
     out: Listing[Sample],
 ) -> str | None:
-    fileobj = _open(shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size, whole=whole)
+    fileobj = _open(shard_url, max_in_memory_bytes=max_in_memory_bytes, block_size=block_size)
     if fileobj is None:
         return _EMPTY
     try:
@@ -586,7 +583,8 @@ def list_shard(
     failures are retried (whole shard, at most `attempts` times, backoff `backoff_s * 2**i`, no new attempt
     after `deadline_s`); if every attempt fails the longest partial read is kept. [ours]"""
     want = want or (lambda ext, size: size <= max_member_bytes)
-    whole = want is not want_none and want is not want_json
+    if want is want_none or want is want_json:
+        max_in_memory_bytes = 0  # headers or JSON members alone: streamed, never the whole shard fetched
     start = time.monotonic()
     best: Listing[Sample] | None = None
     error: str | None = None
@@ -601,7 +599,6 @@ def list_shard(
                 max_member_bytes=max_member_bytes,
                 max_in_memory_bytes=max_in_memory_bytes,
                 block_size=block_size,
-                whole=whole,
                 out=listing,
             )
             best = listing
@@ -683,7 +680,7 @@ def iter_samples(shard_url: str) -> Iterator[Sample]:
     streamed (one pass, the read-ahead block cache), for a byte-exact copy. Raises ShardReadError when the
     shard cannot be read to its end, after yielding the samples before the failure."""
     try:
-        fileobj = _open(shard_url, max_in_memory_bytes=0, block_size=DEFAULT_BLOCK_SIZE, whole=False)
+        fileobj = _open(shard_url, max_in_memory_bytes=0, block_size=DEFAULT_BLOCK_SIZE)
     except Exception as exc:
         raise ShardReadError(f"{shard_url}: cannot read shard: {type(exc).__name__}: {exc}") from exc
     if fileobj is None:

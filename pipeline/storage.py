@@ -12,6 +12,7 @@ import json
 import os
 import posixpath
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -124,10 +125,10 @@ def list_shard_objects(source: str) -> list[tuple[str, str | None]]:
     if uris is not None:
         infos: dict[str, dict] = {}
         fs = filesystem(uris[0])[0]
-        for parent in sorted({posixpath.dirname(filesystem(u)[1]) for u in uris}):
-            fs.invalidate_cache(parent)  # one fresh listing of each parent folder
+        for folder in sorted({posixpath.dirname(filesystem(u)[1]) for u in uris}):
+            fs.invalidate_cache(folder)  # one fresh listing of each parent folder
             try:
-                infos.update({str(i["name"]).rstrip("/"): i for i in fs.ls(parent, detail=True)})
+                infos.update({str(i["name"]).rstrip("/"): i for i in fs.ls(folder, detail=True)})
             except FileNotFoundError:
                 continue
         return [(u, object_identity(infos.get(filesystem(u)[1].rstrip("/"), {}))) for u in uris]
@@ -212,19 +213,42 @@ def list_names(uri: str, suffix: str = "") -> list[str]:
         return []
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Readers never see a half-written file: local files go through a temp name + rename;
-    an S3 PUT is atomic by itself."""
-    fs, path = filesystem(uri)
+def staging_path(uri: str) -> Path:
+    """THE private local file `uri`'s content is written to before `publish` makes it visible: a hidden name
+    in a local target's own folder (created if needed; the rename is atomic), a temp file for a remote one."""
     if is_remote(uri):
+        fd, name = tempfile.mkstemp(prefix="genscan-", suffix=".tmp")
+        os.close(fd)
+        return Path(name)
+    target = Path(uri.removeprefix("file://"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+
+
+def publish(staged: Path, uri: str) -> None:
+    """Make the complete file `staged` (`staging_path`) the object at `uri`, never seen half-written: a rename
+    over a local target, one upload to a remote one. `staged` is gone afterwards, also when this fails."""
+    try:
+        if is_remote(uri):
+            fs, path = filesystem(uri)
+            fs.put_file(str(staged), path)
+        else:
+            os.replace(staged, uri.removeprefix("file://"))
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Readers never see a half-written file: local files are staged and published (`staging_path`); an S3
+    PUT is atomic by itself."""
+    if is_remote(uri):
+        fs, path = filesystem(uri)
         with fs.open(path, "wb") as f:
             f.write(data)
         return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    staged = staging_path(uri)
+    staged.write_bytes(data)
+    publish(staged, uri)
 
 
 def read_many(uris: Sequence[str], chunk: int = 2048) -> Iterator[tuple[str, bytes | None]]:
@@ -251,21 +275,19 @@ def _cat_one(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, bytes]:
 
 def copy_object(src: str, dst: str) -> None:
     """Copy one stored object; readers never see a partial `dst`. On one S3 store it is a server-side copy
-    (s3fs `copy`: CopyObject, no bytes through this process); locally a copy to a temp name + rename."""
+    (s3fs `copy`: CopyObject, no bytes through this process); locally a staged copy (`staging_path`)."""
     fs, spath = filesystem(src)
     dfs, dpath = filesystem(dst)
     if is_remote(src) and is_remote(dst) and type(fs) is type(dfs):
         fs.copy(spath, dpath)
         return
     if not is_remote(src) and not is_remote(dst):
-        target = Path(dpath)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        staged = staging_path(dst)
         try:
-            shutil.copyfile(spath, tmp)
-            os.replace(tmp, target)
+            shutil.copyfile(spath, staged)
+            publish(staged, dst)
         finally:
-            tmp.unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)  # a failed copy leaves no temp file behind
         return
     write_bytes_atomic(dst, read_bytes(src))
 
@@ -372,4 +394,4 @@ def publish_dir(local: Path, dest: str) -> None:
     """Copy every file of `local` into `dest` (local dir or s3:// prefix), each written atomically."""
     for path in sorted(local.iterdir()):
         if path.is_file():
-            write_bytes_atomic(join(dest, path.name), path.read_bytes())
+            copy_object(str(path), join(dest, path.name))

@@ -9,11 +9,6 @@ members sorted within each sample), so the same input and decisions always give 
 
 from __future__ import annotations
 
-import os
-import tempfile
-import uuid
-from pathlib import Path
-
 from pipeline import storage
 from pipeline.shards import Sample, tar_writer, write_sample
 
@@ -25,14 +20,7 @@ class ShardWriter:
     def __init__(self, target_uri: str) -> None:
         self.target_uri = target_uri
         self.count = 0
-        if storage.is_remote(target_uri):
-            fd, tmp = tempfile.mkstemp(suffix=".tar", prefix="genscan-filter-")
-            os.close(fd)
-            self._tmp = Path(tmp)
-        else:
-            target = Path(target_uri.removeprefix("file://"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        self._tmp = storage.staging_path(target_uri)
         # both closed in commit/abort
         self._file = open(self._tmp, "wb")  # noqa: SIM115
         self._tar = tar_writer(self._file)
@@ -56,14 +44,7 @@ class ShardWriter:
 
     def commit(self) -> None:
         self._close()
-        try:
-            if storage.is_remote(self.target_uri):
-                fs, path = storage.filesystem(self.target_uri)
-                fs.put_file(str(self._tmp), path)
-            else:
-                os.replace(self._tmp, Path(self.target_uri.removeprefix("file://")))
-        finally:
-            self._tmp.unlink(missing_ok=True)
+        storage.publish(self._tmp, self.target_uri)
 
     def abort(self) -> None:
         self._close()

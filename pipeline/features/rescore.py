@@ -126,8 +126,7 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
     keys = src.column("key").to_pylist()
     ok = status == "ok"
     idx = np.flatnonzero(ok)
-    dim = int(head.w_fake.shape[0])
-    x = np.stack([feats[keys[i]] for i in idx]) if len(idx) else np.zeros((0, dim), np.float32)
+    x = np.stack([feats[keys[i]] for i in idx]) if len(idx) else np.zeros((0, head.dim), np.float32)
     res = head.predict(x)
     labels = head.meta.labels
     p_fake = np.zeros(n, np.float32)

@@ -26,11 +26,17 @@ import torch
 from pydantic import Field
 
 from pipeline.feature_store import FeaturePartError, FeatureSpec, read_part
+from pipeline.features.head import FeatureHead, spec_differences
 from pipeline.logs import get_logger
+from pipeline.models import DetectorConfig, DetectorMeta
+from pipeline.models.checkpoint import read_checkpoint, write_checkpoint
 from pipeline.models.constants import REAL_LABEL
+from pipeline.models.detector import HEAD_PREFIXES, head_shapes
+from pipeline.models.meta import BackboneMeta
 from pipeline.output import RunPaths, ScanOutputError, feature_shards, read_json, resolve_scan_date
 from pipeline.settings import ConfigError, StrictModel
 from pipeline.storage import join, read_bytes, write_bytes_atomic
+from pipeline.train.linear import fit_binary, fit_multiclass
 
 log = get_logger("pipeline.features.train")
 
@@ -101,9 +107,6 @@ def read_labels(uri: str) -> pa.Table:
 def _backbone_tensors(paths: RunPaths, spec: FeatureSpec) -> dict[str, torch.Tensor]:
     """The frozen tensors of a backbone stored in the scanning detector's checkpoint
     (spec.source_detector)."""
-    from pipeline.models.checkpoint import read_checkpoint
-    from pipeline.models.detector import HEAD_PREFIXES
-
     record = read_json(paths.run_file("detector.json")) or {}
     members = record.get("members") or [record]
     uri = next((m.get("uri") for m in members if m.get("detector_id") == spec.source_detector), None)
@@ -120,13 +123,6 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
     """Fit, check and write the checkpoint; returns the summary. ConfigError (exit 2) for a config that does
     not read the stored feature, a labels file that matches no stored feature or lacks real or fake
     examples."""
-    from pipeline.features.head import FeatureHead, spec_differences
-    from pipeline.models import DetectorConfig, DetectorMeta
-    from pipeline.models.checkpoint import write_checkpoint
-    from pipeline.models.detector import head_shapes
-    from pipeline.models.meta import BackboneMeta
-    from pipeline.train.linear import fit_binary, fit_multiclass
-
     date = resolve_scan_date(cfg.features_from, cfg.scan_date)
     paths = RunPaths(cfg.features_from, date)
     labels = read_labels(cfg.labels)

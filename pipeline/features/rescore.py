@@ -222,11 +222,10 @@ def rescore_shard(task: ShardTask) -> dict[str, Any]:
     return stats
 
 
-def store_spec(paths: RunPaths, shards: list[str]) -> FeatureSpec:
-    """The store's spec, from the footer of its first readable part (by shard order): what the detector is
-    checked against before any work. Each shard's task checks its own part again (a truncated or foreign part
-    becomes that shard's error row)."""
-    have = sorted(feature_shards(paths).intersection(shards))
+def store_spec(paths: RunPaths, have: list[str]) -> FeatureSpec:
+    """The store's spec, from the footer of the first readable part of the shards `have` (those to re-score
+    that have a part, sorted): what the detector is checked against before any work. Each shard's task checks
+    its own part again (a truncated or foreign part becomes that shard's error row)."""
     if not have:
         raise ScanOutputError(
             f"no stored features under {paths.features_dir}: the scan of {paths.scan_date} ran without "
@@ -259,7 +258,8 @@ def run_rescore(
     if not shards:
         raise ScanOutputError(f"no completed shards (markers) in {source.marker_dir}")
     head = FeatureHead(cfg.detector)
-    spec = store_spec(source, shards)
+    stored = feature_shards(source)
+    spec = store_spec(source, sorted(stored.intersection(shards)))
     head.check(spec, f"{cfg.scan}/_features (scan_date={date})")
     target = RunPaths(cfg.output, date)
     previous = read_json(target.run_file("run.json"))
@@ -286,7 +286,7 @@ def run_rescore(
         "scan_date": date,
         "features_dir": source.features_dir,
         "spec": spec.model_dump(mode="json"),
-        "shards_with_features": len(feature_shards(source)),
+        "shards_with_features": len(stored),
     }
     run = RunFile(
         target.run_file("run.json"),

@@ -68,8 +68,9 @@ _CSV_TYPES = pacsv.ConvertOptions(
 )
 
 
-def read_labels(uri: str) -> pa.Table:
-    """The labels file as (shard, key, label int8, generator or null); ConfigError naming what is wrong."""
+def read_labels(uri: str) -> list[dict[str, Any]]:
+    """The labels file's rows as {shard, key, label (0 | 1), generator or None}; ConfigError naming what is
+    wrong."""
     try:
         data = read_bytes(uri)
     except FileNotFoundError as exc:
@@ -85,23 +86,20 @@ def read_labels(uri: str) -> pa.Table:
     missing = [c for c in ("shard", "key", "label") if c not in table.column_names]
     if missing:
         raise ConfigError(f"labels: {uri} lacks column(s) {', '.join(missing)} (needs shard, key, label)")
-    raw = [str(v).strip().lower() for v in table.column("label").to_pylist()]
+    rows = table.to_pylist()
+    raw = [str(r["label"]).strip().lower() for r in rows]
     bad = sorted({v for v in raw if v not in LABELS})
     if bad:
         raise ConfigError(f"labels: {uri} has label values {bad[:5]}; use 0/1 or real/fake")
-    gen = (
-        [None if g in (None, "") else str(g) for g in table.column("generator").to_pylist()]
-        if "generator" in table.column_names
-        else [None] * table.num_rows
-    )
-    return pa.table(
+    return [
         {
-            "shard": pa.array([str(s) for s in table.column("shard").to_pylist()], pa.string()),
-            "key": pa.array([str(k) for k in table.column("key").to_pylist()], pa.string()),
-            "label": pa.array([LABELS[v] for v in raw], pa.int8()),
-            "generator": pa.array(gen, pa.string()),
+            "shard": str(r["shard"]),
+            "key": str(r["key"]),
+            "label": LABELS[v],
+            "generator": None if r.get("generator") in (None, "") else str(r["generator"]),
         }
-    )
+        for r, v in zip(rows, raw, strict=True)
+    ]
 
 
 def _backbone_tensors(paths: RunPaths, spec: FeatureSpec) -> dict[str, torch.Tensor]:
@@ -125,14 +123,14 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
     examples."""
     date = resolve_scan_date(cfg.features_from, cfg.scan_date)
     paths = RunPaths(cfg.features_from, date)
-    labels = read_labels(cfg.labels)
+    rows = read_labels(cfg.labels)
     stored = feature_shards(paths)
     if not stored:
         raise ScanOutputError(f"no stored features under {paths.features_dir} (scan with --features)")
     feats: dict[tuple[str, str], np.ndarray] = {}
     spec: FeatureSpec | None = None
     unreadable: dict[str, str] = {}
-    for shard in sorted(stored.intersection(labels.column("shard").to_pylist())):
+    for shard in sorted(stored.intersection(r["shard"] for r in rows)):
         try:
             part = read_part(paths.features(shard))
         except FeaturePartError as exc:
@@ -144,7 +142,6 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
             )
         spec = spec or part.spec
         feats.update({(shard, k): v for k, v in zip(part.keys, part.features(), strict=True)})
-    rows = labels.to_pylist()
     used = [r for r in rows if (r["shard"], r["key"]) in feats]
     skipped = len(rows) - len(used)
     if spec is None or not used:

@@ -139,15 +139,14 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
     is_fake[idx] = res["is_fake"]
     scores[idx] = res["generator_scores"]
     top[idx] = res["top_generator"]
-    mask = ~ok
     per_detector = {"detector_p_fake": p_fake, "detector_logit": logit, "detector_is_fake": is_fake}
     # the scan columns a re-score replaces; every other column (the image's facts) is copied from `src`
     cols = {
         "schema_version": pa.array(np.full(n, SCHEMA_VERSION, np.int16), pa.int16()),
         "run_id": pa.array([run_id] * n, pa.string()),
-        "p_fake": pa.array(p_fake, pa.float32(), mask=mask),
-        "logit": pa.array(logit, pa.float32(), mask=mask),
-        "is_fake": pa.array(is_fake, pa.bool_(), mask=mask),
+        "p_fake": pa.array(p_fake, pa.float32(), mask=~ok),
+        "logit": pa.array(logit, pa.float32(), mask=~ok),
+        "is_fake": pa.array(is_fake, pa.bool_(), mask=~ok),
         "threshold": pa.array(np.full(n, head.meta.threshold, np.float32), pa.float32()),
         "top_generator": pa.array(top.tolist(), pa.string()),
         "generator_scores": map_column("generator_scores", [labels] * n, scores, ~ok),

@@ -396,7 +396,7 @@ def test_labels_keep_zero_padded_keys_as_written(tmp_path) -> None:
 
     labels = tmp_path / "l.csv"
     labels.write_text("shard,key,label,generator\n000001,00000012,fake,7\n000001,00000013,0,\n")
-    t = read_labels(str(labels)).to_pylist()
+    t = read_labels(str(labels))
     assert [(r["shard"], r["key"], r["label"], r["generator"]) for r in t] == [
         ("000001", "00000012", 1, "7"),
         ("000001", "00000013", 0, None),

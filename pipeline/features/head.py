@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.feature_store import BackboneId, FeatureSpec, Preprocessing
+from pipeline.models.checkpoint import read_checkpoint
 from pipeline.models.detector import (
     FEATURE_NORMALIZED,
     HEAD_PREFIXES,
@@ -22,7 +23,7 @@ from pipeline.models.detector import (
     source_identity,
     tensor_digest,
 )
-from pipeline.models.meta import DetectorMeta
+from pipeline.models.meta import CheckpointError, DetectorMeta
 from pipeline.models.predictor import score_results
 from pipeline.settings import ConfigError
 
@@ -55,9 +56,6 @@ class FeatureHead:
     """The real/fake and attribution heads of a linear-on-frozen-feature checkpoint."""
 
     def __init__(self, uri: str) -> None:
-        from pipeline.models.checkpoint import read_checkpoint
-        from pipeline.models.meta import CheckpointError
-
         try:
             meta, tensors = read_checkpoint(uri)
         except (CheckpointError, OSError) as exc:
@@ -81,10 +79,8 @@ class FeatureHead:
             )
         self.meta: DetectorMeta = meta
         self.cfg = cfg
-        self.w_fake = heads["head_fake.weight"].to(torch.float32).numpy().reshape(-1)
-        self.b_fake = float(heads["head_fake.bias"].reshape(-1)[0])
-        self.w_gen = heads["head_gen.weight"].to(torch.float32).numpy()
-        self.b_gen = heads["head_gen.bias"].to(torch.float32).numpy()
+        self.heads = {k: v.to(torch.float32) for k, v in heads.items()}
+        self.dim = int(shapes["head_fake.weight"][1])  # the stored feature's size the heads read
         bb = meta.backbone
         identity = source_identity(
             bb, lambda: tensor_digest((k, v) for k, v in tensors.items() if not k.startswith(HEAD_PREFIXES))
@@ -99,7 +95,7 @@ class FeatureHead:
 
     def differences(self, stored: FeatureSpec) -> list[str]:
         """What makes the `stored` features not the ones these heads read; empty: the same."""
-        return spec_differences(self.cfg, int(self.w_fake.shape[0]), self.backbone, stored)
+        return spec_differences(self.cfg, self.dim, self.backbone, stored)
 
     def check(self, spec: FeatureSpec, where: str) -> None:
         """ConfigError (one line) unless `spec`'s features are exactly what these heads read."""
@@ -112,11 +108,9 @@ class FeatureHead:
     def predict(self, feats: np.ndarray) -> dict[str, Any]:
         """The scan's per-row results (`pipeline.models.predictor.score_results`) from (N, D) features, the
         logits float32 as the scan's head computes them."""
-        feats = np.asarray(feats, np.float32).reshape(-1, self.w_fake.shape[0])
-        x = torch.from_numpy(np.ascontiguousarray(feats))
-        w_fake = torch.from_numpy(self.w_fake).reshape(1, -1)
+        x = torch.from_numpy(np.ascontiguousarray(feats, np.float32).reshape(-1, self.dim))
+        h = self.heads
         with torch.inference_mode():
-            logits = torch.nn.functional.linear(x, w_fake, torch.tensor([self.b_fake])).squeeze(-1).numpy()
-            gen = torch.nn.functional.linear(x, torch.from_numpy(self.w_gen), torch.from_numpy(self.b_gen))
-            scores = gen.softmax(dim=-1).numpy()
-        return score_results(logits, scores, self.cfg, self.meta)
+            logits = torch.nn.functional.linear(x, h["head_fake.weight"], h["head_fake.bias"]).squeeze(-1)
+            scores = torch.nn.functional.linear(x, h["head_gen.weight"], h["head_gen.bias"]).softmax(dim=-1)
+        return score_results(logits.numpy(), scores.numpy(), self.cfg, self.meta)

@@ -126,8 +126,7 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
     keys = src.column("key").to_pylist()
     ok = status == "ok"
     idx = np.flatnonzero(ok)
-    dim = int(head.w_fake.shape[0])
-    x = np.stack([feats[keys[i]] for i in idx]) if len(idx) else np.zeros((0, dim), np.float32)
+    x = np.stack([feats[keys[i]] for i in idx]) if len(idx) else np.zeros((0, head.dim), np.float32)
     res = head.predict(x)
     labels = head.meta.labels
     p_fake = np.zeros(n, np.float32)
@@ -140,15 +139,14 @@ def score_table(src: pa.Table, feats: dict[str, np.ndarray], head: FeatureHead, 
     is_fake[idx] = res["is_fake"]
     scores[idx] = res["generator_scores"]
     top[idx] = res["top_generator"]
-    mask = ~ok
     per_detector = {"detector_p_fake": p_fake, "detector_logit": logit, "detector_is_fake": is_fake}
     # the scan columns a re-score replaces; every other column (the image's facts) is copied from `src`
     cols = {
         "schema_version": pa.array(np.full(n, SCHEMA_VERSION, np.int16), pa.int16()),
         "run_id": pa.array([run_id] * n, pa.string()),
-        "p_fake": pa.array(p_fake, pa.float32(), mask=mask),
-        "logit": pa.array(logit, pa.float32(), mask=mask),
-        "is_fake": pa.array(is_fake, pa.bool_(), mask=mask),
+        "p_fake": pa.array(p_fake, pa.float32(), mask=~ok),
+        "logit": pa.array(logit, pa.float32(), mask=~ok),
+        "is_fake": pa.array(is_fake, pa.bool_(), mask=~ok),
         "threshold": pa.array(np.full(n, head.meta.threshold, np.float32), pa.float32()),
         "top_generator": pa.array(top.tolist(), pa.string()),
         "generator_scores": map_column("generator_scores", [labels] * n, scores, ~ok),
@@ -223,11 +221,10 @@ def rescore_shard(task: ShardTask) -> dict[str, Any]:
     return stats
 
 
-def store_spec(paths: RunPaths, shards: list[str]) -> FeatureSpec:
-    """The store's spec, from the footer of its first readable part (by shard order): what the detector is
-    checked against before any work. Each shard's task checks its own part again (a truncated or foreign part
-    becomes that shard's error row)."""
-    have = sorted(feature_shards(paths).intersection(shards))
+def store_spec(paths: RunPaths, have: list[str]) -> FeatureSpec:
+    """The store's spec, from the footer of the first readable part of the shards `have` (those to re-score
+    that have a part, sorted): what the detector is checked against before any work. Each shard's task checks
+    its own part again (a truncated or foreign part becomes that shard's error row)."""
     if not have:
         raise ScanOutputError(
             f"no stored features under {paths.features_dir}: the scan of {paths.scan_date} ran without "
@@ -260,7 +257,8 @@ def run_rescore(
     if not shards:
         raise ScanOutputError(f"no completed shards (markers) in {source.marker_dir}")
     head = FeatureHead(cfg.detector)
-    spec = store_spec(source, shards)
+    stored = feature_shards(source)
+    spec = store_spec(source, sorted(stored.intersection(shards)))
     head.check(spec, f"{cfg.scan}/_features (scan_date={date})")
     target = RunPaths(cfg.output, date)
     previous = read_json(target.run_file("run.json"))
@@ -287,7 +285,7 @@ def run_rescore(
         "scan_date": date,
         "features_dir": source.features_dir,
         "spec": spec.model_dump(mode="json"),
-        "shards_with_features": len(feature_shards(source)),
+        "shards_with_features": len(stored),
     }
     run = RunFile(
         target.run_file("run.json"),

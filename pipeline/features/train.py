@@ -26,11 +26,17 @@ import torch
 from pydantic import Field
 
 from pipeline.feature_store import FeaturePartError, FeatureSpec, read_part
+from pipeline.features.head import FeatureHead, spec_differences
 from pipeline.logs import get_logger
+from pipeline.models import DetectorConfig, DetectorMeta
+from pipeline.models.checkpoint import read_checkpoint, write_checkpoint
 from pipeline.models.constants import REAL_LABEL
+from pipeline.models.detector import HEAD_PREFIXES, head_shapes
+from pipeline.models.meta import BackboneMeta
 from pipeline.output import RunPaths, ScanOutputError, feature_shards, read_json, resolve_scan_date
 from pipeline.settings import ConfigError, StrictModel
 from pipeline.storage import join, read_bytes, write_bytes_atomic
+from pipeline.train.linear import fit_binary, fit_multiclass
 
 log = get_logger("pipeline.features.train")
 
@@ -62,8 +68,9 @@ _CSV_TYPES = pacsv.ConvertOptions(
 )
 
 
-def read_labels(uri: str) -> pa.Table:
-    """The labels file as (shard, key, label int8, generator or null); ConfigError naming what is wrong."""
+def read_labels(uri: str) -> list[dict[str, Any]]:
+    """The labels file's rows as {shard, key, label (0 | 1), generator or None}; ConfigError naming what is
+    wrong."""
     try:
         data = read_bytes(uri)
     except FileNotFoundError as exc:
@@ -79,31 +86,25 @@ def read_labels(uri: str) -> pa.Table:
     missing = [c for c in ("shard", "key", "label") if c not in table.column_names]
     if missing:
         raise ConfigError(f"labels: {uri} lacks column(s) {', '.join(missing)} (needs shard, key, label)")
-    raw = [str(v).strip().lower() for v in table.column("label").to_pylist()]
+    rows = table.to_pylist()
+    raw = [str(r["label"]).strip().lower() for r in rows]
     bad = sorted({v for v in raw if v not in LABELS})
     if bad:
         raise ConfigError(f"labels: {uri} has label values {bad[:5]}; use 0/1 or real/fake")
-    gen = (
-        [None if g in (None, "") else str(g) for g in table.column("generator").to_pylist()]
-        if "generator" in table.column_names
-        else [None] * table.num_rows
-    )
-    return pa.table(
+    return [
         {
-            "shard": pa.array([str(s) for s in table.column("shard").to_pylist()], pa.string()),
-            "key": pa.array([str(k) for k in table.column("key").to_pylist()], pa.string()),
-            "label": pa.array([LABELS[v] for v in raw], pa.int8()),
-            "generator": pa.array(gen, pa.string()),
+            "shard": str(r["shard"]),
+            "key": str(r["key"]),
+            "label": LABELS[v],
+            "generator": None if r.get("generator") in (None, "") else str(r["generator"]),
         }
-    )
+        for r, v in zip(rows, raw, strict=True)
+    ]
 
 
 def _backbone_tensors(paths: RunPaths, spec: FeatureSpec) -> dict[str, torch.Tensor]:
     """The frozen tensors of a backbone stored in the scanning detector's checkpoint
     (spec.source_detector)."""
-    from pipeline.models.checkpoint import read_checkpoint
-    from pipeline.models.detector import HEAD_PREFIXES
-
     record = read_json(paths.run_file("detector.json")) or {}
     members = record.get("members") or [record]
     uri = next((m.get("uri") for m in members if m.get("detector_id") == spec.source_detector), None)
@@ -120,23 +121,16 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
     """Fit, check and write the checkpoint; returns the summary. ConfigError (exit 2) for a config that does
     not read the stored feature, a labels file that matches no stored feature or lacks real or fake
     examples."""
-    from pipeline.features.head import FeatureHead, spec_differences
-    from pipeline.models import DetectorConfig, DetectorMeta
-    from pipeline.models.checkpoint import write_checkpoint
-    from pipeline.models.detector import head_shapes
-    from pipeline.models.meta import BackboneMeta
-    from pipeline.train.linear import fit_binary, fit_multiclass
-
     date = resolve_scan_date(cfg.features_from, cfg.scan_date)
     paths = RunPaths(cfg.features_from, date)
-    labels = read_labels(cfg.labels)
+    rows = read_labels(cfg.labels)
     stored = feature_shards(paths)
     if not stored:
         raise ScanOutputError(f"no stored features under {paths.features_dir} (scan with --features)")
     feats: dict[tuple[str, str], np.ndarray] = {}
     spec: FeatureSpec | None = None
     unreadable: dict[str, str] = {}
-    for shard in sorted(stored.intersection(labels.column("shard").to_pylist())):
+    for shard in sorted(stored.intersection(r["shard"] for r in rows)):
         try:
             part = read_part(paths.features(shard))
         except FeaturePartError as exc:
@@ -148,7 +142,6 @@ def train_from_features(cfg: FeatureTrainConfig) -> dict[str, Any]:
             )
         spec = spec or part.spec
         feats.update({(shard, k): v for k, v in zip(part.keys, part.features(), strict=True)})
-    rows = labels.to_pylist()
     used = [r for r in rows if (r["shard"], r["key"]) in feats]
     skipped = len(rows) - len(used)
     if spec is None or not used:

@@ -40,21 +40,20 @@ def train_mole(run: WorkerRun, det: torch.nn.Module, resumed: TrainState | None)
     cfg, hooks, device = run.cfg, run.hooks, run.device
     rank0 = hooks.world_rank == 0
     det.to(device)
-    trainable_names = [n for n, p in det.named_parameters() if p.requires_grad]
-    if not trainable_names:
+    trainable = {n: p for n, p in det.named_parameters() if p.requires_grad}
+    if not trainable:
         raise RuntimeError("the detector has no trainable parameters (MoLE adapters/heads missing?)")
     if resumed is not None:
         with torch.no_grad():
-            named = dict(det.named_parameters())
-            for n in trainable_names:
-                named[n].copy_(resumed.params[n].to(device))
+            for n, p in trainable.items():
+                p.copy_(resumed.params[n].to(device))
     elif cfg.head_init == "linear_probe" and rank0:
         # LP-FT [ours, after Kumar et al. 2022]: start the heads from the linear probe of the frozen features
         # (on masked inputs when masking); DDP's start-up broadcast hands rank 0's heads to the other ranks
         run.fit_linear_heads(det, masked=cfg.mask == "texture", c=cfg.probe_c)
     model = hooks.prepare_model(det)
-    core = model.module if hasattr(model, "module") else model  # under DDP, the detector it wraps
-    trainable = {n: p for n, p in core.named_parameters() if p.requires_grad}
+    # under DDP, the detector it wraps (DDP keeps the module's parameter objects: `trainable` stays valid)
+    core = model.module if hasattr(model, "module") else model
     opt = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=0.1, patience=cfg.plateau_patience, min_lr=cfg.lr * cfg.min_lr_factor

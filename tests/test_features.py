@@ -247,6 +247,29 @@ def test_a_detector_that_does_not_read_the_store_is_refused(world, tmp_path, cap
     assert not (out / f"scan_date={DAY}").exists()
 
 
+def test_a_checkpoint_whose_head_does_not_match_its_config_is_one_line(world, tmp_path, capsys) -> None:
+    """A hand-edited linear checkpoint (its id re-hashed, so only the head's shape is wrong) is refused with
+    the checkpoint layer's state-dict message, naming the tensor and both shapes."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "edited"
+    shutil.copytree(world["lin"], ckpt)
+    tensors = load_file(str(ckpt / "detector.safetensors"))
+    tensors["head_gen.weight"] = tensors["head_gen.weight"][:-1].clone()
+    save_file(tensors, str(ckpt / "detector.safetensors"))
+    meta = json.loads((ckpt / "detector.json").read_text())
+    digest = hashlib.sha256((ckpt / "detector.safetensors").read_bytes()).hexdigest()
+    meta["detector_id"] = meta["detector_id"].split("@")[0] + "@" + digest[:12]
+    (ckpt / "detector.json").write_text(json.dumps(meta))
+    code, err = _rescore(
+        capsys, "--scan", world["scan_lin"], "--detector", str(ckpt), "--output", str(tmp_path / "o")
+    )
+    assert code == 2 and len(err) == 1, err
+    assert "its stored head does not match the detector: wrong shapes (1): head_gen.weight" in err[0], err
+
+
 def test_no_stored_features_is_not_found(world, tmp_path, capsys) -> None:
     scan = tmp_path / "scan"
     shutil.copytree(world["scan_lin"], scan)

@@ -19,6 +19,7 @@ from pipeline.models.checkpoint import read_checkpoint
 from pipeline.models.detector import (
     FEATURE_NORMALIZED,
     HEAD_PREFIXES,
+    check_state_dict,
     head_shapes,
     source_identity,
     tensor_digest,
@@ -72,11 +73,10 @@ class FeatureHead:
             )
         shapes = head_shapes(cfg)
         heads = {k: v for k, v in tensors.items() if k.startswith(HEAD_PREFIXES)}
-        wrong = sorted(k for k in shapes if k not in heads or tuple(heads[k].shape) != tuple(shapes[k]))
-        if wrong or set(heads) != set(shapes):
-            raise ConfigError(
-                f"detector {uri}: head tensors do not match its config ({', '.join(wrong) or 'extra'})"
-            )
+        try:
+            check_state_dict(shapes, heads, what=f"detector {uri}: its stored head")
+        except CheckpointError as exc:
+            raise ConfigError(str(exc)) from exc
         self.meta: DetectorMeta = meta
         self.cfg = cfg
         self.heads = {k: v.to(torch.float32) for k, v in heads.items()}

@@ -109,16 +109,25 @@ class Scorer:
         )
         n = len(out["status"])
         out["_actor_ready"] = np.full(n, self.ready_at, np.float64)
-        # what THIS instance loaded scored the rows, even if the object at a detector URI changed since the
-        # driver read its meta: the (set's) id and (fused) threshold, and the members (the per-detector keys)
-        out["_detector_id"] = np.full(n, self.detector_id, dtype=object)
-        out["_threshold"] = np.full(n, self.threshold, np.float32)
-        out["_members"] = np.full(n, ",".join(self.member_ids), dtype=object)
+        tag_scored_by(out, self.detector_id, self.threshold, self.member_ids)
         if self.feature_spec is not None:
             if "_feature" not in out or out["_feature"].shape != (n, self.feature_dim):  # no row scored
                 out["_feature"] = np.full((n, self.feature_dim), np.nan, np.float32)
             out["_feature_spec"] = np.full(n, self.feature_spec, dtype=object)
         return out
+
+
+def tag_scored_by(
+    rows: dict[str, np.ndarray], detector_id: str, threshold: float, members: list[str]
+) -> None:
+    """Tag scored rows with what scored them, as the scorer loaded it (even if the object at a detector URI
+    changed since the driver read its meta): the (set's) id and (fused) threshold, and the members (the keys
+    of the detector_* maps). The rows' detector_id / threshold columns are these, never the driver's
+    reading."""
+    n = len(rows["status"])
+    rows["_detector_id"] = np.full(n, detector_id, dtype=object)
+    rows["_threshold"] = np.full(n, threshold, np.float32)
+    rows["_members"] = np.full(n, ",".join(members), dtype=object)
 
 
 def feature_spec(det: Any, meta: Any, inp: tuple[int, str], kind: str, precision: str) -> str:

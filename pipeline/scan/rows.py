@@ -19,10 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.output import SCHEMA, SCHEMA_VERSION, SHARD_ERROR, STATUSES, map_column
-from pipeline.scan.prepare import EMPTY_STATUS
+from pipeline.scan.prepare import EMPTY_STATUS, Batch
 from pipeline.scan.provenance_columns import LIST_COLS, OUTPUT, PROVENANCE_INT_COLS, SEP
-
-Batch = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

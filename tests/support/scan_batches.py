@@ -57,7 +57,8 @@ def scored(batch: dict) -> dict:
     """`batch` scored by `MeanPredictor`, its rows tagged as a scorer that loaded `run_context()`'s detector
     (threshold 0.4) tags them: the rows a shard writer receives."""
     rows = score_batch(MeanPredictor(), batch, n_labels=len(LABELS))
-    tag_scored_by(rows, "tiny@abc", 0.4, ["tiny@abc"])
+    detector_id = run_context().detector_id
+    tag_scored_by(rows, detector_id, 0.4, [detector_id])
     return rows
 
 

@@ -135,9 +135,9 @@ def _provenance(rows: Batch) -> dict[str, pa.Array]:
 
 def to_table(rows: Batch, ctx: RunContext) -> pa.Table:
     """Arrow table in SCHEMA for one shard's rows (as collected by ShardCollector: tagged by the scorer,
-    `pipeline.scan.score.tag_scored_by`, and decided by `apply_policy`). An empty `rows` gives an empty table
-    with the schema."""
-    if not rows or len(rows["status"]) == 0:
+    `pipeline.scan.score.tag_scored_by`, and decided by `apply_policy`). An empty shard's `{}` gives an empty
+    table with the schema."""
+    if not rows:
         return SCHEMA.empty_table()
     n = len(rows["status"])
     status = np.asarray(rows["status"], dtype=object)

@@ -80,13 +80,11 @@ class NullScorer:
         self.ready_at = time.time()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.scan.score import score_batch
+        from pipeline.scan.score import score_batch, tag_scored_by
 
         out = score_batch(self.predictor, batch, n_labels=len(self.labels))
-        n = len(out["status"])
-        out["_actor_ready"] = np.full(n, self.ready_at, np.float64)
-        out["_detector_id"] = np.full(n, self.detector_id, dtype=object)
-        out["_threshold"] = np.full(n, self.threshold, np.float32)
+        out["_actor_ready"] = np.full(len(out["status"]), self.ready_at, np.float64)
+        tag_scored_by(out, self.detector_id, self.threshold, [self.detector_id])
         return out
 
 
@@ -155,7 +153,6 @@ def scan_driver_writes(cfg: Any) -> dict[str, Any]:
         run_id="bench",
         source=cfg.input,
         detector_id=str(meta.detector_id),
-        threshold=float(meta.threshold),
         labels=["real", *meta.generators],
     )
     shards = [(u, s) for u, s, _ in list_input_objects(cfg)]
@@ -246,7 +243,7 @@ def contract_child(n: int, old_guard: bool) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="genscan-sweep-"))
     cfg = ScanConfig(input=str(tmp / "in"), output=str(tmp / "out"), detector=str(tmp / "det"))
     paths = RunPaths(cfg.output, "2026-01-01")
-    ctx = RunContext(run_id="bench", source=cfg.input, detector_id="d@0", threshold=0.5, labels=["real"])
+    ctx = RunContext(run_id="bench", source=cfg.input, detector_id="d@0", labels=["real"])
     # _scan reads the stall timeout from the run's work; the executor below reads none of it
     work = ScanWork(cfg, ctx, "2026-01-01", inputs=[(224, "center_crop")])
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the listing: the run holds it too

@@ -83,6 +83,7 @@ def bytes_per_row(batches: list[dict], shard_rows: int) -> dict[str, float]:
     from pipeline import output
     from pipeline.scan.provenance_policy import apply_policy
     from pipeline.scan.rows import RunContext, concat, to_table
+    from pipeline.scan.score import tag_scored_by
 
     one = concat(batches)
     reps = -(-shard_rows // len(one["status"]))
@@ -101,7 +102,8 @@ def bytes_per_row(batches: list[dict], shard_rows: int) -> dict[str, float]:
         _det_logit=np.zeros((n, 1), np.float32),
         _det_is_fake=np.zeros((n, 1), bool),
     )
-    ctx = RunContext(run_id="bench", source="bench", detector_id="d@0", threshold=0.5, labels=["real"])
+    ctx = RunContext(run_id="bench", source="bench", detector_id="d@0", labels=["real"])
+    tag_scored_by(rows, ctx.detector_id, 0.5, [ctx.detector_id])  # as the scorer tags them
     table = to_table(apply_policy(rows, ctx.labels, "declared"), ctx)
     v3 = len(output.parquet_bytes(table))
     v2 = len(output.parquet_bytes(table.select(list(output.V2_COLUMNS))))

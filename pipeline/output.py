@@ -111,6 +111,7 @@ PROVENANCE_VERDICTS = (
 )
 
 PARTITION = "scan_date"  # hive partition column (from the path)
+SCAN_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"  # a partition's value: YYYY-MM-DD (every config's scan_date)
 DATA_PREFIX = f"{PARTITION}="
 MARKER_DIR = "_shards"
 RUN_DIR = "_run"

@@ -8,13 +8,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import output, runner
-from pipeline.scan.rows import to_table
-from pipeline.scan.score import score_batch
 from pipeline.scan.write import ShardSink
-from tests.support.scan_batches import LABELS, MeanPredictor, prepared, run_context
+from tests.support.scan_batches import prepared, run_context, scored
 
 
 def _execute(results: list[tuple[str, dict]]):
@@ -76,27 +75,25 @@ def test_commit_shard_writes_the_marker_last(tmp_path: Path) -> None:
 
 
 def test_rows_carry_the_detector_the_scoring_actor_loaded(tmp_path: Path) -> None:
-    rows = score_batch(MeanPredictor(), prepared(tmp_path), n_labels=len(LABELS))
+    rows = scored(prepared(tmp_path))
     n = len(rows["status"])
     rows["_detector_id"] = np.array(["tiny@new"] * (n - 2) + ["tiny@old"] * 2, dtype=object)
     rows["_threshold"] = np.array([0.7] * (n - 2) + [0.3] * 2, np.float32)
-    table = to_table(rows, run_context())  # the driver's reading says tiny@abc / 0.4
-    assert table.column("detector_id").to_pylist() == ["tiny@new"] * (n - 2) + ["tiny@old"] * 2
-    assert table.column("threshold").to_pylist() == pytest.approx([0.7] * (n - 2) + [0.3] * 2)
     sink = ShardSink(run_context(), str(tmp_path / "out"), "2026-01-02", writer_node="node-A")
     done = sink.add(rows)
     (stats,) = done
+    paths = output.RunPaths(str(tmp_path / "out"), "2026-01-02")
+    table = pq.read_table(paths.parquet(stats["shard"]))
+    assert table.column("detector_id").to_pylist() == ["tiny@new"] * (n - 2) + ["tiny@old"] * 2
+    assert table.column("threshold").to_pylist() == pytest.approx([0.7] * (n - 2) + [0.3] * 2)
     assert stats["writer_node"] == "node-A" and stats["detector_id"] == "tiny@new,tiny@old"
-    marker = json.loads(
-        Path(output.RunPaths(str(tmp_path / "out"), "2026-01-02").marker(stats["shard"])).read_text()
-    )
-    assert marker == stats
+    assert json.loads(Path(paths.marker(stats["shard"])).read_text()) == stats
     # a retried task delivering the same rows again changes nothing
     assert sink.add(rows) == [] and sink.duplicates() == n
 
 
 def test_open_scan_reads_every_date_and_resolves_dates(tmp_path: Path) -> None:
-    rows = score_batch(MeanPredictor(), prepared(tmp_path), n_labels=len(LABELS))
+    rows = scored(prepared(tmp_path))
     out = str(tmp_path / "out")
     for day in ("2026-01-01", "2026-01-03"):
         ShardSink(run_context(), out, day).add(rows)
@@ -118,8 +115,6 @@ def test_open_scan_reads_every_date_and_resolves_dates(tmp_path: Path) -> None:
 def test_local_scan_reports_each_shard_and_a_run_level_check_stops_it(tmp_path: Path) -> None:
     """run_scan with the in-process executor: the progress hook sees every shard once it is durable; a
     run-level check that raises fails the run (run.json says so), and --resume completes it exactly once."""
-    import pyarrow.parquet as pq
-
     from pipeline.models import create_detector, save_detector
     from pipeline.scan.config import ScanConfig
     from pipeline.scan.job import ScanFailed, run_scan

@@ -271,7 +271,7 @@ def test_plan_keeps_decode_out_of_the_model_actors(world):
     cfg = ScanConfig.parse(
         {"input": "x", "output": "y", "detector": "z", "read_num_cpus": 0.5, "actor_num_cpus": 0.5}
     )
-    ctx = RunContext(run_id="r", source="x", detector_id="d", threshold=0.5, labels=["real"])
+    ctx = RunContext(run_id="r", source="x", detector_id="d", labels=["real"])
     work = ScanWork(cfg, ctx, "2026-01-01", inputs=[(96, "center_crop")])
     ray.init(address=world["head"].address)
     try:

@@ -21,6 +21,7 @@ from pipeline.scan.completion import RunRefused, plan_run
 from pipeline.scan.config import ScanConfig
 from pipeline.scan.decode import decode_image
 from pipeline.scan.prepare import prepare_shard
+from pipeline.scan.provenance_policy import apply_policy
 from pipeline.scan.rows import ShardCollector, concat, shard_stats, to_table
 from pipeline.scan.score import score_batch
 from pipeline.settings import ConfigError
@@ -32,6 +33,7 @@ from tests.support.scan_batches import (
     concat_all,
     prepared,
     run_context,
+    scored,
 )
 from tests.support.shards import (
     corrupt_image_sample,
@@ -111,9 +113,8 @@ def test_collector_interleaved_duplicates_and_empty(tmp_path):
 
 
 def test_table_schema_nulls_and_parquet_duckdb_round_trip(tmp_path):
-    rows = score_batch(MeanPredictor(), prepared(tmp_path), n_labels=3)
-    when = dt.datetime(2026, 11, 24, 3, 0, tzinfo=dt.UTC)
-    table = to_table(rows, run_context(), scanned_at=when)
+    rows = apply_policy(scored(prepared(tmp_path)), LABELS, run_context().provenance_policy)
+    table = to_table(rows, run_context())
     check_table(table)
     assert table.schema.equals(SCHEMA) and table.num_rows == 7
     d = table.to_pylist()

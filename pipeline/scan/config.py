@@ -17,11 +17,11 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.limits import MAX_PIXELS
 from pipeline.models.fusion import DEFAULT_FUSION, FUSIONS
+from pipeline.output import SCAN_DATE_PATTERN
 from pipeline.runner import ErrorBudgetConfig
 from pipeline.scan.provenance_policy import POLICIES
 from pipeline.storage import check_output_outside
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
 # storage the scan may touch: local paths and S3(-compatible); anything else (http, ftp, sftp, ...) is refused
 ALLOWED_SCHEMES = ("file", "s3")
@@ -158,7 +158,7 @@ class ScanConfig(ErrorBudgetConfig):
     def _check_date(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        if not _DATE.match(v):
+        if not re.match(SCAN_DATE_PATTERN, v):
             raise ValueError("must be YYYY-MM-DD")
         dt.date.fromisoformat(v)
         return v

@@ -28,7 +28,7 @@ class ScanWork:
     """Everything an executor needs besides the shard list."""
 
     cfg: ScanConfig
-    ctx: RunContext  # run id, source, detector id / threshold / labels read by the driver (fallbacks)
+    ctx: RunContext  # what the shard writer needs from the driver (run id, source, labels, fusion, policy)
     scan_date: str
     # the (image_size, preprocess) inputs the read stage decodes (`RunDetectors.inputs`): the detector's
     # first, then the further ones a detector set needs

@@ -19,20 +19,16 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.output import SCHEMA, SCHEMA_VERSION, SHARD_ERROR, STATUSES, map_column
-from pipeline.scan.prepare import EMPTY_STATUS
+from pipeline.scan.prepare import EMPTY_STATUS, Batch
 from pipeline.scan.provenance_columns import LIST_COLS, OUTPUT, PROVENANCE_INT_COLS, SEP
-
-Batch = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
 class RunContext:
     run_id: str
     source: str
-    detector_id: str
-    threshold: float
+    detector_id: str  # the driver's reading: the marker's detector_id of an empty shard (no row says)
     labels: Sequence[str]  # ["real", *generators]: the keys of generator_scores
-    member_ids: Sequence[str] = ()  # the detectors' ids (keys of the detector_* maps); () = [detector_id]
     fusion: str | None = None  # None: one detector
     provenance_policy: str = "report"  # pipeline.scan.provenance_policy.POLICIES (the run's: ScanConfig's)
 
@@ -107,14 +103,11 @@ def _nullable_int(values: np.ndarray, typ: pa.DataType) -> pa.Array:
     return pa.array(arr, typ, mask=arr < 0)
 
 
-def _member_map(rows: Batch, ctx: RunContext, name: str, not_ok: np.ndarray) -> pa.Array:
+def _member_map(rows: Batch, name: str, not_ok: np.ndarray) -> pa.Array:
     """A detector_* map column: {member detector_id: value} per row, null unless ok. The keys are the members
-    the scoring actor loaded (`_members`), else the driver's (ctx.member_ids)."""
+    the scoring actor loaded (`_members`)."""
     n = len(not_ok)
-    if "_members" in rows:
-        members = [str(m).split(",") for m in rows["_members"].tolist()]
-    else:
-        members = [list(ctx.member_ids or [ctx.detector_id])] * n
+    members = [str(m).split(",") for m in rows["_members"].tolist()]
     k = np.asarray([len(m) for m in members], np.int32)
     values = np.asarray(rows[f"_det_{name}"]).reshape(n, -1)
     if (k != values.shape[1]).any():
@@ -124,15 +117,13 @@ def _member_map(rows: Batch, ctx: RunContext, name: str, not_ok: np.ndarray) -> 
     return map_column(f"detector_{name}", members, values, not_ok)
 
 
-def _provenance(rows: Batch, n: int) -> dict[str, pa.Array]:
-    """The `provenance_*` output columns (nulls where the rows have no such column: reading off, or rows made
-    before it existed)."""
+def _provenance(rows: Batch) -> dict[str, pa.Array]:
+    """The `provenance_*` output columns (null where the read stage's sentinel says none: reading off, no
+    image)."""
     out: dict[str, pa.Array] = {}
     for col, name in OUTPUT.items():
         typ = SCHEMA.field(name).type
-        if col not in rows:
-            out[name] = pa.nulls(n, typ)
-        elif col in PROVENANCE_INT_COLS:
+        if col in PROVENANCE_INT_COLS:
             out[name] = _nullable_int(rows[col], typ)
         elif col in LIST_COLS:  # null where the row has no verdict (no evidence read), else the list
             pairs = zip(rows[col].tolist(), rows["prov_verdict"], strict=True)
@@ -142,27 +133,19 @@ def _provenance(rows: Batch, n: int) -> dict[str, pa.Array]:
     return out
 
 
-def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None) -> pa.Table:
-    """Arrow table in SCHEMA for one shard's rows (as collected by ShardCollector). An empty `rows` gives an
-    empty table with the schema."""
-    if not rows or len(rows["status"]) == 0:
+def to_table(rows: Batch, ctx: RunContext) -> pa.Table:
+    """Arrow table in SCHEMA for one shard's rows (as collected by ShardCollector: tagged by the scorer,
+    `pipeline.scan.score.tag_scored_by`, and decided by `apply_policy`). An empty shard's `{}` gives an empty
+    table with the schema."""
+    if not rows:
         return SCHEMA.empty_table()
     n = len(rows["status"])
     status = np.asarray(rows["status"], dtype=object)
     not_ok = status != "ok"
-    when = scanned_at or dt.datetime.now(dt.UTC)
     labels = list(ctx.labels)
     scores = np.asarray(rows["generator_scores"], np.float32).reshape(n, -1)
     if scores.shape[1] != len(labels):
         raise ValueError(f"generator_scores has {scores.shape[1]} columns, labels {len(labels)}")
-    # the detector that scored each row, as the scoring actor reported it (Scorer); the driver's
-    # reading of the checkpoint only for rows without that report
-    if "_detector_id" in rows:
-        detector_ids = pa.array([str(d) for d in rows["_detector_id"].tolist()], pa.string())
-        threshold = np.asarray(rows["_threshold"], np.float32)
-    else:
-        detector_ids = pa.array([ctx.detector_id] * n, pa.string())
-        threshold = np.full(n, ctx.threshold, np.float32)
     columns: dict[str, pa.Array] = {
         "schema_version": pa.array(np.full(n, SCHEMA_VERSION, np.int16), pa.int16()),
         "run_id": pa.array([ctx.run_id] * n, pa.string()),
@@ -175,7 +158,7 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "p_fake": pa.array(np.asarray(rows["p_fake"], np.float32), pa.float32(), mask=not_ok),
         "logit": pa.array(np.asarray(rows["logit"], np.float32), pa.float32(), mask=not_ok),
         "is_fake": pa.array(np.asarray(rows["is_fake"], bool), pa.bool_(), mask=not_ok),
-        "threshold": pa.array(threshold, pa.float32()),
+        "threshold": pa.array(np.asarray(rows["_threshold"], np.float32), pa.float32()),
         "top_generator": _nullable_str(np.where(not_ok, "", rows["top_generator"])),
         "generator_scores": map_column("generator_scores", [labels] * n, scores, not_ok),
         "width": _nullable_int(rows["width"], pa.int32()),
@@ -183,16 +166,14 @@ def to_table(rows: Batch, ctx: RunContext, scanned_at: dt.datetime | None = None
         "format": _nullable_str(rows["format"]),
         "n_bytes": _nullable_int(rows["n_bytes"], pa.int64()),
         "sha256": _nullable_str(rows["sha256"]),
-        "detector_id": detector_ids,
-        "scanned_at": pa.array([when] * n, pa.timestamp("ms", tz="UTC")),
-        "detector_p_fake": _member_map(rows, ctx, "p_fake", not_ok),
-        "detector_logit": _member_map(rows, ctx, "logit", not_ok),
-        "detector_is_fake": _member_map(rows, ctx, "is_fake", not_ok),
+        "detector_id": pa.array([str(d) for d in rows["_detector_id"].tolist()], pa.string()),
+        "scanned_at": pa.array([dt.datetime.now(dt.UTC)] * n, pa.timestamp("ms", tz="UTC")),
+        "detector_p_fake": _member_map(rows, "p_fake", not_ok),
+        "detector_logit": _member_map(rows, "logit", not_ok),
+        "detector_is_fake": _member_map(rows, "is_fake", not_ok),
         "fusion": pa.array([ctx.fusion] * n, pa.string()),
-        **_provenance(rows, n),
-        "decided_by": _nullable_str(rows["_decided_by"])
-        if "_decided_by" in rows
-        else pa.array(np.where(not_ok, None, "detector"), pa.string()),
+        **_provenance(rows),
+        "decided_by": _nullable_str(rows["_decided_by"]),
     }
     return pa.Table.from_arrays([columns[f.name] for f in SCHEMA], schema=SCHEMA)
 

@@ -13,12 +13,12 @@ decoder's result (its status row, or its pixels). Their `_decode_s` gains the de
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import numpy as np
 
+from pipeline.feature_store import BackboneId, FeatureSpec, Preprocessing
 from pipeline.logs import get_logger
 from pipeline.models.fusion import DEFAULT_FUSION
 
@@ -67,9 +67,9 @@ class Scorer:
         self.n_inputs = len(loaded)
         src = dset.set_tap(features) if features is not None else None  # whose frozen features are kept
         tapped = (src.det, src.meta, (inputs or loaded)[dset.inputs.index(src.spec)]) if src else None
-        # the stored features' spec (pipeline.feature_store.FeatureSpec as JSON), tagged on every row
-        self.feature_spec = feature_spec(*tapped, features, features_precision) if tapped else None
-        self.feature_dim = json.loads(self.feature_spec)["dim"] if self.feature_spec else 0
+        spec = feature_spec(*tapped, features, features_precision) if tapped else None
+        self.feature_spec = spec.model_dump_json() if spec else None  # tagged on every row
+        self.feature_dim = spec.dim if spec else 0
         # the (attributing) detector's labels: the rows' generator_scores keys
         self.labels = meta.labels
         self.decoder = None
@@ -107,11 +107,7 @@ class Scorer:
         )
         n = len(out["status"])
         out["_actor_ready"] = np.full(n, self.ready_at, np.float64)
-        # what THIS instance loaded scored the rows, even if the object at a detector URI changed since the
-        # driver read its meta: the (set's) id and (fused) threshold, and the members (the per-detector keys)
-        out["_detector_id"] = np.full(n, self.detector_id, dtype=object)
-        out["_threshold"] = np.full(n, self.threshold, np.float32)
-        out["_members"] = np.full(n, ",".join(self.member_ids), dtype=object)
+        tag_scored_by(out, self.detector_id, self.threshold, self.member_ids)
         if self.feature_spec is not None:
             if "_feature" not in out or out["_feature"].shape != (n, self.feature_dim):  # no row scored
                 out["_feature"] = np.full((n, self.feature_dim), np.nan, np.float32)
@@ -119,18 +115,29 @@ class Scorer:
         return out
 
 
-def feature_spec(det: Any, meta: Any, inp: tuple[int, str], kind: str, precision: str) -> str:
-    """The `pipeline.feature_store.FeatureSpec` (JSON) of the features a scorer keeps: `det`'s frozen
-    backbone, the feature kind, the preprocessing `inp` the read stage decodes with (and the config's
-    mean/std)."""
-    from pipeline.feature_store import BackboneId, FeatureSpec, Preprocessing
+def tag_scored_by(
+    rows: dict[str, np.ndarray], detector_id: str, threshold: float, members: list[str]
+) -> None:
+    """Tag scored rows with what scored them, as the scorer loaded it (even if the object at a detector URI
+    changed since the driver read its meta): the (set's) id and (fused) threshold, and the members (the keys
+    of the detector_* maps). The rows' detector_id / threshold columns are these, never the driver's
+    reading."""
+    n = len(rows["status"])
+    rows["_detector_id"] = np.full(n, detector_id, dtype=object)
+    rows["_threshold"] = np.full(n, threshold, np.float32)
+    rows["_members"] = np.full(n, ",".join(members), dtype=object)
+
+
+def feature_spec(det: Any, meta: Any, inp: tuple[int, str], kind: str, precision: str) -> FeatureSpec:
+    """The `pipeline.feature_store.FeatureSpec` of the features a scorer keeps: `det`'s frozen backbone, the
+    feature kind, the preprocessing `inp` the read stage decodes with (and the config's mean/std)."""
     from pipeline.models.detector import FEATURE_NORMALIZED
 
     c, bb = det.config, det.backbone
     dim = (
         int(det.visual.proj.shape[1]) if kind == "embedding" else int(det.visual.ln_post.normalized_shape[0])
     )
-    spec = FeatureSpec(
+    return FeatureSpec(
         kind=kind,  # type: ignore[arg-type]  # ScanConfig validated it
         normalized=FEATURE_NORMALIZED[kind],
         dim=dim,
@@ -145,7 +152,6 @@ def feature_spec(det: Any, meta: Any, inp: tuple[int, str], kind: str, precision
         preprocessing=Preprocessing(image_size=inp[0], preprocess=inp[1], mean=c.mean, std=c.std),
         source_detector=str(meta.detector_id),
     )
-    return spec.model_dump_json()
 
 
 def _shipped_rows(batch: dict[str, np.ndarray], ok: np.ndarray) -> np.ndarray:

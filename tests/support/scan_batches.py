@@ -1,6 +1,7 @@
 """Scan stage inputs without a model, for the scan's and the runner's unit tests: prepared batches of a
 small written shard (`prepare_shard` over it), a deterministic stand-in with `Predictor.predict`'s output
-contract, the run context the rows are written under, and `check_table`, what a written scan table must be."""
+contract, the run context the rows are written under, rows scored and tagged as a scorer's (`scored`), and
+`check_table`, what a written scan table must be."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pyarrow as pa
 from pipeline.output import PROVENANCE_VERDICTS, SCHEMA, SCHEMA_VERSION, STATUSES
 from pipeline.scan.prepare import prepare_shard
 from pipeline.scan.rows import RunContext, concat
+from pipeline.scan.score import score_batch, tag_scored_by
 from tests.support.shards import corrupt_image_sample, good_samples, write_shard
 
 IMAGE_SIZE = 32
@@ -48,7 +50,16 @@ def prepared(tmp_path, name: str = "a", n: int = 6) -> dict:
 
 
 def run_context() -> RunContext:
-    return RunContext(run_id="r1", source="s3://b/p/", detector_id="tiny@abc", threshold=0.4, labels=LABELS)
+    return RunContext(run_id="r1", source="s3://b/p/", detector_id="tiny@abc", labels=LABELS)
+
+
+def scored(batch: dict) -> dict:
+    """`batch` scored by `MeanPredictor`, its rows tagged as a scorer that loaded `run_context()`'s detector
+    (threshold 0.4) tags them: the rows a shard writer receives."""
+    rows = score_batch(MeanPredictor(), batch, n_labels=len(LABELS))
+    detector_id = run_context().detector_id
+    tag_scored_by(rows, detector_id, 0.4, [detector_id])
+    return rows
 
 
 def check_table(table: pa.Table) -> None:

@@ -24,13 +24,15 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from pydantic import AfterValidator
 
 from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.storage import filesystem, join, list_names, read_bytes, write_bytes_atomic
@@ -111,7 +113,22 @@ PROVENANCE_VERDICTS = (
 )
 
 PARTITION = "scan_date"  # hive partition column (from the path)
-SCAN_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"  # a partition's value: YYYY-MM-DD (every config's scan_date)
+SCAN_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"  # a partition's value: YYYY-MM-DD
+
+
+def _check_scan_date(value: str) -> str:
+    """YYYY-MM-DD and a calendar day: 2026-13-01 is refused, not looked for (fromisoformat alone would also
+    take 20260101)."""
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError:
+        day = None
+    if day is None or not re.match(SCAN_DATE_PATTERN, value):
+        raise ValueError("must be a calendar day written YYYY-MM-DD")
+    return value
+
+
+ScanDate = Annotated[str, AfterValidator(_check_scan_date)]  # every config's scan_date
 DATA_PREFIX = f"{PARTITION}="
 MARKER_DIR = "_shards"
 RUN_DIR = "_run"

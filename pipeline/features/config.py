@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.output import ScanDate
 from pipeline.runner import ErrorBudgetConfig
 from pipeline.storage import within
 
@@ -15,7 +16,7 @@ class RescoreConfig(ErrorBudgetConfig):
     """The re-score job's configuration, saved as `<output>/_run/<D>/config.json`."""
 
     scan: str = Field(description="the scan output whose stored features are re-scored (local or s3://)")
-    scan_date: str | None = Field(None, description="the scan date to re-score; default: the latest")
+    scan_date: ScanDate | None = Field(None, description="the scan date to re-score; default: the latest")
     detector: str = Field(description="checkpoint dir of a linear / UnivFD / ClipBased detector")
     output: str = Field(description="where the re-scored partition is written (a scan output)")
     run_id: str | None = Field(

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.models.constants import UNKNOWN_LABEL
-from pipeline.output import PROVENANCE_VERDICTS, SCAN_DATE_PATTERN
+from pipeline.output import PROVENANCE_VERDICTS, ScanDate
 from pipeline.runner import ErrorBudgetConfig
 from pipeline.settings import ConfigError, StrictModel
 from pipeline.storage import check_output_outside
@@ -94,7 +94,7 @@ class FilterConfig(ErrorBudgetConfig):
     scan: str = Field(min_length=1, description="scan output root (holds scan_date=*/ and _shards/)")
     input: str = Field(min_length=1, description="source shards: folder/prefix, brace pattern or one .tar")
     output: str = Field(min_length=1, description="cleaned shards go here, same relative names")
-    scan_date: str | None = Field(default=None, pattern=SCAN_DATE_PATTERN, description="default: latest")
+    scan_date: ScanDate | None = Field(default=None, description="default: latest")
     policy: FilterPolicy = Field(default_factory=FilterPolicy)
     dry_run: bool = False
     engine: Literal["local", "ray"] = "local"

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from pipeline import output, storage
 from pipeline.hygiene.plan import PlanError, resolve_scan_date
 from pipeline.logs import get_logger
-from pipeline.output import SCAN_DATE_PATTERN
+from pipeline.output import ScanDate
 from pipeline.report import gallery
 from pipeline.report.plots import plots
 from pipeline.report.render import render_html
@@ -24,7 +24,7 @@ class ReportConfig(StrictModel):
 
     scan: str = Field(min_length=1, description="scan output root (scan_date=*/ partitions)")
     output: str = Field(min_length=1, description="folder for report.html, PNGs, thumbs/, summary.json")
-    scan_date: str | None = Field(default=None, pattern=SCAN_DATE_PATTERN, description="default: latest")
+    scan_date: ScanDate | None = Field(default=None, description="default: latest")
     filter_output: str | None = Field(
         default=None, min_length=1, description="a filter run's output: show what it dropped / quarantined"
     )

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.limits import MAX_PIXELS
 from pipeline.models.fusion import DEFAULT_FUSION, FUSIONS
-from pipeline.output import SCAN_DATE_PATTERN
+from pipeline.output import ScanDate
 from pipeline.runner import ErrorBudgetConfig
 from pipeline.scan.provenance_policy import POLICIES
 from pipeline.storage import check_output_outside
@@ -75,7 +75,7 @@ class ScanConfig(ErrorBudgetConfig):
     )
 
     # which run (see docs/schema.md, 'Runs and resume')
-    scan_date: str | None = Field(None, description="partition YYYY-MM-DD; default: today (UTC)")
+    scan_date: ScanDate | None = Field(None, description="partition YYYY-MM-DD; default: today (UTC)")
     run_id: str | None = Field(None, description="free-form run id; default <scan_date>-<random>")
     resume: bool = Field(
         False, description="continue an unfinished run: only shards without a marker are scanned"
@@ -152,16 +152,6 @@ class ScanConfig(ErrorBudgetConfig):
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (default: all)")
     stall_timeout_s: float = Field(600.0, gt=0, description="fail if no shard progress for this long")
-
-    @field_validator("scan_date")
-    @classmethod
-    def _check_date(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not re.match(SCAN_DATE_PATTERN, v):
-            raise ValueError("must be YYYY-MM-DD")
-        dt.date.fromisoformat(v)
-        return v
 
     @field_validator("run_id")
     @classmethod

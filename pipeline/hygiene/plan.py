@@ -55,6 +55,55 @@ class ShardSpec:
 
 
 @dataclass(frozen=True)
+class FilterPaths:
+    """THE filter's output layout, under its `output` root:
+
+    <same relative name as the source>.tar  cleaned shard: kept samples, members byte-identical to the source
+    _quarantine/<name>.tar                  quarantined samples (only for shards that have some)
+    _manifest/<shard_id>.jsonl              every removed / quarantined sample, error rows kept "to report"
+    _shards/<shard_id>.json                 the shard's counts, written LAST = the shard's commit marker
+    _run/config.json, policy.json           the run's config and policy (written before any shard)
+    _run/stats.json                         deterministic per-shard and total counts (reconciled)
+    _run/run.json                           timings, versions, scan date, error budget (changes between runs)
+    _run/log.jsonl, driver-stderr.log       the job's JSON log and Ray's driver output (jobs/filter_shards.py)
+    manifest.parquet                        all manifest rows of the run
+    _SUCCESS                                written only after every shard reconciled
+
+    A shard's marker records its cleaned and quarantine shards relative to the root, '/'-separated (`file`
+    resolves them), so an output can be moved."""
+
+    output: str
+
+    def file(self, rel: str) -> str:
+        return storage.join(self.output, *rel.split("/"))
+
+    @staticmethod
+    def quarantine_name(name: str) -> str:
+        return f"_quarantine/{name}"
+
+    def manifest(self, shard_id: str) -> str:
+        return self.file(f"_manifest/{shard_id}.jsonl")
+
+    @property
+    def marker_dir(self) -> str:
+        return self.file("_shards")
+
+    def marker(self, shard_id: str) -> str:
+        return storage.join(self.marker_dir, f"{shard_id}.json")
+
+    def run_file(self, name: str) -> str:
+        return self.file(f"_run/{name}")
+
+    @property
+    def manifest_table(self) -> str:
+        return self.file("manifest.parquet")
+
+    @property
+    def success(self) -> str:
+        return self.file("_SUCCESS")
+
+
+@dataclass(frozen=True)
 class Decision:
     key: str
     action: str  # keep | drop | quarantine
@@ -93,6 +142,7 @@ def resolve_scan_date(scan_root: str, requested: str | None) -> str:
 def shard_specs(cfg: FilterConfig, scan_date: str) -> list[ShardSpec]:
     specs = []
     scan = output.RunPaths(cfg.scan, scan_date)
+    out = FilterPaths(cfg.output)
     try:
         uris = storage.list_shards(cfg.input)
     except FileNotFoundError as exc:  # no input, or no .tar under it: nothing the scan could cover
@@ -107,10 +157,10 @@ def shard_specs(cfg: FilterConfig, scan_date: str) -> list[ShardSpec]:
                 name=name,
                 scan_file=scan.parquet(sid),
                 scan_marker=scan.marker(sid),
-                output=storage.join(cfg.output, *name.split("/")),
-                quarantine=storage.join(cfg.output, "_quarantine", *name.split("/")),
-                manifest=storage.join(cfg.output, "_manifest", f"{sid}.jsonl"),
-                marker=storage.join(cfg.output, "_shards", f"{sid}.json"),
+                output=out.file(name),
+                quarantine=out.file(out.quarantine_name(name)),
+                manifest=out.manifest(sid),
+                marker=out.marker(sid),
             )
         )
     clash = {s.output for s in specs} & {s.source for s in specs}

@@ -228,17 +228,11 @@ def summarize_plans(scan_date: str, plans: list[ShardPlan]) -> dict[str, Any]:
     }
 
 
-def reconcile(plans: list[ShardPlan], results: list[ShardResult]) -> list[str]:
-    """Every executed shard: kept + dropped + quarantined == samples in the source == samples read."""
+def reconcile(todo: list[ShardPlan], results: list[ShardResult]) -> list[str]:
+    """Every executed shard (plans and results in one order): kept + dropped + quarantined == samples in the
+    source == samples read."""
     problems = []
-    by_id = {r.shard_id: r for r in results}
-    for p in plans:
-        if p.skip:
-            continue
-        r = by_id.get(p.spec.shard_id)
-        if r is None:
-            problems.append(f"{p.spec.source}: no result")
-            continue
+    for p, r in zip(todo, results, strict=True):
         if not (r.kept + r.dropped + r.quarantined == r.samples == r.read == p.samples):
             problems.append(
                 f"{p.spec.source}: kept {r.kept} + dropped {r.dropped} + quarantined "
@@ -360,15 +354,14 @@ def run_filter(
     )
     results = [ShardResult(**(progress.summaries.get(sid) or markers[sid])) for sid in by_plan]
     t_filter = time.perf_counter() - t0 - t_plan
-    problems = reconcile(plans, results)
-    by_id = {r.shard_id: r for r in results}
+    problems = reconcile(todo, results)
     counted = ("samples", "kept", "dropped", "quarantined", "kept_error_rows")
     stats = {
         "scan_date": scan_date,
         "reconciled": not problems,
         "problems": problems,
         "totals": {k: sum(getattr(r, k) for r in results) for k in counted},
-        "shards": [asdict(by_id[p.spec.shard_id]) for p in plans if p.spec.shard_id in by_id],
+        "shards": [asdict(r) for r in results],
         "skipped_shards": [
             {"shard": p.spec.shard_id, "source": p.spec.source, "scan_error": p.scan_shard_error}
             for p in plans

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from pipeline import output, storage
 from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.logs import get_logger
+from pipeline.runner import ErrorTally, MapFn, map_ordered
 from pipeline.shards import index_shard
 
 SCAN_COLUMNS = [
@@ -283,6 +285,40 @@ def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
         by_key[r["key"]].append(r)
     plan.decisions = [decide(by_key[sample.key].pop(), policy) for sample in index.samples]
     return plan
+
+
+def plan_run(cfg: FilterConfig, map_fn: MapFn) -> tuple[str, list[ShardPlan]]:
+    """Plan every shard; raise PlanError listing every problem (nothing has been written yet), or
+    ErrorBudgetExceeded as soon as the plans that arrived show more failed shards than the budget allows of
+    the whole run (the shards not planned yet are cancelled)."""
+    scan_date = resolve_scan_date(cfg.scan, cfg.scan_date)
+    specs = shard_specs(cfg, scan_date)
+    budget = cfg.error_budget()
+    seen = ErrorTally()
+
+    def arrived(plan: ShardPlan) -> None:  # as each plan completes: stop once the budget cannot be met
+        seen.add(plan_errors([plan]))
+        budget.stop_if_hopeless(seen, len(specs))
+
+    plans = map_ordered(map_fn, partial(plan_shard, policy=cfg.policy), specs, on_result=arrived)
+    problems = [p for plan in plans for p in plan.problems]
+    if problems:
+        raise PlanError(
+            f"refusing to filter: the scan (scan_date={scan_date}) does not cover the input exactly; "
+            f"{len(problems)} problem(s), nothing was written:\n  " + "\n  ".join(problems)
+        )
+    return scan_date, plans
+
+
+def plan_errors(plans: list[ShardPlan]) -> ErrorTally:
+    """The errors the scan reported for the shards to clean: a scan shard error (the shard is left out with
+    on_shard_error skip) and samples with an error status (never checked, yet kept with error_action keep)."""
+    return ErrorTally(
+        shards=len(plans),
+        failed_shards=sum(p.scan_shard_error is not None for p in plans),
+        samples=sum(p.samples for p in plans),
+        failed_samples=sum(d.status in output.SAMPLE_ERROR_STATUSES for p in plans for d in p.decisions),
+    )
 
 
 def check_filter_policy(scan: str, scan_date: str | None, policy: FilterPolicy) -> None:

@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -17,18 +16,11 @@ import pyarrow as pa
 from pipeline import __version__, storage
 from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.hygiene.copy import ShardWriter
-from pipeline.hygiene.plan import (
-    FilterPaths,
-    PlanError,
-    ShardPlan,
-    plan_shard,
-    resolve_scan_date,
-    shard_specs,
-)
+from pipeline.hygiene.plan import FilterPaths, PlanError, ShardPlan, plan_errors, plan_run
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
-from pipeline.output import SAMPLE_ERROR_STATUSES, now_iso, parquet_bytes, read_json, write_json
-from pipeline.runner import ErrorTally, MapFn, Progress, map_ordered, map_shards, run_shards
+from pipeline.output import now_iso, parquet_bytes, read_json, write_json
+from pipeline.runner import MapFn, Progress, map_shards, run_shards
 from pipeline.shards import ShardReadError, iter_samples
 
 MANIFEST_SCHEMA = pa.schema(
@@ -169,40 +161,6 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
         seconds=round(time.perf_counter() - t0, 3),
     )
     return result
-
-
-def plan_run(cfg: FilterConfig, map_fn: MapFn) -> tuple[str, list[ShardPlan]]:
-    """Plan every shard; raise PlanError listing every problem (nothing has been written yet), or
-    ErrorBudgetExceeded as soon as the plans that arrived show more failed shards than the budget allows of
-    the whole run (the shards not planned yet are cancelled)."""
-    scan_date = resolve_scan_date(cfg.scan, cfg.scan_date)
-    specs = shard_specs(cfg, scan_date)
-    budget = cfg.error_budget()
-    seen = ErrorTally()
-
-    def arrived(plan: ShardPlan) -> None:  # as each plan completes: stop once the budget cannot be met
-        seen.add(plan_errors([plan]))
-        budget.stop_if_hopeless(seen, len(specs))
-
-    plans = map_ordered(map_fn, partial(plan_shard, policy=cfg.policy), specs, on_result=arrived)
-    problems = [p for plan in plans for p in plan.problems]
-    if problems:
-        raise PlanError(
-            f"refusing to filter: the scan (scan_date={scan_date}) does not cover the input exactly; "
-            f"{len(problems)} problem(s), nothing was written:\n  " + "\n  ".join(problems)
-        )
-    return scan_date, plans
-
-
-def plan_errors(plans: list[ShardPlan]) -> ErrorTally:
-    """The errors the scan reported for the shards to clean: a scan shard error (the shard is left out with
-    on_shard_error skip) and samples with an error status (never checked, yet kept with error_action keep)."""
-    return ErrorTally(
-        shards=len(plans),
-        failed_shards=sum(p.scan_shard_error is not None for p in plans),
-        samples=sum(p.samples for p in plans),
-        failed_samples=sum(d.status in SAMPLE_ERROR_STATUSES for p in plans for d in p.decisions),
-    )
 
 
 def summarize_plans(scan_date: str, plans: list[ShardPlan]) -> dict[str, Any]:

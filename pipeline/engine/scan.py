@@ -136,7 +136,7 @@ def route_to_writers(batch: dict[str, np.ndarray], writers: list[Any]) -> dict[s
     ready = batch["_actor_ready"]  # every scorer (Scorer, benchmarks' NullScorer) stamps its rows
     return {
         "rows": np.asarray([len(shards)], np.int64),
-        "ready": np.asarray([float(np.min(ready)) if len(ready) else np.inf], np.float64),
+        "ready": np.asarray([np.min(ready, initial=np.inf)], np.float64),
         "done": np.asarray([json.dumps(done)], dtype=object),
     }
 
@@ -206,7 +206,7 @@ class RayScanExecutor:
             for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 h0 = time.thread_time()
                 timing.setdefault("first_rows_s", round(time.perf_counter() - t0, 3))
-                ready_at = min(ready_at, float(np.min(out["ready"])) if len(out["ready"]) else ready_at)
+                ready_at = min(ready_at, float(np.min(out["ready"], initial=np.inf)))
                 for done in out["done"]:
                     for stats in json.loads(done):
                         rows_total += int(stats["rows"])

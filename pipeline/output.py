@@ -2,8 +2,8 @@
 shards, and `open_scan()` for readers — the ONE place that spells out the layout (docs/schema.md) [ours].
 
     <out>/scan_date=<D>/<shard>.parquet        one file per shard, named by shard id (a retry overwrites)
-    <out>/_shards/<D>/<shard>.json             the shard's stats, written AFTER its Parquet = completion
-    marker <out>/_run/<D>/config.json versions.json detector.json run.json
+    <out>/_shards/<D>/<shard>.json             completion marker: the shard's stats, written AFTER its Parquet
+    <out>/_run/<D>/                            config.json versions.json detector.json run.json
     <out>/_features/scan_date=<D>/<shard>.parquet   the shard's stored backbone features (`--features`;
                                                pipeline.features), written with its Parquet, before its marker
 

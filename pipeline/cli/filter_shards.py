@@ -19,11 +19,10 @@ import argparse
 import json
 from typing import Any
 
-from pipeline import storage
 from pipeline.cli.entry import job_main, shard_map, with_console
 from pipeline.cli.flags import JobParser, ModelFlags, absolute_paths, add_model_flags
 from pipeline.exitcodes import ExitCode, OperatorError, help_epilog, one_line
-from pipeline.hygiene.plan import PlanError, check_filter_policy
+from pipeline.hygiene.plan import FilterPaths, PlanError, check_filter_policy
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.hygiene.run import run_filter
 from pipeline.preflight import Location, check_storage
@@ -135,7 +134,7 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     )
     check_filter_policy(cfg.scan, cfg.scan_date, cfg.policy)
     if not cfg.dry_run:
-        runlog.destination = storage.join(cfg.output, "_run", "log.jsonl")
+        runlog.destination = FilterPaths(cfg.output).run_file("log.jsonl")
     console.status(
         f"{cfg.input} -> {cfg.output}: planning every shard from the scan"
         + (", starting Ray" if cfg.engine == "ray" else "")

@@ -45,64 +45,26 @@ def runtime_env(environ: dict[str, str] | None = None) -> dict[str, dict[str, st
     return {"env_vars": {k: env[k] for k in sorted(passed) if k not in SECRET_NAMES}}
 
 
-def connect(
-    address: str | None = None,
-    num_cpus: int | None = None,
-    *,
-    extra_env: dict[str, str] | None = None,
-    temp_dir: str | None = None,
-) -> str:
-    """Attach to a cluster or start a local one; returns how ("attached" | "local"). Called by `session` only
-    while this process has no Ray connection yet.
-
-    address None: attach to `RAY_ADDRESS` when set (the case under `ray job submit`), else start a NEW local
-    Ray (`address="local"`: never auto-attach to some other `ray start` registered on this machine) with
-    `num_cpus` (default: all cores) in `temp_dir` (Ray's default when None). Any other address is passed to
-    `ray.init`. `extra_env` adds defaults for the workers' environment (the driver's own values win).
-
-    Quiet unless the job runs verbose (`pipeline.console.verbose()`): workers' output is not forwarded to the
-    driver (it stays in Ray's log folder; the shards' events reach the driver in their summaries) and Ray's
-    own INFO lines are off. A local Ray keeps Ray's default token authentication, without its warning."""
-    renv = runtime_env()
-    for k, v in (extra_env or {}).items():
-        renv["env_vars"].setdefault(k, v)
-    names = sorted(renv["env_vars"])
-    target = address or os.environ.get("RAY_ADDRESS")
-    loud = verbose()
-    quiet = {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.WARNING}
-    if target:
-        log.info("ray_attach", address=target, passed_env=names)
-        ray.init(address=target, runtime_env=renv, **quiet)
-        return "attached"
-    log.info("ray_start_local", num_cpus=num_cpus, passed_env=names)
-    # Ray turns token authentication on by default for a local Ray (and generates the token) and warns about
-    # it each start: keep the protection, drop the warning (it asks the user to do nothing)
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ctx = ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        runtime_env=renv,
-        _temp_dir=temp_dir,
-        **quiet,
-    )
-    # a local Ray serves no dashboard or job API on any interface (include_dashboard=False); the run log says
-    # so
-    log.info("ray_started_local", dashboard=ctx.dashboard_url or None)
-    return "local"
-
-
 @contextlib.contextmanager
 def session(
     address: str | None = None, num_cpus: int | None = None, *, extra_env: dict[str, str] | None = None
 ) -> Iterator[str]:
-    """THE place a job gets its Ray: yields "attached" | "local" | "existing" (`connect`'s rules; "existing":
-    this process was already connected, e.g. a test's session-wide head or a caller's own `ray.init`).
+    """THE place a job gets its Ray: yields how, "attached" | "local" | "existing".
 
-    On exit it shuts down only what it started: a local Ray it started is stopped and its private temp dir
-    (short, under /tmp: unix socket paths must stay < 108 chars) removed; a cluster it attached to is never
-    shut down (the driver disconnects from it, the cluster and its other jobs keep running); an existing
-    connection is left as it was.
+    "existing": this process was already connected (e.g. a test's session-wide head or a caller's own
+    `ray.init`). Otherwise it attaches to `address`, or when None to `RAY_ADDRESS` (the case under `ray job
+    submit`); without either a NEW local Ray starts (`address="local"`: never auto-attach to some other `ray
+    start` registered on this machine) with `num_cpus` (default: all cores) in a private temp dir (short,
+    under /tmp: unix socket paths must stay < 108 chars). `extra_env` adds defaults for the workers'
+    environment (the driver's own values win).
+
+    On exit it shuts down only what it started: a local Ray it started is stopped and its temp dir removed; a
+    cluster it attached to is never shut down (the driver disconnects from it, the cluster and its other jobs
+    keep running); an existing connection is left as it was.
+
+    Quiet unless the job runs verbose (`pipeline.console.verbose()`): workers' output is not forwarded to the
+    driver (it stays in Ray's log folder; the shards' events reach the driver in their summaries) and Ray's
+    own INFO lines are off. A local Ray keeps Ray's default token authentication, without its warning.
 
         with cluster.session(cfg.ray_address, cfg.ray_num_cpus):
             run_scan(cfg, executor=RayScanExecutor())
@@ -110,10 +72,38 @@ def session(
     if ray.is_initialized():
         yield "existing"
         return
-    local = not (address or os.environ.get("RAY_ADDRESS"))
-    temp_dir = tempfile.mkdtemp(prefix="gsray", dir="/tmp") if local else None
+    renv = runtime_env()
+    for k, v in (extra_env or {}).items():
+        renv["env_vars"].setdefault(k, v)
+    names = sorted(renv["env_vars"])
+    target = address or os.environ.get("RAY_ADDRESS")
+    loud = verbose()
+    quiet = {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.WARNING}
+    temp_dir = None if target else tempfile.mkdtemp(prefix="gsray", dir="/tmp")
     try:
-        how = connect(address, num_cpus, extra_env=extra_env, temp_dir=temp_dir)
+        if target:
+            log.info("ray_attach", address=target, passed_env=names)
+            ray.init(address=target, runtime_env=renv, **quiet)
+            how = "attached"
+        else:
+            log.info("ray_start_local", num_cpus=num_cpus, passed_env=names)
+            # Ray turns token authentication on by default for a local Ray (and generates the token) and warns
+            # about it each start: keep the protection, drop the warning (it asks the user to do nothing)
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+                logging.ERROR
+            )
+            ctx = ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                runtime_env=renv,
+                _temp_dir=temp_dir,
+                **quiet,
+            )
+            # a local Ray serves no dashboard or job API on any interface (include_dashboard=False); the run
+            # log says so
+            log.info("ray_started_local", dashboard=ctx.dashboard_url or None)
+            how = "local"
         yield how
     finally:
         # for "local" this stops the Ray this call started; for "attached" it only disconnects this driver

@@ -23,9 +23,8 @@ class EpochClock:
     def __init__(self) -> None:
         self.epoch = 0
 
-    def set(self, epoch: int) -> int:
+    def set(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        return self.epoch
 
     def get(self) -> int:
         return self.epoch

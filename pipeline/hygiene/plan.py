@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from pipeline import output, storage
 from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.hygiene.policy import FilterConfig, FilterPolicy
 from pipeline.logs import get_logger
+from pipeline.runner import ErrorTally, MapFn, map_ordered
 from pipeline.shards import index_shard
 
 SCAN_COLUMNS = [
@@ -52,6 +54,55 @@ class ShardSpec:
     quarantine: str
     manifest: str
     marker: str
+
+
+@dataclass(frozen=True)
+class FilterPaths:
+    """THE filter's output layout, under its `output` root:
+
+    <same relative name as the source>.tar  cleaned shard: kept samples, members byte-identical to the source
+    _quarantine/<name>.tar                  quarantined samples (only for shards that have some)
+    _manifest/<shard_id>.jsonl              every removed / quarantined sample, error rows kept "to report"
+    _shards/<shard_id>.json                 the shard's counts, written LAST = the shard's commit marker
+    _run/config.json, policy.json           the run's config and policy (written before any shard)
+    _run/stats.json                         deterministic per-shard and total counts (reconciled)
+    _run/run.json                           timings, versions, scan date, error budget (changes between runs)
+    _run/log.jsonl, driver-stderr.log       the job's JSON log and Ray's driver output (jobs/filter_shards.py)
+    manifest.parquet                        all manifest rows of the run
+    _SUCCESS                                written only after every shard reconciled
+
+    A shard's marker records its cleaned and quarantine shards relative to the root, '/'-separated (`file`
+    resolves them), so an output can be moved."""
+
+    output: str
+
+    def file(self, rel: str) -> str:
+        return storage.join(self.output, *rel.split("/"))
+
+    @staticmethod
+    def quarantine_name(name: str) -> str:
+        return f"_quarantine/{name}"
+
+    def manifest(self, shard_id: str) -> str:
+        return self.file(f"_manifest/{shard_id}.jsonl")
+
+    @property
+    def marker_dir(self) -> str:
+        return self.file("_shards")
+
+    def marker(self, shard_id: str) -> str:
+        return storage.join(self.marker_dir, f"{shard_id}.json")
+
+    def run_file(self, name: str) -> str:
+        return self.file(f"_run/{name}")
+
+    @property
+    def manifest_table(self) -> str:
+        return self.file("manifest.parquet")
+
+    @property
+    def success(self) -> str:
+        return self.file("_SUCCESS")
 
 
 @dataclass(frozen=True)
@@ -93,6 +144,7 @@ def resolve_scan_date(scan_root: str, requested: str | None) -> str:
 def shard_specs(cfg: FilterConfig, scan_date: str) -> list[ShardSpec]:
     specs = []
     scan = output.RunPaths(cfg.scan, scan_date)
+    out = FilterPaths(cfg.output)
     try:
         uris = storage.list_shards(cfg.input)
     except FileNotFoundError as exc:  # no input, or no .tar under it: nothing the scan could cover
@@ -107,10 +159,10 @@ def shard_specs(cfg: FilterConfig, scan_date: str) -> list[ShardSpec]:
                 name=name,
                 scan_file=scan.parquet(sid),
                 scan_marker=scan.marker(sid),
-                output=storage.join(cfg.output, *name.split("/")),
-                quarantine=storage.join(cfg.output, "_quarantine", *name.split("/")),
-                manifest=storage.join(cfg.output, "_manifest", f"{sid}.jsonl"),
-                marker=storage.join(cfg.output, "_shards", f"{sid}.json"),
+                output=out.file(name),
+                quarantine=out.file(out.quarantine_name(name)),
+                manifest=out.manifest(sid),
+                marker=out.marker(sid),
             )
         )
     clash = {s.output for s in specs} & {s.source for s in specs}
@@ -233,6 +285,40 @@ def plan_shard(spec: ShardSpec, policy: FilterPolicy) -> ShardPlan:
         by_key[r["key"]].append(r)
     plan.decisions = [decide(by_key[sample.key].pop(), policy) for sample in index.samples]
     return plan
+
+
+def plan_run(cfg: FilterConfig, map_fn: MapFn) -> tuple[str, list[ShardPlan]]:
+    """Plan every shard; raise PlanError listing every problem (nothing has been written yet), or
+    ErrorBudgetExceeded as soon as the plans that arrived show more failed shards than the budget allows of
+    the whole run (the shards not planned yet are cancelled)."""
+    scan_date = resolve_scan_date(cfg.scan, cfg.scan_date)
+    specs = shard_specs(cfg, scan_date)
+    budget = cfg.error_budget()
+    seen = ErrorTally()
+
+    def arrived(plan: ShardPlan) -> None:  # as each plan completes: stop once the budget cannot be met
+        seen.add(plan_errors([plan]))
+        budget.stop_if_hopeless(seen, len(specs))
+
+    plans = map_ordered(map_fn, partial(plan_shard, policy=cfg.policy), specs, on_result=arrived)
+    problems = [p for plan in plans for p in plan.problems]
+    if problems:
+        raise PlanError(
+            f"refusing to filter: the scan (scan_date={scan_date}) does not cover the input exactly; "
+            f"{len(problems)} problem(s), nothing was written:\n  " + "\n  ".join(problems)
+        )
+    return scan_date, plans
+
+
+def plan_errors(plans: list[ShardPlan]) -> ErrorTally:
+    """The errors the scan reported for the shards to clean: a scan shard error (the shard is left out with
+    on_shard_error skip) and samples with an error status (never checked, yet kept with error_action keep)."""
+    return ErrorTally(
+        shards=len(plans),
+        failed_shards=sum(p.scan_shard_error is not None for p in plans),
+        samples=sum(p.samples for p in plans),
+        failed_samples=sum(d.status in output.SAMPLE_ERROR_STATUSES for p in plans for d in p.decisions),
+    )
 
 
 def check_filter_policy(scan: str, scan_date: str | None, policy: FilterPolicy) -> None:

@@ -1,17 +1,5 @@
 """Execute a filter run [ours]: plan every shard, refuse on any coverage problem, rewrite shards, reconcile.
-
-Output layout under `<output>/`:
-  <same relative name as the source>.tar   cleaned shard: kept samples, members byte-identical to the source
-  _quarantine/<name>.tar                   quarantined samples (only for shards that have some)
-  _manifest/<shard_id>.jsonl               every removed / quarantined sample, and error rows kept "to report"
-  _shards/<shard_id>.json                  the shard's counts, written LAST = the shard's commit marker
-  _run/config.json, policy.json            the run's config and policy (written before any shard)
-  _run/stats.json                          deterministic per-shard and total counts (reconciled)
-  _run/run.json                            timings, versions, scan date, error budget (changes between runs)
-  _run/log.jsonl, driver-stderr.log        the job's JSON log and Ray's driver output (jobs/filter_shards.py)
-  manifest.parquet                         all manifest rows of the run
-  _SUCCESS                                 written only after every shard reconciled
-"""
+The output layout: `pipeline.hygiene.plan.FilterPaths`."""
 
 from __future__ import annotations
 
@@ -21,7 +9,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -29,11 +16,11 @@ import pyarrow as pa
 from pipeline import __version__, storage
 from pipeline.exitcodes import ExitCode, OperatorError
 from pipeline.hygiene.copy import ShardWriter
-from pipeline.hygiene.plan import PlanError, ShardPlan, plan_shard, resolve_scan_date, shard_specs
+from pipeline.hygiene.plan import FilterPaths, PlanError, ShardPlan, plan_errors, plan_run
 from pipeline.hygiene.policy import FilterConfig
 from pipeline.logs import get_logger
-from pipeline.output import SAMPLE_ERROR_STATUSES, now_iso, parquet_bytes, read_json, write_json
-from pipeline.runner import ErrorTally, MapFn, Progress, map_ordered, map_shards, run_shards
+from pipeline.output import now_iso, parquet_bytes, read_json, write_json
+from pipeline.runner import MapFn, Progress, map_shards, run_shards
 from pipeline.shards import ShardReadError, iter_samples
 
 MANIFEST_SCHEMA = pa.schema(
@@ -153,7 +140,7 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
         shard_id=spec.shard_id,
         source=spec.source,
         output=spec.name,
-        quarantine=f"_quarantine/{spec.name}" if quar_w.count else None,
+        quarantine=FilterPaths.quarantine_name(spec.name) if quar_w.count else None,
         samples=plan.samples,
         read=read,
         kept=counts["keep"],
@@ -174,40 +161,6 @@ def filter_shard(plan: ShardPlan) -> ShardResult:
         seconds=round(time.perf_counter() - t0, 3),
     )
     return result
-
-
-def plan_run(cfg: FilterConfig, map_fn: MapFn) -> tuple[str, list[ShardPlan]]:
-    """Plan every shard; raise PlanError listing every problem (nothing has been written yet), or
-    ErrorBudgetExceeded as soon as the plans that arrived show more failed shards than the budget allows of
-    the whole run (the shards not planned yet are cancelled)."""
-    scan_date = resolve_scan_date(cfg.scan, cfg.scan_date)
-    specs = shard_specs(cfg, scan_date)
-    budget = cfg.error_budget()
-    seen = ErrorTally()
-
-    def arrived(plan: ShardPlan) -> None:  # as each plan completes: stop once the budget cannot be met
-        seen.add(plan_errors([plan]))
-        budget.stop_if_hopeless(seen, len(specs))
-
-    plans = map_ordered(map_fn, partial(plan_shard, policy=cfg.policy), specs, on_result=arrived)
-    problems = [p for plan in plans for p in plan.problems]
-    if problems:
-        raise PlanError(
-            f"refusing to filter: the scan (scan_date={scan_date}) does not cover the input exactly; "
-            f"{len(problems)} problem(s), nothing was written:\n  " + "\n  ".join(problems)
-        )
-    return scan_date, plans
-
-
-def plan_errors(plans: list[ShardPlan]) -> ErrorTally:
-    """The errors the scan reported for the shards to clean: a scan shard error (the shard is left out with
-    on_shard_error skip) and samples with an error status (never checked, yet kept with error_action keep)."""
-    return ErrorTally(
-        shards=len(plans),
-        failed_shards=sum(p.scan_shard_error is not None for p in plans),
-        samples=sum(p.samples for p in plans),
-        failed_samples=sum(d.status in SAMPLE_ERROR_STATUSES for p in plans for d in p.decisions),
-    )
 
 
 def summarize_plans(scan_date: str, plans: list[ShardPlan]) -> dict[str, Any]:
@@ -233,17 +186,11 @@ def summarize_plans(scan_date: str, plans: list[ShardPlan]) -> dict[str, Any]:
     }
 
 
-def reconcile(plans: list[ShardPlan], results: list[ShardResult]) -> list[str]:
-    """Every executed shard: kept + dropped + quarantined == samples in the source == samples read."""
+def reconcile(todo: list[ShardPlan], results: list[ShardResult]) -> list[str]:
+    """Every executed shard (plans and results in one order): kept + dropped + quarantined == samples in the
+    source == samples read."""
     problems = []
-    by_id = {r.shard_id: r for r in results}
-    for p in plans:
-        if p.skip:
-            continue
-        r = by_id.get(p.spec.shard_id)
-        if r is None:
-            problems.append(f"{p.spec.source}: no result")
-            continue
+    for p, r in zip(todo, results, strict=True):
         if not (r.kept + r.dropped + r.quarantined == r.samples == r.read == p.samples):
             problems.append(
                 f"{p.spec.source}: kept {r.kept} + dropped {r.dropped} + quarantined "
@@ -267,24 +214,23 @@ def _remove(uri: str) -> None:
         fs.rm(path)
 
 
-def _markers(output: str) -> dict[str, dict[str, Any]]:
-    """The filter's shard markers under `output` (shard id -> its ShardResult)."""
-    marker_dir = storage.join(output, "_shards")
+def _markers(paths: FilterPaths) -> dict[str, dict[str, Any]]:
+    """The filter's shard markers (shard id -> its ShardResult)."""
     return {
-        name.removesuffix(".json"): json.loads(storage.read_bytes(storage.join(marker_dir, name)))
-        for name in storage.list_names(marker_dir, ".json")
+        name.removesuffix(".json"): json.loads(storage.read_bytes(storage.join(paths.marker_dir, name)))
+        for name in storage.list_names(paths.marker_dir, ".json")
     }
 
 
-def _check_resume(cfg: FilterConfig, scan_date: str) -> None:
+def _check_resume(cfg: FilterConfig, paths: FilterPaths, scan_date: str) -> None:
     """Refuse to continue an output written from another scan, input, scan date or policy."""
-    cfg_uri = storage.join(cfg.output, "_run", "config.json")
+    cfg_uri = paths.run_file("config.json")
     before = read_json(cfg_uri)
     if before is None:
         return  # nothing to continue: a fresh run
     now = cfg.model_dump(mode="json")
     differ = [f for f in RESUME_FIELDS if before.get(f) != now.get(f)]
-    previous_run = read_json(storage.join(cfg.output, "_run", "run.json")) or {}
+    previous_run = read_json(paths.run_file("run.json")) or {}
     prev_date = previous_run.get("scan_date")
     if prev_date not in (None, scan_date):
         differ.append(f"scan_date ({prev_date} != {scan_date})")
@@ -295,16 +241,18 @@ def _check_resume(cfg: FilterConfig, scan_date: str) -> None:
         )
 
 
-def _remove_stale(cfg: FilterConfig, plans: list[ShardPlan], markers: dict[str, dict[str, Any]]) -> list[str]:
+def _remove_stale(
+    paths: FilterPaths, plans: list[ShardPlan], markers: dict[str, dict[str, Any]]
+) -> list[str]:
     """Delete the outputs of shards that have a marker but are no longer in the input (marker LAST)."""
     current = {p.spec.shard_id for p in plans}
     removed = []
     for sid, m in sorted(markers.items()):
         if sid in current:
             continue
-        for rel in (m.get("output"), m.get("quarantine"), f"_manifest/{sid}.jsonl", f"_shards/{sid}.json"):
-            if rel:
-                _remove(storage.join(cfg.output, *str(rel).split("/")))
+        recorded = [paths.file(str(rel)) for rel in (m.get("output"), m.get("quarantine")) if rel]
+        for uri in (*recorded, paths.manifest(sid), paths.marker(sid)):
+            _remove(uri)
         removed.append(sid)
     return removed
 
@@ -345,15 +293,14 @@ def run_filter(
     if cfg.dry_run:
         log.info("dry_run", **summary["totals"], shards=len(plans))
         return {"dry_run": True, **summary}
+    paths = FilterPaths(cfg.output)
     if resume:
-        _check_resume(cfg, scan_date)
-    success = storage.join(cfg.output, "_SUCCESS")
-    _remove(success)  # a rerun is not successful until it reconciles again
-    markers = _markers(cfg.output)
-    stale = _remove_stale(cfg, plans, markers)
-    run_dir = storage.join(cfg.output, "_run")
-    write_json(storage.join(run_dir, "config.json"), cfg.model_dump(mode="json"))
-    write_json(storage.join(run_dir, "policy.json"), cfg.policy.model_dump(mode="json"))
+        _check_resume(cfg, paths, scan_date)
+    _remove(paths.success)  # a rerun is not successful until it reconciles again
+    markers = _markers(paths)
+    stale = _remove_stale(paths, plans, markers)
+    write_json(paths.run_file("config.json"), cfg.model_dump(mode="json"))
+    write_json(paths.run_file("policy.json"), cfg.policy.model_dump(mode="json"))
     todo = [p for p in plans if not p.skip]
     by_plan = {p.spec.shard_id: p for p in todo}
     done = {sid for sid, p in by_plan.items() if resume and _still_valid(p, markers.get(sid))}
@@ -365,15 +312,14 @@ def run_filter(
     )
     results = [ShardResult(**(progress.summaries.get(sid) or markers[sid])) for sid in by_plan]
     t_filter = time.perf_counter() - t0 - t_plan
-    problems = reconcile(plans, results)
-    by_id = {r.shard_id: r for r in results}
+    problems = reconcile(todo, results)
     counted = ("samples", "kept", "dropped", "quarantined", "kept_error_rows")
     stats = {
         "scan_date": scan_date,
         "reconciled": not problems,
         "problems": problems,
         "totals": {k: sum(getattr(r, k) for r in results) for k in counted},
-        "shards": [asdict(by_id[p.spec.shard_id]) for p in plans if p.spec.shard_id in by_id],
+        "shards": [asdict(r) for r in results],
         "skipped_shards": [
             {"shard": p.spec.shard_id, "source": p.spec.source, "scan_error": p.scan_shard_error}
             for p in plans
@@ -382,8 +328,8 @@ def run_filter(
     }
     rows = [row for p in todo for row in manifest_rows(p)]
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-    storage.write_bytes_atomic(storage.join(cfg.output, "manifest.parquet"), parquet_bytes(table))
-    write_json(storage.join(run_dir, "stats.json"), stats)
+    storage.write_bytes_atomic(paths.manifest_table, parquet_bytes(table))
+    write_json(paths.run_file("stats.json"), stats)
     run_info = {
         "started_at": started,
         "finished_at": now_iso(),
@@ -396,10 +342,10 @@ def run_filter(
         "error_budget": budget,
         "versions": {"genscan": __version__, "python": platform.python_version(), "pyarrow": pa.__version__},
     }
-    write_json(storage.join(run_dir, "run.json"), run_info)
+    write_json(paths.run_file("run.json"), run_info)
     if problems:
         log.error("not_reconciled", problems=problems)
         raise ReconcileError("accounting does not reconcile:\n  " + "\n  ".join(problems))
-    storage.write_bytes_atomic(success, b"")
+    storage.write_bytes_atomic(paths.success, b"")
     log.info("filter_done", **stats["totals"], shards=len(results), skipped=len(stats["skipped_shards"]))
     return stats

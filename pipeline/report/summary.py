@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import output, storage
-from pipeline.hygiene.plan import SCAN_COLUMNS, PlanError
+from pipeline.hygiene.plan import SCAN_COLUMNS, FilterPaths, PlanError
 
 COLUMNS = [
     *SCAN_COLUMNS,  # what the filter decides from: the report shows the same rows
@@ -205,18 +205,17 @@ def run_header(scan: str, scan_date: str) -> dict[str, Any]:
 
 def filter_summary(filter_output: str, scan_date: str) -> dict[str, Any]:
     """What a filter run did (its `_run/stats.json`, `_run/config.json`, `manifest.parquet`, `_SUCCESS`)."""
-    run_dir = storage.join(filter_output, "_run")
-    stats = output.read_json(storage.join(run_dir, "stats.json"))
+    paths = FilterPaths(filter_output)
+    stats = output.read_json(paths.run_file("stats.json"))
     if stats is None:
         raise PlanError(
             f"filter output {filter_output} has no _run/stats.json: not a filter run's output "
             "(a --dry-run writes nothing)"
         )
-    config = output.read_json(storage.join(run_dir, "config.json")) or {}
+    config = output.read_json(paths.run_file("config.json")) or {}
     rows: list[dict[str, Any]] = []
-    manifest = storage.join(filter_output, "manifest.parquet")
-    if storage.exists(manifest):
-        fs, path = storage.filesystem(manifest)
+    if storage.exists(paths.manifest_table):
+        fs, path = storage.filesystem(paths.manifest_table)
         rows = pq.read_table(path, filesystem=fs).to_pylist()
     counted = Counter((r["action"], r["reason"]) for r in rows)
     by_reason = [{"action": a, "reason": why, "samples": n} for (a, why), n in sorted(counted.items())]
@@ -231,8 +230,7 @@ def filter_summary(filter_output: str, scan_date: str) -> dict[str, Any]:
         "input": config.get("input"),
         "scan_date": stats.get("scan_date"),
         "same_scan_date": stats.get("scan_date") == scan_date,
-        "reconciled": bool(stats.get("reconciled"))
-        and storage.exists(storage.join(filter_output, "_SUCCESS")),
+        "reconciled": bool(stats.get("reconciled")) and storage.exists(paths.success),
         "totals": stats.get("totals", {}),
         "skipped_shards": stats.get("skipped_shards", []),
         "by_reason": by_reason,

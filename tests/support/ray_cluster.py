@@ -131,7 +131,7 @@ def _node_args(
 ) -> list[str]:
     """`ray start` flags every node of a test cluster takes: its own free ports, CPUs, no GPU, a small object
     store, a private short temp dir, no usage stats, no log monitor. Ray's log monitor tails every worker's
-    log file to stream it to the drivers; genscan's jobs run quiet (`pipeline.engine.cluster.connect`:
+    log file to stream it to the drivers; genscan's jobs run quiet (`pipeline.engine.cluster.session`:
     log_to_driver off), so nothing reads that stream, and on the run's shared head it cost about 35 CPU-s a
     run (2 cores). Workers still write their log files (the security checks read them); `ray job logs` is the
     driver's own output either way."""

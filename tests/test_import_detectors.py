@@ -207,6 +207,7 @@ def test_wrong_shape_and_variant_hint(tmp_path: Path, capsys) -> None:
         (["--kind", "rine", "--variant", "3class"], "--variant: '3class' is not one of"),
         (["--kind", "univfd", "--config", "tiny-mole"], "does not express a univfd detector"),
         (["--kind", "univfd", "--config", "univfd-tiny"], "pass --backbone-weights"),
+        (["--kind", "univfd", "--config", "no-such-config.json"], "--config: not found: no-such-config.json"),
         (["--kind", "univfd", "--backbone-weights", "bb.pth"], "bb.pth: '.pth' files are Python pickles"),
     ],
 )

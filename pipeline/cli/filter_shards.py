@@ -106,7 +106,7 @@ def build_config(args: argparse.Namespace) -> FilterConfig:
         )
     typed = {**policy_flags.named(args), "generator_rules": "--rule", "provenance_rules": "--rule"}
     policy = (
-        FilterPolicy.from_file(args.policy)
+        FilterPolicy.from_file(args.policy, field="--policy")
         if args.policy
         else FilterPolicy.parse(inline, source="command line", names=typed)
     )

@@ -247,7 +247,7 @@ def import_detector(
         raise ConfigError(f"--variant is only for --kind rine (got --kind {kind})")
     if variant is not None and variant not in RINE_VARIANTS:
         raise ConfigError(f"--variant: {variant!r} is not one of {', '.join(RINE_VARIANTS)}")
-    cfg = DetectorConfig.load(config or k.default_config(variant))
+    cfg = DetectorConfig.load(config or k.default_config(variant), field="--config")
     _check_config(k, cfg)
     if backbone_weights is not None:
         if not storage.is_remote(backbone_weights) and not backbone_weights.startswith("file://"):

@@ -84,8 +84,14 @@ def test_outputs_and_s3_data_are_checked_before_any_work(
             7,
             "output unreachable (cannot connect): s3://bkt/ck",
         ),
+        # an s3:// backbone file: probed with the rest (it was "train failed: EndpointConnectionError", 1)
+        (
+            ["--data", str(data), "--out", str(tmp_path / "ck"), "--pretrained", "s3://bkt/bb.safetensors"],
+            7,
+            "pretrained unreachable (cannot connect): s3://bkt/bb.safetensors",
+        ),
     ]:
-        assert main([*io, *quick]) == code, io
+        assert main([*quick, *io]) == code, io
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"storage error: {says}"), err
     assert blocker.read_text() == "x" and not (tmp_path / "ck").exists()

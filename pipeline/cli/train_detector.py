@@ -98,8 +98,12 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
     if args.features_from is not None or args.labels is not None:
         return _from_features(args, console)
     cfg, args = parse(argv)
-    # before any work, as every job: an s3:// --data the store refuses, an --out that cannot be written
-    check_storage([Location("data", cfg.data)], [Location("output", cfg.out)], local_reads=False)
+    # before any work, as every job: an s3:// --data or --pretrained the store refuses, an --out that cannot
+    # be written (a --pretrained that is no URI, an open_clip tag or none, is not probed: local_reads=False)
+    reads = [Location("data", cfg.data)]
+    if cfg.pretrained:
+        reads.append(Location("pretrained", cfg.pretrained, file=True))
+    check_storage(reads, [Location("output", cfg.out)], local_reads=False)
     try:
         from pipeline.train.feed import make_plan
 

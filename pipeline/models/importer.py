@@ -263,7 +263,7 @@ def import_detector(
     if local is not None:
         _check_backbone_file(cfg, local)
 
-    path = Path(weights)
+    path = storage.fetch_to_cache(str(weights))  # an s3:// file is read from the local cache
     if not path.is_file():
         raise ConfigError(f"--weights: no such file: {weights} (expected the {kind} file {k.file_hint})")
     out_s = str(out)

@@ -272,6 +272,21 @@ def test_a_setting_from_the_config_file_is_named_as_its_field(tmp_path, capsys) 
     assert "--batch-size: Input should be greater" in capsys.readouterr().err  # the flag overrode the file
 
 
+def test_a_resume_with_nothing_to_continue_is_said_only_once_the_inputs_are_checked(tmp_path):
+    """`--resume` of a date with no earlier run says it starts fresh, but only after the listing and the
+    detectors are checked: a mistake in either stays the only stderr line (it followed the --resume line)."""
+    from pipeline.scan.job import run_scan
+
+    (tmp_path / "in").mkdir()
+    said: list[str] = []
+    with pytest.raises(ConfigError, match="input: no .tar shards under"):
+        run_scan(_cfg(tmp_path, resume=True, scan_date="2026-11-20"), announce=said.append)
+    write_raw(str(tmp_path / "in" / "shard-000000.tar"), b"")
+    with pytest.raises(ConfigError, match="detector: cannot read checkpoint"):
+        run_scan(_cfg(tmp_path, resume=True, scan_date="2026-11-20"), announce=said.append)
+    assert said == [] and not (tmp_path / "out").exists()
+
+
 def test_plan_refuses_existing_run_and_resumes_latest_unfinished(tmp_path):
     cfg = _cfg(tmp_path, scan_date="2026-11-20")
     plan = plan_run(cfg)

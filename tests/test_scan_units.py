@@ -295,15 +295,22 @@ def test_plan_refuses_existing_run_and_resumes_latest_unfinished(tmp_path):
         plan.paths.run_file("run.json"),
         {"status": "succeeded", "run_id": plan.run_id, "config": cfg.model_dump()},
     )
-    with pytest.raises(RunRefused, match="--resume"):
+    # the re-score's wording for the same mistake (pipeline.output.check_new_run; tests/test_features.py)
+    with pytest.raises(RunRefused) as refused:
         plan_run(cfg)
+    assert str(refused.value) == (
+        f"output: {cfg.output} already has scan_date=2026-11-20 (run.json, markers or Parquet); "
+        "pass --resume to continue it, or choose another --output or --scan-date. Nothing was deleted."
+    )
     later = RunPaths(cfg.output, "2026-11-21")
     write_json(
         later.run_file("run.json"), {"status": "failed", "run_id": "keep-me", "config": cfg.model_dump()}
     )
     resumed = plan_run(_cfg(tmp_path, resume=True))
     assert resumed.resumed and resumed.paths.scan_date == "2026-11-21" and resumed.run_id == "keep-me"
-    with pytest.raises(RunRefused, match="input"):
+    with pytest.raises(
+        RunRefused, match="^input: --resume of scan_date=2026-11-21 in .* with a different input"
+    ):
         plan_run(_cfg(tmp_path, resume=True, input="s3://elsewhere/"))
     # the same input with or without a trailing slash is the same run
     assert plan_run(_cfg(tmp_path, resume=True, input=cfg.input + "/")).run_id == "keep-me"

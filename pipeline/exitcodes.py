@@ -43,7 +43,7 @@ JOB_CODES: dict[str, tuple[ExitCode, ...]] = {
     "rescore": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, *_STORAGE),
     # the training side: 3 = stored features missing (train --features-from) / a weights file refused (import)
     "train_detector": (ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.CONFIG, *_STORAGE),
-    "import_detector": (ExitCode.OK, ExitCode.CONFIG, ExitCode.NOT_FOUND),
+    "import_detector": (ExitCode.OK, ExitCode.CONFIG, *_STORAGE),
     # storage preflight (s3:// inputs, every output): 3 = an output that cannot be a folder, 5-7 the store
     "calibrate": (ExitCode.OK, ExitCode.CONFIG, *_STORAGE),
     "evaluate": (ExitCode.OK, ExitCode.CONFIG, *_STORAGE),

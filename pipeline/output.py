@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from pydantic import AfterValidator
 
 from pipeline.exitcodes import ExitCode, OperatorError
+from pipeline.settings import ConfigError
 from pipeline.storage import filesystem, join, list_names, read_bytes, write_bytes_atomic
 
 SCHEMA_VERSION = 3
@@ -252,6 +253,29 @@ def data_shards(paths: RunPaths) -> set[str]:
 def has_output(paths: RunPaths) -> bool:
     return bool(
         data_shards(paths) or completed_shards(paths) or read_json(paths.run_file("run.json")) is not None
+    )
+
+
+class RunRefused(ConfigError):
+    """The requested run would write over existing output, or `--resume` cannot continue it (the scan's and
+    the re-score's rule: one wording for the same mistake; nothing is written or deleted)."""
+
+
+def check_new_run(paths: RunPaths, resume: bool) -> None:
+    """Without `--resume`, a run whose date already holds anything (run.json, markers or Parquet) is refused,
+    never overwritten."""
+    if not resume and has_output(paths):
+        raise RunRefused(
+            f"output: {paths.output} already has scan_date={paths.scan_date} (run.json, markers or Parquet); "
+            "pass --resume to continue it, or choose another --output or --scan-date. Nothing was deleted."
+        )
+
+
+def resume_mismatch(paths: RunPaths, name: str, now: Any, before: Any) -> RunRefused:
+    """`--resume` of the run at `paths` with another `name` than the run was started with."""
+    return RunRefused(
+        f"{name}: --resume of scan_date={paths.scan_date} in {paths.output} with a different {name} "
+        f"({now!r} != {before!r}); pass the run's own {name}, or start a new run without --resume"
     )
 
 

@@ -96,6 +96,7 @@ class StorageError(OperatorError, RuntimeError):
 class Location:
     role: str  # how the operator named it: "input", "output", "scan output", "filter output"
     uri: str
+    file: bool = False  # one object (a weights file), read as such: not a folder/prefix to list
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -259,18 +260,18 @@ def probe_filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def check_readable(loc: Location) -> None:
-    """List `loc`: a folder/prefix must exist, be listable and hold something; one object (`.tar`) must exist;
-    a brace pattern's FIRST shard must exist (a missing later shard is the scan's shard_error row, not a
-    refusal)."""
+    """List `loc`: a folder/prefix must exist, be listable and hold something; one object (a `.tar`, or any
+    `Location.file`) must exist; a brace pattern's FIRST shard must exist (a missing later shard is the scan's
+    shard_error row, not a refusal)."""
     uri = loc.uri
     target = next(iter(braceexpand(uri))) if "{" in uri else uri
     fs, path = probe_filesystem(target)
-    single = storage.names_shards(uri.rstrip("/"))
+    single = loc.file or storage.names_shards(uri.rstrip("/"))
     try:
         if single:
             info = _attempt(fs.info, path)
             if info.get("type") == "directory":
-                raise IsADirectoryError(f"{target} is a folder, not a shard")
+                raise IsADirectoryError(f"{target} is a folder, not a {'file' if loc.file else 'shard'}")
             return
         if not storage.is_remote(uri):
             p = Path(path)

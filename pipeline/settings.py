@@ -76,9 +76,11 @@ class StrictModel(BaseModel):
             raise ConfigError(f"invalid {cls.__name__} in {source}: {problems}") from exc
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Self:
+    def from_file(cls, path: str | Path, *, field: str = "config file") -> Self:
+        """The model in the JSON file `path`; a file that cannot be read as an object is a ConfigError naming
+        `field`: the flag that gave the path (`--policy`), or what the file is."""
         p = Path(path)
-        return cls.parse(read_json_object(p, field="config file"), source=str(p))
+        return cls.parse(read_json_object(p, field=field), source=str(p))
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -503,7 +503,7 @@ def test_resume_with_other_features_is_refused(world, tmp_path) -> None:
     from pipeline.scan.job import run_scan
 
     args = ["--input", world["corpus"], "--output", out, "--detector", world["lin"], "--scan-date", DAY]
-    with pytest.raises(ConfigError, match="features_precision: --resume of run"):
+    with pytest.raises(ConfigError, match="features_precision: --resume of scan_date="):
         run_scan(
             build_config(
                 parse_args([*args, "--resume", "--features", "pre_proj", "--features-precision", "int8"])
@@ -534,7 +534,11 @@ def test_rescore_resume_skips_marked_shards_and_refuses_another_detector(world, 
     base = ["--scan", world["scan_lin"], "--output", str(out)]
     assert _rescore(capsys, *base, "--detector", world["lin"])[0] == 0
     code, err = _rescore(capsys, *base, "--detector", world["lin"])
-    assert code == 2 and "already has scan_date" in err[0] and "--resume" in err[0], err
+    # the scan's wording for the same mistake (pipeline.output.check_new_run; tests/test_scan_units.py)
+    assert code == 2 and err == [
+        f"configuration error: output: {out} already has scan_date={DAY} (run.json, markers or Parquet); "
+        "pass --resume to continue it, or choose another --output or --scan-date. Nothing was deleted."
+    ], err
     marker = out / "_shards" / DAY / "shard-000001.json"
     part = out / f"scan_date={DAY}" / "shard-000001.parquet"
     kept = (out / f"scan_date={DAY}" / "shard-000000.parquet").read_bytes()
@@ -547,7 +551,9 @@ def test_rescore_resume_skips_marked_shards_and_refuses_another_detector(world, 
         tmp_path / "lin2", "tiny-linear", backbone=world["bb"], seed=7
     )  # reads the store
     code, err = _rescore(capsys, *base, "--detector", other, "--resume")
-    assert code == 2 and len(err) == 1 and "--resume of the re-score" in err[0], err
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"configuration error: detector: --resume of scan_date={DAY} in {out} with a ")
+    assert "different detector" in err[0] and "start a new run without --resume" in err[0], err
 
 
 def test_stored_features_stay_out_of_the_scan_rows_readers(world) -> None:

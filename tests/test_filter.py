@@ -271,17 +271,25 @@ def test_bad_policy_file_names_the_unknown_field(scanned, tmp_path, capsys) -> N
     assert rc == 2 and "exclusive" in err
 
 
-def test_a_policy_file_that_cannot_be_read_is_one_config_line(scanned, tmp_path, capsys) -> None:
-    """A folder or a binary file given as --policy (read by settings.read_json_object, as every config file
-    is) was IsADirectoryError / UnicodeDecodeError's traceback with exit 1."""
-    corpus, scan = scanned
+def test_a_policy_file_that_cannot_be_read_is_one_line_naming_the_flag(tmp_path, capsys) -> None:
+    """A missing file, a folder, a binary or a JSON list given as --policy: ONE configuration line naming
+    --policy (it said `config file:`; a folder or a binary was a traceback before that). The policy is read
+    before anything else, so no scan is needed."""
     binary = tmp_path / "policy.bin"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xf1\xff")
+    listed = tmp_path / "policy.json"
+    listed.write_text("[1]")
     target = tmp_path / "never"
-    for policy, says in [(tmp_path, "cannot read"), (binary, "is not valid JSON")]:
-        rc, err = run_main(capsys, *cli_args(scan, corpus.root, target, "--policy", str(policy)))
+    for policy, says in [
+        (tmp_path / "missing.json", "not found"),
+        (tmp_path, "cannot read"),
+        (binary, "is not valid JSON"),
+        (listed, "must hold a JSON object"),
+    ]:
+        args = cli_args(tmp_path / "scan", tmp_path / "in", target, "--policy", str(policy))
+        rc, err = run_main(capsys, *args)
         assert rc == 2 and err.count("\n") == 1, err
-        assert err.startswith("configuration error: config file: ") and str(policy) in err and says in err
+        assert err.startswith("configuration error: --policy: ") and str(policy) in err and says in err, err
     assert not target.exists()
 
 
@@ -294,8 +302,8 @@ def test_an_input_without_shards_is_refused_in_one_line(scanned, tmp_path, capsy
     (images / "a.png").write_bytes(b"not a shard")
     target = tmp_path / "out"
     rc, err = run_main(capsys, *cli_args(scan, images, target))
-    refusal = [line for line in err.splitlines() if not line.startswith("filter: ")]  # status lines aside
-    assert rc == 3 and refusal == [f"refused: input: no .tar shards under {images}"], err
+    # the only line: the status line comes once the plans are checked (it came first)
+    assert rc == 3 and err == f"refused: input: no .tar shards under {images}\n", err
     assert not target.exists()
 
 
@@ -523,7 +531,7 @@ def test_resume_rewrites_only_unfinished_shards_and_refuses_another_policy(
         capsys,
         *cli_args(scan, corpus.root, target, *OTHER_POLICY, "--resume"),
     )
-    assert rc == 3 and "policy" in err and "Nothing was written" in err
+    assert rc == 3 and "policy" in err and "Nothing was written" in err and err.count("\n") == 1, err
     assert tree_bytes(target) == before
 
 

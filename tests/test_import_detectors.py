@@ -207,6 +207,7 @@ def test_wrong_shape_and_variant_hint(tmp_path: Path, capsys) -> None:
         (["--kind", "rine", "--variant", "3class"], "--variant: '3class' is not one of"),
         (["--kind", "univfd", "--config", "tiny-mole"], "does not express a univfd detector"),
         (["--kind", "univfd", "--config", "univfd-tiny"], "pass --backbone-weights"),
+        (["--kind", "univfd", "--config", "no-such-config.json"], "--config: not found: no-such-config.json"),
         (["--kind", "univfd", "--backbone-weights", "bb.pth"], "bb.pth: '.pth' files are Python pickles"),
     ],
 )
@@ -228,6 +229,53 @@ def test_missing_file_and_existing_checkpoint(backbone, tmp_path: Path, capsys) 
     rc, _, errors = run_job(*base, "--weights", str(f), "--out", str(tmp_path / "c"), capsys=capsys)
     assert rc == ExitCode.CONFIG and "pass --force" in _one_error(errors)
     assert run_job(*base, "--weights", str(f), "--out", str(tmp_path / "c"), "--force", capsys=capsys)[0] == 0
+
+
+def test_s3_weights_import_and_a_store_that_refuses_them_is_one_storage_line(
+    backbone, s3fs_client, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An s3:// --weights is read from the store (moto); without credentials or behind an endpoint nobody
+    answers it (or an s3:// --out) is the storage preflight's one line with its exit code (6 / 7), before any
+    work: it was "--weights: no such file" (exit 2) whatever the store said."""
+    from tests.support.s3 import free_port
+
+    s3fs_client.mkdir("bkt")
+    s3fs_client.put(str(save_peer(tmp_path / "w.pth", peer_state("univfd"))), "bkt/peer/w.pth")
+    base = ["--kind", "univfd", "--config", "univfd-tiny", "--backbone-weights", str(backbone)]
+    assert job.main([*base, "--weights", "s3://bkt/peer/w.pth", "--out", str(tmp_path / "c")]) == 0
+    assert (
+        json.loads((tmp_path / "c" / META_FILE).read_text())["imported_from"]["file"] == "s3://bkt/peer/w.pth"
+    )
+    capsys.readouterr()
+
+    def refused(weights: str, out: str) -> tuple[int, str]:
+        rc = job.main([*base, "--weights", weights, "--out", out])
+        return rc, capsys.readouterr().err
+
+    with monkeypatch.context() as m:
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            m.delenv(k, raising=False)
+        m.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+        m.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+        m.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        rc, err = refused("s3://bkt/peer/w.pth", str(tmp_path / "c2"))
+        assert rc == ExitCode.NO_CREDENTIALS and err.count("\n") == 1, err
+        assert err.startswith(
+            "storage error: weights not accessible without credentials: s3://bkt/peer/w.pth"
+        )
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens: refused
+    for weights, out, says in [
+        (
+            "s3://bkt/peer/w.pth",
+            str(tmp_path / "c2"),
+            "weights unreachable (cannot connect): s3://bkt/peer/w.pth",
+        ),
+        (str(tmp_path / "w.pth"), "s3://bkt/c2", "output unreachable (cannot connect): s3://bkt/c2"),
+    ]:
+        rc, err = refused(weights, out)
+        assert rc == ExitCode.CANNOT_CONNECT and err.count("\n") == 1, err
+        assert err.startswith(f"storage error: {says}"), err
+    assert not (tmp_path / "c2").exists()
 
 
 def test_backbone_file_of_another_arch_is_refused(tmp_path: Path, capsys) -> None:

@@ -148,6 +148,17 @@ def test_wrong_shape_unknown_and_missing_keys_are_named(tmp_path: Path) -> None:
     )
 
 
+def test_a_meta_file_that_is_not_an_object_names_the_checkpoint(tmp_path: Path) -> None:
+    """detector.json holding a JSON list (or not JSON) is the checkpoint's fault, named so, not a `config
+    file`'s."""
+    save_detector(_trained_like(), tmp_path / "ck")
+    meta = tmp_path / "ck" / "detector.json"
+    for text, says in [("[1]", "must hold a JSON object"), ("{", "is not valid JSON")]:
+        meta.write_text(text)
+        with pytest.raises(CheckpointError, match=rf"^checkpoint: {meta} {says}"):
+            load_detector(tmp_path / "ck")
+
+
 def test_tampered_weights_do_not_match_detector_id(tmp_path: Path) -> None:
     det = _trained_like()
     save_detector(det, tmp_path / "ck")

@@ -273,6 +273,21 @@ def test_a_setting_from_the_config_file_is_named_as_its_field(tmp_path, capsys) 
     assert "--batch-size: Input should be greater" in capsys.readouterr().err  # the flag overrode the file
 
 
+def test_a_resume_with_nothing_to_continue_is_said_only_once_the_inputs_are_checked(tmp_path):
+    """`--resume` of a date with no earlier run says it starts fresh, but only after the listing and the
+    detectors are checked: a mistake in either stays the only stderr line (it followed the --resume line)."""
+    from pipeline.scan.job import run_scan
+
+    (tmp_path / "in").mkdir()
+    said: list[str] = []
+    with pytest.raises(ConfigError, match="input: no .tar shards under"):
+        run_scan(_cfg(tmp_path, resume=True, scan_date="2026-11-20"), announce=said.append)
+    write_raw(str(tmp_path / "in" / "shard-000000.tar"), b"")
+    with pytest.raises(ConfigError, match="detector: cannot read checkpoint"):
+        run_scan(_cfg(tmp_path, resume=True, scan_date="2026-11-20"), announce=said.append)
+    assert said == [] and not (tmp_path / "out").exists()
+
+
 def test_plan_refuses_existing_run_and_resumes_latest_unfinished(tmp_path):
     cfg = _cfg(tmp_path, scan_date="2026-11-20")
     plan = plan_run(cfg)
@@ -281,15 +296,22 @@ def test_plan_refuses_existing_run_and_resumes_latest_unfinished(tmp_path):
         plan.paths.run_file("run.json"),
         {"status": "succeeded", "run_id": plan.run_id, "config": cfg.model_dump()},
     )
-    with pytest.raises(RunRefused, match="--resume"):
+    # the re-score's wording for the same mistake (pipeline.output.check_new_run; tests/test_features.py)
+    with pytest.raises(RunRefused) as refused:
         plan_run(cfg)
+    assert str(refused.value) == (
+        f"output: {cfg.output} already has scan_date=2026-11-20 (run.json, markers or Parquet); "
+        "pass --resume to continue it, or choose another --output or --scan-date. Nothing was deleted."
+    )
     later = RunPaths(cfg.output, "2026-11-21")
     write_json(
         later.run_file("run.json"), {"status": "failed", "run_id": "keep-me", "config": cfg.model_dump()}
     )
     resumed = plan_run(_cfg(tmp_path, resume=True))
     assert resumed.resumed and resumed.paths.scan_date == "2026-11-21" and resumed.run_id == "keep-me"
-    with pytest.raises(RunRefused, match="input"):
+    with pytest.raises(
+        RunRefused, match="^input: --resume of scan_date=2026-11-21 in .* with a different input"
+    ):
         plan_run(_cfg(tmp_path, resume=True, input="s3://elsewhere/"))
     # the same input with or without a trailing slash is the same run
     assert plan_run(_cfg(tmp_path, resume=True, input=cfg.input + "/")).run_id == "keep-me"

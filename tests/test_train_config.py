@@ -84,8 +84,14 @@ def test_outputs_and_s3_data_are_checked_before_any_work(
             7,
             "output unreachable (cannot connect): s3://bkt/ck",
         ),
+        # an s3:// backbone file: probed with the rest (it was "train failed: EndpointConnectionError", 1)
+        (
+            ["--data", str(data), "--out", str(tmp_path / "ck"), "--pretrained", "s3://bkt/bb.safetensors"],
+            7,
+            "pretrained unreachable (cannot connect): s3://bkt/bb.safetensors",
+        ),
     ]:
-        assert main([*io, *quick]) == code, io
+        assert main([*quick, *io]) == code, io
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"storage error: {says}"), err
     assert blocker.read_text() == "x" and not (tmp_path / "ck").exists()
@@ -116,6 +122,31 @@ def test_data_problems_fail_before_training(tmp_path: Path, capsys: pytest.Captu
     shutil.rmtree(tmp_path / "d" / "upconv" / "1_fake")
     assert main(base) == 2
     assert "no fake images" in capsys.readouterr().err
+    assert not (tmp_path / "ck").exists()
+
+
+def test_a_mistake_found_while_planning_is_the_only_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The data, the detector config and a local / tag backbone are checked before the job announces itself:
+    each mistake is ONE stderr line (they came after one or two `train: …` status lines)."""
+    from pipeline.data.synthetic import DemoConfig, generate
+
+    generate(DemoConfig(out=str(tmp_path / "d"), families=["upconv"], n_per_class=2, image_size=32))
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    base = ["--data", str(tmp_path / "d"), "--out", str(tmp_path / "ck"), "--engine", "local"]
+    for extra, says in [
+        (["--train-generators", "vqgan"], "train_generators: vqgan not found"),
+        (["--data", str(tmp_path / "empty")], str(tmp_path / "empty")),
+        (["--config", str(tmp_path / "none.json")], f"--config: not found: {tmp_path / 'none.json'}"),
+        (["--pretrained", str(tmp_path / "bb.pth")], "'.pth' files are Python pickles"),
+        (["--pretrained", str(tmp_path / "bb.safetensors")], "pretrained: weights file not found"),
+        (["--pretrained", "no-such-tag"], "pretrained: 'no-such-tag' is neither"),
+    ]:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("configuration error: ") and says in err, err
     assert not (tmp_path / "ck").exists()
 
 

@@ -105,7 +105,7 @@ def build_config(args: argparse.Namespace) -> FilterConfig:
         )
     typed = {**policy_flags.named(args), "generator_rules": "--rule", "provenance_rules": "--rule"}
     policy = (
-        FilterPolicy.from_file(args.policy)
+        FilterPolicy.from_file(args.policy, field="--policy")
         if args.policy
         else FilterPolicy.parse(inline, source="command line", names=typed)
     )
@@ -135,15 +135,11 @@ def _main(args: argparse.Namespace, console: Any, runlog: Any) -> int:
     check_filter_policy(cfg.scan, cfg.scan_date, cfg.policy)
     if not cfg.dry_run:
         runlog.destination = FilterPaths(cfg.output).run_file("log.jsonl")
-    console.status(
-        f"{cfg.input} -> {cfg.output}: planning every shard from the scan"
-        + (", starting Ray" if cfg.engine == "ray" else "")
-        + "..."
-    )
     progress = console.shards("filter", images_key="samples")
     try:
+        # the status line comes once the plans are checked: a refusal found while planning is the only line
         with shard_map(cfg.engine, cfg.ray_address, cfg.task_num_cpus) as map_fn:
-            stats = run_filter(cfg, map_fn, resume=resume, on_shard=progress)
+            stats = run_filter(cfg, map_fn, resume=resume, on_shard=progress, announce=console.status)
     except (PlanError, ErrorBudgetExceeded) as exc:  # decided from the plans, before any write
         runlog.discard()  # the output stays untouched
         suffix = "; nothing was written" if isinstance(exc, ErrorBudgetExceeded) else ""

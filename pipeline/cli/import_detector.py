@@ -12,9 +12,11 @@ by open_clip where the detector is loaded); --backbone-weights pins a local .saf
 recorded and checked at every load). Defaults: univfd-vitl14, clipbased-vitl14, rine-vitl14-<variant>
 (variant 2class). Prints the checkpoint meta as JSON.
 
-Exit codes: 0 imported; 2 bad arguments or configuration (unknown kind/variant/config, missing file, bad
+Exit codes: 0 imported; 2 bad arguments or configuration (unknown kind/variant/config, missing local file, bad
 --backbone-weights, --out already a checkpoint without --force); 3 the weights file is unreadable, not plain
-tensors, or its keys/shapes do not match the kind (the message names them).
+tensors, or its keys/shapes do not match the kind (the message names them), or an s3:// file or the output is
+not found; 5, 6, 7 the store refuses an s3:// --weights / --backbone-weights or the output (the storage
+preflight, before any work; README.md, "Exit codes").
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 from pipeline.cli.entry import job_main
 from pipeline.cli.flags import config_from_flags
 from pipeline.exitcodes import ExitCode, OperatorError
+from pipeline.preflight import Location, check_storage
 from pipeline.settings import as_config_error
 
 
@@ -40,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.models.meta import CheckpointError
 
     cfg = config_from_flags(ImportConfig, argv, doc=__doc__, job="import_detector")
+    # before any work, as every job: an s3:// weights file the store refuses, an output that cannot be written
+    # (a missing local file stays the importer's "--weights: no such file", exit 2)
+    reads = [Location("weights", cfg.weights, file=True)]
+    if cfg.backbone_weights:
+        reads.append(Location("backbone weights", cfg.backbone_weights, file=True))
+    check_storage(reads, [Location("output", cfg.out)], local_reads=False)
     try:
         meta = import_detector(**cfg.model_dump())
     except WeightsFileError as exc:

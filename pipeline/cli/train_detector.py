@@ -87,6 +87,21 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
     return TrainConfig.parse(data, source=source, names=flags.named(args, file)), args
 
 
+def check_backbone(cfg: TrainConfig) -> None:
+    """The detector config (`--config`) and a local file or open_clip tag as the backbone, read by the rules
+    the training reads them with, in this process before any work (an s3:// file: the storage preflight)."""
+    from pipeline import storage
+    from pipeline.models import DetectorConfig
+    from pipeline.models.config import arch_config
+    from pipeline.models.detector import resolve_pretrained
+
+    det_cfg = DetectorConfig.load(cfg.config, field="--config")
+    arch_config(det_cfg.arch)
+    source = cfg.backbone(det_cfg.pretrained)
+    if source is not None and not storage.is_remote(source):
+        resolve_pretrained(det_cfg.arch, source)
+
+
 @job_main("train")
 def main(argv: list[str] | None = None) -> int:
     loud = "--verbose" in (sys.argv[1:] if argv is None else argv)
@@ -98,22 +113,28 @@ def _main(argv: list[str] | None, console: Any, runlog: Any) -> int:
     if args.features_from is not None or args.labels is not None:
         return _from_features(args, console)
     cfg, args = parse(argv)
-    # before any work, as every job: an s3:// --data the store refuses, an --out that cannot be written
-    check_storage([Location("data", cfg.data)], [Location("output", cfg.out)], local_reads=False)
+    # before any work, as every job: an s3:// --data or --pretrained the store refuses, an --out that cannot
+    # be written (a --pretrained that is no URI, an open_clip tag or none, is not probed: local_reads=False)
+    reads = [Location("data", cfg.data)]
+    if cfg.pretrained:
+        reads.append(Location("pretrained", cfg.pretrained, file=True))
+    check_storage(reads, [Location("output", cfg.out)], local_reads=False)
     try:
         from pipeline.train.feed import make_plan
 
-        console.status(f"{cfg.data} -> {cfg.out}: listing and splitting the data...")
         plan = make_plan(cfg)  # lists + splits; bad data fails here, with exit code 2, before Ray starts
+        check_backbone(cfg)
+        # the data, the detector config and the backbone are checked (a mistake was ONE line): work starts now
         runlog.destination = f"{cfg.out.rstrip('/')}/log.jsonl"
+        split = f"{cfg.data} -> {cfg.out}: {plan.n_train} training + {plan.n_val} validation images"
         if args.engine == "local":
             from pipeline.train.local import train_local as train
 
-            console.status("training in this process...")
+            console.status(f"{split}; training in this process...")
         else:
             from pipeline.engine.train import run_training as train
 
-            console.status("starting Ray Train, then training (per-epoch metrics in the log)...")
+            console.status(f"{split}; starting Ray Train, then training (per-epoch metrics in the log)...")
         progress = console.epochs("train", cfg.passes, plan.n_train)
         summary = train(cfg, resume=args.resume, plan=plan, on_epoch=progress)
         console.end_progress()

@@ -37,14 +37,15 @@ from pipeline.output import (
     STATUSES,
     RunPaths,
     ScanOutputError,
+    check_new_run,
     completed_shards,
     feature_shards,
-    has_output,
     map_column,
     now_iso,
     parquet_bytes,
     read_json,
     resolve_scan_date,
+    resume_mismatch,
     write_json,
 )
 from pipeline.runner import (
@@ -57,7 +58,6 @@ from pipeline.runner import (
     map_shards,
     run_shards,
 )
-from pipeline.settings import ConfigError
 from pipeline.storage import filesystem
 
 log = get_logger("pipeline.features.rescore")
@@ -262,19 +262,12 @@ def run_rescore(
     head.check(spec, f"{cfg.scan}/_features (scan_date={date})")
     target = RunPaths(cfg.output, date)
     previous = read_json(target.run_file("run.json"))
-    if has_output(target) and not cfg.resume:
-        raise ConfigError(
-            f"output: {cfg.output} already has scan_date={date} (pass --resume to continue it, or "
-            "another --output)"
-        )
+    check_new_run(target, cfg.resume)
     if cfg.resume and previous is not None:
         before = previous.get("config") or {}
         for name in ("scan", "detector"):
             if before.get(name) not in (None, getattr(cfg, name)):
-                raise ConfigError(
-                    f"{name}: --resume of the re-score {date} in {cfg.output} with a different {name} "
-                    f"({getattr(cfg, name)!r} != {before.get(name)!r})"
-                )
+                raise resume_mismatch(target, name, getattr(cfg, name), before.get(name))
     run_id = cfg.run_id or (previous or {}).get("run_id") or f"{date}-rescore-{uuid.uuid4().hex[:8]}"
     done = completed_shards(target) if cfg.resume else set()
     info = detector_info(cfg.detector)

@@ -275,13 +275,15 @@ def run_filter(
     *,
     resume: bool = False,
     on_shard: Callable[[str, dict[str, Any], Progress], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The whole run; returns the stats. Raises PlanError or ErrorBudgetExceeded (before any write) or
     ReconcileError.
 
     resume: shards whose marker matches today's plan are not rewritten (the output must have been written with
     the same scan, input, scan date and policy: ResumeRefused otherwise). Either way, outputs of shards that
-    are no longer in the input are removed. on_shard: `pipeline.runner.run_shards`'s hook."""
+    are no longer in the input are removed. on_shard: `pipeline.runner.run_shards`'s hook. announce: a console
+    line, said once every check before the first write has passed (a refusal is then the only line)."""
     log = get_logger("hygiene.filter")
     started = now_iso()
     t0 = time.perf_counter()
@@ -296,6 +298,13 @@ def run_filter(
     paths = FilterPaths(cfg.output)
     if resume:
         _check_resume(cfg, paths, scan_date)
+    if announce is not None:  # the plans, the budget and --resume are checked: writing starts now
+        skipped = sum(p.skip for p in plans)
+        announce(
+            f"{cfg.input} -> {cfg.output}: {len(plans) - skipped} shard(s) planned from the scan"
+            + (f" ({skipped} skipped: scan shard errors)" if skipped else "")
+            + "; filtering..."
+        )
     _remove(paths.success)  # a rerun is not successful until it reconciles again
     markers = _markers(paths)
     stale = _remove_stale(paths, plans, markers)

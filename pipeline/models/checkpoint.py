@@ -131,7 +131,7 @@ def read_checkpoint(uri: str | Path) -> tuple[DetectorMeta, dict[str, torch.Tens
     uri = str(uri)
     local = _local_checkpoint_dir(uri)
     try:
-        meta = DetectorMeta.from_file(local / META_FILE)
+        meta = DetectorMeta.from_file(local / META_FILE, field="checkpoint")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     if meta.config is None or meta.backbone is None:

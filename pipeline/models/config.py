@@ -151,11 +151,12 @@ class DetectorConfig(StrictModel):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, name_or_path: str | Path) -> DetectorConfig:
-        """A shipped config name (``tiny-mole``) or a path to a JSON file."""
+    def load(cls, name_or_path: str | Path, *, field: str = "config file") -> DetectorConfig:
+        """A shipped config name (``tiny-mole``) or a path to a JSON file; `field` names what gave it in an
+        error (the jobs' ``--config``)."""
         p = Path(name_or_path)
         if p.suffix == ".json" or p.exists():
-            return cls.from_file(p)
+            return cls.from_file(p, field=field)
         if str(name_or_path) not in list_configs():
             raise ConfigError(
                 f"unknown detector config {name_or_path!r}; shipped: {', '.join(list_configs())}"

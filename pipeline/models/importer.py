@@ -247,7 +247,7 @@ def import_detector(
         raise ConfigError(f"--variant is only for --kind rine (got --kind {kind})")
     if variant is not None and variant not in RINE_VARIANTS:
         raise ConfigError(f"--variant: {variant!r} is not one of {', '.join(RINE_VARIANTS)}")
-    cfg = DetectorConfig.load(config or k.default_config(variant))
+    cfg = DetectorConfig.load(config or k.default_config(variant), field="--config")
     _check_config(k, cfg)
     if backbone_weights is not None:
         if not storage.is_remote(backbone_weights) and not backbone_weights.startswith("file://"):
@@ -263,7 +263,7 @@ def import_detector(
     if local is not None:
         _check_backbone_file(cfg, local)
 
-    path = Path(weights)
+    path = storage.fetch_to_cache(str(weights))  # an s3:// file is read from the local cache
     if not path.is_file():
         raise ConfigError(f"--weights: no such file: {weights} (expected the {kind} file {k.file_hint})")
     out_s = str(out)

@@ -23,16 +23,19 @@ from typing import Any
 
 import pipeline
 from pipeline.logs import get_logger
-from pipeline.output import RunPaths, has_output, list_runs, read_json
+from pipeline.output import (
+    RunPaths,
+    RunRefused,
+    check_new_run,
+    has_output,
+    list_runs,
+    read_json,
+    resume_mismatch,
+)
 from pipeline.scan.config import ScanConfig, today_utc
-from pipeline.settings import ConfigError
 from pipeline.storage import read_many
 
 log = get_logger("pipeline.scan.completion")
-
-
-class RunRefused(ConfigError):
-    """The requested run would overwrite existing output (or cannot be resumed)."""
 
 
 @dataclass
@@ -62,12 +65,8 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
     paths = RunPaths(cfg.output, scan_date)
     previous = read_json(paths.run_file("run.json"))
     new_id = cfg.run_id or f"{scan_date}-{uuid.uuid4().hex[:8]}"
+    check_new_run(paths, cfg.resume)
     if not cfg.resume:
-        if has_output(paths):
-            raise RunRefused(
-                f"scan_date: the run {scan_date} already has output in {cfg.output} (run.json, markers or "
-                "Parquet); pass --resume to continue it, or choose another --scan-date. Nothing was deleted."
-            )
         return RunPlan(paths, new_id, resumed=False, previous=None)
     if previous is None:
         # markers or Parquet of an attempt that never wrote its run.json: continue them; nothing at all: a
@@ -76,10 +75,7 @@ def plan_run(cfg: ScanConfig) -> RunPlan:
     prev_cfg = previous.get("config", {})
 
     def refuse(name: str, before: Any) -> RunRefused:
-        return RunRefused(
-            f"{name}: --resume of run {scan_date} with a different {name} "
-            f"({getattr(cfg, name)!r} != {before!r})"
-        )
+        return resume_mismatch(paths, name, getattr(cfg, name), before)
 
     for name in ("input", "detector"):
         before = prev_cfg.get(name)

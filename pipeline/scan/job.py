@@ -150,12 +150,13 @@ def run_scan(
     announce = announce or (lambda line: None)
     t_start = time.perf_counter()
     plan = plan_run(cfg)
-    if cfg.resume and not plan.resumed:
-        log.warning("resume_nothing_found", scan_date=plan.paths.scan_date, output=cfg.output)
-        announce(f"--resume: no earlier run of {plan.paths.scan_date} in {cfg.output}; starting it fresh")
     listing = list_input_objects(cfg)
     shards = [s for _, s, _ in listing]
     info = run_detectors(cfg)
+    # said once the listing and the detectors are checked: a mistake in either stays the only stderr line
+    if cfg.resume and not plan.resumed:
+        log.warning("resume_nothing_found", scan_date=plan.paths.scan_date, output=cfg.output)
+        announce(f"--resume: no earlier run of {plan.paths.scan_date} in {cfg.output}; starting it fresh")
     paths = plan.paths
     done_before = completed_shards(paths) if plan.resumed else set()
     scoring = scoring_record(cfg, info)

@@ -125,3 +125,10 @@ class TrainConfig(StrictModel):
     def passes(self) -> int:
         """Epochs the run makes: `epochs` for mole; ONE pass for the linear method (features, then a fit)."""
         return 1 if self.method == "linear" else self.epochs
+
+    def backbone(self, config_default: str | None) -> str | None:
+        """The backbone weights source training builds with: `pretrained` ('none' = random init), unset = the
+        detector config's own (`config_default`)."""
+        if self.pretrained is None:
+            return config_default
+        return None if self.pretrained == "none" else self.pretrained

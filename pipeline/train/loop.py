@@ -73,10 +73,7 @@ def train_worker(cfg: TrainConfig, plan: dict[str, Any], hooks: TrainHooks) -> d
     t_start = time.perf_counter()
     run = WorkerRun(cfg, plan, hooks)
     rank0 = hooks.world_rank == 0
-    if cfg.pretrained is None:  # the detector config's own default source
-        det = create_detector(run.det_cfg)
-    else:
-        det = create_detector(run.det_cfg, pretrained=None if cfg.pretrained == "none" else cfg.pretrained)
+    det = create_detector(run.det_cfg, pretrained=cfg.backbone(run.det_cfg.pretrained))
 
     state: TrainState | None = None
     if cfg.method == "mole":

@@ -361,6 +361,7 @@ def test_refuses_when_the_source_gained_samples_after_the_scan(scanned, tmp_path
     target = tmp_path / "out"
     rc, err = run_main(capsys, *cli_args(scan, src, target))
     assert rc == 3 and "not in the scan: '01_late'" in err
+    assert err.startswith("refused: the scan (scan_date=2026-11-23) does not cover the input exactly; ")
     assert not target.exists()
 
 

@@ -262,7 +262,7 @@ def test_cli_list_describe_check_fused(capsys: pytest.CaptureFixture[str]) -> No
     r = _cli("list")
     assert r.returncode == 0 and {line.split("\t")[0] for line in r.stdout.splitlines()} >= SHIPPED
     r = _cli("describe", "no-such-config", "--json")
-    assert r.returncode == 2 and "unknown detector config" in r.stderr
+    assert r.returncode == 2 and "describe config: unknown detector config 'no-such-config'" in r.stderr
 
     d = json.loads(_cli_in_process(capsys, "describe", "tiny-mole", "--json"))
     # tiny-mole: last 2 blocks of width 128, shared r8 + 3 experts r8, router 128x3; heads on the 64-d

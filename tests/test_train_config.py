@@ -140,6 +140,7 @@ def test_a_mistake_found_while_planning_is_the_only_line(
         (["--train-generators", "vqgan"], "train_generators: vqgan not found"),
         (["--data", str(tmp_path / "empty")], str(tmp_path / "empty")),
         (["--config", str(tmp_path / "none.json")], f"--config: not found: {tmp_path / 'none.json'}"),
+        (["--config", "no-such-config"], "--config: unknown detector config 'no-such-config'; shipped: "),
         (["--pretrained", str(tmp_path / "bb.pth")], "'.pth' files are Python pickles"),
         (["--pretrained", str(tmp_path / "bb.safetensors")], "pretrained: weights file not found"),
         (["--pretrained", "no-such-tag"], "pretrained: 'no-such-tag' is neither"),

@@ -304,7 +304,7 @@ def plan_run(cfg: FilterConfig, map_fn: MapFn) -> tuple[str, list[ShardPlan]]:
     problems = [p for plan in plans for p in plan.problems]
     if problems:
         raise PlanError(
-            f"refusing to filter: the scan (scan_date={scan_date}) does not cover the input exactly; "
+            f"the scan (scan_date={scan_date}) does not cover the input exactly; "
             f"{len(problems)} problem(s), nothing was written:\n  " + "\n  ".join(problems)
         )
     return scan_date, plans

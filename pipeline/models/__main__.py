@@ -42,7 +42,8 @@ def _main(argv: list[str] | None) -> int:
             cfg = DetectorConfig.load(name)
             print(f"{name}\t{cfg.method}\t{cfg.arch}\t{cfg.pretrained}\t{cfg.image_size}px\t{cfg.preprocess}")
         return 0
-    cfg = DetectorConfig.load(args.config)  # an unknown name / bad JSON: job_main's one line, exit 2
+    # an unknown name / bad JSON: job_main's one line, exit 2
+    cfg = DetectorConfig.load(args.config, field=f"{args.cmd} config")
     from pipeline.models.checks import check_fused, describe
 
     # the JSON log lines (detector_created, ...) are kept off the console: the answer is on stdout

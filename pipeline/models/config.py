@@ -159,7 +159,7 @@ class DetectorConfig(StrictModel):
             return cls.from_file(p, field=field)
         if str(name_or_path) not in list_configs():
             raise ConfigError(
-                f"unknown detector config {name_or_path!r}; shipped: {', '.join(list_configs())}"
+                f"{field}: unknown detector config {name_or_path!r}; shipped: {', '.join(list_configs())}"
             )
         return cls.from_file(CONFIG_DIR / f"{name_or_path}.json")
 

@@ -61,6 +61,30 @@ def _job(module: str, what: str, status: Callable[[str], None] | None, **flags: 
         raise RuntimeError(f"demo step {what!r} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
+def _make_data(
+    what: str,
+    status: Callable[[str], None] | None,
+    out: Path,
+    layout: str,
+    families: str,
+    n_per_class: int,
+    seed: int,
+    shard_size: int | None = None,
+) -> None:
+    """One of the demo's data sets, written by the demo-data job."""
+    _job(
+        "make_demo_data",
+        what,
+        status,
+        out=out,
+        layout=layout,
+        families=families,
+        n_per_class=n_per_class,
+        seed=seed,
+        shard_size=shard_size,
+    )
+
+
 def add_bad_shards(shards: Path) -> None:
     """One shard that is not a tar and one with a corrupt image and an image-less sample (status rows)."""
     import io
@@ -83,26 +107,24 @@ def add_bad_shards(shards: Path) -> None:
 def prepare(demo_dir: Path, status: Callable[[str], None] | None, size: DemoSize) -> dict[str, Path]:
     paths = {k: demo_dir / k for k in ("shards", "train", "detector", "scan")}
     if not any(paths["shards"].glob("shard-0*.tar")):
-        _job(
-            "make_demo_data",
+        _make_data(
             "demo shards",
             status,
-            out=paths["shards"],
-            layout="wds",
-            families=SCAN_FAMILIES,
+            paths["shards"],
+            "wds",
+            SCAN_FAMILIES,
             n_per_class=size.scan_per_class,
             seed=0,
             shard_size=size.shard_size,
         )
         add_bad_shards(paths["shards"])
     if not paths["train"].exists():
-        _job(
-            "make_demo_data",
+        _make_data(
             "training set",
             status,
-            out=paths["train"],
-            layout="univfd",
-            families=TRAIN_FAMILIES,
+            paths["train"],
+            "univfd",
+            TRAIN_FAMILIES,
             n_per_class=size.train_per_class,
             seed=1,
         )

@@ -97,6 +97,25 @@ def test_outputs_and_s3_data_are_checked_before_any_work(
     assert blocker.read_text() == "x" and not (tmp_path / "ck").exists()
 
 
+def test_an_s3_backbone_pickle_is_refused_by_name_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, s3fs_client
+) -> None:
+    """An s3:// `--pretrained` that the store serves but that is a pickle (.pth) is ONE configuration-error
+    line before the job announces itself: judged by its name, never fetched or opened."""
+    from pipeline.data.synthetic import DemoConfig, generate
+
+    generate(DemoConfig(out=str(tmp_path / "d"), families=["upconv"], n_per_class=2, image_size=32))
+    s3fs_client.mkdir("bkt")
+    s3fs_client.pipe("bkt/bb.pth", b"not read")
+    capsys.readouterr()
+    args = ["--data", str(tmp_path / "d"), "--out", str(tmp_path / "ck"), "--engine", "local"]
+    assert main([*args, "--pretrained", "s3://bkt/bb.pth"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("configuration error: "), err
+    assert "'.pth' files are Python pickles" in err, err
+    assert not (tmp_path / "ck").exists()
+
+
 def test_stratified_split_keeps_class_shares() -> None:
     strata = ["real"] * 50 + ["a"] * 30 + ["b"] * 20
     tr, va = stratified_split(strata, 0.2, seed=3)

@@ -89,16 +89,19 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespac
 
 def check_backbone(cfg: TrainConfig) -> None:
     """The detector config (`--config`) and a local file or open_clip tag as the backbone, read by the rules
-    the training reads them with, in this process before any work (an s3:// file: the storage preflight)."""
+    the training reads them with, in this process before any work (an s3:// file: its name here, its object
+    by the storage preflight)."""
     from pipeline import storage
     from pipeline.models import DetectorConfig
     from pipeline.models.config import arch_config
-    from pipeline.models.detector import resolve_pretrained
+    from pipeline.models.detector import check_weights_name, resolve_pretrained
 
     det_cfg = DetectorConfig.load(cfg.config, field="--config")
     arch_config(det_cfg.arch)
     source = cfg.backbone(det_cfg.pretrained)
-    if source is not None and not storage.is_remote(source):
+    if source is not None and storage.is_remote(source):
+        check_weights_name(source)  # the file itself is fetched by the training, once
+    elif source is not None:
         resolve_pretrained(det_cfg.arch, source)
 
 

@@ -65,6 +65,13 @@ def _clip(items: list[str], n: int = 12) -> list[str]:
     return items if len(items) <= n else [*items[:n], f"... (+{len(items) - n} more)"]
 
 
+def check_weights_name(pretrained: str) -> None:
+    """A backbone weights file is a .safetensors file, judged by its name before anything is read."""
+    refuse_pickle(pretrained)
+    if not pretrained.endswith(".safetensors"):
+        raise ConfigError(f"pretrained: a weights file must be .safetensors, got {pretrained!r}")
+
+
 def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneMeta, Path | None]:
     """Classify a pretrained source: None, an open_clip tag, a local ``.safetensors`` file, or a remote URI
     (fetched once into the local cache via pipeline.storage.fetch_to_cache); the backbone as DetectorMeta
@@ -72,9 +79,7 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[BackboneMeta,
     if pretrained is None:
         return BackboneMeta(arch=arch, pretrained=None, kind="none"), None
     if storage.is_remote(pretrained) or pretrained.startswith("file://") or Path(pretrained).suffix:
-        refuse_pickle(pretrained)
-        if not pretrained.endswith(".safetensors"):
-            raise ConfigError(f"pretrained: a weights file must be .safetensors, got {pretrained!r}")
+        check_weights_name(pretrained)
         local = storage.fetch_to_cache(pretrained)
         if not local.is_file():
             raise ConfigError(f"pretrained: weights file not found: {pretrained}")

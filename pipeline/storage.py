@@ -275,7 +275,8 @@ def _cat_one(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, bytes]:
 
 def copy_object(src: str, dst: str) -> None:
     """Copy one stored object; readers never see a partial `dst`. On one S3 store it is a server-side copy
-    (s3fs `copy`: CopyObject, no bytes through this process); locally a staged copy (`staging_path`)."""
+    (s3fs `copy`: CopyObject, no bytes through this process); locally a staged copy (`staging_path`); a local
+    file to a store one upload streamed from the file."""
     fs, spath = filesystem(src)
     dfs, dpath = filesystem(dst)
     if is_remote(src) and is_remote(dst) and type(fs) is type(dfs):
@@ -288,6 +289,9 @@ def copy_object(src: str, dst: str) -> None:
             publish(staged, dst)
         finally:
             staged.unlink(missing_ok=True)  # a failed copy leaves no temp file behind
+        return
+    if not is_remote(src):
+        dfs.put_file(spath, dpath)  # streamed from the file, one PUT (atomic by itself)
         return
     write_bytes_atomic(dst, read_bytes(src))
 

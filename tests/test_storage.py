@@ -41,6 +41,15 @@ def test_s3_listing_atomic_write_and_cache(s3fs_client, tmp_path: Path, monkeypa
     local = storage.fetch_to_cache("s3://bucket/in/shard-000001.tar")
     assert local.read_bytes() == b"def"
     assert storage.fetch_to_cache("s3://bucket/in/shard-000001.tar") == local
+    # every direction of copy_object gives the same bytes (local -> store: one upload from the file)
+    (tmp_path / "src.bin").write_bytes(b"ghi" * 1000)
+    storage.copy_object(str(tmp_path / "src.bin"), "s3://bucket/copies/up.bin")
+    storage.copy_object("s3://bucket/copies/up.bin", "s3://bucket/copies/server.bin")
+    storage.copy_object("s3://bucket/copies/server.bin", str(tmp_path / "back" / "down.bin"))
+    storage.copy_object(str(tmp_path / "back" / "down.bin"), str(tmp_path / "back" / "again.bin"))
+    assert s3fs_client.cat_file("bucket/copies/up.bin") == b"ghi" * 1000
+    assert (tmp_path / "back" / "again.bin").read_bytes() == b"ghi" * 1000
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == ["again.bin", "down.bin"]  # no temp left
 
 
 def _checkpoint(fs, prefix: str, weights: bytes, claimed: bytes | None = None) -> str:
